@@ -1,0 +1,188 @@
+//! The event model shared by every source (BPF probes, fanotify) and every
+//! consumer (attribution, outputs, later the policy engine).
+//!
+//! Events carry host-namespace identities (pids, cgroup ids) as the kernel saw
+//! them; attribution to containers happens afterwards, so a source never has to
+//! know about runtimes.
+
+use serde::Serialize;
+use std::net::IpAddr;
+
+/// The process that caused an event, as seen from the host pid namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessRef {
+    /// Thread-group id (what userspace calls the pid).
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Kernel `comm`, at most 15 bytes.
+    pub comm: String,
+}
+
+/// One observation. `time_ns` is wall-clock nanoseconds since the Unix epoch
+/// (sources convert from their own clocks once, at decode time).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub time_ns: u64,
+    /// cgroup v2 id of the task (or of the socket, for events raised in
+    /// softirq context); 0 when the source could not tell.
+    pub cgroup_id: u64,
+    pub process: ProcessRef,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    Exec(ExecEvent),
+    Fork { child_pid: u32 },
+    Exit(ExitEvent),
+    Net(NetEvent),
+    File(FileEvent),
+    /// A cgroup v2 directory appeared; containers come and go with these.
+    CgroupMkdir { id: u64, path: String },
+    CgroupRmdir { id: u64, path: String },
+}
+
+impl EventKind {
+    /// The Falco `evt.type` name for this event.
+    pub fn evt_type(&self) -> &'static str {
+        match self {
+            EventKind::Exec(_) => "execve",
+            EventKind::Fork { .. } => "clone",
+            EventKind::Exit(_) => "procexit",
+            EventKind::Net(n) => n.op.evt_type(),
+            EventKind::File(f) => f.op.evt_type(),
+            EventKind::CgroupMkdir { .. } => "cgroup_mkdir",
+            EventKind::CgroupRmdir { .. } => "cgroup_rmdir",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExecEvent {
+    /// The path handed to execve, resolved against `cwd` when relative.
+    pub filename: String,
+    /// Working directory, relative to the process's own root (so inside a
+    /// container it is the container's view).
+    pub cwd: String,
+    pub argv: Vec<String>,
+    /// Parent `comm` at exec time.
+    pub parent_comm: String,
+    /// Parent executable path, when userspace knew it.
+    pub parent_exe: Option<String>,
+    /// Identity of the file that was executed, for drift checks.
+    pub exe_ino: u64,
+    pub exe_dev: u32,
+    pub exe_nlink: u32,
+    pub exe_fs_magic: u64,
+    /// Something was cut to fit the record (argv, cwd or filename).
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExitEvent {
+    /// Exit code when the process exited normally.
+    pub code: Option<i32>,
+    /// Terminating signal, when it was killed.
+    pub signal: Option<i32>,
+}
+
+impl ExitEvent {
+    /// Split a raw wait status (`task->exit_code`) into code and signal.
+    pub fn from_status(status: u32) -> Self {
+        let sig = (status & 0x7f) as i32;
+        if sig == 0 {
+            ExitEvent { code: Some(((status >> 8) & 0xff) as i32), signal: None }
+        } else {
+            ExitEvent { code: None, signal: Some(sig) }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetOp {
+    Connect,
+    Accept,
+    Listen,
+    Bind,
+    Close,
+}
+
+impl NetOp {
+    pub fn evt_type(self) -> &'static str {
+        match self {
+            NetOp::Connect => "connect",
+            NetOp::Accept => "accept",
+            NetOp::Listen => "listen",
+            NetOp::Bind => "bind",
+            NetOp::Close => "close",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetEvent {
+    pub op: NetOp,
+    pub proto: L4Proto,
+    /// Local (source) address and port.
+    pub saddr: IpAddr,
+    pub sport: u16,
+    /// Remote (destination) address and port; unspecified for listen/bind.
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// 0 on success, otherwise a positive errno (e.g. ECONNREFUSED).
+    pub result: i32,
+    /// Network namespace inode, to tell apart equal addresses in different
+    /// namespaces.
+    pub netns: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileOp {
+    Create,
+    Modify,
+    Delete,
+    Rename,
+    Chmod,
+    /// An open of a path in the sensitive set.
+    Open,
+}
+
+impl FileOp {
+    pub fn evt_type(self) -> &'static str {
+        match self {
+            FileOp::Create => "creat",
+            FileOp::Modify => "write",
+            FileOp::Delete => "unlink",
+            FileOp::Rename => "rename",
+            FileOp::Chmod => "chmod",
+            FileOp::Open => "open",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileEvent {
+    pub op: FileOp,
+    /// Path as the container sees it when the file lies in a container's
+    /// filesystem, otherwise the host path.
+    pub path: String,
+    /// For renames: the old path.
+    pub old_path: Option<String>,
+    /// The host path the source observed (overlay upper dir, rootfs dir…),
+    /// kept so attribution can map it to a container when the pid is gone.
+    pub host_path: String,
+    pub is_dir: bool,
+}

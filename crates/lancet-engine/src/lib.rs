@@ -1,0 +1,11 @@
+//! lancet's engine: everything between the kernel and the outputs that can be
+//! tested without root — the event model, attribution of events to containers,
+//! and the output formats. Events go in, attributed records come out.
+#![forbid(unsafe_code)]
+
+pub mod attribution;
+pub mod event;
+pub mod output;
+pub mod process;
+
+pub use event::{Event, EventKind};

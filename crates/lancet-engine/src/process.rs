@@ -1,0 +1,120 @@
+//! A bounded table of live processes, kept from exec/fork/exit events, so an
+//! event can name its parent's executable and a fanotify event (which only has
+//! a pid) can find its cgroup without a syscall.
+
+use crate::event::{Event, EventKind};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcEntry {
+    pub exe: String,
+    pub comm: String,
+    pub cmdline: Vec<String>,
+    pub ppid: u32,
+    pub cgroup_id: u64,
+}
+
+/// pid → what we know of it. Bounded: once full, an arbitrary entry makes
+/// room, so a fork storm cannot grow the agent.
+#[derive(Debug)]
+pub struct ProcessTable {
+    map: HashMap<u32, ProcEntry>,
+    capacity: usize,
+}
+
+impl ProcessTable {
+    pub fn new(capacity: usize) -> Self {
+        ProcessTable { map: HashMap::with_capacity(capacity.min(4096)), capacity: capacity.max(1) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&ProcEntry> {
+        self.map.get(&pid)
+    }
+
+    pub fn insert(&mut self, pid: u32, entry: ProcEntry) {
+        if self.map.len() >= self.capacity && !self.map.contains_key(&pid) {
+            if let Some(&victim) = self.map.keys().next() {
+                self.map.remove(&victim);
+            }
+        }
+        self.map.insert(pid, entry);
+    }
+
+    /// Updates the table from one event and fills in what the event lacked
+    /// (the parent's executable on exec).
+    pub fn observe(&mut self, ev: &mut Event) {
+        let pid = ev.process.pid;
+        match &mut ev.kind {
+            EventKind::Exec(x) => {
+                x.parent_exe = self.map.get(&ev.process.ppid).map(|p| p.exe.clone()).filter(|e| !e.is_empty());
+                self.insert(
+                    pid,
+                    ProcEntry {
+                        exe: x.filename.clone(),
+                        comm: ev.process.comm.clone(),
+                        cmdline: x.argv.clone(),
+                        ppid: ev.process.ppid,
+                        cgroup_id: ev.cgroup_id,
+                    },
+                );
+            }
+            EventKind::Fork { child_pid } => {
+                let mut child = self.map.get(&pid).cloned().unwrap_or_else(|| ProcEntry {
+                    comm: ev.process.comm.clone(),
+                    ..Default::default()
+                });
+                child.ppid = pid;
+                child.cgroup_id = ev.cgroup_id;
+                let child_pid = *child_pid;
+                self.insert(child_pid, child);
+            }
+            EventKind::Exit(_) => {
+                self.map.remove(&pid);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ExecEvent, ExitEvent, ProcessRef};
+
+    fn ev(pid: u32, ppid: u32, kind: EventKind) -> Event {
+        Event { time_ns: 0, cgroup_id: 9, process: ProcessRef { pid, ppid, comm: "sh".into(), ..Default::default() }, kind }
+    }
+
+    #[test]
+    fn exec_learns_parent_exe_through_fork() {
+        let mut t = ProcessTable::new(16);
+        let mut e = ev(10, 1, EventKind::Exec(ExecEvent { filename: "/bin/sh".into(), ..Default::default() }));
+        t.observe(&mut e);
+        t.observe(&mut ev(10, 1, EventKind::Fork { child_pid: 11 }));
+        let mut child = ev(11, 10, EventKind::Exec(ExecEvent { filename: "/bin/id".into(), ..Default::default() }));
+        t.observe(&mut child);
+        let EventKind::Exec(x) = &child.kind else { panic!() };
+        assert_eq!(x.parent_exe.as_deref(), Some("/bin/sh"));
+        assert_eq!(t.get(11).map(|p| p.cgroup_id), Some(9));
+        t.observe(&mut ev(11, 10, EventKind::Exit(ExitEvent { code: Some(0), signal: None })));
+        assert!(t.get(11).is_none());
+    }
+
+    #[test]
+    fn table_stays_bounded() {
+        let mut t = ProcessTable::new(4);
+        for pid in 0..100 {
+            t.insert(pid, ProcEntry::default());
+        }
+        assert_eq!(t.len(), 4);
+        assert!(t.get(99).is_some());
+    }
+}

@@ -1,0 +1,736 @@
+//! [`FileChangeWatcher`]: create / modify / delete / rename / chmod anywhere on
+//! whole filesystems, reported with directory file handles + names
+//! (`FAN_REPORT_DFID_NAME`) and resolved to host paths.
+
+use super::parse::{self, FidRecord, RawEvent};
+use super::{fanotify_init, fanotify_mark, fd_path, now_ns, read_some, FanotifyError, FanotifyStats};
+use super::{MAX_READS_PER_CALL, READ_BUF_LEN};
+use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Directory-handle → path cache size.
+const DIR_CACHE_CAP: usize = 4096;
+
+/// Watches whole filesystems for file changes.
+///
+/// # What it costs
+/// A `FAN_MARK_FILESYSTEM` mark makes **every** create, delete, rename,
+/// attribute change and close-after-write on that filesystem, by any process on
+/// the host, allocate and queue an event for us (a few hundred bytes each until
+/// read), and every event costs us a `read` share plus, for a directory not in
+/// the cache, an `open_by_handle_at` + `readlink` + `close`. Reads and opens
+/// without write are not reported and cost the writers nothing extra. Mark the
+/// filesystem that holds the containers' overlay upper directories (e.g. the one
+/// under `/var/lib/containers/storage`); overlayfs itself refuses filesystem
+/// marks (EOPNOTSUPP). If that filesystem is also the host root, host activity
+/// (package managers, builds, logs) is queued too and dropped here by the path
+/// filter; when it outruns us the queue overflows (counted in
+/// [`FanotifyStats::overflows`]).
+///
+/// # Ops
+/// * `Create`: `FAN_CREATE` (files, dirs with `is_dir`, symlinks, nodes).
+/// * `Modify`: `FAN_CLOSE_WRITE`: one event per write session (open for write
+///   … close), not per `write(2)`; a file opened for write and closed without
+///   writing is reported too. A new file written by a shell redirect gives
+///   `Create` then `Modify`.
+/// * `Delete`: `FAN_DELETE`.
+/// * `Rename`: `FAN_RENAME` (one event with old and new dir+name); on kernels
+///   older than 5.17 `FAN_MOVED_FROM`/`FAN_MOVED_TO` paired by order and pid.
+/// * `Chmod`: `FAN_ATTRIB`. fanotify does not say which attribute changed, so
+///   chown, utimes (`touch` of an existing file), setxattr and link-count
+///   changes are reported as `Chmod` too; a consumer that needs certainty must
+///   stat the file.
+///
+/// Events whose directory handle no longer resolves (directory deleted before
+/// we read the event) are still emitted, with path `"?/<name>"`, and counted in
+/// `resolve_failures`; the path filter cannot judge them, so they pass it.
+pub struct FileChangeWatcher {
+    fan: OwnedFd,
+    rename_mode: RenameMode,
+    filesystems: Vec<Filesystem>,
+    cache: DirCache,
+    /// Prefixes as bytes, without trailing '/'. Empty: no filtering.
+    filter: Vec<Vec<u8>>,
+    buf: Vec<u8>,
+    /// Scratch for building aligned `struct file_handle`s.
+    handle_buf: Vec<u32>,
+    /// Scratch for building cache keys.
+    key_buf: Vec<u8>,
+    own_pid: i32,
+    pending_from: Option<PendingMove>,
+    stats: FanotifyStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RenameMode {
+    FanRename,
+    MovedPair,
+}
+
+struct Filesystem {
+    fsid: [i32; 2],
+    mount_fd: OwnedFd,
+    path: PathBuf,
+}
+
+struct PendingMove {
+    pid: i32,
+    path: String,
+    is_dir: bool,
+}
+
+/// Where a directory lies relative to the path filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// At or under a prefix: everything in it passes.
+    Under,
+    /// A proper ancestor of a prefix: only the entry that is the prefix passes.
+    Ancestor,
+    /// Elsewhere: nothing passes.
+    Outside,
+}
+
+const MARK_MASK_BASE: u64 =
+    libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_ATTRIB | libc::FAN_CLOSE_WRITE | libc::FAN_ONDIR;
+
+impl FileChangeWatcher {
+    /// Create the fanotify group (`FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME |
+    /// FAN_REPORT_FID`, falling back to `FAN_REPORT_DFID_NAME` alone). Needs
+    /// CAP_SYS_ADMIN (init) and CAP_DAC_READ_SEARCH (`open_by_handle_at`).
+    pub fn new() -> Result<Self, FanotifyError> {
+        let base = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME;
+        let ev_flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u32;
+        let fan = match fanotify_init(base | libc::FAN_REPORT_FID, ev_flags) {
+            Ok(fd) => fd,
+            Err(FanotifyError::Init { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                fanotify_init(base, ev_flags)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(FileChangeWatcher {
+            fan,
+            rename_mode: RenameMode::FanRename,
+            filesystems: Vec::new(),
+            cache: DirCache::new(DIR_CACHE_CAP),
+            filter: Vec::new(),
+            buf: vec![0; READ_BUF_LEN],
+            handle_buf: vec![0; (8 + libc::MAX_HANDLE_SZ as usize) / 4],
+            key_buf: Vec::with_capacity(16 + libc::MAX_HANDLE_SZ as usize),
+            own_pid: std::process::id() as i32,
+            pending_from: None,
+            stats: FanotifyStats::default(),
+        })
+    }
+
+    /// The fanotify fd, to poll for readability.
+    pub fn fd(&self) -> RawFd {
+        self.fan.as_raw_fd()
+    }
+
+    pub fn stats(&self) -> FanotifyStats {
+        self.stats
+    }
+
+    /// Whether renames come as single `FAN_RENAME` events (kernel ≥ 5.17) rather
+    /// than paired `FAN_MOVED_FROM`/`FAN_MOVED_TO`.
+    pub fn uses_fan_rename(&self) -> bool {
+        self.rename_mode == RenameMode::FanRename
+    }
+
+    /// Put a `FAN_MARK_FILESYSTEM` mark on the filesystem holding `path`, and
+    /// keep an fd on it to resolve file handles. Adding the same filesystem
+    /// twice is a no-op.
+    pub fn add_filesystem(&mut self, path: &Path) -> Result<(), FanotifyError> {
+        let mount_fd = open_rdonly(path)?;
+        let fsid = fsid_of(mount_fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: path.into(), source })?;
+        if self.filesystems.iter().any(|f| f.fsid == fsid) {
+            return Ok(());
+        }
+        let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM;
+        if self.rename_mode == RenameMode::FanRename {
+            match fanotify_mark(self.fan.as_raw_fd(), flags, MARK_MASK_BASE | libc::FAN_RENAME, path) {
+                Ok(()) => {}
+                Err(FanotifyError::Mark { source, .. })
+                    if source.raw_os_error() == Some(libc::EINVAL) && self.filesystems.is_empty() =>
+                {
+                    tracing::info!("FAN_RENAME not supported, pairing FAN_MOVED_FROM/FAN_MOVED_TO");
+                    self.rename_mode = RenameMode::MovedPair;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.rename_mode == RenameMode::MovedPair {
+            fanotify_mark(self.fan.as_raw_fd(), flags, MARK_MASK_BASE | libc::FAN_MOVE, path)?;
+        }
+        tracing::debug!(path = %path.display(), ?fsid, "fanotify filesystem mark added");
+        self.filesystems.push(Filesystem { fsid, mount_fd, path: path.to_path_buf() });
+        Ok(())
+    }
+
+    /// Remove the filesystem mark for the filesystem holding `path`.
+    pub fn remove_filesystem(&mut self, path: &Path) -> Result<(), FanotifyError> {
+        let fd = open_rdonly(path)?;
+        let fsid = fsid_of(fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: path.into(), source })?;
+        let Some(i) = self.filesystems.iter().position(|f| f.fsid == fsid) else { return Ok(()) };
+        let mask = MARK_MASK_BASE
+            | if self.rename_mode == RenameMode::FanRename { libc::FAN_RENAME } else { libc::FAN_MOVE };
+        let fs = self.filesystems.remove(i);
+        fanotify_mark(self.fan.as_raw_fd(), libc::FAN_MARK_REMOVE | libc::FAN_MARK_FILESYSTEM, mask, &fs.path)?;
+        self.cache.clear();
+        Ok(())
+    }
+
+    /// Only emit events whose resolved host path lies under one of `prefixes`
+    /// (an empty list emits everything). Compared component-wise as strings,
+    /// so pass canonical paths.
+    pub fn set_path_filter(&mut self, prefixes: Vec<PathBuf>) {
+        self.filter = prefixes
+            .iter()
+            .map(|p| {
+                let mut b = p.as_os_str().as_bytes().to_vec();
+                while b.len() > 1 && b.last() == Some(&b'/') {
+                    b.pop();
+                }
+                b
+            })
+            .collect();
+        // Places are computed against the filter at insert time.
+        self.cache.clear();
+    }
+
+    /// Drain queued events into `out` without blocking; returns how many were
+    /// appended.
+    pub fn read_events(&mut self, out: &mut Vec<Event>) -> Result<usize, FanotifyError> {
+        let before = out.len();
+        let mut buf = std::mem::take(&mut self.buf);
+        let res = (|| {
+            for _ in 0..MAX_READS_PER_CALL {
+                let n = read_some(self.fan.as_raw_fd(), &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                let now = now_ns();
+                for ev in parse::events(&buf[..n]) {
+                    match ev {
+                        Ok(ev) => self.handle(&ev, now, out),
+                        Err(e) => {
+                            self.stats.dropped += 1;
+                            tracing::warn!(error = %e, "malformed fanotify buffer, rest of this read skipped");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.buf = buf;
+        self.flush_pending(now_ns(), out);
+        let added = out.len() - before;
+        self.stats.events += added as u64;
+        res.map(|()| added)
+    }
+
+    fn handle(&mut self, ev: &RawEvent<'_>, now: u64, out: &mut Vec<Event>) {
+        if ev.fd >= 0 {
+            // Not expected in fid mode; never leak it.
+            // SAFETY: the kernel handed us this fd with the event; nobody else owns it.
+            drop(unsafe { OwnedFd::from_raw_fd(ev.fd) });
+        }
+        if ev.mask & libc::FAN_Q_OVERFLOW != 0 {
+            self.stats.overflows += 1;
+            tracing::warn!("fanotify queue overflow: file-change events were lost");
+            return;
+        }
+        if ev.pid == self.own_pid {
+            self.stats.dropped += 1;
+            return;
+        }
+        let is_dir = ev.mask & libc::FAN_ONDIR != 0;
+        if ev.mask & libc::FAN_RENAME != 0 {
+            let (old, old_ok) = match &ev.old_dfid_name {
+                Some(r) => self.resolve(r),
+                None => (unknown_path(None), Place::Under),
+            };
+            let (new, new_ok) = match &ev.new_dfid_name {
+                Some(r) => self.resolve(r),
+                None => (unknown_path(None), Place::Under),
+            };
+            if !self.passes(old_ok, &old) && !self.passes(new_ok, &new) {
+                self.stats.dropped += 1;
+            } else {
+                // Directory renames move every cached path below them.
+                if is_dir {
+                    self.cache.clear();
+                }
+                out.push(file_event(now, ev.pid, FileOp::Rename, new, Some(old), is_dir));
+            }
+        }
+        let ops = ev.mask
+            & (libc::FAN_CREATE
+                | libc::FAN_CLOSE_WRITE
+                | libc::FAN_ATTRIB
+                | libc::FAN_MOVED_FROM
+                | libc::FAN_MOVED_TO
+                | libc::FAN_DELETE);
+        if ops == 0 {
+            return;
+        }
+        let (path, place) = match (&ev.dfid_name, &ev.fid) {
+            (Some(r), _) => self.resolve(r),
+            // No directory record: the object had no name any more (e.g. the
+            // link-count ATTRIB of an unlinked file). Try the object's own
+            // handle; if that fails too nothing useful is known, and the
+            // matching `Delete` event already told the story.
+            (None, Some(f)) => match self.open_handle(f) {
+                Ok((p, false)) => {
+                    let place = self.place(p.as_bytes());
+                    (p, place)
+                }
+                _ => {
+                    self.stats.resolve_failures += 1;
+                    self.stats.dropped += 1;
+                    return;
+                }
+            },
+            (None, None) => {
+                self.stats.resolve_failures += 1;
+                self.stats.dropped += 1;
+                return;
+            }
+        };
+        if !self.passes(place, &path) {
+            self.stats.dropped += 1;
+            return;
+        }
+        if ev.mask & libc::FAN_CREATE != 0 {
+            out.push(file_event(now, ev.pid, FileOp::Create, path.clone(), None, is_dir));
+        }
+        if ev.mask & libc::FAN_CLOSE_WRITE != 0 && !is_dir {
+            out.push(file_event(now, ev.pid, FileOp::Modify, path.clone(), None, is_dir));
+        }
+        if ev.mask & libc::FAN_ATTRIB != 0 {
+            out.push(file_event(now, ev.pid, FileOp::Chmod, path.clone(), None, is_dir));
+        }
+        if ev.mask & libc::FAN_MOVED_FROM != 0 {
+            self.flush_pending(now, out);
+            self.pending_from = Some(PendingMove { pid: ev.pid, path: path.clone(), is_dir });
+        }
+        if ev.mask & libc::FAN_MOVED_TO != 0 {
+            let old = match self.pending_from.take() {
+                Some(p) if p.pid == ev.pid => Some(p.path),
+                other => {
+                    self.pending_from = other;
+                    self.flush_pending(now, out);
+                    None
+                }
+            };
+            if is_dir {
+                self.cache.clear();
+            }
+            out.push(file_event(now, ev.pid, FileOp::Rename, path.clone(), old, is_dir));
+        }
+        if ev.mask & libc::FAN_DELETE != 0 {
+            if is_dir {
+                self.cache.clear();
+            }
+            out.push(file_event(now, ev.pid, FileOp::Delete, path, None, is_dir));
+        }
+    }
+
+    /// A `FAN_MOVED_FROM` whose `FAN_MOVED_TO` did not follow (moved off the
+    /// watched filesystem or out of the batch): reported as a rename with the
+    /// old path only.
+    fn flush_pending(&mut self, now: u64, out: &mut Vec<Event>) {
+        if let Some(p) = self.pending_from.take() {
+            out.push(file_event(now, p.pid, FileOp::Rename, p.path.clone(), Some(p.path), p.is_dir));
+        }
+    }
+
+    fn passes(&self, place: Place, path: &str) -> bool {
+        match place {
+            Place::Under => true,
+            Place::Outside => false,
+            Place::Ancestor => self.filter.iter().any(|p| under(path.as_bytes(), p)),
+        }
+    }
+
+    /// Resolve a dir handle + name to a host path, and place the directory
+    /// against the filter. Unresolvable → `"?/<name>"`, placed `Under`.
+    fn resolve(&mut self, rec: &FidRecord<'_>) -> (String, Place) {
+        let name = rec.name.unwrap_or(b"");
+        self.key_buf.clear();
+        self.key_buf.extend_from_slice(&rec.fsid[0].to_ne_bytes());
+        self.key_buf.extend_from_slice(&rec.fsid[1].to_ne_bytes());
+        self.key_buf.extend_from_slice(&rec.handle_type.to_ne_bytes());
+        self.key_buf.extend_from_slice(rec.handle);
+        let dir = match self.cache.get(&self.key_buf) {
+            Some((d, place)) => return (join(d, name), place),
+            None => self.open_handle(rec),
+        };
+        match dir {
+            Ok((d, deleted)) => {
+                let place = self.place(d.as_bytes());
+                let path = join(&d, name);
+                if !deleted {
+                    self.cache.insert(self.key_buf.as_slice().into(), d, place);
+                }
+                (path, place)
+            }
+            Err(e) => {
+                self.stats.resolve_failures += 1;
+                tracing::trace!(error = %e, "fanotify dir handle did not resolve");
+                (unknown_path(Some(name)), Place::Under)
+            }
+        }
+    }
+
+    fn place(&self, dir: &[u8]) -> Place {
+        if self.filter.is_empty() {
+            return Place::Under;
+        }
+        let mut place = Place::Outside;
+        for p in &self.filter {
+            if under(dir, p) {
+                return Place::Under;
+            }
+            if under(p, dir) {
+                place = Place::Ancestor;
+            }
+        }
+        place
+    }
+
+    /// `open_by_handle_at(O_PATH)` + readlink. Returns the path and whether the
+    /// object is already deleted.
+    fn open_handle(&mut self, rec: &FidRecord<'_>) -> io::Result<(String, bool)> {
+        let fs = self
+            .filesystems
+            .iter()
+            .find(|f| f.fsid == rec.fsid)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "event from an unmarked filesystem"))?;
+        if rec.handle.len() > libc::MAX_HANDLE_SZ as usize {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // Lay out `struct file_handle` in the u32-aligned scratch buffer.
+        self.handle_buf[0] = rec.handle.len() as u32;
+        self.handle_buf[1] = rec.handle_type as u32;
+        {
+            // View the tail as bytes to copy the opaque handle.
+            let words = &mut self.handle_buf[2..];
+            let bytes_len = words.len() * 4;
+            // SAFETY: `words` is a live, exclusively borrowed u32 slice of
+            // `bytes_len` bytes; u8 has no alignment or validity requirements.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes_len) };
+            bytes[..rec.handle.len()].copy_from_slice(rec.handle);
+        }
+        // SAFETY: `handle_buf` holds a correctly laid out, 4-byte aligned
+        // `struct file_handle` whose `handle_bytes` (≤ MAX_HANDLE_SZ) bytes of
+        // `f_handle` fit in the buffer; the kernel only reads it.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                fs.mount_fd.as_raw_fd(),
+                self.handle_buf.as_mut_ptr().cast::<libc::file_handle>(),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned to us and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut p = fd_path(fd.as_raw_fd())?;
+        let deleted = p.ends_with(" (deleted)");
+        if deleted {
+            p.truncate(p.len() - " (deleted)".len());
+        }
+        Ok((p, deleted))
+    }
+}
+
+impl AsFd for FileChangeWatcher {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fan.as_fd()
+    }
+}
+
+/// `path` equals `prefix` or lies below it.
+fn under(path: &[u8], prefix: &[u8]) -> bool {
+    if prefix == b"/" {
+        return path.first() == Some(&b'/');
+    }
+    path.starts_with(prefix) && (path.len() == prefix.len() || path[prefix.len()] == b'/')
+}
+
+fn join(dir: &str, name: &[u8]) -> String {
+    if name.is_empty() || name == b"." {
+        return dir.to_owned();
+    }
+    let name = String::from_utf8_lossy(name);
+    let mut s = String::with_capacity(dir.len() + 1 + name.len());
+    s.push_str(dir);
+    if !dir.ends_with('/') {
+        s.push('/');
+    }
+    s.push_str(&name);
+    s
+}
+
+fn unknown_path(name: Option<&[u8]>) -> String {
+    format!("?/{}", String::from_utf8_lossy(name.unwrap_or(b"")))
+}
+
+fn file_event(now: u64, pid: i32, op: FileOp, path: String, old_path: Option<String>, is_dir: bool) -> Event {
+    Event {
+        time_ns: now,
+        cgroup_id: 0,
+        process: ProcessRef { pid: pid.max(0) as u32, ..ProcessRef::default() },
+        kind: EventKind::File(FileEvent { op, host_path: path.clone(), path, old_path, is_dir }),
+    }
+}
+
+fn open_rdonly(path: &Path) -> Result<OwnedFd, FanotifyError> {
+    let c = super::cstring(path)?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) };
+    if fd < 0 {
+        return Err(FanotifyError::Open { path: path.into(), source: io::Error::last_os_error() });
+    }
+    // SAFETY: `fd` was just returned to us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The filesystem id fanotify reports in fid records (`statfs.f_fsid`).
+fn fsid_of(fd: RawFd) -> io::Result<[i32; 2]> {
+    // SAFETY: all-zero bytes are a valid `struct statfs` (plain integers).
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer for the duration of the call.
+    if unsafe { libc::fstatfs(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // `fsid_t` keeps its two ints private; it is exactly `int __val[2]`.
+    const _: () = assert!(std::mem::size_of::<libc::fsid_t>() == 8);
+    // SAFETY: `f_fsid` is an initialised 8-byte `fsid_t` (`int __val[2]`);
+    // reading it unaligned as `[i32; 2]` reads exactly those bytes.
+    Ok(unsafe { std::ptr::addr_of!(st.f_fsid).cast::<[i32; 2]>().read_unaligned() })
+}
+
+/// Bounded handle → directory cache with clock (second-chance) eviction.
+struct DirCache {
+    map: HashMap<Box<[u8]>, usize>,
+    slots: Vec<Slot>,
+    hand: usize,
+    cap: usize,
+}
+
+struct Slot {
+    key: Box<[u8]>,
+    dir: String,
+    place: Place,
+    referenced: bool,
+}
+
+impl DirCache {
+    fn new(cap: usize) -> Self {
+        DirCache { map: HashMap::with_capacity(cap), slots: Vec::with_capacity(cap), hand: 0, cap: cap.max(1) }
+    }
+
+    fn get(&mut self, key: &[u8]) -> Option<(&str, Place)> {
+        let i = *self.map.get(key)?;
+        let s = &mut self.slots[i];
+        s.referenced = true;
+        Some((&s.dir, s.place))
+    }
+
+    fn insert(&mut self, key: Box<[u8]>, dir: String, place: Place) {
+        if let Some(&i) = self.map.get(&key) {
+            let s = &mut self.slots[i];
+            s.dir = dir;
+            s.place = place;
+            return;
+        }
+        if self.slots.len() < self.cap {
+            self.map.insert(key.clone(), self.slots.len());
+            self.slots.push(Slot { key, dir, place, referenced: false });
+            return;
+        }
+        loop {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % self.slots.len();
+            if std::mem::take(&mut self.slots[i].referenced) {
+                continue;
+            }
+            let old = std::mem::replace(&mut self.slots[i], Slot { key: key.clone(), dir, place, referenced: false });
+            self.map.remove(&old.key);
+            self.map.insert(key, i);
+            return;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.slots.clear();
+        self.hand = 0;
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanotify::parse::build;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn under_and_join() {
+        assert!(under(b"/a/b", b"/a"));
+        assert!(under(b"/a", b"/a"));
+        assert!(!under(b"/ab", b"/a"));
+        assert!(under(b"/x", b"/"));
+        assert_eq!(join("/a", b"b"), "/a/b");
+        assert_eq!(join("/", b"b"), "/b");
+        assert_eq!(join("/a", b"."), "/a");
+        assert_eq!(unknown_path(Some(b"n")), "?/n");
+    }
+
+    #[test]
+    fn dir_cache_is_bounded_and_keeps_referenced() {
+        let mut c = DirCache::new(4);
+        for i in 0..4u8 {
+            c.insert(vec![i].into(), format!("/d{i}"), Place::Under);
+        }
+        assert!(c.get(&[0]).is_some());
+        c.insert(vec![9].into(), "/d9".into(), Place::Under);
+        assert_eq!(c.len(), 4);
+        assert!(c.get(&[0]).is_some(), "referenced entry survived");
+        assert!(c.get(&[1]).is_none(), "first unreferenced entry evicted");
+        for i in 10..100u8 {
+            c.insert(vec![i].into(), String::new(), Place::Outside);
+        }
+        assert_eq!(c.len(), 4);
+    }
+
+    /// Handling of parsed events without a kernel: overflow, own pid,
+    /// unresolvable handles.
+    #[test]
+    fn handle_overflow_own_pid_and_unresolvable() {
+        let Ok(mut w) = FileChangeWatcher::new() else {
+            eprintln!("SKIP: fanotify_init not permitted");
+            return;
+        };
+        let mut out = Vec::new();
+        let buf = [
+            build::event(libc::FAN_Q_OVERFLOW, -1, 0, &[]),
+            build::event(
+                libc::FAN_CREATE,
+                -1,
+                w.own_pid,
+                &[build::fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [1, 1], 1, &[1; 8], Some("mine"))],
+            ),
+            build::event(
+                libc::FAN_DELETE,
+                -1,
+                4242,
+                &[build::fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [1, 1], 1, &[1; 8], Some("gone"))],
+            ),
+        ]
+        .concat();
+        for ev in parse::events(&buf) {
+            w.handle(&ev.unwrap(), 1, &mut out);
+        }
+        assert_eq!(w.stats.overflows, 1);
+        assert_eq!(w.stats.resolve_failures, 1);
+        assert_eq!(out.len(), 1);
+        let EventKind::File(f) = &out[0].kind else { panic!() };
+        assert_eq!(f.op, FileOp::Delete);
+        assert_eq!(f.path, "?/gone");
+        assert_eq!(out[0].process.pid, 4242);
+    }
+
+    /// Collect file events until `done(events)` or timeout.
+    pub(crate) fn collect_until(
+        w: &mut FileChangeWatcher,
+        timeout: Duration,
+        mut done: impl FnMut(&[FileEvent]) -> bool,
+    ) -> Vec<(u32, FileEvent)> {
+        let start = Instant::now();
+        let mut all = Vec::new();
+        let mut files = Vec::new();
+        loop {
+            let mut out = Vec::new();
+            w.read_events(&mut out).expect("read_events");
+            for e in out {
+                if let EventKind::File(f) = e.kind {
+                    files.push(f.clone());
+                    all.push((e.process.pid, f));
+                }
+            }
+            if done(&files) || start.elapsed() > timeout {
+                return all;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn has(evs: &[FileEvent], op: FileOp, path: &str) -> bool {
+        evs.iter().any(|e| e.op == op && e.path == path)
+    }
+
+    #[test]
+    fn root_file_changes_in_tempdir() {
+        let flags = libc::FAN_CLASS_NOTIF | libc::FAN_REPORT_DFID_NAME;
+        if crate::fanotify::skip_unless_fanotify(flags) {
+            return;
+        }
+        let dir = tempfile::Builder::new().prefix("lancet-fan").tempdir_in("/var/tmp").unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        let other = tempfile::Builder::new().prefix("lancet-fan-other").tempdir_in("/var/tmp").unwrap();
+        let mut w = FileChangeWatcher::new().unwrap();
+        w.add_filesystem(&d).unwrap();
+        w.set_path_filter(vec![d.clone()]);
+        eprintln!("FAN_RENAME in use: {}", w.uses_fan_rename());
+        let script = format!(
+            "cd {d} && : > a && echo hi > b && chmod 0700 b && mv b c && mkdir sub && echo x > sub/f && rm a && rm -r sub && echo no > {o}/outside",
+            d = d.display(),
+            o = other.path().display()
+        );
+        let mut child = Command::new("sh").arg("-c").arg(&script).spawn().unwrap();
+        let pid = child.id();
+        assert!(child.wait().unwrap().success());
+        let p = |n: &str| format!("{}/{n}", d.display());
+        let evs = collect_until(&mut w, Duration::from_secs(5), |evs| {
+            has(evs, FileOp::Delete, &p("sub")) || evs.iter().any(|e| e.op == FileOp::Delete && e.is_dir)
+        });
+        for (pid, e) in &evs {
+            eprintln!("{pid} {:?} {} old={:?} dir={}", e.op, e.path, e.old_path, e.is_dir);
+        }
+        let files: Vec<FileEvent> = evs.iter().map(|(_, f)| f.clone()).collect();
+        assert!(has(&files, FileOp::Create, &p("a")));
+        assert!(has(&files, FileOp::Modify, &p("a")), "close-write on ': > a'");
+        assert!(has(&files, FileOp::Create, &p("b")));
+        assert!(has(&files, FileOp::Modify, &p("b")));
+        assert!(has(&files, FileOp::Chmod, &p("b")));
+        assert!(files
+            .iter()
+            .any(|e| e.op == FileOp::Rename && e.path == p("c") && e.old_path.as_deref() == Some(p("b").as_str())));
+        assert!(files.iter().any(|e| e.op == FileOp::Create && e.path == p("sub") && e.is_dir));
+        assert!(has(&files, FileOp::Delete, &p("a")));
+        assert!(files.iter().any(|e| e.op == FileOp::Delete && e.is_dir && (e.path == p("sub"))));
+        // sub/f: created and deleted; its dir may be gone before we resolve it.
+        assert!(files.iter().any(|e| e.op == FileOp::Create && (e.path == p("sub/f") || e.path == "?/f")));
+        assert!(!files.iter().any(|e| e.path.contains("outside")), "filter must drop the other dir");
+        assert!(evs.iter().all(|(p, _)| *p != std::process::id()));
+        // Every process here is a child of our `sh`: either sh itself or a
+        // direct child of it (mv, chmod, rm, mkdir).
+        assert!(evs.iter().any(|(p, _)| *p == pid), "sh's own redirects carry its pid");
+        assert!(files.iter().all(|e| e.host_path == e.path));
+        assert_eq!(w.stats().overflows, 0, "queue overflowed (host too busy?)");
+    }
+}

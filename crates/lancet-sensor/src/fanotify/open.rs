@@ -1,0 +1,2 @@
+pub struct SensitiveOpenWatcher;
+pub const DEFAULT_SENSITIVE_PATHS: &[&str] = &[];

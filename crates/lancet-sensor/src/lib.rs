@@ -1,0 +1,34 @@
+//! The kernel-facing side of lancet: loading the BPF probes, reading their ring
+//! buffer, fanotify, and probing what the running kernel supports. This is the
+//! only crate that contains `unsafe`; every block says why it is sound.
+
+pub mod decode;
+pub mod fanotify;
+pub mod features;
+pub mod probes;
+mod skel;
+
+pub use decode::{decode, Clock, DecodeError};
+pub use probes::{Sensor, SensorConfig, SensorError};
+
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Waits until one of `fds` is readable or `timeout` passes. Returns which
+/// were readable. EINTR counts as a timeout: the caller's loop checks its
+/// stop flag and comes back.
+pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> std::io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `pfds` is a valid, exclusively borrowed array of `pfds.len()`
+    // pollfd structs for the duration of the call.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if r < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(err);
+    }
+    Ok(pfds.iter().map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0).collect())
+}

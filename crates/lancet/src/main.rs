@@ -1,0 +1,91 @@
+//! lancet: a runtime security agent for container hosts.
+//!
+//! The binary is thin: argument parsing, wiring of the sensor, engine and
+//! outputs, and error reporting. Errors print with their whole context chain.
+#![forbid(unsafe_code)]
+
+mod doctor;
+mod trace;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "lancet", version, about = "Runtime security agent for container hosts")]
+struct Cli {
+    /// Prefix for every host path lancet reads (runtime state, /proc is not
+    /// prefixed). For running inside a container with the host mounted.
+    #[arg(long, global = true, env = "HOST_ROOT", default_value = "/")]
+    host_root: PathBuf,
+    /// Log filter (tracing syntax), e.g. `info` or `lancet=debug`.
+    #[arg(long, global = true, env = "LANCET_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Report what this host offers and which guarantees hold. Exits 0 when
+    /// monitoring can run.
+    Doctor {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Stream what containers do (execs, network, file changes, sensitive
+    /// reads) until Ctrl-C.
+    Trace(trace::TraceArgs),
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Doctor { format } => {
+            let report = doctor::report(&cli.host_root);
+            let mut out = io::stdout().lock();
+            match format {
+                Format::Json => {
+                    serde_json::to_writer_pretty(&mut out, &report)?;
+                    writeln!(out)?;
+                }
+                Format::Table => doctor::print_table(&report, &mut out)?,
+            }
+            out.flush()?;
+            Ok(if report.monitoring_ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Command::Trace(args) => trace::run(&cli.host_root, args),
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<io::Error>().map(|io| io.kind() == io::ErrorKind::BrokenPipe).unwrap_or(false))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout and usage errors to stderr.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(64) } else { ExitCode::SUCCESS };
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lancet: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

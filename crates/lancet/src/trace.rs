@@ -1,0 +1,408 @@
+//! `lancet trace`: the sensor's events, attributed to containers, as a live
+//! stream. Everything runs on one thread: the ring buffer, the fanotify
+//! groups and attribution are multiplexed with poll(2), so there are no locks
+//! on the event path.
+
+use crate::Format;
+use anyhow::{bail, Context, Result};
+use lancet_engine::attribution::{Attribution, AttributionConfig, Attributor, ContainerInfo};
+use lancet_engine::event::{Event, EventKind};
+use lancet_engine::output::{falco_json, table_header, table_row, Record};
+use lancet_engine::process::ProcessTable;
+use lancet_sensor::fanotify::{FileChangeWatcher, SensitiveOpenWatcher, DEFAULT_SENSITIVE_PATHS};
+use lancet_sensor::probes::{detect_cgroup2_root, PROBE_NAMES};
+use lancet_sensor::{decode, wait_readable, Clock, Sensor, SensorConfig};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Every `evt.type` the sensor produces.
+const EVENT_TYPES: &[&str] = &[
+    "execve", "clone", "procexit", "connect", "accept", "listen", "bind", "close", "creat", "write", "unlink",
+    "rename", "chmod", "open", "cgroup_mkdir", "cgroup_rmdir",
+];
+/// Shown unless asked for: frequent and rarely interesting on their own.
+const QUIET_TYPES: &[&str] = &["clone", "cgroup_mkdir", "cgroup_rmdir"];
+
+#[derive(clap::Args, Debug)]
+pub struct TraceArgs {
+    /// Only these containers (name, full id or id prefix). Repeatable.
+    #[arg(long = "container", short = 'c', value_name = "NAME|ID")]
+    containers: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Also show processes outside containers.
+    #[arg(long)]
+    host: bool,
+    /// Only these event types (`all` for every type, including clone and
+    /// cgroup events). Repeatable.
+    #[arg(long = "event", short = 'e', value_name = "TYPE")]
+    events: Vec<String>,
+    /// Paths whose opens are reported (replaces the default set). Repeatable.
+    #[arg(long = "sensitive-path", value_name = "PATH")]
+    sensitive: Vec<String>,
+    /// Do not watch file changes (saves the fanotify filesystem mark).
+    #[arg(long)]
+    no_files: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Print the pipeline's counters as JSON to stderr on exit.
+    #[arg(long)]
+    stats: bool,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    ring_mb: u32,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Stats {
+    pub records: u64,
+    pub decode_errors: u64,
+    pub emitted: u64,
+    pub unknown_attribution: u64,
+    pub lost: HashMap<&'static str, u64>,
+    pub file_events: u64,
+    pub file_overflows: u64,
+    pub open_events: u64,
+    pub open_overflows: u64,
+    pub containers_seen: usize,
+    pub seconds: f64,
+    pub max_rss_kib: u64,
+}
+
+fn parse_events(list: &[String]) -> Result<HashSet<&'static str>> {
+    if list.is_empty() {
+        return Ok(EVENT_TYPES.iter().copied().filter(|t| !QUIET_TYPES.contains(t)).collect());
+    }
+    let mut set = HashSet::new();
+    for item in list.iter().flat_map(|s| s.split(',')) {
+        let item = item.trim();
+        if item == "all" {
+            set.extend(EVENT_TYPES.iter().copied());
+            continue;
+        }
+        match EVENT_TYPES.iter().find(|t| **t == item) {
+            Some(t) => {
+                set.insert(*t);
+            }
+            None => bail!("unknown event type {item:?}; known: all, {}", EVENT_TYPES.join(", ")),
+        }
+    }
+    Ok(set)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// The cgroup v2 id of a live process: the inode of its cgroup directory.
+fn cgroup_id_of_pid(cgroup2: &Path, pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    std::fs::metadata(cgroup2.join(rel.trim_start_matches('/'))).ok().map(|m| m.ino())
+}
+
+/// Peak resident set size of this process, from /proc/self/status.
+pub fn max_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Container filesystems and sensitive-path watches follow the containers:
+/// armed on the first sight of a container, disarmed when its cgroup goes.
+struct Watches {
+    files: Option<FileChangeWatcher>,
+    opens: Option<SensitiveOpenWatcher>,
+    host_root: PathBuf,
+    armed: HashMap<String, (u64, Vec<PathBuf>)>,
+    next_label: u64,
+}
+
+impl Watches {
+    fn rebuild_filter(&mut self) {
+        if let Some(f) = self.files.as_mut() {
+            let prefixes = self.armed.values().flat_map(|(_, p)| p.iter().cloned()).collect();
+            f.set_path_filter(prefixes);
+        }
+    }
+
+    fn arm(&mut self, c: &ContainerInfo, pid: Option<u32>) {
+        if self.armed.contains_key(&c.id) {
+            return;
+        }
+        let paths: Vec<PathBuf> =
+            c.rootfs_paths.iter().map(|p| self.host_root.join(p.strip_prefix("/").unwrap_or(p))).collect();
+        if let Some(f) = self.files.as_mut() {
+            for p in &paths {
+                if let Err(e) = f.add_filesystem(p) {
+                    tracing::warn!(container = %c.name, path = %p.display(), "file changes not watched: {e}");
+                }
+            }
+        }
+        let label = self.next_label;
+        self.next_label += 1;
+        if let (Some(o), Some(pid)) = (self.opens.as_mut(), pid.or(c.pid)) {
+            let root = PathBuf::from(format!("/proc/{pid}/root"));
+            match o.watch_root(&root, label) {
+                Ok(n) => tracing::debug!(container = %c.name, marks = n, "sensitive paths watched"),
+                Err(e) => tracing::warn!(container = %c.name, "sensitive paths not watched: {e}"),
+            }
+        }
+        self.armed.insert(c.id.clone(), (label, paths));
+        self.rebuild_filter();
+    }
+
+    fn disarm(&mut self, id: &str) {
+        if let Some((label, _)) = self.armed.remove(id) {
+            if let Some(o) = self.opens.as_mut() {
+                o.unwatch(label);
+            }
+            self.rebuild_filter();
+        }
+    }
+}
+
+/// Turns raw events into attributed records.
+pub struct Pipeline {
+    pub attributor: Attributor,
+    procs: ProcessTable,
+    cgroup2: PathBuf,
+    host_root: PathBuf,
+}
+
+impl Pipeline {
+    /// Attribution of one event, rewriting file paths to the container's view.
+    fn attribute(&mut self, ev: &mut Event) -> Attribution {
+        self.procs.observe(ev);
+        if ev.cgroup_id == 0 {
+            ev.cgroup_id = self
+                .procs
+                .get(ev.process.pid)
+                .map(|p| p.cgroup_id)
+                .filter(|&id| id != 0)
+                .or_else(|| cgroup_id_of_pid(&self.cgroup2, ev.process.pid))
+                .unwrap_or(0);
+        }
+        match &mut ev.kind {
+            EventKind::CgroupMkdir { id, path } => {
+                self.attributor.on_cgroup_mkdir(*id, path);
+            }
+            EventKind::CgroupRmdir { id, path } => {
+                self.attributor.on_cgroup_rmdir(*id, path);
+            }
+            _ => {}
+        }
+        let mut attribution =
+            if ev.cgroup_id == 0 { Attribution::Host } else { self.attributor.attribute(ev.cgroup_id) };
+        if let EventKind::File(f) = &mut ev.kind {
+            let host = Path::new(&f.host_path);
+            let host = host.strip_prefix(&self.host_root).map(|p| Path::new("/").join(p)).unwrap_or(host.to_path_buf());
+            if let Some((c, inside)) = self.attributor.container_for_host_path(&host) {
+                f.path = inside;
+                if let Some(old) = f.old_path.as_mut() {
+                    if let Some((_, old_inside)) = self.attributor.container_for_host_path(Path::new(old.as_str())) {
+                        *old = old_inside;
+                    }
+                }
+                if !matches!(attribution, Attribution::Container(_)) {
+                    attribution = Attribution::Container(c);
+                }
+            }
+        }
+        attribution
+    }
+}
+
+fn selected(sel: &[String], c: &ContainerInfo) -> bool {
+    sel.is_empty() || sel.iter().any(|s| c.name == *s || (s.len() >= 3 && c.id.starts_with(s.as_str())))
+}
+
+pub fn run(host_root: &Path, args: TraceArgs) -> Result<ExitCode> {
+    let types = parse_events(&args.events)?;
+    if !args.ring_mb.is_power_of_two() || args.ring_mb > 1024 {
+        bail!("--ring-mb must be a power of two up to 1024, not {}", args.ring_mb);
+    }
+    if !lancet_sensor::features::is_root() {
+        bail!("lancet trace needs root (CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON) to load BPF probes and use fanotify");
+    }
+    let cgroup2 = detect_cgroup2_root().context("no cgroup v2 hierarchy is mounted; containers cannot be told apart")?;
+    let mut attributor = Attributor::new(AttributionConfig {
+        host_root: host_root.to_path_buf(),
+        cgroup2_root: Some(cgroup2.clone()),
+        cache_capacity: 4096,
+    })
+    .context("setting up container attribution")?;
+    let existing = attributor.scan().context("scanning running containers")?;
+    tracing::info!(containers = existing.len(), "containers found at start");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+
+    let sensor = Sensor::load(&SensorConfig {
+        ring_bytes: args.ring_mb << 20,
+        cgroup2_root: cgroup2.clone(),
+        ..SensorConfig::default()
+    })
+    .context("loading the BPF probes")?;
+    let files = if args.no_files {
+        None
+    } else {
+        FileChangeWatcher::new().map_err(|e| tracing::warn!("file changes will not be reported: {e}")).ok()
+    };
+    let mut opens = SensitiveOpenWatcher::new().map_err(|e| tracing::warn!("sensitive reads will not be reported: {e}")).ok();
+    let sensitive: Vec<String> = if args.sensitive.is_empty() {
+        DEFAULT_SENSITIVE_PATHS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.sensitive.clone()
+    };
+    if let Some(o) = opens.as_mut() {
+        o.set_paths(sensitive.clone());
+        if args.host {
+            if let Err(e) = o.watch_root(Path::new("/"), u64::MAX) {
+                tracing::warn!("host sensitive paths not watched: {e}");
+            }
+        }
+    }
+    let mut watches =
+        Watches { files, opens, host_root: host_root.to_path_buf(), armed: HashMap::new(), next_label: 0 };
+    for c in &existing {
+        watches.arm(c, None);
+    }
+
+    let clock = Clock::now();
+    let queue: Rc<RefCell<Vec<Event>>> = Rc::new(RefCell::new(Vec::with_capacity(4096)));
+    let decode_errors = Rc::new(std::cell::Cell::new(0u64));
+    let reader = {
+        let queue = Rc::clone(&queue);
+        let errors = Rc::clone(&decode_errors);
+        sensor.ring_buffer(move |data| {
+            match decode(data, &clock) {
+                Ok(ev) => queue.borrow_mut().push(ev),
+                Err(e) => {
+                    errors.set(errors.get() + 1);
+                    tracing::debug!("undecodable record: {e}");
+                }
+            }
+            0
+        })?
+    };
+
+    let mut pipeline = Pipeline { attributor, procs: ProcessTable::new(65_536), cgroup2, host_root: host_root.to_path_buf() };
+    seed_processes(&mut pipeline);
+    let host = hostname();
+    let mut out = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    if args.format == Format::Table {
+        writeln!(out, "{}", table_header())?;
+        out.flush()?;
+    }
+    let started = Instant::now();
+    let deadline = args.duration.map(|s| started + Duration::from_secs_f64(s.max(0.0)));
+    let mut stats = Stats::default();
+    let mut batch: Vec<Event> = Vec::with_capacity(4096);
+    while !stop.load(Ordering::Relaxed) && deadline.map(|d| Instant::now() < d).unwrap_or(true) {
+        let mut fds = vec![reader.epoll_fd()];
+        if let Some(f) = &watches.files {
+            fds.push(f.fd());
+        }
+        if let Some(o) = &watches.opens {
+            fds.push(o.fd());
+        }
+        wait_readable(&fds, Duration::from_millis(100)).context("waiting for events")?;
+        reader.consume()?;
+        std::mem::swap(&mut batch, &mut queue.borrow_mut());
+        if let Some(f) = watches.files.as_mut() {
+            if let Err(e) = f.read_events(&mut batch) {
+                tracing::warn!("reading file events: {e}");
+            }
+        }
+        if let Some(o) = watches.opens.as_mut() {
+            if let Err(e) = o.read_events(&mut batch) {
+                tracing::warn!("reading open events: {e}");
+            }
+        }
+        stats.records += batch.len() as u64;
+        for mut ev in batch.drain(..) {
+            let attribution = pipeline.attribute(&mut ev);
+            match (&attribution, &ev.kind) {
+                (Attribution::Container(c), _) => watches.arm(c, Some(ev.process.pid)),
+                (_, EventKind::CgroupRmdir { path, .. }) => {
+                    if let Some(id) = watches.armed.keys().find(|id| path.contains(id.as_str())).cloned() {
+                        watches.disarm(&id);
+                    }
+                }
+                _ => {}
+            }
+            let show = match &attribution {
+                Attribution::Container(c) => selected(&args.containers, c),
+                Attribution::Host => args.host && args.containers.is_empty(),
+                Attribution::Unknown { .. } => {
+                    stats.unknown_attribution += 1;
+                    args.containers.is_empty()
+                }
+            };
+            if !show || !types.contains(ev.kind.evt_type()) {
+                continue;
+            }
+            let record = Record { event: &ev, attribution: &attribution, hostname: &host };
+            match args.format {
+                Format::Json => {
+                    serde_json::to_writer(&mut out, &falco_json(&record, "lancet trace", "Informational"))?;
+                    out.write_all(b"\n")?;
+                }
+                Format::Table => writeln!(out, "{}", table_row(&record))?,
+            }
+            stats.emitted += 1;
+        }
+        out.flush()?;
+    }
+    stats.decode_errors = decode_errors.get();
+    if let Ok(lost) = sensor.lost() {
+        stats.lost = PROBE_NAMES.iter().copied().zip(lost).collect();
+    }
+    if let Some(f) = &watches.files {
+        let s = f.stats();
+        stats.file_events = s.events;
+        stats.file_overflows = s.overflows;
+    }
+    if let Some(o) = &watches.opens {
+        let s = o.stats();
+        stats.open_events = s.events;
+        stats.open_overflows = s.overflows;
+    }
+    stats.containers_seen = watches.armed.len();
+    stats.seconds = started.elapsed().as_secs_f64();
+    stats.max_rss_kib = max_rss_kib();
+    if args.stats {
+        eprintln!("{}", serde_json::to_string(&stats)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Processes that ran before the agent: their executables and cgroups, so
+/// the first events of old processes still name their parents.
+fn seed_processes(p: &mut Pipeline) {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let exe = std::fs::read_link(entry.path().join("exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        let comm = std::fs::read_to_string(entry.path().join("comm")).map(|s| s.trim().to_string()).unwrap_or_default();
+        let cgroup_id = cgroup_id_of_pid(&p.cgroup2, pid).unwrap_or(0);
+        p.procs.insert(pid, lancet_engine::process::ProcEntry { exe, comm, cgroup_id, ..Default::default() });
+    }
+}
