@@ -309,9 +309,9 @@ pub(crate) mod tests {
         let mut n6 = types::lancet_net { hdr: header(kind::LISTEN), family: AF_INET6, protocol: 6, sport: 8080, ..Default::default() };
         n6.saddr[15] = 1;
         let ev = decode(&bytes_of(&n6), &Clock::with_offset(0)).unwrap();
+        assert_eq!(ev.kind.evt_type(), "listen");
         let EventKind::Net(x) = ev.kind else { panic!() };
         assert_eq!(x.saddr.to_string(), "::1");
-        assert_eq!(ev.kind.evt_type(), "listen");
     }
 
     #[test]

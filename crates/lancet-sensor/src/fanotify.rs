@@ -22,7 +22,7 @@ pub use open::{SensitiveOpenWatcher, DEFAULT_SENSITIVE_PATHS};
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -37,7 +37,11 @@ pub enum FanotifyError {
     /// EXDEV/ENODEV for filesystems without file handles, ENOSPC for too many
     /// marks).
     #[error("fanotify_mark({path}, mask {mask:#x}): {source}")]
-    Mark { path: PathBuf, mask: u64, source: io::Error },
+    Mark {
+        path: PathBuf,
+        mask: u64,
+        source: io::Error,
+    },
     #[error("opening {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
     #[error("reading fanotify events: {0}")]
@@ -71,19 +75,26 @@ const MAX_READS_PER_CALL: usize = 64;
 const READ_BUF_LEN: usize = 64 * 1024;
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn cstring(path: &Path) -> Result<CString, FanotifyError> {
     use std::os::unix::ffi::OsStrExt;
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| FanotifyError::BadPath(path.to_path_buf()))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| FanotifyError::BadPath(path.to_path_buf()))
 }
 
-fn fanotify_init(flags: u32, event_f_flags: u32) -> Result<OwnedFd, FanotifyError> {
+pub(crate) fn fanotify_init(flags: u32, event_f_flags: u32) -> Result<OwnedFd, FanotifyError> {
     // SAFETY: plain syscall wrapper with integer arguments.
     let fd = unsafe { libc::fanotify_init(flags, event_f_flags) };
     if fd < 0 {
-        return Err(FanotifyError::Init { flags, source: io::Error::last_os_error() });
+        return Err(FanotifyError::Init {
+            flags,
+            source: io::Error::last_os_error(),
+        });
     }
     // SAFETY: `fd` was just returned by fanotify_init, is valid and owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -95,7 +106,11 @@ fn fanotify_mark(fan: RawFd, flags: u32, mask: u64, path: &Path) -> Result<(), F
     // is a fanotify fd owned by the caller.
     let r = unsafe { libc::fanotify_mark(fan, flags, mask, libc::AT_FDCWD, c.as_ptr()) };
     if r < 0 {
-        return Err(FanotifyError::Mark { path: path.to_path_buf(), mask, source: io::Error::last_os_error() });
+        return Err(FanotifyError::Mark {
+            path: path.to_path_buf(),
+            mask,
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -145,16 +160,14 @@ pub(crate) fn skip_unless_fanotify(flags: u32) -> bool {
     match fanotify_init(flags, libc::O_RDONLY as u32) {
         Ok(_) => false,
         Err(FanotifyError::Init { source, .. })
-            if matches!(source.raw_os_error(), Some(libc::EPERM) | Some(libc::EINVAL)) =>
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::EPERM) | Some(libc::EINVAL)
+            ) =>
         {
             eprintln!("SKIP: fanotify_init refused: {source}");
             true
         }
         Err(e) => panic!("fanotify_init: {e}"),
     }
-}
-
-#[allow(dead_code)]
-fn _assert_asrawfd(o: &OwnedFd) -> RawFd {
-    o.as_raw_fd()
 }

@@ -54,12 +54,13 @@ fn kind_of(prog: &str) -> String {
 pub fn check_program_types(cgroup2_root: Option<&Path>) -> Vec<ProgTypeCheck> {
     let names: Vec<(String, String)> = {
         let mut storage = MaybeUninit::<OpenObject>::uninit();
-        match ProbeSkelBuilder::default().open(&mut storage) {
+        let opened = ProbeSkelBuilder::default().open(&mut storage);
+        match opened {
             Ok(open) => open
                 .open_object()
                 .progs()
                 .map(|p| (p.name().to_string_lossy().into_owned(), p.section().to_string_lossy().into_owned()))
-                .collect(),
+                .collect::<Vec<_>>(),
             Err(e) => {
                 return vec![ProgTypeCheck {
                     kind: "bpf".into(),
@@ -164,16 +165,11 @@ pub struct FanotifyCheck {
     pub permission: Result<(), String>,
 }
 
+/// Creates (and drops) a fanotify group with `flags`.
 fn try_fanotify_init(flags: u32) -> Result<(), String> {
-    // SAFETY: fanotify_init takes two integer flag words and returns a new fd
-    // or -1; it touches no memory of ours.
-    let fd = unsafe { libc::fanotify_init(flags | libc::FAN_CLOEXEC, libc::O_RDONLY as u32) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    // SAFETY: fd was just returned by fanotify_init and is owned by nobody else.
-    unsafe { libc::close(fd) };
-    Ok(())
+    crate::fanotify::fanotify_init(flags | libc::FAN_CLOEXEC, libc::O_RDONLY as u32)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 pub fn check_fanotify() -> FanotifyCheck {

@@ -265,18 +265,17 @@ pub fn run(host_root: &Path, args: TraceArgs) -> Result<ExitCode> {
     } else {
         FileChangeWatcher::new().map_err(|e| tracing::warn!("file changes will not be reported: {e}")).ok()
     };
-    let mut opens = SensitiveOpenWatcher::new().map_err(|e| tracing::warn!("sensitive reads will not be reported: {e}")).ok();
     let sensitive: Vec<String> = if args.sensitive.is_empty() {
         DEFAULT_SENSITIVE_PATHS.iter().map(|s| s.to_string()).collect()
     } else {
         args.sensitive.clone()
     };
-    if let Some(o) = opens.as_mut() {
-        o.set_paths(sensitive.clone());
-        if args.host {
-            if let Err(e) = o.watch_root(Path::new("/"), u64::MAX) {
-                tracing::warn!("host sensitive paths not watched: {e}");
-            }
+    let mut opens = SensitiveOpenWatcher::with_paths(sensitive)
+        .map_err(|e| tracing::warn!("sensitive reads will not be reported: {e}"))
+        .ok();
+    if let (Some(o), true) = (opens.as_mut(), args.host) {
+        if let Err(e) = o.watch_root(Path::new("/"), u64::MAX) {
+            tracing::warn!("host sensitive paths not watched: {e}");
         }
     }
     let mut watches =
@@ -311,6 +310,7 @@ pub fn run(host_root: &Path, args: TraceArgs) -> Result<ExitCode> {
         writeln!(out, "{}", table_header())?;
         out.flush()?;
     }
+    tracing::info!(probes = sensor.attached(), containers = watches.armed.len(), "lancet is tracing");
     let started = Instant::now();
     let deadline = args.duration.map(|s| started + Duration::from_secs_f64(s.max(0.0)));
     let mut stats = Stats::default();

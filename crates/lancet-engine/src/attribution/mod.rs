@@ -1,2 +1,561 @@
 //! Attribution: which container (and image, and pod) an event belongs to.
-//! PLACEHOLDER-INTERFACE: being written; see the helper's task.
+//!
+//! BPF reports a cgroup v2 id with every event; fanotify reports host paths.
+//! Neither says "container", so this module keeps two maps, filled from the
+//! cgroup2 hierarchy and from what the runtimes write to disk:
+//! cgroup id → cgroup path → container, and overlay upper dir → container.
+//!
+//! Everything is read under `host_root`, so a fixture tree (or a host mounted
+//! into the agent's own container) stands in for `/`. Nothing here talks to a
+//! runtime's API socket: those may be absent, slow, or the thing being
+//! attacked, while their state files are always there and cheap to read.
+//!
+//! The hot path (`attribute` for a cgroup already seen) is a hash lookup and an
+//! `Arc` clone. Misses re-read only the one container's files, and failures are
+//! remembered for a short while ([`NEGATIVE_TTL`]) so a burst of events from a
+//! container whose metadata is not written yet costs one read per TTL, yet the
+//! container is attributed as soon as its files appear.
+
+mod bolt;
+mod cgroup;
+mod runtimes;
+
+pub use cgroup::{parse_cgroup_path, CgroupMatch};
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a failed attribution is believed before the files are read again.
+/// Short, because the usual cause is a container still being set up.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+
+/// Caps a cgroup tree walk, so a pathological hierarchy cannot stall the agent.
+const MAX_WALK_DIRS: usize = 200_000;
+const MAX_WALK_DEPTH: usize = 64;
+
+/// `Runc` is the default because a bare OCI runtime is the least that can be
+/// said of any container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Podman,
+    Docker,
+    Containerd,
+    Crio,
+    #[default]
+    Runc,
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Runtime::Podman => "podman",
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::Crio => "crio",
+            Runtime::Runc => "runc",
+        })
+    }
+}
+
+/// The Kubernetes identity of a container, when it runs in a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    /// The container's name in the pod spec (not the runtime's name for it).
+    pub container_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// Full id (64 hex for every runtime but plain runc, where it is whatever
+    /// id runc was given).
+    pub id: String,
+    pub runtime: Runtime,
+    pub name: String,
+    /// `repository[:tag]` as the runtime records it; empty when unknown.
+    pub image: String,
+    /// Image (config) id as the runtime records it; empty when unknown.
+    pub image_id: String,
+    /// `sha256:…` manifest / repo digest; empty when unknown. Profiles are
+    /// keyed by it, because a tag can move and an id differs between hosts.
+    pub image_digest: String,
+    pub labels: BTreeMap<String, String>,
+    pub pod: Option<PodInfo>,
+    /// The container's own cgroup, relative to the cgroup2 mount.
+    pub cgroup_path: String,
+    /// Host paths (without the `host_root` prefix) where the container's
+    /// writes land: the overlay upper dir, a runc rootfs dir. File events are
+    /// attributed by these when the writing process is already gone.
+    pub rootfs_paths: Vec<PathBuf>,
+    /// Host pid of the container's init, when the runtime records it.
+    pub pid: Option<u32>,
+}
+
+impl ContainerInfo {
+    /// The 12-character id people and `podman ps`/`docker ps` use.
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attribution {
+    Host,
+    Container(Arc<ContainerInfo>),
+    /// Kept raw rather than guessed: an event we cannot place must still be
+    /// reported, and the reason tells an operator what to fix.
+    Unknown { cgroup_id: u64, cgroup_path: Option<String>, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct AttributionConfig {
+    /// Prefix for every host path read (`/` on a real host).
+    pub host_root: PathBuf,
+    /// The cgroup2 mount as a path on *this* machine (used as is, not joined
+    /// with `host_root`). `None`: detected from `<host_root>/proc/self/mountinfo`,
+    /// falling back to `<host_root>/sys/fs/cgroup/unified`, then
+    /// `<host_root>/sys/fs/cgroup`.
+    pub cgroup2_root: Option<PathBuf>,
+    /// Bound of every cache (cgroup ids, results, containers).
+    pub cache_capacity: usize,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        AttributionConfig { host_root: PathBuf::from("/"), cgroup2_root: None, cache_capacity: 4096 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    #[error("no cgroup v2 hierarchy found under {0}")]
+    NoCgroup2(PathBuf),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A map that forgets its oldest entries beyond a capacity. FIFO rather than
+/// LRU: cheaper on the hot path, and what matters is the bound.
+#[derive(Debug)]
+struct Bounded<K, V> {
+    map: HashMap<K, (V, u64)>,
+    order: VecDeque<(K, u64)>,
+    cap: usize,
+    gen: u64,
+}
+
+impl<K: Eq + Hash + Clone, V> Bounded<K, V> {
+    fn new(cap: usize) -> Self {
+        Bounded { map: HashMap::new(), order: VecDeque::new(), cap: cap.max(1), gen: 0 }
+    }
+    fn get(&self, k: &K) -> Option<&V> {
+        self.map.get(k).map(|(v, _)| v)
+    }
+    fn insert(&mut self, k: K, v: V) {
+        self.gen += 1;
+        self.map.insert(k.clone(), (v, self.gen));
+        self.order.push_back((k, self.gen));
+        while self.map.len() > self.cap {
+            let Some((old, g)) = self.order.pop_front() else { break };
+            if self.map.get(&old).is_some_and(|(_, mg)| *mg == g) {
+                self.map.remove(&old);
+            }
+        }
+        if self.order.len() > 2 * self.cap + 64 {
+            let map = &self.map;
+            self.order.retain(|(k, g)| map.get(k).is_some_and(|(_, mg)| mg == g));
+        }
+    }
+    fn remove(&mut self, k: &K) -> Option<V> {
+        self.map.remove(k).map(|(v, _)| v)
+    }
+    fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values().map(|(v, _)| v)
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+pub struct Attributor {
+    cgroup2_root: PathBuf,
+    reader: runtimes::Reader,
+    cap: usize,
+    /// cgroup id → path relative to the cgroup2 root.
+    paths: Bounded<u64, String>,
+    /// cgroup id → Host or Container.
+    results: Bounded<u64, Attribution>,
+    /// cgroup id → (retry after, Unknown).
+    negative: Bounded<u64, (Instant, Attribution)>,
+    containers: Bounded<String, Arc<ContainerInfo>>,
+    /// rootfs path → container id; entries of evicted containers are skipped
+    /// on lookup and swept when the map grows.
+    by_rootfs: HashMap<PathBuf, String>,
+    /// Plain runc containers by cgroup path, refreshed at most once per TTL.
+    runc_index: Option<(Instant, Vec<Arc<ContainerInfo>>)>,
+    last_walk: Option<Instant>,
+}
+
+impl fmt::Debug for Attributor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attributor")
+            .field("cgroup2_root", &self.cgroup2_root)
+            .field("cgroups", &self.paths.len())
+            .field("containers", &self.containers.len())
+            .finish()
+    }
+}
+
+/// Finds the cgroup2 mount the way the kernel tells it, then the two places
+/// distributions put it.
+fn detect_cgroup2(host_root: &Path) -> Result<PathBuf, AttributionError> {
+    let mountinfo = host_root.join("proc/self/mountinfo");
+    if let Ok(text) = std::fs::read_to_string(&mountinfo) {
+        for line in text.lines() {
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            if right.split_whitespace().next() != Some("cgroup2") {
+                continue;
+            }
+            if let Some(mp) = left.split_whitespace().nth(4) {
+                let mp = mp.replace("\\040", " ");
+                let p = host_root.join(mp.trim_start_matches('/'));
+                if p.is_dir() {
+                    return Ok(p);
+                }
+            }
+        }
+    }
+    for cand in ["sys/fs/cgroup/unified", "sys/fs/cgroup"] {
+        let p = host_root.join(cand);
+        if p.is_dir() {
+            return Ok(p);
+        }
+    }
+    Err(AttributionError::NoCgroup2(host_root.to_path_buf()))
+}
+
+impl Attributor {
+    pub fn new(cfg: AttributionConfig) -> Result<Self, AttributionError> {
+        let cgroup2_root = match &cfg.cgroup2_root {
+            Some(p) if p.is_dir() => p.clone(),
+            Some(p) => return Err(AttributionError::NoCgroup2(p.clone())),
+            None => detect_cgroup2(&cfg.host_root)?,
+        };
+        // runc records cgroup paths as host paths of the mount; it needs the
+        // mount as the host sees it to turn them back into cgroup paths.
+        let mount_on_host = match cgroup2_root.strip_prefix(&cfg.host_root) {
+            Ok(rel) if cfg.host_root != Path::new("/") => Path::new("/").join(rel),
+            _ => cgroup2_root.clone(),
+        };
+        let cap = cfg.cache_capacity.max(16);
+        Ok(Attributor {
+            reader: runtimes::Reader::new(cfg.host_root.clone(), mount_on_host),
+            cgroup2_root,
+            cap,
+            paths: Bounded::new(cap),
+            results: Bounded::new(cap),
+            negative: Bounded::new(cap),
+            containers: Bounded::new(cap),
+            by_rootfs: HashMap::new(),
+            runc_index: None,
+            last_walk: None,
+        })
+    }
+
+    /// The cgroup2 mount being walked (a path on this machine).
+    pub fn cgroup2_root(&self) -> &Path {
+        &self.cgroup2_root
+    }
+
+    /// Walks the hierarchy and records id → path for every cgroup.
+    fn walk(&mut self, now: Instant) -> Result<Vec<(u64, String)>, AttributionError> {
+        use std::os::unix::fs::MetadataExt;
+        self.last_walk = Some(now);
+        let root_meta = std::fs::metadata(&self.cgroup2_root)
+            .map_err(|source| AttributionError::Io { path: self.cgroup2_root.clone(), source })?;
+        let mut out = vec![(root_meta.ino(), "/".to_string())];
+        let mut stack = vec![(self.cgroup2_root.clone(), String::new(), 0usize)];
+        while let Some((dir, rel, depth)) = stack.pop() {
+            // A cgroup removed under our feet is normal; skip it.
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for entry in rd.flatten() {
+                if out.len() >= MAX_WALK_DIRS {
+                    tracing::warn!(limit = MAX_WALK_DIRS, "cgroup walk stopped at its limit");
+                    break;
+                }
+                let Ok(ft) = entry.file_type() else { continue };
+                if !ft.is_dir() {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                let child_rel = format!("{rel}/{}", entry.file_name().to_string_lossy());
+                out.push((meta.ino(), child_rel.clone()));
+                if depth + 1 < MAX_WALK_DEPTH {
+                    stack.push((entry.path(), child_rel, depth + 1));
+                }
+            }
+        }
+        for (id, p) in &out {
+            self.paths.insert(*id, p.clone());
+        }
+        Ok(out)
+    }
+
+    /// Walks the cgroup2 tree once, records every cgroup id, and resolves the
+    /// containers found. Containers not found any more are forgotten.
+    pub fn scan(&mut self) -> Result<Vec<Arc<ContainerInfo>>, AttributionError> {
+        self.scan_at(Instant::now())
+    }
+
+    /// [`scan`](Self::scan) with an explicit clock, for tests.
+    pub fn scan_at(&mut self, now: Instant) -> Result<Vec<Arc<ContainerInfo>>, AttributionError> {
+        let cgroups = self.walk(now)?;
+        self.results.clear();
+        self.negative.clear();
+        self.runc_index = None;
+        self.containers.clear();
+        self.by_rootfs.clear();
+        self.reader.forget_changed_files();
+        let mut found: Vec<Arc<ContainerInfo>> = Vec::new();
+        for (id, path) in cgroups {
+            let a = self.resolve_path(id, &path, now);
+            if let Attribution::Container(c) = &a {
+                if !found.iter().any(|f| f.id == c.id) {
+                    found.push(Arc::clone(c));
+                }
+            }
+            self.remember(id, a, now);
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        tracing::debug!(containers = found.len(), "cgroup2 scan done");
+        Ok(found)
+    }
+
+    /// Attribution of a cgroup id, as reported by `bpf_get_current_cgroup_id`.
+    pub fn attribute(&mut self, cgroup_id: u64) -> Attribution {
+        self.attribute_at(cgroup_id, Instant::now())
+    }
+
+    /// [`attribute`](Self::attribute) with an explicit clock, so tests can step
+    /// past the negative-cache TTL without sleeping.
+    pub fn attribute_at(&mut self, cgroup_id: u64, now: Instant) -> Attribution {
+        if let Some(a) = self.results.get(&cgroup_id) {
+            return a.clone();
+        }
+        if let Some((retry_after, a)) = self.negative.get(&cgroup_id) {
+            if now < *retry_after {
+                return a.clone();
+            }
+        }
+        if cgroup_id == 0 {
+            return Attribution::Unknown { cgroup_id, cgroup_path: None, reason: "event carries no cgroup id".into() };
+        }
+        if self.paths.get(&cgroup_id).is_none() {
+            // Ids only map to paths by walking; do so at most once per TTL.
+            let stale = self.last_walk.is_none_or(|t| now.saturating_duration_since(t) >= NEGATIVE_TTL);
+            if stale {
+                if let Err(e) = self.walk(now) {
+                    tracing::debug!(error = %e, "cgroup walk failed");
+                }
+            }
+        }
+        let a = match self.paths.get(&cgroup_id).cloned() {
+            Some(path) => self.resolve_path(cgroup_id, &path, now),
+            None => Attribution::Unknown {
+                cgroup_id,
+                cgroup_path: None,
+                reason: "cgroup id not found in the cgroup2 hierarchy (removed, or not yet walked)".into(),
+            },
+        };
+        self.remember(cgroup_id, a.clone(), now);
+        a
+    }
+
+    fn remember(&mut self, id: u64, a: Attribution, now: Instant) {
+        match a {
+            Attribution::Unknown { .. } => {
+                self.results.remove(&id);
+                self.negative.insert(id, (now + NEGATIVE_TTL, a));
+            }
+            _ => {
+                self.negative.remove(&id);
+                self.results.insert(id, a);
+            }
+        }
+    }
+
+    fn insert_container(&mut self, info: ContainerInfo) -> Arc<ContainerInfo> {
+        if let Some(old) = self.containers.get(&info.id) {
+            if **old == info {
+                return Arc::clone(old);
+            }
+        }
+        let c = Arc::new(info);
+        for p in &c.rootfs_paths {
+            self.by_rootfs.insert(p.clone(), c.id.clone());
+        }
+        self.containers.insert(c.id.clone(), Arc::clone(&c));
+        if self.by_rootfs.len() > 4 * self.cap {
+            let containers = &self.containers;
+            self.by_rootfs.retain(|_, id| containers.get(id).is_some());
+        }
+        c
+    }
+
+    /// Host, a container, or Unknown for one cgroup path. Reads files only
+    /// for a container not known yet.
+    fn resolve_path(&mut self, cgroup_id: u64, path: &str, now: Instant) -> Attribution {
+        let m = parse_cgroup_path(path);
+        if let Some(m) = &m {
+            if m.ignore {
+                return Attribution::Host;
+            }
+            if let Some(id) = &m.container_id {
+                if let Some(c) = self.containers.get(id) {
+                    return Attribution::Container(Arc::clone(c));
+                }
+                let cg = m.container_cgroup.clone().unwrap_or_else(|| path.to_string());
+                return match self.reader.read_container(id, m) {
+                    Ok(mut info) => {
+                        info.cgroup_path = cg;
+                        Attribution::Container(self.insert_container(info))
+                    }
+                    Err(reason) => {
+                        tracing::debug!(cgroup_id, path, %reason, "container not attributable yet");
+                        Attribution::Unknown { cgroup_id, cgroup_path: Some(path.to_string()), reason }
+                    }
+                };
+            }
+        }
+        // No runtime naming scheme: a plain runc container with its own
+        // cgroupsPath, or the host.
+        if let Some(c) = self.runc_for_path(path, now) {
+            return Attribution::Container(c);
+        }
+        Attribution::Host
+    }
+
+    fn runc_for_path(&mut self, path: &str, now: Instant) -> Option<Arc<ContainerInfo>> {
+        let fresh = self.runc_index.as_ref().is_some_and(|(t, _)| now.saturating_duration_since(*t) < NEGATIVE_TTL);
+        if !fresh {
+            let list = self.reader.runc_states().into_iter().map(Arc::new).collect();
+            self.runc_index = Some((now, list));
+        }
+        let (_, list) = self.runc_index.as_ref()?;
+        let hit = list
+            .iter()
+            .filter(|c| !c.cgroup_path.is_empty() && c.cgroup_path != "/")
+            .find(|c| {
+                path == c.cgroup_path
+                    || path.strip_prefix(c.cgroup_path.as_str()).is_some_and(|rest| rest.starts_with('/'))
+            })?;
+        let info = (**hit).clone();
+        if let Some(known) = self.containers.get(&info.id) {
+            return Some(Arc::clone(known));
+        }
+        Some(self.insert_container(info))
+    }
+
+    /// A cgroup appeared. If it is a container's, its metadata is read now
+    /// (the runtimes write it before creating the cgroup), so the first event
+    /// from the container is already a cache hit.
+    pub fn on_cgroup_mkdir(&mut self, id: u64, path: &str) -> Option<Arc<ContainerInfo>> {
+        self.on_cgroup_mkdir_at(id, path, Instant::now())
+    }
+
+    pub fn on_cgroup_mkdir_at(&mut self, id: u64, path: &str, now: Instant) -> Option<Arc<ContainerInfo>> {
+        self.paths.insert(id, path.to_string());
+        self.results.remove(&id);
+        self.negative.remove(&id);
+        let a = self.resolve_path(id, path, now);
+        let out = match &a {
+            Attribution::Container(c) => Some(Arc::clone(c)),
+            _ => None,
+        };
+        self.remember(id, a, now);
+        out
+    }
+
+    /// A cgroup went away. Returns the container when it was the container's
+    /// own cgroup (not a sub-cgroup), so callers can drop per-container state.
+    pub fn on_cgroup_rmdir(&mut self, id: u64, path: &str) -> Option<Arc<ContainerInfo>> {
+        self.paths.remove(&id);
+        self.negative.remove(&id);
+        let cached = self.results.remove(&id);
+        let c = match cached {
+            Some(Attribution::Container(c)) => Some(c),
+            _ => parse_cgroup_path(path)
+                .and_then(|m| m.container_id)
+                .and_then(|cid| self.containers.get(&cid).cloned()),
+        }?;
+        if c.cgroup_path != path {
+            return None;
+        }
+        self.containers.remove(&c.id);
+        for p in &c.rootfs_paths {
+            if self.by_rootfs.get(p) == Some(&c.id) {
+                self.by_rootfs.remove(p);
+            }
+        }
+        if let Some((_, list)) = self.runc_index.as_mut() {
+            list.retain(|r| r.id != c.id);
+        }
+        Some(c)
+    }
+
+    /// Which container's filesystem a host path lies in, and the path as the
+    /// container sees it. `host_path` is without the `host_root` prefix.
+    pub fn container_for_host_path(&self, host_path: &Path) -> Option<(Arc<ContainerInfo>, String)> {
+        for anc in host_path.ancestors() {
+            let Some(id) = self.by_rootfs.get(anc) else { continue };
+            let Some(c) = self.containers.get(id) else { continue };
+            let rest = host_path.strip_prefix(anc).ok()?;
+            let inside = Path::new("/").join(rest).to_string_lossy().into_owned();
+            return Some((Arc::clone(c), inside));
+        }
+        None
+    }
+
+    pub fn containers(&self) -> impl Iterator<Item = &Arc<ContainerInfo>> {
+        self.containers.values()
+    }
+
+    /// By name, full id, or an unambiguous id prefix of at least 3 characters
+    /// (what people type after reading a 12-character id).
+    pub fn find(&self, name_or_id: &str) -> Option<Arc<ContainerInfo>> {
+        if name_or_id.is_empty() {
+            return None;
+        }
+        if let Some(c) = self.containers.get(&name_or_id.to_string()) {
+            return Some(Arc::clone(c));
+        }
+        if let Some(c) = self.containers.values().find(|c| c.name == name_or_id) {
+            return Some(Arc::clone(c));
+        }
+        if name_or_id.len() < 3 {
+            return None;
+        }
+        let mut hits = self.containers.values().filter(|c| c.id.starts_with(name_or_id));
+        let first = hits.next()?;
+        hits.next().is_none().then(|| Arc::clone(first))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,9 @@
 //! (`FAN_REPORT_DFID_NAME`) and resolved to host paths.
 
 use super::parse::{self, FidRecord, RawEvent};
-use super::{fanotify_init, fanotify_mark, fd_path, now_ns, read_some, FanotifyError, FanotifyStats};
+use super::{
+    fanotify_init, fanotify_mark, fd_path, now_ns, read_some, FanotifyError, FanotifyStats,
+};
 use super::{MAX_READS_PER_CALL, READ_BUF_LEN};
 use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
 use std::collections::HashMap;
@@ -45,9 +47,20 @@ const DIR_CACHE_CAP: usize = 4096;
 ///   changes are reported as `Chmod` too; a consumer that needs certainty must
 ///   stat the file.
 ///
+/// Events on a directory itself (chmod of a dir) come with the directory's own
+/// handle and the name `"."`, and are reported with the directory's path.
+///
 /// Events whose directory handle no longer resolves (directory deleted before
-/// we read the event) are still emitted, with path `"?/<name>"`, and counted in
-/// `resolve_failures`; the path filter cannot judge them, so they pass it.
+/// we read the event) are still emitted, with path `"?/<name>"` (or `"?"`), and
+/// counted in `resolve_failures`; the path filter cannot judge them, so they
+/// pass it (see [`FileChangeWatcher::set_emit_unresolved`]). Events without any
+/// name (the link-count `FAN_ATTRIB` of an unlinked file) that do not resolve
+/// are only counted.
+///
+/// With a path filter, a rename from outside the filtered trees into them is
+/// reported as `Create` (this is how overlayfs copy-up looks: the copy is built
+/// in the work dir and renamed into the upper dir), and a rename out of them as
+/// `Delete`.
 pub struct FileChangeWatcher {
     fan: OwnedFd,
     rename_mode: RenameMode,
@@ -61,6 +74,7 @@ pub struct FileChangeWatcher {
     /// Scratch for building cache keys.
     key_buf: Vec<u8>,
     own_pid: i32,
+    emit_unresolved: bool,
     pending_from: Option<PendingMove>,
     stats: FanotifyStats,
 }
@@ -94,19 +108,27 @@ enum Place {
     Outside,
 }
 
-const MARK_MASK_BASE: u64 =
-    libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_ATTRIB | libc::FAN_CLOSE_WRITE | libc::FAN_ONDIR;
+const MARK_MASK_BASE: u64 = libc::FAN_CREATE
+    | libc::FAN_DELETE
+    | libc::FAN_ATTRIB
+    | libc::FAN_CLOSE_WRITE
+    | libc::FAN_ONDIR;
 
 impl FileChangeWatcher {
     /// Create the fanotify group (`FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME |
     /// FAN_REPORT_FID`, falling back to `FAN_REPORT_DFID_NAME` alone). Needs
     /// CAP_SYS_ADMIN (init) and CAP_DAC_READ_SEARCH (`open_by_handle_at`).
     pub fn new() -> Result<Self, FanotifyError> {
-        let base = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME;
+        let base = libc::FAN_CLASS_NOTIF
+            | libc::FAN_CLOEXEC
+            | libc::FAN_NONBLOCK
+            | libc::FAN_REPORT_DFID_NAME;
         let ev_flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u32;
         let fan = match fanotify_init(base | libc::FAN_REPORT_FID, ev_flags) {
             Ok(fd) => fd,
-            Err(FanotifyError::Init { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+            Err(FanotifyError::Init { source, .. })
+                if source.raw_os_error() == Some(libc::EINVAL) =>
+            {
                 fanotify_init(base, ev_flags)?
             }
             Err(e) => return Err(e),
@@ -121,6 +143,7 @@ impl FileChangeWatcher {
             handle_buf: vec![0; (8 + libc::MAX_HANDLE_SZ as usize) / 4],
             key_buf: Vec::with_capacity(16 + libc::MAX_HANDLE_SZ as usize),
             own_pid: std::process::id() as i32,
+            emit_unresolved: true,
             pending_from: None,
             stats: FanotifyStats::default(),
         })
@@ -146,16 +169,25 @@ impl FileChangeWatcher {
     /// twice is a no-op.
     pub fn add_filesystem(&mut self, path: &Path) -> Result<(), FanotifyError> {
         let mount_fd = open_rdonly(path)?;
-        let fsid = fsid_of(mount_fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: path.into(), source })?;
+        let fsid = fsid_of(mount_fd.as_raw_fd()).map_err(|source| FanotifyError::Open {
+            path: path.into(),
+            source,
+        })?;
         if self.filesystems.iter().any(|f| f.fsid == fsid) {
             return Ok(());
         }
         let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM;
         if self.rename_mode == RenameMode::FanRename {
-            match fanotify_mark(self.fan.as_raw_fd(), flags, MARK_MASK_BASE | libc::FAN_RENAME, path) {
+            match fanotify_mark(
+                self.fan.as_raw_fd(),
+                flags,
+                MARK_MASK_BASE | libc::FAN_RENAME,
+                path,
+            ) {
                 Ok(()) => {}
                 Err(FanotifyError::Mark { source, .. })
-                    if source.raw_os_error() == Some(libc::EINVAL) && self.filesystems.is_empty() =>
+                    if source.raw_os_error() == Some(libc::EINVAL)
+                        && self.filesystems.is_empty() =>
                 {
                     tracing::info!("FAN_RENAME not supported, pairing FAN_MOVED_FROM/FAN_MOVED_TO");
                     self.rename_mode = RenameMode::MovedPair;
@@ -164,22 +196,45 @@ impl FileChangeWatcher {
             }
         }
         if self.rename_mode == RenameMode::MovedPair {
-            fanotify_mark(self.fan.as_raw_fd(), flags, MARK_MASK_BASE | libc::FAN_MOVE, path)?;
+            fanotify_mark(
+                self.fan.as_raw_fd(),
+                flags,
+                MARK_MASK_BASE | libc::FAN_MOVE,
+                path,
+            )?;
         }
         tracing::debug!(path = %path.display(), ?fsid, "fanotify filesystem mark added");
-        self.filesystems.push(Filesystem { fsid, mount_fd, path: path.to_path_buf() });
+        self.filesystems.push(Filesystem {
+            fsid,
+            mount_fd,
+            path: path.to_path_buf(),
+        });
         Ok(())
     }
 
     /// Remove the filesystem mark for the filesystem holding `path`.
     pub fn remove_filesystem(&mut self, path: &Path) -> Result<(), FanotifyError> {
         let fd = open_rdonly(path)?;
-        let fsid = fsid_of(fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: path.into(), source })?;
-        let Some(i) = self.filesystems.iter().position(|f| f.fsid == fsid) else { return Ok(()) };
+        let fsid = fsid_of(fd.as_raw_fd()).map_err(|source| FanotifyError::Open {
+            path: path.into(),
+            source,
+        })?;
+        let Some(i) = self.filesystems.iter().position(|f| f.fsid == fsid) else {
+            return Ok(());
+        };
         let mask = MARK_MASK_BASE
-            | if self.rename_mode == RenameMode::FanRename { libc::FAN_RENAME } else { libc::FAN_MOVE };
+            | if self.rename_mode == RenameMode::FanRename {
+                libc::FAN_RENAME
+            } else {
+                libc::FAN_MOVE
+            };
         let fs = self.filesystems.remove(i);
-        fanotify_mark(self.fan.as_raw_fd(), libc::FAN_MARK_REMOVE | libc::FAN_MARK_FILESYSTEM, mask, &fs.path)?;
+        fanotify_mark(
+            self.fan.as_raw_fd(),
+            libc::FAN_MARK_REMOVE | libc::FAN_MARK_FILESYSTEM,
+            mask,
+            &fs.path,
+        )?;
         self.cache.clear();
         Ok(())
     }
@@ -200,6 +255,15 @@ impl FileChangeWatcher {
             .collect();
         // Places are computed against the filter at insert time.
         self.cache.clear();
+    }
+
+    /// Whether events whose directory no longer resolves are emitted (as
+    /// `"?/<name>"`, default) or only counted. They bypass the path filter, so
+    /// on a busy shared filesystem (runtimes create and delete short-lived
+    /// directories all the time) turning this off cuts noise, at the price of
+    /// missing changes in directories a container deletes right away.
+    pub fn set_emit_unresolved(&mut self, emit: bool) {
+        self.emit_unresolved = emit;
     }
 
     /// Drain queued events into `out` without blocking; returns how many were
@@ -258,14 +322,31 @@ impl FileChangeWatcher {
                 Some(r) => self.resolve(r),
                 None => (unknown_path(None), Place::Under),
             };
-            if !self.passes(old_ok, &old) && !self.passes(new_ok, &new) {
-                self.stats.dropped += 1;
-            } else {
-                // Directory renames move every cached path below them.
-                if is_dir {
-                    self.cache.clear();
+            // Directory renames move every cached path below them.
+            if is_dir {
+                self.cache.clear();
+            }
+            let unresolved = old.starts_with('?') || new.starts_with('?');
+            match (self.passes(old_ok, &old), self.passes(new_ok, &new)) {
+                (false, false) => self.stats.dropped += 1,
+                _ if unresolved && !self.emit_unresolved => self.stats.dropped += 1,
+                (true, true) => out.push(file_event(
+                    now,
+                    ev.pid,
+                    FileOp::Rename,
+                    new,
+                    Some(old),
+                    is_dir,
+                )),
+                // Moved in from outside the filter (e.g. overlayfs copy-up
+                // renames from its work dir into the upper dir): a creation.
+                (false, true) => {
+                    out.push(file_event(now, ev.pid, FileOp::Create, new, None, is_dir))
                 }
-                out.push(file_event(now, ev.pid, FileOp::Rename, new, Some(old), is_dir));
+                // Moved out of the filtered tree: gone from it.
+                (true, false) => {
+                    out.push(file_event(now, ev.pid, FileOp::Delete, old, None, is_dir))
+                }
             }
         }
         let ops = ev.mask
@@ -301,22 +382,47 @@ impl FileChangeWatcher {
                 return;
             }
         };
-        if !self.passes(place, &path) {
+        if !self.passes(place, &path) || (!self.emit_unresolved && path.starts_with('?')) {
             self.stats.dropped += 1;
             return;
         }
         if ev.mask & libc::FAN_CREATE != 0 {
-            out.push(file_event(now, ev.pid, FileOp::Create, path.clone(), None, is_dir));
+            out.push(file_event(
+                now,
+                ev.pid,
+                FileOp::Create,
+                path.clone(),
+                None,
+                is_dir,
+            ));
         }
         if ev.mask & libc::FAN_CLOSE_WRITE != 0 && !is_dir {
-            out.push(file_event(now, ev.pid, FileOp::Modify, path.clone(), None, is_dir));
+            out.push(file_event(
+                now,
+                ev.pid,
+                FileOp::Modify,
+                path.clone(),
+                None,
+                is_dir,
+            ));
         }
         if ev.mask & libc::FAN_ATTRIB != 0 {
-            out.push(file_event(now, ev.pid, FileOp::Chmod, path.clone(), None, is_dir));
+            out.push(file_event(
+                now,
+                ev.pid,
+                FileOp::Chmod,
+                path.clone(),
+                None,
+                is_dir,
+            ));
         }
         if ev.mask & libc::FAN_MOVED_FROM != 0 {
             self.flush_pending(now, out);
-            self.pending_from = Some(PendingMove { pid: ev.pid, path: path.clone(), is_dir });
+            self.pending_from = Some(PendingMove {
+                pid: ev.pid,
+                path: path.clone(),
+                is_dir,
+            });
         }
         if ev.mask & libc::FAN_MOVED_TO != 0 {
             let old = match self.pending_from.take() {
@@ -330,7 +436,14 @@ impl FileChangeWatcher {
             if is_dir {
                 self.cache.clear();
             }
-            out.push(file_event(now, ev.pid, FileOp::Rename, path.clone(), old, is_dir));
+            out.push(file_event(
+                now,
+                ev.pid,
+                FileOp::Rename,
+                path.clone(),
+                old,
+                is_dir,
+            ));
         }
         if ev.mask & libc::FAN_DELETE != 0 {
             if is_dir {
@@ -345,7 +458,14 @@ impl FileChangeWatcher {
     /// old path only.
     fn flush_pending(&mut self, now: u64, out: &mut Vec<Event>) {
         if let Some(p) = self.pending_from.take() {
-            out.push(file_event(now, p.pid, FileOp::Rename, p.path.clone(), Some(p.path), p.is_dir));
+            out.push(file_event(
+                now,
+                p.pid,
+                FileOp::Rename,
+                p.path.clone(),
+                Some(p.path),
+                p.is_dir,
+            ));
         }
     }
 
@@ -364,7 +484,8 @@ impl FileChangeWatcher {
         self.key_buf.clear();
         self.key_buf.extend_from_slice(&rec.fsid[0].to_ne_bytes());
         self.key_buf.extend_from_slice(&rec.fsid[1].to_ne_bytes());
-        self.key_buf.extend_from_slice(&rec.handle_type.to_ne_bytes());
+        self.key_buf
+            .extend_from_slice(&rec.handle_type.to_ne_bytes());
         self.key_buf.extend_from_slice(rec.handle);
         let dir = match self.cache.get(&self.key_buf) {
             Some((d, place)) => return (join(d, name), place),
@@ -410,7 +531,9 @@ impl FileChangeWatcher {
             .filesystems
             .iter()
             .find(|f| f.fsid == rec.fsid)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "event from an unmarked filesystem"))?;
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "event from an unmarked filesystem")
+            })?;
         if rec.handle.len() > libc::MAX_HANDLE_SZ as usize {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -423,7 +546,9 @@ impl FileChangeWatcher {
             let bytes_len = words.len() * 4;
             // SAFETY: `words` is a live, exclusively borrowed u32 slice of
             // `bytes_len` bytes; u8 has no alignment or validity requirements.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes_len) };
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes_len)
+            };
             bytes[..rec.handle.len()].copy_from_slice(rec.handle);
         }
         // SAFETY: `handle_buf` holds a correctly laid out, 4-byte aligned
@@ -479,24 +604,51 @@ fn join(dir: &str, name: &[u8]) -> String {
 }
 
 fn unknown_path(name: Option<&[u8]>) -> String {
-    format!("?/{}", String::from_utf8_lossy(name.unwrap_or(b"")))
+    match name {
+        None | Some(b"") | Some(b".") => "?".to_owned(),
+        Some(n) => format!("?/{}", String::from_utf8_lossy(n)),
+    }
 }
 
-fn file_event(now: u64, pid: i32, op: FileOp, path: String, old_path: Option<String>, is_dir: bool) -> Event {
+fn file_event(
+    now: u64,
+    pid: i32,
+    op: FileOp,
+    path: String,
+    old_path: Option<String>,
+    is_dir: bool,
+) -> Event {
     Event {
         time_ns: now,
         cgroup_id: 0,
-        process: ProcessRef { pid: pid.max(0) as u32, ..ProcessRef::default() },
-        kind: EventKind::File(FileEvent { op, host_path: path.clone(), path, old_path, is_dir }),
+        process: ProcessRef {
+            pid: pid.max(0) as u32,
+            ..ProcessRef::default()
+        },
+        kind: EventKind::File(FileEvent {
+            op,
+            host_path: path.clone(),
+            path,
+            old_path,
+            is_dir,
+        }),
     }
 }
 
 fn open_rdonly(path: &Path) -> Result<OwnedFd, FanotifyError> {
     let c = super::cstring(path)?;
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
     if fd < 0 {
-        return Err(FanotifyError::Open { path: path.into(), source: io::Error::last_os_error() });
+        return Err(FanotifyError::Open {
+            path: path.into(),
+            source: io::Error::last_os_error(),
+        });
     }
     // SAFETY: `fd` was just returned to us and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -514,7 +666,11 @@ fn fsid_of(fd: RawFd) -> io::Result<[i32; 2]> {
     const _: () = assert!(std::mem::size_of::<libc::fsid_t>() == 8);
     // SAFETY: `f_fsid` is an initialised 8-byte `fsid_t` (`int __val[2]`);
     // reading it unaligned as `[i32; 2]` reads exactly those bytes.
-    Ok(unsafe { std::ptr::addr_of!(st.f_fsid).cast::<[i32; 2]>().read_unaligned() })
+    Ok(unsafe {
+        std::ptr::addr_of!(st.f_fsid)
+            .cast::<[i32; 2]>()
+            .read_unaligned()
+    })
 }
 
 /// Bounded handle → directory cache with clock (second-chance) eviction.
@@ -534,7 +690,12 @@ struct Slot {
 
 impl DirCache {
     fn new(cap: usize) -> Self {
-        DirCache { map: HashMap::with_capacity(cap), slots: Vec::with_capacity(cap), hand: 0, cap: cap.max(1) }
+        DirCache {
+            map: HashMap::with_capacity(cap),
+            slots: Vec::with_capacity(cap),
+            hand: 0,
+            cap: cap.max(1),
+        }
     }
 
     fn get(&mut self, key: &[u8]) -> Option<(&str, Place)> {
@@ -553,7 +714,12 @@ impl DirCache {
         }
         if self.slots.len() < self.cap {
             self.map.insert(key.clone(), self.slots.len());
-            self.slots.push(Slot { key, dir, place, referenced: false });
+            self.slots.push(Slot {
+                key,
+                dir,
+                place,
+                referenced: false,
+            });
             return;
         }
         loop {
@@ -562,7 +728,15 @@ impl DirCache {
             if std::mem::take(&mut self.slots[i].referenced) {
                 continue;
             }
-            let old = std::mem::replace(&mut self.slots[i], Slot { key: key.clone(), dir, place, referenced: false });
+            let old = std::mem::replace(
+                &mut self.slots[i],
+                Slot {
+                    key: key.clone(),
+                    dir,
+                    place,
+                    referenced: false,
+                },
+            );
             self.map.remove(&old.key);
             self.map.insert(key, i);
             return;
@@ -598,6 +772,7 @@ mod tests {
         assert_eq!(join("/", b"b"), "/b");
         assert_eq!(join("/a", b"."), "/a");
         assert_eq!(unknown_path(Some(b"n")), "?/n");
+        assert_eq!(unknown_path(Some(b".")), "?");
     }
 
     #[test]
@@ -632,13 +807,25 @@ mod tests {
                 libc::FAN_CREATE,
                 -1,
                 w.own_pid,
-                &[build::fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [1, 1], 1, &[1; 8], Some("mine"))],
+                &[build::fid_info(
+                    libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
+                    [1, 1],
+                    1,
+                    &[1; 8],
+                    Some("mine"),
+                )],
             ),
             build::event(
                 libc::FAN_DELETE,
                 -1,
                 4242,
-                &[build::fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [1, 1], 1, &[1; 8], Some("gone"))],
+                &[build::fid_info(
+                    libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
+                    [1, 1],
+                    1,
+                    &[1; 8],
+                    Some("gone"),
+                )],
             ),
         ]
         .concat();
@@ -648,7 +835,9 @@ mod tests {
         assert_eq!(w.stats.overflows, 1);
         assert_eq!(w.stats.resolve_failures, 1);
         assert_eq!(out.len(), 1);
-        let EventKind::File(f) = &out[0].kind else { panic!() };
+        let EventKind::File(f) = &out[0].kind else {
+            panic!()
+        };
         assert_eq!(f.op, FileOp::Delete);
         assert_eq!(f.path, "?/gone");
         assert_eq!(out[0].process.pid, 4242);
@@ -689,15 +878,21 @@ mod tests {
         if crate::fanotify::skip_unless_fanotify(flags) {
             return;
         }
-        let dir = tempfile::Builder::new().prefix("lancet-fan").tempdir_in("/var/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("lancet-fan")
+            .tempdir_in("/var/tmp")
+            .unwrap();
         let d = std::fs::canonicalize(dir.path()).unwrap();
-        let other = tempfile::Builder::new().prefix("lancet-fan-other").tempdir_in("/var/tmp").unwrap();
+        let other = tempfile::Builder::new()
+            .prefix("lancet-fan-other")
+            .tempdir_in("/var/tmp")
+            .unwrap();
         let mut w = FileChangeWatcher::new().unwrap();
         w.add_filesystem(&d).unwrap();
         w.set_path_filter(vec![d.clone()]);
         eprintln!("FAN_RENAME in use: {}", w.uses_fan_rename());
         let script = format!(
-            "cd {d} && : > a && echo hi > b && chmod 0700 b && mv b c && mkdir sub && echo x > sub/f && rm a && rm -r sub && echo no > {o}/outside",
+            "cd {d} && : > a && echo hi > b && chmod 0700 b && mv b c && mkdir sub keep && chmod 0700 keep && echo x > sub/f && rm a && rm -r sub && echo no > {o}/outside",
             d = d.display(),
             o = other.path().display()
         );
@@ -706,30 +901,55 @@ mod tests {
         assert!(child.wait().unwrap().success());
         let p = |n: &str| format!("{}/{n}", d.display());
         let evs = collect_until(&mut w, Duration::from_secs(5), |evs| {
-            has(evs, FileOp::Delete, &p("sub")) || evs.iter().any(|e| e.op == FileOp::Delete && e.is_dir)
+            has(evs, FileOp::Delete, &p("sub"))
+                || evs.iter().any(|e| e.op == FileOp::Delete && e.is_dir)
         });
         for (pid, e) in &evs {
-            eprintln!("{pid} {:?} {} old={:?} dir={}", e.op, e.path, e.old_path, e.is_dir);
+            eprintln!(
+                "{pid} {:?} {} old={:?} dir={}",
+                e.op, e.path, e.old_path, e.is_dir
+            );
         }
         let files: Vec<FileEvent> = evs.iter().map(|(_, f)| f.clone()).collect();
         assert!(has(&files, FileOp::Create, &p("a")));
-        assert!(has(&files, FileOp::Modify, &p("a")), "close-write on ': > a'");
+        assert!(
+            has(&files, FileOp::Modify, &p("a")),
+            "close-write on ': > a'"
+        );
         assert!(has(&files, FileOp::Create, &p("b")));
         assert!(has(&files, FileOp::Modify, &p("b")));
         assert!(has(&files, FileOp::Chmod, &p("b")));
+        assert!(files.iter().any(|e| e.op == FileOp::Rename
+            && e.path == p("c")
+            && e.old_path.as_deref() == Some(p("b").as_str())));
         assert!(files
             .iter()
-            .any(|e| e.op == FileOp::Rename && e.path == p("c") && e.old_path.as_deref() == Some(p("b").as_str())));
-        assert!(files.iter().any(|e| e.op == FileOp::Create && e.path == p("sub") && e.is_dir));
+            .any(|e| e.op == FileOp::Create && e.path == p("sub") && e.is_dir));
+        assert!(
+            files
+                .iter()
+                .any(|e| e.op == FileOp::Chmod && e.path == p("keep") && e.is_dir),
+            "chmod of a dir"
+        );
         assert!(has(&files, FileOp::Delete, &p("a")));
-        assert!(files.iter().any(|e| e.op == FileOp::Delete && e.is_dir && (e.path == p("sub"))));
+        assert!(files
+            .iter()
+            .any(|e| e.op == FileOp::Delete && e.is_dir && (e.path == p("sub"))));
         // sub/f: created and deleted; its dir may be gone before we resolve it.
-        assert!(files.iter().any(|e| e.op == FileOp::Create && (e.path == p("sub/f") || e.path == "?/f")));
-        assert!(!files.iter().any(|e| e.path.contains("outside")), "filter must drop the other dir");
+        assert!(files
+            .iter()
+            .any(|e| e.op == FileOp::Create && (e.path == p("sub/f") || e.path == "?/f")));
+        assert!(
+            !files.iter().any(|e| e.path.contains("outside")),
+            "filter must drop the other dir"
+        );
         assert!(evs.iter().all(|(p, _)| *p != std::process::id()));
         // Every process here is a child of our `sh`: either sh itself or a
         // direct child of it (mv, chmod, rm, mkdir).
-        assert!(evs.iter().any(|(p, _)| *p == pid), "sh's own redirects carry its pid");
+        assert!(
+            evs.iter().any(|(p, _)| *p == pid),
+            "sh's own redirects carry its pid"
+        );
         assert!(files.iter().all(|e| e.host_path == e.path));
         assert_eq!(w.stats().overflows, 0, "queue overflowed (host too busy?)");
     }

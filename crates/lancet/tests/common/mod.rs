@@ -1,0 +1,272 @@
+//! Helpers for root integration tests: real podman and runc containers,
+//! a running `lancet` agent, and guards that clean up even when a test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "localhost/lancet-busybox:test";
+
+/// Why a root test cannot run here, or None when it can.
+pub fn skip_reason(need_podman: bool) -> Option<String> {
+    if !lancet_is_root() {
+        return Some("not root: BPF and fanotify need CAP_SYS_ADMIN".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    if need_podman {
+        if Command::new("podman").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+            return Some("podman is not installed (scripts/setup.sh installs it)".into());
+        }
+        if !Command::new("podman").args(["image", "exists", IMAGE]).status().map(|s| s.success()).unwrap_or(false) {
+            return Some(format!("test image {IMAGE} missing (scripts/setup.sh builds it)"));
+        }
+    }
+    None
+}
+
+fn lancet_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+#[macro_export]
+macro_rules! skip_unless_ready {
+    ($podman:expr) => {
+        if let Some(why) = common::skip_reason($podman) {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn podman(args: &[&str]) -> String {
+    run(Command::new("podman").args(args))
+}
+
+/// A unique suffix so parallel tests and leftovers never collide.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+/// A podman container removed (by id) when dropped.
+pub struct Container {
+    pub id: String,
+    pub name: String,
+}
+
+impl Container {
+    pub fn start(name: &str, extra: &[&str], cmd: &[&str]) -> Container {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.extend_from_slice(cmd);
+        let id = podman(&args);
+        Container { id, name: name.to_string() }
+    }
+
+    pub fn exec(&self, cmd: &[&str]) -> std::process::Output {
+        let mut args = vec!["exec", self.id.as_str()];
+        args.extend_from_slice(cmd);
+        Command::new("podman").args(&args).output().expect("podman exec")
+    }
+
+    pub fn ip(&self) -> String {
+        podman(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &self.id])
+    }
+
+    pub fn pid(&self) -> u32 {
+        podman(&["inspect", "-f", "{{.State.Pid}}", &self.id]).parse().expect("pid")
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &self.id]).output();
+    }
+}
+
+/// A podman network removed when dropped (after the containers on it).
+pub struct Network(pub String);
+
+impl Network {
+    pub fn create(name: &str) -> Network {
+        podman(&["network", "create", name]);
+        Network(name.to_string())
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["network", "rm", "-f", &self.0]).output();
+    }
+}
+
+/// A running `lancet trace --format json`; its stdout lines arrive on a
+/// channel. Stopped with SIGINT, by pid, on drop.
+pub struct Trace {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl Trace {
+    pub fn start(args: &[&str]) -> Trace {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lancet"))
+            .args(["trace", "--format", "json"])
+            .args(args)
+            .env("LANCET_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lancet trace");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[lancet] {line}");
+                if line.contains("lancet is tracing") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(60)).expect("lancet trace did not report ready within 60 s");
+        Trace { child, lines: rx, seen: Vec::new() }
+    }
+
+    /// Waits until an event matching `pred` arrives (or `timeout`), keeping
+    /// everything seen for later assertions.
+    pub fn wait_for(&mut self, timeout: Duration, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&line).unwrap_or_else(|e| panic!("trace printed non-JSON {line:?}: {e}"));
+                    let hit = pred(&v);
+                    self.seen.push(v.clone());
+                    if hit {
+                        return v;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no {what} event within {timeout:?}; saw {} events:\n{}",
+            self.seen.len(),
+            self.seen.iter().rev().take(40).map(|v| v["output"].to_string()).collect::<Vec<_>>().join("\n")
+        );
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).output();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn field<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    &v["output_fields"][name]
+}
+
+pub fn str_field<'a>(v: &'a serde_json::Value, name: &str) -> &'a str {
+    field(v, name).as_str().unwrap_or("")
+}
+
+/// A runc bundle with a busybox rootfs, in a temp dir; the container (by
+/// id) and its cgroup are removed on drop.
+pub struct RuncContainer {
+    pub id: String,
+    pub dir: tempfile::TempDir,
+    pub cgroup: String,
+}
+
+impl RuncContainer {
+    pub fn create(id: &str, script: &str) -> RuncContainer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
+            std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
+        for a in ["sh", "id", "cat", "sleep", "echo"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).expect("symlink");
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+        std::fs::write(rootfs.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").expect("shadow");
+        run(Command::new("runc").arg("spec").current_dir(dir.path()));
+        let spec_path = dir.path().join("config.json");
+        let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec_path).expect("spec")).expect("json");
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+        spec["root"]["readonly"] = false.into();
+        let cgroup = format!("/lancet-test/{id}");
+        spec["linux"]["cgroupsPath"] = cgroup.clone().into();
+        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).expect("ser")).expect("write spec");
+        RuncContainer { id: id.to_string(), dir, cgroup }
+    }
+
+    /// Starts the container detached (`runc run -d`).
+    pub fn start(&self) {
+        let out = Command::new("runc")
+            .args(["run", "-d", &self.id])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("runc run");
+        assert!(out.status.success(), "runc run failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for RuncContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("runc").args(["delete", "-f", &self.id]).output();
+        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            let _ = std::fs::remove_dir(format!("{root}{}", self.cgroup));
+        }
+        for c in ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd"] {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}{}", self.cgroup));
+        }
+    }
+}

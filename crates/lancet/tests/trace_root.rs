@@ -1,0 +1,102 @@
+//! End to end, as root: real podman and runc containers, the real BPF probes
+//! and fanotify, `lancet trace --format json` as a user would run it.
+//! Skipped, with the reason printed, where the host cannot run them.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn in_container(v: &serde_json::Value, c: &Container) -> bool {
+    str_field(v, "container.name") == c.name
+        && str_field(v, "container.full_id") == c.id
+        && str_field(v, "container.image.repository") == "localhost/lancet-busybox"
+        && str_field(v, "container.type") == "podman"
+}
+
+#[test]
+fn podman_exec_network_files_and_sensitive_reads_are_attributed() {
+    skip_unless_ready!(true);
+    let net = Network::create(&unique("lancet-t-net"));
+    let srv = Container::start(&unique("lancet-t-srv"), &["--network", &net.0, "--label", "app=web"], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    let cli = Container::start(&unique("lancet-t-cli"), &["--network", &net.0], &["sleep", "300"]);
+    let srv_ip = srv.ip();
+    let mut trace = Trace::start(&["--event", "all", "-c", &srv.name, "-c", &cli.name]);
+
+    // exec
+    assert!(cli.exec(&["id", "-u"]).status.success());
+    let ev = trace.wait_for(WAIT, "execve of id", |v| {
+        str_field(v, "evt.type") == "execve" && in_container(v, &cli) && str_field(v, "proc.exepath").ends_with("/id")
+    });
+    assert_eq!(str_field(&ev, "proc.cmdline"), "id -u");
+    assert_eq!(ev["rule"], "lancet trace");
+    assert!(ev["time"].as_str().unwrap_or("").ends_with('Z'));
+
+    // listen (a second httpd inside the server container)
+    assert!(srv.exec(&["httpd", "-p", "9090", "-h", "/www"]).status.success());
+    let ev = trace.wait_for(WAIT, "listen on 9090", |v| {
+        str_field(v, "evt.type") == "listen" && in_container(v, &srv) && field(v, "fd.sport") == 9090
+    });
+    assert_eq!(str_field(&ev, "fd.l4proto"), "tcp");
+
+    // connect between two containers on a podman network, and its accept
+    let out = cli.exec(&["wget", "-q", "-O", "-", &format!("http://{srv_ip}:8080/index.html")]);
+    assert!(out.status.success(), "wget failed: {}", String::from_utf8_lossy(&out.stderr));
+    let ev = trace.wait_for(WAIT, "connect to the server", |v| {
+        str_field(v, "evt.type") == "connect" && in_container(v, &cli) && str_field(v, "fd.dip") == srv_ip && field(v, "fd.dport") == 8080
+    });
+    assert_eq!(str_field(&ev, "evt.res"), "SUCCESS");
+    assert_eq!(str_field(&ev, "proc.name"), "wget");
+    trace.wait_for(WAIT, "accept in the server", |v| {
+        str_field(v, "evt.type") == "accept" && in_container(v, &srv) && field(v, "fd.sport") == 8080
+    });
+
+    // refused connect: nothing listens on 8181
+    let _ = cli.exec(&["wget", "-q", "-T", "2", "-O", "-", &format!("http://{srv_ip}:8181/")]);
+    trace.wait_for(WAIT, "refused connect", |v| {
+        str_field(v, "evt.type") == "connect" && in_container(v, &cli) && field(v, "fd.dport") == 8181 && str_field(v, "evt.res") == "ECONNREFUSED"
+    });
+
+    // file write inside the container's filesystem
+    assert!(cli.exec(&["sh", "-c", "echo lancet > /tmp/written && chmod 755 /tmp/written && mv /tmp/written /tmp/moved && rm /tmp/moved"]).status.success());
+    trace.wait_for(WAIT, "file create", |v| {
+        str_field(v, "evt.type") == "creat" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/written"
+    });
+    trace.wait_for(WAIT, "file write", |v| str_field(v, "evt.type") == "write" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/written");
+    trace.wait_for(WAIT, "chmod", |v| str_field(v, "evt.type") == "chmod" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/written");
+    trace.wait_for(WAIT, "rename", |v| {
+        str_field(v, "evt.type") == "rename" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/moved" && str_field(v, "fs.path.source") == "/tmp/written"
+    });
+    trace.wait_for(WAIT, "unlink", |v| str_field(v, "evt.type") == "unlink" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/moved");
+
+    // sensitive read
+    assert!(cli.exec(&["cat", "/etc/shadow"]).status.success());
+    let ev = trace.wait_for(WAIT, "open of /etc/shadow", |v| {
+        str_field(v, "evt.type") == "open" && in_container(v, &cli) && str_field(v, "fd.name") == "/etc/shadow"
+    });
+    assert_eq!(str_field(&ev, "proc.name"), "cat");
+
+    // labels come from the runtime's own state
+    let ev = trace.wait_for(WAIT, "any server event", |v| in_container(v, &srv));
+    assert!(field(&ev, "container.image.digest").as_str().unwrap_or("").starts_with("sha256:"), "{ev}");
+}
+
+#[test]
+fn runc_container_exec_is_attributed_by_its_cgroup() {
+    skip_unless_ready!(false);
+    if std::process::Command::new("runc").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: runc is not installed");
+        return;
+    }
+    let id = unique("lancet-t-runc");
+    let ctr = RuncContainer::create(&id, "sleep 2; id -g; cat /etc/shadow > /dev/null; sleep 30");
+    let mut trace = Trace::start(&["-c", &id]);
+    ctr.start();
+    let ev = trace.wait_for(WAIT, "runc exec of id", |v| {
+        str_field(v, "evt.type") == "execve" && str_field(v, "container.name") == id && str_field(v, "proc.cmdline") == "id -g"
+    });
+    assert_eq!(str_field(&ev, "container.type"), "runc");
+    assert_eq!(str_field(&ev, "proc.pname"), "sh");
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every lancet test: set-up first (Debian packages, podman configuration,
+# the local test image), then the whole workspace. Root tests run when this
+# runs as root and skip, saying why, otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/setup.sh
+else
+  echo "test: not root: skipping set-up; root tests will skip" >&2
+fi
+# Two cores: keep the build and the root tests (which start containers) calm.
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked -- --test-threads=2

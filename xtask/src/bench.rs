@@ -1,0 +1,176 @@
+//! `cargo xtask bench`: exec, TCP-connect and file loops inside podman
+//! containers, each without an agent and with `lancet trace` running, in
+//! alternating rounds of one run. Prints slowdown ratios, the event rate the
+//! pipeline sustained, lost events and lancet's peak RSS.
+
+use crate::sh;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "localhost/lancet-bench:latest";
+const NET: &str = "lancet-bench-net";
+const SRV: &str = "lancet-bench-srv";
+const CLI: &str = "lancet-bench-cli";
+
+/// Containers and the network the bench made; removed on drop, whatever
+/// happened.
+struct Fixture;
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", SRV, CLI]).output();
+        let _ = Command::new("podman").args(["network", "rm", "-f", NET]).output();
+    }
+}
+
+/// A running `lancet trace`, stopped with SIGINT (by its pid) on drop.
+struct Agent {
+    child: Child,
+    stderr_path: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(lancet: &Path, dir: &Path, round: usize) -> Result<Agent> {
+        let stderr_path = dir.join(format!("lancet-{round}.err"));
+        let child = Command::new(lancet)
+            .args(["trace", "--format", "json", "--stats", "-c", SRV, "-c", CLI])
+            .env("LANCET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path)?)
+            .spawn()
+            .context("starting lancet trace")?;
+        let agent = Agent { child, stderr_path };
+        let t0 = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&agent.stderr_path).unwrap_or_default();
+            if text.contains("lancet is tracing") {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("lancet trace did not start: {text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(agent)
+    }
+
+    /// Stops the agent and returns its `--stats` JSON.
+    fn stop(mut self) -> Result<serde_json::Value> {
+        sh(Command::new("kill").args(["-INT", &self.child.id().to_string()]))?;
+        self.child.wait()?;
+        let text = std::fs::read_to_string(&self.stderr_path)?;
+        let line = text.lines().rev().find(|l| l.starts_with('{')).context("lancet printed no stats")?;
+        Ok(serde_json::from_str(line)?)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).output();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs one loop in the client container; returns its own timing (seconds).
+fn run_loop(args: &[&str]) -> Result<f64> {
+    let mut cmd = Command::new("podman");
+    cmd.args(["exec", CLI, "/loadgen"]).args(args);
+    let out = sh(&mut cmd)?;
+    let secs = out.split_whitespace().nth(2).context("loadgen printed no timing")?;
+    Ok(secs.parse()?)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let rounds = if quick { 1 } else { 3 };
+    let scale = if quick { 4 } else { 1 };
+    sh(Command::new("bash").arg(root.join("scripts/setup.sh"))).context("scripts/setup.sh")?;
+    eprintln!("bench: building lancet (release)");
+    let status = Command::new("cargo").args(["build", "--release", "-p", "lancet"]).current_dir(root).status()?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let lancet = root.join("target/release/lancet");
+    let work = std::env::temp_dir().join(format!("lancet-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    sh(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(work.join("loadgen")).arg(root.join("bench/loadgen.c")))?;
+    std::fs::write(work.join("Containerfile"), "FROM localhost/lancet-busybox:test\nCOPY loadgen /loadgen\n")?;
+    sh(Command::new("podman").args(["build", "-q", "-t", IMAGE]).arg(&work))?;
+
+    let _fixture = Fixture;
+    let _ = Command::new("podman").args(["rm", "-f", "-t", "0", SRV, CLI]).output();
+    let _ = Command::new("podman").args(["network", "rm", "-f", NET]).output();
+    sh(Command::new("podman").args(["network", "create", NET]))?;
+    sh(Command::new("podman").args(["run", "-d", "--name", SRV, "--network", NET, IMAGE, "/loadgen", "serve", "9000"]))?;
+    sh(Command::new("podman").args(["run", "-d", "--name", CLI, "--network", NET, IMAGE, "sleep", "3600"]))?;
+    let ip = sh(Command::new("podman").args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", SRV]))?
+        .trim()
+        .to_string();
+
+    let n_exec = (3000 / scale).to_string();
+    let n_conn = (20000 / scale).to_string();
+    let n_files = (20000 / scale).to_string();
+    let loops: Vec<(&str, Vec<&str>)> = vec![
+        ("exec", vec!["exec", &n_exec, "/bin/true"]),
+        ("connect", vec!["connect", &n_conn, &ip, "9000"]),
+        ("files", vec!["files", &n_files, "/tmp"]),
+    ];
+    // Warm caches (page cache, podman exec paths) before measuring.
+    for (_, a) in &loops {
+        run_loop(a)?;
+    }
+    let mut rows = Vec::new();
+    let mut peak_rss = 0u64;
+    for (name, a) in &loops {
+        let (mut base, mut with, mut rates) = (Vec::new(), Vec::new(), Vec::new());
+        let mut lost = 0u64;
+        for round in 0..rounds {
+            base.push(run_loop(a)?);
+            let agent = Agent::start(&lancet, &work, round)?;
+            let secs = run_loop(a)?;
+            // Let the reader drain what the loop queued before stopping.
+            std::thread::sleep(Duration::from_millis(300));
+            let stats = agent.stop()?;
+            with.push(secs);
+            let records = stats["records"].as_u64().unwrap_or(0) as f64;
+            rates.push(records / secs);
+            lost += stats["lost"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
+            lost += stats["file_overflows"].as_u64().unwrap_or(0);
+            peak_rss = peak_rss.max(stats["max_rss_kib"].as_u64().unwrap_or(0));
+        }
+        let (b, w) = (median(&mut base), median(&mut with));
+        rows.push(serde_json::json!({
+            "loop": name, "ops": a[1], "baseline_s": b, "lancet_s": w,
+            "ratio": w / b, "events_per_s": median(&mut rates), "lost": lost,
+        }));
+    }
+    println!("{:<8} {:>8} {:>12} {:>12} {:>8} {:>12} {:>6}", "loop", "ops", "no agent s", "lancet s", "ratio", "events/s", "lost");
+    for r in &rows {
+        println!(
+            "{:<8} {:>8} {:>12.3} {:>12.3} {:>8.3} {:>12.0} {:>6}",
+            r["loop"].as_str().unwrap_or(""),
+            r["ops"].as_str().unwrap_or(""),
+            r["baseline_s"].as_f64().unwrap_or(0.0),
+            r["lancet_s"].as_f64().unwrap_or(0.0),
+            r["ratio"].as_f64().unwrap_or(0.0),
+            r["events_per_s"].as_f64().unwrap_or(0.0),
+            r["lost"].as_u64().unwrap_or(0)
+        );
+    }
+    println!("lancet peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);
+    let report = serde_json::json!({ "rounds": rounds, "loops": rows, "peak_rss_kib": peak_rss });
+    let out = root.join("target/bench.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("(written to {})", out.display());
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
