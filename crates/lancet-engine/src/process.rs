@@ -20,11 +20,21 @@ pub struct ProcEntry {
 pub struct ProcessTable {
     map: HashMap<u32, ProcEntry>,
     capacity: usize,
+    /// Exited in the current batch / the one before. fanotify reports a file
+    /// event only when the agent reads it, often after the writer's exit
+    /// record, so exited processes stay known for one more batch.
+    exited_now: Vec<u32>,
+    exited_before: Vec<u32>,
 }
 
 impl ProcessTable {
     pub fn new(capacity: usize) -> Self {
-        ProcessTable { map: HashMap::with_capacity(capacity.min(4096)), capacity: capacity.max(1) }
+        ProcessTable {
+            map: HashMap::with_capacity(capacity.min(4096)),
+            capacity: capacity.max(1),
+            exited_now: Vec::new(),
+            exited_before: Vec::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -46,6 +56,15 @@ impl ProcessTable {
             }
         }
         self.map.insert(pid, entry);
+    }
+
+    /// Ends a batch of events: forgets the processes that exited in the
+    /// batch before this one.
+    pub fn end_batch(&mut self) {
+        for pid in self.exited_before.drain(..) {
+            self.map.remove(&pid);
+        }
+        std::mem::swap(&mut self.exited_before, &mut self.exited_now);
     }
 
     /// Updates the table from one event and fills in what the event lacked
@@ -76,9 +95,7 @@ impl ProcessTable {
                 let child_pid = *child_pid;
                 self.insert(child_pid, child);
             }
-            EventKind::Exit(_) => {
-                self.map.remove(&pid);
-            }
+            EventKind::Exit(_) => self.exited_now.push(pid),
             _ => {}
         }
     }
@@ -105,6 +122,9 @@ mod tests {
         assert_eq!(x.parent_exe.as_deref(), Some("/bin/sh"));
         assert_eq!(t.get(11).map(|p| p.cgroup_id), Some(9));
         t.observe(&mut ev(11, 10, EventKind::Exit(ExitEvent { code: Some(0), signal: None })));
+        t.end_batch();
+        assert!(t.get(11).is_some(), "kept for one more batch");
+        t.end_batch();
         assert!(t.get(11).is_none());
     }
 

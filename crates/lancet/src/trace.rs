@@ -122,26 +122,63 @@ pub fn max_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// What is watched for one container.
+struct Armed {
+    label: u64,
+    paths: Vec<PathBuf>,
+    /// Sensitive-path marks are in place (needs a live pid in the container).
+    opens: bool,
+    last_try: Instant,
+}
+
 /// Container filesystems and sensitive-path watches follow the containers:
 /// armed on the first sight of a container, disarmed when its cgroup goes.
 struct Watches {
     files: Option<FileChangeWatcher>,
     opens: Option<SensitiveOpenWatcher>,
     host_root: PathBuf,
-    armed: HashMap<String, (u64, Vec<PathBuf>)>,
+    armed: HashMap<String, Armed>,
     next_label: u64,
 }
+
+/// How often a container whose processes all vanished before we could mark
+/// its root is tried again.
+const ARM_RETRY: Duration = Duration::from_millis(100);
 
 impl Watches {
     fn rebuild_filter(&mut self) {
         if let Some(f) = self.files.as_mut() {
-            let prefixes = self.armed.values().flat_map(|(_, p)| p.iter().cloned()).collect();
+            let prefixes = self.armed.values().flat_map(|a| a.paths.iter().cloned()).collect();
             f.set_path_filter(prefixes);
         }
     }
 
+    /// Marks the sensitive paths under a live process's root.
+    fn watch_opens(&mut self, label: u64, name: &str, pid: Option<u32>) -> bool {
+        let (Some(o), Some(pid)) = (self.opens.as_mut(), pid) else { return false };
+        match o.watch_root(Path::new(&format!("/proc/{pid}/root")), label) {
+            Ok(n) => {
+                tracing::debug!(container = %name, marks = n, "sensitive paths watched");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(container = %name, pid, "sensitive paths not watched yet: {e}");
+                false
+            }
+        }
+    }
+
     fn arm(&mut self, c: &ContainerInfo, pid: Option<u32>) {
-        if self.armed.contains_key(&c.id) {
+        if let Some(a) = self.armed.get(&c.id) {
+            if a.opens || a.last_try.elapsed() < ARM_RETRY {
+                return;
+            }
+            let label = a.label;
+            let ok = self.watch_opens(label, &c.name, pid.or(c.pid));
+            if let Some(a) = self.armed.get_mut(&c.id) {
+                a.opens = ok;
+                a.last_try = Instant::now();
+            }
             return;
         }
         let paths: Vec<PathBuf> =
@@ -155,21 +192,15 @@ impl Watches {
         }
         let label = self.next_label;
         self.next_label += 1;
-        if let (Some(o), Some(pid)) = (self.opens.as_mut(), pid.or(c.pid)) {
-            let root = PathBuf::from(format!("/proc/{pid}/root"));
-            match o.watch_root(&root, label) {
-                Ok(n) => tracing::debug!(container = %c.name, marks = n, "sensitive paths watched"),
-                Err(e) => tracing::warn!(container = %c.name, "sensitive paths not watched: {e}"),
-            }
-        }
-        self.armed.insert(c.id.clone(), (label, paths));
+        let opens = self.watch_opens(label, &c.name, c.pid.or(pid)) || self.watch_opens(label, &c.name, pid);
+        self.armed.insert(c.id.clone(), Armed { label, paths, opens, last_try: Instant::now() });
         self.rebuild_filter();
     }
 
     fn disarm(&mut self, id: &str) {
-        if let Some((label, _)) = self.armed.remove(id) {
+        if let Some(a) = self.armed.remove(id) {
             if let Some(o) = self.opens.as_mut() {
-                o.unwatch(label);
+                o.unwatch(a.label);
             }
             self.rebuild_filter();
         }
@@ -205,6 +236,13 @@ impl Pipeline {
                 self.attributor.on_cgroup_rmdir(*id, path);
             }
             _ => {}
+        }
+        if ev.process.comm.is_empty() {
+            // fanotify reports only a pid.
+            if let Some(p) = self.procs.get(ev.process.pid) {
+                ev.process.comm.clone_from(&p.comm);
+                ev.process.ppid = p.ppid;
+            }
         }
         let mut attribution =
             if ev.cgroup_id == 0 { Attribution::Host } else { self.attributor.attribute(ev.cgroup_id) };
@@ -369,6 +407,7 @@ pub fn run(host_root: &Path, args: TraceArgs) -> Result<ExitCode> {
             }
             stats.emitted += 1;
         }
+        pipeline.procs.end_batch();
         out.flush()?;
     }
     stats.decode_errors = decode_errors.get();

@@ -210,7 +210,14 @@ pub struct Attributor {
     /// Plain runc containers by cgroup path, refreshed at most once per TTL.
     runc_index: Option<(Instant, Vec<Arc<ContainerInfo>>)>,
     last_walk: Option<Instant>,
+    /// cgroup id → when its mkdir was seen. A young cgroup that no runtime
+    /// names may still become a plain runc container: runc writes its
+    /// state.json while the container's first processes already run.
+    born: Bounded<u64, Instant>,
 }
+
+/// How long a new cgroup stays "young" (see `Attributor::born`).
+const YOUNG: Duration = Duration::from_secs(2);
 
 impl fmt::Debug for Attributor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -274,6 +281,7 @@ impl Attributor {
             containers: Bounded::new(cap),
             by_rootfs: HashMap::new(),
             runc_index: None,
+            born: Bounded::new(cap),
             last_walk: None,
         })
     }
@@ -334,13 +342,11 @@ impl Attributor {
         self.reader.forget_changed_files();
         let mut found: Vec<Arc<ContainerInfo>> = Vec::new();
         for (id, path) in cgroups {
-            let a = self.resolve_path(id, &path, now);
-            if let Attribution::Container(c) = &a {
+            if let Attribution::Container(c) = self.resolve_and_remember(id, &path, now) {
                 if !found.iter().any(|f| f.id == c.id) {
-                    found.push(Arc::clone(c));
+                    found.push(c);
                 }
             }
-            self.remember(id, a, now);
         }
         found.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         tracing::debug!(containers = found.len(), "cgroup2 scan done");
@@ -375,28 +381,49 @@ impl Attributor {
                 }
             }
         }
-        let a = match self.paths.get(&cgroup_id).cloned() {
-            Some(path) => self.resolve_path(cgroup_id, &path, now),
-            None => Attribution::Unknown {
-                cgroup_id,
-                cgroup_path: None,
-                reason: "cgroup id not found in the cgroup2 hierarchy (removed, or not yet walked)".into(),
-            },
+        match self.paths.get(&cgroup_id).cloned() {
+            Some(path) => self.resolve_and_remember(cgroup_id, &path, now),
+            None => {
+                let a = Attribution::Unknown {
+                    cgroup_id,
+                    cgroup_path: None,
+                    reason: "cgroup id not found in the cgroup2 hierarchy (removed, or not yet walked)".into(),
+                };
+                self.remember(cgroup_id, a.clone(), false, now);
+                a
+            }
+        }
+    }
+
+    fn resolve_and_remember(&mut self, id: u64, path: &str, now: Instant) -> Attribution {
+        let a = self.resolve_path(id, path, now);
+        // A cgroup no runtime names is "host" only for now: a plain runc
+        // container writes its state.json after its first processes run in
+        // the cgroup, so such a cgroup is looked at again after the TTL.
+        let settled = match &a {
+            Attribution::Container(_) => true,
+            Attribution::Unknown { .. } => false,
+            Attribution::Host => path == "/" || parse_cgroup_path(path).is_some(),
         };
-        self.remember(cgroup_id, a.clone(), now);
+        if !settled && matches!(a, Attribution::Host) && self.is_young(id, now) {
+            // Not cached at all: the next event looks again.
+            self.results.remove(&id);
+            self.negative.remove(&id);
+            return a;
+        }
+        self.remember(id, a.clone(), settled, now);
         a
     }
 
-    fn remember(&mut self, id: u64, a: Attribution, now: Instant) {
-        match a {
-            Attribution::Unknown { .. } => {
-                self.results.remove(&id);
-                self.negative.insert(id, (now + NEGATIVE_TTL, a));
-            }
-            _ => {
-                self.negative.remove(&id);
-                self.results.insert(id, a);
-            }
+    /// Caches a result: settled ones until the cgroup goes, the others for
+    /// [`NEGATIVE_TTL`].
+    fn remember(&mut self, id: u64, a: Attribution, settled: bool, now: Instant) {
+        if settled {
+            self.negative.remove(&id);
+            self.results.insert(id, a);
+        } else {
+            self.results.remove(&id);
+            self.negative.insert(id, (now + NEGATIVE_TTL, a));
         }
     }
 
@@ -445,14 +472,21 @@ impl Attributor {
         }
         // No runtime naming scheme: a plain runc container with its own
         // cgroupsPath, or the host.
-        if let Some(c) = self.runc_for_path(path, now) {
+        if let Some(c) = self.runc_for_path(cgroup_id, path, now) {
             return Attribution::Container(c);
         }
         Attribution::Host
     }
 
-    fn runc_for_path(&mut self, path: &str, now: Instant) -> Option<Arc<ContainerInfo>> {
-        let fresh = self.runc_index.as_ref().is_some_and(|(t, _)| now.saturating_duration_since(*t) < NEGATIVE_TTL);
+    fn is_young(&self, id: u64, now: Instant) -> bool {
+        self.born.get(&id).is_some_and(|b| now.saturating_duration_since(*b) < YOUNG)
+    }
+
+    fn runc_for_path(&mut self, id: u64, path: &str, now: Instant) -> Option<Arc<ContainerInfo>> {
+        // runc's state files are cached by mtime, so a refresh for a young
+        // cgroup costs a directory listing and a stat per container.
+        let fresh = !self.is_young(id, now)
+            && self.runc_index.as_ref().is_some_and(|(t, _)| now.saturating_duration_since(*t) < NEGATIVE_TTL);
         if !fresh {
             let list = self.reader.runc_states().into_iter().map(Arc::new).collect();
             self.runc_index = Some((now, list));
@@ -481,15 +515,13 @@ impl Attributor {
 
     pub fn on_cgroup_mkdir_at(&mut self, id: u64, path: &str, now: Instant) -> Option<Arc<ContainerInfo>> {
         self.paths.insert(id, path.to_string());
+        self.born.insert(id, now);
         self.results.remove(&id);
         self.negative.remove(&id);
-        let a = self.resolve_path(id, path, now);
-        let out = match &a {
-            Attribution::Container(c) => Some(Arc::clone(c)),
+        match self.resolve_and_remember(id, path, now) {
+            Attribution::Container(c) => Some(c),
             _ => None,
-        };
-        self.remember(id, a, now);
-        out
+        }
     }
 
     /// A cgroup went away. Returns the container when it was the container's
