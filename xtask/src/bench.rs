@@ -56,6 +56,14 @@ impl Agent {
         Ok(agent)
     }
 
+    /// CPU seconds (user + system) the agent has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+        f.iter().sum::<u64>() as f64 / 100.0
+    }
+
     /// Stops the agent and returns its `--stats` JSON.
     fn stop(mut self) -> Result<serde_json::Value> {
         sh(Command::new("kill").args(["-INT", &self.child.id().to_string()]))?;
@@ -131,18 +139,22 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     let mut peak_rss = 0u64;
     for (name, a) in &loops {
-        let (mut base, mut with, mut rates) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut base, mut with, mut rates, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut lost = 0u64;
         for round in 0..rounds {
             base.push(run_loop(a)?);
             let agent = Agent::start(&lancet, &work, round)?;
+            let cpu0 = agent.cpu_seconds();
             let secs = run_loop(a)?;
             // Let the reader drain what the loop queued before stopping.
             std::thread::sleep(Duration::from_millis(300));
+            let cpu1 = agent.cpu_seconds();
             let stats = agent.stop()?;
             with.push(secs);
             let records = stats["records"].as_u64().unwrap_or(0) as f64;
             rates.push(records / secs);
+            // lancet's CPU while the loop ran (and drained), per second of loop.
+            cpu.push((cpu1 - cpu0) / secs);
             lost += stats["lost"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
             lost += stats["file_overflows"].as_u64().unwrap_or(0);
             peak_rss = peak_rss.max(stats["max_rss_kib"].as_u64().unwrap_or(0));
@@ -151,19 +163,24 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         rows.push(serde_json::json!({
             "loop": name, "ops": a[1], "baseline_s": b, "lancet_s": w,
             "ratio": w / b, "events_per_s": median(&mut rates), "lost": lost,
+            "lancet_cpu_per_loop_s": median(&mut cpu),
         }));
     }
-    println!("{:<8} {:>8} {:>12} {:>12} {:>8} {:>12} {:>6}", "loop", "ops", "no agent s", "lancet s", "ratio", "events/s", "lost");
+    println!(
+        "{:<8} {:>8} {:>12} {:>12} {:>8} {:>12} {:>6} {:>12}",
+        "loop", "ops", "no agent s", "lancet s", "ratio", "events/s", "lost", "lancet cpu"
+    );
     for r in &rows {
         println!(
-            "{:<8} {:>8} {:>12.3} {:>12.3} {:>8.3} {:>12.0} {:>6}",
+            "{:<8} {:>8} {:>12.3} {:>12.3} {:>8.3} {:>12.0} {:>6} {:>11.0}%",
             r["loop"].as_str().unwrap_or(""),
             r["ops"].as_str().unwrap_or(""),
             r["baseline_s"].as_f64().unwrap_or(0.0),
             r["lancet_s"].as_f64().unwrap_or(0.0),
             r["ratio"].as_f64().unwrap_or(0.0),
             r["events_per_s"].as_f64().unwrap_or(0.0),
-            r["lost"].as_u64().unwrap_or(0)
+            r["lost"].as_u64().unwrap_or(0),
+            r["lancet_cpu_per_loop_s"].as_f64().unwrap_or(0.0) * 100.0
         );
     }
     println!("lancet peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);

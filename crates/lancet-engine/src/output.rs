@@ -3,7 +3,10 @@
 
 use crate::attribution::{Attribution, ContainerInfo};
 use crate::event::{Event, EventKind, FileOp, L4Proto, NetOp};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::fmt::Write as _;
 
 /// An event with everything attribution found for it.
@@ -95,22 +98,273 @@ fn category(kind: &EventKind) -> &'static str {
     }
 }
 
-fn proc_name(ev: &Event) -> &str {
-    &ev.process.comm
+fn l4proto(p: L4Proto) -> &'static str {
+    match p {
+        L4Proto::Tcp => "tcp",
+        L4Proto::Udp => "udp",
+    }
 }
 
-/// The command line as Falco prints `proc.cmdline`: name then arguments.
-fn cmdline(ev: &Event) -> Option<String> {
+/// Falco's `output_fields`, typed: serialising a struct costs a fraction of
+/// building a `serde_json::Map` per event, and this runs for every event
+/// printed. Absent fields are left out, except `k8s.pod.name`, which Falco
+/// always sets (null outside Kubernetes).
+#[derive(Serialize, Default)]
+struct Fields<'a> {
+    #[serde(rename = "evt.time")]
+    evt_time: u64,
+    #[serde(rename = "evt.type")]
+    evt_type: &'static str,
+    #[serde(rename = "evt.res", skip_serializing_if = "Option::is_none")]
+    evt_res: Option<String>,
+    #[serde(rename = "proc.pid")]
+    pid: u32,
+    #[serde(rename = "proc.tid")]
+    tid: u32,
+    #[serde(rename = "proc.ppid")]
+    ppid: u32,
+    #[serde(rename = "proc.name")]
+    name: &'a str,
+    #[serde(rename = "user.uid")]
+    uid: u32,
+    #[serde(rename = "group.gid")]
+    gid: u32,
+    #[serde(rename = "cgroup.id")]
+    cgroup_id: u64,
+    #[serde(rename = "container.id")]
+    container_id: &'a str,
+    #[serde(rename = "container.full_id", skip_serializing_if = "Option::is_none")]
+    container_full_id: Option<&'a str>,
+    #[serde(rename = "container.name")]
+    container_name: &'a str,
+    #[serde(rename = "container.type", skip_serializing_if = "Option::is_none")]
+    container_type: Option<String>,
+    #[serde(rename = "container.image", skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(rename = "container.image.repository", skip_serializing_if = "Option::is_none")]
+    image_repository: Option<&'a str>,
+    #[serde(rename = "container.image.tag", skip_serializing_if = "Option::is_none")]
+    image_tag: Option<&'a str>,
+    #[serde(rename = "container.image.id", skip_serializing_if = "Option::is_none")]
+    image_id: Option<&'a str>,
+    #[serde(rename = "container.image.digest", skip_serializing_if = "Option::is_none")]
+    image_digest: Option<&'a str>,
+    #[serde(rename = "container.labels", skip_serializing_if = "Option::is_none")]
+    labels: Option<&'a BTreeMap<String, String>>,
+    #[serde(rename = "k8s.pod.name")]
+    pod_name: Option<&'a str>,
+    #[serde(rename = "k8s.ns.name", skip_serializing_if = "Option::is_none")]
+    pod_namespace: Option<&'a str>,
+    #[serde(rename = "k8s.pod.uid", skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<&'a str>,
+    #[serde(rename = "k8s.container.name", skip_serializing_if = "Option::is_none")]
+    pod_container: Option<&'a str>,
+    #[serde(rename = "lancet.cgroup.path", skip_serializing_if = "Option::is_none")]
+    unknown_cgroup_path: Option<Option<&'a str>>,
+    #[serde(rename = "lancet.unknown_reason", skip_serializing_if = "Option::is_none")]
+    unknown_reason: Option<&'a str>,
+    #[serde(rename = "proc.exepath", skip_serializing_if = "Option::is_none")]
+    exepath: Option<&'a str>,
+    #[serde(rename = "proc.cmdline", skip_serializing_if = "Option::is_none")]
+    cmdline: Option<String>,
+    #[serde(rename = "proc.args", skip_serializing_if = "Option::is_none")]
+    args: Option<String>,
+    #[serde(rename = "proc.cwd", skip_serializing_if = "Option::is_none")]
+    cwd: Option<&'a str>,
+    #[serde(rename = "proc.pname", skip_serializing_if = "Option::is_none")]
+    pname: Option<&'a str>,
+    #[serde(rename = "proc.pexepath", skip_serializing_if = "Option::is_none")]
+    pexepath: Option<Option<&'a str>>,
+    #[serde(rename = "proc.exe_ino", skip_serializing_if = "Option::is_none")]
+    exe_ino: Option<u64>,
+    #[serde(rename = "lancet.truncated", skip_serializing_if = "Option::is_none")]
+    truncated: Option<bool>,
+    #[serde(rename = "proc.child_pid", skip_serializing_if = "Option::is_none")]
+    child_pid: Option<u32>,
+    #[serde(rename = "proc.exit_code", skip_serializing_if = "Option::is_none")]
+    exit_code: Option<Option<i32>>,
+    #[serde(rename = "proc.exit_signal", skip_serializing_if = "Option::is_none")]
+    exit_signal: Option<Option<i32>>,
+    #[serde(rename = "fd.name", skip_serializing_if = "Option::is_none")]
+    fd_name: Option<String>,
+    #[serde(rename = "fd.directory", skip_serializing_if = "Option::is_none")]
+    fd_directory: Option<&'a str>,
+    #[serde(rename = "fd.host_path", skip_serializing_if = "Option::is_none")]
+    fd_host_path: Option<&'a str>,
+    #[serde(rename = "fs.path.source", skip_serializing_if = "Option::is_none")]
+    path_source: Option<&'a str>,
+    #[serde(rename = "fs.path.target", skip_serializing_if = "Option::is_none")]
+    path_target: Option<&'a str>,
+    #[serde(rename = "fd.sip", skip_serializing_if = "Option::is_none")]
+    sip: Option<IpAddr>,
+    #[serde(rename = "fd.sport", skip_serializing_if = "Option::is_none")]
+    sport: Option<u16>,
+    #[serde(rename = "fd.dip", skip_serializing_if = "Option::is_none")]
+    dip: Option<IpAddr>,
+    #[serde(rename = "fd.dport", skip_serializing_if = "Option::is_none")]
+    dport: Option<u16>,
+    #[serde(rename = "fd.l4proto", skip_serializing_if = "Option::is_none")]
+    l4proto: Option<&'static str>,
+    #[serde(rename = "cgroup.path", skip_serializing_if = "Option::is_none")]
+    cgroup_path: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Alert<'a> {
+    time: &'a str,
+    rule: &'a str,
+    priority: &'a str,
+    source: &'static str,
+    hostname: &'a str,
+    tags: [&'static str; 2],
+    output: String,
+    output_fields: Fields<'a>,
+}
+
+/// The human part of an event: what was run, connected, written.
+pub fn summary(ev: &Event) -> String {
     match &ev.kind {
         EventKind::Exec(x) => {
-            let mut s = String::from(proc_name(ev));
+            let mut s = x.filename.clone();
             for a in x.argv.iter().skip(1) {
                 s.push(' ');
                 s.push_str(a);
             }
-            Some(s)
+            s
         }
-        _ => None,
+        EventKind::Fork { child_pid } => format!("child pid {child_pid}"),
+        EventKind::Exit(x) => match (x.code, x.signal) {
+            (Some(c), _) => format!("exit code {c}"),
+            (_, Some(s)) => format!("killed by signal {s}"),
+            _ => "exit".into(),
+        },
+        EventKind::Net(n) if n.result != 0 => format!("{} ({})", net_fd_name(n), evt_res(n.result)),
+        EventKind::Net(n) => net_fd_name(n),
+        EventKind::File(x) => match (x.op, &x.old_path) {
+            (FileOp::Rename, Some(old)) => format!("{old} -> {}", x.path),
+            _ => x.path.clone(),
+        },
+        EventKind::CgroupMkdir { path, .. } | EventKind::CgroupRmdir { path, .. } => path.clone(),
+    }
+}
+
+fn fields<'a>(r: &Record<'a>) -> Fields<'a> {
+    let ev = r.event;
+    let mut f = Fields {
+        evt_time: ev.time_ns,
+        evt_type: ev.kind.evt_type(),
+        pid: ev.process.pid,
+        tid: ev.process.tid,
+        ppid: ev.process.ppid,
+        name: &ev.process.comm,
+        uid: ev.process.uid,
+        gid: ev.process.gid,
+        cgroup_id: ev.cgroup_id,
+        container_id: "host",
+        container_name: "host",
+        ..Fields::default()
+    };
+    match r.attribution {
+        Attribution::Host => {}
+        Attribution::Container(c) => {
+            let (repo, tag) = split_image(&c.image);
+            f.container_id = c.short_id();
+            f.container_full_id = Some(&c.id);
+            f.container_name = &c.name;
+            f.container_type = Some(c.runtime.to_string());
+            f.image = Some(&c.image);
+            f.image_repository = Some(repo);
+            f.image_tag = Some(tag);
+            f.image_id = Some(&c.image_id);
+            f.image_digest = Some(&c.image_digest);
+            f.labels = Some(&c.labels).filter(|l| !l.is_empty());
+            if let Some(p) = &c.pod {
+                f.pod_name = Some(&p.name);
+                f.pod_namespace = Some(&p.namespace);
+                f.pod_uid = Some(&p.uid);
+                f.pod_container = Some(&p.container_name);
+            }
+        }
+        Attribution::Unknown { cgroup_path, reason, .. } => {
+            f.container_id = "unknown";
+            f.container_name = "unknown";
+            f.unknown_cgroup_path = Some(cgroup_path.as_deref());
+            f.unknown_reason = Some(reason);
+        }
+    }
+    match &ev.kind {
+        EventKind::Exec(x) => {
+            let args = x.argv.get(1..).unwrap_or_default().join(" ");
+            f.exepath = Some(&x.filename);
+            f.cmdline = Some(if args.is_empty() { ev.process.comm.clone() } else { format!("{} {args}", ev.process.comm) });
+            f.args = Some(args);
+            f.cwd = Some(&x.cwd);
+            f.pname = Some(&x.parent_comm);
+            f.pexepath = Some(x.parent_exe.as_deref());
+            f.exe_ino = Some(x.exe_ino);
+            f.truncated = x.truncated.then_some(true);
+        }
+        EventKind::Fork { child_pid } => f.child_pid = Some(*child_pid),
+        EventKind::Exit(x) => {
+            f.exit_code = Some(x.code);
+            f.exit_signal = Some(x.signal);
+        }
+        EventKind::Net(n) => {
+            f.fd_name = Some(net_fd_name(n));
+            f.sip = Some(n.saddr);
+            f.sport = Some(n.sport);
+            f.l4proto = Some(l4proto(n.proto));
+            if !matches!(n.op, NetOp::Listen | NetOp::Bind) {
+                f.dip = Some(n.daddr);
+                f.dport = Some(n.dport);
+            }
+            f.evt_res = Some(evt_res(n.result));
+        }
+        EventKind::File(x) => {
+            f.fd_name = Some(x.path.clone());
+            f.fd_directory = x.path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d });
+            f.fd_host_path = Some(&x.host_path);
+            if let Some(old) = &x.old_path {
+                f.path_source = Some(old);
+                f.path_target = Some(&x.path);
+            }
+        }
+        EventKind::CgroupMkdir { path, .. } | EventKind::CgroupRmdir { path, .. } => f.cgroup_path = Some(path),
+    }
+    f
+}
+
+/// Writes one line of `lancet trace --format json` (without the newline).
+pub fn write_falco_json<W: std::io::Write>(out: W, r: &Record<'_>, rule: &str, priority: &str) -> serde_json::Result<()> {
+    let ev = r.event;
+    let time = rfc3339_nanos(ev.time_ns);
+    let output = format!(
+        "{time} {} by {} (pid={}) in {}: {}",
+        ev.kind.evt_type(),
+        ev.process.comm,
+        ev.process.pid,
+        r.container_label(),
+        summary(ev)
+    );
+    let alert = Alert {
+        time: &time,
+        rule,
+        priority,
+        source: "lancet",
+        hostname: r.hostname,
+        tags: ["lancet", category(&ev.kind)],
+        output,
+        output_fields: fields(r),
+    };
+    serde_json::to_writer(out, &alert)
+}
+
+/// The same object as a `serde_json::Value`, for callers that inspect it.
+pub fn falco_json(r: &Record<'_>, rule: &str, priority: &str) -> Value {
+    let mut buf = Vec::with_capacity(1024);
+    match write_falco_json(&mut buf, r, rule, priority) {
+        Ok(()) => serde_json::from_slice(&buf).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
     }
 }
 
@@ -122,139 +376,6 @@ fn net_fd_name(n: &crate::event::NetEvent) -> String {
 }
 
 /// One line of `lancet trace --format json`.
-pub fn falco_json(r: &Record<'_>, rule: &str, priority: &str) -> Value {
-    let ev = r.event;
-    let mut f = Map::new();
-    f.insert("evt.time".into(), json!(ev.time_ns));
-    f.insert("evt.type".into(), json!(ev.kind.evt_type()));
-    f.insert("proc.pid".into(), json!(ev.process.pid));
-    f.insert("proc.tid".into(), json!(ev.process.tid));
-    f.insert("proc.ppid".into(), json!(ev.process.ppid));
-    f.insert("proc.name".into(), json!(ev.process.comm));
-    f.insert("user.uid".into(), json!(ev.process.uid));
-    f.insert("group.gid".into(), json!(ev.process.gid));
-    f.insert("cgroup.id".into(), json!(ev.cgroup_id));
-    match r.attribution {
-        Attribution::Host => {
-            f.insert("container.id".into(), json!("host"));
-            f.insert("container.name".into(), json!("host"));
-        }
-        Attribution::Container(c) => {
-            let (repo, tag) = split_image(&c.image);
-            f.insert("container.id".into(), json!(c.short_id()));
-            f.insert("container.full_id".into(), json!(c.id));
-            f.insert("container.name".into(), json!(c.name));
-            f.insert("container.type".into(), json!(c.runtime.to_string()));
-            f.insert("container.image".into(), json!(c.image));
-            f.insert("container.image.repository".into(), json!(repo));
-            f.insert("container.image.tag".into(), json!(tag));
-            f.insert("container.image.id".into(), json!(c.image_id));
-            f.insert("container.image.digest".into(), json!(c.image_digest));
-            if !c.labels.is_empty() {
-                f.insert("container.labels".into(), json!(c.labels));
-            }
-            if let Some(p) = &c.pod {
-                f.insert("k8s.pod.name".into(), json!(p.name));
-                f.insert("k8s.ns.name".into(), json!(p.namespace));
-                f.insert("k8s.pod.uid".into(), json!(p.uid));
-                f.insert("k8s.container.name".into(), json!(p.container_name));
-            }
-        }
-        Attribution::Unknown { cgroup_path, reason, .. } => {
-            f.insert("container.id".into(), json!("unknown"));
-            f.insert("container.name".into(), json!("unknown"));
-            f.insert("lancet.cgroup.path".into(), json!(cgroup_path));
-            f.insert("lancet.unknown_reason".into(), json!(reason));
-        }
-    }
-    if r.container().map(|c| c.pod.is_none()).unwrap_or(true) {
-        f.insert("k8s.pod.name".into(), Value::Null);
-    }
-    let summary = match &ev.kind {
-        EventKind::Exec(x) => {
-            f.insert("proc.exepath".into(), json!(x.filename));
-            f.insert("proc.cmdline".into(), json!(cmdline(ev)));
-            f.insert("proc.args".into(), json!(x.argv.iter().skip(1).cloned().collect::<Vec<_>>().join(" ")));
-            f.insert("proc.cwd".into(), json!(x.cwd));
-            f.insert("proc.pname".into(), json!(x.parent_comm));
-            f.insert("proc.pexepath".into(), json!(x.parent_exe));
-            f.insert("proc.exe_ino".into(), json!(x.exe_ino));
-            if x.truncated {
-                f.insert("lancet.truncated".into(), json!(true));
-            }
-            format!("{} {}", x.filename, x.argv.iter().skip(1).cloned().collect::<Vec<_>>().join(" "))
-        }
-        EventKind::Fork { child_pid } => {
-            f.insert("proc.child_pid".into(), json!(child_pid));
-            format!("child pid {child_pid}")
-        }
-        EventKind::Exit(x) => {
-            f.insert("proc.exit_code".into(), json!(x.code));
-            f.insert("proc.exit_signal".into(), json!(x.signal));
-            match (x.code, x.signal) {
-                (Some(c), _) => format!("exit code {c}"),
-                (_, Some(s)) => format!("killed by signal {s}"),
-                _ => "exit".into(),
-            }
-        }
-        EventKind::Net(n) => {
-            let name = net_fd_name(n);
-            f.insert("fd.name".into(), json!(name));
-            f.insert("fd.sip".into(), json!(n.saddr.to_string()));
-            f.insert("fd.sport".into(), json!(n.sport));
-            f.insert("fd.l4proto".into(), json!(match n.proto {
-                L4Proto::Tcp => "tcp",
-                L4Proto::Udp => "udp",
-            }));
-            if !matches!(n.op, NetOp::Listen | NetOp::Bind) {
-                f.insert("fd.dip".into(), json!(n.daddr.to_string()));
-                f.insert("fd.dport".into(), json!(n.dport));
-            }
-            f.insert("evt.res".into(), json!(evt_res(n.result)));
-            if n.result != 0 {
-                format!("{name} ({})", evt_res(n.result))
-            } else {
-                name
-            }
-        }
-        EventKind::File(x) => {
-            f.insert("fd.name".into(), json!(x.path));
-            f.insert("fd.directory".into(), json!(x.path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d })));
-            f.insert("fd.host_path".into(), json!(x.host_path));
-            if let Some(old) = &x.old_path {
-                f.insert("fs.path.source".into(), json!(old));
-                f.insert("fs.path.target".into(), json!(x.path));
-            }
-            match (x.op, &x.old_path) {
-                (FileOp::Rename, Some(old)) => format!("{old} -> {}", x.path),
-                _ => x.path.clone(),
-            }
-        }
-        EventKind::CgroupMkdir { path, .. } | EventKind::CgroupRmdir { path, .. } => {
-            f.insert("cgroup.path".into(), json!(path));
-            path.clone()
-        }
-    };
-    let output = format!(
-        "{} {} by {} (pid={}) in {}{}",
-        rfc3339_nanos(ev.time_ns),
-        ev.kind.evt_type(),
-        ev.process.comm,
-        ev.process.pid,
-        r.container_label(),
-        if summary.is_empty() { String::new() } else { format!(": {summary}") },
-    );
-    json!({
-        "time": rfc3339_nanos(ev.time_ns),
-        "rule": rule,
-        "priority": priority,
-        "source": "lancet",
-        "hostname": r.hostname,
-        "tags": ["lancet", category(&ev.kind)],
-        "output": output,
-        "output_fields": Value::Object(f),
-    })
-}
 
 /// Column widths of the table format. Fixed, because the table streams.
 const COLS: [(&str, usize); 6] =
@@ -282,11 +403,10 @@ fn fit(s: &str, w: usize) -> String {
 /// One line of `lancet trace --format table`.
 pub fn table_row(r: &Record<'_>) -> String {
     let ev = r.event;
-    let j = falco_json(r, "", "");
     let time = rfc3339_nanos(ev.time_ns);
     let clock = time.get(11..26).unwrap_or(&time);
     let image = r.container().map(|c| c.image.as_str()).unwrap_or("-");
-    let details = j["output"].as_str().and_then(|o| o.split_once(": ").map(|(_, d)| d)).unwrap_or("").to_string();
+    let details = summary(ev);
     let cells = [clock.to_string(), r.container_label().to_string(), image.to_string(), ev.process.pid.to_string(), ev.process.comm.clone(), ev.kind.evt_type().to_string()];
     let mut s = String::new();
     for (cell, (_, w)) in cells.iter().zip(COLS) {

@@ -131,13 +131,29 @@ pub fn check_program_types(cgroup2_root: Option<&Path>) -> Vec<ProgTypeCheck> {
                     }
                     Err(e) => {
                         check.attaches = Some(false);
-                        check.error = Some(format!("attach: {e}"));
+                        let hint = if (check.kind == "tracepoint" || check.kind == "kprobe") && !tracefs_mounted() {
+                            " (tracefs is not mounted at /sys/kernel/tracing; kprobes may also be compiled out)"
+                        } else {
+                            ""
+                        };
+                        check.error = Some(format!("attach: {e}{hint}"));
                     }
                 }
             }
             check
         })
         .collect()
+}
+
+/// Whether tracefs is mounted: perf-event based attach (tracepoint,
+/// kprobe) needs its event ids.
+pub fn tracefs_mounted() -> bool {
+    Path::new("/sys/kernel/tracing/events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+}
+
+/// Whether securityfs is mounted, where the LSM list and lockdown mode live.
+pub fn securityfs_mounted() -> bool {
+    Path::new("/sys/kernel/security/lsm").exists()
 }
 
 /// The active LSMs, in order (`/sys/kernel/security/lsm`).

@@ -32,3 +32,17 @@ pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> std::io::Result<Vec<bo
     }
     Ok(pfds.iter().map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0).collect())
 }
+
+/// Sends libbpf's own messages to `tracing` at debug level instead of stderr:
+/// lancet reports load and attach failures itself, with context, and the
+/// feature probes expect some programs to be refused.
+pub fn route_libbpf_logs() {
+    fn print(level: libbpf_rs::PrintLevel, msg: String) {
+        let msg = msg.trim_end();
+        match level {
+            libbpf_rs::PrintLevel::Warn => tracing::debug!(target: "libbpf", "{msg}"),
+            _ => tracing::trace!(target: "libbpf", "{msg}"),
+        }
+    }
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, print)));
+}

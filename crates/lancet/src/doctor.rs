@@ -144,14 +144,18 @@ pub fn report(host_root: &Path) -> Report {
             "enforcement",
             root && (fanotify.permission.is_ok() || bpf_lsm),
             if bpf_lsm { "BPF-LSM (bprm_check_security, file_open)" } else { "fanotify FAN_OPEN_EXEC_PERM / FAN_OPEN_PERM" },
-            format!("{}; BPF-LSM: {}", fan_err(&fanotify.permission), if lsm_listed { why(&program_types, "lsm") } else { "bpf not in the active LSM list".into() }),
+            format!("fanotify: {}; BPF-LSM: {}", fan_err(&fanotify.permission), why(&program_types, "lsm")),
         ),
         g(
             "BPF-LSM enforcement",
             "enforcement",
             bpf_lsm,
             "lsm programs load and attach",
-            if !lsm_listed { "\"bpf\" is not in /sys/kernel/security/lsm".into() } else { why(&program_types, "lsm") },
+            match (works(&program_types, "lsm"), lsm_listed) {
+                (false, _) => why(&program_types, "lsm"),
+                (true, false) => "lsm programs load, but \"bpf\" is not in the active LSM list".into(),
+                (true, true) => String::new(),
+            },
         ),
         g(
             "refuse one network connection",
@@ -205,8 +209,9 @@ pub fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "kernel        {}", r.kernel)?;
     writeln!(out, "root          {}", if r.root { "yes" } else { "no" })?;
     writeln!(out, "BTF           {}", r.btf.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "missing".into()))?;
-    writeln!(out, "lockdown      {}", r.lockdown.as_deref().unwrap_or("unknown"))?;
-    writeln!(out, "LSMs          {}", r.lsms.as_ref().map(|l| l.join(",")).unwrap_or_else(|| "unknown".into()))?;
+    let unknown = if features::securityfs_mounted() { "unknown" } else { "unknown (securityfs is not mounted)" };
+    writeln!(out, "lockdown      {}", r.lockdown.as_deref().unwrap_or(unknown))?;
+    writeln!(out, "LSMs          {}", r.lsms.as_ref().map(|l| l.join(",")).unwrap_or_else(|| unknown.into()))?;
     writeln!(out, "cgroup v2     {}", r.cgroup2.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "missing".into()))?;
     let rt: Vec<String> = r.runtimes.iter().map(|x| format!("{} ({})", x.runtime, x.state)).collect();
     writeln!(out, "runtimes      {}", if rt.is_empty() { "none found".into() } else { rt.join(", ") })?;

@@ -7,7 +7,7 @@ use crate::Format;
 use anyhow::{bail, Context, Result};
 use lancet_engine::attribution::{Attribution, AttributionConfig, Attributor, ContainerInfo};
 use lancet_engine::event::{Event, EventKind};
-use lancet_engine::output::{falco_json, table_header, table_row, Record};
+use lancet_engine::output::{table_header, table_row, write_falco_json, Record};
 use lancet_engine::process::ProcessTable;
 use lancet_sensor::fanotify::{FileChangeWatcher, SensitiveOpenWatcher, DEFAULT_SENSITIVE_PATHS};
 use lancet_sensor::probes::{detect_cgroup2_root, PROBE_NAMES};
@@ -75,6 +75,8 @@ pub struct Stats {
     pub open_overflows: u64,
     pub containers_seen: usize,
     pub seconds: f64,
+    /// CPU time lancet itself used (user + system).
+    pub cpu_seconds: f64,
     pub max_rss_kib: u64,
 }
 
@@ -108,6 +110,17 @@ fn cgroup_id_of_pid(cgroup2: &Path, pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
     std::fs::metadata(cgroup2.join(rel.trim_start_matches('/'))).ok().map(|m| m.ino())
+}
+
+/// CPU time (user + system) this process used, from /proc/self/stat.
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the parenthesised comm; utime and stime are the 14th and
+    // 15th fields overall, in clock ticks (USER_HZ, 100 on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
 }
 
 /// Peak resident set size of this process, from /proc/self/status.
@@ -400,7 +413,7 @@ pub fn run(host_root: &Path, args: TraceArgs) -> Result<ExitCode> {
             let record = Record { event: &ev, attribution: &attribution, hostname: &host };
             match args.format {
                 Format::Json => {
-                    serde_json::to_writer(&mut out, &falco_json(&record, "lancet trace", "Informational"))?;
+                    write_falco_json(&mut out, &record, "lancet trace", "Informational")?;
                     out.write_all(b"\n")?;
                 }
                 Format::Table => writeln!(out, "{}", table_row(&record))?,
@@ -427,6 +440,7 @@ pub fn run(host_root: &Path, args: TraceArgs) -> Result<ExitCode> {
     stats.containers_seen = watches.armed.len();
     stats.seconds = started.elapsed().as_secs_f64();
     stats.max_rss_kib = max_rss_kib();
+    stats.cpu_seconds = cpu_seconds();
     if args.stats {
         eprintln!("{}", serde_json::to_string(&stats)?);
     }

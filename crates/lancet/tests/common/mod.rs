@@ -262,11 +262,12 @@ impl RuncContainer {
 impl Drop for RuncContainer {
     fn drop(&mut self) {
         let _ = Command::new("runc").args(["delete", "-f", &self.id]).output();
-        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-            let _ = std::fs::remove_dir(format!("{root}{}", self.cgroup));
-        }
-        for c in ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd"] {
-            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}{}", self.cgroup));
+        // The container's cgroup, then its parent (shared by the tests, so
+        // removed only once empty).
+        for cg in [self.cgroup.as_str(), "/lancet-test"] {
+            for root in ["unified", "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd", ""] {
+                let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{root}{cg}"));
+            }
         }
     }
 }
