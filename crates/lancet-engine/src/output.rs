@@ -375,8 +375,6 @@ fn net_fd_name(n: &crate::event::NetEvent) -> String {
     }
 }
 
-/// One line of `lancet trace --format json`.
-
 /// Column widths of the table format. Fixed, because the table streams.
 const COLS: [(&str, usize); 6] =
     [("TIME", 15), ("CONTAINER", 16), ("IMAGE", 24), ("PID", 7), ("PROCESS", 15), ("EVENT", 8)];
@@ -420,6 +418,104 @@ pub fn table_row(r: &Record<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attribution::{ContainerInfo, PodInfo, Runtime};
+    use crate::event::{ExecEvent, FileEvent, NetEvent, ProcessRef};
+    use std::sync::Arc;
+
+    fn container() -> Attribution {
+        Attribution::Container(Arc::new(ContainerInfo {
+            id: "2e8bdd302d6f3109f54b92f320cfa00a76d6653727e89863aa6329a9cdbbea02".into(),
+            runtime: Runtime::Crio,
+            name: "web".into(),
+            image: "registry:5000/team/web:1.2".into(),
+            image_digest: "sha256:0f36".into(),
+            pod: Some(PodInfo { name: "web-7d".into(), namespace: "shop".into(), uid: "u-1".into(), container_name: "web".into() }),
+            ..Default::default()
+        }))
+    }
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            time_ns: 1_795_873_138_000_000_001,
+            cgroup_id: 7,
+            process: ProcessRef { pid: 10, tid: 10, ppid: 1, uid: 0, gid: 0, comm: "sh".into() },
+            kind,
+        }
+    }
+
+    #[test]
+    fn exec_json_has_falco_shape_and_fields() {
+        let ev = event(EventKind::Exec(ExecEvent {
+            filename: "/bin/id".into(),
+            cwd: "/".into(),
+            argv: vec!["id".into(), "-u".into()],
+            parent_comm: "bash".into(),
+            parent_exe: Some("/bin/bash".into()),
+            ..Default::default()
+        }));
+        let a = container();
+        let v = falco_json(&Record { event: &ev, attribution: &a, hostname: "h" }, "lancet trace", "Informational");
+        assert_eq!(v["time"], "2026-11-28T13:38:58.000000001Z");
+        assert_eq!(v["priority"], "Informational");
+        assert_eq!(v["tags"][1], "process");
+        let f = &v["output_fields"];
+        assert_eq!(f["evt.type"], "execve");
+        assert_eq!(f["proc.exepath"], "/bin/id");
+        assert_eq!(f["proc.cmdline"], "sh -u");
+        assert_eq!(f["proc.pname"], "bash");
+        assert_eq!(f["proc.pexepath"], "/bin/bash");
+        assert_eq!(f["container.id"], "2e8bdd302d6f");
+        assert_eq!(f["container.type"], "crio");
+        assert_eq!(f["container.image.repository"], "registry:5000/team/web");
+        assert_eq!(f["container.image.tag"], "1.2");
+        assert_eq!(f["k8s.pod.name"], "web-7d");
+        assert_eq!(f["k8s.ns.name"], "shop");
+        assert!(f.get("fd.name").is_none(), "no network fields on an exec");
+        assert!(v["output"].as_str().unwrap_or("").contains("in web: /bin/id -u"));
+    }
+
+    #[test]
+    fn network_and_file_json_carry_fd_fields() {
+        let ev = event(EventKind::Net(NetEvent {
+            op: NetOp::Connect,
+            proto: L4Proto::Tcp,
+            saddr: "10.0.0.2".parse().unwrap(),
+            sport: 40000,
+            daddr: "10.0.0.3".parse().unwrap(),
+            dport: 8080,
+            result: 111,
+            netns: 1,
+        }));
+        let v = falco_json(&Record { event: &ev, attribution: &Attribution::Host, hostname: "h" }, "r", "p");
+        let f = &v["output_fields"];
+        assert_eq!(f["fd.name"], "10.0.0.2:40000->10.0.0.3:8080");
+        assert_eq!(f["fd.dip"], "10.0.0.3");
+        assert_eq!(f["fd.dport"], 8080);
+        assert_eq!(f["fd.l4proto"], "tcp");
+        assert_eq!(f["evt.res"], "ECONNREFUSED");
+        assert_eq!(f["container.id"], "host");
+        assert!(f["k8s.pod.name"].is_null());
+        let ev = event(EventKind::File(FileEvent {
+            op: FileOp::Rename,
+            path: "/tmp/b".into(),
+            old_path: Some("/tmp/a".into()),
+            host_path: "/var/lib/x/diff/tmp/b".into(),
+            is_dir: false,
+        }));
+        let a = container();
+        let r = Record { event: &ev, attribution: &a, hostname: "h" };
+        let f = falco_json(&r, "r", "p")["output_fields"].clone();
+        assert_eq!(f["evt.type"], "rename");
+        assert_eq!(f["fd.name"], "/tmp/b");
+        assert_eq!(f["fs.path.source"], "/tmp/a");
+        assert_eq!(f["fd.directory"], "/tmp");
+        let row = table_row(&r);
+        assert!(row.contains("web") && row.contains("rename") && row.ends_with("/tmp/a -> /tmp/b"), "{row}");
+        // Columns line up on screen: compare character positions (the cut
+        // image name ends in a multi-byte '…').
+        let col = |s: &str, what: &str| s.find(what).map(|b| s[..b].chars().count());
+        assert_eq!(col(&row, "rename"), col(&table_header(), "EVENT"));
+    }
 
     #[test]
     fn time_is_rfc3339_utc() {

@@ -206,7 +206,9 @@ pub struct Attributor {
     containers: Bounded<String, Arc<ContainerInfo>>,
     /// rootfs path → container id; entries of evicted containers are skipped
     /// on lookup and swept when the map grows.
-    by_rootfs: HashMap<PathBuf, String>,
+    /// Keyed by the path as a string: file events look up every ancestor of
+    /// a path, and hashing a `str` is much cheaper than a `Path`'s components.
+    by_rootfs: HashMap<String, String>,
     /// Plain runc containers by cgroup path, refreshed at most once per TTL.
     runc_index: Option<(Instant, Vec<Arc<ContainerInfo>>)>,
     last_walk: Option<Instant>,
@@ -435,7 +437,7 @@ impl Attributor {
         }
         let c = Arc::new(info);
         for p in &c.rootfs_paths {
-            self.by_rootfs.insert(p.clone(), c.id.clone());
+            self.by_rootfs.insert(p.to_string_lossy().trim_end_matches('/').to_string(), c.id.clone());
         }
         self.containers.insert(c.id.clone(), Arc::clone(&c));
         if self.by_rootfs.len() > 4 * self.cap {
@@ -541,8 +543,9 @@ impl Attributor {
         }
         self.containers.remove(&c.id);
         for p in &c.rootfs_paths {
-            if self.by_rootfs.get(p) == Some(&c.id) {
-                self.by_rootfs.remove(p);
+            let key = p.to_string_lossy().trim_end_matches('/').to_string();
+            if self.by_rootfs.get(&key) == Some(&c.id) {
+                self.by_rootfs.remove(&key);
             }
         }
         if let Some((_, list)) = self.runc_index.as_mut() {
@@ -554,14 +557,22 @@ impl Attributor {
     /// Which container's filesystem a host path lies in, and the path as the
     /// container sees it. `host_path` is without the `host_root` prefix.
     pub fn container_for_host_path(&self, host_path: &Path) -> Option<(Arc<ContainerInfo>, String)> {
-        for anc in host_path.ancestors() {
-            let Some(id) = self.by_rootfs.get(anc) else { continue };
-            let Some(c) = self.containers.get(id) else { continue };
-            let rest = host_path.strip_prefix(anc).ok()?;
-            let inside = Path::new("/").join(rest).to_string_lossy().into_owned();
-            return Some((Arc::clone(c), inside));
+        let path = host_path.to_str()?.trim_end_matches('/');
+        // Longest ancestor first: the path itself, then each prefix that
+        // ends before a '/'.
+        let mut end = path.len();
+        loop {
+            let anc = &path[..end];
+            if let Some(c) = self.by_rootfs.get(anc).and_then(|id| self.containers.get(id)) {
+                let rest = &path[end..];
+                let inside = if rest.is_empty() { "/".to_string() } else { rest.to_string() };
+                return Some((Arc::clone(c), inside));
+            }
+            end = anc.rfind('/')?;
+            if end == 0 {
+                return None;
+            }
         }
-        None
     }
 
     pub fn containers(&self) -> impl Iterator<Item = &Arc<ContainerInfo>> {
