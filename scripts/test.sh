@@ -12,4 +12,13 @@ fi
 # Two cores: keep the build and the root tests (which start containers) calm.
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole workspace (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "lancet: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -99,7 +99,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = if quick { 1 } else { 5 };
     let scale = if quick { 4 } else { 1 };
     sh(Command::new("bash").arg(root.join("scripts/setup.sh"))).context("scripts/setup.sh")?;
     eprintln!("bench: building lancet (release)");
