@@ -76,24 +76,13 @@ struct {
  * Who owns a TCP socket. TCP state changes after SYN_SENT happen in softirq,
  * where `current` is whoever was interrupted, so the owner is remembered when
  * the socket is seen in process context (connect) or inherited from the
- * listener (accept).
+ * listener (accept): a record header filled there, reused for later records.
  */
-struct sock_owner {
-	__u64 cgroup_id;
-	__u32 pid;
-	__u32 tid;
-	__u32 ppid;
-	__u32 uid;
-	__u32 gid;
-	__u32 _pad;
-	char comm[LANCET_COMM_LEN];
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64); /* struct sock * */
-	__type(value, struct sock_owner);
+	__type(value, struct lancet_header);
 } sock_owners SEC(".maps");
 
 struct listen_key {
@@ -106,7 +95,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct listen_key);
-	__type(value, struct sock_owner);
+	__type(value, struct lancet_header);
 } listeners SEC(".maps");
 
 /* Keep the ABI structs in BTF so the skeleton generates Rust views of them. */
@@ -145,22 +134,6 @@ static __always_inline void fill_header_task(struct lancet_header *h, __u32 kind
 	h->gid = ugid >> 32;
 	h->_pad = 0;
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
-}
-
-static __always_inline void fill_header_owner(struct lancet_header *h, __u32 kind, __u32 size,
-					      const struct sock_owner *o)
-{
-	h->ts_ns = bpf_ktime_get_boot_ns();
-	h->cgroup_id = o->cgroup_id;
-	h->kind = kind;
-	h->size = size;
-	h->pid = o->pid;
-	h->tid = o->tid;
-	h->ppid = o->ppid;
-	h->uid = o->uid;
-	h->gid = o->gid;
-	h->_pad = 0;
-	__builtin_memcpy(h->comm, o->comm, sizeof(h->comm));
 }
 
 static __always_inline bool is_self(void)
@@ -386,21 +359,7 @@ static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
 	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
 }
 
-static __always_inline void owner_from_current(struct sock_owner *o, const struct sock *sk)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	__u64 ugid = bpf_get_current_uid_gid();
-	o->cgroup_id = bpf_get_current_cgroup_id();
-	o->pid = BPF_CORE_READ(task, tgid);
-	o->tid = BPF_CORE_READ(task, pid);
-	o->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	o->uid = (__u32)ugid;
-	o->gid = ugid >> 32;
-	o->_pad = 0;
-	bpf_get_current_comm(o->comm, sizeof(o->comm));
-}
-
-static __always_inline void emit_sock(const struct sock *sk, __u32 kind, const struct sock_owner *o,
+static __always_inline void emit_sock(const struct sock *sk, __u32 kind, const struct lancet_header *o,
 				      __s32 result)
 {
 	struct lancet_net *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -408,7 +367,10 @@ static __always_inline void emit_sock(const struct sock *sk, __u32 kind, const s
 		count_lost(LANCET_PROBE_SOCK_STATE);
 		return;
 	}
-	fill_header_owner(&e->hdr, kind, sizeof(*e), o);
+	e->hdr = *o;
+	e->hdr.ts_ns = bpf_ktime_get_boot_ns();
+	e->hdr.kind = kind;
+	e->hdr.size = sizeof(*e);
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	e->family = family;
 	e->protocol = IPPROTO_TCP;
@@ -434,13 +396,13 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	__u64 key = (__u64)sk;
-	struct sock_owner owner;
+	struct lancet_header owner;
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
 		/* connect(): process context. Reported once the outcome is known. */
 		if (is_self())
 			return 0;
-		owner_from_current(&owner, sk);
+		fill_header_task(&owner, 0, 0, bpf_get_current_task_btf());
 		bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
 		return 0;
 	}
@@ -448,7 +410,7 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 		/* listen(): process context. */
 		if (is_self())
 			return 0;
-		owner_from_current(&owner, sk);
+		fill_header_task(&owner, 0, 0, bpf_get_current_task_btf());
 		struct listen_key lk = {
 			.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
 			.port = BPF_CORE_READ(sk, __sk_common.skc_num),
@@ -458,7 +420,7 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 		return 0;
 	}
 	if (oldstate == TCP_SYN_SENT) {
-		struct sock_owner *o = bpf_map_lookup_elem(&sock_owners, &key);
+		struct lancet_header *o = bpf_map_lookup_elem(&sock_owners, &key);
 		if (!o)
 			return 0;
 		if (newstate == TCP_ESTABLISHED) {
@@ -476,7 +438,7 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 			.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
 			.port = BPF_CORE_READ(sk, __sk_common.skc_num),
 		};
-		struct sock_owner *l = bpf_map_lookup_elem(&listeners, &lk);
+		struct lancet_header *l = bpf_map_lookup_elem(&listeners, &lk);
 		if (l) {
 			owner = *l;
 		} else {
@@ -496,7 +458,7 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 			bpf_map_delete_elem(&listeners, &lk);
 			return 0;
 		}
-		struct sock_owner *o = bpf_map_lookup_elem(&sock_owners, &key);
+		struct lancet_header *o = bpf_map_lookup_elem(&sock_owners, &key);
 		if (!o)
 			return 0;
 		emit_sock(sk, LANCET_KIND_CLOSE, o, 0);
@@ -505,31 +467,22 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 	return 0;
 }
 
-/* `v6` must be a constant: each hook may only touch its own family's fields. */
-static __always_inline void emit_sock_addr(struct bpf_sock_addr *ctx, __u32 kind, __u32 probe, bool v6)
+/* A UDP record: `local` or `remote` address as four words (IPv4 in the first). */
+static __always_inline void emit_udp(__u32 kind, __u32 probe, bool v6, __u16 sport, __u16 dport,
+				     const __u32 local[4], const __u32 remote[4])
 {
 	struct lancet_net *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost(probe);
 		return;
 	}
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	fill_header_task(&e->hdr, kind, sizeof(*e), task);
+	fill_header_task(&e->hdr, kind, sizeof(*e), bpf_get_current_task_btf());
 	e->family = v6 ? AF_INET6 : AF_INET;
 	e->protocol = IPPROTO_UDP;
-	e->sport = 0;
-	e->dport = bpf_ntohs(ctx->user_port);
-	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-	if (v6) {
-		__u32 *d = (__u32 *)e->daddr;
-		d[0] = ctx->user_ip6[0];
-		d[1] = ctx->user_ip6[1];
-		d[2] = ctx->user_ip6[2];
-		d[3] = ctx->user_ip6[3];
-	} else {
-		*(__u32 *)e->daddr = ctx->user_ip4;
-	}
+	e->sport = sport;
+	e->dport = dport;
+	__builtin_memcpy(e->saddr, local, sizeof(e->saddr));
+	__builtin_memcpy(e->daddr, remote, sizeof(e->daddr));
 	e->result = 0;
 	e->netns = 0;
 	bpf_ringbuf_submit(e, rb_flags());
@@ -537,65 +490,53 @@ static __always_inline void emit_sock_addr(struct bpf_sock_addr *ctx, __u32 kind
 
 /* UDP has no state machine to watch: see connect() on datagram sockets here.
  * TCP connects are reported from inet_sock_set_state with their outcome. */
+/* Each hook may read only its own family's context fields, so the address
+ * is copied out here, with constant offsets. */
 SEC("cgroup/connect4")
 int lancet_connect4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type == SOCK_DGRAM && !is_self())
-		emit_sock_addr(ctx, LANCET_KIND_CONNECT, LANCET_PROBE_UDP_CONNECT, false);
+	if (ctx->type == SOCK_DGRAM && !is_self()) {
+		__u32 none[4] = {}, remote[4] = { ctx->user_ip4 };
+		emit_udp(LANCET_KIND_CONNECT, LANCET_PROBE_UDP_CONNECT, false, 0, bpf_ntohs(ctx->user_port), none,
+			 remote);
+	}
 	return 1;
 }
 
 SEC("cgroup/connect6")
 int lancet_connect6(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type == SOCK_DGRAM && !is_self())
-		emit_sock_addr(ctx, LANCET_KIND_CONNECT, LANCET_PROBE_UDP_CONNECT, true);
+	if (ctx->type == SOCK_DGRAM && !is_self()) {
+		__u32 none[4] = {}, remote[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
+						  ctx->user_ip6[3] };
+		emit_udp(LANCET_KIND_CONNECT, LANCET_PROBE_UDP_CONNECT, true, 0, bpf_ntohs(ctx->user_port), none,
+			 remote);
+	}
 	return 1;
-}
-
-static __always_inline void emit_bind(struct bpf_sock *sk, bool v6)
-{
-	struct lancet_net *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost(LANCET_PROBE_UDP_BIND);
-		return;
-	}
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	fill_header_task(&e->hdr, LANCET_KIND_BIND, sizeof(*e), task);
-	e->family = v6 ? AF_INET6 : AF_INET;
-	e->protocol = IPPROTO_UDP;
-	e->sport = sk->src_port;
-	e->dport = 0;
-	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-	if (v6) {
-		__u32 *s = (__u32 *)e->saddr;
-		s[0] = sk->src_ip6[0];
-		s[1] = sk->src_ip6[1];
-		s[2] = sk->src_ip6[2];
-		s[3] = sk->src_ip6[3];
-	} else {
-		*(__u32 *)e->saddr = sk->src_ip4;
-	}
-	e->result = 0;
-	e->netns = 0;
-	bpf_ringbuf_submit(e, rb_flags());
 }
 
 /* A UDP server is a bound datagram socket; TCP servers show up as listen. */
 SEC("cgroup/post_bind4")
 int lancet_post_bind4(struct bpf_sock *sk)
 {
-	if (sk->type == SOCK_DGRAM && sk->src_port && !is_self())
-		emit_bind(sk, false);
+	/* Each field read once: clang turns a second read into pointer
+	 * arithmetic on ctx, which the verifier refuses. */
+	__u32 port = sk->src_port;
+	if (sk->type == SOCK_DGRAM && port && !is_self()) {
+		__u32 none[4] = {}, local[4] = { sk->src_ip4 };
+		emit_udp(LANCET_KIND_BIND, LANCET_PROBE_UDP_BIND, false, port, 0, local, none);
+	}
 	return 1;
 }
 
 SEC("cgroup/post_bind6")
 int lancet_post_bind6(struct bpf_sock *sk)
 {
-	if (sk->type == SOCK_DGRAM && sk->src_port && !is_self())
-		emit_bind(sk, true);
+	__u32 port = sk->src_port;
+	if (sk->type == SOCK_DGRAM && port && !is_self()) {
+		__u32 none[4] = {}, local[4] = { sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3] };
+		emit_udp(LANCET_KIND_BIND, LANCET_PROBE_UDP_BIND, true, port, 0, local, none);
+	}
 	return 1;
 }
 
@@ -608,8 +549,7 @@ static __always_inline void emit_cgroup(struct cgroup *cgrp, const char *path, _
 	struct lancet_cgroup *e = bpf_map_lookup_elem(&cgroup_scratch, &zero);
 	if (!e)
 		return;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	fill_header_task(&e->hdr, kind, sizeof(*e), task);
+	fill_header_task(&e->hdr, kind, sizeof(*e), bpf_get_current_task_btf());
 	e->id = BPF_CORE_READ(cgrp, kn, id);
 	e->level = BPF_CORE_READ(cgrp, level);
 	long r = bpf_probe_read_kernel_str(e->path, sizeof(e->path), path);

@@ -87,6 +87,36 @@ fn cstring(path: &Path) -> Result<CString, FanotifyError> {
         .map_err(|_| FanotifyError::BadPath(path.to_path_buf()))
 }
 
+/// Reads what is queued on `fan` without blocking (at most
+/// `MAX_READS_PER_CALL` reads into `buf`) and hands each parsed event, with
+/// the time it was read, to `handle`. Returns how many malformed buffers were
+/// skipped, and the read error if one ended the drain.
+fn drain(
+    fan: RawFd,
+    buf: &mut [u8],
+    mut handle: impl FnMut(&parse::RawEvent<'_>, u64),
+) -> (u64, Result<(), FanotifyError>) {
+    let mut malformed = 0;
+    for _ in 0..MAX_READS_PER_CALL {
+        let n = match read_some(fan, buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return (malformed, Err(e)),
+        };
+        let now = now_ns();
+        for ev in parse::events(&buf[..n]) {
+            match ev {
+                Ok(ev) => handle(&ev, now),
+                Err(e) => {
+                    malformed += 1;
+                    tracing::warn!(error = %e, "malformed fanotify buffer, rest of this read skipped");
+                }
+            }
+        }
+    }
+    (malformed, Ok(()))
+}
+
 pub(crate) fn fanotify_init(flags: u32, event_f_flags: u32) -> Result<OwnedFd, FanotifyError> {
     // SAFETY: plain syscall wrapper with integer arguments.
     let fd = unsafe { libc::fanotify_init(flags, event_f_flags) };

@@ -2,11 +2,11 @@
 //! whole filesystems, reported with directory file handles + names
 //! (`FAN_REPORT_DFID_NAME`) and resolved to host paths.
 
-use super::parse::{self, FidRecord, RawEvent};
+use super::parse::{FidRecord, RawEvent};
 use super::{
-    fanotify_init, fanotify_mark, fd_path, now_ns, read_some, FanotifyError, FanotifyStats,
+    fanotify_init, fanotify_mark, fd_path, now_ns, FanotifyError, FanotifyStats,
 };
-use super::{MAX_READS_PER_CALL, READ_BUF_LEN};
+use super::READ_BUF_LEN;
 use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
 use std::collections::HashMap;
 use std::io;
@@ -271,25 +271,8 @@ impl FileChangeWatcher {
     pub fn read_events(&mut self, out: &mut Vec<Event>) -> Result<usize, FanotifyError> {
         let before = out.len();
         let mut buf = std::mem::take(&mut self.buf);
-        let res = (|| {
-            for _ in 0..MAX_READS_PER_CALL {
-                let n = read_some(self.fan.as_raw_fd(), &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                let now = now_ns();
-                for ev in parse::events(&buf[..n]) {
-                    match ev {
-                        Ok(ev) => self.handle(&ev, now, out),
-                        Err(e) => {
-                            self.stats.dropped += 1;
-                            tracing::warn!(error = %e, "malformed fanotify buffer, rest of this read skipped");
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })();
+        let (malformed, res) = super::drain(self.fan.as_raw_fd(), &mut buf, |ev, now| self.handle(ev, now, out));
+        self.stats.dropped += malformed;
         self.buf = buf;
         self.flush_pending(now_ns(), out);
         let added = out.len() - before;
@@ -829,7 +812,7 @@ mod tests {
             ),
         ]
         .concat();
-        for ev in parse::events(&buf) {
+        for ev in super::super::parse::events(&buf) {
             w.handle(&ev.unwrap(), 1, &mut out);
         }
         assert_eq!(w.stats.overflows, 1);

@@ -1,12 +1,12 @@
 //! [`SensitiveOpenWatcher`]: opens of a small set of sensitive paths, per
 //! container root, with inode marks (classic fd-reporting fanotify).
 
-use super::parse::{self, RawEvent};
+use super::parse::RawEvent;
 use super::{
-    cstring, fanotify_init, fanotify_mark, fd_path, fstat, now_ns, read_some, FanotifyError,
+    cstring, fanotify_init, fanotify_mark, fd_path, fstat, FanotifyError,
     FanotifyStats,
 };
-use super::{MAX_READS_PER_CALL, READ_BUF_LEN};
+use super::READ_BUF_LEN;
 use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
 use std::collections::HashMap;
 use std::io;
@@ -313,25 +313,9 @@ impl SensitiveOpenWatcher {
     fn read_inner(&mut self, emit: &mut dyn FnMut(u64, Event)) -> Result<usize, FanotifyError> {
         let mut buf = std::mem::take(&mut self.buf);
         let mut added = 0;
-        let res = (|| {
-            for _ in 0..MAX_READS_PER_CALL {
-                let n = read_some(self.fan.as_raw_fd(), &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                let now = now_ns();
-                for ev in parse::events(&buf[..n]) {
-                    match ev {
-                        Ok(ev) => added += self.handle(&ev, now, emit),
-                        Err(e) => {
-                            self.stats.dropped += 1;
-                            tracing::warn!(error = %e, "malformed fanotify buffer, rest of this read skipped");
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })();
+        let (malformed, res) =
+            super::drain(self.fan.as_raw_fd(), &mut buf, |ev, now| added += self.handle(ev, now, emit));
+        self.stats.dropped += malformed;
         self.buf = buf;
         self.stats.events += added as u64;
         res.map(|()| added)
