@@ -449,21 +449,23 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 		emit_sock(sk, LANCET_KIND_ACCEPT, &owner, 0);
 		return 0;
 	}
-	if (newstate == TCP_CLOSE) {
-		if (oldstate == TCP_LISTEN) {
-			struct listen_key lk = {
-				.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
-				.port = BPF_CORE_READ(sk, __sk_common.skc_num),
-			};
-			bpf_map_delete_elem(&listeners, &lk);
-			return 0;
-		}
-		struct lancet_header *o = bpf_map_lookup_elem(&sock_owners, &key);
-		if (!o)
-			return 0;
-		emit_sock(sk, LANCET_KIND_CLOSE, o, 0);
-		bpf_map_delete_elem(&sock_owners, &key);
+	if (newstate == TCP_CLOSE && oldstate == TCP_LISTEN) {
+		struct listen_key lk = {
+			.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
+			.port = BPF_CORE_READ(sk, __sk_common.skc_num),
+		};
+		bpf_map_delete_elem(&listeners, &lk);
+		return 0;
 	}
+	if (oldstate == TCP_ESTABLISHED) {
+		/* The first step of closing, from either side: reported here, where
+		 * the local port is still bound (at TCP_CLOSE it reads 0). */
+		struct lancet_header *o = bpf_map_lookup_elem(&sock_owners, &key);
+		if (o)
+			emit_sock(sk, LANCET_KIND_CLOSE, o, 0);
+	}
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&sock_owners, &key);
 	return 0;
 }
 
@@ -538,6 +540,48 @@ int lancet_post_bind6(struct bpf_sock *sk)
 		emit_udp(LANCET_KIND_BIND, LANCET_PROBE_UDP_BIND, true, port, 0, local, none);
 	}
 	return 1;
+}
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/*
+ * Run once at start-up: every TCP socket already listening, with the process
+ * that holds it, goes into `listeners`, so connections accepted by servers
+ * started before the agent are attributed to their process too.
+ */
+SEC("iter/task_file")
+int lancet_seed_listeners(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	if (!task || !file)
+		return 0;
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket *sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP ||
+	    BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN)
+		return 0;
+	struct listen_key lk = {
+		.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
+		.port = BPF_CORE_READ(sk, __sk_common.skc_num),
+	};
+	struct lancet_header owner = {
+		.cgroup_id = sock_cgroup_id(sk),
+		.pid = BPF_CORE_READ(task, tgid),
+		.tid = BPF_CORE_READ(task, pid),
+		.ppid = BPF_CORE_READ(task, real_parent, tgid),
+		.uid = BPF_CORE_READ(task, cred, uid.val),
+		.gid = BPF_CORE_READ(task, cred, gid.val),
+	};
+	BPF_CORE_READ_STR_INTO(&owner.comm, task, comm);
+	/* Never replace an owner seen live by the listen hook. */
+	bpf_map_update_elem(&listeners, &lk, &owner, BPF_NOEXIST);
+	return 0;
 }
 
 static __always_inline void emit_cgroup(struct cgroup *cgrp, const char *path, __u32 kind)

@@ -144,7 +144,8 @@ fn absolute(filename: &str, cwd: &str) -> String {
 
 fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
     if family == AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(*bytes))
+        // A dual-stack socket talking IPv4 shows ::ffff:a.b.c.d; say a.b.c.d.
+        Ipv6Addr::from(*bytes).to_canonical()
     } else {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     }
@@ -312,6 +313,10 @@ pub(crate) mod tests {
         assert_eq!(ev.kind.evt_type(), "listen");
         let EventKind::Net(x) = ev.kind else { panic!() };
         assert_eq!(x.saddr.to_string(), "::1");
+        let mut mapped = types::lancet_net { hdr: header(kind::ACCEPT), family: AF_INET6, protocol: 6, ..Default::default() };
+        mapped.daddr[10..16].copy_from_slice(&[0xff, 0xff, 10, 89, 0, 3]);
+        let EventKind::Net(x) = decode(&bytes_of(&mapped), &Clock::with_offset(0)).unwrap().kind else { panic!() };
+        assert_eq!(x.daddr.to_string(), "10.89.0.3", "v4-mapped addresses read as IPv4");
     }
 
     #[test]

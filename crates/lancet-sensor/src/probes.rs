@@ -160,6 +160,13 @@ impl Sensor {
                 prog.attach()
             };
             match res {
+                Ok(l) if st.hook.starts_with("iter/") => {
+                    // One pass at start-up; the link is not kept.
+                    match run_iter(&l) {
+                        Ok(()) => st.attached = true,
+                        Err(e) => st.error = Some(format!("iterator failed: {e}")),
+                    }
+                }
                 Ok(l) => {
                     st.attached = true;
                     links.push(l);
@@ -214,6 +221,15 @@ impl Sensor {
         b.add(&self.skel.maps.events, on_record).map_err(SensorError::RingBuffer)?;
         Ok(EventReader { rb: b.build().map_err(SensorError::RingBuffer)? })
     }
+}
+
+/// Runs a BPF iterator to its end (its effect is on maps, not its output).
+fn run_iter(link: &Link) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut it = libbpf_rs::Iter::new(link).map_err(std::io::Error::other)?;
+    let mut sink = [0u8; 4096];
+    while it.read(&mut sink)? > 0 {}
+    Ok(())
 }
 
 /// Drains the ring buffer. The probes wake the reader only past a fill level,

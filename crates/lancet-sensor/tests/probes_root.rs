@@ -122,7 +122,27 @@ fn tcp_and_udp_lifecycle_is_reported() {
     assert!(net(&events, NetOp::Listen, &|n| n.sport == port), "listen on {port}");
     assert!(net(&events, NetOp::Connect, &|n| n.dport == port && n.result == 0 && n.daddr.to_string() == "127.0.0.1"), "connect");
     assert!(net(&events, NetOp::Accept, &|n| n.sport == port), "accept");
-    assert!(net(&events, NetOp::Close, &|n| n.dport == port || n.sport == port), "close");
+    assert!(net(&events, NetOp::Close, &|n| n.dport == port && n.sport != 0), "client close, with its port");
+    assert!(net(&events, NetOp::Close, &|n| n.sport == port), "server close");
     assert!(net(&events, NetOp::Connect, &|n| n.dport == closed_port && n.result == 111), "refused connect");
     assert!(net(&events, NetOp::Bind, &|n| n.proto == L4Proto::Udp && n.sport != 0), "udp bind");
+}
+
+#[test]
+fn accepts_on_a_socket_listening_before_the_agent_name_their_process() {
+    if let Some(why) = skip() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let sensor = load();
+    let _client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let _server_side = listener.accept().expect("accept");
+    let me = std::process::id();
+    let is_accept = |e: &Event| matches!(&e.kind, EventKind::Net(n) if n.op == NetOp::Accept && n.sport == port);
+    let events = collect_until(&sensor, Duration::from_secs(5), |evs| evs.iter().any(is_accept));
+    let accept = events.iter().find(|e| is_accept(e)).expect("accept event");
+    assert_eq!(accept.process.pid, me, "the iterator seeded the listener's owner");
+    assert!(!accept.process.comm.is_empty());
 }
