@@ -3,6 +3,7 @@
 //! and the output formats. Events go in, attributed records come out.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod attribution;
 pub mod event;
 pub mod output;

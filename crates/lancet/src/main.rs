@@ -4,10 +4,11 @@
 //! outputs, and error reporting. Errors print with their whole context chain.
 #![forbid(unsafe_code)]
 
+mod agent;
 mod doctor;
 mod trace;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -63,6 +64,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Trace(args) => trace::run(&cli.host_root, args),
     }
+}
+
+/// SIGINT and SIGTERM ask the loop to stop; it finishes its batch first.
+pub fn install_stop_signals(stop: &std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(stop)).context("installing signal handlers")?;
+    }
+    Ok(())
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

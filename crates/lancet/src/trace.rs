@@ -1,25 +1,16 @@
 //! `lancet trace`: the sensor's events, attributed to containers, as a live
-//! stream. Everything runs on one thread: the ring buffer, the fanotify
-//! groups and attribution are multiplexed with poll(2), so there are no locks
-//! on the event path.
+//! stream.
 
+use crate::agent::{hostname, run_loop, AgentOptions};
 use crate::Format;
-use anyhow::{bail, Context, Result};
-use lancet_engine::attribution::{Attribution, AttributionConfig, Attributor, ContainerInfo};
-use lancet_engine::event::{Event, EventKind};
+use anyhow::{bail, Result};
+use lancet_engine::attribution::{Attribution, ContainerInfo};
 use lancet_engine::output::{table_header, table_row, write_falco_json, Record};
-use lancet_engine::process::ProcessTable;
-use lancet_sensor::fanotify::{FileChangeWatcher, SensitiveOpenWatcher, DEFAULT_SENSITIVE_PATHS};
-use lancet_sensor::probes::{detect_cgroup2_root, PROBE_NAMES};
-use lancet_sensor::{decode, wait_readable, Clock, Sensor, SensorConfig};
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,24 +53,6 @@ pub struct TraceArgs {
     ring_mb: u32,
 }
 
-#[derive(Debug, Default, serde::Serialize)]
-pub struct Stats {
-    pub records: u64,
-    pub decode_errors: u64,
-    pub emitted: u64,
-    pub unknown_attribution: u64,
-    pub lost: HashMap<&'static str, u64>,
-    pub file_events: u64,
-    pub file_overflows: u64,
-    pub open_events: u64,
-    pub open_overflows: u64,
-    pub containers_seen: usize,
-    pub seconds: f64,
-    /// CPU time lancet itself used (user + system).
-    pub cpu_seconds: f64,
-    pub max_rss_kib: u64,
-}
-
 fn parse_events(list: &[String]) -> Result<HashSet<&'static str>> {
     if list.is_empty() {
         return Ok(EVENT_TYPES.iter().copied().filter(|t| !QUIET_TYPES.contains(t)).collect());
@@ -101,361 +74,56 @@ fn parse_events(list: &[String]) -> Result<HashSet<&'static str>> {
     Ok(set)
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
-}
-
-/// The cgroup v2 id of a live process: the inode of its cgroup directory.
-fn cgroup_id_of_pid(cgroup2: &Path, pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    std::fs::metadata(cgroup2.join(rel.trim_start_matches('/'))).ok().map(|m| m.ino())
-}
-
-/// CPU time (user + system) this process used, from /proc/self/stat.
-pub fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    // Fields after the parenthesised comm; utime and stime are the 14th and
-    // 15th fields overall, in clock ticks (USER_HZ, 100 on Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
-}
-
-/// Peak resident set size of this process, from /proc/self/status.
-pub fn max_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// What is watched for one container.
-struct Armed {
-    label: u64,
-    paths: Vec<PathBuf>,
-    /// Sensitive-path marks are in place (needs a live pid in the container).
-    opens: bool,
-    last_try: Instant,
-}
-
-/// Container filesystems and sensitive-path watches follow the containers:
-/// armed on the first sight of a container, disarmed when its cgroup goes.
-struct Watches {
-    files: Option<FileChangeWatcher>,
-    opens: Option<SensitiveOpenWatcher>,
-    host_root: PathBuf,
-    armed: HashMap<String, Armed>,
-    next_label: u64,
-}
-
-/// How often a container whose processes all vanished before we could mark
-/// its root is tried again.
-const ARM_RETRY: Duration = Duration::from_millis(100);
-
-impl Watches {
-    fn rebuild_filter(&mut self) {
-        if let Some(f) = self.files.as_mut() {
-            let prefixes = self.armed.values().flat_map(|a| a.paths.iter().cloned()).collect();
-            f.set_path_filter(prefixes);
-        }
-    }
-
-    /// Marks the sensitive paths under a live process's root.
-    fn watch_opens(&mut self, label: u64, name: &str, pid: Option<u32>) -> bool {
-        let (Some(o), Some(pid)) = (self.opens.as_mut(), pid) else { return false };
-        match o.watch_root(Path::new(&format!("/proc/{pid}/root")), label) {
-            Ok(n) => {
-                tracing::debug!(container = %name, marks = n, "sensitive paths watched");
-                true
-            }
-            Err(e) => {
-                tracing::debug!(container = %name, pid, "sensitive paths not watched yet: {e}");
-                false
-            }
-        }
-    }
-
-    fn arm(&mut self, c: &ContainerInfo, pid: Option<u32>) {
-        if let Some(a) = self.armed.get(&c.id) {
-            if a.opens || a.last_try.elapsed() < ARM_RETRY {
-                return;
-            }
-            let label = a.label;
-            let ok = self.watch_opens(label, &c.name, pid.or(c.pid));
-            if let Some(a) = self.armed.get_mut(&c.id) {
-                a.opens = ok;
-                a.last_try = Instant::now();
-            }
-            return;
-        }
-        let paths: Vec<PathBuf> =
-            c.rootfs_paths.iter().map(|p| self.host_root.join(p.strip_prefix("/").unwrap_or(p))).collect();
-        if let Some(f) = self.files.as_mut() {
-            for p in &paths {
-                if let Err(e) = f.add_filesystem(p) {
-                    tracing::warn!(container = %c.name, path = %p.display(), "file changes not watched: {e}");
-                }
-            }
-        }
-        let label = self.next_label;
-        self.next_label += 1;
-        let opens = self.watch_opens(label, &c.name, c.pid.or(pid)) || self.watch_opens(label, &c.name, pid);
-        self.armed.insert(c.id.clone(), Armed { label, paths, opens, last_try: Instant::now() });
-        self.rebuild_filter();
-    }
-
-    fn disarm(&mut self, id: &str) {
-        if let Some(a) = self.armed.remove(id) {
-            if let Some(o) = self.opens.as_mut() {
-                o.unwatch(a.label);
-            }
-            self.rebuild_filter();
-        }
-    }
-}
-
-/// Turns raw events into attributed records.
-pub struct Pipeline {
-    pub attributor: Attributor,
-    procs: ProcessTable,
-    cgroup2: PathBuf,
-    host_root: PathBuf,
-}
-
-impl Pipeline {
-    /// Attribution of one event, rewriting file paths to the container's view.
-    fn attribute(&mut self, ev: &mut Event) -> Attribution {
-        self.procs.observe(ev);
-        if ev.cgroup_id == 0 {
-            ev.cgroup_id = self
-                .procs
-                .get(ev.process.pid)
-                .map(|p| p.cgroup_id)
-                .filter(|&id| id != 0)
-                .or_else(|| cgroup_id_of_pid(&self.cgroup2, ev.process.pid))
-                .unwrap_or(0);
-        }
-        match &mut ev.kind {
-            EventKind::CgroupMkdir { id, path } => {
-                self.attributor.on_cgroup_mkdir(*id, path);
-            }
-            EventKind::CgroupRmdir { id, path } => {
-                self.attributor.on_cgroup_rmdir(*id, path);
-            }
-            _ => {}
-        }
-        if ev.process.comm.is_empty() {
-            // fanotify reports only a pid.
-            if let Some(p) = self.procs.get(ev.process.pid) {
-                ev.process.comm.clone_from(&p.comm);
-                ev.process.ppid = p.ppid;
-            }
-        }
-        let mut attribution =
-            if ev.cgroup_id == 0 { Attribution::Host } else { self.attributor.attribute(ev.cgroup_id) };
-        if let EventKind::File(f) = &mut ev.kind {
-            let host = Path::new(&f.host_path);
-            let host = host.strip_prefix(&self.host_root).map(|p| Path::new("/").join(p)).unwrap_or(host.to_path_buf());
-            if let Some((c, inside)) = self.attributor.container_for_host_path(&host) {
-                f.path = inside;
-                if let Some(old) = f.old_path.as_mut() {
-                    if let Some((_, old_inside)) = self.attributor.container_for_host_path(Path::new(old.as_str())) {
-                        *old = old_inside;
-                    }
-                }
-                if !matches!(attribution, Attribution::Container(_)) {
-                    attribution = Attribution::Container(c);
-                }
-            }
-        }
-        attribution
-    }
-}
-
 fn selected(sel: &[String], c: &ContainerInfo) -> bool {
     sel.is_empty() || sel.iter().any(|s| c.name == *s || (s.len() >= 3 && c.id.starts_with(s.as_str())))
 }
 
 pub fn run(host_root: &Path, args: TraceArgs) -> Result<ExitCode> {
     let types = parse_events(&args.events)?;
-    if !args.ring_mb.is_power_of_two() || args.ring_mb > 1024 {
-        bail!("--ring-mb must be a power of two up to 1024, not {}", args.ring_mb);
-    }
-    if !lancet_sensor::features::is_root() {
-        bail!("lancet trace needs root (CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON) to load BPF probes and use fanotify");
-    }
-    let cgroup2 = detect_cgroup2_root().context("no cgroup v2 hierarchy is mounted; containers cannot be told apart")?;
-    let mut attributor = Attributor::new(AttributionConfig {
-        host_root: host_root.to_path_buf(),
-        cgroup2_root: Some(cgroup2.clone()),
-        cache_capacity: 4096,
-    })
-    .context("setting up container attribution")?;
-    let existing = attributor.scan().context("scanning running containers")?;
-    tracing::info!(containers = existing.len(), "containers found at start");
-
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
-    }
-
-    let sensor = Sensor::load(&SensorConfig {
-        ring_bytes: args.ring_mb << 20,
-        cgroup2_root: cgroup2.clone(),
-        ..SensorConfig::default()
-    })
-    .context("loading the BPF probes")?;
-    let files = if args.no_files {
-        None
-    } else {
-        FileChangeWatcher::new().map_err(|e| tracing::warn!("file changes will not be reported: {e}")).ok()
-    };
-    let sensitive: Vec<String> = if args.sensitive.is_empty() {
-        DEFAULT_SENSITIVE_PATHS.iter().map(|s| s.to_string()).collect()
-    } else {
-        args.sensitive.clone()
-    };
-    let mut opens = SensitiveOpenWatcher::with_paths(sensitive)
-        .map_err(|e| tracing::warn!("sensitive reads will not be reported: {e}"))
-        .ok();
-    if let (Some(o), true) = (opens.as_mut(), args.host) {
-        if let Err(e) = o.watch_root(Path::new("/"), u64::MAX) {
-            tracing::warn!("host sensitive paths not watched: {e}");
-        }
-    }
-    let mut watches =
-        Watches { files, opens, host_root: host_root.to_path_buf(), armed: HashMap::new(), next_label: 0 };
-    for c in &existing {
-        watches.arm(c, None);
-    }
-
-    let clock = Clock::now();
-    let queue: Rc<RefCell<Vec<Event>>> = Rc::new(RefCell::new(Vec::with_capacity(4096)));
-    let decode_errors = Rc::new(std::cell::Cell::new(0u64));
-    let reader = {
-        let queue = Rc::clone(&queue);
-        let errors = Rc::clone(&decode_errors);
-        sensor.ring_buffer(move |data| {
-            match decode(data, &clock) {
-                Ok(ev) => queue.borrow_mut().push(ev),
-                Err(e) => {
-                    errors.set(errors.get() + 1);
-                    tracing::debug!("undecodable record: {e}");
-                }
-            }
-            0
-        })?
-    };
-
-    let mut pipeline = Pipeline { attributor, procs: ProcessTable::new(65_536), cgroup2, host_root: host_root.to_path_buf() };
-    seed_processes(&mut pipeline);
+    crate::install_stop_signals(&stop)?;
     let host = hostname();
     let mut out = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     if args.format == Format::Table {
         writeln!(out, "{}", table_header())?;
         out.flush()?;
     }
-    tracing::info!(probes = sensor.attached(), containers = watches.armed.len(), "lancet is tracing");
-    let started = Instant::now();
-    let deadline = args.duration.map(|s| started + Duration::from_secs_f64(s.max(0.0)));
-    let mut stats = Stats::default();
-    let mut batch: Vec<Event> = Vec::with_capacity(4096);
-    while !stop.load(Ordering::Relaxed) && deadline.map(|d| Instant::now() < d).unwrap_or(true) {
-        let mut fds = vec![reader.epoll_fd()];
-        if let Some(f) = &watches.files {
-            fds.push(f.fd());
-        }
-        if let Some(o) = &watches.opens {
-            fds.push(o.fd());
-        }
-        wait_readable(&fds, Duration::from_millis(100)).context("waiting for events")?;
-        reader.consume()?;
-        std::mem::swap(&mut batch, &mut queue.borrow_mut());
-        if let Some(f) = watches.files.as_mut() {
-            if let Err(e) = f.read_events(&mut batch) {
-                tracing::warn!("reading file events: {e}");
-            }
-        }
-        if let Some(o) = watches.opens.as_mut() {
-            if let Err(e) = o.read_events(&mut batch) {
-                tracing::warn!("reading open events: {e}");
-            }
-        }
-        stats.records += batch.len() as u64;
-        for mut ev in batch.drain(..) {
-            let attribution = pipeline.attribute(&mut ev);
-            match (&attribution, &ev.kind) {
-                (Attribution::Container(c), _) => watches.arm(c, Some(ev.process.pid)),
-                (_, EventKind::CgroupRmdir { path, .. }) => {
-                    if let Some(id) = watches.armed.keys().find(|id| path.contains(id.as_str())).cloned() {
-                        watches.disarm(&id);
-                    }
-                }
-                _ => {}
-            }
-            let show = match &attribution {
+    // Both callbacks write: the event one lines, the tick one flushes.
+    let out = std::cell::RefCell::new(out);
+    let opts = AgentOptions { ring_mb: args.ring_mb, files: !args.no_files, sensitive: args.sensitive.clone(), host_sensitive: args.host };
+    let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut emitted = 0u64;
+    let mut stats = run_loop(
+        host_root,
+        &opts,
+        &stop,
+        deadline,
+        |ev, attribution| {
+            let show = match attribution {
                 Attribution::Container(c) => selected(&args.containers, c),
                 Attribution::Host => args.host && args.containers.is_empty(),
-                Attribution::Unknown { .. } => {
-                    stats.unknown_attribution += 1;
-                    args.containers.is_empty()
-                }
+                Attribution::Unknown { .. } => args.containers.is_empty(),
             };
             if !show || !types.contains(ev.kind.evt_type()) {
-                continue;
+                return Ok(());
             }
-            let record = Record { event: &ev, attribution: &attribution, hostname: &host };
+            let record = Record { event: ev, attribution, hostname: &host };
             match args.format {
                 Format::Json => {
-                    write_falco_json(&mut out, &record, "lancet trace", "Informational")?;
+                    let mut out = out.borrow_mut();
+                    write_falco_json(&mut *out, &record, "lancet trace", "Informational")?;
                     out.write_all(b"\n")?;
                 }
-                Format::Table => writeln!(out, "{}", table_row(&record))?,
+                Format::Table => writeln!(out.borrow_mut(), "{}", table_row(&record))?,
             }
-            stats.emitted += 1;
-        }
-        pipeline.procs.end_batch();
-        out.flush()?;
-    }
-    stats.decode_errors = decode_errors.get();
-    if let Ok(lost) = sensor.lost() {
-        stats.lost = PROBE_NAMES.iter().copied().zip(lost).collect();
-    }
-    if let Some(f) = &watches.files {
-        let s = f.stats();
-        stats.file_events = s.events;
-        stats.file_overflows = s.overflows;
-    }
-    if let Some(o) = &watches.opens {
-        let s = o.stats();
-        stats.open_events = s.events;
-        stats.open_overflows = s.overflows;
-    }
-    stats.containers_seen = watches.armed.len();
-    stats.seconds = started.elapsed().as_secs_f64();
-    stats.max_rss_kib = max_rss_kib();
-    stats.cpu_seconds = cpu_seconds();
+            emitted += 1;
+            Ok(())
+        },
+        |_| Ok(out.borrow_mut().flush()?),
+    )?;
+    stats.emitted = emitted;
     if args.stats {
         eprintln!("{}", serde_json::to_string(&stats)?);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Processes that ran before the agent: their executables and cgroups, so
-/// the first events of old processes still name their parents.
-fn seed_processes(p: &mut Pipeline) {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let exe = std::fs::read_link(entry.path().join("exe")).map(|p| p.display().to_string()).unwrap_or_default();
-        let comm = std::fs::read_to_string(entry.path().join("comm")).map(|s| s.trim().to_string()).unwrap_or_default();
-        let cgroup_id = cgroup_id_of_pid(&p.cgroup2, pid).unwrap_or(0);
-        p.procs.insert(pid, lancet_engine::process::ProcEntry { exe, comm, cgroup_id, ..Default::default() });
-    }
 }
