@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod api;
+mod config;
 mod doctor;
 mod trace;
 

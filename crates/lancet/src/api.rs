@@ -1,0 +1,181 @@
+//! The agent's local API, used by the other subcommands (`lancet profile`,
+//! `lancet alerts`). HTTP/JSON on a loopback address. Requests are handed to
+//! the agent's event loop, which owns every piece of state, and answered from
+//! there on its next tick (≤ 100 ms): no state is shared between threads.
+
+use anyhow::{Context, Result};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::Duration;
+
+/// What a client asks of the agent.
+#[derive(Debug)]
+pub enum Request {
+    Profiles,
+    Profile { workload: String },
+    Promote { workload: String, mode: String },
+    Reset { workload: String },
+    Import { yaml: String },
+    Alerts { since_ns: Option<u64>, container: Option<String>, limit: usize },
+    Containers,
+}
+
+/// An answer: a JSON document, or an HTTP status with a message.
+pub type Reply = std::result::Result<Value, (u16, String)>;
+
+type Envelope = (Request, SyncSender<Reply>);
+
+/// The loop's side: requests waiting to be answered.
+pub struct Inbox {
+    rx: Receiver<Envelope>,
+}
+
+impl Inbox {
+    /// Answers every waiting request with `answer`.
+    pub fn serve(&self, mut answer: impl FnMut(Request) -> Reply) {
+        while let Ok((req, reply)) = self.rx.try_recv() {
+            let _ = reply.send(answer(req));
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    tx: SyncSender<Envelope>,
+}
+
+async fn ask(ctx: &Ctx, req: Request) -> (StatusCode, Json<Value>) {
+    let tx = ctx.tx.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let (rtx, rrx) = sync_channel(1);
+        tx.send((req, rtx)).map_err(|_| (503u16, "the agent is shutting down".to_string()))?;
+        rrx.recv_timeout(Duration::from_secs(5)).map_err(|_| (504u16, "the agent did not answer in 5 s".to_string()))?
+    })
+    .await
+    .unwrap_or_else(|e| Err((500, e.to_string())));
+    match res {
+        Ok(v) => (StatusCode::OK, Json(v)),
+        Err((code, msg)) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Json(serde_json::json!({ "error": msg })),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct AlertParams {
+    since_ns: Option<u64>,
+    container: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct PromoteBody {
+    mode: String,
+}
+
+/// Starts the API on `addr` in a thread of its own; returns the inbox the
+/// event loop answers from.
+pub fn serve(addr: SocketAddr) -> Result<Inbox> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr} for the local API"))?;
+    listener.set_nonblocking(true)?;
+    let (tx, rx) = sync_channel::<Envelope>(64);
+    let ctx = Ctx { tx };
+    let app = Router::new()
+        .route("/v1/profiles", get(|State(c): State<Ctx>| async move { ask(&c, Request::Profiles).await }))
+        .route(
+            "/v1/profiles",
+            post(|State(c): State<Ctx>, body: String| async move { ask(&c, Request::Import { yaml: body }).await }),
+        )
+        .route(
+            "/v1/profiles/{workload}",
+            get(|State(c): State<Ctx>, UrlPath(w): UrlPath<String>| async move { ask(&c, Request::Profile { workload: w }).await })
+                .delete(|State(c): State<Ctx>, UrlPath(w): UrlPath<String>| async move {
+                    ask(&c, Request::Reset { workload: w }).await
+                }),
+        )
+        .route(
+            "/v1/profiles/{workload}/promote",
+            post(|State(c): State<Ctx>, UrlPath(w): UrlPath<String>, Json(b): Json<PromoteBody>| async move {
+                ask(&c, Request::Promote { workload: w, mode: b.mode }).await
+            }),
+        )
+        .route(
+            "/v1/alerts",
+            get(|State(c): State<Ctx>, Query(p): Query<AlertParams>| async move {
+                ask(&c, Request::Alerts { since_ns: p.since_ns, container: p.container, limit: p.limit.unwrap_or(1000) }).await
+            }),
+        )
+        .route("/v1/containers", get(|State(c): State<Ctx>| async move { ask(&c, Request::Containers).await }))
+        .with_state(ctx);
+    std::thread::Builder::new().name("lancet-api".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("local API not started: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => {
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!("local API stopped: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("local API not started: {e}"),
+            }
+        });
+    })?;
+    Ok(Inbox { rx })
+}
+
+/// The client side, for the CLI subcommands.
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(addr: &str) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Client { base: format!("http://{addr}"), agent }
+    }
+
+    fn check(&self, res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value> {
+        let mut res = res.with_context(|| format!("cannot reach the lancet agent at {} (is `lancet run` running? see --api)", self.base))?;
+        let status = res.status();
+        let body: Value = res.body_mut().read_json().unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body["error"].as_str().unwrap_or("unknown error").to_string();
+            anyhow::bail!("{msg}");
+        }
+        Ok(body)
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value> {
+        self.check(self.agent.get(format!("{}{path}", self.base)).call())
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Value> {
+        self.check(self.agent.delete(format!("{}{path}", self.base)).call())
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        self.check(self.agent.post(format!("{}{path}", self.base)).send_json(body))
+    }
+
+    pub fn post_text(&self, path: &str, body: &str) -> Result<Value> {
+        self.check(self.agent.post(format!("{}{path}", self.base)).send(body))
+    }
+}

@@ -1,0 +1,98 @@
+//! `lancet run` settings: flags, over `/etc/lancet/lancet.yaml`, over
+//! defaults. An unknown key in the file is an error with its position.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG: &str = "/etc/lancet/lancet.yaml";
+pub const DEFAULT_API: &str = "127.0.0.1:7447";
+
+/// Parses `90s`, `10m`, `1h`, `2d`, `500ms` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().with_context(|| format!("{s:?} is not a duration (like 30s, 10m, 1h, 2d)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        other => bail!("unknown duration unit {other:?} in {s:?} (use ms, s, m, h or d)"),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        bail!("{s:?} is not a duration");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The file's shape. Every key optional; flags win.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileConfig {
+    pub mode: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub policy_dir: Option<PathBuf>,
+    pub alerts: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub min_learning: Option<String>,
+    pub quiet_period: Option<String>,
+    pub auto_protect_after: Option<String>,
+    pub dedupe_window: Option<String>,
+    pub ring_mb: Option<u32>,
+    pub files: Option<bool>,
+    pub sensitive_paths: Option<Vec<String>>,
+}
+
+/// Reads the config file; a missing default file is fine, a missing
+/// explicit one is an error.
+pub fn load_file(path: &Path, explicit: bool) -> Result<FileConfig> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(FileConfig::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_norway::from_str(&text).map_err(|e| {
+        let at = e.location().map(|l| format!("{}:{}:", l.line(), l.column())).unwrap_or_default();
+        anyhow::anyhow!("{}:{at} {e}", path.display())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn config_file_unknown_keys_are_errors_with_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lancet.yaml");
+        std::fs::write(&p, "mode: monitor\nquietPeriod: 5m\nbogus: 1\n").unwrap();
+        let e = load_file(&p, true).unwrap_err().to_string();
+        assert!(e.contains("lancet.yaml:3:"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+        std::fs::write(&p, "mode: monitor\nquietPeriod: 5m\n").unwrap();
+        let c = load_file(&p, true).unwrap();
+        assert_eq!(c.mode.as_deref(), Some("monitor"));
+        assert!(load_file(&dir.path().join("missing.yaml"), false).is_ok());
+        assert!(load_file(&dir.path().join("missing.yaml"), true).is_err());
+    }
+}
