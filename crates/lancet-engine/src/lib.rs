@@ -8,5 +8,6 @@ pub mod attribution;
 pub mod event;
 pub mod output;
 pub mod process;
+pub mod replay;
 
 pub use event::{Event, EventKind};
