@@ -8,6 +8,7 @@ pub mod attribution;
 pub mod event;
 pub mod output;
 pub mod process;
+pub mod profile;
 pub mod replay;
 
 pub use event::{Event, EventKind};

@@ -1,0 +1,631 @@
+use super::*;
+use crate::event::{ExecEvent, FileEvent, NetEvent, ProcessRef};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+const T0: u64 = 1_764_336_540_123_456_789; // 2025-11-28T13:29:00.123456789Z
+const SEC: u64 = 1_000_000_000;
+const MIN: u64 = 60 * SEC;
+
+fn ev(kind: EventKind) -> Event {
+    Event { time_ns: T0, cgroup_id: 7, process: ProcessRef { pid: 10, comm: "x".into(), ..ProcessRef::default() }, kind }
+}
+
+fn exec(path: &str, parent: &str, args: &[&str]) -> Event {
+    let mut argv = vec![path.rsplit('/').next().unwrap_or(path).to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    ev(EventKind::Exec(ExecEvent {
+        filename: path.into(),
+        cwd: "/".into(),
+        argv,
+        parent_comm: "comm".into(),
+        parent_exe: Some(parent.into()),
+        ..ExecEvent::default()
+    }))
+}
+
+fn net(op: NetOp, proto: L4Proto, local: (IpAddr, u16), remote: (IpAddr, u16), result: i32) -> Event {
+    ev(EventKind::Net(NetEvent {
+        op,
+        proto,
+        saddr: local.0,
+        sport: local.1,
+        daddr: remote.0,
+        dport: remote.1,
+        result,
+        netns: 1,
+    }))
+}
+
+fn ip4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+const ME: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 2));
+
+fn listen(port: u16) -> Event {
+    net(NetOp::Listen, L4Proto::Tcp, (ANY, port), (ANY, 0), 0)
+}
+
+fn connect(ip: IpAddr, port: u16, proto: L4Proto) -> Event {
+    net(NetOp::Connect, proto, (ME, 40000), (ip, port), 0)
+}
+
+fn accept(ip: IpAddr, port: u16) -> Event {
+    net(NetOp::Accept, L4Proto::Tcp, (ME, port), (ip, 51000), 0)
+}
+
+fn file(op: FileOp, path: &str) -> Event {
+    ev(EventKind::File(FileEvent { op, path: path.into(), old_path: None, host_path: format!("/upper{path}"), is_dir: false }))
+}
+
+fn new_profile() -> Profile {
+    Profile::new("localhost/web:1", "sha256:abcdef0123456789", T0)
+}
+
+/// A profile that has seen one of everything.
+fn learned() -> Profile {
+    let mut p = new_profile();
+    let web = PeerRef::Workload("sha256:db".into());
+    assert!(p.observe(&exec("/bin/httpd", "/bin/sh", &["-f", "-p", "8080"]), None, T0 + SEC));
+    assert!(p.observe(&listen(8080), None, T0 + SEC));
+    assert!(p.observe(&connect(ip4(10, 88, 0, 3), 5432, L4Proto::Tcp), Some(&web), T0 + SEC));
+    assert!(p.observe(&connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp), None, T0 + SEC));
+    assert!(p.observe(&accept(ip4(10, 88, 0, 9), 8080), None, T0 + SEC));
+    assert!(p.observe(&file(FileOp::Create, "/tmp/upload.1"), None, T0 + SEC));
+    assert!(p.observe(&file(FileOp::Open, "/etc/shadow"), None, T0 + SEC));
+    p
+}
+
+#[test]
+fn new_profile_is_learning_and_named() {
+    let p = new_profile();
+    assert_eq!(p.mode(), Mode::Learn);
+    assert_eq!(p.name(), "localhost-web-1");
+    assert_eq!(p.digest(), "sha256:abcdef0123456789");
+    assert_eq!(p.image(), "localhost/web:1");
+    assert!(p.is_empty());
+    assert_eq!(p.spec().learning.started.ns(), T0);
+}
+
+#[test]
+fn learns_each_section() {
+    let p = learned();
+    let s = p.spec();
+    assert_eq!(s.executables.len(), 1);
+    let e = &s.executables[0];
+    assert_eq!((e.path.as_str(), e.parents.as_slice(), e.count), ("/bin/httpd", &["/bin/sh".to_string()][..], 1));
+    assert_eq!(e.args, vec![vec!["-f".to_string(), "-p".into(), "8080".into()]]);
+    assert_eq!((s.listening[0].port, s.listening[0].protocol), (8080, Protocol::Tcp));
+    assert_eq!(s.outbound[0].peer, Peer::Workload("sha256:db".into()));
+    assert_eq!((s.outbound[0].port, s.outbound[0].protocol), (5432, Protocol::Tcp));
+    assert_eq!(s.outbound[1].peer, Peer::Cidr("10.88.0.1/32".parse().unwrap()));
+    assert_eq!((s.outbound[1].port, s.outbound[1].protocol), (53, Protocol::Udp));
+    assert_eq!(s.inbound[0].peer, Peer::Cidr("10.88.0.9/32".parse().unwrap()));
+    assert_eq!(s.inbound[0].port, 8080);
+    assert_eq!(s.written_dirs[0].path, "/tmp");
+    assert_eq!(s.sensitive_reads[0].path, "/etc/shadow");
+    assert_eq!(p.len(), 7);
+    assert_eq!(s.learning.last_new.ns(), T0 + SEC);
+}
+
+#[test]
+fn known_things_are_not_relearned_but_counted() {
+    let mut p = learned();
+    let web = PeerRef::Workload("sha256:db".into());
+    let t = T0 + 2 * SEC;
+    assert!(!p.observe(&exec("/bin/httpd", "/bin/sh", &["-f", "-p", "8080"]), None, t));
+    assert!(!p.observe(&listen(8080), None, t));
+    assert!(!p.observe(&connect(ip4(10, 88, 0, 3), 5432, L4Proto::Tcp), Some(&web), t));
+    assert!(!p.observe(&connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp), None, t));
+    assert!(!p.observe(&accept(ip4(10, 88, 0, 9), 8080), None, t));
+    assert!(!p.observe(&file(FileOp::Modify, "/tmp/other"), None, t));
+    assert!(!p.observe(&file(FileOp::Open, "/etc/shadow"), None, t));
+    let s = p.spec();
+    assert_eq!(s.learning.last_new.ns(), T0 + SEC, "nothing new, lastNew unchanged");
+    for (first, last, count) in [
+        (s.executables[0].first_seen, s.executables[0].last_seen, s.executables[0].count),
+        (s.listening[0].first_seen, s.listening[0].last_seen, s.listening[0].count),
+        (s.outbound[0].first_seen, s.outbound[0].last_seen, s.outbound[0].count),
+        (s.outbound[1].first_seen, s.outbound[1].last_seen, s.outbound[1].count),
+        (s.inbound[0].first_seen, s.inbound[0].last_seen, s.inbound[0].count),
+        (s.written_dirs[0].first_seen, s.written_dirs[0].last_seen, s.written_dirs[0].count),
+        (s.sensitive_reads[0].first_seen, s.sensitive_reads[0].last_seen, s.sensitive_reads[0].count),
+    ] {
+        assert_eq!((first.ns(), last.ns(), count), (T0 + SEC, t, 2));
+    }
+    assert_eq!(p.len(), 7);
+}
+
+#[test]
+fn ignored_events_teach_nothing_and_never_deviate() {
+    let mut p = new_profile();
+    let ignored = [
+        ev(EventKind::Fork { child_pid: 3 }),
+        ev(EventKind::Exit(crate::event::ExitEvent { code: Some(0), signal: None })),
+        ev(EventKind::CgroupMkdir { id: 1, path: "/x".into() }),
+        net(NetOp::Close, L4Proto::Tcp, (ME, 1), (ME, 2), 0),
+        net(NetOp::Connect, L4Proto::Tcp, (ME, 1), (ip4(1, 2, 3, 4), 80), 111), // refused
+        net(NetOp::Bind, L4Proto::Udp, (ANY, 0), (ANY, 0), 0),                   // ephemeral
+        file(FileOp::Delete, "/tmp/x"),
+        file(FileOp::Chmod, "/tmp/x"),
+    ];
+    for e in &ignored {
+        assert!(!p.observe(e, None, T0), "{e:?}");
+        assert_eq!(p.check(e, None), None, "{e:?}");
+    }
+    assert!(p.is_empty());
+}
+
+#[test]
+fn parents_and_args() {
+    let mut p = new_profile();
+    assert!(p.observe(&exec("/bin/sh", "/usr/bin/runc", &["-c", "a"]), None, T0));
+    assert!(p.observe(&exec("/bin/sh", "/bin/httpd", &["-c", "a"]), None, T0), "new parent");
+    assert!(p.observe(&exec("/bin/sh", "/bin/httpd", &["-c", "b"]), None, T0), "new args");
+    assert!(!p.observe(&exec("/bin/sh", "/bin/httpd", &["-c", "b"]), None, T0));
+    // parent_comm stands in when the parent's path is unknown.
+    let mut e = exec("/bin/sh", "", &["-c", "a"]);
+    if let EventKind::Exec(x) = &mut e.kind {
+        x.parent_exe = None;
+        x.parent_comm = "cron".into();
+    }
+    assert!(p.observe(&e, None, T0));
+    assert_eq!(p.spec().executables[0].parents, ["/usr/bin/runc", "/bin/httpd", "cron"]);
+    for i in 0..MAX_ARGS_LISTS {
+        p.observe(&exec("/bin/sh", "/bin/httpd", &["-c", &format!("cmd{i}")]), None, T0);
+    }
+    let x = &p.spec().executables[0];
+    assert_eq!(x.args_pattern, Some(ArgsPattern::Any));
+    assert!(x.args.is_empty());
+    assert!(!p.observe(&exec("/bin/sh", "/bin/httpd", &["-c", "anything"]), None, T0), "any args now");
+    // Over-long argument lists go straight to the pattern.
+    let long: Vec<String> = (0..=MAX_ARGV).map(|i| i.to_string()).collect();
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    assert!(p.observe(&exec("/bin/env", "/bin/sh", &long), None, T0));
+    assert_eq!(p.spec().executables[1].args_pattern, Some(ArgsPattern::Any));
+}
+
+#[test]
+fn sections_are_bounded() {
+    let mut p = new_profile();
+    for i in 0..MAX_ENTRIES {
+        assert!(p.observe(&file(FileOp::Create, &format!("/data/d{i}/f")), None, T0));
+    }
+    assert!(!p.observe(&file(FileOp::Create, "/data/more/f"), None, T0 + SEC));
+    assert!(!p.observe(&file(FileOp::Create, "/data/more2/f"), None, T0 + SEC));
+    assert_eq!(p.spec().written_dirs.len(), MAX_ENTRIES);
+    assert_eq!(p.spec().overflow.written_dirs, 2);
+    assert_eq!(p.spec().learning.last_new.ns(), T0, "overflow is not learning");
+    // Known entries still count; unlearned ones deviate.
+    assert!(!p.observe(&file(FileOp::Create, "/data/d0/g"), None, T0 + SEC));
+    assert_eq!(p.spec().written_dirs[0].count, 2);
+    assert_eq!(p.check(&file(FileOp::Create, "/data/more/f"), None), Some(Deviation::NewWrittenDir { dir: "/data/more".into() }));
+    // Other sections are unaffected.
+    assert!(p.observe(&listen(80), None, T0));
+    // Overflow survives YAML.
+    let q = Profile::from_yaml(&p.to_yaml().unwrap(), "p.yaml").unwrap();
+    assert_eq!(q.spec().overflow.written_dirs, 2);
+
+    let mut p = new_profile();
+    for port in 1..=MAX_ENTRIES as u16 {
+        p.observe(&connect(ME, port, L4Proto::Tcp), None, T0);
+    }
+    assert!(!p.observe(&connect(ME, 9999, L4Proto::Tcp), None, T0));
+    assert_eq!(p.spec().overflow.outbound, 1);
+    for i in 0..MAX_PARENTS + 1 {
+        p.observe(&exec("/bin/sh", &format!("/p{i}"), &[]), None, T0);
+    }
+    assert_eq!(p.spec().executables[0].parents.len(), MAX_PARENTS);
+    assert_eq!(p.spec().overflow.executables, 1);
+}
+
+#[test]
+fn check_known_events() {
+    let p = learned();
+    let web = PeerRef::Workload("sha256:db".into());
+    assert_eq!(p.check(&exec("/bin/httpd", "/bin/sh", &["other", "args"]), None), None);
+    assert_eq!(p.check(&listen(8080), None), None);
+    assert_eq!(p.check(&net(NetOp::Bind, L4Proto::Tcp, (ANY, 8080), (ANY, 0), 0), None), None);
+    assert_eq!(p.check(&connect(ip4(10, 88, 0, 3), 5432, L4Proto::Tcp), Some(&web)), None);
+    assert_eq!(p.check(&connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp), None), None);
+    assert_eq!(p.check(&connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp), Some(&PeerRef::Ip(ip4(10, 88, 0, 1)))), None);
+    // A v4-mapped v6 address is the same peer.
+    let mapped = IpAddr::V6(Ipv4Addr::new(10, 88, 0, 1).to_ipv6_mapped());
+    assert_eq!(p.check(&connect(mapped, 53, L4Proto::Udp), None), None);
+    assert_eq!(p.check(&accept(ip4(10, 88, 0, 9), 8080), None), None);
+    assert_eq!(p.check(&file(FileOp::Rename, "/tmp/x"), None), None);
+    assert_eq!(p.check(&file(FileOp::Open, "/etc/shadow"), None), None);
+}
+
+#[test]
+fn check_reports_each_deviation() {
+    let p = learned();
+    let web = PeerRef::Workload("sha256:db".into());
+    let cases: Vec<(Event, Option<PeerRef>, Deviation)> = vec![
+        (exec("/bin/nc", "/bin/sh", &[]), None, Deviation::NewExecutable { path: "/bin/nc".into() }),
+        (
+            exec("/bin/httpd", "/bin/bash", &[]),
+            None,
+            Deviation::NewParent { path: "/bin/httpd".into(), parent: "/bin/bash".into() },
+        ),
+        (listen(4444), None, Deviation::NewListen { port: 4444, proto: Protocol::Tcp }),
+        (
+            net(NetOp::Listen, L4Proto::Udp, (ANY, 8080), (ANY, 0), 0),
+            None,
+            Deviation::NewListen { port: 8080, proto: Protocol::Udp },
+        ),
+        (
+            connect(ip4(10, 88, 0, 3), 22, L4Proto::Tcp),
+            Some(web.clone()),
+            Deviation::NewOutbound { peer: Peer::Workload("sha256:db".into()), port: 22, proto: Protocol::Tcp },
+        ),
+        (
+            connect(ip4(203, 0, 113, 5), 443, L4Proto::Tcp),
+            None,
+            Deviation::NewOutbound { peer: Peer::Cidr("203.0.113.5/32".parse().unwrap()), port: 443, proto: Protocol::Tcp },
+        ),
+        (
+            connect(IpAddr::V6(Ipv6Addr::LOCALHOST), 53, L4Proto::Udp),
+            None,
+            Deviation::NewOutbound { peer: Peer::Cidr("::1/128".parse().unwrap()), port: 53, proto: Protocol::Udp },
+        ),
+        (
+            connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp),
+            Some(PeerRef::Host("evil.example".into())),
+            Deviation::NewOutbound { peer: Peer::Host("evil.example".into()), port: 53, proto: Protocol::Udp },
+        ),
+        (
+            accept(ip4(10, 88, 0, 10), 8080),
+            None,
+            Deviation::NewInbound { peer: Peer::Cidr("10.88.0.10/32".parse().unwrap()), port: 8080, proto: Protocol::Tcp },
+        ),
+        (
+            accept(ip4(10, 88, 0, 9), 8080),
+            Some(web.clone()),
+            Deviation::NewInbound { peer: Peer::Workload("sha256:db".into()), port: 8080, proto: Protocol::Tcp },
+        ),
+        (file(FileOp::Create, "/usr/bin/x"), None, Deviation::NewWrittenDir { dir: "/usr/bin".into() }),
+        (file(FileOp::Modify, "/x"), None, Deviation::NewWrittenDir { dir: "/".into() }),
+        (file(FileOp::Open, "/etc/sudoers"), None, Deviation::NewSensitiveRead { path: "/etc/sudoers".into() }),
+    ];
+    for (e, peer, want) in cases {
+        let got = p.check(&e, peer.as_ref());
+        assert_eq!(got.as_ref(), Some(&want), "{e:?}");
+        assert!(!want.to_string().is_empty());
+        assert!(want.kind().starts_with("new_"));
+        // What deviates is exactly what observe would learn.
+        let mut q = p.clone();
+        assert!(q.observe(&e, peer.as_ref(), T0 + MIN), "{e:?}");
+        assert_eq!(q.check(&e, peer.as_ref()), None, "{e:?}");
+    }
+    let d = Deviation::NewOutbound { peer: Peer::Cidr("203.0.113.5/32".parse().unwrap()), port: 443, proto: Protocol::Tcp };
+    assert_eq!(d.to_string(), "outbound connection to 203.0.113.5 port 443/tcp is not in the profile");
+    assert_eq!(
+        serde_json::to_value(&d).unwrap(),
+        serde_json::json!({"type": "new_outbound", "peer": {"cidr": "203.0.113.5/32"}, "port": 443, "proto": "tcp"})
+    );
+}
+
+#[test]
+fn wider_cidrs_and_any_parent_written_by_hand() {
+    let yaml = format!(
+        "apiVersion: lancet.dev/v1alpha1
+kind: Profile
+metadata:
+  name: web
+spec:
+  image: web
+  imageDigest: sha256:1
+  mode: monitor
+  modeSince: {t}
+  learning: {{started: {t}, lastNew: {t}}}
+  executables:
+  - path: /bin/ls
+  outbound:
+  - peer: {{cidr: 10.0.0.0/24}}
+    port: 53
+    protocol: udp
+",
+        t = Timestamp(T0)
+    );
+    let mut p = Profile::from_yaml(&yaml, "hand.yaml").unwrap();
+    assert_eq!(p.check(&exec("/bin/ls", "/anything", &[]), None), None, "no parents listed: any parent");
+    assert_eq!(p.check(&connect(ip4(10, 0, 0, 77), 53, L4Proto::Udp), None), None);
+    assert!(p.check(&connect(ip4(10, 0, 1, 77), 53, L4Proto::Udp), None).is_some());
+    assert!(p.check(&connect(ip4(10, 0, 0, 77), 54, L4Proto::Udp), None).is_some());
+    // Observing an address inside the CIDR counts against the CIDR entry.
+    assert!(!p.observe(&connect(ip4(10, 0, 0, 5), 53, L4Proto::Udp), None, T0 + SEC));
+    assert_eq!(p.spec().outbound.len(), 1);
+    assert_eq!(p.spec().outbound[0].count, 1);
+}
+
+#[test]
+fn merge_replicas() {
+    let mut a = learned();
+    let mut b = Profile::new("localhost/web:1", "sha256:abcdef0123456789", T0 - MIN);
+    assert!(b.observe(&exec("/bin/httpd", "/bin/sh", &["-f", "-p", "8080"]), None, T0 - 30 * SEC));
+    assert!(!b.observe(&exec("/bin/httpd", "/bin/sh", &["-f", "-p", "8080"]), None, T0 + MIN));
+    assert!(b.observe(&exec("/bin/httpd", "/usr/bin/tini", &["-f"]), None, T0 + MIN));
+    assert!(b.observe(&listen(9090), None, T0 + MIN));
+    assert!(b.observe(&connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp), None, T0 + 2 * MIN));
+    assert!(b.observe(&file(FileOp::Open, "/etc/passwd"), None, T0 + MIN));
+    b.spec.overflow.inbound = 3;
+    let before = a.clone();
+    a.merge(&b);
+    let s = a.spec();
+    let e = &s.executables[0];
+    assert_eq!((e.first_seen.ns(), e.last_seen.ns(), e.count), (T0 - 30 * SEC, T0 + MIN, 4));
+    assert_eq!(e.parents, ["/bin/sh", "/usr/bin/tini"]);
+    assert_eq!(e.args.len(), 2);
+    assert_eq!(s.listening.len(), 2);
+    assert_eq!(s.outbound.len(), 2);
+    let dns = &s.outbound[1];
+    assert_eq!((dns.first_seen.ns(), dns.last_seen.ns(), dns.count), (T0 + SEC, T0 + 2 * MIN, 2));
+    assert_eq!(s.sensitive_reads.len(), 2);
+    assert_eq!(s.overflow.inbound, 3);
+    assert_eq!(s.learning.started.ns(), T0 - MIN);
+    assert_eq!(s.learning.last_new.ns(), T0 + 2 * MIN);
+    assert_eq!(a.mode(), Mode::Learn);
+    // The index follows the merge.
+    assert_eq!(a.check(&listen(9090), None), None);
+    assert_eq!(a.check(&exec("/bin/httpd", "/usr/bin/tini", &[]), None), None);
+    assert_eq!(before.check(&listen(9090), None), Some(Deviation::NewListen { port: 9090, proto: Protocol::Tcp }));
+    // Merging is idempotent on entries; counts add up.
+    let n = a.len();
+    let copy = a.clone();
+    a.merge(&copy);
+    assert_eq!(a.len(), n);
+    assert_eq!(a.spec().executables[0].count, 8);
+    // "*" wins.
+    let mut c = new_profile();
+    for i in 0..=MAX_ARGS_LISTS {
+        c.observe(&exec("/bin/httpd", "/bin/sh", &[&i.to_string()]), None, T0);
+    }
+    a.merge(&c);
+    assert_eq!(a.spec().executables[0].args_pattern, Some(ArgsPattern::Any));
+}
+
+#[test]
+fn diff_lists_added_and_removed() {
+    let a = learned();
+    let mut b = a.clone();
+    b.observe(&exec("/bin/httpd", "/usr/bin/tini", &[]), None, T0);
+    b.observe(&listen(9090), None, T0);
+    b.observe(&connect(ip4(1, 1, 1, 1), 53, L4Proto::Udp), None, T0);
+    let mut c = new_profile();
+    c.merge(&b); // the same entries, learned through merge
+    let lines: Vec<String> = a.diff(&b).iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["+ executables: /bin/httpd <- /usr/bin/tini", "+ listening: 9090/tcp", "+ outbound: 1.1.1.1 53/udp"]);
+    let back: Vec<String> = b.diff(&a).iter().map(ToString::to_string).collect();
+    assert_eq!(back, ["- executables: /bin/httpd <- /usr/bin/tini", "- listening: 9090/tcp", "- outbound: 1.1.1.1 53/udp"]);
+    assert!(a.diff(&a.clone()).is_empty());
+    assert!(b.diff(&c).is_empty());
+    let empty = new_profile();
+    let all = a.diff(&empty);
+    assert_eq!(all.len(), 8);
+    assert!(all.iter().all(|l| l.change == Change::Removed));
+    assert!(all.iter().any(|l| l.to_string() == "- outbound: workload:sha256:db 5432/tcp"));
+    assert!(all.iter().any(|l| l.to_string() == "- writtenDirs: /tmp"));
+    assert!(all.iter().any(|l| l.to_string() == "- sensitiveReads: /etc/shadow"));
+    assert!(all.iter().any(|l| l.to_string() == "- inbound: 10.88.0.9 8080/tcp"));
+}
+
+#[test]
+fn yaml_round_trip() {
+    let mut p = learned();
+    p.metadata_mut().labels.insert("team".into(), "web".into());
+    let mut c = new_profile();
+    for i in 0..=MAX_ARGS_LISTS {
+        c.observe(&exec("/bin/sh", "/bin/httpd", &[&i.to_string()]), None, T0);
+    }
+    p.merge(&c);
+    p.observe(&accept(IpAddr::V6("fd00::5".parse().unwrap()), 8080), Some(&PeerRef::Host("lb.local".into())), T0 + 7);
+    p.set_mode(Mode::Monitor, T0 + 999);
+    let text = p.to_yaml().unwrap();
+    for needle in [
+        "apiVersion: lancet.dev/v1alpha1",
+        "kind: Profile",
+        "name: localhost-web-1",
+        "imageDigest: sha256:abcdef0123456789",
+        "mode: monitor",
+        "modeSince: 2025-11-28T13:29:00.123457788Z",
+        "workload: sha256:db",
+        "cidr: 10.88.0.1/32",
+        "host: lb.local",
+        "argsPattern: '*'",
+        "writtenDirs:",
+        "sensitiveReads:",
+        "lastNew:",
+        "firstSeen:",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing in\n{text}");
+    }
+    let q = Profile::from_yaml(&text, "p.yaml").unwrap();
+    assert_eq!(q, p);
+    assert_eq!(q.to_yaml().unwrap(), text);
+    // The index is rebuilt on load.
+    assert_eq!(q.check(&listen(8080), None), None);
+    assert_eq!(q.check(&exec("/bin/httpd", "/bin/sh", &[]), None), None);
+    assert!(q.check(&listen(1), None).is_some());
+    // And JSON (the API) carries the same document.
+    let j = serde_json::to_value(&p).unwrap();
+    assert_eq!(j["spec"]["outbound"][0]["peer"]["workload"], "sha256:db");
+    assert_eq!(j["apiVersion"], "lancet.dev/v1alpha1");
+}
+
+#[test]
+fn timestamps_round_trip_exactly() {
+    for t in [0, 1, T0, 951_782_400_000_000_001, 4_102_444_799_999_999_999] {
+        let s = Timestamp(t).to_string();
+        assert_eq!(parse_rfc3339(&s), Ok(t), "{s}");
+    }
+    assert_eq!(parse_rfc3339("2025-11-28T13:29:00Z"), Ok(T0 - 123_456_789));
+    assert_eq!(parse_rfc3339("2025-11-28T14:29:00.5+01:00"), Ok(T0 - 123_456_789 + 500_000_000));
+    assert_eq!(parse_rfc3339("2025-11-28T12:29:00-01:00"), Ok(T0 - 123_456_789));
+    for bad in ["", "2025-11-28", "2025-13-01T00:00:00Z", "2025-02-29T00:00:00Z", "1969-12-31T23:59:59Z", "2025-11-28T13:29:00", "2025-11-28T13:29:00.Z", "2025-11-28T13:29:00.1234567890Z", "２025-11-28T13:29:00Z"] {
+        assert!(parse_rfc3339(bad).is_err(), "{bad:?}");
+    }
+}
+
+fn err(text: &str) -> ProfileError {
+    Profile::from_yaml(text, "bad.yaml").unwrap_err()
+}
+
+#[test]
+fn unknown_fields_are_errors_with_position() {
+    let mut text = learned().to_yaml().unwrap();
+    text = text.replacen("  - path: /bin/httpd\n", "  - path: /bin/httpd\n    colour: red\n", 1);
+    let line = text.lines().position(|l| l.contains("colour")).unwrap() + 1;
+    match err(&text) {
+        ProfileError::Syntax { file, line: l, column, message } => {
+            assert_eq!(file, "bad.yaml");
+            assert_eq!(l, line);
+            assert_eq!(column, 5);
+            assert!(message.contains("unknown field `colour`"), "{message}");
+            assert!(!message.contains(" at line "), "{message}");
+        }
+        e => panic!("{e:?}"),
+    }
+    let e = err(&text).to_string();
+    assert!(e.starts_with(&format!("bad.yaml:{line}:5: ")), "{e}");
+    // Top level, metadata and the peer mapping refuse strangers too.
+    let good = learned().to_yaml().unwrap();
+    for (from, to) in [
+        ("kind: Profile\n", "kind: Profile\nstatus: {}\n"),
+        ("  name: localhost-web-1\n", "  name: localhost-web-1\n  uid: x\n"),
+        ("workload: sha256:db", "workload: sha256:db\n      cidr: 1.2.3.4/32"),
+        ("kind: Profile", "kind: Policy"),
+        ("apiVersion: lancet.dev/v1alpha1", "apiVersion: lancet.dev/v2"),
+        ("mode: learn", "mode: enforce"),
+        ("protocol: tcp", "protocol: sctp"),
+        ("started: ", "started: yesterday-"),
+    ] {
+        assert!(good.contains(from), "{from}");
+        let e = err(&good.replacen(from, to, 1));
+        assert!(matches!(e, ProfileError::Syntax { line, .. } if line > 0), "{from} -> {to}: {e}");
+    }
+}
+
+#[test]
+fn malformed_yaml_is_an_error_not_a_panic() {
+    match err("apiVersion: lancet.dev/v1alpha1\nkind: Profile\nspec: [unclosed\n") {
+        ProfileError::Syntax { line, column, .. } => assert!(line >= 3 && column >= 1),
+        e => panic!("{e:?}"),
+    }
+    // Scanner errors (an unterminated quote) have a position too.
+    match err("apiVersion: lancet.dev/v1alpha1\nkind: Profile\nmetadata: {name: 'web}\n") {
+        ProfileError::Syntax { line, .. } => assert!(line >= 3),
+        e => panic!("{e:?}"),
+    }
+    let e = err("a: b\n  c: d\n").to_string();
+    assert!(e.starts_with("bad.yaml:"), "{e}");
+    for text in ["", "---\n", "- 1\n", "\t\u{0}", "spec: &a [*a]", "kind: Profile\nkind: Profile\n"] {
+        let e = err(text).to_string();
+        assert!(e.starts_with("bad.yaml"), "{text:?}: {e}");
+    }
+    // Entries listed twice are refused.
+    let mut text = learned().to_yaml().unwrap();
+    let exec_block: String = {
+        let start = text.find("  - path: /bin/httpd").unwrap();
+        let end = text[start..].find("  listening:").map(|i| start + i).unwrap_or(text.len());
+        text[start..end].to_string()
+    };
+    let end = text.find("  listening:").unwrap();
+    text.insert_str(end, &exec_block);
+    let e = err(&text).to_string();
+    assert!(e.contains("listed twice"), "{e}");
+}
+
+#[test]
+fn schema_describes_the_document() {
+    let s = profile_schema();
+    let text = s.to_string();
+    assert_eq!(s["title"], "Profile");
+    assert_eq!(s["additionalProperties"], false);
+    for needle in ["imageDigest", "writtenDirs", "sensitiveReads", "argsPattern", "date-time", "lancet.dev/v1alpha1", "cidr"] {
+        assert!(text.contains(needle), "{needle} missing in schema");
+    }
+    assert!(s["properties"].get("index").is_none());
+}
+
+#[test]
+fn profile_names() {
+    assert_eq!(profile_name("localhost/web:1"), "localhost-web-1");
+    assert_eq!(profile_name("Registry.Example:5000/team/App_Server:v1.2@sha256:abcd"), "registry-example-5000-team-app-server-v1-2");
+    assert_eq!(profile_name("sha256:ABCDEF0123456789ffff"), "sha256-abcdef0123456789ffff");
+    assert_eq!(profile_name("@@@"), "unnamed");
+    let long = format!("registry/{}", "x".repeat(100));
+    let n = profile_name(&long);
+    assert!(n.len() <= 63 && !n.ends_with('-'), "{n}");
+    assert_ne!(n, profile_name(&format!("registry/{}", "x".repeat(101))));
+    for image in ["a/b:c", "-x-", "UP", long.as_str()] {
+        let n = profile_name(image);
+        assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'), "{n}");
+        assert!(!n.starts_with('-') && !n.ends_with('-'), "{n}");
+    }
+}
+
+#[test]
+fn modes_parse_and_print() {
+    for m in [Mode::Learn, Mode::Monitor, Mode::Protect] {
+        assert_eq!(m.to_string().parse::<Mode>(), Ok(m));
+    }
+    assert!("enforce".parse::<Mode>().is_err());
+}
+
+#[test]
+fn promotion_to_monitor_waits_for_minimum_and_quiet() {
+    let lc = Lifecycle::default();
+    assert_eq!((lc.min_learning, lc.quiet_period, lc.auto_protect_after), (Duration::from_secs(600), Duration::from_secs(300), None));
+    let mut p = new_profile();
+    // Too early: nothing new since start, but minimum not reached.
+    assert_eq!(lc.next_mode(&p, T0 + 9 * MIN, None), None);
+    assert_eq!(lc.next_mode(&p, T0 + 10 * MIN, None), Some(Mode::Monitor));
+    // Noisy: something new 4 minutes ago.
+    p.observe(&listen(80), None, T0 + 8 * MIN);
+    assert_eq!(lc.next_mode(&p, T0 + 12 * MIN, None), None);
+    // Re-seeing known things does not reset the quiet clock.
+    p.observe(&listen(80), None, T0 + 12 * MIN);
+    assert_eq!(lc.next_mode(&p, T0 + 13 * MIN, None), Some(Mode::Monitor));
+    // A clock behind the profile never promotes.
+    assert_eq!(lc.next_mode(&p, T0, None), None);
+    // Default: monitor stays monitor.
+    p.set_mode(Mode::Monitor, T0 + 13 * MIN);
+    assert_eq!(p.mode_since(), T0 + 13 * MIN);
+    assert_eq!(lc.next_mode(&p, T0 + 1000 * MIN, None), None);
+}
+
+#[test]
+fn auto_protect_after_a_clean_period() {
+    let lc = Lifecycle { auto_protect_after: Some(Duration::from_secs(3600)), ..Lifecycle::default() };
+    let mut p = new_profile();
+    let entered = T0 + 20 * MIN;
+    p.set_mode(Mode::Monitor, entered);
+    let hour = 60 * MIN;
+    assert_eq!(lc.next_mode(&p, entered + hour - 1, None), None);
+    assert_eq!(lc.next_mode(&p, entered + hour, None), Some(Mode::Protect));
+    // A deviation before monitor started does not count.
+    assert_eq!(lc.next_mode(&p, entered + hour, Some(T0)), Some(Mode::Protect));
+    // One during monitor restarts the clock.
+    assert_eq!(lc.next_mode(&p, entered + hour, Some(entered + 10 * MIN)), None);
+    assert_eq!(lc.next_mode(&p, entered + 70 * MIN, Some(entered + 10 * MIN)), Some(Mode::Protect));
+    p.set_mode(Mode::Protect, entered + hour);
+    assert_eq!(lc.next_mode(&p, u64::MAX, None), None);
+}
+
+#[test]
+fn manual_modes() {
+    let mut p = new_profile();
+    p.set_mode(Mode::Protect, T0 + 5);
+    assert_eq!((p.mode(), p.mode_since()), (Mode::Protect, T0 + 5));
+    p.set_mode(Mode::Protect, T0 + 9);
+    assert_eq!(p.mode_since(), T0 + 5, "same mode keeps its start");
+    // Back to learn restarts learning.
+    p.set_mode(Mode::Learn, T0 + 100 * MIN);
+    assert_eq!(p.spec().learning.started.ns(), T0 + 100 * MIN);
+    let lc = Lifecycle::default();
+    assert_eq!(lc.next_mode(&p, T0 + 105 * MIN, None), None);
+    assert_eq!(lc.next_mode(&p, T0 + 110 * MIN, None), Some(Mode::Monitor));
+}
+
