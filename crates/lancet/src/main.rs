@@ -8,6 +8,7 @@ mod agent;
 mod api;
 mod config;
 mod doctor;
+mod manage;
 mod trace;
 
 use anyhow::{Context, Result};
@@ -26,6 +27,9 @@ struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `lancet=debug`.
     #[arg(long, global = true, env = "LANCET_LOG", default_value = "warn")]
     log: String,
+    /// Address of the running agent's local API (`lancet run --listen`).
+    #[arg(long, global = true, env = "LANCET_API", default_value = config::DEFAULT_API)]
+    api: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +51,20 @@ enum Command {
     /// Stream what containers do (execs, network, file changes, sensitive
     /// reads) until Ctrl-C.
     Trace(trace::TraceArgs),
+    /// Inspect and steer the learned profiles of a running agent.
+    #[command(subcommand)]
+    Profile(manage::ProfileCmd),
+    /// Alerts the agent raised.
+    Alerts {
+        /// Only alerts newer than this (e.g. 1h, 30m).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Only this container (name or id prefix).
+        #[arg(long, value_name = "NAME|ID")]
+        container: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -65,6 +83,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(if report.monitoring_ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Command::Trace(args) => trace::run(&cli.host_root, args),
+        Command::Profile(cmd) => manage::profile(&cli.api, cmd),
+        Command::Alerts { since, container, format } => manage::alerts(&cli.api, since.as_deref(), container.as_deref(), format),
     }
 }
 

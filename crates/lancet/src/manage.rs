@@ -1,0 +1,136 @@
+//! `lancet profile …` and `lancet alerts`: talk to the running agent through
+//! its local API.
+
+use crate::api::Client;
+use crate::config::parse_duration;
+use crate::Format;
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use lancet_engine::output::rfc3339_nanos;
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCmd {
+    /// Every workload's profile: mode and size.
+    List,
+    /// One profile as YAML. WORKLOAD: a running container's name or id, an
+    /// image reference, or an image digest.
+    Show { workload: String },
+    /// What B has that A lacks and the reverse.
+    Diff { a: String, b: String },
+    /// The profile as YAML on stdout (for `lancet profile import`).
+    Export { workload: String },
+    /// Load a profile from a YAML file (replaces the workload's profile).
+    Import { file: PathBuf },
+    /// Set a workload's mode.
+    Promote {
+        workload: String,
+        #[arg(long, value_parser = ["learn", "monitor", "protect"])]
+        to: String,
+    },
+    /// Forget what was learned; the workload starts learning again.
+    Reset { workload: String },
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+pub fn profile(api: &str, cmd: ProfileCmd) -> Result<ExitCode> {
+    let c = Client::new(api);
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        ProfileCmd::List => {
+            let v = c.get("/v1/profiles")?;
+            writeln!(out, "{:<72} {:<8} {:>7}  IMAGE", "WORKLOAD", "MODE", "ENTRIES")?;
+            for p in v.as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{:<72} {:<8} {:>7}  {}",
+                    p["workload"].as_str().unwrap_or(""),
+                    p["mode"].as_str().unwrap_or(""),
+                    p["entries"].as_u64().unwrap_or(0),
+                    p["image"].as_str().unwrap_or("")
+                )?;
+            }
+        }
+        ProfileCmd::Show { workload } | ProfileCmd::Export { workload } => {
+            let v = c.get(&format!("/v1/profiles/{}", enc(&workload)))?;
+            write!(out, "{}", v["yaml"].as_str().unwrap_or(""))?;
+        }
+        ProfileCmd::Diff { a, b } => {
+            let ya = c.get(&format!("/v1/profiles/{}", enc(&a)))?;
+            let yb = c.get(&format!("/v1/profiles/{}", enc(&b)))?;
+            let pa = lancet_engine::profile::Profile::from_yaml(ya["yaml"].as_str().unwrap_or(""), &a)?;
+            let pb = lancet_engine::profile::Profile::from_yaml(yb["yaml"].as_str().unwrap_or(""), &b)?;
+            let lines = pa.diff(&pb);
+            for l in &lines {
+                writeln!(out, "{l}")?;
+            }
+            return Ok(if lines.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        ProfileCmd::Import { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            // Check locally first: errors point into the user's file.
+            lancet_engine::profile::Profile::from_yaml(&text, &file.display().to_string())?;
+            let v = c.post_text("/v1/profiles", &text)?;
+            writeln!(out, "imported profile for {}", v["workload"].as_str().unwrap_or("?"))?;
+        }
+        ProfileCmd::Promote { workload, to } => {
+            let v = c.post_json(&format!("/v1/profiles/{}/promote", enc(&workload)), &json!({ "mode": to }))?;
+            writeln!(out, "{} is now in {} mode", v["workload"].as_str().unwrap_or("?"), v["mode"].as_str().unwrap_or("?"))?;
+        }
+        ProfileCmd::Reset { workload } => {
+            let v = c.delete(&format!("/v1/profiles/{}", enc(&workload)))?;
+            writeln!(out, "{} is learning again", v["workload"].as_str().unwrap_or("?"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn alerts(api: &str, since: Option<&str>, container: Option<&str>, format: Format) -> Result<ExitCode> {
+    let mut q = vec!["limit=1000".to_string()];
+    if let Some(s) = since {
+        let d = parse_duration(s)?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+        q.push(format!("since_ns={}", now.saturating_sub(d.as_nanos() as u64)));
+    }
+    if let Some(c) = container {
+        q.push(format!("container={}", enc(c)));
+    }
+    let v = Client::new(api).get(&format!("/v1/alerts?{}", q.join("&")))?;
+    let Some(rows) = v.as_array() else { bail!("the agent answered with no alert list") };
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            for r in rows {
+                serde_json::to_writer(&mut out, r)?;
+                writeln!(out)?;
+            }
+        }
+        Format::Table => {
+            writeln!(out, "{:<30} {:<9} {:<18} {:<36} {:<10} OUTPUT", "TIME", "PRIORITY", "CONTAINER", "RULE", "ACTION")?;
+            for r in rows {
+                let f = &r["output_fields"];
+                let t = f["evt.time"].as_u64().map(rfc3339_nanos).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{:<30} {:<9} {:<18} {:<36} {:<10} {}",
+                    t,
+                    r["priority"].as_str().unwrap_or(""),
+                    f["container.name"].as_str().unwrap_or(""),
+                    r["rule"].as_str().unwrap_or(""),
+                    f["lancet.action"].as_str().unwrap_or(""),
+                    r["output"].as_str().unwrap_or(""),
+                )?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
