@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod attribution;
 pub mod event;
 pub mod output;
+pub mod policy;
 pub mod process;
 pub mod profile;
 pub mod replay;

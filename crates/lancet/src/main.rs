@@ -9,6 +9,8 @@ mod api;
 mod config;
 mod doctor;
 mod manage;
+mod policy_cmd;
+mod run;
 mod trace;
 
 use anyhow::{Context, Result};
@@ -51,6 +53,12 @@ enum Command {
     /// Stream what containers do (execs, network, file changes, sensitive
     /// reads) until Ctrl-C.
     Trace(trace::TraceArgs),
+    /// The agent: learn each workload, then alert (and later protect) on what
+    /// departs from it.
+    Run(run::RunArgs),
+    /// Check policy files, or replay recorded events through them.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
     /// Inspect and steer the learned profiles of a running agent.
     #[command(subcommand)]
     Profile(manage::ProfileCmd),
@@ -84,6 +92,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Trace(args) => trace::run(&cli.host_root, args),
         Command::Profile(cmd) => manage::profile(&cli.api, cmd),
+        Command::Run(args) => run::run(&cli.host_root, args),
+        Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Alerts { since, container, format } => manage::alerts(&cli.api, since.as_deref(), container.as_deref(), format),
     }
 }

@@ -1,0 +1,177 @@
+//! `lancet run` end to end, as root, with real podman containers: learn a
+//! busybox httpd workload serving requests, promote it to monitor, then a
+//! shell, a connect to a new port and a write below /etc inside it each raise
+//! exactly one alert with the right container and image, within a second,
+//! while ordinary requests raise none.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `lancet run`, stopped by pid (SIGTERM) on drop.
+struct Agent {
+    child: Child,
+    api: String,
+}
+
+impl Agent {
+    fn start(state: &Path, policies: &Path, alerts: &Path) -> Agent {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let api = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lancet"))
+            .args(["run", "--mode", "learn", "--min-learning", "1h", "--quiet-period", "1h", "--listen", &api])
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--policy-dir")
+            .arg(policies)
+            .arg("--alerts")
+            .arg(alerts)
+            .arg("--config")
+            .arg(state.join("none.yaml"))
+            .env("LANCET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lancet run");
+        std::fs::write(state.join("none.yaml"), "").ok();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[lancet] {line}");
+                if line.contains("lancet is tracing") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60)).expect("lancet run did not start within 60 s");
+        Agent { child, api }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_lancet")).args(args).args(["--api", &self.api]).output().expect("lancet cli");
+        assert!(out.status.success(), "lancet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).output();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Alerts appended to the file since `from` (a byte offset), parsed.
+fn alerts_since(path: &Path, from: u64) -> (Vec<serde_json::Value>, u64) {
+    let mut f = std::fs::File::open(path).expect("alerts file");
+    f.seek(SeekFrom::Start(from)).expect("seek");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).expect("read");
+    let v = text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("alert JSON")).collect();
+    (v, from + text.len() as u64)
+}
+
+fn wait_alerts(path: &Path, from: u64, within: Duration, settle: Duration) -> (Vec<serde_json::Value>, u64) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (v, _) = alerts_since(path, from);
+        if !v.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Anything else the same action raised arrives within `settle`.
+    std::thread::sleep(settle);
+    alerts_since(path, from)
+}
+
+#[test]
+fn learned_httpd_alerts_once_per_departure_and_never_on_ordinary_requests() {
+    skip_unless_ready!(true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, policies, alerts) = (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(&alerts, "").unwrap();
+
+    let net = Network::create(&unique("lancet-r-net"));
+    let srv = Container::start(&unique("lancet-r-srv"), &["--network", &net.0], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    let cli = Container::start(&unique("lancet-r-cli"), &["--network", &net.0], &["sleep", "300"]);
+    let (srv_ip, cli_ip) = (srv.ip(), cli.ip());
+    assert!(cli.exec(&["httpd", "-p", "9999", "-h", "/www"]).status.success());
+    let agent = Agent::start(&state, &policies, &alerts);
+    let fetch = || {
+        let out = cli.exec(&["wget", "-q", "-O", "/dev/null", &format!("http://{srv_ip}:8080/index.html")]);
+        assert!(out.status.success(), "request failed: {}", String::from_utf8_lossy(&out.stderr));
+    };
+
+    // Learn: ordinary requests, and the tools the test uses later on known
+    // terms (wget to the server itself, cp into /tmp).
+    for _ in 0..5 {
+        fetch();
+    }
+    assert!(srv.exec(&["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/index.html"]).status.success());
+    assert!(srv.exec(&["cp", "/www/index.html", "/tmp/copy"]).status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = agent.cli(&["profile", "promote", &srv.name, "--to", "monitor"]);
+    assert!(out.contains("monitor"), "{out}");
+    let shown = agent.cli(&["profile", "show", &srv.name]);
+    assert!(shown.contains("kind: Profile") && shown.contains("mode: monitor"), "{shown}");
+    assert!(shown.contains("8080"), "the listening port was learned: {shown}");
+
+    let (_, mut pos) = alerts_since(&alerts, 0);
+    let srv_alerts = |v: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        v.iter().filter(|a| a["output_fields"]["container.name"] == srv.name.as_str()).cloned().collect()
+    };
+
+    // Ordinary requests: nothing.
+    for _ in 0..5 {
+        fetch();
+    }
+    let (v, p) = wait_alerts(&alerts, pos, Duration::from_secs(2), Duration::ZERO);
+    assert!(srv_alerts(&v).is_empty(), "ordinary requests raised alerts: {v:#?}");
+    pos = p;
+
+    // A shell in the server.
+    let t0 = Instant::now();
+    assert!(srv.exec(&["sh", "-c", "id"]).status.success());
+    let (v, p) = wait_alerts(&alerts, pos, Duration::from_secs(1), Duration::from_millis(700));
+    let s = srv_alerts(&v);
+    assert_eq!(s.len(), 1, "one alert for the shell: {s:#?}");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert_eq!(s[0]["output_fields"]["container.image.repository"], "localhost/lancet-busybox");
+    assert_eq!(s[0]["output_fields"]["proc.exepath"], "/bin/sh");
+    pos = p;
+
+    // A connect to a port outside the profile.
+    assert!(srv.exec(&["wget", "-q", "-O", "/dev/null", &format!("http://{cli_ip}:9999/index.html")]).status.success());
+    let (v, p) = wait_alerts(&alerts, pos, Duration::from_secs(1), Duration::from_millis(700));
+    let s = srv_alerts(&v);
+    assert_eq!(s.len(), 1, "one alert for the new connection: {s:#?}");
+    assert_eq!(s[0]["output_fields"]["fd.dport"], 9999);
+    pos = p;
+
+    // A write below /etc.
+    assert!(srv.exec(&["cp", "/www/index.html", "/etc/lancet-written"]).status.success());
+    let (v, _) = wait_alerts(&alerts, pos, Duration::from_secs(1), Duration::from_millis(700));
+    let s = srv_alerts(&v);
+    assert_eq!(s.len(), 1, "one alert for the write below /etc: {s:#?}");
+    assert_eq!(s[0]["output_fields"]["fd.name"], "/etc/lancet-written");
+
+    // The same alerts through the API, and the store.
+    let listed = agent.cli(&["alerts", "--container", &srv.name, "--format", "json"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+}
