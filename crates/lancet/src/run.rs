@@ -195,6 +195,8 @@ struct Daemon {
     last_second: Instant,
     last_prune: Instant,
     containers: HashMap<String, Arc<ContainerInfo>>,
+    /// Events per (workload, kind) since the last flush to the store.
+    activity: HashMap<(String, &'static str), u64>,
 }
 
 const MAX_IP_OWNERS: usize = 65_536;
@@ -247,6 +249,19 @@ impl Daemon {
             }
             _ => None,
         };
+        let kind = match &ev.kind {
+            EventKind::Exec(_) => Some("exec"),
+            EventKind::Net(_) => Some("net"),
+            EventKind::File(_) => Some("file"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            if let Some(n) = self.activity.get_mut(&(key.clone(), kind)) {
+                *n += 1;
+            } else if self.activity.len() < MAX_WORKLOADS * 3 {
+                self.activity.insert((key.clone(), kind), 1);
+            }
+        }
         let Some(w) = self.workload(&key, c, now) else {
             tracing::debug!(workload = %key, "workload limit reached; not profiled");
             return Ok(());
@@ -344,6 +359,9 @@ impl Daemon {
                 self.store.put_profile(key, w.profile.image(), &w.profile.mode().to_string(), &w.profile.to_yaml()?, now)?;
                 w.dirty = false;
             }
+        }
+        for ((key, kind), n) in self.activity.drain() {
+            self.store.bump_activity(&key, kind, n, now)?;
         }
         self.store.flush()?;
         let stamp = dir_stamp(&self.settings.policy_dir);
@@ -469,6 +487,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         last_second: Instant::now(),
         last_prune: Instant::now(),
         containers: HashMap::new(),
+        activity: HashMap::new(),
     };
     let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let daemon = std::cell::RefCell::new(&mut daemon);

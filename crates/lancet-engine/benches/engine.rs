@@ -1,0 +1,92 @@
+//! Events evaluated per second per core by the engine's hot path: the profile
+//! check and the policy rules (defaults included), against a profile of
+//! realistic size, for the events a steady workload produces.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lancet_engine::attribution::ContainerInfo;
+use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+use lancet_engine::policy::PolicySet;
+use lancet_engine::profile::{PeerRef, Profile};
+use std::hint::black_box;
+use std::net::IpAddr;
+
+fn ev(pid: u32, kind: EventKind) -> Event {
+    Event { time_ns: 1, cgroup_id: 7, process: ProcessRef { pid, tid: pid, ppid: 1, uid: 0, gid: 0, comm: "app".into() }, kind }
+}
+
+fn exec(path: &str, parent: &str) -> Event {
+    ev(
+        10,
+        EventKind::Exec(ExecEvent {
+            filename: path.into(),
+            argv: vec![path.rsplit('/').next().unwrap_or(path).into(), "--serve".into()],
+            parent_comm: parent.rsplit('/').next().unwrap_or(parent).into(),
+            parent_exe: Some(parent.into()),
+            cwd: "/".into(),
+            ..Default::default()
+        }),
+    )
+}
+
+fn net(op: NetOp, ip: IpAddr, port: u16) -> Event {
+    ev(11, EventKind::Net(NetEvent { op, proto: L4Proto::Tcp, saddr: "10.88.0.5".parse().unwrap(), sport: 8080, daddr: ip, dport: port, result: 0, netns: 1 }))
+}
+
+fn file(op: FileOp, path: &str) -> Event {
+    ev(12, EventKind::File(FileEvent { op, path: path.into(), old_path: None, host_path: String::new(), is_dir: false }))
+}
+
+/// A profile the size of a real service: 40 executables, 60 outbound
+/// flows, 30 inbound peers, 20 written directories.
+fn workload() -> (Profile, Vec<(Event, Option<PeerRef>)>) {
+    let mut p = Profile::new("registry.example/shop/web:1.4", "sha256:0f36", 0);
+    let mut steady = Vec::new();
+    for i in 0..40 {
+        let e = exec(&format!("/usr/bin/tool{i}"), "/usr/bin/supervisor");
+        p.observe(&e, None, 1);
+        steady.push((e, None));
+    }
+    for i in 0..60u8 {
+        let ip: IpAddr = format!("10.89.{}.{}", i / 16, i).parse().unwrap();
+        let e = net(NetOp::Connect, ip, 5432 + u16::from(i % 4));
+        let peer = Some(PeerRef::Ip(ip));
+        p.observe(&e, peer.as_ref(), 1);
+        steady.push((e, peer));
+    }
+    for i in 0..30u8 {
+        let ip: IpAddr = format!("10.90.0.{i}").parse().unwrap();
+        let e = net(NetOp::Accept, ip, 8080);
+        let peer = Some(PeerRef::Ip(ip));
+        p.observe(&e, peer.as_ref(), 1);
+        steady.push((e, peer));
+    }
+    for i in 0..20 {
+        let e = file(FileOp::Modify, &format!("/var/cache/app/shard{i}/data.bin"));
+        p.observe(&e, None, 1);
+        steady.push((e, None));
+    }
+    (p, steady)
+}
+
+fn bench(c: &mut Criterion) {
+    let (profile, steady) = workload();
+    let policies = PolicySet::new(Vec::new(), true).expect("default rules compile");
+    let container = ContainerInfo { id: "a".repeat(64), name: "web-1".into(), image: "registry.example/shop/web:1.4".into(), ..Default::default() };
+    let mut verdicts = Vec::new();
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(steady.len() as u64));
+    g.bench_function("profile check + default policies, steady workload", |b| {
+        b.iter(|| {
+            for (e, peer) in &steady {
+                let d = profile.check(black_box(e), peer.as_ref());
+                verdicts.clear();
+                policies.evaluate(e, Some(&container), d.is_some(), &mut verdicts);
+                black_box(&verdicts);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
