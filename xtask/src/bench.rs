@@ -191,3 +191,115 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
+
+/// A profile the size of a real service (40 executables, 60 outbound flows,
+/// 30 inbound peers, 20 written directories), for image number `n`.
+fn realistic_profile(n: usize) -> Result<String> {
+    use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+    use lancet_engine::profile::{PeerRef, Profile};
+    let ev = |kind| Event { time_ns: 1, cgroup_id: 1, process: ProcessRef::default(), kind };
+    let mut p = Profile::new(&format!("registry.example/team/service{n}:1.0"), &format!("sha256:{n:064x}"), 1);
+    for i in 0..40 {
+        p.observe(
+            &ev(EventKind::Exec(ExecEvent {
+                filename: format!("/usr/bin/tool{i}"),
+                argv: vec![format!("tool{i}"), "--serve".into()],
+                parent_exe: Some("/usr/bin/supervisor".into()),
+                ..Default::default()
+            })),
+            None,
+            1,
+        );
+    }
+    for i in 0..90u32 {
+        let ip: std::net::IpAddr = format!("10.{}.{}.{}", 80 + i / 60, i / 16, i % 250).parse()?;
+        let op = if i < 60 { NetOp::Connect } else { NetOp::Accept };
+        let e = ev(EventKind::Net(NetEvent {
+            op,
+            proto: L4Proto::Tcp,
+            saddr: "10.88.0.5".parse()?,
+            sport: 8080,
+            daddr: ip,
+            dport: if i < 60 { 5432 } else { 8080 },
+            result: 0,
+            netns: 1,
+        }));
+        p.observe(&e, Some(&PeerRef::Ip(ip)), 1);
+    }
+    for i in 0..20 {
+        p.observe(
+            &ev(EventKind::File(FileEvent {
+                op: FileOp::Modify,
+                path: format!("/var/cache/app/shard{i}/data.bin"),
+                old_path: None,
+                host_path: String::new(),
+                is_dir: false,
+            })),
+            None,
+            1,
+        );
+    }
+    Ok(p.to_yaml()?)
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `cargo xtask bench-rss`: the agent's memory holding 50 profiled workloads
+/// of realistic size, with its probes and watchers running.
+pub fn rss(root: &Path) -> Result<()> {
+    sh(Command::new("bash").arg(root.join("scripts/setup.sh"))).context("scripts/setup.sh")?;
+    let status = Command::new("cargo").args(["build", "--release", "-p", "lancet"]).current_dir(root).status()?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let lancet = root.join("target/release/lancet");
+    let work = std::env::temp_dir().join(format!("lancet-bench-rss-{}", std::process::id()));
+    std::fs::create_dir_all(work.join("policies"))?;
+    std::fs::write(work.join("none.yaml"), "")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let api = format!("127.0.0.1:{port}");
+    let err = work.join("run.err");
+    let child = Command::new(&lancet)
+        .args(["run", "--listen", &api, "--config"])
+        .arg(work.join("none.yaml"))
+        .arg("--state-dir")
+        .arg(work.join("state"))
+        .arg("--policy-dir")
+        .arg(work.join("policies"))
+        .env("LANCET_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err)?)
+        .spawn()?;
+    let mut agent = Agent { child, stderr_path: err };
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&agent.stderr_path).unwrap_or_default().contains("lancet is tracing") {
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("lancet run did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = agent.child.id();
+    let idle = status_kib(pid, "VmRSS:");
+    for n in 0..50 {
+        let f = work.join(format!("p{n}.yaml"));
+        std::fs::write(&f, realistic_profile(n)?)?;
+        sh(Command::new(&lancet).args(["profile", "import", "--api", &api]).arg(&f))?;
+    }
+    // Let the agent persist them (once a second) and settle.
+    std::thread::sleep(Duration::from_secs(3));
+    let listed = sh(Command::new(&lancet).args(["profile", "list", "--api", &api]))?;
+    let profiles = listed.lines().count().saturating_sub(1);
+    let (rss, hwm) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).output();
+    let _ = agent.child.wait();
+    println!("lancet run RSS: idle {:.1} MiB; with {profiles} profiled workloads {:.1} MiB (peak {:.1} MiB)", idle as f64 / 1024.0, rss as f64 / 1024.0, hwm as f64 / 1024.0);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

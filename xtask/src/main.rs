@@ -36,8 +36,9 @@ fn main() {
     let res = match args.first().map(String::as_str) {
         Some("vmlinux") => vmlinux(),
         Some("bench") => bench::run(&root(), &args[1..]),
+        Some("bench-rss") => bench::rss(&root()),
         _ => {
-            eprintln!("usage: cargo xtask vmlinux | bench [--quick]");
+            eprintln!("usage: cargo xtask vmlinux | bench [--quick] | bench-rss");
             std::process::exit(64);
         }
     };
