@@ -444,7 +444,17 @@ impl Daemon {
                     .store
                     .alerts(&AlertQuery { since_ns, container, rule: None, limit })
                     .map_err(|e| (500u16, e.to_string()))?;
-                Ok(json!(rows.iter().map(|a| serde_json::from_str::<Value>(&a.json).unwrap_or(Value::Null)).collect::<Vec<_>>()))
+                Ok(json!(rows
+                    .iter()
+                    .map(|a| {
+                        let mut v = serde_json::from_str::<Value>(&a.json).unwrap_or(Value::Null);
+                        // Repeats folded into this alert since it was raised.
+                        if let Some(f) = v.get_mut("output_fields").and_then(Value::as_object_mut) {
+                            f.insert("lancet.count".into(), json!(a.count));
+                        }
+                        v
+                    })
+                    .collect::<Vec<_>>()))
             }
             Request::Containers => Ok(json!(self.containers.values().map(|c| json!({"id": c.id, "name": c.name, "image": c.image, "workload": workload_key(c)})).collect::<Vec<_>>())),
         }

@@ -185,18 +185,24 @@ impl Trace {
     }
 }
 
+/// Asks a lancet we started to stop (by its pid, with `signal`), and kills
+/// it if it has not exited within `grace`.
+pub fn stop_child(child: &mut Child, signal: &str, grace: Duration) {
+    let _ = Command::new("kill").args([signal, &child.id().to_string()]).output();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Trace {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).output();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, "-INT", Duration::from_secs(5));
     }
 }
 
