@@ -157,12 +157,35 @@ fn learned_httpd_alerts_once_per_departure_and_never_on_ordinary_requests() {
 
     // A write below /etc.
     assert!(srv.exec(&["cp", "/www/index.html", "/etc/lancet-written"]).status.success());
-    let (v, _) = wait_alerts(&alerts, pos, Duration::from_secs(1), Duration::from_millis(700));
+    let (v, p) = wait_alerts(&alerts, pos, Duration::from_secs(1), Duration::from_millis(700));
     let s = srv_alerts(&v);
     assert_eq!(s.len(), 1, "one alert for the write below /etc: {s:#?}");
     assert_eq!(s[0]["output_fields"]["fd.name"], "/etc/lancet-written");
+    pos = p;
+
+    // A policy dropped into the directory is picked up without a restart…
+    std::fs::write(
+        policies.join("no-cat.yaml"),
+        "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata: {name: no-cat}\nspec:\n  rules:\n    - name: cat in web\n      match: {events: [execve], exe: [\"*/cat\"]}\n      action: alert\n      severity: high\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(srv.exec(&["cat", "/www/index.html"]).status.success());
+    let (v, p) = wait_alerts(&alerts, pos, Duration::from_secs(2), Duration::from_millis(700));
+    let s = srv_alerts(&v);
+    assert_eq!(s.len(), 1, "{s:#?}");
+    assert_eq!(s[0]["rule"], "cat in web");
+    pos = p;
+    // …and a broken one never replaces what is in force.
+    std::fs::write(policies.join("broken.yaml"), "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata: {name: broken}\nspec: {rules: [{name: x, colour: red}]}\n").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(srv.exec(&["cat", "/etc/hostname"]).status.success());
+    let (v, _) = wait_alerts(&alerts, pos, Duration::from_secs(2), Duration::from_millis(700));
+    let s = srv_alerts(&v);
+    assert_eq!(s.len(), 1, "the previous policies stay in force: {s:#?}");
+    assert_eq!(s[0]["rule"], "cat in web");
 
     // The same alerts through the API, and the store.
     let listed = agent.cli(&["alerts", "--container", &srv.name, "--format", "json"]);
-    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert_eq!(listed.lines().count(), 5, "{listed}");
 }
