@@ -77,6 +77,9 @@ enum Command {
         container: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Where to read alerts when no agent answers on --api.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/lancet")]
+        state_dir: PathBuf,
     },
 }
 
@@ -110,7 +113,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             writeln!(out)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Alerts { since, container, format } => manage::alerts(&cli.api, since.as_deref(), container.as_deref(), format),
+        Command::Alerts { since, container, format, state_dir } => {
+            manage::alerts(&cli.api, &state_dir, since.as_deref(), container.as_deref(), format)
+        }
     }
 }
 

@@ -7,9 +7,9 @@ use crate::Format;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use lancet_engine::output::rfc3339_nanos;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -94,29 +94,61 @@ pub fn profile(api: &str, cmd: ProfileCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn alerts(api: &str, since: Option<&str>, container: Option<&str>, format: Format) -> Result<ExitCode> {
+/// Alerts from the store itself, for when no agent is running.
+fn alerts_from_store(state_dir: &Path, since_ns: Option<u64>, container: Option<&str>) -> Result<Vec<Value>> {
+    let db = state_dir.join("lancet.db");
+    let store = lancet_store::Store::open_read_only(&db).with_context(|| format!("reading the store {}", db.display()))?;
+    let rows = store.alerts(&lancet_store::AlertQuery { since_ns, container: container.map(str::to_string), rule: None, limit: 1000 })?;
+    Ok(rows
+        .iter()
+        .map(|a| {
+            let mut v = serde_json::from_str::<Value>(&a.json).unwrap_or(Value::Null);
+            if let Some(f) = v.get_mut("output_fields").and_then(Value::as_object_mut) {
+                f.insert("lancet.count".into(), json!(a.count));
+            }
+            v
+        })
+        .collect())
+}
+
+pub fn alerts(api: &str, state_dir: &Path, since: Option<&str>, container: Option<&str>, format: Format) -> Result<ExitCode> {
     let mut q = vec!["limit=1000".to_string()];
-    if let Some(s) = since {
-        let d = parse_duration(s)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
-        q.push(format!("since_ns={}", now.saturating_sub(d.as_nanos() as u64)));
+    let since_ns = match since {
+        Some(s) => {
+            let d = parse_duration(s)?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+            Some(now.saturating_sub(d.as_nanos() as u64))
+        }
+        None => None,
+    };
+    if let Some(t) = since_ns {
+        q.push(format!("since_ns={t}"));
     }
     if let Some(c) = container {
         q.push(format!("container={}", enc(c)));
     }
-    let v = Client::new(api).get(&format!("/v1/alerts?{}", q.join("&")))?;
-    let Some(rows) = v.as_array() else { bail!("the agent answered with no alert list") };
+    let rows = match Client::new(api).get(&format!("/v1/alerts?{}", q.join("&"))) {
+        Ok(v) => match v.as_array() {
+            Some(rows) => rows.clone(),
+            None => bail!("the agent answered with no alert list"),
+        },
+        Err(e) if state_dir.join("lancet.db").exists() => {
+            tracing::info!("agent not reachable ({e:#}); reading the store");
+            alerts_from_store(state_dir, since_ns, container)?
+        }
+        Err(e) => return Err(e),
+    };
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => {
-            for r in rows {
+            for r in &rows {
                 serde_json::to_writer(&mut out, r)?;
                 writeln!(out)?;
             }
         }
         Format::Table => {
             writeln!(out, "{:<30} {:<9} {:<18} {:<36} {:<10} OUTPUT", "TIME", "PRIORITY", "CONTAINER", "RULE", "ACTION")?;
-            for r in rows {
+            for r in &rows {
                 let f = &r["output_fields"];
                 let t = f["evt.time"].as_u64().map(rfc3339_nanos).unwrap_or_default();
                 writeln!(

@@ -173,3 +173,42 @@ fn policy_test_replays_recorded_events() {
     assert!(out.contains("3 events replayed") && out.contains("1 lines skipped"), "{out}");
     assert!(stderr(&o).contains(":4: skipped"), "{}", stderr(&o));
 }
+
+#[test]
+fn alerts_are_read_from_the_store_when_no_agent_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut store = lancet_store::Store::open(&dir.path().join("lancet.db"), lancet_store::StoreOptions::default()).expect("store");
+        for (i, name) in ["web", "db"].iter().enumerate() {
+            let json = format!(
+                r#"{{"rule":"Write below etc","priority":"Error","output":"x","output_fields":{{"container.name":"{name}","lancet.action":"alert","evt.time":{i}}}}}"#
+            );
+            store
+                .insert_alert(&lancet_store::NewAlert {
+                    time_ns: 1_000 + i as u64,
+                    rule: "Write below etc".into(),
+                    priority: "Error".into(),
+                    container_id: format!("{i}").repeat(64),
+                    container_name: (*name).into(),
+                    image: "localhost/x:1".into(),
+                    workload: "sha256:1".into(),
+                    action: "alert".into(),
+                    enforced: false,
+                    count: 1,
+                    json,
+                })
+                .expect("insert");
+        }
+        store.flush().expect("flush");
+    }
+    // Port 1 on loopback: nothing listens, so the agent is "not running".
+    let state = dir.path().to_str().expect("utf8");
+    let o = lancet(&["alerts", "--api", "127.0.0.1:1", "--state-dir", state, "--container", "web", "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains(r#""container.name":"web""#), "{out}");
+    let o = lancet(&["alerts", "--api", "127.0.0.1:1", "--state-dir", "/nonexistent-lancet-state"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot reach the lancet agent"), "{}", stderr(&o));
+}
