@@ -99,16 +99,17 @@ fn alerts_from_store(state_dir: &Path, since_ns: Option<u64>, container: Option<
     let db = state_dir.join("lancet.db");
     let store = lancet_store::Store::open_read_only(&db).with_context(|| format!("reading the store {}", db.display()))?;
     let rows = store.alerts(&lancet_store::AlertQuery { since_ns, container: container.map(str::to_string), rule: None, limit: 1000 })?;
-    Ok(rows
-        .iter()
-        .map(|a| {
-            let mut v = serde_json::from_str::<Value>(&a.json).unwrap_or(Value::Null);
-            if let Some(f) = v.get_mut("output_fields").and_then(Value::as_object_mut) {
-                f.insert("lancet.count".into(), json!(a.count));
-            }
-            v
-        })
-        .collect())
+    Ok(rows.iter().map(alert_json).collect())
+}
+
+/// A stored alert as JSON, with the repeats folded into it since it was
+/// raised as `lancet.count`.
+pub fn alert_json(a: &lancet_store::StoredAlert) -> Value {
+    let mut v = serde_json::from_str::<Value>(&a.json).unwrap_or(Value::Null);
+    if let Some(f) = v.get_mut("output_fields").and_then(Value::as_object_mut) {
+        f.insert("lancet.count".into(), json!(a.count));
+    }
+    v
 }
 
 pub fn alerts(api: &str, state_dir: &Path, since: Option<&str>, container: Option<&str>, format: Format) -> Result<ExitCode> {

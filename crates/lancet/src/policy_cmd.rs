@@ -35,7 +35,9 @@ pub enum PolicyCmd {
     },
 }
 
-fn read_policies(files: &[PathBuf]) -> (Vec<lancet_engine::policy::Policy>, Vec<String>) {
+/// Parses policy files; returns what parsed and every error, each as
+/// `file:line:col: message`.
+pub fn read_policies(files: &[PathBuf]) -> (Vec<lancet_engine::policy::Policy>, Vec<String>) {
     let (mut ok, mut errors) = (Vec::new(), Vec::new());
     for f in files {
         match std::fs::read_to_string(f) {
@@ -83,11 +85,7 @@ pub fn run(cmd: PolicyCmd) -> Result<ExitCode> {
                 Some(p) => Some(Profile::from_yaml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, &p.display().to_string())?),
                 None => None,
             };
-            let mode = match mode.as_str() {
-                "learn" => Mode::Learn,
-                "protect" => Mode::Protect,
-                _ => Mode::Monitor,
-            };
+            let mode: Mode = mode.parse().map_err(anyhow::Error::msg)?;
             let file = std::fs::File::open(&events).with_context(|| format!("opening {}", events.display()))?;
             let (mut n, mut alerts, mut blocks, mut bad) = (0u64, 0u64, 0u64, 0u64);
             let mut verdicts = Vec::new();

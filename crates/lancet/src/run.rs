@@ -12,10 +12,12 @@ use lancet_engine::alerts::{Admit, AlertKey, AlertLimits, Deduper};
 use lancet_engine::attribution::{Attribution, ContainerInfo};
 use lancet_engine::event::{Event, EventKind, NetOp};
 use lancet_engine::output::{falco_json, summary, Record};
-use lancet_engine::policy::{effective_action, parse_policies, Policy, PolicySet, Verdict};
+use crate::policy_cmd::read_policies;
+use lancet_engine::policy::{effective_action, Policy, PolicySet, Verdict};
 use lancet_engine::profile::{Lifecycle, Mode, PeerRef, Profile};
 use lancet_store::{AlertQuery, NewAlert, Store, StoreOptions};
-use serde_json::{json, Value};
+use serde_json::json;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -72,15 +74,6 @@ pub struct Settings {
     pub agent: AgentOptions,
 }
 
-fn parse_mode(s: &str) -> Result<Mode> {
-    match s {
-        "learn" => Ok(Mode::Learn),
-        "monitor" => Ok(Mode::Monitor),
-        "protect" => Ok(Mode::Protect),
-        other => bail!("unknown mode {other:?} (learn, monitor or protect)"),
-    }
-}
-
 pub fn settings(args: &RunArgs) -> Result<Settings> {
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
@@ -100,7 +93,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
         auto_protect_after: dur(&args.auto_protect_after, &file.auto_protect_after, defaults.auto_protect_after)?,
     };
     Ok(Settings {
-        mode: parse_mode(args.mode.as_deref().or(file.mode.as_deref()).unwrap_or("learn"))?,
+        mode: args.mode.as_deref().or(file.mode.as_deref()).unwrap_or("learn").parse::<Mode>().map_err(anyhow::Error::msg)?,
         state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/lancet")),
         policy_dir: args.policy_dir.clone().or(file.policy_dir).unwrap_or_else(|| PathBuf::from("/etc/lancet/policies.d")),
         alerts: args.alerts.clone().or(file.alerts),
@@ -122,8 +115,12 @@ fn now_ns() -> u64 {
 
 /// The profile key of a container: its image digest where the runtime knows
 /// it, else its image id, else its image name.
-pub fn workload_key(c: &ContainerInfo) -> String {
-    [&c.image_digest, &c.image_id, &c.image].into_iter().find(|s| !s.is_empty()).cloned().unwrap_or_else(|| format!("container:{}", c.id))
+/// Borrowed where it can be: this runs for every event.
+pub fn workload_key(c: &ContainerInfo) -> Cow<'_, str> {
+    match [&c.image_digest, &c.image_id, &c.image].into_iter().find(|s| !s.is_empty()) {
+        Some(k) => Cow::Borrowed(k.as_str()),
+        None => Cow::Owned(format!("container:{}", c.id)),
+    }
 }
 
 /// Reads every `*.yaml`/`*.yml` in the policy directory. All errors of all
@@ -139,20 +136,9 @@ pub fn load_policy_dir(dir: &Path) -> std::result::Result<Vec<Policy>, Vec<Strin
         Err(e) => return Err(vec![format!("{}: {e}", dir.display())]),
     };
     files.sort();
-    let (mut policies, mut errors) = (Vec::new(), Vec::new());
-    for f in files {
-        match std::fs::read_to_string(&f) {
-            Ok(text) => match parse_policies(&text, &f.display().to_string()) {
-                Ok(p) => policies.extend(p),
-                Err(es) => errors.extend(es.iter().map(|e| e.to_string())),
-            },
-            Err(e) => errors.push(format!("{}: {e}", f.display())),
-        }
-    }
-    if errors.is_empty() {
-        Ok(policies)
-    } else {
-        Err(errors)
+    match read_policies(&files) {
+        (policies, errors) if errors.is_empty() => Ok(policies),
+        (_, errors) => Err(errors),
     }
 }
 
@@ -195,10 +181,12 @@ struct Daemon {
     last_second: Instant,
     last_prune: Instant,
     containers: HashMap<String, Arc<ContainerInfo>>,
-    /// Events per (workload, kind) since the last flush to the store.
-    activity: HashMap<(String, &'static str), u64>,
+    /// Events per workload and kind ([`ACTIVITY_KINDS`]) since the last
+    /// flush to the store.
+    activity: HashMap<String, [u64; 3]>,
 }
 
+const ACTIVITY_KINDS: [&str; 3] = ["exec", "net", "file"];
 const MAX_IP_OWNERS: usize = 65_536;
 const MAX_WORKLOADS: usize = 4096;
 
@@ -234,13 +222,14 @@ impl Daemon {
         let Attribution::Container(c) = attribution else { return Ok(()) };
         let key = workload_key(c);
         let now = ev.time_ns;
-        if self.containers.len() < MAX_WORKLOADS * 4 || self.containers.contains_key(&c.id) {
+        if !self.containers.contains_key(&c.id) && self.containers.len() < MAX_WORKLOADS * 4 {
             self.containers.insert(c.id.clone(), Arc::clone(c));
         }
         let peer = match &ev.kind {
             EventKind::Net(n) => {
-                if !n.saddr.is_unspecified() && !n.saddr.is_loopback() && self.ip_owners.len() < MAX_IP_OWNERS {
-                    self.ip_owners.insert(n.saddr, key.clone());
+                let known = self.ip_owners.get(&n.saddr).is_some_and(|w| *w == *key);
+                if !known && !n.saddr.is_unspecified() && !n.saddr.is_loopback() && self.ip_owners.len() < MAX_IP_OWNERS {
+                    self.ip_owners.insert(n.saddr, key.to_string());
                 }
                 match n.op {
                     NetOp::Connect | NetOp::Accept => Some(self.peer(n.daddr)),
@@ -250,16 +239,18 @@ impl Daemon {
             _ => None,
         };
         let kind = match &ev.kind {
-            EventKind::Exec(_) => Some("exec"),
-            EventKind::Net(_) => Some("net"),
-            EventKind::File(_) => Some("file"),
+            EventKind::Exec(_) => Some(0),
+            EventKind::Net(_) => Some(1),
+            EventKind::File(_) => Some(2),
             _ => None,
         };
         if let Some(kind) = kind {
-            if let Some(n) = self.activity.get_mut(&(key.clone(), kind)) {
-                *n += 1;
-            } else if self.activity.len() < MAX_WORKLOADS * 3 {
-                self.activity.insert((key.clone(), kind), 1);
+            if let Some(n) = self.activity.get_mut(key.as_ref()) {
+                n[kind] += 1;
+            } else if self.activity.len() < MAX_WORKLOADS {
+                let mut n = [0; 3];
+                n[kind] = 1;
+                self.activity.insert(key.to_string(), n);
             }
         }
         let Some(w) = self.workload(&key, c, now) else {
@@ -360,8 +351,10 @@ impl Daemon {
                 w.dirty = false;
             }
         }
-        for ((key, kind), n) in self.activity.drain() {
-            self.store.bump_activity(&key, kind, n, now)?;
+        for (key, counts) in self.activity.drain() {
+            for (kind, n) in ACTIVITY_KINDS.iter().zip(counts).filter(|(_, n)| *n > 0) {
+                self.store.bump_activity(&key, kind, n, now)?;
+            }
         }
         self.store.flush()?;
         let stamp = dir_stamp(&self.settings.policy_dir);
@@ -398,7 +391,7 @@ impl Daemon {
             return Some(what.to_string());
         }
         if let Some(c) = self.containers.values().find(|c| c.name == what || (what.len() >= 3 && c.id.starts_with(what))) {
-            return Some(workload_key(c));
+            return Some(workload_key(c).into_owned());
         }
         self.workloads.iter().find(|(_, w)| w.profile.image() == what).map(|(k, _)| k.clone())
     }
@@ -419,7 +412,7 @@ impl Daemon {
             }
             Request::Promote { workload, mode } => {
                 let key = self.find_workload(&workload).ok_or_else(|| not_found(&workload))?;
-                let mode = parse_mode(&mode).map_err(|e| (400u16, e.to_string()))?;
+                let mode = mode.parse::<Mode>().map_err(|e| (400u16, e))?;
                 let w = self.workloads.get_mut(&key).ok_or_else(|| not_found(&workload))?;
                 w.profile.set_mode(mode, now);
                 w.dirty = true;
@@ -444,17 +437,7 @@ impl Daemon {
                     .store
                     .alerts(&AlertQuery { since_ns, container, rule: None, limit })
                     .map_err(|e| (500u16, e.to_string()))?;
-                Ok(json!(rows
-                    .iter()
-                    .map(|a| {
-                        let mut v = serde_json::from_str::<Value>(&a.json).unwrap_or(Value::Null);
-                        // Repeats folded into this alert since it was raised.
-                        if let Some(f) = v.get_mut("output_fields").and_then(Value::as_object_mut) {
-                            f.insert("lancet.count".into(), json!(a.count));
-                        }
-                        v
-                    })
-                    .collect::<Vec<_>>()))
+                Ok(json!(rows.iter().map(crate::manage::alert_json).collect::<Vec<_>>()))
             }
             Request::Containers => Ok(json!(self.containers.values().map(|c| json!({"id": c.id, "name": c.name, "image": c.image, "workload": workload_key(c)})).collect::<Vec<_>>())),
         }
