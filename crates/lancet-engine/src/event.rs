@@ -73,6 +73,10 @@ pub struct ExecEvent {
     pub parent_comm: String,
     /// Parent executable path, when userspace knew it.
     pub parent_exe: Option<String>,
+    /// The parent runs in another cgroup: the container runtime started this
+    /// process (`podman exec`, the container's first process), not the
+    /// workload. Which runtime process that is varies from run to run.
+    pub parent_outside: bool,
     /// Identity of the file that was executed, for drift checks.
     pub exe_ino: u64,
     pub exe_dev: u32,

@@ -73,7 +73,9 @@ impl ProcessTable {
         let pid = ev.process.pid;
         match &mut ev.kind {
             EventKind::Exec(x) => {
-                x.parent_exe = self.map.get(&ev.process.ppid).map(|p| p.exe.clone()).filter(|e| !e.is_empty());
+                let parent = self.map.get(&ev.process.ppid);
+                x.parent_exe = parent.map(|p| p.exe.clone()).filter(|e| !e.is_empty());
+                x.parent_outside = parent.is_some_and(|p| p.cgroup_id != 0 && p.cgroup_id != ev.cgroup_id);
                 self.insert(
                     pid,
                     ProcEntry {
@@ -120,12 +122,24 @@ mod tests {
         t.observe(&mut child);
         let EventKind::Exec(x) = &child.kind else { panic!() };
         assert_eq!(x.parent_exe.as_deref(), Some("/bin/sh"));
+        assert!(!x.parent_outside, "same cgroup");
         assert_eq!(t.get(11).map(|p| p.cgroup_id), Some(9));
         t.observe(&mut ev(11, 10, EventKind::Exit(ExitEvent { code: Some(0), signal: None })));
         t.end_batch();
         assert!(t.get(11).is_some(), "kept for one more batch");
         t.end_batch();
         assert!(t.get(11).is_none());
+    }
+
+    #[test]
+    fn a_parent_in_another_cgroup_is_marked_outside() {
+        let mut t = ProcessTable::new(16);
+        t.insert(50, ProcEntry { exe: "/usr/bin/conmon".into(), cgroup_id: 1, ..Default::default() });
+        let mut e = ev(51, 50, EventKind::Exec(ExecEvent { filename: "/bin/cp".into(), ..Default::default() }));
+        t.observe(&mut e);
+        let EventKind::Exec(x) = &e.kind else { panic!() };
+        assert!(x.parent_outside);
+        assert_eq!(x.parent_exe.as_deref(), Some("/usr/bin/conmon"), "the real parent is still reported");
     }
 
     #[test]

@@ -171,6 +171,7 @@ pub fn decode(data: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 argv: split_args(&args),
                 parent_comm: cstr(&e.pcomm, None),
                 parent_exe: None,
+                parent_outside: false,
                 exe_ino: e.exe_ino,
                 exe_dev: e.exe_dev,
                 exe_nlink: e.exe_nlink,

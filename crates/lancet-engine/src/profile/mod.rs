@@ -621,7 +621,14 @@ enum Obs<'a> {
     Sensitive(&'a str),
 }
 
+/// The parent a profile records for processes the container runtime
+/// started: which runtime process it was (conmon, runc, a shim) is noise.
+pub const RUNTIME_PARENT: &str = "<container runtime>";
+
 fn parent_of(x: &ExecEvent) -> Option<&str> {
+    if x.parent_outside {
+        return Some(RUNTIME_PARENT);
+    }
     match x.parent_exe.as_deref() {
         Some(p) if !p.is_empty() => Some(p),
         _ if !x.parent_comm.is_empty() => Some(&x.parent_comm),

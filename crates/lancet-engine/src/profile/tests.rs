@@ -629,3 +629,20 @@ fn manual_modes() {
     assert_eq!(lc.next_mode(&p, T0 + 110 * MIN, None), Some(Mode::Monitor));
 }
 
+
+#[test]
+fn runtime_started_processes_share_one_parent_whatever_runtime_process_it_was() {
+    let outside = |parent: &str| {
+        let mut e = exec("/bin/cp", parent, &["/a", "/b"]);
+        if let EventKind::Exec(x) = &mut e.kind {
+            x.parent_outside = true;
+        }
+        e
+    };
+    let mut p = Profile::new("img", "sha256:1", T0);
+    assert!(p.observe(&outside("/usr/bin/conmon"), None, T0));
+    assert_eq!(p.check(&outside("/usr/sbin/runc"), None), None, "another runtime process is the same parent");
+    assert!(p.to_yaml().unwrap().contains(RUNTIME_PARENT));
+    // A parent inside the container is still told apart.
+    assert!(matches!(p.check(&exec("/bin/cp", "/bin/sh", &["/a", "/b"]), None), Some(Deviation::NewParent { .. })));
+}
