@@ -22,6 +22,8 @@ impl Agent {
     fn start(state: &Path, policies: &Path, alerts: &Path) -> Agent {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let api = format!("127.0.0.1:{port}");
+        // An empty config file, so the host's /etc/lancet/lancet.yaml plays no part.
+        std::fs::write(state.join("none.yaml"), "").expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lancet"))
             .args(["run", "--mode", "learn", "--min-learning", "1h", "--quiet-period", "1h", "--listen", &api])
             .arg("--state-dir")
@@ -37,7 +39,6 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start lancet run");
-        std::fs::write(state.join("none.yaml"), "").ok();
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().expect("stderr");
         std::thread::spawn(move || {
