@@ -115,4 +115,128 @@ struct lancet_cgroup {
 	char path[LANCET_CGROUP_PATH_MAX];
 };
 
+/*
+ * ---- Enforcement (bpf/enforce.bpf.c) ----
+ * A separate object with its own maps and ring buffer, pinned under the pin
+ * dir (default /sys/fs/bpf/lancet/) so rules outlive the agent. Every map is
+ * keyed by the cgroup v2 id of a container; a cgroup without a `cg_policy`
+ * entry is never restricted.
+ */
+
+/* header.kind of a `struct lancet_enforce_event` (its own ring buffer). */
+#define LANCET_KIND_ENFORCE 64
+
+/* lancet_cg_policy.flags */
+/* connect/sendmsg/bind must match `net_allow`, else EPERM. */
+#define LANCET_POL_NET_ENFORCE (1U << 0)
+/* The same check, reported but never denied (ENFORCE wins when both). */
+#define LANCET_POL_NET_AUDIT (1U << 1)
+/* Deny all connect/sendmsg/bind and drop packets (cgroup_skb, attached to the
+ * container's cgroup while isolated) except loopback and rules in the
+ * isolation key space; ends by itself at isolate_until_ns. */
+#define LANCET_POL_ISOLATE (1U << 2)
+/* SIGKILL a process right after it execs a file that is a memfd / on tmpfs
+ * or ramfs (not memfd) / unlinked (nlink 0, not memfd) / in `kill_ino`. */
+#define LANCET_POL_KILL_MEMFD_EXEC (1U << 3)
+#define LANCET_POL_KILL_TMPFS_EXEC (1U << 4)
+#define LANCET_POL_KILL_DELETED_EXEC (1U << 5)
+#define LANCET_POL_KILL_EXEC_INO (1U << 6)
+
+struct lancet_cg_policy {
+	__u32 flags;
+	__u32 _pad;
+	__u64 isolate_until_ns; /* bpf_ktime_get_boot_ns() deadline; 0 = none */
+};
+
+/* lancet_net_key.dir */
+#define LANCET_DIR_EGRESS 0 /* connect, sendmsg: addr/port are the peer's */
+#define LANCET_DIR_BIND 1 /* bind: addr/port are the local ones */
+/* OR-ed into dir: the copy of a rule that also holds during isolation. A
+ * separate key space, so a longer prefix without the flag cannot shadow a
+ * shorter one with it in the longest-prefix match. */
+#define LANCET_DIR_ISOLATION 0x80
+
+/* net_allow value flags */
+#define LANCET_ALLOW_DURING_ISOLATION (1U << 0)
+
+/*
+ * LPM trie key of `net_allow`. Packed: no padding bytes enter the match.
+ * prefixlen counts bits after itself: cgid, proto, dir and port are always
+ * matched whole (LANCET_NET_KEY_FIXED_BITS = 64 + 8 + 8 + 16), then the
+ * address: an IPv4 CIDR a.b.c.d/n is stored v4-mapped (::ffff:a.b.c.d), so
+ * prefixlen = 96 + 96 + n; an IPv6 CIDR /n has prefixlen = 96 + n.
+ * proto 0 and port 0 are wildcards, looked up as separate exact keys.
+ */
+struct lancet_net_key {
+	__u32 prefixlen;
+	__u64 cgid;
+	__u8 proto; /* IPPROTO_TCP / IPPROTO_UDP, 0 = any */
+	__u8 dir; /* LANCET_DIR_* */
+	__u16 port; /* network byte order, 0 = any */
+	__u8 addr[16]; /* network byte order; IPv4 v4-mapped */
+} __attribute__((packed));
+
+#define LANCET_NET_KEY_FIXED_BITS 96
+
+/* `kill_ino` key: dev is the kernel's s_dev (major << 20 | minor), as in
+ * lancet_exec.exe_dev. */
+struct lancet_kill_key {
+	__u64 cgid;
+	__u64 ino;
+	__u32 dev;
+	__u32 _pad;
+};
+
+enum lancet_enforce_op {
+	LANCET_EOP_CONNECT4 = 1,
+	LANCET_EOP_CONNECT6 = 2,
+	LANCET_EOP_SENDMSG4 = 3,
+	LANCET_EOP_SENDMSG6 = 4,
+	LANCET_EOP_BIND4 = 5,
+	LANCET_EOP_BIND6 = 6,
+	LANCET_EOP_EXEC_KILL = 7,
+};
+
+enum lancet_enforce_reason {
+	LANCET_ER_NOT_ALLOWED = 1,
+	LANCET_ER_ISOLATED = 2,
+	LANCET_ER_MEMFD = 3,
+	LANCET_ER_TMPFS = 4,
+	LANCET_ER_DELETED = 5,
+	LANCET_ER_KILL_INO = 6,
+};
+
+/* Index into the per-CPU `enforce_stats` counters. */
+enum lancet_enforce_stat {
+	LANCET_ESTAT_DENY_CONNECT4 = 0, /* = op - 1 for the six socket ops */
+	LANCET_ESTAT_DENY_CONNECT6 = 1,
+	LANCET_ESTAT_DENY_SENDMSG4 = 2,
+	LANCET_ESTAT_DENY_SENDMSG6 = 3,
+	LANCET_ESTAT_DENY_BIND4 = 4,
+	LANCET_ESTAT_DENY_BIND6 = 5,
+	LANCET_ESTAT_AUDIT = 6, /* would have been denied (NET_AUDIT) */
+	LANCET_ESTAT_KILL = 7,
+	LANCET_ESTAT_KILL_FAILED = 8, /* bpf_send_signal refused */
+	LANCET_ESTAT_DROP_INGRESS = 9, /* packets dropped while isolated */
+	LANCET_ESTAT_DROP_EGRESS = 10,
+	LANCET_ESTAT_EVENTS_LOST = 11, /* enforce_events full */
+	LANCET_ESTAT_MAX = 12,
+};
+
+/* One denied (or, with NET_AUDIT, would-be-denied) operation or one kill.
+ * port in host byte order; addr is v4-mapped for IPv4 (family says which). */
+struct lancet_enforce_event {
+	struct lancet_header hdr;
+	__u32 op; /* enum lancet_enforce_op */
+	__u32 reason; /* enum lancet_enforce_reason */
+	__u16 family;
+	__u16 proto;
+	__u16 port;
+	__u16 _pad;
+	__u8 addr[16];
+	__u64 ino; /* exec kills: the file */
+	__u32 dev; /* kernel s_dev */
+	__u32 denied; /* 1 denied or killed, 0 audit only (or the kill failed) */
+};
+
 #endif /* __LANCET_H */

@@ -3,6 +3,7 @@
 # Debian packages, podman configuration, bpffs, and the locally built test
 # image. Safe to run again: it only changes what is missing, and says what.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       podman runc busybox-static netavark aardvark-dns iproute2 bpftool ca-certificates)
@@ -40,13 +41,17 @@ if ! mountpoint -q /sys/fs/bpf; then
   mount -t bpf bpf /sys/fs/bpf
 fi
 
-# The test image: a busybox-static rootfs, imported, never pulled.
+# The test image: a busybox-static rootfs, imported, never pulled. It also
+# carries the host's dynamic loader, libc and one dynamic program (for the
+# loader-trick drift test) and a static memfd launcher (for the memfd one).
+# The version label makes an older image be rebuilt.
 image=localhost/lancet-busybox:test
-if ! podman image exists "$image"; then
+version=2
+if [ "$(podman image inspect -f '{{index .Labels "lancet.test.version"}}' "$image" 2>/dev/null)" != "$version" ]; then
   echo "setup: building $image from /bin/busybox" >&2
   root=$(mktemp -d)
   trap 'rm -rf "$root"' EXIT
-  mkdir -p "$root"/{bin,etc,tmp,proc,sys,dev,www,root,var/log}
+  mkdir -p "$root"/{bin,etc,tmp,proc,sys,dev,www,root,var/log,lib64,lib/x86_64-linux-gnu,usr/bin,usr/local/bin}
   cp /bin/busybox "$root/bin/busybox"
   for a in $("$root/bin/busybox" --list); do
     [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"
@@ -57,6 +62,10 @@ if ! podman image exists "$image"; then
   chmod 600 "$root/etc/shadow"
   echo '<h1>lancet</h1>' > "$root/www/index.html"
   chmod 1777 "$root/tmp"
-  tar -C "$root" -c . | podman import --change 'CMD ["/bin/sh"]' - "$image" >/dev/null
+  cp /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
+  cp /lib/x86_64-linux-gnu/libc.so.6 "$root/lib/x86_64-linux-gnu/"
+  cp /usr/bin/true "$root/usr/bin/true-dyn"
+  gcc -O2 -static -o "$root/usr/local/bin/memfd-exec" crates/lancet/tests/fixtures/memfd_exec.c
+  tar -C "$root" -c . | podman import --change 'CMD ["/bin/sh"]' --change "LABEL lancet.test.version=$version" - "$image" >/dev/null
 fi
 echo "setup: ready" >&2

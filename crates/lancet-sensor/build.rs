@@ -15,7 +15,7 @@ fn main() {
         Ok(other) => panic!("lancet's BPF probes are not built for {other} yet"),
         Err(_) => "x86",
     };
-    for name in ["lancet", "probe"] {
+    for name in ["lancet", "probe", "enforce"] {
         let src = bpf_dir.join(format!("{name}.bpf.c"));
         SkeletonBuilder::new()
             .source(&src)

@@ -92,7 +92,7 @@ fn run_loop(args: &[&str]) -> Result<f64> {
     Ok(secs.parse()?)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
 }

@@ -5,11 +5,13 @@
 
 pub mod alerts;
 pub mod attribution;
+pub mod drift;
 pub mod event;
 pub mod output;
 pub mod policy;
 pub mod process;
 pub mod profile;
 pub mod replay;
+pub mod response;
 
 pub use event::{Event, EventKind};

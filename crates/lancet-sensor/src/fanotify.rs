@@ -1,5 +1,7 @@
 //! fanotify sources: file changes inside container filesystems
-//! ([`FileChangeWatcher`]) and opens of sensitive files ([`SensitiveOpenWatcher`]).
+//! ([`FileChangeWatcher`]) and opens of sensitive files ([`SensitiveOpenWatcher`]);
+//! and the permission backend of protect mode ([`PermGuard`]), which stops
+//! execs and opens until lancet allows or denies them.
 //!
 //! Both watchers are non-blocking: poll [`FileChangeWatcher::fd`] /
 //! [`SensitiveOpenWatcher::fd`] for readability, then call `read_events`, which
@@ -13,12 +15,21 @@
 
 mod change;
 mod open;
+pub mod overlay;
 mod parse;
+mod perm;
+#[cfg(test)]
+mod perm_tests;
 #[cfg(test)]
 mod podman_tests;
 
 pub use change::FileChangeWatcher;
 pub use open::{SensitiveOpenWatcher, DEFAULT_SENSITIVE_PATHS};
+pub use overlay::{overlay_upper_dir, written_in_container};
+pub use perm::{
+    FailMode, MarkScope, PermConfig, PermDecision, PermGuard, PermKind, PermRequest, PermStats,
+    OVERLAYFS_MAGIC,
+};
 
 use std::ffi::CString;
 use std::io;
@@ -51,6 +62,10 @@ pub enum FanotifyError {
     TooManyMarks(usize),
     #[error("path contains a NUL byte: {0}")]
     BadPath(PathBuf),
+    /// A filesystem-wide permission mark was asked for on the host's own root
+    /// filesystem (every exec on the host would wait for lancet).
+    #[error("{0} is on the host's root filesystem; refusing a filesystem-wide permission mark")]
+    HostFilesystem(PathBuf),
 }
 
 /// Counters kept by each watcher.

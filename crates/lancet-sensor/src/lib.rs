@@ -3,6 +3,7 @@
 //! only crate that contains `unsafe`; every block says why it is sound.
 
 pub mod decode;
+pub mod enforce;
 pub mod fanotify;
 pub mod features;
 pub mod probes;

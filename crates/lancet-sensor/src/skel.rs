@@ -9,3 +9,7 @@ pub mod lancet {
 pub mod probe {
     include!(concat!(env!("OUT_DIR"), "/probe.skel.rs"));
 }
+
+pub mod enforce {
+    include!(concat!(env!("OUT_DIR"), "/enforce.skel.rs"));
+}

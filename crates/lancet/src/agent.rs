@@ -172,8 +172,10 @@ impl Watches {
 pub struct Pipeline {
     pub attributor: Attributor,
     pub procs: ProcessTable,
-    cgroup2: PathBuf,
+    pub cgroup2: PathBuf,
     host_root: PathBuf,
+    /// Containers found at start, for the caller to take on its first tick.
+    pub existing: Vec<Arc<ContainerInfo>>,
 }
 
 impl Pipeline {
@@ -299,7 +301,13 @@ pub fn run_loop(
         })?
     };
 
-    let mut pipeline = Pipeline { attributor, procs: ProcessTable::new(65_536), cgroup2, host_root: host_root.to_path_buf() };
+    let mut pipeline = Pipeline {
+        attributor,
+        procs: ProcessTable::new(65_536),
+        cgroup2,
+        host_root: host_root.to_path_buf(),
+        existing: existing.clone(),
+    };
     seed_processes(&mut pipeline);
     tracing::info!(probes = sensor.attached(), containers = watches.armed.len(), "lancet is tracing");
     let started = Instant::now();

@@ -24,6 +24,13 @@ pub enum Request {
     Import { yaml: String },
     Alerts { since_ns: Option<u64>, container: Option<String>, limit: usize },
     Containers,
+    /// From the OCI hook: a container is being created; put it under its
+    /// posture before its first instruction runs.
+    Hook { state: Value },
+    /// Operator response on one container: isolate, freeze or release.
+    Respond { container: String, action: String, expire: Option<String> },
+    /// Which enforcement backends hold, with their counters.
+    Enforcement,
 }
 
 /// An answer: a JSON document, or an HTTP status with a message.
@@ -80,6 +87,12 @@ struct PromoteBody {
     mode: String,
 }
 
+#[derive(Deserialize, Default)]
+struct RespondBody {
+    #[serde(rename = "for")]
+    expire: Option<String>,
+}
+
 /// Starts the API on `addr` in a thread of its own; returns the inbox the
 /// event loop answers from.
 pub fn serve(addr: SocketAddr) -> Result<Inbox> {
@@ -113,6 +126,15 @@ pub fn serve(addr: SocketAddr) -> Result<Inbox> {
             }),
         )
         .route("/v1/containers", get(|State(c): State<Ctx>| async move { ask(&c, Request::Containers).await }))
+        .route(
+            "/v1/containers/{container}/{action}",
+            post(|State(c): State<Ctx>, UrlPath((container, action)): UrlPath<(String, String)>, body: Option<Json<RespondBody>>| async move {
+                let expire = body.map(|Json(b)| b).unwrap_or_default().expire;
+                ask(&c, Request::Respond { container, action, expire }).await
+            }),
+        )
+        .route("/v1/hook", post(|State(c): State<Ctx>, Json(state): Json<Value>| async move { ask(&c, Request::Hook { state }).await }))
+        .route("/v1/enforcement", get(|State(c): State<Ctx>| async move { ask(&c, Request::Enforcement).await }))
         .with_state(ctx);
     std::thread::Builder::new().name("lancet-api".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
@@ -144,8 +166,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(addr: &str) -> Client {
+        Client::with_timeout(addr, Duration::from_secs(10))
+    }
+
+    pub fn with_timeout(addr: &str, timeout: Duration) -> Client {
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
+            .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .build()
             .into();

@@ -1,7 +1,7 @@
 //! `lancet run` settings: flags, over `/etc/lancet/lancet.yaml`, over
 //! defaults. An unknown key in the file is an error with its position.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,22 +12,7 @@ pub const DEFAULT_API: &str = "127.0.0.1:7447";
 
 /// Parses `90s`, `10m`, `1h`, `2d`, `500ms` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().with_context(|| format!("{s:?} is not a duration (like 30s, 10m, 1h, 2d)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86_400.0,
-        other => bail!("unknown duration unit {other:?} in {s:?} (use ms, s, m, h or d)"),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        bail!("{s:?} is not a duration");
-    }
-    Ok(Duration::from_secs_f64(secs))
+    lancet_engine::profile::parse_duration(s).map_err(anyhow::Error::msg)
 }
 
 /// The file's shape. Every key optional; flags win.
@@ -46,7 +31,33 @@ pub struct FileConfig {
     pub ring_mb: Option<u32>,
     pub files: Option<bool>,
     pub sensitive_paths: Option<Vec<String>>,
+    /// How a permission event is answered when lancet cannot decide (an
+    /// internal error): `allow` (default; containers never hang on lancet)
+    /// or `deny`.
+    pub fail_mode: Option<FailModeSetting>,
+    /// Where pinned BPF maps and links live (default /sys/fs/bpf/lancet).
+    pub pin_dir: Option<PathBuf>,
+    /// How long isolation and freezing last when a rule sets no expiry.
+    pub response_expiry: Option<String>,
+    /// Files in protected containers whose reads are refused unless learned
+    /// (default: /etc/shadow, /etc/gshadow, /etc/sudoers, /root/.ssh/authorized_keys).
+    pub protected_files: Option<Vec<String>>,
+    /// Directories in protected containers where opening files for writing
+    /// is refused unless learned (default: /bin, /sbin, /usr/bin, /usr/sbin, /etc).
+    pub readonly_dirs: Option<Vec<String>>,
 }
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailModeSetting {
+    #[default]
+    Allow,
+    Deny,
+}
+
+pub const DEFAULT_PROTECTED_FILES: &[&str] = &["/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/root/.ssh/authorized_keys"];
+pub const DEFAULT_READONLY_DIRS: &[&str] = &["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/etc"];
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lancet";
 
 /// Reads the config file; a missing default file is fine, a missing
 /// explicit one is an error.

@@ -161,8 +161,15 @@ pub fn report(host_root: &Path) -> Report {
             "refuse one network connection",
             "enforcement",
             cgroup_sock && cgroup2.is_some(),
-            "per-container cgroup/connect4,6 programs",
+            "cgroup/connect4,6 + sendmsg4,6 + bind4,6 on the cgroup v2 root, with per-container allow-lists in maps",
             why(&program_types, "cgroup_connect4"),
+        ),
+        g(
+            "network rules hold while the agent restarts",
+            "enforcement",
+            cgroup_sock && bpffs_mounted(),
+            "maps and links pinned under /sys/fs/bpf/lancet",
+            "bpffs is not mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".into(),
         ),
         g(
             "kill one process at exec",
@@ -252,4 +259,10 @@ pub fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     }
     writeln!(out, "\nmonitoring: {}", if r.monitoring_ok { "can run" } else { "cannot run" })?;
     Ok(())
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.split_whitespace().nth(2) == Some("bpf")))
+        .unwrap_or(false)
 }

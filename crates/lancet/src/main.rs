@@ -8,9 +8,12 @@ mod agent;
 mod api;
 mod config;
 mod doctor;
+mod hook;
 mod manage;
 mod policy_cmd;
+mod protect;
 mod run;
+mod scan;
 mod trace;
 
 use anyhow::{Context, Result};
@@ -68,6 +71,34 @@ enum Command {
     #[command(subcommand)]
     Profile(manage::ProfileCmd),
     /// Alerts the agent raised.
+    /// Hand containers to the agent before they start (OCI hooks.d).
+    #[command(subcommand)]
+    Hook(hook::HookCmd),
+    /// Cut a container's network, except flows allowed during isolation,
+    /// until released or expired. The container keeps running.
+    Isolate {
+        #[arg(value_name = "NAME|ID")]
+        container: String,
+        /// Expiry (default: the agent's `responseExpiry`, 15m).
+        #[arg(long = "for", value_name = "DURATION")]
+        expire: Option<String>,
+    },
+    /// Freeze every process of a container (cgroup freezer) until released
+    /// or expired.
+    Freeze {
+        #[arg(value_name = "NAME|ID")]
+        container: String,
+        #[arg(long = "for", value_name = "DURATION")]
+        expire: Option<String>,
+    },
+    /// Enforcement backends and whether they hold, protected containers,
+    /// isolations and freezes in force (from the running agent).
+    Status,
+    /// Undo isolate and freeze for a container.
+    Release {
+        #[arg(value_name = "NAME|ID")]
+        container: String,
+    },
     Alerts {
         /// Only alerts newer than this (e.g. 1h, 30m).
         #[arg(long, value_name = "DURATION")]
@@ -80,6 +111,15 @@ enum Command {
         /// Where to read alerts when no agent answers on --api.
         #[arg(long, value_name = "DIR", default_value = "/var/lib/lancet")]
         state_dir: PathBuf,
+    },
+    /// Derive an image's baseline and risky findings, for CI (exit 1 on
+    /// findings at --fail-on or above, 2 when it cannot scan). See
+    /// `lancet scan --help`.
+    #[command(disable_help_flag = true)]
+    Scan {
+        /// TARGET and options, parsed by `lancet scan` itself.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
     },
 }
 
@@ -113,6 +153,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             writeln!(out)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Hook(cmd) => hook::run(&cli.api, cmd),
+        Command::Isolate { container, expire } => manage::respond(&cli.api, &container, "isolate", expire.as_deref()),
+        Command::Freeze { container, expire } => manage::respond(&cli.api, &container, "freeze", expire.as_deref()),
+        Command::Status => {
+            let v = api::Client::new(&cli.api).get("/v1/enforcement")?;
+            let mut out = io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &v)?;
+            writeln!(out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Release { container } => manage::respond(&cli.api, &container, "release", None),
+        Command::Scan { args } => scan::run(&args),
         Command::Alerts { since, container, format, state_dir } => {
             manage::alerts(&cli.api, &state_dir, since.as_deref(), container.as_deref(), format)
         }

@@ -167,3 +167,19 @@ pub fn alerts(api: &str, state_dir: &Path, since: Option<&str>, container: Optio
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `lancet isolate|freeze|release CONTAINER`: asks the running agent, which
+/// owns the pinned enforcement state and the expiry timers.
+pub fn respond(api: &str, container: &str, action: &str, expire: Option<&str>) -> Result<ExitCode> {
+    if let Some(e) = expire {
+        parse_duration(e)?;
+    }
+    let body = match expire {
+        Some(e) => json!({ "for": e }),
+        None => json!({}),
+    };
+    let v = Client::new(api).post_json(&format!("/v1/containers/{}/{action}", enc(container)), &body)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", v["message"].as_str().unwrap_or(&v.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -4,13 +4,19 @@
 //! deduplicated and rate limited, when a workload departs from its profile or
 //! breaks a policy rule. Profiles, alerts and activity live in the store.
 
-use crate::agent::{hostname, run_loop, AgentOptions};
+use crate::agent::{hostname, run_loop, AgentOptions, Pipeline};
+use crate::protect::{Enforced, ProtectOptions, Protector};
 use crate::api::{self, Reply, Request};
 use crate::config::{self, parse_duration, FileConfig};
 use anyhow::{bail, Context, Result};
 use lancet_engine::alerts::{Admit, AlertKey, AlertLimits, Deduper};
 use lancet_engine::attribution::{Attribution, ContainerInfo};
-use lancet_engine::event::{Event, EventKind, NetOp};
+use lancet_engine::drift::{classify_exec, classify_indirect, indirect_target, Drift, DriftKind, FileFacts, WriteLog};
+use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+use lancet_engine::policy::{Action, Severity};
+use lancet_engine::profile::Deviation;
+use lancet_engine::response::{DenyReason, Ladder};
+use lancet_sensor::enforce::{EnforceOp, EnforceReason, EnforceRecord};
 use lancet_engine::output::{falco_json, summary, Record};
 use crate::policy_cmd::read_policies;
 use lancet_engine::policy::{effective_action, Policy, PolicySet, Verdict};
@@ -56,6 +62,9 @@ pub struct RunArgs {
     /// Promote monitor → protect after this long without a deviation.
     #[arg(long, value_name = "DURATION")]
     auto_protect_after: Option<String>,
+    /// Where pinned BPF maps and links live (default /sys/fs/bpf/lancet).
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
     /// Stop after this many seconds (for tests and benchmarks).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
@@ -72,6 +81,7 @@ pub struct Settings {
     pub lifecycle: Lifecycle,
     pub dedupe_window: Duration,
     pub agent: AgentOptions,
+    pub protect: ProtectOptions,
 }
 
 pub fn settings(args: &RunArgs) -> Result<Settings> {
@@ -105,6 +115,17 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
             files: file.files.unwrap_or(true),
             sensitive: file.sensitive_paths.unwrap_or_default(),
             host_sensitive: false,
+        },
+        protect: ProtectOptions {
+            pin_dir: args.pin_dir.clone().or(file.pin_dir).unwrap_or_else(|| PathBuf::from(config::DEFAULT_PIN_DIR)),
+            fail_mode: file.fail_mode.unwrap_or_default(),
+            response_expiry: dur(&None, &file.response_expiry, Some(Duration::from_secs(900)))?.unwrap_or(Duration::from_secs(900)),
+            protected_files: file
+                .protected_files
+                .unwrap_or_else(|| config::DEFAULT_PROTECTED_FILES.iter().map(|s| s.to_string()).collect()),
+            readonly_dirs: file
+                .readonly_dirs
+                .unwrap_or_else(|| config::DEFAULT_READONLY_DIRS.iter().map(|s| s.to_string()).collect()),
         },
     })
 }
@@ -163,6 +184,32 @@ struct Workload {
     profile: Profile,
     dirty: bool,
     last_deviation: Option<u64>,
+    /// A snapshot for the enforcement backends, taken when first needed
+    /// after a change (protect-mode profiles change rarely: import, promote).
+    shared: Option<Arc<Profile>>,
+}
+
+impl Workload {
+    fn new(profile: Profile) -> Self {
+        Workload { profile, dirty: true, last_deviation: None, shared: None }
+    }
+
+    fn changed(&mut self) {
+        self.dirty = true;
+        self.shared = None;
+    }
+
+    fn shared(&mut self) -> Arc<Profile> {
+        Arc::clone(self.shared.get_or_insert_with(|| Arc::new(self.profile.clone())))
+    }
+}
+
+/// What the daemon knows of a live container beyond its attribution.
+#[derive(Debug, Clone, Copy, Default)]
+struct Live {
+    cgroup_id: u64,
+    /// The last process seen in it.
+    pid: u32,
 }
 
 struct Daemon {
@@ -184,6 +231,17 @@ struct Daemon {
     /// Events per workload and kind ([`ACTIVITY_KINDS`]) since the last
     /// flush to the store.
     activity: HashMap<String, [u64; 3]>,
+    live: HashMap<String, Live>,
+    writes: WriteLog,
+    ladder: Ladder,
+    /// Started when the first workload enters protect mode (or at start
+    /// when pins exist or the default mode is protect).
+    protector: Option<Protector>,
+    cgroup2: PathBuf,
+    lsm_reason: Option<String>,
+    enforced: Vec<Enforced>,
+    /// Image baselines from `lancet scan`, by config digest.
+    baselines: HashMap<String, lancet_engine::profile::Baseline>,
 }
 
 const ACTIVITY_KINDS: [&str; 3] = ["exec", "net", "file"];
@@ -206,7 +264,14 @@ impl Daemon {
                     p
                 }
             };
-            self.workloads.insert(key.to_string(), Workload { profile, dirty: true, last_deviation: None });
+            let mut profile = profile;
+            if profile.baseline().is_none() {
+                let id = format!("sha256:{}", c.image_id.trim_start_matches("sha256:"));
+                if let Some(b) = self.baselines.get(&id).or_else(|| self.baselines.get(&c.image_digest)) {
+                    profile.set_baseline(Some(b.clone()));
+                }
+            }
+            self.workloads.insert(key.to_string(), Workload::new(profile));
         }
         self.workloads.get_mut(key)
     }
@@ -219,12 +284,27 @@ impl Daemon {
     }
 
     fn on_event(&mut self, ev: &Event, attribution: &Attribution) -> Result<()> {
+        if let EventKind::CgroupRmdir { path, .. } = &ev.kind {
+            let gone: Vec<String> = self.live.keys().filter(|id| path.contains(id.as_str())).cloned().collect();
+            for id in gone {
+                self.container_gone(&id);
+            }
+        }
         let Attribution::Container(c) = attribution else { return Ok(()) };
         let key = workload_key(c);
         let now = ev.time_ns;
         if !self.containers.contains_key(&c.id) && self.containers.len() < MAX_WORKLOADS * 4 {
             self.containers.insert(c.id.clone(), Arc::clone(c));
         }
+        if ev.cgroup_id != 0 && ev.process.pid != 0 {
+            if let Some(l) = self.live.get_mut(&c.id) {
+                l.cgroup_id = ev.cgroup_id;
+                l.pid = ev.process.pid;
+            } else if self.live.len() < MAX_WORKLOADS * 4 {
+                self.live.insert(c.id.clone(), Live { cgroup_id: ev.cgroup_id, pid: ev.process.pid });
+            }
+        }
+        self.writes.record(&c.id, ev);
         let peer = match &ev.kind {
             EventKind::Net(n) => {
                 let known = self.ip_owners.get(&n.saddr).is_some_and(|w| *w == *key);
@@ -253,14 +333,16 @@ impl Daemon {
                 self.activity.insert(key.to_string(), n);
             }
         }
+        let drift = self.drift(ev, c, &key);
         let Some(w) = self.workload(&key, c, now) else {
             tracing::debug!(workload = %key, "workload limit reached; not profiled");
             return Ok(());
         };
         let mode = w.profile.mode();
         let deviation = if mode == Mode::Learn {
-            if w.profile.observe(ev, peer.as_ref(), now) {
-                w.dirty = true;
+            // What drifted from the image is never learned as normal.
+            if drift.is_none() && w.profile.observe(ev, peer.as_ref(), now) {
+                w.changed();
             }
             None
         } else {
@@ -270,8 +352,14 @@ impl Daemon {
             }
             d
         };
+        if mode == Mode::Protect {
+            self.ensure_guarded(c, &key);
+        }
         let mut verdicts = std::mem::take(&mut self.verdicts);
         verdicts.clear();
+        if let Some(d) = &drift {
+            verdicts.push(drift_verdict(d));
+        }
         self.policies.evaluate(ev, Some(c), deviation.is_some(), &mut verdicts);
         if verdicts.is_empty() {
             if let Some(d) = &deviation {
@@ -279,35 +367,122 @@ impl Daemon {
             }
         }
         for v in &verdicts {
-            self.alert(ev, c, &key, mode, v)?;
+            self.alert(ev, c, &key, mode, v, None)?;
         }
         self.verdicts = verdicts;
         Ok(())
     }
 
-    fn alert(&mut self, ev: &Event, c: &Arc<ContainerInfo>, key: &str, mode: Mode, v: &Verdict) -> Result<()> {
+    /// Drift of an exec (the file run, or the file handed to the loader or
+    /// an interpreter) or of a chmod that made a file executable.
+    fn drift(&mut self, ev: &Event, c: &ContainerInfo, key: &str) -> Option<Drift> {
+        let baseline = self.workloads.get(key).and_then(|w| w.profile.baseline());
+        let upper = c.upper_dir();
+        let facts = |path: &str| FileFacts {
+            in_upper: upper.map(|u| lancet_sensor::fanotify::overlay::written_in_container(u, path)),
+            in_baseline: baseline.map(|b| b.lookup(path).is_some()),
+        };
+        match &ev.kind {
+            EventKind::Exec(x) => {
+                if let Some(d) = classify_exec(x, self.writes.lookup(&c.id, &x.filename), facts(&x.filename)) {
+                    return Some(d);
+                }
+                let (kind, target) = indirect_target(x)?;
+                classify_indirect(kind, &target, self.writes.lookup(&c.id, &target), facts(&target))
+            }
+            EventKind::File(f) if f.op == FileOp::Chmod && !f.is_dir => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&f.host_path).ok()?.permissions().mode();
+                let shipped_executable = baseline.and_then(|b| b.lookup(&f.path)).is_some();
+                (mode & 0o111 != 0 && !shipped_executable).then(|| Drift {
+                    kind: DriftKind::MadeExecutable,
+                    path: f.path.clone(),
+                    origin: self.writes.lookup(&c.id, &f.path).cloned(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Puts a container of a protect-mode workload under the backends.
+    fn ensure_guarded(&mut self, c: &ContainerInfo, key: &str) {
+        let Some(live) = self.live.get(&c.id).copied() else { return };
+        if live.cgroup_id == 0 {
+            return;
+        }
+        let protector = match self.protector.as_mut() {
+            Some(p) => p,
+            None => self.protector.insert(Protector::start(self.settings.protect.clone(), &self.cgroup2, self.lsm_reason.clone())),
+        };
+        let Some(w) = self.workloads.get_mut(key) else { return };
+        let profile = w.shared();
+        if protector.guarded(&c.id).is_some_and(|g| Arc::ptr_eq(&g.profile, &profile)) {
+            return;
+        }
+        let ip_owners = &self.ip_owners;
+        let addresses_of =
+            |w: &str| ip_owners.iter().filter(|(_, o)| o.as_str() == w).map(|(ip, _)| *ip).collect::<Vec<IpAddr>>();
+        let pid = c.pid.filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap_or(live.pid);
+        // A process that has not entered the container's root yet (runc
+        // init before pivot_root) shows the host's root: wait for the OCI
+        // hook or a later event.
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        if crate::protect::same_filesystem(&root, Path::new("/")) {
+            return;
+        }
+        let rel = (!c.cgroup_path.is_empty()).then_some(c.cgroup_path.as_str());
+        protector.guard(c, key, pid, live.cgroup_id, rel, None, profile, addresses_of);
+    }
+
+    fn container_gone(&mut self, id: &str) {
+        if let Some(p) = self.protector.as_mut() {
+            p.release(id);
+            p.unguard(id);
+        }
+        self.writes.forget_container(id);
+        self.ladder.forget_container(id);
+        self.live.remove(id);
+    }
+
+    /// Raises the alert of a verdict and, in protect mode, carries out its
+    /// step of the response ladder. `done`: what a backend already did in
+    /// the kernel (a refused exec, open or connection, a kill at exec).
+    fn alert(&mut self, ev: &Event, c: &Arc<ContainerInfo>, key: &str, mode: Mode, v: &Verdict, done: Option<Action>) -> Result<()> {
         let subject = summary(ev);
         let akey = AlertKey { rule: v.rule.to_string(), workload: key.to_string(), subject };
+        let (mut action, would_block) = effective_action(v.action, mode);
+        let mut enforced = false;
+        let mut note = String::new();
+        if let Some(a) = done {
+            action = a;
+            enforced = true;
+        } else if mode == Mode::Protect && action.is_enforcing() {
+            let r = self.ladder.respond(&c.id, v, ev.time_ns);
+            action = r.action;
+            (enforced, note) = self.carry_out(ev, c, r.action, r.expire);
+            if r.escalated {
+                note = format!("escalated by rule; {note}");
+            }
+        }
         match self.deduper.admit(&akey, ev.time_ns) {
             Admit::New => {}
             Admit::Repeat { .. } | Admit::RateLimited => return Ok(()),
         }
-        let (action, would_block) = effective_action(v.action, mode);
-        // No enforcement backend is wired yet: what protect mode would
-        // enforce is recorded as would-block.
-        let would_block = would_block || action.is_enforcing();
         let attribution = Attribution::Container(Arc::clone(c));
         let mut j = falco_json(&Record { event: ev, attribution: &attribution, hostname: &self.hostname }, &v.rule, v.priority());
         j["tags"] = json!(v.tags);
         j["output"] = json!(format!("{} ({})", v.message, j["output"].as_str().unwrap_or("")));
         if let Some(f) = j["output_fields"].as_object_mut() {
             f.insert("lancet.action".into(), json!(action.to_string()));
-            f.insert("lancet.enforced".into(), json!(false));
+            f.insert("lancet.enforced".into(), json!(enforced));
             f.insert("lancet.would_block".into(), json!(would_block));
             f.insert("lancet.mode".into(), json!(mode.to_string()));
             f.insert("lancet.workload".into(), json!(key));
             f.insert("lancet.policy".into(), json!(v.policy));
             f.insert("lancet.count".into(), json!(1));
+            if !note.is_empty() {
+                f.insert("lancet.response".into(), json!(note));
+            }
         }
         if let Some(out) = self.out.as_mut() {
             serde_json::to_writer(&mut *out, &j)?;
@@ -323,12 +498,86 @@ impl Daemon {
             image: c.image.clone(),
             workload: key.to_string(),
             action: action.to_string(),
-            enforced: false,
+            enforced,
             count: 1,
             json: j.to_string(),
         })?;
         self.deduper.set_id(&akey, id);
         Ok(())
+    }
+
+    /// One step of the ladder on an event that already happened (the
+    /// kernel-side refusals report through [`Enforced`]): a block that can
+    /// no longer refuse an exec kills that process; kill-process kills the
+    /// event's process; isolate and freeze act on the container. Returns
+    /// (enforced, what was done).
+    fn carry_out(&mut self, ev: &Event, c: &ContainerInfo, action: Action, expire: Option<Duration>) -> (bool, String) {
+        let Some(p) = self.protector.as_mut() else { return (false, "no enforcement backend is running".into()) };
+        let live = self.live.get(&c.id).copied().unwrap_or_default();
+        let cgroup_dir = self.cgroup2.join(c.cgroup_path.trim_start_matches('/'));
+        let expire = expire.unwrap_or(self.settings.protect.response_expiry);
+        let res = match action {
+            Action::Block if matches!(ev.kind, EventKind::Exec(_)) => p
+                .kill(ev.process.pid)
+                .map(|()| format!("exec could not be refused in time; process {} killed", ev.process.pid)),
+            // File and network events report what already happened; their
+            // refusals come from the backends in the kernel path.
+            Action::Block => return (false, String::new()),
+            Action::KillProcess => p.kill(ev.process.pid).map(|()| format!("process {} killed", ev.process.pid)),
+            Action::Isolate => {
+                p.isolate(&c.id, live.cgroup_id, &cgroup_dir, expire).map(|()| format!("network isolated for {}s", expire.as_secs()))
+            }
+            Action::Freeze => {
+                p.freeze(&c.id, live.cgroup_id, &cgroup_dir, expire).map(|()| format!("frozen for {}s", expire.as_secs()))
+            }
+            Action::Audit | Action::Alert => Ok(String::new()),
+        };
+        match res {
+            Ok(n) => (true, n),
+            Err(e) => {
+                tracing::warn!(container = %c.name, %action, "response not carried out: {e}");
+                (false, e)
+            }
+        }
+    }
+
+    /// Reports what the backends enforced on their own.
+    fn on_enforced(&mut self, e: Enforced) -> Result<()> {
+        let Some(p) = self.protector.as_ref() else { return Ok(()) };
+        let (id, ev, v, done) = match &e {
+            Enforced::ExecDenied { label, pid, path, reason } => {
+                let Some(g) = p.by_label(*label) else { return Ok(()) };
+                let origin = self.writes.lookup(&g.id, path).cloned();
+                let ev = synthetic_exec(*pid, g.cgroup_id, path);
+                let v = match reason {
+                    DenyReason::Drift(k) => drift_verdict(&Drift { kind: *k, path: path.clone(), origin }),
+                    DenyReason::NotInProfile => Verdict::profile_deviation(&Deviation::NewExecutable { path: path.clone() }),
+                };
+                (g.id.clone(), ev, v, Action::Block)
+            }
+            Enforced::OpenDenied { label, pid, path, write } => {
+                let Some(g) = p.by_label(*label) else { return Ok(()) };
+                let op = if *write == Some(true) { FileOp::Modify } else { FileOp::Open };
+                let ev = Event {
+                    time_ns: now_ns(),
+                    cgroup_id: g.cgroup_id,
+                    process: process_ref(*pid as u32),
+                    kind: EventKind::File(FileEvent { op, path: path.clone(), old_path: None, host_path: String::new(), is_dir: false }),
+                };
+                let what = if op == FileOp::Modify { "write to a read-only path" } else { "read of a protected file" };
+                let v = enforced_verdict("Protected file access refused", Severity::High, format!("{what} refused: {path}"), &["protect", "T1005"]);
+                (g.id.clone(), ev, v, Action::Block)
+            }
+            Enforced::Kernel(r) => {
+                let Some(g) = p.by_cgroup(r.cgroup_id) else { return Ok(()) };
+                let (ev, v, done) = kernel_record(r);
+                (g.id.clone(), ev, v, done)
+            }
+        };
+        let Some(c) = self.containers.get(&id).cloned() else { return Ok(()) };
+        let key = workload_key(&c).into_owned();
+        let mode = self.workloads.get(&key).map(|w| w.profile.mode()).unwrap_or(Mode::Protect);
+        self.alert(&ev, &c, &key, mode, &v, Some(done))
     }
 
     /// Once a second: fold repeats, promote quiet profiles, persist, reload
@@ -344,7 +593,7 @@ impl Daemon {
             if let Some(next) = self.settings.lifecycle.next_mode(&w.profile, now, w.last_deviation) {
                 tracing::info!(workload = %key, from = %w.profile.mode(), to = %next, "profile promoted");
                 w.profile.set_mode(next, now);
-                w.dirty = true;
+                w.changed();
             }
             if w.dirty {
                 self.store.put_profile(key, w.profile.image(), &w.profile.mode().to_string(), &w.profile.to_yaml()?, now)?;
@@ -357,6 +606,7 @@ impl Daemon {
             }
         }
         self.store.flush()?;
+        self.sync_protection();
         let stamp = dir_stamp(&self.settings.policy_dir);
         if reload.swap(false, Ordering::Relaxed) || stamp != self.policy_stamp {
             self.policy_stamp = stamp;
@@ -367,6 +617,126 @@ impl Daemon {
             self.last_prune = Instant::now();
         }
         Ok(())
+    }
+
+    /// Containers that ran before the agent: known at once, so protect-mode
+    /// workloads are guarded on the first tick, not at their next event.
+    fn adopt(&mut self, existing: Vec<Arc<ContainerInfo>>) {
+        for c in existing {
+            let dir = self.cgroup2.join(c.cgroup_path.trim_start_matches('/'));
+            if let (Some(cgid), Some(pid)) = (lancet_sensor::enforce::cgroup_id(&dir).ok(), c.pid) {
+                self.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
+            }
+            let key = workload_key(&c).into_owned();
+            self.workload(&key, &c, now_ns());
+            self.containers.insert(c.id.clone(), c);
+        }
+        self.sync_protection();
+    }
+
+    /// Containers follow their workload's mode: into protection when it is
+    /// protect, out of it otherwise; expired responses end.
+    fn sync_protection(&mut self) {
+        let ids: Vec<Arc<ContainerInfo>> = self.containers.values().cloned().collect();
+        for c in ids {
+            if !self.live.contains_key(&c.id) {
+                continue;
+            }
+            let key = workload_key(&c).into_owned();
+            let protect = self.workloads.get(&key).is_some_and(|w| w.profile.mode() == Mode::Protect);
+            if protect {
+                self.ensure_guarded(&c, &key);
+            } else if let Some(p) = self.protector.as_mut() {
+                if p.guarded(&c.id).is_some() {
+                    p.unguard(&c.id);
+                }
+            }
+        }
+        if let Some(p) = self.protector.as_mut() {
+            p.expire();
+        }
+    }
+
+    /// Reports what the backends did since the last tick.
+    fn drain_enforced(&mut self) -> Result<()> {
+        let Some(p) = self.protector.as_mut() else { return Ok(()) };
+        let mut batch = std::mem::take(&mut self.enforced);
+        p.drain(&mut batch);
+        for e in batch.drain(..) {
+            self.on_enforced(e)?;
+        }
+        self.enforced = batch;
+        Ok(())
+    }
+
+    /// From the OCI hook, before the container's first instruction: attribute
+    /// it and put it under its workload's posture (the default mode for a
+    /// workload without a profile). Answers only when that is done.
+    fn on_hook(&mut self, state: &serde_json::Value, pipeline: &mut Pipeline) -> Reply {
+        let id = state["id"].as_str().unwrap_or_default();
+        let pid = state["pid"].as_u64().unwrap_or(0) as u32;
+        let rel = state["cgroup"].as_str().ok_or((400u16, "no cgroup in the hook request".to_string()))?;
+        let dir = self.cgroup2.join(rel.trim_start_matches('/'));
+        let cgid = lancet_sensor::enforce::cgroup_id(&dir).ok().ok_or_else(|| (404u16, format!("cgroup {} is gone", dir.display())))?;
+        let c = match pipeline.attributor.attribute(cgid) {
+            Attribution::Container(c) => c,
+            _ => return Ok(json!({"id": id, "posture": "unknown container; not guarded"})),
+        };
+        if !self.containers.contains_key(&c.id) {
+            self.containers.insert(c.id.clone(), Arc::clone(&c));
+        }
+        self.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
+        let key = workload_key(&c).into_owned();
+        let now = now_ns();
+        let Some(w) = self.workload(&key, &c, now) else { return Ok(json!({"id": id, "posture": "workload limit reached"})) };
+        let mode = w.profile.mode();
+        if mode == Mode::Protect {
+            let rootfs = state["rootfs"].as_str().map(PathBuf::from);
+            let protector = match self.protector.as_mut() {
+                Some(p) => p,
+                None => self.protector.insert(Protector::start(self.settings.protect.clone(), &self.cgroup2, self.lsm_reason.clone())),
+            };
+            let Some(w) = self.workloads.get_mut(&key) else { return Ok(json!({})) };
+            let profile = w.shared();
+            let ip_owners = &self.ip_owners;
+            let addresses_of =
+                |w: &str| ip_owners.iter().filter(|(_, o)| o.as_str() == w).map(|(ip, _)| *ip).collect::<Vec<IpAddr>>();
+            protector.guard(&c, &key, pid, cgid, Some(rel), rootfs, profile, addresses_of);
+        }
+        tracing::info!(container = %c.name, workload = %key, %mode, "container handed over by the OCI hook");
+        Ok(json!({"id": c.id, "workload": key, "posture": mode.to_string()}))
+    }
+
+    fn respond(&mut self, container: &str, action: &str, expire: Option<String>) -> Reply {
+        let c = self
+            .containers
+            .values()
+            .find(|c| c.name == container || (container.len() >= 3 && c.id.starts_with(container)))
+            .cloned()
+            .ok_or_else(|| (404u16, format!("no running container matches {container:?}")))?;
+        let expire = match expire {
+            Some(e) => parse_duration(&e).map_err(|e| (400u16, format!("{e:#}")))?,
+            None => self.settings.protect.response_expiry,
+        };
+        let live = self.live.get(&c.id).copied().unwrap_or_default();
+        if self.protector.is_none() {
+            self.protector = Some(Protector::start(self.settings.protect.clone(), &self.cgroup2, self.lsm_reason.clone()));
+        }
+        let p = self.protector.as_mut().ok_or((500u16, "no protector".to_string()))?;
+        let dir = self.cgroup2.join(c.cgroup_path.trim_start_matches('/'));
+        let cgid = if live.cgroup_id != 0 { live.cgroup_id } else { lancet_sensor::enforce::cgroup_id(&dir).ok().unwrap_or(0) };
+        let message = match action {
+            "isolate" => p.isolate(&c.id, cgid, &dir, expire).map(|()| format!("{} isolated for {}s", c.name, expire.as_secs())),
+            "freeze" => p.freeze(&c.id, cgid, &dir, expire).map(|()| format!("{} frozen for {}s", c.name, expire.as_secs())),
+            "release" => {
+                let done = p.release(&c.id);
+                Ok(if done.is_empty() { format!("{} was neither isolated nor frozen", c.name) } else { format!("{} released ({})", c.name, done.join(", ")) })
+            }
+            other => return Err((404u16, format!("unknown action {other:?} (isolate, freeze or release)"))),
+        }
+        .map_err(|e| (500u16, e))?;
+        tracing::info!(container = %c.name, action, "operator response");
+        Ok(json!({"container": c.id, "action": action, "message": message}))
     }
 
     /// An invalid policy never replaces the running set.
@@ -415,7 +785,7 @@ impl Daemon {
                 let mode = mode.parse::<Mode>().map_err(|e| (400u16, e))?;
                 let w = self.workloads.get_mut(&key).ok_or_else(|| not_found(&workload))?;
                 w.profile.set_mode(mode, now);
-                w.dirty = true;
+                w.changed();
                 Ok(json!({"workload": key, "mode": mode.to_string()}))
             }
             Request::Reset { workload } => {
@@ -423,13 +793,13 @@ impl Daemon {
                 let image = self.workloads[&key].profile.image().to_string();
                 let mut p = Profile::new(&image, &key, now);
                 p.set_mode(Mode::Learn, now);
-                self.workloads.insert(key.clone(), Workload { profile: p, dirty: true, last_deviation: None });
+                self.workloads.insert(key.clone(), Workload::new(p));
                 Ok(json!({"workload": key, "mode": "learn"}))
             }
             Request::Import { yaml } => {
                 let p = Profile::from_yaml(&yaml, "<import>").map_err(|e| (400u16, e.to_string()))?;
                 let key = p.digest().to_string();
-                self.workloads.insert(key.clone(), Workload { profile: p, dirty: true, last_deviation: None });
+                self.workloads.insert(key.clone(), Workload::new(p));
                 Ok(json!({"workload": key}))
             }
             Request::Alerts { since_ns, container, limit } => {
@@ -439,6 +809,12 @@ impl Daemon {
                     .map_err(|e| (500u16, e.to_string()))?;
                 Ok(json!(rows.iter().map(crate::manage::alert_json).collect::<Vec<_>>()))
             }
+            Request::Hook { .. } => Err((500u16, "hook requests are answered with the pipeline".to_string())),
+            Request::Respond { container, action, expire } => self.respond(&container, &action, expire),
+            Request::Enforcement => Ok(match &self.protector {
+                Some(p) => p.report(),
+                None => json!({"backends": [], "note": "no workload is in protect mode; enforcement is not loaded"}),
+            }),
             Request::Containers => Ok(json!(self.containers.values().map(|c| json!({"id": c.id, "name": c.name, "image": c.image, "workload": workload_key(c)})).collect::<Vec<_>>())),
         }
     }
@@ -466,6 +842,15 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload)).context("installing the SIGHUP handler")?;
     let agent = settings.agent.clone();
+    let cgroup2 = lancet_sensor::probes::detect_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+    let baselines = load_baselines(&settings.state_dir.join("baselines"));
+    let lsm_reason = Some(lsm_unavailable_reason());
+    // Pins from an earlier run, protect as the default, or a stored profile
+    // in protect mode: load enforcement now, so rules are adopted at once.
+    let protect_at_start = settings.mode == Mode::Protect
+        || settings.protect.pin_dir.exists()
+        || store.list_profiles().map(|l| l.iter().any(|p| p.mode == "protect")).unwrap_or(false);
+    let protector = protect_at_start.then(|| Protector::start(settings.protect.clone(), &cgroup2, lsm_reason.clone()));
     let mut daemon = Daemon {
         policy_stamp: dir_stamp(&settings.policy_dir),
         deduper: Deduper::new(AlertLimits { dedupe_window: settings.dedupe_window, ..AlertLimits::default() }),
@@ -481,6 +866,14 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         last_prune: Instant::now(),
         containers: HashMap::new(),
         activity: HashMap::new(),
+        live: HashMap::new(),
+        writes: WriteLog::new(4096, MAX_WORKLOADS),
+        ladder: Ladder::new(Duration::from_secs(900), 65_536),
+        protector,
+        cgroup2,
+        lsm_reason,
+        enforced: Vec::new(),
+        baselines,
     };
     let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let daemon = std::cell::RefCell::new(&mut daemon);
@@ -490,9 +883,16 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         &stop,
         deadline,
         |ev, a| daemon.borrow_mut().on_event(ev, a),
-        |_pipeline| {
+        |pipeline| {
             let mut d = daemon.borrow_mut();
-            inbox.serve(|req| d.answer(req));
+            if !pipeline.existing.is_empty() {
+                d.adopt(std::mem::take(&mut pipeline.existing));
+            }
+            inbox.serve(|req| match req {
+                Request::Hook { state } => d.on_hook(&state, pipeline),
+                other => d.answer(other),
+            });
+            d.drain_enforced()?;
             if d.last_second.elapsed() >= Duration::from_secs(1) {
                 d.last_second = Instant::now();
                 d.every_second(&reload)?;
@@ -500,9 +900,151 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
             Ok(())
         },
     )?;
-    // Persist what changed since the last second.
+    // Persist what changed since the last second. Pinned network rules and
+    // isolations stay in force; fanotify marks go with our group.
     let mut d = daemon.borrow_mut();
     d.last_second = Instant::now();
     d.every_second(&reload)?;
+    if let Some(p) = d.protector.as_mut() {
+        p.stop();
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn process_ref(pid: u32) -> ProcessRef {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default();
+    ProcessRef { pid, tid: pid, comm, ..Default::default() }
+}
+
+/// An exec the kernel refused never reaches the exec probe; the alert
+/// describes the attempt.
+fn synthetic_exec(pid: i32, cgroup_id: u64, path: &str) -> Event {
+    Event {
+        time_ns: now_ns(),
+        cgroup_id,
+        process: process_ref(pid as u32),
+        kind: EventKind::Exec(ExecEvent {
+            filename: path.to_string(),
+            cwd: String::new(),
+            argv: vec![path.to_string()],
+            parent_comm: String::new(),
+            parent_exe: None,
+            parent_outside: false,
+            exe_ino: 0,
+            exe_dev: 0,
+            exe_nlink: 1,
+            exe_fs_magic: 0,
+            truncated: false,
+        }),
+    }
+}
+
+fn enforced_verdict(rule: &str, severity: Severity, message: String, tags: &[&str]) -> Verdict {
+    Verdict {
+        rule: rule.into(),
+        policy: "protect".into(),
+        severity,
+        action: Action::Block,
+        tags: tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().into(),
+        message,
+        escalate: None,
+    }
+}
+
+/// The verdict of a drift: a block (refused in protect mode, reported as
+/// would-block elsewhere).
+fn drift_verdict(d: &Drift) -> Verdict {
+    Verdict {
+        rule: format!("Drift: {}", d.kind).as_str().into(),
+        policy: "drift".into(),
+        severity: Severity::High,
+        action: Action::Block,
+        tags: vec!["drift".to_string(), "T1105".to_string(), d.kind.to_string()].into(),
+        message: d.to_string(),
+        escalate: None,
+    }
+}
+
+/// A kernel enforcement record as an event, its verdict and what was done.
+fn kernel_record(r: &EnforceRecord) -> (Event, Verdict, Action) {
+    let process = ProcessRef { pid: r.pid, tid: r.tid, comm: r.comm.clone(), ..Default::default() };
+    if r.op == EnforceOp::ExecKill {
+        let kind = match r.reason {
+            EnforceReason::Memfd => DriftKind::Memfd,
+            EnforceReason::Tmpfs => DriftKind::Tmpfs,
+            EnforceReason::Deleted => DriftKind::Deleted,
+            _ => DriftKind::Written,
+        };
+        let path = format!("{} (inode {})", r.comm, r.ino);
+        let mut ev = synthetic_exec(r.pid as i32, r.cgroup_id, &path);
+        ev.process = process;
+        return (ev, drift_verdict(&Drift { kind, path, origin: None }), Action::KillProcess);
+    }
+    let bind = matches!(r.op, EnforceOp::Bind4 | EnforceOp::Bind6);
+    let addr = r.addr.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let any: IpAddr = if addr.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    let net = NetEvent {
+        op: if bind { NetOp::Bind } else { NetOp::Connect },
+        proto: if r.proto == Some(lancet_sensor::enforce::Proto::Udp) { L4Proto::Udp } else { L4Proto::Tcp },
+        saddr: any,
+        sport: if bind { r.port } else { 0 },
+        daddr: if bind { any } else { addr },
+        dport: if bind { 0 } else { r.port },
+        result: libc::EPERM,
+        netns: 0,
+    };
+    let ev = Event { time_ns: now_ns(), cgroup_id: r.cgroup_id, process, kind: EventKind::Net(net) };
+    let why = if r.reason == EnforceReason::Isolated { "the container is isolated" } else { "not in the allow-list" };
+    let what = if bind {
+        format!("bind to port {} refused ({why})", r.port)
+    } else {
+        format!("connection to {addr}:{} refused ({why})", r.port)
+    };
+    let v = enforced_verdict("Network operation refused", Severity::Medium, what, &["protect", "network"]);
+    (ev, v, if r.denied { Action::Block } else { Action::Alert })
+}
+
+/// Why the BPF-LSM backend does not hold here (it is not pretended).
+fn lsm_unavailable_reason() -> String {
+    use lancet_sensor::features::{active_lsms, lockdown};
+    match (lockdown(), active_lsms()) {
+        (Some(l), _) if l != "none" => format!("kernel lockdown={l}: BPF-LSM programs are refused at load (see `lancet doctor`)"),
+        (_, Some(lsms)) if !lsms.iter().any(|l| l == "bpf") => {
+            format!("bpf is not an active LSM ({}); boot with lsm=...,bpf", lsms.join(","))
+        }
+        (_, None) => "securityfs is not mounted, so the active LSMs are unknown; `lancet doctor` probes LSM program loads".into(),
+        _ => "this kernel allows BPF-LSM, but lancet's LSM programs are not built yet; fanotify and cgroup BPF enforce instead".into(),
+    }
+}
+
+/// Baselines written by `lancet scan --baselines-dir`: one profile document
+/// per image, keyed by its baseline's digest. Unreadable files are skipped
+/// with a warning.
+fn load_baselines(dir: &Path) -> HashMap<String, lancet_engine::profile::Baseline> {
+    let mut out = HashMap::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let path = e.path();
+        if !matches!(path.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+            continue;
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(err) => {
+                tracing::warn!(file = %path.display(), "baseline not read: {err}");
+                continue;
+            }
+        };
+        match Profile::from_yaml(&text, &path.display().to_string()) {
+            Ok(p) => match p.baseline() {
+                Some(b) => {
+                    out.insert(b.digest.clone(), b.clone());
+                }
+                None => tracing::warn!(file = %path.display(), "no baseline in this profile document"),
+            },
+            Err(err) => tracing::warn!("baseline not read: {err}"),
+        }
+    }
+    tracing::info!(baselines = out.len(), dir = %dir.display(), "image baselines loaded");
+    out
 }

@@ -7,88 +7,7 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A running `lancet run`, stopped by pid (SIGTERM) on drop.
-struct Agent {
-    child: Child,
-    api: String,
-}
-
-impl Agent {
-    fn start(state: &Path, policies: &Path, alerts: &Path) -> Agent {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let api = format!("127.0.0.1:{port}");
-        // An empty config file, so the host's /etc/lancet/lancet.yaml plays no part.
-        std::fs::write(state.join("none.yaml"), "").expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lancet"))
-            .args(["run", "--mode", "learn", "--min-learning", "1h", "--quiet-period", "1h", "--listen", &api])
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--policy-dir")
-            .arg(policies)
-            .arg("--alerts")
-            .arg(alerts)
-            .arg("--config")
-            .arg(state.join("none.yaml"))
-            .env("LANCET_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lancet run");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[lancet] {line}");
-                if line.contains("lancet is tracing") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60)).expect("lancet run did not start within 60 s");
-        Agent { child, api }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_lancet")).args(args).args(["--api", &self.api]).output().expect("lancet cli");
-        assert!(out.status.success(), "lancet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        stop_child(&mut self.child, "-TERM", Duration::from_secs(10));
-    }
-}
-
-/// Alerts appended to the file since `from` (a byte offset), parsed.
-fn alerts_since(path: &Path, from: u64) -> (Vec<serde_json::Value>, u64) {
-    let mut f = std::fs::File::open(path).expect("alerts file");
-    f.seek(SeekFrom::Start(from)).expect("seek");
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut f, &mut text).expect("read");
-    let v = text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("alert JSON")).collect();
-    (v, from + text.len() as u64)
-}
-
-fn wait_alerts(path: &Path, from: u64, within: Duration, settle: Duration) -> (Vec<serde_json::Value>, u64) {
-    let deadline = Instant::now() + within;
-    loop {
-        let (v, _) = alerts_since(path, from);
-        if !v.is_empty() || Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Anything else the same action raised arrives within `settle`.
-    std::thread::sleep(settle);
-    alerts_since(path, from)
-}
 
 #[test]
 fn learned_httpd_alerts_once_per_departure_and_never_on_ordinary_requests() {
@@ -104,7 +23,7 @@ fn learned_httpd_alerts_once_per_departure_and_never_on_ordinary_requests() {
     let cli = Container::start(&unique("lancet-r-cli"), &["--network", &net.0], &["sleep", "300"]);
     let (srv_ip, cli_ip) = (srv.ip(), cli.ip());
     assert!(cli.exec(&["httpd", "-p", "9999", "-h", "/www"]).status.success());
-    let agent = Agent::start(&state, &policies, &alerts);
+    let agent = Agent::start(&state, &policies, &alerts, &[]);
     let fetch = || {
         let out = cli.exec(&["wget", "-q", "-O", "/dev/null", &format!("http://{srv_ip}:8080/index.html")]);
         assert!(out.status.success(), "request failed: {}", String::from_utf8_lossy(&out.stderr));

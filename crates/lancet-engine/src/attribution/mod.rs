@@ -104,6 +104,13 @@ impl ContainerInfo {
     pub fn short_id(&self) -> &str {
         self.id.get(..12).unwrap_or(&self.id)
     }
+
+    /// The overlay upper (`diff`) directory, where everything the container
+    /// wrote since it started lives; None for a plain rootfs directory
+    /// (runc bundles), where image files and writes cannot be told apart.
+    pub fn upper_dir(&self) -> Option<&std::path::Path> {
+        self.rootfs_paths.iter().find(|p| p.ends_with("diff")).map(|p| p.as_path())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -115,6 +115,7 @@ pub struct Verdict {
     pub tags: Tags,
     /// `<description or rule name>: <what happened>`.
     pub message: String,
+    pub escalate: Option<super::Escalation>,
 }
 
 impl Verdict {
@@ -135,6 +136,7 @@ impl Verdict {
             action: Action::Block,
             tags: Tags::from(vec!["profile".to_string(), "drift".to_string(), d.kind().to_string()]),
             message: d.to_string(),
+            escalate: None,
         }
     }
 }
@@ -192,6 +194,7 @@ struct CompiledRule {
     severity: Severity,
     action: Action,
     tags: Tags,
+    escalate: Option<super::Escalation>,
     not_in_profile: bool,
     /// Bit per [`FileOperation`] event type; 0 = any.
     file_ops: u16,
@@ -347,6 +350,14 @@ impl PolicySet {
             for r in &p.spec.rules {
                 let m = &r.matches;
                 let cidrs = m.cidrs.iter().map(|c| cidr(c)).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
+                if let Some(e) = &r.escalate {
+                    if e.after == 0 || e.within.0.is_zero() || !e.to.is_enforcing() {
+                        return Err(invalid(format!(
+                            "rule {:?}: escalate needs after >= 1, a non-zero window and an enforcing step (block, kill-process, isolate, freeze)",
+                            r.name
+                        )));
+                    }
+                }
                 let rule = CompiledRule {
                     name: SharedStr::from(r.name.as_str()),
                     policy,
@@ -354,6 +365,7 @@ impl PolicySet {
                     severity: r.severity,
                     action: r.action,
                     tags: Tags::from(r.tags.clone()),
+                    escalate: r.escalate,
                     not_in_profile: m.not_in_profile,
                     file_ops: m.file_ops.iter().fold(0, |a, o: &FileOperation| a | o.event_type().bit()),
                     exe: globset(&m.exe).map_err(invalid)?,
@@ -436,6 +448,7 @@ impl PolicySet {
                 action: r.action,
                 tags: r.tags.clone(),
                 message: format!("{}: {}", r.headline, crate::output::summary(ev)),
+                escalate: r.escalate,
             });
         }
     }

@@ -55,7 +55,7 @@ mod tests;
 pub use compile::{PolicySet, PolicySetError, SharedStr, Tags, Verdict};
 
 use crate::event::{EventKind, FileOp, NetOp};
-use crate::profile::Mode;
+use crate::profile::{Mode, Span};
 use schemars::JsonSchema;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -157,6 +157,23 @@ pub struct Rule {
     /// MITRE ATT&CK technique ids where they apply, and free-form tags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Step up the response ladder when the rule keeps matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate: Option<Escalation>,
+}
+
+/// `after` matches of one rule in one container `within` a window move the
+/// response to `to` (e.g. three refused execs in a minute: kill the
+/// process). Isolation and freezing end after `expire` (default: the
+/// agent's configured expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Escalation {
+    pub after: u32,
+    pub within: Span,
+    pub to: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire: Option<Span>,
 }
 
 /// Conditions are ANDed, list entries ORed.

@@ -15,11 +15,13 @@
 //! event `observe` would learn nothing from is never one either — except once
 //! a section is full, when the unlearned entries do deviate.
 
+mod baseline;
 mod time;
 #[cfg(test)]
 mod tests;
 
-pub use time::{parse_rfc3339, Timestamp};
+pub use baseline::{Baseline, BaselineFile, BaselineLink, FileMode};
+pub use time::{parse_duration, parse_rfc3339, Span, Timestamp};
 
 use crate::event::{Event, EventKind, ExecEvent, FileOp, L4Proto, NetOp};
 use ipnet::IpNet;
@@ -392,6 +394,10 @@ pub struct ProfileSpec {
     pub sensitive_reads: Vec<PathEntry>,
     #[serde(default, skip_serializing_if = "Overflow::is_empty")]
     pub overflow: Overflow,
+    /// What the image ships (from `lancet scan`), when known: an exec of a
+    /// file outside it, or with another content hash, is drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
 }
 
 /// One workload's learned behaviour. Fields are read through accessors so
@@ -796,6 +802,25 @@ impl Profile {
         }
     }
 
+    /// A learning profile for the image with config digest
+    /// `baseline.digest`, carrying that baseline (what `lancet scan` writes).
+    pub fn with_baseline(image: &str, baseline: Baseline, now: u64) -> Profile {
+        let mut p = Profile::new(image, &baseline.digest, now);
+        p.spec.baseline = Some(baseline);
+        p
+    }
+
+    /// The image's baseline, when one was scanned or imported.
+    pub fn baseline(&self) -> Option<&Baseline> {
+        self.spec.baseline.as_ref()
+    }
+
+    /// Sets (or clears) the image's baseline. Only the baseline changes:
+    /// the learned sections and the lookup index stay as they are.
+    pub fn set_baseline(&mut self, baseline: Option<Baseline>) {
+        self.spec.baseline = baseline;
+    }
+
     pub fn mode(&self) -> Mode {
         self.spec.mode
     }
@@ -896,6 +921,22 @@ impl Profile {
         new
     }
 
+    /// Whether the profile lists this executable (the protect-mode exec
+    /// check, which runs on the permission-event path: no allocation).
+    pub fn has_executable(&self, path: &str) -> bool {
+        self.index.exec.contains_key(path)
+    }
+
+    /// Whether files were learned being written in this directory.
+    pub fn has_written_dir(&self, dir: &str) -> bool {
+        self.index.written.contains_key(dir)
+    }
+
+    /// Whether reads of this sensitive path were learned.
+    pub fn has_sensitive_read(&self, path: &str) -> bool {
+        self.index.sensitive.contains_key(path)
+    }
+
     /// What in `ev` is not in the profile, if anything. Allocates only when
     /// it returns a deviation.
     pub fn check(&self, ev: &Event, peer: Option<&PeerRef>) -> Option<Deviation> {
@@ -932,9 +973,14 @@ impl Profile {
     /// union of entries, earliest `firstSeen`, latest `lastSeen`, summed
     /// counts and overflow. Section bounds still hold: entries that do not
     /// fit are counted as overflow. Mode, metadata and image stay this
-    /// profile's; the learning window widens to cover both.
+    /// profile's; the learning window widens to cover both. The baseline is
+    /// this profile's, or `other`'s when this one has none (both come from
+    /// the same image).
     pub fn merge(&mut self, other: &Profile) {
         let o = &other.spec;
+        if self.spec.baseline.is_none() {
+            self.spec.baseline.clone_from(&o.baseline);
+        }
         let mut new = false;
         for e in &o.executables {
             let seen = Seen { first: e.first_seen.0, last: e.last_seen.0, count: e.count };

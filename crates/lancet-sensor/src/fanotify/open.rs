@@ -470,7 +470,7 @@ fn glob_match(pat: &str, s: &str) -> bool {
 }
 
 /// `openat(dirfd, path, O_PATH | O_CLOEXEC | extra)`.
-fn open_path(dirfd: RawFd, path: &Path, extra: i32) -> io::Result<OwnedFd> {
+pub(super) fn open_path(dirfd: RawFd, path: &Path, extra: i32) -> io::Result<OwnedFd> {
     let c = cstring(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
     let fd = unsafe { libc::openat(dirfd, c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | extra) };
@@ -485,7 +485,7 @@ fn open_path(dirfd: RawFd, path: &Path, extra: i32) -> io::Result<OwnedFd> {
 /// with `O_PATH`, never leaving the root: `openat2(RESOLVE_IN_ROOT |
 /// RESOLVE_NO_MAGICLINKS)`, or on kernels without openat2 (< 5.6) a
 /// component-by-component walk that refuses symlinks and `..`.
-fn open_in_root(root_fd: RawFd, path: &str) -> io::Result<OwnedFd> {
+pub(super) fn open_in_root(root_fd: RawFd, path: &str) -> io::Result<OwnedFd> {
     let rel = path.trim_start_matches('/');
     let rel = if rel.is_empty() { "." } else { rel };
     let c = std::ffi::CString::new(rel).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const IMAGE: &str = "localhost/lancet-busybox:test";
+pub(super) const IMAGE: &str = "localhost/lancet-busybox:test";
 
-fn podman(args: &[&str]) -> Result<String, String> {
+pub(super) fn podman(args: &[&str]) -> Result<String, String> {
     let out = Command::new("podman")
         .args(args)
         .stdin(Stdio::null())
@@ -25,7 +25,7 @@ fn podman(args: &[&str]) -> Result<String, String> {
 }
 
 /// Removes the container (by id) however the test ends.
-struct ContainerGuard(String);
+pub(super) struct ContainerGuard(pub(super) String);
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
@@ -39,7 +39,7 @@ impl Drop for ContainerGuard {
 
 /// Build the busybox test image if it is missing (same recipe as the one on
 /// these machines).
-fn ensure_image() -> Result<(), String> {
+pub(super) fn ensure_image() -> Result<(), String> {
     if podman(&["image", "exists", IMAGE]).is_ok() {
         return Ok(());
     }

@@ -277,3 +277,121 @@ impl Drop for RuncContainer {
         }
     }
 }
+
+/// A running `lancet run` with its own state, API port and BPF pin
+/// directory; stopped by pid (SIGTERM) and its pins removed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub api: String,
+    pub pin_dir: PathBuf,
+    args: Vec<String>,
+    state: PathBuf,
+    policies: PathBuf,
+    alerts: PathBuf,
+}
+
+impl Agent {
+    /// Starts `lancet run --mode learn` (long learning periods) plus `extra`
+    /// and waits until it traces.
+    pub fn start(state: &Path, policies: &Path, alerts: &Path, extra: &[&str]) -> Agent {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let mut a = Agent {
+            child: Command::new("true").spawn().expect("placeholder child"),
+            api: format!("127.0.0.1:{port}"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/{}", unique("lancet-test"))),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            state: state.to_path_buf(),
+            policies: policies.to_path_buf(),
+            alerts: alerts.to_path_buf(),
+        };
+        let _ = a.child.wait();
+        a.spawn();
+        a
+    }
+
+    /// (Re)starts the agent process with the same settings and pins.
+    pub fn spawn(&mut self) {
+        // An empty config file, so the host's /etc/lancet/lancet.yaml plays no part.
+        std::fs::write(self.state.join("none.yaml"), "").expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lancet"))
+            .args(["run", "--mode", "learn", "--min-learning", "1h", "--quiet-period", "1h", "--listen", &self.api])
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--policy-dir")
+            .arg(&self.policies)
+            .arg("--alerts")
+            .arg(&self.alerts)
+            .arg("--config")
+            .arg(self.state.join("none.yaml"))
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(&self.args)
+            .env("LANCET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lancet run");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[lancet] {line}");
+                if line.contains("lancet is tracing") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        self.child = child;
+        rx.recv_timeout(Duration::from_secs(60)).expect("lancet run did not start within 60 s");
+    }
+
+    /// Kills the agent with SIGKILL (an agent fault), leaving its pins.
+    pub fn kill9(&mut self) {
+        stop_child(&mut self.child, "-KILL", Duration::from_secs(5));
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.cli_output(args);
+        assert!(out.status.success(), "lancet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_lancet")).args(args).args(["--api", &self.api]).output().expect("lancet cli")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, "-TERM", Duration::from_secs(10));
+        // Unpinned links detach once no process holds them.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// Alerts appended to the file since `from` (a byte offset), parsed.
+pub fn alerts_since(path: &Path, from: u64) -> (Vec<serde_json::Value>, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).expect("alerts file");
+    f.seek(SeekFrom::Start(from)).expect("seek");
+    let mut text = String::new();
+    f.read_to_string(&mut text).expect("read");
+    // Only whole lines: the agent may be writing the last one.
+    let end = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let v = text[..end].lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("alert JSON")).collect();
+    (v, from + end as u64)
+}
+
+/// Waits up to `within` for alerts after `from`, then `settle` for more.
+pub fn wait_alerts(path: &Path, from: u64, within: Duration, settle: Duration) -> (Vec<serde_json::Value>, u64) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (v, _) = alerts_since(path, from);
+        if !v.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(settle);
+    alerts_since(path, from)
+}

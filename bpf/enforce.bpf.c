@@ -1,0 +1,443 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * lancet's kernel enforcement backends, one object apart from the sensor so
+ * its maps and links can be pinned (and outlive the agent) on their own.
+ *
+ * The socket hooks and the exec hook are attached once, at the cgroup v2
+ * root or globally, and find the container by bpf_get_current_cgroup_id() in
+ * `cg_policy`: a cgroup without an entry pays one hash miss and is never
+ * restricted. The cgroup_skb programs are attached only to the cgroup of a
+ * container while it is isolated, so no other cgroup pays per packet.
+ *
+ * Minimum kernels: cgroup/connect4,6 4.17; cgroup/sendmsg4,6 4.18;
+ * cgroup/bind4,6 4.17; cgroup_skb 4.10; bpf_skb_cgroup_id 4.18; LPM trie
+ * 4.11; ring buffer 5.8; tp_btf 5.5; bpf_send_signal 5.3;
+ * bpf_get_current_task_btf 5.11; bpf_link for cgroups 5.7.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "lancet.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define SIGKILL 9
+#define LOOPBACK_IFINDEX 1 /* "lo" is ifindex 1 in every network namespace */
+
+#define TMPFS_MAGIC 0x01021994
+#define RAMFS_MAGIC 0x858458f6
+#define HUGETLBFS_MAGIC 0x958458f6
+
+#define KILL_FLAGS                                                                                             \
+	(LANCET_POL_KILL_MEMFD_EXEC | LANCET_POL_KILL_TMPFS_EXEC | LANCET_POL_KILL_DELETED_EXEC |              \
+	 LANCET_POL_KILL_EXEC_INO)
+#define NET_KEY_FULL_BITS (LANCET_NET_KEY_FIXED_BITS + 128)
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Per-container policy, keyed by the container's cgroup v2 id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct lancet_cg_policy);
+} cg_policy SEC(".maps");
+
+/* Per-container network allow-lists (see struct lancet_net_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lancet_net_key);
+	__type(value, __u32); /* LANCET_ALLOW_* */
+} net_allow SEC(".maps");
+
+/* Files whose exec must be killed, per container. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lancet_kill_key);
+	__type(value, __u32);
+} kill_ino SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} enforce_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LANCET_ESTAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} enforce_stats SEC(".maps");
+
+/* Keep the ABI structs in BTF so the skeleton generates Rust views of them. */
+struct lancet_enforce_event _lancet_enforce_event = {};
+struct lancet_net_key _lancet_net_key = {};
+struct lancet_kill_key _lancet_kill_key = {};
+struct lancet_cg_policy _lancet_cg_policy = {};
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *n = bpf_map_lookup_elem(&enforce_stats, &stat);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline bool isolated_now(const struct lancet_cg_policy *p)
+{
+	if (!(p->flags & LANCET_POL_ISOLATE))
+		return false;
+	__u64 until = p->isolate_until_ns;
+	return until == 0 || bpf_ktime_get_boot_ns() < until;
+}
+
+/*
+ * Records are rare (a denial or a kill), so they are submitted with the
+ * ring's default, adaptive wakeup: the reader is woken at once when it has
+ * caught up, and not again while it is still behind (a burst costs one
+ * wakeup, not one per record).
+ */
+static __always_inline struct lancet_enforce_event *new_event(struct task_struct *task, __u64 cgid, __u32 op,
+							      __u32 reason)
+{
+	struct lancet_enforce_event *e = bpf_ringbuf_reserve(&enforce_events, sizeof(*e), 0);
+	if (!e) {
+		count(LANCET_ESTAT_EVENTS_LOST);
+		return NULL;
+	}
+	__u64 ugid = bpf_get_current_uid_gid();
+	e->hdr.ts_ns = bpf_ktime_get_boot_ns();
+	e->hdr.cgroup_id = cgid;
+	e->hdr.kind = LANCET_KIND_ENFORCE;
+	e->hdr.size = sizeof(*e);
+	e->hdr.pid = BPF_CORE_READ(task, tgid);
+	e->hdr.tid = BPF_CORE_READ(task, pid);
+	e->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->hdr.uid = (__u32)ugid;
+	e->hdr.gid = ugid >> 32;
+	e->hdr._pad = 0;
+	bpf_get_current_comm(e->hdr.comm, sizeof(e->hdr.comm));
+	e->op = op;
+	e->reason = reason;
+	e->family = 0;
+	e->proto = 0;
+	e->port = 0;
+	e->_pad = 0;
+	__builtin_memset(e->addr, 0, sizeof(e->addr));
+	e->ino = 0;
+	e->dev = 0;
+	e->denied = 0;
+	return e;
+}
+
+/* The peer (or, for bind, the local address) is the host itself: loopback,
+ * or the unspecified address, which connect() treats as loopback. None of it
+ * leaves the container's network namespace, so it is not a network flow. */
+static __always_inline bool is_local(const __u8 a[16], bool egress)
+{
+	bool zero10 = true;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		if (a[i])
+			zero10 = false;
+	if (!zero10)
+		return false;
+	if (a[10] == 0xff && a[11] == 0xff) {
+		/* v4-mapped: 127.0.0.0/8, and 0.0.0.0 for connect */
+		if (a[12] == 127)
+			return true;
+		return egress && !a[12] && !a[13] && !a[14] && !a[15];
+	}
+	if (a[10] || a[11] || a[12] || a[13] || a[14])
+		return false;
+	/* ::1, and :: for connect */
+	return a[15] == 1 || (egress && a[15] == 0);
+}
+
+/* At most four exact-length lookups: (proto, port), (proto, any),
+ * (any, port), (any, any). `k` has cgid, dir and addr set. */
+static __always_inline bool allowed(struct lancet_net_key *k, __u8 proto, __u16 port)
+{
+	k->prefixlen = NET_KEY_FULL_BITS;
+	k->proto = proto;
+	k->port = port;
+	if (bpf_map_lookup_elem(&net_allow, k))
+		return true;
+	if (port) {
+		k->port = 0;
+		if (bpf_map_lookup_elem(&net_allow, k))
+			return true;
+	}
+	if (proto) {
+		k->proto = 0;
+		k->port = port;
+		if (bpf_map_lookup_elem(&net_allow, k))
+			return true;
+		if (port) {
+			k->port = 0;
+			if (bpf_map_lookup_elem(&net_allow, k))
+				return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * The verdict for one connect/sendmsg/bind: 1 lets it through, 0 makes the
+ * syscall fail with EPERM. `port` in network byte order.
+ */
+static __always_inline int sock_verdict(__u32 op, __u8 dir, bool v6, __u32 proto, __u16 port, const __u8 addr[16])
+{
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct lancet_cg_policy *pol = bpf_map_lookup_elem(&cg_policy, &cgid);
+	if (!pol)
+		return 1;
+	__u32 flags = pol->flags;
+	bool isolated = isolated_now(pol);
+	if (!isolated && !(flags & (LANCET_POL_NET_ENFORCE | LANCET_POL_NET_AUDIT)))
+		return 1;
+	/* A bind to port 0 picks an ephemeral port: nothing listens yet, and
+	 * what the socket then sends goes through connect/sendmsg. */
+	if (dir == LANCET_DIR_BIND && port == 0)
+		return 1;
+	if (is_local(addr, dir == LANCET_DIR_EGRESS))
+		return 1;
+
+	struct lancet_net_key k = {};
+	k.cgid = cgid;
+	k.dir = isolated ? (dir | LANCET_DIR_ISOLATION) : dir;
+	__builtin_memcpy(k.addr, addr, sizeof(k.addr));
+	if (allowed(&k, proto, port))
+		return 1;
+
+	bool deny = isolated || (flags & LANCET_POL_NET_ENFORCE);
+	count(deny ? op - 1 : LANCET_ESTAT_AUDIT);
+	struct lancet_enforce_event *e = new_event(bpf_get_current_task_btf(), cgid, op,
+						   isolated ? LANCET_ER_ISOLATED : LANCET_ER_NOT_ALLOWED);
+	if (e) {
+		e->family = v6 ? AF_INET6 : AF_INET;
+		e->proto = proto;
+		e->port = bpf_ntohs(port);
+		__builtin_memcpy(e->addr, addr, sizeof(e->addr));
+		e->denied = deny;
+		bpf_ringbuf_submit(e, 0);
+	}
+	return deny ? 0 : 1;
+}
+
+/* Each hook may read only its own family's context fields, each once: clang
+ * turns a second read into pointer arithmetic on ctx, which the verifier
+ * refuses. */
+static __always_inline void mapped4(__u8 addr[16], __u32 ip4)
+{
+	__builtin_memset(addr, 0, 10);
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(&addr[12], &ip4, 4);
+}
+
+static __always_inline int verdict4(struct bpf_sock_addr *ctx, __u32 op, __u8 dir)
+{
+	__u32 ip4 = ctx->user_ip4;
+	__u32 port = ctx->user_port;
+	__u32 proto = ctx->protocol;
+	__u8 addr[16];
+	mapped4(addr, ip4);
+	return sock_verdict(op, dir, false, proto, (__u16)port, addr);
+}
+
+static __always_inline int verdict6(struct bpf_sock_addr *ctx, __u32 op, __u8 dir)
+{
+	__u32 ip6[4];
+	ip6[0] = ctx->user_ip6[0];
+	ip6[1] = ctx->user_ip6[1];
+	ip6[2] = ctx->user_ip6[2];
+	ip6[3] = ctx->user_ip6[3];
+	__u32 port = ctx->user_port;
+	__u32 proto = ctx->protocol;
+	__u8 addr[16];
+	__builtin_memcpy(addr, ip6, sizeof(addr));
+	return sock_verdict(op, dir, true, proto, (__u16)port, addr);
+}
+
+/* connect() on TCP and UDP sockets (4.17). */
+SEC("cgroup/connect4")
+int enf_connect4(struct bpf_sock_addr *ctx)
+{
+	return verdict4(ctx, LANCET_EOP_CONNECT4, LANCET_DIR_EGRESS);
+}
+
+SEC("cgroup/connect6")
+int enf_connect6(struct bpf_sock_addr *ctx)
+{
+	return verdict6(ctx, LANCET_EOP_CONNECT6, LANCET_DIR_EGRESS);
+}
+
+/* sendto()/sendmsg() with an address on an unconnected UDP socket (4.18);
+ * a connected socket was checked at connect. */
+SEC("cgroup/sendmsg4")
+int enf_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return verdict4(ctx, LANCET_EOP_SENDMSG4, LANCET_DIR_EGRESS);
+}
+
+SEC("cgroup/sendmsg6")
+int enf_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return verdict6(ctx, LANCET_EOP_SENDMSG6, LANCET_DIR_EGRESS);
+}
+
+/* bind() to an explicit port (4.17): who may listen where. */
+SEC("cgroup/bind4")
+int enf_bind4(struct bpf_sock_addr *ctx)
+{
+	return verdict4(ctx, LANCET_EOP_BIND4, LANCET_DIR_BIND);
+}
+
+SEC("cgroup/bind6")
+int enf_bind6(struct bpf_sock_addr *ctx)
+{
+	return verdict6(ctx, LANCET_EOP_BIND6, LANCET_DIR_BIND);
+}
+
+/*
+ * Kill a process whose new image must not run. sched_process_exec fires after
+ * the point of no return of execve, before the new image runs: the SIGKILL
+ * from bpf_send_signal (5.3) is delivered on the way back to user space, so
+ * not one instruction of the file runs. (With BPF-LSM the exec could be
+ * refused instead; lockdown refuses lsm programs on these hosts.)
+ */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(enf_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct lancet_cg_policy *pol = bpf_map_lookup_elem(&cg_policy, &cgid);
+	if (!pol)
+		return 0;
+	__u32 flags = pol->flags & KILL_FLAGS;
+	if (!flags)
+		return 0;
+
+	struct file *file = BPF_CORE_READ(bprm, file);
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	__u64 ino = BPF_CORE_READ(inode, i_ino);
+	__u32 dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	__u32 nlink = BPF_CORE_READ(inode, __i_nlink);
+	__u64 magic = BPF_CORE_READ(inode, i_sb, s_magic);
+	bool shm = magic == TMPFS_MAGIC || magic == RAMFS_MAGIC;
+	bool memfd = false;
+	if ((shm || magic == HUGETLBFS_MAGIC) && nlink == 0) {
+		/* memfd_create() files are unlinked shmem/hugetlbfs files named
+		 * "memfd:<name>" on the kernel's internal mount. */
+		char name[6] = {};
+		bpf_probe_read_kernel(name, sizeof(name), BPF_CORE_READ(file, f_path.dentry, d_name.name));
+		memfd = name[0] == 'm' && name[1] == 'e' && name[2] == 'm' && name[3] == 'f' && name[4] == 'd' &&
+			name[5] == ':';
+	}
+
+	__u32 reason = 0;
+	if ((flags & LANCET_POL_KILL_MEMFD_EXEC) && memfd) {
+		reason = LANCET_ER_MEMFD;
+	} else if ((flags & LANCET_POL_KILL_TMPFS_EXEC) && shm && !memfd) {
+		reason = LANCET_ER_TMPFS;
+	} else if ((flags & LANCET_POL_KILL_DELETED_EXEC) && nlink == 0 && !memfd) {
+		reason = LANCET_ER_DELETED;
+	} else if (flags & LANCET_POL_KILL_EXEC_INO) {
+		struct lancet_kill_key kk = { .cgid = cgid, .ino = ino, .dev = dev, ._pad = 0 };
+		if (bpf_map_lookup_elem(&kill_ino, &kk))
+			reason = LANCET_ER_KILL_INO;
+	}
+	if (!reason)
+		return 0;
+
+	long r = bpf_send_signal(SIGKILL);
+	count(r == 0 ? LANCET_ESTAT_KILL : LANCET_ESTAT_KILL_FAILED);
+	struct lancet_enforce_event *e = new_event(p, cgid, LANCET_EOP_EXEC_KILL, reason);
+	if (e) {
+		e->ino = ino;
+		e->dev = dev;
+		e->denied = r == 0;
+		bpf_ringbuf_submit(e, 0);
+	}
+	return 0;
+}
+
+/*
+ * Isolation at the packet level, for flows a socket hook cannot stop: those
+ * established before the isolation, and inbound connections. Attached to an
+ * isolated container's cgroup only (cgroup_skb 4.10). 1 passes, 0 drops.
+ */
+static __always_inline int skb_verdict(struct __sk_buff *skb, bool ingress)
+{
+	__u64 cgid = bpf_skb_cgroup_id(skb);
+	struct lancet_cg_policy *pol = bpf_map_lookup_elem(&cg_policy, &cgid);
+	if (!pol || !isolated_now(pol))
+		return 1;
+	if (skb->ifindex == LOOPBACK_IFINDEX)
+		return 1;
+
+	struct lancet_net_key k = {};
+	k.cgid = cgid;
+	k.dir = LANCET_DIR_EGRESS | LANCET_DIR_ISOLATION;
+	__u8 proto = 0;
+	__u16 port = 0;
+	__u32 l3 = skb->protocol;
+	if (l3 == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			goto drop;
+		mapped4(k.addr, ingress ? ip.saddr : ip.daddr);
+		proto = ip.protocol;
+		if ((proto == IPPROTO_TCP || proto == IPPROTO_UDP) && !(ip.frag_off & bpf_htons(0x1fff))) {
+			__u16 ports[2];
+			__u32 off = ip.ihl * 4;
+			if (!bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+				port = ingress ? ports[0] : ports[1];
+		}
+	} else if (l3 == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			goto drop;
+		if (ingress)
+			__builtin_memcpy(k.addr, &ip6.saddr, sizeof(k.addr));
+		else
+			__builtin_memcpy(k.addr, &ip6.daddr, sizeof(k.addr));
+		proto = ip6.nexthdr;
+		if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+			__u16 ports[2];
+			if (!bpf_skb_load_bytes(skb, sizeof(ip6), ports, sizeof(ports)))
+				port = ingress ? ports[0] : ports[1];
+		}
+	} else {
+		return 1;
+	}
+	if (is_local(k.addr, false))
+		return 1;
+	/* The peer's side of an allowed flow: its address, and its port (the
+	 * destination going out, the source coming back). */
+	if (allowed(&k, proto, port))
+		return 1;
+drop:
+	count(ingress ? LANCET_ESTAT_DROP_INGRESS : LANCET_ESTAT_DROP_EGRESS);
+	return 0;
+}
+
+SEC("cgroup_skb/ingress")
+int enf_skb_in(struct __sk_buff *skb)
+{
+	return skb_verdict(skb, true);
+}
+
+SEC("cgroup_skb/egress")
+int enf_skb_out(struct __sk_buff *skb)
+{
+	return skb_verdict(skb, false);
+}

@@ -1,0 +1,410 @@
+//! Drift: an executable that did not ship in the image.
+//!
+//! Containers are immutable, so anything run from a file that was written,
+//! modified or made executable after the container started, from tmpfs or a
+//! memfd, from a deleted file, or handed to the dynamic loader or a script
+//! interpreter while not being part of the image, is illegitimate. This module
+//! classifies exec events (pure: the caller supplies what it learned from the
+//! filesystem) and remembers, per container and bounded, which process wrote
+//! which file, so a drift report can say how the file got there.
+
+use crate::event::{Event, EventKind, ExecEvent, FileOp};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+
+/// `statfs` magic numbers of the filesystems that matter here.
+pub const TMPFS_MAGIC: u64 = 0x0102_1994;
+pub const RAMFS_MAGIC: u64 = 0x8584_58f6;
+pub const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+pub const OVERLAYFS_MAGIC: u64 = 0x794c_7630;
+
+/// How an executable drifted from the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftKind {
+    /// Created or copied in after the container started.
+    Written,
+    /// An image file overwritten or changed after start.
+    Modified,
+    /// Made executable at runtime (chmod +x).
+    MadeExecutable,
+    /// Run from tmpfs (`/dev/shm`, a tmpfs mount).
+    Tmpfs,
+    /// Run from an anonymous memory file (`memfd_create` + `fexecve`).
+    Memfd,
+    /// The file was deleted (nlink 0) when it ran.
+    Deleted,
+    /// A non-image file run through the dynamic loader (`ld-linux*.so FILE`).
+    Loader,
+    /// A non-image file handed to a script interpreter (`sh FILE`).
+    Interpreter,
+    /// Not in the image baseline (where one is known).
+    NotInImage,
+}
+
+impl DriftKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::Written => "written",
+            DriftKind::Modified => "modified",
+            DriftKind::MadeExecutable => "made_executable",
+            DriftKind::Tmpfs => "tmpfs",
+            DriftKind::Memfd => "memfd",
+            DriftKind::Deleted => "deleted",
+            DriftKind::Loader => "loader",
+            DriftKind::Interpreter => "interpreter",
+            DriftKind::NotInImage => "not_in_image",
+        }
+    }
+}
+
+impl fmt::Display for DriftKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who wrote a file, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub time_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub op: FileOp,
+}
+
+/// One drift finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    pub kind: DriftKind,
+    /// The file that drifted, as the container sees it.
+    pub path: String,
+    /// How the file got there, when it was seen being written.
+    pub origin: Option<Origin>,
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            DriftKind::Written => "executable written after the container started",
+            DriftKind::Modified => "image file modified after the container started",
+            DriftKind::MadeExecutable => "file made executable at runtime",
+            DriftKind::Tmpfs => "executable run from tmpfs",
+            DriftKind::Memfd => "executable run from a memfd",
+            DriftKind::Deleted => "executable deleted before it ran",
+            DriftKind::Loader => "non-image file run through the dynamic loader",
+            DriftKind::Interpreter => "non-image file run by a script interpreter",
+            DriftKind::NotInImage => "executable not in the image baseline",
+        };
+        write!(f, "{what}: {}", self.path)?;
+        if let Some(o) = &self.origin {
+            write!(f, " ({} by {}[{}])", o.op.evt_type(), o.comm, o.pid)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the caller knows about a file from the filesystem (overlay upper
+/// layer, the image baseline), for [`classify_exec`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileFacts {
+    /// The file lies in the container's writable layer (created or copied up
+    /// after start). None: storage is not overlay, or unknown.
+    pub in_upper: Option<bool>,
+    /// The path is in the image baseline. None: no baseline known.
+    pub in_baseline: Option<bool>,
+}
+
+/// Interpreters whose first non-option argument is a script they run.
+const INTERPRETERS: &[&str] = &[
+    "sh", "ash", "bash", "dash", "zsh", "ksh", "busybox", "python", "python2", "python3", "perl", "ruby", "node", "php", "lua",
+];
+
+/// The file an exec really runs besides the executable itself: the program
+/// handed to the dynamic loader, or the script handed to an interpreter.
+pub fn indirect_target(exec: &ExecEvent) -> Option<(DriftKind, String)> {
+    let base = exec.filename.rsplit('/').next().unwrap_or("");
+    let kind = if base.starts_with("ld-linux") || base.starts_with("ld-musl") || base == "ld.so" {
+        DriftKind::Loader
+    } else {
+        let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        if !INTERPRETERS.contains(&base) && !INTERPRETERS.contains(&stem) {
+            return None;
+        }
+        DriftKind::Interpreter
+    };
+    let mut args = exec.argv.iter().skip(1);
+    // busybox: `busybox sh FILE`.
+    if base == "busybox" {
+        match args.next() {
+            Some(a) if INTERPRETERS.contains(&a.as_str()) => {}
+            _ => return None,
+        }
+    }
+    for a in args {
+        if a == "-c" || a == "-e" || a == "--eval" {
+            // Inline code, not a file.
+            return None;
+        }
+        if a.starts_with('-') {
+            continue;
+        }
+        let path = if a.starts_with('/') { a.clone() } else { format!("{}/{}", exec.cwd.trim_end_matches('/'), a) };
+        return Some((kind, path));
+    }
+    None
+}
+
+/// Classifies the executable of an exec event. `written` is what
+/// [`WriteLog`] knows of the executed path; `facts` what the caller learned
+/// from the filesystem. The checks run from the most specific to the most
+/// general, and the first that holds names the drift.
+pub fn classify_exec(exec: &ExecEvent, written: Option<&Origin>, facts: FileFacts) -> Option<Drift> {
+    let inode = Inode { ino: exec.exe_ino, nlink: exec.exe_nlink, fs_magic: exec.exe_fs_magic };
+    classify_file(&exec.filename, Some(inode), written, facts)
+        .map(|kind| Drift { kind, path: exec.filename.clone(), origin: written.cloned() })
+}
+
+/// The identity of an executed file as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inode {
+    pub ino: u64,
+    pub nlink: u32,
+    pub fs_magic: u64,
+}
+
+/// [`classify_exec`] without the event: `inode` is None where the caller
+/// (the permission path) did not look. Allocates nothing.
+pub fn classify_file(path: &str, inode: Option<Inode>, written: Option<&Origin>, facts: FileFacts) -> Option<DriftKind> {
+    // Scripts: the kernel reports the interpreter's file, so the path tells.
+    if path.starts_with("/dev/shm/") {
+        return Some(DriftKind::Tmpfs);
+    }
+    if let Some(i) = inode {
+        if i.nlink == 0 && i.ino != 0 {
+            // memfds live on the kernel's internal shmem (or hugetlbfs) mount
+            // and never have a link; anything else unlinked was deleted.
+            let memfd = matches!(i.fs_magic, TMPFS_MAGIC | HUGETLBFS_MAGIC | RAMFS_MAGIC);
+            return Some(if memfd { DriftKind::Memfd } else { DriftKind::Deleted });
+        }
+        if matches!(i.fs_magic, TMPFS_MAGIC | RAMFS_MAGIC) {
+            return Some(DriftKind::Tmpfs);
+        }
+    }
+    if let Some(o) = written {
+        return Some(match o.op {
+            FileOp::Chmod => DriftKind::MadeExecutable,
+            // A file the image shipped, written over.
+            _ if facts.in_baseline == Some(true) => DriftKind::Modified,
+            _ => DriftKind::Written,
+        });
+    }
+    if facts.in_upper == Some(true) {
+        return Some(if facts.in_baseline == Some(true) { DriftKind::Modified } else { DriftKind::Written });
+    }
+    if facts.in_baseline == Some(false) {
+        return Some(DriftKind::NotInImage);
+    }
+    None
+}
+
+/// Classifies the file an interpreter or the loader was asked to run (see
+/// [`indirect_target`]): drift when it was written at runtime, lies in the
+/// writable layer, or is outside the baseline.
+pub fn classify_indirect(kind: DriftKind, path: &str, written: Option<&Origin>, facts: FileFacts) -> Option<Drift> {
+    let drifted = written.is_some()
+        || facts.in_upper == Some(true)
+        || facts.in_baseline == Some(false)
+        || path.starts_with("/dev/shm/");
+    drifted.then(|| Drift { kind, path: path.to_string(), origin: written.cloned() })
+}
+
+/// Which process wrote which file, per container, bounded: at most
+/// `per_container` paths per container (oldest forgotten first) and
+/// `containers` containers.
+#[derive(Debug)]
+pub struct WriteLog {
+    per_container: usize,
+    containers: usize,
+    logs: HashMap<String, ContainerWrites>,
+}
+
+#[derive(Debug, Default)]
+struct ContainerWrites {
+    by_path: HashMap<String, Origin>,
+    order: VecDeque<String>,
+}
+
+impl WriteLog {
+    pub fn new(per_container: usize, containers: usize) -> Self {
+        WriteLog { per_container: per_container.max(1), containers: containers.max(1), logs: HashMap::new() }
+    }
+
+    /// Records a file event of a container: creates, writes, renames (the new
+    /// name) and chmods. Other events are ignored.
+    pub fn record(&mut self, container_id: &str, ev: &Event) {
+        let EventKind::File(f) = &ev.kind else { return };
+        if f.is_dir || !matches!(f.op, FileOp::Create | FileOp::Modify | FileOp::Rename | FileOp::Chmod) {
+            return;
+        }
+        if !self.logs.contains_key(container_id) && self.logs.len() >= self.containers {
+            return;
+        }
+        let log = self.logs.entry(container_id.to_string()).or_default();
+        let origin = Origin { time_ns: ev.time_ns, pid: ev.process.pid, comm: ev.process.comm.clone(), op: f.op };
+        if let Some(o) = log.by_path.get_mut(&f.path) {
+            // The first write says how the file got there; a later chmod +x
+            // is what makes it runnable, so it wins.
+            if f.op == FileOp::Chmod {
+                *o = origin;
+            }
+            return;
+        }
+        if log.by_path.len() >= self.per_container {
+            if let Some(old) = log.order.pop_front() {
+                log.by_path.remove(&old);
+            }
+        }
+        log.order.push_back(f.path.clone());
+        log.by_path.insert(f.path.clone(), origin);
+    }
+
+    pub fn lookup(&self, container_id: &str, path: &str) -> Option<&Origin> {
+        self.logs.get(container_id)?.by_path.get(path)
+    }
+
+    pub fn forget_container(&mut self, container_id: &str) {
+        self.logs.remove(container_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.logs.values().map(|l| l.by_path.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.logs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{FileEvent, ProcessRef};
+
+    fn exec(filename: &str, argv: &[&str]) -> ExecEvent {
+        ExecEvent {
+            filename: filename.into(),
+            cwd: "/work".into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            parent_comm: "sh".into(),
+            parent_exe: None,
+            parent_outside: false,
+            exe_ino: 42,
+            exe_dev: 7,
+            exe_nlink: 1,
+            exe_fs_magic: OVERLAYFS_MAGIC,
+            truncated: false,
+        }
+    }
+
+    fn file(op: FileOp, path: &str, pid: u32) -> Event {
+        Event {
+            time_ns: 1_000,
+            cgroup_id: 9,
+            process: ProcessRef { pid, comm: "cp".into(), ..Default::default() },
+            kind: EventKind::File(FileEvent { op, path: path.into(), old_path: None, host_path: String::new(), is_dir: false }),
+        }
+    }
+
+    #[test]
+    fn image_binary_is_not_drift() {
+        let facts = FileFacts { in_upper: Some(false), in_baseline: Some(true) };
+        assert_eq!(classify_exec(&exec("/bin/ls", &["ls"]), None, facts), None);
+        assert_eq!(classify_exec(&exec("/bin/ls", &["ls"]), None, FileFacts::default()), None);
+    }
+
+    #[test]
+    fn written_file_names_its_writer() {
+        let mut log = WriteLog::new(8, 8);
+        log.record("c1", &file(FileOp::Create, "/tmp/ls", 77));
+        let e = exec("/tmp/ls", &["/tmp/ls"]);
+        let d = classify_exec(&e, log.lookup("c1", "/tmp/ls"), FileFacts::default()).unwrap();
+        assert_eq!(d.kind, DriftKind::Written);
+        assert_eq!(d.origin.as_ref().unwrap().pid, 77);
+        assert_eq!(d.to_string(), "executable written after the container started: /tmp/ls (creat by cp[77])");
+        assert!(log.lookup("c2", "/tmp/ls").is_none(), "per container");
+    }
+
+    #[test]
+    fn chmod_after_create_wins_and_modified_image_file() {
+        let mut log = WriteLog::new(8, 8);
+        log.record("c", &file(FileOp::Create, "/app/x", 1));
+        log.record("c", &file(FileOp::Chmod, "/app/x", 2));
+        let d = classify_exec(&exec("/app/x", &["x"]), log.lookup("c", "/app/x"), FileFacts::default()).unwrap();
+        assert_eq!(d.kind, DriftKind::MadeExecutable);
+        log.record("c", &file(FileOp::Modify, "/bin/ls", 3));
+        let facts = FileFacts { in_upper: Some(true), in_baseline: Some(true) };
+        assert_eq!(classify_exec(&exec("/bin/ls", &["ls"]), log.lookup("c", "/bin/ls"), facts).unwrap().kind, DriftKind::Modified);
+        // Seen only through the upper layer (written before the agent ran).
+        assert_eq!(classify_exec(&exec("/bin/ls", &["ls"]), None, facts).unwrap().kind, DriftKind::Modified);
+        let fresh = FileFacts { in_upper: Some(true), in_baseline: None };
+        assert_eq!(classify_exec(&exec("/opt/new", &["new"]), None, fresh).unwrap().kind, DriftKind::Written);
+    }
+
+    #[test]
+    fn tmpfs_memfd_deleted_and_not_in_image() {
+        let mut e = exec("/dev/shm/x.sh", &["/dev/shm/x.sh"]);
+        assert_eq!(classify_exec(&e, None, FileFacts::default()).unwrap().kind, DriftKind::Tmpfs);
+        e = exec("/run/x", &["x"]);
+        e.exe_fs_magic = TMPFS_MAGIC;
+        assert_eq!(classify_exec(&e, None, FileFacts::default()).unwrap().kind, DriftKind::Tmpfs);
+        e = exec("/proc/self/fd/3", &["x"]);
+        e.exe_fs_magic = TMPFS_MAGIC;
+        e.exe_nlink = 0;
+        assert_eq!(classify_exec(&e, None, FileFacts::default()).unwrap().kind, DriftKind::Memfd);
+        e = exec("/usr/bin/gone", &["gone"]);
+        e.exe_nlink = 0;
+        assert_eq!(classify_exec(&e, None, FileFacts::default()).unwrap().kind, DriftKind::Deleted);
+        let facts = FileFacts { in_upper: Some(false), in_baseline: Some(false) };
+        assert_eq!(classify_exec(&exec("/usr/bin/x", &["x"]), None, facts).unwrap().kind, DriftKind::NotInImage);
+    }
+
+    #[test]
+    fn loader_and_interpreter_targets() {
+        let e = exec("/lib64/ld-linux-x86-64.so.2", &["/lib64/ld-linux-x86-64.so.2", "--library-path", "/x", "./evil"]);
+        // `--library-path` takes a value; the first plain argument after the
+        // options is the value, which is a directory that then fails the
+        // checks, so list forms with values are best-effort.
+        assert_eq!(indirect_target(&e).unwrap().0, DriftKind::Loader);
+        let e = exec("/lib64/ld-linux-x86-64.so.2", &["ld.so", "/tmp/evil"]);
+        assert_eq!(indirect_target(&e), Some((DriftKind::Loader, "/tmp/evil".into())));
+        let e = exec("/bin/sh", &["sh", "-x", "run.sh"]);
+        assert_eq!(indirect_target(&e), Some((DriftKind::Interpreter, "/work/run.sh".into())));
+        assert_eq!(indirect_target(&exec("/bin/sh", &["sh", "-c", "id"])), None);
+        assert_eq!(indirect_target(&exec("/usr/bin/python3.11", &["python3", "/tmp/a.py"])).unwrap().1, "/tmp/a.py");
+        assert_eq!(indirect_target(&exec("/bin/busybox", &["busybox", "sh", "/tmp/a"])).unwrap().1, "/tmp/a");
+        assert_eq!(indirect_target(&exec("/bin/busybox", &["busybox", "ls", "/tmp"])), None);
+        assert_eq!(indirect_target(&exec("/bin/ls", &["ls", "/tmp"])), None);
+        let mut log = WriteLog::new(4, 4);
+        log.record("c", &file(FileOp::Create, "/tmp/evil", 5));
+        let d = classify_indirect(DriftKind::Loader, "/tmp/evil", log.lookup("c", "/tmp/evil"), FileFacts::default()).unwrap();
+        assert_eq!(d.origin.unwrap().pid, 5);
+        assert!(classify_indirect(DriftKind::Interpreter, "/app/start.sh", None, FileFacts { in_upper: Some(false), in_baseline: Some(true) }).is_none());
+    }
+
+    #[test]
+    fn write_log_is_bounded() {
+        let mut log = WriteLog::new(2, 1);
+        for (i, p) in ["/a", "/b", "/c"].iter().enumerate() {
+            log.record("c", &file(FileOp::Create, p, i as u32));
+        }
+        assert!(log.lookup("c", "/a").is_none());
+        assert!(log.lookup("c", "/c").is_some());
+        log.record("other", &file(FileOp::Create, "/x", 1));
+        assert!(log.lookup("other", "/x").is_none(), "container limit");
+        assert_eq!(log.len(), 2);
+        log.forget_container("c");
+        assert!(log.is_empty());
+    }
+}

@@ -1,0 +1,394 @@
+//! The response ladder and the protect-mode decisions that the enforcement
+//! backends ask for.
+//!
+//! The ladder, mildest first: refuse the one operation (block), kill the one
+//! process, isolate the container's network, freeze the container. A verdict
+//! gets the step its rule names; it climbs only when the rule has an
+//! `escalate` clause and keeps matching (N times in a window). Isolation and
+//! freezing always carry an expiry. Killing the container is not a step.
+//!
+//! Exec decisions run on the fanotify permission path, so
+//! [`decide_exec`] allocates nothing and reads only in-memory state.
+
+use crate::drift::{classify_file, DriftKind, FileFacts, Origin};
+use crate::policy::{Action, Verdict};
+use crate::profile::{Flow, Listen, Peer, Profile, Protocol};
+use ipnet::IpNet;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// What to do about one verdict in protect mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Response {
+    pub action: Action,
+    /// The rule's `escalate` clause raised the step.
+    pub escalated: bool,
+    /// For isolate and freeze: when the measure ends by itself.
+    pub expire: Option<Duration>,
+}
+
+/// Counts matches per (container, rule) to apply `escalate` clauses.
+/// Bounded: at most `capacity` (container, rule) pairs are tracked.
+#[derive(Debug)]
+pub struct Ladder {
+    default_expire: Duration,
+    capacity: usize,
+    hits: HashMap<(String, String), VecDeque<u64>>,
+}
+
+impl Ladder {
+    pub fn new(default_expire: Duration, capacity: usize) -> Self {
+        Ladder { default_expire, capacity: capacity.max(1), hits: HashMap::new() }
+    }
+
+    /// The step for a verdict in protect mode, counting it toward its rule's
+    /// escalation.
+    pub fn respond(&mut self, container_id: &str, v: &Verdict, now_ns: u64) -> Response {
+        let mut action = v.action;
+        let mut escalated = false;
+        let mut expire = None;
+        if let Some(esc) = v.escalate {
+            let window = esc.within.0.as_nanos() as u64;
+            let key = (container_id.to_string(), v.rule.to_string());
+            if !self.hits.contains_key(&key) && self.hits.len() >= self.capacity {
+                // Forget the pair whose last hit is oldest.
+                if let Some(old) = self.hits.iter().min_by_key(|(_, q)| q.back().copied().unwrap_or(0)).map(|(k, _)| k.clone()) {
+                    self.hits.remove(&old);
+                }
+            }
+            let q = self.hits.entry(key).or_default();
+            while q.front().is_some_and(|&t| now_ns.saturating_sub(t) > window) {
+                q.pop_front();
+            }
+            q.push_back(now_ns);
+            // Never more entries than the threshold needs.
+            while q.len() > esc.after as usize {
+                q.pop_front();
+            }
+            if q.len() >= esc.after as usize && esc.to > action {
+                action = esc.to;
+                escalated = true;
+            }
+            expire = esc.expire.map(|s| s.0);
+        }
+        if matches!(action, Action::Isolate | Action::Freeze) {
+            expire = Some(expire.unwrap_or(self.default_expire));
+        } else {
+            expire = None;
+        }
+        Response { action, escalated, expire }
+    }
+
+    /// Drops the counters of a container that went away.
+    pub fn forget_container(&mut self, container_id: &str) {
+        self.hits.retain(|(c, _), _| c != container_id);
+    }
+}
+
+/// Why protect mode refused an exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    Drift(DriftKind),
+    NotInProfile,
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Drift(k) => k.as_str(),
+            DenyReason::NotInProfile => "not_in_profile",
+        }
+    }
+}
+
+/// The answer to an exec permission request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecVerdict {
+    /// `remember`: the approval may be cached in the kernel (an ignore mark
+    /// on the inode, which the kernel drops when the file changes).
+    Allow { remember: bool },
+    Deny(DenyReason),
+}
+
+/// What the exec permission path knows about one request.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecRequest<'a> {
+    /// As the container sees it.
+    pub path: &'a str,
+    /// The file lies in the container's writable layer.
+    pub in_upper: Option<bool>,
+    /// The path is in the image baseline (None: no baseline).
+    pub in_baseline: Option<bool>,
+    /// What the write log knows about the path.
+    pub written: Option<&'a Origin>,
+    /// The profile lists this file (by any name that resolves to it:
+    /// fanotify reports the file, not the symlink that was run).
+    pub in_profile: bool,
+}
+
+/// Protect mode's exec rule: drift is always refused; anything else must be
+/// in the learned profile. Only approvals of image files are remembered in
+/// the kernel, so a file that may still change is asked about every time.
+pub fn decide_exec(req: &ExecRequest<'_>) -> ExecVerdict {
+    let facts = FileFacts { in_upper: req.in_upper, in_baseline: req.in_baseline };
+    if let Some(kind) = classify_file(req.path, None, req.written, facts) {
+        return ExecVerdict::Deny(DenyReason::Drift(kind));
+    }
+    if !req.in_profile {
+        return ExecVerdict::Deny(DenyReason::NotInProfile);
+    }
+    ExecVerdict::Allow { remember: req.written.is_none() && req.in_upper != Some(true) }
+}
+
+/// One entry of a container's kernel allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct NetAllow {
+    pub cidr: IpNet,
+    /// None: any port.
+    pub port: Option<u16>,
+    /// None: TCP and UDP.
+    pub proto: Option<Protocol>,
+    /// `false`: outbound (connect, sendmsg); `true`: bind/listen.
+    pub bind: bool,
+}
+
+/// The kernel allow-list of a protected workload, from its profile:
+/// learned outbound flows (workload peers resolved to their current
+/// addresses through `addresses_of`), learned listening ports, and DNS to
+/// the container's resolvers (unconnected UDP to a resolver is not seen
+/// while learning, and refusing it would break name resolution).
+pub fn net_allow_list(
+    profile: &Profile,
+    addresses_of: impl Fn(&str) -> Vec<IpAddr>,
+    resolvers: &[IpAddr],
+) -> Vec<NetAllow> {
+    let spec = profile.spec();
+    let mut out = Vec::with_capacity(spec.outbound.len() + spec.listening.len() + resolvers.len());
+    for Flow { peer, port, protocol, .. } in &spec.outbound {
+        let nets: Vec<IpNet> = match peer {
+            Peer::Cidr(n) => vec![*n],
+            Peer::Workload(w) => addresses_of(w).into_iter().map(IpNet::from).collect(),
+            // A name resolves to addresses the kernel cannot know; such
+            // flows stay alert-only.
+            Peer::Host(_) => Vec::new(),
+        };
+        for cidr in nets {
+            out.push(NetAllow { cidr, port: Some(*port), proto: Some(*protocol), bind: false });
+        }
+    }
+    for Listen { port, protocol, .. } in &spec.listening {
+        for any in ["0.0.0.0/0", "::/0"] {
+            let cidr: IpNet = any.parse().expect("literal network");
+            out.push(NetAllow { cidr, port: Some(*port), proto: Some(*protocol), bind: true });
+        }
+    }
+    for r in resolvers {
+        out.push(NetAllow { cidr: IpNet::from(*r), port: Some(53), proto: None, bind: false });
+    }
+    out.sort_by_key(|a| (a.bind, a.cidr, a.port, a.proto));
+    out.dedup();
+    out
+}
+
+/// Name servers from a resolv.conf text.
+pub fn resolvers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next()?.split('%').next()?.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventKind, ExecEvent, FileOp, ProcessRef};
+    use crate::policy::{parse_policies, PolicySet};
+    use crate::profile::Span;
+
+    fn verdict(action: Action, escalate: Option<crate::policy::Escalation>) -> Verdict {
+        Verdict {
+            rule: "r".into(),
+            policy: "p".into(),
+            severity: crate::policy::Severity::High,
+            action,
+            tags: Vec::<String>::new().into(),
+            message: String::new(),
+            escalate,
+        }
+    }
+
+    #[test]
+    fn ladder_climbs_only_when_the_rule_says_so() {
+        let mut l = Ladder::new(Duration::from_secs(600), 16);
+        let plain = verdict(Action::Block, None);
+        for t in 0..10 {
+            assert_eq!(l.respond("c", &plain, t).action, Action::Block);
+        }
+        let esc = crate::policy::Escalation {
+            after: 3,
+            within: Span(Duration::from_secs(60)),
+            to: Action::KillProcess,
+            expire: None,
+        };
+        let v = verdict(Action::Block, Some(esc));
+        let s = 1_000_000_000u64;
+        assert_eq!(l.respond("c", &v, s).action, Action::Block);
+        assert_eq!(l.respond("c", &v, 2 * s).action, Action::Block);
+        let r = l.respond("c", &v, 3 * s);
+        assert_eq!((r.action, r.escalated), (Action::KillProcess, true));
+        // Another container counts on its own.
+        assert_eq!(l.respond("d", &v, 3 * s).action, Action::Block);
+        // Outside the window the count starts again.
+        assert_eq!(l.respond("c", &v, 200 * s).action, Action::Block);
+    }
+
+    #[test]
+    fn isolation_and_freeze_always_expire() {
+        let mut l = Ladder::new(Duration::from_secs(900), 4);
+        assert_eq!(l.respond("c", &verdict(Action::Isolate, None), 0).expire, Some(Duration::from_secs(900)));
+        let esc = crate::policy::Escalation {
+            after: 1,
+            within: Span(Duration::from_secs(1)),
+            to: Action::Freeze,
+            expire: Some(Span(Duration::from_secs(30))),
+        };
+        let r = l.respond("c", &verdict(Action::Block, Some(esc)), 0);
+        assert_eq!((r.action, r.expire), (Action::Freeze, Some(Duration::from_secs(30))));
+        assert_eq!(l.respond("c", &verdict(Action::Block, None), 0).expire, None);
+    }
+
+    #[test]
+    fn ladder_is_bounded() {
+        let mut l = Ladder::new(Duration::from_secs(1), 2);
+        let esc = crate::policy::Escalation { after: 5, within: Span(Duration::from_secs(60)), to: Action::KillProcess, expire: None };
+        for c in ["a", "b", "c", "d"] {
+            l.respond(c, &verdict(Action::Block, Some(esc)), 1);
+        }
+        assert!(l.hits.len() <= 2);
+        l.forget_container("d");
+        assert!(l.hits.keys().all(|(c, _)| c != "d"));
+    }
+
+    #[test]
+    fn escalation_is_parsed_and_checked() {
+        let doc = |esc: &str| {
+            format!(
+                "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: t\nspec:\n  rules:\n    - name: r\n      match:\n        events: [execve]\n      action: block\n      severity: high\n      escalate:\n{esc}"
+            )
+        };
+        let ok = parse_policies(&doc("        after: 3\n        within: 1m\n        to: kill-process\n"), "p.yaml").unwrap();
+        let e = ok[0].spec.rules[0].escalate.unwrap();
+        assert_eq!((e.after, e.within.0, e.to), (3, Duration::from_secs(60), Action::KillProcess));
+        assert!(PolicySet::new(ok, false).is_ok());
+        let errs = parse_policies(&doc("        after: 3\n        within: soon\n        to: kill-process\n"), "p.yaml").unwrap_err();
+        let text = errs[0].to_string();
+        assert!(text.starts_with("p.yaml:13:") && text.contains("escalate") && text.contains("soon"), "{text}");
+        let weak = parse_policies(&doc("        after: 3\n        within: 1m\n        to: alert\n"), "p.yaml").unwrap();
+        assert!(PolicySet::new(weak, false).is_err());
+    }
+
+    #[test]
+    fn no_default_rule_kills_isolates_or_freezes() {
+        for r in crate::policy::default_rules() {
+            assert!(r.action <= Action::Block, "{} uses {}", r.name, r.action);
+            assert!(r.escalate.is_none_or(|e| e.to <= Action::Block), "{}", r.name);
+        }
+    }
+
+    fn learned(paths: &[&str]) -> Profile {
+        let mut p = Profile::new("img", "sha256:1", 0);
+        for path in paths {
+            let ev = Event {
+                time_ns: 1,
+                cgroup_id: 1,
+                process: ProcessRef::default(),
+                kind: EventKind::Exec(ExecEvent {
+                    filename: path.to_string(),
+                    cwd: "/".into(),
+                    argv: vec![path.to_string()],
+                    parent_comm: "sh".into(),
+                    parent_exe: None,
+                    parent_outside: true,
+                    exe_ino: 1,
+                    exe_dev: 1,
+                    exe_nlink: 1,
+                    exe_fs_magic: crate::drift::OVERLAYFS_MAGIC,
+                    truncated: false,
+                }),
+            };
+            p.observe(&ev, None, 1);
+        }
+        p
+    }
+
+    #[test]
+    fn exec_decisions() {
+        let p = learned(&["/bin/httpd"]);
+        let req = |path, in_upper, in_baseline, written| ExecRequest { path, in_upper, in_baseline, written, in_profile: p.has_executable(path) };
+        let decide_exec = |r: &ExecRequest<'_>| super::decide_exec(r);
+        assert_eq!(decide_exec(&req("/bin/httpd", Some(false), Some(true), None)), ExecVerdict::Allow { remember: true });
+        assert_eq!(decide_exec(&req("/bin/id", Some(false), Some(true), None)), ExecVerdict::Deny(DenyReason::NotInProfile));
+        assert_eq!(
+            decide_exec(&req("/tmp/ls", Some(true), None, None)),
+            ExecVerdict::Deny(DenyReason::Drift(DriftKind::Written))
+        );
+        // A learned path that was since overwritten is drift, not approved.
+        assert_eq!(
+            decide_exec(&req("/bin/httpd", Some(true), Some(true), None)),
+            ExecVerdict::Deny(DenyReason::Drift(DriftKind::Modified))
+        );
+        let o = Origin { time_ns: 1, pid: 2, comm: "cp".into(), op: FileOp::Create };
+        assert_eq!(
+            decide_exec(&req("/bin/httpd", None, None, Some(&o))),
+            ExecVerdict::Deny(DenyReason::Drift(DriftKind::Written))
+        );
+        assert_eq!(
+            decide_exec(&req("/dev/shm/x", None, None, None)),
+            ExecVerdict::Deny(DenyReason::Drift(DriftKind::Tmpfs))
+        );
+        assert_eq!(
+            decide_exec(&req("/bin/httpd", Some(false), Some(false), None)),
+            ExecVerdict::Deny(DenyReason::Drift(DriftKind::NotInImage))
+        );
+    }
+
+    #[test]
+    fn allow_list_from_profile() {
+        let mut p = learned(&[]);
+        let ev = |op, daddr: &str, dport| Event {
+            time_ns: 1,
+            cgroup_id: 1,
+            process: ProcessRef::default(),
+            kind: EventKind::Net(crate::event::NetEvent {
+                op,
+                proto: crate::event::L4Proto::Tcp,
+                saddr: "10.88.0.2".parse().unwrap(),
+                sport: 8080,
+                daddr: daddr.parse().unwrap(),
+                dport,
+                result: 0,
+                netns: 1,
+            }),
+        };
+        p.observe(&ev(crate::event::NetOp::Listen, "0.0.0.0", 0), None, 1);
+        p.observe(&ev(crate::event::NetOp::Connect, "10.88.0.3", 5432), Some(&crate::profile::PeerRef::Workload("db".into())), 1);
+        p.observe(&ev(crate::event::NetOp::Connect, "192.0.2.7", 443), None, 1);
+        let list = net_allow_list(&p, |w| if w == "db" { vec!["10.88.0.3".parse().unwrap()] } else { vec![] }, &resolvers("nameserver 10.88.0.1\n"));
+        let has = |cidr: &str, port, bind| list.iter().any(|a| a.cidr == cidr.parse::<IpNet>().unwrap() && a.port == Some(port) && a.bind == bind);
+        assert!(has("10.88.0.3/32", 5432, false), "{list:?}");
+        assert!(has("192.0.2.7/32", 443, false));
+        assert!(has("10.88.0.1/32", 53, false));
+        assert!(has("0.0.0.0/0", 8080, true));
+        assert!(!has("10.88.0.3/32", 5433, false));
+    }
+
+    #[test]
+    fn resolv_conf() {
+        let r = resolvers("# c\nnameserver 10.88.0.1\nnameserver fe80::1%eth0\nsearch dns.podman\nnameserver bogus\n");
+        assert_eq!(r, vec!["10.88.0.1".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+    }
+}

@@ -1,0 +1,325 @@
+//! The `enforce_events` ring buffer: one record per denied (or, with
+//! NET_AUDIT, would-be-denied) connect/sendmsg/bind and per exec kill.
+//!
+//! The programs submit with the ring's adaptive wakeup: the reader is woken
+//! at once when it has caught up (records are rare, and a denial is worth
+//! seeing now), and a burst costs one wakeup. The ring is pinned: records
+//! written while the agent is down wait for the next reader (up to 256 KiB,
+//! ~2300 records; the rest are counted in `EnforceStats::events_lost`).
+
+use super::net::Proto;
+use super::{EnforceError, Result};
+use crate::decode::Clock;
+use crate::skel::enforce::types;
+use libbpf_rs::{MapHandle, RingBuffer, RingBufferBuilder};
+use serde::Serialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+// SAFETY: the generated ABI structs are `#[repr(C)]` plain old data made only
+// of integers and integer arrays; every bit pattern is a valid value, which is
+// what `plain::Plain` requires.
+unsafe impl plain::Plain for types::lancet_enforce_event {}
+
+const KIND_ENFORCE: u32 = 64;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforceOp {
+    Connect4,
+    Connect6,
+    Sendmsg4,
+    Sendmsg6,
+    Bind4,
+    Bind6,
+    ExecKill,
+}
+
+impl EnforceOp {
+    fn from_raw(v: u32) -> Option<EnforceOp> {
+        Some(match v {
+            1 => EnforceOp::Connect4,
+            2 => EnforceOp::Connect6,
+            3 => EnforceOp::Sendmsg4,
+            4 => EnforceOp::Sendmsg6,
+            5 => EnforceOp::Bind4,
+            6 => EnforceOp::Bind6,
+            7 => EnforceOp::ExecKill,
+            _ => return None,
+        })
+    }
+
+    /// The syscall, as Falco's `evt.type` names it.
+    pub fn evt_type(self) -> &'static str {
+        match self {
+            EnforceOp::Connect4 | EnforceOp::Connect6 => "connect",
+            EnforceOp::Sendmsg4 | EnforceOp::Sendmsg6 => "sendto",
+            EnforceOp::Bind4 | EnforceOp::Bind6 => "bind",
+            EnforceOp::ExecKill => "execve",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforceReason {
+    /// No allow rule matched.
+    NotAllowed,
+    /// The container is isolated.
+    Isolated,
+    /// The exec'd file was a memfd.
+    Memfd,
+    /// The exec'd file was on tmpfs/ramfs.
+    Tmpfs,
+    /// The exec'd file had no links left.
+    Deleted,
+    /// The exec'd file is in the kill list.
+    KillIno,
+}
+
+impl EnforceReason {
+    fn from_raw(v: u32) -> Option<EnforceReason> {
+        Some(match v {
+            1 => EnforceReason::NotAllowed,
+            2 => EnforceReason::Isolated,
+            3 => EnforceReason::Memfd,
+            4 => EnforceReason::Tmpfs,
+            5 => EnforceReason::Deleted,
+            6 => EnforceReason::KillIno,
+            _ => return None,
+        })
+    }
+}
+
+/// One decoded record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnforceRecord {
+    /// Wall-clock time, ns since the epoch.
+    pub time_ns: u64,
+    /// `bpf_ktime_get_boot_ns()` when it happened.
+    pub boot_ns: u64,
+    /// cgroup v2 id of the process (the container's).
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub op: EnforceOp,
+    pub reason: EnforceReason,
+    /// Socket ops: the protocol (None for others than TCP/UDP or exec kills).
+    pub proto: Option<Proto>,
+    pub proto_num: u16,
+    /// Socket ops: the peer (connect, sendto) or local (bind) address;
+    /// v4-mapped addresses are given as IPv4.
+    pub addr: Option<IpAddr>,
+    pub port: u16,
+    /// Exec kills: the file's inode and the kernel's dev (as `exe_dev`).
+    pub ino: u64,
+    pub dev: u32,
+    /// True when the operation was refused or the process killed; false for
+    /// NET_AUDIT reports (and a kill the kernel could not deliver).
+    pub denied: bool,
+}
+
+/// Why a record could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record of {0} bytes is shorter than lancet_enforce_event")]
+    Truncated(usize),
+    #[error("record kind {0} is not an enforcement record")]
+    Kind(u32),
+    #[error("unknown op {0} or reason {1}")]
+    Unknown(u32, u32),
+}
+
+fn cstr(bytes: &[i8]) -> String {
+    let b: Vec<u8> = bytes.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// Decodes one raw record.
+pub fn decode_record(data: &[u8], clock: &Clock) -> Result<EnforceRecord, RecordError> {
+    let need = std::mem::size_of::<types::lancet_enforce_event>();
+    if data.len() < need {
+        return Err(RecordError::Truncated(data.len()));
+    }
+    let mut e = types::lancet_enforce_event::default();
+    plain::copy_from_bytes(&mut e, data).map_err(|_| RecordError::Truncated(data.len()))?;
+    if e.hdr.kind != KIND_ENFORCE {
+        return Err(RecordError::Kind(e.hdr.kind));
+    }
+    let (Some(op), Some(reason)) = (EnforceOp::from_raw(e.op), EnforceReason::from_raw(e.reason)) else {
+        return Err(RecordError::Unknown(e.op, e.reason));
+    };
+    let addr = match e.family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(e.addr[12], e.addr[13], e.addr[14], e.addr[15]))),
+        AF_INET6 => Some(Ipv6Addr::from(e.addr).to_canonical()),
+        _ => None,
+    };
+    Ok(EnforceRecord {
+        time_ns: clock.to_epoch_ns(e.hdr.ts_ns),
+        boot_ns: e.hdr.ts_ns,
+        cgroup_id: e.hdr.cgroup_id,
+        pid: e.hdr.pid,
+        tid: e.hdr.tid,
+        ppid: e.hdr.ppid,
+        uid: e.hdr.uid,
+        gid: e.hdr.gid,
+        comm: cstr(&e.hdr.comm),
+        op,
+        reason,
+        proto: match e.proto {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
+        },
+        proto_num: e.proto,
+        addr,
+        port: e.port,
+        ino: e.ino,
+        dev: e.dev,
+        denied: e.denied != 0,
+    })
+}
+
+type Queue = Arc<Mutex<Vec<EnforceRecord>>>;
+
+/// Reads `enforce_events`. `Send`: it can live in its own thread.
+pub struct EnforceEvents {
+    rb: RingBuffer<'static>,
+    queue: Queue,
+    bad: Arc<AtomicU64>,
+    // Kept open for as long as the ring buffer reads it (declared after
+    // `rb`, so dropped after it).
+    _map: MapHandle,
+}
+
+impl std::fmt::Debug for EnforceEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnforceEvents").field("undecodable", &self.undecodable()).finish()
+    }
+}
+
+impl EnforceEvents {
+    /// Opens the ring pinned in `pin_dir` (no [`super::Enforcer`] needed).
+    pub fn open(pin_dir: &Path) -> Result<EnforceEvents> {
+        let path = pin_dir.join("enforce_events");
+        let map = MapHandle::from_pinned_path(&path)
+            .map_err(|source| EnforceError::RingBuffer { map: path.clone(), source })?;
+        Self::from_map(map, path)
+    }
+
+    pub(crate) fn from_map(map: MapHandle, path: PathBuf) -> Result<EnforceEvents> {
+        let queue: Queue = Arc::default();
+        let bad = Arc::new(AtomicU64::new(0));
+        let clock = Clock::now();
+        let (q, b) = (Arc::clone(&queue), Arc::clone(&bad));
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&map, move |data: &[u8]| {
+                match decode_record(data, &clock) {
+                    Ok(r) => q.lock().unwrap_or_else(|p| p.into_inner()).push(r),
+                    Err(e) => {
+                        b.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("enforce_events: {e}");
+                    }
+                }
+                0
+            })
+            .map_err(|source| EnforceError::RingBuffer { map: path.clone(), source })?;
+        let rb = builder.build().map_err(|source| EnforceError::RingBuffer { map: path, source })?;
+        Ok(EnforceEvents { rb, queue, bad, _map: map })
+    }
+
+    /// Waits up to `timeout` for records, and returns all that are queued.
+    pub fn poll(&self, timeout: Duration) -> Result<Vec<EnforceRecord>> {
+        self.rb
+            .poll(timeout)
+            .map_err(|source| EnforceError::RingBuffer { map: PathBuf::from("enforce_events"), source })?;
+        Ok(self.take())
+    }
+
+    /// Returns the queued records without waiting.
+    pub fn drain(&self) -> Result<Vec<EnforceRecord>> {
+        self.rb
+            .consume()
+            .map_err(|source| EnforceError::RingBuffer { map: PathBuf::from("enforce_events"), source })?;
+        Ok(self.take())
+    }
+
+    fn take(&self) -> Vec<EnforceRecord> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// An fd that becomes readable when records arrive, for callers that multiplex.
+    pub fn epoll_fd(&self) -> i32 {
+        self.rb.epoll_fd()
+    }
+
+    /// Records that could not be decoded (a version mismatch).
+    pub fn undecodable(&self) -> u64 {
+        self.bad.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: plain::Plain>(v: &T) -> Vec<u8> {
+        // SAFETY: `v` is a valid reference to plain old data; the slice
+        // covers exactly its bytes and lives no longer than the borrow.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn records_decode_with_v4_addresses_and_kills() {
+        let mut e = types::lancet_enforce_event::default();
+        e.hdr.kind = KIND_ENFORCE;
+        e.hdr.pid = 42;
+        e.hdr.cgroup_id = 9;
+        e.hdr.ts_ns = 100;
+        for (i, c) in b"nc".iter().enumerate() {
+            e.hdr.comm[i] = *c as i8;
+        }
+        e.op = 1;
+        e.reason = 1;
+        e.family = AF_INET;
+        e.proto = 6;
+        e.port = 8081;
+        e.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 88, 0, 5];
+        e.denied = 1;
+        let r = decode_record(&bytes_of(&e), &Clock::with_offset(1000)).unwrap();
+        assert_eq!(r.time_ns, 1100);
+        assert_eq!((r.pid, r.cgroup_id, r.comm.as_str()), (42, 9, "nc"));
+        assert_eq!((r.op, r.reason, r.proto, r.port), (EnforceOp::Connect4, EnforceReason::NotAllowed, Some(Proto::Tcp), 8081));
+        assert_eq!(r.addr, Some("10.88.0.5".parse().unwrap()));
+        assert!(r.denied);
+
+        e.op = 7;
+        e.reason = 3;
+        e.family = 0;
+        e.ino = 77;
+        let r = decode_record(&bytes_of(&e), &Clock::with_offset(0)).unwrap();
+        assert_eq!((r.op, r.reason, r.addr, r.ino), (EnforceOp::ExecKill, EnforceReason::Memfd, None, 77));
+    }
+
+    #[test]
+    fn bad_records_are_errors() {
+        assert_eq!(decode_record(&[0; 8], &Clock::with_offset(0)), Err(RecordError::Truncated(8)));
+        let mut e = types::lancet_enforce_event::default();
+        e.hdr.kind = 1;
+        assert_eq!(decode_record(&bytes_of(&e), &Clock::with_offset(0)), Err(RecordError::Kind(1)));
+        e.hdr.kind = KIND_ENFORCE;
+        e.op = 99;
+        e.reason = 1;
+        assert_eq!(decode_record(&bytes_of(&e), &Clock::with_offset(0)), Err(RecordError::Unknown(99, 1)));
+    }
+}

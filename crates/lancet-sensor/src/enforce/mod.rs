@@ -1,0 +1,1191 @@
+//! Kernel enforcement backends other than fanotify: per-container network
+//! allow-lists, network isolation, killing execs that must not run, and (in
+//! [`cgroup`] and [`process`]) the cgroup freezer and pid-safe signals.
+//!
+//! # Design
+//!
+//! One BPF object (`bpf/enforce.bpf.c`) whose maps and links are **pinned**
+//! under a pin dir (default `/sys/fs/bpf/lancet/`), so the rules stay in force
+//! while the agent is down or restarting. [`Enforcer::open`] adopts what it
+//! finds there: pinned maps are reused before the programs load (their
+//! contents, the rules, survive), and each pinned link is pointed at the newly
+//! loaded program (`BPF_LINK_UPDATE`, or replaced where a link type cannot be
+//! updated), so there is never a moment without enforcement.
+//!
+//! The socket programs are attached **once, at the cgroup v2 root**, through
+//! `bpf_link`s (5.7; links compose with the sensor's own programs and with
+//! anyone else's), and find the container by `bpf_get_current_cgroup_id()` in
+//! maps keyed by the container's cgroup v2 id (the inode number of its
+//! directory). Compared with attaching programs to each container's cgroup
+//! this gives per-container allow-lists with one attachment, covers a new
+//! container the moment its map entry is written (the OCI hook writes it
+//! before the entrypoint runs: there is no attach race), survives the runtime
+//! re-creating cgroups, and costs a cgroup without a policy one hash miss per
+//! connect/bind/sendmsg. Only the packet filters used for isolation
+//! (`cgroup_skb`) are attached per container, and only while it is isolated:
+//! a per-packet hash lookup on every cgroup of the host is not worth paying
+//! for a rare response.
+//!
+//! Limitation: policy is looked up by the cgroup of the calling task (or the
+//! socket, for packets), so a process a container moves into a nested child
+//! cgroup of its own is not covered; runc/podman containers run in one cgroup.
+//!
+//! | program | hook | minimum kernel |
+//! |---|---|---|
+//! | `enf_connect4/6` | `cgroup/connect4,6` | 4.17 |
+//! | `enf_sendmsg4/6` | `cgroup/sendmsg4,6` (unconnected UDP `sendto`) | 4.18 |
+//! | `enf_bind4/6` | `cgroup/bind4,6` | 4.17 |
+//! | `enf_exec` | `tp_btf/sched_process_exec` + `bpf_send_signal` | 5.5 (5.3) |
+//! | `enf_skb_in/out` | `cgroup_skb/ingress,egress` per isolated container | 4.10 (`bpf_skb_cgroup_id` 4.18) |
+//!
+//! Maps: `cg_policy` (hash), `net_allow` (LPM trie, 4.11), `kill_ino` (hash),
+//! `enforce_events` (ring buffer, 5.8), `enforce_stats` (per-CPU array).
+//! Cgroup links need 5.7; the cgroup v2 freezer 5.2.
+
+pub mod cgroup;
+mod events;
+mod net;
+pub mod process;
+
+pub use cgroup::{cgroup_id, cgroup_of_pid, freeze, frozen, thaw, FreezeBackend};
+pub use events::{EnforceEvents, EnforceOp, EnforceReason, EnforceRecord};
+pub use net::{is_loopback, Direction, NetRule, Proto};
+pub use process::{kill_process, process_start_time};
+
+use crate::skel::enforce::{EnforceSkel, EnforceSkelBuilder, OpenEnforceSkel};
+use libbpf_rs::query::LinkTypeInfo;
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, OpenObject};
+use serde::Serialize;
+use std::ffi::CString;
+use std::io;
+use std::mem::MaybeUninit;
+use std::ops::{BitOr, BitOrAssign};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Default pin dir (shared/DESIGN.md: pins `/sys/fs/bpf/lancet/`).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lancet";
+
+/// The pinned maps, by name (pinned as `<pin dir>/<name>`).
+pub const MAP_NAMES: [&str; 5] = ["cg_policy", "net_allow", "kill_ino", "enforce_events", "enforce_stats"];
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const ISOLATE_PREFIX: &str = "isolate-";
+const LINK_PREFIX: &str = "link-";
+
+#[derive(Debug, Error)]
+pub enum EnforceError {
+    #[error("kernel enforcement needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); running as uid {0}")]
+    NotRoot(u32),
+    #[error("{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NoBpffs { path: PathBuf },
+    #[error("pin dir {path}: {source}")]
+    PinDir { path: PathBuf, source: io::Error },
+    #[error("opening the enforcement BPF object: {0}")]
+    Open(#[source] libbpf_rs::Error),
+    #[error("loading the enforcement programs (maps pinned under {pin_dir}): {source}{hint}")]
+    Load { pin_dir: PathBuf, source: libbpf_rs::Error, hint: &'static str },
+    #[error("cgroup {path}: {source}")]
+    Cgroup { path: PathBuf, source: io::Error },
+    #[error("cgroup {path} has id {found}, not the expected {expected}")]
+    CgroupMismatch { path: PathBuf, expected: u64, found: u64 },
+    #[error("program {program} is not loaded on this kernel: {why}")]
+    NotLoaded { program: &'static str, why: String },
+    #[error("attaching {program} to {target}: {source}")]
+    Attach { program: String, target: PathBuf, source: io::Error },
+    #[error("pinning {path}: {source}")]
+    Pin { path: PathBuf, source: io::Error },
+    #[error("map {map} ({context}): {source}")]
+    Map { map: &'static str, context: String, source: libbpf_rs::Error },
+    #[error("ring buffer {map}: {source}")]
+    RingBuffer { map: PathBuf, source: libbpf_rs::Error },
+    #[error("freezing {path}: {why}")]
+    Freeze { path: PathBuf, why: String },
+    #[error("process {pid} is already gone")]
+    ProcessGone { pid: u32 },
+    #[error("not permitted to signal process {pid}")]
+    NotPermitted { pid: u32 },
+    #[error("pid {pid} belongs to another process now (start time {found}, expected {expected})")]
+    PidReused { pid: u32, expected: u64, found: u64 },
+    #[error("process {pid}: {source}")]
+    Process { pid: u32, source: io::Error },
+}
+
+pub type Result<T, E = EnforceError> = std::result::Result<T, E>;
+
+fn map_err(map: &'static str, context: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> EnforceError {
+    let context = context.into();
+    move |source| EnforceError::Map { map, context, source }
+}
+
+/// `struct lancet_cg_policy.flags` (bpf/lancet.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize)]
+pub struct PolicyFlags(pub u32);
+
+impl PolicyFlags {
+    pub const NONE: PolicyFlags = PolicyFlags(0);
+    /// connect/sendmsg/bind must match the allow-list, else EPERM.
+    pub const NET_ENFORCE: PolicyFlags = PolicyFlags(1 << 0);
+    /// The same check, only reported ([`EnforceRecord::denied`] false).
+    pub const NET_AUDIT: PolicyFlags = PolicyFlags(1 << 1);
+    /// Deny all network use but the isolation rules; set by [`Enforcer::isolate`].
+    pub const ISOLATE: PolicyFlags = PolicyFlags(1 << 2);
+    /// SIGKILL a process that execs a memfd.
+    pub const KILL_MEMFD_EXEC: PolicyFlags = PolicyFlags(1 << 3);
+    /// SIGKILL a process that execs a file on tmpfs or ramfs (`/dev/shm`, …).
+    pub const KILL_TMPFS_EXEC: PolicyFlags = PolicyFlags(1 << 4);
+    /// SIGKILL a process that execs an unlinked file (nlink 0).
+    pub const KILL_DELETED_EXEC: PolicyFlags = PolicyFlags(1 << 5);
+    /// SIGKILL a process that execs a file listed with [`Enforcer::kill_ino`].
+    pub const KILL_EXEC_INO: PolicyFlags = PolicyFlags(1 << 6);
+
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    pub const fn contains(self, other: PolicyFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub const fn without(self, other: PolicyFlags) -> PolicyFlags {
+        PolicyFlags(self.0 & !other.0)
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl BitOr for PolicyFlags {
+    type Output = PolicyFlags;
+    fn bitor(self, rhs: PolicyFlags) -> PolicyFlags {
+        PolicyFlags(self.0 | rhs.0)
+    }
+}
+
+impl BitOrAssign for PolicyFlags {
+    fn bitor_assign(&mut self, rhs: PolicyFlags) {
+        self.0 |= rhs.0;
+    }
+}
+
+/// One container's policy. `isolate_until` is relative to now: when
+/// setting, the isolation deadline; when read back, the time left
+/// (`Some(ZERO)` once passed, `None` for no deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct CgPolicy {
+    pub flags: PolicyFlags,
+    pub isolate_until: Option<Duration>,
+}
+
+/// Where the enforcement state lives.
+#[derive(Debug, Clone)]
+pub struct EnforceConfig {
+    /// Directory on bpffs holding the pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Host path of the cgroup v2 mount (`/sys/fs/cgroup/unified` in a hybrid setup).
+    pub cgroup2_root: PathBuf,
+}
+
+impl Default for EnforceConfig {
+    fn default() -> Self {
+        EnforceConfig {
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            cgroup2_root: crate::probes::detect_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
+        }
+    }
+}
+
+/// Whether one enforcement program holds on this host (for `lancet doctor`).
+#[derive(Debug, Clone, Serialize)]
+pub struct HookStatus {
+    pub program: String,
+    pub hook: String,
+    pub min_kernel: &'static str,
+    /// What it is attached to: the cgroup v2 root, all execs, or isolated
+    /// containers only.
+    pub target: String,
+    /// Loaded, and (for the root hooks) its pinned link is attached now.
+    pub holds: bool,
+    /// A pinned link existed when the enforcer opened and was taken over:
+    /// pointed at the new program (`BPF_LINK_UPDATE`), or, for link types
+    /// that cannot change program (the `tp_btf` one), replaced by a new link
+    /// attached before the old one was detached.
+    pub adopted: bool,
+    pub pin: Option<PathBuf>,
+    pub error: Option<String>,
+}
+
+/// Counters of `enforce_stats`, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EnforceStats {
+    pub denied_connect4: u64,
+    pub denied_connect6: u64,
+    pub denied_sendmsg4: u64,
+    pub denied_sendmsg6: u64,
+    pub denied_bind4: u64,
+    pub denied_bind6: u64,
+    /// Operations NET_AUDIT reported but let through.
+    pub audited: u64,
+    pub kills: u64,
+    /// `bpf_send_signal` refused (e.g. the task was already exiting).
+    pub kill_failed: u64,
+    pub isolate_dropped_ingress: u64,
+    pub isolate_dropped_egress: u64,
+    /// Records that did not fit in `enforce_events`.
+    pub events_lost: u64,
+}
+
+impl EnforceStats {
+    pub fn denied(&self) -> u64 {
+        self.denied_connect4
+            + self.denied_connect6
+            + self.denied_sendmsg4
+            + self.denied_sendmsg6
+            + self.denied_bind4
+            + self.denied_bind6
+    }
+}
+
+/// What each program hooks, and since when the kernel has it.
+fn program_info(name: &str) -> (&'static str, HookKind) {
+    match name {
+        "enf_connect4" | "enf_connect6" | "enf_bind4" | "enf_bind6" => ("4.17", HookKind::Root),
+        "enf_sendmsg4" | "enf_sendmsg6" => ("4.18", HookKind::Root),
+        "enf_exec" => ("5.5 (tp_btf), 5.3 (bpf_send_signal)", HookKind::Global),
+        "enf_skb_in" => ("4.18 (bpf_skb_cgroup_id)", HookKind::Isolation(Skb::Ingress)),
+        "enf_skb_out" => ("4.18 (bpf_skb_cgroup_id)", HookKind::Isolation(Skb::Egress)),
+        _ => ("?", HookKind::Global),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HookKind {
+    /// A cgroup hook attached at the cgroup v2 root.
+    Root,
+    /// A tracing hook (all tasks).
+    Global,
+    /// A packet filter attached to a container's cgroup while it is isolated.
+    Isolation(Skb),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skb {
+    Ingress,
+    Egress,
+}
+
+impl Skb {
+    fn suffix(self) -> &'static str {
+        match self {
+            Skb::Ingress => "ingress",
+            Skb::Egress => "egress",
+        }
+    }
+
+    fn attach_type(self) -> libbpf_rs::libbpf_sys::bpf_attach_type {
+        match self {
+            Skb::Ingress => libbpf_rs::libbpf_sys::BPF_CGROUP_INET_INGRESS,
+            Skb::Egress => libbpf_rs::libbpf_sys::BPF_CGROUP_INET_EGRESS,
+        }
+    }
+}
+
+/// The loaded enforcement backends. Dropping it leaves everything in force
+/// (maps and links are pinned); [`unpin_all`] removes it all.
+///
+/// The handles are plain fds (`Send + Sync`): the enforcer can live in any
+/// thread, and concurrent calls are safe (each map update is atomic in the
+/// kernel; read-modify-write of one container's policy is not, so one
+/// owner should decide per container).
+pub struct Enforcer {
+    cfg: EnforceConfig,
+    cg_policy: MapHandle,
+    net_allow: MapHandle,
+    kill_ino: MapHandle,
+    stats: MapHandle,
+    events: MapHandle,
+    skb_in: Option<OwnedFd>,
+    skb_out: Option<OwnedFd>,
+    /// The root hooks' links (pinned), with their program names.
+    links: Vec<(String, Link)>,
+    status: Vec<HookStatus>,
+}
+
+impl std::fmt::Debug for Enforcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enforcer").field("pin_dir", &self.cfg.pin_dir).field("status", &self.status).finish()
+    }
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// CLOCK_BOOTTIME in ns: the clock of `bpf_ktime_get_boot_ns()`.
+pub fn boot_time_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, exclusively borrowed timespec for the call;
+    // CLOCK_BOOTTIME exists on every kernel this code runs on (2.6.39+).
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if r != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether `path` lies on bpffs.
+fn on_bpffs(path: &Path) -> io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut st = MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` points to writable
+    // memory of the size of `struct statfs` for the duration of the call.
+    let r = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Creates the pin dir after checking it is (to be) on bpffs.
+fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
+    let mut probe = pin_dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p,
+            None => break,
+        }
+    }
+    let ok = on_bpffs(probe).map_err(|source| EnforceError::PinDir { path: probe.to_path_buf(), source })?;
+    if !ok && probe != pin_dir {
+        return Err(EnforceError::NoBpffs { path: pin_dir.to_path_buf() });
+    }
+    std::fs::create_dir_all(pin_dir).map_err(|source| EnforceError::PinDir { path: pin_dir.to_path_buf(), source })?;
+    if !on_bpffs(pin_dir).map_err(|source| EnforceError::PinDir { path: pin_dir.to_path_buf(), source })? {
+        return Err(EnforceError::NoBpffs { path: pin_dir.to_path_buf() });
+    }
+    Ok(())
+}
+
+/// One entry per program of the object, nothing known yet.
+fn initial_status(cgroup2_root: &Path) -> Result<Vec<HookStatus>> {
+    let mut storage = MaybeUninit::uninit();
+    let open = open_skel(&mut storage, None, None, &[])?;
+    let status = open
+        .open_object()
+        .progs()
+        .map(|p| {
+            let program = p.name().to_string_lossy().into_owned();
+            let (min_kernel, kind) = program_info(&program);
+            let target = match kind {
+                HookKind::Root => format!("cgroup v2 root {}", cgroup2_root.display()),
+                HookKind::Global => "every exec".to_string(),
+                HookKind::Isolation(_) => "the cgroup of each isolated container".to_string(),
+            };
+            HookStatus {
+                program,
+                hook: p.section().to_string_lossy().into_owned(),
+                min_kernel,
+                target,
+                holds: false,
+                adopted: false,
+                pin: None,
+                error: None,
+            }
+        })
+        .collect();
+    Ok(status)
+}
+
+/// For `lancet doctor`, without touching any pin or rule: loads the
+/// enforcement object with private (empty) maps and attaches each program
+/// for an instant at `cgroup2_root` (with empty maps they let everything
+/// through). `holds` then says whether that program type works here.
+pub fn check(cgroup2_root: &Path) -> Vec<HookStatus> {
+    let mut status = match initial_status(cgroup2_root) {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![HookStatus {
+                program: "enforce".into(),
+                hook: String::new(),
+                min_kernel: "?",
+                target: String::new(),
+                holds: false,
+                adopted: false,
+                pin: None,
+                error: Some(e.to_string()),
+            }]
+        }
+    };
+    let uid = euid();
+    if uid != 0 {
+        for st in status.iter_mut() {
+            st.error = Some(EnforceError::NotRoot(uid).to_string());
+        }
+        return status;
+    }
+    let (mut first, mut retry) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+    let skel = match Enforcer::load(None, &mut first, &mut retry, &mut status) {
+        Ok(s) => s,
+        Err(e) => {
+            for st in status.iter_mut().filter(|s| s.error.is_none()) {
+                st.error = Some(e.to_string());
+            }
+            return status;
+        }
+    };
+    let root = std::fs::File::open(cgroup2_root);
+    for prog in skel.object().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let Some(st) = status.iter_mut().find(|s| s.program == name) else { continue };
+        if st.error.is_some() {
+            continue;
+        }
+        let res = match (program_info(&name).1, &root) {
+            (HookKind::Global, _) => prog.attach(),
+            (_, Ok(root)) => prog.attach_cgroup(root.as_raw_fd()),
+            (_, Err(e)) => {
+                st.error = Some(format!("cgroup v2 root {}: {e}", cgroup2_root.display()));
+                continue;
+            }
+        };
+        match res {
+            Ok(link) => {
+                st.holds = true;
+                drop(link);
+            }
+            Err(e) => st.error = Some(format!("refused at attach: {e}")),
+        }
+    }
+    status
+}
+
+/// Whether `pin_dir` is (or would be created) on bpffs; creates nothing.
+pub fn check_pin_dir(pin_dir: &Path) -> Result<()> {
+    let mut probe = pin_dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p,
+            None => break,
+        }
+    }
+    match on_bpffs(probe) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(EnforceError::NoBpffs { path: pin_dir.to_path_buf() }),
+        Err(source) => Err(EnforceError::PinDir { path: probe.to_path_buf(), source }),
+    }
+}
+
+fn open_skel<'a>(
+    storage: &'a mut MaybeUninit<OpenObject>,
+    pin_dir: Option<&Path>,
+    only: Option<&str>,
+    skip: &[String],
+) -> Result<OpenEnforceSkel<'a>> {
+    let mut open = EnforceSkelBuilder::default().open(storage).map_err(EnforceError::Open)?;
+    if let Some(dir) = pin_dir {
+        for mut m in open.open_object_mut().maps_mut() {
+            let name = m.name().to_string_lossy().into_owned();
+            if MAP_NAMES.contains(&name.as_str()) {
+                // Reused when pinned (and compatible), else created and pinned
+                // by libbpf at load.
+                m.set_pin_path(dir.join(&name)).map_err(EnforceError::Open)?;
+            }
+        }
+    }
+    for mut prog in open.open_object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let load = match only {
+            Some(o) => o == name,
+            None => !skip.contains(&name),
+        };
+        prog.set_autoload(load);
+    }
+    Ok(open)
+}
+
+fn io_err(e: libbpf_rs::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+/// The cgroup id a cgroup link is attached to (0 once its cgroup is gone),
+/// or None for other link types.
+fn link_cgroup(link: &Link) -> Option<u64> {
+    match link.info().ok()?.info {
+        LinkTypeInfo::Cgroup(c) => Some(c.cgroup_id),
+        _ => None,
+    }
+}
+
+/// The link pinned at `path`, if there is one (checked first: libbpf logs
+/// a warning for a missing pin).
+fn open_link(path: &Path) -> libbpf_rs::Result<Link> {
+    if !path.exists() {
+        return Err(io::Error::from(io::ErrorKind::NotFound).into());
+    }
+    Link::open(path)
+}
+
+/// Detaches the link pinned at `path` (whoever holds it) and removes the pin.
+fn destroy_pinned_link(path: &Path) -> io::Result<()> {
+    if let Ok(link) = open_link(path) {
+        if let Err(e) = link.detach() {
+            tracing::debug!(path = %path.display(), "detaching a pinned link: {e}");
+        }
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn pin_link(link: &mut Link, path: &Path) -> Result<()> {
+    link.pin(path).map_err(|e| EnforceError::Pin { path: path.to_path_buf(), source: io_err(e) })
+}
+
+impl Enforcer {
+    /// Loads the enforcement object, adopting the maps and links pinned under
+    /// `cfg.pin_dir` (creating what is missing), and attaches the root hooks.
+    /// A program this kernel refuses is left out and reported by
+    /// [`Enforcer::status`]; the error is for what makes enforcement
+    /// impossible (not root, no bpffs, maps that cannot load).
+    pub fn open(cfg: EnforceConfig) -> Result<Enforcer> {
+        let uid = euid();
+        if uid != 0 {
+            return Err(EnforceError::NotRoot(uid));
+        }
+        prepare_pin_dir(&cfg.pin_dir)?;
+        let root = std::fs::File::open(&cfg.cgroup2_root)
+            .map_err(|source| EnforceError::Cgroup { path: cfg.cgroup2_root.clone(), source })?;
+        let root_id =
+            root.metadata().map_err(|source| EnforceError::Cgroup { path: cfg.cgroup2_root.clone(), source })?.ino();
+
+        let mut status = initial_status(&cfg.cgroup2_root)?;
+
+        let (mut first, mut retry) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+        let skel = Self::load(Some(&cfg.pin_dir), &mut first, &mut retry, &mut status)?;
+
+        let mut links = Vec::new();
+        let mut skb_in = None;
+        let mut skb_out = None;
+        for prog in skel.object().progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            let Some(st) = status.iter_mut().find(|s| s.program == name) else { continue };
+            if st.error.is_some() {
+                continue;
+            }
+            let (_, kind) = program_info(&name);
+            match kind {
+                HookKind::Isolation(skb) => {
+                    match prog.as_fd().try_clone_to_owned() {
+                        Ok(fd) => {
+                            st.holds = true;
+                            if skb == Skb::Ingress {
+                                skb_in = Some(fd);
+                            } else {
+                                skb_out = Some(fd);
+                            }
+                        }
+                        Err(e) => st.error = Some(format!("keeping the program: {e}")),
+                    }
+                    // Point the isolations pinned by an earlier agent at
+                    // this program.
+                    for (path, _) in isolation_pins(&cfg.pin_dir).into_iter().filter(|(_, (_, s))| *s == skb) {
+                        match open_link(&path) {
+                            Ok(mut l) => {
+                                if let Err(e) = l.update_prog(&prog) {
+                                    tracing::warn!(pin = %path.display(), "isolation link keeps its old program: {e}");
+                                }
+                            }
+                            Err(e) => tracing::warn!(pin = %path.display(), "opening a pinned isolation link: {e}"),
+                        }
+                    }
+                }
+                HookKind::Root | HookKind::Global => {
+                    let path = cfg.pin_dir.join(format!("{LINK_PREFIX}{name}"));
+                    st.pin = Some(path.clone());
+                    let attach = || -> Result<Link> {
+                        let r = if kind == HookKind::Root { prog.attach_cgroup(root.as_raw_fd()) } else { prog.attach() };
+                        r.map_err(|e| EnforceError::Attach {
+                            program: name.clone(),
+                            target: if kind == HookKind::Root { cfg.cgroup2_root.clone() } else { PathBuf::from(&st.hook) },
+                            source: io_err(e),
+                        })
+                    };
+                    let adopted = match open_link(&path) {
+                        Ok(mut old) => {
+                            let right_place = kind != HookKind::Root || link_cgroup(&old) == Some(root_id);
+                            match right_place.then(|| old.update_prog(&prog)) {
+                                Some(Ok(())) => Some(old),
+                                other => {
+                                    // A tracing link cannot change program, and
+                                    // a link may hang off the wrong or a dead
+                                    // cgroup: attach anew, then drop the old one.
+                                    if let Some(Err(e)) = other {
+                                        tracing::debug!(program = %name, "replacing pinned link: {e}");
+                                    }
+                                    match attach() {
+                                        Ok(mut new) => {
+                                            let _ = old.detach();
+                                            drop(old);
+                                            let _ = std::fs::remove_file(&path);
+                                            match pin_link(&mut new, &path) {
+                                                Ok(()) => {
+                                                    links.push((name.clone(), new));
+                                                    st.holds = true;
+                                                    st.adopted = true;
+                                                }
+                                                Err(e) => st.error = Some(e.to_string()),
+                                            }
+                                        }
+                                        Err(e) => st.error = Some(e.to_string()),
+                                    }
+                                    None
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            match attach().and_then(|mut l| pin_link(&mut l, &path).map(|()| l)) {
+                                Ok(l) => {
+                                    links.push((name.clone(), l));
+                                    st.holds = true;
+                                }
+                                Err(e) => st.error = Some(e.to_string()),
+                            }
+                            None
+                        }
+                    };
+                    if let Some(l) = adopted {
+                        st.adopted = true;
+                        st.holds = true;
+                        links.push((name.clone(), l));
+                    }
+                }
+            }
+        }
+        for st in status.iter().filter(|s| s.error.is_some()) {
+            tracing::warn!(program = %st.program, hook = %st.hook, error = ?st.error, "enforcement hook not in force");
+        }
+
+        let handle = |name: &'static str| -> Result<MapHandle> {
+            let m = skel
+                .object()
+                .maps()
+                .find(|m| m.name().to_string_lossy() == name)
+                .ok_or_else(|| EnforceError::Open(io::Error::other(format!("no map {name}")).into()))?;
+            MapHandle::try_from(&m).map_err(map_err(name, "keeping a handle"))
+        };
+        let enforcer = Enforcer {
+            cg_policy: handle("cg_policy")?,
+            net_allow: handle("net_allow")?,
+            kill_ino: handle("kill_ino")?,
+            stats: handle("enforce_stats")?,
+            events: handle("enforce_events")?,
+            skb_in,
+            skb_out,
+            links,
+            status,
+            cfg,
+        };
+        // The object closes here; the pinned links, the kept program fds
+        // and the map handles hold everything that matters.
+        drop(skel);
+        Ok(enforcer)
+    }
+
+    /// Loads with the maps pinned; if the kernel refuses some program, finds
+    /// which (each on its own, unpinned) and loads the rest (into `retry`).
+    fn load<'a>(
+        pin_dir: Option<&Path>,
+        first: &'a mut MaybeUninit<OpenObject>,
+        retry: &'a mut MaybeUninit<OpenObject>,
+        status: &mut [HookStatus],
+    ) -> Result<EnforceSkel<'a>> {
+        let shown = pin_dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("(not pinned)"));
+        let all_err = match open_skel(first, pin_dir, None, &[])?.load() {
+            Ok(skel) => return Ok(skel),
+            Err(e) => e,
+        };
+        tracing::warn!("loading all enforcement programs failed ({all_err}); probing them one by one");
+        let mut skip = Vec::new();
+        for st in status.iter_mut() {
+            let mut s = MaybeUninit::uninit();
+            let alone = open_skel(&mut s, None, Some(&st.program), &[])?.load().map(drop);
+            if let Err(e) = alone {
+                st.error = Some(format!("refused at load: {e}"));
+                skip.push(st.program.clone());
+            }
+        }
+        if skip.is_empty() {
+            // Every program loads alone: the pinned maps are the problem.
+            return Err(EnforceError::Load {
+                pin_dir: shown,
+                source: all_err,
+                hint: " (the pinned maps do not match this build, e.g. left by another lancet version; \
+                       `unpin_all` removes them, and the rules in them)",
+            });
+        }
+        if skip.len() == status.len() {
+            return Err(EnforceError::Load { pin_dir: shown, source: all_err, hint: "" });
+        }
+        open_skel(retry, pin_dir, None, &skip)?
+            .load()
+            .map_err(|source| EnforceError::Load { pin_dir: shown, source, hint: "" })
+    }
+
+    pub fn config(&self) -> &EnforceConfig {
+        &self.cfg
+    }
+
+    /// Each program, whether it holds now (a root link still attached to the
+    /// cgroup v2 root), and why not.
+    pub fn status(&self) -> Vec<HookStatus> {
+        let mut out = self.status.clone();
+        let isolated = isolation_pins(&self.cfg.pin_dir).len() / 2;
+        for st in out.iter_mut() {
+            match program_info(&st.program).1 {
+                HookKind::Root => {
+                    if let Some((_, l)) = self.links.iter().find(|(n, _)| *n == st.program) {
+                        if link_cgroup(l) == Some(0) {
+                            st.holds = false;
+                            st.error = Some("the link was detached".into());
+                        }
+                    }
+                }
+                HookKind::Isolation(_) => {
+                    st.target = format!("the cgroup of each isolated container ({isolated} now)");
+                }
+                HookKind::Global => {}
+            }
+        }
+        out
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn stats(&self) -> Result<EnforceStats> {
+        let mut v = [0u64; 12];
+        for (i, slot) in v.iter_mut().enumerate() {
+            let key = (i as u32).to_ne_bytes();
+            if let Some(per_cpu) =
+                self.stats.lookup_percpu(&key, MapFlags::ANY).map_err(map_err("enforce_stats", format!("index {i}")))?
+            {
+                *slot = per_cpu
+                    .iter()
+                    .filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok()))
+                    .map(u64::from_ne_bytes)
+                    .sum();
+            }
+        }
+        Ok(EnforceStats {
+            denied_connect4: v[0],
+            denied_connect6: v[1],
+            denied_sendmsg4: v[2],
+            denied_sendmsg6: v[3],
+            denied_bind4: v[4],
+            denied_bind6: v[5],
+            audited: v[6],
+            kills: v[7],
+            kill_failed: v[8],
+            isolate_dropped_ingress: v[9],
+            isolate_dropped_egress: v[10],
+            events_lost: v[11],
+        })
+    }
+
+    /// A reader of the denial/kill records. Independent of the enforcer: it
+    /// keeps its own handle on the pinned ring.
+    pub fn events(&self) -> Result<EnforceEvents> {
+        let map = MapHandle::try_from(&self.events).map_err(map_err("enforce_events", "duplicating"))?;
+        EnforceEvents::from_map(map, self.cfg.pin_dir.join("enforce_events"))
+    }
+
+    // ---- policies ----
+
+    fn read_raw_policy(&self, cgid: u64) -> Result<Option<(u32, u64)>> {
+        let v = self
+            .cg_policy
+            .lookup(&cgid.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("cg_policy", format!("cgroup {cgid}")))?;
+        Ok(v.and_then(|v| {
+            let flags = u32::from_ne_bytes(v.get(0..4)?.try_into().ok()?);
+            let until = u64::from_ne_bytes(v.get(8..16)?.try_into().ok()?);
+            Some((flags, until))
+        }))
+    }
+
+    fn write_raw_policy(&self, cgid: u64, flags: u32, until_ns: u64) -> Result<()> {
+        if flags == 0 {
+            return delete(&self.cg_policy, &cgid.to_ne_bytes()).map_err(map_err("cg_policy", format!("cgroup {cgid}")));
+        }
+        let mut v = [0u8; 16];
+        v[0..4].copy_from_slice(&flags.to_ne_bytes());
+        v[8..16].copy_from_slice(&until_ns.to_ne_bytes());
+        self.cg_policy
+            .update(&cgid.to_ne_bytes(), &v, MapFlags::ANY)
+            .map_err(map_err("cg_policy", format!("cgroup {cgid}")))
+    }
+
+    /// Sets a container's policy. An isolation in force is kept unless
+    /// `policy.flags` has ISOLATE itself (then `isolate_until` is its new
+    /// deadline); isolation proper (the packet filters) is [`Enforcer::isolate`].
+    /// Empty flags (and no isolation) remove the entry.
+    pub fn set_policy(&self, cgid: u64, policy: CgPolicy) -> Result<()> {
+        let mut flags = policy.flags.bits();
+        let mut until = 0;
+        if policy.flags.contains(PolicyFlags::ISOLATE) {
+            until = deadline(policy.isolate_until);
+        } else if let Some((old, old_until)) = self.read_raw_policy(cgid)? {
+            if old & PolicyFlags::ISOLATE.bits() != 0 && (old_until == 0 || old_until > boot_time_ns()) {
+                flags |= PolicyFlags::ISOLATE.bits();
+                until = old_until;
+            }
+        }
+        self.write_raw_policy(cgid, flags, until)
+    }
+
+    /// A container's policy, or None when it has none.
+    pub fn policy(&self, cgid: u64) -> Result<Option<CgPolicy>> {
+        Ok(self.read_raw_policy(cgid)?.map(|(flags, until)| CgPolicy {
+            flags: PolicyFlags(flags),
+            isolate_until: (until != 0).then(|| Duration::from_nanos(until.saturating_sub(boot_time_ns()))),
+        }))
+    }
+
+    /// The cgroups that have a policy entry (for adoption after a restart).
+    pub fn list_cgroups(&self) -> Result<Vec<u64>> {
+        let mut v: Vec<u64> = self
+            .cg_policy
+            .keys()
+            .filter_map(|k| k.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes))
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Forgets a container: its policy, allow-list, kill list and isolation
+    /// links. Call when it exits.
+    pub fn clear(&self, cgid: u64) -> Result<()> {
+        self.detach_isolation(cgid);
+        delete(&self.cg_policy, &cgid.to_ne_bytes()).map_err(map_err("cg_policy", format!("cgroup {cgid}")))?;
+        self.remove_allow_entries(cgid, &std::collections::HashSet::new())?;
+        for k in self.kill_ino.keys().collect::<Vec<_>>() {
+            if key_cgid(&k) == Some(cgid) {
+                delete(&self.kill_ino, &k).map_err(map_err("kill_ino", format!("cgroup {cgid}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every entry of cgroups for which `live` says false (gone
+    /// while the agent was down). Returns the cgroups removed.
+    pub fn gc(&self, live: impl Fn(u64) -> bool) -> Result<Vec<u64>> {
+        let mut all: std::collections::BTreeSet<u64> = self.list_cgroups()?.into_iter().collect();
+        all.extend(self.net_allow.keys().filter_map(|k| net::key_cgid(&k)));
+        all.extend(self.kill_ino.keys().filter_map(|k| key_cgid(&k)));
+        all.extend(isolation_pins(&self.cfg.pin_dir).into_iter().map(|(_, (cgid, _))| cgid));
+        let mut removed = Vec::new();
+        for cgid in all {
+            if !live(cgid) {
+                self.clear(cgid)?;
+                removed.push(cgid);
+            }
+        }
+        Ok(removed)
+    }
+
+    // ---- isolation ----
+
+    /// Cuts a container off the network for `until` (in the kernel: its
+    /// deadline holds even if the agent dies): connect/sendmsg/bind fail
+    /// with EPERM and its packets are dropped, except loopback and the
+    /// rules marked `during_isolation`. Attaches the packet filters to
+    /// `cgroup_dir` (which must be the cgroup of `cgid`), pinned as
+    /// `isolate-<cgid>-ingress|egress`. Extends an isolation in force.
+    /// On error the policy flag may already be set; [`Enforcer::release`] undoes it.
+    pub fn isolate(&self, cgid: u64, cgroup_dir: &Path, until: Duration) -> Result<()> {
+        let found = cgroup_id(cgroup_dir).map_err(|source| EnforceError::Cgroup { path: cgroup_dir.into(), source })?;
+        if found != cgid {
+            return Err(EnforceError::CgroupMismatch { path: cgroup_dir.into(), expected: cgid, found });
+        }
+        let old = self.read_raw_policy(cgid)?.map(|(f, _)| f).unwrap_or(0);
+        self.write_raw_policy(cgid, old | PolicyFlags::ISOLATE.bits(), deadline(Some(until)))?;
+        let dir = std::fs::File::open(cgroup_dir)
+            .map_err(|source| EnforceError::Cgroup { path: cgroup_dir.into(), source })?;
+        for (skb, prog) in [(Skb::Ingress, &self.skb_in), (Skb::Egress, &self.skb_out)] {
+            let program = if skb == Skb::Ingress { "enf_skb_in" } else { "enf_skb_out" };
+            let Some(prog) = prog else {
+                let why = self.status.iter().find(|s| s.program == program).and_then(|s| s.error.clone());
+                return Err(EnforceError::NotLoaded { program, why: why.unwrap_or_default() });
+            };
+            let path = isolation_pin(&self.cfg.pin_dir, cgid, skb);
+            if let Ok(l) = open_link(&path) {
+                if link_cgroup(&l) == Some(cgid) {
+                    continue;
+                }
+                drop(l);
+                destroy_pinned_link(&path).map_err(|source| EnforceError::Pin { path: path.clone(), source })?;
+            }
+            let link = link_create(prog, &dir, skb.attach_type()).map_err(|source| EnforceError::Attach {
+                program: program.into(),
+                target: cgroup_dir.into(),
+                source,
+            })?;
+            obj_pin(&link, &path).map_err(|source| EnforceError::Pin { path: path.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Ends a container's isolation now: clears the flag and detaches and
+    /// unpins its packet filters. Harmless when it is not isolated.
+    pub fn release(&self, cgid: u64, cgroup_dir: &Path) -> Result<()> {
+        if let Some((flags, _)) = self.read_raw_policy(cgid)? {
+            self.write_raw_policy(cgid, flags & !PolicyFlags::ISOLATE.bits(), 0)?;
+        }
+        tracing::debug!(cgid, dir = %cgroup_dir.display(), "isolation released");
+        self.detach_isolation(cgid);
+        Ok(())
+    }
+
+    fn detach_isolation(&self, cgid: u64) {
+        for skb in [Skb::Ingress, Skb::Egress] {
+            let path = isolation_pin(&self.cfg.pin_dir, cgid, skb);
+            if let Err(e) = destroy_pinned_link(&path) {
+                tracing::warn!(pin = %path.display(), "removing an isolation link: {e}");
+            }
+        }
+    }
+
+    /// The kernel already ignores an isolation past its deadline; this
+    /// removes the flag and the packet filters of those (and filters left
+    /// without an isolation). Returns the cgroups released.
+    pub fn expire_isolations(&self) -> Result<Vec<u64>> {
+        let now = boot_time_ns();
+        let mut released = Vec::new();
+        for cgid in self.list_cgroups()? {
+            if let Some((flags, until)) = self.read_raw_policy(cgid)? {
+                if flags & PolicyFlags::ISOLATE.bits() != 0 && until != 0 && until <= now {
+                    self.write_raw_policy(cgid, flags & !PolicyFlags::ISOLATE.bits(), 0)?;
+                    self.detach_isolation(cgid);
+                    released.push(cgid);
+                }
+            }
+        }
+        for (_, (cgid, _)) in isolation_pins(&self.cfg.pin_dir) {
+            if released.contains(&cgid) {
+                continue;
+            }
+            let active = matches!(self.read_raw_policy(cgid)?,
+                Some((f, u)) if f & PolicyFlags::ISOLATE.bits() != 0 && (u == 0 || u > now));
+            if !active {
+                self.detach_isolation(cgid);
+                released.push(cgid);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Containers isolated now, with the time left (None: no deadline).
+    pub fn isolations(&self) -> Result<Vec<(u64, Option<Duration>)>> {
+        let now = boot_time_ns();
+        let mut out = Vec::new();
+        for cgid in self.list_cgroups()? {
+            if let Some((f, u)) = self.read_raw_policy(cgid)? {
+                if f & PolicyFlags::ISOLATE.bits() != 0 && (u == 0 || u > now) {
+                    out.push((cgid, (u != 0).then(|| Duration::from_nanos(u - now))));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- exec kills ----
+
+    /// Kills, from now on, every exec in `cgid` of the file `dev`/`ino`
+    /// (with the KILL_EXEC_INO flag set). `dev` is the kernel's encoding, as
+    /// in exec events' `exe_dev`; convert a `stat` st_dev with [`kernel_dev`].
+    pub fn kill_ino(&self, cgid: u64, dev: u32, ino: u64) -> Result<()> {
+        self.kill_ino
+            .update(&kill_key(cgid, dev, ino), &1u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("kill_ino", format!("cgroup {cgid}, dev {dev:#x}, inode {ino}")))
+    }
+
+    pub fn forget_ino(&self, cgid: u64, dev: u32, ino: u64) -> Result<()> {
+        delete(&self.kill_ino, &kill_key(cgid, dev, ino))
+            .map_err(map_err("kill_ino", format!("cgroup {cgid}, dev {dev:#x}, inode {ino}")))
+    }
+}
+
+/// A `stat` st_dev (userspace dev_t) in the kernel's encoding
+/// (`major << 20 | minor`), as BPF sees `inode->i_sb->s_dev`.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev);
+    let minor = libc::minor(st_dev);
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+fn kill_key(cgid: u64, dev: u32, ino: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[0..8].copy_from_slice(&cgid.to_ne_bytes());
+    k[8..16].copy_from_slice(&ino.to_ne_bytes());
+    k[16..20].copy_from_slice(&dev.to_ne_bytes());
+    k
+}
+
+fn key_cgid(k: &[u8]) -> Option<u64> {
+    k.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)
+}
+
+/// Deletes a key; a missing key is fine.
+fn delete(map: &MapHandle, key: &[u8]) -> std::result::Result<(), libbpf_rs::Error> {
+    match map.delete(key) {
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// A deadline `d` from now on the boot clock; 0 (none) for None or one too
+/// far to represent.
+fn deadline(d: Option<Duration>) -> u64 {
+    match d {
+        None => 0,
+        Some(d) => u64::try_from(d.as_nanos()).ok().and_then(|n| boot_time_ns().checked_add(n.max(1))).unwrap_or(0),
+    }
+}
+
+fn isolation_pin(pin_dir: &Path, cgid: u64, skb: Skb) -> PathBuf {
+    pin_dir.join(format!("{ISOLATE_PREFIX}{cgid}-{}", skb.suffix()))
+}
+
+/// The isolation links pinned in `pin_dir`: path, cgroup id and direction.
+fn isolation_pins(pin_dir: &Path) -> Vec<(PathBuf, (u64, Skb))> {
+    let Ok(rd) = std::fs::read_dir(pin_dir) else { return Vec::new() };
+    rd.filter_map(|e| {
+        let e = e.ok()?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rest = name.strip_prefix(ISOLATE_PREFIX)?;
+        let (id, dir) = rest.split_once('-')?;
+        let skb = match dir {
+            "ingress" => Skb::Ingress,
+            "egress" => Skb::Egress,
+            _ => return None,
+        };
+        Some((e.path(), (id.parse().ok()?, skb)))
+    })
+    .collect()
+}
+
+/// `BPF_LINK_CREATE` for a cgroup program we hold by fd.
+fn link_create(prog: &OwnedFd, cgroup: &std::fs::File, attach: libbpf_rs::libbpf_sys::bpf_attach_type) -> io::Result<OwnedFd> {
+    // SAFETY: both fds are open for the duration of the call; a null opts
+    // pointer is allowed by libbpf (no options).
+    let fd = unsafe {
+        libbpf_rs::libbpf_sys::bpf_link_create(prog.as_raw_fd(), cgroup.as_raw_fd(), attach, std::ptr::null())
+    };
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: bpf_link_create returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn obj_pin(fd: &OwnedFd, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `fd` is open and `c` is a NUL-terminated path, both valid for
+    // the duration of the call.
+    let r = unsafe { libbpf_rs::libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::from_raw_os_error(-r));
+    }
+    Ok(())
+}
+
+/// Detaches every link pinned under `pin_dir` and removes every pin lancet
+/// made there (for uninstall and tests), then the dir when it is empty.
+/// A dir that does not exist is fine.
+pub fn unpin_all(pin_dir: &Path) -> Result<()> {
+    let rd = match std::fs::read_dir(pin_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(EnforceError::PinDir { path: pin_dir.into(), source }),
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let res = if name.starts_with(LINK_PREFIX) || name.starts_with(ISOLATE_PREFIX) {
+            destroy_pinned_link(&path)
+        } else if MAP_NAMES.contains(&name.as_str()) {
+            std::fs::remove_file(&path)
+        } else {
+            continue;
+        };
+        res.map_err(|source| EnforceError::Pin { path, source })?;
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            tracing::info!(dir = %pin_dir.display(), "pin dir kept: it holds pins lancet did not make");
+            Ok(())
+        }
+        Err(source) => Err(EnforceError::PinDir { path: pin_dir.into(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_dev_encodes_major_and_minor() {
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        assert_eq!(kernel_dev(libc::makedev(0, 0x2f)), 0x2f);
+        assert_eq!(kernel_dev(libc::makedev(259, 0x12345)), (259 << 20) | 0x12345);
+    }
+
+    #[test]
+    fn abi_sizes_match_the_header() {
+        use crate::skel::enforce::types;
+        assert_eq!(std::mem::size_of::<types::lancet_net_key>(), 32);
+        assert_eq!(std::mem::size_of::<types::lancet_kill_key>(), 24);
+        assert_eq!(std::mem::size_of::<types::lancet_cg_policy>(), 16);
+        assert_eq!(std::mem::size_of::<types::lancet_enforce_event>(), 112);
+    }
+
+    #[test]
+    fn isolation_pins_are_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["isolate-42-ingress", "isolate-42-egress", "isolate-x-ingress", "link-enf_exec", "isolate-7-sideways"] {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        let mut got: Vec<(u64, &str)> =
+            isolation_pins(dir.path()).into_iter().map(|(_, (c, s))| (c, s.suffix())).collect();
+        got.sort();
+        assert_eq!(got, vec![(42, "egress"), (42, "ingress")]);
+    }
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Enforcer>();
+        send::<EnforceEvents>();
+    }
+
+    #[test]
+    fn policy_flags_compose() {
+        let f = PolicyFlags::NET_ENFORCE | PolicyFlags::KILL_MEMFD_EXEC;
+        assert!(f.contains(PolicyFlags::NET_ENFORCE));
+        assert!(!f.contains(PolicyFlags::ISOLATE));
+        assert_eq!(f.without(PolicyFlags::NET_ENFORCE), PolicyFlags::KILL_MEMFD_EXEC);
+        assert_eq!(f.bits(), 0b1001);
+    }
+}

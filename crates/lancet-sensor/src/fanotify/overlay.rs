@@ -1,0 +1,252 @@
+//! Overlay storage helpers for drift decisions: where a container's writable
+//! layer is ([`overlay_upper_dir`]) and whether a file in the container was
+//! written after it started ([`written_in_container`]).
+//!
+//! With overlay storage (podman, Docker, containerd) a container's root is an
+//! overlayfs whose lower layers are the image and whose upper directory starts
+//! empty. Anything created in the container, and any image file modified in it
+//! (overlayfs copies it up first), is a regular file in the upper directory;
+//! an image file that was never written is not. A deleted file is a whiteout
+//! (a 0/0 character device), which is not a regular file either.
+//!
+//! Also the `/proc/<pid>/mountinfo` parsing the permission backend uses to find
+//! the host mount points of a container's root filesystem.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// One line of `/proc/<pid>/mountinfo`, with octal escapes (`\040` for a
+/// space, `\011`, `\012`, `\134`) decoded in the path fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mount_id: u32,
+    pub parent_id: u32,
+    /// `st_dev` of files on this mount (`makedev(major, minor)`).
+    pub dev: u64,
+    /// The directory of the filesystem that is mounted here (`/` for the
+    /// whole filesystem, a subdirectory for bind mounts).
+    pub root: String,
+    pub mount_point: String,
+    pub fstype: String,
+    pub source: String,
+    /// Superblock options, still escaped (split on `,`, then decode each value
+    /// with [`unescape`]; overlayfs escapes `,` `=` space tab newline and `\`
+    /// inside values).
+    pub super_options: String,
+}
+
+/// Decodes mountinfo's octal escapes (`\NNN`); anything else is kept as is.
+pub fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    if !b.contains(&b'\\') {
+        return s.to_owned();
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            let oct = &b[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = (oct[0] - b'0') as u32 * 64 + (oct[1] - b'0') as u32 * 8 + (oct[2] - b'0') as u32;
+                if v <= 0xff {
+                    out.push(v as u8);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses one mountinfo line; `None` when it is malformed.
+pub fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
+    let (pre, post) = line.split_once(" - ")?;
+    let mut f = pre.split(' ');
+    let mount_id = f.next()?.parse().ok()?;
+    let parent_id = f.next()?.parse().ok()?;
+    let (maj, min) = f.next()?.split_once(':')?;
+    let dev = libc::makedev(maj.parse().ok()?, min.parse().ok()?);
+    let root = unescape(f.next()?);
+    let mount_point = unescape(f.next()?);
+    let mut p = post.split(' ');
+    let fstype = p.next()?.to_owned();
+    let source = unescape(p.next()?);
+    let super_options = p.next().unwrap_or("").trim_end().to_owned();
+    Some(MountInfo {
+        mount_id,
+        parent_id,
+        dev,
+        root,
+        mount_point,
+        fstype,
+        source,
+        super_options,
+    })
+}
+
+/// The value of `key=` in a superblock option string, unescaped.
+pub fn super_option(options: &str, key: &str) -> Option<String> {
+    options.split(',').find_map(|o| {
+        let (k, v) = o.split_once('=')?;
+        (k == key).then(|| unescape(v))
+    })
+}
+
+/// The upper directory of the overlay mounted at `/` in a mountinfo text (the
+/// last such mount wins: it is the one on top).
+pub fn upper_dir_from_mountinfo(text: &str) -> Option<PathBuf> {
+    text.lines()
+        .filter_map(parse_mountinfo_line)
+        .filter(|m| m.mount_point == "/" && m.fstype == "overlay")
+        .last()
+        .and_then(|m| super_option(&m.super_options, "upperdir"))
+        .map(PathBuf::from)
+}
+
+/// The host path of the upper (writable) directory of the overlay that is
+/// process `pid`'s root, from `/proc/<pid>/mountinfo`. `None` when the
+/// process is gone or its root is not an overlay with an upper directory
+/// (e.g. a read-only rootfs). The path is as the host mount namespace sees it
+/// (podman and containerd mount the overlay from the host namespace).
+pub fn overlay_upper_dir(pid: u32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    upper_dir_from_mountinfo(&text)
+}
+
+/// Was `path` (absolute, as seen in the container, e.g. from a
+/// [`PermRequest`](super::PermRequest)) created or modified after the
+/// container started? True when it is a regular file in the overlay's upper
+/// directory `upper`. This is the drift test for overlay storage: an
+/// executable for which this is true did not come from the image.
+///
+/// `path` is resolved inside `upper` (symlinks in the upper directory cannot
+/// lead out of it, `..` is refused). The final component is not followed.
+/// A file that was only chmod'ed or chown'ed was copied up too and counts as
+/// written. Costs two `openat` and one `fstat`.
+pub fn written_in_container(upper: &Path, path: &str) -> bool {
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return false;
+    }
+    let Ok(upper_fd) = super::open::open_path(libc::AT_FDCWD, upper, libc::O_DIRECTORY) else {
+        return false;
+    };
+    regular_in_root(upper_fd.as_raw_fd(), path).unwrap_or(false)
+}
+
+/// `lstat` of `path` resolved inside `root_fd`: the parent directory is
+/// resolved in the root, the final component is not followed.
+fn regular_in_root(root_fd: i32, path: &str) -> io::Result<bool> {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    if name.is_empty() || name == "." {
+        return Ok(false);
+    }
+    let dir = super::open::open_in_root(root_fd, if parent.is_empty() { "/" } else { parent })?;
+    let name = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: all-zero bytes are a valid `struct stat` (plain integers).
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` a valid out-pointer, both
+    // live across the call; `dir` is an open O_PATH directory fd.
+    let r = unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFREG)
+}
+
+/// Mounts of filesystem `dev` in a mountinfo text, as `(mount_point, root)`.
+pub(crate) fn mounts_of_dev(text: &str, dev: u64) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(parse_mountinfo_line)
+        .filter(|m| m.dev == dev)
+        .map(|m| (m.mount_point, m.root))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PODMAN: &str = "79 51 0:41 / / rw,relatime - overlay overlay rw,lowerdir=/var/lib/containers/storage/overlay/l/UQRW:/var/lib/containers/storage/overlay/l/ABCD,upperdir=/var/lib/containers/storage/overlay/cdc0/diff,workdir=/var/lib/containers/storage/overlay/cdc0/work,uuid=on
+80 79 0:44 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+81 79 0:45 / /dev rw,nosuid,noexec - tmpfs tmpfs rw,size=65536k,mode=755
+90 79 0:25 /containers/storage/overlay-containers/e10c/userdata/hosts /etc/hosts rw,nosuid,nodev shared:5 master:1 - tmpfs tmpfs rw,size=403204k,mode=755
+";
+
+    #[test]
+    fn parses_podman_root() {
+        assert_eq!(
+            upper_dir_from_mountinfo(PODMAN),
+            Some(PathBuf::from("/var/lib/containers/storage/overlay/cdc0/diff"))
+        );
+        let m = parse_mountinfo_line(PODMAN.lines().next().unwrap()).unwrap();
+        assert_eq!(m.dev, libc::makedev(0, 41));
+        assert_eq!(m.fstype, "overlay");
+        assert_eq!(m.root, "/");
+        let hosts = parse_mountinfo_line(PODMAN.lines().nth(3).unwrap()).unwrap();
+        assert_eq!(hosts.mount_point, "/etc/hosts");
+        assert_eq!(hosts.fstype, "tmpfs");
+        assert_eq!(hosts.root, "/containers/storage/overlay-containers/e10c/userdata/hosts");
+        assert_eq!(mounts_of_dev(PODMAN, libc::makedev(0, 45)), vec![("/dev".into(), "/".into())]);
+    }
+
+    #[test]
+    fn escapes_in_paths_and_options() {
+        assert_eq!(unescape(r"/a\040b\011c\012d\134e"), "/a b\tc\nd\\e");
+        assert_eq!(unescape(r"\054x\075y"), ",x=y");
+        // Not an escape: kept.
+        assert_eq!(unescape(r"a\9bc\0"), r"a\9bc\0");
+        assert_eq!(unescape(r"trail\04"), r"trail\04");
+        assert_eq!(unescape(r"\777"), r"\777", "above 0xff: not an escape");
+        let line = r"100 1 0:50 / /var/lib/my\040store/m rw - overlay overlay rw,lowerdir=/l,upperdir=/var/lib/my\040store/x\054y\075z/diff,workdir=/w";
+        let m = parse_mountinfo_line(line).unwrap();
+        assert_eq!(m.mount_point, "/var/lib/my store/m");
+        assert_eq!(
+            super_option(&m.super_options, "upperdir").as_deref(),
+            Some("/var/lib/my store/x,y=z/diff")
+        );
+        // Mounted at "/" → found.
+        let root = r"7 1 0:51 / / rw shared:1 - overlay none rw,upperdir=/u\040p,workdir=/w";
+        assert_eq!(upper_dir_from_mountinfo(root), Some(PathBuf::from("/u p")));
+    }
+
+    #[test]
+    fn no_upper_or_not_overlay() {
+        assert_eq!(upper_dir_from_mountinfo("1 0 8:1 / / rw - ext4 /dev/sda1 rw"), None);
+        // Read-only overlay (no upperdir).
+        assert_eq!(
+            upper_dir_from_mountinfo("1 0 0:9 / / ro - overlay overlay ro,lowerdir=/a:/b"),
+            None
+        );
+        // The topmost mount at / wins.
+        let two = "1 0 0:9 / / rw - overlay overlay rw,upperdir=/first\n2 1 0:10 / / rw - overlay overlay rw,upperdir=/second\n";
+        assert_eq!(upper_dir_from_mountinfo(two), Some(PathBuf::from("/second")));
+        for bad in ["", "garbage", "1 2 3 4 5 - x", "a b 0:1 / / - overlay o o", "1 2 0:x / / rw - overlay o o"] {
+            assert_eq!(parse_mountinfo_line(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn written_in_container_on_a_fake_upper() {
+        let d = tempfile::tempdir().unwrap();
+        let up = d.path();
+        std::fs::create_dir_all(up.join("tmp")).unwrap();
+        std::fs::write(up.join("tmp/ls"), b"x").unwrap();
+        std::os::unix::fs::symlink("/", up.join("escape")).unwrap();
+        std::os::unix::fs::symlink("ls", up.join("tmp/link")).unwrap();
+        assert!(written_in_container(up, "/tmp/ls"));
+        assert!(!written_in_container(up, "/tmp"), "a directory");
+        assert!(!written_in_container(up, "/bin/busybox"), "not in the upper dir");
+        assert!(!written_in_container(up, "tmp/ls"), "relative");
+        assert!(!written_in_container(up, "/tmp/../tmp/ls"), "dotdot");
+        assert!(!written_in_container(up, "/tmp/link"), "final symlink not followed");
+        // A symlink in the upper dir stays inside it: /escape/tmp/ls is
+        // upper/tmp/ls, never the host's /tmp/ls.
+        assert!(written_in_container(up, "/escape/tmp/ls"));
+        assert!(!written_in_container(up, "/escape/etc/passwd"));
+        assert!(!written_in_container(Path::new("/nonexistent-upper"), "/tmp/ls"));
+    }
+}

@@ -1,0 +1,166 @@
+//! The OCI hook: closes the race between a container's start and its
+//! protection. Runtimes that read `hooks.d` (podman, CRI-O) run
+//! `lancet hook oci` at the `createRuntime` stage: the container's cgroup
+//! exists and its root filesystem is mounted, but its entrypoint has not run
+//! one instruction yet. The hook hands the container to the agent, which
+//! places the exec marks, network maps and kill flags of the container's
+//! posture, and only then answers; the runtime waits for the hook.
+//!
+//! The hook never blocks a container because of lancet: when the agent does
+//! not answer within its timeout the hook says so on stderr and exits 0, and
+//! the agent arms the container when it next sees it.
+
+use crate::api::Client;
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum HookCmd {
+    /// Run as an OCI hook (reads the container state on stdin).
+    Oci {
+        /// How long to wait for the agent.
+        #[arg(long, default_value = "3s", value_name = "DURATION")]
+        timeout: String,
+    },
+    /// Write the hooks.d entry that makes podman and CRI-O call lancet.
+    Install {
+        #[arg(long, default_value = "/etc/containers/oci/hooks.d", value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Remove the hooks.d entry.
+    Uninstall {
+        #[arg(long, default_value = "/etc/containers/oci/hooks.d", value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+pub const HOOK_FILE: &str = "lancet.json";
+
+pub fn run(api: &str, cmd: HookCmd) -> Result<ExitCode> {
+    match cmd {
+        HookCmd::Oci { timeout } => {
+            let timeout = crate::config::parse_duration(&timeout)?;
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input).context("reading the container state from stdin")?;
+            if let Err(e) = oci(api, &input, timeout) {
+                // Fail open: lancet must never stop a container from starting.
+                eprintln!("lancet hook: container not handed to the agent: {e:#}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HookCmd::Install { dir } => {
+            let exe = std::env::current_exe().context("finding lancet's own path")?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join(HOOK_FILE);
+            let doc = hook_document(&exe, api);
+            std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+            println!("installed {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        HookCmd::Uninstall { dir } => {
+            let path = dir.join(HOOK_FILE);
+            match std::fs::remove_file(&path) {
+                Ok(()) => println!("removed {}", path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("{} was not installed", path.display()),
+                Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The hooks.d entry (format 1.0.0, as podman and CRI-O read it).
+pub fn hook_document(exe: &Path, api: &str) -> Value {
+    json!({
+        "version": "1.0.0",
+        "hook": {
+            "path": exe,
+            "args": ["lancet", "--api", api, "hook", "oci"],
+            "timeout": 10
+        },
+        "when": { "always": true },
+        "stages": ["createRuntime"]
+    })
+}
+
+/// What the agent needs to know about a container being created.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HookInfo {
+    pub id: String,
+    pub pid: u32,
+    /// The root filesystem as mounted on the host (absolute).
+    pub rootfs: PathBuf,
+    /// The cgroup v2 path of the container's first process.
+    pub cgroup: Option<String>,
+}
+
+/// Reads the OCI state (`id`, `pid`, `bundle`) and the bundle's config for
+/// the root path (relative paths are relative to the bundle).
+pub fn parse_state(state: &str) -> Result<HookInfo> {
+    let v: Value = serde_json::from_str(state).context("the container state on stdin is not JSON")?;
+    let id = v["id"].as_str().context("the container state has no id")?.to_string();
+    let pid = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).filter(|&p| p > 0).context("the container state has no pid")?;
+    let bundle = PathBuf::from(v["bundle"].as_str().context("the container state has no bundle")?);
+    let config_path = bundle.join("config.json");
+    let config: Value = serde_json::from_slice(&std::fs::read(&config_path).with_context(|| format!("reading {}", config_path.display()))?)
+        .with_context(|| format!("{} is not JSON", config_path.display()))?;
+    let root = config["root"]["path"].as_str().unwrap_or("rootfs");
+    let rootfs = if Path::new(root).is_absolute() { PathBuf::from(root) } else { bundle.join(root) };
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string));
+    Ok(HookInfo { id, pid, rootfs, cgroup })
+}
+
+fn oci(api: &str, state: &str, timeout: Duration) -> Result<()> {
+    let info = parse_state(state)?;
+    let client = Client::with_timeout(api, timeout);
+    client.post_json(
+        "/v1/hook",
+        &json!({
+            "id": info.id,
+            "pid": info.pid,
+            "rootfs": info.rootfs,
+            "cgroup": info.cgroup,
+        }),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_and_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), r#"{"root":{"path":"rootfs"}}"#).unwrap();
+        let state = json!({"ociVersion":"1.0.2","id":"abc","status":"creating","pid":std::process::id(),"bundle":dir.path()});
+        let info = parse_state(&state.to_string()).unwrap();
+        assert_eq!(info.id, "abc");
+        assert_eq!(info.rootfs, dir.path().join("rootfs"));
+        assert!(info.cgroup.is_some(), "our own cgroup is readable");
+        std::fs::write(dir.path().join("config.json"), r#"{"root":{"path":"/var/lib/x/merged"}}"#).unwrap();
+        assert_eq!(parse_state(&state.to_string()).unwrap().rootfs, PathBuf::from("/var/lib/x/merged"));
+    }
+
+    #[test]
+    fn bad_state_is_a_clear_error() {
+        assert!(format!("{:#}", parse_state("nope").unwrap_err()).contains("not JSON"));
+        assert!(format!("{:#}", parse_state(r#"{"id":"a","pid":0,"bundle":"/x"}"#).unwrap_err()).contains("no pid"));
+        let e = parse_state(r#"{"id":"a","pid":1,"bundle":"/nonexistent-bundle"}"#).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent-bundle/config.json"), "{e:#}");
+    }
+
+    #[test]
+    fn document_shape() {
+        let d = hook_document(Path::new("/usr/bin/lancet"), "127.0.0.1:7447");
+        assert_eq!(d["version"], "1.0.0");
+        assert_eq!(d["stages"][0], "createRuntime");
+        assert_eq!(d["hook"]["args"][4], "oci");
+    }
+}

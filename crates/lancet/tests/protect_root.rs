@@ -1,0 +1,256 @@
+//! Protect mode end to end, as root, with real podman containers: a busybox
+//! httpd workload is learned, promoted to protect, and then each refusal
+//! takes the one operation away while the server keeps answering; the
+//! response ladder's kill, isolate and freeze take effect and `lancet
+//! release` restores service; an agent killed with SIGKILL under load fails
+//! no request, its pinned network rules hold, and its successor resumes.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    alerts: PathBuf,
+    policies: PathBuf,
+    srv: Container,
+    _peer: Container,
+    cli: Container,
+    srv_ip: String,
+    peer_ip: String,
+    hooks: PathBuf,
+    // Dropped last: containers first, then the network.
+    _net: Network,
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Three containers of one image (one workload): a server, a peer server
+/// (8080 learned, 9090 not) and a client. The agent learns them, then the
+/// workload is promoted to protect.
+fn setup(tag: &str) -> (Setup, Agent) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, policies, alerts, hooks) =
+        (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"), dir.path().join("hooks.d"));
+    for d in [&state, &policies, &hooks] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(&alerts, "").unwrap();
+    let net = Network::create(&unique(&format!("lancet-p{tag}-net")));
+    let srv = Container::start(&unique(&format!("lancet-p{tag}-srv")), &["--network", &net.0], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    let peer = Container::start(&unique(&format!("lancet-p{tag}-peer")), &["--network", &net.0], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    let cli = Container::start(&unique(&format!("lancet-p{tag}-cli")), &["--network", &net.0], &["sleep", "600"]);
+    assert!(peer.exec(&["httpd", "-p", "9090", "-h", "/www"]).status.success());
+    let (srv_ip, peer_ip) = (srv.ip(), peer.ip());
+    let agent = Agent::start(&state, &policies, &alerts, &[]);
+    let out = agent.cli(&["hook", "install", "--dir", hooks.to_str().unwrap()]);
+    assert!(out.contains("lancet.json"), "{out}");
+    let s = Setup { _dir: dir, alerts, policies, srv, _peer: peer, cli, srv_ip, peer_ip, hooks, _net: net };
+
+    // Learn what the workload normally does, including everything the test
+    // later does on known terms.
+    for _ in 0..3 {
+        s.fetch().expect("request while learning");
+    }
+    for cmd in [
+        vec!["wget", "-q", "-O", "/dev/null", &format!("http://{}:8080/index.html", s.peer_ip)],
+        vec!["/bin/busybox", "true"],
+        vec!["sh", "-c", "true"],
+        vec!["sleep", "0"],
+        vec!["cat", "/www/index.html"],
+        vec!["timeout", "1", "true"],
+    ] {
+        let o = s.srv.exec(&cmd);
+        assert!(o.status.success(), "{cmd:?} while learning: {}", out_text(&o));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = agent.cli(&["profile", "promote", &s.srv.name, "--to", "protect"]);
+    assert!(out.contains("protect"), "{out}");
+    wait_guarded(&agent, &s.srv.id);
+    (s, agent)
+}
+
+impl Setup {
+    /// One request from the client to the server, with a deadline.
+    fn fetch(&self) -> Result<(), String> {
+        let url = format!("http://{}:8080/index.html", self.srv_ip);
+        let o = self.cli.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &url]);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(out_text(&o))
+        }
+    }
+}
+
+/// Waits until the agent reports the container under protection.
+fn wait_guarded(agent: &Agent, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = agent.cli(&["status"]);
+        if st.contains(id) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "container {id} not protected within 10 s: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn alerts_for<'a>(v: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+    v.iter().filter(|a| a["output_fields"]["container.name"] == name).collect()
+}
+
+#[test]
+fn protect_refuses_the_one_operation_and_the_server_keeps_serving() {
+    skip_unless_ready!(true);
+    let (s, agent) = setup("a");
+    let (_, mut pos) = alerts_since(&s.alerts, 0);
+
+    // Drift: a binary copied into /tmp is refused; httpd answers.
+    let o = s.srv.exec(&["sh", "-c", "cp /bin/busybox /tmp/ls && /tmp/ls /"]);
+    assert!(!o.status.success(), "the copied binary ran: {}", out_text(&o));
+    assert!(out_text(&o).contains("not permitted"), "{}", out_text(&o));
+    s.fetch().expect("httpd answers after a refused exec");
+    let (v, p) = wait_alerts(&s.alerts, pos, Duration::from_secs(2), Duration::from_millis(500));
+    let a = alerts_for(&v, &s.srv.name);
+    let drift = a.iter().find(|a| a["rule"] == "Drift: written").unwrap_or_else(|| panic!("no drift alert: {v:#?}"));
+    assert_eq!(drift["output_fields"]["lancet.enforced"], true);
+    assert_eq!(drift["output_fields"]["proc.exepath"], "/tmp/ls");
+    pos = p;
+
+    // Network: a port outside the profile is refused; the learned peer
+    // answers.
+    let o = s.srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{}:9090/index.html", s.peer_ip)]);
+    assert!(!o.status.success() && out_text(&o).contains("not permitted"), "connect to 9090: {}", out_text(&o));
+    let o = s.srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{}:8080/index.html", s.peer_ip)]);
+    assert!(o.status.success(), "the learned flow was refused: {}", out_text(&o));
+    let (v, p) = wait_alerts(&s.alerts, pos, Duration::from_secs(2), Duration::from_millis(300));
+    let a = alerts_for(&v, &s.srv.name);
+    assert!(
+        a.iter().any(|a| a["rule"] == "Network operation refused" && a["output_fields"]["fd.dport"] == 9090),
+        "no alert for the refused connect: {v:#?}"
+    );
+    pos = p;
+
+    // A protected file: /etc/shadow is refused, other files read fine.
+    let o = s.srv.exec(&["cat", "/etc/shadow"]);
+    assert!(!o.status.success(), "/etc/shadow was read: {}", out_text(&o));
+    assert!(s.srv.exec(&["cat", "/www/index.html"]).status.success());
+    s.fetch().expect("httpd answers after a refused open");
+
+    // kill-process: a rule kills only the offending process.
+    std::fs::write(
+        s.policies.join("kill.yaml"),
+        "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata: {name: kill-sleepers}\nspec:\n  rules:\n    - name: long sleep\n      match: {events: [execve], exe: [\"*/sleep\"], args: [\"*1000*\"]}\n      action: kill-process\n      severity: high\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let t0 = Instant::now();
+    let o = s.srv.exec(&["sleep", "1000"]);
+    assert!(t0.elapsed() < Duration::from_secs(10), "the sleeper was not killed");
+    assert!(!o.status.success(), "sleep 1000 exited normally?");
+    s.fetch().expect("httpd answers after the kill");
+    let (v, p) = wait_alerts(&s.alerts, pos, Duration::from_secs(2), Duration::from_millis(300));
+    let a = alerts_for(&v, &s.srv.name);
+    let k = a.iter().find(|a| a["rule"] == "long sleep").unwrap_or_else(|| panic!("no kill alert: {v:#?}"));
+    assert_eq!(k["output_fields"]["lancet.action"], "kill-process");
+    assert_eq!(k["output_fields"]["lancet.enforced"], true);
+    let _ = p;
+
+    // Isolate, then release.
+    let out = agent.cli(&["isolate", &s.srv.name, "--for", "60s"]);
+    assert!(out.contains("isolated"), "{out}");
+    assert!(s.fetch().is_err(), "the isolated server still answered");
+    let out = agent.cli(&["release", &s.srv.name]);
+    assert!(out.contains("released"), "{out}");
+    s.fetch().expect("service restored after release");
+
+    // Freeze, then release.
+    let out = agent.cli(&["freeze", &s.srv.name, "--for", "60s"]);
+    assert!(out.contains("frozen"), "{out}");
+    assert!(s.fetch().is_err(), "the frozen server still answered");
+    let out = agent.cli(&["release", &s.srv.name]);
+    assert!(out.contains("released"), "{out}");
+    s.fetch().expect("service restored after thaw");
+
+    // Before the first instruction: a container of the protected workload
+    // started through the hook is guarded before its entrypoint runs.
+    let name = unique("lancet-pa-hooked");
+    let o = Command::new("podman")
+        .args(["--hooks-dir", s.hooks.to_str().unwrap(), "run", "--rm", "--name", &name, IMAGE])
+        .args(["sh", "-c", "cp /bin/busybox /tmp/x; /tmp/x true && echo RAN || echo REFUSED"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("podman run");
+    let text = out_text(&o);
+    let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &name]).output();
+    assert!(text.contains("REFUSED") && !text.contains("RAN"), "the entrypoint ran unguarded: {text}");
+    drop(agent);
+}
+
+#[test]
+fn agent_killed_under_load_fails_no_request_and_rules_hold() {
+    skip_unless_ready!(true);
+    let (s, mut agent) = setup("b");
+    let denied_9090 = |s: &Setup| {
+        let o = s.srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{}:9090/index.html", s.peer_ip)]);
+        !o.status.success() && out_text(&o).contains("not permitted")
+    };
+    assert!(denied_9090(&s));
+
+    // Load: requests from the client and learned execs in the server, while
+    // the agent is killed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (srv_id, cli_id, url) = (s.srv.id.clone(), s.cli.id.clone(), format!("http://{}:8080/index.html", s.srv_ip));
+    let load = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for args in [
+                    vec!["exec", cli_id.as_str(), "timeout", "5", "wget", "-q", "-O", "/dev/null", url.as_str()],
+                    vec!["exec", srv_id.as_str(), "/bin/busybox", "true"],
+                ] {
+                    let o = Command::new("podman").args(&args).output().expect("podman exec");
+                    if o.status.success() {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("{args:?}: {}", out_text(&o)));
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let o = s.srv.exec(&["sh", "-c", "cp /bin/busybox /tmp/again"]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    std::thread::sleep(Duration::from_secs(2));
+    agent.kill9();
+    // With the agent dead, the pinned network rules still hold.
+    assert!(denied_9090(&s), "network rules did not survive the agent");
+    std::thread::sleep(Duration::from_secs(1));
+    agent.spawn();
+    // The new agent adopts its pins and the running containers at once.
+    let restarted = Instant::now();
+    let resumed = loop {
+        let o = s.srv.exec(&["sh", "-c", "/tmp/again true"]);
+        if !o.status.success() && out_text(&o).contains("not permitted") {
+            break restarted.elapsed();
+        }
+        assert!(restarted.elapsed() < Duration::from_secs(5), "enforcement did not resume: {}", out_text(&o));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("enforcement resumed {} ms after the restarted agent was tracing", resumed.as_millis());
+    assert!(resumed < Duration::from_millis(1500), "took {resumed:?} to resume");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().expect("load thread");
+    assert!(failed.is_empty(), "{} of {} operations failed: {failed:#?}", failed.len(), ok as usize + failed.len());
+    assert!(ok >= 6, "too little load ran: {ok}");
+    assert!(denied_9090(&s), "the restarted agent keeps the network rules");
+}
