@@ -99,6 +99,13 @@ impl Deduper {
 
     /// Decides about one alert at time `now_ns`.
     pub fn admit(&mut self, key: &AlertKey, now_ns: u64) -> Admit {
+        self.admit_with(key, now_ns, true)
+    }
+
+    /// [`Deduper::admit`], with the per-workload rate limit only when
+    /// `rate_limit`: what was enforced, and drift, is always reported
+    /// (still deduplicated), so a flood of ordinary alerts cannot hide it.
+    pub fn admit_with(&mut self, key: &AlertKey, now_ns: u64, rate_limit: bool) -> Admit {
         let window = self.limits.dedupe_window.as_nanos() as u64;
         if let Some(s) = self.seen.get_mut(key) {
             if now_ns.saturating_sub(s.first_ns) < window {
@@ -108,7 +115,7 @@ impl Deduper {
                 return Admit::Repeat { count: s.count };
             }
         }
-        if !self.take_token(&key.workload, now_ns) {
+        if rate_limit && !self.take_token(&key.workload, now_ns) {
             self.counters.rate_limited += 1;
             return Admit::RateLimited;
         }
@@ -221,4 +228,15 @@ mod tests {
         assert!(d.seen.len() <= 100);
         assert!(d.buckets.len() <= 100);
     }
+
+    #[test]
+    fn unlimited_admission_still_deduplicates() {
+        let mut d = Deduper::new(AlertLimits { burst: 1, per_second: 0.0, ..AlertLimits::default() });
+        let k = |s: &str| AlertKey { rule: "r".into(), workload: "w".into(), subject: s.into() };
+        assert_eq!(d.admit(&k("a"), 1), Admit::New);
+        assert_eq!(d.admit(&k("b"), 2), Admit::RateLimited);
+        assert_eq!(d.admit_with(&k("c"), 3, false), Admit::New);
+        assert!(matches!(d.admit_with(&k("c"), 4, false), Admit::Repeat { .. }));
+    }
+
 }

@@ -192,11 +192,19 @@ pub fn classify_file(path: &str, inode: Option<Inode>, written: Option<&Origin>,
             return Some(DriftKind::Tmpfs);
         }
     }
+    // A re-exec through an open file (`/proc/self/exe`, `fexecve` of a
+    // linked file): the name says nothing about the file, and the inode
+    // checks above covered what it can be.
+    if path.starts_with("/proc/") || path.starts_with("/dev/fd/") {
+        return None;
+    }
     if let Some(o) = written {
         return Some(match o.op {
-            FileOp::Chmod => DriftKind::MadeExecutable,
-            // A file the image shipped, written over.
+            // A file the image shipped as an executable, changed (a mode
+            // change cannot make it "newly" executable).
             _ if facts.in_baseline == Some(true) => DriftKind::Modified,
+            // Only a mode change: an existing file made runnable.
+            FileOp::Chmod => DriftKind::MadeExecutable,
             _ => DriftKind::Written,
         });
     }
@@ -253,12 +261,9 @@ impl WriteLog {
         }
         let log = self.logs.entry(container_id.to_string()).or_default();
         let origin = Origin { time_ns: ev.time_ns, pid: ev.process.pid, comm: ev.process.comm.clone(), op: f.op };
-        if let Some(o) = log.by_path.get_mut(&f.path) {
-            // The first write says how the file got there; a later chmod +x
-            // is what makes it runnable, so it wins.
-            if f.op == FileOp::Chmod {
-                *o = origin;
-            }
+        if log.by_path.contains_key(&f.path) {
+            // The first write says how the file got there (a chmod that
+            // follows a create is part of writing it).
             return;
         }
         if log.by_path.len() >= self.per_container {
@@ -337,11 +342,14 @@ mod tests {
     }
 
     #[test]
-    fn chmod_after_create_wins_and_modified_image_file() {
+    fn chmod_alone_is_made_executable_and_modified_image_file() {
         let mut log = WriteLog::new(8, 8);
         log.record("c", &file(FileOp::Create, "/app/x", 1));
         log.record("c", &file(FileOp::Chmod, "/app/x", 2));
         let d = classify_exec(&exec("/app/x", &["x"]), log.lookup("c", "/app/x"), FileFacts::default()).unwrap();
+        assert_eq!((d.kind, d.origin.unwrap().pid), (DriftKind::Written, 1), "created, then made executable: written");
+        log.record("c", &file(FileOp::Chmod, "/opt/tool", 3));
+        let d = classify_exec(&exec("/opt/tool", &["tool"]), log.lookup("c", "/opt/tool"), FileFacts::default()).unwrap();
         assert_eq!(d.kind, DriftKind::MadeExecutable);
         log.record("c", &file(FileOp::Modify, "/bin/ls", 3));
         let facts = FileFacts { in_upper: Some(true), in_baseline: Some(true) };
@@ -368,6 +376,8 @@ mod tests {
         assert_eq!(classify_exec(&e, None, FileFacts::default()).unwrap().kind, DriftKind::Deleted);
         let facts = FileFacts { in_upper: Some(false), in_baseline: Some(false) };
         assert_eq!(classify_exec(&exec("/usr/bin/x", &["x"]), None, facts).unwrap().kind, DriftKind::NotInImage);
+        // busybox re-executing itself.
+        assert_eq!(classify_exec(&exec("/proc/self/exe", &["wget"]), None, facts), None);
     }
 
     #[test]

@@ -322,13 +322,16 @@ pub fn run_loop(
             fds.push(o.fd());
         }
         wait_readable(&fds, Duration::from_millis(100)).context("waiting for events")?;
-        reader.consume()?;
-        std::mem::swap(&mut batch, &mut queue.borrow_mut());
+        // File changes first: a file written and then run shows up in both
+        // sources at once, and drift reports name the writer only if the
+        // write is seen before the exec.
         if let Some(f) = watches.files.as_mut() {
             if let Err(e) = f.read_events(&mut batch) {
                 tracing::warn!("reading file events: {e}");
             }
         }
+        reader.consume()?;
+        batch.append(&mut queue.borrow_mut());
         if let Some(o) = watches.opens.as_mut() {
             if let Err(e) = o.read_events(&mut batch) {
                 tracing::warn!("reading open events: {e}");

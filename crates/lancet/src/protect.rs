@@ -60,9 +60,13 @@ pub struct Guarded {
     pub upper: Option<PathBuf>,
     pub profile: Arc<Profile>,
     pub allow: Vec<NetAllow>,
-    /// Every backend applied without error (else the next sighting retries).
+    /// Every backend applied without error (else a later sighting retries,
+    /// at most every [`RETRY`]).
     pub complete: bool,
+    pub applied: Instant,
 }
+
+const RETRY: Duration = Duration::from_secs(1);
 
 /// One small trait every enforcement backend implements.
 pub trait Backend {
@@ -111,13 +115,28 @@ struct PermBackend {
     protected_files: Vec<String>,
     readonly_dirs: Vec<String>,
     files: bool,
+    /// Containers whose `/dev/shm` is marked too, and those where it was
+    /// tried (once, from a process inside the container's root).
+    shm_marked: HashSet<u64>,
+    shm_tried: HashSet<u64>,
 }
+
+/// Labels of a container's `/dev/shm` marks: its own label with this bit.
+/// Nothing that ships in an image lives there, so every exec from it is
+/// drift.
+const SHM_LABEL: u64 = 1 << 63;
 
 /// The decision of one permission event. Reads only memory, plus one
 /// `lstat` in the container's upper layer for uncached execs.
 fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender<Enforced>) -> PermDecision {
     let Ok(t) = table.read() else { return PermDecision { allow: true, remember: false } };
     let Some(label) = req.label else { return PermDecision { allow: true, remember: false } };
+    if label & SHM_LABEL != 0 && req.kind == PermKind::Exec && t.by_label.contains_key(&(label & !SHM_LABEL)) {
+        let path = if req.path.starts_with("/dev/shm/") { req.path.to_string() } else { format!("/dev/shm{}", req.path) };
+        let reason = DenyReason::Drift(lancet_engine::drift::DriftKind::Tmpfs);
+        let _ = denials.try_send(Enforced::ExecDenied { label: label & !SHM_LABEL, pid: req.pid, path, reason });
+        return PermDecision { allow: false, remember: false };
+    }
     let Some(e) = t.by_label.get(&label) else { return PermDecision { allow: true, remember: false } };
     match req.kind {
         PermKind::Exec => {
@@ -184,6 +203,8 @@ impl PermBackend {
             protected_files: opts.protected_files.clone(),
             readonly_dirs: opts.readonly_dirs.clone(),
             files: !(opts.protected_files.is_empty() && opts.readonly_dirs.is_empty()),
+            shm_marked: HashSet::new(),
+            shm_tried: HashSet::new(),
         })
     }
 
@@ -237,6 +258,19 @@ impl Backend for PermBackend {
         // Re-marking drops the inode approvals of an older profile.
         let _ = self.guard.unprotect(g.label);
         self.guard.protect_exec(g.label, &g.rootfs).map_err(|e| format!("exec marks on {}: {e}", g.rootfs.display()))?;
+        // The container's own /dev/shm (a tmpfs of its own), seen once the
+        // container's processes run inside their root.
+        let shm = PathBuf::from(format!("/proc/{}/root/dev/shm", g.pid));
+        let proc_root = PathBuf::from(format!("/proc/{}/root", g.pid));
+        let pivoted = proc_root.exists() && !same_filesystem(&proc_root, Path::new("/"));
+        if pivoted && self.shm_tried.insert(g.label) && shm.is_dir() && !same_filesystem(&shm, &proc_root) && !same_filesystem(&shm, Path::new("/dev/shm")) {
+            match self.guard.protect_exec(g.label | SHM_LABEL, &shm) {
+                Ok(_) => {
+                    self.shm_marked.insert(g.label);
+                }
+                Err(e) => tracing::warn!(container = %g.name, "/dev/shm not guarded: {e}"),
+            }
+        }
         if self.files {
             let files: Vec<&str> = protected.iter().map(String::as_str).collect();
             self.guard.protect_files(g.label, &g.rootfs, &files).map_err(|e| format!("file marks: {e}"))?;
@@ -248,6 +282,10 @@ impl Backend for PermBackend {
 
     fn release(&mut self, g: &Guarded) {
         let _ = self.guard.unprotect(g.label);
+        self.shm_tried.remove(&g.label);
+        if self.shm_marked.remove(&g.label) {
+            let _ = self.guard.unprotect(g.label | SHM_LABEL);
+        }
         if let Ok(mut t) = self.table.write() {
             t.by_label.remove(&g.label);
         }
@@ -478,6 +516,20 @@ impl Protector {
         }
     }
 
+    /// Whether [`Protector::guard`] has work to do for this container: it is
+    /// new, its profile changed, a backend failed, or its `/dev/shm` was not
+    /// looked at yet.
+    pub fn needs_apply(&self, id: &str, profile: &Arc<Profile>) -> bool {
+        match self.guarded.get(id) {
+            None => true,
+            Some(g) => {
+                let shm_done = self.perm.as_ref().is_none_or(|p| p.shm_tried.contains(&g.label));
+                let settled = g.complete || g.applied.elapsed() < RETRY;
+                !(settled && shm_done && Arc::ptr_eq(&g.profile, profile))
+            }
+        }
+    }
+
     pub fn guarded(&self, id: &str) -> Option<&Guarded> {
         self.guarded.get(id)
     }
@@ -504,10 +556,8 @@ impl Protector {
         profile: Arc<Profile>,
         addresses_of: impl Fn(&str) -> Vec<IpAddr>,
     ) {
-        if let Some(g) = self.guarded.get(&c.id) {
-            if g.complete && Arc::ptr_eq(&g.profile, &profile) && rootfs.is_none() {
-                return;
-            }
+        if !self.needs_apply(&c.id, &profile) && rootfs.is_none() {
+            return;
         }
         let resolv = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap_or_default();
         let allow = net_allow_list(&profile, addresses_of, &resolvers(&resolv));
@@ -535,6 +585,7 @@ impl Protector {
             profile,
             allow,
             complete: false,
+            applied: Instant::now(),
         };
         let first = !self.guarded.contains_key(&c.id);
         let mut errors = Vec::new();

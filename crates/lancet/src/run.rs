@@ -11,7 +11,9 @@ use crate::config::{self, parse_duration, FileConfig};
 use anyhow::{bail, Context, Result};
 use lancet_engine::alerts::{Admit, AlertKey, AlertLimits, Deduper};
 use lancet_engine::attribution::{Attribution, ContainerInfo};
-use lancet_engine::drift::{classify_exec, classify_indirect, indirect_target, Drift, DriftKind, FileFacts, WriteLog};
+use lancet_engine::drift::{
+    classify_exec, classify_indirect, indirect_target, Drift, DriftKind, FileFacts, WriteLog, HUGETLBFS_MAGIC, RAMFS_MAGIC, TMPFS_MAGIC,
+};
 use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
 use lancet_engine::policy::{Action, Severity};
 use lancet_engine::profile::Deviation;
@@ -357,6 +359,14 @@ impl Daemon {
         }
         let mut verdicts = std::mem::take(&mut self.verdicts);
         verdicts.clear();
+        // What the kernel kills at exec in a protected container is reported
+        // from its own record, not twice.
+        let killed_in_kernel = mode == Mode::Protect
+            && matches!(ev.kind, EventKind::Exec(ref x) if x.exe_nlink == 0 || matches!(x.exe_fs_magic, TMPFS_MAGIC | RAMFS_MAGIC | HUGETLBFS_MAGIC))
+            && self.protector.as_ref().is_some_and(|p| p.guarded(&c.id).is_some());
+        if killed_in_kernel {
+            return Ok(());
+        }
         if let Some(d) = &drift {
             verdicts.push(drift_verdict(d));
         }
@@ -416,7 +426,7 @@ impl Daemon {
         };
         let Some(w) = self.workloads.get_mut(key) else { return };
         let profile = w.shared();
-        if protector.guarded(&c.id).is_some_and(|g| Arc::ptr_eq(&g.profile, &profile)) {
+        if !protector.needs_apply(&c.id, &profile) {
             return;
         }
         let ip_owners = &self.ip_owners;
@@ -427,7 +437,7 @@ impl Daemon {
         // init before pivot_root) shows the host's root: wait for the OCI
         // hook or a later event.
         let root = PathBuf::from(format!("/proc/{pid}/root"));
-        if crate::protect::same_filesystem(&root, Path::new("/")) {
+        if !root.exists() || crate::protect::same_filesystem(&root, Path::new("/")) {
             return;
         }
         let rel = (!c.cgroup_path.is_empty()).then_some(c.cgroup_path.as_str());
@@ -464,7 +474,8 @@ impl Daemon {
                 note = format!("escalated by rule; {note}");
             }
         }
-        match self.deduper.admit(&akey, ev.time_ns) {
+        let rate_limit = !enforced && v.policy.as_str() != "drift";
+        match self.deduper.admit_with(&akey, ev.time_ns, rate_limit) {
             Admit::New => {}
             Admit::Repeat { .. } | Admit::RateLimited => return Ok(()),
         }
@@ -975,7 +986,12 @@ fn kernel_record(r: &EnforceRecord) -> (Event, Verdict, Action) {
             EnforceReason::Deleted => DriftKind::Deleted,
             _ => DriftKind::Written,
         };
-        let path = format!("{} (inode {})", r.comm, r.ino);
+        let what = match kind {
+            DriftKind::Memfd => "memfd",
+            DriftKind::Deleted => "deleted file",
+            _ => "tmpfs file",
+        };
+        let path = format!("{what} run as {} (inode {}), killed at exec", r.comm, r.ino);
         let mut ev = synthetic_exec(r.pid as i32, r.cgroup_id, &path);
         ev.process = process;
         return (ev, drift_verdict(&Drift { kind, path, origin: None }), Action::KillProcess);
@@ -1038,6 +1054,10 @@ fn load_baselines(dir: &Path) -> HashMap<String, lancet_engine::profile::Baselin
         match Profile::from_yaml(&text, &path.display().to_string()) {
             Ok(p) => match p.baseline() {
                 Some(b) => {
+                    // Runtimes name images by config or by manifest digest.
+                    if let Some(m) = &b.manifest_digest {
+                        out.insert(m.clone(), b.clone());
+                    }
                     out.insert(b.digest.clone(), b.clone());
                 }
                 None => tracing::warn!(file = %path.display(), "no baseline in this profile document"),

@@ -95,8 +95,8 @@ fn scan(args: &ScanArgs) -> Result<ExitCode> {
     });
     let progress: Option<Arc<dyn Fn(u64) + Send + Sync>> =
         bar.clone().map(|b| Arc::new(move |n| b.inc(n)) as Arc<dyn Fn(u64) + Send + Sync>);
-    let opened = lancet_image::open(&args.target, ScanOptions { kind: args.kind, progress, threads: None })
-        .with_context(|| format!("scanning {}", args.target))?;
+    // lancet-image errors name the target, file and entry themselves.
+    let opened = lancet_image::open(&args.target, ScanOptions { kind: args.kind, progress, threads: None })?;
     let cache = match (&args.cache_dir, opened.digest()) {
         (Some(dir), Some(digest)) => Some(dir.join(format!("{}.json", file_stem(&digest)))),
         _ => None,
@@ -104,7 +104,7 @@ fn scan(args: &ScanArgs) -> Result<ExitCode> {
     let report = match cache.as_deref().and_then(|p| read_cache(p, &args.target)) {
         Some(r) => r,
         None => {
-            let r = opened.scan().with_context(|| format!("scanning {}", args.target))?;
+            let r = opened.scan()?;
             if let Some(p) = &cache {
                 write_cache(p, &r)?;
             }

@@ -183,13 +183,14 @@ fn protect_refuses_the_one_operation_and_the_server_keeps_serving() {
     let name = unique("lancet-pa-hooked");
     let o = Command::new("podman")
         .args(["--hooks-dir", s.hooks.to_str().unwrap(), "run", "--rm", "--name", &name, IMAGE])
-        .args(["sh", "-c", "cp /bin/busybox /tmp/x; /tmp/x true && echo RAN || echo REFUSED"])
+        .args(["sh", "-c", "cp /bin/busybox /tmp/x; /tmp/x true; echo rc=$?"])
         .stdin(Stdio::null())
         .output()
         .expect("podman run");
     let text = out_text(&o);
     let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &name]).output();
-    assert!(text.contains("REFUSED") && !text.contains("RAN"), "the entrypoint ran unguarded: {text}");
+    // Refused at exec (not killed after it ran: that would be rc=137).
+    assert!(text.contains("not permitted") && text.contains("rc=126"), "the entrypoint ran unguarded: {text}");
     drop(agent);
 }
 

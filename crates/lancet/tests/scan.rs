@@ -53,7 +53,7 @@ fn usage_errors_and_unreadable_targets_exit_2() {
     std::fs::write(&junk, vec![7u8; 4096]).expect("write");
     let o = lancet(&["scan", s(&junk)]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("lancet: error: scanning") && stderr(&o).contains("image.tar"), "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("lancet: error: ") && stderr(&o).contains("image.tar"), "{}", stderr(&o));
 
     let o = lancet(&["scan", "--help"]);
     assert!(o.status.success());
