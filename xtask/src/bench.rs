@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 const IMAGE: &str = "localhost/lancet-bench:latest";
 const NET: &str = "lancet-bench-net";
-const SRV: &str = "lancet-bench-srv";
-const CLI: &str = "lancet-bench-cli";
+pub(crate) const SRV: &str = "lancet-bench-srv";
+pub(crate) const CLI: &str = "lancet-bench-cli";
 
 /// Containers and the network the bench made; removed on drop, whatever
 /// happened.
-struct Fixture;
+pub(crate) struct Fixture;
 
 impl Drop for Fixture {
     fn drop(&mut self) {
@@ -25,13 +25,48 @@ impl Drop for Fixture {
     }
 }
 
-/// A running `lancet trace`, stopped with SIGINT (by its pid) on drop.
-struct Agent {
-    child: Child,
+/// A running `lancet trace` or `lancet run`, stopped with SIGINT (by its
+/// pid) on drop.
+pub(crate) struct Agent {
+    pub(crate) child: Child,
     stderr_path: std::path::PathBuf,
 }
 
 impl Agent {
+    /// Starts `lancet run` with its state, policies and (empty) config in
+    /// `work`, plus `extra` flags, and waits until it traces.
+    pub(crate) fn run(lancet: &Path, work: &Path, api: &str, extra: &[&str]) -> Result<Agent> {
+        std::fs::create_dir_all(work.join("policies"))?;
+        if !work.join("none.yaml").exists() {
+            std::fs::write(work.join("none.yaml"), "")?;
+        }
+        let err = work.join("run.err");
+        let child = Command::new(lancet)
+            .args(["run", "--listen", api, "--config"])
+            .arg(work.join("none.yaml"))
+            .arg("--state-dir")
+            .arg(work.join("state"))
+            .arg("--policy-dir")
+            .arg(work.join("policies"))
+            .args(extra)
+            .env("LANCET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()?;
+        let agent = Agent { child, stderr_path: err };
+        let t0 = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&agent.stderr_path).unwrap_or_default();
+            if text.contains("lancet is tracing") {
+                return Ok(agent);
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("lancet run did not start: {text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn start(lancet: &Path, dir: &Path, round: usize) -> Result<Agent> {
         let stderr_path = dir.join(format!("lancet-{round}.err"));
         let child = Command::new(lancet)
@@ -57,7 +92,7 @@ impl Agent {
     }
 
     /// CPU seconds (user + system) the agent has used so far.
-    fn cpu_seconds(&self) -> f64 {
+    pub(crate) fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
@@ -83,8 +118,28 @@ impl Drop for Agent {
     }
 }
 
+/// Builds the load generator image and starts the server and client
+/// containers on their own network; returns the guard that removes them and
+/// the server's address.
+pub(crate) fn fixture(root: &Path, work: &Path) -> Result<(Fixture, String)> {
+    std::fs::create_dir_all(work)?;
+    sh(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(work.join("loadgen")).arg(root.join("bench/loadgen.c")))?;
+    std::fs::write(work.join("Containerfile"), "FROM localhost/lancet-busybox:test\nCOPY loadgen /loadgen\n")?;
+    sh(Command::new("podman").args(["build", "-q", "-t", IMAGE]).arg(work))?;
+    let fixture = Fixture;
+    let _ = Command::new("podman").args(["rm", "-f", "-t", "0", SRV, CLI]).output();
+    let _ = Command::new("podman").args(["network", "rm", "-f", NET]).output();
+    sh(Command::new("podman").args(["network", "create", NET]))?;
+    sh(Command::new("podman").args(["run", "-d", "--name", SRV, "--network", NET, IMAGE, "/loadgen", "serve", "9000"]))?;
+    sh(Command::new("podman").args(["run", "-d", "--name", CLI, "--network", NET, IMAGE, "sleep", "3600"]))?;
+    let ip = sh(Command::new("podman").args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", SRV]))?
+        .trim()
+        .to_string();
+    Ok((fixture, ip))
+}
+
 /// Runs one loop in the client container; returns its own timing (seconds).
-fn run_loop(args: &[&str]) -> Result<f64> {
+pub(crate) fn run_loop(args: &[&str]) -> Result<f64> {
     let mut cmd = Command::new("podman");
     cmd.args(["exec", CLI, "/loadgen"]).args(args);
     let out = sh(&mut cmd)?;
@@ -109,20 +164,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     let lancet = root.join("target/release/lancet");
     let work = std::env::temp_dir().join(format!("lancet-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    sh(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(work.join("loadgen")).arg(root.join("bench/loadgen.c")))?;
-    std::fs::write(work.join("Containerfile"), "FROM localhost/lancet-busybox:test\nCOPY loadgen /loadgen\n")?;
-    sh(Command::new("podman").args(["build", "-q", "-t", IMAGE]).arg(&work))?;
-
-    let _fixture = Fixture;
-    let _ = Command::new("podman").args(["rm", "-f", "-t", "0", SRV, CLI]).output();
-    let _ = Command::new("podman").args(["network", "rm", "-f", NET]).output();
-    sh(Command::new("podman").args(["network", "create", NET]))?;
-    sh(Command::new("podman").args(["run", "-d", "--name", SRV, "--network", NET, IMAGE, "/loadgen", "serve", "9000"]))?;
-    sh(Command::new("podman").args(["run", "-d", "--name", CLI, "--network", NET, IMAGE, "sleep", "3600"]))?;
-    let ip = sh(Command::new("podman").args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", SRV]))?
-        .trim()
-        .to_string();
+    let (_fixture, ip) = fixture(root, &work)?;
 
     let n_exec = (3000 / scale).to_string();
     let n_conn = (20000 / scale).to_string();
@@ -261,30 +303,9 @@ pub fn rss(root: &Path) -> Result<()> {
     }
     let lancet = root.join("target/release/lancet");
     let work = std::env::temp_dir().join(format!("lancet-bench-rss-{}", std::process::id()));
-    std::fs::create_dir_all(work.join("policies"))?;
-    std::fs::write(work.join("none.yaml"), "")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let api = format!("127.0.0.1:{port}");
-    let err = work.join("run.err");
-    let child = Command::new(&lancet)
-        .args(["run", "--listen", &api, "--config"])
-        .arg(work.join("none.yaml"))
-        .arg("--state-dir")
-        .arg(work.join("state"))
-        .arg("--policy-dir")
-        .arg(work.join("policies"))
-        .env("LANCET_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err)?)
-        .spawn()?;
-    let mut agent = Agent { child, stderr_path: err };
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&agent.stderr_path).unwrap_or_default().contains("lancet is tracing") {
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!("lancet run did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut agent = Agent::run(&lancet, &work, &api, &[])?;
     let pid = agent.child.id();
     let idle = status_kib(pid, "VmRSS:");
     for n in 0..50 {

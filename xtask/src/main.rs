@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_protect;
 mod bench_scan;
 
 use anyhow::{bail, Context, Result};
@@ -38,9 +39,10 @@ fn main() {
         Some("vmlinux") => vmlinux(),
         Some("bench") => bench::run(&root(), &args[1..]),
         Some("bench-rss") => bench::rss(&root()),
+        Some("bench-protect") => bench_protect::run(&root(), &args[1..]),
         Some("bench-scan") => bench_scan::run(&root(), &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask vmlinux | bench [--quick] | bench-rss | bench-scan [--size-mib N]");
+            eprintln!("usage: cargo xtask vmlinux | bench [--quick] | bench-protect [--quick] | bench-rss | bench-scan [--size-mib N]");
             std::process::exit(64);
         }
     };

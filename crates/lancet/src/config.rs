@@ -45,6 +45,10 @@ pub struct FileConfig {
     /// Directories in protected containers where opening files for writing
     /// is refused unless learned (default: /bin, /sbin, /usr/bin, /usr/sbin, /etc).
     pub readonly_dirs: Option<Vec<String>>,
+    /// Remember approved executables in the kernel (fanotify ignore marks,
+    /// dropped when the file changes), so repeated execs skip lancet.
+    /// `false` asks lancet on every exec (audit trails, benchmarks).
+    pub exec_cache: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 pub struct ProtectOptions {
     pub pin_dir: PathBuf,
     pub fail_mode: FailModeSetting,
+    /// Approvals become kernel ignore marks.
+    pub exec_cache: bool,
     /// How long isolation and freezing last unless a rule says otherwise.
     pub response_expiry: Duration,
     /// Files whose reads are refused unless the profile learned them.
@@ -183,12 +185,17 @@ impl PermBackend {
         let guard = PermGuard::new(PermConfig { fail_mode: fail, ..PermConfig::default() }).map_err(|e| e.to_string())?;
         let table = Arc::new(RwLock::new(PermTable::default()));
         let stop = Arc::new(AtomicBool::new(false));
+        let exec_cache = opts.exec_cache;
         let thread = {
             let (guard, table, stop) = (guard.clone(), Arc::clone(&table), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("lancet-perm".into())
                 .spawn(move || {
-                    let mut decider = |req: &PermRequest<'_>| decide(&table, req, &denials);
+                    let mut decider = |req: &PermRequest<'_>| {
+                        let mut d = decide(&table, req, &denials);
+                        d.remember &= exec_cache;
+                        d
+                    };
                     if let Err(e) = guard.run(&stop, &mut decider) {
                         tracing::error!("permission events stopped: {e}; the kernel now allows what was guarded");
                     }
