@@ -43,7 +43,10 @@ pub struct FileConfig {
     /// (default: /etc/shadow, /etc/gshadow, /etc/sudoers, /root/.ssh/authorized_keys).
     pub protected_files: Option<Vec<String>>,
     /// Directories in protected containers where opening files for writing
-    /// is refused unless learned (default: /bin, /sbin, /usr/bin, /usr/sbin, /etc).
+    /// is refused unless learned (default: none). Every open in them, reads
+    /// and the loader's too, becomes a permission round trip: name only
+    /// directories the workload rarely opens. Replaced binaries are refused
+    /// at exec as drift without this.
     pub readonly_dirs: Option<Vec<String>>,
     /// Remember approved executables in the kernel (fanotify ignore marks,
     /// dropped when the file changes), so repeated execs skip lancet.
@@ -60,7 +63,6 @@ pub enum FailModeSetting {
 }
 
 pub const DEFAULT_PROTECTED_FILES: &[&str] = &["/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/root/.ssh/authorized_keys"];
-pub const DEFAULT_READONLY_DIRS: &[&str] = &["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/etc"];
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lancet";
 
 /// Reads the config file; a missing default file is fine, a missing

@@ -126,9 +126,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
             protected_files: file
                 .protected_files
                 .unwrap_or_else(|| config::DEFAULT_PROTECTED_FILES.iter().map(|s| s.to_string()).collect()),
-            readonly_dirs: file
-                .readonly_dirs
-                .unwrap_or_else(|| config::DEFAULT_READONLY_DIRS.iter().map(|s| s.to_string()).collect()),
+            readonly_dirs: file.readonly_dirs.unwrap_or_default(),
         },
     })
 }
