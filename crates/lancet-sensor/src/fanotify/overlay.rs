@@ -100,9 +100,9 @@ pub fn super_option(options: &str, key: &str) -> Option<String> {
 /// last such mount wins: it is the one on top).
 pub fn upper_dir_from_mountinfo(text: &str) -> Option<PathBuf> {
     text.lines()
+        .rev()
         .filter_map(parse_mountinfo_line)
-        .filter(|m| m.mount_point == "/" && m.fstype == "overlay")
-        .last()
+        .find(|m| m.mount_point == "/" && m.fstype == "overlay")
         .and_then(|m| super_option(&m.super_options, "upperdir"))
         .map(PathBuf::from)
 }

@@ -330,15 +330,12 @@ impl PermGuard {
             return Err(FanotifyError::HostFilesystem(root.to_path_buf()));
         }
         let mut st = self.lock();
-        let info = st.devs.entry(dev).or_default();
-        let scope = match info.exec_scope {
+        let scope = match st.devs.get(&dev).and_then(|i| i.exec_scope) {
             Some(s) => s,
-            None => {
-                let s = self.mark_exec(fd.as_raw_fd(), root)?;
-                info.exec_scope = Some(s);
-                s
-            }
+            None => self.mark_exec(fd.as_raw_fd(), root)?,
         };
+        let info = st.devs.entry(dev).or_default();
+        info.exec_scope = Some(scope);
         if !info.exec_owners.contains(&label) {
             info.exec_owners.push(label);
         }
@@ -935,7 +932,7 @@ fn mark_fd(fan: RawFd, flags: u32, mask: u64, fd: RawFd) -> io::Result<()> {
 }
 
 /// `readlink("/proc/self/fd/<fd>")` into `buf`, without allocating.
-fn readlink_fd<'a>(fd: RawFd, buf: &'a mut [u8]) -> io::Result<&'a [u8]> {
+fn readlink_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<&[u8]> {
     let mut p = PathBuf32::new(b"/proc/self/fd/");
     p.num(fd as u64);
     let p = p.finish(b"")?;
