@@ -437,6 +437,21 @@ struct Measure {
     cgroup_dir: PathBuf,
 }
 
+/// A container to put under protection (see [`Protector::guard`]).
+pub struct GuardRequest<'a> {
+    pub container: &'a ContainerInfo,
+    pub workload: &'a str,
+    /// A live process in the container.
+    pub pid: u32,
+    pub cgroup_id: u64,
+    /// The cgroup v2 path relative to the mount, when known.
+    pub cgroup_rel: Option<&'a str>,
+    /// Where the host sees the root filesystem (from the OCI hook); else
+    /// `/proc/<pid>/root`.
+    pub rootfs: Option<PathBuf>,
+    pub profile: Arc<Profile>,
+}
+
 /// The protect-mode side of the agent.
 pub struct Protector {
     perm: Option<PermBackend>,
@@ -552,17 +567,8 @@ impl Protector {
     /// Puts a container under protection, or refreshes its rules when its
     /// profile changed. `rootfs`: where the host sees its root filesystem
     /// (from the OCI hook); else `/proc/<pid>/root`.
-    pub fn guard(
-        &mut self,
-        c: &ContainerInfo,
-        workload: &str,
-        pid: u32,
-        cgroup_id: u64,
-        cgroup_rel: Option<&str>,
-        rootfs: Option<PathBuf>,
-        profile: Arc<Profile>,
-        addresses_of: impl Fn(&str) -> Vec<IpAddr>,
-    ) {
+    pub fn guard(&mut self, req: GuardRequest<'_>, addresses_of: impl Fn(&str) -> Vec<IpAddr>) {
+        let GuardRequest { container: c, workload, pid, cgroup_id, cgroup_rel, rootfs, profile } = req;
         if !self.needs_apply(&c.id, &profile) && rootfs.is_none() {
             return;
         }

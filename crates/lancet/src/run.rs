@@ -5,7 +5,7 @@
 //! breaks a policy rule. Profiles, alerts and activity live in the store.
 
 use crate::agent::{hostname, run_loop, AgentOptions, Pipeline};
-use crate::protect::{Enforced, ProtectOptions, Protector};
+use crate::protect::{Enforced, GuardRequest, ProtectOptions, Protector};
 use crate::api::{self, Reply, Request};
 use crate::config::{self, parse_duration, FileConfig};
 use anyhow::{bail, Context, Result};
@@ -440,7 +440,8 @@ impl Daemon {
             return;
         }
         let rel = (!c.cgroup_path.is_empty()).then_some(c.cgroup_path.as_str());
-        protector.guard(c, key, pid, live.cgroup_id, rel, None, profile, addresses_of);
+        let req = GuardRequest { container: c, workload: key, pid, cgroup_id: live.cgroup_id, cgroup_rel: rel, rootfs: None, profile };
+        protector.guard(req, addresses_of);
     }
 
     fn container_gone(&mut self, id: &str) {
@@ -711,7 +712,8 @@ impl Daemon {
             let ip_owners = &self.ip_owners;
             let addresses_of =
                 |w: &str| ip_owners.iter().filter(|(_, o)| o.as_str() == w).map(|(ip, _)| *ip).collect::<Vec<IpAddr>>();
-            protector.guard(&c, &key, pid, cgid, Some(rel), rootfs, profile, addresses_of);
+            let req = GuardRequest { container: &c, workload: &key, pid, cgroup_id: cgid, cgroup_rel: Some(rel), rootfs, profile };
+            protector.guard(req, addresses_of);
         }
         tracing::info!(container = %c.name, workload = %key, %mode, "container handed over by the OCI hook");
         Ok(json!({"id": c.id, "workload": key, "posture": mode.to_string()}))
