@@ -12,6 +12,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// One protecting agent at a time: an agent guards every container of a
+/// workload it protects, so two in parallel would guard each other's
+/// containers (all tests use one image).
+static ONE_AGENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Setup {
     _dir: tempfile::TempDir,
     alerts: PathBuf,
@@ -108,6 +113,7 @@ fn alerts_for<'a>(v: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json:
 #[test]
 fn protect_refuses_the_one_operation_and_the_server_keeps_serving() {
     skip_unless_ready!(true);
+    let _one = ONE_AGENT.lock().unwrap_or_else(|p| p.into_inner());
     let (s, agent) = setup("a");
     let (_, mut pos) = alerts_since(&s.alerts, 0);
 
@@ -197,6 +203,7 @@ fn protect_refuses_the_one_operation_and_the_server_keeps_serving() {
 #[test]
 fn agent_killed_under_load_fails_no_request_and_rules_hold() {
     skip_unless_ready!(true);
+    let _one = ONE_AGENT.lock().unwrap_or_else(|p| p.into_inner());
     let (s, mut agent) = setup("b");
     let denied_9090 = |s: &Setup| {
         let o = s.srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{}:9090/index.html", s.peer_ip)]);
