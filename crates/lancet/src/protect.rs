@@ -121,6 +121,8 @@ struct PermBackend {
     /// tried (once, from a process inside the container's root).
     shm_marked: HashSet<u64>,
     shm_tried: HashSet<u64>,
+    /// Containers whose root carries the exec mark.
+    exec_marked: HashSet<u64>,
 }
 
 /// Labels of a container's `/dev/shm` marks: its own label with this bit.
@@ -212,6 +214,7 @@ impl PermBackend {
             files: !(opts.protected_files.is_empty() && opts.readonly_dirs.is_empty()),
             shm_marked: HashSet::new(),
             shm_tried: HashSet::new(),
+            exec_marked: HashSet::new(),
         })
     }
 
@@ -243,6 +246,10 @@ impl Backend for PermBackend {
         let upper = g.upper.clone().or_else(|| overlay_upper_dir(g.pid));
         let protected: HashSet<String> =
             self.protected_files.iter().filter(|p| !g.profile.has_sensitive_read(p)).cloned().collect();
+        let profile_changed = {
+            let t = self.table.read().map_err(|_| "permission table poisoned".to_string())?;
+            t.by_label.get(&g.label).is_some_and(|e| !Arc::ptr_eq(&e.profile, &g.profile))
+        };
         {
             let mut t = self.table.write().map_err(|_| "permission table poisoned".to_string())?;
             let root = &g.rootfs;
@@ -262,9 +269,17 @@ impl Backend for PermBackend {
                 PermEntry { profile: Arc::clone(&g.profile), executables, upper, protected_files: protected.clone() },
             );
         }
-        // Re-marking drops the inode approvals of an older profile.
-        let _ = self.guard.unprotect(g.label);
-        self.guard.protect_exec(g.label, &g.rootfs).map_err(|e| format!("exec marks on {}: {e}", g.rootfs.display()))?;
+        // Approvals of an older profile go; the marks stay in place (never
+        // lifted and re-placed: that would leave a window).
+        if profile_changed {
+            self.guard.forget(g.label);
+        }
+        if self.exec_marked.insert(g.label) {
+            if let Err(e) = self.guard.protect_exec(g.label, &g.rootfs) {
+                self.exec_marked.remove(&g.label);
+                return Err(format!("exec marks on {}: {e}", g.rootfs.display()));
+            }
+        }
         // The container's own /dev/shm (a tmpfs of its own), seen once the
         // container's processes run inside their root.
         let shm = PathBuf::from(format!("/proc/{}/root/dev/shm", g.pid));
@@ -289,6 +304,7 @@ impl Backend for PermBackend {
 
     fn release(&mut self, g: &Guarded) {
         let _ = self.guard.unprotect(g.label);
+        self.exec_marked.remove(&g.label);
         self.shm_tried.remove(&g.label);
         if self.shm_marked.remove(&g.label) {
             let _ = self.guard.unprotect(g.label | SHM_LABEL);
@@ -593,7 +609,11 @@ impl Protector {
             cgroup_id,
             cgroup_dir,
             pid,
-            rootfs: rootfs.unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/root"))),
+            // Keep the root the hook named: a later sighting's process may be
+            // gone by the time it is used.
+            rootfs: rootfs
+                .or_else(|| self.guarded.get(&c.id).map(|g| g.rootfs.clone()))
+                .unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/root"))),
             upper: c.upper_dir().map(|p| p.to_path_buf()),
             profile,
             allow,
@@ -778,6 +798,31 @@ impl Protector {
     }
 }
 
+/// The IPv4 addresses a process's network namespace owns (its interfaces'
+/// local addresses, loopback left out), from `/proc/<pid>/net/fib_trie`:
+/// how peers are named after an agent restart, before any traffic is seen.
+pub fn netns_addresses(pid: u32) -> Vec<IpAddr> {
+    std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).map(|t| local_addresses(&t)).unwrap_or_default()
+}
+
+fn local_addresses(fib_trie: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut last: Option<std::net::Ipv4Addr> = None;
+    for line in fib_trie.lines() {
+        let l = line.trim();
+        if let Some(ip) = l.strip_prefix("|-- ") {
+            last = ip.trim().parse().ok();
+        } else if l.contains("/32 host LOCAL") {
+            if let Some(ip) = last.filter(|ip| !ip.is_loopback()) {
+                if !out.contains(&IpAddr::V4(ip)) {
+                    out.push(IpAddr::V4(ip));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Both paths are on one filesystem (same device).
 pub fn same_filesystem(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -851,6 +896,12 @@ pub fn resolve_in_root(root: &Path, path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_addresses_from_fib_trie() {
+        let t = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.89.0.0\n        /24 link UNICAST\n     |-- 10.89.0.5\n        /32 host LOCAL\n  +-- 127.0.0.0/8 2 0 2\n     |-- 127.0.0.1\n        /32 host LOCAL\nLocal:\n     |-- 10.89.0.5\n        /32 host LOCAL\n";
+        assert_eq!(local_addresses(t), vec!["10.89.0.5".parse::<IpAddr>().unwrap()]);
+    }
 
     #[test]
     fn resolves_inside_the_root_only() {

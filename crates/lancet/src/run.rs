@@ -334,7 +334,7 @@ impl Daemon {
                 self.activity.insert(key.to_string(), n);
             }
         }
-        let drift = self.drift(ev, c, &key);
+        let drift = self.drift(ev, c, &key).filter(|_| !runtime_setup(ev.process.pid));
         let Some(w) = self.workload(&key, c, now) else {
             tracing::debug!(workload = %key, "workload limit reached; not profiled");
             return Ok(());
@@ -466,7 +466,11 @@ impl Daemon {
         if let Some(a) = done {
             action = a;
             enforced = true;
-        } else if mode == Mode::Protect && action.is_enforcing() {
+        } else if mode == Mode::Protect
+            && action.is_enforcing()
+            && self.protector.as_ref().is_some_and(|p| p.guarded(&c.id).is_some())
+            && !runtime_setup(ev.process.pid)
+        {
             let r = self.ladder.respond(&c.id, v, ev.time_ns);
             action = r.action;
             (enforced, note) = self.carry_out(ev, c, r.action, r.expire);
@@ -639,6 +643,13 @@ impl Daemon {
                 self.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
             }
             let key = workload_key(&c).into_owned();
+            if let Some(pid) = c.pid {
+                for ip in crate::protect::netns_addresses(pid) {
+                    if self.ip_owners.len() < MAX_IP_OWNERS {
+                        self.ip_owners.insert(ip, key.clone());
+                    }
+                }
+            }
             self.workload(&key, &c, now_ns());
             self.containers.insert(c.id.clone(), c);
         }
@@ -1068,4 +1079,12 @@ fn load_baselines(dir: &Path) -> HashMap<String, lancet_engine::profile::Baselin
     }
     tracing::info!(baselines = out.len(), dir = %dir.display(), "image baselines loaded");
     out
+}
+
+/// The process is still the container runtime setting the container up
+/// (`runc init` before `pivot_root`: its root is the host's). What it runs
+/// (runc re-executes itself from a memfd) is neither drift nor the
+/// workload's, and must never be killed.
+fn runtime_setup(pid: u32) -> bool {
+    crate::protect::same_filesystem(Path::new(&format!("/proc/{pid}/root")), Path::new("/"))
 }

@@ -189,7 +189,7 @@ fn protect_refuses_the_one_operation_and_the_server_keeps_serving() {
     let name = unique("lancet-pa-hooked");
     let o = Command::new("podman")
         .args(["--hooks-dir", s.hooks.to_str().unwrap(), "run", "--rm", "--name", &name, IMAGE])
-        .args(["sh", "-c", "cp /bin/busybox /tmp/x; /tmp/x true; echo rc=$?"])
+        .args(["sh", "-c", "cp /bin/busybox /tmp/x; echo cp=$?; /tmp/x true; echo rc=$?"])
         .stdin(Stdio::null())
         .output()
         .expect("podman run");
