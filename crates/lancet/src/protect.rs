@@ -352,8 +352,17 @@ impl Backend for NetBackend {
     }
 
     fn apply(&mut self, g: &Guarded) -> Result<(), String> {
-        let rules: Vec<NetRule> = g.allow.iter().map(to_rule).collect();
+        let mut rules: Vec<NetRule> = g.allow.iter().map(to_rule).collect();
         let mut e = self.enforcer.borrow_mut();
+        // Rules already pinned for this container stay: a peer whose address
+        // is not known yet (just after a restart) must not lose its flow.
+        if let Ok(old) = e.allow_rules(g.cgroup_id) {
+            for r in old {
+                if !rules.contains(&r) {
+                    rules.push(r);
+                }
+            }
+        }
         e.set_allow(g.cgroup_id, &rules).map_err(|e| e.to_string())?;
         merge_flags(&mut e, g.cgroup_id, PolicyFlags::NET_ENFORCE, PolicyFlags::NONE)
     }

@@ -639,11 +639,16 @@ impl Daemon {
     fn adopt(&mut self, existing: Vec<Arc<ContainerInfo>>) {
         for c in existing {
             let dir = self.cgroup2.join(c.cgroup_path.trim_start_matches('/'));
-            if let (Some(cgid), Some(pid)) = (lancet_sensor::enforce::cgroup_id(&dir).ok(), c.pid) {
+            // The runtime's record of the init pid, else any process in the
+            // container's cgroup.
+            let pid = c.pid.filter(|p| Path::new(&format!("/proc/{p}")).exists()).or_else(|| {
+                std::fs::read_to_string(dir.join("cgroup.procs")).ok()?.lines().next()?.trim().parse().ok()
+            });
+            if let (Some(cgid), Some(pid)) = (lancet_sensor::enforce::cgroup_id(&dir).ok(), pid) {
                 self.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
             }
             let key = workload_key(&c).into_owned();
-            if let Some(pid) = c.pid {
+            if let Some(pid) = pid {
                 for ip in crate::protect::netns_addresses(pid) {
                     if self.ip_owners.len() < MAX_IP_OWNERS {
                         self.ip_owners.insert(ip, key.clone());

@@ -76,7 +76,9 @@ fn setup(tag: &str) -> (Setup, Agent) {
     std::thread::sleep(Duration::from_millis(1500));
     let out = agent.cli(&["profile", "promote", &s.srv.name, "--to", "protect"]);
     assert!(out.contains("protect"), "{out}");
-    wait_guarded(&agent, &s.srv.id);
+    for id in [&s.srv.id, &s.cli.id, &s._peer.id] {
+        wait_guarded(&agent, id);
+    }
     (s, agent)
 }
 
@@ -258,7 +260,15 @@ fn agent_killed_under_load_fails_no_request_and_rules_hold() {
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.join().expect("load thread");
-    assert!(failed.is_empty(), "{} of {} operations failed: {failed:#?}", failed.len(), ok as usize + failed.len());
+    if !failed.is_empty() {
+        let st = agent.cli_output(&["status"]);
+        panic!(
+            "{} of {} operations failed: {failed:#?}\nagent status: {}",
+            failed.len(),
+            ok as usize + failed.len(),
+            String::from_utf8_lossy(&st.stdout)
+        );
+    }
     assert!(ok >= 6, "too little load ran: {ok}");
     assert!(denied_9090(&s), "the restarted agent keeps the network rules");
 }
