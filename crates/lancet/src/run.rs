@@ -826,7 +826,12 @@ impl Daemon {
             }
             Request::Import { yaml } => {
                 let p = Profile::from_yaml(&yaml, "<import>").map_err(|e| (400u16, e.to_string()))?;
-                let key = p.digest().to_string();
+                // `lancet scan` keys its profile by config digest; runtimes
+                // that know the manifest digest key the workload by that.
+                let manifest = p.baseline().and_then(|b| b.manifest_digest.clone());
+                let key = manifest
+                    .filter(|m| self.workloads.contains_key(m) || self.containers.values().any(|c| c.image_digest == *m))
+                    .unwrap_or_else(|| p.digest().to_string());
                 self.workloads.insert(key.clone(), Workload::new(p));
                 Ok(json!({"workload": key}))
             }
