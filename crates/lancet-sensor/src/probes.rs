@@ -92,7 +92,14 @@ fn open(cfg: &SensorConfig, only: Option<&str>, skip: &[String]) -> Result<OpenL
         ro.args_max = cfg.args_max.min(1024);
     }
     open.maps.events.set_max_entries(cfg.ring_bytes).map_err(SensorError::Open)?;
-    for mut prog in open.open_object_mut().progs_mut() {
+    select_programs(open.open_object_mut(), only, skip);
+    Ok(open)
+}
+
+/// Loads only `only` when given, else every program not in `skip`: how a
+/// load that the kernel refuses is narrowed down to the refused programs.
+pub(crate) fn select_programs(obj: &mut libbpf_rs::OpenObject, only: Option<&str>, skip: &[String]) {
+    for mut prog in obj.progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
         let load = match only {
             Some(o) => o == name,
@@ -100,7 +107,6 @@ fn open(cfg: &SensorConfig, only: Option<&str>, skip: &[String]) -> Result<OpenL
         };
         prog.set_autoload(load);
     }
-    Ok(open)
 }
 
 fn program_names() -> Result<Vec<(String, String)>, SensorError> {

@@ -13,7 +13,6 @@ use lancet_sensor::probes::{detect_cgroup2_root, PROBE_NAMES};
 use lancet_sensor::{decode, wait_readable, Clock, Sensor, SensorConfig};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,9 +54,8 @@ pub fn hostname() -> String {
 
 /// The cgroup v2 id of a live process: the inode of its cgroup directory.
 fn cgroup_id_of_pid(cgroup2: &Path, pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    std::fs::metadata(cgroup2.join(rel.trim_start_matches('/'))).ok().map(|m| m.ino())
+    let dir = lancet_sensor::enforce::cgroup_of_pid(pid, cgroup2).ok()?;
+    lancet_sensor::enforce::cgroup_id(&dir).ok()
 }
 
 /// CPU time (user + system) this process used, from /proc/self/stat.

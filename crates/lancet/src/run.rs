@@ -413,35 +413,43 @@ impl Daemon {
         }
     }
 
+    /// The protect-mode side, started the first time it is needed.
+    fn protector(&mut self) -> &mut Protector {
+        let (opts, cgroup2, lsm) = (&self.settings.protect, &self.cgroup2, &self.lsm_reason);
+        self.protector.get_or_insert_with(|| Protector::start(opts.clone(), cgroup2, lsm.clone()))
+    }
+
+    /// Hands a container to the protector, naming workload peers by the
+    /// addresses their containers were seen with.
+    fn guard(&mut self, req: GuardRequest<'_>) {
+        self.protector();
+        let ip_owners = &self.ip_owners;
+        let addresses_of =
+            |w: &str| ip_owners.iter().filter(|(_, o)| o.as_str() == w).map(|(ip, _)| *ip).collect::<Vec<IpAddr>>();
+        if let Some(p) = self.protector.as_mut() {
+            p.guard(req, addresses_of);
+        }
+    }
+
     /// Puts a container of a protect-mode workload under the backends.
     fn ensure_guarded(&mut self, c: &ContainerInfo, key: &str) {
         let Some(live) = self.live.get(&c.id).copied() else { return };
         if live.cgroup_id == 0 {
             return;
         }
-        let protector = match self.protector.as_mut() {
-            Some(p) => p,
-            None => self.protector.insert(Protector::start(self.settings.protect.clone(), &self.cgroup2, self.lsm_reason.clone())),
-        };
-        let Some(w) = self.workloads.get_mut(key) else { return };
-        let profile = w.shared();
-        if !protector.needs_apply(&c.id, &profile) {
+        let Some(profile) = self.workloads.get_mut(key).map(Workload::shared) else { return };
+        if !self.protector().needs_apply(&c.id, &profile) {
             return;
         }
-        let ip_owners = &self.ip_owners;
-        let addresses_of =
-            |w: &str| ip_owners.iter().filter(|(_, o)| o.as_str() == w).map(|(ip, _)| *ip).collect::<Vec<IpAddr>>();
-        let pid = c.pid.filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap_or(live.pid);
+        let pid = c.pid.filter(|p| Path::new(&format!("/proc/{p}")).exists()).unwrap_or(live.pid);
         // A process that has not entered the container's root yet (runc
         // init before pivot_root) shows the host's root: wait for the OCI
         // hook or a later event.
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        if !root.exists() || crate::protect::same_filesystem(&root, Path::new("/")) {
+        if !Path::new(&format!("/proc/{pid}/root")).exists() || runtime_setup(pid) {
             return;
         }
         let rel = (!c.cgroup_path.is_empty()).then_some(c.cgroup_path.as_str());
-        let req = GuardRequest { container: c, workload: key, pid, cgroup_id: live.cgroup_id, cgroup_rel: rel, rootfs: None, profile };
-        protector.guard(req, addresses_of);
+        self.guard(GuardRequest { container: c, workload: key, pid, cgroup_id: live.cgroup_id, cgroup_rel: rel, rootfs: None, profile });
     }
 
     fn container_gone(&mut self, id: &str) {
@@ -719,17 +727,8 @@ impl Daemon {
         let mode = w.profile.mode();
         if mode == Mode::Protect {
             let rootfs = state["rootfs"].as_str().map(PathBuf::from);
-            let protector = match self.protector.as_mut() {
-                Some(p) => p,
-                None => self.protector.insert(Protector::start(self.settings.protect.clone(), &self.cgroup2, self.lsm_reason.clone())),
-            };
-            let Some(w) = self.workloads.get_mut(&key) else { return Ok(json!({})) };
-            let profile = w.shared();
-            let ip_owners = &self.ip_owners;
-            let addresses_of =
-                |w: &str| ip_owners.iter().filter(|(_, o)| o.as_str() == w).map(|(ip, _)| *ip).collect::<Vec<IpAddr>>();
-            let req = GuardRequest { container: &c, workload: &key, pid, cgroup_id: cgid, cgroup_rel: Some(rel), rootfs, profile };
-            protector.guard(req, addresses_of);
+            let Some(profile) = self.workloads.get_mut(&key).map(Workload::shared) else { return Ok(json!({})) };
+            self.guard(GuardRequest { container: &c, workload: &key, pid, cgroup_id: cgid, cgroup_rel: Some(rel), rootfs, profile });
         }
         tracing::info!(container = %c.name, workload = %key, %mode, "container handed over by the OCI hook");
         Ok(json!({"id": c.id, "workload": key, "posture": mode.to_string()}))
@@ -747,11 +746,8 @@ impl Daemon {
             None => self.settings.protect.response_expiry,
         };
         let live = self.live.get(&c.id).copied().unwrap_or_default();
-        if self.protector.is_none() {
-            self.protector = Some(Protector::start(self.settings.protect.clone(), &self.cgroup2, self.lsm_reason.clone()));
-        }
-        let p = self.protector.as_mut().ok_or((500u16, "no protector".to_string()))?;
         let dir = self.cgroup2.join(c.cgroup_path.trim_start_matches('/'));
+        let p = self.protector();
         let cgid = if live.cgroup_id != 0 { live.cgroup_id } else { lancet_sensor::enforce::cgroup_id(&dir).ok().unwrap_or(0) };
         let message = match action {
             "isolate" => p.isolate(&c.id, cgid, &dir, expire).map(|()| format!("{} isolated for {}s", c.name, expire.as_secs())),

@@ -502,14 +502,7 @@ fn open_skel<'a>(
             }
         }
     }
-    for mut prog in open.open_object_mut().progs_mut() {
-        let name = prog.name().to_string_lossy().into_owned();
-        let load = match only {
-            Some(o) => o == name,
-            None => !skip.contains(&name),
-        };
-        prog.set_autoload(load);
-    }
+    crate::probes::select_programs(open.open_object_mut(), only, skip);
     Ok(open)
 }
 
