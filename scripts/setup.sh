@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# iptables: netavark executes it for every container network, and podman's
+# --no-install-recommends install does not pull it in (a fresh host failed
+# every networked container with "netavark: No such file or directory").
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
-      podman runc busybox-static netavark aardvark-dns iproute2 bpftool ca-certificates)
+      podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
