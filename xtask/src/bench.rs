@@ -320,7 +320,12 @@ pub fn rss(root: &Path) -> Result<()> {
     let (rss, hwm) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).output();
     let _ = agent.child.wait();
-    println!("lancet run RSS: idle {:.1} MiB; with {profiles} profiled workloads {:.1} MiB (peak {:.1} MiB)", idle as f64 / 1024.0, rss as f64 / 1024.0, hwm as f64 / 1024.0);
+    println!(
+        "lancet run RSS: idle {:.1} MiB; with {profiles} profiled workloads {:.1} MiB (peak {:.1} MiB)",
+        idle as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

@@ -29,7 +29,19 @@ fn exec(path: &str, parent: &str) -> Event {
 }
 
 fn net(op: NetOp, ip: IpAddr, port: u16) -> Event {
-    ev(11, EventKind::Net(NetEvent { op, proto: L4Proto::Tcp, saddr: "10.88.0.5".parse().unwrap(), sport: 8080, daddr: ip, dport: port, result: 0, netns: 1 }))
+    ev(
+        11,
+        EventKind::Net(NetEvent {
+            op,
+            proto: L4Proto::Tcp,
+            saddr: "10.88.0.5".parse().unwrap(),
+            sport: 8080,
+            daddr: ip,
+            dport: port,
+            result: 0,
+            netns: 1,
+        }),
+    )
 }
 
 fn file(op: FileOp, path: &str) -> Event {
@@ -71,7 +83,8 @@ fn workload() -> (Profile, Vec<(Event, Option<PeerRef>)>) {
 fn bench(c: &mut Criterion) {
     let (profile, steady) = workload();
     let policies = PolicySet::new(Vec::new(), true).expect("default rules compile");
-    let container = ContainerInfo { id: "a".repeat(64), name: "web-1".into(), image: "registry.example/shop/web:1.4".into(), ..Default::default() };
+    let container =
+        ContainerInfo { id: "a".repeat(64), name: "web-1".into(), image: "registry.example/shop/web:1.4".into(), ..Default::default() };
     let mut verdicts = Vec::new();
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(steady.len() as u64));

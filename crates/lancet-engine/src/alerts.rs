@@ -238,5 +238,4 @@ mod tests {
         assert_eq!(d.admit_with(&k("c"), 3, false), Admit::New);
         assert!(matches!(d.admit_with(&k("c"), 4, false), Admit::Repeat { .. }));
     }
-
 }

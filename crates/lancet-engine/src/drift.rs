@@ -117,9 +117,8 @@ pub struct FileFacts {
 }
 
 /// Interpreters whose first non-option argument is a script they run.
-const INTERPRETERS: &[&str] = &[
-    "sh", "ash", "bash", "dash", "zsh", "ksh", "busybox", "python", "python2", "python3", "perl", "ruby", "node", "php", "lua",
-];
+const INTERPRETERS: &[&str] =
+    &["sh", "ash", "bash", "dash", "zsh", "ksh", "busybox", "python", "python2", "python3", "perl", "ruby", "node", "php", "lua"];
 
 /// The file an exec really runs besides the executable itself: the program
 /// handed to the dynamic loader, or the script handed to an interpreter.
@@ -162,8 +161,11 @@ pub fn indirect_target(exec: &ExecEvent) -> Option<(DriftKind, String)> {
 /// general, and the first that holds names the drift.
 pub fn classify_exec(exec: &ExecEvent, written: Option<&Origin>, facts: FileFacts) -> Option<Drift> {
     let inode = Inode { ino: exec.exe_ino, nlink: exec.exe_nlink, fs_magic: exec.exe_fs_magic };
-    classify_file(&exec.filename, Some(inode), written, facts)
-        .map(|kind| Drift { kind, path: exec.filename.clone(), origin: written.cloned() })
+    classify_file(&exec.filename, Some(inode), written, facts).map(|kind| Drift {
+        kind,
+        path: exec.filename.clone(),
+        origin: written.cloned(),
+    })
 }
 
 /// The identity of an executed file as the kernel reported it.
@@ -221,10 +223,7 @@ pub fn classify_file(path: &str, inode: Option<Inode>, written: Option<&Origin>,
 /// [`indirect_target`]): drift when it was written at runtime, lies in the
 /// writable layer, or is outside the baseline.
 pub fn classify_indirect(kind: DriftKind, path: &str, written: Option<&Origin>, facts: FileFacts) -> Option<Drift> {
-    let drifted = written.is_some()
-        || facts.in_upper == Some(true)
-        || facts.in_baseline == Some(false)
-        || path.starts_with("/dev/shm/");
+    let drifted = written.is_some() || facts.in_upper == Some(true) || facts.in_baseline == Some(false) || path.starts_with("/dev/shm/");
     drifted.then(|| Drift { kind, path: path.to_string(), origin: written.cloned() })
 }
 
@@ -400,7 +399,13 @@ mod tests {
         log.record("c", &file(FileOp::Create, "/tmp/evil", 5));
         let d = classify_indirect(DriftKind::Loader, "/tmp/evil", log.lookup("c", "/tmp/evil"), FileFacts::default()).unwrap();
         assert_eq!(d.origin.unwrap().pid, 5);
-        assert!(classify_indirect(DriftKind::Interpreter, "/app/start.sh", None, FileFacts { in_upper: Some(false), in_baseline: Some(true) }).is_none());
+        assert!(classify_indirect(
+            DriftKind::Interpreter,
+            "/app/start.sh",
+            None,
+            FileFacts { in_upper: Some(false), in_baseline: Some(true) }
+        )
+        .is_none());
     }
 
     #[test]

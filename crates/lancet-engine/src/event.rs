@@ -37,13 +37,21 @@ pub struct Event {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     Exec(ExecEvent),
-    Fork { child_pid: u32 },
+    Fork {
+        child_pid: u32,
+    },
     Exit(ExitEvent),
     Net(NetEvent),
     File(FileEvent),
     /// A cgroup v2 directory appeared; containers come and go with these.
-    CgroupMkdir { id: u64, path: String },
-    CgroupRmdir { id: u64, path: String },
+    CgroupMkdir {
+        id: u64,
+        path: String,
+    },
+    CgroupRmdir {
+        id: u64,
+        path: String,
+    },
 }
 
 impl EventKind {

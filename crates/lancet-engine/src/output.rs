@@ -6,8 +6,8 @@ use crate::event::{Event, EventKind, FileOp, L4Proto, NetOp};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 /// An event with everything attribution found for it.
 #[derive(Debug, Clone, Copy)]
@@ -376,8 +376,7 @@ fn net_fd_name(n: &crate::event::NetEvent) -> String {
 }
 
 /// Column widths of the table format. Fixed, because the table streams.
-const COLS: [(&str, usize); 6] =
-    [("TIME", 15), ("CONTAINER", 16), ("IMAGE", 24), ("PID", 7), ("PROCESS", 15), ("EVENT", 8)];
+const COLS: [(&str, usize); 6] = [("TIME", 15), ("CONTAINER", 16), ("IMAGE", 24), ("PID", 7), ("PROCESS", 15), ("EVENT", 8)];
 
 pub fn table_header() -> String {
     let mut s = String::new();
@@ -405,7 +404,14 @@ pub fn table_row(r: &Record<'_>) -> String {
     let clock = time.get(11..26).unwrap_or(&time);
     let image = r.container().map(|c| c.image.as_str()).unwrap_or("-");
     let details = summary(ev);
-    let cells = [clock.to_string(), r.container_label().to_string(), image.to_string(), ev.process.pid.to_string(), ev.process.comm.clone(), ev.kind.evt_type().to_string()];
+    let cells = [
+        clock.to_string(),
+        r.container_label().to_string(),
+        image.to_string(),
+        ev.process.pid.to_string(),
+        ev.process.comm.clone(),
+        ev.kind.evt_type().to_string(),
+    ];
     let mut s = String::new();
     for (cell, (_, w)) in cells.iter().zip(COLS) {
         s.push_str(&fit(cell, w));

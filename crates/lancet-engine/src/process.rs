@@ -88,10 +88,8 @@ impl ProcessTable {
                 );
             }
             EventKind::Fork { child_pid } => {
-                let mut child = self.map.get(&pid).cloned().unwrap_or_else(|| ProcEntry {
-                    comm: ev.process.comm.clone(),
-                    ..Default::default()
-                });
+                let mut child =
+                    self.map.get(&pid).cloned().unwrap_or_else(|| ProcEntry { comm: ev.process.comm.clone(), ..Default::default() });
                 child.ppid = pid;
                 child.cgroup_id = ev.cgroup_id;
                 let child_pid = *child_pid;

@@ -70,13 +70,15 @@ pub fn from_falco_json(line: &str) -> Result<(Event, Option<ContainerInfo>), Rep
             netns: 0,
         }))
     };
-    let file = |op| EventKind::File(FileEvent {
-        op,
-        path: s(f, "fd.name").to_string(),
-        old_path: f.get("fs.path.source").and_then(Value::as_str).map(str::to_string),
-        host_path: s(f, "fd.host_path").to_string(),
-        is_dir: false,
-    });
+    let file = |op| {
+        EventKind::File(FileEvent {
+            op,
+            path: s(f, "fd.name").to_string(),
+            old_path: f.get("fs.path.source").and_then(Value::as_str).map(str::to_string),
+            host_path: s(f, "fd.host_path").to_string(),
+            is_dir: false,
+        })
+    };
     let kind = match ty {
         "execve" => {
             let args = s(f, "proc.args");
@@ -161,7 +163,13 @@ mod tests {
                 netns: 0,
             }),
         };
-        let c = ContainerInfo { id: "a".repeat(64), name: "web".into(), image: "localhost/web:1".into(), runtime: Runtime::Podman, ..Default::default() };
+        let c = ContainerInfo {
+            id: "a".repeat(64),
+            name: "web".into(),
+            image: "localhost/web:1".into(),
+            runtime: Runtime::Podman,
+            ..Default::default()
+        };
         let a = Attribution::Container(Arc::new(c.clone()));
         let line = falco_json(&Record { event: &ev, attribution: &a, hostname: "h" }, "r", "p").to_string();
         let (back, container) = from_falco_json(&line).unwrap();
@@ -174,13 +182,7 @@ mod tests {
     fn bad_lines_are_errors() {
         assert!(matches!(from_falco_json("{"), Err(ReplayError::Json(_))));
         assert_eq!(from_falco_json("{}"), Err(ReplayError::NoFields));
-        assert_eq!(
-            from_falco_json(r#"{"output_fields":{"evt.type":"ptrace"}}"#),
-            Err(ReplayError::UnknownType("ptrace".into()))
-        );
-        assert_eq!(
-            from_falco_json(r#"{"output_fields":{"evt.type":"connect","fd.dip":"nope"}}"#),
-            Err(ReplayError::Field("fd.dip"))
-        );
+        assert_eq!(from_falco_json(r#"{"output_fields":{"evt.type":"ptrace"}}"#), Err(ReplayError::UnknownType("ptrace".into())));
+        assert_eq!(from_falco_json(r#"{"output_fields":{"evt.type":"connect","fd.dip":"nope"}}"#), Err(ReplayError::Field("fd.dip")));
     }
 }

@@ -109,7 +109,9 @@ impl DenyReason {
 pub enum ExecVerdict {
     /// `remember`: the approval may be cached in the kernel (an ignore mark
     /// on the inode, which the kernel drops when the file changes).
-    Allow { remember: bool },
+    Allow {
+        remember: bool,
+    },
     Deny(DenyReason),
 }
 
@@ -160,11 +162,7 @@ pub struct NetAllow {
 /// addresses through `addresses_of`), learned listening ports, and DNS to
 /// the container's resolvers (unconnected UDP to a resolver is not seen
 /// while learning, and refusing it would break name resolution).
-pub fn net_allow_list(
-    profile: &Profile,
-    addresses_of: impl Fn(&str) -> Vec<IpAddr>,
-    resolvers: &[IpAddr],
-) -> Vec<NetAllow> {
+pub fn net_allow_list(profile: &Profile, addresses_of: impl Fn(&str) -> Vec<IpAddr>, resolvers: &[IpAddr]) -> Vec<NetAllow> {
     let spec = profile.spec();
     let mut out = Vec::with_capacity(spec.outbound.len() + spec.listening.len() + resolvers.len());
     for Flow { peer, port, protocol, .. } in &spec.outbound {
@@ -228,12 +226,7 @@ mod tests {
         for t in 0..10 {
             assert_eq!(l.respond("c", &plain, t).action, Action::Block);
         }
-        let esc = crate::policy::Escalation {
-            after: 3,
-            within: Span(Duration::from_secs(60)),
-            to: Action::KillProcess,
-            expire: None,
-        };
+        let esc = crate::policy::Escalation { after: 3, within: Span(Duration::from_secs(60)), to: Action::KillProcess, expire: None };
         let v = verdict(Action::Block, Some(esc));
         let s = 1_000_000_000u64;
         assert_eq!(l.respond("c", &v, s).action, Action::Block);
@@ -328,28 +321,20 @@ mod tests {
     #[test]
     fn exec_decisions() {
         let p = learned(&["/bin/httpd"]);
-        let req = |path, in_upper, in_baseline, written| ExecRequest { path, in_upper, in_baseline, written, in_profile: p.has_executable(path) };
+        let req =
+            |path, in_upper, in_baseline, written| ExecRequest { path, in_upper, in_baseline, written, in_profile: p.has_executable(path) };
         let decide_exec = |r: &ExecRequest<'_>| super::decide_exec(r);
         assert_eq!(decide_exec(&req("/bin/httpd", Some(false), Some(true), None)), ExecVerdict::Allow { remember: true });
         assert_eq!(decide_exec(&req("/bin/id", Some(false), Some(true), None)), ExecVerdict::Deny(DenyReason::NotInProfile));
-        assert_eq!(
-            decide_exec(&req("/tmp/ls", Some(true), None, None)),
-            ExecVerdict::Deny(DenyReason::Drift(DriftKind::Written))
-        );
+        assert_eq!(decide_exec(&req("/tmp/ls", Some(true), None, None)), ExecVerdict::Deny(DenyReason::Drift(DriftKind::Written)));
         // A learned path that was since overwritten is drift, not approved.
         assert_eq!(
             decide_exec(&req("/bin/httpd", Some(true), Some(true), None)),
             ExecVerdict::Deny(DenyReason::Drift(DriftKind::Modified))
         );
         let o = Origin { time_ns: 1, pid: 2, comm: "cp".into(), op: FileOp::Create };
-        assert_eq!(
-            decide_exec(&req("/bin/httpd", None, None, Some(&o))),
-            ExecVerdict::Deny(DenyReason::Drift(DriftKind::Written))
-        );
-        assert_eq!(
-            decide_exec(&req("/dev/shm/x", None, None, None)),
-            ExecVerdict::Deny(DenyReason::Drift(DriftKind::Tmpfs))
-        );
+        assert_eq!(decide_exec(&req("/bin/httpd", None, None, Some(&o))), ExecVerdict::Deny(DenyReason::Drift(DriftKind::Written)));
+        assert_eq!(decide_exec(&req("/dev/shm/x", None, None, None)), ExecVerdict::Deny(DenyReason::Drift(DriftKind::Tmpfs)));
         assert_eq!(
             decide_exec(&req("/bin/httpd", Some(false), Some(false), None)),
             ExecVerdict::Deny(DenyReason::Drift(DriftKind::NotInImage))
@@ -377,8 +362,14 @@ mod tests {
         p.observe(&ev(crate::event::NetOp::Listen, "0.0.0.0", 0), None, 1);
         p.observe(&ev(crate::event::NetOp::Connect, "10.88.0.3", 5432), Some(&crate::profile::PeerRef::Workload("db".into())), 1);
         p.observe(&ev(crate::event::NetOp::Connect, "192.0.2.7", 443), None, 1);
-        let list = net_allow_list(&p, |w| if w == "db" { vec!["10.88.0.3".parse().unwrap()] } else { vec![] }, &resolvers("nameserver 10.88.0.1\n"));
-        let has = |cidr: &str, port, bind| list.iter().any(|a| a.cidr == cidr.parse::<IpNet>().unwrap() && a.port == Some(port) && a.bind == bind);
+        let list = net_allow_list(
+            &p,
+            |w| if w == "db" { vec!["10.88.0.3".parse().unwrap()] } else { vec![] },
+            &resolvers("nameserver 10.88.0.1\n"),
+        );
+        let has = |cidr: &str, port, bind| {
+            list.iter().any(|a| a.cidr == cidr.parse::<IpNet>().unwrap() && a.port == Some(port) && a.bind == bind)
+        };
         assert!(has("10.88.0.3/32", 5432, false), "{list:?}");
         assert!(has("192.0.2.7/32", 443, false));
         assert!(has("10.88.0.1/32", 53, false));

@@ -5,9 +5,7 @@
 //! reported as a [`DecodeError`] (counted by the caller), never a panic.
 
 use crate::skel::lancet::types;
-use lancet_engine::event::{
-    Event, EventKind, ExecEvent, ExitEvent, L4Proto, NetEvent, NetOp, ProcessRef,
-};
+use lancet_engine::event::{Event, EventKind, ExecEvent, ExitEvent, L4Proto, NetEvent, NetOp, ProcessRef};
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
@@ -108,14 +106,7 @@ fn cstr(bytes: &[i8], len: Option<usize>) -> String {
 }
 
 fn process(h: &types::lancet_header) -> ProcessRef {
-    ProcessRef {
-        pid: h.pid,
-        tid: h.tid,
-        ppid: h.ppid,
-        uid: h.uid,
-        gid: h.gid,
-        comm: cstr(&h.comm, None),
-    }
+    ProcessRef { pid: h.pid, tid: h.tid, ppid: h.ppid, uid: h.uid, gid: h.gid, comm: cstr(&h.comm, None) }
 }
 
 /// Splits a NUL-separated argv block. A trailing partial argument (cut by the
@@ -238,7 +229,8 @@ pub(crate) mod tests {
     }
 
     fn header(kind: u32) -> types::lancet_header {
-        let mut h = types::lancet_header { ts_ns: 1_000, cgroup_id: 42, kind, pid: 7, tid: 8, ppid: 1, uid: 0, gid: 0, ..Default::default() };
+        let mut h =
+            types::lancet_header { ts_ns: 1_000, cgroup_id: 42, kind, pid: 7, tid: 8, ppid: 1, uid: 0, gid: 0, ..Default::default() };
         put(&mut h.comm, "sh");
         h
     }

@@ -26,10 +26,7 @@ mod podman_tests;
 pub use change::FileChangeWatcher;
 pub use open::{SensitiveOpenWatcher, DEFAULT_SENSITIVE_PATHS};
 pub use overlay::{overlay_upper_dir, written_in_container};
-pub use perm::{
-    FailMode, MarkScope, PermConfig, PermDecision, PermGuard, PermKind, PermRequest, PermStats,
-    OVERLAYFS_MAGIC,
-};
+pub use perm::{FailMode, MarkScope, PermConfig, PermDecision, PermGuard, PermKind, PermRequest, PermStats, OVERLAYFS_MAGIC};
 
 use std::ffi::CString;
 use std::io;
@@ -48,11 +45,7 @@ pub enum FanotifyError {
     /// EXDEV/ENODEV for filesystems without file handles, ENOSPC for too many
     /// marks).
     #[error("fanotify_mark({path}, mask {mask:#x}): {source}")]
-    Mark {
-        path: PathBuf,
-        mask: u64,
-        source: io::Error,
-    },
+    Mark { path: PathBuf, mask: u64, source: io::Error },
     #[error("opening {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
     #[error("reading fanotify events: {0}")]
@@ -90,27 +83,19 @@ const MAX_READS_PER_CALL: usize = 64;
 const READ_BUF_LEN: usize = 64 * 1024;
 
 fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 fn cstring(path: &Path) -> Result<CString, FanotifyError> {
     use std::os::unix::ffi::OsStrExt;
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| FanotifyError::BadPath(path.to_path_buf()))
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| FanotifyError::BadPath(path.to_path_buf()))
 }
 
 /// Reads what is queued on `fan` without blocking (at most
 /// `MAX_READS_PER_CALL` reads into `buf`) and hands each parsed event, with
 /// the time it was read, to `handle`. Returns how many malformed buffers were
 /// skipped, and the read error if one ended the drain.
-fn drain(
-    fan: RawFd,
-    buf: &mut [u8],
-    mut handle: impl FnMut(&parse::RawEvent<'_>, u64),
-) -> (u64, Result<(), FanotifyError>) {
+fn drain(fan: RawFd, buf: &mut [u8], mut handle: impl FnMut(&parse::RawEvent<'_>, u64)) -> (u64, Result<(), FanotifyError>) {
     let mut malformed = 0;
     for _ in 0..MAX_READS_PER_CALL {
         let n = match read_some(fan, buf) {
@@ -136,10 +121,7 @@ pub(crate) fn fanotify_init(flags: u32, event_f_flags: u32) -> Result<OwnedFd, F
     // SAFETY: plain syscall wrapper with integer arguments.
     let fd = unsafe { libc::fanotify_init(flags, event_f_flags) };
     if fd < 0 {
-        return Err(FanotifyError::Init {
-            flags,
-            source: io::Error::last_os_error(),
-        });
+        return Err(FanotifyError::Init { flags, source: io::Error::last_os_error() });
     }
     // SAFETY: `fd` was just returned by fanotify_init, is valid and owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -151,11 +133,7 @@ fn fanotify_mark(fan: RawFd, flags: u32, mask: u64, path: &Path) -> Result<(), F
     // is a fanotify fd owned by the caller.
     let r = unsafe { libc::fanotify_mark(fan, flags, mask, libc::AT_FDCWD, c.as_ptr()) };
     if r < 0 {
-        return Err(FanotifyError::Mark {
-            path: path.to_path_buf(),
-            mask,
-            source: io::Error::last_os_error(),
-        });
+        return Err(FanotifyError::Mark { path: path.to_path_buf(), mask, source: io::Error::last_os_error() });
     }
     Ok(())
 }
@@ -204,12 +182,7 @@ pub(crate) fn skip_unless_fanotify(flags: u32) -> bool {
     }
     match fanotify_init(flags, libc::O_RDONLY as u32) {
         Ok(_) => false,
-        Err(FanotifyError::Init { source, .. })
-            if matches!(
-                source.raw_os_error(),
-                Some(libc::EPERM) | Some(libc::EINVAL)
-            ) =>
-        {
+        Err(FanotifyError::Init { source, .. }) if matches!(source.raw_os_error(), Some(libc::EPERM) | Some(libc::EINVAL)) => {
             eprintln!("SKIP: fanotify_init refused: {source}");
             true
         }

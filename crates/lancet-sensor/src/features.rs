@@ -77,14 +77,8 @@ pub fn check_program_types(cgroup2_root: Option<&Path>) -> Vec<ProgTypeCheck> {
     names
         .into_iter()
         .map(|(name, section)| {
-            let mut check = ProgTypeCheck {
-                kind: kind_of(&name),
-                section,
-                min_kernel: min_kernel(&name),
-                loads: false,
-                attaches: None,
-                error: None,
-            };
+            let mut check =
+                ProgTypeCheck { kind: kind_of(&name), section, min_kernel: min_kernel(&name), loads: false, attaches: None, error: None };
             let mut storage = MaybeUninit::<OpenObject>::uninit();
             let mut open = match ProbeSkelBuilder::default().open(&mut storage) {
                 Ok(o) => o,
@@ -166,9 +160,7 @@ pub fn active_lsms() -> Option<Vec<String>> {
 /// Kernel lockdown mode, e.g. `integrity` (`/sys/kernel/security/lockdown`).
 pub fn lockdown() -> Option<String> {
     let s = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
-    s.split_whitespace()
-        .find(|w| w.starts_with('['))
-        .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
+    s.split_whitespace().find(|w| w.starts_with('[')).map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
 }
 
 /// Which fanotify modes this kernel grants us.
@@ -183,9 +175,7 @@ pub struct FanotifyCheck {
 
 /// Creates (and drops) a fanotify group with `flags`.
 fn try_fanotify_init(flags: u32) -> Result<(), String> {
-    crate::fanotify::fanotify_init(flags | libc::FAN_CLOEXEC, libc::O_RDONLY as u32)
-        .map(drop)
-        .map_err(|e| e.to_string())
+    crate::fanotify::fanotify_init(flags | libc::FAN_CLOEXEC, libc::O_RDONLY as u32).map(drop).map_err(|e| e.to_string())
 }
 
 pub fn check_fanotify() -> FanotifyCheck {

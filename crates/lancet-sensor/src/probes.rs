@@ -111,21 +111,15 @@ pub(crate) fn select_programs(obj: &mut libbpf_rs::OpenObject, only: Option<&str
 
 fn program_names() -> Result<Vec<(String, String)>, SensorError> {
     let open = LancetSkelBuilder::default().open(storage()).map_err(SensorError::Open)?;
-    Ok(open
-        .open_object()
-        .progs()
-        .map(|p| (p.name().to_string_lossy().into_owned(), p.section().to_string_lossy().into_owned()))
-        .collect())
+    Ok(open.open_object().progs().map(|p| (p.name().to_string_lossy().into_owned(), p.section().to_string_lossy().into_owned())).collect())
 }
 
 impl Sensor {
     /// Loads and attaches every probe the kernel accepts.
     pub fn load(cfg: &SensorConfig) -> Result<Sensor, SensorError> {
         let programs = program_names()?;
-        let mut status: Vec<ProbeStatus> = programs
-            .iter()
-            .map(|(p, s)| ProbeStatus { program: p.clone(), hook: s.clone(), attached: false, error: None })
-            .collect();
+        let mut status: Vec<ProbeStatus> =
+            programs.iter().map(|(p, s)| ProbeStatus { program: p.clone(), hook: s.clone(), attached: false, error: None }).collect();
         let skel = match open(cfg, None, &[])?.load() {
             Ok(s) => s,
             Err(all_err) => {
@@ -145,8 +139,8 @@ impl Sensor {
                 open(cfg, None, &skip)?.load().map_err(SensorError::Load)?
             }
         };
-        let cgroup = std::fs::File::open(&cfg.cgroup2_root)
-            .map_err(|source| SensorError::Cgroup { path: cfg.cgroup2_root.clone(), source });
+        let cgroup =
+            std::fs::File::open(&cfg.cgroup2_root).map_err(|source| SensorError::Cgroup { path: cfg.cgroup2_root.clone(), source });
         let mut links = Vec::new();
         for prog in skel.object().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
@@ -204,14 +198,8 @@ impl Sensor {
         let mut out = vec![0u64; PROBE_NAMES.len()];
         for (i, slot) in out.iter_mut().enumerate() {
             let key = (i as u32).to_ne_bytes();
-            if let Some(per_cpu) =
-                self.skel.maps.lost.lookup_percpu(&key, MapFlags::ANY).map_err(SensorError::Counters)?
-            {
-                *slot = per_cpu
-                    .iter()
-                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                    .map(u64::from_ne_bytes)
-                    .sum();
+            if let Some(per_cpu) = self.skel.maps.lost.lookup_percpu(&key, MapFlags::ANY).map_err(SensorError::Counters)? {
+                *slot = per_cpu.iter().filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok())).map(u64::from_ne_bytes).sum();
             }
         }
         Ok(out)

@@ -6,8 +6,8 @@
 //! remove containers, networks, pins and freezes even when a test fails.
 
 use lancet_sensor::enforce::{
-    self, cgroup_of_pid, kill_process, process_start_time, unpin_all, CgPolicy, EnforceConfig, EnforceEvents, EnforceOp,
-    EnforceReason, EnforceRecord, Enforcer, NetRule, PolicyFlags, Proto,
+    self, cgroup_of_pid, kill_process, process_start_time, unpin_all, CgPolicy, EnforceConfig, EnforceEvents, EnforceOp, EnforceReason,
+    EnforceRecord, Enforcer, NetRule, PolicyFlags, Proto,
 };
 use lancet_sensor::probes::detect_cgroup2_root;
 use std::path::{Path, PathBuf};
@@ -208,12 +208,7 @@ fn helper_dir() -> &'static Path {
         std::fs::create_dir_all(&dir).expect("helper dir");
         let src = dir.join("helper.c");
         std::fs::write(&src, HELPER_C).expect("write helper.c");
-        let out = Command::new("cc")
-            .args(["-static", "-O2", "-o"])
-            .arg(dir.join("helper"))
-            .arg(&src)
-            .output()
-            .expect("run cc");
+        let out = Command::new("cc").args(["-static", "-O2", "-o"]).arg(dir.join("helper")).arg(&src).output().expect("run cc");
         assert!(out.status.success(), "building the helper: {}", String::from_utf8_lossy(&out.stderr));
         dir
     })
@@ -525,11 +520,7 @@ fn a_new_enforcer_adopts_the_pinned_rules_and_links() {
         // Programs live only through their links here (the enforcer keeps
         // no fd of the exec program): one loaded program per live link.
         let live = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("name enf_exec")).count();
-        let pinned = std::fs::read_dir("/sys/fs/bpf")
-            .unwrap()
-            .flatten()
-            .filter(|d| d.path().join("link-enf_exec").exists())
-            .count();
+        let pinned = std::fs::read_dir("/sys/fs/bpf").unwrap().flatten().filter(|d| d.path().join("link-enf_exec").exists()).count();
         assert_eq!(live, pinned, "enf_exec programs alive vs pinned links");
     }
     // gc drops a cgroup that no longer exists.
@@ -649,10 +640,7 @@ fn kill_process_kills_only_the_target() {
     let target = *procs("sleep 1001").first().expect("sleep 1001");
     let other = *procs("sleep 1002").first().expect("sleep 1002");
     let start = process_start_time(target).unwrap();
-    assert!(matches!(
-        kill_process(target, Some(start.wrapping_add(7)), libc::SIGKILL),
-        Err(enforce::EnforceError::PidReused { .. })
-    ));
+    assert!(matches!(kill_process(target, Some(start.wrapping_add(7)), libc::SIGKILL), Err(enforce::EnforceError::PidReused { .. })));
     kill_process(target, Some(start), libc::SIGKILL).expect("kill");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !procs("sleep 1001").is_empty() && Instant::now() < deadline {

@@ -65,11 +65,7 @@ fn exec_fork_exit_are_reported_with_argv_and_cwd() {
         return;
     }
     let sensor = load();
-    let child = std::process::Command::new("/bin/sh")
-        .args(["-c", "exit 3", "lancet-arg"])
-        .current_dir("/tmp")
-        .status()
-        .expect("spawn");
+    let child = std::process::Command::new("/bin/sh").args(["-c", "exit 3", "lancet-arg"]).current_dir("/tmp").status().expect("spawn");
     assert_eq!(child.code(), Some(3));
     let events = collect_until(&sensor, Duration::from_secs(5), |evs| {
         evs.iter().any(|e| matches!(&e.kind, EventKind::Exit(x) if x.code == Some(3)))
@@ -116,9 +112,8 @@ fn tcp_and_udp_lifecycle_is_reported() {
     let net = |evs: &[Event], op: NetOp, f: &dyn Fn(&lancet_engine::event::NetEvent) -> bool| {
         evs.iter().any(|e| matches!(&e.kind, EventKind::Net(n) if n.op == op && f(n)) && e.process.pid == me)
     };
-    let events = collect_until(&sensor, Duration::from_secs(5), |evs| {
-        net(evs, NetOp::Connect, &|n| n.proto == L4Proto::Udp && n.dport == 5353)
-    });
+    let events =
+        collect_until(&sensor, Duration::from_secs(5), |evs| net(evs, NetOp::Connect, &|n| n.proto == L4Proto::Udp && n.dport == 5353));
     assert!(net(&events, NetOp::Listen, &|n| n.sport == port), "listen on {port}");
     assert!(net(&events, NetOp::Connect, &|n| n.dport == port && n.result == 0 && n.daddr.to_string() == "127.0.0.1"), "connect");
     assert!(net(&events, NetOp::Accept, &|n| n.sport == port), "accept");

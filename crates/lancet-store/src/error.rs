@@ -70,14 +70,10 @@ impl StoreError {
     pub(crate) fn sqlite(path: &Path, e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode;
         match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => StoreError::Corrupt {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            },
-            _ => StoreError::Sqlite {
-                path: path.to_path_buf(),
-                source: e,
-            },
+            Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => {
+                StoreError::Corrupt { path: path.to_path_buf(), detail: e.to_string() }
+            }
+            _ => StoreError::Sqlite { path: path.to_path_buf(), source: e },
         }
     }
 

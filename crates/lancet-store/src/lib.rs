@@ -234,14 +234,7 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         check_header(&path)?;
         let conn = Connection::open_with_flags(&path, flags).map_err(|e| StoreError::sqlite(&path, e))?;
-        let mut store = Store {
-            conn,
-            path,
-            opts,
-            read_only: false,
-            batch_started: None,
-            pending: 0,
-        };
+        let mut store = Store { conn, path, opts, read_only: false, batch_started: None, pending: 0 };
         store.setup_rw()?;
         Ok(store)
     }
@@ -257,30 +250,14 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags).map_err(|e| StoreError::sqlite(&path, e))?;
         let opts = StoreOptions::default();
-        conn.busy_timeout(opts.busy_timeout)
-            .map_err(|e| StoreError::sqlite(&path, e))?;
-        let store = Store {
-            conn,
-            path,
-            opts,
-            read_only: true,
-            batch_started: None,
-            pending: 0,
-        };
+        conn.busy_timeout(opts.busy_timeout).map_err(|e| StoreError::sqlite(&path, e))?;
+        let store = Store { conn, path, opts, read_only: true, batch_started: None, pending: 0 };
         let version = store.user_version()?;
         if version > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                path: store.path.clone(),
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
+            return Err(StoreError::SchemaTooNew { path: store.path.clone(), found: version, supported: SCHEMA_VERSION });
         }
         if version < SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooOld {
-                path: store.path.clone(),
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
+            return Err(StoreError::SchemaTooOld { path: store.path.clone(), found: version, supported: SCHEMA_VERSION });
         }
         store.check_tables()?;
         Ok(store)
@@ -291,42 +268,27 @@ impl Store {
     }
 
     fn corrupt(&self, detail: impl Into<String>) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            detail: detail.into(),
-        }
+        StoreError::Corrupt { path: self.path.clone(), detail: detail.into() }
     }
 
     fn user_version(&self) -> Result<u32> {
-        let v: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
+        let v: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.err(e))?;
         u32::try_from(v).map_err(|_| self.corrupt(format!("invalid schema version {v}")))
     }
 
     fn setup_rw(&mut self) -> Result<()> {
-        self.conn
-            .busy_timeout(self.opts.busy_timeout)
-            .map_err(|e| self.err(e))?;
+        self.conn.busy_timeout(self.opts.busy_timeout).map_err(|e| self.err(e))?;
         // The first statement that reads the file: "file is not a database" shows here.
         let version = self.user_version()?;
         if version > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                path: self.path.clone(),
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
+            return Err(StoreError::SchemaTooNew { path: self.path.clone(), found: version, supported: SCHEMA_VERSION });
         }
         if self.opts.check_on_open {
             let started = Instant::now();
             self.quick_check()?;
             tracing::debug!(path = %self.path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "store quick_check ok");
         }
-        let mode: String = self
-            .conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
+        let mode: String = self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| self.err(e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %self.path.display(), mode, "the store could not switch to WAL mode");
         }
@@ -338,14 +300,9 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         if version == 0 {
-            let objects: i64 = self
-                .conn
-                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-                .map_err(|e| self.err(e))?;
+            let objects: i64 = self.conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).map_err(|e| self.err(e))?;
             if objects > 0 {
-                return Err(
-                    self.corrupt("it is a SQLite database but not a lancet store (schema version 0 with tables in it)")
-                );
+                return Err(self.corrupt("it is a SQLite database but not a lancet store (schema version 0 with tables in it)"));
             }
         }
         self.migrate(version)?;
@@ -356,17 +313,11 @@ impl Store {
     /// Runs `PRAGMA quick_check`; anything but `ok` is corruption.
     fn quick_check(&self) -> Result<()> {
         let mut stmt = self.conn.prepare("PRAGMA quick_check(5)").map_err(|e| self.err(e))?;
-        let rows: Vec<String> = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.err(e))?;
+        let rows: Vec<String> = stmt.query_map([], |r| r.get::<_, String>(0)).and_then(|rows| rows.collect()).map_err(|e| self.err(e))?;
         if rows.len() == 1 && rows[0] == "ok" {
             return Ok(());
         }
-        Err(self.corrupt(format!(
-            "integrity check failed: {}",
-            rows.join("; ").replace('\n', "; ")
-        )))
+        Err(self.corrupt(format!("integrity check failed: {}", rows.join("; ").replace('\n', "; "))))
     }
 
     fn migrate(&mut self, from: u32) -> Result<()> {
@@ -378,8 +329,7 @@ impl Store {
         for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(from as usize) {
             let to = i as u32 + 1;
             tx.execute_batch(sql).map_err(|e| StoreError::sqlite(&path, e))?;
-            tx.pragma_update(None, "user_version", to)
-                .map_err(|e| StoreError::sqlite(&path, e))?;
+            tx.pragma_update(None, "user_version", to).map_err(|e| StoreError::sqlite(&path, e))?;
             tracing::info!(path = %path.display(), to, "store schema migrated");
         }
         tx.commit().map_err(|e| StoreError::sqlite(&path, e))
@@ -389,17 +339,11 @@ impl Store {
         for table in schema::TABLES {
             let found: Option<i64> = self
                 .conn
-                .query_row(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                    [table],
-                    |r| r.get(0),
-                )
+                .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |r| r.get(0))
                 .optional()
                 .map_err(|e| self.err(e))?;
             if found.is_none() {
-                return Err(self.corrupt(format!(
-                    "schema version {SCHEMA_VERSION} but the table `{table}` is missing"
-                )));
+                return Err(self.corrupt(format!("schema version {SCHEMA_VERSION} but the table `{table}` is missing")));
             }
         }
         Ok(())
@@ -417,9 +361,7 @@ impl Store {
 
     /// The journal mode in force (`wal` for a read-write store).
     pub fn journal_mode(&self) -> Result<String> {
-        self.conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .map_err(|e| self.err(e))
+        self.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(|e| self.err(e))
     }
 
     /// Writes in the batch that [`Store::flush`] has not committed yet.
@@ -432,9 +374,7 @@ impl Store {
     /// Makes sure a batch transaction is open before a write.
     fn begin_write(&mut self) -> Result<()> {
         if self.read_only {
-            return Err(StoreError::ReadOnly {
-                path: self.path.clone(),
-            });
+            return Err(StoreError::ReadOnly { path: self.path.clone() });
         }
         if self.batch_started.is_some() && self.conn.is_autocommit() {
             // SQLite rolled the transaction back by itself (e.g. disk full, I/O error).
@@ -453,9 +393,7 @@ impl Store {
     /// Counts one write; commits the batch when it is big or old enough.
     fn end_write(&mut self) -> Result<()> {
         self.pending += 1;
-        let old = self
-            .batch_started
-            .is_some_and(|t| t.elapsed() >= self.opts.flush_interval);
+        let old = self.batch_started.is_some_and(|t| t.elapsed() >= self.opts.flush_interval);
         if self.pending >= self.opts.max_batch.max(1) || old {
             self.flush()?;
         }
@@ -499,10 +437,7 @@ impl Store {
             let _ = self.conn.execute_batch("PRAGMA optimize");
         }
         let path = self.path.clone();
-        let conn = std::mem::replace(
-            &mut self.conn,
-            Connection::open_in_memory().map_err(|e| StoreError::sqlite(&path, e))?,
-        );
+        let conn = std::mem::replace(&mut self.conn, Connection::open_in_memory().map_err(|e| StoreError::sqlite(&path, e))?);
         conn.close().map_err(|(_, e)| StoreError::sqlite(&path, e))
     }
 
@@ -527,10 +462,7 @@ impl Store {
                  JOIN profile_versions v ON v.digest = p.digest AND v.version = p.version
                  WHERE p.digest = ?1",
             )
-            .and_then(|mut s| {
-                s.query_row([digest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                    .optional()
-            })
+            .and_then(|mut s| s.query_row([digest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).optional())
             .map_err(e)?;
         let version = match head {
             Some((old_image, old_mode, version, old_doc)) if old_doc == document => {
@@ -584,11 +516,7 @@ impl Store {
     /// (0: all). Each carries the image and mode it was written with and its creation
     /// time as `updated_ns`.
     pub fn profile_history(&self, digest: &str, limit: usize) -> Result<Vec<StoredProfile>> {
-        let limit = if limit == 0 {
-            -1
-        } else {
-            i64::try_from(limit).unwrap_or(i64::MAX)
-        };
+        let limit = if limit == 0 { -1 } else { i64::try_from(limit).unwrap_or(i64::MAX) };
         self.conn
             .prepare_cached(
                 "SELECT digest, image, mode, version, document, created_ns FROM profile_versions
@@ -690,19 +618,13 @@ impl Store {
         if let Some(c) = q.container.as_deref().filter(|c| !c.is_empty()) {
             args.push(Value::Text(c.to_string()));
             let n = args.len();
-            sql.push_str(&format!(
-                " AND (container_name = ?{n} OR substr(container_id, 1, length(?{n})) = ?{n})"
-            ));
+            sql.push_str(&format!(" AND (container_name = ?{n} OR substr(container_id, 1, length(?{n})) = ?{n})"));
         }
         if let Some(rule) = q.rule.as_deref() {
             args.push(Value::Text(rule.to_string()));
             sql.push_str(&format!(" AND rule = ?{}", args.len()));
         }
-        args.push(Value::Integer(if q.limit == 0 {
-            -1
-        } else {
-            i64::try_from(q.limit).unwrap_or(i64::MAX)
-        }));
+        args.push(Value::Integer(if q.limit == 0 { -1 } else { i64::try_from(q.limit).unwrap_or(i64::MAX) }));
         sql.push_str(&format!(" ORDER BY last_time_ns DESC, id DESC LIMIT ?{}", args.len()));
         self.conn
             .prepare_cached(&sql)
@@ -731,10 +653,7 @@ impl Store {
 
     /// Number of stored alerts.
     pub fn alert_count(&self) -> Result<u64> {
-        self.conn
-            .query_row("SELECT count(*) FROM alerts", [], |r| r.get::<_, i64>(0))
-            .map(to_u64)
-            .map_err(|e| self.err(e))
+        self.conn.query_row("SELECT count(*) FROM alerts", [], |r| r.get::<_, i64>(0)).map(to_u64).map_err(|e| self.err(e))
     }
 
     // ---- activity -------------------------------------------------------------------
@@ -765,16 +684,10 @@ impl Store {
     pub fn activity(&self, digest: &str, since_ns: u64) -> Result<Vec<ActivityBucket>> {
         let from = since_ns - since_ns % HOUR_NS;
         self.conn
-            .prepare_cached(
-                "SELECT hour_ns, kind, n FROM activity WHERE digest = ?1 AND hour_ns >= ?2 ORDER BY hour_ns, kind",
-            )
+            .prepare_cached("SELECT hour_ns, kind, n FROM activity WHERE digest = ?1 AND hour_ns >= ?2 ORDER BY hour_ns, kind")
             .and_then(|mut s| {
                 s.query_map(params![digest, to_i64(from)], |r| {
-                    Ok(ActivityBucket {
-                        hour_ns: to_u64(r.get(0)?),
-                        kind: r.get(1)?,
-                        count: to_u64(r.get(2)?),
-                    })
+                    Ok(ActivityBucket { hour_ns: to_u64(r.get(0)?), kind: r.get(1)?, count: to_u64(r.get(2)?) })
                 })?
                 .collect()
             })
@@ -796,19 +709,13 @@ impl Store {
         // ids only grow, so max - min + 1 bounds the count: skip the walk when under the cap.
         let (min, max): (Option<i64>, Option<i64>) = self
             .conn
-            .query_row(
-                "SELECT (SELECT min(id) FROM alerts), (SELECT max(id) FROM alerts)",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT (SELECT min(id) FROM alerts), (SELECT max(id) FROM alerts)", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(|e| self.err(e))?;
         if let (Some(min), Some(max)) = (min, max) {
             let cap = to_i64(self.opts.max_alerts);
             if max - min + 1 > cap {
-                stats.alerts_capped = self.exec(
-                    "DELETE FROM alerts WHERE id <= (SELECT id FROM alerts ORDER BY id DESC LIMIT 1 OFFSET ?1)",
-                    params![cap],
-                )?;
+                stats.alerts_capped =
+                    self.exec("DELETE FROM alerts WHERE id <= (SELECT id FROM alerts ORDER BY id DESC LIMIT 1 OFFSET ?1)", params![cap])?;
             }
         }
         let activity_cut = now_ns.saturating_sub(dur_ns(self.opts.activity_retention));
@@ -829,11 +736,7 @@ impl Store {
     }
 
     fn exec(&self, sql: &str, p: impl rusqlite::Params) -> Result<u64> {
-        self.conn
-            .prepare_cached(sql)
-            .and_then(|mut s| s.execute(p))
-            .map(|n| n as u64)
-            .map_err(|e| self.err(e))
+        self.conn.prepare_cached(sql).and_then(|mut s| s.execute(p)).map(|n| n as u64).map_err(|e| self.err(e))
     }
 
     // ---- recovery -------------------------------------------------------------------
@@ -852,11 +755,7 @@ impl Store {
                 continue;
             }
             let to = with_suffix(&from, &suffix);
-            std::fs::rename(&from, &to).map_err(|source| StoreError::Io {
-                path: from.clone(),
-                what: "moving the store aside",
-                source,
-            })?;
+            std::fs::rename(&from, &to).map_err(|source| StoreError::Io { path: from.clone(), what: "moving the store aside", source })?;
             tracing::warn!(from = %from.display(), to = %to.display(), "store file moved aside");
             moved = Some(to);
         }
@@ -893,15 +792,8 @@ fn stored_profile(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredProfile> {
 /// or empty file is fine (a new store).
 fn check_header(path: &Path) -> Result<()> {
     use std::io::Read;
-    let corrupt = |detail: String| StoreError::Corrupt {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let io = |source| StoreError::Io {
-        path: path.to_path_buf(),
-        what: "reading the database header",
-        source,
-    };
+    let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
+    let io = |source| StoreError::Io { path: path.to_path_buf(), what: "reading the database header", source };
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -962,18 +854,11 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 fn unique_suffix(path: &Path, what: &str) -> String {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let base = format!(".{what}-{}", utc_stamp(secs));
-    let taken = |s: &str| {
-        ["", "-wal", "-shm", "-journal"]
-            .iter()
-            .any(|e| with_suffix(&with_suffix(path, e), s).exists())
-    };
+    let taken = |s: &str| ["", "-wal", "-shm", "-journal"].iter().any(|e| with_suffix(&with_suffix(path, e), s).exists());
     if !taken(&base) {
         return base;
     }
-    (1u32..)
-        .map(|n| format!("{base}-{n}"))
-        .find(|s| !taken(s))
-        .unwrap_or(base)
+    (1u32..).map(|n| format!("{base}-{n}")).find(|s| !taken(s)).unwrap_or(base)
 }
 
 /// When the database file is missing but a `-wal`/`-shm` is there (someone moved only
@@ -1010,12 +895,7 @@ fn utc_stamp(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -1031,9 +911,6 @@ mod tests {
 
     #[test]
     fn suffixes() {
-        assert_eq!(
-            with_suffix(Path::new("/x/lancet.db"), "-wal"),
-            PathBuf::from("/x/lancet.db-wal")
-        );
+        assert_eq!(with_suffix(Path::new("/x/lancet.db"), "-wal"), PathBuf::from("/x/lancet.db-wal"));
     }
 }

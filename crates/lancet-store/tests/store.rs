@@ -55,8 +55,7 @@ fn open_creates_then_reopens_with_data() {
     let mut s = open(&path);
     assert!(path.exists(), "the store and its directory are created");
     assert_eq!(s.journal_mode().unwrap(), "wal");
-    s.put_profile("sha256:aaaa", "nginx", "learn", "spec: {}\n", T0)
-        .unwrap();
+    s.put_profile("sha256:aaaa", "nginx", "learn", "spec: {}\n", T0).unwrap();
     let a = s.insert_alert(&alert(T0, "Drift", 1)).unwrap();
     s.bump_activity("sha256:aaaa", "exec", 3, T0).unwrap();
     s.close().unwrap();
@@ -91,10 +90,7 @@ fn drop_without_close_keeps_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
     {
-        let opts = StoreOptions {
-            flush_interval: Duration::from_secs(3600),
-            ..StoreOptions::default()
-        };
+        let opts = StoreOptions { flush_interval: Duration::from_secs(3600), ..StoreOptions::default() };
         let mut s = Store::open(&path, opts).unwrap();
         s.insert_alert(&alert(T0, "Drift", 1)).unwrap();
         s.put_profile("sha256:aaaa", "nginx", "learn", "a", T0).unwrap();
@@ -113,64 +109,33 @@ fn profile_versions_change_only_with_the_document() {
     let d = "sha256:1111";
     assert_eq!(s.profile(d).unwrap(), None);
     assert_eq!(s.put_profile(d, "nginx", "learn", "doc-a", T0).unwrap(), 1);
-    assert_eq!(
-        s.put_profile(d, "nginx", "learn", "doc-a", T0 + S).unwrap(),
-        1,
-        "same document, same version"
-    );
+    assert_eq!(s.put_profile(d, "nginx", "learn", "doc-a", T0 + S).unwrap(), 1, "same document, same version");
     let p = s.profile(d).unwrap().unwrap();
     assert_eq!((p.version, p.updated_ns), (1, T0), "an identical put changes nothing");
     assert_eq!(s.put_profile(d, "nginx", "learn", "doc-b", T0 + 2 * S).unwrap(), 2);
-    assert_eq!(
-        s.put_profile(d, "nginx", "learn", "doc-a", T0 + 3 * S).unwrap(),
-        3,
-        "back to a, still a new version"
-    );
+    assert_eq!(s.put_profile(d, "nginx", "learn", "doc-a", T0 + 3 * S).unwrap(), 3, "back to a, still a new version");
     // Mode change with the same document: head updated, no new version.
     assert_eq!(s.put_profile(d, "nginx", "monitor", "doc-a", T0 + 4 * S).unwrap(), 3);
     let p = s.profile(d).unwrap().unwrap();
-    assert_eq!(
-        (p.mode.as_str(), p.version, p.document.as_str(), p.updated_ns),
-        ("monitor", 3, "doc-a", T0 + 4 * S)
-    );
+    assert_eq!((p.mode.as_str(), p.version, p.document.as_str(), p.updated_ns), ("monitor", 3, "doc-a", T0 + 4 * S));
 
     let h = s.profile_history(d, 0).unwrap();
-    assert_eq!(
-        h.iter().map(|p| p.version).collect::<Vec<_>>(),
-        vec![3, 2, 1],
-        "newest first"
-    );
-    assert_eq!(
-        h.iter().map(|p| p.document.as_str()).collect::<Vec<_>>(),
-        vec!["doc-a", "doc-b", "doc-a"]
-    );
+    assert_eq!(h.iter().map(|p| p.version).collect::<Vec<_>>(), vec![3, 2, 1], "newest first");
+    assert_eq!(h.iter().map(|p| p.document.as_str()).collect::<Vec<_>>(), vec!["doc-a", "doc-b", "doc-a"]);
     assert_eq!(h[1].updated_ns, T0 + 2 * S);
     assert_eq!(s.profile_history(d, 2).unwrap().len(), 2);
 
     s.put_profile("sha256:0000", "redis", "protect", "r", T0).unwrap();
     let list = s.list_profiles().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!(
-        (list[0].digest.as_str(), list[0].mode.as_str(), list[0].version),
-        ("sha256:0000", "protect", 1)
-    );
-    assert_eq!(
-        (list[1].digest.as_str(), list[1].mode.as_str(), list[1].version),
-        (d, "monitor", 3)
-    );
+    assert_eq!((list[0].digest.as_str(), list[0].mode.as_str(), list[0].version), ("sha256:0000", "protect", 1));
+    assert_eq!((list[1].digest.as_str(), list[1].mode.as_str(), list[1].version), (d, "monitor", 3));
 
     assert!(s.delete_profile(d).unwrap());
     assert!(!s.delete_profile(d).unwrap());
     assert_eq!(s.profile(d).unwrap(), None);
-    assert!(
-        s.profile_history(d, 0).unwrap().is_empty(),
-        "history goes with the profile"
-    );
-    assert_eq!(
-        s.put_profile(d, "nginx", "learn", "fresh", T0).unwrap(),
-        1,
-        "a reset starts again"
-    );
+    assert!(s.profile_history(d, 0).unwrap().is_empty(), "history goes with the profile");
+    assert_eq!(s.put_profile(d, "nginx", "learn", "fresh", T0).unwrap(), 1, "a reset starts again");
     assert!(s.put_profile("", "x", "learn", "x", T0).is_err());
 }
 
@@ -178,20 +143,9 @@ fn profile_versions_change_only_with_the_document() {
 fn profile_history_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
-    let mut s = Store::open(
-        &path,
-        StoreOptions {
-            profile_history: 3,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    let mut s = Store::open(&path, StoreOptions { profile_history: 3, ..StoreOptions::default() }).unwrap();
     for i in 0..7u64 {
-        assert_eq!(
-            s.put_profile("sha256:b", "img", "learn", &format!("doc-{i}"), T0 + i)
-                .unwrap(),
-            i + 1
-        );
+        assert_eq!(s.put_profile("sha256:b", "img", "learn", &format!("doc-{i}"), T0 + i).unwrap(), i + 1);
     }
     let h = s.profile_history("sha256:b", 0).unwrap();
     assert_eq!(h.iter().map(|p| p.version).collect::<Vec<_>>(), vec![7, 6, 5]);
@@ -199,14 +153,7 @@ fn profile_history_is_bounded() {
     s.close().unwrap();
 
     // Lowering the bound takes effect at the next prune.
-    let mut s = Store::open(
-        &path,
-        StoreOptions {
-            profile_history: 1,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    let mut s = Store::open(&path, StoreOptions { profile_history: 1, ..StoreOptions::default() }).unwrap();
     let stats = s.prune(T0).unwrap();
     assert_eq!(stats.profile_versions_dropped, 2);
     assert_eq!(s.profile_history("sha256:b", 0).unwrap().len(), 1);
@@ -224,10 +171,7 @@ fn alert_queries_filter_order_and_limit() {
     s.flush().unwrap();
     let all = s.alerts(&AlertQuery::default()).unwrap();
     assert_eq!(all.len(), 30);
-    assert!(
-        all.windows(2).all(|w| w[0].last_time_ns >= w[1].last_time_ns),
-        "newest first"
-    );
+    assert!(all.windows(2).all(|w| w[0].last_time_ns >= w[1].last_time_ns), "newest first");
     assert_eq!(all[0].time_ns, T0 + 29 * S);
 
     let q = |since_ns, container: Option<&str>, rule: Option<&str>, limit| AlertQuery {
@@ -262,17 +206,11 @@ fn deduplicated_alert_count_update() {
     let first = s.insert_alert(&alert(T0, "Drift", 1)).unwrap();
     let second = s.insert_alert(&alert(T0 + S, "Drift", 2)).unwrap();
     assert!(s.update_alert_count(first, 42, T0 + 10 * S).unwrap());
-    assert!(
-        !s.update_alert_count(9_999, 1, T0).unwrap(),
-        "an unknown id is reported, not an error"
-    );
+    assert!(!s.update_alert_count(9_999, 1, T0).unwrap(), "an unknown id is reported, not an error");
     s.flush().unwrap();
     let all = s.alerts(&AlertQuery::default()).unwrap();
     assert_eq!(all[0].id, first, "ordered by last occurrence");
-    assert_eq!(
-        (all[0].count, all[0].time_ns, all[0].last_time_ns),
-        (42, T0, T0 + 10 * S)
-    );
+    assert_eq!((all[0].count, all[0].time_ns, all[0].last_time_ns), (42, T0, T0 + 10 * S));
     assert_eq!((all[1].id, all[1].count), (second, 1));
     // An older last time never moves it backwards.
     s.update_alert_count(first, 43, T0 + 5 * S).unwrap();
@@ -329,12 +267,7 @@ fn prune_by_age_and_by_count() {
     for i in 0..20 {
         s.insert_alert(&alert(now + i * S, "Flood", 3)).unwrap();
     }
-    let newest = s
-        .alerts(&AlertQuery {
-            limit: 10,
-            ..AlertQuery::default()
-        })
-        .unwrap();
+    let newest = s.alerts(&AlertQuery { limit: 10, ..AlertQuery::default() }).unwrap();
     let stats = s.prune(now + 20 * S).unwrap();
     assert_eq!(stats.alerts_capped, 16);
     assert_eq!(s.alert_count().unwrap(), 10);
@@ -346,11 +279,7 @@ fn prune_by_age_and_by_count() {
 fn batches_commit_by_size() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
-    let opts = StoreOptions {
-        max_batch: 10,
-        flush_interval: Duration::from_secs(3600),
-        ..StoreOptions::default()
-    };
+    let opts = StoreOptions { max_batch: 10, flush_interval: Duration::from_secs(3600), ..StoreOptions::default() };
     let mut w = Store::open(&path, opts).unwrap();
     for i in 0..25 {
         w.insert_alert(&alert(T0 + i, "X", 1)).unwrap();
@@ -365,10 +294,7 @@ fn reader_sees_committed_data_while_the_writer_holds_the_db() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
     assert!(matches!(Store::open_read_only(&path), Err(StoreError::NotFound { .. })));
-    let opts = StoreOptions {
-        flush_interval: Duration::from_secs(3600),
-        ..StoreOptions::default()
-    };
+    let opts = StoreOptions { flush_interval: Duration::from_secs(3600), ..StoreOptions::default() };
     let mut w = Store::open(&path, opts).unwrap();
     w.put_profile("sha256:a", "nginx", "learn", "v1", T0).unwrap();
     w.insert_alert(&alert(T0, "Drift", 1)).unwrap();
@@ -381,10 +307,7 @@ fn reader_sees_committed_data_while_the_writer_holds_the_db() {
     assert!(r.is_read_only());
     assert_eq!(r.alert_count().unwrap(), 1, "only committed data is visible");
     assert_eq!(r.profile("sha256:a").unwrap().unwrap().document, "v1");
-    assert!(matches!(
-        r.insert_alert(&alert(T0, "X", 1)),
-        Err(StoreError::ReadOnly { .. })
-    ));
+    assert!(matches!(r.insert_alert(&alert(T0, "X", 1)), Err(StoreError::ReadOnly { .. })));
     assert!(matches!(r.prune(T0), Err(StoreError::ReadOnly { .. })));
 
     w.flush().unwrap();
@@ -430,11 +353,7 @@ fn random_bytes_are_corrupt_with_a_way_out() {
     eprintln!("random bytes: {e}");
     let e = Store::open_read_only(&path).unwrap_err();
     assert!(e.is_corrupt(), "{e:?}");
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        bytes,
-        "the damaged file is left as it was"
-    );
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the damaged file is left as it was");
 
     // The way out works.
     let aside = Store::move_aside(&path).unwrap();
@@ -447,14 +366,7 @@ fn fill(path: &Path, n: u64) {
     let mut s = open(path);
     for i in 0..n {
         s.insert_alert(&alert(T0 + i, "Fill", (i % 7) as u32)).unwrap();
-        s.put_profile(
-            &format!("sha256:{:04}", i % 50),
-            "img",
-            "learn",
-            &"x".repeat(200 + i as usize % 50),
-            T0 + i,
-        )
-        .unwrap();
+        s.put_profile(&format!("sha256:{:04}", i % 50), "img", "learn", &"x".repeat(200 + i as usize % 50), T0 + i).unwrap();
     }
     s.close().unwrap();
 }
@@ -465,19 +377,9 @@ fn truncated_db_gives_a_clean_error() {
     let path = db(&dir);
     fill(&path, 2_000);
     let full = std::fs::read(&path).unwrap();
-    assert!(
-        !path.with_extension("db-wal").exists(),
-        "close checkpoints the WAL away"
-    );
+    assert!(!path.with_extension("db-wal").exists(), "close checkpoints the WAL away");
     let half_pages = full.len() / 2 / 4096 * 4096;
-    for cut in [
-        full.len() / 2,
-        half_pages,
-        full.len() - 4096,
-        full.len() - 4096 + 100,
-        4096 + 7,
-        60,
-    ] {
+    for cut in [full.len() / 2, half_pages, full.len() - 4096, full.len() - 4096 + 100, 4096 + 7, 60] {
         std::fs::write(&path, &full[..cut]).unwrap();
         match Store::open(&path, StoreOptions::default()) {
             Err(e) => {
@@ -500,10 +402,7 @@ fn damaged_pages_are_found_by_quick_check() {
     // the length and the file header intact.
     for page in 1..12 {
         let at = page * 4096;
-        bytes[at..at + 64]
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = 0xA5 ^ i as u8);
+        bytes[at..at + 64].iter_mut().enumerate().for_each(|(i, b)| *b = 0xA5 ^ i as u8);
     }
     std::fs::write(&path, &bytes).unwrap();
     let e = Store::open(&path, StoreOptions::default()).unwrap_err();
@@ -548,15 +447,10 @@ fn newer_schema_is_refused_clearly() {
     let e = Store::open(&path, StoreOptions::default()).unwrap_err();
     let msg = e.to_string();
     eprintln!("newer schema: {msg}");
-    assert!(
-        matches!(e, StoreError::SchemaTooNew { found, supported, .. } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION)
-    );
+    assert!(matches!(e, StoreError::SchemaTooNew { found, supported, .. } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION));
     assert!(msg.contains("newer than this build supports"), "{msg}");
     assert_move_aside_hint(&e, &path);
-    assert!(matches!(
-        Store::open_read_only(&path),
-        Err(StoreError::SchemaTooNew { .. })
-    ));
+    assert!(matches!(Store::open_read_only(&path), Err(StoreError::SchemaTooNew { .. })));
     // Not touched: the newer lancet can still use it.
     let c = rusqlite::Connection::open(&path).unwrap();
     let n: i64 = c.query_row("SELECT count(*) FROM alerts", [], |r| r.get(0)).unwrap();
@@ -578,14 +472,8 @@ fn move_aside_renames_db_wal_and_shm() {
     assert!(name.starts_with("lancet.db.corrupt-"), "{name}");
     let suffix = name.strip_prefix("lancet.db").unwrap();
     let dir_of = path.parent().unwrap();
-    assert_eq!(
-        std::fs::read(dir_of.join(format!("lancet.db-wal{suffix}"))).unwrap(),
-        b"wal"
-    );
-    assert_eq!(
-        std::fs::read(dir_of.join(format!("lancet.db-shm{suffix}"))).unwrap(),
-        b"shm"
-    );
+    assert_eq!(std::fs::read(dir_of.join(format!("lancet.db-wal{suffix}"))).unwrap(), b"wal");
+    assert_eq!(std::fs::read(dir_of.join(format!("lancet.db-shm{suffix}"))).unwrap(), b"shm");
     assert!(aside.exists());
 
     // Twice in the same second: no clobbering.
@@ -615,13 +503,7 @@ fn orphaned_wal_is_not_replayed_into_a_fresh_store() {
     assert_eq!(s.alert_count().unwrap(), 0);
     let orphans = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains("-wal.orphan-")
-        })
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("-wal.orphan-"))
         .count();
     assert_eq!(orphans, 1);
 }
@@ -633,10 +515,7 @@ fn child_writer_for_sigkill() {
     let Some(path) = std::env::var_os("LANCET_STORE_CHILD_DB") else {
         return;
     };
-    let opts = StoreOptions {
-        flush_interval: Duration::from_secs(3600),
-        ..StoreOptions::default()
-    };
+    let opts = StoreOptions { flush_interval: Duration::from_secs(3600), ..StoreOptions::default() };
     let mut s = Store::open(Path::new(&path), opts).unwrap();
     for i in 0..100 {
         s.insert_alert(&alert(T0 + i, "Flushed", 1)).unwrap();
@@ -665,21 +544,14 @@ fn sigkill_loses_only_the_unflushed_batch() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.trim().ends_with("READY")); // libtest prints "test name ... " first
+    let ready = lines.by_ref().map_while(Result::ok).any(|l| l.trim().ends_with("READY")); // libtest prints "test name ... " first
     assert!(ready, "the child did not get ready");
     child.kill().unwrap(); // SIGKILL: no destructor, no commit
     let status = child.wait().unwrap();
     assert!(!status.success());
 
     let r = Store::open_read_only(&path).unwrap();
-    assert_eq!(
-        r.alert_count().unwrap(),
-        100,
-        "flushed writes survive, the open batch is gone"
-    );
+    assert_eq!(r.alert_count().unwrap(), 100, "flushed writes survive, the open batch is gone");
     assert_eq!(r.profile("sha256:k").unwrap().unwrap().document, "flushed");
     drop(r);
     // And the writer can take over and continue.
@@ -733,22 +605,12 @@ fn measure_insert_rate() {
         s.alert_count().unwrap()
     );
     let started = Instant::now();
-    let rows = s
-        .alerts(&AlertQuery {
-            limit: 100,
-            container: Some("c1".into()),
-            ..AlertQuery::default()
-        })
-        .unwrap();
+    let rows = s.alerts(&AlertQuery { limit: 100, container: Some("c1".into()), ..AlertQuery::default() }).unwrap();
     eprintln!("query newest 100 of c1 among {} alerts: {:?}", n + m, started.elapsed());
     assert_eq!(rows.len(), 100);
     s.close().unwrap();
     let started = Instant::now();
     let s = open(&path);
-    eprintln!(
-        "open with quick_check of {} KiB: {:?}",
-        std::fs::metadata(&path).unwrap().len() / 1024,
-        started.elapsed()
-    );
+    eprintln!("open with quick_check of {} KiB: {:?}", std::fs::metadata(&path).unwrap().len() / 1024, started.elapsed());
     drop(s);
 }

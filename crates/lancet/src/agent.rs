@@ -73,11 +73,7 @@ pub fn cpu_seconds() -> f64 {
 pub fn max_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
         .unwrap_or(0)
 }
 
@@ -140,8 +136,7 @@ impl Watches {
             }
             return;
         }
-        let paths: Vec<PathBuf> =
-            c.rootfs_paths.iter().map(|p| self.host_root.join(p.strip_prefix("/").unwrap_or(p))).collect();
+        let paths: Vec<PathBuf> = c.rootfs_paths.iter().map(|p| self.host_root.join(p.strip_prefix("/").unwrap_or(p))).collect();
         if let Some(f) = self.files.as_mut() {
             for p in &paths {
                 if let Err(e) = f.add_filesystem(p) {
@@ -205,8 +200,7 @@ impl Pipeline {
                 ev.process.ppid = p.ppid;
             }
         }
-        let mut attribution =
-            if ev.cgroup_id == 0 { Attribution::Host } else { self.attributor.attribute(ev.cgroup_id) };
+        let mut attribution = if ev.cgroup_id == 0 { Attribution::Host } else { self.attributor.attribute(ev.cgroup_id) };
         if let EventKind::File(f) = &mut ev.kind {
             let host = Path::new(&f.host_path);
             let host = host.strip_prefix(&self.host_root).map(|p| Path::new("/").join(p)).unwrap_or(host.to_path_buf());
@@ -252,25 +246,14 @@ pub fn run_loop(
     let existing = attributor.scan().context("scanning running containers")?;
     tracing::info!(containers = existing.len(), "containers found at start");
 
-    let sensor = Sensor::load(&SensorConfig {
-        ring_bytes: opts.ring_mb << 20,
-        cgroup2_root: cgroup2.clone(),
-        ..SensorConfig::default()
-    })
-    .context("loading the BPF probes")?;
-    let files = if opts.files {
-        FileChangeWatcher::new().map_err(|e| tracing::warn!("file changes will not be reported: {e}")).ok()
-    } else {
-        None
-    };
-    let sensitive: Vec<String> = if opts.sensitive.is_empty() {
-        DEFAULT_SENSITIVE_PATHS.iter().map(|s| s.to_string()).collect()
-    } else {
-        opts.sensitive.clone()
-    };
-    let mut opens = SensitiveOpenWatcher::with_paths(sensitive)
-        .map_err(|e| tracing::warn!("sensitive reads will not be reported: {e}"))
-        .ok();
+    let sensor = Sensor::load(&SensorConfig { ring_bytes: opts.ring_mb << 20, cgroup2_root: cgroup2.clone(), ..SensorConfig::default() })
+        .context("loading the BPF probes")?;
+    let files =
+        if opts.files { FileChangeWatcher::new().map_err(|e| tracing::warn!("file changes will not be reported: {e}")).ok() } else { None };
+    let sensitive: Vec<String> =
+        if opts.sensitive.is_empty() { DEFAULT_SENSITIVE_PATHS.iter().map(|s| s.to_string()).collect() } else { opts.sensitive.clone() };
+    let mut opens =
+        SensitiveOpenWatcher::with_paths(sensitive).map_err(|e| tracing::warn!("sensitive reads will not be reported: {e}")).ok();
     if let (Some(o), true) = (opens.as_mut(), opts.host_sensitive) {
         if let Err(e) = o.watch_root(Path::new("/"), u64::MAX) {
             tracing::warn!("host sensitive paths not watched: {e}");
@@ -299,13 +282,8 @@ pub fn run_loop(
         })?
     };
 
-    let mut pipeline = Pipeline {
-        attributor,
-        procs: ProcessTable::new(65_536),
-        cgroup2,
-        host_root: host_root.to_path_buf(),
-        existing: existing.clone(),
-    };
+    let mut pipeline =
+        Pipeline { attributor, procs: ProcessTable::new(65_536), cgroup2, host_root: host_root.to_path_buf(), existing: existing.clone() };
     seed_processes(&mut pipeline);
     tracing::info!(probes = sensor.attached(), containers = watches.armed.len(), "lancet is tracing");
     let started = Instant::now();

@@ -18,17 +18,36 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum Request {
     Profiles,
-    Profile { workload: String },
-    Promote { workload: String, mode: String },
-    Reset { workload: String },
-    Import { yaml: String },
-    Alerts { since_ns: Option<u64>, container: Option<String>, limit: usize },
+    Profile {
+        workload: String,
+    },
+    Promote {
+        workload: String,
+        mode: String,
+    },
+    Reset {
+        workload: String,
+    },
+    Import {
+        yaml: String,
+    },
+    Alerts {
+        since_ns: Option<u64>,
+        container: Option<String>,
+        limit: usize,
+    },
     Containers,
     /// From the OCI hook: a container is being created; put it under its
     /// posture before its first instruction runs.
-    Hook { state: Value },
+    Hook {
+        state: Value,
+    },
     /// Operator response on one container: isolate, freeze or release.
-    Respond { container: String, action: String, expire: Option<String> },
+    Respond {
+        container: String,
+        action: String,
+        expire: Option<String>,
+    },
     /// Which enforcement backends hold, with their counters.
     Enforcement,
 }
@@ -68,10 +87,9 @@ async fn ask(ctx: &Ctx, req: Request) -> (StatusCode, Json<Value>) {
     .unwrap_or_else(|e| Err((500, e.to_string())));
     match res {
         Ok(v) => (StatusCode::OK, Json(v)),
-        Err((code, msg)) => (
-            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Json(serde_json::json!({ "error": msg })),
-        ),
+        Err((code, msg)) => {
+            (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(serde_json::json!({ "error": msg })))
+        }
     }
 }
 
@@ -170,16 +188,13 @@ impl Client {
     }
 
     pub fn with_timeout(addr: &str, timeout: Duration) -> Client {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
         Client { base: format!("http://{addr}"), agent }
     }
 
     fn check(&self, res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value> {
-        let mut res = res.with_context(|| format!("cannot reach the lancet agent at {} (is `lancet run` running? see --api)", self.base))?;
+        let mut res =
+            res.with_context(|| format!("cannot reach the lancet agent at {} (is `lancet run` running? see --api)", self.base))?;
         let status = res.status();
         let body: Value = res.body_mut().read_json().unwrap_or(Value::Null);
         if !status.is_success() {

@@ -101,12 +101,8 @@ pub fn report(host_root: &Path) -> Report {
     if root && !ringbuf {
         problems.push(format!("BPF ring buffer unavailable: {}", why(&program_types, "ringbuf")));
     }
-    let g = |name, area, holds: bool, ok: &str, not: String| Guarantee {
-        name,
-        area,
-        holds,
-        detail: if holds { ok.to_string() } else { not },
-    };
+    let g =
+        |name, area, holds: bool, ok: &str, not: String| Guarantee { name, area, holds, detail: if holds { ok.to_string() } else { not } };
     let fan_err = |r: &Result<(), String>| r.clone().err().unwrap_or_default();
     let guarantees = vec![
         g("process exec/fork/exit", "monitoring", process_ok, "tp_btf sched_process_* + ring buffer", problems.join("; ")),

@@ -143,11 +143,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(&cli.host_root, args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Schema { kind } => {
-            let schema = if kind == "policy" {
-                lancet_engine::policy::policy_schema()
-            } else {
-                lancet_engine::profile::profile_schema()
-            };
+            let schema = if kind == "policy" { lancet_engine::policy::policy_schema() } else { lancet_engine::profile::profile_schema() };
             let mut out = io::stdout().lock();
             serde_json::to_writer_pretty(&mut out, &schema)?;
             writeln!(out)?;

@@ -82,7 +82,10 @@ pub fn run(cmd: PolicyCmd) -> Result<ExitCode> {
             }
             let set = PolicySet::new(ps, !no_defaults).map_err(|e| anyhow::anyhow!("{e}"))?;
             let profile = match &profile {
-                Some(p) => Some(Profile::from_yaml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, &p.display().to_string())?),
+                Some(p) => Some(Profile::from_yaml(
+                    &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+                    &p.display().to_string(),
+                )?),
                 None => None,
             };
             let mode: Mode = mode.parse().map_err(anyhow::Error::msg)?;

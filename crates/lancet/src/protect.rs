@@ -241,11 +241,13 @@ impl Backend for PermBackend {
         // A filesystem mark on the host's own filesystem would put every
         // exec of the host under this container's profile.
         if same_filesystem(&g.rootfs, Path::new("/")) {
-            return Err(format!("{} is on the host's root filesystem; exec marks are placed only on a container's own root", g.rootfs.display()));
+            return Err(format!(
+                "{} is on the host's root filesystem; exec marks are placed only on a container's own root",
+                g.rootfs.display()
+            ));
         }
         let upper = g.upper.clone().or_else(|| overlay_upper_dir(g.pid));
-        let protected: HashSet<String> =
-            self.protected_files.iter().filter(|p| !g.profile.has_sensitive_read(p)).cloned().collect();
+        let protected: HashSet<String> = self.protected_files.iter().filter(|p| !g.profile.has_sensitive_read(p)).cloned().collect();
         let profile_changed = {
             let t = self.table.read().map_err(|_| "permission table poisoned".to_string())?;
             t.by_label.get(&g.label).is_some_and(|e| !Arc::ptr_eq(&e.profile, &g.profile))
@@ -264,10 +266,8 @@ impl Backend for PermBackend {
                 })
                 .flatten()
                 .collect();
-            t.by_label.insert(
-                g.label,
-                PermEntry { profile: Arc::clone(&g.profile), executables, upper, protected_files: protected.clone() },
-            );
+            t.by_label
+                .insert(g.label, PermEntry { profile: Arc::clone(&g.profile), executables, upper, protected_files: protected.clone() });
         }
         // Approvals of an older profile go; the marks stay in place (never
         // lifted and re-placed: that would leave a window).
@@ -285,7 +285,12 @@ impl Backend for PermBackend {
         let shm = PathBuf::from(format!("/proc/{}/root/dev/shm", g.pid));
         let proc_root = PathBuf::from(format!("/proc/{}/root", g.pid));
         let pivoted = proc_root.exists() && !same_filesystem(&proc_root, Path::new("/"));
-        if pivoted && self.shm_tried.insert(g.label) && shm.is_dir() && !same_filesystem(&shm, &proc_root) && !same_filesystem(&shm, Path::new("/dev/shm")) {
+        if pivoted
+            && self.shm_tried.insert(g.label)
+            && shm.is_dir()
+            && !same_filesystem(&shm, &proc_root)
+            && !same_filesystem(&shm, Path::new("/dev/shm"))
+        {
             match self.guard.protect_exec(g.label | SHM_LABEL, &shm) {
                 Ok(_) => {
                     self.shm_marked.insert(g.label);
@@ -409,9 +414,8 @@ struct ProcessBackend {
     enforcer: SharedEnforcer,
 }
 
-const KILL_FLAGS: PolicyFlags = PolicyFlags(
-    PolicyFlags::KILL_MEMFD_EXEC.bits() | PolicyFlags::KILL_TMPFS_EXEC.bits() | PolicyFlags::KILL_DELETED_EXEC.bits(),
-);
+const KILL_FLAGS: PolicyFlags =
+    PolicyFlags(PolicyFlags::KILL_MEMFD_EXEC.bits() | PolicyFlags::KILL_TMPFS_EXEC.bits() | PolicyFlags::KILL_DELETED_EXEC.bits());
 
 impl Backend for ProcessBackend {
     fn name(&self) -> &'static str {
@@ -695,10 +699,7 @@ impl Protector {
     pub fn isolate(&mut self, id: &str, cgroup_id: u64, cgroup_dir: &Path, expire: Duration) -> Result<(), String> {
         let e = self.enforcer.as_ref().ok_or("network enforcement is not available on this host")?;
         e.borrow_mut().isolate(cgroup_id, cgroup_dir, expire).map_err(|e| e.to_string())?;
-        self.isolated.insert(
-            id.to_string(),
-            Measure { until: Instant::now() + expire, cgroup_id, cgroup_dir: cgroup_dir.to_path_buf() },
-        );
+        self.isolated.insert(id.to_string(), Measure { until: Instant::now() + expire, cgroup_id, cgroup_dir: cgroup_dir.to_path_buf() });
         self.counters.isolations += 1;
         Ok(())
     }
@@ -707,10 +708,7 @@ impl Protector {
     /// is released.
     pub fn freeze(&mut self, id: &str, cgroup_id: u64, cgroup_dir: &Path, expire: Duration) -> Result<(), String> {
         enforce::freeze(cgroup_dir).map_err(|e| e.to_string())?;
-        self.frozen.insert(
-            id.to_string(),
-            Measure { until: Instant::now() + expire, cgroup_id, cgroup_dir: cgroup_dir.to_path_buf() },
-        );
+        self.frozen.insert(id.to_string(), Measure { until: Instant::now() + expire, cgroup_id, cgroup_dir: cgroup_dir.to_path_buf() });
         self.counters.freezes += 1;
         Ok(())
     }
@@ -741,13 +739,8 @@ impl Protector {
     /// Ends measures whose expiry passed.
     pub fn expire(&mut self) {
         let now = Instant::now();
-        let due: Vec<String> = self
-            .isolated
-            .iter()
-            .chain(self.frozen.iter())
-            .filter(|(_, m)| m.until <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let due: Vec<String> =
+            self.isolated.iter().chain(self.frozen.iter()).filter(|(_, m)| m.until <= now).map(|(id, _)| id.clone()).collect();
         for id in due {
             let done = self.release(&id);
             tracing::info!(container = %id, released = ?done, "response expired");

@@ -5,9 +5,10 @@
 //! breaks a policy rule. Profiles, alerts and activity live in the store.
 
 use crate::agent::{hostname, run_loop, AgentOptions, Pipeline};
-use crate::protect::{Enforced, GuardRequest, ProtectOptions, Protector};
 use crate::api::{self, Reply, Request};
 use crate::config::{self, parse_duration, FileConfig};
+use crate::policy_cmd::read_policies;
+use crate::protect::{Enforced, GuardRequest, ProtectOptions, Protector};
 use anyhow::{bail, Context, Result};
 use lancet_engine::alerts::{Admit, AlertKey, AlertLimits, Deduper};
 use lancet_engine::attribution::{Attribution, ContainerInfo};
@@ -15,14 +16,13 @@ use lancet_engine::drift::{
     classify_exec, classify_indirect, indirect_target, Drift, DriftKind, FileFacts, WriteLog, HUGETLBFS_MAGIC, RAMFS_MAGIC, TMPFS_MAGIC,
 };
 use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+use lancet_engine::output::{falco_json, summary, Record};
+use lancet_engine::policy::{effective_action, Policy, PolicySet, Verdict};
 use lancet_engine::policy::{Action, Severity};
 use lancet_engine::profile::Deviation;
+use lancet_engine::profile::{Lifecycle, Mode, PeerRef, Profile};
 use lancet_engine::response::{DenyReason, Ladder};
 use lancet_sensor::enforce::{EnforceOp, EnforceReason, EnforceRecord};
-use lancet_engine::output::{falco_json, summary, Record};
-use crate::policy_cmd::read_policies;
-use lancet_engine::policy::{effective_action, Policy, PolicySet, Verdict};
-use lancet_engine::profile::{Lifecycle, Mode, PeerRef, Profile};
 use lancet_store::{AlertQuery, NewAlert, Store, StoreOptions};
 use serde_json::json;
 use std::borrow::Cow;
@@ -149,11 +149,9 @@ pub fn workload_key(c: &ContainerInfo) -> Cow<'_, str> {
 /// files are returned (each `file:line:col: message`).
 pub fn load_policy_dir(dir: &Path) -> std::result::Result<Vec<Policy>, Vec<String>> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-            .collect(),
+        Ok(rd) => {
+            rd.flatten().map(|e| e.path()).filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))).collect()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(vec![format!("{}: {e}", dir.display())]),
     };
@@ -424,8 +422,7 @@ impl Daemon {
     fn guard(&mut self, req: GuardRequest<'_>) {
         self.protector();
         let ip_owners = &self.ip_owners;
-        let addresses_of =
-            |w: &str| ip_owners.iter().filter(|(_, o)| o.as_str() == w).map(|(ip, _)| *ip).collect::<Vec<IpAddr>>();
+        let addresses_of = |w: &str| ip_owners.iter().filter(|(_, o)| o.as_str() == w).map(|(ip, _)| *ip).collect::<Vec<IpAddr>>();
         if let Some(p) = self.protector.as_mut() {
             p.guard(req, addresses_of);
         }
@@ -540,9 +537,9 @@ impl Daemon {
         let cgroup_dir = self.cgroup2.join(c.cgroup_path.trim_start_matches('/'));
         let expire = expire.unwrap_or(self.settings.protect.response_expiry);
         let res = match action {
-            Action::Block if matches!(ev.kind, EventKind::Exec(_)) => p
-                .kill(ev.process.pid)
-                .map(|()| format!("exec could not be refused in time; process {} killed", ev.process.pid)),
+            Action::Block if matches!(ev.kind, EventKind::Exec(_)) => {
+                p.kill(ev.process.pid).map(|()| format!("exec could not be refused in time; process {} killed", ev.process.pid))
+            }
             // File and network events report what already happened; their
             // refusals come from the backends in the kernel path.
             Action::Block => return (false, String::new()),
@@ -550,9 +547,7 @@ impl Daemon {
             Action::Isolate => {
                 p.isolate(&c.id, live.cgroup_id, &cgroup_dir, expire).map(|()| format!("network isolated for {}s", expire.as_secs()))
             }
-            Action::Freeze => {
-                p.freeze(&c.id, live.cgroup_id, &cgroup_dir, expire).map(|()| format!("frozen for {}s", expire.as_secs()))
-            }
+            Action::Freeze => p.freeze(&c.id, live.cgroup_id, &cgroup_dir, expire).map(|()| format!("frozen for {}s", expire.as_secs())),
             Action::Audit | Action::Alert => Ok(String::new()),
         };
         match res {
@@ -588,7 +583,12 @@ impl Daemon {
                     kind: EventKind::File(FileEvent { op, path: path.clone(), old_path: None, host_path: String::new(), is_dir: false }),
                 };
                 let what = if op == FileOp::Modify { "write to a read-only path" } else { "read of a protected file" };
-                let v = enforced_verdict("Protected file access refused", Severity::High, format!("{what} refused: {path}"), &["protect", "T1005"]);
+                let v = enforced_verdict(
+                    "Protected file access refused",
+                    Severity::High,
+                    format!("{what} refused: {path}"),
+                    &["protect", "T1005"],
+                );
                 (g.id.clone(), ev, v, Action::Block)
             }
             Enforced::Kernel(r) => {
@@ -649,9 +649,10 @@ impl Daemon {
             let dir = self.cgroup2.join(c.cgroup_path.trim_start_matches('/'));
             // The runtime's record of the init pid, else any process in the
             // container's cgroup.
-            let pid = c.pid.filter(|p| Path::new(&format!("/proc/{p}")).exists()).or_else(|| {
-                std::fs::read_to_string(dir.join("cgroup.procs")).ok()?.lines().next()?.trim().parse().ok()
-            });
+            let pid = c
+                .pid
+                .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+                .or_else(|| std::fs::read_to_string(dir.join("cgroup.procs")).ok()?.lines().next()?.trim().parse().ok());
             if let (Some(cgid), Some(pid)) = (lancet_sensor::enforce::cgroup_id(&dir).ok(), pid) {
                 self.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
             }
@@ -754,7 +755,11 @@ impl Daemon {
             "freeze" => p.freeze(&c.id, cgid, &dir, expire).map(|()| format!("{} frozen for {}s", c.name, expire.as_secs())),
             "release" => {
                 let done = p.release(&c.id);
-                Ok(if done.is_empty() { format!("{} was neither isolated nor frozen", c.name) } else { format!("{} released ({})", c.name, done.join(", ")) })
+                Ok(if done.is_empty() {
+                    format!("{} was neither isolated nor frozen", c.name)
+                } else {
+                    format!("{} released ({})", c.name, done.join(", "))
+                })
             }
             other => return Err((404u16, format!("unknown action {other:?} (isolate, freeze or release)"))),
         }
@@ -1029,11 +1034,8 @@ fn kernel_record(r: &EnforceRecord) -> (Event, Verdict, Action) {
     };
     let ev = Event { time_ns: now_ns(), cgroup_id: r.cgroup_id, process, kind: EventKind::Net(net) };
     let why = if r.reason == EnforceReason::Isolated { "the container is isolated" } else { "not in the allow-list" };
-    let what = if bind {
-        format!("bind to port {} refused ({why})", r.port)
-    } else {
-        format!("connection to {addr}:{} refused ({why})", r.port)
-    };
+    let what =
+        if bind { format!("bind to port {} refused ({why})", r.port) } else { format!("connection to {addr}:{} refused ({why})", r.port) };
     let v = enforced_verdict("Network operation refused", Severity::Medium, what, &["protect", "network"]);
     (ev, v, if r.denied { Action::Block } else { Action::Alert })
 }

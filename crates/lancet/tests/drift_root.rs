@@ -62,7 +62,9 @@ fn every_drift_path_is_reported_then_refused_and_httpd_keeps_serving() {
     for _ in 0..3 {
         fetch(&cli, &ip);
     }
-    for cmd in [vec!["sh", "-c", "true"], vec!["timeout", "1", "true"], vec!["sh", "-c", "/usr/local/bin/memfd-exec /bin/busybox true; true"]] {
+    for cmd in
+        [vec!["sh", "-c", "true"], vec!["timeout", "1", "true"], vec!["sh", "-c", "/usr/local/bin/memfd-exec /bin/busybox true; true"]]
+    {
         assert!(srv.exec(&cmd).status.success());
     }
     std::thread::sleep(Duration::from_millis(1500));
@@ -75,12 +77,24 @@ fn every_drift_path_is_reported_then_refused_and_httpd_keeps_serving() {
     assert_eq!(a["output_fields"]["proc.exepath"], "/tmp/ls");
     assert_eq!(a["output_fields"]["lancet.would_block"], true);
     assert!(a["output"].as_str().unwrap().contains("by "), "the writer is named: {a}");
-    expect_drift(&srv, &alerts, &mut pos, "printf '#!/bin/sh\\necho hi\\n' > /dev/shm/x.sh && chmod +x /dev/shm/x.sh && /dev/shm/x.sh", "Drift: tmpfs");
+    expect_drift(
+        &srv,
+        &alerts,
+        &mut pos,
+        "printf '#!/bin/sh\\necho hi\\n' > /dev/shm/x.sh && chmod +x /dev/shm/x.sh && /dev/shm/x.sh",
+        "Drift: tmpfs",
+    );
     expect_drift(&srv, &alerts, &mut pos, "cp /bin/busybox /scratch/bb && /scratch/bb true", "Drift: tmpfs");
     expect_drift(&srv, &alerts, &mut pos, "/usr/local/bin/memfd-exec /bin/busybox echo memfd", "Drift: memfd");
     let a = expect_drift(&srv, &alerts, &mut pos, "cp /bin/busybox /usr/bin/true-dyn && /usr/bin/true-dyn", "Drift: modified");
     assert_eq!(a["output_fields"]["proc.exepath"], "/usr/bin/true-dyn");
-    expect_drift(&srv, &alerts, &mut pos, "cp /lib64/ld-linux-x86-64.so.2 /tmp/ld.so; cp /bin/busybox /tmp/t; /lib64/ld-linux-x86-64.so.2 /tmp/t true; true", "Drift: loader");
+    expect_drift(
+        &srv,
+        &alerts,
+        &mut pos,
+        "cp /lib64/ld-linux-x86-64.so.2 /tmp/ld.so; cp /bin/busybox /tmp/t; /lib64/ld-linux-x86-64.so.2 /tmp/t true; true",
+        "Drift: loader",
+    );
     expect_drift(&srv, &alerts, &mut pos, "printf 'echo hi\\n' > /tmp/s.sh && /bin/sh /tmp/s.sh", "Drift: interpreter");
     expect_drift(&srv, &alerts, &mut pos, "echo 'echo hi' > /www/run && chmod +x /www/run", "Drift: made_executable");
     fetch(&cli, &ip);

@@ -47,8 +47,10 @@ fn setup(tag: &str) -> (Setup, Agent) {
     }
     std::fs::write(&alerts, "").unwrap();
     let net = Network::create(&unique(&format!("lancet-p{tag}-net")));
-    let srv = Container::start(&unique(&format!("lancet-p{tag}-srv")), &["--network", &net.0], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
-    let peer = Container::start(&unique(&format!("lancet-p{tag}-peer")), &["--network", &net.0], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    let srv =
+        Container::start(&unique(&format!("lancet-p{tag}-srv")), &["--network", &net.0], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    let peer =
+        Container::start(&unique(&format!("lancet-p{tag}-peer")), &["--network", &net.0], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
     let cli = Container::start(&unique(&format!("lancet-p{tag}-cli")), &["--network", &net.0], &["sleep", "600"]);
     assert!(peer.exec(&["httpd", "-p", "9090", "-h", "/www"]).status.success());
     let (srv_ip, peer_ip) = (srv.ip(), peer.ip());

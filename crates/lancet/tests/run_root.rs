@@ -97,7 +97,11 @@ fn learned_httpd_alerts_once_per_departure_and_never_on_ordinary_requests() {
     assert_eq!(s[0]["rule"], "cat in web");
     pos = p;
     // …and a broken one never replaces what is in force.
-    std::fs::write(policies.join("broken.yaml"), "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata: {name: broken}\nspec: {rules: [{name: x, colour: red}]}\n").unwrap();
+    std::fs::write(
+        policies.join("broken.yaml"),
+        "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata: {name: broken}\nspec: {rules: [{name: x, colour: red}]}\n",
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     assert!(srv.exec(&["cat", "/etc/hostname"]).status.success());
     let (v, _) = wait_alerts(&alerts, pos, Duration::from_secs(2), Duration::from_millis(700));

@@ -20,7 +20,11 @@ fn in_container(v: &serde_json::Value, c: &Container) -> bool {
 fn podman_exec_network_files_and_sensitive_reads_are_attributed() {
     skip_unless_ready!(true);
     let net = Network::create(&unique("lancet-t-net"));
-    let srv = Container::start(&unique("lancet-t-srv"), &["--network", &net.0, "--label", "app=web"], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    let srv = Container::start(
+        &unique("lancet-t-srv"),
+        &["--network", &net.0, "--label", "app=web"],
+        &["httpd", "-f", "-p", "8080", "-h", "/www"],
+    );
     let cli = Container::start(&unique("lancet-t-cli"), &["--network", &net.0], &["sleep", "300"]);
     let srv_ip = srv.ip();
     let mut trace = Trace::start(&["--event", "all", "-c", &srv.name, "-c", &cli.name]);
@@ -60,20 +64,35 @@ fn podman_exec_network_files_and_sensitive_reads_are_attributed() {
     // refused connect: nothing listens on 8181
     let _ = cli.exec(&["nc", &srv_ip, "8181"]);
     trace.wait_for(WAIT, "refused connect", |v| {
-        str_field(v, "evt.type") == "connect" && in_container(v, &cli) && field(v, "fd.dport") == 8181 && str_field(v, "evt.res") == "ECONNREFUSED"
+        str_field(v, "evt.type") == "connect"
+            && in_container(v, &cli)
+            && field(v, "fd.dport") == 8181
+            && str_field(v, "evt.res") == "ECONNREFUSED"
     });
 
     // file write inside the container's filesystem
-    assert!(cli.exec(&["sh", "-c", "echo lancet > /tmp/written && chmod 755 /tmp/written && mv /tmp/written /tmp/moved && rm /tmp/moved"]).status.success());
+    assert!(cli
+        .exec(&["sh", "-c", "echo lancet > /tmp/written && chmod 755 /tmp/written && mv /tmp/written /tmp/moved && rm /tmp/moved"])
+        .status
+        .success());
     trace.wait_for(WAIT, "file create", |v| {
         str_field(v, "evt.type") == "creat" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/written"
     });
-    trace.wait_for(WAIT, "file write", |v| str_field(v, "evt.type") == "write" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/written");
-    trace.wait_for(WAIT, "chmod", |v| str_field(v, "evt.type") == "chmod" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/written");
-    trace.wait_for(WAIT, "rename", |v| {
-        str_field(v, "evt.type") == "rename" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/moved" && str_field(v, "fs.path.source") == "/tmp/written"
+    trace.wait_for(WAIT, "file write", |v| {
+        str_field(v, "evt.type") == "write" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/written"
     });
-    trace.wait_for(WAIT, "unlink", |v| str_field(v, "evt.type") == "unlink" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/moved");
+    trace.wait_for(WAIT, "chmod", |v| {
+        str_field(v, "evt.type") == "chmod" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/written"
+    });
+    trace.wait_for(WAIT, "rename", |v| {
+        str_field(v, "evt.type") == "rename"
+            && in_container(v, &cli)
+            && str_field(v, "fd.name") == "/tmp/moved"
+            && str_field(v, "fs.path.source") == "/tmp/written"
+    });
+    trace.wait_for(WAIT, "unlink", |v| {
+        str_field(v, "evt.type") == "unlink" && in_container(v, &cli) && str_field(v, "fd.name") == "/tmp/moved"
+    });
 
     // sensitive read
     assert!(cli.exec(&["cat", "/etc/shadow"]).status.success());
@@ -107,7 +126,5 @@ fn runc_container_exec_is_attributed_by_its_cgroup() {
     assert_eq!(str_field(&ev, "proc.cmdline"), "sh -c sleep 1; echo lancet > /tmp/runc-file; sleep 30");
     // A later event in the same cgroup is attributed too (the state file
     // appears after the first exec).
-    trace.wait_for(WAIT, "later runc event", |v| {
-        str_field(v, "container.name") == id && str_field(v, "evt.type") == "procexit"
-    });
+    trace.wait_for(WAIT, "later runc event", |v| str_field(v, "container.name") == id && str_field(v, "evt.type") == "procexit");
 }

@@ -67,9 +67,9 @@ impl<'a> BoltDb<'a> {
     /// Picks the newest meta page whose magic, version and checksum hold.
     pub fn open(data: &'a [u8]) -> Option<Self> {
         let mut best: Option<(u64, usize, u64)> = None; // (txid, page_size, root)
-        // Meta page 0 is at offset 0; meta page 1 is at offset page_size, and
-        // the page size is only known from a meta page, so try page 0's claim
-        // and the common sizes.
+                                                        // Meta page 0 is at offset 0; meta page 1 is at offset page_size, and
+                                                        // the page size is only known from a meta page, so try page 0's claim
+                                                        // and the common sizes.
         let mut candidates = vec![0usize];
         if let Some(ps) = u32_at(data, PAGE_HEADER + 8) {
             candidates.push(ps as usize);

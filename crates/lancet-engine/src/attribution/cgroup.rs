@@ -44,8 +44,8 @@ pub(crate) fn is_full_id(s: &str) -> bool {
 /// slice names. Returned with dashes.
 fn pod_uid(s: &str) -> Option<String> {
     let uid: String = s.chars().map(|c| if c == '_' { '-' } else { c }).collect();
-    let ok = uid.len() == 36
-        && uid.char_indices().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() });
+    let ok =
+        uid.len() == 36 && uid.char_indices().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() });
     ok.then_some(uid)
 }
 
@@ -110,9 +110,7 @@ pub fn parse_cgroup_path(path: &str) -> Option<CgroupMatch> {
             m.ignore = true;
             return Some(m);
         }
-        if let Some((rest, rt, ignore)) =
-            PREFIXES.iter().find_map(|(p, rt, ig)| unit.strip_prefix(p).map(|r| (r, *rt, *ig)))
-        {
+        if let Some((rest, rt, ignore)) = PREFIXES.iter().find_map(|(p, rt, ig)| unit.strip_prefix(p).map(|r| (r, *rt, *ig))) {
             if is_full_id(rest) {
                 m.runtime = Some(rt);
                 m.container_id = Some(rest.to_string());
@@ -176,17 +174,26 @@ mod tests {
         let mut cases = vec![
             // podman cgroupfs
             case(format!("/libpod_parent/libpod-{ID}"), Some(Podman), Some(ID)),
-            Case { cgroup: Some(format!("/libpod_parent/libpod-{ID}")), ..case(format!("/libpod_parent/libpod-{ID}/container"), Some(Podman), Some(ID)) },
+            Case {
+                cgroup: Some(format!("/libpod_parent/libpod-{ID}")),
+                ..case(format!("/libpod_parent/libpod-{ID}/container"), Some(Podman), Some(ID))
+            },
             Case { ignore: true, cgroup: None, ..case("/libpod_parent/conmon".into(), Some(Podman), None) },
             case(format!("/libpod_parent/{ID2}/libpod-{ID}"), Some(Podman), Some(ID)),
             Case { ignore: true, cgroup: None, ..case(format!("/libpod_parent/{ID2}/conmon"), Some(Podman), None) },
             Case { cgroup: None, ..case(format!("/libpod_parent/{ID2}"), Some(Podman), None) },
             // podman systemd
             case(format!("/machine.slice/libpod-{ID}.scope"), Some(Podman), Some(ID)),
-            Case { cgroup: Some(format!("/machine.slice/libpod-{ID}.scope")), ..case(format!("/machine.slice/libpod-{ID}.scope/container"), Some(Podman), Some(ID)) },
+            Case {
+                cgroup: Some(format!("/machine.slice/libpod-{ID}.scope")),
+                ..case(format!("/machine.slice/libpod-{ID}.scope/container"), Some(Podman), Some(ID))
+            },
             case(format!("/machine.slice/machine-libpod_pod_{ID2}.slice/libpod-{ID}.scope"), Some(Podman), Some(ID)),
             Case { ignore: true, cgroup: None, ..case(format!("/machine.slice/libpod-conmon-{ID}.scope"), Some(Podman), Some(ID)) },
-            Case { rootless: Some(1000), ..case(format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"), Some(Podman), Some(ID)) },
+            Case {
+                rootless: Some(1000),
+                ..case(format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"), Some(Podman), Some(ID))
+            },
             // docker
             case(format!("/docker/{ID}"), Some(Docker), Some(ID)),
             case(format!("/system.slice/docker-{ID}.scope"), Some(Docker), Some(ID)),
@@ -196,15 +203,41 @@ mod tests {
             Case { pod: Some(UID), ..case(format!("/kubepods/pod{UID}/{ID}"), None, Some(ID)) },
             Case { pod: Some(UID), cgroup: None, ..case(format!("/kubepods/burstable/pod{UID}"), None, None) },
             // kubernetes systemd + containerd
-            Case { pod: Some(UID), ..case(format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"), Some(Containerd), Some(ID)) },
-            Case { pod: Some(UID), ..case(format!("/kubepods.slice/kubepods-pod{uid_}.slice/cri-containerd-{ID}.scope"), Some(Containerd), Some(ID)) },
+            Case {
+                pod: Some(UID),
+                ..case(
+                    format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"),
+                    Some(Containerd),
+                    Some(ID),
+                )
+            },
+            Case {
+                pod: Some(UID),
+                ..case(format!("/kubepods.slice/kubepods-pod{uid_}.slice/cri-containerd-{ID}.scope"), Some(Containerd), Some(ID))
+            },
             // nerdctl
             Case { ns: Some("default"), ..case(format!("/default/{ID}"), Some(Containerd), Some(ID)) },
             case(format!("/system.slice/nerdctl-{ID}.scope"), Some(Containerd), Some(ID)),
             // CRI-O
-            Case { pod: Some(UID), ..case(format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/crio-{ID}.scope"), Some(Crio), Some(ID)) },
+            Case {
+                pod: Some(UID),
+                ..case(
+                    format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/crio-{ID}.scope"),
+                    Some(Crio),
+                    Some(ID),
+                )
+            },
             Case { pod: Some(UID), ..case(format!("/kubepods/besteffort/pod{UID}/crio-{ID}"), Some(Crio), Some(ID)) },
-            Case { pod: Some(UID), ignore: true, cgroup: None, ..case(format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/crio-conmon-{ID}.scope"), Some(Crio), Some(ID)) },
+            Case {
+                pod: Some(UID),
+                ignore: true,
+                cgroup: None,
+                ..case(
+                    format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/crio-conmon-{ID}.scope"),
+                    Some(Crio),
+                    Some(ID),
+                )
+            },
             // other bare ids (plain runc with a custom cgroupsPath, etc.)
             case(format!("/a/b/{ID}"), None, Some(ID)),
         ];
@@ -254,9 +287,7 @@ mod tests {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             let len = (seed % 90) as usize;
-            let s: String = (0..len)
-                .map(|i| alphabet[((seed >> (i % 60)) as usize + i * 7) % alphabet.len()])
-                .collect();
+            let s: String = (0..len).map(|i| alphabet[((seed >> (i % 60)) as usize + i * 7) % alphabet.len()]).collect();
             let _ = parse_cgroup_path(&s);
             let _ = parse_cgroup_path(&format!("/kubepods/pod{s}/{s}"));
         }

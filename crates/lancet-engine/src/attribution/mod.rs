@@ -119,7 +119,11 @@ pub enum Attribution {
     Container(Arc<ContainerInfo>),
     /// Kept raw rather than guessed: an event we cannot place must still be
     /// reported, and the reason tells an operator what to fix.
-    Unknown { cgroup_id: u64, cgroup_path: Option<String>, reason: String },
+    Unknown {
+        cgroup_id: u64,
+        cgroup_path: Option<String>,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -304,8 +308,8 @@ impl Attributor {
     fn walk(&mut self, now: Instant) -> Result<Vec<(u64, String)>, AttributionError> {
         use std::os::unix::fs::MetadataExt;
         self.last_walk = Some(now);
-        let root_meta = std::fs::metadata(&self.cgroup2_root)
-            .map_err(|source| AttributionError::Io { path: self.cgroup2_root.clone(), source })?;
+        let root_meta =
+            std::fs::metadata(&self.cgroup2_root).map_err(|source| AttributionError::Io { path: self.cgroup2_root.clone(), source })?;
         let mut out = vec![(root_meta.ino(), "/".to_string())];
         let mut stack = vec![(self.cgroup2_root.clone(), String::new(), 0usize)];
         while let Some((dir, rel, depth)) = stack.pop() {
@@ -494,8 +498,8 @@ impl Attributor {
     fn runc_for_path(&mut self, id: u64, path: &str, now: Instant) -> Option<Arc<ContainerInfo>> {
         // runc's state files are cached by mtime, so a refresh for a young
         // cgroup costs a directory listing and a stat per container.
-        let fresh = !self.is_young(id, now)
-            && self.runc_index.as_ref().is_some_and(|(t, _)| now.saturating_duration_since(*t) < NEGATIVE_TTL);
+        let fresh =
+            !self.is_young(id, now) && self.runc_index.as_ref().is_some_and(|(t, _)| now.saturating_duration_since(*t) < NEGATIVE_TTL);
         if !fresh {
             let list = self.reader.runc_states().into_iter().map(Arc::new).collect();
             self.runc_index = Some((now, list));
@@ -504,10 +508,7 @@ impl Attributor {
         let hit = list
             .iter()
             .filter(|c| !c.cgroup_path.is_empty() && c.cgroup_path != "/")
-            .find(|c| {
-                path == c.cgroup_path
-                    || path.strip_prefix(c.cgroup_path.as_str()).is_some_and(|rest| rest.starts_with('/'))
-            })?;
+            .find(|c| path == c.cgroup_path || path.strip_prefix(c.cgroup_path.as_str()).is_some_and(|rest| rest.starts_with('/')))?;
         let info = (**hit).clone();
         if let Some(known) = self.containers.get(&info.id) {
             return Some(Arc::clone(known));
@@ -541,9 +542,7 @@ impl Attributor {
         let cached = self.results.remove(&id);
         let c = match cached {
             Some(Attribution::Container(c)) => Some(c),
-            _ => parse_cgroup_path(path)
-                .and_then(|m| m.container_id)
-                .and_then(|cid| self.containers.get(&cid).cloned()),
+            _ => parse_cgroup_path(path).and_then(|m| m.container_id).and_then(|cid| self.containers.get(&cid).cloned()),
         }?;
         if c.cgroup_path != path {
             return None;

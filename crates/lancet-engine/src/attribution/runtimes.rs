@@ -27,8 +27,7 @@ const MAX_LIST: usize = 4096;
 const CONTAINERS_STORAGE: &str = "/var/lib/containers/storage";
 const CONTAINERS_RUN: &str = "/run/containers/storage";
 const DOCKER_ROOT: &str = "/var/lib/docker";
-const CONTAINERD_TASKS: [&str; 2] =
-    ["/run/containerd/io.containerd.runtime.v2.task", "/run/containerd/io.containerd.runtime.v1.linux"];
+const CONTAINERD_TASKS: [&str; 2] = ["/run/containerd/io.containerd.runtime.v2.task", "/run/containerd/io.containerd.runtime.v1.linux"];
 const RUNC_ROOT: &str = "/run/runc";
 
 struct Shared<T> {
@@ -177,8 +176,7 @@ impl Reader {
 
     fn list_dir(&self, host_path: &str) -> Vec<String> {
         let Ok(rd) = std::fs::read_dir(self.host(host_path)) else { return Vec::new() };
-        let mut v: Vec<String> =
-            rd.flatten().take(MAX_LIST).filter_map(|e| e.file_name().to_str().map(str::to_string)).collect();
+        let mut v: Vec<String> = rd.flatten().take(MAX_LIST).filter_map(|e| e.file_name().to_str().map(str::to_string)).collect();
         v.sort();
         v
     }
@@ -246,8 +244,7 @@ impl Reader {
                     continue;
                 }
             };
-            let Some(entry) = list.as_array().and_then(|a| a.iter().find(|c| c.get("id").and_then(Value::as_str) == Some(id)))
-            else {
+            let Some(entry) = list.as_array().and_then(|a| a.iter().find(|c| c.get("id").and_then(Value::as_str) == Some(id))) else {
                 continue;
             };
             return Ok(Some(self.storage_container(id, entry, m, &graph, &run, &runc)));
@@ -261,11 +258,7 @@ impl Reader {
     fn storage_container(&mut self, id: &str, entry: &Value, m: &CgroupMatch, graph: &str, run: &str, runc: &str) -> ContainerInfo {
         let mut c = ContainerInfo { id: id.to_string(), runtime: Runtime::Podman, ..Default::default() };
         // `metadata` is a JSON document inside a JSON string.
-        let meta: Value = entry
-            .get("metadata")
-            .and_then(Value::as_str)
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or(Value::Null);
+        let meta: Value = entry.get("metadata").and_then(Value::as_str).and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
         c.name = entry
             .get("names")
             .and_then(Value::as_array)
@@ -280,9 +273,7 @@ impl Reader {
             c.rootfs_paths.push(PathBuf::from(format!("{graph}/overlay/{layer}/diff")));
         }
         if let Ok(Some(images)) = self.shared_json(&format!("{graph}/overlay-images/images.json")) {
-            if let Some(img) =
-                images.as_array().and_then(|a| a.iter().find(|i| !c.image_id.is_empty() && s(i, "id") == c.image_id))
-            {
+            if let Some(img) = images.as_array().and_then(|a| a.iter().find(|i| !c.image_id.is_empty() && s(i, "id") == c.image_id)) {
                 c.image_digest = s(img, "digest");
                 if c.image.is_empty() {
                     c.image = img
@@ -297,9 +288,8 @@ impl Reader {
         }
         // The OCI spec: podman marks its containers, CRI-O writes the
         // Kubernetes identity into annotations.
-        let spec = [graph, run]
-            .iter()
-            .find_map(|root| self.json(&format!("{root}/overlay-containers/{id}/userdata/config.json")).ok().flatten());
+        let spec =
+            [graph, run].iter().find_map(|root| self.json(&format!("{root}/overlay-containers/{id}/userdata/config.json")).ok().flatten());
         let ann = str_map(spec.as_ref().and_then(|s| s.get("annotations")));
         let is_crio = ann.contains_key("io.kubernetes.cri-o.ContainerName")
             || ann.contains_key("io.kubernetes.pod.name")
@@ -325,16 +315,22 @@ impl Reader {
             if let Some(l) = ann.get("io.kubernetes.cri-o.Labels") {
                 c.labels = serde_json::from_str::<Value>(l).map(|v| str_map(Some(&v))).unwrap_or_default();
             }
-            c.pod = pod_from(&ann, "io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kubernetes.pod.uid", "io.kubernetes.container.name")
-                .or_else(|| {
-                    let name = s(&meta, "pod-name");
-                    (!name.is_empty()).then(|| PodInfo {
-                        name,
-                        namespace: String::new(),
-                        uid: m.pod_uid.clone().unwrap_or_default(),
-                        container_name: s(&meta, "metadata-name"),
-                    })
-                });
+            c.pod = pod_from(
+                &ann,
+                "io.kubernetes.pod.name",
+                "io.kubernetes.pod.namespace",
+                "io.kubernetes.pod.uid",
+                "io.kubernetes.container.name",
+            )
+            .or_else(|| {
+                let name = s(&meta, "pod-name");
+                (!name.is_empty()).then(|| PodInfo {
+                    name,
+                    namespace: String::new(),
+                    uid: m.pod_uid.clone().unwrap_or_default(),
+                    container_name: s(&meta, "metadata-name"),
+                })
+            });
         } else {
             // podman 4.x keeps labels only in its BoltDB (5.x may use db.sql,
             // SQLite, which is not read here).
@@ -383,13 +379,14 @@ impl Reader {
             labels: str_map(cfg.get("Labels")),
             ..Default::default()
         };
-        c.pid = v
-            .get("State")
-            .and_then(|st| st.get("Pid"))
-            .and_then(Value::as_u64)
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| *p > 0);
-        c.pod = pod_from(&c.labels, "io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kubernetes.pod.uid", "io.kubernetes.container.name");
+        c.pid = v.get("State").and_then(|st| st.get("Pid")).and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
+        c.pod = pod_from(
+            &c.labels,
+            "io.kubernetes.pod.name",
+            "io.kubernetes.pod.namespace",
+            "io.kubernetes.pod.uid",
+            "io.kubernetes.container.name",
+        );
         let driver = nonempty(s(&v, "Driver"), || "overlay2".into());
         if driver.contains('/') || driver == ".." {
             return Ok(Some(c));
@@ -397,9 +394,10 @@ impl Reader {
         // The repo digest is the `name@sha256:…` key pointing at our image id.
         if let Ok(Some(repos)) = self.shared_json(&format!("{DOCKER_ROOT}/image/{driver}/repositories.json")) {
             let tags = repos.get("Repositories").and_then(Value::as_object);
-            let digest = tags.into_iter().flat_map(|r| r.values()).filter_map(Value::as_object).flat_map(|m| m.iter()).find_map(
-                |(k, v)| (v.as_str() == Some(c.image_id.as_str())).then(|| k.split_once('@').map(|(_, d)| d.to_string())).flatten(),
-            );
+            let digest =
+                tags.into_iter().flat_map(|r| r.values()).filter_map(Value::as_object).flat_map(|m| m.iter()).find_map(|(k, v)| {
+                    (v.as_str() == Some(c.image_id.as_str())).then(|| k.split_once('@').map(|(_, d)| d.to_string())).flatten()
+                });
             c.image_digest = digest.unwrap_or_default();
         }
         if let Some(mount) = self.read_text(&format!("{DOCKER_ROOT}/image/{driver}/layerdb/mounts/{id}/mount-id")) {
@@ -522,11 +520,8 @@ impl Reader {
         let parts: Vec<&str> = path.split(':').collect();
         if let [slice, prefix, name] = parts[..] {
             let slice = if slice.is_empty() { "system.slice" } else { slice };
-            let unit = if name.ends_with(".scope") || name.ends_with(".slice") {
-                name.to_string()
-            } else {
-                format!("{prefix}-{name}.scope")
-            };
+            let unit =
+                if name.ends_with(".scope") || name.ends_with(".slice") { name.to_string() } else { format!("{prefix}-{name}.scope") };
             return format!("{}/{unit}", expand_slice(slice));
         }
         let parent = s(&cg, "parent");

@@ -59,12 +59,8 @@ impl Host {
         self.attributor_cap(64)
     }
     fn attributor_cap(&self, cap: usize) -> Attributor {
-        Attributor::new(AttributionConfig {
-            host_root: self.root().to_path_buf(),
-            cgroup2_root: Some(self.cg_root()),
-            cache_capacity: cap,
-        })
-        .unwrap()
+        Attributor::new(AttributionConfig { host_root: self.root().to_path_buf(), cgroup2_root: Some(self.cg_root()), cache_capacity: cap })
+            .unwrap()
     }
 }
 
@@ -161,7 +157,9 @@ fn podman_systemd_and_rootless_layouts() {
     assert_eq!(c.labels.get("app").map(String::as_str), Some("demo"));
     assert_eq!(
         c.rootfs_paths[0],
-        PathBuf::from("/home/alice/.local/share/containers/storage/overlay/749c1ce0e70e633d7898507105456ba0e3d833bbf389a399563a89dfeb984633/diff")
+        PathBuf::from(
+            "/home/alice/.local/share/containers/storage/overlay/749c1ce0e70e633d7898507105456ba0e3d833bbf389a399563a89dfeb984633/diff"
+        )
     );
     // systemd cgroup manager, inner cgroup of the container.
     let h2 = Host::new(&["podman"]);
@@ -202,7 +200,10 @@ fn docker_layouts() {
     let k = container(a.attribute(k8s));
     assert_eq!(k.runtime, Runtime::Docker);
     let pod = k.pod.clone().unwrap();
-    assert_eq!((pod.name.as_str(), pod.namespace.as_str(), pod.uid.as_str(), pod.container_name.as_str()), ("frontend-7d9f", "shop", UID, "app"));
+    assert_eq!(
+        (pod.name.as_str(), pod.namespace.as_str(), pod.uid.as_str(), pod.container_name.as_str()),
+        ("frontend-7d9f", "shop", UID, "app")
+    );
     assert!(k.rootfs_paths.is_empty(), "no mount-id file: best effort");
 
     // The cgroupfs docker layout resolves the same container.
@@ -230,7 +231,10 @@ fn containerd_cri_and_nerdctl() {
     assert_eq!(c.image, "registry.example/shop/api:2.1");
     assert_eq!(c.pid, Some(6161));
     let pod = c.pod.clone().unwrap();
-    assert_eq!((pod.name.as_str(), pod.namespace.as_str(), pod.uid.as_str(), pod.container_name.as_str()), ("api-6c5d8", "shop", UID, "api"));
+    assert_eq!(
+        (pod.name.as_str(), pod.namespace.as_str(), pod.uid.as_str(), pod.container_name.as_str()),
+        ("api-6c5d8", "shop", UID, "api")
+    );
     assert!(c.labels.is_empty(), "CRI annotations are not labels");
     let rootfs = PathBuf::from(format!("/run/containerd/io.containerd.runtime.v2.task/k8s.io/{cid}/rootfs"));
     assert_eq!(c.rootfs_paths, vec![rootfs.clone()]);
@@ -271,7 +275,10 @@ fn crio_layouts() {
     assert_eq!(c.image_digest, format!("sha256:{}", "9f".repeat(32)));
     assert_eq!(c.labels.get("io.kubernetes.pod.name").map(String::as_str), Some("web-5b7f"));
     let pod = c.pod.clone().unwrap();
-    assert_eq!((pod.name.as_str(), pod.namespace.as_str(), pod.uid.as_str(), pod.container_name.as_str()), ("web-5b7f", "shop", UID, "web"));
+    assert_eq!(
+        (pod.name.as_str(), pod.namespace.as_str(), pod.uid.as_str(), pod.container_name.as_str()),
+        ("web-5b7f", "shop", UID, "web")
+    );
     assert_eq!(c.pid, Some(8181), "pid from runc's state");
     assert_eq!(c.rootfs_paths, vec![PathBuf::from(format!("/var/lib/containers/storage/overlay/{}/diff", "d1".repeat(32)))]);
     assert_eq!(a.attribute(conmon), Attribution::Host);

@@ -537,7 +537,12 @@ pub fn parse_policies(text: &str, file: &str) -> Result<Vec<Policy>, Vec<PolicyE
         }
         for issue in issues {
             let (line, column) = locate(text, *doc, &issue.path).unwrap_or((0, 0));
-            errors.push(PolicyError { file: file.into(), line, column, message: format!("{}: {}", path_string(&issue.path), issue.message) });
+            errors.push(PolicyError {
+                file: file.into(),
+                line,
+                column,
+                message: format!("{}: {}", path_string(&issue.path), issue.message),
+            });
         }
     }
     errors.sort_by_key(|e| (e.line == 0, e.line, e.column));
@@ -652,7 +657,11 @@ pub(crate) fn glob(pattern: &str) -> Result<globset::Glob, String> {
     if pattern.is_empty() {
         return Err("empty glob".into());
     }
-    globset::GlobBuilder::new(pattern).literal_separator(false).backslash_escape(true).build().map_err(|e| format!("invalid glob {pattern:?}: {}", e.kind()))
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| format!("invalid glob {pattern:?}: {}", e.kind()))
 }
 
 /// A CIDR, or a single address (as /32 or /128).
@@ -661,7 +670,9 @@ pub(crate) fn cidr(s: &str) -> Result<ipnet::IpNet, String> {
     if let Ok(n) = s.parse::<ipnet::IpNet>() {
         return Ok(n);
     }
-    s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from).map_err(|_| format!("invalid CIDR {s:?} (expected e.g. 10.0.0.0/8, fd00::/8 or an address)"))
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("invalid CIDR {s:?} (expected e.g. 10.0.0.0/8, fd00::/8 or an address)"))
 }
 
 /// The events a condition can hold for.
@@ -669,7 +680,9 @@ pub(crate) fn domain_exec() -> u16 {
     EventType::Execve.bit()
 }
 pub(crate) fn domain_file() -> u16 {
-    [EventType::Creat, EventType::Write, EventType::Unlink, EventType::Rename, EventType::Chmod, EventType::Open].iter().fold(0, |m, t| m | t.bit())
+    [EventType::Creat, EventType::Write, EventType::Unlink, EventType::Rename, EventType::Chmod, EventType::Open]
+        .iter()
+        .fold(0, |m, t| m | t.bit())
 }
 pub(crate) fn domain_ports() -> u16 {
     [EventType::Connect, EventType::Listen, EventType::Bind, EventType::Accept].iter().fold(0, |m, t| m | t.bit())

@@ -6,7 +6,12 @@ use std::sync::Arc;
 // ---------- event builders ----------
 
 fn event(kind: EventKind) -> Event {
-    Event { time_ns: 1_795_873_138_000_000_000, cgroup_id: 42, process: ProcessRef { pid: 100, tid: 100, ppid: 1, uid: 0, gid: 0, comm: "x".into() }, kind }
+    Event {
+        time_ns: 1_795_873_138_000_000_000,
+        cgroup_id: 42,
+        process: ProcessRef { pid: 100, tid: 100, ppid: 1, uid: 0, gid: 0, comm: "x".into() },
+        kind,
+    }
 }
 
 fn exec(filename: &str, argv: &[&str]) -> Event {
@@ -25,7 +30,13 @@ fn file(op: FileOp, path: &str) -> Event {
 }
 
 fn rename(old: &str, new: &str) -> Event {
-    event(EventKind::File(FileEvent { op: FileOp::Rename, path: new.into(), old_path: Some(old.into()), host_path: String::new(), is_dir: false }))
+    event(EventKind::File(FileEvent {
+        op: FileOp::Rename,
+        path: new.into(),
+        old_path: Some(old.into()),
+        host_path: String::new(),
+        is_dir: false,
+    }))
 }
 
 fn net(op: NetOp, daddr: &str, dport: u16, sport: u16) -> Event {
@@ -81,7 +92,11 @@ fn cases() -> Vec<Case> {
         Case {
             rule: "Shell in container not in profile",
             positive: vec![(exec("/bin/bash", &["bash"]), true), (exec("/bin/sh", &["sh", "-c", "id"]), true)],
-            negative: vec![(exec("/bin/bash", &["bash"]), false), (exec("/usr/local/bin/app", &["app"]), true), (exec("/bin/bashful", &["x"]), true)],
+            negative: vec![
+                (exec("/bin/bash", &["bash"]), false),
+                (exec("/usr/local/bin/app", &["app"]), true),
+                (exec("/bin/bashful", &["x"]), true),
+            ],
         },
         Case {
             rule: "Sensitive credential file read",
@@ -236,7 +251,11 @@ fn default_rules_are_alert_only_tagged_with_mitre_and_skip_the_host() {
     assert!(p.spec.selector.is_empty());
     for r in &p.spec.rules {
         assert_eq!(r.action, Action::Alert, "{}", r.name);
-        assert!(r.tags.iter().any(|t| t.starts_with('T') && t[1..].chars().next().is_some_and(|c| c.is_ascii_digit())), "{} has no MITRE id", r.name);
+        assert!(
+            r.tags.iter().any(|t| t.starts_with('T') && t[1..].chars().next().is_some_and(|c| c.is_ascii_digit())),
+            "{} has no MITRE id",
+            r.name
+        );
         assert!(!r.description.is_empty(), "{}", r.name);
     }
     // Host (and unattributed) events: no default rule applies.
@@ -316,7 +335,8 @@ fn rules_only_visit_their_event_types() {
 
 #[test]
 fn not_in_profile_needs_the_deviation_flag() {
-    let text = policy_doc("p", "", "    - name: new exec\n      match: {notInProfile: true}\n      action: block\n      severity: medium\n");
+    let text =
+        policy_doc("p", "", "    - name: new exec\n      match: {notInProfile: true}\n      action: block\n      severity: medium\n");
     let set = PolicySet::new(parse_policies(&text, "t.yaml").unwrap(), false).unwrap();
     let c = container();
     assert_eq!(fired(&set, &exec("/bin/x", &["x"]), Some(&c), true), vec!["new exec"]);
@@ -479,7 +499,10 @@ fn bad_action_and_unknown_event_type_are_errors_at_the_value() {
 fn bad_glob_is_an_error_at_the_glob() {
     let text =
         format!("{HEAD}    - name: r\n      match:\n        exe:\n          - /bin/sh\n          - \"/bin/[a\"\n      action: alert\n      severity: low\n");
-    assert_eq!(errors(&text), vec!["p.yaml:11:13: spec.rules[0].match.exe[1]: invalid glob \"/bin/[a\": unclosed character class; missing ']'"]);
+    assert_eq!(
+        errors(&text),
+        vec!["p.yaml:11:13: spec.rules[0].match.exe[1]: invalid glob \"/bin/[a\": unclosed character class; missing ']'"]
+    );
     // In a selector, and in flow style.
     let text = "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: {images: [ok, \"web{a,b\"]}\n  rules:\n    - {name: r, match: {fileOps: [open]}, action: alert, severity: low}\n";
     assert_eq!(
@@ -490,7 +513,8 @@ fn bad_glob_is_an_error_at_the_glob() {
 
 #[test]
 fn bad_cidr_is_an_error_at_the_cidr() {
-    let text = format!("{HEAD}    - name: r\n      match: {{cidrs: [10.0.0.0/8, 10.0.0.0/33]}}\n      action: alert\n      severity: low\n");
+    let text =
+        format!("{HEAD}    - name: r\n      match: {{cidrs: [10.0.0.0/8, 10.0.0.0/33]}}\n      action: alert\n      severity: low\n");
     assert_eq!(
         errors(&text),
         vec!["p.yaml:8:35: spec.rules[0].match.cidrs[1]: invalid CIDR \"10.0.0.0/33\" (expected e.g. 10.0.0.0/8, fd00::/8 or an address)"]
@@ -593,7 +617,8 @@ fn default_rules_file_round_trips_and_schema_describes_policies() {
 
 #[test]
 fn policy_set_rejects_duplicate_and_invalid_policies() {
-    let text = policy_doc("lancet-defaults", "", "    - name: r\n      match: {events: [execve]}\n      action: alert\n      severity: low\n");
+    let text =
+        policy_doc("lancet-defaults", "", "    - name: r\n      match: {events: [execve]}\n      action: alert\n      severity: low\n");
     let p = parse_policies(&text, "t.yaml").unwrap();
     assert!(PolicySet::new(p.clone(), false).is_ok());
     let err = PolicySet::new(p.clone(), true).unwrap_err();
@@ -635,7 +660,10 @@ fn effective_action_table() {
         assert_eq!(effective_action(action, mode), (taken, would_block), "{action} in {mode}");
     }
     assert_eq!(Action::KillProcess.to_string(), "kill-process");
-    assert_eq!([Severity::Low, Severity::Medium, Severity::High, Severity::Critical].map(Severity::priority), ["Notice", "Warning", "Error", "Critical"]);
+    assert_eq!(
+        [Severity::Low, Severity::Medium, Severity::High, Severity::Critical].map(Severity::priority),
+        ["Notice", "Warning", "Error", "Critical"]
+    );
 }
 
 // ---------- speed ----------

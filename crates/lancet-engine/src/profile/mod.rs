@@ -16,9 +16,9 @@
 //! a section is full, when the unlearned entries do deviate.
 
 mod baseline;
-mod time;
 #[cfg(test)]
 mod tests;
+mod time;
 
 pub use baseline::{Baseline, BaselineFile, BaselineLink, FileMode};
 pub use time::{parse_duration, parse_rfc3339, Span, Timestamp};
@@ -655,11 +655,9 @@ fn parent_dir(path: &str) -> &str {
 
 fn classify<'a>(ev: &'a Event, peer: Option<&'a PeerRef>) -> Option<Obs<'a>> {
     match &ev.kind {
-        EventKind::Exec(x) if !x.filename.is_empty() => Some(Obs::Exec {
-            path: &x.filename,
-            parent: parent_of(x),
-            args: (!x.truncated).then(|| x.argv.get(1..).unwrap_or(&[])),
-        }),
+        EventKind::Exec(x) if !x.filename.is_empty() => {
+            Some(Obs::Exec { path: &x.filename, parent: parent_of(x), args: (!x.truncated).then(|| x.argv.get(1..).unwrap_or(&[])) })
+        }
         EventKind::Net(n) if n.result == 0 => {
             let proto = Protocol::from(n.proto);
             let remote = || peer.map(PeerKey::from).unwrap_or(PeerKey::Ip(n.daddr.to_canonical()));
@@ -705,9 +703,11 @@ impl FlowIndex {
         match peer {
             PeerKey::Workload(w) => self.workloads.get(w)?.get(&(port, proto)).copied(),
             PeerKey::Host(h) => self.hosts.get(h)?.get(&(port, proto)).copied(),
-            PeerKey::Ip(ip) => self.ips.get(&(ip, port, proto)).copied().or_else(|| {
-                self.nets.iter().find(|(n, p, pr, _)| *p == port && *pr == proto && n.contains(&ip)).map(|e| e.3)
-            }),
+            PeerKey::Ip(ip) => self
+                .ips
+                .get(&(ip, port, proto))
+                .copied()
+                .or_else(|| self.nets.iter().find(|(n, p, pr, _)| *p == port && *pr == proto && n.contains(&ip)).map(|e| e.3)),
         }
     }
 
@@ -963,9 +963,7 @@ impl Profile {
                 }
             }
             Obs::Written(dir) => (!ix.written.contains_key(dir)).then(|| Deviation::NewWrittenDir { dir: dir.to_string() }),
-            Obs::Sensitive(path) => {
-                (!ix.sensitive.contains_key(path)).then(|| Deviation::NewSensitiveRead { path: path.to_string() })
-            }
+            Obs::Sensitive(path) => (!ix.sensitive.contains_key(path)).then(|| Deviation::NewSensitiveRead { path: path.to_string() }),
         }
     }
 
@@ -1212,7 +1210,12 @@ impl Profile {
             return false;
         }
         pix.insert(path.to_string(), paths.len());
-        paths.push(PathEntry { path: path.to_string(), first_seen: Timestamp(seen.first), last_seen: Timestamp(seen.last), count: seen.count });
+        paths.push(PathEntry {
+            path: path.to_string(),
+            first_seen: Timestamp(seen.first),
+            last_seen: Timestamp(seen.last),
+            count: seen.count,
+        });
         true
     }
 }

@@ -24,16 +24,7 @@ fn exec(path: &str, parent: &str, args: &[&str]) -> Event {
 }
 
 fn net(op: NetOp, proto: L4Proto, local: (IpAddr, u16), remote: (IpAddr, u16), result: i32) -> Event {
-    ev(EventKind::Net(NetEvent {
-        op,
-        proto,
-        saddr: local.0,
-        sport: local.1,
-        daddr: remote.0,
-        dport: remote.1,
-        result,
-        netns: 1,
-    }))
+    ev(EventKind::Net(NetEvent { op, proto, saddr: local.0, sport: local.1, daddr: remote.0, dport: remote.1, result, netns: 1 }))
 }
 
 fn ip4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
@@ -146,7 +137,7 @@ fn ignored_events_teach_nothing_and_never_deviate() {
         ev(EventKind::CgroupMkdir { id: 1, path: "/x".into() }),
         net(NetOp::Close, L4Proto::Tcp, (ME, 1), (ME, 2), 0),
         net(NetOp::Connect, L4Proto::Tcp, (ME, 1), (ip4(1, 2, 3, 4), 80), 111), // refused
-        net(NetOp::Bind, L4Proto::Udp, (ANY, 0), (ANY, 0), 0),                   // ephemeral
+        net(NetOp::Bind, L4Proto::Udp, (ANY, 0), (ANY, 0), 0),                  // ephemeral
         file(FileOp::Delete, "/tmp/x"),
         file(FileOp::Chmod, "/tmp/x"),
     ];
@@ -244,17 +235,9 @@ fn check_reports_each_deviation() {
     let web = PeerRef::Workload("sha256:db".into());
     let cases: Vec<(Event, Option<PeerRef>, Deviation)> = vec![
         (exec("/bin/nc", "/bin/sh", &[]), None, Deviation::NewExecutable { path: "/bin/nc".into() }),
-        (
-            exec("/bin/httpd", "/bin/bash", &[]),
-            None,
-            Deviation::NewParent { path: "/bin/httpd".into(), parent: "/bin/bash".into() },
-        ),
+        (exec("/bin/httpd", "/bin/bash", &[]), None, Deviation::NewParent { path: "/bin/httpd".into(), parent: "/bin/bash".into() }),
         (listen(4444), None, Deviation::NewListen { port: 4444, proto: Protocol::Tcp }),
-        (
-            net(NetOp::Listen, L4Proto::Udp, (ANY, 8080), (ANY, 0), 0),
-            None,
-            Deviation::NewListen { port: 8080, proto: Protocol::Udp },
-        ),
+        (net(NetOp::Listen, L4Proto::Udp, (ANY, 8080), (ANY, 0), 0), None, Deviation::NewListen { port: 8080, proto: Protocol::Udp }),
         (
             connect(ip4(10, 88, 0, 3), 22, L4Proto::Tcp),
             Some(web.clone()),
@@ -463,7 +446,17 @@ fn timestamps_round_trip_exactly() {
     assert_eq!(parse_rfc3339("2025-11-28T13:29:00Z"), Ok(T0 - 123_456_789));
     assert_eq!(parse_rfc3339("2025-11-28T14:29:00.5+01:00"), Ok(T0 - 123_456_789 + 500_000_000));
     assert_eq!(parse_rfc3339("2025-11-28T12:29:00-01:00"), Ok(T0 - 123_456_789));
-    for bad in ["", "2025-11-28", "2025-13-01T00:00:00Z", "2025-02-29T00:00:00Z", "1969-12-31T23:59:59Z", "2025-11-28T13:29:00", "2025-11-28T13:29:00.Z", "2025-11-28T13:29:00.1234567890Z", "２025-11-28T13:29:00Z"] {
+    for bad in [
+        "",
+        "2025-11-28",
+        "2025-13-01T00:00:00Z",
+        "2025-02-29T00:00:00Z",
+        "1969-12-31T23:59:59Z",
+        "2025-11-28T13:29:00",
+        "2025-11-28T13:29:00.Z",
+        "2025-11-28T13:29:00.1234567890Z",
+        "２025-11-28T13:29:00Z",
+    ] {
         assert!(parse_rfc3339(bad).is_err(), "{bad:?}");
     }
 }
@@ -628,7 +621,6 @@ fn manual_modes() {
     assert_eq!(lc.next_mode(&p, T0 + 105 * MIN, None), None);
     assert_eq!(lc.next_mode(&p, T0 + 110 * MIN, None), Some(Mode::Monitor));
 }
-
 
 #[test]
 fn runtime_started_processes_share_one_parent_whatever_runtime_process_it_was() {

@@ -109,10 +109,7 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     if secs < 0 {
         return Err(format!("time {s:?} is before 1970"));
     }
-    (secs as u64)
-        .checked_mul(1_000_000_000)
-        .and_then(|v| v.checked_add(nanos as u64))
-        .ok_or_else(|| format!("time {s:?} is out of range"))
+    (secs as u64).checked_mul(1_000_000_000).and_then(|v| v.checked_add(nanos as u64)).ok_or_else(|| format!("time {s:?} is out of range"))
 }
 
 fn days_in_month(y: i64, m: i64) -> i64 {

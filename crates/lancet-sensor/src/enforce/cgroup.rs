@@ -85,18 +85,12 @@ fn set_frozen(dir: &Path, freeze: bool) -> Result<FreezeBackend> {
     if ctl.exists() {
         std::fs::write(&ctl, if freeze { "1" } else { "0" }).map_err(|e| freeze_err(&ctl, e.to_string()))?;
         let events = dir.join("cgroup.events");
-        wait(dir, freeze, || {
-            std::fs::read_to_string(&events).map(|t| v2_frozen(&t)).map_err(|e| freeze_err(&events, e.to_string()))
-        })?;
+        wait(dir, freeze, || std::fs::read_to_string(&events).map(|t| v2_frozen(&t)).map_err(|e| freeze_err(&events, e.to_string())))?;
         return Ok(FreezeBackend::V2);
     }
     let state = v1_state_file(dir)?;
     std::fs::write(&state, if freeze { "FROZEN" } else { "THAWED" }).map_err(|e| freeze_err(&state, e.to_string()))?;
-    wait(dir, freeze, || {
-        std::fs::read_to_string(&state)
-            .map(|t| t.trim() == "FROZEN")
-            .map_err(|e| freeze_err(&state, e.to_string()))
-    })?;
+    wait(dir, freeze, || std::fs::read_to_string(&state).map(|t| t.trim() == "FROZEN").map_err(|e| freeze_err(&state, e.to_string())))?;
     Ok(FreezeBackend::V1)
 }
 

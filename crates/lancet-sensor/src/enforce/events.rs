@@ -211,8 +211,7 @@ impl EnforceEvents {
     /// Opens the ring pinned in `pin_dir` (no [`super::Enforcer`] needed).
     pub fn open(pin_dir: &Path) -> Result<EnforceEvents> {
         let path = pin_dir.join("enforce_events");
-        let map = MapHandle::from_pinned_path(&path)
-            .map_err(|source| EnforceError::RingBuffer { map: path.clone(), source })?;
+        let map = MapHandle::from_pinned_path(&path).map_err(|source| EnforceError::RingBuffer { map: path.clone(), source })?;
         Self::from_map(map, path)
     }
 
@@ -240,17 +239,13 @@ impl EnforceEvents {
 
     /// Waits up to `timeout` for records, and returns all that are queued.
     pub fn poll(&self, timeout: Duration) -> Result<Vec<EnforceRecord>> {
-        self.rb
-            .poll(timeout)
-            .map_err(|source| EnforceError::RingBuffer { map: PathBuf::from("enforce_events"), source })?;
+        self.rb.poll(timeout).map_err(|source| EnforceError::RingBuffer { map: PathBuf::from("enforce_events"), source })?;
         Ok(self.take())
     }
 
     /// Returns the queued records without waiting.
     pub fn drain(&self) -> Result<Vec<EnforceRecord>> {
-        self.rb
-            .consume()
-            .map_err(|source| EnforceError::RingBuffer { map: PathBuf::from("enforce_events"), source })?;
+        self.rb.consume().map_err(|source| EnforceError::RingBuffer { map: PathBuf::from("enforce_events"), source })?;
         Ok(self.take())
     }
 

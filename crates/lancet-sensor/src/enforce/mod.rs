@@ -243,12 +243,7 @@ pub struct EnforceStats {
 
 impl EnforceStats {
     pub fn denied(&self) -> u64 {
-        self.denied_connect4
-            + self.denied_connect6
-            + self.denied_sendmsg4
-            + self.denied_sendmsg6
-            + self.denied_bind4
-            + self.denied_bind6
+        self.denied_connect4 + self.denied_connect6 + self.denied_sendmsg4 + self.denied_sendmsg6 + self.denied_bind4 + self.denied_bind6
     }
 }
 
@@ -557,10 +552,9 @@ impl Enforcer {
             return Err(EnforceError::NotRoot(uid));
         }
         prepare_pin_dir(&cfg.pin_dir)?;
-        let root = std::fs::File::open(&cfg.cgroup2_root)
-            .map_err(|source| EnforceError::Cgroup { path: cfg.cgroup2_root.clone(), source })?;
-        let root_id =
-            root.metadata().map_err(|source| EnforceError::Cgroup { path: cfg.cgroup2_root.clone(), source })?.ino();
+        let root =
+            std::fs::File::open(&cfg.cgroup2_root).map_err(|source| EnforceError::Cgroup { path: cfg.cgroup2_root.clone(), source })?;
+        let root_id = root.metadata().map_err(|source| EnforceError::Cgroup { path: cfg.cgroup2_root.clone(), source })?.ino();
 
         let mut status = initial_status(&cfg.cgroup2_root)?;
 
@@ -730,9 +724,7 @@ impl Enforcer {
         if skip.len() == status.len() {
             return Err(EnforceError::Load { pin_dir: shown, source: all_err, hint: "" });
         }
-        open_skel(retry, pin_dir, None, &skip)?
-            .load()
-            .map_err(|source| EnforceError::Load { pin_dir: shown, source, hint: "" })
+        open_skel(retry, pin_dir, None, &skip)?.load().map_err(|source| EnforceError::Load { pin_dir: shown, source, hint: "" })
     }
 
     pub fn config(&self) -> &EnforceConfig {
@@ -768,14 +760,8 @@ impl Enforcer {
         let mut v = [0u64; 12];
         for (i, slot) in v.iter_mut().enumerate() {
             let key = (i as u32).to_ne_bytes();
-            if let Some(per_cpu) =
-                self.stats.lookup_percpu(&key, MapFlags::ANY).map_err(map_err("enforce_stats", format!("index {i}")))?
-            {
-                *slot = per_cpu
-                    .iter()
-                    .filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok()))
-                    .map(u64::from_ne_bytes)
-                    .sum();
+            if let Some(per_cpu) = self.stats.lookup_percpu(&key, MapFlags::ANY).map_err(map_err("enforce_stats", format!("index {i}")))? {
+                *slot = per_cpu.iter().filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok())).map(u64::from_ne_bytes).sum();
             }
         }
         Ok(EnforceStats {
@@ -804,10 +790,7 @@ impl Enforcer {
     // ---- policies ----
 
     fn read_raw_policy(&self, cgid: u64) -> Result<Option<(u32, u64)>> {
-        let v = self
-            .cg_policy
-            .lookup(&cgid.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("cg_policy", format!("cgroup {cgid}")))?;
+        let v = self.cg_policy.lookup(&cgid.to_ne_bytes(), MapFlags::ANY).map_err(map_err("cg_policy", format!("cgroup {cgid}")))?;
         Ok(v.and_then(|v| {
             let flags = u32::from_ne_bytes(v.get(0..4)?.try_into().ok()?);
             let until = u64::from_ne_bytes(v.get(8..16)?.try_into().ok()?);
@@ -822,9 +805,7 @@ impl Enforcer {
         let mut v = [0u8; 16];
         v[0..4].copy_from_slice(&flags.to_ne_bytes());
         v[8..16].copy_from_slice(&until_ns.to_ne_bytes());
-        self.cg_policy
-            .update(&cgid.to_ne_bytes(), &v, MapFlags::ANY)
-            .map_err(map_err("cg_policy", format!("cgroup {cgid}")))
+        self.cg_policy.update(&cgid.to_ne_bytes(), &v, MapFlags::ANY).map_err(map_err("cg_policy", format!("cgroup {cgid}")))
     }
 
     /// Sets a container's policy. An isolation in force is kept unless
@@ -855,11 +836,8 @@ impl Enforcer {
 
     /// The cgroups that have a policy entry (for adoption after a restart).
     pub fn list_cgroups(&self) -> Result<Vec<u64>> {
-        let mut v: Vec<u64> = self
-            .cg_policy
-            .keys()
-            .filter_map(|k| k.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes))
-            .collect();
+        let mut v: Vec<u64> =
+            self.cg_policy.keys().filter_map(|k| k.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)).collect();
         v.sort_unstable();
         Ok(v)
     }
@@ -911,8 +889,7 @@ impl Enforcer {
         }
         let old = self.read_raw_policy(cgid)?.map(|(f, _)| f).unwrap_or(0);
         self.write_raw_policy(cgid, old | PolicyFlags::ISOLATE.bits(), deadline(Some(until)))?;
-        let dir = std::fs::File::open(cgroup_dir)
-            .map_err(|source| EnforceError::Cgroup { path: cgroup_dir.into(), source })?;
+        let dir = std::fs::File::open(cgroup_dir).map_err(|source| EnforceError::Cgroup { path: cgroup_dir.into(), source })?;
         for (skb, prog) in [(Skb::Ingress, &self.skb_in), (Skb::Egress, &self.skb_out)] {
             let program = if skb == Skb::Ingress { "enf_skb_in" } else { "enf_skb_out" };
             let Some(prog) = prog else {
@@ -1012,8 +989,7 @@ impl Enforcer {
     }
 
     pub fn forget_ino(&self, cgid: u64, dev: u32, ino: u64) -> Result<()> {
-        delete(&self.kill_ino, &kill_key(cgid, dev, ino))
-            .map_err(map_err("kill_ino", format!("cgroup {cgid}, dev {dev:#x}, inode {ino}")))
+        delete(&self.kill_ino, &kill_key(cgid, dev, ino)).map_err(map_err("kill_ino", format!("cgroup {cgid}, dev {dev:#x}, inode {ino}")))
     }
 }
 
@@ -1080,9 +1056,7 @@ fn isolation_pins(pin_dir: &Path) -> Vec<(PathBuf, (u64, Skb))> {
 fn link_create(prog: &OwnedFd, cgroup: &std::fs::File, attach: libbpf_rs::libbpf_sys::bpf_attach_type) -> io::Result<OwnedFd> {
     // SAFETY: both fds are open for the duration of the call; a null opts
     // pointer is allowed by libbpf (no options).
-    let fd = unsafe {
-        libbpf_rs::libbpf_sys::bpf_link_create(prog.as_raw_fd(), cgroup.as_raw_fd(), attach, std::ptr::null())
-    };
+    let fd = unsafe { libbpf_rs::libbpf_sys::bpf_link_create(prog.as_raw_fd(), cgroup.as_raw_fd(), attach, std::ptr::null()) };
     if fd < 0 {
         return Err(io::Error::from_raw_os_error(-fd));
     }
@@ -1159,8 +1133,7 @@ mod tests {
         for n in ["isolate-42-ingress", "isolate-42-egress", "isolate-x-ingress", "link-enf_exec", "isolate-7-sideways"] {
             std::fs::write(dir.path().join(n), b"").unwrap();
         }
-        let mut got: Vec<(u64, &str)> =
-            isolation_pins(dir.path()).into_iter().map(|(_, (c, s))| (c, s.suffix())).collect();
+        let mut got: Vec<(u64, &str)> = isolation_pins(dir.path()).into_iter().map(|(_, (c, s))| (c, s.suffix())).collect();
         got.sort();
         assert_eq!(got, vec![(42, "egress"), (42, "ingress")]);
     }

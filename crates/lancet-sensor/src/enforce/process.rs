@@ -58,13 +58,7 @@ pub fn kill_process(pid: u32, expected_start_time_ticks: Option<u64>, signal: i3
     // SAFETY: `pidfd` is open for the call; a null siginfo is allowed (the
     // kernel fills it as for kill(2)); flags must be 0.
     let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0 as libc::c_uint,
-        )
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0 as libc::c_uint)
     };
     if r < 0 {
         return Err(gone_or(pid, io::Error::last_os_error()));

@@ -3,10 +3,8 @@
 //! (`FAN_REPORT_DFID_NAME`) and resolved to host paths.
 
 use super::parse::{FidRecord, RawEvent};
-use super::{
-    fanotify_init, fanotify_mark, fd_path, now_ns, FanotifyError, FanotifyStats,
-};
 use super::READ_BUF_LEN;
+use super::{fanotify_init, fanotify_mark, fd_path, now_ns, FanotifyError, FanotifyStats};
 use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
 use std::collections::HashMap;
 use std::io;
@@ -108,29 +106,18 @@ enum Place {
     Outside,
 }
 
-const MARK_MASK_BASE: u64 = libc::FAN_CREATE
-    | libc::FAN_DELETE
-    | libc::FAN_ATTRIB
-    | libc::FAN_CLOSE_WRITE
-    | libc::FAN_ONDIR;
+const MARK_MASK_BASE: u64 = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_ATTRIB | libc::FAN_CLOSE_WRITE | libc::FAN_ONDIR;
 
 impl FileChangeWatcher {
     /// Create the fanotify group (`FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME |
     /// FAN_REPORT_FID`, falling back to `FAN_REPORT_DFID_NAME` alone). Needs
     /// CAP_SYS_ADMIN (init) and CAP_DAC_READ_SEARCH (`open_by_handle_at`).
     pub fn new() -> Result<Self, FanotifyError> {
-        let base = libc::FAN_CLASS_NOTIF
-            | libc::FAN_CLOEXEC
-            | libc::FAN_NONBLOCK
-            | libc::FAN_REPORT_DFID_NAME;
+        let base = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME;
         let ev_flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u32;
         let fan = match fanotify_init(base | libc::FAN_REPORT_FID, ev_flags) {
             Ok(fd) => fd,
-            Err(FanotifyError::Init { source, .. })
-                if source.raw_os_error() == Some(libc::EINVAL) =>
-            {
-                fanotify_init(base, ev_flags)?
-            }
+            Err(FanotifyError::Init { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => fanotify_init(base, ev_flags)?,
             Err(e) => return Err(e),
         };
         Ok(FileChangeWatcher {
@@ -169,26 +156,15 @@ impl FileChangeWatcher {
     /// twice is a no-op.
     pub fn add_filesystem(&mut self, path: &Path) -> Result<(), FanotifyError> {
         let mount_fd = open_rdonly(path)?;
-        let fsid = fsid_of(mount_fd.as_raw_fd()).map_err(|source| FanotifyError::Open {
-            path: path.into(),
-            source,
-        })?;
+        let fsid = fsid_of(mount_fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: path.into(), source })?;
         if self.filesystems.iter().any(|f| f.fsid == fsid) {
             return Ok(());
         }
         let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM;
         if self.rename_mode == RenameMode::FanRename {
-            match fanotify_mark(
-                self.fan.as_raw_fd(),
-                flags,
-                MARK_MASK_BASE | libc::FAN_RENAME,
-                path,
-            ) {
+            match fanotify_mark(self.fan.as_raw_fd(), flags, MARK_MASK_BASE | libc::FAN_RENAME, path) {
                 Ok(()) => {}
-                Err(FanotifyError::Mark { source, .. })
-                    if source.raw_os_error() == Some(libc::EINVAL)
-                        && self.filesystems.is_empty() =>
-                {
+                Err(FanotifyError::Mark { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) && self.filesystems.is_empty() => {
                     tracing::info!("FAN_RENAME not supported, pairing FAN_MOVED_FROM/FAN_MOVED_TO");
                     self.rename_mode = RenameMode::MovedPair;
                 }
@@ -196,45 +172,23 @@ impl FileChangeWatcher {
             }
         }
         if self.rename_mode == RenameMode::MovedPair {
-            fanotify_mark(
-                self.fan.as_raw_fd(),
-                flags,
-                MARK_MASK_BASE | libc::FAN_MOVE,
-                path,
-            )?;
+            fanotify_mark(self.fan.as_raw_fd(), flags, MARK_MASK_BASE | libc::FAN_MOVE, path)?;
         }
         tracing::debug!(path = %path.display(), ?fsid, "fanotify filesystem mark added");
-        self.filesystems.push(Filesystem {
-            fsid,
-            mount_fd,
-            path: path.to_path_buf(),
-        });
+        self.filesystems.push(Filesystem { fsid, mount_fd, path: path.to_path_buf() });
         Ok(())
     }
 
     /// Remove the filesystem mark for the filesystem holding `path`.
     pub fn remove_filesystem(&mut self, path: &Path) -> Result<(), FanotifyError> {
         let fd = open_rdonly(path)?;
-        let fsid = fsid_of(fd.as_raw_fd()).map_err(|source| FanotifyError::Open {
-            path: path.into(),
-            source,
-        })?;
+        let fsid = fsid_of(fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: path.into(), source })?;
         let Some(i) = self.filesystems.iter().position(|f| f.fsid == fsid) else {
             return Ok(());
         };
-        let mask = MARK_MASK_BASE
-            | if self.rename_mode == RenameMode::FanRename {
-                libc::FAN_RENAME
-            } else {
-                libc::FAN_MOVE
-            };
+        let mask = MARK_MASK_BASE | if self.rename_mode == RenameMode::FanRename { libc::FAN_RENAME } else { libc::FAN_MOVE };
         let fs = self.filesystems.remove(i);
-        fanotify_mark(
-            self.fan.as_raw_fd(),
-            libc::FAN_MARK_REMOVE | libc::FAN_MARK_FILESYSTEM,
-            mask,
-            &fs.path,
-        )?;
+        fanotify_mark(self.fan.as_raw_fd(), libc::FAN_MARK_REMOVE | libc::FAN_MARK_FILESYSTEM, mask, &fs.path)?;
         self.cache.clear();
         Ok(())
     }
@@ -313,32 +267,16 @@ impl FileChangeWatcher {
             match (self.passes(old_ok, &old), self.passes(new_ok, &new)) {
                 (false, false) => self.stats.dropped += 1,
                 _ if unresolved && !self.emit_unresolved => self.stats.dropped += 1,
-                (true, true) => out.push(file_event(
-                    now,
-                    ev.pid,
-                    FileOp::Rename,
-                    new,
-                    Some(old),
-                    is_dir,
-                )),
+                (true, true) => out.push(file_event(now, ev.pid, FileOp::Rename, new, Some(old), is_dir)),
                 // Moved in from outside the filter (e.g. overlayfs copy-up
                 // renames from its work dir into the upper dir): a creation.
-                (false, true) => {
-                    out.push(file_event(now, ev.pid, FileOp::Create, new, None, is_dir))
-                }
+                (false, true) => out.push(file_event(now, ev.pid, FileOp::Create, new, None, is_dir)),
                 // Moved out of the filtered tree: gone from it.
-                (true, false) => {
-                    out.push(file_event(now, ev.pid, FileOp::Delete, old, None, is_dir))
-                }
+                (true, false) => out.push(file_event(now, ev.pid, FileOp::Delete, old, None, is_dir)),
             }
         }
         let ops = ev.mask
-            & (libc::FAN_CREATE
-                | libc::FAN_CLOSE_WRITE
-                | libc::FAN_ATTRIB
-                | libc::FAN_MOVED_FROM
-                | libc::FAN_MOVED_TO
-                | libc::FAN_DELETE);
+            & (libc::FAN_CREATE | libc::FAN_CLOSE_WRITE | libc::FAN_ATTRIB | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO | libc::FAN_DELETE);
         if ops == 0 {
             return;
         }
@@ -370,42 +308,17 @@ impl FileChangeWatcher {
             return;
         }
         if ev.mask & libc::FAN_CREATE != 0 {
-            out.push(file_event(
-                now,
-                ev.pid,
-                FileOp::Create,
-                path.clone(),
-                None,
-                is_dir,
-            ));
+            out.push(file_event(now, ev.pid, FileOp::Create, path.clone(), None, is_dir));
         }
         if ev.mask & libc::FAN_CLOSE_WRITE != 0 && !is_dir {
-            out.push(file_event(
-                now,
-                ev.pid,
-                FileOp::Modify,
-                path.clone(),
-                None,
-                is_dir,
-            ));
+            out.push(file_event(now, ev.pid, FileOp::Modify, path.clone(), None, is_dir));
         }
         if ev.mask & libc::FAN_ATTRIB != 0 {
-            out.push(file_event(
-                now,
-                ev.pid,
-                FileOp::Chmod,
-                path.clone(),
-                None,
-                is_dir,
-            ));
+            out.push(file_event(now, ev.pid, FileOp::Chmod, path.clone(), None, is_dir));
         }
         if ev.mask & libc::FAN_MOVED_FROM != 0 {
             self.flush_pending(now, out);
-            self.pending_from = Some(PendingMove {
-                pid: ev.pid,
-                path: path.clone(),
-                is_dir,
-            });
+            self.pending_from = Some(PendingMove { pid: ev.pid, path: path.clone(), is_dir });
         }
         if ev.mask & libc::FAN_MOVED_TO != 0 {
             let old = match self.pending_from.take() {
@@ -419,14 +332,7 @@ impl FileChangeWatcher {
             if is_dir {
                 self.cache.clear();
             }
-            out.push(file_event(
-                now,
-                ev.pid,
-                FileOp::Rename,
-                path.clone(),
-                old,
-                is_dir,
-            ));
+            out.push(file_event(now, ev.pid, FileOp::Rename, path.clone(), old, is_dir));
         }
         if ev.mask & libc::FAN_DELETE != 0 {
             if is_dir {
@@ -441,14 +347,7 @@ impl FileChangeWatcher {
     /// old path only.
     fn flush_pending(&mut self, now: u64, out: &mut Vec<Event>) {
         if let Some(p) = self.pending_from.take() {
-            out.push(file_event(
-                now,
-                p.pid,
-                FileOp::Rename,
-                p.path.clone(),
-                Some(p.path),
-                p.is_dir,
-            ));
+            out.push(file_event(now, p.pid, FileOp::Rename, p.path.clone(), Some(p.path), p.is_dir));
         }
     }
 
@@ -467,8 +366,7 @@ impl FileChangeWatcher {
         self.key_buf.clear();
         self.key_buf.extend_from_slice(&rec.fsid[0].to_ne_bytes());
         self.key_buf.extend_from_slice(&rec.fsid[1].to_ne_bytes());
-        self.key_buf
-            .extend_from_slice(&rec.handle_type.to_ne_bytes());
+        self.key_buf.extend_from_slice(&rec.handle_type.to_ne_bytes());
         self.key_buf.extend_from_slice(rec.handle);
         let dir = match self.cache.get(&self.key_buf) {
             Some((d, place)) => return (join(d, name), place),
@@ -514,9 +412,7 @@ impl FileChangeWatcher {
             .filesystems
             .iter()
             .find(|f| f.fsid == rec.fsid)
-            .ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "event from an unmarked filesystem")
-            })?;
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "event from an unmarked filesystem"))?;
         if rec.handle.len() > libc::MAX_HANDLE_SZ as usize {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -529,9 +425,7 @@ impl FileChangeWatcher {
             let bytes_len = words.len() * 4;
             // SAFETY: `words` is a live, exclusively borrowed u32 slice of
             // `bytes_len` bytes; u8 has no alignment or validity requirements.
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes_len)
-            };
+            let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes_len) };
             bytes[..rec.handle.len()].copy_from_slice(rec.handle);
         }
         // SAFETY: `handle_buf` holds a correctly laid out, 4-byte aligned
@@ -593,45 +487,21 @@ fn unknown_path(name: Option<&[u8]>) -> String {
     }
 }
 
-fn file_event(
-    now: u64,
-    pid: i32,
-    op: FileOp,
-    path: String,
-    old_path: Option<String>,
-    is_dir: bool,
-) -> Event {
+fn file_event(now: u64, pid: i32, op: FileOp, path: String, old_path: Option<String>, is_dir: bool) -> Event {
     Event {
         time_ns: now,
         cgroup_id: 0,
-        process: ProcessRef {
-            pid: pid.max(0) as u32,
-            ..ProcessRef::default()
-        },
-        kind: EventKind::File(FileEvent {
-            op,
-            host_path: path.clone(),
-            path,
-            old_path,
-            is_dir,
-        }),
+        process: ProcessRef { pid: pid.max(0) as u32, ..ProcessRef::default() },
+        kind: EventKind::File(FileEvent { op, host_path: path.clone(), path, old_path, is_dir }),
     }
 }
 
 fn open_rdonly(path: &Path) -> Result<OwnedFd, FanotifyError> {
     let c = super::cstring(path)?;
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
-        )
-    };
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) };
     if fd < 0 {
-        return Err(FanotifyError::Open {
-            path: path.into(),
-            source: io::Error::last_os_error(),
-        });
+        return Err(FanotifyError::Open { path: path.into(), source: io::Error::last_os_error() });
     }
     // SAFETY: `fd` was just returned to us and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -649,11 +519,7 @@ fn fsid_of(fd: RawFd) -> io::Result<[i32; 2]> {
     const _: () = assert!(std::mem::size_of::<libc::fsid_t>() == 8);
     // SAFETY: `f_fsid` is an initialised 8-byte `fsid_t` (`int __val[2]`);
     // reading it unaligned as `[i32; 2]` reads exactly those bytes.
-    Ok(unsafe {
-        std::ptr::addr_of!(st.f_fsid)
-            .cast::<[i32; 2]>()
-            .read_unaligned()
-    })
+    Ok(unsafe { std::ptr::addr_of!(st.f_fsid).cast::<[i32; 2]>().read_unaligned() })
 }
 
 /// Bounded handle → directory cache with clock (second-chance) eviction.
@@ -673,12 +539,7 @@ struct Slot {
 
 impl DirCache {
     fn new(cap: usize) -> Self {
-        DirCache {
-            map: HashMap::with_capacity(cap),
-            slots: Vec::with_capacity(cap),
-            hand: 0,
-            cap: cap.max(1),
-        }
+        DirCache { map: HashMap::with_capacity(cap), slots: Vec::with_capacity(cap), hand: 0, cap: cap.max(1) }
     }
 
     fn get(&mut self, key: &[u8]) -> Option<(&str, Place)> {
@@ -697,12 +558,7 @@ impl DirCache {
         }
         if self.slots.len() < self.cap {
             self.map.insert(key.clone(), self.slots.len());
-            self.slots.push(Slot {
-                key,
-                dir,
-                place,
-                referenced: false,
-            });
+            self.slots.push(Slot { key, dir, place, referenced: false });
             return;
         }
         loop {
@@ -711,15 +567,7 @@ impl DirCache {
             if std::mem::take(&mut self.slots[i].referenced) {
                 continue;
             }
-            let old = std::mem::replace(
-                &mut self.slots[i],
-                Slot {
-                    key: key.clone(),
-                    dir,
-                    place,
-                    referenced: false,
-                },
-            );
+            let old = std::mem::replace(&mut self.slots[i], Slot { key: key.clone(), dir, place, referenced: false });
             self.map.remove(&old.key);
             self.map.insert(key, i);
             return;
@@ -790,25 +638,13 @@ mod tests {
                 libc::FAN_CREATE,
                 -1,
                 w.own_pid,
-                &[build::fid_info(
-                    libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
-                    [1, 1],
-                    1,
-                    &[1; 8],
-                    Some("mine"),
-                )],
+                &[build::fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [1, 1], 1, &[1; 8], Some("mine"))],
             ),
             build::event(
                 libc::FAN_DELETE,
                 -1,
                 4242,
-                &[build::fid_info(
-                    libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
-                    [1, 1],
-                    1,
-                    &[1; 8],
-                    Some("gone"),
-                )],
+                &[build::fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [1, 1], 1, &[1; 8], Some("gone"))],
             ),
         ]
         .concat();
@@ -818,9 +654,7 @@ mod tests {
         assert_eq!(w.stats.overflows, 1);
         assert_eq!(w.stats.resolve_failures, 1);
         assert_eq!(out.len(), 1);
-        let EventKind::File(f) = &out[0].kind else {
-            panic!()
-        };
+        let EventKind::File(f) = &out[0].kind else { panic!() };
         assert_eq!(f.op, FileOp::Delete);
         assert_eq!(f.path, "?/gone");
         assert_eq!(out[0].process.pid, 4242);
@@ -861,15 +695,9 @@ mod tests {
         if crate::fanotify::skip_unless_fanotify(flags) {
             return;
         }
-        let dir = tempfile::Builder::new()
-            .prefix("lancet-fan")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("lancet-fan").tempdir_in("/var/tmp").unwrap();
         let d = std::fs::canonicalize(dir.path()).unwrap();
-        let other = tempfile::Builder::new()
-            .prefix("lancet-fan-other")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        let other = tempfile::Builder::new().prefix("lancet-fan-other").tempdir_in("/var/tmp").unwrap();
         let mut w = FileChangeWatcher::new().unwrap();
         w.add_filesystem(&d).unwrap();
         w.set_path_filter(vec![d.clone()]);
@@ -884,55 +712,29 @@ mod tests {
         assert!(child.wait().unwrap().success());
         let p = |n: &str| format!("{}/{n}", d.display());
         let evs = collect_until(&mut w, Duration::from_secs(5), |evs| {
-            has(evs, FileOp::Delete, &p("sub"))
-                || evs.iter().any(|e| e.op == FileOp::Delete && e.is_dir)
+            has(evs, FileOp::Delete, &p("sub")) || evs.iter().any(|e| e.op == FileOp::Delete && e.is_dir)
         });
         for (pid, e) in &evs {
-            eprintln!(
-                "{pid} {:?} {} old={:?} dir={}",
-                e.op, e.path, e.old_path, e.is_dir
-            );
+            eprintln!("{pid} {:?} {} old={:?} dir={}", e.op, e.path, e.old_path, e.is_dir);
         }
         let files: Vec<FileEvent> = evs.iter().map(|(_, f)| f.clone()).collect();
         assert!(has(&files, FileOp::Create, &p("a")));
-        assert!(
-            has(&files, FileOp::Modify, &p("a")),
-            "close-write on ': > a'"
-        );
+        assert!(has(&files, FileOp::Modify, &p("a")), "close-write on ': > a'");
         assert!(has(&files, FileOp::Create, &p("b")));
         assert!(has(&files, FileOp::Modify, &p("b")));
         assert!(has(&files, FileOp::Chmod, &p("b")));
-        assert!(files.iter().any(|e| e.op == FileOp::Rename
-            && e.path == p("c")
-            && e.old_path.as_deref() == Some(p("b").as_str())));
-        assert!(files
-            .iter()
-            .any(|e| e.op == FileOp::Create && e.path == p("sub") && e.is_dir));
-        assert!(
-            files
-                .iter()
-                .any(|e| e.op == FileOp::Chmod && e.path == p("keep") && e.is_dir),
-            "chmod of a dir"
-        );
+        assert!(files.iter().any(|e| e.op == FileOp::Rename && e.path == p("c") && e.old_path.as_deref() == Some(p("b").as_str())));
+        assert!(files.iter().any(|e| e.op == FileOp::Create && e.path == p("sub") && e.is_dir));
+        assert!(files.iter().any(|e| e.op == FileOp::Chmod && e.path == p("keep") && e.is_dir), "chmod of a dir");
         assert!(has(&files, FileOp::Delete, &p("a")));
-        assert!(files
-            .iter()
-            .any(|e| e.op == FileOp::Delete && e.is_dir && (e.path == p("sub"))));
+        assert!(files.iter().any(|e| e.op == FileOp::Delete && e.is_dir && (e.path == p("sub"))));
         // sub/f: created and deleted; its dir may be gone before we resolve it.
-        assert!(files
-            .iter()
-            .any(|e| e.op == FileOp::Create && (e.path == p("sub/f") || e.path == "?/f")));
-        assert!(
-            !files.iter().any(|e| e.path.contains("outside")),
-            "filter must drop the other dir"
-        );
+        assert!(files.iter().any(|e| e.op == FileOp::Create && (e.path == p("sub/f") || e.path == "?/f")));
+        assert!(!files.iter().any(|e| e.path.contains("outside")), "filter must drop the other dir");
         assert!(evs.iter().all(|(p, _)| *p != std::process::id()));
         // Every process here is a child of our `sh`: either sh itself or a
         // direct child of it (mv, chmod, rm, mkdir).
-        assert!(
-            evs.iter().any(|(p, _)| *p == pid),
-            "sh's own redirects carry its pid"
-        );
+        assert!(evs.iter().any(|(p, _)| *p == pid), "sh's own redirects carry its pid");
         assert!(files.iter().all(|e| e.host_path == e.path));
         assert_eq!(w.stats().overflows, 0, "queue overflowed (host too busy?)");
     }

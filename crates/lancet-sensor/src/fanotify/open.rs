@@ -2,11 +2,8 @@
 //! container root, with inode marks (classic fd-reporting fanotify).
 
 use super::parse::RawEvent;
-use super::{
-    cstring, fanotify_init, fanotify_mark, fd_path, fstat, FanotifyError,
-    FanotifyStats,
-};
 use super::READ_BUF_LEN;
+use super::{cstring, fanotify_init, fanotify_mark, fd_path, fstat, FanotifyError, FanotifyStats};
 use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
 use std::collections::HashMap;
 use std::io;
@@ -101,12 +98,7 @@ const DIR_MASK: u64 = libc::FAN_OPEN | libc::FAN_EVENT_ON_CHILD | libc::FAN_ONDI
 impl SensitiveOpenWatcher {
     /// A watcher over [`DEFAULT_SENSITIVE_PATHS`].
     pub fn new() -> Result<Self, FanotifyError> {
-        Self::with_paths(
-            DEFAULT_SENSITIVE_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        )
+        Self::with_paths(DEFAULT_SENSITIVE_PATHS.iter().map(|s| s.to_string()).collect())
     }
 
     /// A watcher over `paths` (absolute, as seen inside a root; `*` allowed in
@@ -141,12 +133,8 @@ impl SensitiveOpenWatcher {
     /// `root` (`openat2(RESOLVE_IN_ROOT)`: absolute symlinks and `..` stay in
     /// it); missing paths are skipped. Returns the number of objects marked.
     pub fn watch_root(&mut self, root: &Path, label: u64) -> Result<usize, FanotifyError> {
-        let root_fd = open_path(libc::AT_FDCWD, root, libc::O_DIRECTORY).map_err(|source| {
-            FanotifyError::Open {
-                path: root.into(),
-                source,
-            }
-        })?;
+        let root_fd =
+            open_path(libc::AT_FDCWD, root, libc::O_DIRECTORY).map_err(|source| FanotifyError::Open { path: root.into(), source })?;
         let mut targets = Vec::new();
         for p in &self.paths {
             let (dir, last) = match p.rsplit_once('/') {
@@ -176,28 +164,19 @@ impl SensitiveOpenWatcher {
             let fd = match open_in_root(root_fd.as_raw_fd(), &path) {
                 Ok(fd) => fd,
                 Err(e) => {
-                    if e.raw_os_error() != Some(libc::ENOENT)
-                        && e.raw_os_error() != Some(libc::ENOTDIR)
-                    {
+                    if e.raw_os_error() != Some(libc::ENOENT) && e.raw_os_error() != Some(libc::ENOTDIR) {
                         tracing::debug!(root = %root.display(), path, error = %e, "sensitive path not watchable");
                     }
                     continue;
                 }
             };
-            let st = fstat(fd.as_raw_fd()).map_err(|source| FanotifyError::Open {
-                path: path.clone().into(),
-                source,
-            })?;
+            let st = fstat(fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: path.clone().into(), source })?;
             let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
             if !is_dir && st.st_mode & libc::S_IFMT != libc::S_IFREG {
                 continue;
             }
             let key = (st.st_dev, st.st_ino);
-            if self
-                .objects
-                .get(&key)
-                .is_some_and(|l| l.iter().any(|w| w.label == label))
-            {
+            if self.objects.get(&key).is_some_and(|l| l.iter().any(|w| w.label == label)) {
                 continue; // e.g. /var/run → /run: same inode, already marked.
             }
             if self.objects.len() >= MAX_WATCHED {
@@ -205,39 +184,19 @@ impl SensitiveOpenWatcher {
             }
             let mask = if is_dir { DIR_MASK } else { FILE_MASK };
             let proc_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-            if let Err(e) =
-                fanotify_mark(self.fan.as_raw_fd(), libc::FAN_MARK_ADD, mask, &proc_path)
-            {
+            if let Err(e) = fanotify_mark(self.fan.as_raw_fd(), libc::FAN_MARK_ADD, mask, &proc_path) {
                 return Err(match e {
-                    FanotifyError::Mark { mask, source, .. } => FanotifyError::Mark {
-                        path: root.join(path.trim_start_matches('/')),
-                        mask,
-                        source,
-                    },
+                    FanotifyError::Mark { mask, source, .. } => {
+                        FanotifyError::Mark { path: root.join(path.trim_start_matches('/')), mask, source }
+                    }
                     e => e,
                 });
             }
-            self.objects.entry(key).or_default().push(Watched {
-                label,
-                path: path.clone(),
-                is_dir,
-            });
+            self.objects.entry(key).or_default().push(Watched { label, path: path.clone(), is_dir });
             if is_dir {
-                self.dirs.push(DirMark {
-                    dev: key.0,
-                    ino: key.1,
-                    label,
-                    path,
-                });
+                self.dirs.push(DirMark { dev: key.0, ino: key.1, label, path });
             }
-            self.roots
-                .entry(label)
-                .or_insert_with(|| RootInfo {
-                    root: root.to_path_buf(),
-                    objects: Vec::new(),
-                })
-                .objects
-                .push(key);
+            self.roots.entry(label).or_insert_with(|| RootInfo { root: root.to_path_buf(), objects: Vec::new() }).objects.push(key);
             added += 1;
         }
         tracing::debug!(root = %root.display(), label, added, "sensitive-open marks added");
@@ -277,12 +236,7 @@ impl SensitiveOpenWatcher {
             }
             let mask = if w.is_dir { DIR_MASK } else { FILE_MASK };
             let proc_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-            if let Err(e) = fanotify_mark(
-                self.fan.as_raw_fd(),
-                libc::FAN_MARK_REMOVE,
-                mask,
-                &proc_path,
-            ) {
+            if let Err(e) = fanotify_mark(self.fan.as_raw_fd(), libc::FAN_MARK_REMOVE, mask, &proc_path) {
                 tracing::debug!(label, path = w.path, error = %e, "removing sensitive-open mark");
             }
         }
@@ -303,18 +257,14 @@ impl SensitiveOpenWatcher {
     /// Like [`read_events`](Self::read_events), with the label of the root the
     /// opened path was watched under. An inode watched under several labels
     /// yields one event per label.
-    pub fn read_events_labeled(
-        &mut self,
-        out: &mut Vec<(u64, Event)>,
-    ) -> Result<usize, FanotifyError> {
+    pub fn read_events_labeled(&mut self, out: &mut Vec<(u64, Event)>) -> Result<usize, FanotifyError> {
         self.read_inner(&mut |l, e| out.push((l, e)))
     }
 
     fn read_inner(&mut self, emit: &mut dyn FnMut(u64, Event)) -> Result<usize, FanotifyError> {
         let mut buf = std::mem::take(&mut self.buf);
         let mut added = 0;
-        let (malformed, res) =
-            super::drain(self.fan.as_raw_fd(), &mut buf, |ev, now| added += self.handle(ev, now, emit));
+        let (malformed, res) = super::drain(self.fan.as_raw_fd(), &mut buf, |ev, now| added += self.handle(ev, now, emit));
         self.stats.dropped += malformed;
         self.buf = buf;
         self.stats.events += added as u64;
@@ -354,9 +304,7 @@ impl SensitiveOpenWatcher {
         let mut n = 0;
         if let Some(list) = self.objects.get(&key) {
             for w in list {
-                let host = self
-                    .host_path(w.label, &w.path)
-                    .unwrap_or_else(|| host_path.clone());
+                let host = self.host_path(w.label, &w.path).unwrap_or_else(|| host_path.clone());
                 emit(w.label, open_event(now, pid, w.path.clone(), host, is_dir));
                 n += 1;
             }
@@ -371,32 +319,19 @@ impl SensitiveOpenWatcher {
             use std::os::unix::fs::MetadataExt;
             (m.dev(), m.ino())
         });
-        let mut matched: Vec<&DirMark> = self
-            .dirs
-            .iter()
-            .filter(|d| d.dev == st.st_dev && parent_key == Some((d.dev, d.ino)))
-            .collect();
+        let mut matched: Vec<&DirMark> = self.dirs.iter().filter(|d| d.dev == st.st_dev && parent_key == Some((d.dev, d.ino))).collect();
         if matched.is_empty() {
             // Parent not reachable from our mount namespace: match by suffix.
-            matched = self
-                .dirs
-                .iter()
-                .filter(|d| d.dev == st.st_dev && ends_with_path(parent, &d.path))
-                .collect();
+            matched = self.dirs.iter().filter(|d| d.dev == st.st_dev && ends_with_path(parent, &d.path)).collect();
         }
         if matched.is_empty() {
             self.stats.resolve_failures += 1;
-            emit(
-                0,
-                open_event(now, pid, host_path.clone(), host_path, is_dir),
-            );
+            emit(0, open_event(now, pid, host_path.clone(), host_path, is_dir));
             return 1;
         }
         for d in matched {
             let path = format!("{}/{name}", d.path.trim_end_matches('/'));
-            let host = self
-                .host_path(d.label, &path)
-                .unwrap_or_else(|| host_path.clone());
+            let host = self.host_path(d.label, &path).unwrap_or_else(|| host_path.clone());
             emit(d.label, open_event(now, pid, path, host, is_dir));
             n += 1;
         }
@@ -423,17 +358,8 @@ fn open_event(now: u64, pid: u32, path: String, host_path: String, is_dir: bool)
     Event {
         time_ns: now,
         cgroup_id: 0,
-        process: ProcessRef {
-            pid,
-            ..ProcessRef::default()
-        },
-        kind: EventKind::File(FileEvent {
-            op: FileOp::Open,
-            path,
-            old_path: None,
-            host_path,
-            is_dir,
-        }),
+        process: ProcessRef { pid, ..ProcessRef::default() },
+        kind: EventKind::File(FileEvent { op: FileOp::Open, path, old_path: None, host_path, is_dir }),
     }
 }
 
@@ -496,22 +422,11 @@ pub(super) fn open_in_root(root_fd: RawFd, path: &str) -> io::Result<OwnedFd> {
         mode: u64,
         resolve: u64,
     }
-    let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
-    };
+    let how =
+        OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC) as u64, mode: 0, resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS };
     // SAFETY: `c` and `how` are valid for the call and the size passed is
     // `how`'s size; the kernel only reads them.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root_fd,
-            c.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_openat2, root_fd, c.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) };
     if fd >= 0 {
         // SAFETY: `fd` was just returned to us and is owned by nobody else.
         return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
@@ -551,10 +466,7 @@ mod tests {
         assert!(glob_match("a", "a"));
         assert!(!glob_match("a*b*c", "acb"));
         assert!(glob_match("a*b*c", "a1b2c"));
-        assert!(ends_with_path(
-            "/var/lib/x/merged/etc/sudoers.d",
-            "/etc/sudoers.d"
-        ));
+        assert!(ends_with_path("/var/lib/x/merged/etc/sudoers.d", "/etc/sudoers.d"));
         assert!(ends_with_path("/etc/sudoers.d", "/etc/sudoers.d"));
         assert!(!ends_with_path("/etc/sudoers.dx", "/etc/sudoers.d"));
     }
@@ -587,10 +499,7 @@ mod tests {
         if crate::fanotify::skip_unless_fanotify(libc::FAN_CLASS_NOTIF) {
             return;
         }
-        let root = tempfile::Builder::new()
-            .prefix("lancet-open")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        let root = tempfile::Builder::new().prefix("lancet-open").tempdir_in("/var/tmp").unwrap();
         let r = root.path();
         std::fs::create_dir_all(r.join("etc/sudoers.d")).unwrap();
         std::fs::create_dir_all(r.join("etc/ssh")).unwrap();
@@ -612,53 +521,29 @@ mod tests {
         let _ = std::fs::read(r.join("etc/shadow")).unwrap();
 
         let run = |args: &[&Path]| {
-            let mut c = Command::new("cat")
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
+            let mut c = Command::new("cat").args(args).stdout(std::process::Stdio::null()).spawn().unwrap();
             let pid = c.id();
             assert!(c.wait().unwrap().success());
             pid
         };
         let pid_shadow = run(&[&r.join("etc/shadow")]);
         let pid_passwd = run(&[&r.join("etc/passwd")]);
-        let pid_child = run(&[
-            &r.join("etc/sudoers.d/admins"),
-            &r.join("etc/ssh/ssh_host_ed25519_key.pub"),
-        ]);
+        let pid_child = run(&[&r.join("etc/sudoers.d/admins"), &r.join("etc/ssh/ssh_host_ed25519_key.pub")]);
         let pid_key = run(&[&r.join("etc/ssh/ssh_host_ed25519_key")]);
-        let evs = collect_opens(&mut w, Duration::from_secs(3), |evs| {
-            evs.iter().any(|(_, e)| e.process.pid == pid_key)
-        });
+        let evs = collect_opens(&mut w, Duration::from_secs(3), |evs| evs.iter().any(|(_, e)| e.process.pid == pid_key));
         for (l, e) in &evs {
             eprintln!("label {l} pid {} {:?}", e.process.pid, file(e));
         }
-        let find = |pid: u32, path: &str| {
-            evs.iter()
-                .find(|(_, e)| e.process.pid == pid && file(e).path == path)
-        };
+        let find = |pid: u32, path: &str| evs.iter().find(|(_, e)| e.process.pid == pid && file(e).path == path);
         let (label, e) = find(pid_shadow, "/etc/shadow").expect("open of /etc/shadow reported");
         assert_eq!(*label, 7);
         assert_eq!(file(e).op, FileOp::Open);
         assert_eq!(file(e).host_path, r.join("etc/shadow").to_str().unwrap());
-        assert!(
-            find(pid_child, "/etc/sudoers.d/admins").is_some(),
-            "child of a marked dir"
-        );
-        assert!(
-            find(pid_key, "/etc/ssh/ssh_host_ed25519_key").is_some(),
-            "globbed host key"
-        );
-        assert!(
-            !evs.iter().any(|(_, e)| e.process.pid == pid_passwd),
-            "passwd is not sensitive"
-        );
+        assert!(find(pid_child, "/etc/sudoers.d/admins").is_some(), "child of a marked dir");
+        assert!(find(pid_key, "/etc/ssh/ssh_host_ed25519_key").is_some(), "globbed host key");
+        assert!(!evs.iter().any(|(_, e)| e.process.pid == pid_passwd), "passwd is not sensitive");
         assert!(!evs.iter().any(|(_, e)| file(e).path.ends_with(".pub")));
-        assert!(
-            !evs.iter().any(|(_, e)| e.process.pid == std::process::id()),
-            "own opens dropped"
-        );
+        assert!(!evs.iter().any(|(_, e)| e.process.pid == std::process::id()), "own opens dropped");
 
         // After unwatch, opens are no longer reported.
         assert_eq!(w.unwatch(7), 3);
@@ -669,9 +554,6 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         rest.clear();
         w.read_events(&mut rest).unwrap();
-        assert!(
-            !rest.iter().any(|e| e.process.pid == pid2),
-            "unwatched root still reported: {rest:?}"
-        );
+        assert!(!rest.iter().any(|e| e.process.pid == pid2), "unwatched root still reported: {rest:?}");
     }
 }

@@ -76,16 +76,7 @@ pub fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
     let fstype = p.next()?.to_owned();
     let source = unescape(p.next()?);
     let super_options = p.next().unwrap_or("").trim_end().to_owned();
-    Some(MountInfo {
-        mount_id,
-        parent_id,
-        dev,
-        root,
-        mount_point,
-        fstype,
-        source,
-        super_options,
-    })
+    Some(MountInfo { mount_id, parent_id, dev, root, mount_point, fstype, source, super_options })
 }
 
 /// The value of `key=` in a superblock option string, unescaped.
@@ -159,11 +150,7 @@ fn regular_in_root(root_fd: i32, path: &str) -> io::Result<bool> {
 
 /// Mounts of filesystem `dev` in a mountinfo text, as `(mount_point, root)`.
 pub(crate) fn mounts_of_dev(text: &str, dev: u64) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(parse_mountinfo_line)
-        .filter(|m| m.dev == dev)
-        .map(|m| (m.mount_point, m.root))
-        .collect()
+    text.lines().filter_map(parse_mountinfo_line).filter(|m| m.dev == dev).map(|m| (m.mount_point, m.root)).collect()
 }
 
 #[cfg(test)]
@@ -178,10 +165,7 @@ mod tests {
 
     #[test]
     fn parses_podman_root() {
-        assert_eq!(
-            upper_dir_from_mountinfo(PODMAN),
-            Some(PathBuf::from("/var/lib/containers/storage/overlay/cdc0/diff"))
-        );
+        assert_eq!(upper_dir_from_mountinfo(PODMAN), Some(PathBuf::from("/var/lib/containers/storage/overlay/cdc0/diff")));
         let m = parse_mountinfo_line(PODMAN.lines().next().unwrap()).unwrap();
         assert_eq!(m.dev, libc::makedev(0, 41));
         assert_eq!(m.fstype, "overlay");
@@ -204,10 +188,7 @@ mod tests {
         let line = r"100 1 0:50 / /var/lib/my\040store/m rw - overlay overlay rw,lowerdir=/l,upperdir=/var/lib/my\040store/x\054y\075z/diff,workdir=/w";
         let m = parse_mountinfo_line(line).unwrap();
         assert_eq!(m.mount_point, "/var/lib/my store/m");
-        assert_eq!(
-            super_option(&m.super_options, "upperdir").as_deref(),
-            Some("/var/lib/my store/x,y=z/diff")
-        );
+        assert_eq!(super_option(&m.super_options, "upperdir").as_deref(), Some("/var/lib/my store/x,y=z/diff"));
         // Mounted at "/" → found.
         let root = r"7 1 0:51 / / rw shared:1 - overlay none rw,upperdir=/u\040p,workdir=/w";
         assert_eq!(upper_dir_from_mountinfo(root), Some(PathBuf::from("/u p")));
@@ -217,10 +198,7 @@ mod tests {
     fn no_upper_or_not_overlay() {
         assert_eq!(upper_dir_from_mountinfo("1 0 8:1 / / rw - ext4 /dev/sda1 rw"), None);
         // Read-only overlay (no upperdir).
-        assert_eq!(
-            upper_dir_from_mountinfo("1 0 0:9 / / ro - overlay overlay ro,lowerdir=/a:/b"),
-            None
-        );
+        assert_eq!(upper_dir_from_mountinfo("1 0 0:9 / / ro - overlay overlay ro,lowerdir=/a:/b"), None);
         // The topmost mount at / wins.
         let two = "1 0 0:9 / / rw - overlay overlay rw,upperdir=/first\n2 1 0:10 / / rw - overlay overlay rw,upperdir=/second\n";
         assert_eq!(upper_dir_from_mountinfo(two), Some(PathBuf::from("/second")));

@@ -43,19 +43,9 @@ pub(crate) struct RawEvent<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ParseError {
     #[error("truncated event at offset {offset}: {have} bytes left, need {need}")]
-    Truncated {
-        offset: usize,
-        have: usize,
-        need: usize,
-    },
-    #[error(
-        "bad event header at offset {offset}: event_len {event_len}, metadata_len {metadata_len}"
-    )]
-    BadLengths {
-        offset: usize,
-        event_len: usize,
-        metadata_len: usize,
-    },
+    Truncated { offset: usize, have: usize, need: usize },
+    #[error("bad event header at offset {offset}: event_len {event_len}, metadata_len {metadata_len}")]
+    BadLengths { offset: usize, event_len: usize, metadata_len: usize },
     #[error("unsupported fanotify metadata version {0}")]
     Version(u8),
 }
@@ -64,8 +54,7 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     b.get(at..at + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))
 }
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
 fn i32_at(b: &[u8], at: usize) -> Option<i32> {
     u32_at(b, at).map(|v| v as i32)
@@ -87,11 +76,7 @@ pub(crate) struct EventIter<'a> {
 }
 
 pub(crate) fn events(buf: &[u8]) -> EventIter<'_> {
-    EventIter {
-        buf,
-        off: 0,
-        failed: false,
-    }
+    EventIter { buf, off: 0, failed: false }
 }
 
 impl<'a> Iterator for EventIter<'a> {
@@ -118,11 +103,7 @@ impl<'a> Iterator for EventIter<'a> {
 fn parse_one(buf: &[u8], off: usize) -> Result<(RawEvent<'_>, usize), ParseError> {
     let rest = &buf[off..];
     if rest.len() < METADATA_LEN {
-        return Err(ParseError::Truncated {
-            offset: off,
-            have: rest.len(),
-            need: METADATA_LEN,
-        });
+        return Err(ParseError::Truncated { offset: off, have: rest.len(), need: METADATA_LEN });
     }
     // Lengths checked above: all the fixed-offset reads below are in bounds,
     // but go through the checked helpers anyway.
@@ -133,18 +114,10 @@ fn parse_one(buf: &[u8], off: usize) -> Result<(RawEvent<'_>, usize), ParseError
         return Err(ParseError::Version(vers));
     }
     if metadata_len < METADATA_LEN || event_len < metadata_len {
-        return Err(ParseError::BadLengths {
-            offset: off,
-            event_len,
-            metadata_len,
-        });
+        return Err(ParseError::BadLengths { offset: off, event_len, metadata_len });
     }
     if event_len > rest.len() {
-        return Err(ParseError::Truncated {
-            offset: off,
-            have: rest.len(),
-            need: event_len,
-        });
+        return Err(ParseError::Truncated { offset: off, have: rest.len(), need: event_len });
     }
     let mut ev = RawEvent {
         mask: u64_at(rest, 8).unwrap_or(0),
@@ -169,15 +142,11 @@ fn parse_one(buf: &[u8], off: usize) -> Result<(RawEvent<'_>, usize), ParseError
         infos = &infos[len..];
         let with_name = matches!(
             info_type,
-            libc::FAN_EVENT_INFO_TYPE_DFID_NAME
-                | libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME
-                | libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME
+            libc::FAN_EVENT_INFO_TYPE_DFID_NAME | libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME | libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME
         );
         let slot = match info_type {
             libc::FAN_EVENT_INFO_TYPE_FID => &mut ev.fid,
-            libc::FAN_EVENT_INFO_TYPE_DFID_NAME | libc::FAN_EVENT_INFO_TYPE_DFID => {
-                &mut ev.dfid_name
-            }
+            libc::FAN_EVENT_INFO_TYPE_DFID_NAME | libc::FAN_EVENT_INFO_TYPE_DFID => &mut ev.dfid_name,
             libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME => &mut ev.old_dfid_name,
             libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME => &mut ev.new_dfid_name,
             _ => {
@@ -213,25 +182,14 @@ fn parse_fid(rec: &[u8], with_name: bool) -> Option<FidRecord<'_>> {
     } else {
         None
     };
-    Some(FidRecord {
-        fsid,
-        handle_type,
-        handle,
-        name,
-    })
+    Some(FidRecord { fsid, handle_type, handle, name })
 }
 
 /// Test helpers for building kernel-shaped buffers.
 #[cfg(test)]
 pub(crate) mod build {
     /// One info record of a fid type; `name` adds a NUL-terminated name.
-    pub fn fid_info(
-        info_type: u8,
-        fsid: [i32; 2],
-        handle_type: i32,
-        handle: &[u8],
-        name: Option<&str>,
-    ) -> Vec<u8> {
+    pub fn fid_info(info_type: u8, fsid: [i32; 2], handle_type: i32, handle: &[u8], name: Option<&str>) -> Vec<u8> {
         let mut body = Vec::new();
         body.extend_from_slice(&fsid[0].to_ne_bytes());
         body.extend_from_slice(&fsid[1].to_ne_bytes());
@@ -289,13 +247,7 @@ mod tests {
             libc::FAN_NOFD,
             42,
             &[
-                fid_info(
-                    libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
-                    [1, 2],
-                    1,
-                    &[9; 8],
-                    Some("hello.txt"),
-                ),
+                fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [1, 2], 1, &[9; 8], Some("hello.txt")),
                 fid_info(libc::FAN_EVENT_INFO_TYPE_FID, [1, 2], 1, &[7; 8], None),
             ],
         );
@@ -321,28 +273,11 @@ mod tests {
             -1,
             7,
             &[
-                fid_info(
-                    libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME,
-                    [3, 4],
-                    1,
-                    &[1; 12],
-                    Some("a"),
-                ),
-                fid_info(
-                    libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME,
-                    [3, 4],
-                    1,
-                    &[2; 12],
-                    Some("bb"),
-                ),
+                fid_info(libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME, [3, 4], 1, &[1; 12], Some("a")),
+                fid_info(libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME, [3, 4], 1, &[2; 12], Some("bb")),
             ],
         );
-        buf.extend(event(
-            libc::FAN_DELETE,
-            -1,
-            8,
-            &[fid_info(2, [3, 4], 1, &[1; 12], Some("c"))],
-        ));
+        buf.extend(event(libc::FAN_DELETE, -1, 8, &[fid_info(2, [3, 4], 1, &[1; 12], Some("c"))]));
         let evs = collect(&buf);
         assert_eq!(evs.len(), 2);
         let r = evs[0].unwrap();
@@ -371,13 +306,7 @@ mod tests {
                 },
                 // DFID_NAME without a NUL terminator.
                 {
-                    let mut r = fid_info(
-                        libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
-                        [0, 0],
-                        1,
-                        &[1; 4],
-                        Some("abc"),
-                    );
+                    let mut r = fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [0, 0], 1, &[1; 4], Some("abc"));
                     let n = r.len();
                     for b in &mut r[24..n] {
                         *b = b'x';
@@ -398,13 +327,7 @@ mod tests {
 
     #[test]
     fn info_len_overrunning_event_is_contained() {
-        let mut info = fid_info(
-            libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
-            [0, 0],
-            1,
-            &[1; 8],
-            Some("n"),
-        );
+        let mut info = fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [0, 0], 1, &[1; 8], Some("n"));
         info[2..4].copy_from_slice(&500u16.to_ne_bytes());
         let mut buf = event(libc::FAN_CREATE, -1, 1, &[info]);
         buf.extend(event(libc::FAN_DELETE, -1, 2, &[]));
@@ -431,34 +354,16 @@ mod tests {
 
     #[test]
     fn truncated_and_bad_buffers_error_without_panic() {
-        let full = event(
-            libc::FAN_CREATE,
-            -1,
-            1,
-            &[fid_info(
-                libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
-                [0, 0],
-                1,
-                &[1; 8],
-                Some("name"),
-            )],
-        );
+        let full = event(libc::FAN_CREATE, -1, 1, &[fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [0, 0], 1, &[1; 8], Some("name"))]);
         for cut in 1..full.len() {
             let evs = collect(&full[..cut]);
             assert_eq!(evs.len(), 1, "cut {cut}");
-            assert!(
-                matches!(evs[0], Err(ParseError::Truncated { .. })),
-                "cut {cut}: {:?}",
-                evs[0]
-            );
+            assert!(matches!(evs[0], Err(ParseError::Truncated { .. })), "cut {cut}: {:?}", evs[0]);
         }
         // event_len smaller than metadata.
         let mut bad = full.clone();
         bad[0..4].copy_from_slice(&8u32.to_ne_bytes());
-        assert!(matches!(
-            collect(&bad)[0],
-            Err(ParseError::BadLengths { .. })
-        ));
+        assert!(matches!(collect(&bad)[0], Err(ParseError::BadLengths { .. })));
         // event_len == 0 must not loop.
         let mut bad = full.clone();
         bad[0..4].copy_from_slice(&0u32.to_ne_bytes());
@@ -466,10 +371,7 @@ mod tests {
         // metadata_len beyond event_len.
         let mut bad = full.clone();
         bad[6..8].copy_from_slice(&200u16.to_ne_bytes());
-        assert!(matches!(
-            collect(&bad)[0],
-            Err(ParseError::BadLengths { .. })
-        ));
+        assert!(matches!(collect(&bad)[0], Err(ParseError::BadLengths { .. })));
         // Wrong version.
         let mut bad = full.clone();
         bad[4] = 2;
@@ -493,28 +395,11 @@ mod tests {
                 -1,
                 1,
                 &[
-                    fid_info(
-                        libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME,
-                        [1, 1],
-                        1,
-                        &[1; 8],
-                        Some("x"),
-                    ),
-                    fid_info(
-                        libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME,
-                        [1, 1],
-                        1,
-                        &[1; 8],
-                        Some("y"),
-                    ),
+                    fid_info(libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME, [1, 1], 1, &[1; 8], Some("x")),
+                    fid_info(libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME, [1, 1], 1, &[1; 8], Some("y")),
                 ],
             );
-            b.extend(event(
-                libc::FAN_CLOSE_WRITE,
-                -1,
-                2,
-                &[fid_info(2, [1, 1], 1, &[2; 8], Some("z"))],
-            ));
+            b.extend(event(libc::FAN_CLOSE_WRITE, -1, 2, &[fid_info(2, [1, 1], 1, &[2; 8], Some("z"))]));
             b
         };
         let mut s: u64 = 0x1234_5678_9abc_def1;

@@ -288,16 +288,10 @@ impl PermGuard {
     /// FAN_UNLIMITED_QUEUE | FAN_REPORT_TID`). Needs CAP_SYS_ADMIN.
     pub fn new(cfg: PermConfig) -> Result<Self, FanotifyError> {
         let fan = fanotify_init(
-            libc::FAN_CLASS_CONTENT
-                | libc::FAN_CLOEXEC
-                | libc::FAN_NONBLOCK
-                | libc::FAN_UNLIMITED_QUEUE
-                | libc::FAN_REPORT_TID,
+            libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_UNLIMITED_QUEUE | libc::FAN_REPORT_TID,
             (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
         )?;
-        let host_root_dev = std::fs::metadata("/")
-            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
-            .unwrap_or(u64::MAX);
+        let host_root_dev = std::fs::metadata("/").map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap_or(u64::MAX);
         Ok(PermGuard {
             inner: Arc::new(Inner {
                 fan,
@@ -357,10 +351,7 @@ impl PermGuard {
             match fanotify_mark(fan, libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM, mask, &via) {
                 Ok(()) => return Ok(MarkScope::Filesystem),
                 Err(FanotifyError::Mark { source, .. })
-                    if matches!(
-                        source.raw_os_error(),
-                        Some(libc::EINVAL | libc::EOPNOTSUPP | libc::EXDEV | libc::ENODEV)
-                    ) =>
+                    if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | libc::EXDEV | libc::ENODEV)) =>
                 {
                     tracing::info!(root = %root.display(), error = %source,
                         "filesystem permission mark refused, using a mount mark");
@@ -368,8 +359,7 @@ impl PermGuard {
                 Err(e) => return Err(with_path(e, root)),
             }
         }
-        fanotify_mark(fan, libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT, mask, &via)
-            .map_err(|e| with_path(e, root))?;
+        fanotify_mark(fan, libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT, mask, &via).map_err(|e| with_path(e, root))?;
         Ok(MarkScope::Mount)
     }
 
@@ -416,12 +406,9 @@ impl PermGuard {
             let fd = match super::open::open_in_root(root_fd.as_raw_fd(), p) {
                 Ok(fd) => fd,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => continue,
-                Err(source) => {
-                    return Err(FanotifyError::Open { path: root.join(p.trim_start_matches('/')), source })
-                }
+                Err(source) => return Err(FanotifyError::Open { path: root.join(p.trim_start_matches('/')), source }),
             };
-            let s = fstat(fd.as_raw_fd())
-                .map_err(|source| FanotifyError::Open { path: root.join(p.trim_start_matches('/')), source })?;
+            let s = fstat(fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: root.join(p.trim_start_matches('/')), source })?;
             let is_dir = s.st_mode & libc::S_IFMT == libc::S_IFDIR;
             if is_dir != dirs || (!dirs && s.st_mode & libc::S_IFMT != libc::S_IFREG) {
                 tracing::debug!(path = p, dirs, "not a {}; not marked", if dirs { "directory" } else { "file" });
@@ -522,10 +509,7 @@ impl PermGuard {
             v
         };
         let flag = libc::FAN_MARK_REMOVE | self.inner.ignore_flag.load(Relaxed);
-        ignores
-            .iter()
-            .filter(|i| i.root.as_ref().is_some_and(|r| self.remove_inode_mark(r, &i.path, i.key, flag, i.mask)))
-            .count()
+        ignores.iter().filter(|i| i.root.as_ref().is_some_and(|r| self.remove_inode_mark(r, &i.path, i.key, flag, i.mask))).count()
     }
 
     /// Removes every ignore mark of the group (`FAN_MARK_FLUSH` of inode
@@ -742,15 +726,7 @@ impl PermGuard {
             (label, info.map_or(0, |i| i.magic))
         };
         let kind = if exec { PermKind::Exec } else { PermKind::Open { write: write_intent(ev.pid) } };
-        let req = PermRequest {
-            kind,
-            label,
-            pid: ev.pid,
-            dev: key.0,
-            ino: key.1,
-            path: &scratch.norm,
-            fs_magic,
-        };
+        let req = PermRequest { kind, label, pid: ev.pid, dev: key.0, ino: key.1, path: &scratch.norm, fs_magic };
         let d = decider(&req);
         if d.allow && d.remember {
             self.remember(fd, event_mask, label, key, &scratch.norm);
@@ -802,11 +778,7 @@ impl PermGuard {
             // SAFETY: `resp` is a valid `struct fanotify_response` that lives
             // across the call; the kernel only reads `size_of` bytes of it.
             let n = unsafe {
-                libc::write(
-                    self.fd(),
-                    (&resp as *const libc::fanotify_response).cast(),
-                    std::mem::size_of::<libc::fanotify_response>(),
-                )
+                libc::write(self.fd(), (&resp as *const libc::fanotify_response).cast(), std::mem::size_of::<libc::fanotify_response>())
             };
             if n >= 0 {
                 return;

@@ -4,8 +4,7 @@
 
 use super::podman_tests::{ensure_image, podman, ContainerGuard, IMAGE};
 use super::{
-    fanotify_mark, skip_unless_fanotify, FailMode, MarkScope, PermConfig, PermDecision, PermGuard, PermKind,
-    PermRequest, OVERLAYFS_MAGIC,
+    fanotify_mark, skip_unless_fanotify, FailMode, MarkScope, PermConfig, PermDecision, PermGuard, PermKind, PermRequest, OVERLAYFS_MAGIC,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -61,12 +60,7 @@ impl Ctr {
     }
 
     fn exec(&self, cmd: &[&str]) -> Output {
-        Command::new("podman")
-            .args(["exec", &self.id])
-            .args(cmd)
-            .stdin(Stdio::null())
-            .output()
-            .expect("podman exec")
+        Command::new("podman").args(["exec", &self.id]).args(cmd).stdin(Stdio::null()).output().expect("podman exec")
     }
 
     fn sh(&self, script: &str) -> Output {
@@ -181,10 +175,7 @@ fn root_exec_in_tmp_denied_while_service_keeps_serving() {
     }
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:8080");
-    let web = Ctr::start(
-        &["-p", &publish],
-        &["sh", "-c", "mkdir -p /www && echo hello > /www/index.html; exec httpd -f -p 8080 -h /www"],
-    );
+    let web = Ctr::start(&["-p", &publish], &["sh", "-c", "mkdir -p /www && echo hello > /www/index.html; exec httpd -f -p 8080 -h /www"]);
     let other = Ctr::sleeper();
     assert!(wait_http(port).starts_with("HTTP/1.1 200"));
     let merged = PathBuf::from(podman(&["inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", &web.id]).unwrap());
@@ -277,9 +268,7 @@ fn root_remembered_exec_is_not_asked_again_until_modified() {
 
     // Removing and re-adding the filesystem mark keeps the inode ignore marks.
     let via = PathBuf::from(format!("/proc/{}/root", c.pid));
-    let fs_mark = |flags: u32| {
-        fanotify_mark(guard.fd(), flags | libc::FAN_MARK_FILESYSTEM, libc::FAN_OPEN_EXEC_PERM, &via).unwrap()
-    };
+    let fs_mark = |flags: u32| fanotify_mark(guard.fd(), flags | libc::FAN_MARK_FILESYSTEM, libc::FAN_OPEN_EXEC_PERM, &via).unwrap();
     fs_mark(libc::FAN_MARK_REMOVE);
     fs_mark(libc::FAN_MARK_ADD);
     x(&c);
@@ -365,9 +354,8 @@ fn root_protected_file_and_write_protected_dir() {
     for s in &seen {
         eprintln!("{s:?}");
     }
-    let w = |path: &str, write: Option<bool>| {
-        seen.iter().any(|s| s.path == path && s.kind == PermKind::Open { write } && s.label == Some(9))
-    };
+    let w =
+        |path: &str, write: Option<bool>| seen.iter().any(|s| s.path == path && s.kind == PermKind::Open { write } && s.label == Some(9));
     assert!(w("/etc/shadow", Some(false)));
     assert!(w("/data/f", Some(false)), "cat");
     assert!(w("/data/f", Some(true)), "echo >");
@@ -440,12 +428,7 @@ fn root_pending_exec_is_allowed_when_the_group_goes_away() {
             let _ = self.0.wait();
         }
     }
-    let mut agent = Kill(
-        helper("agent", &[("LANCET_PERM_ROOT", root.to_str().unwrap())])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut agent = Kill(helper("agent", &[("LANCET_PERM_ROOT", root.to_str().unwrap())]).stdout(Stdio::piped()).spawn().unwrap());
     let (tx, rx) = mpsc::channel();
     let out = agent.0.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -467,11 +450,7 @@ fn root_pending_exec_is_allowed_when_the_group_goes_away() {
         }
     };
     wait_line("READY");
-    let mut exec = Command::new("podman")
-        .args(["exec", &c.id, "/bin/busybox", "echo", "alive"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut exec = Command::new("podman").args(["exec", &c.id, "/bin/busybox", "echo", "alive"]).stdout(Stdio::piped()).spawn().unwrap();
     assert_eq!(wait_line("PENDING"), "PENDING /bin/busybox");
     std::thread::sleep(Duration::from_millis(300));
     assert!(exec.try_wait().unwrap().is_none(), "exec waits for the (stuck) decider");
@@ -485,11 +464,7 @@ fn root_pending_exec_is_allowed_when_the_group_goes_away() {
     // In-process: nobody reads; the exec is queued; drop the group.
     let guard = PermGuard::new(PermConfig::default()).unwrap();
     guard.protect_exec(2, &root).unwrap();
-    let mut exec = Command::new("podman")
-        .args(["exec", &c.id, "/bin/busybox", "echo", "again"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut exec = Command::new("podman").args(["exec", &c.id, "/bin/busybox", "echo", "again"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut pfd = libc::pollfd { fd: guard.fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, exclusively borrowed for the call.
     let r = unsafe { libc::poll(&mut pfd, 1, 30_000) };

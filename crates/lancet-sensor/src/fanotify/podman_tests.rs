@@ -10,16 +10,9 @@ use std::time::{Duration, Instant};
 pub(super) const IMAGE: &str = "localhost/lancet-busybox:test";
 
 pub(super) fn podman(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("podman")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out = Command::new("podman").args(args).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!(
-            "podman {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("podman {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -29,11 +22,7 @@ pub(super) struct ContainerGuard(pub(super) String);
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rm", "-f", "-t", "0", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &self.0]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }
 
@@ -54,18 +43,13 @@ pub(super) fn ensure_image() -> Result<(), String> {
     }
     std::fs::copy(busybox, d.join("bin/busybox")).map_err(|e| e.to_string())?;
     for app in ["sh", "cat", "echo", "touch", "chmod", "mv", "rm", "sleep"] {
-        std::os::unix::fs::symlink("busybox", d.join("bin").join(app))
-            .map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink("busybox", d.join("bin").join(app)).map_err(|e| e.to_string())?;
     }
-    std::fs::write(d.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
-        .map_err(|e| e.to_string())?;
+    std::fs::write(d.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").map_err(|e| e.to_string())?;
     std::fs::write(d.join("etc/shadow"), "root:*:19000::::::\n").map_err(|e| e.to_string())?;
     let st = Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "tar -C {} -c . | podman import - {IMAGE}",
-            d.display()
-        ))
+        .arg(format!("tar -C {} -c . | podman import - {IMAGE}", d.display()))
         .stdout(Stdio::null())
         .status()
         .map_err(|e| e.to_string())?;
@@ -101,12 +85,8 @@ fn root_podman_container_file_changes_and_sensitive_open() {
     }
     let id = podman(&["run", "-d", "--rm", IMAGE, "sleep", "60"]).expect("podman run");
     let _guard = ContainerGuard(id.clone());
-    let cpid: u32 = podman(&["inspect", "-f", "{{.State.Pid}}", &id])
-        .unwrap()
-        .parse()
-        .unwrap();
-    let upper =
-        PathBuf::from(podman(&["inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", &id]).unwrap());
+    let cpid: u32 = podman(&["inspect", "-f", "{{.State.Pid}}", &id]).unwrap().parse().unwrap();
+    let upper = PathBuf::from(podman(&["inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", &id]).unwrap());
     let upper = std::fs::canonicalize(&upper).unwrap();
     let cns = pidns(cpid).expect("container pid ns");
     eprintln!("container {id} pid {cpid} upper {}", upper.display());
@@ -130,10 +110,7 @@ fn root_podman_container_file_changes_and_sensitive_open() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let cat = Command::new("podman")
-        .args(["exec", &id, "cat", "/etc/shadow"])
-        .output()
-        .unwrap();
+    let cat = Command::new("podman").args(["exec", &id, "cat", "/etc/shadow"]).output().unwrap();
     assert!(cat.status.success());
 
     let u = |p: &str| format!("{}{p}", upper.display());
@@ -148,14 +125,8 @@ fn root_podman_container_file_changes_and_sensitive_open() {
             let pid = e.process.pid;
             alive_in_container.entry(pid).or_insert_with(|| pidns(pid));
         }
-        let done = changed
-            .iter()
-            .any(|e| file(e).op == FileOp::Delete && file(e).path == u("/tmp/z"))
-            && opened
-                .iter()
-                .filter(|(_, e)| file(e).path == "/etc/shadow")
-                .count()
-                >= 2;
+        let done = changed.iter().any(|e| file(e).op == FileOp::Delete && file(e).path == u("/tmp/z"))
+            && opened.iter().filter(|(_, e)| file(e).path == "/etc/shadow").count() >= 2;
         if done {
             break;
         }
@@ -166,24 +137,13 @@ fn root_podman_container_file_changes_and_sensitive_open() {
 
     for e in &changed {
         let f = file(e);
-        eprintln!(
-            "change pid {} {:?} {} old={:?} dir={}",
-            e.process.pid, f.op, f.path, f.old_path, f.is_dir
-        );
+        eprintln!("change pid {} {:?} {} old={:?} dir={}", e.process.pid, f.op, f.path, f.old_path, f.is_dir);
     }
     for (l, e) in &opened {
         let f = file(e);
-        eprintln!(
-            "open label {l} pid {} {} host={}",
-            e.process.pid, f.path, f.host_path
-        );
+        eprintln!("open label {l} pid {} {} host={}", e.process.pid, f.path, f.host_path);
     }
-    let has = |op: FileOp, path: &str| {
-        changed
-            .iter()
-            .find(|e| file(e).op == op && file(e).path == path)
-            .map(|e| e.process.pid)
-    };
+    let has = |op: FileOp, path: &str| changed.iter().find(|e| file(e).op == op && file(e).path == path).map(|e| e.process.pid);
     let create_x = has(FileOp::Create, &u("/tmp/x")).expect("create /tmp/x");
     assert!(has(FileOp::Create, &u("/etc/y")).is_some(), "create /etc/y");
     let modify_y = has(FileOp::Modify, &u("/etc/y")).expect("modify /etc/y");
@@ -199,50 +159,25 @@ fn root_podman_container_file_changes_and_sensitive_open() {
         // Runtime bookkeeping in short-lived dirs elsewhere may come through
         // unresolved ("?/…"); everything resolved must be in the upper dir.
         let h = &file(e).host_path;
-        assert!(
-            h.starts_with('?') || h.starts_with(upper.to_str().unwrap()),
-            "{h}"
-        );
+        assert!(h.starts_with('?') || h.starts_with(upper.to_str().unwrap()), "{h}");
         assert_ne!(e.process.pid, std::process::id());
     }
     assert_ne!(create_x, 0);
     // `echo a > /etc/y` is done by the shell itself, alive while it sleeps.
     assert_eq!(
-        alive_in_container
-            .get(&modify_y)
-            .cloned()
-            .flatten()
-            .as_ref(),
+        alive_in_container.get(&modify_y).cloned().flatten().as_ref(),
         Some(&cns),
         "writer pid {modify_y} is in the container's pid namespace"
     );
 
-    let shadow: Vec<&Event> = opened
-        .iter()
-        .filter(|(l, e)| *l == 42 && file(e).path == "/etc/shadow")
-        .map(|(_, e)| e)
-        .collect();
+    let shadow: Vec<&Event> = opened.iter().filter(|(l, e)| *l == 42 && file(e).path == "/etc/shadow").map(|(_, e)| e).collect();
+    assert!(shadow.len() >= 2, "cat and the shell's redirect both reported: {opened:?}");
     assert!(
-        shadow.len() >= 2,
-        "cat and the shell's redirect both reported: {opened:?}"
-    );
-    assert!(
-        shadow.iter().any(|e| alive_in_container
-            .get(&e.process.pid)
-            .cloned()
-            .flatten()
-            .as_ref()
-            == Some(&cns)),
+        shadow.iter().any(|e| alive_in_container.get(&e.process.pid).cloned().flatten().as_ref() == Some(&cns)),
         "an opener pid is in the container's pid namespace"
     );
     assert!(!opened.iter().any(|(_, e)| file(e).path == "/etc/passwd"));
-    assert!(shadow
-        .iter()
-        .all(|e| file(e).host_path == format!("{}/etc/shadow", root.display())));
+    assert!(shadow.iter().all(|e| file(e).host_path == format!("{}/etc/shadow", root.display())));
     assert_eq!(opens.unwatch(42), marked);
-    eprintln!(
-        "stats: changes {:?} opens {:?}",
-        changes.stats(),
-        opens.stats()
-    );
+    eprintln!("stats: changes {:?} opens {:?}", changes.stats(), opens.stats());
 }
