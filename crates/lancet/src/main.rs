@@ -7,12 +7,12 @@
 mod agent;
 mod api;
 mod config;
+mod daemon;
 mod doctor;
 mod hook;
 mod manage;
 mod policy_cmd;
 mod protect;
-mod run;
 mod scan;
 mod trace;
 
@@ -58,7 +58,7 @@ enum Command {
     Trace(trace::TraceArgs),
     /// The agent: learn each workload, then alert (and later protect) on what
     /// departs from it.
-    Run(run::RunArgs),
+    Run(daemon::RunArgs),
     /// Check policy files, or replay recorded events through them.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCmd),
@@ -140,7 +140,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Trace(args) => trace::run(&cli.host_root, args),
         Command::Profile(cmd) => manage::profile(&cli.api, cmd),
-        Command::Run(args) => run::run(&cli.host_root, args),
+        Command::Run(args) => daemon::run(&cli.host_root, args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Schema { kind } => {
             let schema = if kind == "policy" { lancet_engine::policy::policy_schema() } else { lancet_engine::profile::profile_schema() };

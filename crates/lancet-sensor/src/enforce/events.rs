@@ -11,6 +11,7 @@ use super::net::Proto;
 use super::{EnforceError, Result};
 use crate::decode::Clock;
 use crate::skel::enforce::types;
+use lancet_engine::event::{Event, EventKind, ExecEvent, L4Proto, NetEvent, NetOp, ProcessRef};
 use libbpf_rs::{MapHandle, RingBuffer, RingBufferBuilder};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -126,6 +127,57 @@ pub struct EnforceRecord {
     /// True when the operation was refused or the process killed; false for
     /// NET_AUDIT reports (and a kill the kernel could not deliver).
     pub denied: bool,
+}
+
+impl EnforceRecord {
+    /// The engine event this record stands for: the exec the kernel killed
+    /// (its file named by what it was, since an exec killed at its first
+    /// instruction has no path worth trusting), or the network operation
+    /// refused or audited, with `evt.res` EPERM.
+    pub fn to_event(&self) -> Event {
+        let process = ProcessRef { pid: self.pid, tid: self.tid, ppid: self.ppid, comm: self.comm.clone(), ..Default::default() };
+        let kind = match self.op {
+            EnforceOp::ExecKill => {
+                let what = match self.reason {
+                    EnforceReason::Memfd => "memfd",
+                    EnforceReason::Deleted => "deleted file",
+                    EnforceReason::KillIno => "file on the kill list",
+                    _ => "tmpfs file",
+                };
+                let path = format!("{what} run as {} (inode {}), killed at exec", self.comm, self.ino);
+                EventKind::Exec(ExecEvent {
+                    filename: path.clone(),
+                    cwd: String::new(),
+                    argv: vec![path],
+                    parent_comm: String::new(),
+                    parent_exe: None,
+                    parent_outside: false,
+                    exe_ino: self.ino,
+                    exe_dev: self.dev,
+                    exe_nlink: u32::from(self.reason != EnforceReason::Deleted),
+                    exe_fs_magic: 0,
+                    truncated: false,
+                })
+            }
+            op => {
+                let bind = matches!(op, EnforceOp::Bind4 | EnforceOp::Bind6);
+                let v6 = matches!(op, EnforceOp::Connect6 | EnforceOp::Sendmsg6 | EnforceOp::Bind6);
+                let any: IpAddr = if v6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+                let addr = self.addr.unwrap_or(any);
+                EventKind::Net(NetEvent {
+                    op: if bind { NetOp::Bind } else { NetOp::Connect },
+                    proto: if self.proto == Some(Proto::Udp) { L4Proto::Udp } else { L4Proto::Tcp },
+                    saddr: if bind { addr } else { any },
+                    sport: if bind { self.port } else { 0 },
+                    daddr: if bind { any } else { addr },
+                    dport: if bind { 0 } else { self.port },
+                    result: if self.denied { libc::EPERM } else { 0 },
+                    netns: 0,
+                })
+            }
+        };
+        Event { time_ns: self.time_ns, cgroup_id: self.cgroup_id, process, kind }
+    }
 }
 
 /// Why a record could not be read.

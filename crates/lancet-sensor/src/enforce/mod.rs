@@ -1021,12 +1021,13 @@ fn delete(map: &MapHandle, key: &[u8]) -> std::result::Result<(), libbpf_rs::Err
     }
 }
 
-/// A deadline `d` from now on the boot clock; 0 (none) for None or one too
-/// far to represent.
+/// A deadline `d` from now on the boot clock; 0 (none) for None.
 fn deadline(d: Option<Duration>) -> u64 {
     match d {
         None => 0,
-        Some(d) => u64::try_from(d.as_nanos()).ok().and_then(|n| boot_time_ns().checked_add(n.max(1))).unwrap_or(0),
+        // Saturates: a deadline past the clock's range is "far away", never
+        // 0 (which the kernel reads as "no deadline").
+        Some(d) => boot_time_ns().saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)),
     }
 }
 

@@ -1,0 +1,155 @@
+//! Alerts: one Falco-shaped JSON line per verdict, deduplicated (the same
+//! rule, workload and subject inside the window is one alert with a count)
+//! and rate limited per workload, written to the alerts output and the
+//! store. Drift and enforced alerts are never rate-limited away.
+
+use super::Daemon;
+use anyhow::Result;
+use lancet_engine::alerts::{Admit, AlertKey, Deduper};
+use lancet_engine::attribution::{Attribution, ContainerInfo};
+use lancet_engine::drift::Drift;
+use lancet_engine::event::Event;
+use lancet_engine::output::{falco_json, summary, Record};
+use lancet_engine::policy::{effective_action, Action, Severity, Verdict};
+use lancet_engine::profile::Mode;
+use lancet_store::{NewAlert, Store};
+use serde_json::json;
+use std::io::Write;
+use std::sync::Arc;
+
+/// Where alerts go, and what folds their repeats.
+pub(super) struct Alerts {
+    pub(super) deduper: Deduper,
+    pub(super) out: Option<Box<dyn Write>>,
+    pub(super) hostname: String,
+}
+
+/// What protect mode did about one verdict.
+#[derive(Debug, Default)]
+pub(super) struct Outcome {
+    /// The step taken (the rule's, or the ladder's after escalation).
+    pub(super) action: Option<Action>,
+    pub(super) enforced: bool,
+    /// What was done, for `lancet.response`.
+    pub(super) note: String,
+}
+
+impl Alerts {
+    /// Folds counts of repeats whose window closed into their stored alerts.
+    pub(super) fn fold_repeats(&mut self, store: &mut Store, now: u64) -> Result<()> {
+        for f in self.deduper.expire(now) {
+            if let Some(id) = f.id {
+                store.update_alert_count(id, f.count, f.last_ns)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one alert, unless it repeats one inside the window or the
+    /// workload spent its budget (rate limiting spares drift and what was
+    /// enforced).
+    #[allow(clippy::too_many_arguments)]
+    fn raise(
+        &mut self,
+        store: &mut Store,
+        ev: &Event,
+        c: &Arc<ContainerInfo>,
+        key: &str,
+        mode: Mode,
+        v: &Verdict,
+        outcome: Outcome,
+    ) -> Result<()> {
+        let akey = AlertKey { rule: v.rule.to_string(), workload: key.to_string(), subject: summary(ev) };
+        let (rule_action, would_block) = effective_action(v.action, mode);
+        let action = outcome.action.unwrap_or(rule_action);
+        let rate_limit = !outcome.enforced && v.policy.as_str() != "drift";
+        match self.deduper.admit_with(&akey, ev.time_ns, rate_limit) {
+            Admit::New => {}
+            Admit::Repeat { .. } | Admit::RateLimited => return Ok(()),
+        }
+        let attribution = Attribution::Container(Arc::clone(c));
+        let mut j = falco_json(&Record { event: ev, attribution: &attribution, hostname: &self.hostname }, &v.rule, v.priority());
+        j["tags"] = json!(v.tags);
+        j["output"] = json!(format!("{} ({})", v.message, j["output"].as_str().unwrap_or("")));
+        if let Some(f) = j["output_fields"].as_object_mut() {
+            f.insert("lancet.action".into(), json!(action.to_string()));
+            f.insert("lancet.enforced".into(), json!(outcome.enforced));
+            f.insert("lancet.would_block".into(), json!(would_block));
+            f.insert("lancet.mode".into(), json!(mode.to_string()));
+            f.insert("lancet.workload".into(), json!(key));
+            f.insert("lancet.policy".into(), json!(v.policy));
+            f.insert("lancet.count".into(), json!(1));
+            if !outcome.note.is_empty() {
+                f.insert("lancet.response".into(), json!(outcome.note));
+            }
+        }
+        if let Some(out) = self.out.as_mut() {
+            serde_json::to_writer(&mut *out, &j)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
+        let id = store.insert_alert(&NewAlert {
+            time_ns: ev.time_ns,
+            rule: v.rule.to_string(),
+            priority: v.priority().to_string(),
+            container_id: c.id.clone(),
+            container_name: c.name.clone(),
+            image: c.image.clone(),
+            workload: key.to_string(),
+            action: action.to_string(),
+            enforced: outcome.enforced,
+            count: 1,
+            json: j.to_string(),
+        })?;
+        self.deduper.set_id(&akey, id);
+        Ok(())
+    }
+}
+
+impl Daemon {
+    /// Raises the alert of a verdict and, in protect mode, carries out its
+    /// step of the response ladder. `done`: what a backend already did in
+    /// the kernel (a refused exec, open or connection, a kill at exec).
+    pub(super) fn alert(
+        &mut self,
+        ev: &Event,
+        c: &Arc<ContainerInfo>,
+        key: &str,
+        mode: Mode,
+        v: &Verdict,
+        done: Option<Action>,
+    ) -> Result<()> {
+        let outcome = match done {
+            Some(a) => Outcome { action: Some(a), enforced: true, note: String::new() },
+            None => self.respond_in_protect(ev, c, mode, v),
+        };
+        self.alerts.raise(&mut self.store, ev, c, key, mode, v, outcome)
+    }
+}
+
+/// A verdict for what a backend enforced on its own.
+pub(super) fn enforced_verdict(rule: &str, severity: Severity, message: String, tags: &[&str]) -> Verdict {
+    Verdict {
+        rule: rule.into(),
+        policy: "protect".into(),
+        severity,
+        action: Action::Block,
+        tags: tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().into(),
+        message,
+        escalate: None,
+    }
+}
+
+/// The verdict of a drift: a block (refused in protect mode, reported as
+/// would-block elsewhere).
+pub(super) fn drift_verdict(d: &Drift) -> Verdict {
+    Verdict {
+        rule: format!("Drift: {}", d.kind).as_str().into(),
+        policy: "drift".into(),
+        severity: Severity::High,
+        action: Action::Block,
+        tags: vec!["drift".to_string(), "T1105".to_string(), d.kind.to_string()].into(),
+        message: d.to_string(),
+        escalate: None,
+    }
+}

@@ -1,0 +1,105 @@
+//! Answers to the local API: profiles (list, show, promote, reset,
+//! import), alerts, containers, enforcement status and operator responses
+//! (isolate, freeze, release).
+
+use super::workloads::{workload_key, Workload};
+use super::{now_ns, Daemon};
+use crate::api::{Reply, Request};
+use crate::config::parse_duration;
+use lancet_engine::profile::{Mode, Profile};
+use lancet_store::AlertQuery;
+use serde_json::json;
+
+impl Daemon {
+    pub(super) fn answer(&mut self, req: Request) -> Reply {
+        let not_found = |w: &str| (404u16, format!("no workload, container or image matches {w:?}"));
+        let now = now_ns();
+        match req {
+            Request::Profiles => Ok(json!(self
+                .workloads
+                .map
+                .iter()
+                .map(|(k, w)| json!({"workload": k, "image": w.profile.image(), "mode": w.profile.mode().to_string(), "entries": w.profile.len()}))
+                .collect::<Vec<_>>())),
+            Request::Profile { workload } => {
+                let key = self.workloads.find(&workload).ok_or_else(|| not_found(&workload))?;
+                let w = &self.workloads.map[&key];
+                Ok(json!({"workload": key, "yaml": w.profile.to_yaml().map_err(|e| (500u16, e.to_string()))?}))
+            }
+            Request::Promote { workload, mode } => {
+                let key = self.workloads.find(&workload).ok_or_else(|| not_found(&workload))?;
+                let mode = mode.parse::<Mode>().map_err(|e| (400u16, e))?;
+                let w = self.workloads.map.get_mut(&key).ok_or_else(|| not_found(&workload))?;
+                w.profile.set_mode(mode, now);
+                w.changed();
+                Ok(json!({"workload": key, "mode": mode.to_string()}))
+            }
+            Request::Reset { workload } => {
+                let key = self.workloads.find(&workload).ok_or_else(|| not_found(&workload))?;
+                let image = self.workloads.map[&key].profile.image().to_string();
+                let mut p = Profile::new(&image, &key, now);
+                p.set_mode(Mode::Learn, now);
+                self.workloads.map.insert(key.clone(), Workload::new(p));
+                Ok(json!({"workload": key, "mode": "learn"}))
+            }
+            Request::Import { yaml } => {
+                let p = Profile::from_yaml(&yaml, "<import>").map_err(|e| (400u16, e.to_string()))?;
+                // `lancet scan` keys its profile by config digest; runtimes
+                // that know the manifest digest key the workload by that.
+                let manifest = p.baseline().and_then(|b| b.manifest_digest.clone());
+                let key = manifest
+                    .filter(|m| self.workloads.map.contains_key(m) || self.workloads.containers.values().any(|c| c.image_digest == *m))
+                    .unwrap_or_else(|| p.digest().to_string());
+                self.workloads.map.insert(key.clone(), Workload::new(p));
+                Ok(json!({"workload": key}))
+            }
+            Request::Alerts { since_ns, container, limit } => {
+                let rows =
+                    self.store.alerts(&AlertQuery { since_ns, container, rule: None, limit }).map_err(|e| (500u16, e.to_string()))?;
+                Ok(json!(rows.iter().map(crate::manage::alert_json).collect::<Vec<_>>()))
+            }
+            Request::Hook { .. } => Err((500u16, "hook requests are answered with the pipeline".to_string())),
+            Request::Respond { container, action, expire } => self.respond(&container, &action, expire),
+            Request::Enforcement => Ok(match &self.guarding.protector {
+                Some(p) => p.report(),
+                None => json!({"backends": [], "note": "no workload is in protect mode; enforcement is not loaded"}),
+            }),
+            Request::Containers => Ok(json!(self
+                .workloads
+                .containers
+                .values()
+                .map(|c| json!({"id": c.id, "name": c.name, "image": c.image, "workload": workload_key(c)}))
+                .collect::<Vec<_>>())),
+        }
+    }
+
+    /// An operator's isolate, freeze or release of one container.
+    fn respond(&mut self, container: &str, action: &str, expire: Option<String>) -> Reply {
+        let c =
+            self.workloads.container(container).cloned().ok_or_else(|| (404u16, format!("no running container matches {container:?}")))?;
+        let expire = match expire {
+            Some(e) => parse_duration(&e).map_err(|e| (400u16, format!("{e:#}")))?,
+            None => self.guarding.opts.response_expiry,
+        };
+        let live = self.workloads.live.get(&c.id).copied().unwrap_or_default();
+        let dir = self.guarding.cgroup_dir(&c);
+        let p = self.guarding.protector();
+        let cgid = if live.cgroup_id != 0 { live.cgroup_id } else { lancet_sensor::enforce::cgroup_id(&dir).ok().unwrap_or(0) };
+        let message = match action {
+            "isolate" => p.isolate(&c.id, cgid, &dir, expire).map(|()| format!("{} isolated for {}s", c.name, expire.as_secs())),
+            "freeze" => p.freeze(&c.id, cgid, &dir, expire).map(|()| format!("{} frozen for {}s", c.name, expire.as_secs())),
+            "release" => {
+                let done = p.release(&c.id);
+                Ok(if done.is_empty() {
+                    format!("{} was neither isolated nor frozen", c.name)
+                } else {
+                    format!("{} released ({})", c.name, done.join(", "))
+                })
+            }
+            other => return Err((404u16, format!("unknown action {other:?} (isolate, freeze or release)"))),
+        }
+        .map_err(|e| (500u16, e))?;
+        tracing::info!(container = %c.name, action, "operator response");
+        Ok(json!({"container": c.id, "action": action, "message": message}))
+    }
+}

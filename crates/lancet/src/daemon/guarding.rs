@@ -1,0 +1,332 @@
+//! Guarding: containers of protect-mode workloads are put under the
+//! enforcement backends (and taken out when their workload leaves protect
+//! mode or they end), the response ladder's steps are carried out, and what
+//! the backends enforced on their own is reported as alerts.
+
+use super::alerts::{drift_verdict, enforced_verdict, Outcome};
+use super::workloads::{workload_key, Live, Workload};
+use super::{now_ns, Daemon};
+use crate::agent::Pipeline;
+use crate::api::Reply;
+use crate::protect::{Enforced, GuardRequest, ProtectOptions, Protector};
+use anyhow::Result;
+use lancet_engine::attribution::{Attribution, ContainerInfo};
+use lancet_engine::drift::{Drift, DriftKind};
+use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, ProcessRef};
+use lancet_engine::policy::{Action, Severity, Verdict};
+use lancet_engine::profile::{Deviation, Mode};
+use lancet_engine::response::{DenyReason, Ladder};
+use lancet_sensor::enforce::{EnforceOp, EnforceReason, EnforceRecord};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The protect-mode side of the daemon.
+pub(super) struct Guarding {
+    pub(super) opts: ProtectOptions,
+    /// Started when the first workload enters protect mode (or at start
+    /// when pins exist or the default mode is protect).
+    pub(super) protector: Option<Protector>,
+    pub(super) cgroup2: PathBuf,
+    lsm_reason: Option<String>,
+    ladder: Ladder,
+    /// Reused buffer of what the backends reported since the last tick.
+    enforced: Vec<Enforced>,
+}
+
+impl Guarding {
+    pub(super) fn new(opts: ProtectOptions, cgroup2: PathBuf, start_now: bool) -> Self {
+        let lsm_reason = Some(lsm_unavailable_reason());
+        let protector = start_now.then(|| Protector::start(opts.clone(), &cgroup2, lsm_reason.clone()));
+        Guarding { ladder: Ladder::new(opts.response_expiry, 65_536), opts, protector, cgroup2, lsm_reason, enforced: Vec::new() }
+    }
+
+    /// The protector, started the first time it is needed.
+    pub(super) fn protector(&mut self) -> &mut Protector {
+        let (opts, cgroup2, lsm) = (&self.opts, &self.cgroup2, &self.lsm_reason);
+        self.protector.get_or_insert_with(|| Protector::start(opts.clone(), cgroup2, lsm.clone()))
+    }
+
+    /// The container is under the backends.
+    pub(super) fn is_guarded(&self, id: &str) -> bool {
+        self.protector.as_ref().is_some_and(|p| p.guarded(id).is_some())
+    }
+
+    /// A container ended: its rules, measures and counters go.
+    pub(super) fn forget(&mut self, id: &str) {
+        if let Some(p) = self.protector.as_mut() {
+            p.release(id);
+            p.unguard(id);
+        }
+        self.ladder.forget_container(id);
+    }
+
+    /// The cgroup directory of a container, from its attribution.
+    pub(super) fn cgroup_dir(&self, c: &ContainerInfo) -> PathBuf {
+        self.cgroup2.join(c.cgroup_path.trim_start_matches('/'))
+    }
+}
+
+impl Daemon {
+    /// Hands a container to the protector, naming workload peers by the
+    /// addresses their containers were seen with.
+    fn guard(&mut self, req: GuardRequest<'_>) {
+        let workloads = &self.workloads;
+        self.guarding.protector().guard(req, |w| workloads.addresses_of(w));
+    }
+
+    /// Puts a container of a protect-mode workload under the backends.
+    pub(super) fn ensure_guarded(&mut self, c: &ContainerInfo, key: &str) {
+        let Some(live) = self.workloads.live.get(&c.id).copied() else { return };
+        if live.cgroup_id == 0 {
+            return;
+        }
+        let Some(profile) = self.workloads.map.get_mut(key).map(Workload::shared) else { return };
+        if !self.guarding.protector().needs_apply(&c.id, &profile) {
+            return;
+        }
+        let pid = c.pid.filter(|p| Path::new(&format!("/proc/{p}")).exists()).unwrap_or(live.pid);
+        // A process that has not entered the container's root yet (runc
+        // init before pivot_root) shows the host's root: wait for the OCI
+        // hook or a later event.
+        if !Path::new(&format!("/proc/{pid}/root")).exists() || runtime_setup(pid) {
+            return;
+        }
+        let rel = (!c.cgroup_path.is_empty()).then_some(c.cgroup_path.as_str());
+        self.guard(GuardRequest { container: c, workload: key, pid, cgroup_id: live.cgroup_id, cgroup_rel: rel, rootfs: None, profile });
+    }
+
+    /// Containers follow their workload's mode: into protection when it is
+    /// protect, out of it otherwise; expired responses end.
+    pub(super) fn sync_protection(&mut self) {
+        let ids: Vec<Arc<ContainerInfo>> = self.workloads.containers.values().cloned().collect();
+        for c in ids {
+            if !self.workloads.live.contains_key(&c.id) {
+                continue;
+            }
+            let key = workload_key(&c).into_owned();
+            let protect = self.workloads.map.get(&key).is_some_and(|w| w.profile.mode() == Mode::Protect);
+            if protect {
+                self.ensure_guarded(&c, &key);
+            } else if let Some(p) = self.guarding.protector.as_mut() {
+                if p.guarded(&c.id).is_some() {
+                    p.unguard(&c.id);
+                }
+            }
+        }
+        if let Some(p) = self.guarding.protector.as_mut() {
+            p.expire();
+        }
+    }
+
+    /// In protect mode, the ladder's step for an enforcing verdict on a
+    /// guarded container, carried out. Nothing elsewhere.
+    pub(super) fn respond_in_protect(&mut self, ev: &Event, c: &ContainerInfo, mode: Mode, v: &Verdict) -> Outcome {
+        if mode != Mode::Protect || !v.action.is_enforcing() || !self.guarding.is_guarded(&c.id) || runtime_setup(ev.process.pid) {
+            return Outcome::default();
+        }
+        let r = self.guarding.ladder.respond(&c.id, v, ev.time_ns);
+        let (enforced, mut note) = self.carry_out(ev, c, r.action, r.expire);
+        if r.escalated {
+            note = format!("escalated by rule; {note}");
+        }
+        Outcome { action: Some(r.action), enforced, note }
+    }
+
+    /// One step of the ladder on an event that already happened (the
+    /// kernel-side refusals report through [`Enforced`]): a block that can
+    /// no longer refuse an exec kills that process; kill-process kills the
+    /// event's process; isolate and freeze act on the container. Returns
+    /// (enforced, what was done).
+    fn carry_out(&mut self, ev: &Event, c: &ContainerInfo, action: Action, expire: Option<Duration>) -> (bool, String) {
+        let live = self.workloads.live.get(&c.id).copied().unwrap_or_default();
+        let cgroup_dir = self.guarding.cgroup_dir(c);
+        let expire = expire.unwrap_or(self.guarding.opts.response_expiry);
+        let Some(p) = self.guarding.protector.as_mut() else { return (false, "no enforcement backend is running".into()) };
+        let res = match action {
+            Action::Block if matches!(ev.kind, EventKind::Exec(_)) => {
+                p.kill(ev.process.pid).map(|()| format!("exec could not be refused in time; process {} killed", ev.process.pid))
+            }
+            // File and network events report what already happened; their
+            // refusals come from the backends in the kernel path.
+            Action::Block => return (false, String::new()),
+            Action::KillProcess => p.kill(ev.process.pid).map(|()| format!("process {} killed", ev.process.pid)),
+            Action::Isolate => {
+                p.isolate(&c.id, live.cgroup_id, &cgroup_dir, expire).map(|()| format!("network isolated for {}s", expire.as_secs()))
+            }
+            Action::Freeze => p.freeze(&c.id, live.cgroup_id, &cgroup_dir, expire).map(|()| format!("frozen for {}s", expire.as_secs())),
+            Action::Audit | Action::Alert => Ok(String::new()),
+        };
+        match res {
+            Ok(n) => (true, n),
+            Err(e) => {
+                tracing::warn!(container = %c.name, %action, "response not carried out: {e}");
+                (false, e)
+            }
+        }
+    }
+
+    /// Reports what the backends enforced on their own.
+    fn on_enforced(&mut self, e: Enforced) -> Result<()> {
+        let Some(p) = self.guarding.protector.as_ref() else { return Ok(()) };
+        let (id, ev, v, done) = match &e {
+            Enforced::ExecDenied { label, pid, path, reason } => {
+                let Some(g) = p.by_label(*label) else { return Ok(()) };
+                let origin = self.writes.lookup(&g.id, path).cloned();
+                let ev = synthetic_exec(*pid, g.cgroup_id, path);
+                let v = match reason {
+                    DenyReason::Drift(k) => drift_verdict(&Drift { kind: *k, path: path.clone(), origin }),
+                    DenyReason::NotInProfile => Verdict::profile_deviation(&Deviation::NewExecutable { path: path.clone() }),
+                };
+                (g.id.clone(), ev, v, Action::Block)
+            }
+            Enforced::OpenDenied { label, pid, path, write } => {
+                let Some(g) = p.by_label(*label) else { return Ok(()) };
+                let op = if *write == Some(true) { FileOp::Modify } else { FileOp::Open };
+                let ev = Event {
+                    time_ns: now_ns(),
+                    cgroup_id: g.cgroup_id,
+                    process: process_ref(*pid as u32),
+                    kind: EventKind::File(FileEvent { op, path: path.clone(), old_path: None, host_path: String::new(), is_dir: false }),
+                };
+                let what = if op == FileOp::Modify { "write to a read-only path" } else { "read of a protected file" };
+                let v = enforced_verdict(
+                    "Protected file access refused",
+                    Severity::High,
+                    format!("{what} refused: {path}"),
+                    &["protect", "T1005"],
+                );
+                (g.id.clone(), ev, v, Action::Block)
+            }
+            Enforced::Kernel(r) => {
+                let Some(g) = p.by_cgroup(r.cgroup_id) else { return Ok(()) };
+                let (v, done) = kernel_verdict(r);
+                (g.id.clone(), r.to_event(), v, done)
+            }
+        };
+        let Some(c) = self.workloads.containers.get(&id).cloned() else { return Ok(()) };
+        let key = workload_key(&c).into_owned();
+        let mode = self.workloads.map.get(&key).map(|w| w.profile.mode()).unwrap_or(Mode::Protect);
+        self.alert(&ev, &c, &key, mode, &v, Some(done))
+    }
+
+    /// Reports what the backends did since the last tick.
+    pub(super) fn drain_enforced(&mut self) -> Result<()> {
+        let Some(p) = self.guarding.protector.as_mut() else { return Ok(()) };
+        let mut batch = std::mem::take(&mut self.guarding.enforced);
+        p.drain(&mut batch);
+        for e in batch.drain(..) {
+            self.on_enforced(e)?;
+        }
+        self.guarding.enforced = batch;
+        Ok(())
+    }
+
+    /// From the OCI hook, before the container's first instruction: attribute
+    /// it and put it under its workload's posture (the default mode for a
+    /// workload without a profile). Answers only when that is done.
+    pub(super) fn on_hook(&mut self, state: &serde_json::Value, pipeline: &mut Pipeline) -> Reply {
+        let id = state["id"].as_str().unwrap_or_default();
+        let pid = state["pid"].as_u64().unwrap_or(0) as u32;
+        let rel = state["cgroup"].as_str().ok_or((400u16, "no cgroup in the hook request".to_string()))?;
+        let dir = self.guarding.cgroup2.join(rel.trim_start_matches('/'));
+        let cgid = lancet_sensor::enforce::cgroup_id(&dir).ok().ok_or_else(|| (404u16, format!("cgroup {} is gone", dir.display())))?;
+        let c = match pipeline.attributor.attribute(cgid) {
+            Attribution::Container(c) => c,
+            _ => return Ok(json!({"id": id, "posture": "unknown container; not guarded"})),
+        };
+        if !self.workloads.containers.contains_key(&c.id) {
+            self.workloads.containers.insert(c.id.clone(), Arc::clone(&c));
+        }
+        self.workloads.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
+        let key = workload_key(&c).into_owned();
+        let now = now_ns();
+        let Some(w) = self.workloads.get_or_load(&self.store, &key, &c, now) else {
+            return Ok(json!({"id": id, "posture": "workload limit reached"}));
+        };
+        let mode = w.profile.mode();
+        if mode == Mode::Protect {
+            let rootfs = state["rootfs"].as_str().map(PathBuf::from);
+            let profile = w.shared();
+            self.guard(GuardRequest { container: &c, workload: &key, pid, cgroup_id: cgid, cgroup_rel: Some(rel), rootfs, profile });
+        }
+        tracing::info!(container = %c.name, workload = %key, %mode, "container handed over by the OCI hook");
+        Ok(json!({"id": c.id, "workload": key, "posture": mode.to_string()}))
+    }
+}
+
+fn process_ref(pid: u32) -> ProcessRef {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default();
+    ProcessRef { pid, tid: pid, comm, ..Default::default() }
+}
+
+/// An exec the kernel refused never reaches the exec probe; the alert
+/// describes the attempt.
+fn synthetic_exec(pid: i32, cgroup_id: u64, path: &str) -> Event {
+    Event {
+        time_ns: now_ns(),
+        cgroup_id,
+        process: process_ref(pid as u32),
+        kind: EventKind::Exec(ExecEvent {
+            filename: path.to_string(),
+            cwd: String::new(),
+            argv: vec![path.to_string()],
+            parent_comm: String::new(),
+            parent_exe: None,
+            parent_outside: false,
+            exe_ino: 0,
+            exe_dev: 0,
+            exe_nlink: 1,
+            exe_fs_magic: 0,
+            truncated: false,
+        }),
+    }
+}
+
+/// The verdict of a kernel enforcement record and what the kernel did.
+fn kernel_verdict(r: &EnforceRecord) -> (Verdict, Action) {
+    if r.op == EnforceOp::ExecKill {
+        let kind = match r.reason {
+            EnforceReason::Memfd => DriftKind::Memfd,
+            EnforceReason::Tmpfs => DriftKind::Tmpfs,
+            EnforceReason::Deleted => DriftKind::Deleted,
+            _ => DriftKind::Written,
+        };
+        let path = match r.to_event().kind {
+            EventKind::Exec(x) => x.filename,
+            _ => String::new(),
+        };
+        return (drift_verdict(&Drift { kind, path, origin: None }), Action::KillProcess);
+    }
+    let bind = matches!(r.op, EnforceOp::Bind4 | EnforceOp::Bind6);
+    let why = if r.reason == EnforceReason::Isolated { "the container is isolated" } else { "not in the allow-list" };
+    let what = match (bind, r.addr) {
+        (true, _) => format!("bind to port {} refused ({why})", r.port),
+        (false, Some(a)) => format!("connection to {a}:{} refused ({why})", r.port),
+        (false, None) => format!("connection to port {} refused ({why})", r.port),
+    };
+    let v = enforced_verdict("Network operation refused", Severity::Medium, what, &["protect", "network"]);
+    (v, if r.denied { Action::Block } else { Action::Alert })
+}
+
+/// Why the BPF-LSM backend does not hold here (it is not pretended).
+fn lsm_unavailable_reason() -> String {
+    use lancet_sensor::features::{active_lsms, lockdown};
+    match (lockdown(), active_lsms()) {
+        (Some(l), _) if l != "none" => format!("kernel lockdown={l}: BPF-LSM programs are refused at load (see `lancet doctor`)"),
+        (_, Some(lsms)) if !lsms.iter().any(|l| l == "bpf") => {
+            format!("bpf is not an active LSM ({}); boot with lsm=...,bpf", lsms.join(","))
+        }
+        (_, None) => "securityfs is not mounted, so the active LSMs are unknown; `lancet doctor` probes LSM program loads".into(),
+        _ => "this kernel allows BPF-LSM, but lancet's LSM programs are not built yet; fanotify and cgroup BPF enforce instead".into(),
+    }
+}
+
+/// The process is still the container runtime setting the container up
+/// (`runc init` before `pivot_root`: its root is the host's). What it runs
+/// (runc re-executes itself from a memfd) is neither drift nor the
+/// workload's, and must never be killed.
+pub(super) fn runtime_setup(pid: u32) -> bool {
+    crate::protect::same_filesystem(Path::new(&format!("/proc/{pid}/root")), Path::new("/"))
+}

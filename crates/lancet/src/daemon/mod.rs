@@ -1,0 +1,238 @@
+//! `lancet run`: the agent. It learns what each workload (all replicas of one
+//! image) normally does into a profile, promotes the profile from learn to
+//! monitor (and, if asked, to protect) once it is quiet, and raises one alert,
+//! deduplicated and rate limited, when a workload departs from its profile or
+//! breaks a policy rule. Profiles, alerts and activity live in the store.
+//!
+//! The daemon's parts, one file each: [`workloads`] (profiles and live
+//! containers), [`drift`], [`alerts`], [`guarding`] (protect mode and the
+//! response ladder), [`answers`] (the local API), [`policies`] and
+//! [`settings`].
+
+mod alerts;
+mod answers;
+mod drift;
+mod guarding;
+mod policies;
+mod settings;
+mod workloads;
+
+pub use settings::RunArgs;
+
+use crate::agent::{hostname, run_loop};
+use crate::api::{self, Request};
+use alerts::{drift_verdict, Alerts};
+use anyhow::{Context, Result};
+use guarding::{runtime_setup, Guarding};
+use lancet_engine::alerts::{AlertLimits, Deduper};
+use lancet_engine::attribution::Attribution;
+use lancet_engine::drift::{WriteLog, HUGETLBFS_MAGIC, RAMFS_MAGIC, TMPFS_MAGIC};
+use lancet_engine::event::{Event, EventKind};
+use lancet_engine::policy::Verdict;
+use lancet_engine::profile::Mode;
+use lancet_store::{Store, StoreOptions};
+use policies::Policies;
+use settings::Settings;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use workloads::{load_baselines, workload_key, Workloads};
+
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// How many containers' recent writes the drift checks remember.
+const WRITE_LOG_CONTAINERS: usize = 4096;
+/// How many recent writes per container.
+const WRITE_LOG_PER_CONTAINER: usize = 4096;
+
+struct Daemon {
+    settings: Settings,
+    store: Store,
+    policies: Policies,
+    workloads: Workloads,
+    /// Recent writes per container: how a drifted file got there.
+    writes: WriteLog,
+    alerts: Alerts,
+    guarding: Guarding,
+    /// Reused buffer of one event's verdicts.
+    verdicts: Vec<Verdict>,
+    last_second: Instant,
+    last_prune: Instant,
+}
+
+impl Daemon {
+    fn on_event(&mut self, ev: &Event, attribution: &Attribution) -> Result<()> {
+        if let EventKind::CgroupRmdir { path, .. } = &ev.kind {
+            let gone: Vec<String> = self.workloads.live.keys().filter(|id| path.contains(id.as_str())).cloned().collect();
+            for id in gone {
+                self.container_gone(&id);
+            }
+        }
+        let Attribution::Container(c) = attribution else { return Ok(()) };
+        let key = workload_key(c);
+        let now = ev.time_ns;
+        let peer = self.workloads.note(ev, c, &key);
+        self.writes.record(&c.id, ev);
+        let drift = self.drift(ev, c, &key).filter(|_| !runtime_setup(ev.process.pid));
+        let Some(w) = self.workloads.get_or_load(&self.store, &key, c, now) else {
+            tracing::debug!(workload = %key, "workload limit reached; not profiled");
+            return Ok(());
+        };
+        let mode = w.profile.mode();
+        let deviation = if mode == Mode::Learn {
+            // What drifted from the image is never learned as normal.
+            if drift.is_none() && w.profile.observe(ev, peer.as_ref(), now) {
+                w.changed();
+            }
+            None
+        } else {
+            let d = w.profile.check(ev, peer.as_ref());
+            if d.is_some() {
+                w.last_deviation = Some(now);
+            }
+            d
+        };
+        if mode == Mode::Protect {
+            self.ensure_guarded(c, &key);
+        }
+        // What the kernel kills at exec in a protected container is reported
+        // from its own record, not twice.
+        let killed_in_kernel = mode == Mode::Protect
+            && matches!(ev.kind, EventKind::Exec(ref x) if x.exe_nlink == 0 || matches!(x.exe_fs_magic, TMPFS_MAGIC | RAMFS_MAGIC | HUGETLBFS_MAGIC))
+            && self.guarding.is_guarded(&c.id);
+        if killed_in_kernel {
+            return Ok(());
+        }
+        let mut verdicts = std::mem::take(&mut self.verdicts);
+        verdicts.clear();
+        if let Some(d) = &drift {
+            verdicts.push(drift_verdict(d));
+        }
+        self.policies.set.evaluate(ev, Some(c), deviation.is_some(), &mut verdicts);
+        if verdicts.is_empty() {
+            if let Some(d) = &deviation {
+                verdicts.push(Verdict::profile_deviation(d));
+            }
+        }
+        for v in &verdicts {
+            self.alert(ev, c, &key, mode, v, None)?;
+        }
+        self.verdicts = verdicts;
+        Ok(())
+    }
+
+    fn container_gone(&mut self, id: &str) {
+        self.guarding.forget(id);
+        self.writes.forget_container(id);
+        self.workloads.live.remove(id);
+    }
+
+    /// Containers that ran before the agent: known at once, so protect-mode
+    /// workloads are guarded on the first tick, not at their next event.
+    fn adopt(&mut self, existing: Vec<Arc<lancet_engine::attribution::ContainerInfo>>) {
+        let now = now_ns();
+        for c in existing {
+            self.workloads.adopt(&self.store, &self.guarding.cgroup2, c, now);
+        }
+        self.sync_protection();
+    }
+
+    /// Once a second: fold repeats, promote quiet profiles, persist, reload
+    /// policies when their files changed.
+    fn every_second(&mut self, reload: &AtomicBool) -> Result<()> {
+        let now = now_ns();
+        self.alerts.fold_repeats(&mut self.store, now)?;
+        self.workloads.persist(&mut self.store, &self.settings.lifecycle, now)?;
+        self.store.flush()?;
+        self.sync_protection();
+        self.policies.reload_if_changed(reload.swap(false, Ordering::Relaxed));
+        if self.last_prune.elapsed() > Duration::from_secs(60) {
+            self.store.prune(now)?;
+            self.last_prune = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
+    let settings = settings::settings(&args)?;
+    std::fs::create_dir_all(&settings.state_dir).with_context(|| format!("creating {}", settings.state_dir.display()))?;
+    let db = settings.state_dir.join("lancet.db");
+    let store = Store::open(&db, StoreOptions::default()).with_context(|| format!("opening the store {}", db.display()))?;
+    let policies = Policies::load(&settings.policy_dir).map_err(anyhow::Error::msg)?;
+    let out: Option<Box<dyn Write>> = match settings.alerts.as_deref() {
+        None => None,
+        Some("-") => Some(Box::new(std::io::stdout())),
+        Some(path) => Some(Box::new(
+            std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening the alerts file {path}"))?,
+        )),
+    };
+    let inbox = api::serve(settings.listen)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::install_stop_signals(&stop)?;
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload)).context("installing the SIGHUP handler")?;
+    let agent = settings.agent.clone();
+    let cgroup2 = lancet_sensor::probes::detect_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+    let baselines = load_baselines(&settings.state_dir.join("baselines"));
+    // Pins from an earlier run, protect as the default, or a stored profile
+    // in protect mode: load enforcement now, so rules are adopted at once.
+    let protect_at_start = settings.mode == Mode::Protect
+        || settings.protect.pin_dir.exists()
+        || store.list_profiles().map(|l| l.iter().any(|p| p.mode == "protect")).unwrap_or(false);
+    let mut daemon = Daemon {
+        alerts: Alerts {
+            deduper: Deduper::new(AlertLimits { dedupe_window: settings.dedupe_window, ..AlertLimits::default() }),
+            out,
+            hostname: hostname(),
+        },
+        guarding: Guarding::new(settings.protect.clone(), cgroup2, protect_at_start),
+        workloads: Workloads::new(settings.mode, baselines),
+        settings,
+        store,
+        policies,
+        writes: WriteLog::new(WRITE_LOG_PER_CONTAINER, WRITE_LOG_CONTAINERS),
+        verdicts: Vec::new(),
+        last_second: Instant::now(),
+        last_prune: Instant::now(),
+    };
+    let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let daemon = std::cell::RefCell::new(&mut daemon);
+    run_loop(
+        host_root,
+        &agent,
+        &stop,
+        deadline,
+        |ev, a| daemon.borrow_mut().on_event(ev, a),
+        |pipeline| {
+            let mut d = daemon.borrow_mut();
+            if !pipeline.existing.is_empty() {
+                d.adopt(std::mem::take(&mut pipeline.existing));
+            }
+            inbox.serve(|req| match req {
+                Request::Hook { state } => d.on_hook(&state, pipeline),
+                other => d.answer(other),
+            });
+            d.drain_enforced()?;
+            if d.last_second.elapsed() >= Duration::from_secs(1) {
+                d.last_second = Instant::now();
+                d.every_second(&reload)?;
+            }
+            Ok(())
+        },
+    )?;
+    // Persist what changed since the last second. Pinned network rules and
+    // isolations stay in force; fanotify marks go with our group.
+    let mut d = daemon.borrow_mut();
+    d.last_second = Instant::now();
+    d.every_second(&reload)?;
+    if let Some(p) = d.guarding.protector.as_mut() {
+        p.stop();
+    }
+    Ok(ExitCode::SUCCESS)
+}

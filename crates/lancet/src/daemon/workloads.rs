@@ -1,0 +1,276 @@
+//! Workloads (every container of one image, keyed by image digest) and the
+//! live containers that belong to them: profiles loaded from the store or
+//! started afresh, each container's cgroup and a live process, which
+//! address belongs to which workload (to name container peers), and the
+//! activity counters flushed to the store each second.
+
+use anyhow::Result;
+use lancet_engine::attribution::ContainerInfo;
+use lancet_engine::event::{Event, EventKind, NetOp};
+use lancet_engine::profile::{Baseline, Lifecycle, Mode, PeerRef, Profile};
+use lancet_store::Store;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+/// One workload's profile and its bookkeeping.
+pub(super) struct Workload {
+    pub(super) profile: Profile,
+    /// Changed since it was last written to the store.
+    pub(super) dirty: bool,
+    pub(super) last_deviation: Option<u64>,
+    /// A snapshot for the enforcement backends, taken when first needed
+    /// after a change (protect-mode profiles change rarely: import, promote).
+    shared: Option<Arc<Profile>>,
+}
+
+impl Workload {
+    pub(super) fn new(profile: Profile) -> Self {
+        Workload { profile, dirty: true, last_deviation: None, shared: None }
+    }
+
+    pub(super) fn changed(&mut self) {
+        self.dirty = true;
+        self.shared = None;
+    }
+
+    pub(super) fn shared(&mut self) -> Arc<Profile> {
+        Arc::clone(self.shared.get_or_insert_with(|| Arc::new(self.profile.clone())))
+    }
+}
+
+/// What the daemon knows of a live container beyond its attribution.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Live {
+    pub(super) cgroup_id: u64,
+    /// The last process seen in it.
+    pub(super) pid: u32,
+}
+
+/// The kinds of activity counted per workload, in [`Workloads`]'s counters.
+const ACTIVITY_KINDS: [&str; 3] = ["exec", "net", "file"];
+const MAX_IP_OWNERS: usize = 65_536;
+const MAX_WORKLOADS: usize = 4096;
+const MAX_CONTAINERS: usize = MAX_WORKLOADS * 4;
+
+/// Every workload and live container the daemon follows.
+pub(super) struct Workloads {
+    pub(super) map: HashMap<String, Workload>,
+    pub(super) containers: HashMap<String, Arc<ContainerInfo>>,
+    pub(super) live: HashMap<String, Live>,
+    /// Container addresses seen as the local side of their own sockets, to
+    /// name container peers by workload.
+    ip_owners: HashMap<IpAddr, String>,
+    /// Events per workload and kind ([`ACTIVITY_KINDS`]) since the last
+    /// flush to the store.
+    activity: HashMap<String, [u64; 3]>,
+    /// Image baselines from `lancet scan`, by config and manifest digest.
+    baselines: HashMap<String, Baseline>,
+    /// The mode of a workload seen for the first time.
+    default_mode: Mode,
+}
+
+/// The profile key of a container: its image digest where the runtime knows
+/// it, else its image id, else its image name.
+/// Borrowed where it can be: this runs for every event.
+pub fn workload_key(c: &ContainerInfo) -> Cow<'_, str> {
+    match [&c.image_digest, &c.image_id, &c.image].into_iter().find(|s| !s.is_empty()) {
+        Some(k) => Cow::Borrowed(k.as_str()),
+        None => Cow::Owned(format!("container:{}", c.id)),
+    }
+}
+
+impl Workloads {
+    pub(super) fn new(default_mode: Mode, baselines: HashMap<String, Baseline>) -> Self {
+        Workloads {
+            map: HashMap::new(),
+            containers: HashMap::new(),
+            live: HashMap::new(),
+            ip_owners: HashMap::new(),
+            activity: HashMap::new(),
+            baselines,
+            default_mode,
+        }
+    }
+
+    /// The workload's state, loaded from the store or started afresh; None
+    /// once `MAX_WORKLOADS` are tracked (memory stays bounded).
+    pub(super) fn get_or_load(&mut self, store: &Store, key: &str, c: &ContainerInfo, now: u64) -> Option<&mut Workload> {
+        if !self.map.contains_key(key) && self.map.len() < MAX_WORKLOADS {
+            let mut profile = match store.profile(key) {
+                Ok(Some(stored)) => Profile::from_yaml(&stored.document, key).unwrap_or_else(|e| {
+                    tracing::warn!(workload = key, "stored profile unreadable, starting afresh: {e}");
+                    Profile::new(&c.image, key, now)
+                }),
+                _ => {
+                    let mut p = Profile::new(&c.image, key, now);
+                    p.set_mode(self.default_mode, now);
+                    p
+                }
+            };
+            if profile.baseline().is_none() {
+                let id = format!("sha256:{}", c.image_id.trim_start_matches("sha256:"));
+                if let Some(b) = self.baselines.get(&id).or_else(|| self.baselines.get(&c.image_digest)) {
+                    profile.set_baseline(Some(b.clone()));
+                }
+            }
+            self.map.insert(key.to_string(), Workload::new(profile));
+        }
+        self.map.get_mut(key)
+    }
+
+    pub(super) fn peer(&self, ip: IpAddr) -> PeerRef {
+        match self.ip_owners.get(&ip) {
+            Some(w) => PeerRef::Workload(w.clone()),
+            None => PeerRef::Ip(ip),
+        }
+    }
+
+    /// The addresses the containers of workload `w` were seen with.
+    pub(super) fn addresses_of(&self, w: &str) -> Vec<IpAddr> {
+        self.ip_owners.iter().filter(|(_, o)| o.as_str() == w).map(|(ip, _)| *ip).collect()
+    }
+
+    /// Books one event of container `c`: the container, its cgroup and a
+    /// live process, its own address, the activity counters. Returns the
+    /// peer of a connect or accept, named by workload where known.
+    pub(super) fn note(&mut self, ev: &Event, c: &Arc<ContainerInfo>, key: &str) -> Option<PeerRef> {
+        if !self.containers.contains_key(&c.id) && self.containers.len() < MAX_CONTAINERS {
+            self.containers.insert(c.id.clone(), Arc::clone(c));
+        }
+        if ev.cgroup_id != 0 && ev.process.pid != 0 {
+            if let Some(l) = self.live.get_mut(&c.id) {
+                l.cgroup_id = ev.cgroup_id;
+                l.pid = ev.process.pid;
+            } else if self.live.len() < MAX_CONTAINERS {
+                self.live.insert(c.id.clone(), Live { cgroup_id: ev.cgroup_id, pid: ev.process.pid });
+            }
+        }
+        let kind = match &ev.kind {
+            EventKind::Exec(_) => Some(0),
+            EventKind::Net(_) => Some(1),
+            EventKind::File(_) => Some(2),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            if let Some(n) = self.activity.get_mut(key) {
+                n[kind] += 1;
+            } else if self.activity.len() < MAX_WORKLOADS {
+                let mut n = [0; 3];
+                n[kind] = 1;
+                self.activity.insert(key.to_string(), n);
+            }
+        }
+        let EventKind::Net(n) = &ev.kind else { return None };
+        let known = self.ip_owners.get(&n.saddr).is_some_and(|w| w == key);
+        if !known && !n.saddr.is_unspecified() && !n.saddr.is_loopback() && self.ip_owners.len() < MAX_IP_OWNERS {
+            self.ip_owners.insert(n.saddr, key.to_string());
+        }
+        match n.op {
+            NetOp::Connect | NetOp::Accept => Some(self.peer(n.daddr)),
+            _ => None,
+        }
+    }
+
+    /// A running container by name or id prefix (at least 3 characters).
+    pub(super) fn container(&self, what: &str) -> Option<&Arc<ContainerInfo>> {
+        self.containers.values().find(|c| c.name == what || (what.len() >= 3 && c.id.starts_with(what)))
+    }
+
+    /// The workload named by its key, a container's name or id, or an
+    /// image reference.
+    pub(super) fn find(&self, what: &str) -> Option<String> {
+        if self.map.contains_key(what) {
+            return Some(what.to_string());
+        }
+        if let Some(c) = self.container(what) {
+            return Some(workload_key(c).into_owned());
+        }
+        self.map.iter().find(|(_, w)| w.profile.image() == what).map(|(k, _)| k.clone())
+    }
+
+    /// A container that ran before the agent: its cgroup, a live process,
+    /// its addresses and its workload are known at once.
+    pub(super) fn adopt(&mut self, store: &Store, cgroup2: &Path, c: Arc<ContainerInfo>, now: u64) {
+        let dir = cgroup2.join(c.cgroup_path.trim_start_matches('/'));
+        // The runtime's record of the init pid, else any process in the
+        // container's cgroup.
+        let pid = c
+            .pid
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .or_else(|| std::fs::read_to_string(dir.join("cgroup.procs")).ok()?.lines().next()?.trim().parse().ok());
+        if let (Some(cgid), Some(pid)) = (lancet_sensor::enforce::cgroup_id(&dir).ok(), pid) {
+            self.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
+        }
+        let key = workload_key(&c).into_owned();
+        if let Some(pid) = pid {
+            for ip in crate::protect::netns_addresses(pid) {
+                if self.ip_owners.len() < MAX_IP_OWNERS {
+                    self.ip_owners.insert(ip, key.clone());
+                }
+            }
+        }
+        self.get_or_load(store, &key, &c, now);
+        self.containers.insert(c.id.clone(), c);
+    }
+
+    /// Once a second: promote quiet profiles, write what changed, flush
+    /// the activity counters.
+    pub(super) fn persist(&mut self, store: &mut Store, lifecycle: &Lifecycle, now: u64) -> Result<()> {
+        for (key, w) in self.map.iter_mut() {
+            if let Some(next) = lifecycle.next_mode(&w.profile, now, w.last_deviation) {
+                tracing::info!(workload = %key, from = %w.profile.mode(), to = %next, "profile promoted");
+                w.profile.set_mode(next, now);
+                w.changed();
+            }
+            if w.dirty {
+                store.put_profile(key, w.profile.image(), &w.profile.mode().to_string(), &w.profile.to_yaml()?, now)?;
+                w.dirty = false;
+            }
+        }
+        for (key, counts) in self.activity.drain() {
+            for (kind, n) in ACTIVITY_KINDS.iter().zip(counts).filter(|(_, n)| *n > 0) {
+                store.bump_activity(&key, kind, n, now)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Baselines written by `lancet scan --baselines-dir`: one profile document
+/// per image, keyed by its baseline's digest. Unreadable files are skipped
+/// with a warning.
+pub(super) fn load_baselines(dir: &Path) -> HashMap<String, Baseline> {
+    let mut out = HashMap::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let path = e.path();
+        if !matches!(path.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+            continue;
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(err) => {
+                tracing::warn!(file = %path.display(), "baseline not read: {err}");
+                continue;
+            }
+        };
+        match Profile::from_yaml(&text, &path.display().to_string()) {
+            Ok(p) => match p.baseline() {
+                Some(b) => {
+                    // Runtimes name images by config or by manifest digest.
+                    if let Some(m) = &b.manifest_digest {
+                        out.insert(m.clone(), b.clone());
+                    }
+                    out.insert(b.digest.clone(), b.clone());
+                }
+                None => tracing::warn!(file = %path.display(), "no baseline in this profile document"),
+            },
+            Err(err) => tracing::warn!("baseline not read: {err}"),
+        }
+    }
+    tracing::info!(baselines = out.len(), dir = %dir.display(), "image baselines loaded");
+    out
+}

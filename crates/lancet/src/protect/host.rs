@@ -1,0 +1,133 @@
+//! Facts about the host and containers' filesystems and namespaces that the
+//! backends need: addresses of a network namespace, cgroup ids, paths
+//! resolved inside a container's root.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// The IPv4 addresses a process's network namespace owns (its interfaces'
+/// local addresses, loopback left out), from `/proc/<pid>/net/fib_trie`:
+/// how peers are named after an agent restart, before any traffic is seen.
+pub fn netns_addresses(pid: u32) -> Vec<IpAddr> {
+    std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).map(|t| local_addresses(&t)).unwrap_or_default()
+}
+
+fn local_addresses(fib_trie: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut last: Option<std::net::Ipv4Addr> = None;
+    for line in fib_trie.lines() {
+        let l = line.trim();
+        if let Some(ip) = l.strip_prefix("|-- ") {
+            last = ip.trim().parse().ok();
+        } else if l.contains("/32 host LOCAL") {
+            if let Some(ip) = last.filter(|ip| !ip.is_loopback()) {
+                if !out.contains(&IpAddr::V4(ip)) {
+                    out.push(IpAddr::V4(ip));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Both paths are on one filesystem (same device).
+pub fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        _ => false,
+    }
+}
+
+/// The ids (directory inodes) of every cgroup under `root`, `depth` levels
+/// deep.
+pub(super) fn cgroup_ids(root: &Path, depth: usize) -> HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = HashSet::new();
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, d)) = stack.pop() {
+        if let Ok(m) = std::fs::metadata(&dir) {
+            out.insert(m.ino());
+        }
+        if d >= depth {
+            continue;
+        }
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push((e.path(), d + 1));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Resolves `path` inside the container whose root is `root` (e.g.
+/// `/proc/<pid>/root`), following symlinks component by component, with
+/// absolute targets taken relative to the container's root, never the
+/// host's. None when a component is missing or links loop.
+pub fn resolve_in_root(root: &Path, path: &str) -> Option<String> {
+    let mut pending: Vec<String> = path.split('/').filter(|c| !c.is_empty()).map(str::to_string).rev().collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(comp) = pending.pop() {
+        match comp.as_str() {
+            "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let here = root.join(done.iter().map(String::as_str).chain([comp.as_str()]).collect::<Vec<_>>().join("/"));
+        let meta = std::fs::symlink_metadata(&here).ok()?;
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = std::fs::read_link(&here).ok()?;
+            let target = target.to_str()?;
+            if target.starts_with('/') {
+                done.clear();
+            }
+            pending.extend(target.split('/').filter(|c| !c.is_empty()).map(str::to_string).rev());
+        } else {
+            done.push(comp);
+        }
+    }
+    Some(format!("/{}", done.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_addresses_from_fib_trie() {
+        let t = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.89.0.0\n        /24 link UNICAST\n     |-- 10.89.0.5\n        /32 host LOCAL\n  +-- 127.0.0.0/8 2 0 2\n     |-- 127.0.0.1\n        /32 host LOCAL\nLocal:\n     |-- 10.89.0.5\n        /32 host LOCAL\n";
+        assert_eq!(local_addresses(t), vec!["10.89.0.5".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn resolves_inside_the_root_only() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::fs::write(r.join("usr/bin/busybox"), b"").unwrap();
+        std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+        std::os::unix::fs::symlink("busybox", r.join("usr/bin/sleep")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/busybox", r.join("usr/bin/abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/passwd", r.join("usr/bin/escape")).unwrap();
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        assert_eq!(resolve_in_root(r, "/bin/sleep").as_deref(), Some("/usr/bin/busybox"));
+        assert_eq!(resolve_in_root(r, "/bin/abs").as_deref(), Some("/usr/bin/busybox"));
+        // `..` stops at the container's root; the host's /etc/passwd is not
+        // inside it, so the result names a path that does not exist there.
+        assert_eq!(resolve_in_root(r, "/bin/escape"), None);
+        assert_eq!(resolve_in_root(r, "/loop"), None);
+        assert_eq!(resolve_in_root(r, "/missing"), None);
+    }
+}

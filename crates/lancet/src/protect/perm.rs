@@ -1,0 +1,251 @@
+//! The exec and file backends: one fanotify permission group whose events
+//! are answered on a thread of their own, from a table the event loop keeps
+//! current.
+
+use super::host::{resolve_in_root, same_filesystem};
+use super::{Backend, Enforced, Guarded, ProtectOptions};
+use crate::config::FailModeSetting;
+use lancet_engine::profile::Profile;
+use lancet_engine::response::{decide_exec, DenyReason, ExecRequest, ExecVerdict};
+use lancet_sensor::fanotify::overlay::{overlay_upper_dir, written_in_container};
+use lancet_sensor::fanotify::{FailMode, PermConfig, PermDecision, PermGuard, PermKind, PermRequest};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, RwLock};
+
+/// What the permission thread decides from.
+#[derive(Default)]
+struct PermTable {
+    by_label: HashMap<u64, PermEntry>,
+}
+
+struct PermEntry {
+    profile: Arc<Profile>,
+    /// The profile's executables, each resolved inside the container to
+    /// the file it names (fanotify reports files, not the names run).
+    executables: HashSet<String>,
+    upper: Option<PathBuf>,
+    protected_files: HashSet<String>,
+}
+
+/// The exec and file backends: one fanotify permission group, answered on a
+/// thread of its own.
+pub(super) struct PermBackend {
+    guard: PermGuard,
+    table: Arc<RwLock<PermTable>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    protected_files: Vec<String>,
+    readonly_dirs: Vec<String>,
+    files: bool,
+    /// Containers whose `/dev/shm` is marked too, and those where it was
+    /// tried (once, from a process inside the container's root).
+    shm_marked: HashSet<u64>,
+    pub(super) shm_tried: HashSet<u64>,
+    /// Containers whose root carries the exec mark.
+    exec_marked: HashSet<u64>,
+}
+
+/// Labels of a container's `/dev/shm` marks: its own label with this bit.
+/// Nothing that ships in an image lives there, so every exec from it is
+/// drift.
+const SHM_LABEL: u64 = 1 << 63;
+
+/// The decision of one permission event. Reads only memory, plus one
+/// `lstat` in the container's upper layer for uncached execs.
+fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender<Enforced>) -> PermDecision {
+    let Ok(t) = table.read() else { return PermDecision { allow: true, remember: false } };
+    let Some(label) = req.label else { return PermDecision { allow: true, remember: false } };
+    if label & SHM_LABEL != 0 && req.kind == PermKind::Exec && t.by_label.contains_key(&(label & !SHM_LABEL)) {
+        let path = if req.path.starts_with("/dev/shm/") { req.path.to_string() } else { format!("/dev/shm{}", req.path) };
+        let reason = DenyReason::Drift(lancet_engine::drift::DriftKind::Tmpfs);
+        let _ = denials.try_send(Enforced::ExecDenied { label: label & !SHM_LABEL, pid: req.pid, path, reason });
+        return PermDecision { allow: false, remember: false };
+    }
+    let Some(e) = t.by_label.get(&label) else { return PermDecision { allow: true, remember: false } };
+    match req.kind {
+        PermKind::Exec => {
+            let in_upper = e.upper.as_deref().map(|u| written_in_container(u, req.path));
+            let in_baseline = e.profile.baseline().map(|b| b.lookup(req.path).is_some());
+            let in_profile = e.executables.contains(req.path);
+            match decide_exec(&ExecRequest { path: req.path, in_upper, in_baseline, written: None, in_profile }) {
+                ExecVerdict::Allow { remember } => PermDecision { allow: true, remember },
+                ExecVerdict::Deny(reason) => {
+                    let _ = denials.try_send(Enforced::ExecDenied { label, pid: req.pid, path: req.path.to_string(), reason });
+                    PermDecision { allow: false, remember: false }
+                }
+            }
+        }
+        PermKind::Open { write } => {
+            let allowed = if e.protected_files.contains(req.path) {
+                e.profile.has_sensitive_read(req.path)
+            } else {
+                // A write-protected directory: reads pass, writes only where
+                // the profile learned them; unknown intent passes (fail open).
+                write != Some(true) || e.profile.has_written_dir(parent_dir(req.path))
+            };
+            if !allowed {
+                let _ = denials.try_send(Enforced::OpenDenied { label, pid: req.pid, path: req.path.to_string(), write });
+            }
+            PermDecision { allow: allowed, remember: false }
+        }
+    }
+}
+
+fn parent_dir(path: &str) -> &str {
+    match path.trim_end_matches('/').rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+impl PermBackend {
+    pub(super) fn start(opts: &ProtectOptions, denials: SyncSender<Enforced>) -> Result<PermBackend, String> {
+        let fail = match opts.fail_mode {
+            FailModeSetting::Allow => FailMode::Allow,
+            FailModeSetting::Deny => FailMode::Deny,
+        };
+        let guard = PermGuard::new(PermConfig { fail_mode: fail, ..PermConfig::default() }).map_err(|e| e.to_string())?;
+        let table = Arc::new(RwLock::new(PermTable::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let exec_cache = opts.exec_cache;
+        let thread = {
+            let (guard, table, stop) = (guard.clone(), Arc::clone(&table), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("lancet-perm".into())
+                .spawn(move || {
+                    let mut decider = |req: &PermRequest<'_>| {
+                        let mut d = decide(&table, req, &denials);
+                        d.remember &= exec_cache;
+                        d
+                    };
+                    if let Err(e) = guard.run(&stop, &mut decider) {
+                        tracing::error!("permission events stopped: {e}; the kernel now allows what was guarded");
+                    }
+                })
+                .map_err(|e| e.to_string())?
+        };
+        Ok(PermBackend {
+            guard,
+            table,
+            stop,
+            thread: Some(thread),
+            protected_files: opts.protected_files.clone(),
+            readonly_dirs: opts.readonly_dirs.clone(),
+            files: !(opts.protected_files.is_empty() && opts.readonly_dirs.is_empty()),
+            shm_marked: HashSet::new(),
+            shm_tried: HashSet::new(),
+            exec_marked: HashSet::new(),
+        })
+    }
+
+    pub(super) fn stats(&self) -> serde_json::Value {
+        let s = self.guard.stats();
+        serde_json::json!({
+            "events": s.events, "allowed": s.allowed, "denied": s.denied, "remembered": s.remembered,
+            "failModeAnswers": s.fail_mode_answers, "overflows": s.overflows, "errors": s.errors,
+            "decisionP50Ns": s.decision_p50_ns, "decisionP99Ns": s.decision_p99_ns, "decisionMaxNs": s.decision_max_ns,
+        })
+    }
+}
+
+impl Backend for PermBackend {
+    fn name(&self) -> &'static str {
+        "exec+files (fanotify permission events)"
+    }
+
+    fn availability(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn apply(&mut self, g: &Guarded) -> Result<(), String> {
+        // A filesystem mark on the host's own filesystem would put every
+        // exec of the host under this container's profile.
+        if same_filesystem(&g.rootfs, Path::new("/")) {
+            return Err(format!(
+                "{} is on the host's root filesystem; exec marks are placed only on a container's own root",
+                g.rootfs.display()
+            ));
+        }
+        let upper = g.upper.clone().or_else(|| overlay_upper_dir(g.pid));
+        let protected: HashSet<String> = self.protected_files.iter().filter(|p| !g.profile.has_sensitive_read(p)).cloned().collect();
+        let profile_changed = {
+            let t = self.table.read().map_err(|_| "permission table poisoned".to_string())?;
+            t.by_label.get(&g.label).is_some_and(|e| !Arc::ptr_eq(&e.profile, &g.profile))
+        };
+        {
+            let mut t = self.table.write().map_err(|_| "permission table poisoned".to_string())?;
+            let root = &g.rootfs;
+            let executables = g
+                .profile
+                .spec()
+                .executables
+                .iter()
+                .flat_map(|e| {
+                    let resolved = resolve_in_root(root, &e.path);
+                    [Some(e.path.clone()), resolved]
+                })
+                .flatten()
+                .collect();
+            t.by_label
+                .insert(g.label, PermEntry { profile: Arc::clone(&g.profile), executables, upper, protected_files: protected.clone() });
+        }
+        // Approvals of an older profile go; the marks stay in place (never
+        // lifted and re-placed: that would leave a window).
+        if profile_changed {
+            self.guard.forget(g.label);
+        }
+        if self.exec_marked.insert(g.label) {
+            if let Err(e) = self.guard.protect_exec(g.label, &g.rootfs) {
+                self.exec_marked.remove(&g.label);
+                return Err(format!("exec marks on {}: {e}", g.rootfs.display()));
+            }
+        }
+        // The container's own /dev/shm (a tmpfs of its own), seen once the
+        // container's processes run inside their root.
+        let shm = PathBuf::from(format!("/proc/{}/root/dev/shm", g.pid));
+        let proc_root = PathBuf::from(format!("/proc/{}/root", g.pid));
+        let pivoted = proc_root.exists() && !same_filesystem(&proc_root, Path::new("/"));
+        if pivoted
+            && self.shm_tried.insert(g.label)
+            && shm.is_dir()
+            && !same_filesystem(&shm, &proc_root)
+            && !same_filesystem(&shm, Path::new("/dev/shm"))
+        {
+            match self.guard.protect_exec(g.label | SHM_LABEL, &shm) {
+                Ok(_) => {
+                    self.shm_marked.insert(g.label);
+                }
+                Err(e) => tracing::warn!(container = %g.name, "/dev/shm not guarded: {e}"),
+            }
+        }
+        if self.files {
+            let files: Vec<&str> = protected.iter().map(String::as_str).collect();
+            self.guard.protect_files(g.label, &g.rootfs, &files).map_err(|e| format!("file marks: {e}"))?;
+            let dirs: Vec<&str> = self.readonly_dirs.iter().map(String::as_str).collect();
+            self.guard.protect_dir_writes(g.label, &g.rootfs, &dirs).map_err(|e| format!("directory marks: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, g: &Guarded) {
+        let _ = self.guard.unprotect(g.label);
+        self.exec_marked.remove(&g.label);
+        self.shm_tried.remove(&g.label);
+        if self.shm_marked.remove(&g.label) {
+            let _ = self.guard.unprotect(g.label | SHM_LABEL);
+        }
+        if let Ok(mut t) = self.table.write() {
+            t.by_label.remove(&g.label);
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
