@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 # iptables: netavark executes it for every container network, and podman's
 # --no-install-recommends install does not pull it in (a fresh host failed
 # every networked container with "netavark: No such file or directory").
+# debootstrap (+ the archive keyring it checks the Release file with) builds
+# the glibc Debian test image; musl + musl-tools (musl-gcc) build the musl one.
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
-      podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates)
+      podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates
+      debootstrap debian-archive-keyring musl musl-tools)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -44,17 +47,23 @@ if ! mountpoint -q /sys/fs/bpf; then
   mount -t bpf bpf /sys/fs/bpf
 fi
 
-# The test image: a busybox-static rootfs, imported, never pulled. It also
-# carries the host's dynamic loader, libc and one dynamic program (for the
-# loader-trick drift test) and a static memfd launcher (for the memfd one).
-# The version label makes an older image be rebuilt.
-image=localhost/lancet-busybox:test
-version=2
-if [ "$(podman image inspect -f '{{index .Labels "lancet.test.version"}}' "$image" 2>/dev/null)" != "$version" ]; then
-  echo "setup: building $image from /bin/busybox" >&2
-  root=$(mktemp -d)
-  trap 'rm -rf "$root"' EXIT
-  mkdir -p "$root"/{bin,etc,tmp,proc,sys,dev,www,root,var/log,lib64,lib/x86_64-linux-gnu,usr/bin,usr/local/bin}
+# The test images, all built here from local files or the Debian mirror and
+# imported, never pulled. Each carries a lancet.test.version label: an image
+# whose label differs from the version below is rebuilt (bump the version
+# whenever what goes into the image changes).
+tmpdirs=()
+cleanup() {
+  local d
+  for d in "${tmpdirs[@]}"; do rm -rf --one-file-system "$d"; done
+}
+trap cleanup EXIT
+image_version() { podman image inspect -f '{{index .Labels "lancet.test.version"}}' "$1" 2>/dev/null || true; }
+
+# A busybox-static root: /bin/busybox and its applet links, root and www
+# users, /tmp 1777.
+busybox_rootfs() {
+  local root=$1 a
+  mkdir -p "$root"/{bin,etc,tmp,proc,sys,dev,root}
   cp /bin/busybox "$root/bin/busybox"
   for a in $("$root/bin/busybox" --list); do
     [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"
@@ -63,12 +72,125 @@ if [ "$(podman image inspect -f '{{index .Labels "lancet.test.version"}}' "$imag
   printf 'root:x:0:\nwww:x:33:\n' > "$root/etc/group"
   printf 'root:*:19000:0:99999:7:::\nwww:*:19000:0:99999:7:::\n' > "$root/etc/shadow"
   chmod 600 "$root/etc/shadow"
-  echo '<h1>lancet</h1>' > "$root/www/index.html"
   chmod 1777 "$root/tmp"
+}
+
+# localhost/lancet-busybox:test: the busybox-static root, plus the host's
+# dynamic loader, libc and one dynamic program (for the loader-trick drift
+# test) and a static memfd launcher (for the memfd one).
+image=localhost/lancet-busybox:test
+version=2
+if [ "$(image_version "$image")" != "$version" ]; then
+  echo "setup: building $image from /bin/busybox" >&2
+  root=$(mktemp -d); tmpdirs+=("$root")
+  busybox_rootfs "$root"
+  mkdir -p "$root"/{www,var/log,lib64,lib/x86_64-linux-gnu,usr/bin,usr/local/bin}
+  echo '<h1>lancet</h1>' > "$root/www/index.html"
   cp /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
   cp /lib/x86_64-linux-gnu/libc.so.6 "$root/lib/x86_64-linux-gnu/"
   cp /usr/bin/true "$root/usr/bin/true-dyn"
   gcc -O2 -static -o "$root/usr/local/bin/memfd-exec" crates/lancet/tests/fixtures/memfd_exec.c
-  tar -C "$root" -c . | podman import --change 'CMD ["/bin/sh"]' --change "LABEL lancet.test.version=$version" - "$image" >/dev/null
+  tar -C "$root" -c . | podman import -q --change 'CMD ["/bin/sh"]' --change "LABEL lancet.test.version=$version" - "$image" >/dev/null
+fi
+
+# localhost/lancet-musl:test: a dynamically linked musl program (PT_INTERP
+# /lib/ld-musl-x86_64.so.1, copied from the host's musl package) serving
+# HTTP on 8080, in the busybox-static root (so health checks have a sh).
+image=localhost/lancet-musl:test
+version=1
+if [ "$(image_version "$image")" != "$version" ]; then
+  echo "setup: building $image with musl-gcc" >&2
+  root=$(mktemp -d); tmpdirs+=("$root")
+  busybox_rootfs "$root"
+  mkdir -p "$root"/{lib,usr/local/bin}
+  cp -L /lib/ld-musl-x86_64.so.1 "$root/lib/ld-musl-x86_64.so.1"
+  musl-gcc -O2 -o "$root/usr/local/bin/musl-httpd" crates/lancet/tests/fixtures/musl_httpd.c
+  if ! readelf -l "$root/usr/local/bin/musl-httpd" | grep -q 'interpreter: /lib/ld-musl-x86_64.so.1]'; then
+    echo "setup: musl-gcc did not build a dynamic program with the musl loader" >&2
+    exit 1
+  fi
+  tar -C "$root" -c . | podman import -q --change 'CMD ["/usr/local/bin/musl-httpd"]' --change 'EXPOSE 8080' \
+    --change "LABEL lancet.test.version=$version" - "$image" >/dev/null
+fi
+
+# The bookworm mirror apt already uses (one-line or deb822 sources).
+debian_mirror() {
+  local f
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    awk '$1 == "deb" { i = 2; if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+                       if ($(i + 1) == "bookworm") { print $i; exit } }' "$f"
+  done
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk 'BEGIN { RS = "" }
+         { t = u = s = ""; n = split($0, l, "\n")
+           for (i = 1; i <= n; i++) {
+             if (l[i] ~ /^Types:/) t = l[i]; else if (l[i] ~ /^URIs:/) u = l[i]
+             else if (l[i] ~ /^Suites:/) s = l[i]; else if (l[i] ~ /^Enabled:[ \t]*no/) t = ""
+           }
+           if (t ~ /[ \t]deb([ \t]|$)/ && s ~ /[ \t]bookworm([ \t]|$)/) {
+             sub(/^URIs:[ \t]*/, "", u); split(u, w, /[ \t]+/); print w[1]; exit } }' "$f"
+  done
+}
+
+# localhost/lancet-debian:test: a glibc Debian 12 (debootstrap minbase) with
+# nginx-light, python3 and curl; `nginx -g 'daemon off;'` serves
+# /var/www/html/index.html on port 80 and writes /run/nginx.pid and
+# /var/log/nginx/*.log. Two caches under /var/cache/lancet: the bare minbase
+# tarball (debootstrapped once) and the finished rootfs per image version.
+image=localhost/lancet-debian:test
+version=1
+cache=/var/cache/lancet
+if [ "$(image_version "$image")" != "$version" ]; then
+  tarball=$cache/lancet-debian-v$version.tar
+  if [ ! -s "$tarball" ]; then
+    mkdir -p "$cache"
+    root=$(mktemp -d /var/tmp/lancet-debian.XXXXXX); tmpdirs+=("$root" "$root.log")
+    base=$cache/debian-bookworm-minbase.tar
+    if [ -s "$base" ]; then
+      echo "setup: building $image from $base" >&2
+      tar -C "$root" --numeric-owner -xpf "$base"
+    else
+      mirror=$(debian_mirror | sed -n 1p)
+      mirror=${mirror:-http://deb.debian.org/debian}
+      echo "setup: building $image: debootstrap --variant=minbase bookworm from $mirror" >&2
+      if ! debootstrap --variant=minbase bookworm "$root" "$mirror" > "$root.log" 2>&1; then
+        tail -n 30 "$root.log" >&2
+        rm -f "$root.log"
+        exit 1
+      fi
+      rm -f "$root.log" "$root"/var/cache/apt/archives/*.deb
+      tar -C "$root" --numeric-owner -cf "$base.part" . && mv "$base.part" "$base"
+    fi
+    # apt in the chroot: the host's DNS, no daemons started (policy-rc.d),
+    # /proc in a private mount namespace that vanishes with the command.
+    rm -f "$root/etc/resolv.conf"
+    cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+    printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
+    chmod 755 "$root/usr/sbin/policy-rc.d"
+    if ! LC_ALL=C DEBIAN_FRONTEND=noninteractive unshare --mount --propagation private sh -c '
+        mount -t proc proc "$1/proc" &&
+        chroot "$1" sh -c "apt-get update -qq &&
+          apt-get install -y -qq --no-install-recommends nginx-light python3 curl &&
+          apt-get clean"' sh "$root" > "$root.log" 2>&1; then
+      tail -n 30 "$root.log" >&2
+      rm -f "$root.log"
+      exit 1
+    fi
+    rm -f "$root.log" "$root/usr/sbin/policy-rc.d"
+    rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/debconf/*-old \
+      "$root"/var/log/apt/* "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
+    find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +   # translations
+    : > "$root/etc/resolv.conf"
+    echo '<h1>lancet debian</h1>' > "$root/var/www/html/index.html"
+    rm -f "$cache"/lancet-debian-v*.tar
+    tar -C "$root" --numeric-owner -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+    rm -rf --one-file-system "$root"
+  else
+    echo "setup: importing $image from $tarball" >&2
+  fi
+  podman import -q --change 'CMD ["nginx","-g","daemon off;"]' --change 'EXPOSE 80' \
+    --change "LABEL lancet.test.version=$version" "$tarball" "$image" >/dev/null
 fi
 echo "setup: ready" >&2
