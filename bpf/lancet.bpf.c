@@ -285,6 +285,8 @@ int BPF_PROG(lancet_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	struct fs_struct *fs = BPF_CORE_READ(p, fs);
 	struct path root;
 	BPF_CORE_READ_INTO(&root, fs, root);
+	e->root_ino = BPF_CORE_READ(root.dentry, d_inode, i_ino);
+	e->root_dev = BPF_CORE_READ(root.dentry, d_sb, s_dev);
 	e->cwd_len = walk_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), &root,
 			       e->cwd, &e->flags);
 

@@ -67,13 +67,19 @@ struct lancet_exec {
 	char pcomm[LANCET_COMM_LEN];
 	__u64 exe_ino;
 	__u64 exe_fs_magic;
+	/* The task's root directory at exec (inode, kernel s_dev): the host's
+	 * own root for a container runtime before it enters the container
+	 * (runc init before pivot_root), read here because userspace sees the
+	 * event only after the process moved on. */
+	__u64 root_ino;
 	__u32 exe_dev;
 	__u32 exe_nlink;
 	__u32 flags;
 	__u16 filename_len;
 	__u16 cwd_len;
 	__u16 args_len;
-	__u16 _pad[3];
+	__u16 _pad;
+	__u32 root_dev;
 	char filename[LANCET_PATH_MAX];
 	/* Twice the path size: the walk writes a component at an offset below
 	 * LANCET_PATH_MAX and lets it run on; only cwd_len bytes are valid. */

@@ -11,7 +11,12 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 fn ev(pid: u32, kind: EventKind) -> Event {
-    Event { time_ns: 1, cgroup_id: 7, process: ProcessRef { pid, tid: pid, ppid: 1, uid: 0, gid: 0, comm: "app".into() }, kind }
+    Event {
+        time_ns: 1,
+        cgroup_id: 7,
+        process: ProcessRef { pid, tid: pid, ppid: 1, uid: 0, gid: 0, comm: "app".into(), runtime: false },
+        kind,
+    }
 }
 
 fn exec(path: &str, parent: &str) -> Event {

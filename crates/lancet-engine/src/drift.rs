@@ -309,6 +309,7 @@ mod tests {
             exe_nlink: 1,
             exe_fs_magic: OVERLAYFS_MAGIC,
             truncated: false,
+            in_host_root: false,
         }
     }
 

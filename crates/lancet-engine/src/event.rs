@@ -19,6 +19,11 @@ pub struct ProcessRef {
     pub gid: u32,
     /// Kernel `comm`, at most 15 bytes.
     pub comm: String,
+    /// The container runtime's own process setting a container up (`runc
+    /// init` before it enters the container: its root was the host's at
+    /// its last exec, or it is a fork of such a process). Set by the
+    /// process table; nothing it does is the workload's.
+    pub runtime: bool,
 }
 
 /// One observation. `time_ns` is wall-clock nanoseconds since the Unix epoch
@@ -92,6 +97,9 @@ pub struct ExecEvent {
     pub exe_fs_magic: u64,
     /// Something was cut to fit the record (argv, cwd or filename).
     pub truncated: bool,
+    /// The process's root directory was the host's own root at exec (read
+    /// in the kernel at exec time, compared by device and inode).
+    pub in_host_root: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -12,6 +12,9 @@ pub struct ProcEntry {
     pub cmdline: Vec<String>,
     pub ppid: u32,
     pub cgroup_id: u64,
+    /// The container runtime setting a container up (see
+    /// [`ProcessRef::runtime`](crate::event::ProcessRef::runtime)).
+    pub runtime: bool,
 }
 
 /// pid → what we know of it. Bounded: once full, an arbitrary entry makes
@@ -76,6 +79,11 @@ impl ProcessTable {
                 let parent = self.map.get(&ev.process.ppid);
                 x.parent_exe = parent.map(|p| p.exe.clone()).filter(|e| !e.is_empty());
                 x.parent_outside = parent.is_some_and(|p| p.cgroup_id != 0 && p.cgroup_id != ev.cgroup_id);
+                // Only the runtime starts a process inside a container from
+                // outside it while still in the host's root; a container
+                // process cannot get the host's root back.
+                let runtime = x.in_host_root && x.parent_outside;
+                ev.process.runtime = runtime;
                 self.insert(
                     pid,
                     ProcEntry {
@@ -84,6 +92,7 @@ impl ProcessTable {
                         cmdline: x.argv.clone(),
                         ppid: ev.process.ppid,
                         cgroup_id: ev.cgroup_id,
+                        runtime,
                     },
                 );
             }
@@ -95,8 +104,11 @@ impl ProcessTable {
                 let child_pid = *child_pid;
                 self.insert(child_pid, child);
             }
-            EventKind::Exit(_) => self.exited_now.push(pid),
-            _ => {}
+            EventKind::Exit(_) => {
+                self.exited_now.push(pid);
+                ev.process.runtime = self.map.get(&pid).is_some_and(|p| p.runtime);
+            }
+            _ => ev.process.runtime = self.map.get(&pid).is_some_and(|p| p.runtime),
         }
     }
 }

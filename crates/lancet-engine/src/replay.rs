@@ -56,6 +56,7 @@ pub fn from_falco_json(line: &str) -> Result<(Event, Option<ContainerInfo>), Rep
         uid: u(f, "user.uid") as u32,
         gid: u(f, "group.gid") as u32,
         comm: s(f, "proc.name").to_string(),
+        runtime: false,
     };
     let ty = s(f, "evt.type");
     let net = |op| -> Result<EventKind, ReplayError> {
@@ -151,7 +152,7 @@ mod tests {
         let ev = Event {
             time_ns: 5,
             cgroup_id: 9,
-            process: ProcessRef { pid: 3, tid: 3, ppid: 1, uid: 0, gid: 0, comm: "wget".into() },
+            process: ProcessRef { pid: 3, tid: 3, ppid: 1, uid: 0, gid: 0, comm: "wget".into(), runtime: false },
             kind: EventKind::Net(NetEvent {
                 op: NetOp::Connect,
                 proto: L4Proto::Tcp,

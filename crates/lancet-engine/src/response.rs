@@ -311,6 +311,7 @@ mod tests {
                     exe_nlink: 1,
                     exe_fs_magic: crate::drift::OVERLAYFS_MAGIC,
                     truncated: false,
+                    in_host_root: false,
                 }),
             };
             p.observe(&ev, None, 1);

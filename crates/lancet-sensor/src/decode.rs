@@ -106,7 +106,7 @@ fn cstr(bytes: &[i8], len: Option<usize>) -> String {
 }
 
 fn process(h: &types::lancet_header) -> ProcessRef {
-    ProcessRef { pid: h.pid, tid: h.tid, ppid: h.ppid, uid: h.uid, gid: h.gid, comm: cstr(&h.comm, None) }
+    ProcessRef { pid: h.pid, tid: h.tid, ppid: h.ppid, uid: h.uid, gid: h.gid, comm: cstr(&h.comm, None), runtime: false }
 }
 
 /// Splits a NUL-separated argv block. A trailing partial argument (cut by the
@@ -142,6 +142,15 @@ fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// The host's root directory as the kernel names it (s_dev encoding,
+/// inode), to tell from an exec record whether the process was still in the
+/// host's root (a container runtime before it enters the container).
+fn host_root() -> Option<(u32, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    static ROOT: std::sync::OnceLock<Option<(u32, u64)>> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| std::fs::metadata("/").ok().map(|m| (crate::enforce::kernel_dev(m.dev()), m.ino())))
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(data: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
     let h: types::lancet_header = read(data, size_of::<types::lancet_header>(), "header")?;
@@ -168,6 +177,7 @@ pub fn decode(data: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 exe_nlink: e.exe_nlink,
                 exe_fs_magic: e.exe_fs_magic,
                 truncated: e.flags & (EXEC_ARGS_TRUNCATED | EXEC_CWD_TRUNCATED | EXEC_FILENAME_TRUNCATED) != 0,
+                in_host_root: host_root() == Some((e.root_dev, e.root_ino)),
             })
         }
         kind::FORK => {

@@ -184,12 +184,13 @@ impl Pipeline {
                 .or_else(|| cgroup_id_of_pid(&self.cgroup2, ev.process.pid))
                 .unwrap_or(0);
         }
+        let mut ended = None;
         match &mut ev.kind {
             EventKind::CgroupMkdir { id, path } => {
                 self.attributor.on_cgroup_mkdir(*id, path);
             }
             EventKind::CgroupRmdir { id, path } => {
-                self.attributor.on_cgroup_rmdir(*id, path);
+                ended = self.attributor.on_cgroup_rmdir(*id, path);
             }
             _ => {}
         }
@@ -199,6 +200,12 @@ impl Pipeline {
                 ev.process.comm.clone_from(&p.comm);
                 ev.process.ppid = p.ppid;
             }
+        }
+        // The removal of a container's own cgroup (matched exactly by the
+        // attributor, never by a name a user could give a cgroup of their
+        // own) is attributed to the container that ended.
+        if let Some(c) = ended {
+            return Attribution::Container(c);
         }
         let mut attribution = if ev.cgroup_id == 0 { Attribution::Host } else { self.attributor.attribute(ev.cgroup_id) };
         if let EventKind::File(f) = &mut ev.kind {
@@ -317,12 +324,8 @@ pub fn run_loop(
         for mut ev in batch.drain(..) {
             let attribution = pipeline.attribute(&mut ev);
             match (&attribution, &ev.kind) {
+                (Attribution::Container(c), EventKind::CgroupRmdir { .. }) => watches.disarm(&c.id),
                 (Attribution::Container(c), _) => watches.arm(c, Some(ev.process.pid)),
-                (_, EventKind::CgroupRmdir { path, .. }) => {
-                    if let Some(id) = watches.armed.keys().find(|id| path.contains(id.as_str())).cloned() {
-                        watches.disarm(&id);
-                    }
-                }
                 (Attribution::Unknown { .. }, _) => stats.unknown_attribution += 1,
                 _ => {}
             }
@@ -361,6 +364,13 @@ fn seed_processes(p: &mut Pipeline) {
         let exe = std::fs::read_link(entry.path().join("exe")).map(|p| p.display().to_string()).unwrap_or_default();
         let comm = std::fs::read_to_string(entry.path().join("comm")).map(|s| s.trim().to_string()).unwrap_or_default();
         let cgroup_id = cgroup_id_of_pid(&p.cgroup2, pid).unwrap_or(0);
-        p.procs.insert(pid, lancet_engine::process::ProcEntry { exe, comm, cgroup_id, ..Default::default() });
+        let ppid = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok())
+            .unwrap_or(0);
+        // A runtime caught setting a container up: in the host's root, in a
+        // cgroup other than its parent's.
+        let runtime = crate::protect::in_host_root(pid) && cgroup_id_of_pid(&p.cgroup2, ppid).is_some_and(|c| c != cgroup_id);
+        p.procs.insert(pid, lancet_engine::process::ProcEntry { exe, comm, cgroup_id, ppid, runtime, ..Default::default() });
     }
 }

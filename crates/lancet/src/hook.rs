@@ -27,13 +27,16 @@ pub enum HookCmd {
         timeout: String,
     },
     /// Write the hooks.d entry that makes podman and CRI-O call lancet.
+    /// The default is the directory podman reads when `containers.conf`
+    /// names none (podman 4.3 does not read `/etc/containers/oci/hooks.d`
+    /// unless `hooks_dir` or `--hooks-dir` says so; CRI-O reads both).
     Install {
-        #[arg(long, default_value = "/etc/containers/oci/hooks.d", value_name = "DIR")]
+        #[arg(long, default_value = "/usr/share/containers/oci/hooks.d", value_name = "DIR")]
         dir: PathBuf,
     },
     /// Remove the hooks.d entry.
     Uninstall {
-        #[arg(long, default_value = "/etc/containers/oci/hooks.d", value_name = "DIR")]
+        #[arg(long, default_value = "/usr/share/containers/oci/hooks.d", value_name = "DIR")]
         dir: PathBuf,
     },
 }

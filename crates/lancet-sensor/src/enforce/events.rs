@@ -157,6 +157,7 @@ impl EnforceRecord {
                     exe_nlink: u32::from(self.reason != EnforceReason::Deleted),
                     exe_fs_magic: 0,
                     truncated: false,
+                    in_host_root: false,
                 })
             }
             op => {

@@ -8,7 +8,7 @@ use super::workloads::{workload_key, Live, Workload};
 use super::{now_ns, Daemon};
 use crate::agent::Pipeline;
 use crate::api::Reply;
-use crate::protect::{Enforced, GuardRequest, ProtectOptions, Protector};
+use crate::protect::{in_host_root, Enforced, GuardRequest, ProtectOptions, Protector};
 use anyhow::Result;
 use lancet_engine::attribution::{Attribution, ContainerInfo};
 use lancet_engine::drift::{Drift, DriftKind};
@@ -90,7 +90,7 @@ impl Daemon {
         // A process that has not entered the container's root yet (runc
         // init before pivot_root) shows the host's root: wait for the OCI
         // hook or a later event.
-        if !Path::new(&format!("/proc/{pid}/root")).exists() || runtime_setup(pid) {
+        if !Path::new(&format!("/proc/{pid}/root")).exists() || in_host_root(pid) {
             return;
         }
         let rel = (!c.cgroup_path.is_empty()).then_some(c.cgroup_path.as_str());
@@ -123,7 +123,7 @@ impl Daemon {
     /// In protect mode, the ladder's step for an enforcing verdict on a
     /// guarded container, carried out. Nothing elsewhere.
     pub(super) fn respond_in_protect(&mut self, ev: &Event, c: &ContainerInfo, mode: Mode, v: &Verdict) -> Outcome {
-        if mode != Mode::Protect || !v.action.is_enforcing() || !self.guarding.is_guarded(&c.id) || runtime_setup(ev.process.pid) {
+        if mode != Mode::Protect || !v.action.is_enforcing() || !self.guarding.is_guarded(&c.id) || runtime_setup(ev) {
             return Outcome::default();
         }
         let r = self.guarding.ladder.respond(&c.id, v, ev.time_ns);
@@ -280,6 +280,7 @@ fn synthetic_exec(pid: i32, cgroup_id: u64, path: &str) -> Event {
             exe_nlink: 1,
             exe_fs_magic: 0,
             truncated: false,
+            in_host_root: false,
         }),
     }
 }
@@ -324,9 +325,14 @@ fn lsm_unavailable_reason() -> String {
 }
 
 /// The process is still the container runtime setting the container up
-/// (`runc init` before `pivot_root`: its root is the host's). What it runs
-/// (runc re-executes itself from a memfd) is neither drift nor the
-/// workload's, and must never be killed.
-pub(super) fn runtime_setup(pid: u32) -> bool {
-    crate::protect::same_filesystem(Path::new(&format!("/proc/{pid}/root")), Path::new("/"))
+/// (`runc init`, whose root is still the host's: see [`in_host_root`]).
+/// What it runs (runc re-executes itself from a memfd) and writes (mount
+/// points, `/etc/hosts`) is neither drift nor the workload's: it is never
+/// learned, judged or killed. An exec also needs its parent outside the
+/// container: only the runtime starts processes there from outside.
+pub(super) fn runtime_setup(ev: &Event) -> bool {
+    match &ev.kind {
+        EventKind::Exec(x) if !x.parent_outside => false,
+        _ => in_host_root(ev.process.pid),
+    }
 }

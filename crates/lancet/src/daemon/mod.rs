@@ -67,18 +67,27 @@ struct Daemon {
 
 impl Daemon {
     fn on_event(&mut self, ev: &Event, attribution: &Attribution) -> Result<()> {
-        if let EventKind::CgroupRmdir { path, .. } = &ev.kind {
-            let gone: Vec<String> = self.workloads.live.keys().filter(|id| path.contains(id.as_str())).cloned().collect();
-            for id in gone {
-                self.container_gone(&id);
-            }
-        }
         let Attribution::Container(c) = attribution else { return Ok(()) };
+        if runtime_setup(ev) {
+            // The runtime's own work inside the container's cgroup: nothing
+            // of it is the workload's.
+            return Ok(());
+        }
+        match ev.kind {
+            // The container's own cgroup went: the pipeline matched it
+            // exactly (see `Pipeline::attribute`).
+            EventKind::CgroupRmdir { .. } => {
+                self.container_gone(&c.id);
+                return Ok(());
+            }
+            EventKind::CgroupMkdir { .. } => return Ok(()),
+            _ => {}
+        }
         let key = workload_key(c);
         let now = ev.time_ns;
         let peer = self.workloads.note(ev, c, &key);
         self.writes.record(&c.id, ev);
-        let drift = self.drift(ev, c, &key).filter(|_| !runtime_setup(ev.process.pid));
+        let drift = self.drift(ev, c, &key);
         let Some(w) = self.workloads.get_or_load(&self.store, &key, c, now) else {
             tracing::debug!(workload = %key, "workload limit reached; not profiled");
             return Ok(());

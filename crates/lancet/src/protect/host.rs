@@ -40,6 +40,24 @@ pub fn same_filesystem(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// The identity of a directory: its device and inode.
+fn dir_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether a process's root directory is the host's own root: the container
+/// runtime setting a container up (`runc init` before `pivot_root`, or
+/// before it joins the container's mount namespace for an exec). Compared
+/// by device *and* inode, so a container process that chroots into a
+/// directory of the host's filesystem (a volume) is never mistaken for the
+/// runtime. False when the process is gone.
+pub fn in_host_root(pid: u32) -> bool {
+    static HOST_ROOT: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    let host = *HOST_ROOT.get_or_init(|| dir_id(Path::new("/")));
+    host.is_some() && dir_id(Path::new(&format!("/proc/{pid}/root"))) == host
+}
+
 /// The ids (directory inodes) of every cgroup under `root`, `depth` levels
 /// deep.
 pub(super) fn cgroup_ids(root: &Path, depth: usize) -> HashSet<u64> {

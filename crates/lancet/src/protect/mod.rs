@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use container::Containment;
 use host::cgroup_ids;
-pub use host::{netns_addresses, same_filesystem};
+pub use host::{in_host_root, netns_addresses};
 use lsm::LsmBackend;
 use network::NetBackend;
 use perm::PermBackend;

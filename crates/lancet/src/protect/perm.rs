@@ -2,7 +2,7 @@
 //! are answered on a thread of their own, from a table the event loop keeps
 //! current.
 
-use super::host::{resolve_in_root, same_filesystem};
+use super::host::{in_host_root, resolve_in_root, same_filesystem};
 use super::{Backend, Enforced, Guarded, ProtectOptions};
 use crate::config::FailModeSetting;
 use lancet_engine::profile::Profile;
@@ -207,7 +207,7 @@ impl Backend for PermBackend {
         // container's processes run inside their root.
         let shm = PathBuf::from(format!("/proc/{}/root/dev/shm", g.pid));
         let proc_root = PathBuf::from(format!("/proc/{}/root", g.pid));
-        let pivoted = proc_root.exists() && !same_filesystem(&proc_root, Path::new("/"));
+        let pivoted = proc_root.exists() && !in_host_root(g.pid);
         if pivoted
             && self.shm_tried.insert(g.label)
             && shm.is_dir()
