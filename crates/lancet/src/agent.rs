@@ -111,6 +111,11 @@ impl Watches {
     /// Marks the sensitive paths under a live process's root.
     fn watch_opens(&mut self, label: u64, name: &str, pid: Option<u32>) -> bool {
         let (Some(o), Some(pid)) = (self.opens.as_mut(), pid) else { return false };
+        // A process still in the host's root (runc init before pivot_root)
+        // would put the marks on the host's own files: wait for one inside.
+        if crate::protect::in_host_root(pid) {
+            return false;
+        }
         match o.watch_root(Path::new(&format!("/proc/{pid}/root")), label) {
             Ok(n) => {
                 tracing::debug!(container = %name, marks = n, "sensitive paths watched");

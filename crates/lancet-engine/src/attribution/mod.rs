@@ -63,6 +63,48 @@ impl fmt::Display for Runtime {
     }
 }
 
+/// The command a container's runtime starts in it (its entrypoint and cmd,
+/// as the OCI spec's `process` has them), so a container that was running
+/// before the agent can still have its first exec learned, and restarted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciProcess {
+    /// argv, argv\[0\] as given (the runtime looks it up on `PATH`).
+    pub args: Vec<String>,
+    /// The `PATH` of the process's environment, when set.
+    pub path_env: Option<String>,
+    /// Working directory inside the container.
+    pub cwd: String,
+}
+
+/// At most this many arguments, each at most [`MAX_ARG_LEN`] bytes, are
+/// kept from a runtime's record: it is written by whoever made the image.
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ARG_LEN: usize = 4096;
+
+impl OciProcess {
+    /// The `process` object of an OCI runtime spec (bounded).
+    pub fn from_spec(process: &serde_json::Value) -> Option<OciProcess> {
+        let args: Vec<String> = process
+            .get("args")?
+            .as_array()?
+            .iter()
+            .take(MAX_ARGS)
+            .filter_map(|a| a.as_str())
+            .map(|a| a.chars().take(MAX_ARG_LEN).collect())
+            .collect();
+        if args.is_empty() {
+            return None;
+        }
+        let path_env = process
+            .get("env")
+            .and_then(|e| e.as_array())
+            .and_then(|e| e.iter().filter_map(|v| v.as_str()).find_map(|v| v.strip_prefix("PATH=")))
+            .map(|p| p.chars().take(MAX_ARG_LEN).collect());
+        let cwd = process.get("cwd").and_then(|c| c.as_str()).unwrap_or("/").chars().take(MAX_ARG_LEN).collect();
+        Some(OciProcess { args, path_env, cwd })
+    }
+}
+
 /// The Kubernetes identity of a container, when it runs in a pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodInfo {
@@ -97,6 +139,8 @@ pub struct ContainerInfo {
     pub rootfs_paths: Vec<PathBuf>,
     /// Host pid of the container's init, when the runtime records it.
     pub pid: Option<u32>,
+    /// What the runtime runs as the container's first process.
+    pub process: Option<OciProcess>,
 }
 
 impl ContainerInfo {
@@ -608,3 +652,22 @@ impl Attributor {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod oci_process_tests {
+    use super::*;
+
+    #[test]
+    fn process_from_spec_is_bounded() {
+        let long = "x".repeat(MAX_ARG_LEN * 2);
+        let args: Vec<String> = (0..MAX_ARGS + 10).map(|_| long.clone()).collect();
+        let p = OciProcess::from_spec(&serde_json::json!({"args": args, "env": ["A=1", "PATH=/bin:/usr/bin"], "cwd": "/srv"})).unwrap();
+        assert_eq!(p.args.len(), MAX_ARGS);
+        assert!(p.args.iter().all(|a| a.len() == MAX_ARG_LEN));
+        assert_eq!(p.path_env.as_deref(), Some("/bin:/usr/bin"));
+        assert_eq!(p.cwd, "/srv");
+        assert_eq!(OciProcess::from_spec(&serde_json::json!({"args": []})), None);
+        assert_eq!(OciProcess::from_spec(&serde_json::json!({"args": "sh"})), None);
+        assert_eq!(OciProcess::from_spec(&serde_json::json!(null)), None);
+    }
+}

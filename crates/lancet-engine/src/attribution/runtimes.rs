@@ -9,7 +9,7 @@
 
 use super::bolt::BoltDb;
 use super::cgroup::CgroupMatch;
-use super::{ContainerInfo, PodInfo, Runtime};
+use super::{ContainerInfo, OciProcess, PodInfo, Runtime};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -291,6 +291,7 @@ impl Reader {
         let spec =
             [graph, run].iter().find_map(|root| self.json(&format!("{root}/overlay-containers/{id}/userdata/config.json")).ok().flatten());
         let ann = str_map(spec.as_ref().and_then(|s| s.get("annotations")));
+        c.process = spec.as_ref().and_then(|s| s.get("process")).and_then(OciProcess::from_spec);
         let is_crio = ann.contains_key("io.kubernetes.cri-o.ContainerName")
             || ann.contains_key("io.kubernetes.pod.name")
             || meta.get("pod-name").is_some();
@@ -380,6 +381,11 @@ impl Reader {
             ..Default::default()
         };
         c.pid = v.get("State").and_then(|st| st.get("Pid")).and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
+        // Docker records the resolved command as Path + Args.
+        let mut args = vec![v.get("Path").cloned().unwrap_or(Value::Null)];
+        args.extend(v.get("Args").and_then(Value::as_array).cloned().unwrap_or_default());
+        let env = cfg.get("Env").cloned().unwrap_or(Value::Null);
+        c.process = OciProcess::from_spec(&serde_json::json!({"args": args, "env": env, "cwd": nonempty(s(&cfg, "WorkingDir"), || "/".into())}));
         c.pod = pod_from(
             &c.labels,
             "io.kubernetes.pod.name",
@@ -431,7 +437,12 @@ impl Reader {
         let ann = str_map(spec.get("annotations"));
         let get = |k: &str| ann.get(k).cloned().unwrap_or_default();
         let is_sandbox = get("io.kubernetes.cri.container-type") == "sandbox";
-        let mut c = ContainerInfo { id: id.to_string(), runtime: Runtime::Containerd, ..Default::default() };
+        let mut c = ContainerInfo {
+            id: id.to_string(),
+            runtime: Runtime::Containerd,
+            process: spec.get("process").and_then(OciProcess::from_spec),
+            ..Default::default()
+        };
         c.name = if is_sandbox { get("io.kubernetes.cri.sandbox-name") } else { get("io.kubernetes.cri.container-name") };
         if c.name.is_empty() {
             c.name = get("nerdctl/name");

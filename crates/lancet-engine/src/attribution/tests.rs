@@ -102,6 +102,9 @@ fn podman_real_layout() {
     assert_eq!(c.pod, None);
     assert_eq!(c.cgroup_path, format!("/libpod_parent/libpod-{T1}"));
     assert_eq!(c.pid, Some(3977), "pid from libpod's bolt state");
+    let proc_ = c.process.as_ref().expect("the OCI spec's process");
+    assert_eq!(proc_.args, ["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    assert_eq!(proc_.cwd, "/");
     let upper = PathBuf::from("/var/lib/containers/storage/overlay/749c1ce0e70e633d7898507105456ba0e3d833bbf389a399563a89dfeb984633/diff");
     assert_eq!(c.rootfs_paths, vec![upper.clone()]);
 
@@ -187,6 +190,7 @@ fn docker_layouts() {
     let c = container(a.attribute(web));
     assert_eq!(c.runtime, Runtime::Docker);
     assert_eq!(c.name, "web");
+    assert_eq!(c.process.as_ref().map(|p| p.args.clone()), Some(vec!["nginx".to_string(), "-g".into(), "daemon off;".into()]));
     assert_eq!(c.image, "nginx:1.25");
     assert_eq!(c.image_id, IMG);
     assert_eq!(c.image_digest, DIG);

@@ -14,6 +14,7 @@ mod answers;
 mod drift;
 mod guarding;
 mod policies;
+mod seed;
 mod settings;
 mod workloads;
 

@@ -192,7 +192,10 @@ impl Workloads {
     }
 
     /// A container that ran before the agent: its cgroup, a live process,
-    /// its addresses and its workload are known at once.
+    /// its addresses and its workload are known at once. A workload that is
+    /// learning (or has learned nothing yet) learns what the container has
+    /// already done: its first process as the runtime ran it, its running
+    /// processes, its sockets, the directories it wrote.
     pub(super) fn adopt(&mut self, store: &Store, cgroup2: &Path, c: Arc<ContainerInfo>, now: u64) {
         let dir = cgroup2.join(c.cgroup_path.trim_start_matches('/'));
         // The runtime's record of the init pid, else any process in the
@@ -212,8 +215,24 @@ impl Workloads {
                 }
             }
         }
-        self.get_or_load(store, &key, &c, now);
-        self.containers.insert(c.id.clone(), c);
+        self.containers.insert(c.id.clone(), Arc::clone(&c));
+        let Some(w) = self.get_or_load(store, &key, &c, now) else { return };
+        if w.profile.mode() != Mode::Learn && !w.profile.is_empty() {
+            return;
+        }
+        let Some(cgid) = self.live.get(&c.id).map(|l| l.cgroup_id) else { return };
+        let events = super::seed::live_events(&c, &dir, cgid, now);
+        let mut learned = 0;
+        for ev in &events {
+            let peer = self.note(ev, &c, &key);
+            if let Some(w) = self.map.get_mut(&key) {
+                if w.profile.observe(ev, peer.as_ref(), now) {
+                    learned += 1;
+                    w.changed();
+                }
+            }
+        }
+        tracing::info!(container = %c.name, workload = %key, events = events.len(), learned, "learned what the running container already does");
     }
 
     /// Once a second: promote quiet profiles, write what changed, flush

@@ -1,0 +1,232 @@
+//! What a container that was already running when the agent started has
+//! done so far, read from the host: its first process as the runtime ran
+//! it (the OCI spec), its running processes, its sockets, and the
+//! directories it wrote (its overlay upper layer records every write since
+//! it started). Learned like live events, so a container that predates the
+//! agent can be restarted in protect mode; checked against the profile for
+//! `lancet profile promote --dry-run`.
+
+use lancet_engine::attribution::ContainerInfo;
+use lancet_engine::event::Event;
+use lancet_engine::live::{entrypoint_event, parse_proc_net, process_event, socket_events, written_event, LiveProcess};
+use lancet_sensor::fanotify::overlay::written_in_container;
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+
+/// Bounds on what is read from one container.
+const MAX_PROCESSES: usize = 4096;
+const MAX_UPPER_ENTRIES: usize = 20_000;
+const MAX_UPPER_DEPTH: usize = 32;
+/// runc's `PATH` when the spec sets none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The events a running container stands for. `cgroup_dir`: its cgroup on
+/// the host; `cgroup_id`: that cgroup's id.
+pub(super) fn live_events(c: &ContainerInfo, cgroup_dir: &Path, cgroup_id: u64, now: u64) -> Vec<Event> {
+    let pids = cgroup_pids(cgroup_dir);
+    let Some(&first) = pids.first() else { return Vec::new() };
+    // The init process when the runtime recorded it and it is still there.
+    let pid = c.pid.filter(|p| pids.contains(p)).unwrap_or(first);
+    let root = format!("/proc/{pid}/root");
+    let mut out = Vec::new();
+    if let Some(p) = &c.process {
+        if let Some(exe) = look_path(Path::new(&root), &p.args[0], p.path_env.as_deref().unwrap_or(DEFAULT_PATH), &p.cwd) {
+            out.push(entrypoint_event(&exe, &p.args, &p.cwd, now, cgroup_id, pid));
+        }
+    }
+    let ours: HashSet<u32> = pids.iter().copied().collect();
+    let upper = c.upper_dir();
+    for &p in &pids {
+        // A process running a file the container wrote is drift: never
+        // learned as normal.
+        match live_process(p, &ours) {
+            Some(lp) if !upper.is_some_and(|u| written_in_container(u, &lp.exe)) => out.push(process_event(&lp, now, cgroup_id)),
+            Some(lp) => tracing::warn!(container = %c.name, pid = p, exe = %lp.exe, "a running process runs a file the container wrote; not learned"),
+            None => {}
+        }
+    }
+    let read = |f: &str| parse_proc_net(&std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default());
+    let tcp: Vec<_> = read("tcp").into_iter().chain(read("tcp6")).collect();
+    let udp: Vec<_> = read("udp").into_iter().chain(read("udp6")).collect();
+    out.extend(socket_events(&tcp, &udp, now, cgroup_id, pid));
+    if let Some(upper) = upper {
+        let mounts = mount_targets(pid);
+        for path in written_files(upper, &mounts) {
+            out.push(written_event(&path, now, cgroup_id, pid));
+        }
+    }
+    out
+}
+
+/// The processes in a cgroup and its children (bounded).
+fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(t.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if depth < 4 {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                stack.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| (e.path(), depth + 1)));
+            }
+        }
+        if out.len() >= MAX_PROCESSES {
+            out.truncate(MAX_PROCESSES);
+            break;
+        }
+    }
+    out
+}
+
+/// A running process: its executable as the container sees it, and its
+/// parent's when the parent is in the container too. None for a process
+/// running a deleted file (that is drift, never learned) or one that went.
+fn live_process(pid: u32, container: &HashSet<u32>) -> Option<LiveProcess> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?.to_str()?.to_string();
+    if exe.ends_with(" (deleted)") || !exe.starts_with('/') {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+    let parent_exe = container
+        .contains(&ppid)
+        .then(|| std::fs::read_link(format!("/proc/{ppid}/exe")).ok().and_then(|p| p.to_str().map(str::to_string)))
+        .flatten();
+    Some(LiveProcess { pid, exe, parent_exe })
+}
+
+/// argv\[0\] as runc's `exec.LookPath` finds it: a name with a slash is
+/// used as given (relative to `cwd`); otherwise the first `PATH` directory
+/// holding an executable file of that name, joined (not resolved). Looked
+/// up inside the container's root, following its symlinks inside it.
+fn look_path(root: &Path, arg0: &str, path_env: &str, cwd: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    if arg0.is_empty() {
+        return None;
+    }
+    if arg0.contains('/') {
+        return Some(if arg0.starts_with('/') { arg0.to_string() } else { format!("{}/{arg0}", cwd.trim_end_matches('/')) });
+    }
+    path_env.split(':').filter(|d| d.starts_with('/')).find_map(|dir| {
+        let candidate = format!("{}/{arg0}", dir.trim_end_matches('/'));
+        let resolved = crate::protect::resolve_in_root(root, &candidate)?;
+        let meta = std::fs::metadata(root.join(resolved.trim_start_matches('/'))).ok()?;
+        (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(candidate)
+    })
+}
+
+/// Where the container's mounts are, as it sees them (`/etc/hosts`,
+/// `/run/.containerenv`, `/dev`…): the runtime put placeholders for them in
+/// the writable layer, which the workload never wrote.
+fn mount_targets(pid: u32) -> HashSet<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(unescape_mountinfo)
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The files (and whiteouts of deleted files) in the writable layer, as
+/// container paths, one per directory written (which is what a profile
+/// learns), leaving out the runtime's mount placeholders. Bounded; never
+/// follows a symlink.
+fn written_files(upper: &Path, mounts: &HashSet<String>) -> Vec<String> {
+    let mut dirs = BTreeSet::new();
+    let mut stack = vec![(upper.to_path_buf(), String::new(), 0usize)];
+    let mut seen = 0usize;
+    while let Some((host, inside, depth)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&host) else { continue };
+        for e in rd.flatten() {
+            seen += 1;
+            if seen > MAX_UPPER_ENTRIES {
+                tracing::debug!(upper = %upper.display(), "writable layer larger than {MAX_UPPER_ENTRIES} entries; the rest is not read");
+                return dirs.into_iter().collect();
+            }
+            let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
+            let path = format!("{inside}/{name}");
+            if mounts.contains(&path) {
+                continue;
+            }
+            match e.file_type() {
+                Ok(t) if t.is_dir() => {
+                    if depth < MAX_UPPER_DEPTH {
+                        stack.push((e.path(), path, depth + 1));
+                    }
+                }
+                Ok(_) => {
+                    dirs.insert(path);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    // One file per directory is enough to learn the directory.
+    let mut by_dir = std::collections::BTreeMap::new();
+    for p in dirs {
+        let dir = p.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
+        by_dir.entry(dir).or_insert(p);
+    }
+    by_dir.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn look_path_like_runc() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("bin")).unwrap();
+        std::fs::create_dir_all(r.join("usr/sbin")).unwrap();
+        std::fs::write(r.join("bin/busybox"), b"").unwrap();
+        std::fs::set_permissions(r.join("bin/busybox"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("busybox", r.join("bin/httpd")).unwrap();
+        std::fs::write(r.join("usr/sbin/data"), b"").unwrap();
+        let path = "/usr/local/bin:/usr/sbin:/bin";
+        assert_eq!(look_path(r, "httpd", path, "/").as_deref(), Some("/bin/httpd"), "joined, not resolved");
+        assert_eq!(look_path(r, "data", path, "/"), None, "not executable");
+        assert_eq!(look_path(r, "/opt/app", path, "/").as_deref(), Some("/opt/app"));
+        assert_eq!(look_path(r, "./run", path, "/srv").as_deref(), Some("/srv/./run"));
+        assert_eq!(look_path(r, "", path, "/"), None);
+    }
+
+    #[test]
+    fn writable_layer_without_mount_placeholders() {
+        let d = tempfile::tempdir().unwrap();
+        let u = d.path();
+        for f in ["etc/hosts", "run/.containerenv", "run/nginx.pid", "var/log/nginx/access.log", "var/log/nginx/error.log"] {
+            std::fs::create_dir_all(u.join(f).parent().unwrap()).unwrap();
+            std::fs::write(u.join(f), b"").unwrap();
+        }
+        std::fs::create_dir_all(u.join("dev")).unwrap();
+        let mounts: HashSet<String> = ["/etc/hosts", "/run/.containerenv", "/dev"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(written_files(u, &mounts), ["/run/nginx.pid", "/var/log/nginx/access.log"]);
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo(r"/a\\"), r"/a\\");
+        assert_eq!(unescape_mountinfo(r"\0"), r"\0");
+    }
+}
