@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod attribution;
 pub mod drift;
 pub mod event;
+pub mod exe;
 pub mod live;
 pub mod output;
 pub mod policy;

@@ -55,7 +55,7 @@ mod tests;
 pub use compile::{PolicySet, PolicySetError, SharedStr, Tags, Verdict};
 
 use crate::event::{EventKind, FileOp, NetOp};
-use crate::profile::{Mode, Span};
+use crate::profile::{Deviation, Mode, Span};
 use schemars::JsonSchema;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -429,6 +429,26 @@ pub fn effective_action(action: Action, mode: Mode) -> (Action, bool) {
         Mode::Protect => (action, false),
         Mode::Learn | Mode::Monitor if action.is_enforcing() => (Action::Alert, true),
         Mode::Learn | Mode::Monitor => (action, false),
+    }
+}
+
+/// Adds the profile-deviation verdict ([`Verdict::profile_deviation`]) for
+/// `deviation` to the verdicts the rules gave an event, when it is due.
+///
+/// In learn and monitor it is due only when nothing else fired: a rule that
+/// names the event says more than "not in the profile", and one alert per
+/// event is enough. In protect, a deviation is refused whatever else fired:
+/// an alert-only rule that matches (the default "shell in container" rule)
+/// must not turn a refusal into a mere alert, so the deviation's block is
+/// added unless a verdict that enforces (block or stronger) is already there.
+pub fn with_deviation(verdicts: &mut Vec<Verdict>, deviation: Option<&Deviation>, mode: Mode) {
+    let Some(d) = deviation else { return };
+    let due = match mode {
+        Mode::Protect => !verdicts.iter().any(|v| v.action.is_enforcing()),
+        Mode::Learn | Mode::Monitor => verdicts.is_empty(),
+    };
+    if due {
+        verdicts.push(Verdict::profile_deviation(d));
     }
 }
 

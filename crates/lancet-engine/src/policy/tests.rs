@@ -716,3 +716,60 @@ fn verdicts_plug_into_falco_output() {
     assert_eq!(j["lancet.policy"], "lancet-defaults");
     assert_eq!((action.to_string(), would_block), ("alert".to_string(), false));
 }
+
+// ---------- profile deviations next to rules ----------
+
+/// The verdicts the daemon would act on for `ev`: the rules', then the
+/// deviation's when due.
+fn with_dev(set: &PolicySet, ev: &Event, d: Option<&crate::profile::Deviation>, mode: Mode) -> Vec<(String, Action)> {
+    let mut out = Vec::new();
+    set.evaluate(ev, Some(&container()), d.is_some(), &mut out);
+    with_deviation(&mut out, d, mode);
+    out.iter().map(|v| (v.rule.to_string(), v.action)).collect()
+}
+
+#[test]
+fn an_alert_rule_never_removes_the_block_of_a_deviation_in_protect() {
+    let set = defaults();
+    let shell = exec("/bin/sh", &["sh"]);
+    let d = crate::profile::Deviation::NewExecutable { path: "/bin/sh".into() };
+    let rule = ("Shell in container not in profile".to_string(), Action::Alert);
+    let block = ("profile deviation: new_executable".to_string(), Action::Block);
+    assert_eq!(with_dev(&set, &shell, Some(&d), Mode::Protect), [rule.clone(), block]);
+    // Monitor (and learn) keep one alert per event: the rule's.
+    for mode in [Mode::Monitor, Mode::Learn] {
+        assert_eq!(with_dev(&set, &shell, Some(&d), mode), std::slice::from_ref(&rule), "{mode}");
+    }
+    // No rule: the deviation in every mode.
+    let app = exec("/usr/local/bin/app", &["app"]);
+    let d = crate::profile::Deviation::NewExecutable { path: "/usr/local/bin/app".into() };
+    for mode in [Mode::Learn, Mode::Monitor, Mode::Protect] {
+        assert_eq!(with_dev(&set, &app, Some(&d), mode), [("profile deviation: new_executable".to_string(), Action::Block)], "{mode}");
+    }
+    // No deviation: the rules alone.
+    assert!(with_dev(&set, &app, None, Mode::Protect).is_empty());
+    assert_eq!(with_dev(&set, &shell, None, Mode::Protect).len(), 0, "the shell rule needs a deviation");
+}
+
+#[test]
+fn an_enforcing_rule_makes_the_deviation_block_redundant() {
+    let yaml = "apiVersion: lancet.dev/v1alpha1
+kind: Policy
+metadata: {name: strict}
+spec:
+  rules:
+    - name: no shells
+      match: {events: [execve], exe: ['*/sh']}
+      action: kill-process
+      severity: high
+";
+    let set = PolicySet::new(parse_policies(yaml, "p.yaml").expect("parses"), true).expect("compiles");
+    let shell = exec("/bin/sh", &["sh"]);
+    let d = crate::profile::Deviation::NewExecutable { path: "/bin/sh".into() };
+    let got = with_dev(&set, &shell, Some(&d), Mode::Protect);
+    assert_eq!(
+        got,
+        [("Shell in container not in profile".to_string(), Action::Alert), ("no shells".to_string(), Action::KillProcess)],
+        "a kill is stronger than the block"
+    );
+}

@@ -48,6 +48,20 @@ pub const MAX_ARGS_LISTS: usize = 8;
 /// than [`MAX_ARG_BYTES`], are not kept: the executable goes to `argsPattern: "*"`.
 pub const MAX_ARGV: usize = 32;
 pub const MAX_ARG_BYTES: usize = 256;
+/// Distinct run names kept per executable ([`Executable::names`]); further
+/// names, and names longer than [`MAX_ARG_BYTES`], are counted in
+/// `spec.overflow.executables` and not learned.
+pub const MAX_NAMES: usize = 64;
+
+/// The path every exec of `/proc/self/exe` or `/proc/<pid>/exe` is learned
+/// under: a multi-call binary re-executing itself (Debian's busybox `sh`
+/// runs applets so, with the applet in argv\[0\]). Which file it is depends
+/// on the process that made the exec, so it cannot be resolved by path.
+pub const SELF_EXE: &str = "/proc/self/exe";
+
+/// The metadata annotation of a [`Profile::successor`] naming the image
+/// digest whose profile it started from.
+pub const PREVIOUS_DIGEST_ANNOTATION: &str = "lancet.dev/previous-digest";
 
 pub const API_VERSION: &str = "lancet.dev/v1alpha1";
 
@@ -315,6 +329,11 @@ pub struct Executable {
     /// empty list accepts any parent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<String>,
+    /// Names the file was run under (argv\[0\]'s basename) besides its own
+    /// basename: the applets of a multi-call binary such as busybox. Empty
+    /// for ordinary programs, which are run under their own name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
     /// Distinct argument lists seen (without argv\[0\]), while they are few.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<Vec<String>>,
@@ -419,12 +438,15 @@ impl PartialEq for Profile {
     }
 }
 
-/// What in an event is not in the profile.
+/// What in an event is not in the profile. `NewName`: a known executable
+/// run under a name (argv\[0\]) it was never run under, such as another
+/// applet of a multi-call binary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Deviation {
     NewExecutable { path: String },
     NewParent { path: String, parent: String },
+    NewName { path: String, name: String },
     NewListen { port: u16, proto: Protocol },
     NewOutbound { peer: Peer, port: u16, proto: Protocol },
     NewInbound { peer: Peer, port: u16, proto: Protocol },
@@ -438,6 +460,7 @@ impl Deviation {
         match self {
             Deviation::NewExecutable { .. } => "new_executable",
             Deviation::NewParent { .. } => "new_parent",
+            Deviation::NewName { .. } => "new_name",
             Deviation::NewListen { .. } => "new_listen",
             Deviation::NewOutbound { .. } => "new_outbound",
             Deviation::NewInbound { .. } => "new_inbound",
@@ -452,6 +475,7 @@ impl fmt::Display for Deviation {
         match self {
             Deviation::NewExecutable { path } => write!(f, "executable {path} is not in the profile"),
             Deviation::NewParent { path, parent } => write!(f, "{path} started by {parent}, not a parent in the profile"),
+            Deviation::NewName { path, name } => write!(f, "{path} run as {name} is not in the profile"),
             Deviation::NewListen { port, proto } => write!(f, "listening on {port}/{proto} is not in the profile"),
             Deviation::NewOutbound { peer, port, proto } => {
                 write!(f, "outbound connection to {peer} port {port}/{proto} is not in the profile")
@@ -473,6 +497,9 @@ pub enum Section {
     Inbound,
     WrittenDirs,
     SensitiveReads,
+    /// The images' baselines (executables shipped), when both profiles
+    /// have one: what an image update changed.
+    Image,
 }
 
 impl Section {
@@ -484,6 +511,7 @@ impl Section {
             Section::Inbound => "inbound",
             Section::WrittenDirs => "writtenDirs",
             Section::SensitiveReads => "sensitiveReads",
+            Section::Image => "image",
         }
     }
 }
@@ -492,11 +520,15 @@ impl Section {
 pub enum Change {
     Added,
     Removed,
+    /// In both, with other content (an image executable whose hash differs).
+    Changed,
 }
 
-/// One entry that `other` has and `self` lacks (added) or the reverse
-/// (removed). Prints as `+ executables: /bin/sh`, `- listening: 8080/tcp`,
-/// `+ executables: /bin/httpd <- /bin/sh` (a parent).
+/// One entry that `other` has and `self` lacks (added), the reverse
+/// (removed), or that differs (changed). Prints as `+ executables: /bin/sh`,
+/// `- listening: 8080/tcp`, `+ executables: /bin/httpd <- /bin/sh` (a
+/// parent), `+ executables: /proc/self/exe as ls` (a run name),
+/// `~ image: /bin/busybox sha256 0123456789ab -> 89abcdef0123`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DiffLine {
     pub section: Section,
@@ -509,6 +541,7 @@ impl fmt::Display for DiffLine {
         let sign = match self.change {
             Change::Added => '+',
             Change::Removed => '-',
+            Change::Changed => '~',
         };
         write!(f, "{sign} {}: {}", self.section.as_str(), self.entry)
     }
@@ -595,6 +628,50 @@ pub fn profile_name(image: &str) -> String {
     out
 }
 
+/// The repository of an image reference, without tag or digest:
+/// `registry:5000/team/app:2.1@sha256:…` → `registry:5000/team/app`. A port
+/// in the registry host is not a tag. Versions of one repository share a
+/// profile lineage ([`Profile::successor`]).
+pub fn image_repository(image: &str) -> &str {
+    crate::output::split_image(image).0
+}
+
+/// Short form of a hash for people: its first 12 characters.
+fn short_hash(h: &str) -> &str {
+    h.char_indices().nth(12).map_or(h, |(i, _)| &h[..i])
+}
+
+/// Executables added, removed and changed from baseline `a` to `b` (both
+/// sorted by path), as [`Section::Image`] lines.
+fn diff_baselines(a: &Baseline, b: &Baseline, out: &mut Vec<DiffLine>) {
+    let line = |change, entry: String| DiffLine { section: Section::Image, change, entry };
+    let (mut x, mut y) = (a.executables().iter().peekable(), b.executables().iter().peekable());
+    loop {
+        match (x.peek(), y.peek()) {
+            (Some(f), Some(g)) if f.path == g.path => {
+                if f.sha256 != g.sha256 {
+                    out.push(line(Change::Changed, format!("{} sha256 {} -> {}", f.path, short_hash(&f.sha256), short_hash(&g.sha256))));
+                }
+                x.next();
+                y.next();
+            }
+            (Some(f), Some(g)) if f.path < g.path => {
+                out.push(line(Change::Removed, f.path.clone()));
+                x.next();
+            }
+            (Some(f), None) => {
+                out.push(line(Change::Removed, f.path.clone()));
+                x.next();
+            }
+            (_, Some(g)) => {
+                out.push(line(Change::Added, g.path.clone()));
+                y.next();
+            }
+            (None, None) => break,
+        }
+    }
+}
+
 /// The JSON Schema of a profile document.
 pub fn profile_schema() -> serde_json::Value {
     schemars::schema_for!(Profile).to_value()
@@ -618,9 +695,10 @@ impl Seen {
     }
 }
 
-/// What an event can teach a profile, borrowed from the event.
+/// What an event can teach a profile, borrowed from the event. An exec's
+/// `name` is argv\[0\]'s basename where it differs from the path's.
 enum Obs<'a> {
-    Exec { path: &'a str, parent: Option<&'a str>, args: Option<&'a [String]> },
+    Exec { path: &'a str, parent: Option<&'a str>, args: Option<&'a [String]>, name: Option<&'a str> },
     Listen { port: u16, proto: Protocol },
     Flow { inbound: bool, peer: PeerKey<'a>, port: u16, proto: Protocol },
     Written(&'a str),
@@ -653,10 +731,42 @@ fn parent_dir(path: &str) -> &str {
     }
 }
 
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The path an exec is learned under: the path given to execve, except that
+/// every `/proc/<pid>/exe` is [`SELF_EXE`].
+fn exec_path(filename: &str) -> &str {
+    let pid = filename.strip_prefix("/proc/").and_then(|r| r.strip_suffix("/exe"));
+    match pid {
+        Some(p) if p == "self" || (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) => SELF_EXE,
+        _ => filename,
+    }
+}
+
+/// The name a program was run under, when it is not its path's basename:
+/// argv\[0\]'s basename, without the leading `-` of a login shell (busybox
+/// drops it too when it picks the applet). `None` when argv\[0\] is missing
+/// or empty: there is no name to learn or check.
+fn run_name<'a>(path: &str, argv: &'a [String]) -> Option<&'a str> {
+    let name = basename(argv.first()?);
+    let name = name.strip_prefix('-').unwrap_or(name);
+    (!name.is_empty() && name != basename(path)).then_some(name)
+}
+
 fn classify<'a>(ev: &'a Event, peer: Option<&'a PeerRef>) -> Option<Obs<'a>> {
     match &ev.kind {
         EventKind::Exec(x) if !x.filename.is_empty() => {
-            Some(Obs::Exec { path: &x.filename, parent: parent_of(x), args: (!x.truncated).then(|| x.argv.get(1..).unwrap_or(&[])) })
+            let path = exec_path(&x.filename);
+            Some(Obs::Exec {
+                path,
+                parent: parent_of(x),
+                args: (!x.truncated).then(|| x.argv.get(1..).unwrap_or(&[])),
+                // argv[0] is the first thing in the record: a cut argv still
+                // has it whole unless it alone is longer than any name kept.
+                name: run_name(path, &x.argv),
+            })
         }
         EventKind::Net(n) if n.result == 0 => {
             let proto = Protocol::from(n.proto);
@@ -683,6 +793,7 @@ fn classify<'a>(ev: &'a Event, peer: Option<&'a PeerRef>) -> Option<Obs<'a>> {
 struct ExecIdx {
     pos: usize,
     parents: HashSet<String>,
+    names: HashSet<String>,
 }
 
 type PortKey = (u16, Protocol);
@@ -753,7 +864,8 @@ impl Index {
         let mut ix = Index::default();
         for (pos, e) in spec.executables.iter().enumerate() {
             let parents = e.parents.iter().cloned().collect();
-            if ix.exec.insert(e.path.clone(), ExecIdx { pos, parents }).is_some() {
+            let names = e.names.iter().cloned().collect();
+            if ix.exec.insert(e.path.clone(), ExecIdx { pos, parents, names }).is_some() {
                 return Err(format!("executables[{pos}]: {} is listed twice", e.path));
             }
         }
@@ -887,13 +999,16 @@ impl Profile {
         let Some(obs) = classify(ev, peer) else { return false };
         let seen = Seen::now(now);
         let new = match obs {
-            Obs::Exec { path, parent, args } => {
+            Obs::Exec { path, parent, args, name } => {
                 let (pos, mut new) = match self.learn_exec(path, seen) {
                     Some(x) => x,
                     None => return false,
                 };
                 if let Some(p) = parent {
                     new |= self.learn_parent(pos, p, 1);
+                }
+                if let Some(n) = name {
+                    new |= self.learn_name(pos, n, 1);
                 }
                 if let Some(a) = args {
                     new |= self.learn_args(pos, a);
@@ -942,12 +1057,13 @@ impl Profile {
     pub fn check(&self, ev: &Event, peer: Option<&PeerRef>) -> Option<Deviation> {
         let ix = &self.index;
         match classify(ev, peer)? {
-            Obs::Exec { path, parent, .. } => match ix.exec.get(path) {
+            Obs::Exec { path, parent, name, .. } => match ix.exec.get(path) {
                 None => Some(Deviation::NewExecutable { path: path.to_string() }),
-                Some(e) => match parent {
-                    Some(p) if !e.parents.is_empty() && !e.parents.contains(p) => {
+                Some(e) => match (parent, name) {
+                    (Some(p), _) if !e.parents.is_empty() && !e.parents.contains(p) => {
                         Some(Deviation::NewParent { path: path.to_string(), parent: p.to_string() })
                     }
+                    (_, Some(n)) if !e.names.contains(n) => Some(Deviation::NewName { path: path.to_string(), name: n.to_string() }),
                     _ => None,
                 },
             },
@@ -986,6 +1102,9 @@ impl Profile {
             new |= n;
             for p in &e.parents {
                 new |= self.learn_parent(pos, p, 0);
+            }
+            for n in &e.names {
+                new |= self.learn_name(pos, n, 0);
             }
             if e.args_pattern.is_some() {
                 let x = &mut self.spec.executables[pos];
@@ -1037,7 +1156,11 @@ impl Profile {
     }
 
     /// Entries `other` has that this profile lacks (`Added`) and the reverse
-    /// (`Removed`), section by section, sorted.
+    /// (`Removed`), section by section, sorted. When both profiles carry a
+    /// baseline, the last section ([`Section::Image`]) lists the executables
+    /// the images ship that were added, removed or changed (another
+    /// SHA-256) from this image to `other`'s: what an image update brings,
+    /// next to what its workload was seen doing.
     pub fn diff(&self, other: &Profile) -> Vec<DiffLine> {
         let (a, b) = (self.diff_keys(), other.diff_keys());
         let mut out: Vec<DiffLine> = b
@@ -1045,8 +1168,92 @@ impl Profile {
             .map(|(section, entry)| DiffLine { section: *section, change: Change::Added, entry: entry.clone() })
             .chain(a.difference(&b).map(|(section, entry)| DiffLine { section: *section, change: Change::Removed, entry: entry.clone() }))
             .collect();
+        if let (Some(x), Some(y)) = (self.baseline(), other.baseline()) {
+            diff_baselines(x, y, &mut out);
+        }
         out.sort_by(|x, y| (x.section, &x.entry, x.change).cmp(&(y.section, &y.entry, y.change)));
         out
+    }
+
+    /// Each learned executable's path with the names it is run under: its
+    /// own basename, then [`Executable::names`]. What protect mode needs to
+    /// tell apart the files that are run under several names (multi-call
+    /// binaries) once it has resolved each path to a file.
+    ///
+    /// The entry [`SELF_EXE`] stands for whichever file re-executed itself,
+    /// which only the process that did it knows: its names belong to every
+    /// multi-call file (a file two or more of these names reach).
+    pub fn run_names(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = &str> + '_)> + '_ {
+        self.spec
+            .executables
+            .iter()
+            .map(|e| (e.path.as_str(), std::iter::once(basename(&e.path)).chain(e.names.iter().map(String::as_str))))
+    }
+
+    /// Whether protect mode can be switched on without certainly breaking
+    /// the workload, judged from the profile alone: `Err` holds one
+    /// sentence per reason, each saying what to do. A short or still
+    /// running learning period is not a reason by itself (operators may
+    /// promote by hand once they know the workload); only gaps that protect
+    /// mode would turn into refusals of what the workload was seen doing,
+    /// or of how every container of it starts, are.
+    pub fn protect_readiness(&self) -> Result<(), Vec<String>> {
+        let s = &self.spec;
+        let mut why = Vec::new();
+        if s.executables.is_empty() {
+            why.push("no executables were learned: protect mode would refuse the entrypoint".to_string());
+        } else if !s.executables.iter().any(|e| e.parents.is_empty() || e.parents.iter().any(|p| p == RUNTIME_PARENT)) {
+            // Every container's first process is started by the runtime; a
+            // profile without one learned only what ran later (the agent
+            // came up after the container), so the next start would be new.
+            why.push(format!(
+                "no executable was learned as started by the container runtime (parent {RUNTIME_PARENT}): the entrypoint was never seen, \
+                 so protect mode would refuse it at the next start; restart a container of this workload while learning"
+            ));
+        }
+        // Sections protect mode enforces: unlearned execs, parents and run
+        // names are refused or killed, unlearned binds and connects refused
+        // in the kernel.
+        let o = &s.overflow;
+        for (section, n) in [("executables", o.executables), ("listening", o.listening), ("outbound", o.outbound)] {
+            if n > 0 {
+                why.push(format!(
+                    "spec.overflow.{section} is {n}: the workload did more than the profile could hold, and protect mode would refuse what was \
+                     not learned; stay in monitor, or trim the profile by hand so it names what the workload needs"
+                ));
+            }
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
+    }
+
+    /// The profile a new version of the same image repository starts from:
+    /// keyed by `digest`, every entry learned for this image (with its
+    /// counts and times), this profile's labels and annotations, in monitor
+    /// mode since `now` — so the update is neither an empty learning period
+    /// (which would accept anything the new image does) nor protected by a
+    /// profile it was never checked against. The baseline is left out: the
+    /// new image's own comes from its scan. The annotation
+    /// [`PREVIOUS_DIGEST_ANNOTATION`] records this profile's digest
+    /// ([`Profile::previous_digest`]).
+    pub fn successor(&self, image: &str, digest: &str, now: u64) -> Profile {
+        let mut p = Profile::new(image, digest, now);
+        p.metadata.labels.clone_from(&self.metadata.labels);
+        p.metadata.annotations.clone_from(&self.metadata.annotations);
+        p.metadata.annotations.insert(PREVIOUS_DIGEST_ANNOTATION.to_string(), self.spec.image_digest.clone());
+        p.merge(self);
+        p.spec.baseline = None;
+        p.set_mode(Mode::Monitor, now);
+        p
+    }
+
+    /// The image digest this profile was carried over from by
+    /// [`Profile::successor`], if it was.
+    pub fn previous_digest(&self) -> Option<&str> {
+        self.metadata.annotations.get(PREVIOUS_DIGEST_ANNOTATION).map(String::as_str)
     }
 
     fn diff_keys(&self) -> BTreeSet<(Section, String)> {
@@ -1056,6 +1263,9 @@ impl Profile {
             k.insert((Section::Executables, e.path.clone()));
             for p in &e.parents {
                 k.insert((Section::Executables, format!("{} <- {p}", e.path)));
+            }
+            for n in &e.names {
+                k.insert((Section::Executables, format!("{} as {n}", e.path)));
             }
         }
         for l in &s.listening {
@@ -1121,7 +1331,7 @@ impl Profile {
             count: seen.count,
             ..Executable::default()
         });
-        self.index.exec.insert(path.to_string(), ExecIdx { pos, parents: HashSet::new() });
+        self.index.exec.insert(path.to_string(), ExecIdx { pos, parents: HashSet::new(), names: HashSet::new() });
         Some((pos, true))
     }
 
@@ -1137,6 +1347,21 @@ impl Profile {
         }
         e.parents.push(parent.to_string());
         ix.parents.insert(parent.to_string());
+        true
+    }
+
+    fn learn_name(&mut self, pos: usize, name: &str, overflow_count: u64) -> bool {
+        let e = &mut self.spec.executables[pos];
+        let Some(ix) = self.index.exec.get_mut(&e.path) else { return false };
+        if ix.names.contains(name) {
+            return false;
+        }
+        if e.names.len() >= MAX_NAMES || name.len() > MAX_ARG_BYTES {
+            self.spec.overflow.executables = self.spec.overflow.executables.saturating_add(overflow_count.max(1));
+            return false;
+        }
+        e.names.push(name.to_string());
+        ix.names.insert(name.to_string());
         true
     }
 

@@ -236,6 +236,7 @@ fn check_reports_each_deviation() {
     let cases: Vec<(Event, Option<PeerRef>, Deviation)> = vec![
         (exec("/bin/nc", "/bin/sh", &[]), None, Deviation::NewExecutable { path: "/bin/nc".into() }),
         (exec("/bin/httpd", "/bin/bash", &[]), None, Deviation::NewParent { path: "/bin/httpd".into(), parent: "/bin/bash".into() }),
+        (exec_as("/bin/httpd", "nginx", "/bin/sh"), None, Deviation::NewName { path: "/bin/httpd".into(), name: "nginx".into() }),
         (listen(4444), None, Deviation::NewListen { port: 4444, proto: Protocol::Tcp }),
         (net(NetOp::Listen, L4Proto::Udp, (ANY, 8080), (ANY, 0), 0), None, Deviation::NewListen { port: 8080, proto: Protocol::Udp }),
         (
@@ -637,4 +638,255 @@ fn runtime_started_processes_share_one_parent_whatever_runtime_process_it_was() 
     assert!(p.to_yaml().unwrap().contains(RUNTIME_PARENT));
     // A parent inside the container is still told apart.
     assert!(matches!(p.check(&exec("/bin/cp", "/bin/sh", &["/a", "/b"]), None), Some(Deviation::NewParent { .. })));
+}
+
+/// An exec whose argv[0] is `argv0` (a busybox applet, a re-exec).
+fn exec_as(path: &str, argv0: &str, parent: &str) -> Event {
+    let mut e = exec(path, parent, &[]);
+    if let EventKind::Exec(x) = &mut e.kind {
+        x.argv[0] = argv0.to_string();
+    }
+    e
+}
+
+#[test]
+fn run_names_are_learned_only_when_they_differ_from_the_path() {
+    let mut p = new_profile();
+    assert!(p.observe(&exec("/bin/sh", RUNTIME_PARENT, &["-c", "ls"]), None, T0));
+    assert!(p.observe(&exec_as("/bin/sh", "/bin/sh", "/bin/sh"), None, T0), "a new parent, no name");
+    assert!(!p.observe(&exec_as("/bin/sh", "-sh", "/bin/sh"), None, T0), "a login shell is run as itself");
+    assert!(!p.observe(&exec_as("/bin/sh", "", "/bin/sh"), None, T0), "no argv[0]: no name");
+    let mut empty = exec("/bin/sh", "/bin/sh", &[]);
+    if let EventKind::Exec(x) = &mut empty.kind {
+        x.argv.clear();
+    }
+    assert!(!p.observe(&empty, None, T0));
+    assert_eq!(p.check(&empty, None), None);
+    assert!(p.spec().executables[0].names.is_empty());
+    assert!(!p.to_yaml().unwrap().contains("names"), "ordinary profiles do not change");
+
+    // A multi-call binary run under another name learns it.
+    assert!(p.observe(&exec_as("/bin/busybox", "ls", "/bin/sh"), None, T0));
+    assert!(!p.observe(&exec_as("/bin/busybox", "/usr/bin/ls", "/bin/sh"), None, T0), "the basename counts");
+    assert!(p.observe(&exec_as("/bin/busybox", "wget", "/bin/sh"), None, T0 + SEC));
+    let bb = &p.spec().executables[1];
+    assert_eq!((bb.path.as_str(), bb.names.as_slice()), ("/bin/busybox", &["ls".to_string(), "wget".to_string()][..]));
+    assert_eq!(p.spec().learning.last_new.ns(), T0 + SEC, "a new name is something new");
+}
+
+#[test]
+fn re_execs_of_the_own_file_are_learned_under_proc_self_exe() {
+    let mut p = new_profile();
+    assert!(p.observe(&exec_as("/proc/self/exe", "ls", "/bin/sh"), None, T0));
+    assert!(p.observe(&exec_as("/proc/4711/exe", "cat", "/bin/sh"), None, T0));
+    assert!(!p.observe(&exec_as("/proc/1/exe", "ls", "/bin/sh"), None, T0));
+    assert_eq!(p.spec().executables.len(), 1);
+    let e = &p.spec().executables[0];
+    assert_eq!((e.path.as_str(), e.names.as_slice(), e.count), (SELF_EXE, &["ls".to_string(), "cat".to_string()][..], 3));
+    assert!(p.has_executable(SELF_EXE));
+    assert_eq!(p.check(&exec_as("/proc/99/exe", "cat", "/bin/sh"), None), None);
+    assert_eq!(
+        p.check(&exec_as("/proc/self/exe", "nc", "/bin/sh"), None),
+        Some(Deviation::NewName { path: SELF_EXE.into(), name: "nc".into() })
+    );
+    // Only `self` and pids are the process's own file.
+    for other in ["/proc/x1/exe", "/proc//exe", "/proc/self/exe/x", "/proc/12/exe2", "/proc/self/fd/3", "/proc/thread-self/exe"] {
+        assert_eq!(p.check(&exec_as(other, "ls", "/bin/sh"), None), Some(Deviation::NewExecutable { path: other.into() }), "{other}");
+    }
+    let y = p.to_yaml().unwrap();
+    assert!(y.contains("path: /proc/self/exe") && y.contains("names:\n    - ls\n    - cat\n"), "{y}");
+}
+
+#[test]
+fn check_reports_a_new_name() {
+    let mut p = new_profile();
+    p.observe(&exec_as("/bin/busybox", "ls", RUNTIME_PARENT), None, T0);
+    assert_eq!(p.check(&exec_as("/bin/busybox", "ls", RUNTIME_PARENT), None), None);
+    assert_eq!(p.check(&exec_as("/bin/busybox", "busybox", RUNTIME_PARENT), None), None, "its own name");
+    let d = p.check(&exec_as("/bin/busybox", "nc", RUNTIME_PARENT), None).expect("a new applet");
+    assert_eq!(d, Deviation::NewName { path: "/bin/busybox".into(), name: "nc".into() });
+    assert_eq!(d.kind(), "new_name");
+    assert_eq!(d.to_string(), "/bin/busybox run as nc is not in the profile");
+    assert_eq!(serde_json::to_value(&d).unwrap(), serde_json::json!({"type": "new_name", "path": "/bin/busybox", "name": "nc"}));
+    // A new parent is reported first.
+    assert!(matches!(p.check(&exec_as("/bin/busybox", "nc", "/bin/evil"), None), Some(Deviation::NewParent { .. })));
+}
+
+#[test]
+fn run_names_are_bounded_and_what_is_not_learned_deviates() {
+    let mut p = new_profile();
+    for i in 0..MAX_NAMES {
+        assert!(p.observe(&exec_as("/bin/busybox", &format!("applet{i}"), "/bin/sh"), None, T0));
+    }
+    assert!(!p.observe(&exec_as("/bin/busybox", "one-more", "/bin/sh"), None, T0));
+    let long = "x".repeat(MAX_ARG_BYTES + 1);
+    let mut q = new_profile();
+    assert!(q.observe(&exec_as("/bin/busybox", "ls", "/bin/sh"), None, T0));
+    assert!(!q.observe(&exec_as("/bin/busybox", &long, "/bin/sh"), None, T0));
+    for (p, name) in [(&p, "one-more"), (&q, long.as_str())] {
+        assert_eq!(p.spec().overflow.executables, 1);
+        assert_eq!(
+            p.check(&exec_as("/bin/busybox", name, "/bin/sh"), None),
+            Some(Deviation::NewName { path: "/bin/busybox".into(), name: name.into() })
+        );
+    }
+    assert_eq!(p.spec().executables[0].names.len(), MAX_NAMES);
+}
+
+#[test]
+fn run_names_survive_yaml_merge_and_diff() {
+    let mut a = new_profile();
+    a.observe(&exec_as("/proc/self/exe", "ls", "/bin/sh"), None, T0);
+    let q = Profile::from_yaml(&a.to_yaml().unwrap(), "p.yaml").unwrap();
+    assert_eq!(q, a);
+    assert_eq!(q.check(&exec_as("/proc/self/exe", "ls", "/bin/sh"), None), None, "the index is rebuilt with names");
+    assert!(q.check(&exec_as("/proc/self/exe", "cat", "/bin/sh"), None).is_some());
+    let mut b = new_profile();
+    b.observe(&exec_as("/proc/self/exe", "cat", "/bin/sh"), None, T0);
+    let mut m = a.clone();
+    m.merge(&b);
+    assert_eq!(m.spec().executables[0].names, ["ls", "cat"]);
+    assert_eq!(m.check(&exec_as("/proc/self/exe", "cat", "/bin/sh"), None), None);
+    let lines: Vec<String> = a.diff(&m).iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["+ executables: /proc/self/exe as cat"]);
+}
+
+#[test]
+fn run_names_list_each_path_with_its_basename_first() {
+    let mut p = new_profile();
+    p.observe(&exec("/usr/sbin/nginx", RUNTIME_PARENT, &[]), None, T0);
+    p.observe(&exec_as("/bin/busybox", "ls", "/usr/sbin/nginx"), None, T0);
+    p.observe(&exec_as("/proc/self/exe", "cat", "/bin/busybox"), None, T0);
+    let all: Vec<(&str, Vec<&str>)> = p.run_names().map(|(path, names)| (path, names.collect())).collect();
+    assert_eq!(all, [("/usr/sbin/nginx", vec!["nginx"]), ("/bin/busybox", vec!["busybox", "ls"]), (SELF_EXE, vec!["exe", "cat"])]);
+}
+
+#[test]
+fn protect_readiness_names_what_would_break() {
+    let empty = new_profile();
+    assert_eq!(empty.protect_readiness(), Err(vec!["no executables were learned: protect mode would refuse the entrypoint".to_string()]));
+    // Network only: still nothing may run.
+    let mut net_only = new_profile();
+    net_only.observe(&listen(80), None, T0);
+    assert_eq!(net_only.protect_readiness().unwrap_err().len(), 1);
+
+    // Seen only after start (the agent came up later): the entrypoint is unknown.
+    let late = learned();
+    let why = late.protect_readiness().unwrap_err();
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert!(why[0].contains("started by the container runtime") && why[0].contains("restart"), "{}", why[0]);
+
+    let mut ready = learned();
+    assert!(ready.observe(&exec("/bin/sh", RUNTIME_PARENT, &["-c", "httpd"]), None, T0));
+    assert_eq!(ready.protect_readiness(), Ok(()));
+    // Learning for a second is no reason by itself: operators may promote by hand.
+    let mut quick = Profile::new("img", "sha256:1", T0);
+    quick.observe(&exec("/app", RUNTIME_PARENT, &[]), None, T0 + 1);
+    assert_eq!(quick.protect_readiness(), Ok(()));
+    // A hand-written entry without parents accepts the runtime too.
+    let mut any = new_profile();
+    any.merge(
+        &Profile::from_yaml(&any.to_yaml().unwrap().replace("spec:\n", "spec:\n  executables:\n  - path: /app\n"), "h.yaml").unwrap(),
+    );
+    assert_eq!(any.protect_readiness(), Ok(()));
+
+    // Full sections that protect enforces.
+    let mut full = ready.clone();
+    full.spec.overflow.executables = 3;
+    full.spec.overflow.outbound = 1;
+    full.spec.overflow.written_dirs = 9; // not refused by default: no reason
+    let why = full.protect_readiness().unwrap_err();
+    assert_eq!(why.len(), 2, "{why:?}");
+    assert!(why[0].starts_with("spec.overflow.executables is 3: "), "{}", why[0]);
+    assert!(why[1].starts_with("spec.overflow.outbound is 1: "), "{}", why[1]);
+}
+
+#[test]
+fn image_repositories() {
+    for (image, repo) in [
+        ("localhost/app:1", "localhost/app"),
+        ("registry:5000/team/app:2.1@sha256:0123abcd", "registry:5000/team/app"),
+        ("registry:5000/team/app", "registry:5000/team/app"),
+        ("registry:5000/app@sha256:0123", "registry:5000/app"),
+        ("app", "app"),
+        ("app:latest", "app"),
+        ("docker.io/library/nginx:1.27-alpine", "docker.io/library/nginx"),
+        ("", ""),
+    ] {
+        assert_eq!(image_repository(image), repo, "{image}");
+    }
+}
+
+#[test]
+fn a_new_image_version_starts_from_the_previous_profile_in_monitor() {
+    use crate::profile::baseline::{BaselineFile, FileMode};
+    let mut old = learned();
+    old.observe(&exec_as("/proc/self/exe", "ls", "/bin/sh"), None, T0 + SEC);
+    old.metadata_mut().labels.insert("team".into(), "web".into());
+    old.set_baseline(Some(Baseline::new(
+        "sha256:abcdef0123456789",
+        vec![BaselineFile { path: "/bin/httpd".into(), sha256: "1".into(), mode: FileMode(0o755), ..BaselineFile::default() }],
+        vec![],
+    )));
+    old.set_mode(Mode::Protect, T0 + MIN);
+    let now = T0 + 60 * MIN;
+    let new = old.successor("localhost/web:2", "sha256:feedface", now);
+    assert_eq!((new.image(), new.digest(), new.name()), ("localhost/web:2", "sha256:feedface", "localhost-web-2"));
+    assert_eq!((new.mode(), new.mode_since()), (Mode::Monitor, now));
+    assert_eq!(new.previous_digest(), Some("sha256:abcdef0123456789"));
+    assert_eq!(old.previous_digest(), None);
+    assert_eq!(new.metadata().labels.get("team").map(String::as_str), Some("web"));
+    assert!(new.baseline().is_none(), "the new image's baseline comes from its own scan");
+    assert_eq!(new.spec().executables, old.spec().executables, "every entry, counts and times included");
+    assert_eq!((new.spec().listening.clone(), new.spec().outbound.clone()), (old.spec().listening.clone(), old.spec().outbound.clone()));
+    assert_eq!(new.len(), old.len());
+    // It checks like the old one.
+    assert_eq!(new.check(&exec("/bin/httpd", "/bin/sh", &[]), None), None);
+    assert_eq!(new.check(&exec_as("/proc/self/exe", "ls", "/bin/sh"), None), None);
+    assert!(new.check(&listen(4444), None).is_some());
+    // And goes through YAML (the annotation is ordinary metadata).
+    let text = new.to_yaml().unwrap();
+    assert!(text.contains("lancet.dev/previous-digest: sha256:abcdef0123456789"), "{text}");
+    let back = Profile::from_yaml(&text, "p.yaml").unwrap();
+    assert_eq!(back, new);
+    assert_eq!(back.previous_digest(), Some("sha256:abcdef0123456789"));
+    // A successor of a successor names its own predecessor.
+    assert_eq!(back.successor("localhost/web:3", "sha256:3", now + 1).previous_digest(), Some("sha256:feedface"));
+}
+
+#[test]
+fn diff_shows_what_an_image_update_changed() {
+    use crate::profile::baseline::{BaselineFile, FileMode};
+    let f =
+        |path: &str, hash: &str| BaselineFile { path: path.into(), sha256: hash.into(), mode: FileMode(0o755), ..BaselineFile::default() };
+    let old_img =
+        Baseline::new("sha256:1", vec![f("/bin/busybox", "0123456789abcdef0123"), f("/usr/bin/wget", "aa"), f("/bin/same", "bb")], vec![]);
+    let new_img = Baseline::new(
+        "sha256:2",
+        vec![f("/bin/busybox", "89abcdef0123456789ab"), f("/usr/bin/curl", "cc"), f("/bin/same", "bb"), f("/z", "é-not-hex-but-short")],
+        vec![],
+    );
+    let mut a = learned();
+    a.set_baseline(Some(old_img.clone()));
+    let mut b = a.successor("localhost/web:2", "sha256:2", T0);
+    b.set_baseline(Some(new_img));
+    b.observe(&listen(9090), None, T0);
+    let lines: Vec<String> = a.diff(&b).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "+ listening: 9090/tcp",
+            "~ image: /bin/busybox sha256 0123456789ab -> 89abcdef0123",
+            "+ image: /usr/bin/curl",
+            "- image: /usr/bin/wget",
+            "+ image: /z",
+        ]
+    );
+    // Without a baseline on either side there is no image section.
+    let mut c = b.clone();
+    c.set_baseline(None);
+    assert!(a.diff(&c).iter().all(|l| l.section != Section::Image));
+    let mut same = a.clone();
+    same.set_baseline(Some(old_img));
+    assert!(a.diff(&same).is_empty());
 }
