@@ -84,16 +84,7 @@ pub fn socket_events(tcp: &[Socket], udp: &[Socket], time_ns: u64, cgroup_id: u6
             time_ns,
             cgroup_id,
             pid,
-            EventKind::Net(NetEvent {
-                op,
-                proto,
-                saddr: local.0,
-                sport: local.1,
-                daddr: remote.0,
-                dport: remote.1,
-                result: 0,
-                netns: 0,
-            }),
+            EventKind::Net(NetEvent { op, proto, saddr: local.0, sport: local.1, daddr: remote.0, dport: remote.1, result: 0, netns: 0 }),
         ));
     };
     for s in tcp {
@@ -196,7 +187,10 @@ mod tests {
     fn parses_proc_net_tables() {
         let t = parse_proc_net(TCP);
         assert_eq!(t.len(), 3, "the garbage line is skipped");
-        assert_eq!(t[0], Socket { local: (Ipv4Addr::UNSPECIFIED.into(), 80), remote: (Ipv4Addr::UNSPECIFIED.into(), 0), state: TCP_LISTEN });
+        assert_eq!(
+            t[0],
+            Socket { local: (Ipv4Addr::UNSPECIFIED.into(), 80), remote: (Ipv4Addr::UNSPECIFIED.into(), 0), state: TCP_LISTEN }
+        );
         assert_eq!(t[1].local, ("10.89.0.5".parse().unwrap(), 80));
         assert_eq!(t[1].remote, ("10.89.0.1".parse().unwrap(), 54321));
         let t6 = parse_proc_net(TCP6);
@@ -232,7 +226,9 @@ mod tests {
 
     #[test]
     fn hostile_text_never_panics() {
-        for text in ["", "\n", "x\n1: :::\n", "h\n0: 0000000G:0050 00000000:0000 0A", "h\n0: 00000000:FFFFF 00000000:0000 0A", "h\n0: 0:0 0:0 ZZ"] {
+        for text in
+            ["", "\n", "x\n1: :::\n", "h\n0: 0000000G:0050 00000000:0000 0A", "h\n0: 00000000:FFFFF 00000000:0000 0A", "h\n0: 0:0 0:0 ZZ"]
+        {
             let _ = parse_proc_net(text);
         }
         let many = format!("h\n{}", "0: 00000000:0050 00000000:0000 0A\n".repeat(MAX_SOCKETS + 5));

@@ -21,9 +21,13 @@ pub enum Request {
     Profile {
         workload: String,
     },
+    /// `force`: past the readiness check; `dry_run`: only say what the mode
+    /// would refuse in the running containers now.
     Promote {
         workload: String,
         mode: String,
+        force: bool,
+        dry_run: bool,
     },
     Reset {
         workload: String,
@@ -103,6 +107,10 @@ struct AlertParams {
 #[derive(Deserialize)]
 struct PromoteBody {
     mode: String,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -134,7 +142,7 @@ pub fn serve(addr: SocketAddr) -> Result<Inbox> {
         .route(
             "/v1/profiles/{workload}/promote",
             post(|State(c): State<Ctx>, UrlPath(w): UrlPath<String>, Json(b): Json<PromoteBody>| async move {
-                ask(&c, Request::Promote { workload: w, mode: b.mode }).await
+                ask(&c, Request::Promote { workload: w, mode: b.mode, force: b.force, dry_run: b.dry_run }).await
             }),
         )
         .route(

@@ -26,11 +26,19 @@ pub enum ProfileCmd {
     Export { workload: String },
     /// Load a profile from a YAML file (replaces the workload's profile).
     Import { file: PathBuf },
-    /// Set a workload's mode.
+    /// Set a workload's mode. Protect is refused for a profile too thin to
+    /// protect safely (the reasons are printed) unless --force.
     Promote {
         workload: String,
         #[arg(long, value_parser = ["learn", "monitor", "protect"])]
         to: String,
+        /// Change nothing: list what the workload's running containers are
+        /// doing now that the mode would refuse (exit 1 if anything).
+        #[arg(long)]
+        dry_run: bool,
+        /// Promote even when the profile looks too thin to protect.
+        #[arg(long)]
+        force: bool,
     },
     /// Forget what was learned; the workload starts learning again.
     Reset { workload: String },
@@ -82,9 +90,29 @@ pub fn profile(api: &str, cmd: ProfileCmd) -> Result<ExitCode> {
             let v = c.post_text("/v1/profiles", &text)?;
             writeln!(out, "imported profile for {}", v["workload"].as_str().unwrap_or("?"))?;
         }
-        ProfileCmd::Promote { workload, to } => {
-            let v = c.post_json(&format!("/v1/profiles/{}/promote", enc(&workload)), &json!({ "mode": to }))?;
-            writeln!(out, "{} is now in {} mode", v["workload"].as_str().unwrap_or("?"), v["mode"].as_str().unwrap_or("?"))?;
+        ProfileCmd::Promote { workload, to, dry_run, force } => {
+            let body = json!({ "mode": to, "force": force, "dry_run": dry_run });
+            let v = c.post_json(&format!("/v1/profiles/{}/promote", enc(&workload)), &body)?;
+            let name = v["workload"].as_str().unwrap_or("?");
+            if !dry_run {
+                writeln!(out, "{name} is now in {} mode", v["mode"].as_str().unwrap_or("?"))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let not_ready = v["notReady"].as_array().cloned().unwrap_or_default();
+            for r in &not_ready {
+                writeln!(out, "not ready: {}", r.as_str().unwrap_or(""))?;
+            }
+            let refused = v["wouldRefuse"].as_array().cloned().unwrap_or_default();
+            for r in &refused {
+                writeln!(out, "{:<24} {}", r["container"].as_str().unwrap_or(""), r["what"].as_str().unwrap_or(""))?;
+            }
+            writeln!(
+                out,
+                "{name}: {} thing(s) its {} running container(s) do now would be refused in {to} mode",
+                refused.len(),
+                v["containers"].as_u64().unwrap_or(0)
+            )?;
+            return Ok(if refused.is_empty() && not_ready.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
         ProfileCmd::Reset { workload } => {
             let v = c.delete(&format!("/v1/profiles/{}", enc(&workload)))?;

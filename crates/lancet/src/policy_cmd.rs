@@ -113,11 +113,7 @@ pub fn run(cmd: PolicyCmd) -> Result<ExitCode> {
                 let deviation = profile.as_ref().and_then(|p| p.check(&ev, peer.as_ref()));
                 verdicts.clear();
                 set.evaluate(&ev, container.as_ref(), deviation.is_some(), &mut verdicts);
-                if verdicts.is_empty() {
-                    if let Some(d) = &deviation {
-                        verdicts.push(lancet_engine::policy::Verdict::profile_deviation(d));
-                    }
-                }
+                lancet_engine::policy::with_deviation(&mut verdicts, deviation.as_ref(), mode);
                 for v in &verdicts {
                     let (action, would_block) = effective_action(v.action, mode);
                     let would_block = would_block || action.is_enforcing();

@@ -385,7 +385,8 @@ impl Reader {
         let mut args = vec![v.get("Path").cloned().unwrap_or(Value::Null)];
         args.extend(v.get("Args").and_then(Value::as_array).cloned().unwrap_or_default());
         let env = cfg.get("Env").cloned().unwrap_or(Value::Null);
-        c.process = OciProcess::from_spec(&serde_json::json!({"args": args, "env": env, "cwd": nonempty(s(&cfg, "WorkingDir"), || "/".into())}));
+        c.process =
+            OciProcess::from_spec(&serde_json::json!({"args": args, "env": env, "cwd": nonempty(s(&cfg, "WorkingDir"), || "/".into())}));
         c.pod = pod_from(
             &c.labels,
             "io.kubernetes.pod.name",

@@ -26,10 +26,18 @@ impl Daemon {
                 let w = &self.workloads.map[&key];
                 Ok(json!({"workload": key, "yaml": w.profile.to_yaml().map_err(|e| (500u16, e.to_string()))?}))
             }
-            Request::Promote { workload, mode } => {
+            Request::Promote { workload, mode, force, dry_run } => {
                 let key = self.workloads.find(&workload).ok_or_else(|| not_found(&workload))?;
                 let mode = mode.parse::<Mode>().map_err(|e| (400u16, e))?;
+                if dry_run {
+                    return Ok(self.dry_run(&key, mode, now));
+                }
                 let w = self.workloads.map.get_mut(&key).ok_or_else(|| not_found(&workload))?;
+                if mode == Mode::Protect && !force {
+                    if let Err(reasons) = w.profile.protect_readiness() {
+                        return Err((409u16, format!("{key} is not ready for protect mode: {} (--force to promote anyway)", reasons.join("; "))));
+                    }
+                }
                 w.profile.set_mode(mode, now);
                 w.changed();
                 Ok(json!({"workload": key, "mode": mode.to_string()}))
@@ -71,6 +79,42 @@ impl Daemon {
                 .map(|c| json!({"id": c.id, "name": c.name, "image": c.image, "workload": workload_key(c)}))
                 .collect::<Vec<_>>())),
         }
+    }
+
+    /// What the workload's running containers are doing now that `mode`
+    /// would refuse (its profile's deviations), and why the profile is not
+    /// ready for protect mode, if it is not. Changes nothing.
+    fn dry_run(&mut self, key: &str, mode: Mode, now: u64) -> serde_json::Value {
+        let containers: Vec<_> = self
+            .workloads
+            .containers
+            .values()
+            .filter(|c| workload_key(c) == key && self.workloads.live.contains_key(&c.id))
+            .cloned()
+            .collect();
+        let mut refused = Vec::new();
+        for c in &containers {
+            let Some(cgid) = self.workloads.live.get(&c.id).map(|l| l.cgroup_id) else { continue };
+            let mut seen = std::collections::HashSet::new();
+            for ev in super::seed::live_events(c, &self.guarding.cgroup_dir(c), cgid, now) {
+                let peer = match &ev.kind {
+                    lancet_engine::event::EventKind::Net(n) => Some(self.workloads.peer(n.daddr)),
+                    _ => None,
+                };
+                let Some(w) = self.workloads.map.get(key) else { break };
+                if let Some(d) = w.profile.check(&ev, peer.as_ref()) {
+                    let what = d.to_string();
+                    if seen.insert(what.clone()) {
+                        refused.push(json!({"container": c.name, "what": what}));
+                    }
+                }
+            }
+        }
+        let not_ready = match (mode, self.workloads.map.get(key).map(|w| w.profile.protect_readiness())) {
+            (Mode::Protect, Some(Err(reasons))) => reasons,
+            _ => Vec::new(),
+        };
+        json!({"workload": key, "mode": mode.to_string(), "containers": containers.len(), "wouldRefuse": refused, "notReady": not_ready})
     }
 
     /// An operator's isolate, freeze or release of one container.

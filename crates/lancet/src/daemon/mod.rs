@@ -29,7 +29,7 @@ use lancet_engine::alerts::{AlertLimits, Deduper};
 use lancet_engine::attribution::Attribution;
 use lancet_engine::drift::{WriteLog, HUGETLBFS_MAGIC, RAMFS_MAGIC, TMPFS_MAGIC};
 use lancet_engine::event::{Event, EventKind};
-use lancet_engine::policy::Verdict;
+use lancet_engine::policy::{with_deviation, Verdict};
 use lancet_engine::profile::Mode;
 use lancet_store::{Store, StoreOptions};
 use policies::Policies;
@@ -124,15 +124,43 @@ impl Daemon {
             verdicts.push(drift_verdict(d));
         }
         self.policies.set.evaluate(ev, Some(c), deviation.is_some(), &mut verdicts);
-        if verdicts.is_empty() {
-            if let Some(d) = &deviation {
-                verdicts.push(Verdict::profile_deviation(d));
-            }
-        }
+        // In protect mode a deviation is always refused; a matching
+        // alert-only rule adds its alert, never removes the block.
+        with_deviation(&mut verdicts, deviation.as_ref(), mode);
         for v in &verdicts {
             self.alert(ev, c, &key, mode, v, None)?;
         }
         self.verdicts = verdicts;
+        Ok(())
+    }
+
+    /// One alert per container that came up with a new version of a
+    /// profiled image.
+    fn report_image_updates(&mut self) -> Result<()> {
+        for (c, previous) in std::mem::take(&mut self.workloads.updates) {
+            let key = workload_key(&c).into_owned();
+            let mode = self.workloads.map.get(&key).map(|w| w.profile.mode()).unwrap_or(Mode::Monitor);
+            let cgroup_id = self.workloads.live.get(&c.id).map(|l| l.cgroup_id).unwrap_or(0);
+            let ev = Event {
+                time_ns: now_ns(),
+                cgroup_id,
+                process: lancet_engine::event::ProcessRef::default(),
+                kind: EventKind::CgroupMkdir { id: cgroup_id, path: c.cgroup_path.clone() },
+            };
+            let v = Verdict {
+                rule: "Image updated".into(),
+                policy: "profile".into(),
+                severity: lancet_engine::policy::Severity::Low,
+                action: lancet_engine::policy::Action::Alert,
+                tags: vec!["image_update".to_string()].into(),
+                message: format!(
+                    "{} runs a new version of {} ({key}, was {previous}): it starts from the previous profile in monitor mode; `lancet profile diff {previous} {key}` shows what changed",
+                    c.name, c.image
+                ),
+                escalate: None,
+            };
+            self.alert(&ev, &c, &key, mode, &v, None)?;
+        }
         Ok(())
     }
 
@@ -157,6 +185,7 @@ impl Daemon {
     fn every_second(&mut self, reload: &AtomicBool) -> Result<()> {
         let now = now_ns();
         self.alerts.fold_repeats(&mut self.store, now)?;
+        self.report_image_updates()?;
         self.workloads.persist(&mut self.store, &self.settings.lifecycle, now)?;
         self.store.flush()?;
         self.sync_protection();

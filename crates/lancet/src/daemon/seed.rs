@@ -41,7 +41,9 @@ pub(super) fn live_events(c: &ContainerInfo, cgroup_dir: &Path, cgroup_id: u64, 
         // learned as normal.
         match live_process(p, &ours) {
             Some(lp) if !upper.is_some_and(|u| written_in_container(u, &lp.exe)) => out.push(process_event(&lp, now, cgroup_id)),
-            Some(lp) => tracing::warn!(container = %c.name, pid = p, exe = %lp.exe, "a running process runs a file the container wrote; not learned"),
+            Some(lp) => {
+                tracing::warn!(container = %c.name, pid = p, exe = %lp.exe, "a running process runs a file the container wrote; not learned")
+            }
             None => {}
         }
     }

@@ -7,7 +7,7 @@
 use anyhow::Result;
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::event::{Event, EventKind, NetOp};
-use lancet_engine::profile::{Baseline, Lifecycle, Mode, PeerRef, Profile};
+use lancet_engine::profile::{image_repository, Baseline, Lifecycle, Mode, PeerRef, Profile};
 use lancet_store::Store;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -70,6 +70,9 @@ pub(super) struct Workloads {
     baselines: HashMap<String, Baseline>,
     /// The mode of a workload seen for the first time.
     default_mode: Mode,
+    /// Containers whose image is a new version of a profiled one, with the
+    /// previous version's key: reported once each.
+    pub(super) updates: Vec<(Arc<ContainerInfo>, String)>,
 }
 
 /// The profile key of a container: its image digest where the runtime knows
@@ -92,7 +95,27 @@ impl Workloads {
             activity: HashMap::new(),
             baselines,
             default_mode,
+            updates: Vec::new(),
         }
+    }
+
+    /// The profile of the most recent other version of `image`'s repository
+    /// (followed in memory, else stored), if there is one with anything
+    /// learned.
+    fn previous_version(&self, store: &Store, key: &str, image: &str) -> Option<Profile> {
+        let repo = image_repository(image);
+        if repo.is_empty() {
+            return None;
+        }
+        let live =
+            self.map.iter().filter(|(k, w)| k.as_str() != key && image_repository(w.profile.image()) == repo && !w.profile.is_empty());
+        if let Some((_, w)) = live.max_by_key(|(_, w)| w.profile.mode_since()) {
+            return Some(w.profile.clone());
+        }
+        let stored = store.list_profiles().ok()?;
+        let best = stored.iter().filter(|p| p.digest != key && image_repository(&p.image) == repo).max_by_key(|p| p.updated_ns)?;
+        let doc = store.profile(&best.digest).ok()??;
+        Profile::from_yaml(&doc.document, &best.digest).ok().filter(|p| !p.is_empty())
     }
 
     /// The workload's state, loaded from the store or started afresh; None
@@ -104,11 +127,20 @@ impl Workloads {
                     tracing::warn!(workload = key, "stored profile unreadable, starting afresh: {e}");
                     Profile::new(&c.image, key, now)
                 }),
-                _ => {
-                    let mut p = Profile::new(&c.image, key, now);
-                    p.set_mode(self.default_mode, now);
-                    p
-                }
+                _ => match self.previous_version(store, key, &c.image) {
+                    // A new version of an image already profiled starts from
+                    // what the old one learned, in monitor mode.
+                    Some(prev) => {
+                        tracing::info!(workload = key, previous = prev.digest(), image = %c.image, "image updated; the new version starts from the previous profile in monitor mode");
+                        self.updates.push((Arc::new(c.clone()), prev.digest().to_string()));
+                        prev.successor(&c.image, key, now)
+                    }
+                    None => {
+                        let mut p = Profile::new(&c.image, key, now);
+                        p.set_mode(self.default_mode, now);
+                        p
+                    }
+                },
             };
             if profile.baseline().is_none() {
                 let id = format!("sha256:{}", c.image_id.trim_start_matches("sha256:"));
