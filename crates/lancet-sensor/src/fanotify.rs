@@ -18,6 +18,7 @@ mod open;
 pub mod overlay;
 mod parse;
 mod perm;
+mod syscall;
 #[cfg(test)]
 mod perm_tests;
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod podman_tests;
 pub use change::FileChangeWatcher;
 pub use open::{SensitiveOpenWatcher, DEFAULT_SENSITIVE_PATHS};
 pub use overlay::{overlay_upper_dir, written_in_container};
+pub use syscall::{exec_call, ExecCall, EXEC_ARGS_MAX, EXEC_ARG_MAX};
 pub use perm::{FailMode, MarkScope, PermConfig, PermDecision, PermGuard, PermKind, PermRequest, PermStats, OVERLAYFS_MAGIC};
 
 use std::ffi::CString;
