@@ -120,6 +120,16 @@ pub struct FileFacts {
 const INTERPRETERS: &[&str] =
     &["sh", "ash", "bash", "dash", "zsh", "ksh", "busybox", "python", "python2", "python3", "perl", "ruby", "node", "php", "lua"];
 
+/// Whether a program run under this name (a path or a basename) runs a
+/// script it is handed (`sh FILE`, `python3 FILE`): its execs must be
+/// looked at one by one, never approved once for all.
+pub fn is_interpreter(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or("");
+    let base = base.strip_prefix('-').unwrap_or(base);
+    let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    INTERPRETERS.contains(&base) || INTERPRETERS.contains(&stem)
+}
+
 /// The file an exec really runs besides the executable itself: the program
 /// handed to the dynamic loader, or the script handed to an interpreter.
 pub fn indirect_target(exec: &ExecEvent) -> Option<(DriftKind, String)> {
@@ -127,8 +137,7 @@ pub fn indirect_target(exec: &ExecEvent) -> Option<(DriftKind, String)> {
     let kind = if base.starts_with("ld-linux") || base.starts_with("ld-musl") || base == "ld.so" {
         DriftKind::Loader
     } else {
-        let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
-        if !INTERPRETERS.contains(&base) && !INTERPRETERS.contains(&stem) {
+        if !is_interpreter(base) {
             return None;
         }
         DriftKind::Interpreter
@@ -142,8 +151,8 @@ pub fn indirect_target(exec: &ExecEvent) -> Option<(DriftKind, String)> {
         }
     }
     for a in args {
-        if a == "-c" || a == "-e" || a == "--eval" {
-            // Inline code, not a file.
+        if a == "-c" || a == "-e" || a == "--eval" || a == "-m" {
+            // Inline code or a module by name (`python3 -m`), not a file.
             return None;
         }
         if a.starts_with('-') {
@@ -393,6 +402,8 @@ mod tests {
         assert_eq!(indirect_target(&e), Some((DriftKind::Interpreter, "/work/run.sh".into())));
         assert_eq!(indirect_target(&exec("/bin/sh", &["sh", "-c", "id"])), None);
         assert_eq!(indirect_target(&exec("/usr/bin/python3.11", &["python3", "/tmp/a.py"])).unwrap().1, "/tmp/a.py");
+        assert_eq!(indirect_target(&exec("/usr/bin/python3", &["python3", "-m", "http.server"])), None, "a module, not a file");
+        assert!(is_interpreter("/usr/bin/python3.11") && is_interpreter("-sh") && !is_interpreter("/usr/sbin/nginx"));
         assert_eq!(indirect_target(&exec("/bin/busybox", &["busybox", "sh", "/tmp/a"])).unwrap().1, "/tmp/a");
         assert_eq!(indirect_target(&exec("/bin/busybox", &["busybox", "ls", "/tmp"])), None);
         assert_eq!(indirect_target(&exec("/bin/ls", &["ls", "/tmp"])), None);

@@ -141,7 +141,7 @@ impl EnforceRecord {
                 let what = match self.reason {
                     EnforceReason::Memfd => "memfd",
                     EnforceReason::Deleted => "deleted file",
-                    EnforceReason::KillIno => "file on the kill list",
+                    EnforceReason::KillIno => "loader run directly",
                     _ => "tmpfs file",
                 };
                 let path = format!("{what} run as {} (inode {}), killed at exec", self.comm, self.ino);

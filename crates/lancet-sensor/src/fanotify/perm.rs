@@ -133,6 +133,10 @@ pub struct PermRequest<'a> {
     /// Label given at mark time (e.g. the container's cgroup id); `None` when
     /// the file's filesystem is not uniquely one label's.
     pub label: Option<u64>,
+    /// Every label with marks on the file's filesystem: more than one when
+    /// two containers claim one root (never legitimate; a decider should
+    /// then answer as the strictest of them would).
+    pub labels: &'a [u64],
     /// The task's thread id in lancet's pid namespace (`FAN_REPORT_TID`;
     /// equals the process id for single-threaded processes; `/proc/<pid>/`
     /// works with either).
@@ -140,7 +144,8 @@ pub struct PermRequest<'a> {
     pub dev: u64,
     pub ino: u64,
     /// The path as the container sees it (`/tmp/ls`). A file deleted since it
-    /// was opened ends in ` (deleted)`.
+    /// was opened ends in ` (deleted)`. Empty when the kernel could not give
+    /// one (longer than PATH_MAX): decide by `dev`/`ino` then.
     pub path: &'a str,
     /// The statfs magic of the root the file is on, recorded at mark time
     /// ([`OVERLAYFS_MAGIC`] for overlay roots); 0 when unknown.
@@ -179,6 +184,9 @@ pub struct PermStats {
     pub overflows: u64,
     /// Events of lancet's own threads, allowed without the decider.
     pub own: u64,
+    /// Events whose file had no path the kernel could give (longer than
+    /// PATH_MAX): decided by inode, with an empty path.
+    pub pathless: u64,
     /// Read, response-write, ignore-mark and parse failures.
     pub errors: u64,
     /// lancet's own time per decision (after `read` to before the response
@@ -219,6 +227,7 @@ struct Counters {
     overflows: AtomicU64,
     own: AtomicU64,
     errors: AtomicU64,
+    pathless: AtomicU64,
 }
 
 #[derive(Default)]
@@ -567,6 +576,7 @@ impl PermGuard {
             fail_mode_answers: c.fail.load(Relaxed),
             overflows: c.overflows.load(Relaxed),
             own: c.own.load(Relaxed),
+            pathless: c.pathless.load(Relaxed),
             errors: c.errors.load(Relaxed),
             decision_p50_ns: p50,
             decision_p99_ns: p99,
@@ -593,7 +603,7 @@ impl PermGuard {
         F: FnMut(&PermRequest<'_>) -> PermDecision,
     {
         let mut buf = vec![0u8; READ_BATCH * parse::METADATA_LEN];
-        let mut scratch = Scratch { link: vec![0; PATH_MAX + 1], norm: String::with_capacity(PATH_MAX) };
+        let mut scratch = Scratch { link: vec![0; PATH_MAX + 1], norm: String::with_capacity(PATH_MAX), labels: Vec::with_capacity(4) };
         let fan = self.fd();
         while !stop.load(Relaxed) {
             let mut pfd = libc::pollfd { fd: fan, events: libc::POLLIN, revents: 0 };
@@ -709,12 +719,26 @@ impl PermGuard {
         }
         let st = fstat(fd.as_raw_fd())?;
         let key = (st.st_dev, st.st_ino);
-        let link = readlink_fd(fd.as_raw_fd(), &mut scratch.link)?;
+        // A path the kernel cannot give (longer than PATH_MAX, built from
+        // deep directories) leaves the decision to the inode: `path` is
+        // empty, never a reason to answer with the fail mode.
+        let link: &[u8] = match readlink_fd(fd.as_raw_fd(), &mut scratch.link) {
+            Ok(l) => l,
+            Err(e) => {
+                self.inner.c.pathless.fetch_add(1, Relaxed);
+                tracing::debug!(error = %e, pid = ev.pid, "no path for a permission event; deciding by inode");
+                &[]
+            }
+        };
         let exec = ev.mask & libc::FAN_OPEN_EXEC_PERM != 0;
         let event_mask = if exec { libc::FAN_OPEN_EXEC_PERM } else { libc::FAN_OPEN_PERM };
         let (label, fs_magic) = {
             let state = self.lock();
             let info = state.devs.get(&key.0);
+            scratch.labels.clear();
+            if let Some(i) = info {
+                scratch.labels.extend(if i.exec_owners.is_empty() { &i.other_owners } else { &i.exec_owners });
+            }
             let label = state
                 .objects
                 .get(&key)
@@ -723,11 +747,19 @@ impl PermGuard {
                     _ => None,
                 })
                 .or_else(|| info.and_then(DevInfo::label));
-            normalise(link, info.map_or(&[][..], |i| &i.prefixes[..]), &mut scratch.norm);
+            let stripped = normalise(link, info.map_or(&[][..], |i| &i.prefixes[..]), &mut scratch.norm);
+            // A host prefix stripped from a path that is not the event's file
+            // on the host was part of a path inside the container (a
+            // directory the container made to look like the host's rootfs):
+            // keep the whole path.
+            if stripped && !same_file(link, key) {
+                scratch.norm.clear();
+                scratch.norm.push_str(&String::from_utf8_lossy(link));
+            }
             (label, info.map_or(0, |i| i.magic))
         };
         let kind = if exec { PermKind::Exec } else { PermKind::Open { write: write_intent(ev.pid) } };
-        let req = PermRequest { kind, label, pid: ev.pid, dev: key.0, ino: key.1, path: &scratch.norm, fs_magic };
+        let req = PermRequest { kind, label, labels: &scratch.labels, pid: ev.pid, dev: key.0, ino: key.1, path: &scratch.norm, fs_magic };
         let d = decider(&req);
         if d.allow && d.remember {
             self.remember(fd, event_mask, label, key, &scratch.norm);
@@ -813,6 +845,7 @@ impl AsFd for PermGuard {
 struct Scratch {
     link: Vec<u8>,
     norm: String,
+    labels: Vec<u64>,
 }
 
 fn with_path(e: FanotifyError, path: &Path) -> FanotifyError {
@@ -873,7 +906,8 @@ fn add_prefixes(info: &mut DevInfo, dev: u64, root: &Path) {
 /// mount namespace already gives the container-relative path (its mounts are
 /// not reachable from lancet's root); one reached through the host's mount of
 /// the rootfs gives the host path.
-pub(crate) fn normalise(link: &[u8], prefixes: &[String], out: &mut String) {
+/// Returns whether a prefix was stripped.
+pub(crate) fn normalise(link: &[u8], prefixes: &[String], out: &mut String) -> bool {
     out.clear();
     let mut rest = link;
     for p in prefixes {
@@ -891,6 +925,14 @@ pub(crate) fn normalise(link: &[u8], prefixes: &[String], out: &mut String) {
         Ok(s) => out.push_str(s),
         Err(_) => out.push_str(&String::from_utf8_lossy(rest)),
     }
+    rest.len() != link.len()
+}
+
+/// Whether host path `link` names the file `key` (device, inode).
+fn same_file(link: &[u8], key: (u64, u64)) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(std::ffi::OsStr::from_bytes(link)).is_ok_and(|m| (m.dev(), m.ino()) == key)
 }
 
 /// `fanotify_mark(fan, flags, mask, fd, NULL)`: mark the object of an open fd.
@@ -992,9 +1034,9 @@ mod tests {
     fn normalise_paths() {
         let pre = vec!["/var/lib/containers/storage/overlay/abc/merged".to_owned(), "/x".to_owned()];
         let mut s = String::new();
-        normalise(b"/bin/busybox", &pre, &mut s);
+        assert!(!normalise(b"/bin/busybox", &pre, &mut s));
         assert_eq!(s, "/bin/busybox");
-        normalise(b"/var/lib/containers/storage/overlay/abc/merged/tmp/ls", &pre, &mut s);
+        assert!(normalise(b"/var/lib/containers/storage/overlay/abc/merged/tmp/ls", &pre, &mut s));
         assert_eq!(s, "/tmp/ls");
         normalise(b"/var/lib/containers/storage/overlay/abc/merged", &pre, &mut s);
         assert_eq!(s, "/");
@@ -1004,6 +1046,20 @@ mod tests {
         assert_eq!(s, "/tmp/\u{fffd}bad");
         normalise(b"/tmp/x (deleted)", &pre, &mut s);
         assert_eq!(s, "/tmp/x (deleted)");
+    }
+
+    #[test]
+    fn a_stripped_prefix_is_kept_only_for_the_host_file_itself() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("bin/httpd");
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, b"x").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&f).unwrap();
+        let link = f.to_str().unwrap().as_bytes();
+        assert!(same_file(link, (m.dev(), m.ino())), "the host path of the event's file");
+        assert!(!same_file(link, (m.dev(), m.ino() + 1)), "another file at that path: the path was the container's");
+        assert!(!same_file(b"/nonexistent/lancet/x", (m.dev(), m.ino())));
     }
 
     #[test]
@@ -1034,5 +1090,4 @@ mod tests {
         assert_eq!(h.quantile(1.0), 5_000_000);
         assert_eq!(h.max.load(Relaxed), 5_000_000);
     }
-
 }

@@ -283,10 +283,7 @@ mod tests {
         // event.)
         let me = std::process::id() as i32;
         assert_eq!(exec_call(me), None, "reading ourselves: not in an exec");
-        let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", "sleep 5"])
-            .spawn()
-            .expect("spawn sh");
+        let mut child = std::process::Command::new("/bin/sh").args(["-c", "sleep 5"]).spawn().expect("spawn sh");
         // Not stopped in an exec: None (it sleeps in wait4 or nanosleep).
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert_eq!(exec_call(child.id() as i32), None);
@@ -393,5 +390,4 @@ mod tests {
         p.num(u64::MAX);
         assert!(p.finish(b"/syscall").is_err());
     }
-
 }

@@ -53,6 +53,14 @@ impl Guarding {
         self.protector.as_ref().is_some_and(|p| p.guarded(id).is_some())
     }
 
+    /// The kernel kills a direct exec of this file in the container (a
+    /// loader approved only as an interpreter). `dev` in the kernel's
+    /// encoding, as exec events carry it.
+    pub(super) fn kills_loader(&self, id: &str, dev: u32, ino: u64) -> bool {
+        let Some(g) = self.protector.as_ref().and_then(|p| p.guarded(id)) else { return false };
+        g.approved.loaders.iter().any(|l| l.ino == ino && lancet_sensor::enforce::kernel_dev(l.dev) == dev)
+    }
+
     /// A container ended: its rules, measures and counters go.
     pub(super) fn forget(&mut self, id: &str) {
         if let Some(p) = self.protector.as_mut() {
@@ -292,6 +300,8 @@ fn kernel_verdict(r: &EnforceRecord) -> (Verdict, Action) {
             EnforceReason::Memfd => DriftKind::Memfd,
             EnforceReason::Tmpfs => DriftKind::Tmpfs,
             EnforceReason::Deleted => DriftKind::Deleted,
+            // The kill list holds loaders approved only as interpreters.
+            EnforceReason::KillIno => DriftKind::Loader,
             _ => DriftKind::Written,
         };
         let path = match r.to_event().kind {

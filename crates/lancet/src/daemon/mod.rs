@@ -113,7 +113,14 @@ impl Daemon {
         // What the kernel kills at exec in a protected container is reported
         // from its own record, not twice.
         let killed_in_kernel = mode == Mode::Protect
-            && matches!(ev.kind, EventKind::Exec(ref x) if x.exe_nlink == 0 || matches!(x.exe_fs_magic, TMPFS_MAGIC | RAMFS_MAGIC | HUGETLBFS_MAGIC))
+            && match &ev.kind {
+                EventKind::Exec(x) => {
+                    x.exe_nlink == 0
+                        || matches!(x.exe_fs_magic, TMPFS_MAGIC | RAMFS_MAGIC | HUGETLBFS_MAGIC)
+                        || self.guarding.kills_loader(&c.id, x.exe_dev, x.exe_ino)
+                }
+                _ => false,
+            }
             && self.guarding.is_guarded(&c.id);
         if killed_in_kernel {
             return Ok(());

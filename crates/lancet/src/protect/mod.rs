@@ -34,6 +34,8 @@ use network::NetBackend;
 use perm::PermBackend;
 use process::ProcessBackend;
 
+mod approved;
+pub use approved::Approved;
 mod container;
 mod host;
 mod lsm;
@@ -73,6 +75,9 @@ pub struct Guarded {
     /// The container's writable layer on the host (overlay upper dir).
     pub upper: Option<PathBuf>,
     pub profile: Arc<Profile>,
+    /// What it may execute, by file identity (from the profile and its
+    /// root).
+    pub approved: Arc<Approved>,
     pub allow: Vec<NetAllow>,
     /// Every backend applied without error (else a later sighting retries,
     /// at most every [`RETRY`]).
@@ -214,7 +219,7 @@ impl Protector {
         let mut backends: Vec<Box<dyn Backend>> = Vec::new();
         if let Some(e) = &enforcer {
             backends.push(Box::new(NetBackend { enforcer: Rc::clone(e) }));
-            backends.push(Box::new(ProcessBackend { enforcer: Rc::clone(e) }));
+            backends.push(Box::new(ProcessBackend::new(Rc::clone(e))));
         }
         let lsm = LsmBackend { reason: lsm_reason.unwrap_or_else(|| "not built into this agent".into()) };
         unavailable.push((lsm.name().to_string(), lsm.availability().unwrap_err()));
@@ -281,6 +286,21 @@ impl Protector {
             Some(rel) => self.cgroup2.join(rel.trim_start_matches('/')),
             None => enforce::cgroup_of_pid(pid, &self.cgroup2).unwrap_or_default(),
         };
+        // Keep the root the hook named: a later sighting's process may be
+        // gone by the time it is used.
+        let rootfs = rootfs
+            .or_else(|| self.guarded.get(&c.id).map(|g| g.rootfs.clone()))
+            .unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/root")));
+        let approved = match self.guarded.get(&c.id) {
+            Some(old) if Arc::ptr_eq(&old.profile, &profile) && old.rootfs == rootfs => Arc::clone(&old.approved),
+            _ => {
+                let a = approved::approve(&profile, &rootfs);
+                if !a.missing.is_empty() {
+                    tracing::info!(container = %c.name, missing = ?a.missing, "profile executables not found in this container");
+                }
+                Arc::new(a)
+            }
+        };
         let mut g = Guarded {
             id: c.id.clone(),
             name: c.name.clone(),
@@ -289,13 +309,10 @@ impl Protector {
             cgroup_id,
             cgroup_dir,
             pid,
-            // Keep the root the hook named: a later sighting's process may be
-            // gone by the time it is used.
-            rootfs: rootfs
-                .or_else(|| self.guarded.get(&c.id).map(|g| g.rootfs.clone()))
-                .unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/root"))),
+            rootfs,
             upper: c.upper_dir().map(|p| p.to_path_buf()),
             profile,
+            approved,
             allow,
             complete: false,
             applied: Instant::now(),

@@ -2,13 +2,16 @@
 //! are answered on a thread of their own, from a table the event loop keeps
 //! current.
 
-use super::host::{in_host_root, resolve_in_root, same_filesystem};
+use super::approved::Approved;
+use super::host::{in_host_root, same_filesystem};
 use super::{Backend, Enforced, Guarded, ProtectOptions};
 use crate::config::FailModeSetting;
+use lancet_engine::drift::{classify_indirect, indirect_target, Drift, DriftKind, FileFacts};
+use lancet_engine::event::ExecEvent;
 use lancet_engine::profile::Profile;
 use lancet_engine::response::{decide_exec, DenyReason, ExecRequest, ExecVerdict};
 use lancet_sensor::fanotify::overlay::{overlay_upper_dir, written_in_container};
-use lancet_sensor::fanotify::{FailMode, PermConfig, PermDecision, PermGuard, PermKind, PermRequest};
+use lancet_sensor::fanotify::{exec_call, FailMode, PermConfig, PermDecision, PermGuard, PermKind, PermRequest};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,9 +26,8 @@ struct PermTable {
 
 struct PermEntry {
     profile: Arc<Profile>,
-    /// The profile's executables, each resolved inside the container to
-    /// the file it names (fanotify reports files, not the names run).
-    executables: HashSet<String>,
+    /// What the container may run, by file identity.
+    approved: Arc<Approved>,
     upper: Option<PathBuf>,
     protected_files: HashSet<String>,
 }
@@ -53,29 +55,68 @@ pub(super) struct PermBackend {
 /// drift.
 const SHM_LABEL: u64 = 1 << 63;
 
-/// The decision of one permission event. Reads only memory, plus one
-/// `lstat` in the container's upper layer for uncached execs.
+const ALLOW: PermDecision = PermDecision { allow: true, remember: false };
+const DENY: PermDecision = PermDecision { allow: false, remember: false };
+
+/// The decision of one permission event. Reads memory, plus one `lstat` in
+/// the container's upper layer for uncached execs, and the blocked task's
+/// exec arguments for interpreters. When two containers claim one
+/// filesystem (never legitimate) the strictest of their answers holds.
 fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender<Enforced>) -> PermDecision {
-    let Ok(t) = table.read() else { return PermDecision { allow: true, remember: false } };
-    let Some(label) = req.label else { return PermDecision { allow: true, remember: false } };
+    // A poisoned lock means a writer panicked mid-update; the table is still
+    // the best knowledge there is.
+    let t = table.read().unwrap_or_else(|e| e.into_inner());
+    let labels: &[u64] = match req.label {
+        Some(ref l) => std::slice::from_ref(l),
+        None => req.labels,
+    };
+    let mut out: Option<PermDecision> = None;
+    for &label in labels {
+        let d = decide_for(&t, label, req, denials);
+        out = Some(match out {
+            None => d,
+            Some(o) => PermDecision { allow: o.allow && d.allow, remember: o.remember && d.remember },
+        });
+        if !d.allow {
+            break;
+        }
+    }
+    out.unwrap_or(ALLOW)
+}
+
+/// The decision of one container (label) on one event.
+fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSender<Enforced>) -> PermDecision {
+    let deny = |path: &str, reason| {
+        let _ = denials.try_send(Enforced::ExecDenied { label: label & !SHM_LABEL, pid: req.pid, path: path.to_string(), reason });
+        DENY
+    };
     if label & SHM_LABEL != 0 && req.kind == PermKind::Exec && t.by_label.contains_key(&(label & !SHM_LABEL)) {
         let path = if req.path.starts_with("/dev/shm/") { req.path.to_string() } else { format!("/dev/shm{}", req.path) };
-        let reason = DenyReason::Drift(lancet_engine::drift::DriftKind::Tmpfs);
-        let _ = denials.try_send(Enforced::ExecDenied { label: label & !SHM_LABEL, pid: req.pid, path, reason });
-        return PermDecision { allow: false, remember: false };
+        return deny(&path, DenyReason::Drift(DriftKind::Tmpfs));
     }
-    let Some(e) = t.by_label.get(&label) else { return PermDecision { allow: true, remember: false } };
+    // Marks of a container no longer guarded are being lifted.
+    let Some(e) = t.by_label.get(&label) else { return ALLOW };
     match req.kind {
         PermKind::Exec => {
+            let id = (req.dev, req.ino);
+            let in_profile = e.approved.files.contains(&id);
+            let interpreter = e.approved.interpreters.contains(&id);
+            if req.path.is_empty() {
+                // No path (longer than PATH_MAX): the file's identity alone
+                // decides; an interpreter's operand cannot be placed.
+                return if in_profile && !interpreter { ALLOW } else { deny("<path longer than PATH_MAX>", DenyReason::NotInProfile) };
+            }
             let in_upper = e.upper.as_deref().map(|u| written_in_container(u, req.path));
             let in_baseline = e.profile.baseline().map(|b| b.lookup(req.path).is_some());
-            let in_profile = e.executables.contains(req.path);
             match decide_exec(&ExecRequest { path: req.path, in_upper, in_baseline, written: None, in_profile }) {
+                ExecVerdict::Allow { .. } if interpreter => match script_drift(e, req.pid) {
+                    Ok(None) => ALLOW,
+                    Ok(Some(d)) => deny(&d.path, DenyReason::Drift(d.kind)),
+                    // A task whose exec cannot be read is not let through.
+                    Err(()) => deny(req.path, DenyReason::NotInProfile),
+                },
                 ExecVerdict::Allow { remember } => PermDecision { allow: true, remember },
-                ExecVerdict::Deny(reason) => {
-                    let _ = denials.try_send(Enforced::ExecDenied { label, pid: req.pid, path: req.path.to_string(), reason });
-                    PermDecision { allow: false, remember: false }
-                }
+                ExecVerdict::Deny(reason) => deny(req.path, reason),
             }
         }
         PermKind::Open { write } => {
@@ -89,9 +130,31 @@ fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender
             if !allowed {
                 let _ = denials.try_send(Enforced::OpenDenied { label, pid: req.pid, path: req.path.to_string(), write });
             }
-            PermDecision { allow: allowed, remember: false }
+            if allowed {
+                ALLOW
+            } else {
+                DENY
+            }
         }
     }
+}
+
+/// The script an interpreter exec is handed (`sh FILE`, `python3 FILE`),
+/// read from the blocked task's arguments, when it drifted from the image
+/// (written in the container, on tmpfs, or not in the baseline). `Err`
+/// when the task's exec cannot be read.
+fn script_drift(e: &PermEntry, tid: i32) -> Result<Option<Drift>, ()> {
+    let call = exec_call(tid).ok_or(())?;
+    let cwd =
+        std::fs::read_link(format!("/proc/{tid}/cwd")).ok().and_then(|p| p.to_str().map(str::to_string)).unwrap_or_else(|| "/".into());
+    let filename = if call.filename.starts_with('/') { call.filename } else { format!("{}/{}", cwd.trim_end_matches('/'), call.filename) };
+    let ev = ExecEvent { filename, argv: call.argv, cwd, ..ExecEvent::default() };
+    let Some((kind, target)) = indirect_target(&ev) else { return Ok(None) };
+    let facts = FileFacts {
+        in_upper: e.upper.as_deref().map(|u| written_in_container(u, &target)),
+        in_baseline: e.profile.baseline().map(|b| b.lookup(&target).is_some()),
+    };
+    Ok(classify_indirect(kind, &target, None, facts))
 }
 
 fn parent_dir(path: &str) -> &str {
@@ -173,24 +236,14 @@ impl Backend for PermBackend {
         let protected: HashSet<String> = self.protected_files.iter().filter(|p| !g.profile.has_sensitive_read(p)).cloned().collect();
         let profile_changed = {
             let t = self.table.read().map_err(|_| "permission table poisoned".to_string())?;
-            t.by_label.get(&g.label).is_some_and(|e| !Arc::ptr_eq(&e.profile, &g.profile))
+            t.by_label.get(&g.label).is_some_and(|e| !Arc::ptr_eq(&e.profile, &g.profile) || !Arc::ptr_eq(&e.approved, &g.approved))
         };
         {
             let mut t = self.table.write().map_err(|_| "permission table poisoned".to_string())?;
-            let root = &g.rootfs;
-            let executables = g
-                .profile
-                .spec()
-                .executables
-                .iter()
-                .flat_map(|e| {
-                    let resolved = resolve_in_root(root, &e.path);
-                    [Some(e.path.clone()), resolved]
-                })
-                .flatten()
-                .collect();
-            t.by_label
-                .insert(g.label, PermEntry { profile: Arc::clone(&g.profile), executables, upper, protected_files: protected.clone() });
+            t.by_label.insert(
+                g.label,
+                PermEntry { profile: Arc::clone(&g.profile), approved: Arc::clone(&g.approved), upper, protected_files: protected.clone() },
+            );
         }
         // Approvals of an older profile go; the marks stay in place (never
         // lifted and re-placed: that would leave a window).
