@@ -48,7 +48,7 @@ mod net;
 pub mod process;
 
 pub use cgroup::{cgroup_id, cgroup_of_pid, freeze, frozen, thaw, FreezeBackend};
-pub use events::{EnforceEvents, EnforceOp, EnforceReason, EnforceRecord};
+pub use events::{Applet, EnforceEvents, EnforceOp, EnforceReason, EnforceRecord};
 pub use net::{is_loopback, Direction, NetRule, Proto};
 pub use process::{kill_process, process_start_time};
 
@@ -72,7 +72,7 @@ use thiserror::Error;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lancet";
 
 /// The pinned maps, by name (pinned as `<pin dir>/<name>`).
-pub const MAP_NAMES: [&str; 5] = ["cg_policy", "net_allow", "kill_ino", "enforce_events", "enforce_stats"];
+pub const MAP_NAMES: [&str; 7] = ["cg_policy", "net_allow", "kill_ino", "multicall", "applets", "enforce_events", "enforce_stats"];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const ISOLATE_PREFIX: &str = "isolate-";
@@ -1125,7 +1125,9 @@ mod tests {
         assert_eq!(std::mem::size_of::<types::lancet_net_key>(), 32);
         assert_eq!(std::mem::size_of::<types::lancet_kill_key>(), 24);
         assert_eq!(std::mem::size_of::<types::lancet_cg_policy>(), 16);
-        assert_eq!(std::mem::size_of::<types::lancet_enforce_event>(), 112);
+        assert_eq!(std::mem::size_of::<types::lancet_enforce_event>(), 144);
+        assert_eq!(std::mem::size_of::<types::lancet_applet_key>(), 56);
+        assert_eq!(std::mem::size_of::<types::lancet_multicall>(), 16);
     }
 
     #[test]
