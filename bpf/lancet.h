@@ -147,6 +147,9 @@ struct lancet_cgroup {
 #define LANCET_POL_KILL_TMPFS_EXEC (1U << 4)
 #define LANCET_POL_KILL_DELETED_EXEC (1U << 5)
 #define LANCET_POL_KILL_EXEC_INO (1U << 6)
+/* SIGKILL a process that execs a multi-call file listed in `multicall` under
+ * an applet name its `applets` set does not allow (see below). */
+#define LANCET_POL_KILL_APPLET (1U << 7)
 
 struct lancet_cg_policy {
 	__u32 flags;
@@ -193,6 +196,39 @@ struct lancet_kill_key {
 	__u32 _pad;
 };
 
+/*
+ * Multi-call binaries (busybox: one inode, every applet chosen by argv[0]).
+ * Exec permission checks see the file, not the name it runs under, so for a
+ * file in `multicall` the applet is judged in the kernel at exec: the
+ * basename of argv[0] (after one leading '-', which busybox strips for login
+ * shells), read from the new image's mm. When that name begins with the
+ * file's dispatcher (busybox: "busybox", as in `busybox nc`), the applet is
+ * the basename of the next argument instead, for up to LANCET_APPLET_HOPS
+ * arguments. The name must be in `applets` for that file and container;
+ * an empty, unreadable or too long argument (the scan gives up after
+ * ~4 KiB) is never allowed, nor is a bare dispatcher.
+ *
+ * Names are NUL-padded to LANCET_APPLET_LEN. A name of LANCET_APPLET_LEN
+ * bytes or more is cut at LANCET_APPLET_LEN - 1 and its last byte set to
+ * LANCET_APPLET_CUT, so it can never equal an allowed name (userspace
+ * refuses to allow names that long).
+ */
+#define LANCET_APPLET_LEN 32
+#define LANCET_APPLET_CUT 0xff
+#define LANCET_DISPATCHER_LEN 16
+#define LANCET_APPLET_HOPS 4
+
+/* `multicall` value, keyed by struct lancet_kill_key (the file). */
+struct lancet_multicall {
+	char dispatcher[LANCET_DISPATCHER_LEN]; /* NUL-padded; "" = none */
+};
+
+/* `applets` key: present when `name` may run from `file` in `file.cgid`. */
+struct lancet_applet_key {
+	struct lancet_kill_key file;
+	char name[LANCET_APPLET_LEN];
+};
+
 enum lancet_enforce_op {
 	LANCET_EOP_CONNECT4 = 1,
 	LANCET_EOP_CONNECT6 = 2,
@@ -210,6 +246,7 @@ enum lancet_enforce_reason {
 	LANCET_ER_TMPFS = 4,
 	LANCET_ER_DELETED = 5,
 	LANCET_ER_KILL_INO = 6,
+	LANCET_ER_APPLET = 7, /* `applet` names it; `addr` holds the file's name */
 };
 
 /* Index into the per-CPU `enforce_stats` counters. */
@@ -230,7 +267,14 @@ enum lancet_enforce_stat {
 };
 
 /* One denied (or, with NET_AUDIT, would-be-denied) operation or one kill.
- * port in host byte order; addr is v4-mapped for IPv4 (family says which). */
+ * port in host byte order; addr is v4-mapped for IPv4 (family says which).
+ * For an applet kill (LANCET_ER_APPLET, family 0) addr holds instead the
+ * exec'd file's name (its dentry: the target of a symlink), NUL-padded, cut
+ * at 15 bytes, and `applet` the applet as judged: the last argument looked
+ * at ("busybox" for a bare `busybox`), NUL-padded, its last byte
+ * LANCET_APPLET_CUT when cut (a basename longer than 128 bytes is named by
+ * 31 bytes from its last 128), empty when that argument was empty, ended in
+ * '/', or could not be read whole. `applet` is all zero in other records. */
 struct lancet_enforce_event {
 	struct lancet_header hdr;
 	__u32 op; /* enum lancet_enforce_op */
@@ -243,6 +287,7 @@ struct lancet_enforce_event {
 	__u64 ino; /* exec kills: the file */
 	__u32 dev; /* kernel s_dev */
 	__u32 denied; /* 1 denied or killed, 0 audit only (or the kill failed) */
+	char applet[LANCET_APPLET_LEN];
 };
 
 #endif /* __LANCET_H */

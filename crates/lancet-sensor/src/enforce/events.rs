@@ -1,5 +1,6 @@
 //! The `enforce_events` ring buffer: one record per denied (or, with
-//! NET_AUDIT, would-be-denied) connect/sendmsg/bind and per exec kill.
+//! NET_AUDIT, would-be-denied) connect/sendmsg/bind and per exec kill
+//! (with, for an applet of a multi-call binary, the applet's name).
 //!
 //! The programs submit with the ring's adaptive wakeup: the reader is woken
 //! at once when it has caught up (records are rare, and a denial is worth
@@ -26,6 +27,12 @@ use std::time::Duration;
 unsafe impl plain::Plain for types::lancet_enforce_event {}
 
 const KIND_ENFORCE: u32 = 64;
+/// Records written before `applet` was added to the struct (by the programs
+/// of an older agent, still in the pinned ring when this one starts) are
+/// this long; they are read with `applet` all zero.
+const SIZE_BEFORE_APPLET: usize = 112;
+/// `LANCET_APPLET_CUT`: the last byte of a name cut to fit.
+const APPLET_CUT: u8 = 0xff;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -81,6 +88,9 @@ pub enum EnforceReason {
     Deleted,
     /// The exec'd file is in the kill list.
     KillIno,
+    /// The exec'd file is a multi-call binary and the applet it was run as
+    /// is not allowed ([`EnforceRecord::applet`] names it).
+    Applet,
 }
 
 impl EnforceReason {
@@ -92,6 +102,7 @@ impl EnforceReason {
             4 => EnforceReason::Tmpfs,
             5 => EnforceReason::Deleted,
             6 => EnforceReason::KillIno,
+            7 => EnforceReason::Applet,
             _ => return None,
         })
     }
@@ -127,6 +138,33 @@ pub struct EnforceRecord {
     /// True when the operation was refused or the process killed; false for
     /// NET_AUDIT reports (and a kill the kernel could not deliver).
     pub denied: bool,
+    /// Applet kills ([`EnforceReason::Applet`]): what ran and as what.
+    pub applet: Option<Applet>,
+}
+
+/// The applet an exec of a multi-call binary was killed for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Applet {
+    /// As the kernel judged it: the basename of argv[0] (or, after the
+    /// dispatcher, of the next argument), at most 31 bytes. Empty when
+    /// argv[0] was empty, could not be read, or was longer than the scan.
+    pub name: String,
+    /// The name was longer than 31 bytes and is cut here (no allowed name
+    /// is that long, so it could not have been allowed).
+    pub cut: bool,
+    /// The exec'd file's own name (its directory entry, so the target of
+    /// the symlink it was run through), at most 15 bytes.
+    pub file: String,
+}
+
+impl std::fmt::Display for Applet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.name.is_empty(), self.cut) {
+            (true, _) => f.write_str("(empty or unreadable argv[0])"),
+            (false, true) => write!(f, "{}...", self.name),
+            (false, false) => f.write_str(&self.name),
+        }
+    }
 }
 
 impl EnforceRecord {
@@ -137,6 +175,26 @@ impl EnforceRecord {
     pub fn to_event(&self) -> Event {
         let process = ProcessRef { pid: self.pid, tid: self.tid, ppid: self.ppid, comm: self.comm.clone(), ..Default::default() };
         let kind = match self.op {
+            EnforceOp::ExecKill if self.reason == EnforceReason::Applet => {
+                // The exec ran the file as another program: name the applet
+                // (argv[0]) and the file it is an applet of.
+                let applet = self.applet.clone().unwrap_or(Applet { name: String::new(), cut: false, file: String::new() });
+                let file = if applet.file.is_empty() { "a multi-call binary" } else { applet.file.as_str() };
+                let path = format!("applet {applet} of {file} (inode {}), killed at exec", self.ino);
+                EventKind::Exec(ExecEvent {
+                    filename: path,
+                    cwd: String::new(),
+                    argv: vec![applet.to_string()],
+                    parent_comm: String::new(),
+                    parent_exe: None,
+                    parent_outside: false,
+                    exe_ino: self.ino,
+                    exe_dev: self.dev,
+                    exe_nlink: 1,
+                    exe_fs_magic: 0,
+                    truncated: applet.cut,
+                })
+            }
             EnforceOp::ExecKill => {
                 let what = match self.reason {
                     EnforceReason::Memfd => "memfd",
@@ -197,20 +255,40 @@ fn cstr(bytes: &[i8]) -> String {
     String::from_utf8_lossy(&b).into_owned()
 }
 
+/// `applet` of an applet kill: the name, and whether the kernel cut it.
+fn applet_name(bytes: &[i8]) -> (String, bool) {
+    let cut = bytes.last().is_some_and(|&c| c as u8 == APPLET_CUT);
+    let body = if cut { &bytes[..bytes.len() - 1] } else { bytes };
+    (cstr(body), cut)
+}
+
+/// `addr` of an applet kill: the file's name, NUL-padded.
+fn file_name(bytes: &[u8]) -> String {
+    let b: Vec<u8> = bytes.iter().take_while(|&&c| c != 0).copied().collect();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
 /// Decodes one raw record.
 pub fn decode_record(data: &[u8], clock: &Clock) -> Result<EnforceRecord, RecordError> {
-    let need = std::mem::size_of::<types::lancet_enforce_event>();
-    if data.len() < need {
+    if data.len() < SIZE_BEFORE_APPLET {
         return Err(RecordError::Truncated(data.len()));
     }
+    // Zero-extended: a record from before `applet` existed reads as none.
+    let mut full = [0u8; std::mem::size_of::<types::lancet_enforce_event>()];
+    let n = data.len().min(full.len());
+    full[..n].copy_from_slice(&data[..n]);
     let mut e = types::lancet_enforce_event::default();
-    plain::copy_from_bytes(&mut e, data).map_err(|_| RecordError::Truncated(data.len()))?;
+    plain::copy_from_bytes(&mut e, &full).map_err(|_| RecordError::Truncated(data.len()))?;
     if e.hdr.kind != KIND_ENFORCE {
         return Err(RecordError::Kind(e.hdr.kind));
     }
     let (Some(op), Some(reason)) = (EnforceOp::from_raw(e.op), EnforceReason::from_raw(e.reason)) else {
         return Err(RecordError::Unknown(e.op, e.reason));
     };
+    let applet = (reason == EnforceReason::Applet).then(|| {
+        let (name, cut) = applet_name(&e.applet);
+        Applet { name, cut, file: file_name(&e.addr) }
+    });
     let addr = match e.family {
         AF_INET => Some(IpAddr::V4(Ipv4Addr::new(e.addr[12], e.addr[13], e.addr[14], e.addr[15]))),
         AF_INET6 => Some(Ipv6Addr::from(e.addr).to_canonical()),
@@ -239,6 +317,7 @@ pub fn decode_record(data: &[u8], clock: &Clock) -> Result<EnforceRecord, Record
         ino: e.ino,
         dev: e.dev,
         denied: e.denied != 0,
+        applet,
     })
 }
 
@@ -357,6 +436,59 @@ mod tests {
         e.ino = 77;
         let r = decode_record(&bytes_of(&e), &Clock::with_offset(0)).unwrap();
         assert_eq!((r.op, r.reason, r.addr, r.ino), (EnforceOp::ExecKill, EnforceReason::Memfd, None, 77));
+    }
+
+    #[test]
+    fn applet_kills_decode_with_the_name_the_cut_and_the_file() {
+        let mut e = types::lancet_enforce_event::default();
+        e.hdr.kind = KIND_ENFORCE;
+        e.op = 7;
+        e.reason = 7;
+        e.ino = 1234;
+        e.denied = 1;
+        for (i, c) in b"nc".iter().enumerate() {
+            e.applet[i] = *c as i8;
+        }
+        e.addr[..7].copy_from_slice(b"busybox");
+        let r = decode_record(&bytes_of(&e), &Clock::with_offset(0)).unwrap();
+        assert_eq!(r.reason, EnforceReason::Applet);
+        assert_eq!(r.addr, None, "family 0: addr is the file's name, not an address");
+        let a = r.applet.clone().unwrap();
+        assert_eq!((a.name.as_str(), a.cut, a.file.as_str()), ("nc", false, "busybox"));
+        match r.to_event().kind {
+            EventKind::Exec(x) => {
+                assert_eq!(x.filename, "applet nc of busybox (inode 1234), killed at exec");
+                assert_eq!(x.argv, vec!["nc".to_string()]);
+                assert_eq!(x.exe_ino, 1234);
+            }
+            other => panic!("not an exec: {other:?}"),
+        }
+
+        // Cut at 31 bytes, marked in the last byte.
+        let long = [b's'; 31];
+        for (i, c) in long.iter().enumerate() {
+            e.applet[i] = *c as i8;
+        }
+        e.applet[31] = APPLET_CUT as i8;
+        let a = decode_record(&bytes_of(&e), &Clock::with_offset(0)).unwrap().applet.unwrap();
+        assert_eq!((a.name.len(), a.cut), (31, true));
+        assert_eq!(a.to_string(), format!("{}...", "s".repeat(31)));
+
+        // Empty or unreadable argv[0].
+        e.applet = [0; 32];
+        let r = decode_record(&bytes_of(&e), &Clock::with_offset(0)).unwrap();
+        assert_eq!(r.applet.as_ref().unwrap().name, "");
+        match r.to_event().kind {
+            EventKind::Exec(x) => assert!(x.filename.starts_with("applet (empty or unreadable argv[0]) of busybox"), "{}", x.filename),
+            other => panic!("not an exec: {other:?}"),
+        }
+
+        // Other records carry no applet, and records of the size before the
+        // field existed still decode.
+        e.reason = 6;
+        let bytes = bytes_of(&e);
+        let r = decode_record(&bytes[..SIZE_BEFORE_APPLET], &Clock::with_offset(0)).unwrap();
+        assert_eq!((r.reason, r.applet), (EnforceReason::KillIno, None));
     }
 
     #[test]

@@ -39,8 +39,25 @@
 //! | `enf_skb_in/out` | `cgroup_skb/ingress,egress` per isolated container | 4.10 (`bpf_skb_cgroup_id` 4.18) |
 //!
 //! Maps: `cg_policy` (hash), `net_allow` (LPM trie, 4.11), `kill_ino` (hash),
-//! `enforce_events` (ring buffer, 5.8), `enforce_stats` (per-CPU array).
-//! Cgroup links need 5.7; the cgroup v2 freezer 5.2.
+//! `multicall` and `applets` (hash), `enforce_events` (ring buffer, 5.8),
+//! `enforce_stats` (per-CPU array). Cgroup links need 5.7; the cgroup v2
+//! freezer 5.2.
+//!
+//! # Multi-call binaries
+//!
+//! fanotify's exec permission events name the *file*, so a multi-call binary
+//! (busybox: `sh`, `nc`, `wget`, … are one inode, the applet chosen by
+//! argv[0]) could only be approved whole. [`Enforcer::set_applets`] lists
+//! such a file for a container with the applets it may run; with
+//! [`PolicyFlags::KILL_APPLET`] set, `enf_exec` reads argv[0] of every exec
+//! of that file from the new image and kills the process before its first
+//! instruction when the applet is not listed (also when busybox re-executes
+//! itself through `/proc/self/exe` with argv[0] = the applet, or runs
+//! `busybox APPLET`). Other execs pay one hash lookup. What no exec hook
+//! can see: busybox's `sh` runs its NOFORK applets (`echo`, `true`, `test`,
+//! …) in the shell and its NOEXEC applets (`id`, `ls`, `cp`, `rm`, `env`, … in
+//! Debian's build) in a forked child without any exec, so an allowed `sh`
+//! runs those unchecked.
 
 pub mod cgroup;
 mod events;
@@ -48,7 +65,7 @@ mod net;
 pub mod process;
 
 pub use cgroup::{cgroup_id, cgroup_of_pid, freeze, frozen, thaw, FreezeBackend};
-pub use events::{EnforceEvents, EnforceOp, EnforceReason, EnforceRecord};
+pub use events::{Applet, EnforceEvents, EnforceOp, EnforceReason, EnforceRecord};
 pub use net::{is_loopback, Direction, NetRule, Proto};
 pub use process::{kill_process, process_start_time};
 
@@ -72,7 +89,17 @@ use thiserror::Error;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lancet";
 
 /// The pinned maps, by name (pinned as `<pin dir>/<name>`).
-pub const MAP_NAMES: [&str; 5] = ["cg_policy", "net_allow", "kill_ino", "enforce_events", "enforce_stats"];
+pub const MAP_NAMES: [&str; 7] = ["cg_policy", "net_allow", "kill_ino", "multicall", "applets", "enforce_events", "enforce_stats"];
+
+/// Longest applet name that can be allowed (`LANCET_APPLET_LEN` - 1): the
+/// kernel cuts longer names, and a cut name is never allowed.
+pub const APPLET_NAME_MAX: usize = 31;
+/// Longest dispatcher name (`LANCET_DISPATCHER_LEN` - 1).
+pub const DISPATCHER_MAX: usize = 15;
+/// busybox's dispatcher: it runs any argv[0] whose basename begins with
+/// "busybox" as the applet named by the next argument (`busybox nc …`).
+pub const BUSYBOX_DISPATCHER: &str = "busybox";
+const APPLET_KEY_LEN: usize = 24 + 32;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const ISOLATE_PREFIX: &str = "isolate-";
@@ -114,6 +141,10 @@ pub enum EnforceError {
     PidReused { pid: u32, expected: u64, found: u64 },
     #[error("process {pid}: {source}")]
     Process { pid: u32, source: io::Error },
+    #[error("applet name {name:?} {why}")]
+    AppletName { name: String, why: &'static str },
+    #[error("dispatcher {name:?} {why}")]
+    Dispatcher { name: String, why: &'static str },
 }
 
 pub type Result<T, E = EnforceError> = std::result::Result<T, E>;
@@ -143,6 +174,9 @@ impl PolicyFlags {
     pub const KILL_DELETED_EXEC: PolicyFlags = PolicyFlags(1 << 5);
     /// SIGKILL a process that execs a file listed with [`Enforcer::kill_ino`].
     pub const KILL_EXEC_INO: PolicyFlags = PolicyFlags(1 << 6);
+    /// SIGKILL a process that execs a multi-call file listed with
+    /// [`Enforcer::set_applets`] as an applet that is not allowed.
+    pub const KILL_APPLET: PolicyFlags = PolicyFlags(1 << 7);
 
     pub const fn bits(self) -> u32 {
         self.0
@@ -303,6 +337,8 @@ pub struct Enforcer {
     cg_policy: MapHandle,
     net_allow: MapHandle,
     kill_ino: MapHandle,
+    multicall: MapHandle,
+    applets: MapHandle,
     stats: MapHandle,
     events: MapHandle,
     skb_in: Option<OwnedFd>,
@@ -333,6 +369,39 @@ pub fn boot_time_ns() -> u64 {
         return 0;
     }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Kernel accounting of BPF program run time (`BPF_ENABLE_STATS`, 5.8),
+/// on while this guard lives. Reference-counted by the kernel, so it never
+/// turns off statistics someone else (the `kernel.bpf_stats_enabled`
+/// sysctl, another guard) turned on. Costs two clock reads per program run
+/// while on; for measurements, not for production.
+#[derive(Debug)]
+pub struct RunTimeStats {
+    _fd: OwnedFd,
+}
+
+impl RunTimeStats {
+    pub fn enable() -> io::Result<RunTimeStats> {
+        // SAFETY: plain syscall wrapper without pointers; on success it
+        // returns a new fd that nothing else owns.
+        let fd = unsafe { libbpf_rs::libbpf_sys::bpf_enable_stats(libbpf_rs::libbpf_sys::BPF_STATS_RUN_TIME) };
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(-fd));
+        }
+        // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+        Ok(RunTimeStats { _fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+}
+
+/// What the kernel reports about a loaded program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProgramRuns {
+    /// Runs and their total time, counted while [`RunTimeStats`] are on.
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+    /// Instructions the verifier walked to accept it (its complexity).
+    pub verified_insns: u32,
 }
 
 /// Whether `path` lies on bpffs.
@@ -675,6 +744,8 @@ impl Enforcer {
             cg_policy: handle("cg_policy")?,
             net_allow: handle("net_allow")?,
             kill_ino: handle("kill_ino")?,
+            multicall: handle("multicall")?,
+            applets: handle("applets")?,
             stats: handle("enforce_stats")?,
             events: handle("enforce_events")?,
             skb_in,
@@ -780,6 +851,18 @@ impl Enforcer {
         })
     }
 
+    /// Run statistics of the exec program (`enf_exec`) this enforcer
+    /// attached, or None when it does not hold.
+    pub fn exec_program_runs(&self) -> Result<Option<ProgramRuns>> {
+        let Some((_, link)) = self.links.iter().find(|(n, _)| n == "enf_exec") else { return Ok(None) };
+        let info = link.info().map_err(map_err("link-enf_exec", "reading the link"))?;
+        Ok(libbpf_rs::query::ProgInfoIter::default().find(|p| p.id == info.prog_id).map(|p| ProgramRuns {
+            run_cnt: p.run_cnt,
+            run_time_ns: p.run_time_ns,
+            verified_insns: p.verified_insns,
+        }))
+    }
+
     /// A reader of the denial/kill records. Independent of the enforcer: it
     /// keeps its own handle on the pinned ring.
     pub fn events(&self) -> Result<EnforceEvents> {
@@ -842,8 +925,8 @@ impl Enforcer {
         Ok(v)
     }
 
-    /// Forgets a container: its policy, allow-list, kill list and isolation
-    /// links. Call when it exits.
+    /// Forgets a container: its policy, allow-list, kill list, applet lists
+    /// and isolation links. Call when it exits.
     pub fn clear(&self, cgid: u64) -> Result<()> {
         self.detach_isolation(cgid);
         delete(&self.cg_policy, &cgid.to_ne_bytes()).map_err(map_err("cg_policy", format!("cgroup {cgid}")))?;
@@ -853,7 +936,7 @@ impl Enforcer {
                 delete(&self.kill_ino, &k).map_err(map_err("kill_ino", format!("cgroup {cgid}")))?;
             }
         }
-        Ok(())
+        self.clear_applets(cgid)
     }
 
     /// Removes every entry of cgroups for which `live` says false (gone
@@ -862,6 +945,8 @@ impl Enforcer {
         let mut all: std::collections::BTreeSet<u64> = self.list_cgroups()?.into_iter().collect();
         all.extend(self.net_allow.keys().filter_map(|k| net::key_cgid(&k)));
         all.extend(self.kill_ino.keys().filter_map(|k| key_cgid(&k)));
+        all.extend(self.multicall.keys().filter_map(|k| key_cgid(&k)));
+        all.extend(self.applets.keys().filter_map(|k| key_cgid(&k)));
         all.extend(isolation_pins(&self.cfg.pin_dir).into_iter().map(|(_, (cgid, _))| cgid));
         let mut removed = Vec::new();
         for cgid in all {
@@ -991,6 +1076,154 @@ impl Enforcer {
     pub fn forget_ino(&self, cgid: u64, dev: u32, ino: u64) -> Result<()> {
         delete(&self.kill_ino, &kill_key(cgid, dev, ino)).map_err(map_err("kill_ino", format!("cgroup {cgid}, dev {dev:#x}, inode {ino}")))
     }
+
+    // ---- applets of multi-call binaries ----
+
+    /// Makes `dev`/`ino` a multi-call file of `cgid` whose execs (with the
+    /// KILL_APPLET flag set) run only as one of `names`, replacing what was
+    /// allowed for it before. `dispatcher` is the name under which the file
+    /// runs the applet named by its next argument ([`BUSYBOX_DISPATCHER`]
+    /// for busybox, None for a binary that has none); a dispatcher alone
+    /// (`busybox` without an applet) is never allowed.
+    ///
+    /// Names are what argv[0] is judged by: basenames (no '/'), at most
+    /// [`APPLET_NAME_MAX`] bytes; an empty list lets no applet run. The
+    /// update never refuses an applet that stays allowed: new names are
+    /// added, then the file is listed, then stale names are removed. On
+    /// error nothing was removed (some new names may already be allowed).
+    pub fn set_applets(&self, cgid: u64, dev: u32, ino: u64, dispatcher: Option<&str>, names: &[&str]) -> Result<()> {
+        let disp = dispatcher_value(dispatcher)?;
+        let mut want = std::collections::BTreeSet::new();
+        for name in names {
+            check_applet_name(name, dispatcher)?;
+            want.insert(*name);
+        }
+        let what = || format!("cgroup {cgid}, dev {dev:#x}, inode {ino}");
+        let file = kill_key(cgid, dev, ino);
+        let have: Vec<Vec<u8>> = self.applets.keys().filter(|k| k.get(..24) == Some(&file[..])).collect();
+        for name in &want {
+            self.applets.update(&applet_key(&file, name), &1u32.to_ne_bytes(), MapFlags::ANY).map_err(map_err("applets", what()))?;
+        }
+        self.multicall.update(&file, &disp, MapFlags::ANY).map_err(map_err("multicall", what()))?;
+        for k in have {
+            if !want.contains(key_applet_name(&k).as_str()) {
+                delete(&self.applets, &k).map_err(map_err("applets", what()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops checking the applets of `dev`/`ino` in `cgid` (every applet of
+    /// it runs again) and forgets its list.
+    pub fn forget_applets(&self, cgid: u64, dev: u32, ino: u64) -> Result<()> {
+        let what = || format!("cgroup {cgid}, dev {dev:#x}, inode {ino}");
+        let file = kill_key(cgid, dev, ino);
+        // The file first: while its list shrinks, no exec is judged by half of it.
+        delete(&self.multicall, &file).map_err(map_err("multicall", what()))?;
+        for k in self.applets.keys().filter(|k| k.get(..24) == Some(&file[..])).collect::<Vec<_>>() {
+            delete(&self.applets, &k).map_err(map_err("applets", what()))?;
+        }
+        Ok(())
+    }
+
+    /// [`Enforcer::forget_applets`] for every multi-call file of `cgid`.
+    pub fn clear_applets(&self, cgid: u64) -> Result<()> {
+        for k in self.multicall.keys().filter(|k| key_cgid(k) == Some(cgid)).collect::<Vec<_>>() {
+            delete(&self.multicall, &k).map_err(map_err("multicall", format!("cgroup {cgid}")))?;
+        }
+        for k in self.applets.keys().filter(|k| key_cgid(k) == Some(cgid)).collect::<Vec<_>>() {
+            delete(&self.applets, &k).map_err(map_err("applets", format!("cgroup {cgid}")))?;
+        }
+        Ok(())
+    }
+
+    /// The multi-call files of `cgid` with their allowed applets (sorted),
+    /// for status and tests. Applets left without their file (by an update
+    /// cut short) are not listed.
+    pub fn applets(&self, cgid: u64) -> Result<Vec<MulticallFile>> {
+        let mut files = Vec::new();
+        for k in self.multicall.keys().filter(|k| key_cgid(k) == Some(cgid)) {
+            let Some(v) = self.multicall.lookup(&k, MapFlags::ANY).map_err(map_err("multicall", format!("cgroup {cgid}")))? else {
+                continue;
+            };
+            let (Some(ino), Some(dev)) = (
+                k.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes),
+                k.get(16..20).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes),
+            ) else {
+                continue;
+            };
+            let dispatcher = nul_padded(&v);
+            let mut applets: Vec<String> =
+                self.applets.keys().filter(|a| a.get(..24) == k.get(..24)).map(|a| key_applet_name(&a)).collect();
+            applets.sort();
+            files.push(MulticallFile { dev, ino, dispatcher: (!dispatcher.is_empty()).then_some(dispatcher), applets });
+        }
+        files.sort_by_key(|f| (f.dev, f.ino));
+        Ok(files)
+    }
+}
+
+/// A multi-call file of one container and the applets it may run as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MulticallFile {
+    /// The kernel's dev (as `exe_dev`) and the inode.
+    pub dev: u32,
+    pub ino: u64,
+    pub dispatcher: Option<String>,
+    pub applets: Vec<String>,
+}
+
+/// Refuses a name the kernel could never match as it is meant: it judges
+/// the basename of argv[0], at most [`APPLET_NAME_MAX`] bytes.
+fn check_applet_name(name: &str, dispatcher: Option<&str>) -> Result<()> {
+    let why = if name.is_empty() {
+        "is empty (an empty argv[0] is never allowed)"
+    } else if name.len() > APPLET_NAME_MAX {
+        "is longer than 31 bytes: the kernel cuts argv[0] there and never allows a cut name"
+    } else if name.contains('/') {
+        "contains '/': applets are judged by the basename of argv[0]"
+    } else if name.contains('\0') {
+        "contains a NUL byte"
+    } else if dispatcher.is_some_and(|d| name.starts_with(d)) {
+        "begins with the dispatcher: such an argv[0] is judged by the next argument, never by itself"
+    } else {
+        return Ok(());
+    };
+    Err(EnforceError::AppletName { name: name.to_string(), why })
+}
+
+/// The `multicall` value: the dispatcher, NUL-padded.
+fn dispatcher_value(dispatcher: Option<&str>) -> Result<[u8; DISPATCHER_MAX + 1]> {
+    let mut v = [0u8; DISPATCHER_MAX + 1];
+    let Some(d) = dispatcher else { return Ok(v) };
+    let why = if d.is_empty() {
+        "is empty (use None for a binary without one)"
+    } else if d.len() > DISPATCHER_MAX {
+        "is longer than 15 bytes"
+    } else if d.contains('/') || d.contains('\0') {
+        "contains '/' or a NUL byte"
+    } else {
+        v[..d.len()].copy_from_slice(d.as_bytes());
+        return Ok(v);
+    };
+    Err(EnforceError::Dispatcher { name: d.to_string(), why })
+}
+
+/// `struct lancet_applet_key`: the file's key, then the name NUL-padded.
+fn applet_key(file: &[u8; 24], name: &str) -> [u8; APPLET_KEY_LEN] {
+    let mut k = [0u8; APPLET_KEY_LEN];
+    k[..24].copy_from_slice(file);
+    k[24..24 + name.len()].copy_from_slice(name.as_bytes());
+    k
+}
+
+fn key_applet_name(k: &[u8]) -> String {
+    nul_padded(k.get(24..).unwrap_or_default())
+}
+
+fn nul_padded(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 /// A `stat` st_dev (userspace dev_t) in the kernel's encoding
@@ -1125,7 +1358,9 @@ mod tests {
         assert_eq!(std::mem::size_of::<types::lancet_net_key>(), 32);
         assert_eq!(std::mem::size_of::<types::lancet_kill_key>(), 24);
         assert_eq!(std::mem::size_of::<types::lancet_cg_policy>(), 16);
-        assert_eq!(std::mem::size_of::<types::lancet_enforce_event>(), 112);
+        assert_eq!(std::mem::size_of::<types::lancet_enforce_event>(), 144);
+        assert_eq!(std::mem::size_of::<types::lancet_applet_key>(), APPLET_KEY_LEN);
+        assert_eq!(std::mem::size_of::<types::lancet_multicall>(), DISPATCHER_MAX + 1);
     }
 
     #[test]
@@ -1145,6 +1380,37 @@ mod tests {
         fn send<T: Send>() {}
         send_sync::<Enforcer>();
         send::<EnforceEvents>();
+    }
+
+    #[test]
+    fn applet_names_the_kernel_cannot_match_are_refused() {
+        let bb = Some(BUSYBOX_DISPATCHER);
+        for ok in ["sh", "nc", "-sh", "s".repeat(31).as_str(), "[["] {
+            check_applet_name(ok, bb).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        for bad in ["", "s".repeat(32).as_str(), "bin/sh", "a\0b", "busybox", "busybox.static"] {
+            let e = check_applet_name(bad, bb).expect_err(bad);
+            assert!(matches!(e, EnforceError::AppletName { .. }), "{e}");
+        }
+        check_applet_name("busybox", None).unwrap();
+        let long = check_applet_name(&"x".repeat(40), None).unwrap_err().to_string();
+        assert!(long.contains("longer than 31 bytes"), "{long}");
+    }
+
+    #[test]
+    fn applet_keys_and_dispatchers_are_laid_out_as_the_header_says() {
+        let file = kill_key(7, 0x80_0001, 42);
+        let k = applet_key(&file, "nc");
+        assert_eq!(&k[..24], &file[..]);
+        assert_eq!(&k[24..27], b"nc\0");
+        assert!(k[26..].iter().all(|&b| b == 0));
+        assert_eq!(key_cgid(&k), Some(7));
+        assert_eq!(key_applet_name(&k), "nc");
+        assert_eq!(key_applet_name(&applet_key(&file, &"a".repeat(31))), "a".repeat(31));
+        assert_eq!(dispatcher_value(None).unwrap(), [0u8; 16]);
+        assert_eq!(&dispatcher_value(Some("busybox")).unwrap()[..8], b"busybox\0");
+        assert!(dispatcher_value(Some("")).is_err());
+        assert!(dispatcher_value(Some(&"d".repeat(16))).is_err());
     }
 
     #[test]
