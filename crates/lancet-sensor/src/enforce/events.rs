@@ -193,6 +193,7 @@ impl EnforceRecord {
                     exe_nlink: 1,
                     exe_fs_magic: 0,
                     truncated: applet.cut,
+                    in_host_root: false,
                 })
             }
             EnforceOp::ExecKill => {

@@ -295,6 +295,12 @@ fn synthetic_exec(pid: i32, cgroup_id: u64, path: &str) -> Event {
 
 /// The verdict of a kernel enforcement record and what the kernel did.
 fn kernel_verdict(r: &EnforceRecord) -> (Verdict, Action) {
+    if let (EnforceOp::ExecKill, Some(a)) = (r.op, &r.applet) {
+        // A name the profile never ran this file under: a deviation, not
+        // drift (the file is the image's).
+        let d = Deviation::NewName { path: a.file.clone(), name: a.to_string() };
+        return (Verdict::profile_deviation(&d), Action::KillProcess);
+    }
     if r.op == EnforceOp::ExecKill {
         let kind = match r.reason {
             EnforceReason::Memfd => DriftKind::Memfd,
@@ -335,14 +341,15 @@ fn lsm_unavailable_reason() -> String {
 }
 
 /// The process is still the container runtime setting the container up
-/// (`runc init`, whose root is still the host's: see [`in_host_root`]).
-/// What it runs (runc re-executes itself from a memfd) and writes (mount
-/// points, `/etc/hosts`) is neither drift nor the workload's: it is never
-/// learned, judged or killed. An exec also needs its parent outside the
-/// container: only the runtime starts processes there from outside.
+/// (`runc init` before it enters the container: its root was the host's at
+/// its last exec, read in the kernel, and it was started from outside the
+/// container; see [`ProcessRef::runtime`]). What it runs (runc re-executes
+/// itself from a memfd) and writes (mount points, `/etc/hosts`) is neither
+/// drift nor the workload's: it is never learned, judged or killed. A file
+/// or network event of a process the table does not know is the runtime's
+/// when the process is in the host's root right now.
+///
+/// [`ProcessRef::runtime`]: lancet_engine::event::ProcessRef::runtime
 pub(super) fn runtime_setup(ev: &Event) -> bool {
-    match &ev.kind {
-        EventKind::Exec(x) if !x.parent_outside => false,
-        _ => in_host_root(ev.process.pid),
-    }
+    ev.process.runtime || (!matches!(ev.kind, EventKind::Exec(_)) && in_host_root(ev.process.pid))
 }

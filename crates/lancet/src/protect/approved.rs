@@ -135,10 +135,9 @@ pub fn approve(profile: &Profile, root: &Path) -> Approved {
         if run_as.iter().all(|n| n == own) {
             continue;
         }
+        // (A login shell's `-sh` is judged as `sh`: the kernel drops one
+        // leading dash, as busybox does.)
         run_as.extend(self_exe_names.iter().cloned());
-        // Login shells run as `-sh`.
-        let dashed: Vec<String> = run_as.iter().filter(|n| is_interpreter(n)).map(|n| format!("-{n}")).collect();
-        run_as.extend(dashed);
         a.applets.push((file, run_as.into_iter().collect()));
     }
     a.applets.sort_by(|x, y| x.0.path.cmp(&y.0.path));
@@ -201,7 +200,7 @@ mod tests {
         assert!(!a.interpreters.contains(&id("/usr/bin/true-dyn")));
         let (file, names) = &a.applets[0];
         assert_eq!(file.path, "/bin/busybox");
-        assert_eq!(names, &["-sh", "httpd", "sh"], "httpd as learned, sh from the #! line");
+        assert_eq!(names, &["httpd", "sh"], "httpd as learned, sh from the #! line");
         assert_eq!(a.missing, ["/gone"]);
     }
 

@@ -1,22 +1,59 @@
 //! The process backend: kills at exec, in the kernel, what cannot be refused.
 
 use super::{holds, merge_flags, Backend, Guarded, SharedEnforcer};
-use lancet_sensor::enforce::{kernel_dev, PolicyFlags};
+use lancet_sensor::enforce::{kernel_dev, PolicyFlags, APPLET_NAME_MAX, BUSYBOX_DISPATCHER};
 use std::collections::HashMap;
 
 /// Kills, in the kernel at exec time, what the exec backend cannot refuse:
-/// execs from memfds, tmpfs (`/dev/shm`) and deleted files, and direct runs
-/// of an ELF loader that was approved only as the interpreter of approved
-/// programs (`ld.so FILE` runs FILE without an exec of it).
+/// execs from memfds, tmpfs (`/dev/shm`) and deleted files; direct runs of
+/// an ELF loader that was approved only as the interpreter of approved
+/// programs (`ld.so FILE` runs FILE without an exec of it); and a file
+/// reached under several names (a busybox applet) run under a name the
+/// profile does not have (fanotify sees only the file, the kernel's exec
+/// hook sees argv\[0\]).
 pub(super) struct ProcessBackend {
     pub(super) enforcer: SharedEnforcer,
     /// The loaders on each cgroup's kill list, to take them off again.
     loaders: HashMap<u64, Vec<(u32, u64)>>,
+    /// The multi-call files with name lists, per cgroup.
+    multicall: HashMap<u64, Vec<(u32, u64)>>,
 }
 
 impl ProcessBackend {
     pub(super) fn new(enforcer: SharedEnforcer) -> Self {
-        ProcessBackend { enforcer, loaders: HashMap::new() }
+        ProcessBackend { enforcer, loaders: HashMap::new(), multicall: HashMap::new() }
+    }
+
+    /// Puts each multi-call file's allowed names in the kernel; takes the
+    /// lists of files no longer approved away.
+    fn set_applets(&mut self, g: &Guarded) -> Result<(), String> {
+        let e = self.enforcer.borrow();
+        let mut files = Vec::new();
+        for (file, names) in &g.approved.applets {
+            let dispatcher = (file.path.rsplit('/').next() == Some(BUSYBOX_DISPATCHER)).then_some(BUSYBOX_DISPATCHER);
+            let names: Vec<&str> = names
+                .iter()
+                .map(String::as_str)
+                .filter(|n| {
+                    // A name this long can never be matched safely, and the
+                    // dispatcher's own name is judged by what follows it.
+                    let ok = n.len() <= APPLET_NAME_MAX && !n.contains('/') && dispatcher.is_none_or(|d| !n.starts_with(d));
+                    if !ok {
+                        tracing::warn!(container = %g.name, file = %file.path, name = n, "name not allowed in the kernel applet list");
+                    }
+                    ok
+                })
+                .collect();
+            let dev = kernel_dev(file.dev);
+            e.set_applets(g.cgroup_id, dev, file.ino, dispatcher, &names).map_err(|e| e.to_string())?;
+            files.push((dev, file.ino));
+        }
+        if let Some(old) = self.multicall.insert(g.cgroup_id, files.clone()) {
+            for (dev, ino) in old.into_iter().filter(|o| !files.contains(o)) {
+                let _ = e.forget_applets(g.cgroup_id, dev, ino);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -24,7 +61,8 @@ const KILL_FLAGS: PolicyFlags = PolicyFlags(
     PolicyFlags::KILL_MEMFD_EXEC.bits()
         | PolicyFlags::KILL_TMPFS_EXEC.bits()
         | PolicyFlags::KILL_DELETED_EXEC.bits()
-        | PolicyFlags::KILL_EXEC_INO.bits(),
+        | PolicyFlags::KILL_EXEC_INO.bits()
+        | PolicyFlags::KILL_APPLET.bits(),
 );
 
 impl Backend for ProcessBackend {
@@ -48,6 +86,7 @@ impl Backend for ProcessBackend {
             }
         }
         drop(e);
+        self.set_applets(g)?;
         merge_flags(&mut self.enforcer.borrow_mut(), g.cgroup_id, KILL_FLAGS, PolicyFlags::NONE)
     }
 
@@ -56,5 +95,7 @@ impl Backend for ProcessBackend {
         for (dev, ino) in self.loaders.remove(&g.cgroup_id).unwrap_or_default() {
             let _ = self.enforcer.borrow().forget_ino(g.cgroup_id, dev, ino);
         }
+        self.multicall.remove(&g.cgroup_id);
+        let _ = self.enforcer.borrow().clear_applets(g.cgroup_id);
     }
 }
