@@ -69,20 +69,21 @@ struct Daemon {
 impl Daemon {
     fn on_event(&mut self, ev: &Event, attribution: &Attribution) -> Result<()> {
         let Attribution::Container(c) = attribution else { return Ok(()) };
-        if runtime_setup(ev) {
-            // The runtime's own work inside the container's cgroup: nothing
-            // of it is the workload's.
-            return Ok(());
-        }
         match ev.kind {
-            // The container's own cgroup went: the pipeline matched it
-            // exactly (see `Pipeline::attribute`).
+            // The container's own cgroup went (removed by the runtime, from
+            // the host): the pipeline matched it exactly (see
+            // `Pipeline::attribute`).
             EventKind::CgroupRmdir { .. } => {
                 self.container_gone(&c.id);
                 return Ok(());
             }
             EventKind::CgroupMkdir { .. } => return Ok(()),
             _ => {}
+        }
+        if runtime_setup(ev) {
+            // The runtime's own work inside the container's cgroup: nothing
+            // of it is the workload's.
+            return Ok(());
         }
         let key = workload_key(c);
         let now = ev.time_ns;

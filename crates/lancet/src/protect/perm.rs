@@ -46,8 +46,9 @@ pub(super) struct PermBackend {
     /// tried (once, from a process inside the container's root).
     shm_marked: HashSet<u64>,
     pub(super) shm_tried: HashSet<u64>,
-    /// Containers whose root carries the exec mark.
-    exec_marked: HashSet<u64>,
+    /// Containers whose root carries the exec mark, with the device of the
+    /// root marked (a restart mounts a new root: it needs its own mark).
+    exec_marked: HashMap<u64, u64>,
 }
 
 /// Labels of a container's `/dev/shm` marks: its own label with this bit.
@@ -200,7 +201,7 @@ impl PermBackend {
             files: !(opts.protected_files.is_empty() && opts.readonly_dirs.is_empty()),
             shm_marked: HashSet::new(),
             shm_tried: HashSet::new(),
-            exec_marked: HashSet::new(),
+            exec_marked: HashMap::new(),
         })
     }
 
@@ -250,10 +251,14 @@ impl Backend for PermBackend {
         if profile_changed {
             self.guard.forget(g.label);
         }
-        if self.exec_marked.insert(g.label) {
+        let root_dev = std::fs::metadata(&g.rootfs).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok();
+        if root_dev.is_none() || self.exec_marked.get(&g.label) != root_dev.as_ref() {
             if let Err(e) = self.guard.protect_exec(g.label, &g.rootfs) {
                 self.exec_marked.remove(&g.label);
                 return Err(format!("exec marks on {}: {e}", g.rootfs.display()));
+            }
+            if let Some(dev) = root_dev {
+                self.exec_marked.insert(g.label, dev);
             }
         }
         // The container's own /dev/shm (a tmpfs of its own), seen once the

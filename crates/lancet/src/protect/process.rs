@@ -39,7 +39,7 @@ impl ProcessBackend {
                     // dispatcher's own name is judged by what follows it.
                     let ok = n.len() <= APPLET_NAME_MAX && !n.contains('/') && dispatcher.is_none_or(|d| !n.starts_with(d));
                     if !ok {
-                        tracing::warn!(container = %g.name, file = %file.path, name = n, "name not allowed in the kernel applet list");
+                        tracing::debug!(container = %g.name, file = %file.path, name = n, "name left out of the kernel applet list");
                     }
                     ok
                 })
