@@ -1,10 +1,13 @@
-//! Alert deduplication and per-workload rate limiting.
+//! Alert deduplication and rate limiting.
 //!
 //! The same rule firing for the same workload on the same subject (an
 //! executable, a destination, a path) inside a window is one alert with a
-//! count; a workload that raises alerts faster than its budget is muted (and
-//! the muted alerts counted) so one noisy container cannot drown the others.
-//! Memory is bounded: at most `capacity` keys are remembered.
+//! count. A rule that fires for a workload faster than its budget is muted,
+//! and the next alert it raises says how many were muted: one noisy
+//! container cannot drown the others, and a flood of one rule (an attacker
+//! burning the budget first) cannot mute another rule. The caller decides
+//! what is never muted (enforced actions, drift, high severity). Memory is
+//! bounded: at most `capacity` keys are remembered.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use std::time::Duration;
 pub struct AlertLimits {
     /// Repeats of one (rule, workload, subject) inside this window are folded.
     pub dedupe_window: Duration,
-    /// Alerts a workload may raise in a burst…
+    /// Alerts one rule may raise for one workload in a burst…
     pub burst: u32,
     /// …refilled at this rate per second.
     pub per_second: f64,
@@ -37,8 +40,9 @@ pub struct AlertKey {
 /// What to do with one alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
-    /// First of its kind in the window: emit it.
-    New,
+    /// First of its kind in the window: emit it. `muted`: alerts of this
+    /// rule and workload muted since the last one emitted.
+    New { muted: u64 },
     /// A repeat inside the window: do not emit; `count` so far (including
     /// the first).
     Repeat { count: u64 },
@@ -60,6 +64,8 @@ struct Seen {
 struct Bucket {
     tokens: f64,
     last_ns: u64,
+    /// Alerts muted since the bucket last let one through.
+    muted: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +79,8 @@ pub struct AlertCounters {
 pub struct Deduper {
     limits: AlertLimits,
     seen: HashMap<AlertKey, Seen>,
-    buckets: HashMap<String, Bucket>,
+    /// By (workload, rule).
+    buckets: HashMap<(String, String), Bucket>,
     counters: AlertCounters,
 }
 
@@ -102,9 +109,9 @@ impl Deduper {
         self.admit_with(key, now_ns, true)
     }
 
-    /// [`Deduper::admit`], with the per-workload rate limit only when
-    /// `rate_limit`: what was enforced, and drift, is always reported
-    /// (still deduplicated), so a flood of ordinary alerts cannot hide it.
+    /// [`Deduper::admit`], with the rate limit only when `rate_limit`: what
+    /// the caller never mutes (enforced, drift, high severity) is always
+    /// reported (still deduplicated), so a flood cannot hide it.
     pub fn admit_with(&mut self, key: &AlertKey, now_ns: u64, rate_limit: bool) -> Admit {
         let window = self.limits.dedupe_window.as_nanos() as u64;
         if let Some(s) = self.seen.get_mut(key) {
@@ -115,16 +122,22 @@ impl Deduper {
                 return Admit::Repeat { count: s.count };
             }
         }
-        if rate_limit && !self.take_token(&key.workload, now_ns) {
-            self.counters.rate_limited += 1;
-            return Admit::RateLimited;
-        }
+        let muted = match rate_limit {
+            true => match self.take_token(key, now_ns) {
+                Some(muted) => muted,
+                None => {
+                    self.counters.rate_limited += 1;
+                    return Admit::RateLimited;
+                }
+            },
+            false => 0,
+        };
         if self.seen.len() >= self.limits.capacity && !self.seen.contains_key(key) {
             self.evict_oldest();
         }
         self.seen.insert(key.clone(), Seen { first_ns: now_ns, last_ns: now_ns, count: 1, id: None });
         self.counters.emitted += 1;
-        Admit::New
+        Admit::New { muted }
     }
 
     /// Remembers the id of the alert emitted for `key`.
@@ -154,23 +167,27 @@ impl Deduper {
         out
     }
 
-    fn take_token(&mut self, workload: &str, now_ns: u64) -> bool {
+    /// Takes a token from the (workload, rule) bucket: Some(alerts muted
+    /// before this one) when there was one, None when muted.
+    fn take_token(&mut self, key: &AlertKey, now_ns: u64) -> Option<u64> {
         let (burst, rate) = (self.limits.burst as f64, self.limits.per_second);
-        if !self.buckets.contains_key(workload) && self.buckets.len() >= self.limits.capacity {
+        let bk = (key.workload.clone(), key.rule.clone());
+        if !self.buckets.contains_key(&bk) && self.buckets.len() >= self.limits.capacity {
             // Full buckets are the least informative to keep.
             if let Some(k) = self.buckets.iter().max_by(|a, b| a.1.tokens.total_cmp(&b.1.tokens)).map(|(k, _)| k.clone()) {
                 self.buckets.remove(&k);
             }
         }
-        let b = self.buckets.entry(workload.to_string()).or_insert(Bucket { tokens: burst, last_ns: now_ns });
+        let b = self.buckets.entry(bk).or_insert(Bucket { tokens: burst, last_ns: now_ns, muted: 0 });
         let elapsed = now_ns.saturating_sub(b.last_ns) as f64 / 1e9;
         b.tokens = (b.tokens + elapsed * rate).min(burst);
         b.last_ns = now_ns;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            true
+            Some(std::mem::take(&mut b.muted))
         } else {
-            false
+            b.muted += 1;
+            None
         }
     }
 
@@ -195,28 +212,38 @@ mod tests {
     fn repeats_in_a_window_fold_into_one_alert_with_a_count() {
         let mut d = Deduper::new(AlertLimits { dedupe_window: Duration::from_secs(10), ..Default::default() });
         let k = key("shell", "web", "/bin/sh");
-        assert_eq!(d.admit(&k, 0), Admit::New);
+        assert_eq!(d.admit(&k, 0), Admit::New { muted: 0 });
         d.set_id(&k, 7);
         assert_eq!(d.admit(&k, S), Admit::Repeat { count: 2 });
         assert_eq!(d.admit(&k, 2 * S), Admit::Repeat { count: 3 });
-        assert_eq!(d.admit(&key("shell", "web", "/bin/bash"), 2 * S), Admit::New, "another subject is another alert");
+        assert_eq!(d.admit(&key("shell", "web", "/bin/bash"), 2 * S), Admit::New { muted: 0 }, "another subject is another alert");
         assert!(d.expire(5 * S).is_empty(), "window still open");
         let folded = d.expire(11 * S);
         assert_eq!(folded.len(), 1);
         assert_eq!((folded[0].count, folded[0].id), (3, Some(7)));
-        assert_eq!(d.admit(&k, 12 * S), Admit::New, "a new window starts after expiry");
+        assert_eq!(d.admit(&k, 12 * S), Admit::New { muted: 0 }, "a new window starts after expiry");
     }
 
     #[test]
     fn a_noisy_workload_is_rate_limited_without_muting_others() {
         let mut d = Deduper::new(AlertLimits { burst: 3, per_second: 1.0, ..Default::default() });
         for i in 0..3 {
-            assert_eq!(d.admit(&key("r", "noisy", &i.to_string()), 0), Admit::New);
+            assert_eq!(d.admit(&key("r", "noisy", &i.to_string()), 0), Admit::New { muted: 0 });
         }
         assert_eq!(d.admit(&key("r", "noisy", "x"), 0), Admit::RateLimited);
-        assert_eq!(d.admit(&key("r", "quiet", "x"), 0), Admit::New);
-        assert_eq!(d.admit(&key("r", "noisy", "y"), S), Admit::New, "one token back after a second");
+        assert_eq!(d.admit(&key("r", "quiet", "x"), 0), Admit::New { muted: 0 });
+        assert_eq!(d.admit(&key("r", "noisy", "y"), S), Admit::New { muted: 1 }, "one token back after a second; one was muted");
         assert_eq!(d.counters(), AlertCounters { emitted: 5, repeats: 0, rate_limited: 1 });
+    }
+
+    #[test]
+    fn flooding_one_rule_does_not_mute_another() {
+        let mut d = Deduper::new(AlertLimits { burst: 20, per_second: 2.0, ..Default::default() });
+        for i in 0..1000 {
+            d.admit(&key("Shell in container", "web", &i.to_string()), 0);
+        }
+        assert_eq!(d.admit(&key("Shell in container", "web", "again"), 0), Admit::RateLimited);
+        assert_eq!(d.admit(&key("Credential file read", "web", "/etc/shadow"), 0), Admit::New { muted: 0 });
     }
 
     #[test]
@@ -233,9 +260,9 @@ mod tests {
     fn unlimited_admission_still_deduplicates() {
         let mut d = Deduper::new(AlertLimits { burst: 1, per_second: 0.0, ..AlertLimits::default() });
         let k = |s: &str| AlertKey { rule: "r".into(), workload: "w".into(), subject: s.into() };
-        assert_eq!(d.admit(&k("a"), 1), Admit::New);
+        assert_eq!(d.admit(&k("a"), 1), Admit::New { muted: 0 });
         assert_eq!(d.admit(&k("b"), 2), Admit::RateLimited);
-        assert_eq!(d.admit_with(&k("c"), 3, false), Admit::New);
+        assert_eq!(d.admit_with(&k("c"), 3, false), Admit::New { muted: 0 });
         assert!(matches!(d.admit_with(&k("c"), 4, false), Admit::Repeat { .. }));
     }
 }

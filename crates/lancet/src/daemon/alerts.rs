@@ -62,11 +62,13 @@ impl Alerts {
         let akey = AlertKey { rule: v.rule.to_string(), workload: key.to_string(), subject: summary(ev) };
         let (rule_action, would_block) = effective_action(v.action, mode);
         let action = outcome.action.unwrap_or(rule_action);
-        let rate_limit = !outcome.enforced && v.policy.as_str() != "drift";
-        match self.deduper.admit_with(&akey, ev.time_ns, rate_limit) {
-            Admit::New => {}
+        // What was enforced, drift, and high or critical findings are never
+        // muted (still deduplicated).
+        let rate_limit = !outcome.enforced && v.policy.as_str() != "drift" && v.severity < Severity::High;
+        let muted = match self.deduper.admit_with(&akey, ev.time_ns, rate_limit) {
+            Admit::New { muted } => muted,
             Admit::Repeat { .. } | Admit::RateLimited => return Ok(()),
-        }
+        };
         let attribution = Attribution::Container(Arc::clone(c));
         let mut j = falco_json(&Record { event: ev, attribution: &attribution, hostname: &self.hostname }, &v.rule, v.priority());
         j["tags"] = json!(v.tags);
@@ -79,6 +81,10 @@ impl Alerts {
             f.insert("lancet.workload".into(), json!(key));
             f.insert("lancet.policy".into(), json!(v.policy));
             f.insert("lancet.count".into(), json!(1));
+            if muted > 0 {
+                // Alerts of this rule and workload muted since the last one.
+                f.insert("lancet.muted".into(), json!(muted));
+            }
             if !outcome.note.is_empty() {
                 f.insert("lancet.response".into(), json!(outcome.note));
             }

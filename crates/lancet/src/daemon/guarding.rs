@@ -86,11 +86,16 @@ impl Daemon {
 
     /// Puts a container of a protect-mode workload under the backends.
     pub(super) fn ensure_guarded(&mut self, c: &ContainerInfo, key: &str) {
+        let Some(profile) = self.workloads.map.get_mut(key).map(Workload::shared) else { return };
+        self.ensure_guarded_with(c, key, profile);
+    }
+
+    /// Puts a container under the backends with `profile`.
+    pub(super) fn ensure_guarded_with(&mut self, c: &ContainerInfo, key: &str, profile: Arc<lancet_engine::profile::Profile>) {
         let Some(live) = self.workloads.live.get(&c.id).copied() else { return };
         if live.cgroup_id == 0 {
             return;
         }
-        let Some(profile) = self.workloads.map.get_mut(key).map(Workload::shared) else { return };
         if !self.guarding.protector().needs_apply(&c.id, &profile) {
             return;
         }
@@ -250,7 +255,7 @@ impl Daemon {
         self.workloads.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
         let key = workload_key(&c).into_owned();
         let now = now_ns();
-        let Some(w) = self.workloads.get_or_load(&self.store, &key, &c, now) else {
+        let Some(w) = self.workloads.get_or_load(&mut self.store, &key, &c, now) else {
             return Ok(json!({"id": id, "posture": "workload limit reached"}));
         };
         let mode = w.profile.mode();

@@ -90,9 +90,8 @@ impl Daemon {
         let peer = self.workloads.note(ev, c, &key);
         self.writes.record(&c.id, ev);
         let drift = self.drift(ev, c, &key);
-        let Some(w) = self.workloads.get_or_load(&self.store, &key, c, now) else {
-            tracing::debug!(workload = %key, "workload limit reached; not profiled");
-            return Ok(());
+        let Some(w) = self.workloads.get_or_load(&mut self.store, &key, c, now) else {
+            return self.over_bound(ev, c, &key);
         };
         let mode = w.profile.mode();
         let deviation = if mode == Mode::Learn {
@@ -172,10 +171,37 @@ impl Daemon {
         Ok(())
     }
 
+    /// A container whose workload cannot be tracked: every slot holds a
+    /// workload with live containers. It is alerted (and counted); with
+    /// protect as the default mode it is guarded with nothing approved:
+    /// protect fails closed, never open.
+    fn over_bound(&mut self, ev: &Event, c: &Arc<lancet_engine::attribution::ContainerInfo>, key: &str) -> Result<()> {
+        let mode = self.settings.mode;
+        if mode == Mode::Protect {
+            let mut empty = lancet_engine::profile::Profile::new(&c.image, key, ev.time_ns);
+            empty.set_mode(Mode::Protect, ev.time_ns);
+            self.ensure_guarded_with(c, key, Arc::new(empty));
+        }
+        let v = Verdict {
+            rule: "Workload table full".into(),
+            policy: "lancet".into(),
+            severity: lancet_engine::policy::Severity::High,
+            action: lancet_engine::policy::Action::Alert,
+            tags: vec!["lancet".to_string(), "bound".to_string()].into(),
+            message: format!(
+                "{} workloads with live containers are tracked; {key} is not profiled ({})",
+                self.workloads.map.len(),
+                if mode == Mode::Protect { "guarded with nothing approved" } else { "not learned or checked" }
+            ),
+            escalate: None,
+        };
+        self.alert(ev, c, key, mode, &v, None)
+    }
+
     fn container_gone(&mut self, id: &str) {
         self.guarding.forget(id);
         self.writes.forget_container(id);
-        self.workloads.live.remove(id);
+        self.workloads.container_gone(id);
     }
 
     /// Containers that ran before the agent: known at once, so protect-mode
@@ -183,7 +209,7 @@ impl Daemon {
     fn adopt(&mut self, existing: Vec<Arc<lancet_engine::attribution::ContainerInfo>>) {
         let now = now_ns();
         for c in existing {
-            self.workloads.adopt(&self.store, &self.guarding.cgroup2, c, now);
+            self.workloads.adopt(&mut self.store, &self.guarding.cgroup2, c, now);
         }
         self.sync_protection();
     }

@@ -21,6 +21,8 @@ pub(super) struct Workload {
     /// Changed since it was last written to the store.
     pub(super) dirty: bool,
     pub(super) last_deviation: Option<u64>,
+    /// When one of its containers was last seen doing something.
+    last_used: u64,
     /// A snapshot for the enforcement backends, taken when first needed
     /// after a change (protect-mode profiles change rarely: import, promote).
     shared: Option<Arc<Profile>>,
@@ -28,7 +30,7 @@ pub(super) struct Workload {
 
 impl Workload {
     pub(super) fn new(profile: Profile) -> Self {
-        Workload { profile, dirty: true, last_deviation: None, shared: None }
+        Workload { profile, dirty: true, last_deviation: None, last_used: 0, shared: None }
     }
 
     pub(super) fn changed(&mut self) {
@@ -73,6 +75,8 @@ pub(super) struct Workloads {
     /// Containers whose image is a new version of a profiled one, with the
     /// previous version's key: reported once each.
     pub(super) updates: Vec<(Arc<ContainerInfo>, String)>,
+    /// Workloads not tracked because every slot had a live container.
+    pub(super) over_bound: u64,
 }
 
 /// The profile key of a container: its image digest where the runtime knows
@@ -96,6 +100,7 @@ impl Workloads {
             baselines,
             default_mode,
             updates: Vec::new(),
+            over_bound: 0,
         }
     }
 
@@ -118,10 +123,16 @@ impl Workloads {
         Profile::from_yaml(&doc.document, &best.digest).ok().filter(|p| !p.is_empty())
     }
 
-    /// The workload's state, loaded from the store or started afresh; None
-    /// once `MAX_WORKLOADS` are tracked (memory stays bounded).
-    pub(super) fn get_or_load(&mut self, store: &Store, key: &str, c: &ContainerInfo, now: u64) -> Option<&mut Workload> {
-        if !self.map.contains_key(key) && self.map.len() < MAX_WORKLOADS {
+    /// The workload's state, loaded from the store or started afresh. At
+    /// `MAX_WORKLOADS` an idle workload (no live container) makes room; None
+    /// when every tracked workload has a live container (counted: memory
+    /// stays bounded, and the caller alerts).
+    pub(super) fn get_or_load(&mut self, store: &mut Store, key: &str, c: &ContainerInfo, now: u64) -> Option<&mut Workload> {
+        if !self.map.contains_key(key) && self.map.len() >= MAX_WORKLOADS && !self.evict_one(store, now) {
+            self.over_bound += 1;
+            return None;
+        }
+        if !self.map.contains_key(key) {
             let mut profile = match store.profile(key) {
                 Ok(Some(stored)) => Profile::from_yaml(&stored.document, key).unwrap_or_else(|e| {
                     tracing::warn!(workload = key, "stored profile unreadable, starting afresh: {e}");
@@ -150,7 +161,44 @@ impl Workloads {
             }
             self.map.insert(key.to_string(), Workload::new(profile));
         }
-        self.map.get_mut(key)
+        let w = self.map.get_mut(key)?;
+        w.last_used = now;
+        Some(w)
+    }
+
+    /// Forgets the least recently used workload that has no live container,
+    /// after writing its profile to the store (where it stays). False when
+    /// there is none.
+    fn evict_one(&mut self, store: &mut Store, now: u64) -> bool {
+        let live: std::collections::HashSet<String> =
+            self.live.keys().filter_map(|id| self.containers.get(id)).map(|c| workload_key(c).into_owned()).collect();
+        let Some(key) =
+            self.map.iter().filter(|(k, _)| !live.contains(k.as_str())).min_by_key(|(_, w)| w.last_used).map(|(k, _)| k.clone())
+        else {
+            return false;
+        };
+        if let Some(w) = self.map.get(&key) {
+            if w.dirty {
+                if let Err(e) =
+                    store.put_profile(&key, w.profile.image(), &w.profile.mode().to_string(), &w.profile.to_yaml().unwrap_or_default(), now)
+                {
+                    tracing::warn!(workload = %key, "profile not saved before eviction; kept: {e}");
+                    return false;
+                }
+            }
+        }
+        self.map.remove(&key);
+        self.activity.remove(&key);
+        self.ip_owners.retain(|_, w| *w != key);
+        tracing::debug!(workload = %key, "idle workload evicted from memory (its profile stays in the store)");
+        true
+    }
+
+    /// A container ended: it is forgotten (its workload stays until it is
+    /// evicted as idle).
+    pub(super) fn container_gone(&mut self, id: &str) {
+        self.live.remove(id);
+        self.containers.remove(id);
     }
 
     pub(super) fn peer(&self, ip: IpAddr) -> PeerRef {
@@ -228,7 +276,7 @@ impl Workloads {
     /// learning (or has learned nothing yet) learns what the container has
     /// already done: its first process as the runtime ran it, its running
     /// processes, its sockets, the directories it wrote.
-    pub(super) fn adopt(&mut self, store: &Store, cgroup2: &Path, c: Arc<ContainerInfo>, now: u64) {
+    pub(super) fn adopt(&mut self, store: &mut Store, cgroup2: &Path, c: Arc<ContainerInfo>, now: u64) {
         let dir = cgroup2.join(c.cgroup_path.trim_start_matches('/'));
         // The runtime's record of the init pid, else any process in the
         // container's cgroup.
@@ -324,4 +372,44 @@ pub(super) fn load_baselines(dir: &Path) -> HashMap<String, Baseline> {
     }
     tracing::info!(baselines = out.len(), dir = %dir.display(), "image baselines loaded");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lancet_store::StoreOptions;
+
+    fn container(id: &str, digest: &str) -> ContainerInfo {
+        ContainerInfo { id: id.into(), name: id.into(), image: "img".into(), image_digest: digest.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn idle_workloads_make_room_and_live_ones_never_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("lancet.db"), StoreOptions::default()).unwrap();
+        let mut w = Workloads::new(Mode::Learn, HashMap::new());
+        for i in 0..MAX_WORKLOADS {
+            let c = container(&format!("c{i}"), &format!("sha256:{i}"));
+            assert!(w.get_or_load(&mut store, &format!("sha256:{i}"), &c, i as u64).is_some());
+        }
+        // Every workload idle (no live container): the least recently used
+        // goes, after its profile was written to the store.
+        let c = container("new", "sha256:new");
+        assert!(w.get_or_load(&mut store, "sha256:new", &c, 1_000_000).is_some());
+        assert!(!w.map.contains_key("sha256:0"));
+        assert!(store.profile("sha256:0").unwrap().is_some(), "the evicted profile stays in the store");
+        assert_eq!(w.map.len(), MAX_WORKLOADS);
+
+        // Every workload live: nothing is evicted, the new one is counted.
+        let keys: Vec<String> = w.map.keys().cloned().collect();
+        for (i, k) in keys.iter().enumerate() {
+            let id = format!("live{i}");
+            w.containers.insert(id.clone(), Arc::new(container(&id, k)));
+            w.live.insert(id, Live { cgroup_id: i as u64 + 1, pid: 1 });
+        }
+        let c = container("over", "sha256:over");
+        assert!(w.get_or_load(&mut store, "sha256:over", &c, 2_000_000).is_none());
+        assert_eq!(w.over_bound, 1);
+        assert_eq!(w.map.len(), MAX_WORKLOADS);
+    }
 }
