@@ -179,6 +179,9 @@ pub struct Pipeline {
 impl Pipeline {
     /// Attribution of one event, rewriting file paths to the container's view.
     pub fn attribute(&mut self, ev: &mut Event) -> Attribution {
+        if let EventKind::Exec(x) = &mut ev.kind {
+            complete_argv(ev.process.pid, x);
+        }
         self.procs.observe(ev);
         if ev.cgroup_id == 0 {
             ev.cgroup_id = self
@@ -377,5 +380,70 @@ fn seed_processes(p: &mut Pipeline) {
         // cgroup other than its parent's.
         let runtime = crate::protect::in_host_root(pid) && cgroup_id_of_pid(&p.cgroup2, ppid).is_some_and(|c| c != cgroup_id);
         p.procs.insert(pid, lancet_engine::process::ProcEntry { exe, comm, cgroup_id, ppid, runtime, ..Default::default() });
+    }
+}
+
+/// Bytes of argv the exec probe keeps (`LANCET_ARGS_MAX` in `bpf/lancet.h`).
+const PROBE_ARGS_MAX: usize = 1024;
+/// How much of a longer command line is read back from `/proc`.
+const FULL_ARGS_MAX: usize = 64 * 1024;
+
+/// An exec whose argv the probe had to cut (padding a command line past
+/// 1 KiB must not hide its tail from rules): the whole command line is read
+/// from `/proc/<pid>/cmdline` when the process still runs the same program
+/// (its recorded arguments are a prefix of it). Otherwise it stays marked
+/// truncated, which the daemon reports.
+fn complete_argv(pid: u32, x: &mut lancet_engine::event::ExecEvent) {
+    let kept: usize = x.argv.iter().map(|a| a.len() + 1).sum();
+    if !x.truncated || kept + 8 < PROBE_ARGS_MAX {
+        return;
+    }
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(format!("/proc/{pid}/cmdline")) else { return };
+    let mut buf = Vec::with_capacity(4096);
+    if f.take(FULL_ARGS_MAX as u64 + 1).read_to_end(&mut buf).is_err() || buf.len() > FULL_ARGS_MAX {
+        return;
+    }
+    let full: Vec<String> = buf.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let mut full = full;
+    if full.last().is_some_and(String::is_empty) {
+        full.pop();
+    }
+    let n = x.argv.len();
+    let prefix_ok = n > 0 && full.len() >= n && x.argv[..n - 1] == full[..n - 1] && full[n - 1].starts_with(x.argv[n - 1].as_str());
+    if prefix_ok {
+        x.argv = full;
+        x.truncated = false;
+    }
+}
+
+#[cfg(test)]
+mod argv_tests {
+    use super::*;
+    use lancet_engine::event::ExecEvent;
+
+    #[test]
+    fn a_cut_command_line_is_read_back_whole_while_the_process_runs() {
+        let pad = "p".repeat(1500);
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30", &pad, "tail-marker"]).spawn().expect("sh");
+        // What the probe would have kept: 1 KiB, the last argument cut.
+        let mut x = ExecEvent {
+            argv: vec!["sh".into(), "-c".into(), "sleep 30".into(), pad[..1005].to_string()],
+            truncated: true,
+            ..ExecEvent::default()
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        complete_argv(child.id(), &mut x);
+        assert_eq!(x.argv.last().map(String::as_str), Some("tail-marker"));
+        assert!(!x.truncated);
+        // Another program's command line is not taken for it.
+        let mut other = ExecEvent { argv: vec!["nginx".into(), "x".repeat(1020)], truncated: true, ..ExecEvent::default() };
+        complete_argv(child.id(), &mut other);
+        assert!(other.truncated);
+        let _ = child.kill();
+        let _ = child.wait();
+        // Gone: stays truncated.
+        complete_argv(child.id(), &mut other);
+        assert!(other.truncated);
     }
 }

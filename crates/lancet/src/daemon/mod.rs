@@ -130,6 +130,25 @@ impl Daemon {
         if let Some(d) = &drift {
             verdicts.push(drift_verdict(d));
         }
+        if let EventKind::Exec(x) = &ev.kind {
+            // The probe keeps 1 KiB of argv; the agent reads the rest back
+            // unless the process already went. A cut command line could hide
+            // what rules look for in its tail: that is said, not assumed away.
+            if x.truncated && x.argv.iter().map(|a| a.len() + 1).sum::<usize>() >= 1000 {
+                verdicts.push(Verdict {
+                    rule: "Command line too long to inspect".into(),
+                    policy: "lancet".into(),
+                    severity: lancet_engine::policy::Severity::Medium,
+                    action: lancet_engine::policy::Action::Alert,
+                    tags: vec!["lancet".to_string(), "evasion".to_string(), "T1027".to_string()].into(),
+                    message: format!(
+                        "the command line of {} is longer than 1 KiB and its process ended before it could be read whole",
+                        x.filename
+                    ),
+                    escalate: None,
+                });
+            }
+        }
         self.policies.set.evaluate(ev, Some(c), deviation.is_some(), &mut verdicts);
         // In protect mode a deviation is always refused; a matching
         // alert-only rule adds its alert, never removes the block.
