@@ -226,8 +226,15 @@ impl Backend for ImmutableBackend {
         let root = in_host_root(g.pid).then(|| g.rootfs.clone());
         match mounts::release_immutable_at(g.pid, &applied, root) {
             Ok(()) => tracing::info!(container = %entry.name, "filesystem writable again"),
+            // The container (this run of it) is gone, and with it all there
+            // was to undo.
             Err(MountError::ProcessGone { .. }) | Err(MountError::OtherNamespace { .. }) => {}
-            Err(e) => tracing::warn!(container = %entry.name, "undoing immutability: {e}"),
+            Err(e) => {
+                // The record stays on disk: what could not be undone is
+                // named there for a person or a later agent.
+                tracing::warn!(container = %entry.name, "undoing immutability: {e}");
+                return;
+            }
         }
         self.forget_file(&entry.id);
     }
