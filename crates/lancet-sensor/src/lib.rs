@@ -6,6 +6,7 @@ pub mod decode;
 pub mod enforce;
 pub mod fanotify;
 pub mod features;
+pub mod mounts;
 pub mod probes;
 mod skel;
 

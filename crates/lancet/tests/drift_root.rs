@@ -62,9 +62,15 @@ fn every_drift_path_is_reported_then_refused_and_httpd_keeps_serving() {
     for _ in 0..3 {
         fetch(&cli, &ip);
     }
-    for cmd in
-        [vec!["sh", "-c", "true"], vec!["timeout", "1", "true"], vec!["sh", "-c", "/usr/local/bin/memfd-exec /bin/busybox true; true"]]
-    {
+    for cmd in [
+        vec!["sh", "-c", "true"],
+        vec!["timeout", "1", "true"],
+        vec!["sh", "-c", "/usr/local/bin/memfd-exec /bin/busybox true; true"],
+        // Files written where the workload writes: /tmp and /www stay
+        // writable in protect mode, so refusing the execs below is the exec
+        // backend's work, not the read-only root's.
+        vec!["sh", "-c", "echo x > /tmp/learned && echo x > /www/learned && rm /tmp/learned /www/learned"],
+    ] {
         assert!(srv.exec(&cmd).status.success());
     }
     std::thread::sleep(Duration::from_millis(1500));
@@ -107,12 +113,20 @@ fn every_drift_path_is_reported_then_refused_and_httpd_keeps_serving() {
         ("cp /bin/busybox /tmp/ls2 && /tmp/ls2 /; echo rc=$?", "copied binary"),
         ("cp /bin/busybox /usr/bin/true-dyn; /usr/bin/true-dyn; echo rc=$?", "overwritten image binary"),
         ("echo 'echo hi' > /www/run2 && chmod +x /www/run2 && /www/run2; echo rc=$?", "file made executable"),
-        ("printf '#!/bin/sh\\necho ran\\n' > /dev/shm/y.sh && chmod +x /dev/shm/y.sh && /dev/shm/y.sh; echo rc=$?", "script in /dev/shm"),
+        // /dev/shm is read-only now (nothing was learned there): the
+        // script written before, in monitor mode, is refused at exec.
+        ("/dev/shm/x.sh; echo rc=$?", "script in /dev/shm"),
     ] {
         let o = srv.exec(&["sh", "-c", script]);
         let text = out_text(&o);
         assert!(text.contains("not permitted") && text.contains("rc=126"), "{what} was not refused: {text}");
         fetch(&cli, &ip);
+    }
+    // Writing outside the learned directories is refused by the kernel
+    // before anything could run (immutability).
+    for script in ["printf '#!/bin/sh\\necho ran\\n' > /dev/shm/y.sh", "cp /bin/busybox /usr/bin/true-dyn2", "echo x > /etc/x"] {
+        let o = srv.exec(&["sh", "-c", script]);
+        assert!(!o.status.success() && out_text(&o).contains("Read-only file system"), "`{script}`: {}", out_text(&o));
     }
     // A tmpfs the exec marks do not cover, and a memfd (no file to refuse
     // at all): the kernel kills the process at exec.

@@ -128,6 +128,25 @@ pub fn written_in_container(upper: &Path, path: &str) -> bool {
     regular_in_root(upper_fd.as_raw_fd(), path).unwrap_or(false)
 }
 
+/// Is `host_path`, an entry of an overlay upper directory, a copy of an
+/// image entry that overlayfs made (copy-up), rather than something the
+/// container created? Copy-up records where the copy came from in the
+/// `trusted.overlay.origin` xattr (`user.overlay.origin` for rootless
+/// overlays); entries created in the container carry none. This tells the
+/// directories overlayfs copies up before a file below them is written
+/// (`/var`, `/var/log` for a write in `/var/log/nginx`) from a directory the
+/// workload made. False when the kernel records no origin (lower layers
+/// without file handles), or the entry is gone.
+pub fn copied_up(host_path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(host_path.as_os_str().as_bytes()) else { return false };
+    [c"trusted.overlay.origin", c"user.overlay.origin"].iter().any(|name| {
+        // SAFETY: `path` and `name` are NUL-terminated and outlive the call;
+        // a null buffer of size 0 only asks for the value's size.
+        unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+    })
+}
+
 /// `lstat` of `path` resolved inside `root_fd`: the parent directory is
 /// resolved in the root, the final component is not followed.
 fn regular_in_root(root_fd: i32, path: &str) -> io::Result<bool> {
@@ -156,6 +175,26 @@ pub(crate) fn mounts_of_dev(text: &str, dev: u64) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_up_origin_is_recognised() {
+        let d = tempfile::tempdir().unwrap();
+        let made = d.path().join("made");
+        std::fs::create_dir(&made).unwrap();
+        assert!(!copied_up(&made));
+        assert!(!copied_up(&d.path().join("missing")));
+        if !crate::features::is_root() {
+            return;
+        }
+        let copy = d.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        let path = std::ffi::CString::new(copy.to_str().unwrap()).unwrap();
+        // SAFETY: `path`, the name and the value are valid for the call.
+        let r = unsafe { libc::lsetxattr(path.as_ptr(), c"trusted.overlay.origin".as_ptr(), b"x".as_ptr().cast(), 1, 0) };
+        if r == 0 {
+            assert!(copied_up(&copy));
+        }
+    }
 
     const PODMAN: &str = "79 51 0:41 / / rw,relatime - overlay overlay rw,lowerdir=/var/lib/containers/storage/overlay/l/UQRW:/var/lib/containers/storage/overlay/l/ABCD,upperdir=/var/lib/containers/storage/overlay/cdc0/diff,workdir=/var/lib/containers/storage/overlay/cdc0/work,uuid=on
 80 79 0:44 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw

@@ -28,7 +28,7 @@ use guarding::{runtime_setup, Guarding};
 use lancet_engine::alerts::{AlertLimits, Deduper};
 use lancet_engine::attribution::Attribution;
 use lancet_engine::drift::{WriteLog, HUGETLBFS_MAGIC, RAMFS_MAGIC, TMPFS_MAGIC};
-use lancet_engine::event::{Event, EventKind};
+use lancet_engine::event::{Event, EventKind, FileOp};
 use lancet_engine::policy::{with_deviation, Verdict};
 use lancet_engine::profile::Mode;
 use lancet_store::{Store, StoreOptions};
@@ -80,9 +80,9 @@ impl Daemon {
             EventKind::CgroupMkdir { .. } => return Ok(()),
             _ => {}
         }
-        if runtime_setup(ev) {
-            // The runtime's own work inside the container's cgroup: nothing
-            // of it is the workload's.
+        if runtime_setup(ev) || copied_up_directory(ev) {
+            // The runtime's own work inside the container's cgroup, or
+            // overlayfs's: nothing of it is the workload's.
             return Ok(());
         }
         let key = workload_key(c);
@@ -327,4 +327,15 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         p.stop();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// overlayfs copying an image directory into the container's upper layer
+/// before a file below it is written (`/var`, `/var/log` for a write in
+/// `/var/log/nginx`): not a write of the workload's (the write below is an
+/// event of its own). Learned, it would make the parent, often `/`, a
+/// written directory, and protect mode would then leave the whole root
+/// writable.
+fn copied_up_directory(ev: &Event) -> bool {
+    matches!(&ev.kind, EventKind::File(f) if f.is_dir && f.op == FileOp::Create && !f.host_path.is_empty()
+        && lancet_sensor::fanotify::overlay::copied_up(Path::new(&f.host_path)))
 }

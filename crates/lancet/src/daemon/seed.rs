@@ -147,6 +147,14 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// podman's `/etc/mtab -> /proc/mounts`, made in every container it
+/// creates: the runtime's, not a write of the workload's (learned, it would
+/// make `/etc` a written directory, and writable in protect mode).
+fn runtime_mtab(path: &str, host: &Path) -> bool {
+    path == "/etc/mtab"
+        && std::fs::read_link(host).is_ok_and(|t| matches!(t.to_str(), Some("/proc/mounts" | "/proc/self/mounts" | "../proc/self/mounts")))
+}
+
 /// The files (and whiteouts of deleted files) in the writable layer, as
 /// container paths, one per directory written (which is what a profile
 /// learns), leaving out the runtime's mount placeholders. Bounded; never
@@ -165,7 +173,7 @@ fn written_files(upper: &Path, mounts: &HashSet<String>) -> Vec<String> {
             }
             let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
             let path = format!("{inside}/{name}");
-            if mounts.contains(&path) {
+            if mounts.contains(&path) || runtime_mtab(&path, &e.path()) {
                 continue;
             }
             match e.file_type() {
@@ -221,8 +229,13 @@ mod tests {
             std::fs::write(u.join(f), b"").unwrap();
         }
         std::fs::create_dir_all(u.join("dev")).unwrap();
+        std::os::unix::fs::symlink("/proc/mounts", u.join("etc/mtab")).unwrap();
         let mounts: HashSet<String> = ["/etc/hosts", "/run/.containerenv", "/dev"].iter().map(|s| s.to_string()).collect();
         assert_eq!(written_files(u, &mounts), ["/run/nginx.pid", "/var/log/nginx/access.log"]);
+        // An mtab the workload wrote itself is its write.
+        std::fs::remove_file(u.join("etc/mtab")).unwrap();
+        std::fs::write(u.join("etc/mtab"), b"").unwrap();
+        assert_eq!(written_files(u, &mounts), ["/etc/mtab", "/run/nginx.pid", "/var/log/nginx/access.log"]);
     }
 
     #[test]

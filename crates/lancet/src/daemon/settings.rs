@@ -79,9 +79,10 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
         quiet_period: dur(&args.quiet_period, &file.quiet_period, Some(defaults.quiet_period))?.unwrap_or(defaults.quiet_period),
         auto_protect_after: dur(&args.auto_protect_after, &file.auto_protect_after, defaults.auto_protect_after)?,
     };
+    let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/lancet"));
     Ok(Settings {
         mode: args.mode.as_deref().or(file.mode.as_deref()).unwrap_or("learn").parse::<Mode>().map_err(anyhow::Error::msg)?,
-        state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/lancet")),
+        state_dir: state_dir.clone(),
         policy_dir: args.policy_dir.clone().or(file.policy_dir).unwrap_or_else(|| PathBuf::from("/etc/lancet/policies.d")),
         alerts: args.alerts.clone().or(file.alerts),
         listen: args.listen.or(file.listen).unwrap_or_else(|| config::DEFAULT_API.parse().expect("valid default")),
@@ -102,6 +103,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
                 .protected_files
                 .unwrap_or_else(|| config::DEFAULT_PROTECTED_FILES.iter().map(|s| s.to_string()).collect()),
             readonly_dirs: file.readonly_dirs.unwrap_or_default(),
+            state_dir,
         },
     })
 }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use container::Containment;
 use host::cgroup_ids;
 pub use host::{in_host_root, netns_addresses, resolve_in_root};
+use immutable::ImmutableBackend;
 use lsm::LsmBackend;
 use network::NetBackend;
 use perm::PermBackend;
@@ -38,6 +39,7 @@ mod approved;
 pub use approved::Approved;
 mod container;
 mod host;
+mod immutable;
 mod lsm;
 mod network;
 mod perm;
@@ -57,6 +59,10 @@ pub struct ProtectOptions {
     /// Directories where opening a file for writing is refused unless the
     /// profile learned writes there.
     pub readonly_dirs: Vec<String>,
+    /// The agent's state directory: what immutability changed in each
+    /// container is kept there (per boot), so that a restarted agent can
+    /// still undo it.
+    pub state_dir: PathBuf,
 }
 
 /// A container under protection.
@@ -98,6 +104,11 @@ pub trait Backend {
     /// Lifts this backend's rules from the container.
     fn release(&mut self, g: &Guarded);
     fn stop(&mut self) {}
+    /// What the backend holds per container, for `GET /v1/enforcement`,
+    /// when there is more to say than whether it holds.
+    fn report(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Something an enforcement backend did, to be reported as an alert.
@@ -220,6 +231,11 @@ impl Protector {
         if let Some(e) = &enforcer {
             backends.push(Box::new(NetBackend { enforcer: Rc::clone(e) }));
             backends.push(Box::new(ProcessBackend::new(Rc::clone(e))));
+        }
+        let immutable = ImmutableBackend::new(&opts.state_dir);
+        match immutable.availability() {
+            Ok(()) => backends.push(Box::new(immutable)),
+            Err(e) => unavailable.push((immutable.name().to_string(), e)),
         }
         let lsm = LsmBackend { reason: lsm_reason.unwrap_or_else(|| "not built into this agent".into()) };
         unavailable.push((lsm.name().to_string(), lsm.availability().unwrap_err()));
@@ -436,10 +452,14 @@ impl Protector {
             holds.push(serde_json::json!({"backend": p.name(), "holds": true, "stats": p.stats()}));
         }
         for b in &self.backends {
-            holds.push(match b.availability() {
+            let mut h = match b.availability() {
                 Ok(()) => serde_json::json!({"backend": b.name(), "holds": true}),
                 Err(r) => serde_json::json!({"backend": b.name(), "holds": false, "reason": r}),
-            });
+            };
+            if let Some(state) = b.report() {
+                h["state"] = state;
+            }
+            holds.push(h);
         }
         for (name, reason) in &self.unavailable {
             holds.push(serde_json::json!({"backend": name, "holds": false, "reason": reason}));

@@ -1,0 +1,395 @@
+//! Thin, safe wrappers over the new mount API (`open_tree`, `move_mount`,
+//! `mount_setattr`, 5.2–5.12), `openat2` (5.6) and the few namespace and
+//! directory calls the immutability steps need. The libc crate has the
+//! syscall numbers but not every wrapper or struct, so the structs are
+//! defined here as the kernel's uapi headers lay them out.
+//!
+//! Every function works on file descriptors, never on paths walked by the
+//! host: paths inside a container are untrusted and are resolved only by
+//! `openat2` with `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`.
+
+use std::ffi::{CStr, CString, OsString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+
+/// `struct open_how` (linux/openat2.h). Defined here because libc's is
+/// `#[non_exhaustive]` and cannot be built outside it.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `struct mount_attr` (linux/mount.h), `MOUNT_ATTR_SIZE_VER0`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+// linux/mount.h and linux/openat2.h; the same values on every architecture.
+const OPEN_TREE_CLONE: libc::c_uint = 0x1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// How container paths are resolved: inside `root` (absolute symlinks and
+/// `..` cannot leave it), and no symlink at all, so a learned directory that
+/// is a symlink (`/symlinkdir -> /etc`) fails with ELOOP instead of
+/// redirecting a bind mount.
+const CONTAINER_RESOLVE: u64 = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+
+fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn check(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `openat2(root, path, how)`; `path` is relative to `root` (a leading `/`
+/// also means `root` under `RESOLVE_IN_ROOT`).
+fn openat2(root: BorrowedFd<'_>, path: &str, flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
+    let c = cstring(if path.is_empty() { "." } else { path })?;
+    let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: 0, resolve };
+    // SAFETY: `c` is a NUL-terminated string and `how` a valid open_how that
+    // both outlive the call; the size passed is the struct's size.
+    let fd = check(unsafe {
+        libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+    })?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Opens the directory `path` inside the container root `root` as an
+/// `O_PATH` handle (the topmost mount there, if something is mounted on it).
+pub(super) fn open_dir_in(root: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
+    openat2(root, path, libc::O_PATH | libc::O_DIRECTORY, CONTAINER_RESOLVE)
+}
+
+/// Opens the directory `path` inside `root` for reading its entries.
+pub(super) fn open_dir_for_listing(root: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
+    openat2(root, path, libc::O_RDONLY | libc::O_DIRECTORY, CONTAINER_RESOLVE)
+}
+
+/// Opens a file of the host's procfs (`dir` is an fd of `/proc`) for
+/// reading. Symlinks such as `thread-self` are followed: procfs is the
+/// kernel's, not the container's.
+pub(super) fn open_proc_file(proc: BorrowedFd<'_>, path: &str) -> io::Result<std::fs::File> {
+    let c = cstring(path)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let fd = unsafe { libc::openat(proc.as_raw_fd(), c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Opens a directory of the host's procfs for listing.
+pub(super) fn open_proc_dir(proc: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
+    let c = cstring(path)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let fd = unsafe { libc::openat(proc.as_raw_fd(), c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a directory by a host path (`O_PATH`).
+pub(super) fn open_host_dir(path: &str) -> io::Result<OwnedFd> {
+    let c = cstring(path)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a host file for reading (`O_RDONLY`), e.g. a namespace file.
+pub(super) fn open_host_file(path: &str) -> io::Result<OwnedFd> {
+    let c = cstring(path)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `readlinkat(dir, path)`.
+pub(super) fn read_link_at(dir: BorrowedFd<'_>, path: &str) -> io::Result<String> {
+    let c = cstring(path)?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: `c` is NUL-terminated; `buf` is writable for `buf.len()` bytes.
+    let n = unsafe { libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// What `fstatat` says about a file, without following a last symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stat {
+    pub(super) mode: u32,
+    pub(super) dev: u64,
+    pub(super) ino: u64,
+    /// The device a device file stands for.
+    pub(super) rdev: u64,
+}
+
+impl Stat {
+    pub(super) fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    pub(super) fn is_regular(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+}
+
+/// `fstatat(dir, name, flags)`; `name` empty means `dir` itself.
+pub(super) fn stat_at(dir: BorrowedFd<'_>, name: &str, follow: bool) -> io::Result<Stat> {
+    let c = cstring(name)?;
+    let mut flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `c` is NUL-terminated; `st` is writable memory of the right
+    // size, initialised by the kernel when the call succeeds.
+    let r = unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), flags) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatat succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(Stat { mode: st.st_mode, dev: st.st_dev, ino: st.st_ino, rdev: st.st_rdev })
+}
+
+/// The id of the mount `fd` is on (`statx` `STATX_MNT_ID`, 5.8), the same
+/// number as `/proc/<pid>/mountinfo`'s first field and fdinfo's `mnt_id`.
+pub(super) fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the empty path is NUL-terminated; `stx` is writable memory of
+    // the right size.
+    let r = unsafe { libc::statx(fd.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_MNT_ID, stx.as_mut_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx succeeded (and the memory was zeroed before).
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "statx does not report mount ids on this kernel"));
+    }
+    Ok(stx.stx_mnt_id)
+}
+
+/// A detached copy of the mount tree at `dir` (`open_tree(OPEN_TREE_CLONE |
+/// AT_RECURSIVE)`): recursive, so mounts below it (`/run/.containerenv`
+/// under `/run`) stay visible once the copy is mounted on top.
+pub(super) fn clone_tree(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: the empty path is NUL-terminated; flags are plain integers.
+    let fd = check(unsafe { libc::syscall(libc::SYS_open_tree, dir.as_raw_fd(), c"".as_ptr(), flags) })?;
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Sets or clears `MOUNT_ATTR_RDONLY` on the one mount `fd` is the root of
+/// (never recursive: volumes, `/proc` and the runtime's file binds below
+/// keep their own flags). EBUSY when a file on it is open for writing.
+pub(super) fn set_read_only(fd: BorrowedFd<'_>, read_only: bool) -> io::Result<()> {
+    let attr = if read_only {
+        MountAttr { attr_set: MOUNT_ATTR_RDONLY, ..MountAttr::default() }
+    } else {
+        MountAttr { attr_clr: MOUNT_ATTR_RDONLY, ..MountAttr::default() }
+    };
+    // SAFETY: the empty path is NUL-terminated; `attr` is a valid
+    // mount_attr that outlives the call, and its size is passed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
+/// Mounts the detached tree `tree` on the directory `target`
+/// (`move_mount` with both paths empty: no path is walked again).
+pub(super) fn move_onto(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both paths are empty NUL-terminated strings; flags are plain.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
+
+/// Lazily unmounts the mount whose root `fd` is (and everything mounted
+/// below it): `umount2` has no fd form, so the thread's working directory
+/// is moved there and `"."` is unmounted. The caller's thread must own its
+/// fs state (`unshare(CLONE_FS)`); the working directory goes back to `/`.
+pub(super) fn detach(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fchdir takes an fd by value.
+    if unsafe { libc::fchdir(fd.as_raw_fd()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: "." is a NUL-terminated string.
+    let r = unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) };
+    let err = io::Error::last_os_error();
+    // SAFETY: "/" is a NUL-terminated string.
+    unsafe { libc::chdir(c"/".as_ptr()) };
+    if r < 0 {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Gives the calling thread its own root and working directory
+/// (`unshare(CLONE_FS)`, which `setns(CLONE_NEWNS)` needs in a
+/// multi-threaded process) and moves it into the mount namespace `ns`. Only
+/// ever called on a dedicated thread that ends afterwards.
+pub(super) fn enter_mount_namespace(ns: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: unshare takes flags by value; CLONE_FS affects this thread only.
+    if unsafe { libc::unshare(libc::CLONE_FS) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: setns takes an fd and flags by value.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `dir` the calling thread's root and working directory (the thread
+/// owns its fs state after [`enter_mount_namespace`]).
+pub(super) fn chroot_to(dir: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fchdir takes an fd by value; "." and "/" are NUL-terminated.
+    unsafe {
+        if libc::fchdir(dir.as_raw_fd()) < 0 || libc::chroot(c".".as_ptr()) < 0 || libc::chdir(c"/".as_ptr()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `mkdirat(dir, name, mode)`.
+pub(super) fn mkdir_at(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
+    let c = cstring(name)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The device numbers of `/dev/null` (1:3).
+pub(super) fn null_device() -> u64 {
+    libc::makedev(1, 3)
+}
+
+/// Creates `name` in `dir` as a character device standing for `/dev/null`
+/// (mode 0600).
+pub(super) fn mknod_null_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let c = cstring(name)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call; the mode and
+    // device are plain integers.
+    if unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), libc::S_IFCHR | 0o600, null_device()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `unlinkat(dir, name, 0)`.
+pub(super) fn unlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let c = cstring(name)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The names in the directory `dir` (opened for reading), `.` and `..` left
+/// out.
+pub(super) fn list_dir(dir: &OwnedFd) -> io::Result<Vec<String>> {
+    // fdopendir takes ownership of the descriptor it is given; give it a
+    // duplicate so `dir` stays the caller's.
+    let dup = dir.try_clone()?;
+    let raw = std::os::fd::IntoRawFd::into_raw_fd(dup);
+    // SAFETY: `raw` is an open directory descriptor we own; on success the
+    // DIR stream owns it and closedir closes it.
+    let stream = unsafe { libc::fdopendir(raw) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `raw` is still ours to close.
+        unsafe { libc::close(raw) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: `stream` is a valid DIR stream until closedir below.
+        let ent = unsafe { libc::readdir(stream) };
+        if ent.is_null() {
+            break;
+        }
+        // SAFETY: readdir returned a valid dirent whose d_name is a
+        // NUL-terminated string, valid until the next readdir call.
+        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+        let name = OsString::from_vec(name.to_bytes().to_vec()).to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    // SAFETY: `stream` is valid and closed exactly once.
+    unsafe { libc::closedir(stream) };
+    Ok(names)
+}
+
+/// Whether this kernel has `mount_setattr` (5.12): asked with a bad fd, it
+/// answers EBADF when it exists and ENOSYS when it does not.
+pub fn mount_setattr_supported() -> Result<(), String> {
+    // SAFETY: a null path and attr with fd -1 are rejected before any memory
+    // is read.
+    let r =
+        unsafe { libc::syscall(libc::SYS_mount_setattr, -1, std::ptr::null::<libc::c_char>(), 0, std::ptr::null::<MountAttr>(), 0usize) };
+    let e = io::Error::last_os_error();
+    match (r, e.raw_os_error()) {
+        (_, Some(libc::ENOSYS)) => Err("this kernel has no mount_setattr (Linux 5.12 or later is needed)".into()),
+        (_, Some(libc::EPERM)) => Err("mount_setattr is not permitted here (seccomp, or no CAP_SYS_ADMIN)".into()),
+        _ => Ok(()),
+    }
+}

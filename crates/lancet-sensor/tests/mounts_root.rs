@@ -1,0 +1,572 @@
+//! Immutability with read-only mounts on the real kernel, as root, against
+//! real podman containers: what is refused (EROFS/EPERM) and what keeps
+//! working, a service that keeps serving, the fallback when files are open
+//! for writing, profile updates, the OCI-hook path (before `pivot_root`),
+//! and the undo leaving `/proc/<pid>/mountinfo` exactly as it was. Guards
+//! remove every container and network a test creates, even when it fails.
+//! Prints (does not assert) what apply and release cost and what a
+//! create+write+unlink loop costs with and without immutability.
+
+use lancet_sensor::mounts::{
+    apply_immutable, has_cap_sys_admin, release_immutable, update_immutable, Applied, ImmutablePlan, Mode, MountError,
+};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BUSYBOX: &str = "localhost/lancet-busybox:test";
+const DEBIAN: &str = "localhost/lancet-debian:test";
+
+fn skip(images: &[&str]) -> Option<String> {
+    if !lancet_sensor::features::is_root() {
+        return Some("not root".into());
+    }
+    if Command::new("podman").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        return Some("podman is not installed".into());
+    }
+    for image in images {
+        if !Command::new("podman").args(["image", "exists", image]).status().map(|s| s.success()).unwrap_or(false) {
+            return Some(format!("test image {image} missing (scripts/setup.sh builds it)"));
+        }
+    }
+    if let Err(e) = lancet_sensor::mounts::mount_setattr_supported() {
+        return Some(e);
+    }
+    None
+}
+
+macro_rules! skip_unless_ready {
+    ($($img:expr),*) => {
+        if let Some(why) = skip(&[$($img),*]) {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+fn podman(args: &[&str]) -> String {
+    let out = Command::new("podman").args(args).output().expect("run podman");
+    assert!(out.status.success(), "podman {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A container removed (by id) when dropped.
+struct Container {
+    id: String,
+}
+
+impl Container {
+    fn run(args: &[&str]) -> Container {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        Container { id: podman(&all) }
+    }
+
+    fn pid(&self) -> u32 {
+        podman(&["inspect", "-f", "{{.State.Pid}}", &self.id]).parse().expect("pid")
+    }
+
+    fn running(&self) -> bool {
+        podman(&["inspect", "-f", "{{.State.Running}}", &self.id]) == "true"
+    }
+
+    fn sh(&self, script: &str) -> Output {
+        Command::new("podman").args(["exec", &self.id, "sh", "-c", script]).output().expect("podman exec")
+    }
+
+    /// Runs `script`, which must succeed.
+    fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(out.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `script`, which the kernel must refuse with EROFS or EPERM.
+    fn refused(&self, script: &str) {
+        let out = self.sh(script);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "`{script}` was not refused");
+        assert!(err.contains("Read-only file system") || err.contains("Operation not permitted"), "`{script}` failed otherwise: {err}");
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &self.id]).output();
+    }
+}
+
+/// A podman network removed when dropped.
+struct Network(String);
+
+impl Network {
+    fn create() -> Network {
+        let name = unique("lancet-imm");
+        podman(&["network", "create", &name]);
+        Network(name)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["network", "rm", "-f", &self.0]).output();
+    }
+}
+
+fn mountinfo(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo")
+}
+
+/// This thread's and the process's mount namespaces and this thread's
+/// root: the mount thread must leave all three alone.
+fn own_namespace() -> (String, String, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |p: &str| std::fs::read_link(p).expect(p).to_string_lossy().into_owned();
+    (ns("/proc/self/ns/mnt"), ns("/proc/thread-self/ns/mnt"), std::fs::metadata("/").expect("/").ino())
+}
+
+fn plan(writable: &[&str]) -> ImmutablePlan {
+    ImmutablePlan { root: None, writable: writable.iter().map(|s| s.to_string()).collect(), dev_shm_writable: false, console: false }
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Writes that must fail everywhere but the learned directory.
+fn assert_refused_outside(c: &Container) {
+    c.refused("echo x > /etc/lancet-new");
+    c.refused("echo x >> /etc/lancet-victim");
+    c.refused("echo x > /bin/lancet-new");
+    c.refused("echo x > /lancet-new");
+    c.refused("echo x > /root/.ssh/authorized_keys");
+    c.refused("touch /dev/lancet-new");
+    c.refused("touch /dev/shm/lancet-new");
+    c.refused("chmod u+s /etc/lancet-victim");
+    c.refused("rm /etc/lancet-victim");
+    c.refused("mv /etc/lancet-victim /etc/lancet-moved");
+    c.refused("mkdir /etc/lancet-dir");
+    c.refused("ln -s /tmp /etc/lancet-link");
+    c.refused("ln /etc/lancet-victim /etc/lancet-hard");
+}
+
+#[test]
+fn busybox_read_only_except_tmp_then_undone() {
+    skip_unless_ready!(BUSYBOX);
+    let volume = tempfile::tempdir().expect("volume dir");
+    let mount = format!("{}:/data", volume.path().display());
+    let c = Container::run(&["--name", &unique("lancet-imm-bb"), "--tmpfs", "/scratch", "-v", &mount, BUSYBOX, "sleep", "3600"]);
+    c.ok("mkdir -p /root/.ssh && echo v > /etc/lancet-victim");
+    let pid = c.pid();
+    let before = mountinfo(pid);
+    let ns_before = own_namespace();
+
+    let (a, apply_ms) = timed(|| apply_immutable(pid, &plan(&["/tmp"])).expect("apply"));
+    assert_eq!(own_namespace(), ns_before, "the caller's namespace or root changed");
+    assert_eq!(a.mode, Mode::Full, "{a:#?}");
+    assert_eq!(a.writable, ["/tmp"]);
+    assert!(a.skipped.is_empty(), "{:?}", a.skipped);
+    let ro: Vec<&str> = a.made_read_only().map(|(p, _)| p).collect();
+    assert_eq!(ro, ["/", "/dev", "/dev/shm"]);
+
+    assert_refused_outside(&c);
+    // What the container and its runtime need keeps working.
+    c.ok("echo x > /tmp/ok && cat /tmp/ok && mkdir /tmp/d && mv /tmp/ok /tmp/d/ok && chmod 600 /tmp/d/ok && rm -r /tmp/d");
+    c.ok("echo x > /dev/null && head -c 1 /dev/zero > /dev/null");
+    c.ok("echo '# lancet test' >> /etc/hosts && cat /etc/resolv.conf /etc/hostname /run/.containerenv > /dev/null");
+    c.ok("cat /proc/self/status > /dev/null");
+    // Declared volumes and tmpfs mounts are mounts of their own: untouched.
+    c.ok("echo x > /data/f && rm /data/f && echo x > /scratch/f && rm /scratch/f");
+    assert!(c.running());
+
+    let (released, release_ms) = timed(|| release_immutable(pid, &a));
+    released.expect("release");
+    assert_eq!(own_namespace(), ns_before);
+    assert_eq!(mountinfo(pid), before, "mountinfo differs after release");
+    c.ok("echo x > /etc/lancet-new && rm /etc/lancet-new /etc/lancet-victim && touch /dev/shm/x /dev/x && rm /dev/shm/x /dev/x");
+    println!("busybox: apply {apply_ms:.2} ms, release {release_ms:.2} ms ({} steps)", a.steps.len());
+}
+
+#[test]
+fn gone_process_is_a_clear_error() {
+    skip_unless_ready!(BUSYBOX);
+    let c = Container::run(&[BUSYBOX, "sleep", "3600"]);
+    let pid = c.pid();
+    podman(&["rm", "-f", "-t", "0", &c.id]);
+    match apply_immutable(pid, &plan(&["/tmp"])) {
+        Err(MountError::ProcessGone { pid: p }) => assert_eq!(p, pid),
+        other => panic!("expected ProcessGone, got {other:?}"),
+    }
+    assert!(matches!(apply_immutable(u32::MAX - 1, &plan(&[])), Err(MountError::ProcessGone { .. })));
+}
+
+/// The container's address on `net`.
+fn address(c: &Container, net: &Network) -> String {
+    podman(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", net.0), &c.id])
+}
+
+/// GET / from the host; the response's status line.
+fn http_get(addr: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&format!("{addr}:80").parse().expect("addr"), Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: lancet\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(b) if !b.is_empty() => return b.lines().next().unwrap_or_default().to_string(),
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("no answer from {addr}:80: {other:?}"),
+        }
+    }
+}
+
+const NGINX_WRITES: [&str; 3] = ["/var/log/nginx", "/run", "/var/lib/nginx"];
+
+/// Writes nginx never does, refused on a glibc Debian root.
+fn assert_debian_refusals(c: &Container) {
+    c.refused("echo x > /etc/lancet-new");
+    c.refused("echo x > /usr/bin/lancet-new");
+    c.refused("echo x > /bin/lancet-new");
+    c.refused("echo x > /root/lancet-new");
+    c.refused("echo x > /var/www/html/index.html");
+    c.refused("chmod u+s /usr/bin/env");
+    c.refused("rm /etc/nginx/nginx.conf");
+    c.refused("touch /dev/lancet-new");
+    c.refused("touch /dev/shm/lancet-new");
+}
+
+#[test]
+fn nginx_serves_from_a_read_only_root() {
+    skip_unless_ready!(DEBIAN);
+    let net = Network::create();
+    // nginx starts after the root turned read-only: nothing is open for
+    // writing at apply time, as at the OCI hook.
+    let c = Container::run(&["--network", &net.0, "--name", &unique("lancet-imm-ngx"), DEBIAN, "sleep", "3600"]);
+    let pid = c.pid();
+    let before = mountinfo(pid);
+    let (a, ms) = timed(|| apply_immutable(pid, &plan(&NGINX_WRITES)).expect("apply"));
+    assert_eq!(a.mode, Mode::Full, "{a:#?}");
+    assert_eq!(a.writable, ["/run", "/var/lib/nginx", "/var/log/nginx"]);
+    let out = Command::new("podman").args(["exec", "-d", &c.id, "nginx", "-g", "daemon off;"]).output().expect("exec nginx");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ip = address(&c, &net);
+    assert!(http_get(&ip).contains("200"), "nginx does not serve");
+    assert_debian_refusals(&c);
+    c.ok("test -s /run/nginx.pid && test -s /var/log/nginx/access.log && cat /run/.containerenv >/dev/null");
+    assert!(http_get(&ip).contains("200"));
+    release_immutable(pid, &a).expect("release");
+    assert_eq!(mountinfo(pid), before, "mountinfo differs after release");
+    c.ok("echo x > /etc/lancet-new && rm /etc/lancet-new");
+    assert!(http_get(&ip).contains("200"));
+    println!("nginx (full): apply {ms:.2} ms, {} steps", a.steps.len());
+}
+
+#[test]
+fn nginx_with_open_logs_is_partly_read_only() {
+    skip_unless_ready!(DEBIAN);
+    let net = Network::create();
+    let c = Container::run(&["--network", &net.0, "--name", &unique("lancet-imm-ngx"), DEBIAN]);
+    let ip = address(&c, &net);
+    assert!(http_get(&ip).contains("200"));
+    let pid = c.pid();
+    let before = mountinfo(pid);
+    let (a, ms) = timed(|| apply_immutable(pid, &plan(&NGINX_WRITES)).expect("apply"));
+    let Mode::Partial { writable_left, writers } = &a.mode else { panic!("expected a partial state: {a:#?}") };
+    assert!(writers.iter().any(|w| w.comm == "nginx" && w.path == "/var/log/nginx/access.log"), "{writers:?}");
+    assert!(writers.iter().all(|w| w.path.starts_with("/var/log/nginx/")), "{writers:?}");
+    assert_eq!(writable_left, &["/"]);
+    // Every directory of / but the learned /run and the mounts of their
+    // own; /var too, with its learned directories writable inside.
+    let ro_binds: Vec<&str> = a.added().filter(|(_, _, w)| !w).map(|(p, _, _)| p).collect();
+    for d in ["/etc", "/usr", "/root", "/var"] {
+        assert!(ro_binds.contains(&d), "{d} not read-only: {ro_binds:?}");
+    }
+    assert!(!ro_binds.iter().any(|d| ["/run", "/proc", "/dev", "/sys"].contains(d)), "{ro_binds:?}");
+    assert_debian_refusals(&c);
+    c.refused("echo x > /var/lancet-new");
+    c.refused("echo x > /var/log/lancet-new");
+    c.refused("mkdir /var/spool/lancet-new");
+    // What stays writable until the next start, as reported: new entries
+    // directly in /.
+    c.ok("echo x > /lancet-new && rm /lancet-new");
+    c.ok("echo x > /var/log/nginx/lancet && rm /var/log/nginx/lancet && echo x > /run/lancet && rm /run/lancet");
+    c.ok("echo x > /var/lib/nginx/body/lancet && rm /var/lib/nginx/body/lancet");
+    assert!(http_get(&ip).contains("200"));
+    assert!(c.running());
+    // Profile updates while partial: a directory no longer learned turns
+    // read-only (its writable bind travelled into /var's read-only copy),
+    // a new one inside /var turns writable.
+    let fewer = update_immutable(pid, &a, &plan(&["/var/log/nginx", "/run"])).expect("update");
+    assert!(matches!(fewer.mode, Mode::Partial { .. }));
+    c.refused("echo x > /var/lib/nginx/body/lancet");
+    c.ok("echo x > /var/log/nginx/lancet && rm /var/log/nginx/lancet");
+    let more = update_immutable(pid, &fewer, &plan(&["/var/log/nginx", "/run", "/var/lib/nginx", "/var/cache"])).expect("update");
+    c.ok("echo x > /var/lib/nginx/body/lancet && rm /var/lib/nginx/body/lancet && echo x > /var/cache/lancet && rm /var/cache/lancet");
+    c.refused("echo x > /var/spool/lancet");
+    assert!(http_get(&ip).contains("200"));
+    release_immutable(pid, &more).expect("release");
+    assert_eq!(mountinfo(pid), before, "mountinfo differs after release");
+    c.ok("echo x > /etc/lancet-new && rm /etc/lancet-new");
+    println!(
+        "nginx (partial): apply {ms:.2} ms, {} read-only binds, writers: {}",
+        ro_binds.len(),
+        writers.iter().map(|w| format!("{}[{}] {}", w.comm, w.pid, w.path)).collect::<Vec<_>>().join(", ")
+    );
+}
+
+#[test]
+fn profile_updates_never_widen_in_between() {
+    skip_unless_ready!(BUSYBOX);
+    let c = Container::run(&[BUSYBOX, "sleep", "3600"]);
+    c.ok("mkdir -p /etc/app /var/spool/x && echo v > /etc/lancet-victim && ln -s /etc /symlinkdir");
+    let pid = c.pid();
+    let before = mountinfo(pid);
+    let a = apply_immutable(pid, &plan(&["/tmp", "/symlinkdir", "/missing/dir"])).expect("apply");
+    assert_eq!(a.mode, Mode::Full);
+    // A symlinked learned directory does not redirect a bind to /etc.
+    let skipped: Vec<&str> = a.skipped.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(skipped, ["/symlinkdir"], "{:?}", a.skipped);
+    assert!(a.skipped[0].reason.contains("ELOOP"));
+    assert_eq!(a.created, ["/missing/dir"]);
+    c.refused("echo x > /etc/lancet-new");
+    c.refused("echo x > /symlinkdir/lancet-new");
+    c.ok("echo x > /missing/dir/f");
+
+    // A new learned directory inside the read-only root.
+    let b = update_immutable(pid, &a, &plan(&["/tmp", "/etc/app"])).expect("update");
+    assert_eq!(b.mode, Mode::Full);
+    c.ok("echo x > /etc/app/f && echo x > /tmp/f");
+    c.refused("echo x > /etc/lancet-new");
+    c.refused("echo x > /missing/dir/g");
+    // Its parent: the copy of /etc/app's bind inside the new one goes.
+    let d = update_immutable(pid, &b, &plan(&["/tmp", "/etc"])).expect("update");
+    c.ok("echo x > /etc/lancet-new && echo x > /etc/app/g");
+    c.refused("echo x > /bin/lancet-new");
+    // Back to /tmp only: /etc is read-only again.
+    let e = update_immutable(pid, &d, &plan(&["/tmp"])).expect("update");
+    c.refused("echo x > /etc/lancet-new2");
+    c.refused("echo x > /etc/app/h");
+    c.ok("echo x > /tmp/g");
+    // A directory that does not exist cannot appear on a read-only root.
+    let f = update_immutable(pid, &e, &plan(&["/tmp", "/new/dir"])).expect("update");
+    assert!(f.skipped.iter().any(|s| s.path == "/new/dir" && s.reason.contains("next start")), "{:?}", f.skipped);
+    // Unchanged plan, nothing to do.
+    let g = update_immutable(pid, &f, &plan(&["/tmp", "/new/dir"])).expect("update");
+    assert_eq!(g.steps, f.steps);
+    release_immutable(pid, &g).expect("release");
+    // The directories lancet created stay (they are the container's now).
+    let created_and_written = ["/missing/dir/f"];
+    c.ok(&format!("rm {} /etc/lancet-new /etc/app/f /etc/app/g /tmp/f /tmp/g", created_and_written.join(" ")));
+    c.ok("rmdir /missing/dir /missing");
+    assert_eq!(mountinfo(pid), before, "mountinfo differs after release");
+    c.ok("echo x > /etc/lancet-new && rm /etc/lancet-new");
+}
+
+#[test]
+fn cap_sys_admin_is_detected() {
+    skip_unless_ready!(BUSYBOX);
+    let plain = Container::run(&[BUSYBOX, "sleep", "3600"]);
+    let admin = Container::run(&["--cap-add", "SYS_ADMIN", BUSYBOX, "sleep", "3600"]);
+    assert!(!has_cap_sys_admin(plain.pid()).expect("status"));
+    assert!(has_cap_sys_admin(admin.pid()).expect("status"));
+}
+
+/// The OCI `createRuntime` hook, run by podman as this test binary: the
+/// container's process is `runc init` before `pivot_root`, its root the
+/// bundle's `root.path` inside its namespace. Does nothing unless run so.
+#[test]
+fn hook_entry() {
+    let Ok(out) = std::env::var("LANCET_MOUNTS_HOOK_OUT") else { return };
+    let mut state = String::new();
+    std::io::stdin().read_to_string(&mut state).expect("state on stdin");
+    let result = (|| -> Result<Applied, String> {
+        let state: serde_json::Value = serde_json::from_str(&state).map_err(|e| e.to_string())?;
+        let pid = state["pid"].as_u64().ok_or("no pid")? as u32;
+        let bundle = Path::new(state["bundle"].as_str().ok_or("no bundle")?).to_path_buf();
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(bundle.join("config.json")).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let root = config["root"]["path"].as_str().ok_or("no root.path")?;
+        let root = if root.starts_with('/') { root.into() } else { bundle.join(root) };
+        // Whether the container has a terminal is not looked up: unknown
+        // counts as yes.
+        let plan = ImmutablePlan { root: Some(root), writable: vec!["/tmp".into()], dev_shm_writable: false, console: true };
+        apply_immutable(pid, &plan).map_err(|e| e.to_string())
+    })();
+    let json = match &result {
+        Ok(a) => serde_json::json!({"applied": a}),
+        Err(e) => serde_json::json!({"error": e}),
+    };
+    std::fs::write(out, json.to_string()).expect("write the hook's result");
+}
+
+/// A hooks directory that runs [`hook_entry`] at `createRuntime`.
+struct Hook {
+    dir: tempfile::TempDir,
+    out: std::path::PathBuf,
+}
+
+impl Hook {
+    fn new() -> Hook {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("applied.json");
+        let exe = std::env::current_exe().expect("test binary");
+        let doc = serde_json::json!({
+            "version": "1.0.0",
+            "hook": {
+                "path": exe,
+                "args": ["mounts_root", "hook_entry", "--exact", "--nocapture", "--test-threads=1"],
+                "env": [format!("LANCET_MOUNTS_HOOK_OUT={}", out.display())],
+                "timeout": 20
+            },
+            "when": {"always": true},
+            "stages": ["createRuntime"]
+        });
+        std::fs::write(dir.path().join("lancet-mounts-test.json"), doc.to_string()).expect("hook file");
+        Hook { dir, out }
+    }
+
+    fn applied(&self) -> Applied {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&self.out).expect("the hook ran")).expect("json");
+        if let Some(e) = v.get("error") {
+            panic!("apply at the hook failed: {e}");
+        }
+        serde_json::from_value(v["applied"].clone()).expect("applied")
+    }
+}
+
+#[test]
+fn applied_at_the_oci_hook_before_pivot_root() {
+    skip_unless_ready!(BUSYBOX);
+    for tty in [false, true] {
+        let hook = Hook::new();
+        let name = unique("lancet-imm-hook");
+        // Named first, so the guard removes it even when it fails to start.
+        let c = Container { id: name.clone() };
+        let mut args = vec!["--hooks-dir", hook.dir.path().to_str().expect("utf-8"), "run", "-d", "--name", &name];
+        if tty {
+            args.push("-t");
+        }
+        args.extend([BUSYBOX, "sleep", "3600"]);
+        let out = Command::new("podman").args(&args).output().expect("podman run");
+        assert!(out.status.success(), "tty {tty}: the container did not start: {}", String::from_utf8_lossy(&out.stderr));
+        let a = hook.applied();
+        assert_eq!(a.mode, Mode::Full, "{a:#?}");
+        assert_eq!(a.writable, ["/tmp"]);
+        assert!(c.running());
+        c.refused("echo x > /etc/lancet-new");
+        c.refused("echo x > /lancet-new");
+        c.refused("touch /dev/lancet-new");
+        c.refused("touch /dev/shm/lancet-new");
+        c.ok("echo x > /tmp/ok && rm /tmp/ok && echo x > /dev/null && echo '# t' >> /etc/hosts");
+        // The runtime opened the /dev/console lancet created and mounted
+        // the terminal on it; without a terminal it is a null device.
+        c.ok("test -c /dev/console && echo x > /dev/console");
+        let pid = c.pid();
+        // The same namespace, now pivoted: no root path needed to undo.
+        release_immutable(pid, &a).expect("release");
+        let mi = mountinfo(pid);
+        for (_, id, _) in a.added() {
+            assert!(!mi.lines().any(|l| l.starts_with(&format!("{id} "))), "mount {id} is still there:\n{mi}");
+        }
+        let root = mi.lines().find(|l| l.split(' ').nth(4) == Some("/")).expect("root mount");
+        assert!(root.split(' ').nth(5).is_some_and(|o| o.starts_with("rw")), "{root}");
+        c.ok("echo x > /etc/lancet-new && rm /etc/lancet-new && touch /dev/x && rm /dev/x");
+        // Without a terminal, the device lancet created is gone again.
+        assert_eq!(c.sh("test -e /dev/console").status.success(), tty);
+    }
+}
+
+/// Median of a create+write+close+unlink loop (µs per iteration) run by
+/// python3 inside the container.
+fn file_loop(c: &Container, dir: &str, n: u32) -> f64 {
+    let script = format!(
+        "import os,time\nt=time.perf_counter()\nfor i in range({n}):\n fd=os.open('{dir}/lancet-loop',os.O_CREAT|os.O_WRONLY|os.O_TRUNC,0o644)\n os.write(fd,b'x'*64)\n os.close(fd)\n os.unlink('{dir}/lancet-loop')\nprint((time.perf_counter()-t)*1e6/{n})\n"
+    );
+    let out = Command::new("podman").args(["exec", &c.id, "python3", "-c", &script]).output().expect("podman exec");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("µs per iteration")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn cost_of_immutability() {
+    skip_unless_ready!(DEBIAN);
+    let c = Container::run(&["--name", &unique("lancet-imm-cost"), DEBIAN, "sleep", "3600"]);
+    let pid = c.pid();
+    let before = mountinfo(pid);
+    let n = 20_000;
+    let (mut plain, mut immutable, mut apply, mut release) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Alternating rounds, so drift on this VM hits both sides alike.
+    for _ in 0..5 {
+        plain.push(file_loop(&c, "/tmp", n));
+        let (a, ms) = timed(|| apply_immutable(pid, &plan(&["/tmp"])).expect("apply"));
+        assert_eq!(a.mode, Mode::Full);
+        apply.push(ms);
+        immutable.push(file_loop(&c, "/tmp", n));
+        c.refused("echo x > /etc/lancet-new");
+        let (r, ms) = timed(|| release_immutable(pid, &a));
+        r.expect("release");
+        release.push(ms);
+        assert_eq!(mountinfo(pid), before);
+    }
+    println!(
+        "cost: {n}x create+write+close+unlink in a learned dir: {:.1} µs/iter without, {:.1} µs/iter read-only root + writable bind (median of {}); apply {:.2} ms, release {:.2} ms (median)",
+        median(plain.clone()),
+        median(immutable.clone()),
+        plain.len(),
+        median(apply),
+        median(release)
+    );
+    println!("  rounds without: {plain:.1?}\n  rounds with:    {immutable:.1?}");
+}
+
+#[test]
+fn release_through_another_process_of_the_container() {
+    skip_unless_ready!(BUSYBOX);
+    let c = Container::run(&[BUSYBOX, "sleep", "3600"]);
+    let pid = c.pid();
+    let before = mountinfo(pid);
+    // Applied through a process that then ends (an exec), as the daemon may
+    // have seen the container through any of its processes.
+    let out = Command::new("podman").args(["exec", "-d", &c.id, "sleep", "300"]).output().expect("exec");
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let exec_pid = loop {
+        let found = podman(&["top", &c.id, "hpid", "args"])
+            .lines()
+            .find(|l| l.contains("sleep 300"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u32>().ok());
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the exec'd sleep did not show up");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let a = apply_immutable(exec_pid, &plan(&["/tmp"])).expect("apply");
+    c.refused("echo x > /etc/lancet-new");
+    assert!(Command::new("kill").args(["-9", &exec_pid.to_string()]).status().expect("kill").success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{exec_pid}/ns")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    release_immutable(exec_pid, &a).expect("release through pid 1");
+    assert_eq!(mountinfo(pid), before);
+    c.ok("echo x > /etc/lancet-new && rm /etc/lancet-new");
+}
