@@ -9,7 +9,7 @@
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::event::Event;
 use lancet_engine::live::{entrypoint_event, parse_proc_net, process_event, socket_events, written_event, LiveProcess};
-use lancet_sensor::fanotify::overlay::written_in_container;
+use lancet_sensor::fanotify::overlay::{copied_up, written_in_container};
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
@@ -178,6 +178,16 @@ fn written_files(upper: &Path, mounts: &HashSet<String>) -> Vec<String> {
             }
             match e.file_type() {
                 Ok(t) if t.is_dir() => {
+                    // A directory the workload made (nginx's
+                    // /var/lib/nginx/body): its parent was written. Not one
+                    // overlayfs copied up for a write below it, nor one the
+                    // runtime made to hold a mount point.
+                    // Never one directly below `/`: that would learn the
+                    // root itself as written.
+                    let holds_mount = mounts.iter().any(|m| m.starts_with(&path) && m.as_bytes().get(path.len()) == Some(&b'/'));
+                    if depth > 0 && !holds_mount && !copied_up(&e.path()) {
+                        dirs.insert(path.clone());
+                    }
                     if depth < MAX_UPPER_DEPTH {
                         stack.push((e.path(), path, depth + 1));
                     }
@@ -221,6 +231,18 @@ mod tests {
     }
 
     #[test]
+    fn directories_the_workload_made_are_writes_those_holding_mounts_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let u = d.path();
+        std::fs::create_dir_all(u.join("var/lib/nginx/body")).unwrap();
+        std::fs::create_dir_all(u.join("run/secrets")).unwrap();
+        let mounts: HashSet<String> = ["/run/secrets/x"].iter().map(|s| s.to_string()).collect();
+        let got = written_files(u, &mounts);
+        assert!(got.contains(&"/var/lib/nginx/body".to_string()), "{got:?}");
+        assert!(!got.iter().any(|p| p == "/run" || p == "/run/secrets"), "runtime mount holders: {got:?}");
+    }
+
+    #[test]
     fn writable_layer_without_mount_placeholders() {
         let d = tempfile::tempdir().unwrap();
         let u = d.path();
@@ -231,11 +253,14 @@ mod tests {
         std::fs::create_dir_all(u.join("dev")).unwrap();
         std::os::unix::fs::symlink("/proc/mounts", u.join("etc/mtab")).unwrap();
         let mounts: HashSet<String> = ["/etc/hosts", "/run/.containerenv", "/dev"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(written_files(u, &mounts), ["/run/nginx.pid", "/var/log/nginx/access.log"]);
+        // A plain directory has no overlay origin xattrs, so /var/log and
+        // /var/log/nginx count as made by the workload here (in an overlay
+        // /var/log is a copy-up and is left out); /var is below `/`.
+        assert_eq!(written_files(u, &mounts), ["/run/nginx.pid", "/var/log", "/var/log/nginx", "/var/log/nginx/access.log"]);
         // An mtab the workload wrote itself is its write.
         std::fs::remove_file(u.join("etc/mtab")).unwrap();
         std::fs::write(u.join("etc/mtab"), b"").unwrap();
-        assert_eq!(written_files(u, &mounts), ["/etc/mtab", "/run/nginx.pid", "/var/log/nginx/access.log"]);
+        assert_eq!(written_files(u, &mounts), ["/etc/mtab", "/run/nginx.pid", "/var/log", "/var/log/nginx", "/var/log/nginx/access.log"]);
     }
 
     #[test]
