@@ -140,8 +140,13 @@ pub(crate) fn fixture(root: &Path, work: &Path) -> Result<(Fixture, String)> {
 
 /// Runs one loop in the client container; returns its own timing (seconds).
 pub(crate) fn run_loop(args: &[&str]) -> Result<f64> {
+    run_loop_in(CLI, args)
+}
+
+/// One loadgen loop in `container`; its own timing of the loop, in seconds.
+pub(crate) fn run_loop_in(container: &str, args: &[&str]) -> Result<f64> {
     let mut cmd = Command::new("podman");
-    cmd.args(["exec", CLI, "/loadgen"]).args(args);
+    cmd.args(["exec", container, "/loadgen"]).args(args);
     let out = sh(&mut cmd)?;
     let secs = out.split_whitespace().nth(2).context("loadgen printed no timing")?;
     Ok(secs.parse()?)

@@ -1,43 +1,80 @@
 //! `cargo xtask bench-protect`: the exec, connect and file loops of `bench`
-//! with `lancet run` in protect mode against no agent, in one run.
+//! with `lancet run` in protect mode against no agent, in one run, on the
+//! busybox image and on the glibc Debian image (an exec loop of a learned
+//! dynamic program, whose ELF loader the kernel also opens with exec
+//! intent, and a write loop in a learned directory of a read-only root).
 //!
-//! The workload (server and client containers of one image) is learned
-//! once, promoted to protect, and then every round measures the loop with
-//! no agent and no pins, and with the agent protecting both containers
-//! (fanotify exec marks with approvals cached in the kernel, cgroup BPF
-//! allow-lists, kill-at-exec flags). One more loop runs with the kernel
-//! cache off (`execCache: false`), so every exec is a permission round trip
-//! through lancet: its extra time per exec is the uncached (first-exec)
-//! cost. lancet's own time per decision comes from its permission stats.
+//! The workloads are learned once. Every round then measures each loop with
+//! no agent, and with the agent protecting the containers (fanotify exec
+//! marks with approvals cached in the kernel, cgroup BPF allow-lists,
+//! kill-at-exec flags, the read-only root); the workloads are demoted before
+//! the agent stops, so the no-agent rounds run on writable roots. One more
+//! loop per image runs with the kernel cache off (`execCache: false`), so
+//! every exec is a permission round trip through lancet: its extra time per
+//! exec is the uncached (first-exec) cost. lancet's own time per decision
+//! comes from its permission stats.
 
-use crate::bench::{fixture, median, run_loop, Agent, CLI, SRV};
+use crate::bench::{fixture, median, run_loop_in, Agent, CLI, SRV};
 use crate::sh;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+const DEB_IMAGE: &str = "localhost/lancet-bench-deb:latest";
+const DEB: &str = "lancet-bench-deb";
+
+/// The glibc container; removed on drop.
+struct GlibcFixture;
+
+impl Drop for GlibcFixture {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", DEB]).output();
+    }
+}
+
+/// The Debian image with the load generator, and one container of it.
+fn glibc_fixture(work: &Path) -> Result<GlibcFixture> {
+    std::fs::write(work.join("Containerfile.deb"), "FROM localhost/lancet-debian:test\nCOPY loadgen /loadgen\n")?;
+    sh(Command::new("podman").args(["build", "-q", "-t", DEB_IMAGE, "-f"]).arg(work.join("Containerfile.deb")).arg(work))?;
+    let _ = Command::new("podman").args(["rm", "-f", "-t", "0", DEB]).output();
+    sh(Command::new("podman").args(["run", "-d", "--name", DEB, DEB_IMAGE, "sleep", "3600"]))?;
+    Ok(GlibcFixture)
+}
+
 fn stop(agent: &mut Agent) {
     let _ = Command::new("kill").args(["-TERM", &agent.child.id().to_string()]).output();
     let _ = agent.child.wait();
 }
 
-/// Waits until the agent reports both containers under protection.
-fn wait_guarded(lancet: &Path, api: &str) -> Result<serde_json::Value> {
+/// The names of the containers the agent reports under protection.
+fn guarded(lancet: &Path, api: &str) -> Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(&sh(Command::new(lancet).args(["status", "--api", api]))?)?;
+    Ok(v["guarded"].as_array().into_iter().flatten().filter_map(|g| g["name"].as_str().map(str::to_string)).collect())
+}
+
+/// Waits until the agent reports all of `names` under protection (or, with
+/// `want` false, none of them).
+fn wait_guarded(lancet: &Path, api: &str, names: &[&str], want: bool) -> Result<()> {
     let t0 = Instant::now();
     loop {
-        if let Ok(out) = sh(Command::new(lancet).args(["status", "--api", api])) {
-            let v: serde_json::Value = serde_json::from_str(&out)?;
-            let names: Vec<&str> = v["guarded"].as_array().into_iter().flatten().filter_map(|g| g["name"].as_str()).collect();
-            if names.contains(&SRV) && names.contains(&CLI) {
-                return Ok(v);
+        if let Ok(g) = guarded(lancet, api) {
+            if names.iter().all(|n| g.iter().any(|x| x == n) == want) {
+                return Ok(());
             }
         }
         if t0.elapsed() > Duration::from_secs(20) {
-            bail!("the containers were not protected within 20 s");
+            bail!("the containers were not {} within 20 s", if want { "protected" } else { "released" });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn promote(lancet: &Path, api: &str, mode: &str) -> Result<()> {
+    for c in [SRV, DEB] {
+        sh(Command::new(lancet).args(["profile", "promote", c, "--to", mode, "--api", api]))?;
+    }
+    Ok(())
 }
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
@@ -52,6 +89,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let lancet = root.join("target/release/lancet");
     let work = std::env::temp_dir().join(format!("lancet-bench-protect-{}", std::process::id()));
     let (_fixture, ip) = fixture(root, &work)?;
+    let _glibc = glibc_fixture(&work)?;
     let pins = format!("/sys/fs/bpf/lancet-bench-{}", std::process::id());
     let unpin = || {
         let _ = std::fs::remove_dir_all(&pins);
@@ -63,19 +101,22 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let n_exec = (3000 / scale).to_string();
     let n_conn = (20000 / scale).to_string();
     let n_files = (20000 / scale).to_string();
-    let loops: Vec<(&str, Vec<&str>)> = vec![
-        ("exec", vec!["exec", &n_exec, "/bin/true"]),
-        ("connect", vec!["connect", &n_conn, &ip, "9000"]),
-        ("files", vec!["files", &n_files, "/tmp"]),
+    let loops: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("exec", CLI, vec!["exec", &n_exec, "/bin/true"]),
+        ("connect", CLI, vec!["connect", &n_conn, &ip, "9000"]),
+        ("files", CLI, vec!["files", &n_files, "/tmp"]),
+        ("glibc exec", DEB, vec!["exec", &n_exec, "/usr/bin/true"]),
+        ("glibc files", DEB, vec!["files", &n_files, "/var/tmp"]),
     ];
+    let containers = [SRV, CLI, DEB];
 
-    // Learn, then promote the workload to protect (kept in the store).
+    // Learn (kept in the store); every round promotes and demotes.
     let mut agent = Agent::run(&lancet, &work, &api, &flags)?;
-    for (_, a) in &loops {
-        run_loop(a)?;
+    for (_, c, a) in &loops {
+        run_loop_in(c, a)?;
     }
     std::thread::sleep(Duration::from_millis(1500));
-    sh(Command::new(&lancet).args(["profile", "promote", SRV, "--to", "protect", "--api", &api]))?;
+    promote(&lancet, &api, "monitor")?;
     std::thread::sleep(Duration::from_millis(1500));
     stop(&mut agent);
     unpin();
@@ -84,17 +125,20 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let config = work.join("none.yaml");
     let mut rows = Vec::new();
     let mut decision = (0u64, 0u64, 0u64);
-    let mut runs: Vec<(&str, &Vec<&str>, bool)> = loops.iter().map(|(n, a)| (*n, a, true)).collect();
-    runs.push(("exec-uncached", &loops[0].1, false));
-    for (name, a, cache) in runs {
+    let mut runs: Vec<(&str, &str, &Vec<&str>, bool)> = loops.iter().map(|(n, c, a)| (*n, *c, a, true)).collect();
+    runs.push(("exec-uncached", CLI, &loops[0].2, false));
+    runs.push(("glibc exec-uncached", DEB, &loops[3].2, false));
+    let mut decisions = Vec::new();
+    for (name, container, a, cache) in runs {
         let (mut base, mut with, mut cpu, mut perm_events) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
-            base.push(run_loop(a)?);
+            base.push(run_loop_in(container, a)?);
             std::fs::write(&config, if cache { "" } else { "execCache: false\n" })?;
             let mut agent = Agent::run(&lancet, &work, &api, &flags)?;
-            wait_guarded(&lancet, &api)?;
+            promote(&lancet, &api, "protect")?;
+            wait_guarded(&lancet, &api, &containers, true)?;
             let cpu0 = agent.cpu_seconds();
-            let secs = run_loop(a)?;
+            let secs = run_loop_in(container, a)?;
             cpu.push((agent.cpu_seconds() - cpu0) / secs);
             with.push(secs);
             let st: serde_json::Value = serde_json::from_str(&sh(Command::new(&lancet).args(["status", "--api", &api]))?)?;
@@ -108,8 +152,15 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                     );
                 }
             }
+            // Lift the read-only root and the rest before the agent goes,
+            // so the next no-agent round is really without lancet.
+            promote(&lancet, &api, "monitor")?;
+            wait_guarded(&lancet, &api, &containers, false)?;
             stop(&mut agent);
             unpin();
+        }
+        if !cache {
+            decisions.push(serde_json::json!({"loop": name, "p50_ns": decision.0, "p99_ns": decision.1, "decisions": decision.2}));
         }
         let (b, w) = (median(&mut base), median(&mut with));
         let ops: f64 = a[1].parse().unwrap_or(1.0);
@@ -120,12 +171,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }));
     }
     println!(
-        "{:<14} {:>7} {:>11} {:>11} {:>7} {:>13} {:>11} {:>12}",
+        "{:<20} {:>7} {:>11} {:>11} {:>7} {:>13} {:>11} {:>12}",
         "loop (protect)", "ops", "no agent s", "lancet s", "ratio", "extra µs/op", "lancet cpu", "perm events"
     );
     for r in &rows {
         println!(
-            "{:<14} {:>7} {:>11.3} {:>11.3} {:>7.3} {:>13.1} {:>10.0}% {:>12.0}",
+            "{:<20} {:>7} {:>11.3} {:>11.3} {:>7.3} {:>13.1} {:>10.0}% {:>12.0}",
             r["loop"].as_str().unwrap_or(""),
             r["ops"].as_str().unwrap_or(""),
             r["baseline_s"].as_f64().unwrap_or(0.0),
@@ -136,16 +187,16 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             r["permission_events"].as_f64().unwrap_or(0.0)
         );
     }
-    println!(
-        "lancet's own time per permission decision (uncached loop, {} decisions): p50 {:.2} µs, p99 {:.2} µs",
-        decision.2,
-        decision.0 as f64 / 1000.0,
-        decision.1 as f64 / 1000.0
-    );
-    let report = serde_json::json!({
-        "rounds": rounds, "loops": rows,
-        "decision_p50_ns": decision.0, "decision_p99_ns": decision.1, "decisions": decision.2,
-    });
+    for d in &decisions {
+        println!(
+            "lancet's own time per permission decision ({}, {} decisions): p50 {:.2} µs, p99 {:.2} µs",
+            d["loop"].as_str().unwrap_or(""),
+            d["decisions"],
+            d["p50_ns"].as_f64().unwrap_or(0.0) / 1000.0,
+            d["p99_ns"].as_f64().unwrap_or(0.0) / 1000.0
+        );
+    }
+    let report = serde_json::json!({ "rounds": rounds, "loops": rows, "decisions": decisions });
     let out = root.join("target/bench-protect.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("(written to {})", out.display());
