@@ -150,7 +150,9 @@ fn control_plane_needs_root_or_the_token_and_records_who() {
     find("promote to learn", &|r| r["channel"] == "tcp" && r["uid"].is_null() && r["result"] == "ok");
     find("promote", &|r| r["channel"] == "tcp" && r["result"].as_str().unwrap().starts_with("refused (401)"));
     find("reset", &|r| r["uid"] == 0 && r["result"] == "ok");
-    find("hook", &|r| r["uid"] == 0 && r["result"].as_str().unwrap().contains("not a child of the runtime"));
+    find("hook", &|r| {
+        r["uid"] == 0 && r["target"] == "lancet-ctl-fake" && r["result"].as_str().unwrap().contains("not a child of the runtime")
+    });
     // The read group may read the audit log too.
     let o = as_nobody(&["audit", "--api", &sock]);
     assert!(o.status.success() && text(&o).contains("promote to monitor"), "{}", text(&o));
@@ -211,4 +213,92 @@ fn a_symlinked_alerts_file_or_a_foreign_socket_path_stops_the_agent_at_start() {
     assert!(!o.status.success());
     assert!(text(&o).contains("is not a socket lancet owns"), "{}", text(&o));
     assert_eq!(std::fs::read_to_string(&sock).unwrap(), "mine");
+}
+
+/// A runc container whose bundle sits where containerd keeps its tasks'
+/// state (containerd is not running here: the directory is made for the
+/// test and removed after), with `lancet hook oci` as its createRuntime
+/// hook. Removed, with its cgroups and that directory, on drop.
+struct HookedRunc {
+    id: String,
+    made: std::path::PathBuf,
+}
+
+impl Drop for HookedRunc {
+    fn drop(&mut self) {
+        let _ = Command::new("runc").args(["delete", "-f", &self.id]).output();
+        for cg in [format!("/lancet-test/{}", self.id), "/lancet-test".to_string()] {
+            for root in ["unified", "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd", ""] {
+                let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{root}{cg}"));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.made);
+    }
+}
+
+#[test]
+fn the_hook_run_by_a_real_runtime_is_accepted_from_its_state() {
+    skip_unless_ready!(false);
+    if Command::new("runc").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        eprintln!("SKIPPED: runc is not installed");
+        return;
+    }
+    if Path::new("/run/containerd").exists() {
+        eprintln!("SKIPPED: a containerd state directory exists; the test does not write into a real runtime's state");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, policies, alerts) = (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&policies).unwrap();
+    let agent = Agent::start(&state, &policies, &alerts, &[]);
+    let sock = agent.socket.to_str().unwrap().to_string();
+
+    let id = unique("lancet-ctl-hook");
+    let c = HookedRunc { id: id.clone(), made: "/run/containerd".into() };
+    let bundle = Path::new("/run/containerd/io.containerd.runtime.v2.task/lancet-test").join(&id);
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/true")).unwrap();
+    run(Command::new("runc").arg("spec").current_dir(&bundle));
+    let spec_path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+    spec["linux"]["cgroupsPath"] = format!("/lancet-test/{id}").into();
+    spec["hooks"] = serde_json::json!({"createRuntime": [{
+        "path": env!("CARGO_BIN_EXE_lancet"),
+        "args": ["lancet", "--api", &sock, "hook", "oci"],
+        "timeout": 10
+    }]});
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    let out = Command::new("runc").args(["run", &c.id]).current_dir(&bundle).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "runc run: {}", text(&out));
+    assert!(!text(&out).contains("hook refused"), "{}", text(&out));
+
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.cli(&["audit", "--format", "json"]);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let hook = rows.iter().find(|r| r["action"] == "hook").unwrap_or_else(|| panic!("no hook record: {rows:#?}"));
+    assert_eq!(hook["target"], id.as_str());
+    assert_eq!(hook["result"], "ok", "{hook:#?}");
+    assert_eq!(hook["uid"], 0);
+
+    // The same bundle claimed for a process the runtime did not start
+    // (ours), by a hook that is no runtime's child: refused.
+    let mut forged = Command::new(env!("CARGO_BIN_EXE_lancet"))
+        .args(["--api", &sock, "hook", "oci"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let claim = serde_json::json!({"id": id, "pid": std::process::id(), "bundle": bundle});
+    use std::io::Write;
+    forged.stdin.take().unwrap().write_all(claim.to_string().as_bytes()).unwrap();
+    let o = forged.wait_with_output().unwrap();
+    assert!(o.status.success(), "the hook never fails a start");
+    assert!(text(&o).contains("not a child of the runtime process"), "{}", text(&o));
 }

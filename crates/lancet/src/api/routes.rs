@@ -37,6 +37,11 @@ impl Ctx {
     /// audit log (the answer is not awaited).
     pub(super) fn refused(&self, caller: Caller, method: &str, path: &str, r: &Refusal) {
         let (action, target) = control_of(method, path);
+        self.refused_as(caller, action, target, r);
+    }
+
+    /// [`Ctx::refused`] with the action and target named by the caller.
+    fn refused_as(&self, caller: Caller, action: String, target: String, r: &Refusal) {
         let record = {
             let mut b = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
             let refill = b.1.elapsed().as_secs_f64() / REFUSAL_EVERY.as_secs_f64();
@@ -151,7 +156,7 @@ type C = Extension<Caller>;
 /// state before the loop sees it.
 async fn hook(ctx: Ctx, Extension(caller): C, Json(claim): Json<HookClaim>) -> Response {
     let refuse = |r: Refusal| {
-        ctx.refused(caller, "POST", "/v1/hook", &r);
+        ctx.refused_as(caller, "hook".into(), claim.id.clone(), &r);
         error(r.status, &r.reason)
     };
     let hook_pid = match access::hook(caller.channel, caller.uid, caller.pid) {
@@ -160,7 +165,8 @@ async fn hook(ctx: Ctx, Extension(caller): C, Json(claim): Json<HookClaim>) -> R
     };
     let verifier = Arc::clone(&ctx.verifier);
     let id = claim.id.clone();
-    let checked = tokio::task::spawn_blocking(move || verifier.verify(hook_pid, &claim)).await.unwrap_or_else(|e| Err(e.to_string()));
+    let c = claim.clone();
+    let checked = tokio::task::spawn_blocking(move || verifier.verify(hook_pid, &c)).await.unwrap_or_else(|e| Err(e.to_string()));
     match checked {
         Ok(identity) => ask(&ctx, caller, Request::Hook { identity }).await,
         Err(reason) => refuse(Refusal { status: 403, reason: format!("hook refused for container {id:?}: {reason}") }),
