@@ -302,3 +302,49 @@ fn the_hook_run_by_a_real_runtime_is_accepted_from_its_state() {
     assert!(o.status.success(), "the hook never fails a start");
     assert!(text(&o).contains("not a child of the runtime process"), "{}", text(&o));
 }
+
+#[test]
+fn a_signal_from_a_non_root_sender_is_logged_with_its_uid() {
+    skip_unless_ready!(false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("none.yaml"), "").unwrap();
+    let log = dir.path().join("run.err");
+    let pins = format!("/sys/fs/bpf/{}", unique("lancet-test"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lancet"))
+        .args(["run", "--mode", "learn", "--duration", "60", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--policy-dir")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(dir.path().join("none.yaml"))
+        .arg("--socket")
+        .arg(dir.path().join("run").join("lancet.sock"))
+        .arg("--pin-dir")
+        .arg(&pins)
+        .env("LANCET_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("lancet is tracing") {
+        assert!(t0.elapsed() < Duration::from_secs(60), "did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Real uid nobody, effective uid root (so the kernel lets it through):
+    // the signal carries si_uid 65534.
+    let pid = child.id().to_string();
+    let o = Command::new("setpriv").args(["--ruid=65534", "--", "kill", "-HUP", &pid]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("signal SIGHUP from uid 65534 pid") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "not logged: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop_child(&mut child, "-TERM", Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&pins);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("WARN") && text.contains("signal SIGHUP from uid 65534 pid"), "{text}");
+    assert!(!text.contains("signal SIGTERM from"), "root's own signals are not warnings: {text}");
+    assert!(!dir.path().join("run").join("lancet.sock").exists(), "the socket is removed at a normal stop");
+}
