@@ -34,7 +34,8 @@ pub(crate) struct Agent {
 
 impl Agent {
     /// Starts `lancet run` with its state, policies and (empty) config in
-    /// `work`, plus `extra` flags, and waits until it traces.
+    /// `work`, its control socket at `api` (a path; the CLI talks to it as
+    /// root), plus `extra` flags, and waits until it traces.
     pub(crate) fn run(lancet: &Path, work: &Path, api: &str, extra: &[&str]) -> Result<Agent> {
         std::fs::create_dir_all(work.join("policies"))?;
         if !work.join("none.yaml").exists() {
@@ -42,7 +43,7 @@ impl Agent {
         }
         let err = work.join("run.err");
         let child = Command::new(lancet)
-            .args(["run", "--listen", api, "--config"])
+            .args(["run", "--socket", api, "--config"])
             .arg(work.join("none.yaml"))
             .arg("--state-dir")
             .arg(work.join("state"))
@@ -308,8 +309,7 @@ pub fn rss(root: &Path) -> Result<()> {
     }
     let lancet = root.join("target/release/lancet");
     let work = std::env::temp_dir().join(format!("lancet-bench-rss-{}", std::process::id()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let api = format!("127.0.0.1:{port}");
+    let api = work.join("run").join("lancet.sock").display().to_string();
     let mut agent = Agent::run(&lancet, &work, &api, &[])?;
     let pid = agent.child.id();
     let idle = status_kib(pid, "VmRSS:");

@@ -94,8 +94,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let unpin = || {
         let _ = std::fs::remove_dir_all(&pins);
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let api = format!("127.0.0.1:{port}");
+    let api = work.join("run").join("lancet.sock").display().to_string();
     let flags = ["--pin-dir", pins.as_str()];
 
     let n_exec = (3000 / scale).to_string();

@@ -29,7 +29,9 @@
 //! it aside ([`Store::move_aside`] does it).
 #![forbid(unsafe_code)]
 
+mod audit;
 mod error;
+mod files;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +41,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
+pub use audit::{AuditQuery, AuditRecord, NewAudit};
 pub use error::StoreError;
 pub use schema::SCHEMA_VERSION;
 
@@ -62,6 +65,10 @@ pub struct StoreOptions {
     pub profile_history: usize,
     /// Activity buckets older than this are pruned (default 30 days).
     pub activity_retention: Duration,
+    /// Audit records older than this are pruned (default 90 days).
+    pub audit_retention: Duration,
+    /// At most this many audit records are kept; the oldest go first (default 100 000).
+    pub max_audit: u64,
     /// A batch is committed by itself once it holds this many writes (default 10 000).
     pub max_batch: usize,
     /// A write that finds the open batch older than this commits it (default 1 s).
@@ -81,6 +88,8 @@ impl Default for StoreOptions {
             max_alerts: 100_000,
             profile_history: 20,
             activity_retention: Duration::from_secs(30 * 24 * 3600),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            max_audit: 100_000,
             max_batch: 10_000,
             flush_interval: Duration::from_secs(1),
             busy_timeout: Duration::from_secs(5),
@@ -179,6 +188,8 @@ pub struct PruneStats {
     pub alerts_capped: u64,
     pub activity_expired: u64,
     pub profile_versions_dropped: u64,
+    pub audit_expired: u64,
+    pub audit_capped: u64,
 }
 
 /// The embedded store. Not `Sync`: one thread writes; other processes read through
@@ -219,23 +230,21 @@ fn dur_ns(d: Duration) -> u64 {
 impl Store {
     /// Opens (creating it and its directory if missing) the store at `path` for
     /// reading and writing, checks it, and migrates it to [`SCHEMA_VERSION`].
+    /// The files are private: a new directory is 0700, the database and its
+    /// `-wal` and `-shm` 0600; a database path that is a symbolic link is
+    /// refused.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store> {
         let path = path.to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                path: dir.to_path_buf(),
-                what: "creating the state directory",
-                source,
-            })?;
-        }
-        if !path.exists() {
+        if std::fs::symlink_metadata(&path).is_err() {
             set_aside_orphans(&path)?;
         }
+        files::prepare(&path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         check_header(&path)?;
         let conn = Connection::open_with_flags(&path, flags).map_err(|e| StoreError::sqlite(&path, e))?;
         let mut store = Store { conn, path, opts, read_only: false, batch_started: None, pending: 0 };
         store.setup_rw()?;
+        files::tighten(&store.path)?;
         Ok(store)
     }
 
@@ -699,7 +708,8 @@ impl Store {
     /// Applies retention: alerts older than [`StoreOptions::alert_retention`], alerts
     /// beyond [`StoreOptions::max_alerts`] (oldest first), activity older than
     /// [`StoreOptions::activity_retention`], profile versions beyond
-    /// [`StoreOptions::profile_history`]. Commits. Cheap when there is nothing to do
+    /// [`StoreOptions::profile_history`], audit records beyond
+    /// [`StoreOptions::audit_retention`] and [`StoreOptions::max_audit`]. Commits. Cheap when there is nothing to do
     /// (index range scans); meant to be called every minute.
     pub fn prune(&mut self, now_ns: u64) -> Result<PruneStats> {
         self.begin_write()?;
@@ -727,6 +737,7 @@ impl Store {
                  (SELECT p.version FROM profiles p WHERE p.digest = profile_versions.digest) - ?1",
             params![keep],
         )?;
+        (stats.audit_expired, stats.audit_capped) = self.prune_audit(now_ns)?;
         self.pending += 1;
         self.flush()?;
         if stats != PruneStats::default() {

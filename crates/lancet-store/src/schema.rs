@@ -9,7 +9,7 @@
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// The tables a store of [`SCHEMA_VERSION`] must have.
-pub(crate) const TABLES: &[&str] = &["profiles", "profile_versions", "alerts", "activity"];
+pub(crate) const TABLES: &[&str] = &["profiles", "profile_versions", "alerts", "activity", "audit"];
 
 pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: profiles with history, alerts, hourly activity.
@@ -59,5 +59,21 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (digest, hour_ns, kind)
     ) WITHOUT ROWID;
     CREATE INDEX activity_hour ON activity(hour_ns);
+    "#,
+    // 2: who changed what through the agent's control plane.
+    r#"
+    -- One row per mutating request to the agent (or refused attempt): who (uid and
+    -- pid of the peer when known, the channel it came through), what and the outcome.
+    CREATE TABLE audit (
+        id       INTEGER PRIMARY KEY,
+        time_ns  INTEGER NOT NULL,
+        uid      INTEGER,
+        pid      INTEGER,
+        channel  TEXT    NOT NULL,
+        action   TEXT    NOT NULL,
+        target   TEXT    NOT NULL,
+        result   TEXT    NOT NULL
+    );
+    CREATE INDEX audit_time ON audit(time_ns);
     "#,
 ];

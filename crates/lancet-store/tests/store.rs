@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lancet_store::{AlertQuery, NewAlert, Store, StoreError, StoreOptions, HOUR_NS, SCHEMA_VERSION};
+use lancet_store::{AlertQuery, AuditQuery, NewAlert, NewAudit, Store, StoreError, StoreOptions, HOUR_NS, SCHEMA_VERSION};
 
 const S: u64 = 1_000_000_000;
 const T0: u64 = 1_764_300_000 * S;
@@ -613,4 +613,95 @@ fn measure_insert_rate() {
     let s = open(&path);
     eprintln!("open with quick_check of {} KiB: {:?}", std::fs::metadata(&path).unwrap().len() / 1024, started.elapsed());
     drop(s);
+}
+
+fn audit_row(time_ns: u64, uid: Option<u32>, action: &str) -> NewAudit {
+    NewAudit {
+        time_ns,
+        uid,
+        pid: uid.map(|u| u + 1000),
+        channel: if uid.is_some() { "unix" } else { "tcp" }.into(),
+        action: action.into(),
+        target: "web".into(),
+        result: "ok".into(),
+    }
+}
+
+#[test]
+fn audit_records_round_trip_newest_first_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut s = open(&path);
+    s.insert_audit(&audit_row(T0, Some(0), "promote")).unwrap();
+    s.insert_audit(&audit_row(T0 + S, None, "reset")).unwrap();
+    s.insert_audit(&NewAudit { result: "refused (403): needs root".into(), ..audit_row(T0 + 2 * S, Some(65534), "import") }).unwrap();
+    s.close().unwrap();
+    let s = Store::open_read_only(&path).unwrap();
+    let all = s.audit(&AuditQuery::default()).unwrap();
+    assert_eq!(all.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), ["import", "reset", "promote"]);
+    assert_eq!(all[0].uid, Some(65534));
+    assert_eq!(all[0].pid, Some(66534));
+    assert!(all[0].result.starts_with("refused (403)"));
+    assert_eq!((all[1].uid, all[1].pid, all[1].channel.as_str()), (None, None, "tcp"), "TCP callers have no uid");
+    assert_eq!((all[2].uid, all[2].channel.as_str(), all[2].target.as_str()), (Some(0), "unix", "web"));
+    let recent = s.audit(&AuditQuery { since_ns: Some(T0 + S), limit: 0 }).unwrap();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(s.audit(&AuditQuery { since_ns: None, limit: 1 }).unwrap(), all[..1]);
+}
+
+#[test]
+fn audit_retention_by_age_and_by_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions { audit_retention: Duration::from_secs(3600), max_audit: 5, ..StoreOptions::default() };
+    let mut s = Store::open(&db(&dir), opts).unwrap();
+    let now = T0 + 10 * HOUR_NS;
+    s.insert_audit(&audit_row(now - 2 * HOUR_NS, Some(0), "old")).unwrap();
+    for i in 0..8 {
+        s.insert_audit(&audit_row(now - 10 * S + i * S, Some(0), &format!("recent{i}"))).unwrap();
+    }
+    let stats = s.prune(now).unwrap();
+    assert_eq!(stats.audit_expired, 1);
+    assert_eq!(stats.audit_capped, 3);
+    let kept: Vec<String> = s.audit(&AuditQuery::default()).unwrap().into_iter().map(|a| a.action).collect();
+    assert_eq!(kept, ["recent7", "recent6", "recent5", "recent4", "recent3"], "the newest are kept");
+    assert_eq!(s.prune(now).unwrap(), Default::default(), "nothing left to do");
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o7777
+}
+
+#[test]
+fn store_files_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut s = open(&path);
+    s.insert_alert(&alert(T0, "Drift", 1)).unwrap();
+    s.flush().unwrap();
+    assert_eq!(mode_of(path.parent().unwrap()), 0o700, "a state directory the store creates");
+    for ext in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{ext}", path.display()));
+        assert_eq!(mode_of(&p), 0o600, "{}", p.display());
+    }
+    s.close().unwrap();
+
+    // A store left world-readable by an older lancet is tightened at open.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = open(&path);
+    assert_eq!(mode_of(&path), 0o600);
+    drop(s);
+}
+
+#[test]
+fn a_store_path_that_is_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let elsewhere = dir.path().join("elsewhere.db");
+    std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+    let e = Store::open(&path, StoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(!elsewhere.exists(), "nothing was created through the link");
 }

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_CONFIG: &str = "/etc/lancet/lancet.yaml";
-pub const DEFAULT_API: &str = "127.0.0.1:7447";
+/// The CLI's default `--api`: the agent's control socket.
+pub const DEFAULT_API: &str = crate::api::DEFAULT_SOCKET;
+/// Where the CLI looks for the TCP API's token (`--token-file`).
+pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/lancet/api.token";
 
 /// Parses `90s`, `10m`, `1h`, `2d`, `500ms` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration> {
@@ -23,7 +26,14 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub policy_dir: Option<PathBuf>,
     pub alerts: Option<String>,
+    /// The TCP API (opt-in): reads for anyone who connects, changes with
+    /// the bearer token.
     pub listen: Option<SocketAddr>,
+    /// The control socket (default /run/lancet/lancet.sock).
+    pub socket: Option<PathBuf>,
+    /// A group (name or gid) whose members may read over the control
+    /// socket (default: none, root only).
+    pub read_group: Option<String>,
     pub min_learning: Option<String>,
     pub quiet_period: Option<String>,
     pub auto_protect_after: Option<String>,

@@ -6,6 +6,11 @@
 //! places the exec marks, network maps and kill flags of the container's
 //! posture, and only then answers; the runtime waits for the hook.
 //!
+//! The hook talks to the agent over its control socket (`--api`, root
+//! only) and sends only the container id, pid and bundle the runtime gave
+//! it; the agent checks them against the hook's own process and the
+//! runtime's state (`api::hook_identity`).
+//!
 //! The hook never blocks a container because of lancet: when the agent does
 //! not answer within its timeout the hook says so on stderr and exits 0, and
 //! the agent arms the container when it next sees it.
@@ -59,7 +64,15 @@ pub fn run(api: &str, cmd: HookCmd) -> Result<ExitCode> {
             let exe = std::env::current_exe().context("finding lancet's own path")?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let path = dir.join(HOOK_FILE);
-            let doc = hook_document(&exe, api);
+            // The runtime runs the hook from the bundle: a relative socket
+            // path would not lead back here.
+            let api = match api.strip_prefix("unix:").unwrap_or(api) {
+                p if crate::api::client_is_socket(p) && !Path::new(p).is_absolute() => {
+                    std::env::current_dir()?.join(p).display().to_string()
+                }
+                _ => api.to_string(),
+            };
+            let doc = hook_document(&exe, &api);
             std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", path.display()))?;
             println!("installed {}", path.display());
             Ok(ExitCode::SUCCESS)
@@ -90,47 +103,31 @@ pub fn hook_document(exe: &Path, api: &str) -> Value {
     })
 }
 
-/// What the agent needs to know about a container being created.
+/// What the hook tells the agent: what the runtime gave it, nothing it
+/// derived. The agent establishes the container's cgroup and root
+/// filesystem itself, from the peer and the runtime's state (see
+/// `api::hook_identity`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct HookInfo {
     pub id: String,
     pub pid: u32,
-    /// The root filesystem as mounted on the host (absolute).
-    pub rootfs: PathBuf,
-    /// The cgroup v2 path of the container's first process.
-    pub cgroup: Option<String>,
+    /// The bundle directory (absolute), as the runtime named it.
+    pub bundle: String,
 }
 
-/// Reads the OCI state (`id`, `pid`, `bundle`) and the bundle's config for
-/// the root path (relative paths are relative to the bundle).
+/// Reads the OCI state (`id`, `pid`, `bundle`).
 pub fn parse_state(state: &str) -> Result<HookInfo> {
     let v: Value = serde_json::from_str(state).context("the container state on stdin is not JSON")?;
     let id = v["id"].as_str().context("the container state has no id")?.to_string();
     let pid = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).filter(|&p| p > 0).context("the container state has no pid")?;
-    let bundle = PathBuf::from(v["bundle"].as_str().context("the container state has no bundle")?);
-    let config_path = bundle.join("config.json");
-    let config: Value = serde_json::from_slice(&std::fs::read(&config_path).with_context(|| format!("reading {}", config_path.display()))?)
-        .with_context(|| format!("{} is not JSON", config_path.display()))?;
-    let root = config["root"]["path"].as_str().unwrap_or("rootfs");
-    let rootfs = if Path::new(root).is_absolute() { PathBuf::from(root) } else { bundle.join(root) };
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string));
-    Ok(HookInfo { id, pid, rootfs, cgroup })
+    let bundle = v["bundle"].as_str().context("the container state has no bundle")?.to_string();
+    Ok(HookInfo { id, pid, bundle })
 }
 
 fn oci(api: &str, state: &str, timeout: Duration) -> Result<()> {
     let info = parse_state(state)?;
     let client = Client::with_timeout(api, timeout);
-    client.post_json(
-        "/v1/hook",
-        &json!({
-            "id": info.id,
-            "pid": info.pid,
-            "rootfs": info.rootfs,
-            "cgroup": info.cgroup,
-        }),
-    )?;
+    client.post_json("/v1/hook", &json!({ "id": info.id, "pid": info.pid, "bundle": info.bundle }))?;
     Ok(())
 }
 
@@ -140,28 +137,21 @@ mod tests {
 
     #[test]
     fn state_and_bundle() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.json"), r#"{"root":{"path":"rootfs"}}"#).unwrap();
-        let state = json!({"ociVersion":"1.0.2","id":"abc","status":"creating","pid":std::process::id(),"bundle":dir.path()});
+        let state = json!({"ociVersion":"1.0.2","id":"abc","status":"creating","pid":42,"bundle":"/run/x/abc/userdata","rootfs":"/evil"});
         let info = parse_state(&state.to_string()).unwrap();
-        assert_eq!(info.id, "abc");
-        assert_eq!(info.rootfs, dir.path().join("rootfs"));
-        assert!(info.cgroup.is_some(), "our own cgroup is readable");
-        std::fs::write(dir.path().join("config.json"), r#"{"root":{"path":"/var/lib/x/merged"}}"#).unwrap();
-        assert_eq!(parse_state(&state.to_string()).unwrap().rootfs, PathBuf::from("/var/lib/x/merged"));
+        assert_eq!(info, HookInfo { id: "abc".into(), pid: 42, bundle: "/run/x/abc/userdata".into() });
     }
 
     #[test]
     fn bad_state_is_a_clear_error() {
         assert!(format!("{:#}", parse_state("nope").unwrap_err()).contains("not JSON"));
         assert!(format!("{:#}", parse_state(r#"{"id":"a","pid":0,"bundle":"/x"}"#).unwrap_err()).contains("no pid"));
-        let e = parse_state(r#"{"id":"a","pid":1,"bundle":"/nonexistent-bundle"}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("/nonexistent-bundle/config.json"), "{e:#}");
+        assert!(format!("{:#}", parse_state(r#"{"id":"a","pid":1}"#).unwrap_err()).contains("no bundle"));
     }
 
     #[test]
     fn document_shape() {
-        let d = hook_document(Path::new("/usr/bin/lancet"), "127.0.0.1:7447");
+        let d = hook_document(Path::new("/usr/bin/lancet"), "/run/lancet/lancet.sock");
         assert_eq!(d["version"], "1.0.0");
         assert_eq!(d["stages"][0], "createRuntime");
         assert_eq!(d["hook"]["args"][4], "oci");

@@ -6,14 +6,17 @@
 
 mod agent;
 mod api;
+mod audit_cmd;
 mod config;
 mod daemon;
 mod doctor;
 mod hook;
 mod manage;
 mod policy_cmd;
+mod private;
 mod protect;
 mod scan;
+mod signals;
 mod trace;
 
 use anyhow::{Context, Result};
@@ -32,9 +35,15 @@ struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `lancet=debug`.
     #[arg(long, global = true, env = "LANCET_LOG", default_value = "warn")]
     log: String,
-    /// Address of the running agent's local API (`lancet run --listen`).
+    /// The running agent's API: its control socket (a path; root, or its
+    /// read group for reads) or a TCP address (`lancet run --listen`;
+    /// changes need the token, see --token-file).
     #[arg(long, global = true, env = "LANCET_API", default_value = config::DEFAULT_API)]
     api: String,
+    /// The TCP API's bearer token, sent when --api is a TCP address and
+    /// the file is readable (root): the agent's `<state-dir>/api.token`.
+    #[arg(long, global = true, env = "LANCET_TOKEN_FILE", default_value = config::DEFAULT_TOKEN_FILE, value_name = "FILE")]
+    token_file: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +54,8 @@ pub enum Format {
     Json,
 }
 
+// Parsed once per process: the size of `Run`'s arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Report what this host offers and which guarantees hold. Exits 0 when
@@ -112,6 +123,15 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/var/lib/lancet")]
         state_dir: PathBuf,
     },
+    /// Who changed what through the agent (modes, profiles, responses,
+    /// containers handed over by the hook, refused attempts).
+    Audit {
+        /// Only records newer than this (e.g. 1h, 30m).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Derive an image's baseline and risky findings, for CI (exit 1 on
     /// findings at --fail-on or above, 2 when it cannot scan). See
     /// `lancet scan --help`.
@@ -124,6 +144,7 @@ enum Command {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    api::set_token_file(cli.token_file.clone());
     match cli.command {
         Command::Doctor { format } => {
             let report = doctor::report(&cli.host_root);
@@ -164,6 +185,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Alerts { since, container, format, state_dir } => {
             manage::alerts(&cli.api, &state_dir, since.as_deref(), container.as_deref(), format)
         }
+        Command::Audit { since, format } => audit_cmd::run(&cli.api, since.as_deref(), format),
     }
 }
 

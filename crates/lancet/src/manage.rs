@@ -161,7 +161,8 @@ pub fn alerts(api: &str, state_dir: &Path, since: Option<&str>, container: Optio
             Some(rows) => rows.clone(),
             None => bail!("the agent answered with no alert list"),
         },
-        Err(e) if state_dir.join("lancet.db").exists() => {
+        // Only when no agent answers: a refusal is the answer.
+        Err(e) if state_dir.join("lancet.db").exists() && format!("{e:#}").contains("cannot reach the lancet agent") => {
             tracing::info!("agent not reachable ({e:#}); reading the store");
             alerts_from_store(state_dir, since_ns, container)?
         }

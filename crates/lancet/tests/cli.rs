@@ -227,3 +227,40 @@ fn alerts_are_read_from_the_store_when_no_agent_runs() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("cannot reach the lancet agent"), "{}", stderr(&o));
 }
+
+#[test]
+fn control_commands_without_an_agent_say_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("lancet.sock");
+    let sock = sock.to_str().expect("utf8");
+    for args in [
+        vec!["profile", "promote", "web", "--to", "learn", "--api", sock],
+        vec!["audit", "--since", "1h", "--api", sock],
+        vec!["isolate", "web", "--api", sock],
+    ] {
+        let o = lancet(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains(&format!("cannot reach the lancet agent at {sock}")), "{args:?}: {e}");
+    }
+    let o = lancet(&["audit", "--since", "soon"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn a_control_socket_the_caller_cannot_open_is_a_permission_error() {
+    // A socket only root may connect to, in a directory anyone may enter.
+    let dir = tempfile::tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("lancet.sock");
+    let _l = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let Some(o) = as_nobody(&["profile", "promote", "web", "--to", "learn", "--api", sock.to_str().unwrap()]) else {
+        eprintln!("SKIPPED: needs root and setpriv to run as nobody");
+        return;
+    };
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("permission denied: lancet's control socket") && e.contains("needs root"), "{e}");
+}

@@ -89,26 +89,37 @@ impl Alerts {
                 f.insert("lancet.response".into(), json!(outcome.note));
             }
         }
+        let id = self.emit(
+            store,
+            &j,
+            NewAlert {
+                time_ns: ev.time_ns,
+                rule: v.rule.to_string(),
+                priority: v.priority().to_string(),
+                container_id: c.id.clone(),
+                container_name: c.name.clone(),
+                image: c.image.clone(),
+                workload: key.to_string(),
+                action: action.to_string(),
+                enforced: outcome.enforced,
+                count: 1,
+                json: String::new(),
+            },
+        )?;
+        self.deduper.set_id(&akey, id);
+        Ok(())
+    }
+
+    /// Writes an alert to the output and the store (`row.json` is filled
+    /// from `j`); returns its id in the store.
+    pub(super) fn emit(&mut self, store: &mut Store, j: &serde_json::Value, mut row: NewAlert) -> Result<u64> {
         if let Some(out) = self.out.as_mut() {
-            serde_json::to_writer(&mut *out, &j)?;
+            serde_json::to_writer(&mut *out, j)?;
             out.write_all(b"\n")?;
             out.flush()?;
         }
-        let id = store.insert_alert(&NewAlert {
-            time_ns: ev.time_ns,
-            rule: v.rule.to_string(),
-            priority: v.priority().to_string(),
-            container_id: c.id.clone(),
-            container_name: c.name.clone(),
-            image: c.image.clone(),
-            workload: key.to_string(),
-            action: action.to_string(),
-            enforced: outcome.enforced,
-            count: 1,
-            json: j.to_string(),
-        })?;
-        self.deduper.set_id(&akey, id);
-        Ok(())
+        row.json = j.to_string();
+        Ok(store.insert_alert(&row)?)
     }
 }
 

@@ -66,7 +66,9 @@ impl Daemon {
                     self.store.alerts(&AlertQuery { since_ns, container, rule: None, limit }).map_err(|e| (500u16, e.to_string()))?;
                 Ok(json!(rows.iter().map(crate::manage::alert_json).collect::<Vec<_>>()))
             }
-            Request::Hook { .. } => Err((500u16, "hook requests are answered with the pipeline".to_string())),
+            Request::Hook { .. } | Request::Audit { .. } | Request::Refused { .. } => {
+                Err((500u16, "hook, audit and refused requests are answered by `on_call`".to_string()))
+            }
             Request::Respond { container, action, expire } => self.respond(&container, &action, expire),
             Request::Enforcement => Ok(match &self.guarding.protector {
                 Some(p) => p.report(),

@@ -7,7 +7,7 @@ use super::alerts::{drift_verdict, enforced_verdict, Outcome};
 use super::workloads::{workload_key, Live, Workload};
 use super::{now_ns, Daemon};
 use crate::agent::Pipeline;
-use crate::api::Reply;
+use crate::api::{HookIdentity, Reply};
 use crate::protect::{in_host_root, Enforced, GuardRequest, ProtectOptions, Protector};
 use anyhow::Result;
 use lancet_engine::attribution::{Attribution, ContainerInfo};
@@ -238,17 +238,21 @@ impl Daemon {
 
     /// From the OCI hook, before the container's first instruction: attribute
     /// it and put it under its workload's posture (the default mode for a
-    /// workload without a profile). Answers only when that is done.
-    pub(super) fn on_hook(&mut self, state: &serde_json::Value, pipeline: &mut Pipeline) -> Reply {
-        let id = state["id"].as_str().unwrap_or_default();
-        let pid = state["pid"].as_u64().unwrap_or(0) as u32;
-        let rel = state["cgroup"].as_str().ok_or((400u16, "no cgroup in the hook request".to_string()))?;
+    /// workload without a profile). Answers only when that is done. The
+    /// identity was established by the API from the peer and the runtime's
+    /// state (`api::hook_identity`), never taken from the request body.
+    pub(super) fn on_hook(&mut self, identity: &HookIdentity, pipeline: &mut Pipeline) -> Reply {
+        let (id, pid, rel) = (identity.id.as_str(), identity.pid, identity.cgroup.as_str());
         let dir = self.guarding.cgroup2.join(rel.trim_start_matches('/'));
         let cgid = lancet_sensor::enforce::cgroup_id(&dir).ok().ok_or_else(|| (404u16, format!("cgroup {} is gone", dir.display())))?;
         let c = match pipeline.attributor.attribute(cgid) {
             Attribution::Container(c) => c,
             _ => return Ok(json!({"id": id, "posture": "unknown container; not guarded"})),
         };
+        if c.id != id {
+            tracing::warn!(claimed = id, attributed = %c.id, "hook refused: its cgroup belongs to another container");
+            return Err((403u16, format!("hook refused: the cgroup of process {pid} belongs to container {}, not {id}", c.short_id())));
+        }
         if !self.workloads.containers.contains_key(&c.id) {
             self.workloads.containers.insert(c.id.clone(), Arc::clone(&c));
         }
@@ -260,7 +264,7 @@ impl Daemon {
         };
         let mode = w.profile.mode();
         if mode == Mode::Protect {
-            let rootfs = state["rootfs"].as_str().map(PathBuf::from);
+            let rootfs = Some(identity.rootfs.clone());
             let profile = w.shared();
             self.guard(GuardRequest { container: &c, workload: &key, pid, cgroup_id: cgid, cgroup_rel: Some(rel), rootfs, profile });
         }

@@ -6,11 +6,13 @@
 //!
 //! The daemon's parts, one file each: [`workloads`] (profiles and live
 //! containers), [`drift`], [`alerts`], [`guarding`] (protect mode and the
-//! response ladder), [`answers`] (the local API), [`policies`] and
+//! response ladder), [`answers`] (the local API), [`control`] (the control
+//! plane: every API call, with the audit log), [`policies`] and
 //! [`settings`].
 
 mod alerts;
 mod answers;
+mod control;
 mod drift;
 mod guarding;
 mod policies;
@@ -21,7 +23,7 @@ mod workloads;
 pub use settings::RunArgs;
 
 use crate::agent::{hostname, run_loop};
-use crate::api::{self, Request};
+use crate::api::{self, ApiConfig};
 use alerts::{drift_verdict, Alerts};
 use anyhow::{Context, Result};
 use guarding::{runtime_setup, Guarding};
@@ -253,22 +255,38 @@ impl Daemon {
 
 pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     let settings = settings::settings(&args)?;
-    std::fs::create_dir_all(&settings.state_dir).with_context(|| format!("creating {}", settings.state_dir.display()))?;
+    let euid = lancet_sensor::features::euid();
+    crate::private::state_dir(&settings.state_dir, euid)?;
     let db = settings.state_dir.join("lancet.db");
     let store = Store::open(&db, StoreOptions::default()).with_context(|| format!("opening the store {}", db.display()))?;
     let policies = Policies::load(&settings.policy_dir).map_err(anyhow::Error::msg)?;
     let out: Option<Box<dyn Write>> = match settings.alerts.as_deref() {
         None => None,
         Some("-") => Some(Box::new(std::io::stdout())),
-        Some(path) => Some(Box::new(
-            std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening the alerts file {path}"))?,
-        )),
+        Some(path) => Some(Box::new(crate::private::open_alerts(Path::new(path), euid)?)),
     };
-    let inbox = api::serve(settings.listen)?;
+    let read_group = match settings.read_group.as_deref() {
+        None => None,
+        Some(g) => {
+            let etc_group = std::fs::read_to_string(host_root.join("etc/group")).unwrap_or_default();
+            Some(api::access::resolve_group(g, &etc_group).with_context(|| format!("readGroup {g:?}: no such group"))?)
+        }
+    };
+    // Created at the first start and kept, so a TCP client can be given it
+    // before `--listen` is turned on.
+    let token = api::token::Token::load_or_create(&settings.state_dir, euid)?;
+    let inbox = api::serve(ApiConfig {
+        socket: settings.socket.clone(),
+        read_group,
+        listen: settings.listen,
+        token: Some(token),
+        host_root: host_root.to_path_buf(),
+        euid,
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
-    crate::install_stop_signals(&stop)?;
     let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload)).context("installing the SIGHUP handler")?;
+    let signals = crate::signals::watch(Arc::clone(&stop), Arc::clone(&reload))?;
+    let socket = settings.socket.clone();
     let agent = settings.agent.clone();
     let cgroup2 = lancet_sensor::probes::detect_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
     let baselines = load_baselines(&settings.state_dir.join("baselines"));
@@ -306,10 +324,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
             if !pipeline.existing.is_empty() {
                 d.adopt(std::mem::take(&mut pipeline.existing));
             }
-            inbox.serve(|req| match req {
-                Request::Hook { state } => d.on_hook(&state, pipeline),
-                other => d.answer(other),
-            });
+            inbox.serve(|call| d.on_call(call, pipeline));
             d.drain_enforced()?;
             if d.last_second.elapsed() >= Duration::from_secs(1) {
                 d.last_second = Instant::now();
@@ -326,6 +341,8 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     if let Some(p) = d.guarding.protector.as_mut() {
         p.stop();
     }
+    drop(signals);
+    api::remove_socket(&socket);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -27,9 +27,18 @@ pub struct RunArgs {
     /// Alerts as JSON lines to this file, or `-` for stdout.
     #[arg(long, value_name = "FILE|-")]
     alerts: Option<String>,
-    /// Address of the local API used by `lancet profile` and `lancet alerts`.
+    /// Also serve the API on this TCP address (opt-in): reads for anyone
+    /// who connects, changes only with the bearer token in
+    /// `<state-dir>/api.token`.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// The control socket (default /run/lancet/lancet.sock): every call,
+    /// root only (reads also for `--read-group`).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// A group (name or gid) whose members may read over the control socket.
+    #[arg(long, value_name = "GROUP")]
+    read_group: Option<String>,
     /// Learn at least this long before promoting (e.g. 10m).
     #[arg(long, value_name = "DURATION")]
     min_learning: Option<String>,
@@ -54,7 +63,9 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub policy_dir: PathBuf,
     pub alerts: Option<String>,
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
+    pub socket: PathBuf,
+    pub read_group: Option<String>,
     pub lifecycle: Lifecycle,
     pub dedupe_window: Duration,
     pub agent: AgentOptions,
@@ -85,7 +96,9 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
         state_dir: state_dir.clone(),
         policy_dir: args.policy_dir.clone().or(file.policy_dir).unwrap_or_else(|| PathBuf::from("/etc/lancet/policies.d")),
         alerts: args.alerts.clone().or(file.alerts),
-        listen: args.listen.or(file.listen).unwrap_or_else(|| config::DEFAULT_API.parse().expect("valid default")),
+        listen: args.listen.or(file.listen),
+        socket: args.socket.clone().or(file.socket).unwrap_or_else(|| PathBuf::from(crate::api::DEFAULT_SOCKET)),
+        read_group: args.read_group.clone().or(file.read_group),
         lifecycle,
         dedupe_window: dur(&None, &file.dedupe_window, Some(Duration::from_secs(60)))?.unwrap_or(Duration::from_secs(60)),
         agent: AgentOptions {

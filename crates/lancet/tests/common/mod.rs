@@ -278,11 +278,15 @@ impl Drop for RuncContainer {
     }
 }
 
-/// A running `lancet run` with its own state, API port and BPF pin
-/// directory; stopped by pid (SIGTERM) and its pins removed on drop.
+/// A running `lancet run` with its own state, control socket, API port and
+/// BPF pin directory; stopped by pid (SIGTERM) and its pins removed on drop.
+/// `cli` talks to it over its control socket (as root).
 pub struct Agent {
     pub child: Child,
+    /// The TCP API (read-only without the token in `<state>/api.token`).
     pub api: String,
+    /// The control socket: `<state>/../run/lancet.sock`.
+    pub socket: PathBuf,
     pub pin_dir: PathBuf,
     args: Vec<String>,
     state: PathBuf,
@@ -298,6 +302,7 @@ impl Agent {
         let mut a = Agent {
             child: Command::new("true").spawn().expect("placeholder child"),
             api: format!("127.0.0.1:{port}"),
+            socket: state.parent().unwrap_or(state).join("run").join("lancet.sock"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{}", unique("lancet-test"))),
             args: extra.iter().map(|s| s.to_string()).collect(),
             state: state.to_path_buf(),
@@ -325,6 +330,8 @@ impl Agent {
             .arg(self.state.join("none.yaml"))
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(&self.socket)
             .args(&self.args)
             .env("LANCET_LOG", "info")
             .stdout(Stdio::null())
@@ -357,7 +364,7 @@ impl Agent {
     }
 
     pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_lancet")).args(args).args(["--api", &self.api]).output().expect("lancet cli")
+        Command::new(env!("CARGO_BIN_EXE_lancet")).args(args).arg("--api").arg(&self.socket).output().expect("lancet cli")
     }
 }
 

@@ -1,0 +1,152 @@
+//! The agent's local API, used by the other subcommands (`lancet profile`,
+//! `lancet alerts`, `lancet audit`, `isolate`, the OCI hook). HTTP/JSON on a
+//! root-owned Unix socket (every call, by the peer's credentials) and,
+//! opt-in, on a TCP address (reads; changes only with the bearer token).
+//! Requests are handed to the agent's event loop, which owns every piece of
+//! state, and answered from there on its next tick (≤ 100 ms): no state is
+//! shared between threads.
+//!
+//! The parts, one file each: [`access`] (who may do what, over which
+//! channel), [`token`] (the TCP bearer token), [`hook_identity`] (the OCI
+//! hook's container, from the peer and the runtime's state), [`routes`],
+//! [`server`] (the listeners) and [`client`].
+
+pub mod access;
+mod client;
+pub mod hook_identity;
+mod routes;
+mod server;
+pub mod token;
+
+pub use client::{is_socket_path as client_is_socket, set_token_file, Client};
+pub use hook_identity::HookIdentity;
+pub use server::{remove_socket, serve, ApiConfig, DEFAULT_SOCKET};
+
+use serde_json::Value;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+/// What a client asks of the agent.
+#[derive(Debug)]
+pub enum Request {
+    Profiles,
+    Profile {
+        workload: String,
+    },
+    /// `force`: past the readiness check; `dry_run`: only say what the mode
+    /// would refuse in the running containers now.
+    Promote {
+        workload: String,
+        mode: String,
+        force: bool,
+        dry_run: bool,
+    },
+    Reset {
+        workload: String,
+    },
+    Import {
+        yaml: String,
+    },
+    Alerts {
+        since_ns: Option<u64>,
+        container: Option<String>,
+        limit: usize,
+    },
+    Containers,
+    /// From the OCI hook: a container is being created; put it under its
+    /// posture before its first instruction runs. The identity was checked
+    /// against the peer and the runtime's state by the API (never taken
+    /// from the request body).
+    Hook {
+        identity: HookIdentity,
+    },
+    /// Operator response on one container: isolate, freeze or release.
+    Respond {
+        container: String,
+        action: String,
+        expire: Option<String>,
+    },
+    /// Which enforcement backends hold, with their counters.
+    Enforcement,
+    /// The audit log of control actions.
+    Audit {
+        since_ns: Option<u64>,
+        limit: usize,
+    },
+    /// A mutating request the API refused (no root, no token, a hook whose
+    /// identity did not check out): recorded in the audit log, not carried
+    /// out.
+    Refused {
+        action: String,
+        target: String,
+        status: u16,
+        reason: String,
+    },
+}
+
+impl Request {
+    /// The control action this request is, for the audit log: (action,
+    /// target). None for reads (and dry runs, which change nothing).
+    pub fn control_action(&self) -> Option<(String, String)> {
+        match self {
+            Request::Promote { dry_run: true, .. } => None,
+            Request::Promote { workload, mode, .. } => Some((format!("promote to {mode}"), workload.clone())),
+            Request::Reset { workload } => Some(("reset".into(), workload.clone())),
+            Request::Import { .. } => Some(("import".into(), "profile".into())),
+            Request::Respond { container, action, .. } => Some((action.clone(), container.clone())),
+            Request::Hook { identity } => Some(("hook".into(), identity.id.clone())),
+            Request::Refused { action, target, .. } => Some((action.clone(), target.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Which listener a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Unix,
+    Tcp,
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Channel::Unix => "unix",
+            Channel::Tcp => "tcp",
+        })
+    }
+}
+
+/// Who made a request: the peer's credentials on the Unix socket (from
+/// SO_PEERCRED), nothing but the channel over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub channel: Channel,
+    pub uid: Option<u32>,
+    pub pid: Option<u32>,
+}
+
+/// A request with its caller.
+#[derive(Debug)]
+pub struct Call {
+    pub caller: Caller,
+    pub request: Request,
+}
+
+/// An answer: a JSON document, or an HTTP status with a message.
+pub type Reply = std::result::Result<Value, (u16, String)>;
+
+type Envelope = (Call, SyncSender<Reply>);
+
+/// The loop's side: requests waiting to be answered.
+pub struct Inbox {
+    rx: Receiver<Envelope>,
+}
+
+impl Inbox {
+    /// Answers every waiting request with `answer`.
+    pub fn serve(&self, mut answer: impl FnMut(Call) -> Reply) {
+        while let Ok((call, reply)) = self.rx.try_recv() {
+            let _ = reply.send(answer(call));
+        }
+    }
+}
