@@ -35,7 +35,6 @@
 #define SIGKILL 9
 #define EROFS 30
 #define TCP_LISTEN 10
-#define AT_FDCWD -100
 #define LOOPBACK_IFINDEX 1 /* "lo" is ifindex 1 in every network namespace */
 
 #define TMPFS_MAGIC 0x01021994
@@ -392,8 +391,9 @@ int enf_bind6(struct bpf_sock_addr *ctx)
  * (__sys_listen -> inet_listen -> inet_csk_listen_start, which announces
  * the state under the socket lock), so current is the task that listens:
  * with NET_ENFORCE it is SIGKILLed (bpf_send_signal, delivered as listen()
- * returns to user space, before it can accept anything it has not
- * already got queued); with NET_AUDIT only, reported.
+ * returns to user space: the process never runs another instruction, though
+ * a peer's handshake may complete in that instant); with NET_AUDIT only,
+ * reported.
  *
  * inet_csk_listen_start announces LISTEN *before* get_port() picks the
  * port of an unbound socket: such a listener reads port 0 here, and only
