@@ -9,9 +9,14 @@
  * restricted. The cgroup_skb programs are attached only to the cgroup of a
  * container while it is isolated, so no other cgroup pays per packet.
  *
+ * The listener check (tp_btf/inet_sock_set_state, with its record's port
+ * completed at tp_btf/signal_deliver) is global too, and costs a compare
+ * per TCP state change. The report of writes refused by a read-only mount
+ * (raw_tp/sys_exit) is attached only while some cgroup wants it.
+ *
  * Minimum kernels: cgroup/connect4,6 4.17; cgroup/sendmsg4,6 4.18;
  * cgroup/bind4,6 4.17; cgroup_skb 4.10; bpf_skb_cgroup_id 4.18; LPM trie
- * 4.11; ring buffer 5.8; tp_btf 5.5; bpf_send_signal 5.3;
+ * 4.11; ring buffer 5.8; tp_btf 5.5; raw_tp 4.17; bpf_send_signal 5.3;
  * bpf_get_current_task_btf 5.11; bpf_link for cgroups 5.7.
  */
 #include "vmlinux.h"
@@ -28,6 +33,8 @@
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define SIGKILL 9
+#define EROFS 30
+#define TCP_LISTEN 10
 #define LOOPBACK_IFINDEX 1 /* "lo" is ifindex 1 in every network namespace */
 
 #define TMPFS_MAGIC 0x01021994
@@ -91,10 +98,40 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LANCET_ESTAT_MAX);
+	__uint(max_entries, LANCET_ESTAT_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } enforce_stats SEC(".maps");
+
+/* The EROFS records of the current second, per cgroup (not pinned: a
+ * budget, nothing to keep). LRU: a cgroup that stops writing ages out. */
+struct write_budget {
+	__u64 second; /* boot time / 1 s */
+	__u32 sent;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct write_budget);
+} write_budget SEC(".maps");
+
+/* Listeners killed before listen() picked their port, by thread id: the
+ * record waits for the SIGKILL to be delivered (enf_listen_port), when
+ * listen() has returned and the port is known. Not pinned. */
+struct listen_pending {
+	__u64 sk;
+	__u64 cgid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct listen_pending);
+} listen_pending SEC(".maps");
 
 /* Keep the ABI structs in BTF so the skeleton generates Rust views of them. */
 struct lancet_enforce_event _lancet_enforce_event = {};
@@ -125,10 +162,13 @@ static __always_inline bool isolated_now(const struct lancet_cg_policy *p)
  * caught up, and not again while it is still behind (a burst costs one
  * wakeup, not one per record).
  */
-static __always_inline struct lancet_enforce_event *new_event(struct task_struct *task, __u64 cgid, __u32 op,
-							      __u32 reason)
+static __always_inline struct lancet_enforce_event *new_record(struct task_struct *task, __u64 cgid, __u32 op,
+							       __u32 reason, bool with_path)
 {
-	struct lancet_enforce_event *e = bpf_ringbuf_reserve(&enforce_events, sizeof(*e), 0);
+	/* A constant size per call site (the verifier wants one): the short
+	 * record, or the whole one with its path. */
+	__u32 size = with_path ? sizeof(struct lancet_enforce_event) : LANCET_ENFORCE_EVENT_SHORT;
+	struct lancet_enforce_event *e = bpf_ringbuf_reserve(&enforce_events, size, 0);
 	if (!e) {
 		count(LANCET_ESTAT_EVENTS_LOST);
 		return NULL;
@@ -137,7 +177,7 @@ static __always_inline struct lancet_enforce_event *new_event(struct task_struct
 	e->hdr.ts_ns = bpf_ktime_get_boot_ns();
 	e->hdr.cgroup_id = cgid;
 	e->hdr.kind = LANCET_KIND_ENFORCE;
-	e->hdr.size = sizeof(*e);
+	e->hdr.size = size;
 	e->hdr.pid = BPF_CORE_READ(task, tgid);
 	e->hdr.tid = BPF_CORE_READ(task, pid);
 	e->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
@@ -156,7 +196,19 @@ static __always_inline struct lancet_enforce_event *new_event(struct task_struct
 	e->dev = 0;
 	e->denied = 0;
 	__builtin_memset(e->applet, 0, sizeof(e->applet));
+	e->syscall = 0;
+	e->fd = 0;
+	e->path_len = 0;
+	e->wr_flags = 0;
+	e->_pad2 = 0;
 	return e;
+}
+
+/* A short record (every op but write refusals). */
+static __always_inline struct lancet_enforce_event *new_event(struct task_struct *task, __u64 cgid, __u32 op,
+							      __u32 reason)
+{
+	return new_record(task, cgid, op, reason, false);
 }
 
 /* The peer (or, for bind, the local address) is the host itself: loopback,
@@ -327,6 +379,129 @@ SEC("cgroup/bind6")
 int enf_bind6(struct bpf_sock_addr *ctx)
 {
 	return verdict6(ctx, LANCET_EOP_BIND6, LANCET_DIR_BIND);
+}
+
+/*
+ * ---- Listeners ----
+ * cgroup/bind4,6 judge explicit binds, but a bind to port 0 takes an
+ * ephemeral port, listen() on an unbound socket binds one itself with no
+ * bind hook, and no cgroup hook sees listen(). A TCP socket going to
+ * LISTEN is judged here instead, like a bind of its local address and
+ * port (loopback exempt). listen() runs in the caller's context
+ * (__sys_listen -> inet_listen -> inet_csk_listen_start, which announces
+ * the state under the socket lock), so current is the task that listens:
+ * with NET_ENFORCE it is SIGKILLed (bpf_send_signal, delivered as listen()
+ * returns to user space: the process never runs another instruction, though
+ * a peer's handshake may complete in that instant); with NET_AUDIT only,
+ * reported.
+ *
+ * inet_csk_listen_start announces LISTEN *before* get_port() picks the
+ * port of an unbound socket: such a listener reads port 0 here, and only
+ * a rule for any port can allow it. For a kill, its record waits (in
+ * `listen_pending`) for the SIGKILL to be delivered (enf_listen_port), by
+ * when listen() has returned with the port; an audit report says port 0.
+ *
+ * What the kill cannot reach: a socket shared with another process (fork
+ * or SCM_RIGHTS before listen()) stays open in that process; the record
+ * names the socket's inode so it can be found and destroyed.
+ */
+static __always_inline void emit_listen(struct task_struct *task, __u64 cgid, const struct sock *sk, __u16 family,
+					const __u8 addr[16], __u16 port, bool killed)
+{
+	struct lancet_enforce_event *e = new_event(task, cgid, LANCET_EOP_LISTEN, LANCET_ER_NOT_ALLOWED);
+	if (!e)
+		return;
+	e->family = family;
+	e->proto = IPPROTO_TCP;
+	e->port = port;
+	__builtin_memcpy(e->addr, addr, sizeof(e->addr));
+	e->ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+	e->denied = killed;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* The local address of `sk`, v4-mapped for IPv4; false for other families. */
+static __always_inline bool local_addr(const struct sock *sk, __u16 family, __u8 addr[16])
+{
+	if (family == AF_INET) {
+		mapped4(addr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		return true;
+	}
+	if (family == AF_INET6) {
+		BPF_CORE_READ_INTO((struct in6_addr *)addr, sk, __sk_common.skc_v6_rcv_saddr);
+		return true;
+	}
+	return false;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(enf_listen, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (newstate != TCP_LISTEN)
+		return 0;
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct lancet_cg_policy *pol = bpf_map_lookup_elem(&cg_policy, &cgid);
+	if (!pol)
+		return 0;
+	__u32 flags = pol->flags;
+	if (!(flags & (LANCET_POL_NET_ENFORCE | LANCET_POL_NET_AUDIT)))
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	struct lancet_net_key k = {};
+	__u8 addr[16];
+	if (!local_addr(sk, family, addr))
+		return 0;
+	if (is_local(addr, false))
+		return 0;
+	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k.cgid = cgid;
+	k.dir = LANCET_DIR_BIND;
+	__builtin_memcpy(k.addr, addr, sizeof(k.addr));
+	if (allowed(&k, IPPROTO_TCP, bpf_htons(port)))
+		return 0;
+
+	long r = -1;
+	if (flags & LANCET_POL_NET_ENFORCE) {
+		r = bpf_send_signal(SIGKILL);
+		count(r == 0 ? LANCET_ESTAT_KILL : LANCET_ESTAT_KILL_FAILED);
+		if (r == 0)
+			count(LANCET_ESTAT_LISTEN_KILL);
+	} else {
+		count(LANCET_ESTAT_AUDIT);
+	}
+	if (port == 0 && r == 0) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		struct listen_pending p = { .sk = (__u64)sk, .cgid = cgid };
+		if (bpf_map_update_elem(&listen_pending, &tid, &p, BPF_ANY) == 0)
+			return 0;
+	}
+	emit_listen(bpf_get_current_task_btf(), cgid, sk, family, addr, port, r == 0);
+	return 0;
+}
+
+/* The record of a listener killed before its port was picked: sent as the
+ * SIGKILL is delivered to the task that called listen(), which has
+ * returned from it with the port bound (its socket is still open: files
+ * close later, in do_exit). */
+SEC("tp_btf/signal_deliver")
+int BPF_PROG(enf_listen_port, int sig, struct kernel_siginfo *info, struct k_sigaction *ka)
+{
+	if (sig != SIGKILL)
+		return 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct listen_pending *p = bpf_map_lookup_elem(&listen_pending, &tid);
+	if (!p)
+		return 0;
+	const struct sock *sk = (const struct sock *)p->sk;
+	__u64 cgid = p->cgid;
+	bpf_map_delete_elem(&listen_pending, &tid);
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u8 addr[16] = {};
+	local_addr(sk, family, addr);
+	emit_listen(bpf_get_current_task_btf(), cgid, sk, family, addr, BPF_CORE_READ(sk, __sk_common.skc_num), true);
+	return 0;
 }
 
 /*
@@ -604,4 +779,192 @@ SEC("cgroup_skb/egress")
 int enf_skb_out(struct __sk_buff *skb)
 {
 	return skb_verdict(skb, false);
+}
+
+/*
+ * ---- Writes refused by a read-only mount (LANCET_POL_REPORT_EROFS) ----
+ * Protect mode makes a container's filesystem read-only; a write then
+ * fails with EROFS in the syscall, where no other hook of ours sees it.
+ * This raw tracepoint sees every syscall's return on the host, so it is
+ * attached only while some cgroup has the flag (see lancet.h for the cost),
+ * and its first test is the return value, before any lookup.
+ *
+ * The arguments are read from the task's saved user registers (x86_64:
+ * di, si, dx, r10 for arguments 1-4). Per syscall: which argument is the
+ * path (for rename*, link* and symlink* the new name: the name being
+ * made or replaced says what was under attack, the old one of a rename
+ * is often a temp file), and which is a fd (the directory of *at(), or
+ * the file of fd-based calls). access()/faccessat*() are not writes (a
+ * W_OK probe of a read-only file answers EROFS) and are never reported.
+ */
+#define WR_ARG(path, fd) ((path) | ((fd) << 4))
+#define WR_SKIP 0xff
+
+static __always_inline __u32 write_args(long nr)
+{
+	switch (nr) {
+	/* path in argument 1 */
+	case 2: /* open */
+	case 85: /* creat */
+	case 83: /* mkdir */
+	case 133: /* mknod */
+	case 87: /* unlink */
+	case 84: /* rmdir */
+	case 90: /* chmod */
+	case 92: /* chown */
+	case 94: /* lchown */
+	case 76: /* truncate */
+	case 132: /* utime */
+	case 235: /* utimes */
+	case 188: /* setxattr */
+	case 189: /* lsetxattr */
+	case 197: /* removexattr */
+	case 198: /* lremovexattr */
+		return WR_ARG(1, 0);
+	/* the new name in argument 2 */
+	case 82: /* rename */
+	case 86: /* link */
+	case 88: /* symlink */
+		return WR_ARG(2, 0);
+	/* dirfd, path */
+	case 257: /* openat */
+	case 437: /* openat2 */
+	case 258: /* mkdirat */
+	case 259: /* mknodat */
+	case 263: /* unlinkat */
+	case 260: /* fchownat */
+	case 268: /* fchmodat */
+	case 452: /* fchmodat2 */
+	case 280: /* utimensat (a NULL path: the fd itself) */
+	case 261: /* futimesat */
+	case 463: /* setxattrat */
+	case 466: /* removexattrat */
+	case 469: /* file_setattr */
+		return WR_ARG(2, 1);
+	case 266: /* symlinkat(target, newdirfd, newpath) */
+		return WR_ARG(3, 2);
+	case 264: /* renameat(olddirfd, old, newdirfd, new) */
+	case 316: /* renameat2 */
+	case 265: /* linkat */
+		return WR_ARG(4, 3);
+	/* fd-based */
+	case 1: /* write */
+	case 18: /* pwrite64 */
+	case 20: /* writev */
+	case 296: /* pwritev */
+	case 328: /* pwritev2 */
+	case 77: /* ftruncate */
+	case 91: /* fchmod */
+	case 93: /* fchown */
+	case 190: /* fsetxattr */
+	case 199: /* fremovexattr */
+	case 285: /* fallocate */
+	case 16: /* ioctl (FS_IOC_SETFLAGS, ...) */
+		return WR_ARG(0, 1);
+	/* questions, not writes */
+	case 21: /* access */
+	case 269: /* faccessat */
+	case 439: /* faccessat2 */
+		return WR_SKIP;
+	default:
+		return 0;
+	}
+}
+
+static __always_inline __u64 syscall_arg(struct pt_regs *regs, __u32 n)
+{
+	switch (n) {
+	case 1:
+		return PT_REGS_PARM1_CORE_SYSCALL(regs);
+	case 2:
+		return PT_REGS_PARM2_CORE_SYSCALL(regs);
+	case 3:
+		return PT_REGS_PARM3_CORE_SYSCALL(regs);
+	case 4:
+		return PT_REGS_PARM4_CORE_SYSCALL(regs);
+	default:
+		return 0;
+	}
+}
+
+/* Takes one record from the cgroup's budget for this second. Concurrent
+ * CPUs may let a few records more through at a second's turn. */
+static __always_inline bool within_budget(__u64 cgid)
+{
+	__u64 second = bpf_ktime_get_boot_ns() / 1000000000ULL;
+	struct write_budget *b = bpf_map_lookup_elem(&write_budget, &cgid);
+	if (!b) {
+		struct write_budget fresh = { .second = second, .sent = 1 };
+		bpf_map_update_elem(&write_budget, &cgid, &fresh, BPF_ANY);
+		return true;
+	}
+	if (b->second != second) {
+		b->second = second;
+		b->sent = 1;
+		return true;
+	}
+	if (b->sent >= LANCET_WRITE_REFUSED_BUDGET)
+		return false;
+	/* The add's result is not used: clang 14 emits it for -mcpu v1. */
+	__sync_fetch_and_add(&b->sent, 1);
+	return true;
+}
+
+#define TS_COMPAT 0x0002 /* x86 thread_info.status: an i386 syscall */
+#define X32_SYSCALL_BIT 0x40000000
+
+SEC("raw_tp/sys_exit")
+int BPF_PROG(enf_sys_exit, struct pt_regs *regs, long ret)
+{
+	if (ret != -EROFS)
+		return 0;
+#if defined(__TARGET_ARCH_x86)
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct lancet_cg_policy *pol = bpf_map_lookup_elem(&cg_policy, &cgid);
+	if (!pol || !(pol->flags & LANCET_POL_REPORT_EROFS))
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	bool compat = BPF_CORE_READ(task, thread_info.status) & TS_COMPAT;
+	long nr = BPF_CORE_READ(regs, orig_ax);
+	/* x32 uses the x86_64 numbers (and registers) with this bit set. */
+	if (!compat)
+		nr &= ~(long)X32_SYSCALL_BIT;
+	__u32 args = compat ? 0 : write_args(nr);
+	if (args == WR_SKIP)
+		return 0;
+	if (!within_budget(cgid)) {
+		count(LANCET_ESTAT_WRITE_REFUSED_DROPPED);
+		return 0;
+	}
+	count(LANCET_ESTAT_WRITE_REFUSED);
+	struct lancet_enforce_event *e = new_record(task, cgid, LANCET_EOP_WRITE_REFUSED, LANCET_ER_READ_ONLY, true);
+	if (!e)
+		return 0;
+	e->denied = 1;
+	e->syscall = (__s32)nr;
+	__u16 wr = compat ? LANCET_WR_COMPAT : 0;
+	__u32 fd_arg = args >> 4, path_arg = args & 0xf;
+	if (fd_arg) {
+		e->fd = (__s32)syscall_arg(regs, fd_arg);
+		wr |= LANCET_WR_FD;
+	}
+	e->path[0] = 0;
+	if (path_arg) {
+		wr |= LANCET_WR_PATH;
+		const void *upath = (const void *)syscall_arg(regs, path_arg);
+		long n = upath ? bpf_probe_read_user_str(e->path, sizeof(e->path), upath) : 0;
+		if (n > 0) {
+			e->path_len = n - 1;
+			if (n >= sizeof(e->path))
+				wr |= LANCET_WR_PATH_CUT;
+		} else {
+			e->path[0] = 0;
+			if (upath)
+				wr |= LANCET_WR_PATH_UNREADABLE;
+		}
+	}
+	e->wr_flags = wr;
+	bpf_ringbuf_submit(e, 0);
+#endif
+	return 0;
 }

@@ -150,6 +150,14 @@ struct lancet_cgroup {
 /* SIGKILL a process that execs a multi-call file listed in `multicall` under
  * an applet name its `applets` set does not allow (see below). */
 #define LANCET_POL_KILL_APPLET (1U << 7)
+/* Report each syscall of the container's tasks that fails with EROFS (a
+ * write refused by a read-only mount, e.g. protect mode's immutable root):
+ * one LANCET_EOP_WRITE_REFUSED record naming the writer, the syscall and
+ * its path, at most LANCET_WRITE_REFUSED_BUDGET a second per cgroup. Read
+ * by enf_sys_exit, a raw_tp on sys_exit that is attached only while some
+ * cgroup has this flag: any sys_exit program puts every syscall of every
+ * task on the host on the slow path. */
+#define LANCET_POL_REPORT_EROFS (1U << 8)
 
 struct lancet_cg_policy {
 	__u32 flags;
@@ -237,6 +245,11 @@ enum lancet_enforce_op {
 	LANCET_EOP_BIND4 = 5,
 	LANCET_EOP_BIND6 = 6,
 	LANCET_EOP_EXEC_KILL = 7,
+	/* A syscall that failed with EROFS (LANCET_POL_REPORT_EROFS). */
+	LANCET_EOP_WRITE_REFUSED = 8,
+	/* A TCP socket went to LISTEN on a port its container may not bind
+	 * (with NET_ENFORCE the process is killed). */
+	LANCET_EOP_LISTEN = 9,
 };
 
 enum lancet_enforce_reason {
@@ -247,6 +260,7 @@ enum lancet_enforce_reason {
 	LANCET_ER_DELETED = 5,
 	LANCET_ER_KILL_INO = 6,
 	LANCET_ER_APPLET = 7, /* `applet` names it; `addr` holds the file's name */
+	LANCET_ER_READ_ONLY = 8, /* the write met a read-only mount (EROFS) */
 };
 
 /* Index into the per-CPU `enforce_stats` counters. */
@@ -263,10 +277,30 @@ enum lancet_enforce_stat {
 	LANCET_ESTAT_DROP_INGRESS = 9, /* packets dropped while isolated */
 	LANCET_ESTAT_DROP_EGRESS = 10,
 	LANCET_ESTAT_EVENTS_LOST = 11, /* enforce_events full */
-	LANCET_ESTAT_MAX = 12,
+	LANCET_ESTAT_WRITE_REFUSED = 12, /* EROFS records sent */
+	LANCET_ESTAT_WRITE_REFUSED_DROPPED = 13, /* EROFS records over budget */
+	LANCET_ESTAT_LISTEN_KILL = 14, /* listeners killed (also in KILL) */
+	LANCET_ESTAT_MAX = 15,
 };
 
-/* One denied (or, with NET_AUDIT, would-be-denied) operation or one kill.
+/* Slots of `enforce_stats`: room for counters to come, so the pinned map
+ * keeps its shape when one is added (a map of another size cannot be
+ * reused; the agent then replaces it, and its counts start again). */
+#define LANCET_ESTAT_SLOTS 32
+
+/* EROFS records per cgroup per second of boot time; the rest are counted
+ * in LANCET_ESTAT_WRITE_REFUSED_DROPPED. */
+#define LANCET_WRITE_REFUSED_BUDGET 64
+
+/* lancet_enforce_event.wr_flags */
+#define LANCET_WR_PATH (1U << 0) /* the syscall has a path argument */
+#define LANCET_WR_PATH_UNREADABLE (1U << 1) /* ... that could not be read */
+#define LANCET_WR_PATH_CUT (1U << 2) /* path filled the field: maybe cut */
+#define LANCET_WR_FD (1U << 3) /* `fd` holds the syscall's fd argument */
+#define LANCET_WR_COMPAT (1U << 4) /* an i386 syscall: its own numbers, no path read */
+
+/* One denied (or, with NET_AUDIT, would-be-denied) operation, one kill,
+ * or one write refused by a read-only mount.
  * port in host byte order; addr is v4-mapped for IPv4 (family says which).
  * For an applet kill (LANCET_ER_APPLET, family 0) addr holds instead the
  * exec'd file's name (its dentry: the target of a symlink), NUL-padded, cut
@@ -274,7 +308,11 @@ enum lancet_enforce_stat {
  * at ("busybox" for a bare `busybox`), NUL-padded, its last byte
  * LANCET_APPLET_CUT when cut (a basename longer than 128 bytes is named by
  * 31 bytes from its last 128), empty when that argument was empty, ended in
- * '/', or could not be read whole. `applet` is all zero in other records. */
+ * '/', or could not be read whole. `applet` is all zero in other records.
+ * A listener (LANCET_EOP_LISTEN) has its local address and port (0 when
+ * listen() is still to pick an ephemeral one: a NET_AUDIT report, or a
+ * kill that could not be sent) and in `ino` the socket's inode (as in
+ * /proc/net/tcp). */
 struct lancet_enforce_event {
 	struct lancet_header hdr;
 	__u32 op; /* enum lancet_enforce_op */
@@ -288,6 +326,27 @@ struct lancet_enforce_event {
 	__u32 dev; /* kernel s_dev */
 	__u32 denied; /* 1 denied or killed, 0 audit only (or the kill failed) */
 	char applet[LANCET_APPLET_LEN];
+	/*
+	 * Write refusals (LANCET_EOP_WRITE_REFUSED) only; zero otherwise.
+	 * syscall: the x86_64 number (the i386 one with LANCET_WR_COMPAT).
+	 * fd: the fd argument (LANCET_WR_FD): the directory a relative path
+	 * starts from for *at() syscalls (AT_FDCWD = -100: the cwd), the file
+	 * for fd-based ones (write, fchmod, ftruncate, ...). path: the path
+	 * argument as the task passed it (relative or not), for rename*,
+	 * link* and symlink* the new name. path_len: its bytes before the
+	 * NUL.
+	 */
+	__s32 syscall;
+	__s32 fd;
+	__u16 path_len;
+	__u16 wr_flags; /* LANCET_WR_* */
+	__u32 _pad2;
+	/* Only in records of LANCET_EOP_WRITE_REFUSED: every other record
+	 * ends here (hdr.size = LANCET_ENFORCE_EVENT_SHORT), to keep the ring
+	 * for many of them. */
+	char path[LANCET_PATH_MAX];
 };
+
+#define LANCET_ENFORCE_EVENT_SHORT __builtin_offsetof(struct lancet_enforce_event, path)
 
 #endif /* __LANCET_H */

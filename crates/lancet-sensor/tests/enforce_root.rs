@@ -235,6 +235,7 @@ const HELPER_C: &str = r#"
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -276,6 +277,59 @@ int main(int argc, char **argv) {
             if (waitpid(p, &st, 0) < 0) return fail("waitpid");
             if (!WIFEXITED(st) || WEXITSTATUS(st)) { printf("error: exec %ld: wait status %#x\n", i, st); return 1; }
         }
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        printf("ns=%lld\n", (long long)(b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec));
+        return 0;
+    }
+    /* listen PROCS ADDR PORT bind|nobind: from inside the cgroup, a TCP
+     * socket (IPv6 when ADDR has a ':') bound to ADDR:PORT (bind) or not
+     * (nobind: listen() picks the port), then listen(); says the port after
+     * each step. */
+    if (!strcmp(argv[1], "listen") && argc == 6) {
+        int v6 = strchr(argv[3], ':') != NULL, one = 1;
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        if (join(argv[2])) return fail("cgroup.procs");
+        int s = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+        if (s < 0) return fail("socket");
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (!strcmp(argv[5], "bind")) {
+            struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[4])) };
+            struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_port = htons(atoi(argv[4])) };
+            if (v6 ? inet_pton(AF_INET6, argv[3], &a6.sin6_addr) != 1 : inet_pton(AF_INET, argv[3], &a.sin_addr) != 1) return 2;
+            if (v6 ? bind(s, (struct sockaddr *)&a6, sizeof a6) : bind(s, (struct sockaddr *)&a, sizeof a)) return fail("bind");
+            if (getsockname(s, (struct sockaddr *)&ss, &len)) return fail("getsockname");
+            printf("bound %d\n", ntohs(((struct sockaddr_in *)&ss)->sin_port));
+            fflush(stdout);
+        }
+        if (listen(s, 8)) return fail("listen");
+        len = sizeof ss;
+        if (getsockname(s, (struct sockaddr *)&ss, &len)) return fail("getsockname");
+        printf("listening %d\n", ntohs(((struct sockaddr_in *)&ss)->sin_port));
+        return 0;
+    }
+    /* erofs N PATH: N opens of PATH for writing, each of which must fail
+     * with EROFS; prints how many did and the ns it took. */
+    if (!strcmp(argv[1], "erofs") && argc == 4) {
+        struct timespec a, b;
+        long n = atol(argv[2]), refused = 0;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (long i = 0; i < n; i++) {
+            int fd = open(argv[3], O_WRONLY | O_CREAT, 0644);
+            if (fd >= 0) { close(fd); return fail("open succeeded"); }
+            refused += errno == EROFS;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        printf("refused=%ld ns=%lld\n", refused, (long long)(b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec));
+        return 0;
+    }
+    /* syscalls N: N getppid() syscalls; prints the ns they took. */
+    if (!strcmp(argv[1], "syscalls") && argc == 3) {
+        struct timespec a, b;
+        long n = atol(argv[2]);
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (long i = 0; i < n; i++)
+            syscall(SYS_getppid);
         clock_gettime(CLOCK_MONOTONIC, &b);
         printf("ns=%lld\n", (long long)(b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec));
         return 0;
@@ -706,7 +760,7 @@ fn check_reports_every_hook_without_pinning_anything() {
     skip_unless_ready!();
     let before: Vec<_> = std::fs::read_dir("/sys/fs/bpf").unwrap().flatten().map(|e| e.path()).collect();
     let status = enforce::check(&detect_cgroup2_root().unwrap());
-    assert_eq!(status.len(), 9, "{status:?}");
+    assert_eq!(status.len(), 12, "{status:?}");
     for st in &status {
         assert!(st.holds, "{} ({}): {:?}", st.program, st.hook, st.error);
         assert!(st.pin.is_none());
@@ -726,6 +780,30 @@ fn open_reports_a_pin_dir_off_bpffs() {
         Err(enforce::EnforceError::NoBpffs { path }) => assert_eq!(path, dir.path().join("pins")),
         other => panic!("expected NoBpffs, got {other:?}"),
     }
+}
+
+/// An agent from before `enforce_stats` had 32 slots pinned one of 12: the
+/// new one replaces it (its counts start again) instead of failing to load.
+#[test]
+fn a_pinned_stats_map_of_the_old_size_is_replaced() {
+    if let Some(why) = skip_kernel() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let pins = Pins::new();
+    std::fs::create_dir_all(&pins.0).expect("pin dir");
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    let mut old = libbpf_rs::MapHandle::create(libbpf_rs::MapType::PercpuArray, Some("enforce_stats"), 4, 8, 12, &opts).expect("old map");
+    old.pin(pins.0.join("enforce_stats")).expect("pin old map");
+    drop(old);
+    let e = Enforcer::open(pins.config()).expect("open over the old stats map");
+    use libbpf_rs::MapCore;
+    let m = libbpf_rs::MapHandle::from_pinned_path(pins.0.join("enforce_stats")).expect("pinned");
+    assert_eq!(m.info().expect("info").info.max_entries, 32);
+    assert_eq!(e.stats().unwrap(), enforce::EnforceStats::default());
 }
 
 // ---- applets of multi-call binaries: busybox run from a cgroup of our own ----
@@ -1109,4 +1187,389 @@ fn applet_check_cost_per_exec() {
             w[2] / w[1]
         );
     }
+}
+
+// ---- listeners on ports a container may not listen on ----
+
+/// `helper listen` from inside `cg`: its pid and output.
+fn listen_in(cg: &TestCgroup, addr: &str, port: u16, mode: &str) -> (u32, Output) {
+    let child = Command::new(helper_dir().join("helper"))
+        .arg("listen")
+        .arg(cg.procs())
+        .args([addr, &port.to_string(), mode])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run helper");
+    let pid = child.id();
+    (pid, child.wait_with_output().expect("wait helper"))
+}
+
+/// The port a `helper listen` said it got at `step` ("bound" or "listening").
+fn said_port(o: &Output, step: &str) -> Option<u16> {
+    text(o).lines().find_map(|l| l.strip_prefix(step)?.trim().parse().ok())
+}
+
+fn ephemeral_range() -> (u16, u16) {
+    let r = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("ip_local_port_range");
+    let mut it = r.split_whitespace().map(|n| n.parse::<u16>().expect("port"));
+    (it.next().expect("low"), it.next().expect("high"))
+}
+
+fn listen_holds(e: &Enforcer) {
+    for name in ["enf_listen", "enf_listen_port"] {
+        let st = e.status().into_iter().find(|s| s.program == name).unwrap_or_else(|| panic!("{name} status"));
+        assert!(st.holds, "{name} does not hold: {:?}", st.error);
+    }
+}
+
+#[test]
+fn listeners_on_ports_not_allowed_are_killed_and_reported() {
+    skip_unless_applets_ready!();
+    let pins = Pins::new();
+    let (on, off) = (TestCgroup::new("listen-on"), TestCgroup::new("listen-off"));
+    let e = Enforcer::open(pins.config()).expect("open enforcer");
+    listen_holds(&e);
+    let mut ev = Records::new(&e);
+    let (low, high) = ephemeral_range();
+    // A port below the ephemeral range, allowed for binds (and so listens).
+    let allowed = 20000 + (std::process::id() % 10000) as u16;
+    assert!(allowed < low);
+    let rule = NetRule::bind("0.0.0.0/0".parse().unwrap()).port(allowed).proto(Proto::Tcp);
+    e.set_allow(on.id(), &[rule]).expect("allow");
+    e.set_policy(on.id(), enforce_policy()).expect("policy");
+    let before = e.stats().unwrap();
+
+    // The allowed port listens.
+    let (_, out) = listen_in(&on, "0.0.0.0", allowed, "bind");
+    assert!(out.status.success() && said_port(&out, "listening ") == Some(allowed), "allowed port: {}", text(&out));
+    // bind(0) passes the bind hook, listen() on the port it got does not.
+    let (pid, out) = listen_in(&on, "0.0.0.0", 0, "bind");
+    let bound = said_port(&out, "bound ").unwrap_or_else(|| panic!("bind(0): {}", text(&out)));
+    assert!(killed(&out) && said_port(&out, "listening ").is_none(), "bind(0)+listen: not killed: {:?} {}", out.status, text(&out));
+    let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.pid == pid);
+    let rec = rec.unwrap_or_else(|| panic!("bind(0)+listen: no record; saw {seen:?}"));
+    assert_eq!((rec.op, rec.reason, rec.cgroup_id, rec.denied), (EnforceOp::Listen, EnforceReason::NotAllowed, on.id(), true));
+    assert_eq!((rec.port, rec.addr, rec.proto), (bound, Some("0.0.0.0".parse().unwrap()), Some(Proto::Tcp)));
+    assert!(rec.ino != 0, "the socket's inode: {rec:?}");
+    match rec.to_event().kind {
+        lancet_engine::event::EventKind::Net(n) => {
+            assert_eq!((n.op, n.sport, n.dport, n.result), (lancet_engine::event::NetOp::Listen, bound, 0, libc::EPERM));
+            assert_eq!(n.saddr, "0.0.0.0".parse::<std::net::IpAddr>().unwrap());
+        }
+        other => panic!("not a net event: {other:?}"),
+    }
+    // listen() without bind() picks an ephemeral port itself, after the
+    // state change: the record waits for the SIGKILL's delivery to get it.
+    let (pid, out) = listen_in(&on, "0.0.0.0", 0, "nobind");
+    assert!(killed(&out) && said_port(&out, "listening ").is_none(), "listen without bind: not killed: {}", text(&out));
+    let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.pid == pid);
+    let rec = rec.unwrap_or_else(|| panic!("listen without bind: no record; saw {seen:?}"));
+    assert_eq!((rec.op, rec.denied, rec.cgroup_id), (EnforceOp::Listen, true, on.id()));
+    assert!((low..=high).contains(&rec.port), "the ephemeral port listen() picked: {}", rec.port);
+    eprintln!("listen() without bind: killed, recorded with port {} (range {low}-{high})", rec.port);
+    // IPv6: the same, and ::1 is loopback.
+    let (pid, out) = listen_in(&on, "::", 0, "bind");
+    let bound6 = said_port(&out, "bound ").unwrap_or_else(|| panic!("bind(::, 0): {}", text(&out)));
+    assert!(killed(&out), "IPv6 bind(0)+listen: not killed: {}", text(&out));
+    let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.pid == pid);
+    let rec = rec.unwrap_or_else(|| panic!("IPv6: no record; saw {seen:?}"));
+    assert_eq!((rec.port, rec.addr), (bound6, Some("::".parse().unwrap())));
+    // Loopback listeners are exempt, as loopback binds are.
+    for addr in ["127.0.0.1", "::1"] {
+        let (_, out) = listen_in(&on, addr, 0, "bind");
+        assert!(out.status.success() && said_port(&out, "listening ").is_some(), "{addr}: {:?} {}", out.status, text(&out));
+    }
+    let after = e.stats().unwrap();
+    assert_eq!(after.listen_kills - before.listen_kills, 3, "{after:?}");
+    assert!(after.kills - before.kills >= 3);
+
+    // Outside the flagged cgroup nothing happens.
+    for (addr, mode) in [("0.0.0.0", "bind"), ("0.0.0.0", "nobind"), ("::", "bind")] {
+        let (_, out) = listen_in(&off, addr, 0, mode);
+        assert!(out.status.success() && said_port(&out, "listening ").is_some(), "unflagged {addr} {mode}: {}", text(&out));
+    }
+
+    // Audit only: reported, not killed. A listener without bind() is
+    // reported before its port is picked: port 0.
+    e.set_policy(on.id(), CgPolicy { flags: PolicyFlags::NET_AUDIT, isolate_until: None }).expect("audit");
+    let (pid, out) = listen_in(&on, "0.0.0.0", 0, "bind");
+    let port = said_port(&out, "listening ").unwrap_or_else(|| panic!("audit: {:?} {}", out.status, text(&out)));
+    let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.pid == pid);
+    let rec = rec.unwrap_or_else(|| panic!("audit: no record; saw {seen:?}"));
+    assert_eq!((rec.op, rec.denied, rec.port), (EnforceOp::Listen, false, port));
+    let (pid, out) = listen_in(&on, "0.0.0.0", 0, "nobind");
+    assert!(out.status.success(), "audit, no bind: {}", text(&out));
+    let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.pid == pid);
+    let rec = rec.unwrap_or_else(|| panic!("audit, no bind: no record; saw {seen:?}"));
+    assert_eq!((rec.op, rec.denied, rec.port), (EnforceOp::Listen, false, 0));
+    std::thread::sleep(Duration::from_millis(200));
+    let rest = ev.rest();
+    assert!(rest.iter().all(|r| r.cgroup_id != off.id()), "records from the unflagged cgroup: {rest:?}");
+    assert_eq!(e.stats().unwrap().listen_kills, after.listen_kills, "audit kills nothing");
+}
+
+// ---- writes refused by a read-only mount (EROFS) ----
+
+const UNSHARE: &str = "/usr/bin/unshare";
+
+fn skip_erofs() -> Option<String> {
+    skip_kernel().or_else(|| (!Path::new(UNSHARE).is_file()).then(|| format!("{UNSHARE} missing (util-linux)")))
+}
+
+macro_rules! skip_unless_erofs_ready {
+    () => {
+        if let Some(why) = skip_erofs() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+/// A directory on disk with two files, `existing` and `victim`.
+fn ro_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("lancet-ro").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    for f in ["existing", "victim"] {
+        std::fs::write(dir.path().join(f), b"x").expect("write");
+    }
+    dir
+}
+
+/// Runs `script` with sh from inside `cg`, in a private mount namespace
+/// where `dir` is bind-mounted read-only onto itself (as protect mode
+/// makes a container's root read-only in its own namespace). The host's
+/// view of `dir` stays writable. The pid (kept by the execs) and output.
+fn run_read_only(cg: &TestCgroup, dir: &Path, script: &str) -> (u32, Output) {
+    let d = dir.display();
+    let full = format!("mount --bind -o ro {d} {d} || exit 99; {script}");
+    let child = Command::new(helper_dir().join("helper"))
+        .arg("cgexec")
+        .arg(cg.procs())
+        .arg(UNSHARE)
+        .args(["--argv", "unshare", "-m", "--propagation", "private", "sh", "-c", &full])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run helper");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait helper");
+    assert_ne!(out.status.code(), Some(99), "the read-only bind mount: {}", text(&out));
+    (pid, out)
+}
+
+/// The shell commands of the test, the comm each runs as, the syscalls
+/// it may refuse with (glibc may pick the *at() form), and the path.
+fn refused_writes(d: &str) -> Vec<(String, &'static str, &'static [&'static str], String)> {
+    vec![
+        (format!("touch {d}/new"), "touch", &["openat", "open", "creat"], format!("{d}/new")),
+        (format!("mkdir {d}/dir"), "mkdir", &["mkdir", "mkdirat"], format!("{d}/dir")),
+        (format!("sh -c 'echo x > {d}/f'"), "sh", &["openat", "open"], format!("{d}/f")),
+        (format!("chmod 600 {d}/existing"), "chmod", &["fchmodat", "fchmodat2", "chmod"], format!("{d}/existing")),
+        (format!("rm -f {d}/victim"), "rm", &["unlinkat", "unlink"], format!("{d}/victim")),
+        (format!("mv {d}/existing {d}/moved"), "mv", &["renameat2", "renameat", "rename"], format!("{d}/moved")),
+    ]
+}
+
+fn links_of_program(id: u32) -> usize {
+    libbpf_rs::query::LinkInfoIter::default().filter(|l| l.prog_id == id).count()
+}
+
+#[test]
+fn writes_refused_by_a_read_only_mount_are_reported_with_the_writer() {
+    skip_unless_erofs_ready!();
+    let pins = Pins::new();
+    let (on, off) = (TestCgroup::new("erofs-on"), TestCgroup::new("erofs-off"));
+    let dir = ro_dir();
+    let d = dir.path().display().to_string();
+    let e = Enforcer::open(pins.config()).expect("open enforcer");
+    let prog = e.write_reports_program().expect("enf_sys_exit loaded");
+    let st = e.status().into_iter().find(|s| s.program == "enf_sys_exit").expect("status");
+    assert!(st.holds && st.pin.is_none(), "loaded, not attached: {st:?}");
+    assert!(!e.write_reports_attached() && links_of_program(prog.id) == 0, "no cgroup reports: not attached");
+
+    e.set_write_reports(on.id(), true).expect("reports on");
+    assert!(e.write_reports_attached() && links_of_program(prog.id) == 1, "attached for the first cgroup");
+    assert_eq!(e.write_reports().unwrap(), vec![on.id()]);
+    assert_eq!(e.policy(on.id()).unwrap().map(|p| p.flags), Some(PolicyFlags::REPORT_EROFS));
+    let mut ev = Records::new(&e);
+    let before = e.stats().unwrap();
+
+    let cases = refused_writes(&d);
+    let script: Vec<String> = cases.iter().map(|(cmd, ..)| cmd.clone()).collect();
+    let (_, out) = run_read_only(&on, dir.path(), &script.join("; "));
+    let t = text(&out);
+    assert_eq!(t.matches("Read-only file system").count(), cases.len(), "every write refused: {t}");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got = ev.rest();
+    for (cmd, comm, syscalls, path) in &cases {
+        let mine: Vec<EnforceRecord> = got.iter().filter(|r| r.comm == *comm).cloned().collect();
+        assert_eq!(mine.len(), 1, "{cmd}: one record, got {mine:?}");
+        let r = &mine[0];
+        assert_eq!((r.op, r.reason, r.denied, r.cgroup_id), (EnforceOp::WriteRefused, EnforceReason::ReadOnly, true, on.id()), "{cmd}");
+        let w = r.write.clone().unwrap_or_else(|| panic!("{cmd}: no write in {r:?}"));
+        let name = w.syscall_name().unwrap_or("?");
+        assert!(syscalls.contains(&name), "{cmd}: syscall {name} ({}) not one of {syscalls:?}", w.syscall);
+        assert_eq!(w.path.as_deref(), Some(path.as_str()), "{cmd}");
+        assert!(!w.path_cut && !w.path_unreadable && !w.compat, "{cmd}: {w:?}");
+        match r.to_event().kind {
+            lancet_engine::event::EventKind::File(f) => {
+                assert_eq!((f.path.as_str(), f.op), (path.as_str(), w.file_op()), "{cmd}");
+                eprintln!("{cmd:<60} -> {name} {:?} {}", f.op, f.path);
+            }
+            other => panic!("{cmd}: not a file event: {other:?}"),
+        }
+        got.retain(|x| x.comm != *comm);
+    }
+    assert!(got.is_empty(), "no other records: {got:?}");
+    assert_eq!(e.stats().unwrap().write_refused - before.write_refused, cases.len() as u64);
+
+    // A relative path is kept as passed, with its directory fd (AT_FDCWD).
+    let (_, out) = run_read_only(&on, dir.path(), &format!("cd {d} && touch rel"));
+    assert!(text(&out).contains("Read-only file system"), "{}", text(&out));
+    let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.comm == "touch");
+    let w = rec.and_then(|r| r.write).unwrap_or_else(|| panic!("relative touch: no record; saw {seen:?}"));
+    assert_eq!((w.path.as_deref(), w.fd), (Some("rel"), Some(-100)));
+
+    // The same writes from a cgroup without the flag: refused, not reported.
+    let (_, out) = run_read_only(&off, dir.path(), &script.join("; "));
+    assert_eq!(text(&out).matches("Read-only file system").count(), cases.len(), "{}", text(&out));
+    std::thread::sleep(Duration::from_millis(300));
+    let rest = ev.rest();
+    assert!(rest.is_empty(), "nothing from the unflagged cgroup: {rest:?}");
+
+    // A loop of refused writes: at most the budget (64 a second) is sent,
+    // the rest counted as dropped.
+    let before = e.stats().unwrap();
+    let helper = helper_dir().join("helper").display().to_string();
+    let n = 2000u64;
+    let (pid, out) = run_read_only(&on, dir.path(), &format!("exec {helper} erofs {n} {d}/loop"));
+    let t = text(&out);
+    assert!(t.contains(&format!("refused={n} ")), "{t}");
+    let ns: u64 = t.split("ns=").nth(1).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("{t}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = ev.rest().iter().filter(|r| r.pid == pid).count() as u64;
+    let after = e.stats().unwrap();
+    let dropped = after.write_refused_dropped - before.write_refused_dropped;
+    // The loop spans at most ns/1e9 + 2 one-second windows.
+    let windows = ns / 1_000_000_000 + 2;
+    eprintln!("{n} refused writes in {:.1} ms: {sent} reported, {dropped} dropped", ns as f64 / 1e6);
+    assert!((1..=64 * windows).contains(&sent), "{sent} records over {windows} windows");
+    assert_eq!(sent + dropped, n, "every refused write reported or counted");
+    assert_eq!(after.write_refused - before.write_refused, sent);
+
+    // The second cgroup keeps the program attached; the last one to go
+    // (by clear, gc, set_policy or set_write_reports) detaches it.
+    e.set_write_reports(off.id(), true).expect("off on");
+    e.set_write_reports(on.id(), false).expect("on off");
+    assert!(e.policy(on.id()).unwrap().is_none(), "no other flag: the entry goes");
+    assert!(e.write_reports_attached(), "still wanted by the other cgroup");
+    e.clear(off.id()).expect("clear");
+    assert!(!e.write_reports_attached() && links_of_program(prog.id) == 0, "cleared the last: detached");
+    e.set_policy(on.id(), CgPolicy { flags: PolicyFlags::REPORT_EROFS | PolicyFlags::NET_AUDIT, isolate_until: None }).expect("policy");
+    assert!(e.write_reports_attached(), "set_policy with the flag attaches");
+    e.set_policy(on.id(), CgPolicy { flags: PolicyFlags::NET_AUDIT, isolate_until: None }).expect("policy");
+    assert!(!e.write_reports_attached() && links_of_program(prog.id) == 0, "set_policy without it detaches");
+    let gone = 999_999_995;
+    e.set_write_reports(gone, true).expect("gone on");
+    assert!(e.write_reports_attached());
+    assert_eq!(e.gc(|id| id != gone).unwrap(), vec![gone]);
+    assert!(!e.write_reports_attached() && links_of_program(prog.id) == 0, "gc of the last: detached");
+    let (_, out) = run_read_only(&on, dir.path(), &format!("touch {d}/after"));
+    assert!(text(&out).contains("Read-only file system"));
+    std::thread::sleep(Duration::from_millis(300));
+    let rest = ev.rest();
+    assert!(rest.is_empty(), "detached: nothing reported: {rest:?}");
+}
+
+#[test]
+fn write_reports_outlive_the_agent_and_are_adopted() {
+    skip_unless_erofs_ready!();
+    let pins = Pins::new();
+    let cg = TestCgroup::new("erofs-adopt");
+    let dir = ro_dir();
+    let d = dir.path().display().to_string();
+    let old = {
+        let e = Enforcer::open(pins.config()).expect("open enforcer");
+        e.set_write_reports(cg.id(), true).expect("reports on");
+        e.write_reports_program().expect("loaded").id
+    };
+    // No agent: the pinned link still reports, into the pinned ring.
+    assert_eq!(links_of_program(old), 1);
+    let (pid, _) = run_read_only(&cg, dir.path(), &format!("exec touch {d}/while-away"));
+
+    let e = Enforcer::open(pins.config()).expect("reopen enforcer");
+    let st = e.status().into_iter().find(|s| s.program == "enf_sys_exit").expect("status");
+    assert!(st.holds && st.adopted && st.pin.is_some(), "adopted: {st:?}");
+    let new = e.write_reports_program().expect("loaded").id;
+    assert_ne!(old, new);
+    assert_eq!((links_of_program(old), links_of_program(new)), (0, 1), "the old link replaced by one of the new program");
+    let mut ev = Records::new(&e);
+    let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.pid == pid);
+    let w = rec.and_then(|r| r.write).unwrap_or_else(|| panic!("the write while no agent ran: no record; saw {seen:?}"));
+    assert_eq!(w.path, Some(format!("{d}/while-away")));
+    let (pid, _) = run_read_only(&cg, dir.path(), &format!("exec touch {d}/after-adoption"));
+    let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.pid == pid);
+    assert!(rec.is_some_and(|r| r.op == EnforceOp::WriteRefused), "after adoption; saw {seen:?}");
+
+    // A link pinned while no cgroup has the flag any more (the entry went
+    // behind the agent's back, e.g. it died between the two): the next
+    // enforcer detaches it at open.
+    drop(e);
+    use libbpf_rs::MapCore;
+    let cg_policy = libbpf_rs::MapHandle::from_pinned_path(pins.0.join("cg_policy")).expect("pinned cg_policy");
+    cg_policy.delete(&cg.id().to_ne_bytes()).expect("delete the entry");
+    assert_eq!(links_of_program(new), 1);
+    let e = Enforcer::open(pins.config()).expect("reopen");
+    assert!(!e.write_reports_attached() && links_of_program(new) == 0, "stale link removed");
+    assert!(e.status().into_iter().find(|s| s.program == "enf_sys_exit").is_some_and(|s| s.holds && !s.adopted && s.pin.is_none()));
+}
+
+/// What `enf_sys_exit` costs every syscall on the host: a tight loop of
+/// getppid() in a process outside any flagged cgroup, with the program
+/// detached, attached (one cgroup flagged, elsewhere), and detached again.
+/// Printed, never asserted (run with --nocapture).
+#[test]
+fn write_reports_cost_per_syscall() {
+    skip_unless_erofs_ready!();
+    const N: u64 = 2_000_000;
+    const ROUNDS: usize = 7;
+    let pins = Pins::new();
+    let flagged = TestCgroup::new("erofs-cost");
+    let e = Enforcer::open(pins.config()).expect("open enforcer");
+    let helper = helper_dir().join("helper");
+    let run = || -> f64 {
+        let out = Command::new(&helper).args(["syscalls", &N.to_string()]).output().expect("helper");
+        let t = text(&out);
+        let ns: f64 = t.trim().strip_prefix("ns=").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{t}"));
+        ns / N as f64
+    };
+    let phases = ["detached", "attached", "detached again"];
+    let mut ns = vec![Vec::new(); phases.len()];
+    for _ in 0..ROUNDS {
+        for (i, phase) in phases.iter().enumerate() {
+            e.set_write_reports(flagged.id(), *phase == "attached").expect("set_write_reports");
+            assert_eq!(e.write_reports_attached(), *phase == "attached");
+            ns[i].push(run());
+        }
+    }
+    let m: Vec<f64> = ns.iter_mut().map(|v| median(v)).collect();
+    eprintln!("getppid() outside any flagged cgroup, {N} calls x {ROUNDS} rounds, median ns/syscall:");
+    for (i, phase) in phases.iter().enumerate() {
+        eprintln!("  enf_sys_exit {phase:<15} {:>7.1} ns/syscall", m[i]);
+    }
+    eprintln!("  attached costs {:+.1} ns per syscall of every task on the host", m[1] - (m[0] + m[2]) / 2.0);
+    // The program's own share, from the kernel's run-time statistics.
+    e.set_write_reports(flagged.id(), true).expect("on");
+    let stats = enforce::RunTimeStats::enable().expect("BPF_ENABLE_STATS");
+    let a = e.write_reports_program().expect("runs");
+    let with_stats = run();
+    let b = e.write_reports_program().expect("runs");
+    drop(stats);
+    let (cnt, time) = (b.run_cnt - a.run_cnt, b.run_time_ns - a.run_time_ns);
+    eprintln!(
+        "  enf_sys_exit itself: {:.1} ns/run over {cnt} runs ({} instructions verified; loop {with_stats:.1} ns/syscall with run-time stats on)",
+        time as f64 / cnt.max(1) as f64,
+        a.verified_insns
+    );
+    e.set_write_reports(flagged.id(), false).expect("off");
 }

@@ -1,18 +1,21 @@
 //! The `enforce_events` ring buffer: one record per denied (or, with
-//! NET_AUDIT, would-be-denied) connect/sendmsg/bind and per exec kill
-//! (with, for an applet of a multi-call binary, the applet's name).
+//! NET_AUDIT, would-be-denied) connect/sendmsg/bind, per exec kill (with,
+//! for an applet of a multi-call binary, the applet's name), per listener
+//! killed or reported, and per write refused by a read-only mount (with
+//! the syscall and its path).
 //!
 //! The programs submit with the ring's adaptive wakeup: the reader is woken
 //! at once when it has caught up (records are rare, and a denial is worth
 //! seeing now), and a burst costs one wakeup. The ring is pinned: records
-//! written while the agent is down wait for the next reader (up to 256 KiB,
-//! ~2300 records; the rest are counted in `EnforceStats::events_lost`).
+//! written while the agent is down wait for the next reader (up to 256 KiB:
+//! ~1500 records of 160 bytes, or ~600 write refusals, which alone carry a
+//! 256-byte path; the rest are counted in `EnforceStats::events_lost`).
 
 use super::net::Proto;
 use super::{EnforceError, Result};
 use crate::decode::Clock;
 use crate::skel::enforce::types;
-use lancet_engine::event::{Event, EventKind, ExecEvent, L4Proto, NetEvent, NetOp, ProcessRef};
+use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
 use libbpf_rs::{MapHandle, RingBuffer, RingBufferBuilder};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -31,6 +34,11 @@ const KIND_ENFORCE: u32 = 64;
 /// of an older agent, still in the pinned ring when this one starts) are
 /// this long; they are read with `applet` all zero.
 const SIZE_BEFORE_APPLET: usize = 112;
+const WR_PATH: u16 = 1 << 0;
+const WR_PATH_UNREADABLE: u16 = 1 << 1;
+const WR_PATH_CUT: u16 = 1 << 2;
+const WR_FD: u16 = 1 << 3;
+const WR_COMPAT: u16 = 1 << 4;
 /// `LANCET_APPLET_CUT`: the last byte of a name cut to fit.
 const APPLET_CUT: u8 = 0xff;
 const AF_INET: u16 = 2;
@@ -46,6 +54,10 @@ pub enum EnforceOp {
     Bind4,
     Bind6,
     ExecKill,
+    /// A syscall failed with EROFS ([`EnforceRecord::write`] says which).
+    WriteRefused,
+    /// A TCP socket went to LISTEN on a port the container may not bind.
+    Listen,
 }
 
 impl EnforceOp {
@@ -58,6 +70,8 @@ impl EnforceOp {
             5 => EnforceOp::Bind4,
             6 => EnforceOp::Bind6,
             7 => EnforceOp::ExecKill,
+            8 => EnforceOp::WriteRefused,
+            9 => EnforceOp::Listen,
             _ => return None,
         })
     }
@@ -69,6 +83,8 @@ impl EnforceOp {
             EnforceOp::Sendmsg4 | EnforceOp::Sendmsg6 => "sendto",
             EnforceOp::Bind4 | EnforceOp::Bind6 => "bind",
             EnforceOp::ExecKill => "execve",
+            EnforceOp::WriteRefused => "write",
+            EnforceOp::Listen => "listen",
         }
     }
 }
@@ -91,6 +107,8 @@ pub enum EnforceReason {
     /// The exec'd file is a multi-call binary and the applet it was run as
     /// is not allowed ([`EnforceRecord::applet`] names it).
     Applet,
+    /// The write met a read-only mount (EROFS).
+    ReadOnly,
 }
 
 impl EnforceReason {
@@ -103,6 +121,7 @@ impl EnforceReason {
             5 => EnforceReason::Deleted,
             6 => EnforceReason::KillIno,
             7 => EnforceReason::Applet,
+            8 => EnforceReason::ReadOnly,
             _ => return None,
         })
     }
@@ -128,11 +147,14 @@ pub struct EnforceRecord {
     /// Socket ops: the protocol (None for others than TCP/UDP or exec kills).
     pub proto: Option<Proto>,
     pub proto_num: u16,
-    /// Socket ops: the peer (connect, sendto) or local (bind) address;
-    /// v4-mapped addresses are given as IPv4.
+    /// Socket ops: the peer (connect, sendto) or local (bind, listen)
+    /// address; v4-mapped addresses are given as IPv4.
     pub addr: Option<IpAddr>,
+    /// The peer's or local port; for a listener, 0 when it was reported
+    /// before `listen()` picked its ephemeral port (NET_AUDIT).
     pub port: u16,
     /// Exec kills: the file's inode and the kernel's dev (as `exe_dev`).
+    /// Listeners: the socket's inode (as in `/proc/net/tcp`).
     pub ino: u64,
     pub dev: u32,
     /// True when the operation was refused or the process killed; false for
@@ -140,6 +162,155 @@ pub struct EnforceRecord {
     pub denied: bool,
     /// Applet kills ([`EnforceReason::Applet`]): what ran and as what.
     pub applet: Option<Applet>,
+    /// Write refusals ([`EnforceOp::WriteRefused`]): the syscall and what
+    /// it was to write.
+    pub write: Option<WriteRefusal>,
+}
+
+/// A syscall refused with EROFS, as the kernel saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WriteRefusal {
+    /// Its number: x86_64's, or i386's when `compat`.
+    pub syscall: i32,
+    /// An i386 syscall (its arguments are not read).
+    pub compat: bool,
+    /// The path argument as the task passed it (relative to `fd` when not
+    /// absolute); for rename*, link* and symlink* the new name. None when
+    /// the syscall has none (fd-based ones) or it could not be read.
+    pub path: Option<String>,
+    /// The syscall has a path argument that could not be read.
+    pub path_unreadable: bool,
+    /// The path filled the 255 bytes the kernel keeps: it may be cut.
+    pub path_cut: bool,
+    /// The fd argument: the directory of a relative path for *at()
+    /// syscalls (-100, AT_FDCWD, for the cwd), the file for fd-based ones.
+    pub fd: Option<i32>,
+}
+
+const AT_FDCWD: i32 = -100;
+
+impl WriteRefusal {
+    /// The syscall's name, for the x86_64 numbers lancet knows.
+    pub fn syscall_name(&self) -> Option<&'static str> {
+        if self.compat {
+            return None;
+        }
+        Some(match self.syscall {
+            1 => "write",
+            2 => "open",
+            16 => "ioctl",
+            18 => "pwrite64",
+            20 => "writev",
+            76 => "truncate",
+            77 => "ftruncate",
+            82 => "rename",
+            83 => "mkdir",
+            84 => "rmdir",
+            85 => "creat",
+            86 => "link",
+            87 => "unlink",
+            88 => "symlink",
+            90 => "chmod",
+            91 => "fchmod",
+            92 => "chown",
+            93 => "fchown",
+            94 => "lchown",
+            132 => "utime",
+            133 => "mknod",
+            165 => "mount",
+            188 => "setxattr",
+            189 => "lsetxattr",
+            190 => "fsetxattr",
+            197 => "removexattr",
+            198 => "lremovexattr",
+            199 => "fremovexattr",
+            235 => "utimes",
+            257 => "openat",
+            258 => "mkdirat",
+            259 => "mknodat",
+            260 => "fchownat",
+            261 => "futimesat",
+            263 => "unlinkat",
+            264 => "renameat",
+            265 => "linkat",
+            266 => "symlinkat",
+            268 => "fchmodat",
+            280 => "utimensat",
+            285 => "fallocate",
+            296 => "pwritev",
+            316 => "renameat2",
+            328 => "pwritev2",
+            437 => "openat2",
+            452 => "fchmodat2",
+            463 => "setxattrat",
+            466 => "removexattrat",
+            469 => "file_setattr",
+            _ => return None,
+        })
+    }
+
+    /// The syscall as Falco's `evt.type` would name it: its name, or
+    /// `syscall_N` (`ia32_syscall_N`).
+    pub fn evt_type(&self) -> String {
+        match self.syscall_name() {
+            Some(n) => n.to_string(),
+            None if self.compat => format!("ia32_syscall_{}", self.syscall),
+            None => format!("syscall_{}", self.syscall),
+        }
+    }
+
+    /// What the syscall was to do to the file. open() may have been meant
+    /// to create it or only to write: Modify.
+    pub fn file_op(&self) -> FileOp {
+        match self.syscall_name() {
+            Some("creat" | "mkdir" | "mkdirat" | "mknod" | "mknodat" | "symlink" | "symlinkat" | "link" | "linkat") => FileOp::Create,
+            Some("unlink" | "unlinkat" | "rmdir") => FileOp::Delete,
+            Some("rename" | "renameat" | "renameat2") => FileOp::Rename,
+            Some("chmod" | "fchmod" | "fchmodat" | "fchmodat2") => FileOp::Chmod,
+            _ => FileOp::Modify,
+        }
+    }
+
+    /// The target is a directory (mkdir, rmdir; unlinkat's AT_REMOVEDIR is
+    /// not kept).
+    pub fn is_dir(&self) -> bool {
+        matches!(self.syscall_name(), Some("mkdir" | "mkdirat" | "rmdir"))
+    }
+
+    /// The path to show: as passed, or, with none, the fd it was written
+    /// through (`fd 3`), or the syscall.
+    pub fn shown_path(&self) -> String {
+        match (&self.path, self.fd) {
+            (Some(p), _) => p.clone(),
+            (None, Some(fd)) => format!("fd {fd}"),
+            (None, None) => format!("({})", self.evt_type()),
+        }
+    }
+
+    /// The absolute path as task `pid` sees it, looked up now in /proc:
+    /// a relative path joined to its directory (`/proc/PID/cwd`, or the
+    /// dirfd's `/proc/PID/fd/N`), a path-less syscall's fd resolved
+    /// (`/proc/PID/fd/N`). Best effort: the task may have moved on, closed
+    /// the fd or exited (None then).
+    pub fn resolve(&self, pid: u32) -> Option<String> {
+        let link = |what: String| std::fs::read_link(format!("/proc/{pid}/{what}")).ok().map(|p| p.display().to_string());
+        match (&self.path, self.fd) {
+            (Some(p), _) if p.starts_with('/') => Some(p.clone()),
+            (Some(p), fd) => {
+                let dir = match fd {
+                    Some(fd) if fd != AT_FDCWD => link(format!("fd/{fd}"))?,
+                    _ => link("cwd".into())?,
+                };
+                if p.is_empty() {
+                    // AT_EMPTY_PATH: the fd is the file.
+                    return Some(dir);
+                }
+                Some(format!("{}/{p}", dir.trim_end_matches('/')))
+            }
+            (None, Some(fd)) if fd >= 0 => link(format!("fd/{fd}")),
+            _ => None,
+        }
+    }
 }
 
 /// The applet an exec of a multi-call binary was killed for.
@@ -171,10 +342,44 @@ impl EnforceRecord {
     /// The engine event this record stands for: the exec the kernel killed
     /// (its file named by what it was, since an exec killed at its first
     /// instruction has no path worth trusting), or the network operation
-    /// refused or audited, with `evt.res` EPERM.
+    /// refused or audited, with `evt.res` EPERM (a listener killed: EPERM,
+    /// reported only: 0), or the file a write refused by a read-only
+    /// mount was meant for (as the task named it: see
+    /// [`WriteRefusal::resolve`] for relative paths; `FileEvent` has no
+    /// result, so the refusal is in the record's op and reason).
     pub fn to_event(&self) -> Event {
         let process = ProcessRef { pid: self.pid, tid: self.tid, ppid: self.ppid, comm: self.comm.clone(), ..Default::default() };
         let kind = match self.op {
+            EnforceOp::WriteRefused => {
+                let w = self.write.clone().unwrap_or(WriteRefusal {
+                    syscall: -1,
+                    compat: false,
+                    path: None,
+                    path_unreadable: false,
+                    path_cut: false,
+                    fd: None,
+                });
+                EventKind::File(FileEvent {
+                    op: w.file_op(),
+                    path: w.shown_path(),
+                    old_path: None,
+                    host_path: String::new(),
+                    is_dir: w.is_dir(),
+                })
+            }
+            EnforceOp::Listen => {
+                let any: IpAddr = Ipv4Addr::UNSPECIFIED.into();
+                EventKind::Net(NetEvent {
+                    op: NetOp::Listen,
+                    proto: L4Proto::Tcp,
+                    saddr: self.addr.unwrap_or(any),
+                    sport: self.port,
+                    daddr: if self.addr.is_some_and(|a| a.is_ipv6()) { Ipv6Addr::UNSPECIFIED.into() } else { any },
+                    dport: 0,
+                    result: if self.denied { libc::EPERM } else { 0 },
+                    netns: 0,
+                })
+            }
             EnforceOp::ExecKill if self.reason == EnforceReason::Applet => {
                 // The exec ran the file as another program: name the applet
                 // (argv[0]) and the file it is an applet of.
@@ -290,6 +495,24 @@ pub fn decode_record(data: &[u8], clock: &Clock) -> Result<EnforceRecord, Record
         let (name, cut) = applet_name(&e.applet);
         Applet { name, cut, file: file_name(&e.addr) }
     });
+    let write = (op == EnforceOp::WriteRefused).then(|| {
+        let f = e.wr_flags;
+        // A short record (cut by its size) has no path to give.
+        let have = data.len() >= full.len();
+        let len = usize::from(e.path_len).min(e.path.len());
+        let readable = f & WR_PATH != 0 && f & WR_PATH_UNREADABLE == 0 && have;
+        WriteRefusal {
+            syscall: e.syscall,
+            compat: f & WR_COMPAT != 0,
+            path: readable.then(|| {
+                let b: Vec<u8> = e.path[..len].iter().map(|&c| c as u8).collect();
+                String::from_utf8_lossy(&b).into_owned()
+            }),
+            path_unreadable: f & WR_PATH_UNREADABLE != 0 || (f & WR_PATH != 0 && !have),
+            path_cut: f & WR_PATH_CUT != 0,
+            fd: (f & WR_FD != 0).then_some(e.fd),
+        }
+    });
     let addr = match e.family {
         AF_INET => Some(IpAddr::V4(Ipv4Addr::new(e.addr[12], e.addr[13], e.addr[14], e.addr[15]))),
         AF_INET6 => Some(Ipv6Addr::from(e.addr).to_canonical()),
@@ -319,6 +542,7 @@ pub fn decode_record(data: &[u8], clock: &Clock) -> Result<EnforceRecord, Record
         dev: e.dev,
         denied: e.denied != 0,
         applet,
+        write,
     })
 }
 
@@ -490,6 +714,117 @@ mod tests {
         let bytes = bytes_of(&e);
         let r = decode_record(&bytes[..SIZE_BEFORE_APPLET], &Clock::with_offset(0)).unwrap();
         assert_eq!((r.reason, r.applet), (EnforceReason::KillIno, None));
+    }
+
+    fn write_refusal(syscall: i32, path: Option<&str>, fd: Option<i32>) -> types::lancet_enforce_event {
+        let mut e = types::lancet_enforce_event::default();
+        e.hdr.kind = KIND_ENFORCE;
+        e.hdr.pid = 7;
+        e.hdr.cgroup_id = 3;
+        e.op = 8;
+        e.reason = 8;
+        e.denied = 1;
+        e.syscall = syscall;
+        if let Some(p) = path {
+            for (i, c) in p.bytes().enumerate() {
+                e.path[i] = c as i8;
+            }
+            e.path_len = p.len() as u16;
+            e.wr_flags |= WR_PATH;
+        }
+        if let Some(fd) = fd {
+            e.fd = fd;
+            e.wr_flags |= WR_FD;
+        }
+        e
+    }
+
+    #[test]
+    fn write_refusals_decode_to_file_events() {
+        let clock = Clock::with_offset(0);
+        // syscall, path, fd; its name, the file op, the path shown, is_dir
+        type Case<'a> = (i32, Option<&'a str>, Option<i32>, &'a str, FileOp, &'a str, bool);
+        let cases: [Case; 9] = [
+            (257, Some("/ro/f"), Some(-100), "openat", FileOp::Modify, "/ro/f", false),
+            (85, Some("/ro/new"), None, "creat", FileOp::Create, "/ro/new", false),
+            (83, Some("/ro/d"), None, "mkdir", FileOp::Create, "/ro/d", true),
+            (258, Some("d"), Some(5), "mkdirat", FileOp::Create, "d", true),
+            (263, Some("/ro/f"), Some(-100), "unlinkat", FileOp::Delete, "/ro/f", false),
+            (316, Some("/ro/g"), Some(-100), "renameat2", FileOp::Rename, "/ro/g", false),
+            (268, Some("/ro/f"), Some(-100), "fchmodat", FileOp::Chmod, "/ro/f", false),
+            (1, None, Some(3), "write", FileOp::Modify, "fd 3", false),
+            (999, None, None, "syscall_999", FileOp::Modify, "(syscall_999)", false),
+        ];
+        for (nr, path, fd, name, op, shown, dir) in cases {
+            let bytes = bytes_of(&write_refusal(nr, path, fd));
+            let r = decode_record(&bytes, &clock).unwrap();
+            assert_eq!((r.op, r.reason, r.denied, r.pid, r.cgroup_id), (EnforceOp::WriteRefused, EnforceReason::ReadOnly, true, 7, 3));
+            let w = r.write.clone().unwrap();
+            assert_eq!((w.syscall, w.path.as_deref(), w.fd, w.evt_type()), (nr, path, fd, name.to_string()), "{name}");
+            match r.to_event().kind {
+                EventKind::File(f) => {
+                    assert_eq!((f.op, f.path.as_str(), f.is_dir, f.old_path), (op, shown, dir, None), "{name}");
+                }
+                other => panic!("{name}: not a file event: {other:?}"),
+            }
+        }
+        // Unreadable, cut, compat.
+        let mut e = write_refusal(2, None, None);
+        e.wr_flags = WR_PATH | WR_PATH_UNREADABLE;
+        let w = decode_record(&bytes_of(&e), &clock).unwrap().write.unwrap();
+        assert!(w.path.is_none() && w.path_unreadable);
+        let long = "/ro/".to_string() + &"x".repeat(251);
+        let mut e = write_refusal(2, Some(&long), None);
+        e.wr_flags |= WR_PATH_CUT;
+        let w = decode_record(&bytes_of(&e), &clock).unwrap().write.unwrap();
+        assert_eq!((w.path.as_deref(), w.path_cut), (Some(long.as_str()), true));
+        let mut e = write_refusal(5, None, None);
+        e.wr_flags = WR_COMPAT;
+        let w = decode_record(&bytes_of(&e), &clock).unwrap().write.unwrap();
+        assert_eq!((w.compat, w.syscall_name(), w.evt_type()), (true, None, "ia32_syscall_5".to_string()));
+        // Relative paths resolve against the cwd or the dirfd, in /proc.
+        let me = std::process::id();
+        let cwd = std::env::current_dir().unwrap().display().to_string();
+        let w =
+            WriteRefusal { syscall: 257, compat: false, path: Some("x".into()), path_unreadable: false, path_cut: false, fd: Some(-100) };
+        assert_eq!(w.resolve(me), Some(format!("{}/x", cwd.trim_end_matches('/'))));
+        let abs = WriteRefusal { path: Some("/a/b".into()), ..w.clone() };
+        assert_eq!(abs.resolve(me), Some("/a/b".into()));
+    }
+
+    #[test]
+    fn listeners_decode_to_listen_events() {
+        let mut e = types::lancet_enforce_event::default();
+        e.hdr.kind = KIND_ENFORCE;
+        e.op = 9;
+        e.reason = 1;
+        e.family = AF_INET6;
+        e.proto = 6;
+        e.port = 41234;
+        e.ino = 555;
+        e.denied = 1;
+        let bytes = bytes_of(&e);
+        // Short records (all but write refusals) are sent without `path`.
+        let r = decode_record(&bytes[..160], &Clock::with_offset(0)).unwrap();
+        assert_eq!((r.op, r.port, r.ino, r.addr), (EnforceOp::Listen, 41234, 555, Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED))));
+        assert_eq!((r.write.clone(), r.applet.clone()), (None, None));
+        match r.to_event().kind {
+            EventKind::Net(n) => {
+                assert_eq!((n.op, n.proto, n.sport, n.dport, n.result), (NetOp::Listen, L4Proto::Tcp, 41234, 0, libc::EPERM));
+                assert_eq!(n.saddr, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+            }
+            other => panic!("not a net event: {other:?}"),
+        }
+        e.family = AF_INET;
+        e.addr[10] = 0xff;
+        e.addr[11] = 0xff;
+        e.addr[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        e.denied = 0;
+        let r = decode_record(&bytes_of(&e)[..160], &Clock::with_offset(0)).unwrap();
+        match r.to_event().kind {
+            EventKind::Net(n) => assert_eq!((n.saddr, n.result), ("10.0.0.1".parse().unwrap(), 0)),
+            other => panic!("not a net event: {other:?}"),
+        }
     }
 
     #[test]

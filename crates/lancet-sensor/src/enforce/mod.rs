@@ -36,12 +36,40 @@
 //! | `enf_sendmsg4/6` | `cgroup/sendmsg4,6` (unconnected UDP `sendto`) | 4.18 |
 //! | `enf_bind4/6` | `cgroup/bind4,6` | 4.17 |
 //! | `enf_exec` | `tp_btf/sched_process_exec` + `bpf_send_signal` | 5.5 (5.3) |
+//! | `enf_listen` | `tp_btf/inet_sock_set_state` + `bpf_send_signal` | 5.11 (`bpf_get_current_task_btf`) |
+//! | `enf_listen_port` | `tp_btf/signal_deliver` (the port of a killed autobound listener) | 5.11 |
+//! | `enf_sys_exit` | `raw_tp/sys_exit`, attached only while a cgroup has REPORT_EROFS | 5.11 |
 //! | `enf_skb_in/out` | `cgroup_skb/ingress,egress` per isolated container | 4.10 (`bpf_skb_cgroup_id` 4.18) |
 //!
 //! Maps: `cg_policy` (hash), `net_allow` (LPM trie, 4.11), `kill_ino` (hash),
 //! `multicall` and `applets` (hash), `enforce_events` (ring buffer, 5.8),
-//! `enforce_stats` (per-CPU array). Cgroup links need 5.7; the cgroup v2
-//! freezer 5.2.
+//! `enforce_stats` (per-CPU array), pinned; `write_budget` and
+//! `listen_pending` (LRU hashes, transient, not pinned). Cgroup links need
+//! 5.7; the cgroup v2 freezer 5.2.
+//!
+//! # Listeners
+//!
+//! `cgroup/bind4,6` judge explicit binds only: `bind()` to port 0 and
+//! `listen()` on an unbound socket take an ephemeral port, and no cgroup hook
+//! sees `listen()`. `enf_listen` judges every TCP socket that goes to LISTEN
+//! in a container with NET_ENFORCE or NET_AUDIT like a bind of its local
+//! address and port (the `Bind` rules; loopback exempt) and SIGKILLs the
+//! process that called `listen()` (NET_ENFORCE) or reports it (NET_AUDIT):
+//! one [`EnforceOp::Listen`] record with the port. A socket shared with
+//! another process before `listen()` stays open there (the record names its
+//! inode).
+//!
+//! # Writes refused by a read-only mount
+//!
+//! A container whose filesystem protect mode made read-only gets EROFS from
+//! every write, and no other hook sees it. [`Enforcer::set_write_reports`]
+//! flags the container ([`PolicyFlags::REPORT_EROFS`]); `enf_sys_exit` then
+//! sends one [`EnforceOp::WriteRefused`] record per syscall of its tasks that
+//! failed with EROFS (the writer, the syscall, its path or fd), at most
+//! 64 a second per container (the rest are counted). Any `sys_exit`
+//! program puts every syscall of every task on the host on the tracepoint
+//! slow path, so the program is attached (pinned as `link-enf_sys_exit`)
+//! only while at least one cgroup has the flag, and detached with the last.
 //!
 //! # Multi-call binaries
 //!
@@ -65,7 +93,7 @@ mod net;
 pub mod process;
 
 pub use cgroup::{cgroup_id, cgroup_of_pid, freeze, frozen, thaw, FreezeBackend};
-pub use events::{Applet, EnforceEvents, EnforceOp, EnforceReason, EnforceRecord};
+pub use events::{Applet, EnforceEvents, EnforceOp, EnforceReason, EnforceRecord, WriteRefusal};
 pub use net::{is_loopback, Direction, NetRule, Proto};
 pub use process::{kill_process, process_start_time};
 
@@ -147,6 +175,13 @@ pub enum EnforceError {
     Dispatcher { name: String, why: &'static str },
 }
 
+/// `LANCET_ESTAT_SLOTS`: the size of the pinned `enforce_stats`.
+const STAT_SLOTS: u32 = 32;
+/// The counters in use (`LANCET_ESTAT_MAX`).
+const STAT_COUNT: usize = 15;
+/// The program that reports writes refused with EROFS, and its tracepoint.
+const SYS_EXIT_PROGRAM: &str = "enf_sys_exit";
+
 pub type Result<T, E = EnforceError> = std::result::Result<T, E>;
 
 fn map_err(map: &'static str, context: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> EnforceError {
@@ -177,6 +212,10 @@ impl PolicyFlags {
     /// SIGKILL a process that execs a multi-call file listed with
     /// [`Enforcer::set_applets`] as an applet that is not allowed.
     pub const KILL_APPLET: PolicyFlags = PolicyFlags(1 << 7);
+    /// Report syscalls that fail with EROFS (writes refused by a read-only
+    /// mount); managed by [`Enforcer::set_write_reports`], which attaches
+    /// the program that reads it.
+    pub const REPORT_EROFS: PolicyFlags = PolicyFlags(1 << 8);
 
     pub const fn bits(self) -> u32 {
         self.0
@@ -266,6 +305,7 @@ pub struct EnforceStats {
     pub denied_bind6: u64,
     /// Operations NET_AUDIT reported but let through.
     pub audited: u64,
+    /// Processes killed: execs, and listeners (also in `listen_kills`).
     pub kills: u64,
     /// `bpf_send_signal` refused (e.g. the task was already exiting).
     pub kill_failed: u64,
@@ -273,11 +313,24 @@ pub struct EnforceStats {
     pub isolate_dropped_egress: u64,
     /// Records that did not fit in `enforce_events`.
     pub events_lost: u64,
+    /// Writes refused with EROFS that were reported.
+    pub write_refused: u64,
+    /// ... and those past a container's budget (64 a second), not reported.
+    pub write_refused_dropped: u64,
+    /// Processes killed for listening on a port not allowed (also in `kills`).
+    pub listen_kills: u64,
 }
 
 impl EnforceStats {
+    /// Operations refused: connect/sendmsg/bind denials and listener kills.
     pub fn denied(&self) -> u64 {
-        self.denied_connect4 + self.denied_connect6 + self.denied_sendmsg4 + self.denied_sendmsg6 + self.denied_bind4 + self.denied_bind6
+        self.denied_connect4
+            + self.denied_connect6
+            + self.denied_sendmsg4
+            + self.denied_sendmsg6
+            + self.denied_bind4
+            + self.denied_bind6
+            + self.listen_kills
     }
 }
 
@@ -287,6 +340,8 @@ fn program_info(name: &str) -> (&'static str, HookKind) {
         "enf_connect4" | "enf_connect6" | "enf_bind4" | "enf_bind6" => ("4.17", HookKind::Root),
         "enf_sendmsg4" | "enf_sendmsg6" => ("4.18", HookKind::Root),
         "enf_exec" => ("5.5 (tp_btf), 5.3 (bpf_send_signal)", HookKind::Global),
+        "enf_listen" | "enf_listen_port" => ("5.11 (bpf_get_current_task_btf), 5.5 (tp_btf)", HookKind::Global),
+        SYS_EXIT_PROGRAM => ("5.11 (bpf_get_current_task_btf), 4.17 (raw_tp)", HookKind::OnDemand),
         "enf_skb_in" => ("4.18 (bpf_skb_cgroup_id)", HookKind::Isolation(Skb::Ingress)),
         "enf_skb_out" => ("4.18 (bpf_skb_cgroup_id)", HookKind::Isolation(Skb::Egress)),
         _ => ("?", HookKind::Global),
@@ -299,6 +354,9 @@ enum HookKind {
     Root,
     /// A tracing hook (all tasks).
     Global,
+    /// A tracing hook attached only while some cgroup needs it (its cost is
+    /// host-wide): `enf_sys_exit`, while a cgroup has REPORT_EROFS.
+    OnDemand,
     /// A packet filter attached to a container's cgroup while it is isolated.
     Isolation(Skb),
 }
@@ -343,6 +401,8 @@ pub struct Enforcer {
     events: MapHandle,
     skb_in: Option<OwnedFd>,
     skb_out: Option<OwnedFd>,
+    /// `enf_sys_exit` and its id, attached by [`Enforcer::set_write_reports`].
+    sys_exit: Option<(OwnedFd, u32)>,
     /// The root hooks' links (pinned), with their program names.
     links: Vec<(String, Link)>,
     status: Vec<HookStatus>,
@@ -397,11 +457,71 @@ impl RunTimeStats {
 /// What the kernel reports about a loaded program.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ProgramRuns {
+    /// The program's id (as in `bpftool prog`, and `prog_id` of its links).
+    pub id: u32,
     /// Runs and their total time, counted while [`RunTimeStats`] are on.
     pub run_cnt: u64,
     pub run_time_ns: u64,
     /// Instructions the verifier walked to accept it (its complexity).
     pub verified_insns: u32,
+}
+
+/// What the kernel says about program `id`, if it is loaded.
+fn program_runs(id: u32) -> Option<ProgramRuns> {
+    libbpf_rs::query::ProgInfoIter::default().find(|p| p.id == id).map(|p| ProgramRuns {
+        id,
+        run_cnt: p.run_cnt,
+        run_time_ns: p.run_time_ns,
+        verified_insns: p.verified_insns,
+    })
+}
+
+/// The id of the program `fd` refers to.
+fn prog_id(fd: &OwnedFd) -> io::Result<u32> {
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: `fd` is open; `info` is writable memory of `len` bytes for
+    // the duration of the call, and the kernel writes at most `len` bytes.
+    let r = unsafe { libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if r < 0 {
+        return Err(io::Error::from_raw_os_error(-r));
+    }
+    Ok(info.id)
+}
+
+/// `BPF_RAW_TRACEPOINT_OPEN`: attaches a raw_tp program by fd; the result is
+/// a link fd (pinnable; it detaches when the last fd and pin are gone).
+fn raw_tracepoint_open(prog: &OwnedFd, tracepoint: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `tracepoint` is NUL-terminated and `prog` open for the
+    // duration of the call.
+    let fd = unsafe { libbpf_rs::libbpf_sys::bpf_raw_tracepoint_open(tracepoint.as_ptr(), prog.as_raw_fd()) };
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: the call returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `enforce_stats` as pinned by an agent from before it had
+/// LANCET_ESTAT_SLOTS slots cannot be reused (libbpf refuses a map of
+/// another size, and the whole load with it): it is unpinned, so that this
+/// load pins a new one. Only counters are lost; the programs of the old
+/// agent keep their map until their links are replaced.
+fn replace_resized_stats(pin_dir: &Path) {
+    let path = pin_dir.join("enforce_stats");
+    if !path.exists() {
+        return;
+    }
+    match MapHandle::from_pinned_path(&path).and_then(|m| m.info()) {
+        Ok(info) if info.info.max_entries == STAT_SLOTS => {}
+        Ok(info) => {
+            tracing::info!(pin = %path.display(), slots = info.info.max_entries, "enforce_stats has another size: replaced, its counts start again");
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(pin = %path.display(), "removing the old enforce_stats: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(pin = %path.display(), "reading the pinned enforce_stats: {e}"),
+    }
 }
 
 /// Whether `path` lies on bpffs.
@@ -452,7 +572,11 @@ fn initial_status(cgroup2_root: &Path) -> Result<Vec<HookStatus>> {
             let (min_kernel, kind) = program_info(&program);
             let target = match kind {
                 HookKind::Root => format!("cgroup v2 root {}", cgroup2_root.display()),
-                HookKind::Global => "every exec".to_string(),
+                HookKind::Global if program == "enf_exec" => "every exec".to_string(),
+                HookKind::Global if program == "enf_listen" => "every TCP socket going to LISTEN".to_string(),
+                HookKind::Global if program == "enf_listen_port" => "every SIGKILL delivered".to_string(),
+                HookKind::Global => "all tasks".to_string(),
+                HookKind::OnDemand => "every syscall exit, while a cgroup reports refused writes".to_string(),
                 HookKind::Isolation(_) => "the cgroup of each isolated container".to_string(),
             };
             HookStatus {
@@ -515,7 +639,7 @@ pub fn check(cgroup2_root: &Path) -> Vec<HookStatus> {
             continue;
         }
         let res = match (program_info(&name).1, &root) {
-            (HookKind::Global, _) => prog.attach(),
+            (HookKind::Global | HookKind::OnDemand, _) => prog.attach(),
             (_, Ok(root)) => prog.attach_cgroup(root.as_raw_fd()),
             (_, Err(e)) => {
                 st.error = Some(format!("cgroup v2 root {}: {e}", cgroup2_root.display()));
@@ -626,6 +750,7 @@ impl Enforcer {
         let root_id = root.metadata().map_err(|source| EnforceError::Cgroup { path: cfg.cgroup2_root.clone(), source })?.ino();
 
         let mut status = initial_status(&cfg.cgroup2_root)?;
+        replace_resized_stats(&cfg.pin_dir);
 
         let (mut first, mut retry) = (MaybeUninit::uninit(), MaybeUninit::uninit());
         let skel = Self::load(Some(&cfg.pin_dir), &mut first, &mut retry, &mut status)?;
@@ -633,6 +758,7 @@ impl Enforcer {
         let mut links = Vec::new();
         let mut skb_in = None;
         let mut skb_out = None;
+        let mut sys_exit = None;
         for prog in skel.object().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
             let Some(st) = status.iter_mut().find(|s| s.program == name) else { continue };
@@ -641,6 +767,21 @@ impl Enforcer {
             }
             let (_, kind) = program_info(&name);
             match kind {
+                HookKind::OnDemand => {
+                    // Attached below, when some cgroup wants it.
+                    match prog
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map_err(|e| e.to_string())
+                        .and_then(|fd| prog_id(&fd).map(|id| (fd, id)).map_err(|e| format!("reading the program's id: {e}")))
+                    {
+                        Ok(p) => {
+                            st.holds = true;
+                            sys_exit = Some(p);
+                        }
+                        Err(e) => st.error = Some(format!("keeping the program: {e}")),
+                    }
+                }
                 HookKind::Isolation(skb) => {
                     match prog.as_fd().try_clone_to_owned() {
                         Ok(fd) => {
@@ -740,7 +881,7 @@ impl Enforcer {
                 .ok_or_else(|| EnforceError::Open(io::Error::other(format!("no map {name}")).into()))?;
             MapHandle::try_from(&m).map_err(map_err(name, "keeping a handle"))
         };
-        let enforcer = Enforcer {
+        let mut enforcer = Enforcer {
             cg_policy: handle("cg_policy")?,
             net_allow: handle("net_allow")?,
             kill_ino: handle("kill_ino")?,
@@ -750,6 +891,7 @@ impl Enforcer {
             events: handle("enforce_events")?,
             skb_in,
             skb_out,
+            sys_exit,
             links,
             status,
             cfg,
@@ -757,6 +899,7 @@ impl Enforcer {
         // The object closes here; the pinned links, the kept program fds
         // and the map handles hold everything that matters.
         drop(skel);
+        enforcer.adopt_write_reports();
         Ok(enforcer)
     }
 
@@ -820,6 +963,16 @@ impl Enforcer {
                 HookKind::Isolation(_) => {
                     st.target = format!("the cgroup of each isolated container ({isolated} now)");
                 }
+                HookKind::OnDemand => {
+                    let pin = self.sys_exit_pin();
+                    let attached = pin.exists();
+                    let flagged = self.write_reports().map(|v| v.len().to_string()).unwrap_or_else(|_| "?".into());
+                    st.target = format!(
+                        "every syscall exit, while a cgroup reports refused writes ({flagged} now; {})",
+                        if attached { "attached" } else { "not attached" }
+                    );
+                    st.pin = attached.then_some(pin);
+                }
                 HookKind::Global => {}
             }
         }
@@ -828,7 +981,7 @@ impl Enforcer {
 
     /// The counters, summed over CPUs.
     pub fn stats(&self) -> Result<EnforceStats> {
-        let mut v = [0u64; 12];
+        let mut v = [0u64; STAT_COUNT];
         for (i, slot) in v.iter_mut().enumerate() {
             let key = (i as u32).to_ne_bytes();
             if let Some(per_cpu) = self.stats.lookup_percpu(&key, MapFlags::ANY).map_err(map_err("enforce_stats", format!("index {i}")))? {
@@ -848,6 +1001,9 @@ impl Enforcer {
             isolate_dropped_ingress: v[9],
             isolate_dropped_egress: v[10],
             events_lost: v[11],
+            write_refused: v[12],
+            write_refused_dropped: v[13],
+            listen_kills: v[14],
         })
     }
 
@@ -856,11 +1012,7 @@ impl Enforcer {
     pub fn exec_program_runs(&self) -> Result<Option<ProgramRuns>> {
         let Some((_, link)) = self.links.iter().find(|(n, _)| n == "enf_exec") else { return Ok(None) };
         let info = link.info().map_err(map_err("link-enf_exec", "reading the link"))?;
-        Ok(libbpf_rs::query::ProgInfoIter::default().find(|p| p.id == info.prog_id).map(|p| ProgramRuns {
-            run_cnt: p.run_cnt,
-            run_time_ns: p.run_time_ns,
-            verified_insns: p.verified_insns,
-        }))
+        Ok(program_runs(info.prog_id))
     }
 
     /// A reader of the denial/kill records. Independent of the enforcer: it
@@ -894,19 +1046,33 @@ impl Enforcer {
     /// Sets a container's policy. An isolation in force is kept unless
     /// `policy.flags` has ISOLATE itself (then `isolate_until` is its new
     /// deadline); isolation proper (the packet filters) is [`Enforcer::isolate`].
-    /// Empty flags (and no isolation) remove the entry.
+    /// Empty flags (and no isolation) remove the entry. REPORT_EROFS is
+    /// taken as given, like the other flags ([`Enforcer::set_write_reports`]
+    /// changes only it), and the program that reads it is attached or
+    /// detached to match.
     pub fn set_policy(&self, cgid: u64, policy: CgPolicy) -> Result<()> {
+        let old = self.read_raw_policy(cgid)?;
         let mut flags = policy.flags.bits();
         let mut until = 0;
         if policy.flags.contains(PolicyFlags::ISOLATE) {
             until = deadline(policy.isolate_until);
-        } else if let Some((old, old_until)) = self.read_raw_policy(cgid)? {
+        } else if let Some((old, old_until)) = old {
             if old & PolicyFlags::ISOLATE.bits() != 0 && (old_until == 0 || old_until > boot_time_ns()) {
                 flags |= PolicyFlags::ISOLATE.bits();
                 until = old_until;
             }
         }
-        self.write_raw_policy(cgid, flags, until)
+        let reports = PolicyFlags::REPORT_EROFS.bits();
+        let had = old.is_some_and(|(f, _)| f & reports != 0);
+        let wants = flags & reports != 0;
+        if wants && !had {
+            self.attach_write_reports()?;
+        }
+        self.write_raw_policy(cgid, flags, until)?;
+        if had && !wants {
+            self.sync_write_reports()?;
+        }
+        Ok(())
     }
 
     /// A container's policy, or None when it has none.
@@ -926,10 +1092,15 @@ impl Enforcer {
     }
 
     /// Forgets a container: its policy, allow-list, kill list, applet lists
-    /// and isolation links. Call when it exits.
+    /// and isolation links (and detaches the write reports' program if it
+    /// was the last to want it). Call when it exits.
     pub fn clear(&self, cgid: u64) -> Result<()> {
         self.detach_isolation(cgid);
+        let reported = self.read_raw_policy(cgid)?.is_some_and(|(f, _)| f & PolicyFlags::REPORT_EROFS.bits() != 0);
         delete(&self.cg_policy, &cgid.to_ne_bytes()).map_err(map_err("cg_policy", format!("cgroup {cgid}")))?;
+        if reported {
+            self.sync_write_reports()?;
+        }
         self.remove_allow_entries(cgid, &std::collections::HashSet::new())?;
         for k in self.kill_ino.keys().collect::<Vec<_>>() {
             if key_cgid(&k) == Some(cgid) {
@@ -1060,6 +1231,144 @@ impl Enforcer {
             }
         }
         Ok(out)
+    }
+
+    // ---- writes refused by a read-only mount ----
+
+    /// Turns the reports of `cgid`'s writes refused with EROFS on or off
+    /// (the REPORT_EROFS flag; the container's other flags stay). The
+    /// program that sends them, `enf_sys_exit`, sees every syscall exit on
+    /// the host, so it is attached (pinned as `link-enf_sys_exit`, so it
+    /// outlives the agent like the rules) when the first cgroup turns them
+    /// on, and detached when the last turns them off, is cleared or
+    /// collected. Turning on fails, and changes nothing, when the program
+    /// cannot be attached.
+    pub fn set_write_reports(&self, cgid: u64, on: bool) -> Result<()> {
+        let (flags, until) = self.read_raw_policy(cgid)?.unwrap_or((0, 0));
+        let bit = PolicyFlags::REPORT_EROFS.bits();
+        if on {
+            // The program first: a flag without it would report nothing.
+            self.attach_write_reports()?;
+            if let Err(e) = self.write_raw_policy(cgid, flags | bit, until) {
+                let _ = self.sync_write_reports();
+                return Err(e);
+            }
+            Ok(())
+        } else {
+            self.write_raw_policy(cgid, flags & !bit, until)?;
+            self.sync_write_reports()
+        }
+    }
+
+    /// The cgroups whose refused writes are reported.
+    pub fn write_reports(&self) -> Result<Vec<u64>> {
+        let bit = PolicyFlags::REPORT_EROFS.bits();
+        let mut v = Vec::new();
+        for cgid in self.list_cgroups()? {
+            if self.read_raw_policy(cgid)?.is_some_and(|(f, _)| f & bit != 0) {
+                v.push(cgid);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Whether the write reports' program is attached now (its link is pinned).
+    pub fn write_reports_attached(&self) -> bool {
+        self.sys_exit_pin().exists()
+    }
+
+    /// The write reports' program as loaded by this enforcer (its id, and
+    /// its run statistics while [`RunTimeStats`] are on), or None when it
+    /// did not load. Whether it is attached: [`Enforcer::write_reports_attached`].
+    pub fn write_reports_program(&self) -> Option<ProgramRuns> {
+        self.sys_exit.as_ref().and_then(|(_, id)| program_runs(*id))
+    }
+
+    fn sys_exit_pin(&self) -> PathBuf {
+        self.cfg.pin_dir.join(format!("{LINK_PREFIX}{SYS_EXIT_PROGRAM}"))
+    }
+
+    /// Attaches `enf_sys_exit` unless a link is pinned already (ours, or
+    /// an earlier agent's not replaced).
+    fn attach_write_reports(&self) -> Result<()> {
+        let path = self.sys_exit_pin();
+        if path.exists() {
+            return Ok(());
+        }
+        let link = self.new_sys_exit_link()?;
+        match obj_pin(&link, &path) {
+            // Another enforcer on this pin dir was quicker: its link does.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            r => r.map_err(|source| EnforceError::Pin { path, source }),
+        }
+    }
+
+    fn new_sys_exit_link(&self) -> Result<OwnedFd> {
+        let Some((prog, _)) = &self.sys_exit else {
+            let why = self.status.iter().find(|s| s.program == SYS_EXIT_PROGRAM).and_then(|s| s.error.clone());
+            return Err(EnforceError::NotLoaded { program: SYS_EXIT_PROGRAM, why: why.unwrap_or_default() });
+        };
+        raw_tracepoint_open(prog, c"sys_exit").map_err(|source| EnforceError::Attach {
+            program: SYS_EXIT_PROGRAM.into(),
+            target: PathBuf::from("raw_tp/sys_exit"),
+            source,
+        })
+    }
+
+    /// Unpins the link: it goes when no one holds it (the enforcer keeps
+    /// no fd of it). A raw tracepoint link cannot be detached while held.
+    fn detach_write_reports(&self) {
+        let path = self.sys_exit_pin();
+        if let Err(e) = destroy_pinned_link(&path) {
+            tracing::warn!(pin = %path.display(), "removing the write reports' link: {e}");
+        }
+    }
+
+    /// Attached exactly while some cgroup has REPORT_EROFS.
+    fn sync_write_reports(&self) -> Result<()> {
+        if self.write_reports()?.is_empty() {
+            self.detach_write_reports();
+            Ok(())
+        } else {
+            self.attach_write_reports()
+        }
+    }
+
+    /// At open: a link an earlier agent pinned is replaced by one of this
+    /// enforcer's program (attached before the old one goes, so no refused
+    /// write is missed) while some cgroup wants reports, and removed when
+    /// none does; a cgroup flagged with no link pinned gets one.
+    fn adopt_write_reports(&mut self) {
+        let path = self.sys_exit_pin();
+        let had = path.exists();
+        let want = match self.write_reports() {
+            Ok(v) => !v.is_empty(),
+            Err(e) => {
+                tracing::warn!("reading which cgroups report refused writes: {e}");
+                had
+            }
+        };
+        let res = match (want, had) {
+            (true, true) => self.new_sys_exit_link().and_then(|link| {
+                let _ = destroy_pinned_link(&path);
+                obj_pin(&link, &path).map_err(|source| EnforceError::Pin { path: path.clone(), source })
+            }),
+            (true, false) => self.attach_write_reports(),
+            (false, _) => {
+                self.detach_write_reports();
+                Ok(())
+            }
+        };
+        if let Some(st) = self.status.iter_mut().find(|s| s.program == SYS_EXIT_PROGRAM) {
+            match res {
+                Ok(()) => st.adopted = had && want,
+                Err(e) => {
+                    tracing::warn!("write reports not in force: {e}");
+                    st.holds = false;
+                    st.error = Some(e.to_string());
+                }
+            }
+        }
     }
 
     // ---- exec kills ----
@@ -1358,7 +1667,10 @@ mod tests {
         assert_eq!(std::mem::size_of::<types::lancet_net_key>(), 32);
         assert_eq!(std::mem::size_of::<types::lancet_kill_key>(), 24);
         assert_eq!(std::mem::size_of::<types::lancet_cg_policy>(), 16);
-        assert_eq!(std::mem::size_of::<types::lancet_enforce_event>(), 144);
+        assert_eq!(std::mem::size_of::<types::lancet_enforce_event>(), 416);
+        // LANCET_ENFORCE_EVENT_SHORT: the size of every record but a write
+        // refusal, which alone carries `path`.
+        assert_eq!(std::mem::offset_of!(types::lancet_enforce_event, path), 160);
         assert_eq!(std::mem::size_of::<types::lancet_applet_key>(), APPLET_KEY_LEN);
         assert_eq!(std::mem::size_of::<types::lancet_multicall>(), DISPATCHER_MAX + 1);
     }
@@ -1420,5 +1732,6 @@ mod tests {
         assert!(!f.contains(PolicyFlags::ISOLATE));
         assert_eq!(f.without(PolicyFlags::NET_ENFORCE), PolicyFlags::KILL_MEMFD_EXEC);
         assert_eq!(f.bits(), 0b1001);
+        assert_eq!(PolicyFlags::REPORT_EROFS.bits(), 1 << 8);
     }
 }

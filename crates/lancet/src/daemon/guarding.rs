@@ -325,8 +325,31 @@ fn kernel_verdict(r: &EnforceRecord) -> (Verdict, Action) {
         };
         return (drift_verdict(&Drift { kind, path, origin: None }), Action::KillProcess);
     }
-    let bind = matches!(r.op, EnforceOp::Bind4 | EnforceOp::Bind6);
+    if r.op == EnforceOp::WriteRefused {
+        // The write already failed (EROFS): the alert names the writer.
+        let w = r.write.as_ref();
+        let what = w.map(|w| w.evt_type()).unwrap_or_else(|| "write".into());
+        let path = match r.to_event().kind {
+            EventKind::File(f) => f.path,
+            _ => String::new(),
+        };
+        let v = enforced_verdict(
+            "Write refused by the read-only filesystem",
+            Severity::High,
+            format!("{what} of {path} by {} (pid {}) refused: the container's filesystem is read-only", r.comm, r.pid),
+            &["protect", "immutable", "T1565"],
+        );
+        return (v, Action::Block);
+    }
     let why = if r.reason == EnforceReason::Isolated { "the container is isolated" } else { "not in the allow-list" };
+    if r.op == EnforceOp::Listen {
+        let port = if r.port == 0 { "an ephemeral port".to_string() } else { format!("port {}", r.port) };
+        let done = if r.denied { "killed" } else { "reported" };
+        let v =
+            enforced_verdict("Listener not allowed", Severity::High, format!("listen on {port} {done} ({why})"), &["protect", "network"]);
+        return (v, if r.denied { Action::KillProcess } else { Action::Alert });
+    }
+    let bind = matches!(r.op, EnforceOp::Bind4 | EnforceOp::Bind6);
     let what = match (bind, r.addr) {
         (true, _) => format!("bind to port {} refused ({why})", r.port),
         (false, Some(a)) => format!("connection to {a}:{} refused ({why})", r.port),
