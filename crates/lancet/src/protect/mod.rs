@@ -232,7 +232,7 @@ impl Protector {
             backends.push(Box::new(NetBackend { enforcer: Rc::clone(e) }));
             backends.push(Box::new(ProcessBackend::new(Rc::clone(e))));
         }
-        let immutable = ImmutableBackend::new(&opts.state_dir);
+        let immutable = ImmutableBackend::new(&opts.state_dir, enforcer.as_ref().map(Rc::clone));
         match immutable.availability() {
             Ok(()) => backends.push(Box::new(immutable)),
             Err(e) => unavailable.push((immutable.name().to_string(), e)),

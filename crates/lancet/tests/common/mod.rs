@@ -292,12 +292,23 @@ pub struct Agent {
     state: PathBuf,
     policies: PathBuf,
     alerts: PathBuf,
+    /// The agent's configuration file's text (empty by default).
+    config: String,
 }
 
 impl Agent {
+    /// [`Agent::start`] with a configuration file of this text.
+    pub fn start_with_config(state: &Path, policies: &Path, alerts: &Path, config: &str, extra: &[&str]) -> Agent {
+        Agent::start_inner(state, policies, alerts, config, extra)
+    }
+
     /// Starts `lancet run --mode learn` (long learning periods) plus `extra`
     /// and waits until it traces.
     pub fn start(state: &Path, policies: &Path, alerts: &Path, extra: &[&str]) -> Agent {
+        Agent::start_inner(state, policies, alerts, "", extra)
+    }
+
+    fn start_inner(state: &Path, policies: &Path, alerts: &Path, config: &str, extra: &[&str]) -> Agent {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let mut a = Agent {
             child: Command::new("true").spawn().expect("placeholder child"),
@@ -308,6 +319,7 @@ impl Agent {
             state: state.to_path_buf(),
             policies: policies.to_path_buf(),
             alerts: alerts.to_path_buf(),
+            config: config.to_string(),
         };
         let _ = a.child.wait();
         a.spawn();
@@ -316,8 +328,9 @@ impl Agent {
 
     /// (Re)starts the agent process with the same settings and pins.
     pub fn spawn(&mut self) {
-        // An empty config file, so the host's /etc/lancet/lancet.yaml plays no part.
-        std::fs::write(self.state.join("none.yaml"), "").expect("write config");
+        // A config file of our own (empty unless given), so the host's
+        // /etc/lancet/lancet.yaml plays no part.
+        std::fs::write(self.state.join("none.yaml"), &self.config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lancet"))
             .args(["run", "--mode", "learn", "--min-learning", "1h", "--quiet-period", "1h", "--listen", &self.api])
             .arg("--state-dir")
