@@ -1110,6 +1110,54 @@ impl Enforcer {
         self.clear_applets(cgid)
     }
 
+    /// Pins that went missing while this agent runs (someone removed
+    /// files under the pin directory) are pinned again from what the agent
+    /// holds: the maps, the root hooks' links, and the write reports' link
+    /// when some cgroup still wants it. Returns what was repaired, so the
+    /// caller can say so. An isolation's link is held by its pin alone: a
+    /// removed one is gone (see [`Enforcer::isolation_pinned`]).
+    pub fn repair_pins(&mut self) -> Result<Vec<String>> {
+        let mut fixed = Vec::new();
+        if !self.cfg.pin_dir.is_dir() {
+            prepare_pin_dir(&self.cfg.pin_dir)?;
+            fixed.push(self.cfg.pin_dir.display().to_string());
+        }
+        let dir = self.cfg.pin_dir.clone();
+        for (name, map) in [
+            ("cg_policy", &mut self.cg_policy),
+            ("net_allow", &mut self.net_allow),
+            ("kill_ino", &mut self.kill_ino),
+            ("multicall", &mut self.multicall),
+            ("applets", &mut self.applets),
+            ("enforce_stats", &mut self.stats),
+            ("enforce_events", &mut self.events),
+        ] {
+            let path = dir.join(name);
+            if !path.exists() {
+                map.pin(&path).map_err(|e| EnforceError::Pin { path: path.clone(), source: io_err(e) })?;
+                fixed.push(name.to_string());
+            }
+        }
+        for (name, link) in self.links.iter_mut() {
+            let path = dir.join(format!("{LINK_PREFIX}{name}"));
+            if !path.exists() {
+                link.pin(&path).map_err(|e| EnforceError::Pin { path: path.clone(), source: io_err(e) })?;
+                fixed.push(format!("{LINK_PREFIX}{name}"));
+            }
+        }
+        if !self.write_reports()?.is_empty() && !self.write_reports_attached() {
+            self.attach_write_reports()?;
+            fixed.push(format!("{LINK_PREFIX}{SYS_EXIT_PROGRAM}"));
+        }
+        Ok(fixed)
+    }
+
+    /// Whether the isolation of `cgid` still has its pinned links (a
+    /// removed pin lifts the isolation: the link was held by it alone).
+    pub fn isolation_pinned(&self, cgid: u64) -> bool {
+        [Skb::Ingress, Skb::Egress].iter().all(|&skb| isolation_pin(&self.cfg.pin_dir, cgid, skb).exists())
+    }
+
     /// Removes every entry of cgroups for which `live` says false (gone
     /// while the agent was down). Returns the cgroups removed.
     pub fn gc(&self, live: impl Fn(u64) -> bool) -> Result<Vec<u64>> {

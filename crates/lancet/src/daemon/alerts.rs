@@ -112,6 +112,45 @@ impl Alerts {
 
     /// Writes an alert to the output and the store (`row.json` is filled
     /// from `j`); returns its id in the store.
+    /// An alert about the host or lancet itself (no container): Falco's
+    /// shape, with `container.id` and `container.name` set to `host` as
+    /// Falco does for host events. `fields` (an object) adds to the
+    /// output fields. Never muted: there are few, and each matters.
+    pub(super) fn raise_host(
+        &mut self,
+        store: &mut Store,
+        rule: &str,
+        priority: &str,
+        tags: &[&str],
+        message: &str,
+        fields: serde_json::Value,
+    ) -> Result<u64> {
+        let now = super::now_ns();
+        let time = lancet_engine::output::rfc3339_nanos(now);
+        let mut f = json!({"evt.time": now, "container.id": "host", "container.name": "host", "lancet.count": 1});
+        if let (Some(f), Some(extra)) = (f.as_object_mut(), fields.as_object()) {
+            f.extend(extra.clone());
+        }
+        let j = json!({
+            "time": time, "rule": rule, "priority": priority, "source": "lancet", "hostname": self.hostname,
+            "tags": tags, "output": format!("{time} {rule}: {message}"), "output_fields": f,
+        });
+        let row = NewAlert {
+            time_ns: now,
+            rule: rule.into(),
+            priority: priority.into(),
+            container_id: "host".into(),
+            container_name: "host".into(),
+            image: String::new(),
+            workload: String::new(),
+            action: "alert".into(),
+            enforced: false,
+            count: 1,
+            json: String::new(),
+        };
+        self.emit(store, &j, row)
+    }
+
     pub(super) fn emit(&mut self, store: &mut Store, j: &serde_json::Value, mut row: NewAlert) -> Result<u64> {
         if let Some(out) = self.out.as_mut() {
             serde_json::to_writer(&mut *out, j)?;

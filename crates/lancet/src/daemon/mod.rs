@@ -219,6 +219,26 @@ impl Daemon {
         self.alert(ev, c, key, mode, &v, None)
     }
 
+    /// One alert for lancet's kernel state removed under it (and put back).
+    fn report_tampering(&mut self) -> Result<()> {
+        let Some(p) = self.guarding.protector.as_mut() else { return Ok(()) };
+        if p.tampered.is_empty() {
+            return Ok(());
+        }
+        let fixed = std::mem::take(&mut p.tampered);
+        let message =
+            format!("removed from {} while the agent ran, pinned again: {}", self.settings.protect.pin_dir.display(), fixed.join(", "));
+        self.alerts.raise_host(
+            &mut self.store,
+            "lancet enforcement pins removed",
+            "Critical",
+            &["lancet", "tamper", "T1562"],
+            &message,
+            serde_json::json!({"lancet.repaired": fixed}),
+        )?;
+        Ok(())
+    }
+
     fn container_gone(&mut self, id: &str) {
         self.guarding.forget(id);
         self.writes.forget_container(id);
@@ -244,6 +264,7 @@ impl Daemon {
         self.workloads.persist(&mut self.store, &self.settings.lifecycle, now)?;
         self.store.flush()?;
         self.sync_protection();
+        self.report_tampering()?;
         self.policies.reload_if_changed(reload.swap(false, Ordering::Relaxed));
         if self.last_prune.elapsed() > Duration::from_secs(60) {
             self.store.prune(now)?;

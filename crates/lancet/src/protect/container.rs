@@ -89,6 +89,15 @@ impl Containment {
         self.isolated.iter().chain(self.frozen.iter()).filter(|(_, m)| m.until <= now).map(|(id, _)| id.clone()).collect()
     }
 
+    /// Isolations in force: container id, cgroup id, cgroup directory, and
+    /// the time left.
+    pub(super) fn isolations(&self, now: Instant) -> Vec<(String, u64, PathBuf, Duration)> {
+        self.isolated
+            .iter()
+            .map(|(id, m)| (id.clone(), m.cgroup_id, m.cgroup_dir.clone(), m.until.saturating_duration_since(now)))
+            .collect()
+    }
+
     pub(super) fn isolated(&self) -> Vec<&str> {
         self.isolated.keys().map(String::as_str).collect()
     }

@@ -180,6 +180,8 @@ pub struct Protector {
     cgroup2: PathBuf,
     last_gc: Instant,
     pub counters: Counters,
+    /// Pins found removed and put back since the daemon last looked.
+    pub tampered: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -252,6 +254,7 @@ impl Protector {
             cgroup2: cgroup2.to_path_buf(),
             last_gc: Instant::now(),
             counters: Counters::default(),
+            tampered: Vec::new(),
         }
     }
 
@@ -426,6 +429,7 @@ impl Protector {
             let done = self.release(&id);
             tracing::info!(container = %id, released = ?done, "response expired");
         }
+        self.repair();
         if let Some(e) = &self.enforcer {
             let e = e.borrow();
             if let Err(err) = e.expire_isolations() {
@@ -441,6 +445,30 @@ impl Protector {
                     Ok(_) => {}
                     Err(err) => tracing::warn!("cleaning enforcement maps: {err}"),
                 }
+            }
+        }
+    }
+
+    /// Puts back what was removed under the pin directory while the agent
+    /// runs (maps, links, the isolations in force), and notes it in
+    /// [`Protector::tampered`] for an alert.
+    fn repair(&mut self) {
+        let Some(e) = &self.enforcer else { return };
+        match e.borrow_mut().repair_pins() {
+            Ok(fixed) if !fixed.is_empty() => {
+                tracing::warn!(pins = ?fixed, "lancet's pins were removed while it runs; pinned again");
+                self.tampered.extend(fixed);
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!("lancet's pins were removed and could not be put back: {err}"),
+        }
+        for (id, cgid, dir, left) in self.containment.isolations(Instant::now()) {
+            if left.is_zero() || e.borrow().isolation_pinned(cgid) {
+                continue;
+            }
+            match e.borrow_mut().isolate(cgid, &dir, left) {
+                Ok(()) => self.tampered.push(format!("isolation of {id}")),
+                Err(err) => tracing::error!(container = %id, "an isolation's pins were removed and it could not be put back: {err}"),
             }
         }
     }
