@@ -1123,27 +1123,37 @@ impl Enforcer {
             fixed.push(self.cfg.pin_dir.display().to_string());
         }
         let dir = self.cfg.pin_dir.clone();
+        let mut first_error = None;
+        let mut pin = |name: String, fd: &dyn AsRawFd, fixed: &mut Vec<String>| {
+            let path = dir.join(&name);
+            if path.exists() {
+                return;
+            }
+            // The raw call: libbpf refuses to pin a link it pinned before.
+            match obj_pin(&fd.as_raw_fd(), &path) {
+                Ok(()) => fixed.push(name),
+                Err(source) => {
+                    first_error.get_or_insert(EnforceError::Pin { path, source });
+                }
+            }
+        };
         for (name, map) in [
-            ("cg_policy", &mut self.cg_policy),
-            ("net_allow", &mut self.net_allow),
-            ("kill_ino", &mut self.kill_ino),
-            ("multicall", &mut self.multicall),
-            ("applets", &mut self.applets),
-            ("enforce_stats", &mut self.stats),
-            ("enforce_events", &mut self.events),
+            ("cg_policy", &self.cg_policy),
+            ("net_allow", &self.net_allow),
+            ("kill_ino", &self.kill_ino),
+            ("multicall", &self.multicall),
+            ("applets", &self.applets),
+            ("enforce_stats", &self.stats),
+            ("enforce_events", &self.events),
         ] {
-            let path = dir.join(name);
-            if !path.exists() {
-                map.pin(&path).map_err(|e| EnforceError::Pin { path: path.clone(), source: io_err(e) })?;
-                fixed.push(name.to_string());
-            }
+            pin(name.to_string(), &map.as_fd(), &mut fixed);
         }
-        for (name, link) in self.links.iter_mut() {
-            let path = dir.join(format!("{LINK_PREFIX}{name}"));
-            if !path.exists() {
-                link.pin(&path).map_err(|e| EnforceError::Pin { path: path.clone(), source: io_err(e) })?;
-                fixed.push(format!("{LINK_PREFIX}{name}"));
-            }
+        for (name, link) in &self.links {
+            pin(format!("{LINK_PREFIX}{name}"), &link.as_fd(), &mut fixed);
+        }
+        if let Some(e) = first_error {
+            // What was put back is still reported; the rest is tried again.
+            tracing::error!("a pin could not be put back: {e}");
         }
         if !self.write_reports()?.is_empty() && !self.write_reports_attached() {
             self.attach_write_reports()?;
@@ -1655,7 +1665,7 @@ fn link_create(prog: &OwnedFd, cgroup: &std::fs::File, attach: libbpf_rs::libbpf
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn obj_pin(fd: &OwnedFd, path: &Path) -> io::Result<()> {
+fn obj_pin(fd: &impl AsRawFd, path: &Path) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: `fd` is open and `c` is a NUL-terminated path, both valid for
     // the duration of the call.
