@@ -4,7 +4,10 @@
  *
  *   loadgen exec N PATH          fork+exec PATH N times, waiting for each
  *   loadgen connect N IP PORT    N TCP connects (and closes) to IP:PORT
- *   loadgen files N DIR          N create+write+close+unlink in DIR
+ *   loadgen files N DIR          N create+write+close+unlink in DIR (64 names)
+ *   loadgen unique N DIR         the same, each file with a name of its own
+ *                                (fanotify merges events of one name still
+ *                                queued, so counting needs distinct names)
  *   loadgen serve PORT           accept and close connections forever
  *
  * Prints one line: "<mode> <n> <seconds> <ops/s>".
@@ -69,11 +72,11 @@ static int do_connect(long n, const char *ip, int port)
 	return 0;
 }
 
-static int do_files(long n, const char *dir)
+static int do_files(long n, const char *dir, long names)
 {
 	char path[4096];
 	for (long i = 0; i < n; i++) {
-		snprintf(path, sizeof(path), "%s/f%ld", dir, i % 64);
+		snprintf(path, sizeof(path), "%s/f%ld", dir, i % names);
 		int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0644);
 		if (fd < 0)
 			return perror("open"), 1;
@@ -104,7 +107,7 @@ static int do_serve(int port)
 int main(int argc, char **argv)
 {
 	if (argc < 3)
-		return fprintf(stderr, "usage: loadgen exec|connect|files|serve ...\n"), 2;
+		return fprintf(stderr, "usage: loadgen exec|connect|files|unique|serve ...\n"), 2;
 	if (!strcmp(argv[1], "serve"))
 		return do_serve(atoi(argv[2]));
 	long n = atol(argv[2]);
@@ -115,7 +118,9 @@ int main(int argc, char **argv)
 	else if (!strcmp(argv[1], "connect") && argc == 5)
 		rc = do_connect(n, argv[3], atoi(argv[4]));
 	else if (!strcmp(argv[1], "files") && argc == 4)
-		rc = do_files(n, argv[3]);
+		rc = do_files(n, argv[3], 64);
+	else if (!strcmp(argv[1], "unique") && argc == 4)
+		rc = do_files(n, argv[3], n > 0 ? n : 1);
 	else
 		return fprintf(stderr, "bad arguments\n"), 2;
 	double dt = now() - t0;

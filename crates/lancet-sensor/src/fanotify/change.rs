@@ -113,7 +113,12 @@ impl FileChangeWatcher {
     /// FAN_REPORT_FID`, falling back to `FAN_REPORT_DFID_NAME` alone). Needs
     /// CAP_SYS_ADMIN (init) and CAP_DAC_READ_SEARCH (`open_by_handle_at`).
     pub fn new() -> Result<Self, FanotifyError> {
-        let base = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME;
+        // An unlimited queue: a burst the agent cannot keep up with waits in
+        // the kernel instead of being dropped unannounced-by-count (an
+        // overflow says only that something was lost, not how much). The
+        // queue's memory is charged to the agent's cgroup; past its limit
+        // the kernel drops and queues an overflow, which is counted.
+        let base = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME | libc::FAN_UNLIMITED_QUEUE;
         let ev_flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u32;
         let fan = match fanotify_init(base | libc::FAN_REPORT_FID, ev_flags) {
             Ok(fd) => fd,

@@ -105,7 +105,7 @@ impl SensitiveOpenWatcher {
     /// the last component).
     pub fn with_paths(paths: Vec<String>) -> Result<Self, FanotifyError> {
         let fan = fanotify_init(
-            libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
+            libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_UNLIMITED_QUEUE,
             (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
         )?;
         Ok(SensitiveOpenWatcher {
