@@ -57,6 +57,10 @@ pub(super) struct PermBackend {
 const SHM_LABEL: u64 = 1 << 63;
 
 const ALLOW: PermDecision = PermDecision { allow: true, remember: false };
+
+/// Opens in a write-protected directory whose write intent could not be
+/// read from the blocked task (it was let through): reported in the stats.
+static UNKNOWN_WRITE_INTENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const DENY: PermDecision = PermDecision { allow: false, remember: false };
 
 /// The decision of one permission event. Reads memory, plus one `lstat` in
@@ -125,7 +129,11 @@ fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSe
                 e.profile.has_sensitive_read(req.path)
             } else {
                 // A write-protected directory: reads pass, writes only where
-                // the profile learned them; unknown intent passes (fail open).
+                // the profile learned them; unknown intent passes (fail open,
+                // counted).
+                if write.is_none() {
+                    UNKNOWN_WRITE_INTENT.fetch_add(1, Ordering::Relaxed);
+                }
                 write != Some(true) || e.profile.has_written_dir(parent_dir(req.path))
             };
             if !allowed {
@@ -210,6 +218,7 @@ impl PermBackend {
         serde_json::json!({
             "events": s.events, "allowed": s.allowed, "denied": s.denied, "remembered": s.remembered,
             "failModeAnswers": s.fail_mode_answers, "overflows": s.overflows, "errors": s.errors,
+            "pathless": s.pathless, "unknownWriteIntent": UNKNOWN_WRITE_INTENT.load(Ordering::Relaxed),
             "decisionP50Ns": s.decision_p50_ns, "decisionP99Ns": s.decision_p99_ns, "decisionMaxNs": s.decision_max_ns,
         })
     }
