@@ -151,8 +151,17 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?} is not a duration"));
     }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("{s:?} is longer than the longest duration lancet takes (100 years)"));
+    }
     Ok(std::time::Duration::from_secs_f64(secs))
 }
+
+/// The longest duration any setting, flag or document may give: past it a
+/// duration is an error (a clear one), never an overflow further on.
+/// Settings with tighter bounds (isolation and freezing: 7 days) check
+/// their own.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
 
 /// A duration written as text in documents (`10m`), checked when read so a
 /// bad one is reported with its file, line and column.
@@ -206,5 +215,14 @@ mod duration_tests {
         assert!(parse_duration("soon").is_err());
         let s: Span = serde_json::from_str("\"2h\"").unwrap();
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"2h\"");
+    }
+
+    #[test]
+    fn durations_past_the_maximum_are_errors_not_overflows() {
+        for huge in ["10000000000000000000s", "100000000000000000000000000000s", "99999999999999999999999d", "36600d"] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains("longest duration") || e.contains("not a duration"), "{huge}: {e}");
+        }
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
     }
 }
