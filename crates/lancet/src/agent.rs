@@ -134,7 +134,7 @@ impl Watches {
                 return;
             }
             let label = a.label;
-            let ok = self.watch_opens(label, &c.name, pid.or(c.pid));
+            let ok = self.watch_opens(label, &c.name, pid.or_else(|| trusted_pid(c)));
             if let Some(a) = self.armed.get_mut(&c.id) {
                 a.opens = ok;
                 a.last_try = Instant::now();
@@ -151,7 +151,7 @@ impl Watches {
         }
         let label = self.next_label;
         self.next_label += 1;
-        let opens = self.watch_opens(label, &c.name, c.pid.or(pid)) || self.watch_opens(label, &c.name, pid);
+        let opens = self.watch_opens(label, &c.name, trusted_pid(c).or(pid)) || self.watch_opens(label, &c.name, pid);
         self.armed.insert(c.id.clone(), Armed { label, paths, opens, last_try: Instant::now() });
         self.rebuild_filter();
     }
@@ -415,6 +415,17 @@ fn complete_argv(pid: u32, x: &mut lancet_engine::event::ExecEvent) {
         x.argv = full;
         x.truncated = false;
     }
+}
+
+/// The runtime's record of a container's init pid, when that process is
+/// alive and in the container's own cgroup (a record the runtime's user can
+/// write may name any process).
+pub fn trusted_pid(c: &ContainerInfo) -> Option<u32> {
+    let pid = c.pid?;
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let own = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let inside = own == c.cgroup_path || own.strip_prefix(c.cgroup_path.as_str()).is_some_and(|rest| rest.starts_with('/'));
+    (!c.cgroup_path.is_empty() && inside).then_some(pid)
 }
 
 #[cfg(test)]

@@ -141,6 +141,10 @@ pub struct ContainerInfo {
     pub pid: Option<u32>,
     /// What the runtime runs as the container's first process.
     pub process: Option<OciProcess>,
+    /// A rootless container's owner (its cgroup is in that user's slice and
+    /// its metadata in files the user can write): its claims (image digest,
+    /// pid) are trusted only for that user's own containers.
+    pub owner_uid: Option<u32>,
 }
 
 impl ContainerInfo {

@@ -256,7 +256,7 @@ impl Reader {
     }
 
     fn storage_container(&mut self, id: &str, entry: &Value, m: &CgroupMatch, graph: &str, run: &str, runc: &str) -> ContainerInfo {
-        let mut c = ContainerInfo { id: id.to_string(), runtime: Runtime::Podman, ..Default::default() };
+        let mut c = ContainerInfo { id: id.to_string(), runtime: Runtime::Podman, owner_uid: m.rootless_uid, ..Default::default() };
         // `metadata` is a JSON document inside a JSON string.
         let meta: Value = entry.get("metadata").and_then(Value::as_str).and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
         c.name = entry

@@ -99,7 +99,7 @@ impl Daemon {
         if !self.guarding.protector().needs_apply(&c.id, &profile) {
             return;
         }
-        let pid = c.pid.filter(|p| Path::new(&format!("/proc/{p}")).exists()).unwrap_or(live.pid);
+        let pid = crate::agent::trusted_pid(c).unwrap_or(live.pid);
         // A process that has not entered the container's root yet (runc
         // init before pivot_root) shows the host's root: wait for the OCI
         // hook or a later event.

@@ -4,6 +4,7 @@
 //! address belongs to which workload (to name container peers), and the
 //! activity counters flushed to the store each second.
 
+use crate::agent::trusted_pid;
 use anyhow::Result;
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::event::{Event, EventKind, NetOp};
@@ -80,12 +81,19 @@ pub(super) struct Workloads {
 }
 
 /// The profile key of a container: its image digest where the runtime knows
-/// it, else its image id, else its image name.
+/// it, else its image id, else its image name. A rootless container's key
+/// carries its owner: its metadata is the user's to write, so it can claim
+/// any digest, and must never join (teach, or be guarded as) a workload of
+/// another user or of root.
 /// Borrowed where it can be: this runs for every event.
 pub fn workload_key(c: &ContainerInfo) -> Cow<'_, str> {
-    match [&c.image_digest, &c.image_id, &c.image].into_iter().find(|s| !s.is_empty()) {
+    let key = match [&c.image_digest, &c.image_id, &c.image].into_iter().find(|s| !s.is_empty()) {
         Some(k) => Cow::Borrowed(k.as_str()),
         None => Cow::Owned(format!("container:{}", c.id)),
+    };
+    match c.owner_uid {
+        Some(uid) => Cow::Owned(format!("{key}@uid{uid}")),
+        None => key,
     }
 }
 
@@ -280,10 +288,7 @@ impl Workloads {
         let dir = cgroup2.join(c.cgroup_path.trim_start_matches('/'));
         // The runtime's record of the init pid, else any process in the
         // container's cgroup.
-        let pid = c
-            .pid
-            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
-            .or_else(|| std::fs::read_to_string(dir.join("cgroup.procs")).ok()?.lines().next()?.trim().parse().ok());
+        let pid = trusted_pid(&c).or_else(|| std::fs::read_to_string(dir.join("cgroup.procs")).ok()?.lines().next()?.trim().parse().ok());
         if let (Some(cgid), Some(pid)) = (lancet_sensor::enforce::cgroup_id(&dir).ok(), pid) {
             self.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
         }
