@@ -457,6 +457,10 @@ fn timestamps_round_trip_exactly() {
         "2025-11-28T13:29:00.Z",
         "2025-11-28T13:29:00.1234567890Z",
         "２025-11-28T13:29:00Z",
+        // A multi-byte character across the offsets the fields are cut at.
+        "2026-11-28T13:29:0é00Z",
+        "2026-11-28T13:29:00é",
+        "2026-11-28T13:29:00+0é:00",
     ] {
         assert!(parse_rfc3339(bad).is_err(), "{bad:?}");
     }

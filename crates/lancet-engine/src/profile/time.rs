@@ -57,6 +57,11 @@ impl JsonSchema for Timestamp {
 /// are times before 1970.
 pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     let bad = || format!("invalid RFC 3339 time {s:?} (expected e.g. 2026-11-28T13:29:00Z)");
+    // The fields are sliced at fixed byte offsets; a multi-byte character
+    // across one would panic the slicing. An RFC 3339 time is ASCII.
+    if !s.is_ascii() {
+        return Err(bad());
+    }
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
         return Err(bad());
