@@ -145,18 +145,27 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (like 30s, 10m, 1h, 2d)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86_400.0,
+    let (per_unit_ms, secs) = match unit {
+        "" | "s" => (1000, n),
+        "ms" => (1, n / 1000.0),
+        "m" => (60_000, n * 60.0),
+        "h" => (3_600_000, n * 3600.0),
+        "d" => (86_400_000, n * 86_400.0),
         other => return Err(format!("unknown duration unit {other:?} in {s:?} (use ms, s, m, h or d)")),
     };
+    let too_long = || format!("{s:?} is not a duration (too long)");
+    // Whole numbers are counted exactly: through f64, `16777216038ms` read
+    // back 1 ns short, so a span lancet wrote did not read back the same.
+    if !num.contains('.') {
+        let whole = num.parse::<u64>().map_err(|_| too_long())?;
+        return whole.checked_mul(per_unit_ms).map(std::time::Duration::from_millis).ok_or_else(too_long);
+    }
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?} is not a duration"));
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    // `from_secs_f64` panics past `Duration::MAX` (e.g. `1e20` seconds
+    // written out in digits): refuse it instead.
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| too_long())
 }
 
 /// A duration written as text in documents (`10m`), checked when read so a
@@ -210,6 +219,13 @@ mod duration_tests {
         assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown duration unit"));
         assert!(parse_duration("soon").is_err());
         let s: Span = serde_json::from_str("\"2h\"").unwrap();
+        assert_eq!(parse_duration("16777216038ms").unwrap(), Duration::from_millis(16_777_216_038), "exact, not through f64");
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        // Longer than a Duration holds: an error, not a panic.
+        for long in ["99999999999999999999999s", "999999999999999999d", "99999999999999999999.5"] {
+            assert!(parse_duration(long).unwrap_err().contains("too long"), "{long}");
+        }
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"2h\"");
     }
 }
+
