@@ -773,3 +773,15 @@ spec:
         "a kill is stronger than the block"
     );
 }
+
+#[test]
+fn deep_flow_nesting_is_refused_before_the_parser_pays_for_it() {
+    // 64 KiB of `{a: ` cost libyaml ~2 s (quadratic); refused at once, located.
+    let text = format!("apiVersion: lancet.dev/v1alpha1\nkind: Policy\nspec: {}", "{a: ".repeat(16_000));
+    let t = std::time::Instant::now();
+    let errs = parse_policies(&text, "deep.yaml").unwrap_err();
+    assert!(t.elapsed() < std::time::Duration::from_millis(500), "{:?}", t.elapsed());
+    assert_eq!(errs.len(), 1);
+    assert_eq!((errs[0].line, errs[0].column), (3, 7 + 4 * 128));
+    assert!(errs[0].to_string().starts_with("deep.yaml:3:519: nested more than 128 levels deep"), "{}", errs[0]);
+}

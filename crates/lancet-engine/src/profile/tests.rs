@@ -894,3 +894,25 @@ fn diff_shows_what_an_image_update_changed() {
     same.set_baseline(Some(old_img));
     assert!(a.diff(&same).is_empty());
 }
+
+#[test]
+fn deep_flow_nesting_is_refused_before_the_parser_pays_for_it() {
+    // 64 KiB of `{a: ` cost libyaml ~2 s (quadratic), and imports are
+    // answered on the agent's loop: refused at once, located.
+    let text = format!("spec: {}", "{a: ".repeat(16_000));
+    let t = std::time::Instant::now();
+    match err(&text) {
+        ProfileError::Syntax { line, column, message, .. } => {
+            assert_eq!((line, column), (1, 7 + 4 * 128));
+            assert!(message.contains("nested more than 128 levels"), "{message}");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(t.elapsed() < std::time::Duration::from_millis(500), "{:?}", t.elapsed());
+    // Brackets in scalars are text: a profile of `[` executables reads.
+    let mut p = new_profile();
+    for i in 0..200 {
+        p.observe(&exec(&format!("/usr/bin/[{i}"), "/bin/sh", &["[", &"[\n".repeat(40)]), None, T0);
+    }
+    assert_eq!(Profile::from_yaml(&p.to_yaml().unwrap(), "p.yaml").unwrap(), p);
+}
