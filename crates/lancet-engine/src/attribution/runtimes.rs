@@ -44,6 +44,10 @@ pub(crate) struct Reader {
     bytes: HashMap<PathBuf, Shared<Vec<u8>>>,
 }
 
+/// `O_NONBLOCK` (the same on every Linux architecture lancet builds for;
+/// the engine does not link libc).
+const O_NONBLOCK: i32 = 0o4000;
+
 fn s(v: &Value, key: &str) -> String {
     v.get(key).and_then(Value::as_str).unwrap_or_default().to_string()
 }
@@ -102,7 +106,13 @@ impl Reader {
 
     fn read_limited(&self, p: &Path, max: u64) -> Result<Vec<u8>, std::io::Error> {
         use std::io::Read;
-        let f = std::fs::File::open(p)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking, and regular files only: a rootless user's storage
+        // is theirs, and opening a FIFO they put there blocked forever.
+        let f = std::fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(p)?;
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
         let mut buf = Vec::new();
         f.take(max + 1).read_to_end(&mut buf)?;
         if buf.len() as u64 > max {
@@ -548,6 +558,20 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_files_must_be_regular_files() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Reader::new(d.path().to_path_buf(), d.path().to_path_buf());
+        std::fs::write(d.path().join("f"), b"{}").unwrap();
+        assert_eq!(r.read_limited(&d.path().join("f"), 10).unwrap(), b"{}");
+        assert!(r.read_limited(d.path(), 10).is_err(), "a directory");
+        let fifo = d.path().join("fifo");
+        if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+            // Opening it blocking would wait for a writer forever.
+            assert!(r.read_limited(&fifo, 10).unwrap_err().to_string().contains("not a regular file"));
+        }
+    }
 
     #[test]
     fn slices_expand_like_systemd() {
