@@ -20,6 +20,12 @@ use std::time::SystemTime;
 /// rather than read an arbitrary amount into memory.
 const MAX_JSON: u64 = 64 << 20;
 const MAX_BOLT: u64 = 256 << 20;
+/// JSON values (scalars, arrays, objects, object members) kept from one
+/// document: the bytes are bounded by [`MAX_JSON`], but parsed whole a
+/// document of `[0,0,…]` is ~16 times its size in memory (1 GiB for 64
+/// MiB). A containers.json entry is ~20 values, so this is ~13,000
+/// containers, and at most ~25 MiB parsed.
+const MAX_JSON_VALUES: usize = 1 << 18;
 /// Shared files (containers.json, images.json…) kept parsed between reads.
 const MAX_SHARED: usize = 32;
 const MAX_LIST: usize = 4096;
@@ -47,6 +53,101 @@ pub(crate) struct Reader {
 /// `O_NONBLOCK` (the same on every Linux architecture lancet builds for;
 /// the engine does not link libc).
 const O_NONBLOCK: i32 = 0o4000;
+
+/// Parses a JSON document keeping at most [`MAX_JSON_VALUES`] values;
+/// past that it is an error, not a bigger allocation.
+fn bounded_json(bytes: &[u8]) -> Result<Value, String> {
+    use serde::de::DeserializeSeed;
+    let left = std::cell::Cell::new(MAX_JSON_VALUES);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = Budget(&left).deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+/// Builds a `Value` like serde_json's own visitor, counting every value
+/// (and object member) against the budget before keeping it.
+#[derive(Clone, Copy)]
+struct Budget<'a>(&'a std::cell::Cell<usize>);
+
+impl Budget<'_> {
+    fn take<E: serde::de::Error>(self) -> Result<(), E> {
+        match self.0.get() {
+            0 => Err(E::custom(format_args!("too many values (more than {MAX_JSON_VALUES})"))),
+            n => {
+                self.0.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Budget<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Budget<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(v))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Null)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.take()?;
+        let mut v = Vec::new();
+        while let Some(x) = seq.next_element_seed(self)? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.take()?;
+        let mut m = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            self.take()?;
+            let v = map.next_value_seed(self)?;
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
+    }
+}
 
 fn s(v: &Value, key: &str) -> String {
     v.get(key).and_then(Value::as_str).unwrap_or_default().to_string()
@@ -126,7 +227,7 @@ impl Reader {
     fn json(&self, host_path: &str) -> Result<Option<Value>, String> {
         let p = self.host(host_path);
         match self.read_limited(&p, MAX_JSON) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| format!("{host_path}: {e}")),
+            Ok(b) => bounded_json(&b).map(Some).map_err(|e| format!("{host_path}: {e}")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("{host_path}: {e}")),
         }
@@ -149,7 +250,7 @@ impl Reader {
             return Ok(self.json.get(&p).map(|c| Arc::clone(&c.value)));
         }
         let b = self.read_limited(&p, MAX_JSON).map_err(|e| format!("{host_path}: {e}"))?;
-        let v: Value = serde_json::from_slice(&b).map_err(|e| format!("{host_path}: {e}"))?;
+        let v: Value = bounded_json(&b).map_err(|e| format!("{host_path}: {e}"))?;
         let v = Arc::new(v);
         if self.json.len() >= MAX_SHARED {
             self.json.clear();
@@ -268,7 +369,8 @@ impl Reader {
     fn storage_container(&mut self, id: &str, entry: &Value, m: &CgroupMatch, graph: &str, run: &str, runc: &str) -> ContainerInfo {
         let mut c = ContainerInfo { id: id.to_string(), runtime: Runtime::Podman, ..Default::default() };
         // `metadata` is a JSON document inside a JSON string.
-        let meta: Value = entry.get("metadata").and_then(Value::as_str).and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
+        let meta: Value =
+            entry.get("metadata").and_then(Value::as_str).and_then(|s| bounded_json(s.as_bytes()).ok()).unwrap_or(Value::Null);
         c.name = entry
             .get("names")
             .and_then(Value::as_array)
@@ -324,7 +426,7 @@ impl Reader {
                 c.image_id = ann.get("io.kubernetes.cri-o.ImageRef").cloned().unwrap_or_default();
             }
             if let Some(l) = ann.get("io.kubernetes.cri-o.Labels") {
-                c.labels = serde_json::from_str::<Value>(l).map(|v| str_map(Some(&v))).unwrap_or_default();
+                c.labels = bounded_json(l.as_bytes()).map(|v| str_map(Some(&v))).unwrap_or_default();
             }
             c.pod = pod_from(
                 &ann,
@@ -348,7 +450,7 @@ impl Reader {
             if let Some(db) = self.shared_bytes(&format!("{graph}/libpod/bolt_state.db")) {
                 if let Some(bdb) = BoltDb::open(&db) {
                     if let Some(cfg) = bdb.get(&[b"ctr", id.as_bytes()], b"config") {
-                        if let Ok(v) = serde_json::from_slice::<Value>(cfg) {
+                        if let Ok(v) = bounded_json(cfg) {
                             c.labels = str_map(v.get("labels"));
                             if c.image.is_empty() {
                                 c.image = nonempty(s(&v, "rootfsImageName"), || s(&v, "RawImageName"));
@@ -356,7 +458,7 @@ impl Reader {
                         }
                     }
                     if let Some(st) = bdb.get(&[b"ctr", id.as_bytes()], b"state") {
-                        if let Ok(v) = serde_json::from_slice::<Value>(st) {
+                        if let Ok(v) = bounded_json(st) {
                             c.pid = v.get("pid").and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
                         }
                     }
@@ -571,6 +673,21 @@ mod tests {
             // Opening it blocking would wait for a writer forever.
             assert!(r.read_limited(&fifo, 10).unwrap_err().to_string().contains("not a regular file"));
         }
+    }
+
+    #[test]
+    fn json_documents_are_read_within_a_value_budget() {
+        let v = bounded_json(br#"{"a": [1, -2, 3.5, "x", null, true, {"b": {}}], "c": ""}"#).unwrap();
+        assert_eq!(v, serde_json::json!({"a": [1, -2, 3.5, "x", null, true, {"b": {}}], "c": ""}));
+        assert!(bounded_json(b"[1] 2").is_err(), "trailing data");
+        assert!(bounded_json(b"").is_err());
+        let just = format!("[{}0]", "0,".repeat(MAX_JSON_VALUES - 2));
+        assert_eq!(bounded_json(just.as_bytes()).unwrap().as_array().map(Vec::len), Some(MAX_JSON_VALUES - 1));
+        let over = format!("[{}0]", "0,".repeat(MAX_JSON_VALUES));
+        assert!(bounded_json(over.as_bytes()).unwrap_err().contains("too many values"));
+        let keys = format!("{{{}\"z\":0}}", (0..MAX_JSON_VALUES / 2).map(|i| format!("\"{i}\":0,")).collect::<String>());
+        assert!(bounded_json(keys.as_bytes()).unwrap_err().contains("too many values"), "members count too");
+        assert!(bounded_json(format!("{}{}", "[".repeat(200), "]".repeat(200)).as_bytes()).is_err(), "serde_json's depth limit holds");
     }
 
     #[test]
