@@ -484,7 +484,10 @@ impl Reader {
         let Some(v) = self.json(&format!("{DOCKER_ROOT}/containers/{id}/config.v2.json"))? else { return Ok(None) };
         let cfg = v.get("Config").cloned().unwrap_or(Value::Null);
         let mut c = ContainerInfo {
-            id: nonempty(s(&v, "ID"), || id.to_string()),
+            // The id the cgroup and the file's directory name, not the
+            // file's own `ID`: a file that disagrees must not make this
+            // cgroup another container (and its profile apply here).
+            id: id.to_string(),
             runtime: Runtime::Docker,
             name: s(&v, "Name").trim_start_matches('/').to_string(),
             image: s(&cfg, "Image"),
@@ -608,7 +611,9 @@ impl Reader {
 
     fn runc_container(&self, id: &str, st: &Value) -> ContainerInfo {
         let cfg = st.get("config").cloned().unwrap_or(Value::Null);
-        let mut c = ContainerInfo { id: nonempty(s(st, "id"), || id.to_string()), runtime: Runtime::Runc, ..Default::default() };
+        // The state's directory names the container, as for docker: not the
+        // file's own `id`.
+        let mut c = ContainerInfo { id: id.to_string(), runtime: Runtime::Runc, ..Default::default() };
         c.name = c.id.clone();
         for l in cfg.get("labels").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));

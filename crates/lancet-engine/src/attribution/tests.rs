@@ -318,6 +318,23 @@ fn plain_runc_by_cgroup_path() {
 }
 
 #[test]
+fn a_state_file_naming_another_container_does_not_make_the_cgroup_that_container() {
+    let other = "ab".repeat(32);
+    let h = Host::new(&["docker", "runc"]);
+    let cfg = format!("/var/lib/docker/containers/{DID}/config.v2.json");
+    let text = std::fs::read_to_string(h.root().join(cfg.trim_start_matches('/'))).unwrap();
+    h.write(&cfg, &text.replacen(&format!("\"ID\": \"{DID}\""), &format!("\"ID\": \"{other}\""), 1));
+    let d = h.cgroup(&format!("/system.slice/docker-{DID}.scope"));
+    let st = "/run/runc/lancet-attr-test-ctr/state.json";
+    let text = std::fs::read_to_string(h.root().join(st.trim_start_matches('/'))).unwrap();
+    h.write(st, &text.replacen("\"id\": \"lancet-attr-test-ctr\"", "\"id\": \"sysd-ctr\"", 1));
+    let r = h.cgroup("/lancet-attr-test");
+    let mut a = h.attributor();
+    assert_eq!(container(a.attribute(d)).id, DID);
+    assert_eq!(container(a.attribute(r)).id, "lancet-attr-test-ctr");
+}
+
+#[test]
 fn negative_results_expire_so_late_metadata_is_picked_up() {
     let h = Host::new(&[]);
     let path = format!("/system.slice/docker-{DID}.scope");
