@@ -161,3 +161,50 @@ pub(crate) fn yamlish() -> impl Strategy<Value = String> {
     )
     .prop_map(|v| v.concat())
 }
+/// Byte-level mutation of a valid buffer: flips, inserts, deletes, a cut.
+#[derive(Debug, Clone)]
+pub(crate) enum ByteEdit {
+    Set(Index, u8),
+    Insert(Index, Vec<u8>),
+    Delete(Index, usize),
+    Truncate(Index),
+}
+
+pub(crate) fn byte_edits(max: usize) -> impl Strategy<Value = Vec<ByteEdit>> {
+    proptest::collection::vec(
+        prop_oneof![
+            4 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| ByteEdit::Set(i, b)),
+            1 => (any::<Index>(), proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(i, b)| ByteEdit::Insert(i, b)),
+            1 => (any::<Index>(), 1usize..32).prop_map(|(i, n)| ByteEdit::Delete(i, n)),
+            1 => any::<Index>().prop_map(ByteEdit::Truncate),
+        ],
+        1..=max,
+    )
+}
+
+pub(crate) fn apply_bytes(data: &[u8], edits: &[ByteEdit]) -> Vec<u8> {
+    let mut b = data.to_vec();
+    for e in edits {
+        match e {
+            ByteEdit::Set(i, v) if !b.is_empty() => {
+                let i = i.index(b.len());
+                b[i] = *v;
+            }
+            ByteEdit::Insert(i, v) => {
+                let i = i.index(b.len() + 1);
+                b.splice(i..i, v.iter().copied());
+            }
+            ByteEdit::Delete(i, n) if !b.is_empty() => {
+                let i = i.index(b.len());
+                let end = (i + n).min(b.len());
+                b.drain(i..end);
+            }
+            ByteEdit::Truncate(i) => {
+                let i = i.index(b.len() + 1);
+                b.truncate(i);
+            }
+            _ => {}
+        }
+    }
+    b
+}

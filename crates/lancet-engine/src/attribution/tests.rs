@@ -6,9 +6,9 @@
 use super::*;
 use std::os::unix::fs::MetadataExt;
 
-const T1: &str = "2e8bdd302d6f3109f54b92f320cfa00a76d6653727e89863aa6329a9cdbbea02";
-const PROBE: &str = "49601d56870be0f626b3625a1fb7672fcafc43012409076af9fbaae86e0338ce";
-const UID: &str = "0d3f1c52-9d1b-4f5e-8a4e-2b7c9e6f1a23";
+pub(super) const T1: &str = "2e8bdd302d6f3109f54b92f320cfa00a76d6653727e89863aa6329a9cdbbea02";
+pub(super) const PROBE: &str = "49601d56870be0f626b3625a1fb7672fcafc43012409076af9fbaae86e0338ce";
+pub(super) const UID: &str = "0d3f1c52-9d1b-4f5e-8a4e-2b7c9e6f1a23";
 
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -24,12 +24,12 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// A host root with the fixtures of `runtimes` and a cgroup2 tree.
-struct Host {
+pub(super) struct Host {
     dir: tempfile::TempDir,
 }
 
 impl Host {
-    fn new(runtimes: &[&str]) -> Self {
+    pub(super) fn new(runtimes: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         for rt in runtimes {
             let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rt);
@@ -38,27 +38,27 @@ impl Host {
         std::fs::create_dir_all(dir.path().join("sys/fs/cgroup/unified")).unwrap();
         Host { dir }
     }
-    fn root(&self) -> &Path {
+    pub(super) fn root(&self) -> &Path {
         self.dir.path()
     }
-    fn cg_root(&self) -> PathBuf {
+    pub(super) fn cg_root(&self) -> PathBuf {
         self.root().join("sys/fs/cgroup/unified")
     }
     /// Creates a cgroup dir and returns its id (inode).
-    fn cgroup(&self, path: &str) -> u64 {
+    pub(super) fn cgroup(&self, path: &str) -> u64 {
         let p = self.cg_root().join(path.trim_start_matches('/'));
         std::fs::create_dir_all(&p).unwrap();
         std::fs::metadata(&p).unwrap().ino()
     }
-    fn write(&self, host_path: &str, text: &str) {
+    pub(super) fn write(&self, host_path: &str, text: &str) {
         let p = self.root().join(host_path.trim_start_matches('/'));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
-    fn attributor(&self) -> Attributor {
+    pub(super) fn attributor(&self) -> Attributor {
         self.attributor_cap(64)
     }
-    fn attributor_cap(&self, cap: usize) -> Attributor {
+    pub(super) fn attributor_cap(&self, cap: usize) -> Attributor {
         Attributor::new(AttributionConfig { host_root: self.root().to_path_buf(), cgroup2_root: Some(self.cg_root()), cache_capacity: cap })
             .unwrap()
     }
@@ -175,7 +175,7 @@ fn podman_systemd_and_rootless_layouts() {
     assert_eq!(a2.attribute(conmon), Attribution::Host);
 }
 
-const DID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa99887766554433221100";
+pub(super) const DID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa99887766554433221100";
 const IMG: &str = "sha256:6c4e6b8f1d2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c";
 const DIG: &str = "sha256:1f2e3d4c5b6a79880011223344556677889900aabbccddeeff00112233445566";
 

@@ -229,3 +229,93 @@ mod duration_tests {
     }
 }
 
+#[cfg(test)]
+mod prop_tests {
+    //! Timestamps and durations come from documents anyone may hand the
+    //! agent (profile import, policy files): any text gives an answer or an
+    //! error, never a panic, and what lancet writes reads back the same.
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    /// A valid time, then a few characters replaced by arbitrary ones
+    /// (multi-byte included), inserted or removed.
+    fn mutated_time() -> impl Strategy<Value = String> {
+        (any::<u64>(), proptest::collection::vec((any::<prop::sample::Index>(), any::<char>(), 0u8..3), 1..4)).prop_map(|(t, edits)| {
+            let mut s: Vec<char> = crate::output::rfc3339_nanos(t).chars().collect();
+            for (at, c, op) in edits {
+                let i = at.index(s.len() + 1);
+                match op {
+                    0 if i < s.len() => s[i] = c,
+                    1 => s.insert(i, c),
+                    _ if i < s.len() => {
+                        s.remove(i);
+                    }
+                    _ => s.push(c),
+                }
+            }
+            s.into_iter().collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_text_is_a_time_or_an_error(s in any::<String>()) {
+            let _ = parse_rfc3339(&s);
+        }
+
+        #[test]
+        fn mutated_times_never_panic(s in mutated_time()) {
+            if let Ok(t) = parse_rfc3339(&s) {
+                // Whatever was accepted prints as a time that reads back the same.
+                prop_assert_eq!(parse_rfc3339(&Timestamp(t).to_string()), Ok(t));
+            }
+        }
+
+        #[test]
+        fn every_timestamp_round_trips(t in any::<u64>()) {
+            let s = Timestamp(t).to_string();
+            prop_assert_eq!(parse_rfc3339(&s), Ok(t), "{}", s);
+            let y: Timestamp = serde_norway::from_str(&serde_norway::to_string(&Timestamp(t)).unwrap()).unwrap();
+            prop_assert_eq!(y, Timestamp(t));
+        }
+
+        #[test]
+        fn any_text_is_a_duration_or_an_error(s in any::<String>()) {
+            let _ = parse_duration(&s);
+        }
+
+        #[test]
+        fn numbers_of_any_size_are_durations_or_errors(digits in "[0-9]{1,60}(\\.[0-9]{0,30})?", unit in "(|s|ms|m|h|d|x)") {
+            let s = format!("{digits}{unit}");
+            let got = parse_duration(&s);
+            let per_unit_ms: Option<u128> = match unit.as_str() {
+                "" | "s" => Some(1000),
+                "ms" => Some(1),
+                "m" => Some(60_000),
+                "h" => Some(3_600_000),
+                "d" => Some(86_400_000),
+                _ => None,
+            };
+            match (per_unit_ms, digits.parse::<u128>()) {
+                (None, _) => prop_assert!(got.is_err()),
+                // A whole number: exact, or an error when it does not fit.
+                (Some(unit_ms), Ok(n)) => match n.checked_mul(unit_ms).filter(|ms| *ms <= u128::from(u64::MAX)) {
+                    Some(ms) => prop_assert_eq!(got.map(|d| d.as_millis()), Ok(ms)),
+                    None => prop_assert!(got.is_err()),
+                },
+                (Some(_), Err(_)) => {}
+            }
+        }
+
+        #[test]
+        fn spans_round_trip(secs in 0u64..(1 << 40), ms in 0u32..1000) {
+            let d = Duration::from_secs(secs) + Duration::from_millis(u64::from(ms));
+            let text = serde_json::to_string(&Span(d)).unwrap();
+            let back: Span = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(back.0, d, "{}", text);
+        }
+    }
+}
