@@ -7,6 +7,8 @@ pub mod enforce;
 pub mod fanotify;
 pub mod features;
 pub mod probes;
+#[cfg(test)]
+mod prop_util;
 mod skel;
 
 pub use decode::{decode, Clock, DecodeError};
