@@ -104,7 +104,8 @@ struct AlertParams {
     limit: Option<usize>,
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/profiles/{workload}/promote`.
+#[derive(Debug, Deserialize)]
 struct PromoteBody {
     mode: String,
     #[serde(default)]
@@ -113,10 +114,45 @@ struct PromoteBody {
     dry_run: bool,
 }
 
-#[derive(Deserialize, Default)]
+impl PromoteBody {
+    fn into_request(self, workload: String) -> Request {
+        Request::Promote { workload, mode: self.mode, force: self.force, dry_run: self.dry_run }
+    }
+}
+
+/// `POST /v1/containers/{container}/{action}` (the body is optional).
+#[derive(Debug, Deserialize, Default)]
 struct RespondBody {
     #[serde(rename = "for")]
     expire: Option<String>,
+}
+
+impl RespondBody {
+    fn into_request(body: Option<RespondBody>, container: String, action: String) -> Request {
+        Request::Respond { container, action, expire: body.unwrap_or_default().expire }
+    }
+}
+
+/// What the OCI hook sends (`POST /v1/hook`, see `hook.rs`): the container
+/// being created, its first process, its cgroup (relative to the cgroup2
+/// mount) and its root filesystem on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRequest {
+    pub id: String,
+    pub pid: u32,
+    pub cgroup: String,
+    pub rootfs: Option<std::path::PathBuf>,
+}
+
+impl HookRequest {
+    /// Reads the hook's JSON body.
+    pub fn from_state(state: &Value) -> std::result::Result<HookRequest, (u16, String)> {
+        let id = state["id"].as_str().unwrap_or_default().to_string();
+        let pid = state["pid"].as_u64().unwrap_or(0) as u32;
+        let cgroup = state["cgroup"].as_str().ok_or((400u16, "no cgroup in the hook request".to_string()))?.to_string();
+        let rootfs = state["rootfs"].as_str().map(std::path::PathBuf::from);
+        Ok(HookRequest { id, pid, cgroup, rootfs })
+    }
 }
 
 /// Starts the API on `addr` in a thread of its own; returns the inbox the
@@ -142,7 +178,7 @@ pub fn serve(addr: SocketAddr) -> Result<Inbox> {
         .route(
             "/v1/profiles/{workload}/promote",
             post(|State(c): State<Ctx>, UrlPath(w): UrlPath<String>, Json(b): Json<PromoteBody>| async move {
-                ask(&c, Request::Promote { workload: w, mode: b.mode, force: b.force, dry_run: b.dry_run }).await
+                ask(&c, b.into_request(w)).await
             }),
         )
         .route(
@@ -155,8 +191,7 @@ pub fn serve(addr: SocketAddr) -> Result<Inbox> {
         .route(
             "/v1/containers/{container}/{action}",
             post(|State(c): State<Ctx>, UrlPath((container, action)): UrlPath<(String, String)>, body: Option<Json<RespondBody>>| async move {
-                let expire = body.map(|Json(b)| b).unwrap_or_default().expire;
-                ask(&c, Request::Respond { container, action, expire }).await
+                ask(&c, RespondBody::into_request(body.map(|Json(b)| b), container, action)).await
             }),
         )
         .route("/v1/hook", post(|State(c): State<Ctx>, Json(state): Json<Value>| async move { ask(&c, Request::Hook { state }).await }))
@@ -226,5 +261,45 @@ impl Client {
 
     pub fn post_text(&self, path: &str, body: &str) -> Result<Value> {
         self.check(self.agent.post(format!("{}{path}", self.base)).send(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bodies_become_requests() {
+        let b: PromoteBody = serde_json::from_slice(br#"{"mode":"protect","force":true}"#).unwrap();
+        match b.into_request("web".into()) {
+            Request::Promote { workload, mode, force, dry_run } => {
+                assert_eq!((workload.as_str(), mode.as_str(), force, dry_run), ("web", "protect", true, false))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(serde_json::from_slice::<PromoteBody>(br#"{"force":true}"#).is_err(), "mode is required");
+        let r: RespondBody = serde_json::from_slice(br#"{"for":"10m"}"#).unwrap();
+        match RespondBody::into_request(Some(r), "c".into(), "isolate".into()) {
+            Request::Respond { expire, .. } => assert_eq!(expire.as_deref(), Some("10m")),
+            other => panic!("{other:?}"),
+        }
+        match RespondBody::into_request(None, "c".into(), "freeze".into()) {
+            Request::Respond { expire, action, .. } => assert_eq!((expire, action.as_str()), (None, "freeze")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hook_bodies() {
+        let r =
+            HookRequest::from_state(&json!({"id": "abc", "pid": 42, "cgroup": "/libpod_parent/libpod-abc", "rootfs": "/var/lib/x/merged"}))
+                .unwrap();
+        assert_eq!(
+            r,
+            HookRequest { id: "abc".into(), pid: 42, cgroup: "/libpod_parent/libpod-abc".into(), rootfs: Some("/var/lib/x/merged".into()) }
+        );
+        assert_eq!(HookRequest::from_state(&json!({"id": "abc", "pid": 42})).unwrap_err().0, 400, "no cgroup");
+        assert_eq!(HookRequest::from_state(&json!({"cgroup": "/x"})).unwrap().rootfs, None);
     }
 }

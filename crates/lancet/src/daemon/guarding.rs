@@ -7,7 +7,7 @@ use super::alerts::{drift_verdict, enforced_verdict, Outcome};
 use super::workloads::{workload_key, Live, Workload};
 use super::{now_ns, Daemon};
 use crate::agent::Pipeline;
-use crate::api::Reply;
+use crate::api::{HookRequest, Reply};
 use crate::protect::{in_host_root, Enforced, GuardRequest, ProtectOptions, Protector};
 use anyhow::Result;
 use lancet_engine::attribution::{Attribution, ContainerInfo};
@@ -235,9 +235,8 @@ impl Daemon {
     /// it and put it under its workload's posture (the default mode for a
     /// workload without a profile). Answers only when that is done.
     pub(super) fn on_hook(&mut self, state: &serde_json::Value, pipeline: &mut Pipeline) -> Reply {
-        let id = state["id"].as_str().unwrap_or_default();
-        let pid = state["pid"].as_u64().unwrap_or(0) as u32;
-        let rel = state["cgroup"].as_str().ok_or((400u16, "no cgroup in the hook request".to_string()))?;
+        let req = HookRequest::from_state(state)?;
+        let (id, pid, rel) = (req.id.as_str(), req.pid, req.cgroup.as_str());
         let dir = self.guarding.cgroup2.join(rel.trim_start_matches('/'));
         let cgid = lancet_sensor::enforce::cgroup_id(&dir).ok().ok_or_else(|| (404u16, format!("cgroup {} is gone", dir.display())))?;
         let c = match pipeline.attributor.attribute(cgid) {
@@ -255,7 +254,7 @@ impl Daemon {
         };
         let mode = w.profile.mode();
         if mode == Mode::Protect {
-            let rootfs = state["rootfs"].as_str().map(PathBuf::from);
+            let rootfs = req.rootfs.clone();
             let profile = w.shared();
             self.guard(GuardRequest { container: &c, workload: &key, pid, cgroup_id: cgid, cgroup_rel: Some(rel), rootfs, profile });
         }
