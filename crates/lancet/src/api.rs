@@ -147,9 +147,22 @@ pub struct HookRequest {
 impl HookRequest {
     /// Reads the hook's JSON body.
     pub fn from_state(state: &Value) -> std::result::Result<HookRequest, (u16, String)> {
+        use std::path::{Component, Path};
         let id = state["id"].as_str().unwrap_or_default().to_string();
-        let pid = state["pid"].as_u64().unwrap_or(0) as u32;
+        // A pid that is not one is refused: `as u32` made 2^32 + 1 pid 1,
+        // and a missing one pid 0, and the container was then guarded
+        // through that process's root.
+        let pid = state["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|&p| p > 0)
+            .ok_or((400u16, "no pid (or not a pid) in the hook request".to_string()))?;
         let cgroup = state["cgroup"].as_str().ok_or((400u16, "no cgroup in the hook request".to_string()))?.to_string();
+        // The cgroup is joined to the cgroup2 mount: `..` would name any
+        // directory of the host (and its inode taken as a cgroup id).
+        if Path::new(&cgroup).components().any(|c| !matches!(c, Component::RootDir | Component::Normal(_))) {
+            return Err((400, format!("cgroup {cgroup:?} is not a path inside the cgroup2 mount")));
+        }
         let rootfs = state["rootfs"].as_str().map(std::path::PathBuf::from);
         Ok(HookRequest { id, pid, cgroup, rootfs })
     }
@@ -300,6 +313,19 @@ mod tests {
             HookRequest { id: "abc".into(), pid: 42, cgroup: "/libpod_parent/libpod-abc".into(), rootfs: Some("/var/lib/x/merged".into()) }
         );
         assert_eq!(HookRequest::from_state(&json!({"id": "abc", "pid": 42})).unwrap_err().0, 400, "no cgroup");
-        assert_eq!(HookRequest::from_state(&json!({"cgroup": "/x"})).unwrap().rootfs, None);
+        assert_eq!(HookRequest::from_state(&json!({"pid": 1, "cgroup": "/x"})).unwrap().rootfs, None);
+        // Not a pid, or a cgroup outside the mount: refused, not truncated or joined.
+        for bad in [
+            json!({"cgroup": "/x"}),
+            json!({"pid": 0, "cgroup": "/x"}),
+            json!({"pid": (1u64 << 32) + 1, "cgroup": "/x"}),
+            json!({"pid": -1, "cgroup": "/x"}),
+            json!({"pid": "7", "cgroup": "/x"}),
+            json!({"pid": 7, "cgroup": "/../../etc"}),
+            json!({"pid": 7, "cgroup": "a/../../b"}),
+            json!({"pid": 7, "cgroup": "./x"}),
+        ] {
+            assert_eq!(HookRequest::from_state(&bad).map_err(|e| e.0), Err(400), "{bad}");
+        }
     }
 }
