@@ -136,7 +136,13 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        // `\ooo` names one byte, so its first digit is 0-3: `\4xx` and up
+        // are not escapes (and overflowed the u8 arithmetic below).
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -230,5 +236,9 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
         assert_eq!(unescape_mountinfo(r"/a\\"), r"/a\\");
         assert_eq!(unescape_mountinfo(r"\0"), r"\0");
+        // Escapes name one byte: \400 and above are not escapes (and made
+        // `d * 64` overflow a u8).
+        assert_eq!(unescape_mountinfo(r"/a\377"), "/a\u{fffd}");
+        assert_eq!(unescape_mountinfo(r"/a\400\777"), r"/a\400\777");
     }
 }
