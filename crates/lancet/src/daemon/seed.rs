@@ -158,16 +158,23 @@ fn unescape_mountinfo(s: &str) -> String {
 /// learns), leaving out the runtime's mount placeholders. Bounded; never
 /// follows a symlink.
 fn written_files(upper: &Path, mounts: &HashSet<String>) -> Vec<String> {
+    written_files_within(upper, mounts, MAX_UPPER_ENTRIES)
+}
+
+/// [`written_files`] reading at most `max_entries` directory entries.
+fn written_files_within(upper: &Path, mounts: &HashSet<String>, max_entries: usize) -> Vec<String> {
     let mut dirs = BTreeSet::new();
     let mut stack = vec![(upper.to_path_buf(), String::new(), 0usize)];
     let mut seen = 0usize;
-    while let Some((host, inside, depth)) = stack.pop() {
+    'walk: while let Some((host, inside, depth)) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&host) else { continue };
         for e in rd.flatten() {
             seen += 1;
-            if seen > MAX_UPPER_ENTRIES {
-                tracing::debug!(upper = %upper.display(), "writable layer larger than {MAX_UPPER_ENTRIES} entries; the rest is not read");
-                return dirs.into_iter().collect();
+            if seen > max_entries {
+                tracing::debug!(upper = %upper.display(), "writable layer larger than {max_entries} entries; the rest is not read");
+                // What was read is still reduced to one file per directory
+                // (returning it as it was gave every file: 20,000 events).
+                break 'walk;
             }
             let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
             let path = format!("{inside}/{name}");
@@ -229,6 +236,20 @@ mod tests {
         std::fs::create_dir_all(u.join("dev")).unwrap();
         let mounts: HashSet<String> = ["/etc/hosts", "/run/.containerenv", "/dev"].iter().map(|s| s.to_string()).collect();
         assert_eq!(written_files(u, &mounts), ["/run/nginx.pid", "/var/log/nginx/access.log"]);
+    }
+
+    #[test]
+    fn a_layer_past_the_bound_still_gives_one_file_per_directory() {
+        let d = tempfile::tempdir().unwrap();
+        for dir in 0..4 {
+            let p = d.path().join(format!("data/{dir}"));
+            std::fs::create_dir_all(&p).unwrap();
+            for f in 0..30 {
+                std::fs::write(p.join(f.to_string()), b"").unwrap();
+            }
+        }
+        let out = written_files_within(d.path(), &HashSet::new(), 100);
+        assert!(!out.is_empty() && out.len() <= 4, "{} files", out.len());
     }
 
     #[test]
