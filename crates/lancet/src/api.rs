@@ -328,4 +328,91 @@ mod tests {
             assert_eq!(HookRequest::from_state(&bad).map_err(|e| e.0), Err(400), "{bad}");
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+                "(/|\\.\\./|\\./|[a-z0-9-]{1,8}/?){0,6}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::btree_map(
+                        proptest::sample::select(vec!["id", "pid", "cgroup", "rootfs", "mode", "force", "dry_run", "for", "x"])
+                            .prop_map(String::from),
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Bytes mutated from a valid body: flips, inserts, cuts.
+        fn mutated(valid: &'static str) -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6).prop_map(move |edits| {
+                let mut b = valid.as_bytes().to_vec();
+                for (i, v, op) in edits {
+                    let at = i.index(b.len() + 1);
+                    match op {
+                        0 if at < b.len() => b[at] = v,
+                        1 => b.insert(at, v),
+                        _ => b.truncate(at),
+                    }
+                }
+                b
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// What axum's Json hands the routes, from any body: a request
+            /// or a rejection; an operator response's duration parses or is
+            /// refused (never a panic on the agent's loop).
+            #[test]
+            fn promote_and_respond_bodies(body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..200),
+                mutated(r#"{"mode":"protect","force":false,"dry_run":true}"#),
+                mutated(r#"{"for":"10m"}"#),
+                json().prop_map(|v| v.to_string().into_bytes()),
+            ]) {
+                if let Ok(b) = serde_json::from_slice::<PromoteBody>(&body) {
+                    let _ = b.into_request("w".into());
+                }
+                if let Ok(b) = serde_json::from_slice::<RespondBody>(&body) {
+                    if let Request::Respond { expire: Some(e), .. } = RespondBody::into_request(Some(b), "c".into(), "isolate".into()) {
+                        let _ = crate::config::parse_duration(&e);
+                    }
+                }
+            }
+
+            /// A hook request names a real pid (never a truncated one) and a
+            /// cgroup inside the cgroup2 mount (never `..`).
+            #[test]
+            fn hook_bodies(state in json(), pid in prop_oneof![Just(None), any::<u64>().prop_map(Some), (0u64..100).prop_map(|p| Some(p << 32 | 1))], cgroup in proptest::option::of("(/|\\.\\./|\\./|[a-z0-9-]{1,8}/?){0,6}")) {
+                let mut state = state;
+                if let (Some(o), Some(p)) = (state.as_object_mut(), pid) {
+                    o.insert("pid".into(), p.into());
+                }
+                if let (Some(o), Some(c)) = (state.as_object_mut(), cgroup) {
+                    o.insert("cgroup".into(), c.into());
+                }
+                if let Ok(r) = HookRequest::from_state(&state) {
+                    prop_assert_eq!(Some(u64::from(r.pid)), state["pid"].as_u64(), "the pid asked for");
+                    prop_assert!(r.pid > 0);
+                    prop_assert!(std::path::Path::new(&r.cgroup).components().all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))), "{:?}", r.cgroup);
+                }
+            }
+        }
+    }
 }

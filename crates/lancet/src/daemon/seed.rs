@@ -262,4 +262,82 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/a\377"), "/a\u{fffd}");
         assert_eq!(unescape_mountinfo(r"/a\400\777"), r"/a\400\777");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// mountinfo's escaping, as the kernel's `seq_path` does it.
+        fn escape(path: &str) -> String {
+            path.bytes()
+                .map(|b| if matches!(b, b' ' | b'\t' | b'\n' | b'\\') { format!("\\{b:03o}") } else { (b as char).to_string() })
+                .collect::<Vec<_>>()
+                .concat()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_text_unescapes_without_panic(s in any::<String>(), esc in "(\\\\[0-9]{0,4}|[a-z ]){0,20}") {
+                let _ = unescape_mountinfo(&s);
+                let out = unescape_mountinfo(&esc);
+                prop_assert!(out.len() <= esc.len());
+            }
+
+            #[test]
+            fn kernel_escapes_read_back(path in "[/a-z \t\n\\\\]{0,40}") {
+                prop_assert_eq!(unescape_mountinfo(&escape(&path)), path);
+            }
+        }
+
+        fn files(root: &Path) -> usize {
+            std::fs::read_dir(root)
+                .map(|rd| rd.flatten().map(|e| if e.file_type().is_ok_and(|t| t.is_dir()) { files(&e.path()) } else { 1 }).sum())
+                .unwrap_or(0)
+        }
+
+        /// A writable layer larger than MAX_UPPER_ENTRIES, deeper than
+        /// MAX_UPPER_DEPTH, with links out of it: bounded, inside, unfollowed.
+        #[test]
+        fn written_files_are_bounded_and_never_follow_links() {
+            let d = tempfile::tempdir().unwrap();
+            let upper = d.path().join("upper");
+            let outside = d.path().join("outside");
+            std::fs::create_dir_all(outside.join("secret")).unwrap();
+            std::fs::write(outside.join("secret/key"), b"x").unwrap();
+            // Links to a directory and a file outside the layer.
+            std::fs::create_dir_all(upper.join("etc")).unwrap();
+            std::os::unix::fs::symlink(&outside, upper.join("etc/escape")).unwrap();
+            std::os::unix::fs::symlink("../../outside/secret", upper.join("etc/rel")).unwrap();
+            // Deeper than the walk goes.
+            let mut deep = upper.join("deep");
+            for i in 0..MAX_UPPER_DEPTH + 5 {
+                deep = deep.join(format!("d{i}"));
+            }
+            std::fs::create_dir_all(&deep).unwrap();
+            std::fs::write(deep.join("f"), b"").unwrap();
+            // More entries than it reads (a bound of 150 here).
+            for dir in 0..4 {
+                let p = upper.join(format!("data/{dir}"));
+                std::fs::create_dir_all(&p).unwrap();
+                for f in 0..40 {
+                    std::fs::write(p.join(format!("{f}")), b"").unwrap();
+                }
+            }
+            assert!(files(&upper) > 150);
+            for out in [written_files(&upper, &HashSet::new()), written_files_within(&upper, &HashSet::new(), 150)] {
+                assert!(out.len() <= 4 + 2, "one per directory: {out:?}");
+                assert!(out.iter().all(|p| p.starts_with('/') && !p.contains("/../") && !p.contains("secret")), "{out:?}");
+                assert!(out.iter().all(|p| p.split('/').count() <= MAX_UPPER_DEPTH + 2), "{out:?}");
+                let dirs: HashSet<&str> = out.iter().map(|p| p.rsplit_once('/').map_or("", |(d, _)| d)).collect();
+                assert_eq!(dirs.len(), out.len());
+            }
+            // The links are files of the layer (learned as /etc), never walked.
+            assert!(
+                written_files(&upper, &HashSet::new()).contains(&"/etc/escape".to_string())
+                    || written_files(&upper, &HashSet::new()).contains(&"/etc/rel".to_string())
+            );
+        }
+    }
 }
