@@ -295,6 +295,17 @@ impl Reader {
     /// Reads one container, asking the runtime the cgroup path names first
     /// and the others after (a kubepods path does not say which CRI runtime).
     pub(crate) fn read_container(&mut self, id: &str, m: &CgroupMatch) -> Result<ContainerInfo, String> {
+        // A cgroup under a user's own systemd manager (user@<uid>.service)
+        // is theirs to create and name: only their own storage may say which
+        // container it is. Asking root's state too let a user name a cgroup
+        // after a rootful container and be taken for it (its workload then
+        // learning, and later allowing, what the user's processes did).
+        if let Some(uid) = m.rootless_uid {
+            return match self.read_storage(id, m)? {
+                Some(info) => Ok(info),
+                None => Err(format!("no rootless podman state of uid {uid} for container {id}")),
+            };
+        }
         let mut order = vec![Runtime::Containerd, Runtime::Crio, Runtime::Docker, Runtime::Runc];
         if let Some(rt) = m.runtime {
             let rt = if rt == Runtime::Podman { Runtime::Crio } else { rt };
@@ -344,7 +355,9 @@ impl Reader {
                 ));
             }
         }
-        roots.push((CONTAINERS_STORAGE.into(), CONTAINERS_RUN.into(), RUNC_ROOT.into()));
+        if m.rootless_uid.is_none() {
+            roots.push((CONTAINERS_STORAGE.into(), CONTAINERS_RUN.into(), RUNC_ROOT.into()));
+        }
         let mut err = None;
         for (graph, run, runc) in roots {
             let list = match self.shared_json(&format!("{graph}/overlay-containers/containers.json")) {

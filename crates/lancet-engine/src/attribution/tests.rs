@@ -175,6 +175,21 @@ fn podman_systemd_and_rootless_layouts() {
     assert_eq!(a2.attribute(conmon), Attribution::Host);
 }
 
+#[test]
+fn a_user_cgroup_named_after_a_rootful_container_is_not_that_container() {
+    // root's podman runs t1; user 1000 names a cgroup of their own after it.
+    let h = Host::new(&["podman", "docker"]);
+    h.write("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nmallory:x:1000:1000::/home/mallory:/bin/sh\n");
+    let user = "/user.slice/user-1000.slice/user@1000.service/user.slice";
+    let fake = h.cgroup(&format!("{user}/libpod-{T1}.scope"));
+    let fake_docker = h.cgroup(&format!("{user}/docker-{DID}.scope"));
+    let real = h.cgroup(&format!("/libpod_parent/libpod-{T1}"));
+    let mut a = h.attributor();
+    assert!(unknown_reason(a.attribute(fake)).contains("rootless"));
+    assert!(matches!(a.attribute(fake_docker), Attribution::Unknown { .. }));
+    assert_eq!(container(a.attribute(real)).name, "t1");
+}
+
 pub(super) const DID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa99887766554433221100";
 const IMG: &str = "sha256:6c4e6b8f1d2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c";
 const DIG: &str = "sha256:1f2e3d4c5b6a79880011223344556677889900aabbccddeeff00112233445566";
