@@ -13,7 +13,10 @@ pub mod output;
 pub mod policy;
 pub mod process;
 pub mod profile;
+#[cfg(test)]
+mod prop_util;
 pub mod replay;
 pub mod response;
+mod yaml_guard;
 
 pub use event::{Event, EventKind};

@@ -235,3 +235,73 @@ mod tests {
         assert_eq!(parse_proc_net(&many).len(), MAX_SOCKETS);
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use crate::prop_util::{apply, edits};
+    use proptest::prelude::*;
+
+    /// An endpoint as the kernel prints it: the address's bytes read as
+    /// native-endian 32-bit words, in hex, then the port.
+    fn kernel_endpoint(ip: IpAddr, port: u16) -> String {
+        let bytes: Vec<u8> = match ip {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let words: String = bytes.chunks(4).map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).collect();
+        format!("{words}:{port:04X}")
+    }
+
+    fn socket() -> impl Strategy<Value = (IpAddr, u16, IpAddr, u16, u8)> {
+        let ip = prop_oneof![any::<[u8; 4]>().prop_map(IpAddr::from), any::<[u8; 16]>().prop_map(IpAddr::from)];
+        (ip.clone(), any::<u16>(), ip, any::<u16>(), any::<u8>())
+    }
+
+    fn table(socks: &[(IpAddr, u16, IpAddr, u16, u8)]) -> String {
+        let mut t = String::from("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n");
+        for (i, (l, lp, r, rp, st)) in socks.iter().enumerate() {
+            t.push_str(&format!(
+                "{i:4}: {} {} {st:02X} 00000000:00000000 00:00000000 00000000     0        0 {} 1 0\n",
+                kernel_endpoint(*l, *lp),
+                kernel_endpoint(*r, *rp),
+                1000 + i
+            ));
+        }
+        t
+    }
+
+    /// v4-mapped IPv6 addresses read as IPv4.
+    fn canonical(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(a) => a.to_canonical(),
+            v4 => v4,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn kernel_tables_read_back(socks in proptest::collection::vec(socket(), 0..40)) {
+            // IPv4 and IPv6 sockets live in separate files.
+            let v4: Vec<_> = socks.iter().copied().filter(|s| s.0.is_ipv4() == s.2.is_ipv4()).collect();
+            let got = parse_proc_net(&table(&v4));
+            let want: Vec<Socket> = v4.iter().map(|&(l, lp, r, rp, state)| Socket { local: (canonical(l), lp), remote: (canonical(r), rp), state }).collect();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn mutated_tables_never_panic(socks in proptest::collection::vec(socket(), 1..10), e in edits(8)) {
+            let text = apply(&table(&socks), &e);
+            let got = parse_proc_net(&text);
+            prop_assert!(got.len() <= text.lines().count().saturating_sub(1));
+            let _ = socket_events(&got, &got, 1, 2, 3);
+        }
+
+        #[test]
+        fn any_text_never_panics(text in any::<String>()) {
+            let _ = parse_proc_net(&text);
+        }
+    }
+}

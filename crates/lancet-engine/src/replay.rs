@@ -187,3 +187,156 @@ mod tests {
         assert_eq!(from_falco_json(r#"{"output_fields":{"evt.type":"connect","fd.dip":"nope"}}"#), Err(ReplayError::Field("fd.dip")));
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    //! Trace files are replayed from wherever an operator got them: any
+    //! line is an event or an error, and what `lancet trace` wrote replays
+    //! into the event it was.
+    use super::*;
+    use crate::attribution::Attribution;
+    use crate::output::{falco_json, Record};
+    use crate::prop_util::{apply, edits};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    fn ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![any::<[u8; 4]>().prop_map(IpAddr::from), any::<[u8; 16]>().prop_map(|b| std::net::Ipv6Addr::from(b).to_canonical())]
+    }
+
+    fn word() -> impl Strategy<Value = String> {
+        // Arguments are split on whitespace when replayed.
+        "[^\\s]{1,12}"
+    }
+
+    /// Events of every kind `lancet trace` prints, with the fields replay
+    /// reads back.
+    fn event() -> impl Strategy<Value = Event> {
+        let process = (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), "[a-z0-9 ._-]{0,15}")
+            .prop_map(|(pid, tid, ppid, uid, gid, comm)| ProcessRef { pid, tid, ppid, uid, gid, comm, runtime: false });
+        let exec = (
+            "(/[a-z0-9._-]{1,8}){1,3}",
+            "/[a-z/]{0,10}",
+            proptest::collection::vec(word(), 0..6),
+            any::<String>(),
+            proptest::option::of(any::<String>()),
+            any::<u64>(),
+        )
+            .prop_map(|(filename, cwd, args, parent_comm, parent_exe, exe_ino)| {
+                let mut argv = vec![filename.rsplit('/').next().unwrap_or(&filename).to_string()];
+                argv.extend(args);
+                EventKind::Exec(ExecEvent { filename, cwd, argv, parent_comm, parent_exe, exe_ino, ..Default::default() })
+            });
+        let net = (
+            proptest::sample::select(vec![NetOp::Connect, NetOp::Accept, NetOp::Listen, NetOp::Bind, NetOp::Close]),
+            any::<bool>(),
+            ip(),
+            any::<u16>(),
+            ip(),
+            any::<u16>(),
+            0i32..2,
+        )
+            .prop_map(|(op, udp, saddr, sport, daddr, dport, result)| {
+                let remote = !matches!(op, NetOp::Listen | NetOp::Bind);
+                EventKind::Net(NetEvent {
+                    op,
+                    proto: if udp { L4Proto::Udp } else { L4Proto::Tcp },
+                    saddr,
+                    sport,
+                    daddr: if remote { daddr } else { IpAddr::from([0, 0, 0, 0]) },
+                    dport: if remote { dport } else { 0 },
+                    result,
+                    netns: 0,
+                })
+            });
+        let file = (
+            proptest::sample::select(vec![FileOp::Create, FileOp::Modify, FileOp::Delete, FileOp::Rename, FileOp::Chmod, FileOp::Open]),
+            any::<String>(),
+            proptest::option::of(any::<String>()),
+            any::<String>(),
+        )
+            .prop_map(|(op, path, old_path, host_path)| EventKind::File(FileEvent { op, path, old_path, host_path, is_dir: false }));
+        let kind = prop_oneof![
+            exec,
+            net,
+            file,
+            any::<u32>().prop_map(|child_pid| EventKind::Fork { child_pid }),
+            (proptest::option::of(any::<i32>()), proptest::option::of(any::<i32>()))
+                .prop_map(|(code, signal)| EventKind::Exit(ExitEvent { code, signal })),
+        ];
+        (any::<u64>(), any::<u64>(), process, kind).prop_map(|(time_ns, cgroup_id, process, kind)| Event {
+            time_ns,
+            cgroup_id,
+            process,
+            kind,
+        })
+    }
+
+    fn container() -> impl Strategy<Value = Option<ContainerInfo>> {
+        proptest::option::of(
+            ("[0-9a-f]{64}", any::<String>(), any::<String>(), proptest::collection::btree_map("[a-z.]{1,8}", any::<String>(), 0..4))
+                .prop_map(|(id, name, image, labels)| ContainerInfo {
+                    id,
+                    name,
+                    image,
+                    labels,
+                    runtime: Runtime::Podman,
+                    ..Default::default()
+                }),
+        )
+    }
+
+    fn line(ev: &Event, c: &Option<ContainerInfo>) -> String {
+        let a = match c {
+            Some(c) => Attribution::Container(Arc::new(c.clone())),
+            None => Attribution::Host,
+        };
+        falco_json(&Record { event: ev, attribution: &a, hostname: "h" }, "r", "p").to_string()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn traced_events_replay_into_themselves(ev in event(), c in container()) {
+            let (back, bc) = from_falco_json(&line(&ev, &c)).unwrap();
+            prop_assert_eq!(back, ev);
+            prop_assert_eq!(bc.map(|b| (b.id, b.name, b.image, b.labels)), c.map(|c| (c.id, c.name, c.image, c.labels)));
+        }
+
+        #[test]
+        fn mutated_lines_are_events_or_errors(ev in event(), c in container(), e in edits(4)) {
+            let _ = from_falco_json(&apply(&line(&ev, &c), &e));
+        }
+
+        #[test]
+        fn any_text_is_an_event_or_an_error(s in any::<String>()) {
+            let _ = from_falco_json(&s);
+        }
+
+        /// Fields of the wrong type or range are defaults or errors.
+        #[test]
+        fn odd_field_values(key in proptest::sample::select(vec!["proc.pid", "fd.dport", "fd.sip", "fd.dip", "evt.type", "proc.args", "container.labels", "proc.exit_code", "output_fields"]),
+                            value in prop_oneof![Just(serde_json::json!(null)), Just(serde_json::json!(-1)), Just(serde_json::json!(1e300)), Just(serde_json::json!(u64::MAX)), Just(serde_json::json!("x")), Just(serde_json::json!([1, 2])), Just(serde_json::json!({"a": 1}))]) {
+            let ev = Event { time_ns: 1, cgroup_id: 2, process: ProcessRef::default(), kind: EventKind::Fork { child_pid: 3 } };
+            let mut v: serde_json::Value = serde_json::from_str(&line(&ev, &None)).unwrap();
+            if key == "output_fields" {
+                v[key] = value;
+            } else {
+                v["output_fields"][key] = value;
+            }
+            let _ = from_falco_json(&v.to_string());
+        }
+    }
+
+    #[test]
+    fn deep_and_huge_lines_are_errors_or_events() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(from_falco_json(&deep), Err(ReplayError::Json(_))), "serde_json's depth limit");
+        let ev = Event { time_ns: 1, cgroup_id: 2, process: ProcessRef::default(), kind: EventKind::Fork { child_pid: 3 } };
+        let mut v: serde_json::Value = serde_json::from_str(&line(&ev, &None)).unwrap();
+        v["output_fields"]["proc.name"] = "x".repeat(10 << 20).into();
+        let (back, _) = from_falco_json(&v.to_string()).unwrap();
+        assert_eq!(back.process.comm.len(), 10 << 20);
+    }
+}

@@ -22,6 +22,11 @@ use std::process::Command;
 
 /// Largest JSON document (index, manifest, config) read into memory.
 const MAX_JSON: u64 = 16 << 20;
+/// Values (scalars, arrays, objects, members) one such document may hold.
+/// Its bytes are bounded, but 16 MiB of `{"digest":""},` is a million
+/// descriptors, ~120 MiB once parsed; a real index, manifest or config
+/// holds hundreds to a few thousand.
+const MAX_JSON_VALUES: usize = 1 << 18;
 /// Links followed inside an archive (`docker save` writes one level).
 const MAX_ARCHIVE_LINKS: usize = 8;
 
@@ -223,7 +228,80 @@ fn read_all(blobs: &dyn Blobs, name: &str) -> Result<Vec<u8>, ScanError> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(blobs: &dyn Blobs, name: &str, bytes: &[u8]) -> Result<T, ScanError> {
-    serde_json::from_slice(bytes).map_err(|e| ScanError::format(format!("{}: {name}", blobs.describe()), e))
+    let err = |e| ScanError::format(format!("{}: {name}", blobs.describe()), e);
+    // Counted first, without building anything, so a document of too many
+    // values is refused before it is parsed into structs.
+    count_values(bytes, MAX_JSON_VALUES).map_err(err)?;
+    serde_json::from_slice(bytes).map_err(err)
+}
+
+/// Checks that `bytes` is one JSON document of at most `max` values
+/// (object members count too), allocating nothing for them.
+fn count_values(bytes: &[u8], max: usize) -> Result<(), serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let left = std::cell::Cell::new(max);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Count(&left).deserialize(&mut de)?;
+    de.end()
+}
+
+#[derive(Clone, Copy)]
+struct Count<'a>(&'a std::cell::Cell<usize>);
+
+impl Count<'_> {
+    fn take<E: serde::de::Error>(self) -> Result<(), E> {
+        match self.0.get() {
+            0 => Err(E::custom("too many values")),
+            n => {
+                self.0.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Count<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Count<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.take()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.take()?;
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.take()?;
+        while map.next_key_seed(self)?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
 }
 
 /// `blobs/sha256/<hex>` for a `sha256:<hex>` digest.
@@ -453,5 +531,22 @@ impl Drop for PodmanMount {
         if let Err(e) = podman(&["image", "unmount", &self.id]) {
             tracing::warn!(image = %self.id, error = %e, "unmounting the scanned image failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_documents_are_counted_before_they_are_parsed() {
+        assert!(count_values(br#"{"a": [1, -2, 3.5, "x\n", null, true, {"b": {}}], "c": ""}"#, 14).is_ok());
+        assert!(count_values(br#"{"a": [1, -2, 3.5, "x\n", null, true, {"b": {}}], "c": ""}"#, 13).is_err());
+        assert!(count_values(b"[1] 2", 10).is_err(), "one document");
+        let many = format!(r#"{{"manifests":[{}{{"digest":""}}]}}"#, r#"{"digest":""},"#.repeat(MAX_JSON_VALUES));
+        assert!(count_values(many.as_bytes(), MAX_JSON_VALUES).unwrap_err().to_string().contains("too many values"));
+        // Each descriptor is 3 values: 10,000 of them are fine.
+        let some = format!(r#"{{"manifests":[{}{{"digest":""}}]}}"#, r#"{"digest":""},"#.repeat(10_000));
+        assert!(count_values(some.as_bytes(), MAX_JSON_VALUES).is_ok());
     }
 }

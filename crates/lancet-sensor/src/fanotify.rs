@@ -22,6 +22,8 @@ mod perm;
 mod perm_tests;
 #[cfg(test)]
 mod podman_tests;
+#[cfg(test)]
+mod prop_tests;
 mod syscall;
 
 pub use change::FileChangeWatcher;

@@ -8,6 +8,8 @@ pub mod fanotify;
 pub mod features;
 pub mod mounts;
 pub mod probes;
+#[cfg(test)]
+mod prop_util;
 mod skel;
 
 pub use decode::{decode, Clock, DecodeError};

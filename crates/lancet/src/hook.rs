@@ -156,4 +156,80 @@ mod tests {
         assert_eq!(d["stages"][0], "createRuntime");
         assert_eq!(d["hook"]["args"][4], "oci");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const CONFIG: &str = r#"{"ociVersion":"1.0.2","process":{"args":["httpd","-f"],"cwd":"/"},"root":{"path":"rootfs","readonly":false},"hostname":"web"}"#;
+
+        /// A valid JSON text changed by character flips, inserts and cuts.
+        fn mutate(text: &str, edits: &[(prop::sample::Index, char, u8)]) -> String {
+            let mut c: Vec<char> = text.chars().collect();
+            for (i, ch, op) in edits {
+                let at = i.index(c.len() + 1);
+                match op {
+                    0 if at < c.len() => c[at] = *ch,
+                    1 => c.insert(at, *ch),
+                    _ => c.truncate(at),
+                }
+            }
+            c.into_iter().collect()
+        }
+
+        fn edits() -> impl Strategy<Value = Vec<(prop::sample::Index, char, u8)>> {
+            proptest::collection::vec(
+                (
+                    any::<prop::sample::Index>(),
+                    prop_oneof![any::<char>(), proptest::sample::select(vec!['{', '}', '"', ':', ',', '[', ']', '/'])],
+                    0u8..3,
+                ),
+                0..6,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_text_on_stdin_is_an_error_or_a_state(text in any::<String>()) {
+                let _ = parse_state(&text);
+            }
+        }
+
+        /// The runtime's state (and a bundle config.json beside it), changed
+        /// at random: an error, or what the state says (a real pid, the id,
+        /// the bundle as named).
+        #[test]
+        fn states_and_bundle_configs() {
+            let dir = tempfile::tempdir().unwrap();
+            let bundle = dir.path().to_path_buf();
+            let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(128));
+            let pid = prop_oneof![
+                any::<u64>().prop_map(Value::from),
+                (1u64..100_000).prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                Just(Value::from("1")),
+                Just(Value::Null)
+            ];
+            let id = prop_oneof![any::<String>().prop_map(Value::from), Just(Value::from(1)), Just(Value::Null)];
+            runner
+                .run(&(edits(), pid, id, any::<bool>()), |(e, pid, id, here)| {
+                    let config = mutate(CONFIG, &e);
+                    std::fs::write(bundle.join("config.json"), &config).unwrap();
+                    let b = if here { json!(bundle) } else { json!("/nonexistent-lancet-bundle") };
+                    let state = json!({"ociVersion": "1.0.2", "id": id, "status": "creating", "pid": pid, "bundle": b});
+                    // The hook reads only the state; the agent reads the
+                    // bundle itself (never trusting the hook's word for it).
+                    if let Ok(info) = parse_state(&state.to_string()) {
+                        prop_assert_eq!(Some(u64::from(info.pid)), pid.as_u64());
+                        prop_assert!(info.pid > 0);
+                        prop_assert_eq!(Some(info.id.as_str()), id.as_str());
+                        prop_assert_eq!(Some(info.bundle.as_str()), b.as_str());
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+    }
 }

@@ -22,6 +22,8 @@ const FLAG_LEAF: u16 = 0x02;
 const BUCKET_LEAF_FLAG: u32 = 0x01;
 /// A B+tree deeper than this is not something bbolt writes; it is a cycle.
 const MAX_DEPTH: usize = 32;
+/// Pages and elements one listing ([`BoltDb::entries`]) looks at, at most.
+const MAX_LIST_WORK: usize = 1 << 20;
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
@@ -149,22 +151,32 @@ impl<'a> BoltDb<'a> {
         None
     }
 
-    /// Every key/value of a bucket, in order (for listing buckets).
+    /// The plain key/values of a bucket, in order (for listing buckets), at
+    /// most `max` of them. `budget` counts pages and elements looked at: a
+    /// corrupt (or hostile) file can make thousands of branch elements name
+    /// the same leaf of 65535 elements, which collected whole was hundreds
+    /// of millions of items.
     #[cfg_attr(not(test), allow(dead_code))]
-    fn items(&self, node: Node<'a>, depth: usize, out: &mut Vec<LeafItem<'a>>, budget: &mut usize) {
-        if depth > MAX_DEPTH || *budget == 0 {
+    fn items(&self, node: Node<'a>, depth: usize, out: &mut Vec<LeafItem<'a>>, max: usize, budget: &mut usize) {
+        if depth > MAX_DEPTH || *budget == 0 || out.len() >= max {
             return;
         }
         *budget -= 1;
         let Some(p) = self.node_bytes(node) else { return };
         let (Some(flags), Some(count)) = (u16_at(p, 8), u16_at(p, 10)) else { return };
-        if flags & FLAG_LEAF != 0 {
-            out.extend((0..count as usize).filter_map(|i| leaf_item(p, i)));
-        } else if flags & FLAG_BRANCH != 0 && matches!(node, Node::Page(_)) {
-            for i in 0..count as usize {
+        for i in 0..count as usize {
+            if *budget == 0 || out.len() >= max {
+                return;
+            }
+            *budget -= 1;
+            if flags & FLAG_LEAF != 0 {
+                out.extend(leaf_item(p, i).filter(|it| !it.is_bucket));
+            } else if flags & FLAG_BRANCH != 0 && matches!(node, Node::Page(_)) {
                 if let Some((_, child)) = branch_item(p, i) {
-                    self.items(Node::Page(child), depth + 1, out, budget);
+                    self.items(Node::Page(child), depth + 1, out, max, budget);
                 }
+            } else {
+                return;
             }
         }
     }
@@ -205,9 +217,9 @@ impl<'a> BoltDb<'a> {
     pub fn entries(&self, path: &[&[u8]], max: usize) -> Vec<(&'a [u8], &'a [u8])> {
         let Some(node) = self.bucket_node(path) else { return Vec::new() };
         let mut out = Vec::new();
-        let mut budget = 4096;
-        self.items(node, 0, &mut out, &mut budget);
-        out.into_iter().filter(|i| !i.is_bucket).take(max).map(|i| (i.key, i.value)).collect()
+        let mut budget = MAX_LIST_WORK;
+        self.items(node, 0, &mut out, max, &mut budget);
+        out.into_iter().map(|i| (i.key, i.value)).collect()
     }
 }
 

@@ -81,17 +81,22 @@ pub struct OciProcess {
 pub const MAX_ARGS: usize = 256;
 pub const MAX_ARG_LEN: usize = 4096;
 
+/// `s` cut to at most `max` bytes, at a character boundary. (Counting
+/// characters, as this did, let a string of 4-byte characters keep four
+/// times the bound.)
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 impl OciProcess {
     /// The `process` object of an OCI runtime spec (bounded).
     pub fn from_spec(process: &serde_json::Value) -> Option<OciProcess> {
-        let args: Vec<String> = process
-            .get("args")?
-            .as_array()?
-            .iter()
-            .take(MAX_ARGS)
-            .filter_map(|a| a.as_str())
-            .map(|a| a.chars().take(MAX_ARG_LEN).collect())
-            .collect();
+        let args: Vec<String> =
+            process.get("args")?.as_array()?.iter().take(MAX_ARGS).filter_map(|a| a.as_str()).map(|a| cut(a, MAX_ARG_LEN)).collect();
         if args.is_empty() {
             return None;
         }
@@ -99,8 +104,8 @@ impl OciProcess {
             .get("env")
             .and_then(|e| e.as_array())
             .and_then(|e| e.iter().filter_map(|v| v.as_str()).find_map(|v| v.strip_prefix("PATH=")))
-            .map(|p| p.chars().take(MAX_ARG_LEN).collect());
-        let cwd = process.get("cwd").and_then(|c| c.as_str()).unwrap_or("/").chars().take(MAX_ARG_LEN).collect();
+            .map(|p| cut(p, MAX_ARG_LEN));
+        let cwd = cut(process.get("cwd").and_then(|c| c.as_str()).unwrap_or("/"), MAX_ARG_LEN);
         Some(OciProcess { args, path_env, cwd })
     }
 }
@@ -655,6 +660,8 @@ impl Attributor {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]
@@ -673,5 +680,9 @@ mod oci_process_tests {
         assert_eq!(OciProcess::from_spec(&serde_json::json!({"args": []})), None);
         assert_eq!(OciProcess::from_spec(&serde_json::json!({"args": "sh"})), None);
         assert_eq!(OciProcess::from_spec(&serde_json::json!(null)), None);
+        // The bound is in bytes, cut at a character boundary.
+        let p = OciProcess::from_spec(&serde_json::json!({"args": ["é".repeat(MAX_ARG_LEN)], "cwd": "€".repeat(MAX_ARG_LEN)})).unwrap();
+        assert_eq!(p.args[0].len(), MAX_ARG_LEN);
+        assert_eq!(p.cwd.len(), MAX_ARG_LEN - MAX_ARG_LEN % 3);
     }
 }

@@ -20,6 +20,12 @@ use std::time::SystemTime;
 /// rather than read an arbitrary amount into memory.
 const MAX_JSON: u64 = 64 << 20;
 const MAX_BOLT: u64 = 256 << 20;
+/// JSON values (scalars, arrays, objects, object members) kept from one
+/// document: the bytes are bounded by [`MAX_JSON`], but parsed whole a
+/// document of `[0,0,…]` is ~16 times its size in memory (1 GiB for 64
+/// MiB). A containers.json entry is ~20 values, so this is ~13,000
+/// containers, and at most ~25 MiB parsed.
+const MAX_JSON_VALUES: usize = 1 << 18;
 /// Shared files (containers.json, images.json…) kept parsed between reads.
 const MAX_SHARED: usize = 32;
 const MAX_LIST: usize = 4096;
@@ -42,6 +48,105 @@ pub(crate) struct Reader {
     cgroup2_mount: PathBuf,
     json: HashMap<PathBuf, Shared<Value>>,
     bytes: HashMap<PathBuf, Shared<Vec<u8>>>,
+}
+
+/// `O_NONBLOCK` (the same on every Linux architecture lancet builds for;
+/// the engine does not link libc).
+const O_NONBLOCK: i32 = 0o4000;
+
+/// Parses a JSON document keeping at most [`MAX_JSON_VALUES`] values;
+/// past that it is an error, not a bigger allocation.
+fn bounded_json(bytes: &[u8]) -> Result<Value, String> {
+    use serde::de::DeserializeSeed;
+    let left = std::cell::Cell::new(MAX_JSON_VALUES);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = Budget(&left).deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+/// Builds a `Value` like serde_json's own visitor, counting every value
+/// (and object member) against the budget before keeping it.
+#[derive(Clone, Copy)]
+struct Budget<'a>(&'a std::cell::Cell<usize>);
+
+impl Budget<'_> {
+    fn take<E: serde::de::Error>(self) -> Result<(), E> {
+        match self.0.get() {
+            0 => Err(E::custom(format_args!("too many values (more than {MAX_JSON_VALUES})"))),
+            n => {
+                self.0.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Budget<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Budget<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(v))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Null)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.take()?;
+        let mut v = Vec::new();
+        while let Some(x) = seq.next_element_seed(self)? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.take()?;
+        let mut m = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            self.take()?;
+            let v = map.next_value_seed(self)?;
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
+    }
 }
 
 fn s(v: &Value, key: &str) -> String {
@@ -102,7 +207,13 @@ impl Reader {
 
     fn read_limited(&self, p: &Path, max: u64) -> Result<Vec<u8>, std::io::Error> {
         use std::io::Read;
-        let f = std::fs::File::open(p)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking, and regular files only: a rootless user's storage
+        // is theirs, and opening a FIFO they put there blocked forever.
+        let f = std::fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(p)?;
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
         let mut buf = Vec::new();
         f.take(max + 1).read_to_end(&mut buf)?;
         if buf.len() as u64 > max {
@@ -116,7 +227,7 @@ impl Reader {
     fn json(&self, host_path: &str) -> Result<Option<Value>, String> {
         let p = self.host(host_path);
         match self.read_limited(&p, MAX_JSON) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| format!("{host_path}: {e}")),
+            Ok(b) => bounded_json(&b).map(Some).map_err(|e| format!("{host_path}: {e}")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("{host_path}: {e}")),
         }
@@ -139,7 +250,7 @@ impl Reader {
             return Ok(self.json.get(&p).map(|c| Arc::clone(&c.value)));
         }
         let b = self.read_limited(&p, MAX_JSON).map_err(|e| format!("{host_path}: {e}"))?;
-        let v: Value = serde_json::from_slice(&b).map_err(|e| format!("{host_path}: {e}"))?;
+        let v: Value = bounded_json(&b).map_err(|e| format!("{host_path}: {e}"))?;
         let v = Arc::new(v);
         if self.json.len() >= MAX_SHARED {
             self.json.clear();
@@ -184,6 +295,17 @@ impl Reader {
     /// Reads one container, asking the runtime the cgroup path names first
     /// and the others after (a kubepods path does not say which CRI runtime).
     pub(crate) fn read_container(&mut self, id: &str, m: &CgroupMatch) -> Result<ContainerInfo, String> {
+        // A cgroup under a user's own systemd manager (user@<uid>.service)
+        // is theirs to create and name: only their own storage may say which
+        // container it is. Asking root's state too let a user name a cgroup
+        // after a rootful container and be taken for it (its workload then
+        // learning, and later allowing, what the user's processes did).
+        if let Some(uid) = m.rootless_uid {
+            return match self.read_storage(id, m)? {
+                Some(info) => Ok(info),
+                None => Err(format!("no rootless podman state of uid {uid} for container {id}")),
+            };
+        }
         let mut order = vec![Runtime::Containerd, Runtime::Crio, Runtime::Docker, Runtime::Runc];
         if let Some(rt) = m.runtime {
             let rt = if rt == Runtime::Podman { Runtime::Crio } else { rt };
@@ -233,7 +355,9 @@ impl Reader {
                 ));
             }
         }
-        roots.push((CONTAINERS_STORAGE.into(), CONTAINERS_RUN.into(), RUNC_ROOT.into()));
+        if m.rootless_uid.is_none() {
+            roots.push((CONTAINERS_STORAGE.into(), CONTAINERS_RUN.into(), RUNC_ROOT.into()));
+        }
         let mut err = None;
         for (graph, run, runc) in roots {
             let list = match self.shared_json(&format!("{graph}/overlay-containers/containers.json")) {
@@ -258,7 +382,8 @@ impl Reader {
     fn storage_container(&mut self, id: &str, entry: &Value, m: &CgroupMatch, graph: &str, run: &str, runc: &str) -> ContainerInfo {
         let mut c = ContainerInfo { id: id.to_string(), runtime: Runtime::Podman, owner_uid: m.rootless_uid, ..Default::default() };
         // `metadata` is a JSON document inside a JSON string.
-        let meta: Value = entry.get("metadata").and_then(Value::as_str).and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
+        let meta: Value =
+            entry.get("metadata").and_then(Value::as_str).and_then(|s| bounded_json(s.as_bytes()).ok()).unwrap_or(Value::Null);
         c.name = entry
             .get("names")
             .and_then(Value::as_array)
@@ -314,7 +439,7 @@ impl Reader {
                 c.image_id = ann.get("io.kubernetes.cri-o.ImageRef").cloned().unwrap_or_default();
             }
             if let Some(l) = ann.get("io.kubernetes.cri-o.Labels") {
-                c.labels = serde_json::from_str::<Value>(l).map(|v| str_map(Some(&v))).unwrap_or_default();
+                c.labels = bounded_json(l.as_bytes()).map(|v| str_map(Some(&v))).unwrap_or_default();
             }
             c.pod = pod_from(
                 &ann,
@@ -338,7 +463,7 @@ impl Reader {
             if let Some(db) = self.shared_bytes(&format!("{graph}/libpod/bolt_state.db")) {
                 if let Some(bdb) = BoltDb::open(&db) {
                     if let Some(cfg) = bdb.get(&[b"ctr", id.as_bytes()], b"config") {
-                        if let Ok(v) = serde_json::from_slice::<Value>(cfg) {
+                        if let Ok(v) = bounded_json(cfg) {
                             c.labels = str_map(v.get("labels"));
                             if c.image.is_empty() {
                                 c.image = nonempty(s(&v, "rootfsImageName"), || s(&v, "RawImageName"));
@@ -346,7 +471,7 @@ impl Reader {
                         }
                     }
                     if let Some(st) = bdb.get(&[b"ctr", id.as_bytes()], b"state") {
-                        if let Ok(v) = serde_json::from_slice::<Value>(st) {
+                        if let Ok(v) = bounded_json(st) {
                             c.pid = v.get("pid").and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
                         }
                     }
@@ -372,7 +497,10 @@ impl Reader {
         let Some(v) = self.json(&format!("{DOCKER_ROOT}/containers/{id}/config.v2.json"))? else { return Ok(None) };
         let cfg = v.get("Config").cloned().unwrap_or(Value::Null);
         let mut c = ContainerInfo {
-            id: nonempty(s(&v, "ID"), || id.to_string()),
+            // The id the cgroup and the file's directory name, not the
+            // file's own `ID`: a file that disagrees must not make this
+            // cgroup another container (and its profile apply here).
+            id: id.to_string(),
             runtime: Runtime::Docker,
             name: s(&v, "Name").trim_start_matches('/').to_string(),
             image: s(&cfg, "Image"),
@@ -496,7 +624,9 @@ impl Reader {
 
     fn runc_container(&self, id: &str, st: &Value) -> ContainerInfo {
         let cfg = st.get("config").cloned().unwrap_or(Value::Null);
-        let mut c = ContainerInfo { id: nonempty(s(st, "id"), || id.to_string()), runtime: Runtime::Runc, ..Default::default() };
+        // The state's directory names the container, as for docker: not the
+        // file's own `id`.
+        let mut c = ContainerInfo { id: id.to_string(), runtime: Runtime::Runc, ..Default::default() };
         c.name = c.id.clone();
         for l in cfg.get("labels").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));
@@ -548,6 +678,35 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_files_must_be_regular_files() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Reader::new(d.path().to_path_buf(), d.path().to_path_buf());
+        std::fs::write(d.path().join("f"), b"{}").unwrap();
+        assert_eq!(r.read_limited(&d.path().join("f"), 10).unwrap(), b"{}");
+        assert!(r.read_limited(d.path(), 10).is_err(), "a directory");
+        let fifo = d.path().join("fifo");
+        if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+            // Opening it blocking would wait for a writer forever.
+            assert!(r.read_limited(&fifo, 10).unwrap_err().to_string().contains("not a regular file"));
+        }
+    }
+
+    #[test]
+    fn json_documents_are_read_within_a_value_budget() {
+        let v = bounded_json(br#"{"a": [1, -2, 3.5, "x", null, true, {"b": {}}], "c": ""}"#).unwrap();
+        assert_eq!(v, serde_json::json!({"a": [1, -2, 3.5, "x", null, true, {"b": {}}], "c": ""}));
+        assert!(bounded_json(b"[1] 2").is_err(), "trailing data");
+        assert!(bounded_json(b"").is_err());
+        let just = format!("[{}0]", "0,".repeat(MAX_JSON_VALUES - 2));
+        assert_eq!(bounded_json(just.as_bytes()).unwrap().as_array().map(Vec::len), Some(MAX_JSON_VALUES - 1));
+        let over = format!("[{}0]", "0,".repeat(MAX_JSON_VALUES));
+        assert!(bounded_json(over.as_bytes()).unwrap_err().contains("too many values"));
+        let keys = format!("{{{}\"z\":0}}", (0..MAX_JSON_VALUES / 2).map(|i| format!("\"{i}\":0,")).collect::<String>());
+        assert!(bounded_json(keys.as_bytes()).unwrap_err().contains("too many values"), "members count too");
+        assert!(bounded_json(format!("{}{}", "[".repeat(200), "]".repeat(200)).as_bytes()).is_err(), "serde_json's depth limit holds");
+    }
 
     #[test]
     fn slices_expand_like_systemd() {

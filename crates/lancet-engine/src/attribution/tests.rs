@@ -6,9 +6,9 @@
 use super::*;
 use std::os::unix::fs::MetadataExt;
 
-const T1: &str = "2e8bdd302d6f3109f54b92f320cfa00a76d6653727e89863aa6329a9cdbbea02";
-const PROBE: &str = "49601d56870be0f626b3625a1fb7672fcafc43012409076af9fbaae86e0338ce";
-const UID: &str = "0d3f1c52-9d1b-4f5e-8a4e-2b7c9e6f1a23";
+pub(super) const T1: &str = "2e8bdd302d6f3109f54b92f320cfa00a76d6653727e89863aa6329a9cdbbea02";
+pub(super) const PROBE: &str = "49601d56870be0f626b3625a1fb7672fcafc43012409076af9fbaae86e0338ce";
+pub(super) const UID: &str = "0d3f1c52-9d1b-4f5e-8a4e-2b7c9e6f1a23";
 
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -24,12 +24,12 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// A host root with the fixtures of `runtimes` and a cgroup2 tree.
-struct Host {
+pub(super) struct Host {
     dir: tempfile::TempDir,
 }
 
 impl Host {
-    fn new(runtimes: &[&str]) -> Self {
+    pub(super) fn new(runtimes: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         for rt in runtimes {
             let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rt);
@@ -38,27 +38,27 @@ impl Host {
         std::fs::create_dir_all(dir.path().join("sys/fs/cgroup/unified")).unwrap();
         Host { dir }
     }
-    fn root(&self) -> &Path {
+    pub(super) fn root(&self) -> &Path {
         self.dir.path()
     }
-    fn cg_root(&self) -> PathBuf {
+    pub(super) fn cg_root(&self) -> PathBuf {
         self.root().join("sys/fs/cgroup/unified")
     }
     /// Creates a cgroup dir and returns its id (inode).
-    fn cgroup(&self, path: &str) -> u64 {
+    pub(super) fn cgroup(&self, path: &str) -> u64 {
         let p = self.cg_root().join(path.trim_start_matches('/'));
         std::fs::create_dir_all(&p).unwrap();
         std::fs::metadata(&p).unwrap().ino()
     }
-    fn write(&self, host_path: &str, text: &str) {
+    pub(super) fn write(&self, host_path: &str, text: &str) {
         let p = self.root().join(host_path.trim_start_matches('/'));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
-    fn attributor(&self) -> Attributor {
+    pub(super) fn attributor(&self) -> Attributor {
         self.attributor_cap(64)
     }
-    fn attributor_cap(&self, cap: usize) -> Attributor {
+    pub(super) fn attributor_cap(&self, cap: usize) -> Attributor {
         Attributor::new(AttributionConfig { host_root: self.root().to_path_buf(), cgroup2_root: Some(self.cg_root()), cache_capacity: cap })
             .unwrap()
     }
@@ -175,7 +175,22 @@ fn podman_systemd_and_rootless_layouts() {
     assert_eq!(a2.attribute(conmon), Attribution::Host);
 }
 
-const DID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa99887766554433221100";
+#[test]
+fn a_user_cgroup_named_after_a_rootful_container_is_not_that_container() {
+    // root's podman runs t1; user 1000 names a cgroup of their own after it.
+    let h = Host::new(&["podman", "docker"]);
+    h.write("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nmallory:x:1000:1000::/home/mallory:/bin/sh\n");
+    let user = "/user.slice/user-1000.slice/user@1000.service/user.slice";
+    let fake = h.cgroup(&format!("{user}/libpod-{T1}.scope"));
+    let fake_docker = h.cgroup(&format!("{user}/docker-{DID}.scope"));
+    let real = h.cgroup(&format!("/libpod_parent/libpod-{T1}"));
+    let mut a = h.attributor();
+    assert!(unknown_reason(a.attribute(fake)).contains("rootless"));
+    assert!(matches!(a.attribute(fake_docker), Attribution::Unknown { .. }));
+    assert_eq!(container(a.attribute(real)).name, "t1");
+}
+
+pub(super) const DID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa99887766554433221100";
 const IMG: &str = "sha256:6c4e6b8f1d2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c";
 const DIG: &str = "sha256:1f2e3d4c5b6a79880011223344556677889900aabbccddeeff00112233445566";
 
@@ -315,6 +330,23 @@ fn plain_runc_by_cgroup_path() {
     let (_, inside) = a.container_for_host_path(Path::new("/srv/bundles/attr-test/rootfs/bin/sh")).unwrap();
     assert_eq!(inside, "/bin/sh");
     assert_eq!(a.on_cgroup_rmdir(top, "/lancet-attr-test").unwrap().id, "lancet-attr-test-ctr");
+}
+
+#[test]
+fn a_state_file_naming_another_container_does_not_make_the_cgroup_that_container() {
+    let other = "ab".repeat(32);
+    let h = Host::new(&["docker", "runc"]);
+    let cfg = format!("/var/lib/docker/containers/{DID}/config.v2.json");
+    let text = std::fs::read_to_string(h.root().join(cfg.trim_start_matches('/'))).unwrap();
+    h.write(&cfg, &text.replacen(&format!("\"ID\": \"{DID}\""), &format!("\"ID\": \"{other}\""), 1));
+    let d = h.cgroup(&format!("/system.slice/docker-{DID}.scope"));
+    let st = "/run/runc/lancet-attr-test-ctr/state.json";
+    let text = std::fs::read_to_string(h.root().join(st.trim_start_matches('/'))).unwrap();
+    h.write(st, &text.replacen("\"id\": \"lancet-attr-test-ctr\"", "\"id\": \"sysd-ctr\"", 1));
+    let r = h.cgroup("/lancet-attr-test");
+    let mut a = h.attributor();
+    assert_eq!(container(a.attribute(d)).id, DID);
+    assert_eq!(container(a.attribute(r)).id, "lancet-attr-test-ctr");
 }
 
 #[test]

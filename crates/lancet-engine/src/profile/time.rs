@@ -57,6 +57,11 @@ impl JsonSchema for Timestamp {
 /// are times before 1970.
 pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     let bad = || format!("invalid RFC 3339 time {s:?} (expected e.g. 2026-11-28T13:29:00Z)");
+    // The fields are sliced at fixed byte offsets; a multi-byte character
+    // across one would panic the slicing. An RFC 3339 time is ASCII.
+    if !s.is_ascii() {
+        return Err(bad());
+    }
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
         return Err(bad());
@@ -140,21 +145,32 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (like 30s, 10m, 1h, 2d)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86_400.0,
+    let (per_unit_ms, secs) = match unit {
+        "" | "s" => (1000, n),
+        "ms" => (1, n / 1000.0),
+        "m" => (60_000, n * 60.0),
+        "h" => (3_600_000, n * 3600.0),
+        "d" => (86_400_000, n * 86_400.0),
         other => return Err(format!("unknown duration unit {other:?} in {s:?} (use ms, s, m, h or d)")),
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a duration"));
+    let too_long = || format!("{s:?} is not a duration lancet takes (too long: at most 100 years)");
+    let d = if !num.contains('.') {
+        // Whole numbers are counted exactly: through f64, `16777216038ms`
+        // read back 1 ns short, so a span lancet wrote did not read back
+        // the same.
+        let whole = num.parse::<u64>().map_err(|_| too_long())?;
+        whole.checked_mul(per_unit_ms).map(std::time::Duration::from_millis).ok_or_else(too_long)?
+    } else {
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(format!("{s:?} is not a duration"));
+        }
+        // `from_secs_f64` panics past `Duration::MAX`: refuse it instead.
+        std::time::Duration::try_from_secs_f64(secs).map_err(|_| too_long())?
+    };
+    if d > MAX_DURATION {
+        return Err(too_long());
     }
-    if secs > MAX_DURATION.as_secs_f64() {
-        return Err(format!("{s:?} is longer than the longest duration lancet takes (100 years)"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 /// The longest duration any setting, flag or document may give: past it a
@@ -214,6 +230,12 @@ mod duration_tests {
         assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown duration unit"));
         assert!(parse_duration("soon").is_err());
         let s: Span = serde_json::from_str("\"2h\"").unwrap();
+        assert_eq!(parse_duration("16777216038ms").unwrap(), Duration::from_millis(16_777_216_038), "exact, not through f64");
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        // Longer than a Duration holds: an error, not a panic.
+        for long in ["99999999999999999999999s", "999999999999999999d", "99999999999999999999.5"] {
+            assert!(parse_duration(long).unwrap_err().contains("too long"), "{long}");
+        }
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"2h\"");
     }
 
@@ -224,5 +246,96 @@ mod duration_tests {
             assert!(e.contains("longest duration") || e.contains("not a duration"), "{huge}: {e}");
         }
         assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+    }
+}
+
+#[cfg(test)]
+mod prop_tests {
+    //! Timestamps and durations come from documents anyone may hand the
+    //! agent (profile import, policy files): any text gives an answer or an
+    //! error, never a panic, and what lancet writes reads back the same.
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    /// A valid time, then a few characters replaced by arbitrary ones
+    /// (multi-byte included), inserted or removed.
+    fn mutated_time() -> impl Strategy<Value = String> {
+        (any::<u64>(), proptest::collection::vec((any::<prop::sample::Index>(), any::<char>(), 0u8..3), 1..4)).prop_map(|(t, edits)| {
+            let mut s: Vec<char> = crate::output::rfc3339_nanos(t).chars().collect();
+            for (at, c, op) in edits {
+                let i = at.index(s.len() + 1);
+                match op {
+                    0 if i < s.len() => s[i] = c,
+                    1 => s.insert(i, c),
+                    _ if i < s.len() => {
+                        s.remove(i);
+                    }
+                    _ => s.push(c),
+                }
+            }
+            s.into_iter().collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_text_is_a_time_or_an_error(s in any::<String>()) {
+            let _ = parse_rfc3339(&s);
+        }
+
+        #[test]
+        fn mutated_times_never_panic(s in mutated_time()) {
+            if let Ok(t) = parse_rfc3339(&s) {
+                // Whatever was accepted prints as a time that reads back the same.
+                prop_assert_eq!(parse_rfc3339(&Timestamp(t).to_string()), Ok(t));
+            }
+        }
+
+        #[test]
+        fn every_timestamp_round_trips(t in any::<u64>()) {
+            let s = Timestamp(t).to_string();
+            prop_assert_eq!(parse_rfc3339(&s), Ok(t), "{}", s);
+            let y: Timestamp = serde_norway::from_str(&serde_norway::to_string(&Timestamp(t)).unwrap()).unwrap();
+            prop_assert_eq!(y, Timestamp(t));
+        }
+
+        #[test]
+        fn any_text_is_a_duration_or_an_error(s in any::<String>()) {
+            let _ = parse_duration(&s);
+        }
+
+        #[test]
+        fn numbers_of_any_size_are_durations_or_errors(digits in "[0-9]{1,60}(\\.[0-9]{0,30})?", unit in "(|s|ms|m|h|d|x)") {
+            let s = format!("{digits}{unit}");
+            let got = parse_duration(&s);
+            let per_unit_ms: Option<u128> = match unit.as_str() {
+                "" | "s" => Some(1000),
+                "ms" => Some(1),
+                "m" => Some(60_000),
+                "h" => Some(3_600_000),
+                "d" => Some(86_400_000),
+                _ => None,
+            };
+            match (per_unit_ms, digits.parse::<u128>()) {
+                (None, _) => prop_assert!(got.is_err()),
+                // A whole number: exact, or an error when it does not fit.
+                (Some(unit_ms), Ok(n)) => match n.checked_mul(unit_ms).filter(|ms| *ms <= u128::from(u64::MAX)) {
+                    Some(ms) => prop_assert_eq!(got.map(|d| d.as_millis()), Ok(ms)),
+                    None => prop_assert!(got.is_err()),
+                },
+                (Some(_), Err(_)) => {}
+            }
+        }
+
+        #[test]
+        fn spans_round_trip(secs in 0u64..(1 << 40), ms in 0u32..1000) {
+            let d = Duration::from_secs(secs) + Duration::from_millis(u64::from(ms));
+            let text = serde_json::to_string(&Span(d)).unwrap();
+            let back: Span = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(back.0, d, "{}", text);
+        }
     }
 }

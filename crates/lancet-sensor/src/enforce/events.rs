@@ -839,3 +839,79 @@ mod tests {
         assert_eq!(decode_record(&bytes_of(&e), &Clock::with_offset(0)), Err(RecordError::Unknown(99, 1)));
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    //! Enforcement records outlive the agent in a pinned ring (an older
+    //! agent's programs may have written them): any bytes give a record or
+    //! an error, and what a record says fits its fields.
+    use super::*;
+    use crate::prop_util::{apply_bytes, byte_edits};
+    use proptest::prelude::*;
+
+    const FULL: usize = std::mem::size_of::<types::lancet_enforce_event>();
+
+    fn check(r: &EnforceRecord, data: &[u8]) -> Result<(), TestCaseError> {
+        prop_assert!(data.len() >= SIZE_BEFORE_APPLET);
+        prop_assert!(r.comm.chars().count() <= 16);
+        prop_assert_eq!(r.applet.is_some(), r.reason == EnforceReason::Applet);
+        if let Some(a) = &r.applet {
+            prop_assert!(a.name.chars().count() <= 31 + usize::from(!a.cut));
+            prop_assert!(a.file.chars().count() <= 16);
+        }
+        // A record is refused or killed only when it says so.
+        let d = std::mem::offset_of!(types::lancet_enforce_event, denied);
+        prop_assert_eq!(r.denied, data[d..d + 4].iter().any(|&b| b != 0));
+        let ev = r.to_event();
+        if let EventKind::Net(n) = &ev.kind {
+            prop_assert_eq!(n.result != 0, r.denied);
+        }
+        Ok(())
+    }
+
+    /// A record with a valid kind, op and reason and every other byte
+    /// arbitrary, possibly cut.
+    fn record() -> impl Strategy<Value = Vec<u8>> {
+        (proptest::collection::vec(any::<u8>(), FULL..=FULL), 1u32..=7, 1u32..=7, any::<prop::sample::Index>(), any::<bool>()).prop_map(
+            |(mut b, op, reason, cut, whole)| {
+                let put = |b: &mut Vec<u8>, off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+                put(&mut b, std::mem::offset_of!(types::lancet_header, kind), KIND_ENFORCE);
+                put(&mut b, std::mem::offset_of!(types::lancet_enforce_event, op), op);
+                put(&mut b, std::mem::offset_of!(types::lancet_enforce_event, reason), reason);
+                if !whole {
+                    b.truncate(cut.index(FULL + 1));
+                }
+                b
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_are_records_or_errors(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            match decode_record(&data, &Clock::with_offset(0)) {
+                Ok(r) => check(&r, &data)?,
+                Err(RecordError::Truncated(n)) => prop_assert!(n == data.len() && n < SIZE_BEFORE_APPLET),
+                Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn records_with_any_fields(data in record()) {
+            match decode_record(&data, &Clock::with_offset(0)) {
+                Ok(r) => check(&r, &data)?,
+                Err(e) => prop_assert!(data.len() < SIZE_BEFORE_APPLET, "{} bytes: {}", data.len(), e),
+            }
+        }
+
+        #[test]
+        fn mutated_records(data in record(), e in byte_edits(8)) {
+            let data = apply_bytes(&data, &e);
+            if let Ok(r) = decode_record(&data, &Clock::with_offset(0)) {
+                check(&r, &data)?;
+            }
+        }
+    }
+}

@@ -136,7 +136,13 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        // `\ooo` names one byte, so its first digit is 0-3: `\4xx` and up
+        // are not escapes (and overflowed the u8 arithmetic below).
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -160,16 +166,23 @@ fn runtime_mtab(path: &str, host: &Path) -> bool {
 /// learns), leaving out the runtime's mount placeholders. Bounded; never
 /// follows a symlink.
 fn written_files(upper: &Path, mounts: &HashSet<String>) -> Vec<String> {
+    written_files_within(upper, mounts, MAX_UPPER_ENTRIES)
+}
+
+/// [`written_files`] reading at most `max_entries` directory entries.
+fn written_files_within(upper: &Path, mounts: &HashSet<String>, max_entries: usize) -> Vec<String> {
     let mut dirs = BTreeSet::new();
     let mut stack = vec![(upper.to_path_buf(), String::new(), 0usize)];
     let mut seen = 0usize;
-    while let Some((host, inside, depth)) = stack.pop() {
+    'walk: while let Some((host, inside, depth)) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&host) else { continue };
         for e in rd.flatten() {
             seen += 1;
-            if seen > MAX_UPPER_ENTRIES {
-                tracing::debug!(upper = %upper.display(), "writable layer larger than {MAX_UPPER_ENTRIES} entries; the rest is not read");
-                return dirs.into_iter().collect();
+            if seen > max_entries {
+                tracing::debug!(upper = %upper.display(), "writable layer larger than {max_entries} entries; the rest is not read");
+                // What was read is still reduced to one file per directory
+                // (returning it as it was gave every file: 20,000 events).
+                break 'walk;
             }
             let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
             let path = format!("{inside}/{name}");
@@ -264,9 +277,110 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_past_the_bound_still_gives_one_file_per_directory() {
+        let d = tempfile::tempdir().unwrap();
+        for dir in 0..4 {
+            let p = d.path().join(format!("data/{dir}"));
+            std::fs::create_dir_all(&p).unwrap();
+            for f in 0..30 {
+                std::fs::write(p.join(f.to_string()), b"").unwrap();
+            }
+        }
+        let out = written_files_within(d.path(), &HashSet::new(), 100);
+        // At most one file per data directory, and the data directories
+        // themselves (made here, not overlay copy-ups): one for `/data`.
+        assert!(!out.is_empty() && out.len() <= 4 + 1, "{} files", out.len());
+    }
+
+    #[test]
     fn mountinfo_escapes() {
         assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
         assert_eq!(unescape_mountinfo(r"/a\\"), r"/a\\");
         assert_eq!(unescape_mountinfo(r"\0"), r"\0");
+        // Escapes name one byte: \400 and above are not escapes (and made
+        // `d * 64` overflow a u8).
+        assert_eq!(unescape_mountinfo(r"/a\377"), "/a\u{fffd}");
+        assert_eq!(unescape_mountinfo(r"/a\400\777"), r"/a\400\777");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// mountinfo's escaping, as the kernel's `seq_path` does it.
+        fn escape(path: &str) -> String {
+            path.bytes()
+                .map(|b| if matches!(b, b' ' | b'\t' | b'\n' | b'\\') { format!("\\{b:03o}") } else { (b as char).to_string() })
+                .collect::<Vec<_>>()
+                .concat()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_text_unescapes_without_panic(s in any::<String>(), esc in "(\\\\[0-9]{0,4}|[a-z ]){0,20}") {
+                let _ = unescape_mountinfo(&s);
+                let out = unescape_mountinfo(&esc);
+                prop_assert!(out.len() <= esc.len());
+            }
+
+            #[test]
+            fn kernel_escapes_read_back(path in "[/a-z \t\n\\\\]{0,40}") {
+                prop_assert_eq!(unescape_mountinfo(&escape(&path)), path);
+            }
+        }
+
+        fn files(root: &Path) -> usize {
+            std::fs::read_dir(root)
+                .map(|rd| rd.flatten().map(|e| if e.file_type().is_ok_and(|t| t.is_dir()) { files(&e.path()) } else { 1 }).sum())
+                .unwrap_or(0)
+        }
+
+        /// A writable layer larger than MAX_UPPER_ENTRIES, deeper than
+        /// MAX_UPPER_DEPTH, with links out of it: bounded, inside, unfollowed.
+        #[test]
+        fn written_files_are_bounded_and_never_follow_links() {
+            let d = tempfile::tempdir().unwrap();
+            let upper = d.path().join("upper");
+            let outside = d.path().join("outside");
+            std::fs::create_dir_all(outside.join("secret")).unwrap();
+            std::fs::write(outside.join("secret/key"), b"x").unwrap();
+            // Links to a directory and a file outside the layer.
+            std::fs::create_dir_all(upper.join("etc")).unwrap();
+            std::os::unix::fs::symlink(&outside, upper.join("etc/escape")).unwrap();
+            std::os::unix::fs::symlink("../../outside/secret", upper.join("etc/rel")).unwrap();
+            // Deeper than the walk goes.
+            let mut deep = upper.join("deep");
+            for i in 0..MAX_UPPER_DEPTH + 5 {
+                deep = deep.join(format!("d{i}"));
+            }
+            std::fs::create_dir_all(&deep).unwrap();
+            std::fs::write(deep.join("f"), b"").unwrap();
+            // More entries than it reads (a bound of 150 here).
+            for dir in 0..4 {
+                let p = upper.join(format!("data/{dir}"));
+                std::fs::create_dir_all(&p).unwrap();
+                for f in 0..40 {
+                    std::fs::write(p.join(format!("{f}")), b"").unwrap();
+                }
+            }
+            assert!(files(&upper) > 150);
+            for out in [written_files(&upper, &HashSet::new()), written_files_within(&upper, &HashSet::new(), 150)] {
+                // One per directory written: the four data directories, /etc,
+                // and the directories made (no overlay origin here) along
+                // /data and the deep chain, which the walk cuts at its depth.
+                assert!(out.len() <= 4 + 2 + 1 + MAX_UPPER_DEPTH, "one per directory: {out:?}");
+                assert!(out.iter().all(|p| p.starts_with('/') && !p.contains("/../") && !p.contains("secret")), "{out:?}");
+                assert!(out.iter().all(|p| p.split('/').count() <= MAX_UPPER_DEPTH + 2), "{out:?}");
+                let dirs: HashSet<&str> = out.iter().map(|p| p.rsplit_once('/').map_or("", |(d, _)| d)).collect();
+                assert_eq!(dirs.len(), out.len());
+            }
+            // The links are files of the layer (learned as /etc), never walked.
+            assert!(
+                written_files(&upper, &HashSet::new()).contains(&"/etc/escape".to_string())
+                    || written_files(&upper, &HashSet::new()).contains(&"/etc/rel".to_string())
+            );
+        }
     }
 }

@@ -148,4 +148,55 @@ mod tests {
         assert_eq!(resolve_in_root(r, "/loop"), None);
         assert_eq!(resolve_in_root(r, "/missing"), None);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::net::Ipv4Addr;
+
+        /// A fib_trie the way the kernel prints one: prefixes, leaves with
+        /// their routes, the LOCAL host routes of the interfaces' addresses.
+        fn fib_trie(leaves: &[(Ipv4Addr, bool)]) -> String {
+            let mut t = String::from("Main:\n  +-- 0.0.0.0/0 3 0 5\n");
+            for (ip, local) in leaves {
+                t.push_str(&format!("     |-- {ip}\n"));
+                t.push_str(if *local { "        /32 host LOCAL\n" } else { "        /24 link UNICAST\n" });
+            }
+            t
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_text_gives_addresses_that_it_names(text in any::<String>()) {
+                for ip in local_addresses(&text) {
+                    prop_assert!(text.contains(&ip.to_string()));
+                }
+            }
+
+            #[test]
+            fn local_non_loopback_addresses_are_found_once(leaves in proptest::collection::vec((any::<[u8; 4]>().prop_map(Ipv4Addr::from), any::<bool>()), 0..20)) {
+                let got = local_addresses(&fib_trie(&leaves));
+                let mut want: Vec<IpAddr> = Vec::new();
+                for (ip, local) in &leaves {
+                    if *local && !ip.is_loopback() && !want.contains(&IpAddr::V4(*ip)) {
+                        want.push(IpAddr::V4(*ip));
+                    }
+                }
+                prop_assert_eq!(got, want);
+            }
+
+            #[test]
+            fn mutated_tries_never_panic(leaves in proptest::collection::vec((any::<[u8; 4]>().prop_map(Ipv4Addr::from), any::<bool>()), 1..8), cut in any::<prop::sample::Index>(), at in any::<prop::sample::Index>(), c in any::<char>()) {
+                let mut t: Vec<char> = fib_trie(&leaves).chars().collect();
+                let i = at.index(t.len());
+                t[i] = c;
+                t.truncate(cut.index(t.len() + 1));
+                let text: String = t.into_iter().collect();
+                let got = local_addresses(&text);
+                prop_assert!(got.iter().all(|ip| !ip.is_loopback()));
+            }
+        }
+    }
 }
