@@ -75,8 +75,13 @@ impl Daemon {
             // The container's own cgroup went (removed by the runtime, from
             // the host): the pipeline matched it exactly (see
             // `Pipeline::attribute`).
-            EventKind::CgroupRmdir { .. } => {
-                self.container_gone(&c.id);
+            EventKind::CgroupRmdir { id, .. } => {
+                // A restart may already run under the same path (its hook
+                // seen first): only the end of the run we know ends it.
+                let current = lancet_sensor::enforce::cgroup_id(&self.guarding.cgroup_dir(c)).ok();
+                if current.is_none_or(|now| now == id) {
+                    self.container_gone(&c.id);
+                }
                 return Ok(());
             }
             EventKind::CgroupMkdir { .. } => return Ok(()),

@@ -289,6 +289,13 @@ impl Protector {
     /// (from the OCI hook); else `/proc/<pid>/root`.
     pub fn guard(&mut self, req: GuardRequest<'_>, addresses_of: impl Fn(&str) -> Vec<IpAddr>) {
         let GuardRequest { container: c, workload, pid, cgroup_id, cgroup_rel, rootfs, profile } = req;
+        // A new run of the container (a restart under the same id, whose
+        // old cgroup's end may not have been seen yet): everything of the
+        // old run goes first, its marks, lists and approvals with it (the
+        // new root is a new filesystem, its files new inodes).
+        if self.guarded.get(&c.id).is_some_and(|g| g.cgroup_id != cgroup_id) {
+            self.unguard(&c.id);
+        }
         if !self.needs_apply(&c.id, &profile) && rootfs.is_none() {
             return;
         }
@@ -311,7 +318,9 @@ impl Protector {
             .or_else(|| self.guarded.get(&c.id).map(|g| g.rootfs.clone()))
             .unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/root")));
         let approved = match self.guarded.get(&c.id) {
-            Some(old) if Arc::ptr_eq(&old.profile, &profile) && old.rootfs == rootfs => Arc::clone(&old.approved),
+            Some(old) if Arc::ptr_eq(&old.profile, &profile) && old.rootfs == rootfs && old.cgroup_id == cgroup_id => {
+                Arc::clone(&old.approved)
+            }
             _ => {
                 let a = approved::approve(&profile, &rootfs);
                 if !a.missing.is_empty() {
