@@ -98,6 +98,11 @@ const TECHNIQUES: &[Technique] = &[
     t("script handed to sh", Some("printf 'echo PAYLOAD\\n' > {W}/s.sh && sh {W}/s.sh"), Some("printf 'echo PAYLOAD\\n' > {W}/s.sh && sh {W}/s.sh")),
     t("script handed to python", None, Some("printf 'print(\"PAYLOAD\")\\n' > {W}/x.py && python3 {W}/x.py")),
     t("binary written by python, run", None, Some("python3 -c \"import os,shutil; shutil.copy('/bin/echo','{W}/e'); os.chmod('{W}/e',0o755)\" && {W}/e PAYLOAD")),
+    t(
+        "run from a path longer than PATH_MAX",
+        None,
+        Some("python3 -c \"import os,shutil\nos.chdir('{W}')\nfor i in range(40):\n  os.mkdir('d'*120); os.chdir('d'*120)\nshutil.copy('/bin/echo','e'); os.chmod('e',0o755)\nos.execv('./e',['e','PAYLOAD'])\""),
+    ),
     t("run from /dev/shm", Some("cp /bin/busybox /dev/shm/x && /dev/shm/x echo PAYLOAD"), Some("cp /bin/echo /dev/shm/x && /dev/shm/x PAYLOAD")),
     t3("memfd exec", Some("/usr/local/bin/memfd-exec /bin/busybox echo PAYLOAD"), Some("python3 -c \"import os; fd=os.memfd_create('x'); os.write(fd, open('/bin/echo','rb').read()); os.execv('/proc/self/fd/%d' % fd, ['x','PAYLOAD'])\""), None),
     t3(

@@ -200,6 +200,27 @@ fn protect_refuses_the_one_operation_and_the_server_keeps_serving() {
     assert!(out.contains("released"), "{out}");
     s.fetch().expect("service restored after release");
 
+    // An expiry past what lancet takes is refused with the reason: the
+    // container is not frozen, and the agent answers on (it used to freeze,
+    // then panic on the overflow, leaving the container frozen).
+    let o = agent.cli_output(&["freeze", &s.srv.name, "--for", "10000000000000000000s"]);
+    assert!(!o.status.success(), "a 3e11-year freeze was accepted");
+    assert!(out_text(&o).contains("not a duration lancet takes"), "{}", out_text(&o));
+    s.fetch().expect("the server is not frozen after a refused freeze");
+    assert!(agent.cli(&["status"]).contains(&s.srv.id), "the agent still answers and guards");
+
+    // A cgroup named after the container, made and removed by someone
+    // else, does not end the container's protection (its end is matched
+    // exactly, by its own cgroup).
+    let fake = format!("/sys/fs/cgroup/unified/lancet-fake-{}", s.srv.id);
+    if std::fs::create_dir(&fake).is_ok() {
+        std::fs::remove_dir(&fake).expect("remove the fake cgroup");
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(agent.cli(&["status"]).contains(&s.srv.id), "a fake cgroup's removal lifted the guard");
+        let o = s.srv.exec(&["/bin/busybox", "nc", "-h"]);
+        assert!(!o.status.success(), "an applet outside the profile ran after the fake cgroup's removal");
+    }
+
     // Freeze, then release.
     let out = agent.cli(&["freeze", &s.srv.name, "--for", "60s"]);
     assert!(out.contains("frozen"), "{out}");

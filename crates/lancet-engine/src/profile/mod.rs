@@ -750,10 +750,23 @@ fn exec_path(filename: &str) -> &str {
 /// drops it too when it picks the applet). `None` when argv\[0\] is missing
 /// or empty: there is no name to learn or check.
 fn run_name<'a>(path: &str, argv: &'a [String]) -> Option<&'a str> {
-    let name = basename(argv.first()?);
-    let name = name.strip_prefix('-').unwrap_or(name);
-    (!name.is_empty() && name != basename(path)).then_some(name)
+    // busybox run by its own name runs the applet its next argument names
+    // (`busybox true`); the kernel's applet check judges that name, up to
+    // four hops, and so is it learned.
+    for (hop, arg) in argv.iter().enumerate().take(5) {
+        let name = basename(arg);
+        let name = name.strip_prefix('-').unwrap_or(name);
+        if name == MULTICALL_DISPATCHER && hop < 4 && argv.len() > hop + 1 {
+            continue;
+        }
+        return (!name.is_empty() && name != basename(path)).then_some(name);
+    }
+    None
 }
+
+/// The multi-call binary whose own name means "the next argument is the
+/// applet" (the kernel's applet check knows it by the same name).
+const MULTICALL_DISPATCHER: &str = "busybox";
 
 fn classify<'a>(ev: &'a Event, peer: Option<&'a PeerRef>) -> Option<Obs<'a>> {
     match &ev.kind {

@@ -1094,3 +1094,13 @@ mod props {
         assert_eq!(p.spec().executables.iter().map(|x| x.path.len()).max(), Some((4 << 20) + 1));
     }
 }
+
+#[test]
+fn busybox_run_by_its_own_name_learns_the_applet_it_runs() {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(super::run_name("/bin/busybox", &v(&["busybox", "true"])), Some("true"));
+    assert_eq!(super::run_name("/bin/busybox", &v(&["/bin/busybox", "busybox", "nc"])), Some("nc"));
+    assert_eq!(super::run_name("/bin/busybox", &v(&["busybox"])), None, "its own name only");
+    assert_eq!(super::run_name("/bin/busybox", &v(&["-sh"])), Some("sh"));
+    assert_eq!(super::run_name("/bin/sh", &v(&["sh", "busybox"])), None, "only argv[0] dispatches");
+}
