@@ -128,3 +128,20 @@ fn runc_container_exec_is_attributed_by_its_cgroup() {
     // appears after the first exec).
     trace.wait_for(WAIT, "later runc event", |v| str_field(v, "container.name") == id && str_field(v, "evt.type") == "procexit");
 }
+
+/// A container started after the agent gets its sensitive-read marks on its
+/// own files: they used to be placed through runc init before pivot_root,
+/// whose root is the host's, and so went on the host's /etc/shadow.
+#[test]
+fn sensitive_reads_of_a_container_started_after_the_agent_are_seen() {
+    skip_unless_ready!(true);
+    let name = unique("lancet-t-late");
+    let mut trace = Trace::start(&["-c", &name]);
+    let late = Container::start(&name, &[], &["sleep", "300"]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(late.exec(&["cat", "/etc/shadow"]).status.success());
+    let ev = trace.wait_for(WAIT, "open of /etc/shadow in a container started after the agent", |v| {
+        str_field(v, "evt.type") == "open" && str_field(v, "container.name") == name && str_field(v, "fd.name") == "/etc/shadow"
+    });
+    assert_eq!(str_field(&ev, "container.full_id"), late.id);
+}
