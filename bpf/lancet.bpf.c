@@ -287,6 +287,7 @@ int BPF_PROG(lancet_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	BPF_CORE_READ_INTO(&root, fs, root);
 	e->root_ino = BPF_CORE_READ(root.dentry, d_inode, i_ino);
 	e->root_dev = BPF_CORE_READ(root.dentry, d_sb, s_dev);
+	e->parent_cgroup_id = BPF_CORE_READ(p, real_parent, cgroups, dfl_cgrp, kn, id);
 	e->cwd_len = walk_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), &root,
 			       e->cwd, &e->flags);
 

@@ -72,6 +72,10 @@ struct lancet_exec {
 	 * (runc init before pivot_root), read here because userspace sees the
 	 * event only after the process moved on. */
 	__u64 root_ino;
+	/* cgroup v2 id of the parent (real_parent) at exec: a parent outside
+	 * the container is the runtime (podman exec, the first process), read
+	 * here because the parent may be gone when userspace sees the event. */
+	__u64 parent_cgroup_id;
 	__u32 exe_dev;
 	__u32 exe_nlink;
 	__u32 flags;

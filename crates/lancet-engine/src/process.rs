@@ -78,7 +78,9 @@ impl ProcessTable {
             EventKind::Exec(x) => {
                 let parent = self.map.get(&ev.process.ppid);
                 x.parent_exe = parent.map(|p| p.exe.clone()).filter(|e| !e.is_empty());
-                x.parent_outside = parent.is_some_and(|p| p.cgroup_id != 0 && p.cgroup_id != ev.cgroup_id);
+                // The probe says it from the kernel (exact); the table is
+                // the fallback for sources that do not.
+                x.parent_outside |= parent.is_some_and(|p| p.cgroup_id != 0 && p.cgroup_id != ev.cgroup_id);
                 // Only the runtime starts a process inside a container from
                 // outside it while still in the host's root; a container
                 // process cannot get the host's root back.

@@ -171,9 +171,11 @@ pub fn decode(data: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 argv: split_args(&args),
                 parent_comm: cstr(&e.pcomm, None),
                 parent_exe: None,
-                parent_outside: false,
                 exe_ino: e.exe_ino,
                 exe_dev: e.exe_dev,
+                // The parent's cgroup, read in the kernel at exec: exact
+                // even when the parent is gone by now.
+                parent_outside: e.parent_cgroup_id != 0 && h.cgroup_id != 0 && e.parent_cgroup_id != h.cgroup_id,
                 exe_nlink: e.exe_nlink,
                 exe_fs_magic: e.exe_fs_magic,
                 truncated: e.flags & (EXEC_ARGS_TRUNCATED | EXEC_CWD_TRUNCATED | EXEC_FILENAME_TRUNCATED) != 0,
