@@ -36,31 +36,7 @@ pub struct MountInfo {
     pub super_options: String,
 }
 
-/// Decodes mountinfo's octal escapes (`\NNN`); anything else is kept as is.
-pub fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    if !b.contains(&b'\\') {
-        return s.to_owned();
-    }
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            let oct = &b[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (oct[0] - b'0') as u32 * 64 + (oct[1] - b'0') as u32 * 8 + (oct[2] - b'0') as u32;
-                if v <= 0xff {
-                    out.push(v as u8);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use crate::mounts::mountinfo::unescape;
 
 /// Parses one mountinfo line; `None` when it is malformed.
 pub fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {

@@ -122,35 +122,8 @@ fn look_path(root: &Path, arg0: &str, path_env: &str, cwd: &str) -> Option<Strin
 /// `/run/.containerenv`, `/dev`…): the runtime put placeholders for them in
 /// the writable layer, which the workload never wrote.
 fn mount_targets(pid: u32) -> HashSet<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(unescape_mountinfo)
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        // `\ooo` names one byte, so its first digit is 0-3: `\4xx` and up
-        // are not escapes (and overflowed the u8 arithmetic below).
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && (b'0'..=b'3').contains(&b[i + 1])
-            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    lancet_sensor::mounts::mountinfo::parse(&text).into_iter().map(|m| m.mount_point).collect()
 }
 
 /// podman's `/etc/mtab -> /proc/mounts`, made in every container it
@@ -292,44 +265,8 @@ mod tests {
         assert!(!out.is_empty() && out.len() <= 4 + 1, "{} files", out.len());
     }
 
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mountinfo(r"/a\\"), r"/a\\");
-        assert_eq!(unescape_mountinfo(r"\0"), r"\0");
-        // Escapes name one byte: \400 and above are not escapes (and made
-        // `d * 64` overflow a u8).
-        assert_eq!(unescape_mountinfo(r"/a\377"), "/a\u{fffd}");
-        assert_eq!(unescape_mountinfo(r"/a\400\777"), r"/a\400\777");
-    }
-
     mod props {
         use super::*;
-        use proptest::prelude::*;
-
-        /// mountinfo's escaping, as the kernel's `seq_path` does it.
-        fn escape(path: &str) -> String {
-            path.bytes()
-                .map(|b| if matches!(b, b' ' | b'\t' | b'\n' | b'\\') { format!("\\{b:03o}") } else { (b as char).to_string() })
-                .collect::<Vec<_>>()
-                .concat()
-        }
-
-        proptest! {
-            #![proptest_config(ProptestConfig::with_cases(512))]
-
-            #[test]
-            fn any_text_unescapes_without_panic(s in any::<String>(), esc in "(\\\\[0-9]{0,4}|[a-z ]){0,20}") {
-                let _ = unescape_mountinfo(&s);
-                let out = unescape_mountinfo(&esc);
-                prop_assert!(out.len() <= esc.len());
-            }
-
-            #[test]
-            fn kernel_escapes_read_back(path in "[/a-z \t\n\\\\]{0,40}") {
-                prop_assert_eq!(unescape_mountinfo(&escape(&path)), path);
-            }
-        }
 
         fn files(root: &Path) -> usize {
             std::fs::read_dir(root)
