@@ -261,18 +261,6 @@ impl Legit {
     }
 }
 
-fn wait_guarded(agent: &Agent, id: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let st = agent.cli(&["status"]);
-        if st.contains(id) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "container {id} not protected within {timeout:?}: {st}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn protect_mode_keeps_real_workloads_serving_and_refuses_attacker_techniques() {
     skip_unless_ready!(true);
@@ -319,7 +307,7 @@ fn protect_mode_keeps_real_workloads_serving_and_refuses_attacker_techniques() {
         assert!(out.contains("protect"), "{out}");
     }
     for w in &workloads {
-        wait_guarded(&agent, &w.main.id, Duration::from_secs(15));
+        agent.wait_guarded(&w.main.id, Duration::from_secs(15));
         legit.serve_and_check("protected", w, &w.main);
     }
 
@@ -327,7 +315,7 @@ fn protect_mode_keeps_real_workloads_serving_and_refuses_attacker_techniques() {
     for w in &mut workloads {
         let o = podman_h(&hooks, &["restart", "-t", "2", &w.main.id]);
         assert!(o.status.success(), "podman restart {}: {}", w.main.name, out_text(&o));
-        wait_guarded(&agent, &w.main.id, Duration::from_secs(15));
+        agent.wait_guarded(&w.main.id, Duration::from_secs(15));
         legit.serve_and_check("after restart", w, &w.main);
         let name = unique(&format!("lancet-m-{}-2", w.img.key));
         let mut args = vec!["run", "-d", "--name", &name, "--network", &net.0, w.img.image];
@@ -335,7 +323,7 @@ fn protect_mode_keeps_real_workloads_serving_and_refuses_attacker_techniques() {
         let o = podman_h(&hooks, &args);
         assert!(o.status.success(), "second replica of {}: {}", w.img.image, out_text(&o));
         let replica = Container { id: String::from_utf8_lossy(&o.stdout).trim().to_string(), name };
-        wait_guarded(&agent, &replica.id, Duration::from_secs(15));
+        agent.wait_guarded(&replica.id, Duration::from_secs(15));
         legit.serve_and_check("second replica", w, &replica);
         w.replica = Some(replica);
     }

@@ -82,7 +82,7 @@ fn setup(tag: &str) -> (Setup, Agent) {
     let out = agent.cli(&["profile", "promote", &s.srv.name, "--to", "protect"]);
     assert!(out.contains("protect"), "{out}");
     for id in [&s.srv.id, &s.cli.id, &s._peer.id] {
-        wait_guarded(&agent, id);
+        agent.wait_guarded(id, Duration::from_secs(10));
     }
     (s, agent)
 }
@@ -97,19 +97,6 @@ impl Setup {
         } else {
             Err(out_text(&o))
         }
-    }
-}
-
-/// Waits until the agent reports the container under protection.
-fn wait_guarded(agent: &Agent, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = agent.cli(&["status"]);
-        if st.contains(id) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "container {id} not protected within 10 s: {st}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

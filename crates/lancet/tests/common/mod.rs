@@ -376,6 +376,20 @@ impl Agent {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits until the agent reports the container (by id) under
+    /// protection.
+    pub fn wait_guarded(&self, id: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.cli(&["status"]);
+            if st.contains(id) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "container {id} not protected within {timeout:?}: {st}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_lancet")).args(args).arg("--api").arg(&self.socket).output().expect("lancet cli")
     }
