@@ -84,6 +84,11 @@ struct Armed {
     /// Sensitive-path marks are in place (needs a live pid in the container).
     opens: bool,
     last_try: Instant,
+    /// The container's name and a process last seen in it, to try the marks
+    /// again on the next tick while they are not in place (a container just
+    /// started may do nothing more for a long while).
+    name: String,
+    pid: Option<u32>,
 }
 
 /// Container filesystems and sensitive-path watches follow the containers:
@@ -129,7 +134,10 @@ impl Watches {
     }
 
     fn arm(&mut self, c: &ContainerInfo, pid: Option<u32>) {
-        if let Some(a) = self.armed.get(&c.id) {
+        if let Some(a) = self.armed.get_mut(&c.id) {
+            if pid.is_some() {
+                a.pid = pid;
+            }
             if a.opens || a.last_try.elapsed() < ARM_RETRY {
                 return;
             }
@@ -152,8 +160,27 @@ impl Watches {
         let label = self.next_label;
         self.next_label += 1;
         let opens = self.watch_opens(label, &c.name, trusted_pid(c).or(pid)) || self.watch_opens(label, &c.name, pid);
-        self.armed.insert(c.id.clone(), Armed { label, paths, opens, last_try: Instant::now() });
+        self.armed.insert(c.id.clone(), Armed { label, paths, opens, last_try: Instant::now(), name: c.name.clone(), pid });
         self.rebuild_filter();
+    }
+
+    /// Tries again, once a tick, the sensitive-path marks of containers
+    /// whose process was still the runtime's (outside the container's root)
+    /// when they were first seen.
+    fn retry_pending(&mut self) {
+        let due: Vec<(String, u64, String, u32)> = self
+            .armed
+            .iter()
+            .filter(|(_, a)| !a.opens && a.last_try.elapsed() >= ARM_RETRY)
+            .filter_map(|(id, a)| Some((id.clone(), a.label, a.name.clone(), a.pid?)))
+            .collect();
+        for (id, label, name, pid) in due {
+            let ok = self.watch_opens(label, &name, Some(pid));
+            if let Some(a) = self.armed.get_mut(&id) {
+                a.opens = ok;
+                a.last_try = Instant::now();
+            }
+        }
     }
 
     fn disarm(&mut self, id: &str) {
@@ -340,6 +367,7 @@ pub fn run_loop(
             on_event(&ev, &attribution)?;
         }
         pipeline.procs.end_batch();
+        watches.retry_pending();
         on_tick(&mut pipeline)?;
     }
     stats.decode_errors = decode_errors.get();
