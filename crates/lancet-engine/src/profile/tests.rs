@@ -24,7 +24,17 @@ fn exec(path: &str, parent: &str, args: &[&str]) -> Event {
 }
 
 fn net(op: NetOp, proto: L4Proto, local: (IpAddr, u16), remote: (IpAddr, u16), result: i32) -> Event {
-    ev(EventKind::Net(NetEvent { op, proto, saddr: local.0, sport: local.1, daddr: remote.0, dport: remote.1, result, netns: 1 }))
+    ev(EventKind::Net(NetEvent {
+        op,
+        proto,
+        saddr: local.0,
+        sport: local.1,
+        daddr: remote.0,
+        dport: remote.1,
+        result,
+        netns: 1,
+        totals: None,
+    }))
 }
 
 fn ip4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
