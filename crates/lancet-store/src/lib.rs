@@ -29,6 +29,7 @@
 //! it aside ([`Store::move_aside`] does it).
 #![forbid(unsafe_code)]
 
+mod alert_counts;
 mod audit;
 mod error;
 mod files;
@@ -42,6 +43,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
+pub use alert_counts::AlertCount;
 pub use audit::{AuditQuery, AuditRecord, NewAudit};
 pub use error::StoreError;
 pub use flows::{FlowEndRecord, FlowNodeRecord, FlowRecord};

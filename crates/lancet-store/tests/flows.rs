@@ -1,8 +1,9 @@
 //! Flow rollups: deltas summed into their hour, the latest verdict kept,
 //! nodes refreshed, retention by age and by count (oldest hours first,
-//! never the current one), and a store of schema 2 migrated.
+//! never the current one), a store of schema 2 migrated; alert counts per
+//! workload and alerts by id.
 
-use lancet_store::{FlowEndRecord, FlowNodeRecord, FlowRecord, Store, StoreOptions, HOUR_NS};
+use lancet_store::{FlowEndRecord, FlowNodeRecord, FlowRecord, NewAlert, Store, StoreOptions, HOUR_NS};
 
 const S: u64 = 1_000_000_000;
 const T0: u64 = 1_764_300_000 * S - (1_764_300_000 * S) % HOUR_NS;
@@ -127,4 +128,36 @@ fn a_store_of_the_previous_schema_is_migrated() {
     }
     let s = Store::open(&path, StoreOptions::default()).unwrap();
     assert!(s.flows(0, 0).unwrap().is_empty());
+}
+
+#[test]
+fn alert_counts_per_workload_and_alerts_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("lancet.db"), StoreOptions::default()).unwrap();
+    let mut ids = Vec::new();
+    for (t, rule, w, count) in
+        [(T0, "Drift: written", "w1", 1), (T0 + S, "Shell", "w1", 3), (T0 + 2 * S, "Shell", "w2", 1), (T0 - HOUR_NS, "Old", "w1", 9)]
+    {
+        let a = NewAlert {
+            time_ns: t,
+            rule: rule.into(),
+            priority: "Warning".into(),
+            container_id: "c".into(),
+            container_name: "c".into(),
+            image: "i".into(),
+            workload: w.into(),
+            action: "alert".into(),
+            enforced: false,
+            count,
+            json: format!("{{\"rule\":\"{rule}\"}}"),
+        };
+        ids.push(s.insert_alert(&a).unwrap());
+    }
+    let c = s.alert_counts(T0).unwrap();
+    assert_eq!(c.len(), 2);
+    assert_eq!((c[0].workload.as_str(), c[0].total, c[0].drift, c[0].last_ns), ("w1", 4, 1, T0 + S));
+    assert_eq!((c[1].workload.as_str(), c[1].total, c[1].drift), ("w2", 1, 0));
+    let a = s.alert(ids[1]).unwrap().unwrap();
+    assert_eq!((a.rule.as_str(), a.count), ("Shell", 3));
+    assert!(s.alert(9999).unwrap().is_none());
 }

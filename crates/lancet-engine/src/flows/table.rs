@@ -351,8 +351,8 @@ impl FlowTable {
     /// Hands every row that changed since the last drain to `out` (its
     /// counters since then) and zeroes them. When `now` is in a later hour
     /// than the rows, the table is emptied after the drain: the store keeps
-    /// the hour, memory keeps only the current one.
-    pub fn drain(&mut self, now: u64, mut out: impl FnMut(&FlowKey, &FlowStats)) {
+    /// the hour, memory keeps only the current one; it returns true then.
+    pub fn drain(&mut self, now: u64, mut out: impl FnMut(&FlowKey, &FlowStats)) -> bool {
         for (k, s) in self.rows.iter_mut() {
             if s.dirty {
                 out(k, s);
@@ -361,15 +361,18 @@ impl FlowTable {
             }
         }
         let hour = now - now % HOUR_NS;
-        if hour != self.hour_ns {
-            if self.hour_ns != 0 {
-                // clear() keeps the allocation: nothing is allocated again.
-                self.rows.clear();
-                self.regular = 0;
-                self.scans.clear();
-            }
-            self.hour_ns = hour;
+        if hour == self.hour_ns {
+            return false;
         }
+        let rolled = self.hour_ns != 0;
+        if rolled {
+            // clear() keeps the allocation: nothing is allocated again.
+            self.rows.clear();
+            self.regular = 0;
+            self.scans.clear();
+        }
+        self.hour_ns = hour;
+        rolled
     }
 
     /// Whether any row refers to this container (the caller may reuse its
@@ -424,7 +427,7 @@ mod tests {
         assert_eq!((n, t.len()), (0, 1));
         // A later hour: drained, then forgotten.
         t.record(k, &conn(t0 + 5000));
-        t.drain(t0 + HOUR_NS, |_, s| n += s.connections as usize);
+        assert!(t.drain(t0 + HOUR_NS, |_, s| n += s.connections as usize));
         assert_eq!((n, t.len()), (1, 0));
     }
 
