@@ -20,6 +20,8 @@ mod html;
 mod params;
 mod routes;
 mod server;
+#[cfg(test)]
+mod tests;
 pub mod token;
 mod ui;
 mod views;

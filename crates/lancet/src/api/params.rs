@@ -143,11 +143,13 @@ mod tests {
                 Err(e) => panic!("{e:?}"),
                 Ok(p) => p,
             };
-            let r = p
-                .since_ns(1)
-                .and(p.number("limit", 100).map(|_| None))
-                .and(p.choice("format", &["json"]).map(|_| None))
-                .and(p.text("container").map(|_| None));
+            let r: Result<(), Bad> = (|| {
+                p.since_ns(1)?;
+                p.number("limit", 100)?;
+                p.choice("format", &["json"])?;
+                p.text("container")?;
+                Ok(())
+            })();
             match r {
                 Err((400, r)) => r,
                 other => panic!("{q}: {other:?}"),

@@ -215,24 +215,20 @@ impl Flows {
         }
     }
 
-    /// A connection the kernel refused in protect mode (or reported, with
-    /// `NET_AUDIT`).
-    pub(super) fn on_refused(
-        &mut self,
-        time_ns: u64,
-        c: &Arc<ContainerInfo>,
-        key: &str,
-        addr: IpAddr,
-        port: u16,
-        udp: bool,
-        isolated: bool,
-    ) {
+    /// A connection the kernel refused in protect mode (its record).
+    pub(super) fn on_refused(&mut self, c: &Arc<ContainerInfo>, key: &str, r: &lancet_sensor::enforce::EnforceRecord) {
+        let Some(addr) = r.addr else { return };
         let Some(me) = self.node(c, key, 0) else { return };
         let remote = self.endpoint(addr, me);
-        let p = if udp { Protocol::Udp } else { Protocol::Tcp };
-        let o =
-            Observation { time_ns, refused: 1, verdict: Some((Verdict::Refused, Decider::AllowList { isolated })), ..Default::default() };
-        self.table.record(FlowKey { src: Endpoint::Container(me), dst: remote, port, proto: p }, &o);
+        let p = if r.proto == Some(lancet_sensor::enforce::Proto::Udp) { Protocol::Udp } else { Protocol::Tcp };
+        let isolated = r.reason == lancet_sensor::enforce::EnforceReason::Isolated;
+        let o = Observation {
+            time_ns: r.time_ns,
+            refused: 1,
+            verdict: Some((Verdict::Refused, Decider::AllowList { isolated })),
+            ..Default::default()
+        };
+        self.table.record(FlowKey { src: Endpoint::Container(me), dst: remote, port: r.port, proto: p }, &o);
     }
 
     fn end(&self, e: &Endpoint) -> FlowEndRecord {

@@ -234,7 +234,7 @@ impl Daemon {
             let connect = matches!(r.op, EnforceOp::Connect4 | EnforceOp::Connect6 | EnforceOp::Sendmsg4 | EnforceOp::Sendmsg6);
             if let (true, true, Some(addr)) = (connect, r.denied, r.addr) {
                 let udp = r.proto == Some(lancet_sensor::enforce::Proto::Udp);
-                self.flows.on_refused(r.time_ns, &c, &key, addr, r.port, udp, r.reason == EnforceReason::Isolated);
+                self.flows.on_refused(&c, &key, r);
                 if r.reason != EnforceReason::Isolated {
                     let proto = if udp { Protocol::Udp } else { Protocol::Tcp };
                     let peer = Peer::from(&self.workloads.peer(addr));

@@ -134,8 +134,15 @@ impl Collector for Snapshot {
         }
         {
             let (buckets, count, sum) = &self.decisions;
-            let mut b: Vec<(f64, u64)> = buckets.iter().map(|(ns, c)| (*ns as f64 / 1e9, *c)).collect();
-            b.push((f64::INFINITY, *count));
+            // The encoder sums the buckets itself: hand it each bucket's own
+            // count (the histogram's are cumulative).
+            let mut below = 0;
+            let mut b: Vec<(f64, u64)> = Vec::with_capacity(buckets.len() + 1);
+            for (ns, cum) in buckets {
+                b.push((*ns as f64 / 1e9, cum.saturating_sub(below)));
+                below = *cum;
+            }
+            b.push((f64::INFINITY, count.saturating_sub(below)));
             let m = e.encode_descriptor(
                 "lancet_permission_decision_seconds",
                 "Time the fanotify permission guard took to decide an exec or open (read to answer); bounds are 2^k-1 ns, exact",
@@ -284,7 +291,8 @@ mod tests {
         for want in [
             "lancet_events_total{type=\"connect\"} 5",
             "lancet_verdicts_total{action=\"block\",backend=\"fanotify\"} 2",
-            "lancet_permission_decision_seconds_bucket{le=\"1.023e-6\"} 1",
+            "lancet_permission_decision_seconds_bucket{le=\"0.000001023\"} 1",
+            "lancet_permission_decision_seconds_bucket{le=\"0.000002047\"} 3",
             "lancet_permission_decision_seconds_bucket{le=\"+Inf\"} 4",
             "lancet_permission_decision_seconds_count 4",
             "lancet_alerts_total{priority=\"Warning\"} 7",
