@@ -129,6 +129,7 @@
     const colour = { learning: "#1b7f3b", allowed: "#1b7f3b", unlisted: "#c25e00", refused: "#b3261e" };
     const fmtBytes = (n) => { const u = ["B", "KiB", "MiB", "GiB"]; let i = 0; while (n >= 1024 && i < 3) { n /= 1024; i++; } return (i ? n.toFixed(1) : n) + " " + u[i]; };
     const when = (ns) => ns ? new Date(ns / 1e6).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "";
+    const LAYOUT = { name: "cose", animate: false, padding: 30, idealEdgeLength: 160, nodeRepulsion: 600000, nodeOverlap: 40, componentSpacing: 120, nestingFactor: 1.2, randomize: false };
     let cy = null, last = "";
     function elements(g) {
       const nodes = g.nodes.map((n) => ({ group: "nodes", data: { id: n.id, label: n.label, kind: n.kind, parent: n.parent || undefined, workload: n.workload } }));
@@ -164,21 +165,21 @@
           elements: elements(g),
           wheelSensitivity: 0.3,
           style: [
-            { selector: "node", style: { label: "data(label)", "font-size": 11, "text-valign": "bottom", "text-margin-y": 4, "background-color": "#4a6fa5", width: 22, height: 22 } },
+            { selector: "node", style: { label: "data(label)", "font-size": 10, "text-valign": "bottom", "text-margin-y": 4, "text-wrap": "ellipsis", "text-max-width": "170px", "background-color": "#4a6fa5", width: 20, height: 20 } },
             { selector: "node[kind = 'host']", style: { "background-color": "#5f6368", shape: "round-rectangle" } },
             { selector: "node[kind = 'external']", style: { "background-color": "#9aa0a6", shape: "diamond" } },
             { selector: "node[kind = 'others']", style: { "background-color": "#c25e00", shape: "octagon" } },
             { selector: ":parent", style: { "background-opacity": 0.06, "border-color": "#9aa0a6", "border-style": "dashed", "text-valign": "top", "font-weight": "bold", shape: "round-rectangle", padding: 12 } },
-            { selector: "edge", style: { width: 2, "line-color": "data(colour)", "target-arrow-color": "data(colour)", "target-arrow-shape": "triangle", "curve-style": "bezier", label: "data(label)", "font-size": 9, "text-rotation": "autorotate", color: "data(colour)" } },
+            { selector: "edge", style: { width: 2, "line-color": "data(colour)", "target-arrow-color": "data(colour)", "target-arrow-shape": "triangle", "curve-style": "bezier", label: "data(label)", "font-size": 9, "text-rotation": "autorotate", color: "data(colour)", "text-background-color": "#fff", "text-background-opacity": 0.85, "text-background-padding": "2px" } },
             { selector: "edge:selected", style: { width: 4 } },
           ],
-          layout: { name: "cose", animate: false, padding: 20, nodeRepulsion: 9000 },
+          layout: LAYOUT,
         });
         cy.on("tap", "edge", (ev) => show(ev.target));
         window.lancetMap = cy;
       } else {
         cy.json({ elements: elements(g) });
-        cy.layout({ name: "cose", animate: false, padding: 20, nodeRepulsion: 9000 }).run();
+        cy.layout(LAYOUT).run();
       }
       mapDiv.dataset.edges = String(g.edges.length);
     }
