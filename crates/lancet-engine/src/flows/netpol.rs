@@ -294,10 +294,12 @@ fn cilium(me: &Identity, s: &Seen, ids: &BTreeMap<&str, Identity>) -> Value {
     };
     let mut spec = Map::new();
     spec.insert("endpointSelector".into(), match_labels(&me.labels));
-    // An empty list is a rule too ("nothing"), but Cilium's schema wants
-    // at least one direction listed.
-    spec.insert("ingress".into(), s.ingress.iter().map(|(p, set)| rule(p, set, true)).collect());
-    spec.insert("egress".into(), s.egress.iter().map(|(p, set)| rule(p, set, false)).collect());
+    // In Cilium an empty list leaves the direction unenforced; one empty
+    // rule (`[{}]`) is its "deny all": what a direction with no observed
+    // flow gets, as in the Kubernetes dialect.
+    let list = |rules: Vec<Value>| if rules.is_empty() { json!([{}]) } else { Value::Array(rules) };
+    spec.insert("ingress".into(), list(s.ingress.iter().map(|(p, set)| rule(p, set, true)).collect()));
+    spec.insert("egress".into(), list(s.egress.iter().map(|(p, set)| rule(p, set, false)).collect()));
     json!({
         "apiVersion": "cilium.io/v2",
         "kind": "CiliumNetworkPolicy",
@@ -406,6 +408,9 @@ mod tests {
         assert!(egress.contains(&json!({"toEntities": ["host"], "toPorts": [{"ports": [{"port": "53", "protocol": "UDP"}]}]})));
         assert!(egress.contains(&json!({"toCIDR": ["198.51.100.7/32"], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]})));
         assert!(egress.iter().any(|r| r["toEndpoints"][0]["matchLabels"]["k8s:io.kubernetes.pod.namespace"] == "data"));
+        // The database received from the web workload but sent nothing:
+        // egress denied with Cilium's empty rule.
+        assert_eq!(docs[1].1["spec"]["egress"], json!([{}]));
         let yaml = to_yaml(&docs).unwrap();
         assert_eq!(yaml.matches("---\n").count(), 2);
         assert!(yaml.contains("# lancet: observed flows of workload sha256:aaaa"));
