@@ -27,9 +27,32 @@ pub const EVENT_TYPES: [&str; 16] = [
     "cgroup_rmdir",
 ];
 
+/// The slot of an event's type in [`EVENT_TYPES`] (a match, not a string
+/// search: this runs for every event).
 fn index(k: &EventKind) -> usize {
-    let t = k.evt_type();
-    EVENT_TYPES.iter().position(|x| *x == t).unwrap_or(0)
+    use lancet_engine::event::{FileOp, NetOp};
+    match k {
+        EventKind::Exec(_) => 0,
+        EventKind::Fork { .. } => 1,
+        EventKind::Exit(_) => 2,
+        EventKind::Net(n) => match n.op {
+            NetOp::Connect => 3,
+            NetOp::Accept => 4,
+            NetOp::Listen => 5,
+            NetOp::Bind => 6,
+            NetOp::Close => 7,
+        },
+        EventKind::File(f) => match f.op {
+            FileOp::Create => 8,
+            FileOp::Modify => 9,
+            FileOp::Delete => 10,
+            FileOp::Rename => 11,
+            FileOp::Chmod => 12,
+            FileOp::Open => 13,
+        },
+        EventKind::CgroupMkdir { .. } => 14,
+        EventKind::CgroupRmdir { .. } => 15,
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -62,5 +85,42 @@ mod tests {
         c.note(&EventKind::CgroupRmdir { id: 1, path: String::new() });
         assert_eq!((c.events[2], c.events[15]), (1, 1));
         assert_eq!(EVENT_TYPES.iter().collect::<std::collections::HashSet<_>>().len(), EVENT_TYPES.len());
+        // Every slot is named by its type's own evt.type.
+        use lancet_engine::event::{FileEvent, FileOp, L4Proto, NetEvent, NetOp};
+        let net = |op| {
+            EventKind::Net(NetEvent {
+                op,
+                proto: L4Proto::Tcp,
+                saddr: [0u8; 4].into(),
+                sport: 0,
+                daddr: [0u8; 4].into(),
+                dport: 0,
+                result: 0,
+                netns: 0,
+                totals: None,
+            })
+        };
+        let file = |op| EventKind::File(FileEvent { op, path: String::new(), old_path: None, host_path: String::new(), is_dir: false });
+        let kinds = [
+            EventKind::Exec(Default::default()),
+            EventKind::Fork { child_pid: 1 },
+            EventKind::Exit(ExitEvent { code: None, signal: None }),
+            net(NetOp::Connect),
+            net(NetOp::Accept),
+            net(NetOp::Listen),
+            net(NetOp::Bind),
+            net(NetOp::Close),
+            file(FileOp::Create),
+            file(FileOp::Modify),
+            file(FileOp::Delete),
+            file(FileOp::Rename),
+            file(FileOp::Chmod),
+            file(FileOp::Open),
+            EventKind::CgroupMkdir { id: 1, path: String::new() },
+            EventKind::CgroupRmdir { id: 1, path: String::new() },
+        ];
+        for k in &kinds {
+            assert_eq!(EVENT_TYPES[index(k)], k.evt_type());
+        }
     }
 }

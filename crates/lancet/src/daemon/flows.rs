@@ -36,6 +36,8 @@ struct Node {
     workload: String,
     /// Written to the store's `flow_nodes` this hour.
     stored: bool,
+    /// The address it was last seen with (already in `addresses`).
+    addr: Option<IpAddr>,
 }
 
 /// A scan the table just started summarising, for the caller to alert.
@@ -57,6 +59,9 @@ pub(super) struct Flows {
     /// Connections of containers that could not be numbered.
     pub(super) unnumbered: u64,
     rows: Vec<FlowRecord>,
+    /// The container of the last event and its number: consecutive events
+    /// of one container (most of them) skip hashing its 64-character id.
+    last: Option<(*const ContainerInfo, NodeId)>,
 }
 
 fn proto(p: L4Proto) -> Protocol {
@@ -75,13 +80,23 @@ impl Flows {
             host_read: None,
             unnumbered: 0,
             rows: Vec::new(),
+            last: None,
         }
     }
 
     /// The container's number, numbering it (and learning its addresses
     /// from its network namespace) the first time.
     fn node(&mut self, c: &Arc<ContainerInfo>, workload: &str, pid: u32) -> Option<NodeId> {
+        // Only compared, never followed. The pointer is that of the node's
+        // own `Arc`, which the node keeps alive, so no other container can
+        // be allocated there while it is cached (`forget_ended` clears it).
+        if let Some((p, n)) = self.last {
+            if std::ptr::eq(p, Arc::as_ptr(c)) {
+                return Some(n);
+            }
+        }
         if let Some(&n) = self.by_id.get(c.id.as_str()) {
+            self.last = self.nodes.get(n as usize).and_then(Option::as_ref).map(|node| (Arc::as_ptr(&node.info), n));
             return Some(n);
         }
         let n = match self.free.pop() {
@@ -95,7 +110,9 @@ impl Flows {
                 return None;
             }
         };
-        self.nodes[n as usize] = Some(Node { info: Arc::clone(c), workload: workload.to_string(), stored: false });
+        let info = Arc::clone(c);
+        self.last = Some((Arc::as_ptr(&info), n));
+        self.nodes[n as usize] = Some(Node { info, workload: workload.to_string(), stored: false, addr: None });
         self.by_id.insert(c.id.clone(), n);
         // Its addresses before its first connection is seen from the other
         // side: a peer that connects first is then named right away.
@@ -118,6 +135,22 @@ impl Flows {
     /// connects to it.
     pub(super) fn see(&mut self, c: &Arc<ContainerInfo>, workload: &str, pid: u32) {
         let _ = self.node(c, workload, pid);
+    }
+
+    /// Remembers the local address of a container's socket (looked up only
+    /// when it is not the one it was last seen with).
+    fn learn_address(&mut self, me: NodeId, ip: IpAddr) {
+        if ip.is_unspecified() || ip.is_loopback() {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(me as usize).and_then(Option::as_mut) else { return };
+        if node.addr == Some(ip) {
+            return;
+        }
+        node.addr = Some(ip);
+        if self.addresses.len() < MAX_ADDRESSES {
+            self.addresses.entry(ip).or_insert(me);
+        }
     }
 
     /// What an address is: a container here, the host, or outside.
@@ -164,9 +197,7 @@ impl Flows {
             return None;
         }
         let me = self.node(c, key, pid)?;
-        if !n.saddr.is_unspecified() && !n.saddr.is_loopback() && self.addresses.len() < MAX_ADDRESSES {
-            self.addresses.entry(n.saddr).or_insert(me);
-        }
+        self.learn_address(me, n.saddr);
         let remote = self.endpoint(n.daddr, me);
         let p = proto(n.proto);
         let judged = |inbound: bool, port: u16| match (profile, peer) {
@@ -329,6 +360,7 @@ impl Flows {
     /// Frees the numbers of containers that ended and that no row names
     /// (after the table was emptied at a new hour, none does).
     fn forget_ended(&mut self, workloads: &Workloads) {
+        self.last = None;
         for i in 0..self.nodes.len() {
             let gone = match &self.nodes[i] {
                 Some(n) => !workloads.containers.contains_key(&n.info.id),
