@@ -1,7 +1,7 @@
 //! The flow map end to end, as root, with real podman containers and a
 //! `lancet run` in learn mode: two containers that talk show up as one
 //! edge with its connections and the bytes each way (from the TCP close
-//! counters), in every format of `lancet map`; the dot output renders with
+//! counters), a connected UDP socket is a flow too, in every format of `lancet map`; the dot output renders with
 //! Graphviz; the exported NetworkPolicy validates against the upstream
 //! schema; a port scan is summarised, counted and alerted; `/metrics`
 //! counts it all without a per-container label; malformed parameters get
@@ -99,6 +99,22 @@ fn containers_that_talk_are_an_edge_with_bytes_policies_and_scans_are_summarised
         .map(|e| e["connections"].as_u64().unwrap())
         .sum();
     assert_eq!(to_srv, 5, "{g}");
+
+    // UDP (a connected socket) is a flow too; busybox's nc has no UDP, the
+    // Debian test image's Python does.
+    const DEBIAN: &str = "localhost/lancet-debian:test";
+    if std::process::Command::new("podman").args(["image", "exists", DEBIAN]).status().is_ok_and(|s| s.success()) {
+        let name = unique("lancet-map-udp");
+        let id = podman(&["run", "-d", "--name", &name, "--network", &net.0, DEBIAN, "sleep", "600"]);
+        let udp_cli = Container { id, name };
+        let send = format!("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('{ip}', 5353)); s.send(b'x')");
+        let o = udp_cli.exec(&["python3", "-c", &send]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let udp = wait_edge(&agent, &udp_cli, &srv_node, 5353, |e| e["connections"].as_u64() >= Some(1));
+        assert_eq!(udp["proto"], "udp", "{udp}");
+    } else {
+        eprintln!("SKIPPED (UDP flow only): {DEBIAN} is missing (scripts/setup.sh builds it)");
+    }
 
     // Table and dot.
     let table = agent.cli(&["map", "--container", &cli.name]);

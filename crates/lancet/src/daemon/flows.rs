@@ -62,6 +62,12 @@ pub(super) struct Flows {
     /// The container of the last event and its number: consecutive events
     /// of one container (most of them) skip hashing its 64-character id.
     last: Option<(*const ContainerInfo, NodeId)>,
+    /// The last remote address looked up, for which container: (container,
+    /// address, what it is). Cleared when an address is learned.
+    last_remote: Option<(NodeId, IpAddr, Endpoint)>,
+    /// The last flow judged, under which profile generation: a repeated
+    /// connection skips the profile lookup.
+    last_judged: Option<(FlowKey, u64, Verdict, Decider)>,
 }
 
 fn proto(p: L4Proto) -> Protocol {
@@ -81,6 +87,8 @@ impl Flows {
             unnumbered: 0,
             rows: Vec::new(),
             last: None,
+            last_remote: None,
+            last_judged: None,
         }
     }
 
@@ -150,19 +158,49 @@ impl Flows {
         node.addr = Some(ip);
         if self.addresses.len() < MAX_ADDRESSES {
             self.addresses.entry(ip).or_insert(me);
+            self.last_remote = None;
         }
     }
 
     /// What an address is: a container here, the host, or outside.
-    fn endpoint(&self, ip: IpAddr, me: NodeId) -> Endpoint {
+    fn endpoint(&mut self, ip: IpAddr, me: NodeId) -> Endpoint {
         if ip.is_loopback() {
             return Endpoint::Container(me);
         }
-        match self.addresses.get(&ip) {
+        if let Some((n, a, e)) = self.last_remote {
+            if n == me && a == ip {
+                return e;
+            }
+        }
+        let e = match self.addresses.get(&ip) {
             Some(&n) => Endpoint::Container(n),
             None if self.host.contains(&ip) => Endpoint::Host(ip),
             None => Endpoint::Ip(ip),
+        };
+        self.last_remote = Some((me, ip, e));
+        e
+    }
+
+    /// The verdict of a new connection of `key` (inbound: judged by the
+    /// accepting side's profile), reused while the same flow repeats under
+    /// the same profile.
+    fn verdict(
+        &mut self,
+        key: FlowKey,
+        inbound: bool,
+        port: u16,
+        profile: Option<(&Profile, u64)>,
+        peer: Option<&PeerRef>,
+    ) -> Option<(Verdict, Decider)> {
+        let ((profile, generation), peer) = (profile?, peer?);
+        if let Some((k, g, v, d)) = self.last_judged {
+            if k == key && g == generation {
+                return Some((v, d));
+            }
         }
+        let (v, d) = Self::judge(profile, inbound, peer, port, key.proto);
+        self.last_judged = Some((key, generation, v, d));
+        Some((v, d))
     }
 
     /// The verdict of a flow in `profile`'s eyes (the profile of the side
@@ -190,7 +228,7 @@ impl Flows {
         c: &Arc<ContainerInfo>,
         key: &str,
         n: &NetEvent,
-        profile: Option<&Profile>,
+        profile: Option<(&Profile, u64)>,
         peer: Option<&PeerRef>,
     ) -> Option<ScanStarted> {
         if matches!(n.op, NetOp::Listen | NetOp::Bind) {
@@ -200,29 +238,21 @@ impl Flows {
         self.learn_address(me, n.saddr);
         let remote = self.endpoint(n.daddr, me);
         let p = proto(n.proto);
-        let judged = |inbound: bool, port: u16| match (profile, peer) {
-            (Some(pr), Some(peer)) => Some(Self::judge(pr, inbound, peer, port, p)),
-            _ => None,
-        };
         let (key, o) = match n.op {
             NetOp::Connect => {
                 let ok = n.result == 0;
-                let o = Observation {
-                    time_ns,
-                    connections: ok as u64,
-                    failed: (!ok) as u64,
-                    verdict: judged(false, n.dport),
-                    ..Default::default()
-                };
-                (FlowKey { src: Endpoint::Container(me), dst: remote, port: n.dport, proto: p }, o)
+                let key = FlowKey { src: Endpoint::Container(me), dst: remote, port: n.dport, proto: p };
+                let verdict = self.verdict(key, false, n.dport, profile, peer);
+                (key, Observation { time_ns, connections: ok as u64, failed: (!ok) as u64, verdict, ..Default::default() })
             }
             NetOp::Accept => {
                 if matches!(remote, Endpoint::Container(_)) {
                     // The container that connected counts it.
                     return None;
                 }
-                let o = Observation { time_ns, connections: 1, verdict: judged(true, n.sport), ..Default::default() };
-                (FlowKey { src: remote, dst: Endpoint::Container(me), port: n.sport, proto: p }, o)
+                let key = FlowKey { src: remote, dst: Endpoint::Container(me), port: n.sport, proto: p };
+                let verdict = self.verdict(key, true, n.sport, profile, peer);
+                (key, Observation { time_ns, connections: 1, verdict, ..Default::default() })
             }
             NetOp::Close => {
                 let t = n.totals?;
@@ -361,6 +391,8 @@ impl Flows {
     /// (after the table was emptied at a new hour, none does).
     fn forget_ended(&mut self, workloads: &Workloads) {
         self.last = None;
+        self.last_remote = None;
+        self.last_judged = None;
         for i in 0..self.nodes.len() {
             let gone = match &self.nodes[i] {
                 Some(n) => !workloads.containers.contains_key(&n.info.id),
@@ -415,5 +447,91 @@ pub(super) fn scan_verdict(s: ScanStarted, name: &str, threshold: u32) -> lancet
         tags: vec!["network".to_string(), "scan".to_string(), "T1046".to_string()].into(),
         message,
         escalate: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lancet_engine::event::TcpTotals;
+    use lancet_engine::profile::Mode;
+
+    fn container(id: &str) -> Arc<ContainerInfo> {
+        Arc::new(ContainerInfo { id: id.repeat(64 / id.len()), name: format!("{id}-name"), image: "img".into(), ..Default::default() })
+    }
+
+    fn net(op: NetOp, local: (&str, u16), remote: (&str, u16), totals: Option<TcpTotals>) -> NetEvent {
+        NetEvent {
+            op,
+            proto: L4Proto::Tcp,
+            saddr: local.0.parse().unwrap(),
+            sport: local.1,
+            daddr: remote.0.parse().unwrap(),
+            dport: remote.1,
+            result: 0,
+            netns: 1,
+            totals,
+        }
+    }
+
+    fn rows(f: &mut Flows) -> Vec<(FlowKey, lancet_engine::flows::FlowStats)> {
+        let mut v = Vec::new();
+        f.table.drain(1, |k, s| v.push((*k, *s)));
+        v
+    }
+
+    #[test]
+    fn each_connection_is_counted_once_from_the_side_that_opened_it() {
+        let mut f = Flows::new();
+        let (a, b) = (container("a"), container("b"));
+        let mut p = Profile::new("img", "w", 1);
+        p.set_mode(Mode::Monitor, 1);
+        let prof = Some((&p, 7u64));
+        let peer = PeerRef::Workload("w".into());
+        // b's address is learned from its own socket.
+        f.on_net(10, 1, &b, "w", &net(NetOp::Listen, ("10.0.0.2", 80), ("0.0.0.0", 0), None), prof, None);
+        f.on_net(10, 1, &b, "w", &net(NetOp::Accept, ("10.0.0.2", 80), ("10.0.0.9", 4000), None), prof, Some(&peer));
+        // a connects to b: counted on a's side; b's accept from a is not.
+        f.on_net(11, 2, &a, "w", &net(NetOp::Connect, ("10.0.0.1", 5000), ("10.0.0.2", 80), None), prof, Some(&peer));
+        f.on_net(12, 1, &b, "w", &net(NetOp::Accept, ("10.0.0.2", 80), ("10.0.0.1", 5000), None), prof, Some(&peer));
+        let out = TcpTotals { bytes_sent: 100, bytes_received: 2000, outbound: Some(true) };
+        let inb = TcpTotals { bytes_sent: 2000, bytes_received: 100, outbound: Some(false) };
+        f.on_net(13, 2, &a, "w", &net(NetOp::Close, ("10.0.0.1", 5000), ("10.0.0.2", 80), Some(out)), prof, None);
+        f.on_net(13, 1, &b, "w", &net(NetOp::Close, ("10.0.0.2", 80), ("10.0.0.1", 5000), Some(inb)), prof, None);
+        // The outside client's close: its bytes, from b's side.
+        let ext = TcpTotals { bytes_sent: 50, bytes_received: 5, outbound: Some(false) };
+        f.on_net(14, 1, &b, "w", &net(NetOp::Close, ("10.0.0.2", 80), ("10.0.0.9", 4000), Some(ext)), prof, None);
+        // Loopback inside a container is the container itself.
+        f.on_net(15, 2, &a, "w", &net(NetOp::Connect, ("127.0.0.1", 6000), ("127.0.0.1", 8080), None), prof, Some(&peer));
+        let got = rows(&mut f);
+        let (na, nb) = (f.by_id[&a.id], f.by_id[&b.id]);
+        let find = |src, dst, port| got.iter().find(|(k, _)| k.src == src && k.dst == dst && k.port == port).map(|(_, s)| *s);
+        let ab = find(Endpoint::Container(na), Endpoint::Container(nb), 80).expect("a -> b");
+        assert_eq!((ab.connections, ab.bytes_out, ab.bytes_in), (1, 100, 2000));
+        assert_eq!(ab.verdict, Verdict::Unlisted, "monitor mode, not in the profile");
+        let ext_ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let xb = find(Endpoint::Ip(ext_ip), Endpoint::Container(nb), 80).expect("outside -> b");
+        assert_eq!((xb.connections, xb.bytes_out, xb.bytes_in), (1, 5, 50));
+        assert!(find(Endpoint::Container(na), Endpoint::Container(na), 8080).is_some(), "loopback");
+        assert_eq!(got.len(), 3, "{got:?}");
+    }
+
+    #[test]
+    fn a_cached_verdict_follows_the_profile_generation() {
+        let mut f = Flows::new();
+        let a = container("a");
+        let peer = PeerRef::Ip("10.0.0.5".parse().unwrap());
+        let mut p = Profile::new("img", "w", 1);
+        p.set_mode(Mode::Monitor, 1);
+        let c = net(NetOp::Connect, ("10.0.0.1", 5000), ("10.0.0.5", 443), None);
+        f.on_net(1, 1, &a, "w", &c, Some((&p, 1)), Some(&peer));
+        assert_eq!(rows(&mut f)[0].1.verdict, Verdict::Unlisted);
+        // Learned (a new generation): allowed by the entry now.
+        let d = lancet_engine::profile::Deviation::NewOutbound { peer: (&peer).into(), port: 443, proto: Protocol::Tcp };
+        assert!(p.allow(&d, 2));
+        f.on_net(3, 1, &a, "w", &c, Some((&p, 2)), Some(&peer));
+        let r = rows(&mut f);
+        assert_eq!(r[0].1.verdict, Verdict::Allowed);
+        assert_eq!(r[0].1.decider, Decider::Entry { inbound: false, index: 0 });
     }
 }

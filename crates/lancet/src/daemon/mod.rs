@@ -119,7 +119,7 @@ impl Daemon {
             d
         };
         let scan = match &ev.kind {
-            EventKind::Net(n) => self.flows.on_net(now, ev.process.pid, c, &key, n, Some(&w.profile), peer.as_ref()),
+            EventKind::Net(n) => self.flows.on_net(now, ev.process.pid, c, &key, n, Some((&w.profile, w.generation)), peer.as_ref()),
             EventKind::Exec(_) => {
                 self.flows.see(c, &key, ev.process.pid);
                 None
