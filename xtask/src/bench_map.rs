@@ -232,7 +232,11 @@ fn open_pages(api: &str, work: &Path) -> Result<(Pages, &'static str)> {
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let given = args.iter().position(|a| a == "--baseline").and_then(|i| args.get(i + 1)).map(PathBuf::from);
-    let rounds = if quick { 1 } else { 5 };
+    let rounds = match args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)) {
+        Some(n) => n.parse().context("--rounds N")?,
+        None if quick => 1,
+        None => 5,
+    };
     let (rate, secs) = (10_000u32, if quick { 4 } else { 10 });
     sh(Command::new("bash").arg(root.join("scripts/setup.sh"))).context("scripts/setup.sh")?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));

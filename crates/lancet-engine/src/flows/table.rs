@@ -16,6 +16,7 @@
 //! of a scan is reported to the caller so that it can raise an alert.
 
 use crate::profile::Protocol;
+use ahash::RandomState;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -240,10 +241,10 @@ struct Window {
 #[derive(Debug)]
 pub struct FlowTable {
     limits: FlowLimits,
-    rows: HashMap<FlowKey, FlowStats>,
+    rows: HashMap<FlowKey, FlowStats, RandomState>,
     /// Rows that are not summaries.
     regular: usize,
-    scans: HashMap<(Endpoint, bool), Window>,
+    scans: HashMap<(Endpoint, bool), Window, RandomState>,
     hour_ns: u64,
     pub counters: FlowCounters,
 }
@@ -254,8 +255,8 @@ impl FlowTable {
     /// [`memory_bound`]: FlowTable::memory_bound
     pub fn new(limits: FlowLimits) -> FlowTable {
         FlowTable {
-            rows: HashMap::with_capacity(limits.max_rows + limits.summary_rows),
-            scans: HashMap::with_capacity(limits.scan_sources),
+            rows: HashMap::with_capacity_and_hasher(limits.max_rows + limits.summary_rows, RandomState::new()),
+            scans: HashMap::with_capacity_and_hasher(limits.scan_sources, RandomState::new()),
             regular: 0,
             hour_ns: 0,
             limits,
