@@ -3,7 +3,10 @@
  * container so the agent sees the load as container activity.
  *
  *   loadgen exec N PATH          fork+exec PATH N times, waiting for each
- *   loadgen connect N IP PORT    N TCP connects (and closes) to IP:PORT
+ *   loadgen connect N IP PORT [RATE]  N TCP connects (and closes) to IP:PORT,
+ *                                at most RATE a second when given
+ *   loadgen scan N IP...         N connects to distinct ports (1, 2, ...) of
+ *                                the addresses in turn, refused or not
  *   loadgen files N DIR          N create+write+close+unlink in DIR (64 names)
  *   loadgen unique N DIR         the same, each file with a name of its own
  *                                (fanotify merges events of one name still
@@ -53,12 +56,21 @@ static int do_exec(long n, const char *path)
 	return 0;
 }
 
-static int do_connect(long n, const char *ip, int port)
+static int do_connect(long n, const char *ip, int port, double rate)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
 	if (inet_pton(AF_INET, ip, &sa.sin_addr) != 1)
 		return fprintf(stderr, "bad ip %s\n", ip), 1;
+	double start = now();
 	for (long i = 0; i < n; i++) {
+		/* Paced: connection i starts no earlier than i / rate. */
+		if (rate > 0) {
+			double wait = start + i / rate - now();
+			if (wait > 0) {
+				struct timespec ts = { (time_t)wait, (long)((wait - (time_t)wait) * 1e9) };
+				nanosleep(&ts, NULL);
+			}
+		}
 		int fd = socket(AF_INET, SOCK_STREAM, 0);
 		if (fd < 0)
 			return perror("socket"), 1;
@@ -67,6 +79,28 @@ static int do_connect(long n, const char *ip, int port)
 		/* Wait for the server's close: the whole connection lifecycle. */
 		char b;
 		(void)read(fd, &b, 1);
+		close(fd);
+	}
+	return 0;
+}
+
+static int do_scan(long n, int nips, char **ips)
+{
+	struct sockaddr_in sa[16];
+	if (nips < 1 || nips > 16)
+		return fprintf(stderr, "1 to 16 addresses\n"), 1;
+	for (int k = 0; k < nips; k++) {
+		sa[k] = (struct sockaddr_in){ .sin_family = AF_INET };
+		if (inet_pton(AF_INET, ips[k], &sa[k].sin_addr) != 1)
+			return fprintf(stderr, "bad ip %s\n", ips[k]), 1;
+	}
+	for (long i = 0; i < n; i++) {
+		struct sockaddr_in *a = &sa[i % nips];
+		a->sin_port = htons((unsigned short)(1 + (i / nips) % 65535));
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		if (fd < 0)
+			return perror("socket"), 1;
+		(void)connect(fd, (struct sockaddr *)a, sizeof(*a));
 		close(fd);
 	}
 	return 0;
@@ -107,7 +141,7 @@ static int do_serve(int port)
 int main(int argc, char **argv)
 {
 	if (argc < 3)
-		return fprintf(stderr, "usage: loadgen exec|connect|files|unique|serve ...\n"), 2;
+		return fprintf(stderr, "usage: loadgen exec|connect|scan|files|unique|serve ...\n"), 2;
 	if (!strcmp(argv[1], "serve"))
 		return do_serve(atoi(argv[2]));
 	long n = atol(argv[2]);
@@ -115,8 +149,10 @@ int main(int argc, char **argv)
 	int rc;
 	if (!strcmp(argv[1], "exec") && argc == 4)
 		rc = do_exec(n, argv[3]);
-	else if (!strcmp(argv[1], "connect") && argc == 5)
-		rc = do_connect(n, argv[3], atoi(argv[4]));
+	else if (!strcmp(argv[1], "connect") && (argc == 5 || argc == 6))
+		rc = do_connect(n, argv[3], atoi(argv[4]), argc == 6 ? atof(argv[5]) : 0);
+	else if (!strcmp(argv[1], "scan") && argc >= 4)
+		rc = do_scan(n, argc - 3, argv + 3);
 	else if (!strcmp(argv[1], "files") && argc == 4)
 		rc = do_files(n, argv[3], 64);
 	else if (!strcmp(argv[1], "unique") && argc == 4)

@@ -24,6 +24,7 @@
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8 /* the peer's FIN arrived */
 #define TCP_LISTEN 10
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -362,8 +363,23 @@ static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
 	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
 }
 
+/* A close record's counters (see struct lancet_net). `fin_in`: the state
+ * change is the peer's FIN, which the kernel just counted in
+ * bytes_received as one sequence number. */
+static __always_inline void sock_totals(const struct sock *sk, struct lancet_net *e, bool fin_in)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
+	__u32 queued = BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
+	__u64 received = BPF_CORE_READ(tp, bytes_received);
+
+	/* The SYN is acknowledged like a byte of data. */
+	e->bytes_sent = (acked ? acked - 1 : 0) + queued;
+	e->bytes_received = (fin_in && received) ? received - 1 : received;
+}
+
 static __always_inline void emit_sock(const struct sock *sk, __u32 kind, const struct lancet_header *o,
-				      __s32 result)
+				      __s32 result, int newstate)
 {
 	struct lancet_net *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -390,6 +406,15 @@ static __always_inline void emit_sock(const struct sock *sk, __u32 kind, const s
 	}
 	e->result = result;
 	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->bytes_sent = 0;
+	e->bytes_received = 0;
+	e->opened = 0;
+	e->_pad = 0;
+	if (kind == LANCET_KIND_CLOSE) {
+		/* The owner's kind says how the socket was opened. */
+		e->opened = o->kind;
+		sock_totals(sk, e, newstate == TCP_CLOSE_WAIT);
+	}
 	bpf_ringbuf_submit(e, rb_flags());
 }
 
@@ -402,10 +427,11 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 	struct lancet_header owner;
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
-		/* connect(): process context. Reported once the outcome is known. */
+		/* connect(): process context. Reported once the outcome is known.
+		 * The owner's kind remembers how the socket was opened. */
 		if (is_self())
 			return 0;
-		fill_header_task(&owner, 0, 0, bpf_get_current_task_btf());
+		fill_header_task(&owner, LANCET_KIND_CONNECT, 0, bpf_get_current_task_btf());
 		bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
 		return 0;
 	}
@@ -419,7 +445,7 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 			.port = BPF_CORE_READ(sk, __sk_common.skc_num),
 		};
 		bpf_map_update_elem(&listeners, &lk, &owner, BPF_ANY);
-		emit_sock(sk, LANCET_KIND_LISTEN, &owner, 0);
+		emit_sock(sk, LANCET_KIND_LISTEN, &owner, 0, newstate);
 		return 0;
 	}
 	if (oldstate == TCP_SYN_SENT) {
@@ -427,10 +453,10 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 		if (!o)
 			return 0;
 		if (newstate == TCP_ESTABLISHED) {
-			emit_sock(sk, LANCET_KIND_CONNECT, o, 0);
+			emit_sock(sk, LANCET_KIND_CONNECT, o, 0, newstate);
 		} else {
 			__s32 err = BPF_CORE_READ(sk, sk_err);
-			emit_sock(sk, LANCET_KIND_CONNECT, o, err ? err : 111 /* ECONNREFUSED */);
+			emit_sock(sk, LANCET_KIND_CONNECT, o, err ? err : 111 /* ECONNREFUSED */, newstate);
 			bpf_map_delete_elem(&sock_owners, &key);
 		}
 		return 0;
@@ -448,8 +474,9 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 			__builtin_memset(&owner, 0, sizeof(owner));
 		}
 		owner.cgroup_id = sock_cgroup_id(sk);
+		owner.kind = LANCET_KIND_ACCEPT;
 		bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
-		emit_sock(sk, LANCET_KIND_ACCEPT, &owner, 0);
+		emit_sock(sk, LANCET_KIND_ACCEPT, &owner, 0, newstate);
 		return 0;
 	}
 	if (newstate == TCP_CLOSE && oldstate == TCP_LISTEN) {
@@ -465,7 +492,7 @@ int BPF_PROG(lancet_sock_state, const struct sock *sk, const int oldstate, const
 		 * the local port is still bound (at TCP_CLOSE it reads 0). */
 		struct lancet_header *o = bpf_map_lookup_elem(&sock_owners, &key);
 		if (o)
-			emit_sock(sk, LANCET_KIND_CLOSE, o, 0);
+			emit_sock(sk, LANCET_KIND_CLOSE, o, 0, newstate);
 	}
 	if (newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&sock_owners, &key);
@@ -490,6 +517,10 @@ static __always_inline void emit_udp(__u32 kind, __u32 probe, bool v6, __u16 spo
 	__builtin_memcpy(e->daddr, remote, sizeof(e->daddr));
 	e->result = 0;
 	e->netns = 0;
+	e->bytes_sent = 0;
+	e->bytes_received = 0;
+	e->opened = 0;
+	e->_pad = 0;
 	bpf_ringbuf_submit(e, rb_flags());
 }
 

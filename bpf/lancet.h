@@ -115,7 +115,24 @@ struct lancet_net {
 	__u8 daddr[16];
 	__s32 result; /* 0 or a positive errno */
 	__u32 netns; /* network namespace inode */
+	/* Close records only (zero in the others). What the socket carried,
+	 * from its own counters at the first step of closing, read once per
+	 * connection (never per packet): bytes_sent is what its owner wrote
+	 * (tcp_sock.bytes_acked, less the SYN, plus what was still queued or
+	 * unacknowledged: write_seq - snd_una); bytes_received is
+	 * tcp_sock.bytes_received (less a FIN just counted in it). Data the
+	 * peer sends after our own FIN is not counted. `opened` says how the
+	 * socket came to be: LANCET_KIND_CONNECT or LANCET_KIND_ACCEPT (0:
+	 * unknown). Records of builds before these fields end at `netns`;
+	 * userspace reads the missing fields as zero. */
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u32 opened;
+	__u32 _pad;
 };
+
+/* The size of a `struct lancet_net` before the close counters. */
+#define LANCET_NET_V1_SIZE __builtin_offsetof(struct lancet_net, bytes_sent)
 
 struct lancet_cgroup {
 	struct lancet_header hdr;

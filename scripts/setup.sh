@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 # the glibc Debian test image; musl + musl-tools (musl-gcc) build the musl one.
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates
-      debootstrap debian-archive-keyring musl musl-tools)
+      debootstrap debian-archive-keyring musl musl-tools
+      chromium chromium-driver graphviz)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -271,6 +271,7 @@ fn realistic_profile(n: usize) -> Result<String> {
             dport: if i < 60 { 5432 } else { 8080 },
             result: 0,
             netns: 1,
+            totals: None,
         }));
         p.observe(&e, Some(&PeerRef::Ip(ip)), 1);
     }

@@ -1,9 +1,11 @@
 //! Project chores: `cargo xtask vmlinux` regenerates bpf/vmlinux.h from the
 //! running kernel's BTF; `cargo xtask bench` measures lancet against no agent
-//! on the same host, in one run.
+//! on the same host, in one run; `bench-map` measures the flow map and
+//! the dashboard against today's agent.
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_map;
 mod bench_protect;
 mod bench_scan;
 
@@ -41,8 +43,9 @@ fn main() {
         Some("bench-rss") => bench::rss(&root()),
         Some("bench-protect") => bench_protect::run(&root(), &args[1..]),
         Some("bench-scan") => bench_scan::run(&root(), &args[1..]),
+        Some("bench-map") => bench_map::run(&root(), &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask vmlinux | bench [--quick] | bench-protect [--quick] | bench-rss | bench-scan [--size-mib N]");
+            eprintln!("usage: cargo xtask vmlinux | bench [--quick] | bench-protect [--quick] | bench-rss | bench-scan [--size-mib N] | bench-map [--quick] [--rounds N] [--baseline BIN]");
             std::process::exit(64);
         }
     };

@@ -45,6 +45,7 @@ fn net(op: NetOp, ip: IpAddr, port: u16) -> Event {
             dport: port,
             result: 0,
             netns: 1,
+            totals: None,
         }),
     )
 }

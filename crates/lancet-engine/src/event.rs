@@ -166,6 +166,23 @@ pub struct NetEvent {
     /// Network namespace inode, to tell apart equal addresses in different
     /// namespaces.
     pub netns: u32,
+    /// A TCP close's byte counts (None for other records, and for close
+    /// records of probes built before they carried them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<TcpTotals>,
+}
+
+/// What one TCP connection carried, from the socket's own counters when it
+/// started to close (read once per connection, never per packet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TcpTotals {
+    /// Bytes the local side wrote.
+    pub bytes_sent: u64,
+    /// Bytes it received.
+    pub bytes_received: u64,
+    /// Whether the local side opened the connection (`connect`, true) or
+    /// accepted it (false); None when the probe could not tell.
+    pub outbound: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

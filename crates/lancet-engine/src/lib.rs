@@ -8,6 +8,7 @@ pub mod attribution;
 pub mod drift;
 pub mod event;
 pub mod exe;
+pub mod flows;
 pub mod live;
 pub mod output;
 pub mod policy;

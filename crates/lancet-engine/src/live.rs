@@ -84,7 +84,17 @@ pub fn socket_events(tcp: &[Socket], udp: &[Socket], time_ns: u64, cgroup_id: u6
             time_ns,
             cgroup_id,
             pid,
-            EventKind::Net(NetEvent { op, proto, saddr: local.0, sport: local.1, daddr: remote.0, dport: remote.1, result: 0, netns: 0 }),
+            EventKind::Net(NetEvent {
+                op,
+                proto,
+                saddr: local.0,
+                sport: local.1,
+                daddr: remote.0,
+                dport: remote.1,
+                result: 0,
+                netns: 0,
+                totals: None,
+            }),
         ));
     };
     for s in tcp {

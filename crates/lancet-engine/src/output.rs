@@ -491,6 +491,7 @@ mod tests {
             dport: 8080,
             result: 111,
             netns: 1,
+            totals: None,
         }));
         let v = falco_json(&Record { event: &ev, attribution: &Attribution::Host, hostname: "h" }, "r", "p");
         let f = &v["output_fields"];

@@ -69,6 +69,7 @@ pub fn from_falco_json(line: &str) -> Result<(Event, Option<ContainerInfo>), Rep
             dport: u(f, "fd.dport") as u16,
             result: if matches!(s(f, "evt.res"), "" | "SUCCESS") { 0 } else { 1 },
             netns: 0,
+            totals: None,
         }))
     };
     let file = |op| {
@@ -162,6 +163,7 @@ mod tests {
                 dport: 8080,
                 result: 0,
                 netns: 0,
+                totals: None,
             }),
         };
         let c = ContainerInfo {
@@ -247,6 +249,7 @@ mod prop_tests {
                     dport: if remote { dport } else { 0 },
                     result,
                     netns: 0,
+                    totals: None,
                 })
             });
         let file = (

@@ -358,6 +358,7 @@ mod tests {
                 dport,
                 result: 0,
                 netns: 1,
+                totals: None,
             }),
         };
         p.observe(&ev(crate::event::NetOp::Listen, "0.0.0.0", 0), None, 1);

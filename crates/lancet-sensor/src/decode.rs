@@ -5,7 +5,7 @@
 //! reported as a [`DecodeError`] (counted by the caller), never a panic.
 
 use crate::skel::lancet::types;
-use lancet_engine::event::{Event, EventKind, ExecEvent, ExitEvent, L4Proto, NetEvent, NetOp, ProcessRef};
+use lancet_engine::event::{Event, EventKind, ExecEvent, ExitEvent, L4Proto, NetEvent, NetOp, ProcessRef, TcpTotals};
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
@@ -191,7 +191,10 @@ pub fn decode(data: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
             EventKind::Exit(ExitEvent::from_status(e.exit_code))
         }
         kind::CONNECT | kind::ACCEPT | kind::LISTEN | kind::BIND | kind::CLOSE => {
-            let e: types::lancet_net = read(data, size_of::<types::lancet_net>(), "net")?;
+            // Records of probes built before the close counters end at
+            // `netns`: read as they are, their counters unknown.
+            let v1 = std::mem::offset_of!(types::lancet_net, bytes_sent);
+            let e: types::lancet_net = read(data, v1, "net")?;
             let op = match h.kind {
                 kind::CONNECT => NetOp::Connect,
                 kind::ACCEPT => NetOp::Accept,
@@ -208,6 +211,15 @@ pub fn decode(data: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 dport: e.dport,
                 result: e.result,
                 netns: e.netns,
+                totals: (h.kind == kind::CLOSE && data.len() >= size_of::<types::lancet_net>()).then_some(TcpTotals {
+                    bytes_sent: e.bytes_sent,
+                    bytes_received: e.bytes_received,
+                    outbound: match e.opened {
+                        kind::CONNECT => Some(true),
+                        kind::ACCEPT => Some(false),
+                        _ => None,
+                    },
+                }),
             })
         }
         kind::CGROUP_MKDIR | kind::CGROUP_RMDIR => {
@@ -322,6 +334,32 @@ pub(crate) mod tests {
         mapped.daddr[10..16].copy_from_slice(&[0xff, 0xff, 10, 89, 0, 3]);
         let EventKind::Net(x) = decode(&bytes_of(&mapped), &Clock::with_offset(0)).unwrap().kind else { panic!() };
         assert_eq!(x.daddr.to_string(), "10.89.0.3", "v4-mapped addresses read as IPv4");
+    }
+
+    #[test]
+    fn close_records_carry_their_totals_and_old_ones_still_decode() {
+        let mut c = types::lancet_net { hdr: header(kind::CLOSE), family: 2, protocol: 6, sport: 40000, dport: 80, ..Default::default() };
+        c.bytes_sent = 120;
+        c.bytes_received = 4096;
+        c.opened = kind::CONNECT;
+        let EventKind::Net(x) = decode(&bytes_of(&c), &Clock::with_offset(0)).unwrap().kind else { panic!() };
+        assert_eq!(x.totals, Some(TcpTotals { bytes_sent: 120, bytes_received: 4096, outbound: Some(true) }));
+        c.opened = kind::ACCEPT;
+        let EventKind::Net(x) = decode(&bytes_of(&c), &Clock::with_offset(0)).unwrap().kind else { panic!() };
+        assert_eq!(x.totals.and_then(|t| t.outbound), Some(false));
+        // A record of an older probe: no counters, still a close.
+        let mut old = bytes_of(&c);
+        old.truncate(std::mem::offset_of!(types::lancet_net, bytes_sent));
+        let ev = decode(&old, &Clock::with_offset(0)).unwrap();
+        let EventKind::Net(x) = ev.kind else { panic!() };
+        assert_eq!((x.op, x.dport, x.totals), (NetOp::Close, 80, None));
+        // Other records never carry totals.
+        let n = types::lancet_net { hdr: header(kind::CONNECT), family: 2, protocol: 6, bytes_sent: 9, ..Default::default() };
+        let EventKind::Net(x) = decode(&bytes_of(&n), &Clock::with_offset(0)).unwrap().kind else { panic!() };
+        assert_eq!(x.totals, None);
+        // Shorter than even the old layout: an error.
+        old.truncate(old.len() - 1);
+        assert!(matches!(decode(&old, &Clock::with_offset(0)), Err(DecodeError::Truncated { what: "net", .. })));
     }
 
     #[test]

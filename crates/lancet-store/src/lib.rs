@@ -29,9 +29,11 @@
 //! it aside ([`Store::move_aside`] does it).
 #![forbid(unsafe_code)]
 
+mod alert_counts;
 mod audit;
 mod error;
 mod files;
+mod flows;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -41,8 +43,10 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
+pub use alert_counts::AlertCount;
 pub use audit::{AuditQuery, AuditRecord, NewAudit};
 pub use error::StoreError;
+pub use flows::{FlowEndRecord, FlowNodeRecord, FlowRecord};
 pub use schema::SCHEMA_VERSION;
 
 /// Result of store operations.
@@ -69,6 +73,11 @@ pub struct StoreOptions {
     pub audit_retention: Duration,
     /// At most this many audit records are kept; the oldest go first (default 100 000).
     pub max_audit: u64,
+    /// Hourly flow rows older than this are pruned (default 7 days).
+    pub flow_retention: Duration,
+    /// At most this many hourly flow rows are kept; the oldest hours go first
+    /// (default 500 000).
+    pub max_flow_rows: u64,
     /// A batch is committed by itself once it holds this many writes (default 10 000).
     pub max_batch: usize,
     /// A write that finds the open batch older than this commits it (default 1 s).
@@ -90,6 +99,8 @@ impl Default for StoreOptions {
             activity_retention: Duration::from_secs(30 * 24 * 3600),
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             max_audit: 100_000,
+            flow_retention: Duration::from_secs(7 * 24 * 3600),
+            max_flow_rows: 500_000,
             max_batch: 10_000,
             flush_interval: Duration::from_secs(1),
             busy_timeout: Duration::from_secs(5),
@@ -190,6 +201,8 @@ pub struct PruneStats {
     pub profile_versions_dropped: u64,
     pub audit_expired: u64,
     pub audit_capped: u64,
+    pub flows_expired: u64,
+    pub flows_capped: u64,
 }
 
 /// The embedded store. Not `Sync`: one thread writes; other processes read through
@@ -709,7 +722,8 @@ impl Store {
     /// beyond [`StoreOptions::max_alerts`] (oldest first), activity older than
     /// [`StoreOptions::activity_retention`], profile versions beyond
     /// [`StoreOptions::profile_history`], audit records beyond
-    /// [`StoreOptions::audit_retention`] and [`StoreOptions::max_audit`]. Commits. Cheap when there is nothing to do
+    /// [`StoreOptions::audit_retention`] and [`StoreOptions::max_audit`], flow rollups beyond
+    /// [`StoreOptions::flow_retention`] and [`StoreOptions::max_flow_rows`]. Commits. Cheap when there is nothing to do
     /// (index range scans); meant to be called every minute.
     pub fn prune(&mut self, now_ns: u64) -> Result<PruneStats> {
         self.begin_write()?;
@@ -738,6 +752,7 @@ impl Store {
             params![keep],
         )?;
         (stats.audit_expired, stats.audit_capped) = self.prune_audit(now_ns)?;
+        (stats.flows_expired, stats.flows_capped) = self.prune_flows(now_ns)?;
         self.pending += 1;
         self.flush()?;
         if stats != PruneStats::default() {

@@ -9,7 +9,7 @@
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// The tables a store of [`SCHEMA_VERSION`] must have.
-pub(crate) const TABLES: &[&str] = &["profiles", "profile_versions", "alerts", "activity", "audit"];
+pub(crate) const TABLES: &[&str] = &["profiles", "profile_versions", "alerts", "activity", "audit", "flows", "flow_nodes"];
 
 pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: profiles with history, alerts, hourly activity.
@@ -75,5 +75,44 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         result   TEXT    NOT NULL
     );
     CREATE INDEX audit_time ON audit(time_ns);
+    "#,
+    // 3: hourly rollups of network flows, and the containers they name.
+    r#"
+    -- One row per (hour, source, destination, port, protocol). An end is a kind
+    -- (container, host, external, others) and an id (container id or address); the
+    -- names are those last seen. Counters are the hour's; verdict and rule the last.
+    CREATE TABLE flows (
+        hour_ns       INTEGER NOT NULL,
+        src_kind      TEXT    NOT NULL,
+        src           TEXT    NOT NULL,
+        src_name      TEXT    NOT NULL,
+        src_workload  TEXT    NOT NULL,
+        dst_kind      TEXT    NOT NULL,
+        dst           TEXT    NOT NULL,
+        dst_name      TEXT    NOT NULL,
+        dst_workload  TEXT    NOT NULL,
+        port          INTEGER NOT NULL,
+        proto         TEXT    NOT NULL,
+        connections   INTEGER NOT NULL,
+        failed        INTEGER NOT NULL,
+        refused       INTEGER NOT NULL,
+        bytes_out     INTEGER NOT NULL,
+        bytes_in      INTEGER NOT NULL,
+        first_ns      INTEGER NOT NULL,
+        last_ns       INTEGER NOT NULL,
+        verdict       TEXT    NOT NULL,
+        rule          TEXT    NOT NULL,
+        PRIMARY KEY (hour_ns, src_kind, src, dst_kind, dst, port, proto)
+    ) WITHOUT ROWID;
+    -- What a policy selects a container by: its workload, image, namespace, labels.
+    CREATE TABLE flow_nodes (
+        id         TEXT    NOT NULL PRIMARY KEY,
+        name       TEXT    NOT NULL,
+        workload   TEXT    NOT NULL,
+        image      TEXT    NOT NULL,
+        namespace  TEXT    NOT NULL,
+        labels     TEXT    NOT NULL,
+        last_ns    INTEGER NOT NULL
+    );
     "#,
 ];

@@ -201,6 +201,8 @@ pub struct Pipeline {
     host_root: PathBuf,
     /// Containers found at start, for the caller to take on its first tick.
     pub existing: Vec<Arc<ContainerInfo>>,
+    /// Events by type and what was lost, for metrics.
+    pub counters: crate::counters::LoopCounters,
 }
 
 impl Pipeline {
@@ -324,8 +326,15 @@ pub fn run_loop(
         })?
     };
 
-    let mut pipeline =
-        Pipeline { attributor, procs: ProcessTable::new(65_536), cgroup2, host_root: host_root.to_path_buf(), existing: existing.clone() };
+    let mut pipeline = Pipeline {
+        attributor,
+        procs: ProcessTable::new(65_536),
+        cgroup2,
+        host_root: host_root.to_path_buf(),
+        existing: existing.clone(),
+        counters: Default::default(),
+    };
+    let mut counted = Instant::now();
     seed_processes(&mut pipeline);
     tracing::info!(probes = sensor.attached(), containers = watches.armed.len(), "lancet is tracing");
     let started = Instant::now();
@@ -358,6 +367,7 @@ pub fn run_loop(
         stats.records += batch.len() as u64;
         for mut ev in batch.drain(..) {
             let attribution = pipeline.attribute(&mut ev);
+            pipeline.counters.note(&ev.kind);
             match (&attribution, &ev.kind) {
                 (Attribution::Container(c), EventKind::CgroupRmdir { .. }) => watches.disarm(&c.id),
                 (Attribution::Container(c), _) => watches.arm(c, Some(ev.process.pid)),
@@ -368,6 +378,17 @@ pub fn run_loop(
         }
         pipeline.procs.end_batch();
         watches.retry_pending();
+        if counted.elapsed() >= Duration::from_secs(1) {
+            counted = Instant::now();
+            let c = &mut pipeline.counters;
+            c.decode_errors = decode_errors.get();
+            c.unknown_attribution = stats.unknown_attribution;
+            if let Ok(lost) = sensor.lost() {
+                c.lost = PROBE_NAMES.iter().copied().zip(lost).collect();
+            }
+            c.file_overflows =
+                watches.files.as_ref().map_or(0, |f| f.stats().overflows) + watches.opens.as_ref().map_or(0, |o| o.stats().overflows);
+        }
         on_tick(&mut pipeline)?;
     }
     stats.decode_errors = decode_errors.get();

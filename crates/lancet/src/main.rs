@@ -8,10 +8,12 @@ mod agent;
 mod api;
 mod audit_cmd;
 mod config;
+mod counters;
 mod daemon;
 mod doctor;
 mod hook;
 mod manage;
+mod map_cmd;
 mod policy_cmd;
 mod private;
 mod protect;
@@ -123,6 +125,10 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/var/lib/lancet")]
         state_dir: PathBuf,
     },
+    /// Who talks to whom: the container-to-container map (table, JSON or
+    /// Graphviz dot), or network policy for the observed flows
+    /// (`--export networkpolicy|cilium`).
+    Map(map_cmd::MapArgs),
     /// Who changed what through the agent (modes, profiles, responses,
     /// containers handed over by the hook, refused attempts).
     Audit {
@@ -186,6 +192,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             manage::alerts(&cli.api, &state_dir, since.as_deref(), container.as_deref(), format)
         }
         Command::Audit { since, format } => audit_cmd::run(&cli.api, since.as_deref(), format),
+        Command::Map(args) => map_cmd::run(&cli.api, args),
     }
 }
 

@@ -131,11 +131,15 @@ fn alerts_from_store(state_dir: &Path, since_ns: Option<u64>, container: Option<
 }
 
 /// A stored alert as JSON, with the repeats folded into it since it was
-/// raised as `lancet.count`.
+/// raised as `lancet.count`, and its id in the store (`id`, what "add to
+/// profile" names).
 pub fn alert_json(a: &lancet_store::StoredAlert) -> Value {
     let mut v = serde_json::from_str::<Value>(&a.json).unwrap_or(Value::Null);
     if let Some(f) = v.get_mut("output_fields").and_then(Value::as_object_mut) {
         f.insert("lancet.count".into(), json!(a.count));
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), json!(a.id));
     }
     v
 }

@@ -49,6 +49,7 @@ fn net(op: NetOp, daddr: &str, dport: u16, sport: u16) -> Event {
         dport,
         result: 0,
         netns: 1,
+        totals: None,
     }))
 }
 

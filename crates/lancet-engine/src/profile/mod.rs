@@ -441,7 +441,7 @@ impl PartialEq for Profile {
 /// What in an event is not in the profile. `NewName`: a known executable
 /// run under a name (argv\[0\]) it was never run under, such as another
 /// applet of a multi-call binary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Deviation {
     NewExecutable { path: String },
@@ -1094,6 +1094,47 @@ impl Profile {
             Obs::Written(dir) => (!ix.written.contains_key(dir)).then(|| Deviation::NewWrittenDir { dir: dir.to_string() }),
             Obs::Sensitive(path) => (!ix.sensitive.contains_key(path)).then(|| Deviation::NewSensitiveRead { path: path.to_string() }),
         }
+    }
+
+    /// Adds what `d` found missing to the profile, as an operator's
+    /// decision ("add to profile" from an alert): the executable, its
+    /// parent or run name, the port, the peer, the directory or the path.
+    /// Returns false when it was there already (or its section is full,
+    /// which is counted as overflow).
+    pub fn allow(&mut self, d: &Deviation, now: u64) -> bool {
+        let seen = Seen::now(now);
+        let added = match d {
+            Deviation::NewExecutable { path } => self.learn_exec(path, seen).is_some_and(|(_, new)| new),
+            Deviation::NewParent { path, parent } => match self.learn_exec(path, seen) {
+                Some((pos, new)) => self.learn_parent(pos, parent, 1) | new,
+                None => false,
+            },
+            Deviation::NewName { path, name } => match self.learn_exec(path, seen) {
+                Some((pos, new)) => self.learn_name(pos, name, 1) | new,
+                None => false,
+            },
+            Deviation::NewListen { port, proto } => self.learn_listen(*port, *proto, seen),
+            Deviation::NewOutbound { peer, port, proto } => {
+                self.index.outbound.find_exact(peer, *port, *proto).is_none() && self.learn_flow(false, peer.clone(), *port, *proto, seen)
+            }
+            Deviation::NewInbound { peer, port, proto } => {
+                self.index.inbound.find_exact(peer, *port, *proto).is_none() && self.learn_flow(true, peer.clone(), *port, *proto, seen)
+            }
+            Deviation::NewWrittenDir { dir } => self.learn_path(Section::WrittenDirs, dir, seen),
+            Deviation::NewSensitiveRead { path } => self.learn_path(Section::SensitiveReads, path, seen),
+        };
+        if added {
+            self.spec.learning.last_new = Timestamp(self.spec.learning.last_new.0.max(now));
+        }
+        added
+    }
+
+    /// The position of the `inbound` or `outbound` entry that covers a flow
+    /// with `peer` on `port`, if one does (the flow map names the entry
+    /// that allowed a connection). No allocation.
+    pub fn flow_entry(&self, inbound: bool, peer: &PeerRef, port: u16, proto: Protocol) -> Option<usize> {
+        let fix = if inbound { &self.index.inbound } else { &self.index.outbound };
+        fix.find(PeerKey::from(peer), port, proto)
     }
 
     /// Folds `other` (another replica, or an earlier run) into this profile:

@@ -24,7 +24,17 @@ fn exec(path: &str, parent: &str, args: &[&str]) -> Event {
 }
 
 fn net(op: NetOp, proto: L4Proto, local: (IpAddr, u16), remote: (IpAddr, u16), result: i32) -> Event {
-    ev(EventKind::Net(NetEvent { op, proto, saddr: local.0, sport: local.1, daddr: remote.0, dport: remote.1, result, netns: 1 }))
+    ev(EventKind::Net(NetEvent {
+        op,
+        proto,
+        saddr: local.0,
+        sport: local.1,
+        daddr: remote.0,
+        dport: remote.1,
+        result,
+        netns: 1,
+        totals: None,
+    }))
 }
 
 fn ip4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
@@ -1103,4 +1113,35 @@ fn busybox_run_by_its_own_name_learns_the_applet_it_runs() {
     assert_eq!(super::run_name("/bin/busybox", &v(&["busybox"])), None, "its own name only");
     assert_eq!(super::run_name("/bin/busybox", &v(&["-sh"])), Some("sh"));
     assert_eq!(super::run_name("/bin/sh", &v(&["sh", "busybox"])), None, "only argv[0] dispatches");
+}
+
+#[test]
+fn deviations_can_be_allowed_and_round_trip_as_json() {
+    let mut p = Profile::new("img", "sha256:x", 1);
+    p.set_mode(Mode::Monitor, 1);
+    let devs = [
+        Deviation::NewExecutable { path: "/bin/extra".into() },
+        Deviation::NewParent { path: "/bin/extra".into(), parent: "/bin/sh".into() },
+        Deviation::NewName { path: "/bin/busybox".into(), name: "wget".into() },
+        Deviation::NewListen { port: 8080, proto: Protocol::Tcp },
+        Deviation::NewOutbound { peer: Peer::Cidr("10.0.0.9/32".parse().unwrap()), port: 5432, proto: Protocol::Tcp },
+        Deviation::NewInbound { peer: Peer::Workload("sha256:web".into()), port: 80, proto: Protocol::Tcp },
+        Deviation::NewWrittenDir { dir: "/var/cache".into() },
+        Deviation::NewSensitiveRead { path: "/etc/shadow".into() },
+    ];
+    for d in &devs {
+        let json = serde_json::to_string(d).unwrap();
+        let back: Deviation = serde_json::from_str(&json).unwrap();
+        assert_eq!(&back, d, "{json}");
+        assert!(p.allow(d, 10), "{d:?} added");
+        assert!(!p.allow(d, 11), "{d:?} added twice");
+    }
+    let yaml = p.to_yaml().unwrap();
+    let p = Profile::from_yaml(&yaml, "t").unwrap();
+    assert!(p.has_executable("/bin/extra"));
+    assert!(p.has_written_dir("/var/cache") && p.has_sensitive_read("/etc/shadow"));
+    let web = PeerRef::Workload("sha256:web".into());
+    assert_eq!(p.flow_entry(true, &web, 80, Protocol::Tcp), Some(0));
+    assert_eq!(p.flow_entry(false, &PeerRef::Ip("10.0.0.9".parse().unwrap()), 5432, Protocol::Tcp), Some(0));
+    assert_eq!(p.flow_entry(false, &web, 80, Protocol::Tcp), None);
 }

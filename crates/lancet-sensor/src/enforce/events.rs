@@ -378,6 +378,7 @@ impl EnforceRecord {
                     dport: 0,
                     result: if self.denied { libc::EPERM } else { 0 },
                     netns: 0,
+                    totals: None,
                 })
             }
             EnforceOp::ExecKill if self.reason == EnforceReason::Applet => {
@@ -438,6 +439,7 @@ impl EnforceRecord {
                     dport: if bind { 0 } else { self.port },
                     result: if self.denied { libc::EPERM } else { 0 },
                     netns: 0,
+                    totals: None,
                 })
             }
         };

@@ -584,6 +584,12 @@ impl PermGuard {
         }
     }
 
+    /// The decision-time histogram at power-of-two edges from 1 µs
+    /// (`2^10 - 1` ns) to 134 ms (`2^27 - 1` ns).
+    pub fn decision_histogram(&self) -> DecisionHistogram {
+        self.inner.hist.octaves(10, 27)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain bookkeeping behind;
         // keep going with it rather than stop answering events.
@@ -972,12 +978,25 @@ const HIST_BUCKETS: usize = HIST_LINEAR + (64 - 4) * HIST_SUB;
 pub(crate) struct Histogram {
     buckets: [AtomicU64; HIST_BUCKETS],
     max: AtomicU64,
+    /// Sum of every value, for the Prometheus histogram's `_sum`.
+    sum: AtomicU64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), max: AtomicU64::new(0) }
+        Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), max: AtomicU64::new(0), sum: AtomicU64::new(0) }
     }
+}
+
+/// The decision-time histogram with power-of-two bounds, for Prometheus:
+/// `buckets[i] = (bound, count)` counts the decisions that took at most
+/// `bound` ns (cumulative), where each bound is `2^k - 1` ns: the log2
+/// histogram's own octave edges, so every count is exact.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecisionHistogram {
+    pub buckets: Vec<(u64, u64)>,
+    pub count: u64,
+    pub sum_ns: u64,
 }
 
 impl Histogram {
@@ -1004,6 +1023,20 @@ impl Histogram {
     pub(crate) fn record(&self, ns: u64) {
         self.buckets[Self::index(ns)].fetch_add(1, Relaxed);
         self.max.fetch_max(ns, Relaxed);
+        self.sum.fetch_add(ns, Relaxed);
+    }
+
+    /// Cumulative counts at the octave edges `2^k - 1` ns for k in
+    /// `from..=to` (see [`DecisionHistogram`]).
+    pub(crate) fn octaves(&self, from: u32, to: u32) -> DecisionHistogram {
+        let counts: [u64; HIST_BUCKETS] = std::array::from_fn(|i| self.buckets[i].load(Relaxed));
+        let mut out = DecisionHistogram { count: counts.iter().sum(), sum_ns: self.sum.load(Relaxed), buckets: Vec::new() };
+        for k in from..=to.min(63) {
+            let bound = (1u64 << k) - 1;
+            let cum = counts.iter().enumerate().filter(|(i, _)| Self::upper(*i) <= bound).map(|(_, c)| c).sum();
+            out.buckets.push((bound, cum));
+        }
+        out
     }
 
     /// The `q` quantile (upper bound of its bucket, at most the max); 0 when
@@ -1077,6 +1110,14 @@ mod tests {
             }
         }
         let h = Histogram::default();
+        // Octave edges count exactly: 3 values under 1023 ns, 1 over.
+        let o = Histogram::default();
+        for v in [5, 1000, 1023, 1024] {
+            o.record(v);
+        }
+        let d = o.octaves(10, 11);
+        assert_eq!(d.buckets, vec![(1023, 3), (2047, 4)]);
+        assert_eq!((d.count, d.sum_ns), (4, 3052));
         assert_eq!(h.quantile(0.5), 0);
         for _ in 0..98 {
             h.record(10_000);

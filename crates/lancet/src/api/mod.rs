@@ -9,14 +9,22 @@
 //! The parts, one file each: [`access`] (who may do what, over which
 //! channel), [`token`] (the TCP bearer token), [`hook_identity`] (the OCI
 //! hook's container, from the peer and the runtime's state), [`routes`],
-//! [`server`] (the listeners) and [`client`].
+//! [`server`] (the listeners), [`client`]; and for the flow map, metrics
+//! and dashboard: [`params`] (checked query parameters), [`views`] (JSON,
+//! text and the live feed), [`ui`] and [`html`] (the dashboard's pages).
 
 pub mod access;
 mod client;
 pub mod hook_identity;
+mod html;
+mod params;
 mod routes;
 mod server;
+#[cfg(test)]
+mod tests;
 pub mod token;
+mod ui;
+mod views;
 
 pub use client::{is_socket_path as client_is_socket, set_token_file, Client};
 pub use hook_identity::HookIdentity;
@@ -72,6 +80,25 @@ pub enum Request {
         since_ns: Option<u64>,
         limit: usize,
     },
+    /// Flow rollups whose last connection is at or after `since_ns`, and
+    /// the containers they name (`container`: only flows touching it).
+    Flows {
+        since_ns: u64,
+        container: Option<String>,
+        limit: usize,
+    },
+    /// The workloads at a glance, for the dashboard.
+    Overview,
+    /// One workload's profile for review (entries, baseline diff).
+    Review {
+        workload: String,
+    },
+    /// Adds what an alert found missing to its workload's profile.
+    AddToProfile {
+        alert: u64,
+    },
+    /// The Prometheus text of `/metrics`.
+    Metrics,
     /// A mutating request the API refused (no root, no token, a hook whose
     /// identity did not check out): recorded in the audit log, not carried
     /// out.
@@ -94,10 +121,20 @@ impl Request {
             Request::Import { .. } => Some(("import".into(), "profile".into())),
             Request::Respond { container, action, .. } => Some((action.clone(), container.clone())),
             Request::Hook { identity } => Some(("hook".into(), identity.id.clone())),
+            Request::AddToProfile { alert } => Some(("add to profile".into(), format!("alert {alert}"))),
             Request::Refused { action, target, .. } => Some((action.clone(), target.clone())),
             _ => None,
         }
     }
+}
+
+/// What the dashboard reads besides the loop's answers: the live alert
+/// feed (every alert the agent writes, as JSON) and `lancet doctor`'s
+/// report, made once at start.
+#[derive(Clone)]
+pub struct Feeds {
+    pub live: tokio::sync::broadcast::Sender<std::sync::Arc<str>>,
+    pub doctor: std::sync::Arc<std::sync::OnceLock<Value>>,
 }
 
 /// Which listener a request came through.

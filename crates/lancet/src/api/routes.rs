@@ -4,8 +4,9 @@
 
 use super::access::{self, Refusal};
 use super::hook_identity::{HookClaim, Verifier};
+use super::params::Params;
 use super::{Call, Caller, Envelope, Request};
-use axum::extract::{Extension, Path as UrlPath, Query, State};
+use axum::extract::{Extension, Path as UrlPath, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,11 +27,21 @@ pub(super) struct Ctx {
     pub(super) tx: SyncSender<Envelope>,
     pub(super) verifier: Arc<Verifier>,
     refusals: Arc<Mutex<(f64, Instant)>>,
+    /// The live alert feed.
+    pub(super) live: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// `lancet doctor`'s report, once it has run (at the agent's start).
+    pub(super) doctor: Arc<std::sync::OnceLock<serde_json::Value>>,
 }
 
 impl Ctx {
-    pub(super) fn new(tx: SyncSender<Envelope>, verifier: Verifier) -> Ctx {
-        Ctx { tx, verifier: Arc::new(verifier), refusals: Arc::new(Mutex::new((REFUSAL_BURST, Instant::now()))) }
+    pub(super) fn new(tx: SyncSender<Envelope>, verifier: Verifier, feeds: super::Feeds) -> Ctx {
+        Ctx {
+            tx,
+            verifier: Arc::new(verifier),
+            refusals: Arc::new(Mutex::new((REFUSAL_BURST, Instant::now()))),
+            live: feeds.live,
+            doctor: feeds.doctor,
+        }
     }
 
     /// Logs a refused change and, within the budget, records it in the
@@ -80,6 +91,7 @@ pub(super) fn control_of(method: &str, path: &str) -> (String, String) {
         ("DELETE", ["v1", "profiles", w]) => ("reset".into(), decode(w)),
         ("POST", ["v1", "containers", c, a]) => (decode(a), decode(c)),
         ("POST", ["v1", "hook"]) => ("hook".into(), String::new()),
+        ("POST", ["v1", "alerts", id, "add-to-profile"]) => ("add to profile".into(), format!("alert {}", decode(id))),
         _ => (format!("{method} {path}"), String::new()),
     }
 }
@@ -107,32 +119,65 @@ pub(super) fn error(status: u16, msg: &str) -> Response {
     (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-async fn ask(ctx: &Ctx, caller: Caller, request: Request) -> Response {
+/// Hands a request to the event loop and waits for its answer.
+pub(super) async fn call(ctx: &Ctx, caller: Caller, request: Request) -> super::Reply {
     let tx = ctx.tx.clone();
-    let res = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let (rtx, rrx) = sync_channel(1);
         tx.send((Call { caller, request }, rtx)).map_err(|_| (503u16, "the agent is shutting down".to_string()))?;
         rrx.recv_timeout(Duration::from_secs(5)).map_err(|_| (504u16, "the agent did not answer in 5 s".to_string()))?
     })
     .await
-    .unwrap_or_else(|e| Err((500, e.to_string())));
-    match res {
+    .unwrap_or_else(|e| Err((500, e.to_string())))
+}
+
+pub(super) async fn ask(ctx: &Ctx, caller: Caller, request: Request) -> Response {
+    match call(ctx, caller, request).await {
         Ok(v) => (StatusCode::OK, Json(v)).into_response(),
         Err((code, msg)) => error(code, &msg),
     }
 }
 
-#[derive(Deserialize)]
-struct AlertParams {
-    since_ns: Option<u64>,
-    container: Option<String>,
-    limit: Option<usize>,
+/// Now, in ns since the epoch.
+pub(super) fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-#[derive(Deserialize)]
-struct AuditParams {
-    since_ns: Option<u64>,
-    limit: Option<usize>,
+/// `GET /v1/alerts?since|since_ns&container&limit`.
+async fn alerts(ctx: Ctx, caller: Caller, query: Option<String>) -> Response {
+    let p = match Params::parse(query.as_deref(), &["since", "since_ns", "container", "limit"]) {
+        Ok(p) => p,
+        Err((c, m)) => return error(c, &m),
+    };
+    let req = (|| {
+        Ok::<_, (u16, String)>(Request::Alerts {
+            since_ns: p.since_ns(now_ns())?,
+            container: p.text("container")?,
+            limit: p.number("limit", 100_000)?.unwrap_or(1000) as usize,
+        })
+    })();
+    match req {
+        Ok(r) => ask(&ctx, caller, r).await,
+        Err((c, m)) => error(c, &m),
+    }
+}
+
+/// `GET /v1/audit?since|since_ns&limit`.
+async fn audit(ctx: Ctx, caller: Caller, query: Option<String>) -> Response {
+    let p = match Params::parse(query.as_deref(), &["since", "since_ns", "limit"]) {
+        Ok(p) => p,
+        Err((c, m)) => return error(c, &m),
+    };
+    let req = (|| {
+        Ok::<_, (u16, String)>(Request::Audit {
+            since_ns: p.since_ns(now_ns())?,
+            limit: p.number("limit", 100_000)?.unwrap_or(1000) as usize,
+        })
+    })();
+    match req {
+        Ok(r) => ask(&ctx, caller, r).await,
+        Err((c, m)) => error(c, &m),
+    }
 }
 
 #[derive(Deserialize)]
@@ -150,7 +195,7 @@ struct RespondBody {
     expire: Option<String>,
 }
 
-type C = Extension<Caller>;
+pub(super) type C = Extension<Caller>;
 
 /// The OCI hook: the claim is checked against the peer and the runtime's
 /// state before the loop sees it.
@@ -196,18 +241,8 @@ pub(super) fn router(ctx: Ctx) -> Router {
                 ask(&c, k, Request::Promote { workload: w, mode: b.mode, force: b.force, dry_run: b.dry_run }).await
             }),
         )
-        .route(
-            "/v1/alerts",
-            get(|State(c): State<Ctx>, Extension(k): C, Query(p): Query<AlertParams>| async move {
-                ask(&c, k, Request::Alerts { since_ns: p.since_ns, container: p.container, limit: p.limit.unwrap_or(1000) }).await
-            }),
-        )
-        .route(
-            "/v1/audit",
-            get(|State(c): State<Ctx>, Extension(k): C, Query(p): Query<AuditParams>| async move {
-                ask(&c, k, Request::Audit { since_ns: p.since_ns, limit: p.limit.unwrap_or(1000) }).await
-            }),
-        )
+        .route("/v1/alerts", get(|State(c): State<Ctx>, Extension(k): C, RawQuery(q): RawQuery| alerts(c, k, q)))
+        .route("/v1/audit", get(|State(c): State<Ctx>, Extension(k): C, RawQuery(q): RawQuery| audit(c, k, q)))
         .route("/v1/containers", get(|State(c): State<Ctx>, Extension(k): C| async move { ask(&c, k, Request::Containers).await }))
         .route(
             "/v1/containers/{container}/{action}",
@@ -223,6 +258,8 @@ pub(super) fn router(ctx: Ctx) -> Router {
         )
         .route("/v1/hook", post(|State(c): State<Ctx>, k: C, claim: Json<HookClaim>| async move { hook(c, k, claim).await }))
         .route("/v1/enforcement", get(|State(c): State<Ctx>, Extension(k): C| async move { ask(&c, k, Request::Enforcement).await }))
+        .merge(super::views::routes())
+        .merge(super::ui::routes())
         .with_state(ctx)
 }
 
@@ -237,6 +274,7 @@ mod tests {
         assert_eq!(control_of("POST", "/v1/profiles"), ("import".into(), "profile".into()));
         assert_eq!(control_of("POST", "/v1/containers/c1/isolate"), ("isolate".into(), "c1".into()));
         assert_eq!(control_of("POST", "/v1/hook"), ("hook".into(), String::new()));
+        assert_eq!(control_of("POST", "/v1/alerts/12/add-to-profile"), ("add to profile".into(), "alert 12".into()));
         assert_eq!(control_of("PUT", "/v1/x"), ("PUT /v1/x".into(), String::new()));
         assert_eq!(percent_decode("a%zz%4"), "a%zz%4");
     }

@@ -25,7 +25,7 @@ use tokio::net::UnixListener;
 pub const DEFAULT_SOCKET: &str = "/run/lancet/lancet.sock";
 
 /// What the API listens on, and who may do what.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiConfig {
     pub socket: PathBuf,
     pub read_group: Option<ReadGroup>,
@@ -37,6 +37,7 @@ pub struct ApiConfig {
     pub host_root: PathBuf,
     /// Our effective uid: the owner of the socket and its directory.
     pub euid: u32,
+    pub feeds: super::Feeds,
 }
 
 /// The peer of a connection on the socket, from SO_PEERCRED at accept.
@@ -207,7 +208,7 @@ pub fn serve(cfg: ApiConfig) -> Result<Inbox> {
         None => None,
     };
     let (tx, rx) = sync_channel(64);
-    let ctx = Ctx::new(tx, Verifier::system(&cfg.host_root));
+    let ctx = Ctx::new(tx, Verifier::system(&cfg.host_root), cfg.feeds.clone());
     let router = routes::router(ctx.clone());
     let unix_app = router
         .clone()

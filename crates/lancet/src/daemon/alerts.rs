@@ -22,6 +22,11 @@ pub(super) struct Alerts {
     pub(super) deduper: Deduper,
     pub(super) out: Option<Box<dyn Write>>,
     pub(super) hostname: String,
+    /// Verdicts and alerts counted for `/metrics`.
+    pub(super) tally: super::metrics::Tally,
+    /// The dashboard's live feed: every alert written, as JSON, to whoever
+    /// listens (nothing is kept when no one does).
+    pub(super) live: Option<tokio::sync::broadcast::Sender<Arc<str>>>,
 }
 
 /// What protect mode did about one verdict.
@@ -58,6 +63,7 @@ impl Alerts {
         mode: Mode,
         v: &Verdict,
         outcome: Outcome,
+        deviation: Option<&lancet_engine::profile::Deviation>,
     ) -> Result<()> {
         let akey = AlertKey { rule: v.rule.to_string(), workload: key.to_string(), subject: summary(ev) };
         let (rule_action, would_block) = effective_action(v.action, mode);
@@ -87,6 +93,10 @@ impl Alerts {
             }
             if !outcome.note.is_empty() {
                 f.insert("lancet.response".into(), json!(outcome.note));
+            }
+            if let Some(d) = deviation {
+                // What "add to profile" adds.
+                f.insert("lancet.deviation".into(), json!(d));
             }
         }
         let id = self.emit(
@@ -158,7 +168,15 @@ impl Alerts {
             out.flush()?;
         }
         row.json = j.to_string();
-        Ok(store.insert_alert(&row)?)
+        self.tally.alert(&row.priority);
+        let id = store.insert_alert(&row)?;
+        if let Some(tx) = self.live.as_ref().filter(|tx| tx.receiver_count() > 0) {
+            // The feed names the stored alert, for "add to profile".
+            let mut with_id = j.clone();
+            with_id["id"] = json!(id);
+            let _ = tx.send(Arc::from(with_id.to_string()));
+        }
+        Ok(id)
     }
 }
 
@@ -179,7 +197,10 @@ impl Daemon {
             Some(a) => Outcome { action: Some(a), enforced: true, note: String::new() },
             None => self.respond_in_protect(ev, c, mode, v),
         };
-        self.alerts.raise(&mut self.store, ev, c, key, mode, v, outcome)
+        let action = outcome.action.unwrap_or(effective_action(v.action, mode).0);
+        self.alerts.tally.verdict(action, outcome.enforced);
+        let deviation = self.deviation.as_ref().filter(|_| matches!(v.policy.as_str(), "profile" | "protect"));
+        self.alerts.raise(&mut self.store, ev, c, key, mode, v, outcome, deviation)
     }
 }
 

@@ -66,9 +66,13 @@ impl Daemon {
                     self.store.alerts(&AlertQuery { since_ns, container, rule: None, limit }).map_err(|e| (500u16, e.to_string()))?;
                 Ok(json!(rows.iter().map(crate::manage::alert_json).collect::<Vec<_>>()))
             }
-            Request::Hook { .. } | Request::Audit { .. } | Request::Refused { .. } => {
-                Err((500u16, "hook, audit and refused requests are answered by `on_call`".to_string()))
+            Request::Hook { .. } | Request::Audit { .. } | Request::Refused { .. } | Request::Metrics => {
+                Err((500u16, "hook, audit, metrics and refused requests are answered by `on_call`".to_string()))
             }
+            Request::Flows { since_ns, container, limit } => self.flows_reply(since_ns, container.as_deref(), limit),
+            Request::Overview => self.overview(),
+            Request::Review { workload } => self.review(&workload),
+            Request::AddToProfile { alert } => self.add_to_profile(alert),
             Request::Respond { container, action, expire } => self.respond(&container, &action, expire),
             Request::Enforcement => Ok(match &self.guarding.protector {
                 Some(p) => p.report(),

@@ -49,6 +49,7 @@ impl Daemon {
             Request::Audit { since_ns, limit } => {
                 self.store.audit(&AuditQuery { since_ns, limit }).map(|rows| json!(rows)).map_err(|e| (500u16, e.to_string()))
             }
+            Request::Metrics => Ok(serde_json::Value::String(self.metrics(pipeline))),
             other => self.answer(other),
         };
         if let Some((action, target)) = control {

@@ -14,7 +14,7 @@ use lancet_engine::attribution::{Attribution, ContainerInfo};
 use lancet_engine::drift::{Drift, DriftKind};
 use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, ProcessRef};
 use lancet_engine::policy::{Action, Severity, Verdict};
-use lancet_engine::profile::{Deviation, Mode};
+use lancet_engine::profile::{Deviation, Mode, Peer, Protocol};
 use lancet_engine::response::{DenyReason, Ladder};
 use lancet_sensor::enforce::{EnforceOp, EnforceReason, EnforceRecord};
 use serde_json::json;
@@ -221,7 +221,30 @@ impl Daemon {
         let Some(c) = self.workloads.containers.get(&id).cloned() else { return Ok(()) };
         let key = workload_key(&c).into_owned();
         let mode = self.workloads.map.get(&key).map(|w| w.profile.mode()).unwrap_or(Mode::Protect);
-        self.alert(&ev, &c, &key, mode, &v, Some(done))
+        self.alerts.tally.backend = Some(match &e {
+            Enforced::ExecDenied { .. } | Enforced::OpenDenied { .. } => "fanotify",
+            Enforced::Kernel(r) => match r.op {
+                EnforceOp::ExecKill => "bpf-exec",
+                EnforceOp::WriteRefused => "immutable",
+                _ => "cgroup-bpf",
+            },
+        });
+        if let Enforced::Kernel(r) = &e {
+            // A refused connection is a flow of the map too.
+            let connect = matches!(r.op, EnforceOp::Connect4 | EnforceOp::Connect6 | EnforceOp::Sendmsg4 | EnforceOp::Sendmsg6);
+            if let (true, true, Some(addr)) = (connect, r.denied, r.addr) {
+                let udp = r.proto == Some(lancet_sensor::enforce::Proto::Udp);
+                self.flows.on_refused(&c, &key, r);
+                if r.reason != EnforceReason::Isolated {
+                    let proto = if udp { Protocol::Udp } else { Protocol::Tcp };
+                    let peer = Peer::from(&self.workloads.peer(addr));
+                    self.deviation = Some(Deviation::NewOutbound { peer, port: r.port, proto });
+                }
+            }
+        }
+        let done = self.alert(&ev, &c, &key, mode, &v, Some(done));
+        self.deviation = None;
+        done
     }
 
     /// Reports what the backends did since the last tick.

@@ -14,13 +14,17 @@ mod alerts;
 mod answers;
 mod control;
 mod drift;
+mod flows;
 mod guarding;
+mod metrics;
 mod policies;
 mod seed;
 mod settings;
+mod views;
 mod workloads;
 
 pub use settings::RunArgs;
+pub(crate) use views::flows_json;
 
 use crate::agent::{hostname, run_loop};
 use crate::api::{self, ApiConfig};
@@ -62,8 +66,13 @@ struct Daemon {
     writes: WriteLog,
     alerts: Alerts,
     guarding: Guarding,
+    /// Who talks to whom: the flow map's table.
+    flows: flows::Flows,
     /// Reused buffer of one event's verdicts.
     verdicts: Vec<Verdict>,
+    /// What the event being alerted is missing from its profile: put in the
+    /// alert (`lancet.deviation`) so that "add to profile" can add it.
+    deviation: Option<lancet_engine::profile::Deviation>,
     last_second: Instant,
     last_prune: Instant,
 }
@@ -114,6 +123,14 @@ impl Daemon {
             }
             d
         };
+        let scan = match &ev.kind {
+            EventKind::Net(n) => self.flows.on_net(now, ev.process.pid, c, &key, n, Some((&w.profile, w.generation)), peer.as_ref()),
+            EventKind::Exec(_) => {
+                self.flows.see(c, &key, ev.process.pid);
+                None
+            }
+            _ => None,
+        };
         if mode == Mode::Protect {
             self.ensure_guarded(c, &key);
         }
@@ -156,15 +173,18 @@ impl Daemon {
                 });
             }
         }
+        if let Some(s) = scan {
+            verdicts.push(flows::scan_verdict(s, &c.name, self.flows.table.limits().scan_new_keys));
+        }
         self.policies.set.evaluate(ev, Some(c), deviation.is_some(), &mut verdicts);
         // In protect mode a deviation is always refused; a matching
         // alert-only rule adds its alert, never removes the block.
         with_deviation(&mut verdicts, deviation.as_ref(), mode);
-        for v in &verdicts {
-            self.alert(ev, c, &key, mode, v, None)?;
-        }
+        self.deviation = deviation;
+        let done = verdicts.iter().try_for_each(|v| self.alert(ev, c, &key, mode, v, None));
+        self.deviation = None;
         self.verdicts = verdicts;
-        Ok(())
+        done
     }
 
     /// One alert per container that came up with a new version of a
@@ -255,6 +275,7 @@ impl Daemon {
     fn adopt(&mut self, existing: Vec<Arc<lancet_engine::attribution::ContainerInfo>>) {
         let now = now_ns();
         for c in existing {
+            self.flows.see(&c, &workload_key(&c), c.pid.unwrap_or(0));
             self.workloads.adopt(&mut self.store, &self.guarding.cgroup2, c, now);
         }
         self.sync_protection();
@@ -267,6 +288,7 @@ impl Daemon {
         self.alerts.fold_repeats(&mut self.store, now)?;
         self.report_image_updates()?;
         self.workloads.persist(&mut self.store, &self.settings.lifecycle, now)?;
+        self.flows.persist(&mut self.store, &self.workloads, now)?;
         self.store.flush()?;
         self.sync_protection();
         self.report_tampering()?;
@@ -301,6 +323,17 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     // Created at the first start and kept, so a TCP client can be given it
     // before `--listen` is turned on.
     let token = api::token::Token::load_or_create(&settings.state_dir, euid)?;
+    // The dashboard's live feed, and the host's guarantees (probed once,
+    // off the loop: loading test programs takes a moment).
+    let (live, _) = tokio::sync::broadcast::channel::<Arc<str>>(256);
+    let doctor = Arc::new(std::sync::OnceLock::new());
+    {
+        let (doctor, host_root) = (Arc::clone(&doctor), host_root.to_path_buf());
+        std::thread::Builder::new().name("lancet-doctor".into()).spawn(move || {
+            let r = crate::doctor::report(&host_root);
+            let _ = doctor.set(serde_json::to_value(&r).unwrap_or_default());
+        })?;
+    }
     let inbox = api::serve(ApiConfig {
         socket: settings.socket.clone(),
         read_group,
@@ -308,6 +341,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         token: Some(token),
         host_root: host_root.to_path_buf(),
         euid,
+        feeds: api::Feeds { live: live.clone(), doctor },
     })?;
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -326,6 +360,8 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
             deduper: Deduper::new(AlertLimits { dedupe_window: settings.dedupe_window, ..AlertLimits::default() }),
             out,
             hostname: hostname(),
+            tally: Default::default(),
+            live: Some(live.clone()),
         },
         guarding: Guarding::new(settings.protect.clone(), cgroup2, protect_at_start),
         workloads: Workloads::new(settings.mode, baselines),
@@ -333,7 +369,9 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         store,
         policies,
         writes: WriteLog::new(WRITE_LOG_PER_CONTAINER, WRITE_LOG_CONTAINERS),
+        flows: flows::Flows::new(),
         verdicts: Vec::new(),
+        deviation: None,
         last_second: Instant::now(),
         last_prune: Instant::now(),
     };

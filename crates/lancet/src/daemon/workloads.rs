@@ -27,16 +27,27 @@ pub(super) struct Workload {
     /// A snapshot for the enforcement backends, taken when first needed
     /// after a change (protect-mode profiles change rarely: import, promote).
     shared: Option<Arc<Profile>>,
+    /// Unique to this profile's current content (a new number at every
+    /// change, never reused): what the flow map's cached verdicts are
+    /// checked against.
+    pub(super) generation: u64,
+}
+
+/// The next [`Workload::generation`].
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Workload {
     pub(super) fn new(profile: Profile) -> Self {
-        Workload { profile, dirty: true, last_deviation: None, last_used: 0, shared: None }
+        Workload { profile, dirty: true, last_deviation: None, last_used: 0, shared: None, generation: next_generation() }
     }
 
     pub(super) fn changed(&mut self) {
         self.dirty = true;
         self.shared = None;
+        self.generation = next_generation();
     }
 
     pub(super) fn shared(&mut self) -> Arc<Profile> {

@@ -482,6 +482,12 @@ impl Protector {
         }
     }
 
+    /// The permission guard's decision times (None when it is not
+    /// running).
+    pub fn decision_histogram(&self) -> Option<lancet_sensor::fanotify::DecisionHistogram> {
+        self.perm.as_ref().map(|p| p.decision_histogram())
+    }
+
     /// Backends and their state, for `GET /v1/enforcement` and doctor.
     pub fn report(&self) -> serde_json::Value {
         let mut holds: Vec<serde_json::Value> = Vec::new();

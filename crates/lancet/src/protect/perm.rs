@@ -213,6 +213,11 @@ impl PermBackend {
         })
     }
 
+    /// Decision times, for the Prometheus histogram.
+    pub(super) fn decision_histogram(&self) -> lancet_sensor::fanotify::DecisionHistogram {
+        self.guard.decision_histogram()
+    }
+
     pub(super) fn stats(&self) -> serde_json::Value {
         let s = self.guard.stats();
         serde_json::json!({
