@@ -1,7 +1,8 @@
 //! `cargo xtask bench-map`: what the flow map and the dashboard cost, in one
-//! run, against today's agent (the `lancet` of the commit this branch
-//! started from, built from `git merge-base HEAD main`, or `--baseline
-//! BIN`), alternating rounds, medians:
+//! run, against an agent without them (`--baseline-rev REV` built from that
+//! commit, or `--baseline BIN`; by default the commit a branch started from,
+//! `git merge-base HEAD main`, which on main itself is no baseline at all and
+//! is refused), alternating rounds, medians:
 //!
 //! 1. flow tracking: 10 000 TCP connections a second between two containers
 //!    for 10 s; the agent's CPU, today's against this one's;
@@ -71,13 +72,23 @@ fn setup(root: &Path, work: &Path) -> Result<Setup> {
     Ok(Setup { srv_ip: ip_of(&srv)?, srv2_ip: ip_of(&srv2)?, cli, _fixture: fixture })
 }
 
-/// Today's agent: built from the merge base with main (sources from `git
-/// archive`, so no worktree is made), unless one is given.
-fn baseline(root: &Path, target: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
+/// The agent to compare with: built from `rev`, or the merge base with main
+/// (sources from `git archive`, so no worktree is made), unless one is given.
+fn baseline(root: &Path, target: &Path, given: Option<PathBuf>, rev: Option<&str>) -> Result<PathBuf> {
     if let Some(b) = given {
         return Ok(b);
     }
-    let rev = sh(Command::new("git").args(["merge-base", "HEAD", "main"]).current_dir(root))?.trim().to_string();
+    let git = |args: &[&str]| -> Result<String> { Ok(sh(Command::new("git").args(args).current_dir(root))?.trim().to_string()) };
+    let rev = match rev {
+        Some(r) => git(&["rev-parse", "--verify", &format!("{r}^{{commit}}")]).with_context(|| format!("--baseline-rev {r}"))?,
+        None => {
+            let base = git(&["merge-base", "HEAD", "main"])?;
+            if base == git(&["rev-parse", "HEAD"])? {
+                bail!("HEAD is on main: name the agent to compare with (--baseline-rev REV or --baseline BIN)");
+            }
+            base
+        }
+    };
     let dir = target.join("bench-baseline");
     let src = dir.join(format!("src-{}", &rev[..12]));
     if !src.join("Cargo.toml").exists() {
@@ -232,6 +243,7 @@ fn open_pages(api: &str, work: &Path) -> Result<(Pages, &'static str)> {
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let given = args.iter().position(|a| a == "--baseline").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+    let rev = args.iter().position(|a| a == "--baseline-rev").and_then(|i| args.get(i + 1)).map(String::as_str);
     let rounds = match args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)) {
         Some(n) => n.parse().context("--rounds N")?,
         None if quick => 1,
@@ -245,7 +257,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         bail!("cargo build failed");
     }
     let new = target.join("release/lancet");
-    let base = baseline(root, &target, given)?;
+    let base = baseline(root, &target, given, rev)?;
     let work = std::env::temp_dir().join(format!("lancet-bench-map-{}", std::process::id()));
     let s = setup(root, &work)?;
     // Warm the paths.

@@ -19,5 +19,6 @@ mod prop_util;
 pub mod replay;
 pub mod response;
 mod yaml_guard;
+pub use yaml_guard::error_position as yaml_error_position;
 
 pub use event::{Event, EventKind};

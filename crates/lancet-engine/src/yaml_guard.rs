@@ -11,6 +11,21 @@
 //! (quoted scalars, block scalars, comments, plain scalars, which may hold
 //! `[` and `{`), so no document serde_norway could read is refused.
 
+/// Where a serde_norway error is, as 1-based line and column (in
+/// characters) counted the way editors count: lines end at `\n` only.
+/// libyaml also ends lines at a lone `\r`, U+0085, U+2028 and U+2029, so its
+/// own line numbers can point past a file's last line; its byte index does
+/// not depend on that.
+pub fn error_position(text: &str, e: &serde_norway::Error) -> Option<(usize, usize)> {
+    let mut i = e.location()?.index().min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    let before = &text[..i];
+    let start = before.rfind('\n').map_or(0, |p| p + 1);
+    Some((before.bytes().filter(|&b| b == b'\n').count() + 1, before[start..].chars().count() + 1))
+}
+
 /// serde_norway's own nesting limit: a document whose flow collections
 /// nest deeper cannot be read whatever its content.
 pub(crate) const MAX_FLOW_DEPTH: usize = 128;
@@ -199,6 +214,16 @@ mod tests {
 
     fn value_reads(text: &str) -> bool {
         serde_norway::from_str::<serde_norway::Value>(text).is_ok()
+    }
+
+    #[test]
+    fn errors_are_placed_on_the_lines_an_editor_shows() {
+        let at = |text: &str| error_position(text, &serde_norway::from_str::<serde_norway::Value>(text).unwrap_err());
+        // libyaml ends a line at U+2028 too (it says line 2 of a one-line
+        // file); an editor shows one line.
+        assert_eq!(at("Σ: 𞺫\u{2028}ⶨ"), Some((1, 7)));
+        assert_eq!(at("a: 1\r\nb: [\r\n"), Some((3, 1)));
+        assert_eq!(at("a: 1\nb: 2\n  c: 3\n"), Some((3, 4)));
     }
 
     #[test]

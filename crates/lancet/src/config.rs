@@ -87,7 +87,7 @@ pub fn load_file(path: &Path, explicit: bool) -> Result<FileConfig> {
         return Ok(FileConfig::default());
     }
     serde_norway::from_str(&text).map_err(|e| {
-        let at = e.location().map(|l| format!("{}:{}:", l.line(), l.column())).unwrap_or_default();
+        let at = lancet_engine::yaml_error_position(&text, &e).map(|(l, c)| format!("{l}:{c}:")).unwrap_or_default();
         anyhow::anyhow!("{}:{at} {e}", path.display())
     })
 }

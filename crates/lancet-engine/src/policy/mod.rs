@@ -498,14 +498,14 @@ impl fmt::Display for PolicyError {
 }
 
 impl PolicyError {
-    fn from_yaml(file: &str, e: &serde_norway::Error) -> Self {
+    fn from_yaml(file: &str, text: &str, e: &serde_norway::Error) -> Self {
         let message = e.to_string();
-        match e.location() {
-            Some(loc) => {
+        match (e.location(), crate::yaml_guard::error_position(text, e)) {
+            (Some(loc), Some((line, column))) => {
                 let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-                PolicyError { file: file.into(), line: loc.line(), column: loc.column(), message: message.replacen(&suffix, "", 1) }
+                PolicyError { file: file.into(), line, column, message: message.replacen(&suffix, "", 1) }
             }
-            None => PolicyError { file: file.into(), line: 0, column: 0, message },
+            _ => PolicyError { file: file.into(), line: 0, column: 0, message },
         }
     }
 }
@@ -529,7 +529,7 @@ pub fn parse_policies(text: &str, file: &str) -> Result<Vec<Policy>, Vec<PolicyE
             Ok(serde_norway::Value::Null) => {}
             Ok(_) => docs.push(i),
             Err(e) => {
-                errors.push(PolicyError::from_yaml(file, &e));
+                errors.push(PolicyError::from_yaml(file, text, &e));
                 break;
             }
         }
@@ -543,7 +543,7 @@ pub fn parse_policies(text: &str, file: &str) -> Result<Vec<Policy>, Vec<PolicyE
         }
         match Policy::deserialize(de) {
             Ok(p) => policies.push((i, p)),
-            Err(e) => errors.push(PolicyError::from_yaml(file, &e)),
+            Err(e) => errors.push(PolicyError::from_yaml(file, text, &e)),
         }
     }
     // Pass 3: meaning (globs, CIDRs, names), placed by walking the
@@ -627,7 +627,7 @@ pub(crate) struct Issue {
 fn locate(text: &str, doc: usize, path: &[Seg]) -> Option<(usize, usize)> {
     let de = serde_norway::Deserializer::from_str(text).nth(doc)?;
     let err = Locate(path).deserialize(de).err()?;
-    err.location().map(|l| (l.line(), l.column()))
+    crate::yaml_guard::error_position(text, &err)
 }
 
 struct Locate<'a>(&'a [Seg]);

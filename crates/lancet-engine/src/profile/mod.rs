@@ -1353,17 +1353,12 @@ impl Profile {
         }
         let mut p: Profile = serde_norway::from_str(text).map_err(|e| {
             let message = e.to_string();
-            match e.location() {
-                Some(loc) => {
+            match (e.location(), crate::yaml_guard::error_position(text, &e)) {
+                (Some(loc), Some((line, column))) => {
                     let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-                    ProfileError::Syntax {
-                        file: file_name.to_string(),
-                        line: loc.line(),
-                        column: loc.column(),
-                        message: message.replacen(&suffix, "", 1),
-                    }
+                    ProfileError::Syntax { file: file_name.to_string(), line, column, message: message.replacen(&suffix, "", 1) }
                 }
-                None => ProfileError::Invalid { file: file_name.to_string(), message },
+                _ => ProfileError::Invalid { file: file_name.to_string(), message },
             }
         })?;
         p.index = Index::build(&p.spec).map_err(|m| ProfileError::Invalid { file: file_name.to_string(), message: format!("spec.{m}") })?;
