@@ -136,18 +136,24 @@ impl Store {
     }
 
     /// The hourly rows whose last observation is at or after `since_ns`,
-    /// oldest hour first; at most `limit` (0: no limit).
-    pub fn flows(&self, since_ns: u64, limit: usize) -> Result<Vec<FlowRecord>> {
+    /// with a container end named `container` (its name, or a prefix of at
+    /// least 3 characters of its id) when given; newest hour first, so that
+    /// a `limit` (0: none) cuts the oldest.
+    pub fn flows(&self, since_ns: u64, container: Option<&str>, limit: usize) -> Result<Vec<FlowRecord>> {
         let hour = since_ns - since_ns % HOUR_NS;
         let limit = if limit == 0 { -1 } else { i64::try_from(limit).unwrap_or(i64::MAX) };
         self.conn
             .prepare_cached(
                 "SELECT hour_ns, src_kind, src, src_name, src_workload, dst_kind, dst, dst_name, dst_workload, port, proto,
                         connections, failed, refused, bytes_out, bytes_in, first_ns, last_ns, verdict, rule
-                 FROM flows WHERE hour_ns >= ?1 AND last_ns >= ?2 ORDER BY hour_ns, src_kind, src, dst_kind, dst, port, proto LIMIT ?3",
+                 FROM flows WHERE hour_ns >= ?1 AND last_ns >= ?2
+                   AND (?4 IS NULL
+                        OR (src_kind = 'container' AND (src_name = ?4 OR (length(?4) >= 3 AND substr(src, 1, length(?4)) = ?4)))
+                        OR (dst_kind = 'container' AND (dst_name = ?4 OR (length(?4) >= 3 AND substr(dst, 1, length(?4)) = ?4))))
+                 ORDER BY hour_ns DESC, src_kind, src, dst_kind, dst, port, proto LIMIT ?3",
             )
             .and_then(|mut s| {
-                s.query_map(params![to_i64(hour), to_i64(since_ns), limit], |r| {
+                s.query_map(params![to_i64(hour), to_i64(since_ns), limit, container], |r| {
                     Ok(FlowRecord {
                         hour_ns: to_u64(r.get(0)?),
                         src: FlowEndRecord { kind: r.get(1)?, id: r.get(2)?, name: r.get(3)?, workload: r.get(4)? },

@@ -47,20 +47,27 @@ fn deltas_are_summed_into_their_hour() {
     // The next hour is a row of its own.
     s.add_flows(&[delta(T0 + HOUR_NS + S, "a", "1.2.3.4", 80, 7, "refused")]).unwrap();
     s.flush().unwrap();
-    let rows = s.flows(T0, 0).unwrap();
+    let rows = s.flows(T0, None, 0).unwrap();
     assert_eq!(rows.len(), 3);
-    let r = &rows[0];
+    // Newest hour first.
+    assert_eq!(rows[0].hour_ns, T0 + HOUR_NS);
+    let r = &rows[1];
     assert_eq!((r.hour_ns, r.port, r.connections, r.failed, r.bytes_out, r.bytes_in), (T0, 80, 6, 3, 60, 600));
     assert_eq!((r.first_ns, r.last_ns), (T0 + S, T0 + 30 * S + 5));
     assert_eq!((r.verdict.as_str(), r.rule.as_str()), ("unlisted", "unlisted rule"), "the latest observation's verdict");
     assert_eq!(r.src.name, "a-name");
-    assert_eq!(rows[2].hour_ns, T0 + HOUR_NS);
+    assert_eq!(rows[2].port, 443);
     // Only rows seen since a time.
-    assert_eq!(s.flows(T0 + HOUR_NS, 0).unwrap().len(), 1);
-    assert_eq!(s.flows(T0, 2).unwrap().len(), 2, "limit");
+    assert_eq!(s.flows(T0 + HOUR_NS, None, 0).unwrap().len(), 1);
+    let newest = s.flows(T0, None, 2).unwrap();
+    assert_eq!(newest.iter().map(|r| r.hour_ns).collect::<Vec<_>>(), [T0 + HOUR_NS, T0], "a limit cuts the oldest");
+    // Rows of one container, by name or id prefix, before the limit.
+    assert_eq!(s.flows(T0, Some("a-name"), 0).unwrap().len(), 3);
+    assert_eq!(s.flows(T0, Some("other"), 0).unwrap().len(), 0);
+    assert_eq!(s.flows(T0, Some("a-name"), 1).unwrap().len(), 1);
     // A reader in another connection sees what was committed.
     let r = Store::open_read_only(s.path()).unwrap();
-    assert_eq!(r.flows(0, 0).unwrap().len(), 3);
+    assert_eq!(r.flows(0, None, 0).unwrap().len(), 3);
 }
 
 #[test]
@@ -100,8 +107,8 @@ fn retention_by_age_and_count() {
     // rows, over the cap of 4, so hours 7 and 8 go too.
     assert_eq!(stats.flows_expired, 14);
     assert_eq!(stats.flows_capped, 4);
-    let hours: Vec<u64> = s.flows(0, 0).unwrap().iter().map(|r| (r.hour_ns - T0) / HOUR_NS).collect();
-    assert_eq!(hours, vec![9, 9, 10, 10]);
+    let hours: Vec<u64> = s.flows(0, None, 0).unwrap().iter().map(|r| (r.hour_ns - T0) / HOUR_NS).collect();
+    assert_eq!(hours, vec![10, 10, 9, 9]);
     assert!(s.flow_nodes().unwrap().is_empty(), "nodes not seen within the retention go too");
     // The current hour is never dropped for the cap.
     for p in 0..10u16 {
@@ -109,7 +116,7 @@ fn retention_by_age_and_count() {
     }
     let stats = s.prune(now).unwrap();
     assert_eq!(stats.flows_capped, 2, "hour 9 only");
-    assert_eq!(s.flows(0, 0).unwrap().len(), 12);
+    assert_eq!(s.flows(0, None, 0).unwrap().len(), 12);
 }
 
 #[test]
@@ -127,7 +134,7 @@ fn a_store_of_the_previous_schema_is_migrated() {
         c.execute_batch("DROP TABLE flows; DROP TABLE flow_nodes; PRAGMA user_version = 2;").unwrap();
     }
     let s = Store::open(&path, StoreOptions::default()).unwrap();
-    assert!(s.flows(0, 0).unwrap().is_empty());
+    assert!(s.flows(0, None, 0).unwrap().is_empty());
 }
 
 #[test]

@@ -169,20 +169,24 @@ impl Graph {
         g
     }
 
-    fn label_of(&self, id: &str) -> String {
-        self.nodes.iter().find(|n| n.id == id).map(|n| n.label.clone()).unwrap_or_else(|| id.to_string())
+    /// Each node's label by its id: one lookup per edge end (a search
+    /// per edge would make a large map quadratic).
+    pub fn labels(&self) -> std::collections::HashMap<&str, &str> {
+        self.nodes.iter().map(|n| (n.id.as_str(), n.label.as_str())).collect()
     }
 
     /// Aligned columns, busiest edges first.
     pub fn to_table(&self) -> String {
+        let labels = self.labels();
+        let label_of = |id: &str| labels.get(id).copied().unwrap_or(id).to_string();
         let mut edges: Vec<&Edge> = self.edges.iter().collect();
         edges.sort_by(|a, b| (b.connections + b.failed + b.refused).cmp(&(a.connections + a.failed + a.refused)).then(a.id.cmp(&b.id)));
         let rows: Vec<[String; 9]> = edges
             .iter()
             .map(|e| {
                 [
-                    self.label_of(&e.source),
-                    self.label_of(&e.target),
+                    label_of(&e.source),
+                    label_of(&e.target),
                     format!("{}/{}", e.port, e.proto),
                     e.verdict.clone(),
                     e.connections.to_string(),

@@ -290,6 +290,11 @@ impl FlowTable {
             + map_bytes(limits.scan_sources, std::mem::size_of::<((Endpoint, bool), Window)>())
     }
 
+    /// Whether `key` has a row of its own this hour.
+    pub fn has_row(&self, key: &FlowKey) -> bool {
+        self.rows.contains_key(key)
+    }
+
     /// Counts one observation. No allocation: the maps were sized when the
     /// table was made, and an insert happens only below that size.
     pub fn record(&mut self, key: FlowKey, o: &Observation) -> Recorded {

@@ -25,7 +25,12 @@ fn decode(s: &str) -> Result<String, Bad> {
                 let hex = |c: u8| (c as char).to_digit(16);
                 match (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
                     (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
-                    _ => return Err(bad(format!("malformed percent-escape in the query string near {:?}", &s[i..s.len().min(i + 3)]))),
+                    // Near what, in characters: the bytes after `%` may be
+                    // the middle of one.
+                    _ => {
+                        let near: String = s[i..].chars().take(3).collect();
+                        return Err(bad(format!("malformed percent-escape in the query string near {near:?}")));
+                    }
                 }
                 i += 3;
             }
@@ -49,6 +54,8 @@ pub struct Params(BTreeMap<String, String>);
 
 impl Params {
     /// Parses `query` (without the `?`), refusing names not in `allowed`.
+    /// A name with an empty value counts as not given: that is how an HTML
+    /// form without JavaScript sends a field left blank.
     pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<Params, Bad> {
         let mut m = BTreeMap::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -62,6 +69,7 @@ impl Params {
                 return Err(bad(format!("query parameter {k:?} is given more than once")));
             }
         }
+        m.retain(|_, v| !v.is_empty());
         Ok(Params(m))
     }
 
@@ -69,12 +77,17 @@ impl Params {
         self.0.get(name).map(String::as_str)
     }
 
-    /// A non-empty text.
+    /// A text (never empty: empty values are not given).
     pub fn text(&self, name: &str) -> Result<Option<String>, Bad> {
-        match self.str(name) {
-            None => Ok(None),
-            Some("") => Err(bad(format!("{name}: must not be empty"))),
-            Some(v) => Ok(Some(v.to_string())),
+        Ok(self.str(name).map(str::to_string))
+    }
+
+    /// A row limit: 1 to `max` (the store reads 0 as "no limit", which a
+    /// reader must not be able to ask for).
+    pub fn limit(&self, name: &str, max: u64) -> Result<Option<usize>, Bad> {
+        match self.number(name, max)? {
+            Some(0) => Err(bad(format!("{name}: at least 1"))),
+            n => Ok(n.map(|n| n as usize)),
         }
     }
 
@@ -132,6 +145,13 @@ mod tests {
         assert_eq!(p.choice("format", &["json", "dot"]).unwrap(), Some("dot"));
         assert!(Params::parse(None, &[]).is_ok());
         assert!(Params::parse(Some(""), &[]).is_ok());
+        // A form's blank fields are not given.
+        let p = Params::parse(Some("since=&container="), &["since", "container"]).unwrap();
+        assert_eq!((p.text("container").unwrap(), p.since_ns(5).unwrap()), (None, None));
+        let p = Params::parse(Some("limit=5"), &["limit"]).unwrap();
+        assert_eq!(p.limit("limit", 10).unwrap(), Some(5));
+        let p = Params::parse(Some("limit=0"), &["limit"]).unwrap();
+        assert!(p.limit("limit", 10).unwrap_err().1.contains("at least 1"));
     }
 
     #[test]
@@ -164,7 +184,12 @@ mod tests {
         assert!(reason("format=xml").contains("expected one of json"));
         assert!(reason("limit=1&limit=2").contains("more than once"));
         assert!(reason("container=%zz").contains("percent-escape"));
-        assert!(reason("container=").contains("must not be empty"));
+        assert!(reason("container=%e2%82").contains("not UTF-8"));
+        // A raw multi-byte character after `%` (what a client may send
+        // unencoded) is a 400, not a slice inside a character.
+        let r = reason("container=%€");
+        assert!(r.contains("percent-escape in the query string near \"%€\""), "{r}");
+        assert!(reason("container=%\u{10348}x").contains("percent-escape"));
         assert!(reason("container=%ff").contains("not UTF-8"));
     }
 }

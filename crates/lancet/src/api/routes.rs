@@ -153,7 +153,7 @@ async fn alerts(ctx: Ctx, caller: Caller, query: Option<String>) -> Response {
         Ok::<_, (u16, String)>(Request::Alerts {
             since_ns: p.since_ns(now_ns())?,
             container: p.text("container")?,
-            limit: p.number("limit", 100_000)?.unwrap_or(1000) as usize,
+            limit: p.limit("limit", 100_000)?.unwrap_or(1000),
         })
     })();
     match req {
@@ -168,12 +168,9 @@ async fn audit(ctx: Ctx, caller: Caller, query: Option<String>) -> Response {
         Ok(p) => p,
         Err((c, m)) => return error(c, &m),
     };
-    let req = (|| {
-        Ok::<_, (u16, String)>(Request::Audit {
-            since_ns: p.since_ns(now_ns())?,
-            limit: p.number("limit", 100_000)?.unwrap_or(1000) as usize,
-        })
-    })();
+    let req =
+        (|| Ok::<_, (u16, String)>(Request::Audit { since_ns: p.since_ns(now_ns())?, limit: p.limit("limit", 100_000)?.unwrap_or(1000) }))(
+        );
     match req {
         Ok(r) => ask(&ctx, caller, r).await,
         Err((c, m)) => error(c, &m),

@@ -206,7 +206,8 @@ async fn map_page(ctx: Ctx, caller: super::Caller, q: Option<String>) -> Result<
     let rows: Vec<FlowRow> = serde_json::from_value(v["rows"].clone()).map_err(|e| (500, e.to_string()))?;
     let nodes: Vec<FlowNode> = serde_json::from_value(v["nodes"].clone()).map_err(|e| (500, e.to_string()))?;
     let g = Graph::build(&rows, &nodes, container.as_deref());
-    let label = |id: &str| g.nodes.iter().find(|n| n.id == id).map(|n| n.label.clone()).unwrap_or_else(|| id.to_string());
+    let labels = g.labels();
+    let label = |id: &str| labels.get(id).copied().unwrap_or(id).to_string();
     let mut src = format!("/v1/map?format=json&since={}", seg(&since));
     if let Some(c) = &container {
         let _ = write!(src, "&container={}", seg(c));

@@ -44,7 +44,7 @@ async fn flows(ctx: Ctx, caller: super::Caller, q: Option<String>) -> Response {
             let req = Request::Flows {
                 since_ns: since_or_hour(&p)?,
                 container: p.text("container")?,
-                limit: p.number("limit", MAP_ROWS as u64)?.unwrap_or(10_000) as usize,
+                limit: p.limit("limit", MAP_ROWS as u64)?.unwrap_or(10_000),
             };
             Ok(ask(&ctx, caller, req).await)
         }

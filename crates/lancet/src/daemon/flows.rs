@@ -56,6 +56,10 @@ pub(super) struct Flows {
     addresses: HashMap<IpAddr, NodeId>,
     host: HashSet<IpAddr>,
     host_read: Option<Instant>,
+    /// The host's network namespace: a container that shares it
+    /// (`--network host`) has the host's addresses, which must never be
+    /// taken for its own (the host's traffic would be drawn as its).
+    host_netns: Option<u32>,
     /// Connections of containers that could not be numbered.
     pub(super) unnumbered: u64,
     rows: Vec<FlowRecord>,
@@ -84,6 +88,7 @@ impl Flows {
             addresses: HashMap::new(),
             host: HashSet::new(),
             host_read: None,
+            host_netns: crate::protect::netns_inode(1),
             unnumbered: 0,
             rows: Vec::new(),
             last: None,
@@ -125,6 +130,9 @@ impl Flows {
         // Its addresses before its first connection is seen from the other
         // side: a peer that connects first is then named right away.
         for p in [c.pid, Some(pid)].into_iter().flatten().filter(|p| *p != 0) {
+            if self.host_netns.is_some() && crate::protect::netns_inode(p) == self.host_netns {
+                break;
+            }
             let found = crate::protect::netns_addresses(p);
             if !found.is_empty() {
                 for ip in found {
@@ -181,6 +189,16 @@ impl Flows {
         e
     }
 
+    /// A remote end as profiles name it (for a close, whose event carries no
+    /// peer): a container here by its workload, else its address.
+    fn peer_of(&self, e: Endpoint) -> Option<PeerRef> {
+        match e {
+            Endpoint::Container(n) => self.nodes.get(n as usize)?.as_ref().map(|node| PeerRef::Workload(node.workload.clone())),
+            Endpoint::Host(ip) | Endpoint::Ip(ip) => Some(PeerRef::Ip(ip)),
+            Endpoint::Others => None,
+        }
+    }
+
     /// The verdict of a new connection of `key` (inbound: judged by the
     /// accepting side's profile), reused while the same flow repeats under
     /// the same profile.
@@ -235,7 +253,9 @@ impl Flows {
             return None;
         }
         let me = self.node(c, key, pid)?;
-        self.learn_address(me, n.saddr);
+        if Some(n.netns) != self.host_netns {
+            self.learn_address(me, n.saddr);
+        }
         let remote = self.endpoint(n.daddr, me);
         let p = proto(n.proto);
         let (key, o) = match n.op {
@@ -256,17 +276,34 @@ impl Flows {
             }
             NetOp::Close => {
                 let t = n.totals?;
-                match t.outbound {
-                    Some(true) => {
-                        let o = Observation { time_ns, bytes_out: t.bytes_sent, bytes_in: t.bytes_received, ..Default::default() };
-                        (FlowKey { src: Endpoint::Container(me), dst: remote, port: n.dport, proto: p }, o)
-                    }
-                    Some(false) if !matches!(remote, Endpoint::Container(_)) => {
-                        let o = Observation { time_ns, bytes_out: t.bytes_received, bytes_in: t.bytes_sent, ..Default::default() };
-                        (FlowKey { src: remote, dst: Endpoint::Container(me), port: n.sport, proto: p }, o)
-                    }
+                let (key, inbound, port, bytes_out, bytes_in) = match t.outbound {
+                    Some(true) => (
+                        FlowKey { src: Endpoint::Container(me), dst: remote, port: n.dport, proto: p },
+                        false,
+                        n.dport,
+                        t.bytes_sent,
+                        t.bytes_received,
+                    ),
+                    Some(false) if !matches!(remote, Endpoint::Container(_)) => (
+                        FlowKey { src: remote, dst: Endpoint::Container(me), port: n.sport, proto: p },
+                        true,
+                        n.sport,
+                        t.bytes_received,
+                        t.bytes_sent,
+                    ),
                     _ => return None,
-                }
+                };
+                // A close is usually counted on its connection's row. When it
+                // is the first its row sees (a connection older than the
+                // hour, or than the agent), it is judged as its connection
+                // would be: a row must say what decides it.
+                let verdict = if self.table.has_row(&key) {
+                    None
+                } else {
+                    let peer = peer.cloned().or_else(|| self.peer_of(remote));
+                    self.verdict(key, inbound, port, profile, peer.as_ref())
+                };
+                (key, Observation { time_ns, bytes_out, bytes_in, verdict, ..Default::default() })
             }
             NetOp::Listen | NetOp::Bind => return None,
         };
@@ -533,5 +570,38 @@ mod tests {
         let r = rows(&mut f);
         assert_eq!(r[0].1.verdict, Verdict::Allowed);
         assert_eq!(r[0].1.decider, Decider::Entry { inbound: false, index: 0 });
+    }
+
+    #[test]
+    fn a_close_that_opens_its_row_says_what_decides_it() {
+        // A connection older than the hour (or the agent): its close is the
+        // first its row sees, and must not read "learning" with no entry.
+        let mut f = Flows::new();
+        let a = container("a");
+        let peer = PeerRef::Ip("10.0.0.5".parse().unwrap());
+        let mut p = Profile::new("img", "w", 1);
+        p.set_mode(Mode::Monitor, 1);
+        let out = TcpTotals { bytes_sent: 10, bytes_received: 20, outbound: Some(true) };
+        f.on_net(1, 1, &a, "w", &net(NetOp::Close, ("10.0.0.1", 5000), ("10.0.0.5", 443), Some(out)), Some((&p, 1)), Some(&peer));
+        let r = rows(&mut f);
+        assert_eq!((r[0].1.connections, r[0].1.bytes_out), (0, 10));
+        assert_eq!((r[0].1.verdict, r[0].1.decider), (Verdict::Unlisted, Decider::NotInProfile { inbound: false }));
+    }
+
+    #[test]
+    fn a_container_on_the_hosts_network_never_takes_the_hosts_addresses() {
+        let mut f = Flows::new();
+        let Some(host_netns) = f.host_netns else { return };
+        let (a, hostnet) = (container("a"), container("h"));
+        let mut e = net(NetOp::Connect, ("10.0.0.7", 5000), ("10.0.0.5", 443), None);
+        e.netns = host_netns;
+        f.on_net(1, 1, &hostnet, "w", &e, None, None);
+        // Another container connecting to that address reaches the host
+        // (or whatever owns it), not the host-network container.
+        f.on_net(2, 2, &a, "w", &net(NetOp::Connect, ("10.0.0.1", 5001), ("10.0.0.7", 80), None), None, None);
+        let got = rows(&mut f);
+        let na = f.by_id[&a.id];
+        let to = got.iter().find(|(k, _)| k.src == Endpoint::Container(na)).map(|(k, _)| k.dst);
+        assert_eq!(to, Some(Endpoint::Ip("10.0.0.7".parse().unwrap())));
     }
 }

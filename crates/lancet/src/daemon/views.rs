@@ -41,22 +41,10 @@ pub(crate) fn flow_row(r: FlowRecord) -> FlowRow {
     }
 }
 
-/// Whether a flow end is the container `what` names (name, or id prefix
-/// of at least 3 characters).
-fn names(e: &FlowEnd, what: &str) -> bool {
-    e.kind == "container" && (e.name == what || (what.len() >= 3 && e.id.starts_with(what)))
-}
-
 /// `{rows, nodes}`: the rollups since `since_ns` (touching `container`
 /// when given) and the containers they name.
 pub(crate) fn flows_json(store: &lancet_store::Store, since_ns: u64, container: Option<&str>, limit: usize) -> Result<Value, String> {
-    let rows: Vec<FlowRow> = store
-        .flows(since_ns, limit)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(flow_row)
-        .filter(|r| container.is_none_or(|c| names(&r.src, c) || names(&r.dst, c)))
-        .collect();
+    let rows: Vec<FlowRow> = store.flows(since_ns, container, limit).map_err(|e| e.to_string())?.into_iter().map(flow_row).collect();
     let named: HashSet<&str> = rows.iter().flat_map(|r| [r.src.id.as_str(), r.dst.id.as_str()]).collect();
     let nodes: Vec<FlowNode> = store
         .flow_nodes()

@@ -89,6 +89,9 @@ pub(super) struct Workloads {
     pub(super) updates: Vec<(Arc<ContainerInfo>, String)>,
     /// Workloads not tracked because every slot had a live container.
     pub(super) over_bound: u64,
+    /// The host's network namespace: the addresses of a container that
+    /// shares it are the host's, never its own.
+    host_netns: Option<u32>,
 }
 
 /// The profile key of a container: its image digest where the runtime knows
@@ -120,6 +123,7 @@ impl Workloads {
             default_mode,
             updates: Vec::new(),
             over_bound: 0,
+            host_netns: crate::protect::netns_inode(1),
         }
     }
 
@@ -263,7 +267,7 @@ impl Workloads {
             }
         }
         let EventKind::Net(n) = &ev.kind else { return None };
-        let known = self.ip_owners.get(&n.saddr).is_some_and(|w| w == key);
+        let known = self.ip_owners.get(&n.saddr).is_some_and(|w| w == key) || Some(n.netns) == self.host_netns;
         if !known && !n.saddr.is_unspecified() && !n.saddr.is_loopback() && self.ip_owners.len() < MAX_IP_OWNERS {
             self.ip_owners.insert(n.saddr, key.to_string());
         }

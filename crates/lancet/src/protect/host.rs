@@ -6,6 +6,13 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 
+/// The inode of a process's network namespace (what the probes report as
+/// `netns`), None when it cannot be read.
+pub fn netns_inode(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().and_then(|m| u32::try_from(m.ino()).ok())
+}
+
 /// The IPv4 addresses a process's network namespace owns (its interfaces'
 /// local addresses, loopback left out), from `/proc/<pid>/net/fib_trie`:
 /// how peers are named after an agent restart, before any traffic is seen.

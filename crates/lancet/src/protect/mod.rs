@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use container::Containment;
 use host::cgroup_ids;
-pub use host::{in_host_root, netns_addresses, resolve_in_root};
+pub use host::{in_host_root, netns_addresses, netns_inode, resolve_in_root};
 use immutable::ImmutableBackend;
 use lsm::LsmBackend;
 use network::NetBackend;
