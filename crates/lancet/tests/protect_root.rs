@@ -153,6 +153,28 @@ fn protect_refuses_the_one_operation_and_the_server_keeps_serving() {
         "no alert for the refused connect: {v:#?}"
     );
     pos = p;
+    // The map shows both: the refused port red, with what refused it; the
+    // learned one allowed by its profile entry.
+    let (src, dst) = (format!("c:{}", s.srv.id), format!("c:{}", s._peer.id));
+    let t0 = Instant::now();
+    let (refused, allowed) = loop {
+        let out = agent.cli(&["map", "--format", "json", "--container", &s.srv.name]);
+        let g: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("map JSON: {e}: {out}"));
+        let edge = |port: u16| {
+            g["edges"]
+                .as_array()
+                .and_then(|es| es.iter().find(|e| e["source"] == src.as_str() && e["target"] == dst.as_str() && e["port"] == port))
+                .cloned()
+        };
+        match (edge(9090), edge(8080)) {
+            (Some(r), Some(a)) if r["verdict"] == "refused" && a["verdict"] == "allowed" => break (r, a),
+            _ if t0.elapsed() > Duration::from_secs(15) => panic!("no refused and allowed edges of {}: {out}", s.srv.name),
+            _ => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    assert!(refused["refused"].as_u64() >= Some(1) && refused["connections"] == 0, "{refused:#}");
+    assert!(refused["rule"].as_str().is_some_and(|r| r.contains("network allow-list")), "{refused:#}");
+    assert!(allowed["rule"].as_str().is_some_and(|r| r.starts_with("profile outbound[")), "{allowed:#}");
 
     // A protected file: /etc/shadow is refused, other files read fine.
     let o = s.srv.exec(&["cat", "/etc/shadow"]);

@@ -136,26 +136,46 @@ pub(crate) fn write_intent(tid: i32) -> Option<bool> {
     }
 }
 
+/// How many times a task that still shows as running is looked at again
+/// (with a yield between) before its syscall counts as unknown.
+const RUNNING_RETRIES: u32 = 2000;
+
 /// The syscall task `tid` is stopped in, with its raw arguments. Reads
 /// onto the stack only: this runs on the permission path.
+///
+/// The kernel queues a permission event before the task goes to sleep
+/// waiting for the answer, so the event can be read while the task is
+/// still on its way there: its `syscall` file then says `running`. That
+/// lasts microseconds; it is read again until the task sleeps (a bounded
+/// number of times). Taking the first `running` as "unknown" refused an
+/// exec of an approved interpreter (busybox) once in a benchmark's ~20 000.
 fn read_syscall(tid: i32) -> Option<(i64, [u64; 6])> {
     let mut p = PathBuf32::new(b"/proc/");
     p.num(tid.max(0) as u64);
     let p = p.finish(b"/syscall").ok()?;
-    // SAFETY: `p` is NUL-terminated and outlives the call.
-    let fd = unsafe { libc::open(p.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return None;
+    for _ in 0..RUNNING_RETRIES {
+        // SAFETY: `p` is NUL-terminated and outlives the call.
+        let fd = unsafe { libc::open(p.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` was just returned to us and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut b = [0u8; 256];
+        // SAFETY: `b` is writable for its length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+        if n <= 0 {
+            return None;
+        }
+        let text = &b[..n as usize];
+        if !text.starts_with(b"running") {
+            return parse_syscall(text);
+        }
+        // SAFETY: sched_yield takes no arguments and cannot fail in a way
+        // that matters here.
+        unsafe { libc::sched_yield() };
     }
-    // SAFETY: `fd` was just returned to us and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut b = [0u8; 256];
-    // SAFETY: `b` is writable for its length.
-    let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
-    if n <= 0 {
-        return None;
-    }
-    parse_syscall(&b[..n as usize])
+    None
 }
 
 /// At most this many arguments of an exec are read, each at most

@@ -58,6 +58,12 @@ fn basename(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
 }
 
+/// Whether a run name is busybox's own (which the kernel check dispatches
+/// on: any name that begins with it).
+fn is_dispatcher(name: &str) -> bool {
+    basename(name).trim_start_matches('-').starts_with(lancet_sensor::enforce::BUSYBOX_DISPATCHER)
+}
+
 /// Resolves `path` inside `root` and stats it.
 fn resolve(root: &Path, path: &str) -> Option<Resolved> {
     let inside = resolve_in_root(root, path)?;
@@ -78,8 +84,13 @@ fn interpreters_of(root: &Path, file: &Resolved) -> (Option<String>, Option<Stri
 }
 
 /// Works out what a container whose root the host sees at `root` may run
-/// under `profile`.
-pub fn approve(profile: &Profile, root: &Path) -> Approved {
+/// under `profile`. `names_checked` says that the kernel checks the name a
+/// multi-call file runs as (the process backend holds): busybox run by its
+/// own name then runs only applets of the profile, so it is an interpreter
+/// (asked about at every exec, never approved once for all) only when one
+/// of those is (`sh`). Without that check, or run by no other name, it
+/// stays one: `busybox sh FILE` runs any script.
+pub fn approve(profile: &Profile, root: &Path, names_checked: bool) -> Approved {
     let mut a = Approved::default();
     // Names each file is run under, and the names any re-exec of
     // /proc/self/exe was seen with (they belong to every multi-call file).
@@ -97,7 +108,7 @@ pub fn approve(profile: &Profile, root: &Path) -> Approved {
         };
         let entry = names.entry(file.id()).or_insert_with(|| (file.clone(), BTreeSet::new()));
         let run_as: Vec<String> = run_as.map(str::to_string).collect();
-        if run_as.iter().any(|n| is_interpreter(n)) {
+        if run_as.iter().any(|n| is_interpreter(n) && !(names_checked && is_dispatcher(n))) {
             a.interpreters.insert(file.id());
         }
         entry.1.extend(run_as);
@@ -133,6 +144,11 @@ pub fn approve(profile: &Profile, root: &Path) -> Approved {
     for (_, (file, mut run_as)) in names {
         let own = basename(&file.path);
         if run_as.iter().all(|n| n == own) {
+            // Not checked by name in the kernel (it has no other): a
+            // dispatcher run by its own name runs whatever it is handed.
+            if is_dispatcher(own) || run_as.iter().any(|n| is_dispatcher(n)) {
+                a.interpreters.insert(file.id());
+            }
             continue;
         }
         // (A login shell's `-sh` is judged as `sh`: the kernel drops one
@@ -190,7 +206,7 @@ mod tests {
         learn(&mut p, "/bin/httpd", "httpd");
         learn(&mut p, "/app/run.sh", "/app/run.sh");
         learn(&mut p, "/gone", "gone");
-        let a = approve(&p, r);
+        let a = approve(&p, r, true);
         let id = |path: &str| resolve(r, path).unwrap().id();
         for f in ["/usr/bin/true-dyn", "/bin/busybox", "/app/run.sh", interp.as_str()] {
             assert!(a.files.contains(&id(f)), "{f} approved");
@@ -205,6 +221,33 @@ mod tests {
     }
 
     #[test]
+    fn busybox_is_an_interpreter_only_when_it_may_run_one() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        exe(r, "/bin/busybox", b"static");
+        for l in ["true", "sleep", "sh"] {
+            std::os::unix::fs::symlink("busybox", r.join("bin").join(l)).unwrap();
+        }
+        let bb = resolve(r, "/bin/busybox").unwrap().id();
+        // Run as `true` and `busybox sleep`: the kernel allows those
+        // applets only, so its execs may be approved once for all.
+        let mut p = Profile::new("img", "sha256:x", 1);
+        learn(&mut p, "/bin/true", "/bin/true");
+        learn(&mut p, "/bin/busybox", "busybox");
+        assert!(!approve(&p, r, true).interpreters.contains(&bb));
+        // Without the kernel's name check, `busybox sh FILE` could run.
+        assert!(approve(&p, r, false).interpreters.contains(&bb));
+        // With `sh` among its names it runs scripts.
+        learn(&mut p, "/bin/sh", "sh");
+        assert!(approve(&p, r, true).interpreters.contains(&bb));
+        // Run by its own name only: nothing checks what it dispatches to.
+        let mut q = Profile::new("img", "sha256:x", 1);
+        learn(&mut q, "/bin/busybox", "busybox");
+        let a = approve(&q, r, true);
+        assert!(a.interpreters.contains(&bb) && a.applets.is_empty());
+    }
+
+    #[test]
     fn a_loader_the_profile_runs_itself_is_not_killed() {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
@@ -214,7 +257,7 @@ mod tests {
         let mut p = Profile::new("img", "sha256:x", 1);
         learn(&mut p, "/usr/bin/true-dyn", "true-dyn");
         learn(&mut p, &interp, basename(&interp));
-        let a = approve(&p, r);
+        let a = approve(&p, r, true);
         assert!(a.loaders.is_empty(), "{:?}", a.loaders);
     }
 }

@@ -322,7 +322,7 @@ impl Protector {
                 Arc::clone(&old.approved)
             }
             _ => {
-                let a = approved::approve(&profile, &rootfs);
+                let a = approved::approve(&profile, &rootfs, self.enforcer.is_some());
                 if !a.missing.is_empty() {
                     tracing::info!(container = %c.name, missing = ?a.missing, "profile executables not found in this container");
                 }
