@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use crate::{to_i64, to_u64, Result, Store, StoredAlert};
+use crate::{alert_row, to_i64, to_u64, Result, Store, StoredAlert, ALERT_COLUMNS};
 
 /// A workload's alerts since some time, repeats included.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -37,30 +37,8 @@ impl Store {
     /// The alert with this id, if it is still stored.
     pub fn alert(&self, id: u64) -> Result<Option<StoredAlert>> {
         self.conn
-            .prepare_cached(
-                "SELECT id, time_ns, last_time_ns, rule, priority, container_id, container_name, image, workload,
-                        action, enforced, count, json FROM alerts WHERE id = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![to_i64(id)], |r| {
-                    Ok(StoredAlert {
-                        id: to_u64(r.get(0)?),
-                        time_ns: to_u64(r.get(1)?),
-                        last_time_ns: to_u64(r.get(2)?),
-                        rule: r.get(3)?,
-                        priority: r.get(4)?,
-                        container_id: r.get(5)?,
-                        container_name: r.get(6)?,
-                        image: r.get(7)?,
-                        workload: r.get(8)?,
-                        action: r.get(9)?,
-                        enforced: r.get(10)?,
-                        count: to_u64(r.get(11)?),
-                        json: r.get(12)?,
-                    })
-                })
-                .optional()
-            })
+            .prepare_cached(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"))
+            .and_then(|mut s| s.query_row(params![to_i64(id)], alert_row).optional())
             .map_err(|e| self.err(e))
     }
 }

@@ -169,6 +169,29 @@ pub struct StoredAlert {
     pub json: String,
 }
 
+/// The columns [`alert_row`] reads, in its order.
+pub(crate) const ALERT_COLUMNS: &str =
+    "id, time_ns, last_time_ns, rule, priority, container_id, container_name, image, workload, action, enforced, count, json";
+
+/// A row of [`ALERT_COLUMNS`] as a [`StoredAlert`].
+pub(crate) fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAlert> {
+    Ok(StoredAlert {
+        id: to_u64(r.get(0)?),
+        time_ns: to_u64(r.get(1)?),
+        last_time_ns: to_u64(r.get(2)?),
+        rule: r.get(3)?,
+        priority: r.get(4)?,
+        container_id: r.get(5)?,
+        container_name: r.get(6)?,
+        image: r.get(7)?,
+        workload: r.get(8)?,
+        action: r.get(9)?,
+        enforced: r.get(10)?,
+        count: to_u64(r.get(11)?),
+        json: r.get(12)?,
+    })
+}
+
 /// Which alerts [`Store::alerts`] returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AlertQuery {
@@ -628,10 +651,7 @@ impl Store {
 
     /// Alerts matching `q`, newest (by last occurrence) first.
     pub fn alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>> {
-        let mut sql = String::from(
-            "SELECT id, time_ns, last_time_ns, rule, priority, container_id, container_name, image, workload,
-                    action, enforced, count, json FROM alerts WHERE 1",
-        );
+        let mut sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE 1");
         let mut args: Vec<Value> = Vec::new();
         if let Some(since) = q.since_ns {
             args.push(Value::Integer(to_i64(since)));
@@ -650,26 +670,7 @@ impl Store {
         sql.push_str(&format!(" ORDER BY last_time_ns DESC, id DESC LIMIT ?{}", args.len()));
         self.conn
             .prepare_cached(&sql)
-            .and_then(|mut s| {
-                s.query_map(rusqlite::params_from_iter(args), |r| {
-                    Ok(StoredAlert {
-                        id: to_u64(r.get(0)?),
-                        time_ns: to_u64(r.get(1)?),
-                        last_time_ns: to_u64(r.get(2)?),
-                        rule: r.get(3)?,
-                        priority: r.get(4)?,
-                        container_id: r.get(5)?,
-                        container_name: r.get(6)?,
-                        image: r.get(7)?,
-                        workload: r.get(8)?,
-                        action: r.get(9)?,
-                        enforced: r.get(10)?,
-                        count: to_u64(r.get(11)?),
-                        json: r.get(12)?,
-                    })
-                })?
-                .collect()
-            })
+            .and_then(|mut s| s.query_map(rusqlite::params_from_iter(args), alert_row)?.collect())
             .map_err(|e| self.err(e))
     }
 

@@ -77,25 +77,13 @@ pub fn render(flows: &Value, container: Option<&str>, what: Rendering) -> Result
     })
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 pub fn run(api: &str, args: MapArgs) -> Result<ExitCode> {
     let d = parse_duration(&args.since).with_context(|| format!("--since {:?}", args.since))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let since_ns = now.saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let mut path = format!("/v1/flows?since_ns={since_ns}&limit=200000");
     if let Some(c) = &args.container {
-        path.push_str(&format!("&container={}", enc(c)));
+        path.push_str(&format!("&container={}", crate::api::seg(c)));
     }
     let flows = match Client::new(api).get(&path) {
         Ok(v) => v,

@@ -14,25 +14,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Every `evt.type` the sensor produces.
-const EVENT_TYPES: &[&str] = &[
-    "execve",
-    "clone",
-    "procexit",
-    "connect",
-    "accept",
-    "listen",
-    "bind",
-    "close",
-    "creat",
-    "write",
-    "unlink",
-    "rename",
-    "chmod",
-    "open",
-    "cgroup_mkdir",
-    "cgroup_rmdir",
-];
+use crate::counters::EVENT_TYPES;
+
 /// Shown unless asked for: frequent and rarely interesting on their own.
 const QUIET_TYPES: &[&str] = &["clone", "cgroup_mkdir", "cgroup_rmdir"];
 

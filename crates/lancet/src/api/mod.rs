@@ -28,6 +28,7 @@ mod views;
 
 pub use client::{is_socket_path as client_is_socket, set_token_file, Client};
 pub use hook_identity::HookIdentity;
+pub use html::seg;
 pub use server::{remove_socket, serve, ApiConfig, DEFAULT_SOCKET};
 
 use serde_json::Value;
