@@ -100,6 +100,34 @@ fn containers_that_talk_are_an_edge_with_bytes_policies_and_scans_are_summarised
         .sum();
     assert_eq!(to_srv, 5, "{g}");
 
+    // Inbound from outside the containers' network: the host itself
+    // connects (through the bridge, from its gateway address); the
+    // accepting side counts it, with the bytes each way.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect((ip.as_str(), 8080)).expect("connect from the host");
+        s.write_all(b"GET /big HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).unwrap();
+        assert!(body.len() as u64 >= BODY, "{} bytes", body.len());
+    }
+    let t0 = Instant::now();
+    let inbound = loop {
+        let g: Value = serde_json::from_str(&agent.cli(&["map", "--format", "json", "--container", &srv.name])).unwrap();
+        let found = g["edges"].as_array().and_then(|es| {
+            es.iter()
+                .find(|e| e["source"].as_str().is_some_and(|s| s.starts_with("host:")) && e["target"] == srv_node && e["port"] == 8080)
+                .cloned()
+        });
+        match found {
+            Some(e) if e["bytesIn"].as_u64() >= Some(BODY) => break e,
+            _ if t0.elapsed() > Duration::from_secs(15) => panic!("no edge from the host to {}: {g}", srv.name),
+            _ => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    assert_eq!(inbound["connections"], 1, "{inbound}");
+    assert!(inbound["rule"].as_str().unwrap_or("").starts_with("profile inbound["), "{inbound}");
+
     // UDP (a connected socket) is a flow too; busybox's nc has no UDP, the
     // Debian test image's Python does.
     const DEBIAN: &str = "localhost/lancet-debian:test";
