@@ -41,8 +41,9 @@ pub struct MapArgs {
     container: Option<String>,
     #[arg(long, value_enum, default_value_t = MapFormat::Table)]
     format: MapFormat,
-    /// Write network policy for the observed flows instead of the map.
-    #[arg(long, value_enum)]
+    /// Write network policy for the observed flows instead of the map
+    /// (YAML; a --format with it is an error, not ignored).
+    #[arg(long, value_enum, conflicts_with = "format")]
     export: Option<Export>,
     /// Where to read flows when no agent answers on --api.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/lancet")]

@@ -41,6 +41,13 @@ fn bad_format_is_a_usage_error() {
     assert!(stderr(&o).contains("xml"));
 }
 
+#[test]
+fn map_export_with_a_format_is_a_usage_error() {
+    let o = lancet(&["map", "--export", "cilium", "--format", "dot"]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--format"), "{}", stderr(&o));
+}
+
 /// Runs lancet as an unprivileged user (nobody) when we are root and
 /// `setpriv` exists.
 fn as_nobody(args: &[&str]) -> Option<std::process::Output> {
