@@ -21,12 +21,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
-/// Live feeds open at once, at most.
-const MAX_FEEDS: usize = 32;
+/// Live feeds open at once over TCP (anyone who reaches `--listen` may read)
+/// and over the socket (root and the read group), at most: each channel has
+/// its own, so that TCP readers holding every feed never lock the host's
+/// operators out.
+const MAX_TCP_FEEDS: usize = 24;
+const MAX_UNIX_FEEDS: usize = 8;
 /// Rows a map or an export reads at most.
 const MAP_ROWS: usize = 200_000;
 
-static FEEDS_OPEN: AtomicUsize = AtomicUsize::new(0);
+static TCP_FEEDS_OPEN: AtomicUsize = AtomicUsize::new(0);
+static UNIX_FEEDS_OPEN: AtomicUsize = AtomicUsize::new(0);
 
 fn reply(r: Result<Response, Bad>) -> Response {
     r.unwrap_or_else(|(c, m)| error(c, &m))
@@ -99,11 +104,22 @@ pub(super) async fn overview(ctx: &Ctx, caller: super::Caller) -> Result<serde_j
 }
 
 /// One open live feed; counted while it lasts.
-struct FeedSlot;
+struct FeedSlot(&'static AtomicUsize);
+
+impl FeedSlot {
+    /// One of `max` feeds counted by `open`, if one is free.
+    fn take(open: &'static AtomicUsize, max: usize) -> Option<FeedSlot> {
+        if open.fetch_add(1, Ordering::Relaxed) >= max {
+            open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(FeedSlot(open))
+    }
+}
 
 impl Drop for FeedSlot {
     fn drop(&mut self) {
-        FEEDS_OPEN.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -111,15 +127,17 @@ impl Drop for FeedSlot {
 /// `alert` event whose data is the alert's JSON (with its store `id`); a
 /// `lagged` event says how many a slow reader missed. A comment every 15 s
 /// keeps proxies from closing it.
-async fn events(ctx: Ctx, q: Option<String>) -> Response {
+async fn events(ctx: Ctx, caller: super::Caller, q: Option<String>) -> Response {
     if let Err((c, m)) = Params::parse(q.as_deref(), &[]) {
         return error(c, &m);
     }
-    if FEEDS_OPEN.fetch_add(1, Ordering::Relaxed) >= MAX_FEEDS {
-        FEEDS_OPEN.fetch_sub(1, Ordering::Relaxed);
-        return error(503, &format!("{MAX_FEEDS} live feeds are open already"));
-    }
-    let slot = FeedSlot;
+    let (open, max) = match caller.channel {
+        super::Channel::Tcp => (&TCP_FEEDS_OPEN, MAX_TCP_FEEDS),
+        super::Channel::Unix => (&UNIX_FEEDS_OPEN, MAX_UNIX_FEEDS),
+    };
+    let Some(slot) = FeedSlot::take(open, max) else {
+        return error(503, &format!("{max} live feeds are open already over {}", caller.channel));
+    };
     let rx = ctx.live.subscribe();
     let stream = futures_util::stream::unfold((rx, slot), |(mut rx, slot)| async move {
         let ev = match rx.recv().await {
@@ -141,7 +159,7 @@ pub(super) fn routes() -> Router<Ctx> {
         .route("/v1/map", get(|State(c): State<Ctx>, Extension(k): C, RawQuery(q): RawQuery| map(c, k, q, false)))
         .route("/v1/map/export", get(|State(c): State<Ctx>, Extension(k): C, RawQuery(q): RawQuery| map(c, k, q, true)))
         .route("/metrics", get(|State(c): State<Ctx>, Extension(k): C, RawQuery(q): RawQuery| metrics(c, k, q)))
-        .route("/v1/events", get(|State(c): State<Ctx>, RawQuery(q): RawQuery| events(c, q)))
+        .route("/v1/events", get(|State(c): State<Ctx>, Extension(k): C, RawQuery(q): RawQuery| events(c, k, q)))
         .route(
             "/v1/overview",
             get(|State(c): State<Ctx>, Extension(k): C, RawQuery(q): RawQuery| async move {
@@ -169,4 +187,22 @@ pub(super) fn routes() -> Router<Ctx> {
                 }
             }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feeds_are_counted_per_channel_and_given_back() {
+        static OPEN: AtomicUsize = AtomicUsize::new(0);
+        let a = FeedSlot::take(&OPEN, 2).unwrap();
+        let _b = FeedSlot::take(&OPEN, 2).unwrap();
+        assert!(FeedSlot::take(&OPEN, 2).is_none(), "full");
+        assert_eq!(OPEN.load(Ordering::Relaxed), 2, "a refused take gives its count back");
+        drop(a);
+        assert!(FeedSlot::take(&OPEN, 2).is_some(), "a closed feed frees its slot");
+        // The socket's feeds are a pool of their own.
+        assert!(FeedSlot::take(&UNIX_FEEDS_OPEN, MAX_UNIX_FEEDS).is_some());
+    }
 }
