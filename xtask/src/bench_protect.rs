@@ -17,7 +17,7 @@
 use crate::bench::{fixture, median, run_loop_in, Agent, CLI, SRV};
 use crate::sh;
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,15 @@ fn glibc_fixture(work: &Path) -> Result<GlibcFixture> {
     let _ = Command::new("podman").args(["rm", "-f", "-t", "0", DEB]).output();
     sh(Command::new("podman").args(["run", "-d", "--name", DEB, DEB_IMAGE, "sleep", "3600"]))?;
     Ok(GlibcFixture)
+}
+
+/// A pin directory of this run, removed on drop.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn stop(agent: &mut Agent) {
@@ -94,6 +103,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let unpin = || {
         let _ = std::fs::remove_dir_all(&pins);
     };
+    // The pins go on every way out, an error too (declared before any
+    // agent, so dropped after it has stopped).
+    let _pins = PinDir(PathBuf::from(&pins));
     let api = work.join("run").join("lancet.sock").display().to_string();
     let flags = ["--pin-dir", pins.as_str()];
 
