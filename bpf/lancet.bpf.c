@@ -551,6 +551,65 @@ int lancet_connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* Unconnected UDP sends (`sendto` with an address: musl's DNS, statsd,
+ * syslog) have no connect() to see: each is reported as a UDP connect to its
+ * peer, at most once per cgroup and peer every UDP_SEND_EVERY_NS, so a busy
+ * sender costs one LRU lookup per send, not a record. (The hook runs only
+ * for sends that name an address.) */
+#define UDP_SEND_EVERY_NS (10ULL * 1000000000ULL)
+
+struct udp_send_key {
+	__u64 cgroup_id;
+	__u32 daddr[4];
+	__u16 dport;
+	__u16 family;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct udp_send_key);
+	__type(value, __u64); /* when it was last reported */
+} udp_sends SEC(".maps");
+
+static __always_inline void udp_send(bool v6, __u16 dport, const __u32 remote[4])
+{
+	struct udp_send_key k = {
+		.cgroup_id = bpf_get_current_cgroup_id(),
+		.dport = dport,
+		.family = v6 ? AF_INET6 : AF_INET,
+	};
+	__builtin_memcpy(k.daddr, remote, sizeof(k.daddr));
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *last = bpf_map_lookup_elem(&udp_sends, &k);
+	if (last && now - *last < UDP_SEND_EVERY_NS)
+		return;
+	bpf_map_update_elem(&udp_sends, &k, &now, BPF_ANY);
+	__u32 none[4] = {};
+	emit_udp(LANCET_KIND_CONNECT, LANCET_PROBE_UDP_CONNECT, v6, 0, dport, none, remote);
+}
+
+SEC("cgroup/sendmsg4")
+int lancet_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type == SOCK_DGRAM && !is_self()) {
+		__u32 remote[4] = { ctx->user_ip4 };
+		udp_send(false, bpf_ntohs(ctx->user_port), remote);
+	}
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int lancet_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type == SOCK_DGRAM && !is_self()) {
+		__u32 remote[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+		udp_send(true, bpf_ntohs(ctx->user_port), remote);
+	}
+	return 1;
+}
+
 /* A UDP server is a bound datagram socket; TCP servers show up as listen. */
 SEC("cgroup/post_bind4")
 int lancet_post_bind4(struct bpf_sock *sk)

@@ -108,10 +108,10 @@ pub fn report(host_root: &Path) -> Report {
         g("process exec/fork/exit", "monitoring", process_ok, "tp_btf sched_process_* + ring buffer", problems.join("; ")),
         g("TCP connect/accept/listen/close", "monitoring", process_ok, "tp_btf inet_sock_set_state", problems.join("; ")),
         g(
-            "UDP connect/bind",
+            "UDP connect/send/bind",
             "monitoring",
             process_ok && cgroup_sock && cgroup2.is_some(),
-            "cgroup/connect4,6 + post_bind4,6 on the cgroup v2 root",
+            "cgroup/connect4,6 + sendmsg4,6 + post_bind4,6 on the cgroup v2 root",
             why(&program_types, "cgroup_connect4"),
         ),
         g(

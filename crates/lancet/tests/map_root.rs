@@ -140,6 +140,19 @@ fn containers_that_talk_are_an_edge_with_bytes_policies_and_scans_are_summarised
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let udp = wait_edge(&agent, &udp_cli, &srv_node, 5353, |e| e["connections"].as_u64() >= Some(1));
         assert_eq!(udp["proto"], "udp", "{udp}");
+        // Unconnected sends (`sendto` with an address, as musl's DNS does):
+        // a flow too, reported once per peer however many are sent.
+        let send = format!(
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range(50): s.sendto(b'x', ('{ip}', 5354))"
+        );
+        let o = udp_cli.exec(&["python3", "-c", &send]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let sent = wait_edge(&agent, &udp_cli, &srv_node, 5354, |e| e["connections"].as_u64() >= Some(1));
+        assert_eq!((&sent["proto"], &sent["connections"]), (&Value::from("udp"), &Value::from(1)), "{sent}");
+        // And learned: the sender's profile has the peer (protect mode
+        // would refuse what was never learned).
+        let profile = agent.cli(&["profile", "show", &udp_cli.name]);
+        assert!(profile.contains("port: 5354\n    protocol: udp"), "{profile}");
     } else {
         eprintln!("SKIPPED (UDP flow only): {DEBIAN} is missing (scripts/setup.sh builds it)");
     }
