@@ -291,7 +291,8 @@ fn realistic_profile(n: usize) -> Result<String> {
     Ok(p.to_yaml()?)
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), 0 when unreadable.
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()

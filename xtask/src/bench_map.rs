@@ -18,7 +18,7 @@
 //! pin directory; the containers and network are this bench's own and are
 //! removed at the end.
 
-use crate::bench::{median, Agent};
+use crate::bench::{median, status_kib, Agent};
 use crate::sh;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -136,15 +136,6 @@ fn agent(bin: &Path, work: &Path, name: &str, listen: bool) -> Result<(Agent, St
     let a = Agent::run(bin, &dir, &sock, &extra)?;
     std::thread::sleep(Duration::from_millis(1500));
     Ok((a, api))
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn metric(text: &str, series: &str) -> f64 {

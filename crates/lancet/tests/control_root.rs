@@ -42,10 +42,7 @@ fn control_plane_needs_root_or_the_token_and_records_who() {
     // nobody must reach the socket's directory to be refused by the agent
     // (rather than by the file system).
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (state, policies, alerts) = (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"));
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(&alerts, "").unwrap();
+    let (state, policies, alerts) = agent_dirs(dir.path());
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&alerts, std::fs::Permissions::from_mode(0o644)).unwrap();
     let agent = Agent::start(&state, &policies, &alerts, &["--read-group", "nogroup"]);
@@ -248,9 +245,7 @@ fn the_hook_run_by_a_real_runtime_is_accepted_from_its_state() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (state, policies, alerts) = (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"));
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::create_dir_all(&policies).unwrap();
+    let (state, policies, alerts) = agent_dirs(dir.path());
     let agent = Agent::start(&state, &policies, &alerts, &[]);
     let sock = agent.socket.to_str().unwrap().to_string();
 

@@ -118,10 +118,7 @@ fn the_dashboard_in_a_real_browser() {
         }
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (state, policies, alerts) = (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"));
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(&alerts, "").unwrap();
+    let (state, policies, alerts) = agent_dirs(dir.path());
     let agent = Agent::start(&state, &policies, &alerts, &[]);
     let token = std::fs::read_to_string(state.join("api.token")).expect("the API token").trim().to_string();
 

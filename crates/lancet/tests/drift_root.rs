@@ -36,10 +36,7 @@ fn fetch(cli: &Container, ip: &str) {
 fn every_drift_path_is_reported_then_refused_and_httpd_keeps_serving() {
     skip_unless_ready!(true);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (state, policies, alerts) = (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"));
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(&alerts, "").unwrap();
+    let (state, policies, alerts) = agent_dirs(dir.path());
     // Shift left: the image's baseline, where the agent picks it up.
     let scan = std::process::Command::new(env!("CARGO_BIN_EXE_lancet"))
         .args(["scan", IMAGE, "--format", "json", "--baselines-dir"])

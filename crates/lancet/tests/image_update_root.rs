@@ -23,11 +23,7 @@ impl Drop for Image {
 fn a_new_image_version_starts_from_the_previous_profile_in_monitor_mode() {
     skip_unless_ready!(true);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (state, policies, alerts) = (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"));
-    for d in [&state, &policies] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    std::fs::write(&alerts, "").unwrap();
+    let (state, policies, alerts) = agent_dirs(dir.path());
     let tag = unique("v2").replace('-', "");
     let new_ref = format!("localhost/lancet-busybox:{tag}");
     std::fs::write(dir.path().join("Containerfile"), format!("FROM {IMAGE}\nLABEL lancet.test.update={tag}\n")).unwrap();

@@ -61,10 +61,7 @@ fn wait_edge(agent: &Agent, src: &Container, dst_id: &str, port: u16, done: impl
 fn containers_that_talk_are_an_edge_with_bytes_policies_and_scans_are_summarised() {
     skip_unless_ready!(true);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (state, policies, alerts) = (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"));
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(&alerts, "").unwrap();
+    let (state, policies, alerts) = agent_dirs(dir.path());
     let agent = Agent::start(&state, &policies, &alerts, &[]);
     let net = Network::create(&unique("lancet-map-net"));
     let srv = Container::start(

@@ -271,12 +271,9 @@ fn protect_mode_keeps_real_workloads_serving_and_refuses_attacker_techniques() {
         }
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (state, policies, alerts, hooks) =
-        (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"), dir.path().join("hooks.d"));
-    for d in [&state, &policies, &hooks] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    std::fs::write(&alerts, "").unwrap();
+    let (state, policies, alerts) = agent_dirs(dir.path());
+    let hooks = dir.path().join("hooks.d");
+    std::fs::create_dir_all(&hooks).unwrap();
     let net = Network::create(&unique("lancet-m-net"));
     let peer = Container::start(&unique("lancet-m-peer"), &["--network", &net.0], &["sleep", "3600"]);
     let peer_ip = peer.ip();

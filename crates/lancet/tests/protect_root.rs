@@ -40,12 +40,9 @@ fn out_text(o: &std::process::Output) -> String {
 /// workload is promoted to protect.
 fn setup(tag: &str) -> (Setup, Agent) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (state, policies, alerts, hooks) =
-        (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"), dir.path().join("hooks.d"));
-    for d in [&state, &policies, &hooks] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    std::fs::write(&alerts, "").unwrap();
+    let (state, policies, alerts) = agent_dirs(dir.path());
+    let hooks = dir.path().join("hooks.d");
+    std::fs::create_dir_all(&hooks).unwrap();
     let net = Network::create(&unique(&format!("lancet-p{tag}-net")));
     let srv =
         Container::start(&unique(&format!("lancet-p{tag}-srv")), &["--network", &net.0], &["httpd", "-f", "-p", "8080", "-h", "/www"]);

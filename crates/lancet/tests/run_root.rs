@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 fn learned_httpd_alerts_once_per_departure_and_never_on_ordinary_requests() {
     skip_unless_ready!(true);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (state, policies, alerts) = (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"));
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(&alerts, "").unwrap();
+    let (state, policies, alerts) = agent_dirs(dir.path());
 
     let net = Network::create(&unique("lancet-r-net"));
     let srv = Container::start(&unique("lancet-r-srv"), &["--network", &net.0], &["httpd", "-f", "-p", "8080", "-h", "/www"]);

@@ -12,11 +12,7 @@ use std::time::{Duration, Instant};
 fn removed_pins_are_alerted_and_put_back() {
     skip_unless_ready!(false);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (state, policies, alerts) = (dir.path().join("state"), dir.path().join("policies"), dir.path().join("alerts.jsonl"));
-    for d in [&state, &policies] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    std::fs::write(&alerts, "").unwrap();
+    let (state, policies, alerts) = agent_dirs(dir.path());
     let mut agent = Agent::start(&state, &policies, &alerts, &[]);
     // Enforcement loads at start when the pin directory exists (an earlier
     // run's).

@@ -56,6 +56,17 @@ pub fn podman(args: &[&str]) -> String {
     run(Command::new("podman").args(args))
 }
 
+/// An agent's state and policy directories and its (empty) alerts file,
+/// made under `dir`: (state, policies, alerts).
+pub fn agent_dirs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (state, policies, alerts) = (dir.join("state"), dir.join("policies"), dir.join("alerts.jsonl"));
+    for d in [&state, &policies] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(&alerts, "").unwrap();
+    (state, policies, alerts)
+}
+
 /// A unique suffix so parallel tests and leftovers never collide.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
