@@ -300,7 +300,8 @@ impl Flows {
                 let verdict = if self.table.has_row(&key) {
                     None
                 } else {
-                    let peer = peer.cloned().or_else(|| self.peer_of(remote));
+                    // (Close events come without a peer: it is the row's.)
+                    let peer = self.peer_of(remote);
                     self.verdict(key, inbound, port, profile, peer.as_ref())
                 };
                 (key, Observation { time_ns, bytes_out, bytes_in, verdict, ..Default::default() })
