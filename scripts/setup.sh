@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian 12 host (as root) for building and testing lancet:
 # Debian packages, podman configuration, bpffs, and the locally built test
-# image. Safe to run again: it only changes what is missing, and says what.
+# images. Safe to run again: it only changes what is missing, and says what.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # --no-install-recommends install does not pull it in (a fresh host failed
 # every networked container with "netavark: No such file or directory").
 # debootstrap (+ the archive keyring it checks the Release file with) builds
-# the glibc Debian test image; musl + musl-tools (musl-gcc) build the musl one.
+# the glibc Debian test images; musl + musl-tools (musl-gcc) build the musl one.
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates
       debootstrap debian-archive-keyring musl musl-tools
@@ -135,20 +135,27 @@ debian_mirror() {
   done
 }
 
-# localhost/lancet-debian:test: a glibc Debian 12 (debootstrap minbase) with
-# nginx-light, python3 and curl; `nginx -g 'daemon off;'` serves
-# /var/www/html/index.html on port 80 and writes /run/nginx.pid and
-# /var/log/nginx/*.log. Two caches under /var/cache/lancet: the bare minbase
-# tarball (debootstrapped once) and the finished rootfs per image version.
-image=localhost/lancet-debian:test
-version=1
+# The Debian test images: a glibc Debian 12 (debootstrap minbase) plus
+# packages. Two caches under /var/cache/lancet: the bare minbase tarball
+# (debootstrapped once, shared by all of them) and the finished rootfs per
+# image and version, <name>-v<version>.tar (so a rebuild after `podman rmi`
+# is only an import).
 cache=/var/cache/lancet
-if [ "$(image_version "$image")" != "$version" ]; then
-  tarball=$cache/lancet-debian-v$version.tar
+
+# debian_image IMAGE VERSION PACKAGES SCRIPT [CHANGE...]: unless IMAGE already
+# carries VERSION, builds (or takes from the cache) a minbase rootfs with the
+# Debian PACKAGES installed, then SCRIPT run by sh -e in its chroot (as root,
+# daemons not started, /proc mounted), docs and apt's lists stripped, and
+# imports it as IMAGE with each CHANGE as a --change.
+debian_image() {
+  local image=$1 version=$2 packages=$3 script=$4; shift 4
+  local name=${image#localhost/}; name=${name%%:*}
+  local tarball=$cache/$name-v$version.tar base=$cache/debian-bookworm-minbase.tar
+  local root mirror c changes=()
+  [ "$(image_version "$image")" != "$version" ] || return 0
   if [ ! -s "$tarball" ]; then
     mkdir -p "$cache"
-    root=$(mktemp -d /var/tmp/lancet-debian.XXXXXX); tmpdirs+=("$root" "$root.log")
-    base=$cache/debian-bookworm-minbase.tar
+    root=$(mktemp -d "/var/tmp/$name.XXXXXX"); tmpdirs+=("$root" "$root.log")
     if [ -s "$base" ]; then
       echo "setup: building $image from $base" >&2
       tar -C "$root" --numeric-owner -xpf "$base"
@@ -164,17 +171,21 @@ if [ "$(image_version "$image")" != "$version" ]; then
       rm -f "$root.log" "$root"/var/cache/apt/archives/*.deb
       tar -C "$root" --numeric-owner -cf "$base.part" . && mv "$base.part" "$base"
     fi
+    # / as on any Debian: mktemp's (and so the minbase tarball's ./) 0700
+    # kept every user but root out (initdb as postgres: Permission denied).
+    chmod 755 "$root"
     # apt in the chroot: the host's DNS, no daemons started (policy-rc.d),
     # /proc in a private mount namespace that vanishes with the command.
     rm -f "$root/etc/resolv.conf"
     cp -L /etc/resolv.conf "$root/etc/resolv.conf"
     printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
     chmod 755 "$root/usr/sbin/policy-rc.d"
+    script="apt-get update -qq
+apt-get install -y -qq --no-install-recommends $packages
+apt-get clean
+$script"
     if ! LC_ALL=C DEBIAN_FRONTEND=noninteractive unshare --mount --propagation private sh -c '
-        mount -t proc proc "$1/proc" &&
-        chroot "$1" sh -c "apt-get update -qq &&
-          apt-get install -y -qq --no-install-recommends nginx-light python3 curl &&
-          apt-get clean"' sh "$root" > "$root.log" 2>&1; then
+        mount -t proc proc "$1/proc" && chroot "$1" sh -ec "$2"' sh "$root" "$script" > "$root.log" 2>&1; then
       tail -n 30 "$root.log" >&2
       rm -f "$root.log"
       exit 1
@@ -184,14 +195,53 @@ if [ "$(image_version "$image")" != "$version" ]; then
       "$root"/var/log/apt/* "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
     find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +   # translations
     : > "$root/etc/resolv.conf"
-    echo '<h1>lancet debian</h1>' > "$root/var/www/html/index.html"
-    rm -f "$cache"/lancet-debian-v*.tar
+    rm -f "$cache/$name"-v*.tar
     tar -C "$root" --numeric-owner -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
     rm -rf --one-file-system "$root"
   else
     echo "setup: importing $image from $tarball" >&2
   fi
-  podman import -q --change 'CMD ["nginx","-g","daemon off;"]' --change 'EXPOSE 80' \
-    --change "LABEL lancet.test.version=$version" "$tarball" "$image" >/dev/null
-fi
+  for c; do changes+=(--change "$c"); done
+  podman import -q "${changes[@]}" --change "LABEL lancet.test.version=$version" "$tarball" "$image" >/dev/null
+}
+
+# localhost/lancet-debian:test: nginx-light, python3 and curl;
+# `nginx -g 'daemon off;'` serves /var/www/html/index.html on port 80 and
+# writes /run/nginx.pid and /var/log/nginx/*.log.
+debian_image localhost/lancet-debian:test 1 'nginx-light python3 curl' \
+  "echo '<h1>lancet debian</h1>' > /var/www/html/index.html" \
+  'CMD ["nginx","-g","daemon off;"]' 'EXPOSE 80'
+
+# localhost/lancet-redis:test: Debian's redis-server (7.0) and redis-cli, run
+# in the foreground as user redis with Debian's /etc/redis/redis.conf (which
+# writes /run/redis/redis-server.pid and saves to /var/lib/redis/dump.rdb),
+# logging to stdout, listening on all addresses, port 6379. /run/redis is made
+# here: on a Debian host systemd's RuntimeDirectory= makes it.
+debian_image localhost/lancet-redis:test 1 'redis-server redis-tools procps' \
+  'install -d -o redis -g redis -m 2775 /run/redis
+   for d in /var/lib/redis /var/log/redis; do
+     [ "$(stat -c %U "$d")" = redis ] || { echo "$d is not owned by redis" >&2; exit 1; }
+   done' \
+  'CMD ["redis-server","/etc/redis/redis.conf","--daemonize","no","--supervised","no","--protected-mode","no","--bind","0.0.0.0","--logfile",""]' \
+  'USER redis' 'EXPOSE 6379'
+
+# localhost/lancet-postgres:test: Debian's PostgreSQL 15, cluster 15/main
+# made at build time (by the postinst, locale C.UTF-8, encoding UTF8; made
+# here only if it did not), listening on all addresses, every host trusted
+# over TCP (a local test image; those lines come first in pg_hba.conf, so
+# they win for 127.0.0.1 and ::1 too), run in the foreground as user
+# postgres; `podman exec` psql as postgres gets in over /run/postgresql's
+# socket (peer). initdb in the chroot, with no /dev/shm, picks System V
+# dynamic shared memory: set back to Debian's usual posix. STOPSIGNAL SIGINT:
+# a fast shutdown, so a stop does not wait for clients to leave.
+debian_image localhost/lancet-postgres:test 1 'postgresql postgresql-client' \
+  '[ -d /etc/postgresql/15/main ] || pg_createcluster --locale C.UTF-8 15 main
+   printf "%s\n" "listen_addresses = '"'*'"'" "dynamic_shared_memory_type = posix" \
+     > /etc/postgresql/15/main/conf.d/lancet.conf
+   sed -i -e "1i host all all 0.0.0.0/0 trust" -e "1i host all all ::/0 trust" /etc/postgresql/15/main/pg_hba.conf
+   install -d -o postgres -g postgres -m 2775 /run/postgresql
+   [ "$(stat -c %U /var/lib/postgresql/15/main)" = postgres ] || { echo "cluster 15/main is not owned by postgres" >&2; exit 1; }' \
+  'CMD ["/usr/lib/postgresql/15/bin/postgres","-D","/var/lib/postgresql/15/main","-c","config_file=/etc/postgresql/15/main/postgresql.conf"]' \
+  'USER postgres' 'EXPOSE 5432' 'STOPSIGNAL SIGINT'
+
 echo "setup: ready" >&2
