@@ -18,6 +18,7 @@ pub mod profile;
 mod prop_util;
 pub mod replay;
 pub mod response;
+pub mod write_sets;
 mod yaml_guard;
 pub use yaml_guard::error_position as yaml_error_position;
 

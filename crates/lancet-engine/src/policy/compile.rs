@@ -126,14 +126,18 @@ impl Verdict {
 
     /// The verdict for an event that no rule matched but that deviates from
     /// the workload's profile: rule `profile deviation: <kind>`, policy
-    /// `profile`, severity medium, action block (so protect mode refuses it
-    /// and the other modes report it as would-block).
+    /// `profile`, severity medium (high for a protected write), action
+    /// block (so protect mode refuses it and the other modes report it as
+    /// would-block), except a write outside both write sets, which protect
+    /// mode allows: alert.
     pub fn profile_deviation(d: &Deviation) -> Verdict {
         Verdict {
             rule: SharedStr::from(format!("profile deviation: {}", d.kind()).as_str()),
             policy: SharedStr::from("profile"),
-            severity: Severity::Medium,
-            action: Action::Block,
+            severity: if matches!(d, Deviation::ProtectedWrite { .. }) { Severity::High } else { Severity::Medium },
+            // What protect mode does with it: a write outside both sets is
+            // allowed and only alerted.
+            action: if d.refused_in_protect() { Action::Block } else { Action::Alert },
             tags: Tags::from(vec!["profile".to_string(), "drift".to_string(), d.kind().to_string()]),
             message: d.to_string(),
             escalate: None,

@@ -24,6 +24,7 @@ pub use baseline::{Baseline, BaselineFile, BaselineLink, FileMode};
 pub use time::{parse_duration, parse_rfc3339, Span, Timestamp};
 
 use crate::event::{Event, EventKind, ExecEvent, FileOp, L4Proto, NetOp};
+use crate::write_sets::{anchor, classify_write, collapse, collapsed_anchor, WritableSet, WriteClass};
 use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::ser::SerializeMap;
@@ -444,14 +445,46 @@ impl PartialEq for Profile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Deviation {
-    NewExecutable { path: String },
-    NewParent { path: String, parent: String },
-    NewName { path: String, name: String },
-    NewListen { port: u16, proto: Protocol },
-    NewOutbound { peer: Peer, port: u16, proto: Protocol },
-    NewInbound { peer: Peer, port: u16, proto: Protocol },
-    NewWrittenDir { dir: String },
-    NewSensitiveRead { path: String },
+    NewExecutable {
+        path: String,
+    },
+    NewParent {
+        path: String,
+        parent: String,
+    },
+    NewName {
+        path: String,
+        name: String,
+    },
+    NewListen {
+        port: u16,
+        proto: Protocol,
+    },
+    NewOutbound {
+        peer: Peer,
+        port: u16,
+        proto: Protocol,
+    },
+    NewInbound {
+        peer: Peer,
+        port: u16,
+        proto: Protocol,
+    },
+    /// A write outside the writable set whose anchor the profile lacks:
+    /// allowed, alerted once per anchor per container life.
+    NewWrittenDir {
+        dir: String,
+    },
+    NewSensitiveRead {
+        path: String,
+    },
+    /// A write in the protected set (`entry` names which part): refused in
+    /// protect mode whatever was learned; no profile entry can allow it
+    /// (a policy's `writable` can).
+    ProtectedWrite {
+        path: String,
+        entry: String,
+    },
 }
 
 impl Deviation {
@@ -466,7 +499,14 @@ impl Deviation {
             Deviation::NewInbound { .. } => "new_inbound",
             Deviation::NewWrittenDir { .. } => "new_written_dir",
             Deviation::NewSensitiveRead { .. } => "new_sensitive_read",
+            Deviation::ProtectedWrite { .. } => "protected_write",
         }
+    }
+
+    /// Whether protect mode refuses it. A write outside both sets is
+    /// allowed (and alerted): a service's normal life must go on.
+    pub fn refused_in_protect(&self) -> bool {
+        !matches!(self, Deviation::NewWrittenDir { .. })
     }
 }
 
@@ -485,6 +525,7 @@ impl fmt::Display for Deviation {
             }
             Deviation::NewWrittenDir { dir } => write!(f, "writing in {dir} is not in the profile"),
             Deviation::NewSensitiveRead { path } => write!(f, "reading {path} is not in the profile"),
+            Deviation::ProtectedWrite { path, entry } => write!(f, "writing {path} ({entry}) is never part of a workload's normal life"),
         }
     }
 }
@@ -698,11 +739,37 @@ impl Seen {
 /// What an event can teach a profile, borrowed from the event. An exec's
 /// `name` is argv\[0\]'s basename where it differs from the path's.
 enum Obs<'a> {
-    Exec { path: &'a str, parent: Option<&'a str>, args: Option<&'a [String]>, name: Option<&'a str> },
-    Listen { port: u16, proto: Protocol },
-    Flow { inbound: bool, peer: PeerKey<'a>, port: u16, proto: Protocol },
-    Written(&'a str),
+    Exec {
+        path: &'a str,
+        parent: Option<&'a str>,
+        args: Option<&'a [String]>,
+        name: Option<&'a str>,
+    },
+    Listen {
+        port: u16,
+        proto: Protocol,
+    },
+    Flow {
+        inbound: bool,
+        peer: PeerKey<'a>,
+        port: u16,
+        proto: Protocol,
+    },
+    /// A change at `path` in directory `dir`; `content` when it creates,
+    /// writes or renames (a delete or chmod only counts in the protected
+    /// set).
+    Written {
+        path: &'a str,
+        dir: &'a str,
+        content: bool,
+    },
     Sensitive(&'a str),
+}
+
+/// The writable set of a container nothing more is known of: scratch.
+fn default_writable() -> &'static WritableSet {
+    static SET: std::sync::OnceLock<WritableSet> = std::sync::OnceLock::new();
+    SET.get_or_init(WritableSet::default)
 }
 
 /// The parent a profile records for processes the container runtime
@@ -794,9 +861,11 @@ fn classify<'a>(ev: &'a Event, peer: Option<&'a PeerRef>) -> Option<Obs<'a>> {
             }
         }
         EventKind::File(f) if !f.path.is_empty() => match f.op {
-            FileOp::Create | FileOp::Modify | FileOp::Rename => Some(Obs::Written(parent_dir(&f.path))),
+            FileOp::Create | FileOp::Modify | FileOp::Rename => {
+                Some(Obs::Written { path: &f.path, dir: parent_dir(&f.path), content: true })
+            }
             FileOp::Open => Some(Obs::Sensitive(&f.path)),
-            FileOp::Delete | FileOp::Chmod => None,
+            FileOp::Delete | FileOp::Chmod => Some(Obs::Written { path: &f.path, dir: parent_dir(&f.path), content: false }),
         },
         _ => None,
     }
@@ -1009,6 +1078,14 @@ impl Profile {
     /// `learning.lastNew` to `now`); otherwise only `lastSeen`/`count` of the
     /// matching entries move.
     pub fn observe(&mut self, ev: &Event, peer: Option<&PeerRef>, now: u64) -> bool {
+        self.observe_in(ev, peer, default_writable(), now)
+    }
+
+    /// [`observe`](Self::observe) for a container whose writable set is
+    /// known: a write in it is learned by the writable directory that holds
+    /// it; a write in the protected set is never learned; any other write
+    /// by its anchor ([`collapsed_anchor`]).
+    pub fn observe_in(&mut self, ev: &Event, peer: Option<&PeerRef>, set: &WritableSet, now: u64) -> bool {
         let Some(obs) = classify(ev, peer) else { return false };
         let seen = Seen::now(now);
         let new = match obs {
@@ -1040,7 +1117,19 @@ impl Profile {
                     None => self.learn_flow(inbound, peer.to_peer(), port, proto, seen),
                 }
             }
-            Obs::Written(dir) => self.learn_path(Section::WrittenDirs, dir, seen),
+            Obs::Written { content: false, .. } => false,
+            Obs::Written { path, dir, content: true } => match classify_write(path, set) {
+                WriteClass::Protected(_) => false,
+                WriteClass::Writable(d) => self.learn_path(Section::WrittenDirs, &d.path, seen),
+                WriteClass::Outside => match self.written_anchor(dir) {
+                    Some(pos) => {
+                        let p = &mut self.spec.written_dirs[pos];
+                        seen.apply(&mut p.first_seen, &mut p.last_seen, &mut p.count);
+                        false
+                    }
+                    None => self.learn_path(Section::WrittenDirs, &collapsed_anchor(dir), seen),
+                },
+            },
             Obs::Sensitive(path) => self.learn_path(Section::SensitiveReads, path, seen),
         };
         if new {
@@ -1055,9 +1144,49 @@ impl Profile {
         self.index.exec.contains_key(path)
     }
 
-    /// Whether files were learned being written in this directory.
+    /// Whether files were learned being written in this directory: it,
+    /// or an ancestor, is a learned anchor.
     pub fn has_written_dir(&self, dir: &str) -> bool {
-        self.index.written.contains_key(dir)
+        self.written_anchor(dir).is_some()
+    }
+
+    /// Learns a write that lies in the container's writable set, in any
+    /// mode: new anchors keep being learned in monitor and protect mode
+    /// (nothing there is refused or alerted). Returns whether it was new.
+    pub fn learn_writable(&mut self, ev: &Event, set: &WritableSet, now: u64) -> bool {
+        match classify(ev, None) {
+            Some(Obs::Written { path, content: true, .. }) if matches!(classify_write(path, set), WriteClass::Writable(_)) => {
+                self.observe_in(ev, None, set, now)
+            }
+            _ => false,
+        }
+    }
+
+    /// The position of the learned anchor that holds `dir`: `dir` itself
+    /// or its nearest ancestor, as written or with its varying components
+    /// collapsed (`base/16390` is held by `base/*`). Allocates only when
+    /// the plain path has no anchor.
+    fn written_anchor(&self, dir: &str) -> Option<usize> {
+        let ix = &self.index.written;
+        if ix.is_empty() {
+            return None;
+        }
+        let lookup = |p: &str| -> Option<usize> {
+            let mut cur = p;
+            loop {
+                if let Some(&pos) = ix.get(cur) {
+                    return Some(pos);
+                }
+                if cur == "/" || cur.is_empty() {
+                    return None;
+                }
+                cur = parent_dir(cur);
+            }
+        };
+        lookup(dir).or_else(|| {
+            let collapsed: String = dir.split('/').filter(|c| !c.is_empty()).map(|c| format!("/{}", collapse(c))).collect();
+            (collapsed != dir).then(|| lookup(&collapsed)).flatten()
+        })
     }
 
     /// Whether reads of this sensitive path were learned.
@@ -1068,6 +1197,14 @@ impl Profile {
     /// What in `ev` is not in the profile, if anything. Allocates only when
     /// it returns a deviation.
     pub fn check(&self, ev: &Event, peer: Option<&PeerRef>) -> Option<Deviation> {
+        self.check_in(ev, peer, default_writable())
+    }
+
+    /// [`check`](Self::check) for a container whose writable set is known:
+    /// writes in it are normal life; writes in the protected set are
+    /// deviations whatever was learned; other writes are deviations when
+    /// the profile has no anchor for them.
+    pub fn check_in(&self, ev: &Event, peer: Option<&PeerRef>, set: &WritableSet) -> Option<Deviation> {
         let ix = &self.index;
         match classify(ev, peer)? {
             Obs::Exec { path, parent, name, .. } => match ix.exec.get(path) {
@@ -1091,7 +1228,12 @@ impl Profile {
                     Some(Deviation::NewOutbound { peer: peer.to_peer(), port, proto })
                 }
             }
-            Obs::Written(dir) => (!ix.written.contains_key(dir)).then(|| Deviation::NewWrittenDir { dir: dir.to_string() }),
+            Obs::Written { path, dir, content } => match classify_write(path, set) {
+                WriteClass::Protected(entry) => Some(Deviation::ProtectedWrite { path: path.to_string(), entry: entry.to_string() }),
+                WriteClass::Writable(_) => None,
+                WriteClass::Outside if !content || self.written_anchor(dir).is_some() => None,
+                WriteClass::Outside => Some(Deviation::NewWrittenDir { dir: anchor(dir, set) }),
+            },
             Obs::Sensitive(path) => (!ix.sensitive.contains_key(path)).then(|| Deviation::NewSensitiveRead { path: path.to_string() }),
         }
     }
@@ -1122,6 +1264,9 @@ impl Profile {
             }
             Deviation::NewWrittenDir { dir } => self.learn_path(Section::WrittenDirs, dir, seen),
             Deviation::NewSensitiveRead { path } => self.learn_path(Section::SensitiveReads, path, seen),
+            // Only a policy's writable entries take a path out of the
+            // protected set.
+            Deviation::ProtectedWrite { .. } => false,
         };
         if added {
             self.spec.learning.last_new = Timestamp(self.spec.learning.last_new.0.max(now));

@@ -190,8 +190,10 @@ fn parents_and_args() {
 #[test]
 fn sections_are_bounded() {
     let mut p = new_profile();
+    // Names without digits: digit runs are collapsed in anchors.
+    let name = |i: usize| -> String { (0..3).map(|k| char::from(b'a' + ((i / 26usize.pow(k)) % 26) as u8)).collect() };
     for i in 0..MAX_ENTRIES {
-        assert!(p.observe(&file(FileOp::Create, &format!("/data/d{i}/f")), None, T0));
+        assert!(p.observe(&file(FileOp::Create, &format!("/data/d{}/f", name(i))), None, T0));
     }
     assert!(!p.observe(&file(FileOp::Create, "/data/more/f"), None, T0 + SEC));
     assert!(!p.observe(&file(FileOp::Create, "/data/more2/f"), None, T0 + SEC));
@@ -199,7 +201,7 @@ fn sections_are_bounded() {
     assert_eq!(p.spec().overflow.written_dirs, 2);
     assert_eq!(p.spec().learning.last_new.ns(), T0, "overflow is not learning");
     // Known entries still count; unlearned ones deviate.
-    assert!(!p.observe(&file(FileOp::Create, "/data/d0/g"), None, T0 + SEC));
+    assert!(!p.observe(&file(FileOp::Create, &format!("/data/d{}/g", name(0))), None, T0 + SEC));
     assert_eq!(p.spec().written_dirs[0].count, 2);
     assert_eq!(p.check(&file(FileOp::Create, "/data/more/f"), None), Some(Deviation::NewWrittenDir { dir: "/data/more".into() }));
     // Other sections are unaffected.
@@ -279,7 +281,7 @@ fn check_reports_each_deviation() {
             Some(web.clone()),
             Deviation::NewInbound { peer: Peer::Workload("sha256:db".into()), port: 8080, proto: Protocol::Tcp },
         ),
-        (file(FileOp::Create, "/usr/bin/x"), None, Deviation::NewWrittenDir { dir: "/usr/bin".into() }),
+        (file(FileOp::Create, "/srv/www/x"), None, Deviation::NewWrittenDir { dir: "/srv/www".into() }),
         (file(FileOp::Modify, "/x"), None, Deviation::NewWrittenDir { dir: "/".into() }),
         (file(FileOp::Open, "/etc/sudoers"), None, Deviation::NewSensitiveRead { path: "/etc/sudoers".into() }),
     ];
@@ -1144,4 +1146,94 @@ fn deviations_can_be_allowed_and_round_trip_as_json() {
     assert_eq!(p.flow_entry(true, &web, 80, Protocol::Tcp), Some(0));
     assert_eq!(p.flow_entry(false, &PeerRef::Ip("10.0.0.9".parse().unwrap()), 5432, Protocol::Tcp), Some(0));
     assert_eq!(p.flow_entry(false, &web, 80, Protocol::Tcp), None);
+}
+
+// ---------- writes: the writable and protected sets ----------
+
+#[test]
+fn a_services_writes_fold_into_anchors() {
+    let mut p = new_profile();
+    // PostgreSQL's first minute: a database directory, the WAL, stats.
+    for path in [
+        "/var/lib/postgresql/15/main/base/16384/1259",
+        "/var/lib/postgresql/15/main/pg_wal/000000010000000000000001",
+        "/var/lib/postgresql/15/main/pg_stat_tmp/global.stat",
+        "/var/log/postgresql/postgresql-15-main.log",
+    ] {
+        p.observe(&file(FileOp::Create, path), None, T0);
+    }
+    let dirs: Vec<&str> = p.spec().written_dirs.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(dirs, ["/var/lib/postgresql/15", "/var/log/postgresql"]);
+    // Its second day: a new database, a sort spilling to temp files, a
+    // table rewritten by VACUUM FULL: all held by the anchors.
+    for path in [
+        "/var/lib/postgresql/15/main/base/16390/2619",
+        "/var/lib/postgresql/15/main/base/pgsql_tmp/pgsql_tmp1234.0",
+        "/var/lib/postgresql/15/main/global/pg_control",
+    ] {
+        assert_eq!(p.check(&file(FileOp::Create, path), None), None, "{path}");
+    }
+    // An anchor learned by an older agent, exactly: its subdirectories,
+    // and numbered ones collapsed, are held too.
+    let mut q = new_profile();
+    q.allow(&Deviation::NewWrittenDir { dir: "/www/uploads/*".into() }, T0);
+    assert_eq!(q.check(&file(FileOp::Create, "/www/uploads/20261206/a.png"), None), None);
+    assert_eq!(q.check(&file(FileOp::Create, "/www/uploads/20261207/x/b.png"), None), None);
+    assert_eq!(q.check(&file(FileOp::Create, "/www/static/a.css"), None), Some(Deviation::NewWrittenDir { dir: "/www/static".into() }));
+}
+
+#[test]
+fn protected_writes_are_never_learned_and_always_deviate() {
+    let mut p = new_profile();
+    for (op, path, entry) in [
+        (FileOp::Create, "/usr/bin/x", "system files"),
+        (FileOp::Modify, "/etc/passwd", "accounts and authentication"),
+        (FileOp::Create, "/etc/cron.d/job", "cron"),
+        (FileOp::Create, "/var/lib/redis/.ssh/authorized_keys", "ssh keys"),
+        (FileOp::Delete, "/etc/ld.so.preload", "dynamic loader"),
+        (FileOp::Chmod, "/usr/local/bin/tool", "system files"),
+    ] {
+        let e = file(op, path);
+        assert!(!p.observe(&e, None, T0), "{path} learned");
+        let want = Deviation::ProtectedWrite { path: path.into(), entry: entry.into() };
+        assert_eq!(p.check(&e, None).as_ref(), Some(&want), "{path}");
+        assert!(want.refused_in_protect());
+        assert!(!p.allow(&want, T0), "a protected write cannot be added to a profile");
+    }
+    assert!(p.spec().written_dirs.is_empty());
+    // Even an anchor learned above it does not open it.
+    p.allow(&Deviation::NewWrittenDir { dir: "/var/lib/redis".into() }, T0);
+    assert!(matches!(p.check(&file(FileOp::Create, "/var/lib/redis/.ssh/k"), None), Some(Deviation::ProtectedWrite { .. })));
+    // Deletes and chmods outside the protected set are nobody's business.
+    assert_eq!(p.check(&file(FileOp::Delete, "/srv/x/y"), None), None);
+    assert!(!Deviation::NewWrittenDir { dir: "/srv".into() }.refused_in_protect());
+}
+
+#[test]
+fn the_containers_writable_set_is_normal_life_and_learned_in_any_mode() {
+    use crate::write_sets::{WritableKind, WritableSet};
+    let mut set = WritableSet::default();
+    set.add("/var/lib/redis", WritableKind::Owned);
+    set.add("/data", WritableKind::Mount);
+    set.add("/etc/redis", WritableKind::Owned);
+    let mut p = new_profile();
+    p.set_mode(Mode::Protect, T0);
+    let paths =
+        ["/var/lib/redis/temp-167.rdb", "/var/lib/redis/appendonlydir/a.aof", "/data/x", "/etc/redis/redis.conf", "/run/redis/redis.pid"];
+    for path in paths {
+        let e = file(FileOp::Create, path);
+        assert_eq!(p.check_in(&e, None, &set), None, "{path}");
+        // Without the container's set, the same write is a deviation
+        // (scratch excepted).
+        assert_eq!(p.check(&e, None).is_some(), !path.starts_with("/run/"), "{path}");
+    }
+    for path in paths {
+        p.learn_writable(&file(FileOp::Create, path), &set, T0);
+    }
+    let dirs: Vec<&str> = p.spec().written_dirs.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(dirs, ["/var/lib/redis", "/data", "/etc/redis", "/run"]);
+    // Outside the set nothing is learned by learn_writable.
+    assert!(!p.learn_writable(&file(FileOp::Create, "/srv/www/x"), &set, T0));
+    assert!(!p.learn_writable(&file(FileOp::Create, "/etc/passwd"), &set, T0));
+    assert!(matches!(p.check_in(&file(FileOp::Create, "/etc/cron.d/x"), None, &set), Some(Deviation::ProtectedWrite { .. })));
 }
