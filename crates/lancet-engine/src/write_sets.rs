@@ -146,11 +146,21 @@ impl WritableSet {
     }
 }
 
+/// Code and root's home.
+const SYSTEM: [&str; 9] = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/root"];
+/// Package databases (`/lib/apk/db` lies in `/lib`).
+const PACKAGES: [&str; 5] = ["/var/lib/dpkg", "/var/lib/apt", "/var/lib/rpm", "/var/lib/pacman", "/var/lib/yum"];
+const CRON: [&str; 3] = ["/var/spool/cron", "/var/spool/anacron", "/var/spool/at"];
+
+/// The directories of the protected set, for the read-only mounts of
+/// protect mode (`.ssh` directories and shell rc files anywhere are
+/// protected too, but have no fixed place).
+pub fn protected_dirs() -> impl Iterator<Item = &'static str> {
+    SYSTEM.into_iter().chain(["/etc"]).chain(PACKAGES).chain(CRON)
+}
+
 /// Why a path is protected: the name of its entry of the protected set.
 pub fn protected(path: &str) -> Option<&'static str> {
-    const SYSTEM: [&str; 9] = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/root"];
-    const PACKAGES: [&str; 6] = ["/var/lib/dpkg", "/var/lib/apt", "/var/lib/rpm", "/var/lib/pacman", "/lib/apk/db", "/var/lib/yum"];
-    const CRON: [&str; 3] = ["/var/spool/cron", "/var/spool/anacron", "/var/spool/at"];
     const RC_FILES: [&str; 12] = [
         ".bashrc",
         ".bash_profile",

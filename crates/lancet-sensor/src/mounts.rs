@@ -1,8 +1,9 @@
-//! Immutability enforced with mounts: a container's filesystem made
-//! read-only except where its profile learned writes, undone without a
-//! restart. The kernel then refuses every other write at the syscall
-//! (EROFS) at no cost per operation, including the operations a fanotify
-//! permission event cannot refuse (mkdir, rename, chmod, symlink, unlink).
+//! Immutability enforced with mounts: a container's protected directories
+//! (code, system configuration, cron, package databases) made read-only,
+//! undone without a restart. The kernel then refuses every write there at
+//! the syscall (EROFS) at no cost per operation, including the operations a
+//! fanotify permission event cannot refuse (mkdir, rename, chmod, symlink,
+//! unlink).
 //!
 //! - [`sys`]: safe wrappers over `open_tree`, `move_mount`, `mount_setattr`
 //!   and `openat2`;
@@ -11,20 +12,24 @@
 //!   `CAP_SYS_ADMIN`;
 //! - [`ns`]: the dedicated thread that works inside a container's mount
 //!   namespace;
-//! - [`immutable`]: the plan, apply, update and release.
+//! - [`immutable`]: the plan, apply, update and release;
+//! - [`writable`]: the container's writable set (its mounts, the
+//!   directories its service user owns).
 
 mod immutable;
 pub mod mountinfo;
 mod ns;
 pub mod procfs;
 mod sys;
+mod writable;
 
 pub use immutable::{
-    apply_immutable, normalize_dirs, release_immutable, release_immutable_at, update_immutable, Applied, ImmutablePlan, Mode, Skipped, Step,
+    apply_immutable, normalize_dirs, release_immutable, release_immutable_at, update_immutable, Applied, ImmutablePlan, Skipped, Step,
 };
 pub use mountinfo::MountInfo;
 pub use procfs::{has_cap_sys_admin, process_in_namespace, Writer};
 pub use sys::mount_setattr_supported;
+pub use writable::{writable_set, RunAs};
 
 use std::io;
 use std::path::PathBuf;

@@ -157,6 +157,8 @@ pub(super) struct Stat {
     pub(super) ino: u64,
     /// The device a device file stands for.
     pub(super) rdev: u64,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
 }
 
 impl Stat {
@@ -184,7 +186,7 @@ pub(super) fn stat_at(dir: BorrowedFd<'_>, name: &str, follow: bool) -> io::Resu
     }
     // SAFETY: fstatat succeeded, so it filled `st`.
     let st = unsafe { st.assume_init() };
-    Ok(Stat { mode: st.st_mode, dev: st.st_dev, ino: st.st_ino, rdev: st.st_rdev })
+    Ok(Stat { mode: st.st_mode, dev: st.st_dev, ino: st.st_ino, rdev: st.st_rdev, uid: st.st_uid, gid: st.st_gid })
 }
 
 /// The id of the mount `fd` is on (`statx` `STATX_MNT_ID`, 5.8), the same
@@ -302,16 +304,6 @@ pub(super) fn chroot_to(dir: BorrowedFd<'_>) -> io::Result<()> {
         if libc::fchdir(dir.as_raw_fd()) < 0 || libc::chroot(c".".as_ptr()) < 0 || libc::chdir(c"/".as_ptr()) < 0 {
             return Err(io::Error::last_os_error());
         }
-    }
-    Ok(())
-}
-
-/// `mkdirat(dir, name, mode)`.
-pub(super) fn mkdir_at(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
-    let c = cstring(name)?;
-    // SAFETY: `c` is NUL-terminated and outlives the call.
-    if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) } < 0 {
-        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -22,9 +22,11 @@ mod seed;
 mod settings;
 mod views;
 mod workloads;
+mod write_sets;
 
 pub use settings::RunArgs;
 pub(crate) use views::flows_json;
+pub(crate) use write_sets::run_as;
 
 use crate::agent::{hostname, run_loop};
 use crate::api::{self, ApiConfig};
@@ -36,7 +38,7 @@ use lancet_engine::attribution::Attribution;
 use lancet_engine::drift::{WriteLog, HUGETLBFS_MAGIC, RAMFS_MAGIC, TMPFS_MAGIC};
 use lancet_engine::event::{Event, EventKind, FileOp};
 use lancet_engine::policy::{with_deviation, Verdict};
-use lancet_engine::profile::Mode;
+use lancet_engine::profile::{Deviation, Mode};
 use lancet_store::{Store, StoreOptions};
 use policies::Policies;
 use settings::Settings;
@@ -64,6 +66,9 @@ struct Daemon {
     workloads: Workloads,
     /// Recent writes per container: how a drifted file got there.
     writes: WriteLog,
+    /// Where each container writes by design, and the anchors outside it
+    /// alerted in its current life.
+    write_sets: write_sets::WriteSets,
     alerts: Alerts,
     guarding: Guarding,
     /// Who talks to whom: the flow map's table.
@@ -106,18 +111,45 @@ impl Daemon {
         let peer = self.workloads.note(ev, c, &key);
         self.writes.record(&c.id, ev);
         let drift = self.drift(ev, c, &key);
+        // Writes are judged against the container's own writable set.
+        let set = match &ev.kind {
+            EventKind::File(f) if f.op != FileOp::Open => {
+                let live_pid = self.workloads.live.get(&c.id).map(|l| l.pid).unwrap_or(0);
+                Some(self.write_sets.set_for(c, live_pid))
+            }
+            _ => None,
+        };
         let Some(w) = self.workloads.get_or_load(&mut self.store, &key, c, now) else {
             return self.over_bound(ev, c, &key);
         };
         let mode = w.profile.mode();
         let deviation = if mode == Mode::Learn {
             // What drifted from the image is never learned as normal.
-            if drift.is_none() && w.profile.observe(ev, peer.as_ref(), now) {
+            let learned = drift.is_none()
+                && match &set {
+                    Some(set) => w.profile.observe_in(ev, peer.as_ref(), set, now),
+                    None => w.profile.observe(ev, peer.as_ref(), now),
+                };
+            if learned {
                 w.changed();
             }
             None
         } else {
-            let d = w.profile.check(ev, peer.as_ref());
+            let d = match &set {
+                Some(set) => {
+                    // New anchors of the writable set keep being learned.
+                    if drift.is_none() && w.profile.learn_writable(ev, set, now) {
+                        w.changed();
+                    }
+                    w.profile.check_in(ev, peer.as_ref(), set)
+                }
+                None => w.profile.check(ev, peer.as_ref()),
+            };
+            // A write outside both sets: once per anchor per container life.
+            let d = match d {
+                Some(Deviation::NewWrittenDir { dir }) if !self.write_sets.first_alert(&c.id, &dir) => None,
+                d => d,
+            };
             if d.is_some() {
                 w.last_deviation = Some(now);
             }
@@ -267,6 +299,7 @@ impl Daemon {
     fn container_gone(&mut self, id: &str) {
         self.guarding.forget(id);
         self.writes.forget_container(id);
+        self.write_sets.forget(id);
         self.workloads.container_gone(id);
     }
 
@@ -369,6 +402,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         store,
         policies,
         writes: WriteLog::new(WRITE_LOG_PER_CONTAINER, WRITE_LOG_CONTAINERS),
+        write_sets: write_sets::WriteSets::default(),
         flows: flows::Flows::new(),
         verdicts: Vec::new(),
         deviation: None,

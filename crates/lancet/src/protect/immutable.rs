@@ -1,10 +1,13 @@
-//! The immutability backend: in protect mode a container's filesystem is
-//! read-only except the directories its profile learned as written (and its
-//! volumes and tmpfs mounts, which are mounts of their own). Writes
-//! anywhere else fail in the kernel with EROFS, including the mkdir,
-//! rename, chmod, symlink and unlink a fanotify permission event cannot
-//! refuse, at no cost per operation. Undone on demote or release without
-//! restarting the container.
+//! The immutability backend: in protect mode a container's protected set
+//! (code, system configuration, root's home, cron, package databases; see
+//! `lancet_engine::write_sets`) is read-only, except the directories inside
+//! it that are the service's own (`/etc/redis` owned by the redis user) or
+//! the operator's mounts. Writes there fail in the kernel with EROFS,
+//! including the mkdir, rename, chmod, symlink and unlink a fanotify
+//! permission event cannot refuse, at no cost per operation. Everything
+//! else stays writable: a service's data, logs, caches and run state are
+//! its normal life. Undone on demote or release without restarting the
+//! container.
 //!
 //! What each container got is kept in memory and in
 //! `<state dir>/immutable/<id>.json` with the boot id (mount ids and
@@ -12,7 +15,8 @@
 //! containers stay read-only can still undo exactly what was done.
 
 use super::{in_host_root, Backend, Guarded};
-use lancet_sensor::mounts::{self, Applied, ImmutablePlan, Mode, MountError};
+use lancet_engine::write_sets::protected_dirs;
+use lancet_sensor::mounts::{self, Applied, ImmutablePlan, MountError, RunAs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -25,16 +29,16 @@ const BUNDLES: &str = "/run/containers/storage/overlay-containers";
 struct Entry {
     id: String,
     name: String,
-    /// The plan applied (without the root, which only says where).
+    /// The carve-outs of the plan applied (the rest of a plan is fixed).
     writable: Vec<String>,
-    dev_shm_writable: bool,
     applied: Option<Applied>,
     /// Why immutability does not hold, when it does not.
     not_enforceable: Option<String>,
     error: Option<String>,
 }
 
-/// Read-only mounts with writable binds for the learned directories.
+/// Read-only binds of the protected directories, with writable binds for
+/// the carve-outs inside them.
 pub(super) struct ImmutableBackend {
     availability: Result<(), String>,
     /// Reports the writes the read-only mounts refuse (EROFS), naming the
@@ -97,18 +101,38 @@ fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
 }
 
-/// The plan for a container: its learned written directories stay
-/// writable. The runtime's own writable places (`/etc/hosts`,
-/// `/etc/resolv.conf`, `/etc/hostname`, `/run/.containerenv`, `/proc`, the
-/// device nodes) are mounts of their own or device files, untouched by
-/// read-only mounts, so nothing is added for them.
-pub(super) fn plan(g: &Guarded, pre_pivot: bool, config: Option<&serde_json::Value>) -> ImmutablePlan {
-    let writable: Vec<String> = g.profile.spec().written_dirs.iter().map(|d| d.path.clone()).collect();
-    let dev_shm_writable = writable.iter().any(|d| d == "/dev/shm");
+/// The plan for a container: the protected directories read-only, the
+/// carve-outs of its writable set inside them writable. The runtime's own
+/// writable places (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`,
+/// `/run/.containerenv`, `/proc`, the device nodes) are mounts of their own
+/// or device files, untouched by read-only binds, so nothing is added for
+/// them.
+pub(super) fn plan(g: &Guarded, pre_pivot: bool, config: Option<&serde_json::Value>, carve_outs: Vec<String>) -> ImmutablePlan {
     // The runtime creates /dev/console after the hook for a terminal; an
     // unknown config counts as one (see `ImmutablePlan::console`).
     let console = pre_pivot && config.is_none_or(|c| c["process"]["terminal"].as_bool() != Some(false));
-    ImmutablePlan { root: pre_pivot.then(|| g.rootfs.clone()), writable, dev_shm_writable, console }
+    ImmutablePlan {
+        root: pre_pivot.then(|| g.rootfs.clone()),
+        read_only: protected_dirs().map(str::to_string).collect(),
+        writable: carve_outs,
+        console,
+    }
+}
+
+/// The directories inside the protected set that stay writable: read from
+/// the container (its mounts, what its service user owns). At the hook the
+/// user comes from the OCI config (the process is still the runtime's).
+fn carve_outs(g: &Guarded, pre_pivot: bool, config: Option<&serde_json::Value>) -> Result<Vec<String>, MountError> {
+    let run_as = if pre_pivot {
+        config.and_then(|c| {
+            let u = &c["process"]["user"];
+            Some(RunAs { uid: u32::try_from(u["uid"].as_u64()?).ok()?, gid: u32::try_from(u["gid"].as_u64().unwrap_or(0)).ok()? })
+        })
+    } else {
+        crate::daemon::run_as(g.pid)
+    };
+    let set = mounts::writable_set(g.pid, pre_pivot.then(|| g.rootfs.clone()), run_as)?;
+    Ok(set.carve_outs().map(|d| d.path.clone()).collect())
 }
 
 /// The container's OCI config, where podman and CRI-O keep it.
@@ -153,12 +177,15 @@ impl Backend for ImmutableBackend {
         self.availability.clone()?;
         let pre_pivot = in_host_root(g.pid);
         let config = pre_pivot.then(|| oci_config(&g.id)).flatten();
-        let plan = plan(g, pre_pivot, config.as_ref());
+        let carve = match carve_outs(g, pre_pivot, config.as_ref()) {
+            Ok(c) => c,
+            Err(e) => return Err(format!("reading the container's writable directories: {}", describe(&e))),
+        };
+        let plan = plan(g, pre_pivot, config.as_ref(), carve);
         let entry = self.containers.entry(g.label).or_insert_with(|| Entry {
             id: g.id.clone(),
             name: g.name.clone(),
             writable: Vec::new(),
-            dev_shm_writable: false,
             applied: None,
             not_enforceable: None,
             error: None,
@@ -169,7 +196,7 @@ impl Backend for ImmutableBackend {
             return Err(why);
         }
         entry.not_enforceable = None;
-        let same = entry.applied.is_some() && entry.writable == plan.writable && entry.dev_shm_writable == plan.dev_shm_writable;
+        let same = entry.applied.is_some() && entry.writable == plan.writable;
         if same {
             return entry.error.clone().map_or(Ok(()), Err);
         }
@@ -191,21 +218,18 @@ impl Backend for ImmutableBackend {
         };
         let entry = self.containers.get_mut(&g.label).expect("inserted above");
         entry.writable = plan.writable.clone();
-        entry.dev_shm_writable = plan.dev_shm_writable;
         match res {
             Ok(a) => {
                 let ms = started.elapsed().as_secs_f64() * 1e3;
-                match &a.mode {
-                    Mode::Full => {
-                        tracing::info!(container = %g.name, writable = ?a.writable, ms, "filesystem read-only except the learned directories")
-                    }
-                    Mode::Partial { writable_left, writers } => tracing::warn!(
-                        container = %g.name, ?writable_left, writers = ?writers.iter().map(|w| format!("{}[{}] {}", w.comm, w.pid, w.path)).collect::<Vec<_>>(),
-                        "filesystem partly read-only: files open for writing keep these writable until the next start"
-                    ),
+                tracing::info!(container = %g.name, read_only = ?a.read_only, writable = ?a.writable, ms, "protected directories read-only");
+                if !a.writers.is_empty() {
+                    tracing::warn!(
+                        container = %g.name, writers = ?a.writers.iter().map(|w| format!("{}[{}] {}", w.comm, w.pid, w.path)).collect::<Vec<_>>(),
+                        "files open for writing in protected directories keep those descriptors"
+                    );
                 }
                 for s in &a.skipped {
-                    tracing::warn!(container = %g.name, path = %s.path, "learned directory not made writable: {}", s.reason);
+                    tracing::warn!(container = %g.name, path = %s.path, "left as it is: {}", s.reason);
                 }
                 entry.applied = Some(a);
                 entry.error = None;
@@ -288,23 +312,11 @@ impl Backend for ImmutableBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
     use lancet_engine::profile::Profile;
     use std::sync::Arc;
     use std::time::Instant;
 
-    fn guarded(written: &[&str]) -> Guarded {
-        let mut p = Profile::new("localhost/web:1", "sha256:abc", 1);
-        for (i, path) in written.iter().enumerate() {
-            let kind = EventKind::File(FileEvent {
-                op: FileOp::Create,
-                path: path.to_string(),
-                old_path: None,
-                host_path: String::new(),
-                is_dir: false,
-            });
-            p.observe(&Event { time_ns: 2 + i as u64, cgroup_id: 1, process: ProcessRef::default(), kind }, None, 2 + i as u64);
-        }
+    fn guarded() -> Guarded {
         Guarded {
             id: "c".repeat(64),
             name: "web".into(),
@@ -315,7 +327,7 @@ mod tests {
             pid: 1,
             rootfs: PathBuf::from("/var/lib/containers/storage/overlay/x/merged"),
             upper: None,
-            profile: Arc::new(p),
+            profile: Arc::new(Profile::new("localhost/web:1", "sha256:abc", 1)),
             approved: Arc::new(crate::protect::Approved::default()),
             allow: Vec::new(),
             complete: false,
@@ -324,22 +336,25 @@ mod tests {
     }
 
     #[test]
-    fn the_plan_comes_from_the_learned_written_directories() {
-        let g = guarded(&["/var/log/nginx/access.log", "/run/nginx.pid", "/dev/shm/sem.x"]);
-        let running = plan(&g, false, None);
-        let mut w = running.writable.clone();
-        w.sort();
-        assert_eq!(w, ["/dev/shm", "/run", "/var/log/nginx"]);
-        assert!(running.dev_shm_writable);
+    fn the_plan_is_the_protected_set_with_its_carve_outs() {
+        let g = guarded();
+        let running = plan(&g, false, None, vec!["/etc/redis".into()]);
+        for d in ["/usr", "/etc", "/root", "/var/spool/cron", "/var/lib/dpkg"] {
+            assert!(running.read_only.iter().any(|p| p == d), "{d}");
+        }
+        // Data, logs and run state are not in it: a service's normal life.
+        for d in ["/var/lib/redis", "/var/log", "/run", "/tmp", "/dev/shm", "/"] {
+            assert!(!running.read_only.iter().any(|p| p == d), "{d}");
+        }
+        assert_eq!(running.writable, ["/etc/redis"]);
         assert_eq!((running.root, running.console), (None, false));
         // At the hook: the bundle's root, and /dev/console unless the
         // config says there is no terminal.
-        let hook = plan(&g, true, None);
+        let hook = plan(&g, true, None, Vec::new());
         assert_eq!(hook.root.as_deref(), Some(g.rootfs.as_path()));
         assert!(hook.console);
-        assert!(!plan(&g, true, Some(&serde_json::json!({"process": {"terminal": false}}))).console);
-        assert!(plan(&g, true, Some(&serde_json::json!({"process": {"terminal": true}}))).console);
-        assert!(!plan(&guarded(&["/tmp/x"]), false, None).dev_shm_writable);
+        assert!(!plan(&g, true, Some(&serde_json::json!({"process": {"terminal": false}})), Vec::new()).console);
+        assert!(plan(&g, true, Some(&serde_json::json!({"process": {"terminal": true}})), Vec::new()).console);
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! Each live container's writable set (see `lancet_engine::write_sets`),
+//! read once per container life from inside its mount namespace, and the
+//! anchors outside it already alerted in that life: a write outside both
+//! sets is alerted once per anchor per container life, not per file.
+
+use crate::agent::trusted_pid;
+use lancet_engine::attribution::ContainerInfo;
+use lancet_engine::write_sets::WritableSet;
+use lancet_sensor::mounts::{self, RunAs};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Containers followed at most (as the workloads' live table).
+const MAX_CONTAINERS: usize = 16_384;
+/// Anchors remembered as alerted per container life; past it each new
+/// anchor is still alerted (and deduplicated by the alert pipeline).
+const MAX_ALERTED: usize = 1024;
+/// A set that could not be read (the process went mid-lookup) is tried
+/// again after this long; until then the default set (scratch) holds.
+const RETRY: Duration = Duration::from_secs(2);
+
+struct ContainerWrites {
+    /// The process the set was read through: another one means another
+    /// run of the container (a restart), whose life starts afresh.
+    pid: u32,
+    set: Arc<WritableSet>,
+    /// Read for real (not the default after a failure).
+    complete: bool,
+    read_at: Instant,
+    alerted: HashSet<String>,
+}
+
+#[derive(Default)]
+pub(super) struct WriteSets {
+    map: HashMap<String, ContainerWrites>,
+}
+
+impl WriteSets {
+    /// The writable set of container `c`, whose live process is `live_pid`
+    /// (0 when none is known). Read on first use and again for a new run.
+    pub(super) fn set_for(&mut self, c: &ContainerInfo, live_pid: u32) -> Arc<WritableSet> {
+        let pid = trusted_pid(c).unwrap_or(live_pid);
+        if let Some(w) = self.map.get(&c.id) {
+            let fresh = w.complete || w.read_at.elapsed() < RETRY;
+            if (w.pid == pid || pid == 0) && fresh {
+                return Arc::clone(&w.set);
+            }
+        }
+        let (set, complete) = match read(pid) {
+            Some(s) => (s, true),
+            None => (WritableSet::default(), false),
+        };
+        let set = Arc::new(set);
+        let same_life = self.map.get(&c.id).is_some_and(|w| w.pid == pid);
+        if !self.map.contains_key(&c.id) && self.map.len() >= MAX_CONTAINERS {
+            return set;
+        }
+        let alerted = if same_life { self.map.remove(&c.id).map(|w| w.alerted).unwrap_or_default() } else { HashSet::new() };
+        self.map.insert(c.id.clone(), ContainerWrites { pid, set: Arc::clone(&set), complete, read_at: Instant::now(), alerted });
+        set
+    }
+
+    /// Whether `anchor` is alerted for the first time in this container's
+    /// life (and remembers it).
+    pub(super) fn first_alert(&mut self, id: &str, anchor: &str) -> bool {
+        let Some(w) = self.map.get_mut(id) else { return true };
+        if w.alerted.contains(anchor) {
+            return false;
+        }
+        if w.alerted.len() < MAX_ALERTED {
+            w.alerted.insert(anchor.to_string());
+        }
+        true
+    }
+
+    pub(super) fn forget(&mut self, id: &str) {
+        self.map.remove(id);
+    }
+}
+
+/// Reads the set through process `pid`; None when it cannot be read.
+fn read(pid: u32) -> Option<WritableSet> {
+    if pid == 0 {
+        return None;
+    }
+    match mounts::writable_set(pid, None, run_as(pid)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::debug!(pid, "writable set not read: {e}");
+            None
+        }
+    }
+}
+
+/// Who the container's service runs as: the real uid and gid of its
+/// process (`/proc/<pid>/status`).
+pub(crate) fn run_as(pid: u32) -> Option<RunAs> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_ids(&status)
+}
+
+fn parse_ids(status: &str) -> Option<RunAs> {
+    let first = |key: &str| -> Option<u32> { status.lines().find_map(|l| l.strip_prefix(key))?.split_whitespace().next()?.parse().ok() };
+    Some(RunAs { uid: first("Uid:")?, gid: first("Gid:")? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_from_proc_status() {
+        let s = "Name:\tredis-server\nUid:\t100\t100\t100\t100\nGid:\t101\t101\t101\t101\n";
+        assert_eq!(parse_ids(s), Some(RunAs { uid: 100, gid: 101 }));
+        assert_eq!(parse_ids("Uid:\tx\nGid:\t1\n"), None);
+        assert_eq!(parse_ids(""), None);
+    }
+
+    #[test]
+    fn anchors_are_alerted_once_per_life() {
+        let mut w = WriteSets::default();
+        let c = ContainerInfo { id: "c".repeat(64), ..Default::default() };
+        // No process: the default set, not remembered as complete.
+        let set = w.set_for(&c, 0);
+        assert!(set.covering("/tmp/x").is_some());
+        assert!(w.first_alert(&c.id, "/srv/www"));
+        assert!(!w.first_alert(&c.id, "/srv/www"));
+        assert!(w.first_alert(&c.id, "/srv/other"));
+        w.forget(&c.id);
+        assert!(w.first_alert(&c.id, "/srv/www"), "a container not followed alerts");
+    }
+}
