@@ -110,18 +110,23 @@ fn every_drift_path_is_reported_then_refused_and_httpd_keeps_serving() {
         ("cp /bin/busybox /tmp/ls2 && /tmp/ls2 /; echo rc=$?", "copied binary"),
         ("cp /bin/busybox /usr/bin/true-dyn; /usr/bin/true-dyn; echo rc=$?", "overwritten image binary"),
         ("echo 'echo hi' > /www/run2 && chmod +x /www/run2 && /www/run2; echo rc=$?", "file made executable"),
-        // /dev/shm is read-only now (nothing was learned there): the
-        // script written before, in monitor mode, is refused at exec.
+        // The script written before, in monitor mode, is refused at exec.
         ("/dev/shm/x.sh; echo rc=$?", "script in /dev/shm"),
+        // /dev/shm is scratch, writable by design: a script written there
+        // now is refused at exec all the same.
+        (
+            "printf '#!/bin/sh\\necho ran\\n' > /dev/shm/y.sh && chmod +x /dev/shm/y.sh && /dev/shm/y.sh; echo rc=$?",
+            "new script in /dev/shm",
+        ),
     ] {
         let o = srv.exec(&["sh", "-c", script]);
         let text = out_text(&o);
         assert!(text.contains("not permitted") && text.contains("rc=126"), "{what} was not refused: {text}");
         fetch(&cli, &ip);
     }
-    // Writing outside the learned directories is refused by the kernel
-    // before anything could run (immutability).
-    for script in ["printf '#!/bin/sh\\necho ran\\n' > /dev/shm/y.sh", "cp /bin/busybox /usr/bin/true-dyn2", "echo x > /etc/x"] {
+    // Writing in the protected set is refused by the kernel before
+    // anything could run (immutability).
+    for script in ["cp /bin/busybox /usr/bin/true-dyn2", "echo x > /etc/x", "echo x > /bin/x"] {
         let o = srv.exec(&["sh", "-c", script]);
         assert!(!o.status.success() && out_text(&o).contains("Read-only file system"), "`{script}`: {}", out_text(&o));
     }

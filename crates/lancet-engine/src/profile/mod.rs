@@ -853,6 +853,11 @@ fn classify<'a>(ev: &'a Event, peer: Option<&'a PeerRef>) -> Option<Obs<'a>> {
             let remote = || peer.map(PeerKey::from).unwrap_or(PeerKey::Ip(n.daddr.to_canonical()));
             match n.op {
                 NetOp::Listen | NetOp::Bind if n.sport != 0 => Some(Obs::Listen { port: n.sport, proto }),
+                // A UDP socket connected to the unspecified address (this
+                // host itself) reaches no peer: PostgreSQL does it at every
+                // start. Not an outbound peer. (Loopback stays one: a DNS
+                // stub listens there.)
+                NetOp::Connect if proto == Protocol::Udp && n.daddr.to_canonical().is_unspecified() => None,
                 NetOp::Connect if peer.is_some() || !n.daddr.is_unspecified() => {
                     Some(Obs::Flow { inbound: false, peer: remote(), port: n.dport, proto })
                 }

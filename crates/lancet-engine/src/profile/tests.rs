@@ -1237,3 +1237,17 @@ fn the_containers_writable_set_is_normal_life_and_learned_in_any_mode() {
     assert!(!p.learn_writable(&file(FileOp::Create, "/etc/passwd"), &set, T0));
     assert!(matches!(p.check_in(&file(FileOp::Create, "/etc/cron.d/x"), None, &set), Some(Deviation::ProtectedWrite { .. })));
 }
+
+#[test]
+fn a_udp_connect_to_the_unspecified_address_is_not_an_outbound_peer() {
+    let p = new_profile();
+    for addr in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
+        let e = connect(addr.parse().unwrap(), 5432, L4Proto::Udp);
+        let peer = PeerRef::Ip(addr.parse().unwrap());
+        assert_eq!(p.check(&e, Some(&peer)), None, "{addr}");
+    }
+    // Elsewhere it is one (loopback too: a DNS stub listens there).
+    assert!(p.check(&connect("10.88.0.9".parse().unwrap(), 53, L4Proto::Udp), None).is_some());
+    assert!(p.check(&connect("127.0.0.53".parse().unwrap(), 53, L4Proto::Udp), None).is_some());
+    assert!(p.check(&connect("127.0.0.1".parse().unwrap(), 8080, L4Proto::Tcp), None).is_some());
+}

@@ -27,9 +27,13 @@ impl Daemon {
             }
             EventKind::File(f) if f.op == FileOp::Chmod && !f.is_dir => {
                 use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(&f.host_path).ok()?.permissions().mode();
+                // Never the target of a symlink, and only a regular file
+                // runs: a unix socket or FIFO made 0777 (PostgreSQL's
+                // `.s.PGSQL.5432`) is not an executable.
+                let meta = std::fs::symlink_metadata(&f.host_path).ok()?;
+                let mode = meta.permissions().mode();
                 let shipped_executable = baseline.and_then(|b| b.lookup(&f.path)).is_some();
-                (mode & 0o111 != 0 && !shipped_executable).then(|| Drift {
+                (meta.file_type().is_file() && mode & 0o111 != 0 && !shipped_executable).then(|| Drift {
                     kind: DriftKind::MadeExecutable,
                     path: f.path.clone(),
                     origin: self.writes.lookup(&c.id, &f.path).cloned(),

@@ -359,7 +359,10 @@ fn kernel_verdict(r: &EnforceRecord) -> (Verdict, Action) {
         let v = enforced_verdict(
             "Write refused by the read-only filesystem",
             Severity::High,
-            format!("{what} of {path} by {} (pid {}) refused: the container's filesystem is read-only", r.comm, r.pid),
+            format!(
+                "{what} of {path} by {} (pid {}) refused: read-only (the protected set, or a read-only mount of the container's)",
+                r.comm, r.pid
+            ),
             &["protect", "immutable", "T1565"],
         );
         return (v, Action::Block);
