@@ -299,6 +299,8 @@ impl CompiledRule {
 #[derive(Debug)]
 pub struct PolicySet {
     policies: Vec<(SharedStr, CompiledSelector)>,
+    /// Each policy's writable directories, by the index in `policies`.
+    writable: Vec<Vec<String>>,
     rules: Vec<CompiledRule>,
     /// Rule indices per [`EventType`], in load order.
     by_type: [Vec<u32>; EventType::ALL.len()],
@@ -316,6 +318,15 @@ fn globset(list: &[String]) -> Result<Option<GlobSet>, String> {
 }
 
 impl PolicySet {
+    /// The writable directories policies declare for container `c`.
+    pub fn writable_for<'a>(&'a self, c: &'a ContainerInfo) -> impl Iterator<Item = &'a str> + 'a {
+        self.policies
+            .iter()
+            .zip(&self.writable)
+            .filter(|((_, sel), _)| sel.matches(Some(c)))
+            .flat_map(|(_, w)| w.iter().map(String::as_str))
+    }
+
     /// Compiles `policies`, after the built-in ones when `with_defaults`.
     /// Policy names must be unique (the built-in policy is
     /// `lancet-defaults`); every policy is validated as [`super::parse_policies`]
@@ -326,7 +337,7 @@ impl PolicySet {
             all.push(default_policy());
         }
         all.extend(policies);
-        let mut set = PolicySet { policies: Vec::new(), rules: Vec::new(), by_type: Default::default() };
+        let mut set = PolicySet { policies: Vec::new(), writable: Vec::new(), rules: Vec::new(), by_type: Default::default() };
         let mut seen = HashSet::new();
         for p in &all {
             if !seen.insert(p.metadata.name.as_str()) {
@@ -351,6 +362,7 @@ impl PolicySet {
             };
             let policy = set.policies.len();
             set.policies.push((SharedStr::from(p.metadata.name.as_str()), selector));
+            set.writable.push(p.spec.writable.clone());
             for r in &p.spec.rules {
                 let m = &r.matches;
                 let cidrs = m.cidrs.iter().map(|c| cidr(c)).collect::<Result<Vec<_>, _>>().map_err(invalid)?;

@@ -107,7 +107,15 @@ pub struct PolicySpec {
     /// Which containers the rules apply to; empty = every container.
     #[serde(default, skip_serializing_if = "Selector::is_empty")]
     pub selector: Selector,
+    #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Directories the selected containers write by design, recursively
+    /// (absolute paths): writes there are normal life (never alerted), and
+    /// one inside the protected set (`/etc/app/conf.d`) stays writable in
+    /// protect mode. What an image's entrypoint writes below `/etc` at
+    /// start goes here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writable: Vec<String>,
 }
 
 /// Fields are ANDed, list entries ORed; every string is a glob.
@@ -768,8 +776,17 @@ pub(crate) fn validate(p: &Policy) -> Vec<Issue> {
             issue(path, m);
         }
     }
-    if p.spec.rules.is_empty() {
-        issue(vec![Seg::key("spec"), Seg::key("rules")], "a policy needs at least one rule".into());
+    if p.spec.rules.is_empty() && p.spec.writable.is_empty() {
+        issue(vec![Seg::key("spec"), Seg::key("rules")], "a policy needs at least one rule or writable directory".into());
+    }
+    for (i, d) in p.spec.writable.iter().enumerate() {
+        let clean = d.starts_with('/') && !d.contains('\0') && !d.split('/').any(|c| c == "..") && d != "/";
+        if !clean {
+            issue(
+                vec![Seg::key("spec"), Seg::key("writable"), Seg::Index(i)],
+                format!("{d:?}: a writable directory is an absolute path below / without `..`"),
+            );
+        }
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (ri, r) in p.spec.rules.iter().enumerate() {

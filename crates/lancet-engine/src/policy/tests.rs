@@ -896,3 +896,24 @@ mod props {
         }
     }
 }
+
+#[test]
+fn writable_directories_by_policy() {
+    let text = "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: web-writes\nspec:\n  selector: {images: [\"localhost/web:*\"]}\n  writable:\n    - /etc/nginx/conf.d\n    - /srv/cache\n";
+    let set = PolicySet::new(parse_policies(text, "w.yaml").unwrap(), true).unwrap();
+    let web = container();
+    assert_eq!(set.writable_for(&web).collect::<Vec<_>>(), ["/etc/nginx/conf.d", "/srv/cache"]);
+    let other = ContainerInfo { image: "localhost/db:1".into(), image_digest: "sha256:1".into(), ..container() };
+    assert_eq!(set.writable_for(&other).count(), 0);
+    // A relative path, `..` or / itself is an error placed on its line.
+    for (bad, line) in [("etc/x", 7), ("/srv/../etc", 7), ("/", 7)] {
+        let text = format!("apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: w\nspec:\n  writable:\n    - {bad}\n");
+        let errs = parse_policies(&text, "w.yaml").unwrap_err();
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert_eq!(errs[0].line, line, "{bad}: {}", errs[0]);
+        assert!(errs[0].to_string().contains("writable directory"), "{}", errs[0]);
+    }
+    // A policy needs rules or writable directories.
+    let empty = "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: e\nspec: {}\n";
+    assert!(parse_policies(empty, "e.yaml").unwrap_err()[0].to_string().contains("at least one rule or writable"));
+}

@@ -107,7 +107,17 @@ impl Daemon {
             return;
         }
         let rel = (!c.cgroup_path.is_empty()).then_some(c.cgroup_path.as_str());
-        self.guard(GuardRequest { container: c, workload: key, pid, cgroup_id: live.cgroup_id, cgroup_rel: rel, rootfs: None, profile });
+        let writable = self.policies.set.writable_for(c).map(str::to_string).collect();
+        self.guard(GuardRequest {
+            container: c,
+            workload: key,
+            pid,
+            cgroup_id: live.cgroup_id,
+            cgroup_rel: rel,
+            rootfs: None,
+            profile,
+            writable,
+        });
     }
 
     /// Containers follow their workload's mode: into protection when it is
@@ -289,7 +299,17 @@ impl Daemon {
         if mode == Mode::Protect {
             let rootfs = Some(identity.rootfs.clone());
             let profile = w.shared();
-            self.guard(GuardRequest { container: &c, workload: &key, pid, cgroup_id: cgid, cgroup_rel: Some(rel), rootfs, profile });
+            let writable = self.policies.set.writable_for(&c).map(str::to_string).collect();
+            self.guard(GuardRequest {
+                container: &c,
+                workload: &key,
+                pid,
+                cgroup_id: cgid,
+                cgroup_rel: Some(rel),
+                rootfs,
+                profile,
+                writable,
+            });
         }
         tracing::info!(container = %c.name, workload = %key, %mode, "container handed over by the OCI hook");
         Ok(json!({"id": c.id, "workload": key, "posture": mode.to_string()}))

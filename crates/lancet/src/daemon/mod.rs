@@ -115,7 +115,7 @@ impl Daemon {
         let set = match &ev.kind {
             EventKind::File(f) if f.op != FileOp::Open => {
                 let live_pid = self.workloads.live.get(&c.id).map(|l| l.pid).unwrap_or(0);
-                Some(self.write_sets.set_for(c, live_pid))
+                Some(self.write_sets.set_for(c, live_pid, self.policies.set.writable_for(c)))
             }
             _ => None,
         };
@@ -325,7 +325,9 @@ impl Daemon {
         self.store.flush()?;
         self.sync_protection();
         self.report_tampering()?;
-        self.policies.reload_if_changed(reload.swap(false, Ordering::Relaxed));
+        if self.policies.reload_if_changed(reload.swap(false, Ordering::Relaxed)) {
+            self.write_sets.policies_changed();
+        }
         if self.last_prune.elapsed() > Duration::from_secs(60) {
             self.store.prune(now)?;
             self.last_prune = Instant::now();

@@ -60,20 +60,23 @@ impl Policies {
     }
 
     /// Reloads when asked (SIGHUP) or when the directory changed.
-    pub(super) fn reload_if_changed(&mut self, asked: bool) {
+    /// Returns whether the running set was replaced.
+    pub(super) fn reload_if_changed(&mut self, asked: bool) -> bool {
         let stamp = dir_stamp(&self.dir);
         if asked || stamp != self.stamp {
             self.stamp = stamp;
-            self.reload();
+            return self.reload();
         }
+        false
     }
 
     /// An invalid policy never replaces the running set.
-    fn reload(&mut self) {
+    fn reload(&mut self) -> bool {
         match load_policy_dir(&self.dir).map(|p| PolicySet::new(p, true)) {
             Ok(Ok(set)) => {
                 self.set = set;
                 tracing::info!(dir = %self.dir.display(), "policies reloaded");
+                return true;
             }
             Ok(Err(e)) => tracing::error!("policies not reloaded, the previous ones stay in force: {e}"),
             Err(errors) => {
@@ -83,5 +86,6 @@ impl Policies {
                 tracing::error!("policies not reloaded, the previous ones stay in force");
             }
         }
+        false
     }
 }

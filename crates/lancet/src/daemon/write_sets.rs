@@ -5,7 +5,7 @@
 
 use crate::agent::trusted_pid;
 use lancet_engine::attribution::ContainerInfo;
-use lancet_engine::write_sets::WritableSet;
+use lancet_engine::write_sets::{WritableKind, WritableSet};
 use lancet_sensor::mounts::{self, RunAs};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,8 +38,9 @@ pub(super) struct WriteSets {
 
 impl WriteSets {
     /// The writable set of container `c`, whose live process is `live_pid`
-    /// (0 when none is known). Read on first use and again for a new run.
-    pub(super) fn set_for(&mut self, c: &ContainerInfo, live_pid: u32) -> Arc<WritableSet> {
+    /// (0 when none is known), with the directories its policies declare.
+    /// Read on first use, again for a new run and after a policy reload.
+    pub(super) fn set_for<'a>(&mut self, c: &ContainerInfo, live_pid: u32, declared: impl Iterator<Item = &'a str>) -> Arc<WritableSet> {
         let pid = trusted_pid(c).unwrap_or(live_pid);
         if let Some(w) = self.map.get(&c.id) {
             let fresh = w.complete || w.read_at.elapsed() < RETRY;
@@ -47,10 +48,13 @@ impl WriteSets {
                 return Arc::clone(&w.set);
             }
         }
-        let (set, complete) = match read(pid) {
+        let (mut set, complete) = match read(pid) {
             Some(s) => (s, true),
             None => (WritableSet::default(), false),
         };
+        for d in declared {
+            set.add(d, WritableKind::Policy);
+        }
         let set = Arc::new(set);
         let same_life = self.map.get(&c.id).is_some_and(|w| w.pid == pid);
         if !self.map.contains_key(&c.id) && self.map.len() >= MAX_CONTAINERS {
@@ -72,6 +76,15 @@ impl WriteSets {
             w.alerted.insert(anchor.to_string());
         }
         true
+    }
+
+    /// Policies changed: every set is read again at its next use (the
+    /// anchors alerted stay: it is the same container life).
+    pub(super) fn policies_changed(&mut self) {
+        for w in self.map.values_mut() {
+            w.complete = false;
+            w.read_at = Instant::now() - RETRY;
+        }
     }
 
     pub(super) fn forget(&mut self, id: &str) {
@@ -122,7 +135,8 @@ mod tests {
         let mut w = WriteSets::default();
         let c = ContainerInfo { id: "c".repeat(64), ..Default::default() };
         // No process: the default set, not remembered as complete.
-        let set = w.set_for(&c, 0);
+        let set = w.set_for(&c, 0, ["/srv/app"].into_iter());
+        assert_eq!(set.covering("/srv/app/x").map(|d| d.kind), Some(WritableKind::Policy));
         assert!(set.covering("/tmp/x").is_some());
         assert!(w.first_alert(&c.id, "/srv/www"));
         assert!(!w.first_alert(&c.id, "/srv/www"));

@@ -15,7 +15,7 @@
 //! containers stay read-only can still undo exactly what was done.
 
 use super::{in_host_root, Backend, Guarded};
-use lancet_engine::write_sets::protected_dirs;
+use lancet_engine::write_sets::{protected_dirs, WritableKind};
 use lancet_sensor::mounts::{self, Applied, ImmutablePlan, MountError, RunAs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -120,8 +120,9 @@ pub(super) fn plan(g: &Guarded, pre_pivot: bool, config: Option<&serde_json::Val
 }
 
 /// The directories inside the protected set that stay writable: read from
-/// the container (its mounts, what its service user owns). At the hook the
-/// user comes from the OCI config (the process is still the runtime's).
+/// the container (its mounts, what its service user owns) and declared by
+/// its policies. At the hook the user comes from the OCI config (the
+/// process is still the runtime's).
 fn carve_outs(g: &Guarded, pre_pivot: bool, config: Option<&serde_json::Value>) -> Result<Vec<String>, MountError> {
     let run_as = if pre_pivot {
         config.and_then(|c| {
@@ -131,7 +132,10 @@ fn carve_outs(g: &Guarded, pre_pivot: bool, config: Option<&serde_json::Value>) 
     } else {
         crate::daemon::run_as(g.pid)
     };
-    let set = mounts::writable_set(g.pid, pre_pivot.then(|| g.rootfs.clone()), run_as)?;
+    let mut set = mounts::writable_set(g.pid, pre_pivot.then(|| g.rootfs.clone()), run_as)?;
+    for d in &g.writable {
+        set.add(d, WritableKind::Policy);
+    }
     Ok(set.carve_outs().map(|d| d.path.clone()).collect())
 }
 
@@ -330,6 +334,7 @@ mod tests {
             profile: Arc::new(Profile::new("localhost/web:1", "sha256:abc", 1)),
             approved: Arc::new(crate::protect::Approved::default()),
             allow: Vec::new(),
+            writable: Vec::new(),
             complete: false,
             applied: Instant::now(),
         }

@@ -85,6 +85,9 @@ pub struct Guarded {
     /// root).
     pub approved: Arc<Approved>,
     pub allow: Vec<NetAllow>,
+    /// Directories its policies declare writable: carved out of the
+    /// read-only protected set.
+    pub writable: Vec<String>,
     /// Every backend applied without error (else a later sighting retries,
     /// at most every [`RETRY`]).
     pub complete: bool,
@@ -164,6 +167,8 @@ pub struct GuardRequest<'a> {
     /// `/proc/<pid>/root`.
     pub rootfs: Option<PathBuf>,
     pub profile: Arc<Profile>,
+    /// Directories its policies declare writable (`spec.writable`).
+    pub writable: Vec<String>,
 }
 
 /// The protect-mode side of the agent.
@@ -288,7 +293,7 @@ impl Protector {
     /// profile changed. `rootfs`: where the host sees its root filesystem
     /// (from the OCI hook); else `/proc/<pid>/root`.
     pub fn guard(&mut self, req: GuardRequest<'_>, addresses_of: impl Fn(&str) -> Vec<IpAddr>) {
-        let GuardRequest { container: c, workload, pid, cgroup_id, cgroup_rel, rootfs, profile } = req;
+        let GuardRequest { container: c, workload, pid, cgroup_id, cgroup_rel, rootfs, profile, writable } = req;
         // A new run of the container (a restart under the same id, whose
         // old cgroup's end may not have been seen yet): everything of the
         // old run goes first, its marks, lists and approvals with it (the
@@ -342,6 +347,7 @@ impl Protector {
             profile,
             approved,
             allow,
+            writable,
             complete: false,
             applied: Instant::now(),
         };
