@@ -12,6 +12,7 @@ pub mod flows;
 pub mod live;
 pub mod output;
 pub mod policy;
+pub mod printable;
 pub mod process;
 pub mod profile;
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use crate::attribution::{Attribution, ContainerInfo};
 use crate::event::{Event, EventKind, FileOp, L4Proto, NetOp};
+use crate::printable::printable;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -404,12 +405,14 @@ pub fn table_row(r: &Record<'_>) -> String {
     let clock = time.get(11..26).unwrap_or(&time);
     let image = r.container().map(|c| c.image.as_str()).unwrap_or("-");
     let details = summary(ev);
+    // Names, paths and command lines come from containers: no control
+    // character reaches the terminal.
     let cells = [
         clock.to_string(),
-        r.container_label().to_string(),
-        image.to_string(),
+        printable(r.container_label()).into_owned(),
+        printable(image).into_owned(),
         ev.process.pid.to_string(),
-        ev.process.comm.clone(),
+        printable(&ev.process.comm).into_owned(),
         ev.kind.evt_type().to_string(),
     ];
     let mut s = String::new();
@@ -417,7 +420,7 @@ pub fn table_row(r: &Record<'_>) -> String {
         s.push_str(&fit(cell, w));
         s.push(' ');
     }
-    s.push_str(&details);
+    s.push_str(&printable(&details));
     s
 }
 

@@ -6,6 +6,7 @@ use crate::config::parse_duration;
 use crate::Format;
 use anyhow::{bail, Result};
 use lancet_engine::output::rfc3339_nanos;
+use lancet_engine::printable::printable;
 use serde_json::Value;
 use std::io::Write;
 use std::process::ExitCode;
@@ -41,10 +42,10 @@ pub fn run(api: &str, since: Option<&str>, format: Format) -> Result<ExitCode> {
                     r["time_ns"].as_u64().map(rfc3339_nanos).unwrap_or_default(),
                     opt(&r["uid"]),
                     opt(&r["pid"]),
-                    r["channel"].as_str().unwrap_or(""),
-                    r["action"].as_str().unwrap_or(""),
-                    r["target"].as_str().unwrap_or(""),
-                    r["result"].as_str().unwrap_or(""),
+                    printable(r["channel"].as_str().unwrap_or("")),
+                    printable(r["action"].as_str().unwrap_or("")),
+                    printable(r["target"].as_str().unwrap_or("")),
+                    printable(r["result"].as_str().unwrap_or("")),
                 )?;
             }
         }

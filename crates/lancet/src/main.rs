@@ -19,6 +19,7 @@ mod private;
 mod protect;
 mod scan;
 mod signals;
+
 mod trace;
 
 use anyhow::{Context, Result};

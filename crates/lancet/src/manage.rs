@@ -7,6 +7,7 @@ use crate::Format;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use lancet_engine::output::rfc3339_nanos;
+use lancet_engine::printable::printable;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -61,10 +62,10 @@ pub fn profile(api: &str, cmd: ProfileCmd) -> Result<ExitCode> {
                 writeln!(
                     out,
                     "{:<72} {:<8} {:>7}  {}",
-                    p["workload"].as_str().unwrap_or(""),
-                    p["mode"].as_str().unwrap_or(""),
+                    printable(p["workload"].as_str().unwrap_or("")),
+                    printable(p["mode"].as_str().unwrap_or("")),
                     p["entries"].as_u64().unwrap_or(0),
-                    p["image"].as_str().unwrap_or("")
+                    printable(p["image"].as_str().unwrap_or(""))
                 )?;
             }
         }
@@ -104,15 +105,28 @@ pub fn profile(api: &str, cmd: ProfileCmd) -> Result<ExitCode> {
             }
             let refused = v["wouldRefuse"].as_array().cloned().unwrap_or_default();
             for r in &refused {
-                writeln!(out, "{:<24} {}", r["container"].as_str().unwrap_or(""), r["what"].as_str().unwrap_or(""))?;
+                writeln!(out, "{:<24} {}", printable(r["container"].as_str().unwrap_or("")), printable(r["what"].as_str().unwrap_or("")))?;
+            }
+            let recent = v["recentlyWouldRefuse"].as_array().cloned().unwrap_or_default();
+            for r in &recent {
+                writeln!(
+                    out,
+                    "{:<24} {} ({}, {}x in the last day)",
+                    printable(r["container"].as_str().unwrap_or("")),
+                    printable(r["what"].as_str().unwrap_or("")),
+                    r["rule"].as_str().unwrap_or(""),
+                    r["count"].as_u64().unwrap_or(0)
+                )?;
             }
             writeln!(
                 out,
-                "{name}: {} thing(s) its {} running container(s) do now would be refused in {to} mode",
+                "{name}: {} thing(s) its {} running container(s) do now, and {} its last day did, would be refused in {to} mode",
                 refused.len(),
-                v["containers"].as_u64().unwrap_or(0)
+                v["containers"].as_u64().unwrap_or(0),
+                recent.len()
             )?;
-            return Ok(if refused.is_empty() && not_ready.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            let clean = refused.is_empty() && not_ready.is_empty() && recent.is_empty();
+            return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
         ProfileCmd::Reset { workload } => {
             let v = c.delete(&format!("/v1/profiles/{}", enc(&workload)))?;
@@ -189,11 +203,11 @@ pub fn alerts(api: &str, state_dir: &Path, since: Option<&str>, container: Optio
                     out,
                     "{:<30} {:<9} {:<18} {:<36} {:<10} {}",
                     t,
-                    r["priority"].as_str().unwrap_or(""),
-                    f["container.name"].as_str().unwrap_or(""),
-                    r["rule"].as_str().unwrap_or(""),
-                    f["lancet.action"].as_str().unwrap_or(""),
-                    r["output"].as_str().unwrap_or(""),
+                    printable(r["priority"].as_str().unwrap_or("")),
+                    printable(f["container.name"].as_str().unwrap_or("")),
+                    printable(r["rule"].as_str().unwrap_or("")),
+                    printable(f["lancet.action"].as_str().unwrap_or("")),
+                    printable(r["output"].as_str().unwrap_or("")),
                 )?;
             }
         }

@@ -8,6 +8,7 @@
 
 use super::{EndKind, FlowEnd, FlowNode, FlowRow, Verdict};
 use crate::output::rfc3339_nanos;
+use crate::printable::printable;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -185,15 +186,15 @@ impl Graph {
             .iter()
             .map(|e| {
                 [
-                    label_of(&e.source),
-                    label_of(&e.target),
+                    printable(&label_of(&e.source)).into_owned(),
+                    printable(&label_of(&e.target)).into_owned(),
                     format!("{}/{}", e.port, e.proto),
                     e.verdict.clone(),
                     e.connections.to_string(),
                     format!("{}/{}", e.failed, e.refused),
                     format!("{}/{}", bytes(e.bytes_out), bytes(e.bytes_in)),
                     rfc3339_nanos(e.last_ns).get(..19).unwrap_or("").replace('T', " "),
-                    e.rule.clone(),
+                    printable(&e.rule).into_owned(),
                 ]
             })
             .collect();

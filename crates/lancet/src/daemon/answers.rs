@@ -88,8 +88,10 @@ impl Daemon {
     }
 
     /// What the workload's running containers are doing now that `mode`
-    /// would refuse (its profile's deviations), and why the profile is not
-    /// ready for protect mode, if it is not. Changes nothing.
+    /// would refuse (its profile's deviations), what its recent life did
+    /// that `mode` would refuse (monitor's would-block alerts of the last
+    /// day, folded by rule and subject), and why the profile is not ready
+    /// for protect mode, if it is not. Changes nothing.
     fn dry_run(&mut self, key: &str, mode: Mode, now: u64) -> serde_json::Value {
         let containers: Vec<_> = self
             .workloads
@@ -120,7 +122,42 @@ impl Daemon {
             (Mode::Protect, Some(Err(reasons))) => reasons,
             _ => Vec::new(),
         };
-        json!({"workload": key, "mode": mode.to_string(), "containers": containers.len(), "wouldRefuse": refused, "notReady": not_ready})
+        let recent = if mode == Mode::Protect { self.recent_would_block(key, now) } else { Vec::new() };
+        json!({"workload": key, "mode": mode.to_string(), "containers": containers.len(), "wouldRefuse": refused, "recentlyWouldRefuse": recent, "notReady": not_ready})
+    }
+
+    /// The workload's alerts of the last day that protect mode would have
+    /// enforced (`lancet.would_block`), one entry per rule and subject with
+    /// how often and when last; at most [`RECENT_MAX`].
+    fn recent_would_block(&self, key: &str, now: u64) -> Vec<serde_json::Value> {
+        const DAY_NS: u64 = 86_400 * 1_000_000_000;
+        const RECENT_MAX: usize = 50;
+        let q = lancet_store::AlertQuery { since_ns: Some(now.saturating_sub(DAY_NS)), container: None, rule: None, limit: 5000 };
+        let rows = match self.store.alerts(&q) {
+            Ok(r) => r,
+            Err(e) => return vec![json!({"rule": "(the store could not be read)", "what": format!("{e:#}")})],
+        };
+        let mut out: Vec<serde_json::Value> = Vec::new();
+        for a in rows.iter().filter(|a| a.workload == key && !a.enforced) {
+            let Ok(j) = serde_json::from_str::<serde_json::Value>(&a.json) else { continue };
+            if j["output_fields"]["lancet.would_block"] != true {
+                continue;
+            }
+            let what = j["output"].as_str().unwrap_or("").split(" (").next().unwrap_or("").to_string();
+            match out.iter().position(|e| e["rule"] == a.rule.as_str() && e["what"] == what.as_str()) {
+                Some(i) => {
+                    let e = &mut out[i];
+                    e["count"] = json!(e["count"].as_u64().unwrap_or(0) + a.count);
+                    if e["lastNs"].as_u64().unwrap_or(0) < a.last_time_ns {
+                        e["lastNs"] = json!(a.last_time_ns);
+                    }
+                }
+                None if out.len() < RECENT_MAX => out
+                    .push(json!({"rule": a.rule, "what": what, "count": a.count, "lastNs": a.last_time_ns, "container": a.container_name})),
+                None => {}
+            }
+        }
+        out
     }
 
     /// An operator's isolate, freeze or release of one container.
