@@ -52,7 +52,7 @@ fn skip() -> Option<String> {
 macro_rules! skip_unless_ready {
     () => {
         if let Some(why) = skip() {
-            eprintln!("SKIPPED: {why}");
+            lancet_testkit::skip(&why);
             return;
         }
     };
@@ -787,7 +787,7 @@ fn open_reports_a_pin_dir_off_bpffs() {
 #[test]
 fn a_pinned_stats_map_of_the_old_size_is_replaced() {
     if let Some(why) = skip_kernel() {
-        eprintln!("SKIPPED: {why}");
+        lancet_testkit::skip(&why);
         return;
     }
     let pins = Pins::new();
@@ -817,7 +817,7 @@ fn skip_applets() -> Option<String> {
 macro_rules! skip_unless_applets_ready {
     () => {
         if let Some(why) = skip_applets() {
-            eprintln!("SKIPPED: {why}");
+            lancet_testkit::skip(&why);
             return;
         }
     };
@@ -1320,7 +1320,7 @@ fn skip_erofs() -> Option<String> {
 macro_rules! skip_unless_erofs_ready {
     () => {
         if let Some(why) = skip_erofs() {
-            eprintln!("SKIPPED: {why}");
+            lancet_testkit::skip(&why);
             return;
         }
     };

@@ -42,7 +42,7 @@ fn skip(images: &[&str]) -> Option<String> {
 macro_rules! skip_unless_ready {
     ($($img:expr),*) => {
         if let Some(why) = skip(&[$($img),*]) {
-            eprintln!("SKIPPED: {why}");
+            lancet_testkit::skip(&why);
             return;
         }
     };

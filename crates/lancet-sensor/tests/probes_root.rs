@@ -61,7 +61,7 @@ fn collect_until(sensor: &Sensor, timeout: Duration, mut done: impl FnMut(&[Even
 #[test]
 fn exec_fork_exit_are_reported_with_argv_and_cwd() {
     if let Some(why) = skip() {
-        eprintln!("SKIPPED: {why}");
+        lancet_testkit::skip(why);
         return;
     }
     let sensor = load();
@@ -91,7 +91,7 @@ fn exec_fork_exit_are_reported_with_argv_and_cwd() {
 #[test]
 fn tcp_and_udp_lifecycle_is_reported() {
     if let Some(why) = skip() {
-        eprintln!("SKIPPED: {why}");
+        lancet_testkit::skip(why);
         return;
     }
     let sensor = load();
@@ -126,7 +126,7 @@ fn tcp_and_udp_lifecycle_is_reported() {
 #[test]
 fn accepts_on_a_socket_listening_before_the_agent_name_their_process() {
     if let Some(why) = skip() {
-        eprintln!("SKIPPED: {why}");
+        lancet_testkit::skip(why);
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

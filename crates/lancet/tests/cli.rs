@@ -72,7 +72,7 @@ fn as_nobody(args: &[&str]) -> Option<std::process::Output> {
 #[test]
 fn trace_without_privileges_says_what_is_missing() {
     let Some(o) = as_nobody(&["trace"]) else {
-        eprintln!("SKIPPED: needs root and setpriv to drop to an unprivileged user");
+        lancet_testkit::skip("needs root and setpriv to drop to an unprivileged user");
         return;
     };
     assert_eq!(o.status.code(), Some(1));
@@ -82,7 +82,7 @@ fn trace_without_privileges_says_what_is_missing() {
 #[test]
 fn doctor_without_privileges_reports_and_fails() {
     let Some(o) = as_nobody(&["doctor", "--format", "json"]) else {
-        eprintln!("SKIPPED: needs root and setpriv to drop to an unprivileged user");
+        lancet_testkit::skip("needs root and setpriv to drop to an unprivileged user");
         return;
     };
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -98,7 +98,7 @@ fn doctor_as_root_names_every_program_type() {
         .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false);
     if !root {
-        eprintln!("SKIPPED: not root");
+        lancet_testkit::skip("not root");
         return;
     }
     let o = lancet(&["doctor", "--format", "json"]);
@@ -264,7 +264,7 @@ fn a_control_socket_the_caller_cannot_open_is_a_permission_error() {
     let _l = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
     let Some(o) = as_nobody(&["profile", "promote", "web", "--to", "learn", "--api", sock.to_str().unwrap()]) else {
-        eprintln!("SKIPPED: needs root and setpriv to run as nobody");
+        lancet_testkit::skip("needs root and setpriv to run as nobody");
         return;
     };
     assert_eq!(o.status.code(), Some(1));

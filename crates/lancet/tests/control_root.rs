@@ -237,11 +237,11 @@ impl Drop for HookedRunc {
 fn the_hook_run_by_a_real_runtime_is_accepted_from_its_state() {
     skip_unless_ready!(false);
     if Command::new("runc").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
-        eprintln!("SKIPPED: runc is not installed");
+        lancet_testkit::skip("runc is not installed");
         return;
     }
     if Path::new("/run/containerd").exists() {
-        eprintln!("SKIPPED: a containerd state directory exists; the test does not write into a real runtime's state");
+        lancet_testkit::skip("a containerd state directory exists; the test does not write into a real runtime's state");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -113,7 +113,9 @@ fn the_dashboard_in_a_real_browser() {
     skip_unless_ready!(true);
     for (what, path) in [("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)] {
         if !Path::new(path).exists() {
-            eprintln!("SKIPPED: {what} is not installed at {path} (scripts/setup.sh installs Debian's chromium and chromium-driver)");
+            lancet_testkit::skip(&format!(
+                "{what} is not installed at {path} (scripts/setup.sh installs Debian's chromium and chromium-driver)"
+            ));
             return;
         }
     }

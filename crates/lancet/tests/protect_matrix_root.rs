@@ -267,7 +267,7 @@ fn protect_mode_keeps_real_workloads_serving_and_refuses_attacker_techniques() {
     skip_unless_ready!(true);
     for img in &IMAGES {
         if !Command::new("podman").args(["image", "exists", img.image]).status().map(|s| s.success()).unwrap_or(false) {
-            eprintln!("SKIPPED: test image {} missing (scripts/setup.sh builds it)", img.image);
+            lancet_testkit::skip(&format!("test image {} missing (scripts/setup.sh builds it)", img.image));
             return;
         }
     }

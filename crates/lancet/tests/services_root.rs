@@ -115,7 +115,7 @@ fn stateful_services_live_their_second_day_in_protect_mode() {
     skip_unless_ready!(true);
     for image in [REDIS, POSTGRES, DEBIAN] {
         if !Command::new("podman").args(["image", "exists", image]).status().map(|s| s.success()).unwrap_or(false) {
-            eprintln!("SKIPPED: test image {image} missing (scripts/setup.sh builds it)");
+            lancet_testkit::skip(&format!("test image {image} missing (scripts/setup.sh builds it)"));
             return;
         }
     }

@@ -110,7 +110,7 @@ fn podman_exec_network_files_and_sensitive_reads_are_attributed() {
 fn runc_container_exec_is_attributed_by_its_cgroup() {
     skip_unless_ready!(false);
     if std::process::Command::new("runc").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: runc is not installed");
+        lancet_testkit::skip("runc is not installed");
         return;
     }
     let id = unique("lancet-t-runc");

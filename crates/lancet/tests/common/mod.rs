@@ -40,7 +40,7 @@ fn lancet_is_root() -> bool {
 macro_rules! skip_unless_ready {
     ($podman:expr) => {
         if let Some(why) = common::skip_reason($podman) {
-            eprintln!("SKIPPED: {why}");
+            lancet_testkit::skip(&why);
             return;
         }
     };

@@ -1,0 +1,45 @@
+//! What lancet's test suites share. Today: skipping. A test that cannot run
+//! here (not root, no podman, a kernel feature missing) returns early, and
+//! the test harness counts it as passed; [`skip`] says why on stderr and
+//! appends a line to the file named by `LANCET_SKIP_LOG`, so
+//! `scripts/test.sh` can print `N passed, N failed, N skipped` and CI, as
+//! root, can refuse any skip.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+
+/// The variable naming the file skips are appended to.
+pub const SKIP_LOG: &str = "LANCET_SKIP_LOG";
+
+/// Records that the current test skips, and why. Call it, then return.
+pub fn skip(why: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    eprintln!("SKIPPED: {why}");
+    let Some(path) = std::env::var_os(SKIP_LOG) else { return };
+    // One write per line with O_APPEND: test threads running at once never
+    // interleave within a line.
+    let line = format!("{test}\t{}\n", why.replace(['\n', '\t'], " "));
+    let written = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("SKIPPED, and not recorded in {}: {e}", std::path::Path::new(&path).display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_is_one_line_naming_the_test() {
+        let dir = std::env::temp_dir().join(format!("lancet-testkit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("skips");
+        // The only test of this crate: nothing else reads the variable.
+        std::env::set_var(SKIP_LOG, &log);
+        skip("no podman\there");
+        std::env::remove_var(SKIP_LOG);
+        let text = std::fs::read_to_string(&log).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(text, "tests::a_skip_is_one_line_naming_the_test\tno podman here\n");
+    }
+}
