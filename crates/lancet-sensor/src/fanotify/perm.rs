@@ -262,8 +262,8 @@ struct MountMark {
 #[derive(Default)]
 struct LabelState {
     roots: Vec<(PathBuf, u64)>,
-    /// Exec mount marks: the path marked through, and the mount id.
-    mounts: Vec<(PathBuf, u64)>,
+    /// Exec mount marks: the root and path marked through, and the mount id.
+    mounts: Vec<(PathBuf, String, u64)>,
     objects: Vec<ObjRef>,
     ignores: Vec<Ignored>,
 }
@@ -375,38 +375,34 @@ impl PermGuard {
         Ok(scope)
     }
 
-    /// Asks about every exec of a file on the mount at `path` (a container's
-    /// volume, bind mount or tmpfs, reached through `/proc/<pid>/root/…` so
-    /// that the container's own mount is the one marked). Always a mount
-    /// mark (see the module docs). Returns the mount id; marking a mount
-    /// again adds nothing. Refuses the host's own mount of its root.
-    pub fn protect_exec_mount(&self, label: u64, path: &Path) -> Result<u64, FanotifyError> {
-        let fd = open_dir(path)?;
-        let (_, magic) = dev_magic(fd.as_raw_fd(), path)?;
-        let mnt = mount_id(fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: path.to_path_buf(), source })?;
+    /// Asks about every exec of a file on mount `mnt` of a container: the
+    /// directory `path` inside `root` (a container's `/proc/<pid>/root`),
+    /// resolved without leaving it, must be that mount's root (`mnt` as
+    /// `/proc/<pid>/mountinfo` numbers it), so a container that swaps a
+    /// directory for a symlink cannot have a host mount marked instead.
+    /// Always a mount mark (see the module docs); marking a mount again adds
+    /// nothing. Refuses lancet's own root mount.
+    pub fn protect_exec_mount(&self, label: u64, root: &Path, path: &str, mnt: u64) -> Result<(), FanotifyError> {
+        let fd = open_mount(root, path, mnt)?;
+        let (_, magic) = dev_magic(fd.as_raw_fd(), root)?;
         if Some(mnt) == *HOST_ROOT_MOUNT.get_or_init(|| open_dir(Path::new("/")).ok().and_then(|f| mount_id(f.as_raw_fd()).ok())) {
-            return Err(FanotifyError::HostFilesystem(path.to_path_buf()));
+            return Err(FanotifyError::HostFilesystem(root.join(path.trim_start_matches('/'))));
         }
         let mut st = self.lock();
         if !st.mounts.contains_key(&mnt) {
             fanotify_mark(self.fd(), libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT, libc::FAN_OPEN_EXEC_PERM, &proc_fd(fd.as_raw_fd()))
-                .map_err(|e| with_path(e, path))?;
+                .map_err(|e| with_path(e, &root.join(path.trim_start_matches('/'))))?;
         }
         let m = st.mounts.entry(mnt).or_insert(MountMark { owners: Vec::new(), magic });
         if !m.owners.contains(&label) {
             m.owners.push(label);
         }
         let ls = st.labels.entry(label).or_default();
-        if !ls.mounts.iter().any(|(_, id)| *id == mnt) {
-            ls.mounts.push((path.to_path_buf(), mnt));
+        if !ls.mounts.iter().any(|m| m.2 == mnt) {
+            ls.mounts.push((root.to_path_buf(), path.to_owned(), mnt));
         }
-        tracing::debug!(label, path = %path.display(), mnt, "exec permission mount mark added");
-        Ok(mnt)
-    }
-
-    /// Whether `label` has an exec mark on mount `mnt`.
-    pub fn has_mount(&self, label: u64, mnt: u64) -> bool {
-        self.lock().mounts.get(&mnt).is_some_and(|m| m.owners.contains(&label))
+        tracing::debug!(label, root = %root.display(), path, mnt, "exec permission mount mark added");
+        Ok(())
     }
 
     fn mark_exec(&self, fd: RawFd, root: &Path) -> Result<MarkScope, FanotifyError> {
@@ -515,7 +511,7 @@ impl PermGuard {
         let Some(ls) = st.labels.remove(&label) else {
             return removed;
         };
-        for (path, mnt) in ls.mounts {
+        for (root, path, mnt) in ls.mounts {
             let Some(m) = st.mounts.get_mut(&mnt) else { continue };
             m.owners.retain(|&l| l != label);
             if !m.owners.is_empty() {
@@ -524,14 +520,11 @@ impl PermGuard {
             st.mounts.remove(&mnt);
             // Only while `path` still leads to that mount (a container that
             // is gone took its mounts, and their marks, with it).
-            let Ok(fd) = open_dir(&path) else { continue };
-            if mount_id(fd.as_raw_fd()).ok() != Some(mnt) {
-                continue;
-            }
-            match fanotify_mark(self.fd(), libc::FAN_MARK_REMOVE | libc::FAN_MARK_MOUNT, libc::FAN_OPEN_EXEC_PERM, &proc_fd(fd.as_raw_fd()))
-            {
+            let Ok(fd) = open_mount(&root, &path, mnt) else { continue };
+            let flags = libc::FAN_MARK_REMOVE | libc::FAN_MARK_MOUNT;
+            match fanotify_mark(self.fd(), flags, libc::FAN_OPEN_EXEC_PERM, &proc_fd(fd.as_raw_fd())) {
                 Ok(()) => removed += 1,
-                Err(e) => tracing::debug!(label, path = %path.display(), error = %e, "removing exec mount mark"),
+                Err(e) => tracing::debug!(label, path, error = %e, "removing exec mount mark"),
             }
         }
         for (root, dev) in ls.roots {
@@ -997,6 +990,20 @@ pub fn mount_id(fd: RawFd) -> io::Result<u64> {
         return Err(io::Error::from_raw_os_error(libc::ENOSYS));
     }
     Ok(sx.stx_mnt_id)
+}
+
+/// Opens directory `path` inside `root` (never leaving it) when it is the
+/// root of mount `mnt`.
+fn open_mount(root: &Path, path: &str, mnt: u64) -> Result<OwnedFd, FanotifyError> {
+    let full = || root.join(path.trim_start_matches('/'));
+    let root_fd = open_dir(root)?;
+    let fd = super::open::open_in_root(root_fd.as_raw_fd(), path).map_err(|source| FanotifyError::Open { path: full(), source })?;
+    let st = fstat(fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: full(), source })?;
+    let id = mount_id(fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: full(), source })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR || id != mnt {
+        return Err(FanotifyError::Open { path: full(), source: io::Error::from_raw_os_error(libc::ESTALE) });
+    }
+    Ok(fd)
 }
 
 /// The mount id of lancet's own root (never marked for a container).
