@@ -38,13 +38,8 @@ const BUSYBOX: Case = Case {
     health: "wget -q -O - http://127.0.0.1:80/ >/dev/null",
 };
 
-const DEBIAN: Case = Case {
-    key: "debian",
-    image: "localhost/lancet-debian:test",
-    cmd: &[],
-    port: 80,
-    health: "curl -fsS http://127.0.0.1/ >/dev/null",
-};
+const DEBIAN: Case =
+    Case { key: "debian", image: "localhost/lancet-debian:test", cmd: &[], port: 80, health: "curl -fsS http://127.0.0.1/ >/dev/null" };
 
 fn out_text(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))

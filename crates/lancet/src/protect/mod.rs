@@ -52,6 +52,9 @@ pub struct ProtectOptions {
     pub fail_mode: FailModeSetting,
     /// Approvals become kernel ignore marks.
     pub exec_cache: bool,
+    /// Interpreters run only the inline code (and stdin programs) their
+    /// profile learned (config `interpreterCode: learned`).
+    pub learned_code_only: bool,
     /// How long isolation and freezing last unless a rule says otherwise.
     pub response_expiry: Duration,
     /// Files whose reads are refused unless the profile learned them.

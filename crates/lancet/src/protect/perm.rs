@@ -71,7 +71,7 @@ const DENY: PermDecision = PermDecision { allow: false, remember: false };
 /// the container's upper layer for uncached execs, and the blocked task's
 /// exec arguments for interpreters. When two containers claim one
 /// filesystem (never legitimate) the strictest of their answers holds.
-fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender<Enforced>) -> PermDecision {
+fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender<Enforced>, code_check: bool) -> PermDecision {
     // A poisoned lock means a writer panicked mid-update; the table is still
     // the best knowledge there is.
     let t = table.read().unwrap_or_else(|e| e.into_inner());
@@ -81,7 +81,7 @@ fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender
     };
     let mut out: Option<PermDecision> = None;
     for &label in labels {
-        let d = decide_for(&t, label, req, denials);
+        let d = decide_for(&t, label, req, denials, code_check);
         out = Some(match out {
             None => d,
             Some(o) => PermDecision { allow: o.allow && d.allow, remember: o.remember && d.remember },
@@ -94,7 +94,7 @@ fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender
 }
 
 /// The decision of one container (label) on one event.
-fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSender<Enforced>) -> PermDecision {
+fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSender<Enforced>, code_check: bool) -> PermDecision {
     let deny = |path: &str, reason, argv: Vec<String>| {
         let _ = denials.try_send(Enforced::ExecDenied { label, pid: req.pid, path: path.to_string(), reason, argv });
         DENY
@@ -133,7 +133,7 @@ fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSe
             let in_upper = e.upper.as_deref().map(|u| written_in_container(u, req.path));
             let in_baseline = e.profile.baseline().map(|b| b.lookup(req.path).is_some());
             match decide_exec(&ExecRequest { path: req.path, in_upper, in_baseline, written: None, in_profile }) {
-                ExecVerdict::Allow { .. } if interpreter => match judge_program(e, id, req.pid) {
+                ExecVerdict::Allow { .. } if interpreter => match judge_program(e, id, req.pid, code_check) {
                     Ok(None) => ALLOW,
                     Ok(Some(r)) => deny(&r.path, r.reason, r.argv),
                     // A task whose exec cannot be read is not let through.
@@ -192,8 +192,9 @@ struct Refusal {
 /// the blocked task's exec: a script or loader target that drifted from
 /// the image (written in the container, on tmpfs, on another mount, not in
 /// the baseline), inline code or a program on stdin its profile did not
-/// learn for it. `Err` when the task's exec cannot be read.
-fn judge_program(e: &PermEntry, id: (u64, u64), tid: i32) -> Result<Option<Refusal>, ()> {
+/// learn for it (unless `code_check` is off). `Err` when the task's exec
+/// cannot be read.
+fn judge_program(e: &PermEntry, id: (u64, u64), tid: i32, code_check: bool) -> Result<Option<Refusal>, ()> {
     let call = exec_call(tid).ok_or(())?;
     let cwd =
         std::fs::read_link(format!("/proc/{tid}/cwd")).ok().and_then(|p| p.to_str().map(str::to_string)).unwrap_or_else(|| "/".into());
@@ -215,6 +216,7 @@ fn judge_program(e: &PermEntry, id: (u64, u64), tid: i32) -> Result<Option<Refus
                 None => Ok(None),
             }
         }
+        ProgramSource::Code(_) | ProgramSource::Stdin if !code_check => Ok(None),
         ProgramSource::Code(code) => {
             let learned = e.approved.code.get(&id).is_some_and(|c| c.contains(&normalise_code(&code)));
             if learned {
@@ -294,13 +296,14 @@ impl PermBackend {
         let table = Arc::new(RwLock::new(PermTable::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let exec_cache = opts.exec_cache;
+        let code_check = opts.learned_code_only;
         let thread = {
             let (guard, table, stop) = (guard.clone(), Arc::clone(&table), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("lancet-perm".into())
                 .spawn(move || {
                     let mut decider = |req: &PermRequest<'_>| {
-                        let mut d = decide(&table, req, &denials);
+                        let mut d = decide(&table, req, &denials, code_check);
                         d.remember &= exec_cache;
                         d
                     };
