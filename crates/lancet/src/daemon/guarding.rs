@@ -139,6 +139,13 @@ impl Daemon {
         if mode != Mode::Protect || !v.action.is_enforcing() || !self.guarding.is_guarded(&c.id) || runtime_setup(ev) {
             return Outcome::default();
         }
+        // An interpreter's code is judged by the exec backend before the
+        // interpreter's first instruction; one that got this far was let
+        // through there (a terminal on stdin, or `interpreterCode: any`):
+        // reported, never killed after the fact.
+        if matches!(self.deviation, Some(Deviation::NewCode { .. })) && v.rule.as_ref() == "profile deviation: new_code" {
+            return Outcome::default();
+        }
         let r = self.guarding.ladder.respond(&c.id, v, ev.time_ns);
         let (enforced, mut note) = self.carry_out(ev, c, r.action, r.expire);
         if r.escalated {
