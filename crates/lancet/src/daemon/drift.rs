@@ -48,7 +48,7 @@ impl Daemon {
         const MAX: u64 = 64 << 20;
         let EventKind::Exec(x) = &ev.kind else { return };
         let Some(w) = self.workloads.map.get_mut(key) else { return };
-        if !w.profile.executable(&x.filename).is_some_and(|e| e.sha256.is_none()) {
+        if w.profile.executable(&x.filename).is_none_or(|e| e.sha256.is_some()) {
             return;
         }
         let Some(live) = self.workloads.live.get(&c.id) else { return };
