@@ -41,6 +41,9 @@ pub enum DriftKind {
     Interpreter,
     /// Not in the image baseline (where one is known).
     NotInImage,
+    /// Run from a volume, a bind mount or any mount of the container other
+    /// than its image root: nothing there is an image file.
+    Volume,
 }
 
 impl DriftKind {
@@ -55,6 +58,7 @@ impl DriftKind {
             DriftKind::Loader => "loader",
             DriftKind::Interpreter => "interpreter",
             DriftKind::NotInImage => "not_in_image",
+            DriftKind::Volume => "volume",
         }
     }
 }
@@ -96,6 +100,7 @@ impl fmt::Display for Drift {
             DriftKind::Loader => "non-image file run through the dynamic loader",
             DriftKind::Interpreter => "non-image file run by a script interpreter",
             DriftKind::NotInImage => "executable not in the image baseline",
+            DriftKind::Volume => "executable run from a volume or mount outside the image",
         };
         write!(f, "{what}: {}", self.path)?;
         if let Some(o) = &self.origin {
@@ -130,38 +135,239 @@ pub fn is_interpreter(name: &str) -> bool {
     INTERPRETERS.contains(&base) || INTERPRETERS.contains(&stem)
 }
 
+/// Where an interpreter (or the dynamic loader) takes the program it runs
+/// from, read from its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgramSource {
+    /// A file operand (`sh FILE`, `python3 FILE`, `ld.so FILE`), made
+    /// absolute against the exec's working directory.
+    File(String),
+    /// Inline code (`sh -c CODE`, `python3 -c CODE`, `perl -e CODE`), as
+    /// given (see [`normalise_code`]); several `-e` are joined by newlines.
+    Code(String),
+    /// The program comes on standard input: no operand (`… | sh`), `sh -s`,
+    /// or `-` as the operand.
+    Stdin,
+    /// Nothing to judge here: a module by name (`python3 -m`), a version
+    /// query, a loader option that lists rather than runs.
+    Other,
+}
+
+/// Interpreter families, by how their command lines name the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Loader,
+    Shell,
+    Python,
+    /// perl, ruby: repeatable `-e CODE`.
+    PerlLike,
+    Node,
+    Php,
+    Lua,
+}
+
+fn family(name: &str) -> Option<Family> {
+    if name.starts_with("ld-linux") || name.starts_with("ld-musl") || name == "ld.so" {
+        return Some(Family::Loader);
+    }
+    if !is_interpreter(name) {
+        return None;
+    }
+    let stem = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    Some(match stem {
+        "python" => Family::Python,
+        "perl" | "ruby" => Family::PerlLike,
+        "node" => Family::Node,
+        "php" => Family::Php,
+        "lua" => Family::Lua,
+        _ => Family::Shell,
+    })
+}
+
+/// The name an exec runs as, for judging its arguments, and where its own
+/// arguments start: the path's basename, except that a re-exec of
+/// `/proc/self/exe` runs as argv\[0\] and `busybox NAME …` as NAME.
+fn run_as(exec: &ExecEvent) -> Option<(&str, usize)> {
+    let base = exec.filename.rsplit('/').next().unwrap_or("");
+    let argv0 = exec.argv.first().map(|a| a.rsplit('/').next().unwrap_or(a).trim_start_matches('-'));
+    let mut name = if exec.filename.starts_with("/proc/") && base == "exe" { argv0? } else { base };
+    let mut start = 1;
+    // `busybox sh FILE`, also as a re-exec named busybox.
+    if name == "busybox" {
+        name = exec.argv.get(1)?.as_str();
+        start = 2;
+    }
+    Some((name, start))
+}
+
+/// How an exec of an interpreter or of the dynamic loader gets its
+/// program: `None` when the exec is neither. Options are read per family
+/// (`sh -e FILE` runs FILE; `perl -e CODE` runs CODE), and the options
+/// that take a value skip it.
+pub fn program_source(exec: &ExecEvent) -> Option<(DriftKind, ProgramSource)> {
+    let (name, start) = run_as(exec)?;
+    let fam = family(name)?;
+    let kind = if fam == Family::Loader { DriftKind::Loader } else { DriftKind::Interpreter };
+    let args = exec.argv.get(start..).unwrap_or(&[]);
+    let file = |a: &str| {
+        if a == "-" {
+            ProgramSource::Stdin
+        } else if a.starts_with('/') {
+            ProgramSource::File(a.to_string())
+        } else {
+            ProgramSource::File(format!("{}/{}", exec.cwd.trim_end_matches('/'), a))
+        }
+    };
+    let mut code: Option<String> = None;
+    let mut add_code = |c: &str| match code.as_mut() {
+        Some(s) => {
+            s.push('\n');
+            s.push_str(c);
+        }
+        None => code = Some(c.to_string()),
+    };
+    let mut i = 0;
+    // Shells: a `c` among the option letters makes the first operand the
+    // code, an `s` makes standard input the program.
+    let (mut inline, mut stdin) = (false, false);
+    while i < args.len() {
+        let a = args[i].as_str();
+        i += 1;
+        if a == "--" {
+            break;
+        }
+        match fam {
+            Family::Loader => match a {
+                "--library-path" | "--preload" | "--audit" | "--argv0" | "--inhibit-rpath" => i += 1,
+                _ if a.starts_with('-') => {}
+                _ => return Some((kind, file(a))),
+            },
+            Family::Shell => {
+                if a == "-o" || a == "+o" || a == "-O" || a == "+O" || a == "--rcfile" || a == "--init-file" {
+                    i += 1;
+                } else if a.starts_with("--") {
+                } else if let Some(letters) = a.strip_prefix('-').filter(|l| !l.is_empty()) {
+                    inline |= letters.contains('c');
+                    stdin |= letters.contains('s');
+                } else if a.starts_with('+') && a.len() > 1 {
+                } else {
+                    i -= 1;
+                    break;
+                }
+            }
+            Family::Python => {
+                let Some(letters) = a.strip_prefix('-').filter(|l| !l.is_empty() && !l.starts_with('-')) else {
+                    if a.starts_with("--") {
+                        continue;
+                    }
+                    return Some((kind, file(a)));
+                };
+                for (at, c) in letters.char_indices() {
+                    let rest = &letters[at + 1..];
+                    let value = || if rest.is_empty() { args.get(i).map(String::as_str) } else { Some(rest) };
+                    match c {
+                        'c' => return Some((kind, ProgramSource::Code(value().unwrap_or("").to_string()))),
+                        'm' => return Some((kind, ProgramSource::Other)),
+                        'W' | 'X' => {
+                            if rest.is_empty() {
+                                i += 1;
+                            }
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Family::PerlLike if a.starts_with('-') && !a.starts_with("--") && a.len() > 1 => {
+                let letters = &a[1..];
+                match letters.as_bytes()[0] {
+                    // Options whose value follows, attached or as the next argument.
+                    b'I' | b'M' | b'm' | b'r' | b'C' | b'x' | b'i' | b'0' | b'F' | b'd' | b'D' => {
+                        if letters.len() == 1 && matches!(letters, "I" | "M" | "m" | "r" | "C") {
+                            i += 1;
+                        }
+                    }
+                    _ => {
+                        // A cluster such as `-lne CODE`: the code follows `e`.
+                        if let Some(at) = letters.find(['e', 'E']) {
+                            let rest = &letters[at + 1..];
+                            if rest.is_empty() {
+                                add_code(args.get(i).map(String::as_str).unwrap_or(""));
+                                i += 1;
+                            } else {
+                                add_code(rest);
+                            }
+                        }
+                    }
+                }
+            }
+            Family::PerlLike | Family::Node | Family::Php | Family::Lua => {
+                let (code_flags, value_flags): (&[&str], &[&str]) = match fam {
+                    Family::PerlLike => (&[], &[]),
+                    Family::Node => (&["-e", "--eval", "-p", "--print"], &["-r", "--require", "--import", "--loader"]),
+                    Family::Php => (&["-r"], &["-c", "-d", "-z"]),
+                    _ => (&["-e"], &["-l"]),
+                };
+                if let Some(f) = code_flags.iter().find(|f| a == **f || a.starts_with(&format!("{f}="))) {
+                    let attached = &a[f.len()..];
+                    if attached.is_empty() {
+                        add_code(args.get(i).map(String::as_str).unwrap_or(""));
+                        i += 1;
+                    } else {
+                        add_code(&attached[1..]);
+                    }
+                    continue;
+                }
+                if value_flags.contains(&a) {
+                    i += 1;
+                    continue;
+                }
+                if fam == Family::Php && a == "-f" {
+                    return Some((kind, args.get(i).map_or(ProgramSource::Stdin, |f| file(f))));
+                }
+                if a.starts_with('-') && a != "-" {
+                    continue;
+                }
+                // Once there is code, the operands are its arguments.
+                return Some((kind, code.map_or_else(|| file(a), ProgramSource::Code)));
+            }
+        }
+    }
+    if let Some(c) = code {
+        return Some((kind, ProgramSource::Code(c)));
+    }
+    let operand = args.get(i).map(String::as_str);
+    let src = match (fam, operand) {
+        (Family::Shell, _) if inline => ProgramSource::Code(operand.unwrap_or("").to_string()),
+        (Family::Shell, _) if stdin => ProgramSource::Stdin,
+        (Family::Shell, Some(a)) => file(a),
+        (Family::Loader, _) => ProgramSource::Other,
+        _ => ProgramSource::Stdin,
+    };
+    Some((kind, src))
+}
+
+/// Inline code as a profile keeps it: whitespace runs collapsed to one
+/// space, none at either end, so `sh -c 'wget  …'` and a reflowed copy are
+/// one entry.
+pub fn normalise_code(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    for w in code.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(w);
+    }
+    out
+}
+
 /// The file an exec really runs besides the executable itself: the program
 /// handed to the dynamic loader, or the script handed to an interpreter.
 pub fn indirect_target(exec: &ExecEvent) -> Option<(DriftKind, String)> {
-    let base = exec.filename.rsplit('/').next().unwrap_or("");
-    let kind = if base.starts_with("ld-linux") || base.starts_with("ld-musl") || base == "ld.so" {
-        DriftKind::Loader
-    } else {
-        if !is_interpreter(base) {
-            return None;
-        }
-        DriftKind::Interpreter
-    };
-    let mut args = exec.argv.iter().skip(1);
-    // busybox: `busybox sh FILE`.
-    if base == "busybox" {
-        match args.next() {
-            Some(a) if INTERPRETERS.contains(&a.as_str()) => {}
-            _ => return None,
-        }
+    match program_source(exec)? {
+        (kind, ProgramSource::File(path)) => Some((kind, path)),
+        _ => None,
     }
-    for a in args {
-        if a == "-c" || a == "-e" || a == "--eval" || a == "-m" {
-            // Inline code or a module by name (`python3 -m`), not a file.
-            return None;
-        }
-        if a.starts_with('-') {
-            continue;
-        }
-        let path = if a.starts_with('/') { a.clone() } else { format!("{}/{}", exec.cwd.trim_end_matches('/'), a) };
-        return Some((kind, path));
-    }
-    None
 }
 
 /// Classifies the executable of an exec event. `written` is what
@@ -418,6 +624,54 @@ mod tests {
             FileFacts { in_upper: Some(false), in_baseline: Some(true) }
         )
         .is_none());
+    }
+
+    #[test]
+    fn program_sources_per_interpreter_family() {
+        use ProgramSource::*;
+        let src = |f: &str, argv: &[&str]| program_source(&exec(f, argv)).map(|(_, s)| s);
+        let code = |c: &str| Some(Code(c.to_string()));
+        // Shells: `-e` is an option (errexit), `c` anywhere in a cluster
+        // makes the first operand the code, `-s` or no operand is stdin.
+        assert_eq!(src("/bin/sh", &["sh", "-e", "/data/s.sh"]), Some(File("/data/s.sh".into())));
+        assert_eq!(src("/bin/sh", &["sh", "-c", "id"]), code("id"));
+        assert_eq!(src("/bin/bash", &["bash", "-lc", "id", "x"]), code("id"));
+        assert_eq!(src("/bin/bash", &["bash", "-o", "pipefail", "-c", "id"]), code("id"));
+        assert_eq!(src("/bin/sh", &["sh", "-c"]), code(""));
+        assert_eq!(src("/bin/sh", &["sh"]), Some(Stdin));
+        assert_eq!(src("/bin/sh", &["sh", "-s", "arg"]), Some(Stdin));
+        assert_eq!(src("/bin/dash", &["dash", "-", "x"]), Some(Stdin));
+        assert_eq!(src("/bin/sh", &["sh", "--", "s.sh"]), Some(File("/work/s.sh".into())));
+        // busybox by its own name, and re-executing itself as sh.
+        assert_eq!(src("/bin/busybox", &["busybox", "sh", "-c", "id"]), code("id"));
+        assert_eq!(src("/proc/self/exe", &["sh", "-c", "id"]), code("id"));
+        assert_eq!(src("/proc/self/exe", &["wget", "-q"]), None);
+        // Python.
+        assert_eq!(src("/usr/bin/python3", &["python3", "-c", "print(1)"]), code("print(1)"));
+        assert_eq!(src("/usr/bin/python3.11", &["python3", "-Bc", "print(1)"]), code("print(1)"));
+        assert_eq!(src("/usr/bin/python3", &["python3", "-u", "/app/x.py"]), Some(File("/app/x.py".into())));
+        assert_eq!(src("/usr/bin/python3", &["python3", "-W", "ignore", "x.py"]), Some(File("/work/x.py".into())));
+        assert_eq!(src("/usr/bin/python3", &["python3", "-m", "http.server"]), Some(Other));
+        assert_eq!(src("/usr/bin/python3", &["python3"]), Some(Stdin));
+        assert_eq!(src("/usr/bin/python3", &["python3", "-"]), Some(Stdin));
+        // perl and ruby: repeatable -e, clusters; node, php, lua.
+        assert_eq!(src("/usr/bin/perl", &["perl", "-e", "print 1;", "-e", "print 2;"]), code("print 1;\nprint 2;"));
+        assert_eq!(src("/usr/bin/perl", &["perl", "-lne", "print", "/etc/passwd"]), code("print"));
+        assert_eq!(src("/usr/bin/perl", &["perl", "-I", "/lib", "x.pl"]), Some(File("/work/x.pl".into())));
+        assert_eq!(src("/usr/bin/ruby", &["ruby", "-e", "p 1"]), code("p 1"));
+        assert_eq!(src("/usr/bin/node", &["node", "-e", "1"]), code("1"));
+        assert_eq!(src("/usr/bin/node", &["node", "--eval=1"]), code("1"));
+        assert_eq!(src("/usr/bin/node", &["node", "/app/main.js"]), Some(File("/app/main.js".into())));
+        assert_eq!(src("/usr/bin/php", &["php", "-r", "echo 1;"]), code("echo 1;"));
+        // Not interpreters.
+        assert_eq!(src("/usr/sbin/nginx", &["nginx", "-c", "/etc/nginx.conf"]), None);
+    }
+
+    #[test]
+    fn code_is_normalised_by_whitespace() {
+        assert_eq!(normalise_code("  wget -q  -O -\n\thttp://x/ "), "wget -q -O - http://x/");
+        assert_eq!(normalise_code(""), "");
+        assert_eq!(normalise_code("id"), "id");
     }
 
     #[test]

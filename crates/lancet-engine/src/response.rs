@@ -93,6 +93,9 @@ impl Ladder {
 pub enum DenyReason {
     Drift(DriftKind),
     NotInProfile,
+    /// An approved interpreter handed inline code, or a program on stdin,
+    /// that its profile never learned for it.
+    UnlearnedCode,
 }
 
 impl DenyReason {
@@ -100,6 +103,7 @@ impl DenyReason {
         match self {
             DenyReason::Drift(k) => k.as_str(),
             DenyReason::NotInProfile => "not_in_profile",
+            DenyReason::UnlearnedCode => "unlearned_code",
         }
     }
 }

@@ -28,6 +28,14 @@ pub use report::{Report, SeverityCounts, Summary};
 use config::{RuntimeSpec, StartConfig};
 use error::io_ctx;
 use hash::{Meter, Scratch};
+
+/// The SHA-256 (lowercase hex, as baselines record it) of everything `r`
+/// yields: the scan's own hashing, for the agent to hash a file the same
+/// way at run time.
+pub fn sha256_hex(r: &mut dyn std::io::Read) -> std::io::Result<String> {
+    let c = hash::hash_reader(r, u64::MAX, &mut Scratch::default(), &Meter::default())?;
+    Ok(hash::hex(&c.sha256))
+}
 use image::{Blobs, DirBlobs, ImagePlan, PodmanImage, PodmanMount, TarBlobs};
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -30,7 +30,8 @@ pub use change::FileChangeWatcher;
 pub use open::{SensitiveOpenWatcher, DEFAULT_SENSITIVE_PATHS};
 pub use overlay::{overlay_upper_dir, written_in_container};
 pub use perm::{
-    DecisionHistogram, FailMode, MarkScope, PermConfig, PermDecision, PermGuard, PermKind, PermRequest, PermStats, OVERLAYFS_MAGIC,
+    mount_id, DecisionHistogram, FailMode, MarkScope, PermConfig, PermDecision, PermGuard, PermKind, PermRequest, PermStats,
+    OVERLAYFS_MAGIC,
 };
 pub use syscall::{exec_call, ExecCall, EXEC_ARGS_MAX, EXEC_ARG_MAX};
 

@@ -62,6 +62,19 @@ pub struct FileConfig {
     /// dropped when the file changes), so repeated execs skip lancet.
     /// `false` asks lancet on every exec (audit trails, benchmarks).
     pub exec_cache: Option<bool>,
+    /// What an approved shell or interpreter may run as inline code (`sh
+    /// -c CODE`, `python3 -c CODE`) or from stdin: `learned` (default: only
+    /// the code strings its profile learned) or `any` (the interpreter is
+    /// approved whatever it is handed; script files are still checked).
+    pub interpreter_code: Option<InterpreterCode>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterpreterCode {
+    #[default]
+    Learned,
+    Any,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

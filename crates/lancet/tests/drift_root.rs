@@ -55,7 +55,10 @@ fn every_drift_path_is_reported_then_refused_and_httpd_keeps_serving() {
     );
     let cli = Container::start(&unique("lancet-d-cli"), &["--network", &net.0], &["sleep", "600"]);
     let ip = srv.ip();
-    let agent = Agent::start(&state, &policies, &alerts, &[]);
+    // Every attempt below is run through `sh -c`: the shell is approved
+    // whatever code it is handed, so what is tested is what lies under it
+    // (volume_drift_root tests the shell judged with its code).
+    let agent = Agent::start_with_config(&state, &policies, &alerts, "interpreterCode: any\n", &[]);
     for _ in 0..3 {
         fetch(&cli, &ip);
     }
@@ -130,11 +133,11 @@ fn every_drift_path_is_reported_then_refused_and_httpd_keeps_serving() {
         let o = srv.exec(&["sh", "-c", script]);
         assert!(!o.status.success() && out_text(&o).contains("Read-only file system"), "`{script}`: {}", out_text(&o));
     }
-    // A tmpfs the exec marks do not cover, and a memfd (no file to refuse
-    // at all): the kernel kills the process at exec.
+    // A tmpfs mount: its exec marks refuse the exec; a memfd (no file to
+    // refuse at all): the kernel kills the process at exec.
     let o = srv.exec(&["sh", "-c", "cp /bin/busybox /scratch/bb2; /scratch/bb2 echo ran; echo rc=$?"]);
     let text = out_text(&o);
-    assert!(text.contains("rc=137") && !text.contains("ran\n"), "tmpfs exec was not killed: {text}");
+    assert!(text.contains("not permitted") && text.contains("rc=126") && !text.contains("ran\n"), "tmpfs exec was not refused: {text}");
     let o = srv.exec(&["sh", "-c", "/usr/local/bin/memfd-exec /bin/busybox echo ran; echo rc=$?"]);
     let text = out_text(&o);
     assert!(text.contains("rc=137") && !text.contains("ran\n"), "memfd exec was not killed: {text}");

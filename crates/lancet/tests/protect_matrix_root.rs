@@ -287,7 +287,10 @@ fn protect_mode_keeps_real_workloads_serving_and_refuses_attacker_techniques() {
     }
     // A one-second dedupe window: each technique gets its own alert even
     // when it repeats an earlier refusal (the same tool refused again).
-    let agent = Agent::start_with_config(&state, &policies, &alerts, "dedupeWindow: 1s\n", &[]);
+    // The techniques run through the learned shell, approved whatever code
+    // it is handed, so that what lies under it is what is measured
+    // (volume_drift_root tests the shell judged with its code).
+    let agent = Agent::start_with_config(&state, &policies, &alerts, "dedupeWindow: 1s\ninterpreterCode: any\n", &[]);
     let out = agent.cli(&["hook", "install", "--dir", hooks.to_str().unwrap()]);
     assert!(out.contains("lancet.json"), "{out}");
 

@@ -51,7 +51,10 @@ fn setup(tag: &str) -> (Setup, Agent) {
     let cli = Container::start(&unique(&format!("lancet-p{tag}-cli")), &["--network", &net.0], &["sleep", "600"]);
     assert!(peer.exec(&["httpd", "-p", "9090", "-h", "/www"]).status.success());
     let (srv_ip, peer_ip) = (srv.ip(), peer.ip());
-    let agent = Agent::start(&state, &policies, &alerts, &[]);
+    // Every attempt below is run through `sh -c`: the shell is approved
+    // whatever code it is handed, so what is tested is what lies under it
+    // (volume_drift_root tests the shell judged with its code).
+    let agent = Agent::start_with_config(&state, &policies, &alerts, "interpreterCode: any\n", &[]);
     let out = agent.cli(&["hook", "install", "--dir", hooks.to_str().unwrap()]);
     assert!(out.contains("lancet.json"), "{out}");
     let s = Setup { _dir: dir, alerts, policies, srv, _peer: peer, cli, srv_ip, peer_ip, hooks, _net: net };

@@ -23,6 +23,7 @@ mod time;
 pub use baseline::{Baseline, BaselineFile, BaselineLink, FileMode};
 pub use time::{parse_duration, parse_rfc3339, Span, Timestamp};
 
+use crate::drift::{normalise_code, ProgramSource};
 use crate::event::{Event, EventKind, ExecEvent, FileOp, L4Proto, NetOp};
 use crate::write_sets::{anchor, classify_write, collapse, collapsed_anchor, WritableSet, WriteClass};
 use ipnet::IpNet;
@@ -53,6 +54,11 @@ pub const MAX_ARG_BYTES: usize = 256;
 /// names, and names longer than [`MAX_ARG_BYTES`], are counted in
 /// `spec.overflow.executables` and not learned.
 pub const MAX_NAMES: usize = 64;
+/// Distinct inline code strings kept per interpreter ([`Executable::code`]);
+/// further ones, and code longer than [`MAX_CODE_BYTES`] or cut from the
+/// exec record, are counted in `spec.overflow.executables` and not learned.
+pub const MAX_CODES: usize = 64;
+pub const MAX_CODE_BYTES: usize = 1024;
 
 /// The path every exec of `/proc/self/exe` or `/proc/<pid>/exe` is learned
 /// under: a multi-call binary re-executing itself (Debian's busybox `sh`
@@ -340,6 +346,24 @@ pub struct Executable {
     pub args: Vec<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args_pattern: Option<ArgsPattern>,
+    /// For an interpreter: the inline code it was run with (`sh -c CODE`,
+    /// `python3 -c CODE`, `perl -e CODE`), whitespace collapsed
+    /// ([`normalise_code`](crate::drift::normalise_code)). A shell is
+    /// approved with its code: protect mode runs only these strings, so a
+    /// learned health check `sh -c 'wget …'` does not approve `sh -c id`.
+    /// Kept apart from `args`, which give up at a few lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub code: Vec<String>,
+    /// The interpreter was run with its program on standard input
+    /// (`… | sh`, `sh -s`): protect mode lets such runs through only then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// SHA-256 (hex) of the file's content when it lives outside the image
+    /// (a volume, a bind mount): nothing there is an image file, so protect
+    /// mode runs it only while its content is still this one. Set by the
+    /// agent at learn time ([`Profile::set_sha256`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     #[serde(default)]
     pub first_seen: Timestamp,
     #[serde(default)]
@@ -456,6 +480,12 @@ pub enum Deviation {
         path: String,
         name: String,
     },
+    /// An interpreter run with inline code (or a program on stdin, code
+    /// `<stdin>`) it was never run with.
+    NewCode {
+        path: String,
+        code: String,
+    },
     NewListen {
         port: u16,
         proto: Protocol,
@@ -494,6 +524,7 @@ impl Deviation {
             Deviation::NewExecutable { .. } => "new_executable",
             Deviation::NewParent { .. } => "new_parent",
             Deviation::NewName { .. } => "new_name",
+            Deviation::NewCode { .. } => "new_code",
             Deviation::NewListen { .. } => "new_listen",
             Deviation::NewOutbound { .. } => "new_outbound",
             Deviation::NewInbound { .. } => "new_inbound",
@@ -516,6 +547,7 @@ impl fmt::Display for Deviation {
             Deviation::NewExecutable { path } => write!(f, "executable {path} is not in the profile"),
             Deviation::NewParent { path, parent } => write!(f, "{path} started by {parent}, not a parent in the profile"),
             Deviation::NewName { path, name } => write!(f, "{path} run as {name} is not in the profile"),
+            Deviation::NewCode { path, code } => write!(f, "{path} run with code {code:?} is not in the profile"),
             Deviation::NewListen { port, proto } => write!(f, "listening on {port}/{proto} is not in the profile"),
             Deviation::NewOutbound { peer, port, proto } => {
                 write!(f, "outbound connection to {peer} port {port}/{proto} is not in the profile")
@@ -744,6 +776,7 @@ enum Obs<'a> {
         parent: Option<&'a str>,
         args: Option<&'a [String]>,
         name: Option<&'a str>,
+        program: Option<Program>,
     },
     Listen {
         port: u16,
@@ -831,6 +864,30 @@ fn run_name<'a>(path: &str, argv: &'a [String]) -> Option<&'a str> {
     None
 }
 
+/// What an interpreter exec is judged with besides its file: its inline
+/// code (normalised) or that it reads its program from stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Program {
+    Code(String),
+    Stdin,
+}
+
+/// The code string [`Deviation::NewCode`] names for a program on stdin.
+pub const STDIN_CODE: &str = "<stdin>";
+
+fn program_of(x: &ExecEvent) -> Option<Program> {
+    if x.truncated {
+        // The code may be cut: judged as unknown, neither learned nor a
+        // deviation (protect mode reads the whole command line itself).
+        return None;
+    }
+    match crate::drift::program_source(x)?.1 {
+        ProgramSource::Code(c) => Some(Program::Code(normalise_code(&c))),
+        ProgramSource::Stdin => Some(Program::Stdin),
+        _ => None,
+    }
+}
+
 /// The multi-call binary whose own name means "the next argument is the
 /// applet" (the kernel's applet check knows it by the same name).
 const MULTICALL_DISPATCHER: &str = "busybox";
@@ -846,6 +903,7 @@ fn classify<'a>(ev: &'a Event, peer: Option<&'a PeerRef>) -> Option<Obs<'a>> {
                 // argv[0] is the first thing in the record: a cut argv still
                 // has it whole unless it alone is longer than any name kept.
                 name: run_name(path, &x.argv),
+                program: program_of(x),
             })
         }
         EventKind::Net(n) if n.result == 0 => {
@@ -881,6 +939,7 @@ struct ExecIdx {
     pos: usize,
     parents: HashSet<String>,
     names: HashSet<String>,
+    code: HashSet<String>,
 }
 
 type PortKey = (u16, Protocol);
@@ -952,7 +1011,8 @@ impl Index {
         for (pos, e) in spec.executables.iter().enumerate() {
             let parents = e.parents.iter().cloned().collect();
             let names = e.names.iter().cloned().collect();
-            if ix.exec.insert(e.path.clone(), ExecIdx { pos, parents, names }).is_some() {
+            let code = e.code.iter().cloned().collect();
+            if ix.exec.insert(e.path.clone(), ExecIdx { pos, parents, names, code }).is_some() {
                 return Err(format!("executables[{pos}]: {} is listed twice", e.path));
             }
         }
@@ -1094,7 +1154,7 @@ impl Profile {
         let Some(obs) = classify(ev, peer) else { return false };
         let seen = Seen::now(now);
         let new = match obs {
-            Obs::Exec { path, parent, args, name } => {
+            Obs::Exec { path, parent, args, name, program } => {
                 let (pos, mut new) = match self.learn_exec(path, seen) {
                     Some(x) => x,
                     None => return false,
@@ -1107,6 +1167,9 @@ impl Profile {
                 }
                 if let Some(a) = args {
                     new |= self.learn_args(pos, a);
+                }
+                if let Some(p) = program {
+                    new |= self.learn_program(pos, &p, 1);
                 }
                 new
             }
@@ -1147,6 +1210,30 @@ impl Profile {
     /// check, which runs on the permission-event path: no allocation).
     pub fn has_executable(&self, path: &str) -> bool {
         self.index.exec.contains_key(path)
+    }
+
+    /// The learned entry of an executable path.
+    pub fn executable(&self, path: &str) -> Option<&Executable> {
+        self.index.exec.get(path).map(|i| &self.spec.executables[i.pos])
+    }
+
+    /// Whether the interpreter at `path` was learned with this inline code
+    /// (already normalised). No allocation.
+    pub fn has_code(&self, path: &str, code: &str) -> bool {
+        self.index.exec.get(path).is_some_and(|i| i.code.contains(code))
+    }
+
+    /// Records the content hash of a learned executable that lives outside
+    /// the image (see [`Executable::sha256`]); the newest content wins.
+    /// Returns whether it changed.
+    pub fn set_sha256(&mut self, path: &str, sha256: &str) -> bool {
+        let Some(i) = self.index.exec.get(path) else { return false };
+        let e = &mut self.spec.executables[i.pos];
+        if e.sha256.as_deref() == Some(sha256) {
+            return false;
+        }
+        e.sha256 = Some(sha256.to_string());
+        true
     }
 
     /// Whether files were learned being written in this directory: it,
@@ -1200,7 +1287,7 @@ impl Profile {
     }
 
     /// What in `ev` is not in the profile, if anything. Allocates only when
-    /// it returns a deviation.
+    /// it returns a deviation, or to normalise an interpreter's inline code.
     pub fn check(&self, ev: &Event, peer: Option<&PeerRef>) -> Option<Deviation> {
         self.check_in(ev, peer, default_writable())
     }
@@ -1212,13 +1299,17 @@ impl Profile {
     pub fn check_in(&self, ev: &Event, peer: Option<&PeerRef>, set: &WritableSet) -> Option<Deviation> {
         let ix = &self.index;
         match classify(ev, peer)? {
-            Obs::Exec { path, parent, name, .. } => match ix.exec.get(path) {
+            Obs::Exec { path, parent, name, program, .. } => match ix.exec.get(path) {
                 None => Some(Deviation::NewExecutable { path: path.to_string() }),
-                Some(e) => match (parent, name) {
-                    (Some(p), _) if !e.parents.is_empty() && !e.parents.contains(p) => {
+                Some(e) => match (parent, name, program) {
+                    (Some(p), _, _) if !e.parents.is_empty() && !e.parents.contains(p) => {
                         Some(Deviation::NewParent { path: path.to_string(), parent: p.to_string() })
                     }
-                    (_, Some(n)) if !e.names.contains(n) => Some(Deviation::NewName { path: path.to_string(), name: n.to_string() }),
+                    (_, Some(n), _) if !e.names.contains(n) => Some(Deviation::NewName { path: path.to_string(), name: n.to_string() }),
+                    (_, _, Some(Program::Code(c))) if !e.code.contains(&c) => Some(Deviation::NewCode { path: path.to_string(), code: c }),
+                    (_, _, Some(Program::Stdin)) if !self.spec.executables[e.pos].stdin => {
+                        Some(Deviation::NewCode { path: path.to_string(), code: STDIN_CODE.to_string() })
+                    }
                     _ => None,
                 },
             },
@@ -1258,6 +1349,13 @@ impl Profile {
             },
             Deviation::NewName { path, name } => match self.learn_exec(path, seen) {
                 Some((pos, new)) => self.learn_name(pos, name, 1) | new,
+                None => false,
+            },
+            Deviation::NewCode { path, code } => match self.learn_exec(path, seen) {
+                Some((pos, new)) => {
+                    let p = if code == STDIN_CODE { Program::Stdin } else { Program::Code(normalise_code(code)) };
+                    self.learn_program(pos, &p, 1) | new
+                }
                 None => false,
             },
             Deviation::NewListen { port, proto } => self.learn_listen(*port, *proto, seen),
@@ -1318,6 +1416,18 @@ impl Profile {
             }
             for a in &e.args {
                 new |= self.learn_args(pos, a);
+            }
+            for c in &e.code {
+                new |= self.learn_program(pos, &Program::Code(c.clone()), 0);
+            }
+            if e.stdin {
+                new |= self.learn_program(pos, &Program::Stdin, 0);
+            }
+            if let Some(h) = &e.sha256 {
+                let x = &mut self.spec.executables[pos];
+                if x.sha256.is_none() {
+                    x.sha256 = Some(h.clone());
+                }
             }
         }
         for l in &o.listening {
@@ -1471,6 +1581,12 @@ impl Profile {
             for n in &e.names {
                 k.insert((Section::Executables, format!("{} as {n}", e.path)));
             }
+            for c in &e.code {
+                k.insert((Section::Executables, format!("{} -c {c:?}", e.path)));
+            }
+            if e.stdin {
+                k.insert((Section::Executables, format!("{} {STDIN_CODE}", e.path)));
+            }
         }
         for l in &s.listening {
             k.insert((Section::Listening, format!("{}/{}", l.port, l.protocol)));
@@ -1536,7 +1652,7 @@ impl Profile {
             count: seen.count,
             ..Executable::default()
         });
-        self.index.exec.insert(path.to_string(), ExecIdx { pos, parents: HashSet::new(), names: HashSet::new() });
+        self.index.exec.insert(path.to_string(), ExecIdx { pos, ..ExecIdx::default() });
         Some((pos, true))
     }
 
@@ -1567,6 +1683,27 @@ impl Profile {
         }
         e.names.push(name.to_string());
         ix.names.insert(name.to_string());
+        true
+    }
+
+    /// Learns an interpreter's inline code (normalised) or that it reads
+    /// stdin; code past [`MAX_CODES`] or [`MAX_CODE_BYTES`] is overflow.
+    fn learn_program(&mut self, pos: usize, program: &Program, overflow_count: u64) -> bool {
+        let e = &mut self.spec.executables[pos];
+        let Some(ix) = self.index.exec.get_mut(&e.path) else { return false };
+        let code = match program {
+            Program::Stdin => return !std::mem::replace(&mut e.stdin, true),
+            Program::Code(c) => c,
+        };
+        if ix.code.contains(code) {
+            return false;
+        }
+        if e.code.len() >= MAX_CODES || code.len() > MAX_CODE_BYTES {
+            self.spec.overflow.executables = self.spec.overflow.executables.saturating_add(overflow_count.max(1));
+            return false;
+        }
+        e.code.push(code.clone());
+        ix.code.insert(code.clone());
         true
     }
 

@@ -179,7 +179,10 @@ fn parents_and_args() {
     let x = &p.spec().executables[0];
     assert_eq!(x.args_pattern, Some(ArgsPattern::Any));
     assert!(x.args.is_empty());
-    assert!(!p.observe(&exec("/bin/sh", "/bin/httpd", &["-c", "anything"]), None, T0), "any args now");
+    // Any args now; what is new is the shell's code.
+    assert!(p.observe(&exec("/bin/sh", "/bin/httpd", &["-c", "anything"]), None, T0));
+    assert!(p.spec().executables[0].code.iter().any(|c| c == "anything"));
+    assert!(!p.observe(&exec("/bin/sh", "/bin/httpd", &["-c", "anything"]), None, T0));
     // Over-long argument lists go straight to the pattern.
     let long: Vec<String> = (0..=MAX_ARGV).map(|i| i.to_string()).collect();
     let long: Vec<&str> = long.iter().map(String::as_str).collect();
@@ -1250,4 +1253,68 @@ fn a_udp_connect_to_the_unspecified_address_is_not_an_outbound_peer() {
     assert!(p.check(&connect("10.88.0.9".parse().unwrap(), 53, L4Proto::Udp), None).is_some());
     assert!(p.check(&connect("127.0.0.53".parse().unwrap(), 53, L4Proto::Udp), None).is_some());
     assert!(p.check(&connect("127.0.0.1".parse().unwrap(), 8080, L4Proto::Tcp), None).is_some());
+}
+
+#[test]
+fn interpreters_are_learned_with_their_code() {
+    let mut p = Profile::new("img", "sha256:x", T0);
+    let health = exec("/bin/sh", "/usr/bin/conmon", &["-c", "wget  -q -O -\n http://127.0.0.1/"]);
+    assert!(p.observe(&health, None, T0));
+    let e = p.executable("/bin/sh").unwrap();
+    assert_eq!(e.code, ["wget -q -O - http://127.0.0.1/"], "whitespace collapsed");
+    assert!(p.has_code("/bin/sh", "wget -q -O - http://127.0.0.1/"));
+    assert!(!p.observe(&health, None, T0), "the same code");
+    p.set_mode(Mode::Monitor, T0 + MIN);
+    assert_eq!(p.check(&health, None), None);
+    assert_eq!(p.check(&exec("/bin/sh", "/usr/bin/conmon", &["-c", " wget -q -O - http://127.0.0.1/"]), None), None, "reflowed");
+    // Other code through the learned shell deviates, and so does a program
+    // on stdin; a script operand is a file (drift decides), not code.
+    let id = exec("/bin/sh", "/usr/bin/conmon", &["-c", "id"]);
+    let d = p.check(&id, None).unwrap();
+    assert_eq!(d, Deviation::NewCode { path: "/bin/sh".into(), code: "id".into() });
+    assert_eq!(d.to_string(), "/bin/sh run with code \"id\" is not in the profile");
+    assert_eq!(p.check(&exec("/bin/sh", "/usr/bin/conmon", &[]), None).unwrap().kind(), "new_code");
+    assert_eq!(p.check(&exec("/bin/sh", "/usr/bin/conmon", &["-e", "/app/run.sh"]), None), None);
+    // A cut record says nothing about its code.
+    let mut cut = id.clone();
+    if let EventKind::Exec(x) = &mut cut.kind {
+        x.truncated = true;
+    }
+    assert_eq!(p.check(&cut, None), None);
+    // "Add to profile" from the alert.
+    assert!(p.allow(&d, T0 + 2 * MIN));
+    assert!(p.allow(&Deviation::NewCode { path: "/bin/sh".into(), code: STDIN_CODE.into() }, T0 + 2 * MIN));
+    assert_eq!(p.check(&id, None), None);
+    assert!(p.executable("/bin/sh").unwrap().stdin);
+    // Non-interpreters keep no code.
+    let mut q = Profile::new("img", "sha256:x", T0);
+    q.observe(&exec("/usr/sbin/nginx", "/usr/bin/conmon", &["-c", "/etc/nginx.conf"]), None, T0);
+    assert!(q.executable("/usr/sbin/nginx").unwrap().code.is_empty());
+}
+
+#[test]
+fn learned_code_is_bounded_and_survives_yaml_and_merge() {
+    let mut p = Profile::new("img", "sha256:x", T0);
+    for i in 0..MAX_CODES + 3 {
+        p.observe(&exec("/bin/sh", "/usr/bin/conmon", &["-c", &format!("echo {i}")]), None, T0);
+    }
+    p.observe(&exec("/bin/sh", "/usr/bin/conmon", &["-c", &"x".repeat(MAX_CODE_BYTES + 1)]), None, T0);
+    assert_eq!(p.executable("/bin/sh").unwrap().code.len(), MAX_CODES);
+    assert_eq!(p.spec().overflow.executables, 4, "three past the count, one too long");
+    p.observe(&exec("/bin/sh", "/usr/bin/conmon", &["-s"]), None, T0);
+    p.observe(&exec("/data/tool", "/usr/bin/conmon", &[]), None, T0);
+    assert!(p.set_sha256("/data/tool", "ab12"));
+    assert!(!p.set_sha256("/data/tool", "ab12"));
+    assert!(!p.set_sha256("/nope", "ab12"));
+    let y = p.to_yaml().unwrap();
+    assert!(y.contains("stdin: true") && y.contains("sha256: ab12") && y.contains("- echo 0"), "{y}");
+    let back = Profile::from_yaml(&y, "p.yaml").unwrap();
+    assert_eq!(back, p);
+    assert!(back.has_code("/bin/sh", "echo 5"));
+    let mut m = Profile::new("img", "sha256:x", T0);
+    m.merge(&back);
+    assert!(m.has_code("/bin/sh", "echo 63") && m.executable("/bin/sh").unwrap().stdin);
+    assert_eq!(m.executable("/data/tool").unwrap().sha256.as_deref(), Some("ab12"));
+    let diff = Profile::new("img", "sha256:x", T0).diff(&m);
+    assert!(diff.iter().any(|l| l.entry == "/bin/sh -c \"echo 1\""), "{diff:?}");
 }

@@ -16,6 +16,14 @@
 //!   container and on the host produce no event). The root's `st_dev` maps
 //!   each event to its label with the one `fstat` of the event fd needed for
 //!   (dev, ino) anyway.
+//! - [`protect_exec_mount`](PermGuard::protect_exec_mount):
+//!   `FAN_OPEN_EXEC_PERM` on one mount of a container besides its root (a
+//!   volume, a bind mount of a host directory, a tmpfs). Always a mount
+//!   mark: a bind mount shares the host's filesystem, and a filesystem mark
+//!   there would put the host's own execs under the container's verdicts.
+//!   Events on such mounts are mapped to their label by mount id (`statx`
+//!   `STATX_MNT_ID` of the event fd), since one host filesystem may be
+//!   mounted into several containers.
 //! - [`protect_files`](PermGuard::protect_files): `FAN_OPEN_PERM` inode marks
 //!   on single files (`/etc/shadow`).
 //! - [`protect_dir_writes`](PermGuard::protect_dir_writes):
@@ -51,9 +59,8 @@
 //! bounded anyway, since each pending permission event holds a stopped task.
 //!
 //! # Not covered
-//! Execs from other filesystems mounted in the container (tmpfs at `/dev/shm`,
-//! bind mounts) unless their roots are protected too (call `protect_exec` with
-//! the same label on them); `memfd` execs (kernel-internal mount) are not seen.
+//! Execs from other mounts of the container unless each is marked with
+//! `protect_exec_mount`; `memfd` execs (kernel-internal mount) are not seen.
 //! Events of lancet's own threads are allowed without asking the decider, so
 //! the agent cannot deadlock on itself.
 
@@ -127,7 +134,7 @@ pub enum PermKind {
 
 /// One permission event, as handed to the decider. Borrows lancet's reused
 /// buffers: copy what you keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct PermRequest<'a> {
     pub kind: PermKind,
     /// Label given at mark time (e.g. the container's cgroup id); `None` when
@@ -150,6 +157,12 @@ pub struct PermRequest<'a> {
     /// The statfs magic of the root the file is on, recorded at mark time
     /// ([`OVERLAYFS_MAGIC`] for overlay roots); 0 when unknown.
     pub fs_magic: u64,
+    /// The event came through a mount mark ([`PermGuard::protect_exec_mount`]):
+    /// the file is on one of the container's other mounts, not its root.
+    pub other_mount: bool,
+    /// The file being opened, read-only (to hash its content): the very
+    /// file the task gets, not one found again by path.
+    pub file: BorrowedFd<'a>,
 }
 
 /// The decider's answer.
@@ -234,14 +247,23 @@ struct Counters {
 struct State {
     labels: HashMap<u64, LabelState>,
     devs: HashMap<u64, DevInfo>,
+    /// Exec mount marks: mount id → labels and the statfs magic.
+    mounts: HashMap<u64, MountMark>,
     /// Marked files and directories: (dev, ino) → labels and mask.
     objects: HashMap<(u64, u64), ObjInfo>,
     remembered: usize,
 }
 
+struct MountMark {
+    owners: Vec<u64>,
+    magic: u64,
+}
+
 #[derive(Default)]
 struct LabelState {
     roots: Vec<(PathBuf, u64)>,
+    /// Exec mount marks: the root and path marked through, and the mount id.
+    mounts: Vec<(PathBuf, String, u64)>,
     objects: Vec<ObjRef>,
     ignores: Vec<Ignored>,
 }
@@ -353,6 +375,36 @@ impl PermGuard {
         Ok(scope)
     }
 
+    /// Asks about every exec of a file on mount `mnt` of a container: the
+    /// directory `path` inside `root` (a container's `/proc/<pid>/root`),
+    /// resolved without leaving it, must be that mount's root (`mnt` as
+    /// `/proc/<pid>/mountinfo` numbers it), so a container that swaps a
+    /// directory for a symlink cannot have a host mount marked instead.
+    /// Always a mount mark (see the module docs); marking a mount again adds
+    /// nothing. Refuses lancet's own root mount.
+    pub fn protect_exec_mount(&self, label: u64, root: &Path, path: &str, mnt: u64) -> Result<(), FanotifyError> {
+        let fd = open_mount(root, path, mnt)?;
+        let (_, magic) = dev_magic(fd.as_raw_fd(), root)?;
+        if Some(mnt) == *HOST_ROOT_MOUNT.get_or_init(|| open_dir(Path::new("/")).ok().and_then(|f| mount_id(f.as_raw_fd()).ok())) {
+            return Err(FanotifyError::HostFilesystem(root.join(path.trim_start_matches('/'))));
+        }
+        let mut st = self.lock();
+        if !st.mounts.contains_key(&mnt) {
+            fanotify_mark(self.fd(), libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT, libc::FAN_OPEN_EXEC_PERM, &proc_fd(fd.as_raw_fd()))
+                .map_err(|e| with_path(e, &root.join(path.trim_start_matches('/'))))?;
+        }
+        let m = st.mounts.entry(mnt).or_insert(MountMark { owners: Vec::new(), magic });
+        if !m.owners.contains(&label) {
+            m.owners.push(label);
+        }
+        let ls = st.labels.entry(label).or_default();
+        if !ls.mounts.iter().any(|m| m.2 == mnt) {
+            ls.mounts.push((root.to_path_buf(), path.to_owned(), mnt));
+        }
+        tracing::debug!(label, root = %root.display(), path, mnt, "exec permission mount mark added");
+        Ok(())
+    }
+
     fn mark_exec(&self, fd: RawFd, root: &Path) -> Result<MarkScope, FanotifyError> {
         let via = proc_fd(fd);
         let mask = libc::FAN_OPEN_EXEC_PERM;
@@ -459,6 +511,22 @@ impl PermGuard {
         let Some(ls) = st.labels.remove(&label) else {
             return removed;
         };
+        for (root, path, mnt) in ls.mounts {
+            let Some(m) = st.mounts.get_mut(&mnt) else { continue };
+            m.owners.retain(|&l| l != label);
+            if !m.owners.is_empty() {
+                continue;
+            }
+            st.mounts.remove(&mnt);
+            // Only while `path` still leads to that mount (a container that
+            // is gone took its mounts, and their marks, with it).
+            let Ok(fd) = open_mount(&root, &path, mnt) else { continue };
+            let flags = libc::FAN_MARK_REMOVE | libc::FAN_MARK_MOUNT;
+            match fanotify_mark(self.fd(), flags, libc::FAN_OPEN_EXEC_PERM, &proc_fd(fd.as_raw_fd())) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::debug!(label, path, error = %e, "removing exec mount mark"),
+            }
+        }
         for (root, dev) in ls.roots {
             let Some(info) = st.devs.get_mut(&dev) else { continue };
             info.exec_owners.retain(|&l| l != label);
@@ -738,34 +806,69 @@ impl PermGuard {
         };
         let exec = ev.mask & libc::FAN_OPEN_EXEC_PERM != 0;
         let event_mask = if exec { libc::FAN_OPEN_EXEC_PERM } else { libc::FAN_OPEN_PERM };
-        let (label, fs_magic) = {
+        // A file on a filesystem the container's root mark does not cover
+        // came through a mount mark: which one, by mount id.
+        let mount = {
+            let state = self.lock();
+            let root_marked = state.devs.get(&key.0).is_some_and(|i| i.exec_scope == Some(MarkScope::Filesystem));
+            if exec && !root_marked && !state.mounts.is_empty() {
+                drop(state);
+                mount_id(fd.as_raw_fd()).ok()
+            } else {
+                None
+            }
+        };
+        let (label, fs_magic, other_mount) = {
             let state = self.lock();
             let info = state.devs.get(&key.0);
             scratch.labels.clear();
-            if let Some(i) = info {
-                scratch.labels.extend(if i.exec_owners.is_empty() { &i.other_owners } else { &i.exec_owners });
-            }
-            let label = state
-                .objects
-                .get(&key)
-                .and_then(|o| match o.labels.as_slice() {
+            if let Some(m) = mount.and_then(|id| state.mounts.get(&id)) {
+                scratch.labels.extend(&m.owners);
+                let label = match m.owners.as_slice() {
                     [l] => Some(*l),
                     _ => None,
-                })
-                .or_else(|| info.and_then(DevInfo::label));
-            let stripped = normalise(link, info.map_or(&[][..], |i| &i.prefixes[..]), &mut scratch.norm);
-            // A host prefix stripped from a path that is not the event's file
-            // on the host was part of a path inside the container (a
-            // directory the container made to look like the host's rootfs):
-            // keep the whole path.
-            if stripped && !same_file(link, key) {
-                scratch.norm.clear();
-                scratch.norm.push_str(&String::from_utf8_lossy(link));
+                };
+                // Opened in the container's mount namespace: the path is
+                // already the container's.
+                normalise(link, &[], &mut scratch.norm);
+                (label, m.magic, true)
+            } else {
+                if let Some(i) = info {
+                    scratch.labels.extend(if i.exec_owners.is_empty() { &i.other_owners } else { &i.exec_owners });
+                }
+                let label = state
+                    .objects
+                    .get(&key)
+                    .and_then(|o| match o.labels.as_slice() {
+                        [l] => Some(*l),
+                        _ => None,
+                    })
+                    .or_else(|| info.and_then(DevInfo::label));
+                let stripped = normalise(link, info.map_or(&[][..], |i| &i.prefixes[..]), &mut scratch.norm);
+                // A host prefix stripped from a path that is not the event's file
+                // on the host was part of a path inside the container (a
+                // directory the container made to look like the host's rootfs):
+                // keep the whole path.
+                if stripped && !same_file(link, key) {
+                    scratch.norm.clear();
+                    scratch.norm.push_str(&String::from_utf8_lossy(link));
+                }
+                (label, info.map_or(0, |i| i.magic), false)
             }
-            (label, info.map_or(0, |i| i.magic))
         };
         let kind = if exec { PermKind::Exec } else { PermKind::Open { write: write_intent(ev.pid) } };
-        let req = PermRequest { kind, label, labels: &scratch.labels, pid: ev.pid, dev: key.0, ino: key.1, path: &scratch.norm, fs_magic };
+        let req = PermRequest {
+            kind,
+            label,
+            labels: &scratch.labels,
+            pid: ev.pid,
+            dev: key.0,
+            ino: key.1,
+            path: &scratch.norm,
+            fs_magic,
+            other_mount,
+            file: fd,
+        };
         let d = decider(&req);
         if d.allow && d.remember {
             self.remember(fd, event_mask, label, key, &scratch.norm);
@@ -871,6 +974,40 @@ fn open_dir(root: &Path) -> Result<OwnedFd, FanotifyError> {
 fn proc_fd(fd: RawFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{fd}"))
 }
+
+/// The id of the mount an fd is on (`statx` `STATX_MNT_ID`, Linux 5.8+),
+/// as `/proc/<pid>/mountinfo` numbers mounts.
+pub fn mount_id(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: all-zero bytes are a valid `struct statx` (plain integers).
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH names `fd`
+    // itself; `sx` is a valid out-pointer the kernel does not retain.
+    let r = unsafe { libc::statx(fd, c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_MNT_ID, &mut sx) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if sx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    Ok(sx.stx_mnt_id)
+}
+
+/// Opens directory `path` inside `root` (never leaving it) when it is the
+/// root of mount `mnt`.
+fn open_mount(root: &Path, path: &str, mnt: u64) -> Result<OwnedFd, FanotifyError> {
+    let full = || root.join(path.trim_start_matches('/'));
+    let root_fd = open_dir(root)?;
+    let fd = super::open::open_in_root(root_fd.as_raw_fd(), path).map_err(|source| FanotifyError::Open { path: full(), source })?;
+    let st = fstat(fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: full(), source })?;
+    let id = mount_id(fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: full(), source })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR || id != mnt {
+        return Err(FanotifyError::Open { path: full(), source: io::Error::from_raw_os_error(libc::ESTALE) });
+    }
+    Ok(fd)
+}
+
+/// The mount id of lancet's own root (never marked for a container).
+static HOST_ROOT_MOUNT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
 
 /// (st_dev, statfs magic) of an fd.
 fn dev_magic(fd: RawFd, path: &Path) -> Result<(u64, u64), FanotifyError> {
@@ -1093,6 +1230,17 @@ mod tests {
         assert!(same_file(link, (m.dev(), m.ino())), "the host path of the event's file");
         assert!(!same_file(link, (m.dev(), m.ino() + 1)), "another file at that path: the path was the container's");
         assert!(!same_file(b"/nonexistent/lancet/x", (m.dev(), m.ino())));
+    }
+
+    #[test]
+    fn mount_ids_are_those_of_mountinfo() {
+        let root = open_dir(Path::new("/")).unwrap();
+        let id = mount_id(root.as_raw_fd()).unwrap();
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let ours = crate::mounts::mountinfo::parse(&text);
+        assert!(ours.iter().any(|m| m.id == id && m.mount_point == "/"), "{id} in {text}");
+        let proc = open_dir(Path::new("/proc")).unwrap();
+        assert_ne!(mount_id(proc.as_raw_fd()).unwrap(), id, "/proc is a mount of its own");
     }
 
     #[test]

@@ -42,4 +42,36 @@ impl Daemon {
             _ => None,
         }
     }
+
+    /// While learning: the content hash of an executable run from one of
+    /// the container's mounts other than its image root (a volume, an
+    /// emptyDir), once, so that protect mode can run it while its content
+    /// is unchanged. Files over 64 MiB are not hashed.
+    pub(super) fn learn_content(&mut self, ev: &Event, c: &ContainerInfo, key: &str) {
+        use std::os::unix::fs::MetadataExt;
+        const MAX: u64 = 64 << 20;
+        let EventKind::Exec(x) = &ev.kind else { return };
+        let Some(w) = self.workloads.map.get_mut(key) else { return };
+        if w.profile.executable(&x.filename).is_none_or(|e| e.sha256.is_some()) {
+            return;
+        }
+        let Some(live) = self.workloads.live.get(&c.id) else { return };
+        let root = std::path::PathBuf::from(format!("/proc/{}/root", live.pid));
+        let Ok(root_dev) = std::fs::metadata(&root).map(|m| m.dev()) else { return };
+        if x.exe_dev == lancet_sensor::enforce::kernel_dev(root_dev) {
+            return;
+        }
+        let Some(inside) = crate::protect::resolve_in_root(&root, &x.filename) else { return };
+        let Ok(file) = std::fs::File::open(root.join(inside.trim_start_matches('/'))) else { return };
+        match file.metadata() {
+            Ok(m) if m.dev() != root_dev && m.ino() == x.exe_ino => {}
+            _ => return,
+        }
+        if let Some(h) = crate::protect::content_sha256(file, MAX) {
+            if w.profile.set_sha256(&x.filename, &h) {
+                tracing::info!(container = %c.name, path = %x.filename, "executable outside the image learned by content");
+                w.changed();
+            }
+        }
+    }
 }

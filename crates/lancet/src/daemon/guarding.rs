@@ -11,10 +11,10 @@ use crate::api::{HookIdentity, Reply};
 use crate::protect::{in_host_root, Enforced, GuardRequest, ProtectOptions, Protector};
 use anyhow::Result;
 use lancet_engine::attribution::{Attribution, ContainerInfo};
-use lancet_engine::drift::{Drift, DriftKind};
+use lancet_engine::drift::{normalise_code, program_source, Drift, DriftKind, ProgramSource};
 use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, ProcessRef};
 use lancet_engine::policy::{Action, Severity, Verdict};
-use lancet_engine::profile::{Deviation, Mode, Peer, Protocol};
+use lancet_engine::profile::{Deviation, Mode, Peer, Protocol, STDIN_CODE};
 use lancet_engine::response::{DenyReason, Ladder};
 use lancet_sensor::enforce::{EnforceOp, EnforceReason, EnforceRecord};
 use serde_json::json;
@@ -149,6 +149,13 @@ impl Daemon {
         if mode != Mode::Protect || !v.action.is_enforcing() || !self.guarding.is_guarded(&c.id) || runtime_setup(ev) {
             return Outcome::default();
         }
+        // An interpreter's code is judged by the exec backend before the
+        // interpreter's first instruction; one that got this far was let
+        // through there (a terminal on stdin, or `interpreterCode: any`):
+        // reported, never killed after the fact.
+        if matches!(self.deviation, Some(Deviation::NewCode { .. })) && v.rule.as_ref() == "profile deviation: new_code" {
+            return Outcome::default();
+        }
         let r = self.guarding.ladder.respond(&c.id, v, ev.time_ns);
         let (enforced, mut note) = self.carry_out(ev, c, r.action, r.expire);
         if r.escalated {
@@ -194,13 +201,23 @@ impl Daemon {
     fn on_enforced(&mut self, e: Enforced) -> Result<()> {
         let Some(p) = self.guarding.protector.as_ref() else { return Ok(()) };
         let (id, ev, v, done) = match &e {
-            Enforced::ExecDenied { label, pid, path, reason } => {
+            Enforced::ExecDenied { label, pid, path, reason, argv } => {
                 let Some(g) = p.by_label(*label) else { return Ok(()) };
                 let origin = self.writes.lookup(&g.id, path).cloned();
-                let ev = synthetic_exec(*pid, g.cgroup_id, path);
+                let ev = synthetic_exec(*pid, g.cgroup_id, path, argv);
                 let v = match reason {
                     DenyReason::Drift(k) => drift_verdict(&Drift { kind: *k, path: path.clone(), origin }),
                     DenyReason::NotInProfile => Verdict::profile_deviation(&Deviation::NewExecutable { path: path.clone() }),
+                    DenyReason::UnlearnedCode => {
+                        let code = match &ev.kind {
+                            EventKind::Exec(x) => match program_source(x) {
+                                Some((_, ProgramSource::Code(c))) => normalise_code(&c),
+                                _ => STDIN_CODE.to_string(),
+                            },
+                            _ => STDIN_CODE.to_string(),
+                        };
+                        Verdict::profile_deviation(&Deviation::NewCode { path: path.clone(), code })
+                    }
                 };
                 (g.id.clone(), ev, v, Action::Block)
             }
@@ -322,8 +339,8 @@ fn process_ref(pid: u32) -> ProcessRef {
 }
 
 /// An exec the kernel refused never reaches the exec probe; the alert
-/// describes the attempt.
-fn synthetic_exec(pid: i32, cgroup_id: u64, path: &str) -> Event {
+/// describes the attempt (with its command line when it was read).
+fn synthetic_exec(pid: i32, cgroup_id: u64, path: &str, argv: &[String]) -> Event {
     Event {
         time_ns: now_ns(),
         cgroup_id,
@@ -331,7 +348,7 @@ fn synthetic_exec(pid: i32, cgroup_id: u64, path: &str) -> Event {
         kind: EventKind::Exec(ExecEvent {
             filename: path.to_string(),
             cwd: String::new(),
-            argv: vec![path.to_string()],
+            argv: if argv.is_empty() { vec![path.to_string()] } else { argv.to_vec() },
             parent_comm: String::new(),
             parent_exe: None,
             parent_outside: false,

@@ -166,6 +166,9 @@ impl Daemon {
         if mode == Mode::Protect {
             self.ensure_guarded(c, &key);
         }
+        if mode == Mode::Learn && drift.is_none() {
+            self.learn_content(ev, c, &key);
+        }
         // What the kernel kills at exec in a protected container is reported
         // from its own record, not twice.
         let killed_in_kernel = mode == Mode::Protect

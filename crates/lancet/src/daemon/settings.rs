@@ -111,6 +111,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
             pin_dir: args.pin_dir.clone().or(file.pin_dir).unwrap_or_else(|| PathBuf::from(config::DEFAULT_PIN_DIR)),
             fail_mode: file.fail_mode.unwrap_or_default(),
             exec_cache: file.exec_cache.unwrap_or(true),
+            learned_code_only: file.interpreter_code.unwrap_or_default() == crate::config::InterpreterCode::Learned,
             response_expiry: dur(&None, &file.response_expiry, Some(Duration::from_secs(900)))?.unwrap_or(Duration::from_secs(900)),
             protected_files: file
                 .protected_files

@@ -52,6 +52,12 @@ pub struct Approved {
     pub applets: Vec<(Resolved, Vec<String>)>,
     /// Profile paths that resolve to no file in this container.
     pub missing: Vec<String>,
+    /// The inline code each interpreter file may run (normalised), from
+    /// every profile path that resolves to it: a shell is approved with its
+    /// code, never for whatever it is handed.
+    pub code: HashMap<(u64, u64), HashSet<String>>,
+    /// Interpreter files that may read their program from standard input.
+    pub stdin: HashSet<(u64, u64)>,
 }
 
 fn basename(p: &str) -> &str {
@@ -98,6 +104,7 @@ pub fn approve(profile: &Profile, root: &Path, names_checked: bool) -> Approved 
     let mut self_exe_names = BTreeSet::new();
     let mut programs = Vec::new();
     for (path, run_as) in profile.run_names() {
+        let learned = profile.executable(path);
         if path == SELF_EXE {
             self_exe_names.extend(run_as.filter(|n| *n != basename(SELF_EXE)).map(str::to_string));
             continue;
@@ -106,6 +113,14 @@ pub fn approve(profile: &Profile, root: &Path, names_checked: bool) -> Approved 
             a.missing.push(path.to_string());
             continue;
         };
+        if let Some(e) = learned {
+            if !e.code.is_empty() {
+                a.code.entry(file.id()).or_default().extend(e.code.iter().cloned());
+            }
+            if e.stdin {
+                a.stdin.insert(file.id());
+            }
+        }
         let entry = names.entry(file.id()).or_insert_with(|| (file.clone(), BTreeSet::new()));
         let run_as: Vec<String> = run_as.map(str::to_string).collect();
         if run_as.iter().any(|n| is_interpreter(n) && !(names_checked && is_dispatcher(n))) {
@@ -157,6 +172,18 @@ pub fn approve(profile: &Profile, root: &Path, names_checked: bool) -> Approved 
         a.applets.push((file, run_as.into_iter().collect()));
     }
     a.applets.sort_by(|x, y| x.0.path.cmp(&y.0.path));
+    // Code a multi-call file ran re-executing itself is learned under
+    // SELF_EXE: it belongs to whichever interpreter file did that.
+    if let Some(e) = profile.executable(SELF_EXE) {
+        for id in &a.interpreters {
+            if !e.code.is_empty() {
+                a.code.entry(*id).or_default().extend(e.code.iter().cloned());
+            }
+            if e.stdin {
+                a.stdin.insert(*id);
+            }
+        }
+    }
     a
 }
 
@@ -245,6 +272,39 @@ mod tests {
         learn(&mut q, "/bin/busybox", "busybox");
         let a = approve(&q, r, true);
         assert!(a.interpreters.contains(&bb) && a.applets.is_empty());
+    }
+
+    #[test]
+    fn interpreters_are_approved_with_their_learned_code() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        exe(r, "/bin/busybox", b"static");
+        std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+        let bb = resolve(r, "/bin/busybox").unwrap().id();
+        let mut p = Profile::new("img", "sha256:x", 1);
+        let run = |p: &mut Profile, filename: &str, argv: &[&str]| {
+            let ev = Event {
+                time_ns: 1,
+                cgroup_id: 1,
+                process: ProcessRef { pid: 2, ..ProcessRef::default() },
+                kind: EventKind::Exec(ExecEvent {
+                    filename: filename.into(),
+                    argv: argv.iter().map(|a| a.to_string()).collect(),
+                    parent_outside: true,
+                    ..ExecEvent::default()
+                }),
+            };
+            p.observe(&ev, None, 1);
+        };
+        run(&mut p, "/bin/sh", &["sh", "-c", "wget  -q -O - http://127.0.0.1/"]);
+        run(&mut p, SELF_EXE, &["sh", "-c", "true"]);
+        let a = approve(&p, r, true);
+        assert!(a.interpreters.contains(&bb));
+        let code = &a.code[&bb];
+        assert!(code.contains("wget -q -O - http://127.0.0.1/") && code.contains("true"), "{code:?}");
+        assert!(!code.contains("id") && a.stdin.is_empty());
+        run(&mut p, "/bin/sh", &["sh"]);
+        assert!(approve(&p, r, true).stdin.contains(&bb), "a program on stdin, learned");
     }
 
     #[test]

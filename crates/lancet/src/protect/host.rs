@@ -89,6 +89,16 @@ pub(super) fn cgroup_ids(root: &Path, depth: usize) -> HashSet<u64> {
     out
 }
 
+/// The SHA-256 (hex) of a file's content, when it is at most `max` bytes
+/// (what profiles record for executables outside the image).
+pub fn content_sha256(file: std::fs::File, max: u64) -> Option<String> {
+    use std::io::Read;
+    if file.metadata().ok()?.len() > max {
+        return None;
+    }
+    lancet_image::sha256_hex(&mut file.take(max)).ok()
+}
+
 /// Resolves `path` inside the container whose root is `root` (e.g.
 /// `/proc/<pid>/root`), following symlinks component by component, with
 /// absolute targets taken relative to the container's root, never the

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use container::Containment;
 use host::cgroup_ids;
-pub use host::{in_host_root, netns_addresses, netns_inode, resolve_in_root};
+pub use host::{content_sha256, in_host_root, netns_addresses, netns_inode, resolve_in_root};
 use immutable::ImmutableBackend;
 use lsm::LsmBackend;
 use network::NetBackend;
@@ -52,6 +52,9 @@ pub struct ProtectOptions {
     pub fail_mode: FailModeSetting,
     /// Approvals become kernel ignore marks.
     pub exec_cache: bool,
+    /// Interpreters run only the inline code (and stdin programs) their
+    /// profile learned (config `interpreterCode: learned`).
+    pub learned_code_only: bool,
     /// How long isolation and freezing last unless a rule says otherwise.
     pub response_expiry: Duration,
     /// Files whose reads are refused unless the profile learned them.
@@ -118,8 +121,20 @@ pub trait Backend {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Enforced {
-    ExecDenied { label: u64, pid: i32, path: String, reason: DenyReason },
-    OpenDenied { label: u64, pid: i32, path: String, write: Option<bool> },
+    /// `argv`: the command line when it was read (interpreters), else empty.
+    ExecDenied {
+        label: u64,
+        pid: i32,
+        path: String,
+        reason: DenyReason,
+        argv: Vec<String>,
+    },
+    OpenDenied {
+        label: u64,
+        pid: i32,
+        path: String,
+        write: Option<bool>,
+    },
     Kernel(#[serde(skip)] EnforceRecord),
 }
 
@@ -264,15 +279,15 @@ impl Protector {
     }
 
     /// Whether [`Protector::guard`] has work to do for this container: it is
-    /// new, its profile changed, a backend failed, or its `/dev/shm` was not
-    /// looked at yet.
+    /// new, its profile changed, a backend failed, or its mounts were not
+    /// looked at from inside its root yet.
     pub fn needs_apply(&self, id: &str, profile: &Arc<Profile>) -> bool {
         match self.guarded.get(id) {
             None => true,
             Some(g) => {
-                let shm_done = self.perm.as_ref().is_none_or(|p| p.shm_tried.contains(&g.label));
+                let mounts_done = self.perm.as_ref().is_none_or(|p| p.mounts_tried.contains(&g.label));
                 let settled = g.complete || g.applied.elapsed() < RETRY;
-                !(settled && shm_done && Arc::ptr_eq(&g.profile, profile))
+                !(settled && mounts_done && Arc::ptr_eq(&g.profile, profile))
             }
         }
     }
@@ -361,6 +376,13 @@ impl Protector {
         for b in self.backends.iter_mut() {
             if let Err(e) = b.apply(&g) {
                 errors.push(format!("{}: {e}", b.name()));
+            }
+        }
+        // Mounts the other backends added (immutability's binds) get their
+        // exec marks too.
+        if let Some(p) = self.perm.as_mut() {
+            if let Err(e) = p.mark_mounts(&g) {
+                errors.push(format!("{}: {e}", p.name()));
             }
         }
         g.complete = errors.is_empty();

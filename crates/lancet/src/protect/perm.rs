@@ -3,10 +3,13 @@
 //! current.
 
 use super::approved::Approved;
+use super::host::{content_sha256, resolve_in_root};
 use super::host::{in_host_root, same_filesystem};
 use super::{Backend, Enforced, Guarded, ProtectOptions};
 use crate::config::FailModeSetting;
-use lancet_engine::drift::{classify_indirect, indirect_target, Drift, DriftKind, FileFacts};
+use lancet_engine::drift::{
+    classify_indirect, normalise_code, program_source, DriftKind, FileFacts, ProgramSource, RAMFS_MAGIC, TMPFS_MAGIC,
+};
 use lancet_engine::event::ExecEvent;
 use lancet_engine::profile::Profile;
 use lancet_engine::response::{decide_exec, DenyReason, ExecRequest, ExecVerdict};
@@ -29,6 +32,9 @@ struct PermEntry {
     /// What the container may run, by file identity.
     approved: Arc<Approved>,
     upper: Option<PathBuf>,
+    /// The device of the container's root (its image): a file on any
+    /// other device lies on one of its other mounts.
+    root_dev: Option<u64>,
     protected_files: HashSet<String>,
 }
 
@@ -42,19 +48,17 @@ pub(super) struct PermBackend {
     protected_files: Vec<String>,
     readonly_dirs: Vec<String>,
     files: bool,
-    /// Containers whose `/dev/shm` is marked too, and those where it was
-    /// tried (once, from a process inside the container's root).
-    shm_marked: HashSet<u64>,
-    pub(super) shm_tried: HashSet<u64>,
+    /// Containers whose mounts were marked from inside their root (after
+    /// `pivot_root`; the hook marks them before, from the host's side).
+    pub(super) mounts_tried: HashSet<u64>,
     /// Containers whose root carries the exec mark, with the device of the
     /// root marked (a restart mounts a new root: it needs its own mark).
     exec_marked: HashMap<u64, u64>,
 }
 
-/// Labels of a container's `/dev/shm` marks: its own label with this bit.
-/// Nothing that ships in an image lives there, so every exec from it is
-/// drift.
-const SHM_LABEL: u64 = 1 << 63;
+/// Files larger than this on a container's other mounts are never hashed
+/// (so never approved by content).
+const MAX_HASHED: u64 = 64 << 20;
 
 const ALLOW: PermDecision = PermDecision { allow: true, remember: false };
 
@@ -67,7 +71,7 @@ const DENY: PermDecision = PermDecision { allow: false, remember: false };
 /// the container's upper layer for uncached execs, and the blocked task's
 /// exec arguments for interpreters. When two containers claim one
 /// filesystem (never legitimate) the strictest of their answers holds.
-fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender<Enforced>) -> PermDecision {
+fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender<Enforced>, code_check: bool) -> PermDecision {
     // A poisoned lock means a writer panicked mid-update; the table is still
     // the best knowledge there is.
     let t = table.read().unwrap_or_else(|e| e.into_inner());
@@ -77,7 +81,7 @@ fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender
     };
     let mut out: Option<PermDecision> = None;
     for &label in labels {
-        let d = decide_for(&t, label, req, denials);
+        let d = decide_for(&t, label, req, denials, code_check);
         out = Some(match out {
             None => d,
             Some(o) => PermDecision { allow: o.allow && d.allow, remember: o.remember && d.remember },
@@ -90,38 +94,53 @@ fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender
 }
 
 /// The decision of one container (label) on one event.
-fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSender<Enforced>) -> PermDecision {
-    let deny = |path: &str, reason| {
-        let _ = denials.try_send(Enforced::ExecDenied { label: label & !SHM_LABEL, pid: req.pid, path: path.to_string(), reason });
+fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSender<Enforced>, code_check: bool) -> PermDecision {
+    let deny = |path: &str, reason, argv: Vec<String>| {
+        let _ = denials.try_send(Enforced::ExecDenied { label, pid: req.pid, path: path.to_string(), reason, argv });
         DENY
     };
-    if label & SHM_LABEL != 0 && req.kind == PermKind::Exec && t.by_label.contains_key(&(label & !SHM_LABEL)) {
-        let path = if req.path.starts_with("/dev/shm/") { req.path.to_string() } else { format!("/dev/shm{}", req.path) };
-        return deny(&path, DenyReason::Drift(DriftKind::Tmpfs));
-    }
     // Marks of a container no longer guarded are being lifted.
     let Some(e) = t.by_label.get(&label) else { return ALLOW };
     match req.kind {
         PermKind::Exec => {
             let id = (req.dev, req.ino);
+            // Nothing on the container's other mounts (volumes, bind
+            // mounts, tmpfs) is an image file: refused unless learned there
+            // with the content it still has.
+            let off_root = match e.root_dev {
+                Some(d) => req.dev != d,
+                None => req.other_mount,
+            };
+            if off_root {
+                if learned_content(e, req) {
+                    return ALLOW;
+                }
+                let tmpfs = matches!(req.fs_magic, TMPFS_MAGIC | RAMFS_MAGIC) || req.path.starts_with("/dev/shm/");
+                let kind = if tmpfs { DriftKind::Tmpfs } else { DriftKind::Volume };
+                return deny(req.path, DenyReason::Drift(kind), Vec::new());
+            }
             let in_profile = e.approved.files.contains(&id);
             let interpreter = e.approved.interpreters.contains(&id);
             if req.path.is_empty() {
                 // No path (longer than PATH_MAX): the file's identity alone
                 // decides; an interpreter's operand cannot be placed.
-                return if in_profile && !interpreter { ALLOW } else { deny("<path longer than PATH_MAX>", DenyReason::NotInProfile) };
+                return if in_profile && !interpreter {
+                    ALLOW
+                } else {
+                    deny("<path longer than PATH_MAX>", DenyReason::NotInProfile, Vec::new())
+                };
             }
             let in_upper = e.upper.as_deref().map(|u| written_in_container(u, req.path));
             let in_baseline = e.profile.baseline().map(|b| b.lookup(req.path).is_some());
             match decide_exec(&ExecRequest { path: req.path, in_upper, in_baseline, written: None, in_profile }) {
-                ExecVerdict::Allow { .. } if interpreter => match script_drift(e, req.pid) {
+                ExecVerdict::Allow { .. } if interpreter => match judge_program(e, id, req.pid, code_check) {
                     Ok(None) => ALLOW,
-                    Ok(Some(d)) => deny(&d.path, DenyReason::Drift(d.kind)),
+                    Ok(Some(r)) => deny(&r.path, r.reason, r.argv),
                     // A task whose exec cannot be read is not let through.
-                    Err(()) => deny(req.path, DenyReason::NotInProfile),
+                    Err(()) => deny(req.path, DenyReason::NotInProfile, Vec::new()),
                 },
                 ExecVerdict::Allow { remember } => PermDecision { allow: true, remember },
-                ExecVerdict::Deny(reason) => deny(req.path, reason),
+                ExecVerdict::Deny(reason) => deny(req.path, reason, Vec::new()),
             }
         }
         PermKind::Open { write } => {
@@ -148,22 +167,116 @@ fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSe
     }
 }
 
-/// The script an interpreter exec is handed (`sh FILE`, `python3 FILE`),
-/// read from the blocked task's arguments, when it drifted from the image
-/// (written in the container, on tmpfs, or not in the baseline). `Err`
-/// when the task's exec cannot be read.
-fn script_drift(e: &PermEntry, tid: i32) -> Result<Option<Drift>, ()> {
+/// Whether a file on one of the container's other mounts is an executable
+/// its profile learned there with its content hash, and the file being
+/// exec'd still has that content (read through the event's own fd).
+fn learned_content(e: &PermEntry, req: &PermRequest<'_>) -> bool {
+    let Some(want) = e.profile.executable(req.path).and_then(|x| x.sha256.as_deref()) else { return false };
+    let Ok(fd) = req.file.try_clone_to_owned() else { return false };
+    // The event's fd is opened read-only; reopen it to read from offset 0
+    // without moving the task's view (an fd of our own).
+    let Ok(file) = std::fs::File::open(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd))) else { return false };
+    content_sha256(file, MAX_HASHED).is_some_and(|h| h == want)
+}
+
+/// Why an interpreter's program was refused.
+struct Refusal {
+    /// The file or the interpreter named in the alert.
+    path: String,
+    reason: DenyReason,
+    /// The command line, for the alert (empty when it says nothing more).
+    argv: Vec<String>,
+}
+
+/// Judges what an approved interpreter file (`id`) was handed, read from
+/// the blocked task's exec: a script or loader target that drifted from
+/// the image (written in the container, on tmpfs, on another mount, not in
+/// the baseline), inline code or a program on stdin its profile did not
+/// learn for it (unless `code_check` is off). `Err` when the task's exec
+/// cannot be read.
+fn judge_program(e: &PermEntry, id: (u64, u64), tid: i32, code_check: bool) -> Result<Option<Refusal>, ()> {
     let call = exec_call(tid).ok_or(())?;
     let cwd =
         std::fs::read_link(format!("/proc/{tid}/cwd")).ok().and_then(|p| p.to_str().map(str::to_string)).unwrap_or_else(|| "/".into());
     let filename = if call.filename.starts_with('/') { call.filename } else { format!("{}/{}", cwd.trim_end_matches('/'), call.filename) };
     let ev = ExecEvent { filename, argv: call.argv, cwd, ..ExecEvent::default() };
-    let Some((kind, target)) = indirect_target(&ev) else { return Ok(None) };
-    let facts = FileFacts {
-        in_upper: e.upper.as_deref().map(|u| written_in_container(u, &target)),
-        in_baseline: e.profile.baseline().map(|b| b.lookup(&target).is_some()),
-    };
-    Ok(classify_indirect(kind, &target, None, facts))
+    let Some((kind, source)) = program_source(&ev) else { return Ok(None) };
+    let refuse = |path: String, reason| Ok(Some(Refusal { path, reason, argv: ev.argv.clone() }));
+    match source {
+        ProgramSource::File(target) => {
+            if e.root_dev.is_some() && file_dev(tid, &target).is_some_and(|d| Some(d) != e.root_dev) {
+                return refuse(target, DenyReason::Drift(kind));
+            }
+            let facts = FileFacts {
+                in_upper: e.upper.as_deref().map(|u| written_in_container(u, &target)),
+                in_baseline: e.profile.baseline().map(|b| b.lookup(&target).is_some()),
+            };
+            match classify_indirect(kind, &target, None, facts) {
+                Some(d) => refuse(d.path, DenyReason::Drift(d.kind)),
+                None => Ok(None),
+            }
+        }
+        ProgramSource::Code(_) | ProgramSource::Stdin if !code_check => Ok(None),
+        ProgramSource::Code(code) => {
+            let learned = e.approved.code.get(&id).is_some_and(|c| c.contains(&normalise_code(&code)));
+            if learned {
+                Ok(None)
+            } else {
+                refuse(ev.filename.clone(), DenyReason::UnlearnedCode)
+            }
+        }
+        ProgramSource::Stdin => {
+            // An interactive shell (a terminal on stdin) is an operator's,
+            // judged as the program alone, as before.
+            if e.approved.stdin.contains(&id) || stdin_is_terminal(tid) {
+                Ok(None)
+            } else {
+                refuse(ev.filename.clone(), DenyReason::UnlearnedCode)
+            }
+        }
+        ProgramSource::Other => Ok(None),
+    }
+}
+
+/// The device of `path` as the container of task `tid` sees it (symlinks
+/// resolved inside its root).
+fn file_dev(tid: i32, path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let root = PathBuf::from(format!("/proc/{tid}/root"));
+    let inside = resolve_in_root(&root, path)?;
+    std::fs::metadata(root.join(inside.trim_start_matches('/'))).ok().map(|m| m.dev())
+}
+
+/// Whether the task's standard input is a terminal.
+fn stdin_is_terminal(tid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{tid}/fd/0"))
+        .ok()
+        .and_then(|p| p.to_str().map(|p| p.starts_with("/dev/pts/") || p.starts_with("/dev/tty") || p == "/dev/console"))
+        .unwrap_or(false)
+}
+
+/// Whether a mount (its path in the container and filesystem type) gets
+/// exec marks: everything but the kernel's interfaces.
+fn guarded_mount(inside: &str, fs_type: &str) -> bool {
+    const KERNEL: &[&str] = &[
+        "proc",
+        "sysfs",
+        "cgroup",
+        "cgroup2",
+        "devpts",
+        "mqueue",
+        "securityfs",
+        "debugfs",
+        "tracefs",
+        "bpf",
+        "binfmt_misc",
+        "configfs",
+        "fusectl",
+        "pstore",
+        "nsfs",
+    ];
+    let under = |d: &str| inside == d || inside.strip_prefix(d).is_some_and(|r| r.starts_with('/'));
+    !KERNEL.contains(&fs_type) && !under("/proc") && !under("/sys")
 }
 
 fn parent_dir(path: &str) -> &str {
@@ -183,13 +296,14 @@ impl PermBackend {
         let table = Arc::new(RwLock::new(PermTable::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let exec_cache = opts.exec_cache;
+        let code_check = opts.learned_code_only;
         let thread = {
             let (guard, table, stop) = (guard.clone(), Arc::clone(&table), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("lancet-perm".into())
                 .spawn(move || {
                     let mut decider = |req: &PermRequest<'_>| {
-                        let mut d = decide(&table, req, &denials);
+                        let mut d = decide(&table, req, &denials, code_check);
                         d.remember &= exec_cache;
                         d
                     };
@@ -207,10 +321,64 @@ impl PermBackend {
             protected_files: opts.protected_files.clone(),
             readonly_dirs: opts.readonly_dirs.clone(),
             files: !(opts.protected_files.is_empty() && opts.readonly_dirs.is_empty()),
-            shm_marked: HashSet::new(),
-            shm_tried: HashSet::new(),
+            mounts_tried: HashSet::new(),
             exec_marked: HashMap::new(),
         })
+    }
+
+    /// Puts exec marks on every mount of the container besides its root:
+    /// volumes, bind mounts of host directories, tmpfs (`/dev`,
+    /// `/dev/shm`, `--tmpfs`), read from its `mountinfo`. From the OCI
+    /// hook (before `pivot_root`) the container's mounts lie below the
+    /// rootfs path the hook named; afterwards below its own `/`. Mounts
+    /// already marked add nothing, so this runs again whenever the
+    /// container is applied (other backends may have added mounts).
+    /// Kernel interfaces (`/proc`, `/sys`, cgroup, devpts, mqueue) and file
+    /// bind mounts (`/etc/hosts`, `/etc/resolv.conf`…) are left alone.
+    pub(super) fn mark_mounts(&mut self, g: &Guarded) -> Result<(), String> {
+        let root = PathBuf::from(format!("/proc/{}/root", g.pid));
+        if !root.exists() {
+            return Ok(());
+        }
+        let pivoted = !in_host_root(g.pid);
+        let prefix = if pivoted {
+            String::new()
+        } else {
+            match std::fs::canonicalize(&g.rootfs).ok().and_then(|p| p.to_str().map(str::to_string)) {
+                // A rootfs seen only through /proc: wait for the pivot.
+                Some(p) if !p.starts_with("/proc/") => p.trim_end_matches('/').to_string(),
+                _ => return Ok(()),
+            }
+        };
+        let text = std::fs::read_to_string(format!("/proc/{}/mountinfo", g.pid)).map_err(|e| format!("mounts of {}: {e}", g.pid))?;
+        let mut errors = Vec::new();
+        for m in lancet_sensor::mounts::mountinfo::parse(&text) {
+            let inside = if pivoted {
+                m.mount_point.as_str()
+            } else {
+                match m.mount_point.strip_prefix(prefix.as_str()) {
+                    Some(rest) if rest.starts_with('/') => rest,
+                    _ => continue,
+                }
+            };
+            if inside == "/" || !guarded_mount(inside, &m.fs_type) {
+                continue;
+            }
+            match self.guard.protect_exec_mount(g.label, &root, &m.mount_point, m.id) {
+                Ok(()) => {}
+                // A file bind mount, or a mount gone or covered since.
+                Err(lancet_sensor::fanotify::FanotifyError::Open { .. }) => {}
+                Err(e) => errors.push(format!("{inside}: {e}")),
+            }
+        }
+        if pivoted {
+            self.mounts_tried.insert(g.label);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("exec marks on mounts: {}", errors.join("; ")))
+        }
     }
 
     /// Decision times, for the Prometheus histogram.
@@ -257,7 +425,13 @@ impl Backend for PermBackend {
             let mut t = self.table.write().map_err(|_| "permission table poisoned".to_string())?;
             t.by_label.insert(
                 g.label,
-                PermEntry { profile: Arc::clone(&g.profile), approved: Arc::clone(&g.approved), upper, protected_files: protected.clone() },
+                PermEntry {
+                    profile: Arc::clone(&g.profile),
+                    approved: Arc::clone(&g.approved),
+                    upper,
+                    root_dev: std::fs::metadata(&g.rootfs).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok(),
+                    protected_files: protected.clone(),
+                },
             );
         }
         // Approvals of an older profile go; the marks stay in place (never
@@ -275,24 +449,7 @@ impl Backend for PermBackend {
                 self.exec_marked.insert(g.label, dev);
             }
         }
-        // The container's own /dev/shm (a tmpfs of its own), seen once the
-        // container's processes run inside their root.
-        let shm = PathBuf::from(format!("/proc/{}/root/dev/shm", g.pid));
-        let proc_root = PathBuf::from(format!("/proc/{}/root", g.pid));
-        let pivoted = proc_root.exists() && !in_host_root(g.pid);
-        if pivoted
-            && self.shm_tried.insert(g.label)
-            && shm.is_dir()
-            && !same_filesystem(&shm, &proc_root)
-            && !same_filesystem(&shm, Path::new("/dev/shm"))
-        {
-            match self.guard.protect_exec(g.label | SHM_LABEL, &shm) {
-                Ok(_) => {
-                    self.shm_marked.insert(g.label);
-                }
-                Err(e) => tracing::warn!(container = %g.name, "/dev/shm not guarded: {e}"),
-            }
-        }
+        self.mark_mounts(g)?;
         if self.files {
             let files: Vec<&str> = protected.iter().map(String::as_str).collect();
             self.guard.protect_files(g.label, &g.rootfs, &files).map_err(|e| format!("file marks: {e}"))?;
@@ -305,10 +462,7 @@ impl Backend for PermBackend {
     fn release(&mut self, g: &Guarded) {
         let _ = self.guard.unprotect(g.label);
         self.exec_marked.remove(&g.label);
-        self.shm_tried.remove(&g.label);
-        if self.shm_marked.remove(&g.label) {
-            let _ = self.guard.unprotect(g.label | SHM_LABEL);
-        }
+        self.mounts_tried.remove(&g.label);
         if let Ok(mut t) = self.table.write() {
             t.by_label.remove(&g.label);
         }
@@ -318,6 +472,29 @@ impl Backend for PermBackend {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mount_but_the_kernels_interfaces_is_guarded() {
+        for (inside, fs) in [("/data", "ext4"), ("/scratch", "tmpfs"), ("/dev", "tmpfs"), ("/dev/shm", "tmpfs"), ("/procfs", "xfs")] {
+            assert!(guarded_mount(inside, fs), "{inside} {fs}");
+        }
+        for (inside, fs) in [
+            ("/proc", "proc"),
+            ("/proc/sys", "proc"),
+            ("/proc/acpi", "tmpfs"),
+            ("/sys", "sysfs"),
+            ("/sys/fs/cgroup", "cgroup2"),
+            ("/dev/pts", "devpts"),
+            ("/dev/mqueue", "mqueue"),
+        ] {
+            assert!(!guarded_mount(inside, fs), "{inside} {fs}");
         }
     }
 }
