@@ -144,7 +144,7 @@ fn alerts_of(alerts: &Path, from: u64, name: &str) -> Vec<serde_json::Value> {
 fn volume_drift_is_refused_and_shells_run_only_learned_code(case: &Case) {
     skip_unless_ready!(true);
     if !Command::new("podman").args(["image", "exists", case.image]).status().map(|s| s.success()).unwrap_or(false) {
-        eprintln!("SKIPPED: test image {} missing (scripts/setup.sh builds it)", case.image);
+        lancet_testkit::skip(&format!("test image {} missing (scripts/setup.sh builds it)", case.image));
         return;
     }
     let _one = ONE_AGENT.lock().unwrap_or_else(|p| p.into_inner());
