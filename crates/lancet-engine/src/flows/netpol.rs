@@ -12,6 +12,7 @@
 //! a workload that received nothing gets no ingress rule, which denies all
 //! inbound traffic. That is what was observed; review before applying.
 
+use crate::printable::printable;
 use super::{EndKind, FlowEnd, FlowNode, FlowRow};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -309,14 +310,17 @@ fn cilium(me: &Identity, s: &Seen, ids: &BTreeMap<&str, Identity>) -> Value {
 }
 
 /// The documents as one YAML stream (`---` between documents), comments
-/// above each.
+/// above each. Comments carry names and digests a rootless user wrote:
+/// every character a YAML reader could take for a line break (control
+/// characters, U+0085, U+2028, U+2029) is escaped, so a comment can never
+/// end early and add a document of its own.
 pub fn to_yaml(docs: &[(Vec<String>, Value)]) -> Result<String, serde_norway::Error> {
     let mut out = String::new();
     for (comments, doc) in docs {
         out.push_str("---\n");
         for c in comments {
             out.push_str("# ");
-            out.push_str(c);
+            out.push_str(&yaml_comment(c));
             out.push('\n');
         }
         out.push_str(&serde_norway::to_string(doc)?);
@@ -324,9 +328,32 @@ pub fn to_yaml(docs: &[(Vec<String>, Value)]) -> Result<String, serde_norway::Er
     Ok(out)
 }
 
+/// `c` safe inside one YAML comment line.
+fn yaml_comment(c: &str) -> String {
+    let mut out = String::with_capacity(c.len());
+    for ch in printable(c).chars() {
+        match ch {
+            '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{{{:x}}}", ch as u32)),
+            ch => out.push(ch),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_comment_cannot_add_a_document() {
+        let doc = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "a"}});
+        for evil in ["sha256:aa\n---\nkind: Namespace", "x\rkind: Namespace", "x\u{85}kind: Namespace", "x\u{2028}kind: Namespace", "x\u{2029}---"] {
+            let yaml = to_yaml(&[(vec![format!("lancet: observed flows of workload {evil}")], doc.clone())]).unwrap();
+            let docs: Vec<Value> = serde_norway::Deserializer::from_str(&yaml).map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap()).collect();
+            assert_eq!(docs, vec![doc.clone()], "{evil:?} gave:\n{yaml}");
+            assert_eq!(yaml.lines().filter(|l| l.starts_with('#')).count(), 1, "{yaml}");
+        }
+    }
 
     fn end(kind: EndKind, id: &str, workload: &str) -> FlowEnd {
         FlowEnd { kind: kind.as_str().into(), id: id.into(), name: id.into(), workload: workload.into() }
