@@ -12,8 +12,8 @@
 //! a workload that received nothing gets no ingress rule, which denies all
 //! inbound traffic. That is what was observed; review before applying.
 
-use crate::printable::printable;
 use super::{EndKind, FlowEnd, FlowNode, FlowRow};
+use crate::printable::printable;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -347,9 +347,12 @@ mod tests {
     #[test]
     fn a_comment_cannot_add_a_document() {
         let doc = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "a"}});
-        for evil in ["sha256:aa\n---\nkind: Namespace", "x\rkind: Namespace", "x\u{85}kind: Namespace", "x\u{2028}kind: Namespace", "x\u{2029}---"] {
+        for evil in
+            ["sha256:aa\n---\nkind: Namespace", "x\rkind: Namespace", "x\u{85}kind: Namespace", "x\u{2028}kind: Namespace", "x\u{2029}---"]
+        {
             let yaml = to_yaml(&[(vec![format!("lancet: observed flows of workload {evil}")], doc.clone())]).unwrap();
-            let docs: Vec<Value> = serde_norway::Deserializer::from_str(&yaml).map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap()).collect();
+            let docs: Vec<Value> =
+                serde_norway::Deserializer::from_str(&yaml).map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap()).collect();
             assert_eq!(docs, vec![doc.clone()], "{evil:?} gave:\n{yaml}");
             assert_eq!(yaml.lines().filter(|l| l.starts_with('#')).count(), 1, "{yaml}");
         }

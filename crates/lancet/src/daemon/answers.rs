@@ -22,12 +22,12 @@ impl Daemon {
                 .map(|(k, w)| json!({"workload": k, "image": w.profile.image(), "mode": w.profile.mode().to_string(), "entries": w.profile.len()}))
                 .collect::<Vec<_>>())),
             Request::Profile { workload } => {
-                let key = self.workloads.find(&workload).ok_or_else(|| not_found(&workload))?;
+                let key = self.workloads.find(&workload)?;
                 let w = &self.workloads.map[&key];
                 Ok(json!({"workload": key, "yaml": w.profile.to_yaml().map_err(|e| (500u16, e.to_string()))?}))
             }
             Request::Promote { workload, mode, force, dry_run } => {
-                let key = self.workloads.find(&workload).ok_or_else(|| not_found(&workload))?;
+                let key = self.workloads.find(&workload)?;
                 let mode = mode.parse::<Mode>().map_err(|e| (400u16, e))?;
                 if dry_run {
                     return Ok(self.dry_run(&key, mode, now));
@@ -43,7 +43,7 @@ impl Daemon {
                 Ok(json!({"workload": key, "mode": mode.to_string()}))
             }
             Request::Reset { workload } => {
-                let key = self.workloads.find(&workload).ok_or_else(|| not_found(&workload))?;
+                let key = self.workloads.find(&workload)?;
                 let image = self.workloads.map[&key].profile.image().to_string();
                 let mut p = Profile::new(&image, &key, now);
                 p.set_mode(Mode::Learn, now);
@@ -162,8 +162,7 @@ impl Daemon {
 
     /// An operator's isolate, freeze or release of one container.
     fn respond(&mut self, container: &str, action: &str, expire: Option<String>) -> Reply {
-        let c =
-            self.workloads.container(container).cloned().ok_or_else(|| (404u16, format!("no running container matches {container:?}")))?;
+        let c = self.workloads.resolve(container).cloned()?;
         let expire = match expire {
             Some(e) => parse_duration(&e).map_err(|e| (400u16, format!("{e:#}")))?,
             None => self.guarding.opts.response_expiry,

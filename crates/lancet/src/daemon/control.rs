@@ -114,7 +114,7 @@ impl Daemon {
             "lancet.count": 1,
         });
         let container = matches!(c.action, "isolate" | "freeze" | "release")
-            .then(|| self.workloads.container(c.target.split(' ').next().unwrap_or_default()).cloned())
+            .then(|| self.workloads.resolve(c.target.split(' ').next().unwrap_or_default()).ok().cloned())
             .flatten();
         if let (Some(ct), Some(f)) = (&container, fields.as_object_mut()) {
             f.insert("container.id".into(), json!(ct.short_id()));

@@ -122,7 +122,7 @@ impl Daemon {
     /// One workload's profile for review: every entry with when it was
     /// first and last seen, and the diff against its image's baseline.
     pub(super) fn review(&self, what: &str) -> Reply {
-        let key = self.workloads.find(what).ok_or_else(|| (404u16, format!("no workload, container or image matches {what:?}")))?;
+        let key = self.workloads.find(what)?;
         let w = &self.workloads.map[&key];
         let p = &w.profile;
         let s = p.spec();

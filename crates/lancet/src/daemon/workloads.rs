@@ -277,21 +277,51 @@ impl Workloads {
         }
     }
 
-    /// A running container by name or id prefix (at least 3 characters).
-    pub(super) fn container(&self, what: &str) -> Option<&Arc<ContainerInfo>> {
-        self.containers.values().find(|c| c.name == what || (what.len() >= 3 && c.id.starts_with(what)))
+    /// The one running container `what` names: its full id; else its name,
+    /// root's container first (a rootless user's container may take any
+    /// name, root's among them); else a unique id prefix (at least 3
+    /// characters). A name or prefix that fits more than one is an error
+    /// listing them (409), never the first one found; nothing is a 404.
+    pub(super) fn resolve(&self, what: &str) -> Result<&Arc<ContainerInfo>, (u16, String)> {
+        if let Some(c) = self.containers.get(what) {
+            return Ok(c);
+        }
+        let mut named: Vec<&Arc<ContainerInfo>> = self.containers.values().filter(|c| c.name == what).collect();
+        if !named.is_empty() {
+            let roots: Vec<&Arc<ContainerInfo>> = named.iter().copied().filter(|c| c.owner_uid.is_none()).collect();
+            match (roots.len(), named.len()) {
+                (1, _) => return Ok(roots[0]),
+                (0, 1) => return Ok(named[0]),
+                _ => return Err(ambiguous(what, "name", &mut named)),
+            }
+        }
+        if what.len() >= 3 {
+            let mut by_id: Vec<&Arc<ContainerInfo>> = self.containers.values().filter(|c| c.id.starts_with(what)).collect();
+            match by_id.len() {
+                0 => {}
+                1 => return Ok(by_id[0]),
+                _ => return Err(ambiguous(what, "id prefix", &mut by_id)),
+            }
+        }
+        Err((404, format!("no running container matches {what:?}")))
     }
 
-    /// The workload named by its key, a container's name or id, or an
-    /// image reference.
-    pub(super) fn find(&self, what: &str) -> Option<String> {
+    /// The workload named by its key, a container's name or id (as
+    /// [`resolve`](Self::resolve) finds it), or an image reference.
+    pub(super) fn find(&self, what: &str) -> Result<String, (u16, String)> {
         if self.map.contains_key(what) {
-            return Some(what.to_string());
+            return Ok(what.to_string());
         }
-        if let Some(c) = self.container(what) {
-            return Some(workload_key(c).into_owned());
+        match self.resolve(what) {
+            Ok(c) => return Ok(workload_key(c).into_owned()),
+            Err((409, why)) => return Err((409, why)),
+            Err(_) => {}
         }
-        self.map.iter().find(|(_, w)| w.profile.image() == what).map(|(k, _)| k.clone())
+        self.map
+            .iter()
+            .find(|(_, w)| w.profile.image() == what)
+            .map(|(k, _)| k.clone())
+            .ok_or_else(|| (404, format!("no workload, container or image matches {what:?}")))
     }
 
     /// A container that ran before the agent: its cgroup, a live process,
@@ -394,10 +424,53 @@ pub(super) fn load_baselines(dir: &Path) -> HashMap<String, Baseline> {
     out
 }
 
+/// The error for a name or prefix that fits several containers: each
+/// named with its id and owner.
+fn ambiguous(what: &str, by: &str, cs: &mut [&Arc<ContainerInfo>]) -> (u16, String) {
+    cs.sort_by(|a, b| a.id.cmp(&b.id));
+    let list: Vec<String> = cs
+        .iter()
+        .map(|c| {
+            let owner = c.owner_uid.map_or("root".to_string(), |u| format!("uid {u}"));
+            format!("{} ({}, {owner})", c.short_id(), c.name)
+        })
+        .collect();
+    (409, format!("{by} {what:?} matches {} containers: {}; name one by its id", cs.len(), list.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use lancet_store::StoreOptions;
+
+    #[test]
+    fn a_name_or_prefix_means_one_container_or_an_error() {
+        let mut w = Workloads::new(Mode::Learn, HashMap::new());
+        let mut add = |id: &str, name: &str, owner: Option<u32>| {
+            let c = ContainerInfo { id: id.into(), name: name.into(), owner_uid: owner, ..Default::default() };
+            w.containers.insert(id.into(), Arc::new(c));
+        };
+        add(&"a".repeat(64), "web", None);
+        add(&format!("ab{}", "0".repeat(62)), "web", Some(1000));
+        add(&format!("c{}", "1".repeat(63)), "db", Some(1000));
+        add(&format!("c{}", "2".repeat(63)), "db", Some(1001));
+        // Root's "web" wins over a rootless user's container of that name.
+        assert_eq!(w.resolve("web").unwrap().owner_uid, None);
+        // Two rootless "db": an error naming both, never the first found.
+        let (code, why) = w.resolve("db").unwrap_err();
+        assert_eq!(code, 409);
+        assert!(why.contains("c11111111111") && why.contains("c22222222222") && why.contains("uid 1001"), "{why}");
+        // An id prefix must be unique; a full id always is.
+        assert_eq!(w.resolve("abc").unwrap_err().0, 404);
+        assert_eq!(w.resolve("aaa").unwrap().owner_uid, None);
+        assert_eq!(w.resolve("ab0").unwrap().owner_uid, Some(1000));
+        assert_eq!(w.resolve("c1").unwrap_err().0, 404, "a prefix shorter than 3");
+        assert_eq!(w.resolve("c11").unwrap().owner_uid, Some(1000));
+        let (code, why) = w.resolve("a").map(|_| ()).unwrap_err();
+        assert_eq!(code, 404, "{why}");
+        assert_eq!(w.resolve(&"a".repeat(64)).unwrap().name, "web");
+        assert_eq!(w.find("db").unwrap_err().0, 409);
+    }
 
     fn container(id: &str, digest: &str) -> ContainerInfo {
         ContainerInfo { id: id.into(), name: id.into(), image: "img".into(), image_digest: digest.into(), ..Default::default() }
