@@ -283,7 +283,10 @@ mod prop_tests {
 
         #[test]
         fn any_text_is_a_time_or_an_error(s in any::<String>()) {
-            let _ = parse_rfc3339(&s);
+            if let Ok(t) = parse_rfc3339(&s) {
+                // Accepted text is a time that prints and reads back.
+                prop_assert_eq!(parse_rfc3339(&Timestamp(t).to_string()), Ok(t));
+            }
         }
 
         #[test]
@@ -304,7 +307,11 @@ mod prop_tests {
 
         #[test]
         fn any_text_is_a_duration_or_an_error(s in any::<String>()) {
-            let _ = parse_duration(&s);
+            if let Ok(d) = parse_duration(&s) {
+                prop_assert!(d <= MAX_DURATION, "{:?} gave {:?}", s, d);
+                // Only a number with a known unit is a duration.
+                prop_assert!(s.trim().starts_with(|c: char| c.is_ascii_digit() || c == '.'), "{:?}", s);
+            }
         }
 
         #[test]
