@@ -29,11 +29,15 @@
 //! it aside ([`Store::move_aside`] does it).
 #![forbid(unsafe_code)]
 
+mod activity;
 mod alert_counts;
+mod alerts;
 mod audit;
 mod error;
 mod files;
 mod flows;
+mod profiles;
+mod prune;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -43,10 +47,15 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
+pub use activity::ActivityBucket;
 pub use alert_counts::AlertCount;
+pub(crate) use alerts::{alert_row, ALERT_COLUMNS};
+pub use alerts::{AlertQuery, NewAlert, StoredAlert};
 pub use audit::{AuditQuery, AuditRecord, NewAudit};
 pub use error::StoreError;
 pub use flows::{FlowEndRecord, FlowNodeRecord, FlowRecord};
+pub use profiles::{ProfileSummary, StoredProfile};
+pub use prune::PruneStats;
 pub use schema::SCHEMA_VERSION;
 
 /// Result of store operations.
@@ -107,125 +116,6 @@ impl Default for StoreOptions {
             check_on_open: true,
         }
     }
-}
-
-/// One version of a workload's profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StoredProfile {
-    pub digest: String,
-    pub image: String,
-    pub mode: String,
-    pub version: u64,
-    pub document: String,
-    pub updated_ns: u64,
-}
-
-/// A profile's head, without its document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProfileSummary {
-    pub digest: String,
-    pub image: String,
-    pub mode: String,
-    pub version: u64,
-    pub updated_ns: u64,
-}
-
-/// An alert to store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewAlert {
-    pub time_ns: u64,
-    pub rule: String,
-    pub priority: String,
-    /// Full 64-hex container id.
-    pub container_id: String,
-    pub container_name: String,
-    pub image: String,
-    /// The workload key (image digest).
-    pub workload: String,
-    pub action: String,
-    pub enforced: bool,
-    pub count: u64,
-    /// The full Falco-shaped JSON object, stored as is.
-    pub json: String,
-}
-
-/// A stored alert.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StoredAlert {
-    pub id: u64,
-    /// First occurrence.
-    pub time_ns: u64,
-    /// Last occurrence (equal to `time_ns` until [`Store::update_alert_count`]).
-    pub last_time_ns: u64,
-    pub rule: String,
-    pub priority: String,
-    pub container_id: String,
-    pub container_name: String,
-    pub image: String,
-    pub workload: String,
-    pub action: String,
-    pub enforced: bool,
-    pub count: u64,
-    pub json: String,
-}
-
-/// The columns [`alert_row`] reads, in its order.
-pub(crate) const ALERT_COLUMNS: &str =
-    "id, time_ns, last_time_ns, rule, priority, container_id, container_name, image, workload, action, enforced, count, json";
-
-/// A row of [`ALERT_COLUMNS`] as a [`StoredAlert`].
-pub(crate) fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAlert> {
-    Ok(StoredAlert {
-        id: to_u64(r.get(0)?),
-        time_ns: to_u64(r.get(1)?),
-        last_time_ns: to_u64(r.get(2)?),
-        rule: r.get(3)?,
-        priority: r.get(4)?,
-        container_id: r.get(5)?,
-        container_name: r.get(6)?,
-        image: r.get(7)?,
-        workload: r.get(8)?,
-        action: r.get(9)?,
-        enforced: r.get(10)?,
-        count: to_u64(r.get(11)?),
-        json: r.get(12)?,
-    })
-}
-
-/// Which alerts [`Store::alerts`] returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AlertQuery {
-    /// Only alerts whose last occurrence is at or after this time.
-    pub since_ns: Option<u64>,
-    /// A container name (exact) or a container id prefix.
-    pub container: Option<String>,
-    /// A rule name (exact).
-    pub rule: Option<String>,
-    /// At most this many; 0 means no limit.
-    pub limit: usize,
-}
-
-/// One hourly activity counter of a workload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ActivityBucket {
-    /// Start of the hour (ns since the epoch, a multiple of [`HOUR_NS`]).
-    pub hour_ns: u64,
-    /// `exec`, `net`, `file`, ...
-    pub kind: String,
-    pub count: u64,
-}
-
-/// What one [`Store::prune`] removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct PruneStats {
-    pub alerts_expired: u64,
-    pub alerts_capped: u64,
-    pub activity_expired: u64,
-    pub profile_versions_dropped: u64,
-    pub audit_expired: u64,
-    pub audit_capped: u64,
-    pub flows_expired: u64,
-    pub flows_capped: u64,
 }
 
 /// The embedded store. Not `Sync`: one thread writes; other processes read through
@@ -486,282 +376,6 @@ impl Store {
         conn.close().map_err(|(_, e)| StoreError::sqlite(&path, e))
     }
 
-    // ---- profiles -------------------------------------------------------------------
-
-    /// Stores `document` as the profile of `digest` and returns its version. A new
-    /// version is made only when the document differs from the current one; when only
-    /// `image` or `mode` changed, the head is updated and the version stays. Versions
-    /// start at 1; only the last [`StoreOptions::profile_history`] are kept.
-    pub fn put_profile(&mut self, digest: &str, image: &str, mode: &str, document: &str, now_ns: u64) -> Result<u64> {
-        if digest.is_empty() {
-            return Err(StoreError::Invalid("a profile needs a non-empty digest".into()));
-        }
-        self.begin_write()?;
-        let keep = self.opts.profile_history.max(1) as i64;
-        let path = self.path.clone();
-        let e = |e| StoreError::sqlite(&path, e);
-        let sp = self.conn.savepoint().map_err(e)?;
-        let head: Option<(String, String, i64, String)> = sp
-            .prepare_cached(
-                "SELECT p.image, p.mode, p.version, v.document FROM profiles p
-                 JOIN profile_versions v ON v.digest = p.digest AND v.version = p.version
-                 WHERE p.digest = ?1",
-            )
-            .and_then(|mut s| s.query_row([digest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).optional())
-            .map_err(e)?;
-        let version = match head {
-            Some((old_image, old_mode, version, old_doc)) if old_doc == document => {
-                if old_image != image || old_mode != mode {
-                    sp.prepare_cached("UPDATE profiles SET image = ?2, mode = ?3, updated_ns = ?4 WHERE digest = ?1")
-                        .and_then(|mut s| s.execute(params![digest, image, mode, to_i64(now_ns)]))
-                        .map_err(e)?;
-                }
-                version
-            }
-            head => {
-                let version = head.map_or(1, |h| h.2 + 1);
-                sp.prepare_cached(
-                    "INSERT INTO profiles (digest, image, mode, version, updated_ns) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (digest) DO UPDATE SET image = excluded.image, mode = excluded.mode,
-                         version = excluded.version, updated_ns = excluded.updated_ns",
-                )
-                .and_then(|mut s| s.execute(params![digest, image, mode, version, to_i64(now_ns)]))
-                .map_err(e)?;
-                sp.prepare_cached(
-                    "INSERT INTO profile_versions (digest, version, image, mode, document, created_ns)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .and_then(|mut s| s.execute(params![digest, version, image, mode, document, to_i64(now_ns)]))
-                .map_err(e)?;
-                sp.prepare_cached("DELETE FROM profile_versions WHERE digest = ?1 AND version <= ?2")
-                    .and_then(|mut s| s.execute(params![digest, version - keep]))
-                    .map_err(e)?;
-                tracing::debug!(digest, version, "profile version stored");
-                version
-            }
-        };
-        sp.commit().map_err(e)?;
-        self.end_write()?;
-        Ok(to_u64(version))
-    }
-
-    /// The current version of the profile of `digest`.
-    pub fn profile(&self, digest: &str) -> Result<Option<StoredProfile>> {
-        self.conn
-            .prepare_cached(
-                "SELECT p.digest, p.image, p.mode, p.version, v.document, p.updated_ns FROM profiles p
-                 JOIN profile_versions v ON v.digest = p.digest AND v.version = p.version
-                 WHERE p.digest = ?1",
-            )
-            .and_then(|mut s| s.query_row([digest], stored_profile).optional())
-            .map_err(|e| self.err(e))
-    }
-
-    /// The stored versions of the profile of `digest`, newest first, at most `limit`
-    /// (0: all). Each carries the image and mode it was written with and its creation
-    /// time as `updated_ns`.
-    pub fn profile_history(&self, digest: &str, limit: usize) -> Result<Vec<StoredProfile>> {
-        let limit = if limit == 0 { -1 } else { i64::try_from(limit).unwrap_or(i64::MAX) };
-        self.conn
-            .prepare_cached(
-                "SELECT digest, image, mode, version, document, created_ns FROM profile_versions
-                 WHERE digest = ?1 ORDER BY version DESC LIMIT ?2",
-            )
-            .and_then(|mut s| s.query_map(params![digest, limit], stored_profile)?.collect())
-            .map_err(|e| self.err(e))
-    }
-
-    /// Every profile's head, ordered by digest.
-    pub fn list_profiles(&self) -> Result<Vec<ProfileSummary>> {
-        self.conn
-            .prepare_cached("SELECT digest, image, mode, version, updated_ns FROM profiles ORDER BY digest")
-            .and_then(|mut s| {
-                s.query_map([], |r| {
-                    Ok(ProfileSummary {
-                        digest: r.get(0)?,
-                        image: r.get(1)?,
-                        mode: r.get(2)?,
-                        version: to_u64(r.get(3)?),
-                        updated_ns: to_u64(r.get(4)?),
-                    })
-                })?
-                .collect()
-            })
-            .map_err(|e| self.err(e))
-    }
-
-    /// Deletes the profile of `digest` and its whole history (a reset: the next
-    /// [`Store::put_profile`] starts again at version 1). Returns whether it existed.
-    pub fn delete_profile(&mut self, digest: &str) -> Result<bool> {
-        self.begin_write()?;
-        let n = self
-            .conn
-            .prepare_cached("DELETE FROM profiles WHERE digest = ?1")
-            .and_then(|mut s| s.execute([digest]))
-            .map_err(|e| self.err(e))?;
-        self.end_write()?;
-        tracing::info!(digest, existed = n > 0, "profile deleted");
-        Ok(n > 0)
-    }
-
-    // ---- alerts ---------------------------------------------------------------------
-
-    /// Stores an alert (in the open batch) and returns its id.
-    pub fn insert_alert(&mut self, a: &NewAlert) -> Result<u64> {
-        self.begin_write()?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO alerts (time_ns, last_time_ns, rule, priority, container_id, container_name, image,
-                                     workload, action, enforced, count, json)
-                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    to_i64(a.time_ns),
-                    a.rule,
-                    a.priority,
-                    a.container_id,
-                    a.container_name,
-                    a.image,
-                    a.workload,
-                    a.action,
-                    a.enforced,
-                    to_i64(a.count),
-                    a.json,
-                ])
-            })
-            .map_err(|e| self.err(e))?;
-        let id = to_u64(self.conn.last_insert_rowid());
-        self.end_write()?;
-        Ok(id)
-    }
-
-    /// Records that a deduplicated alert happened `count` times in all, the last at
-    /// `last_time_ns`. Returns false when the alert no longer exists (pruned).
-    pub fn update_alert_count(&mut self, id: u64, count: u64, last_time_ns: u64) -> Result<bool> {
-        self.begin_write()?;
-        let n = self
-            .conn
-            .prepare_cached("UPDATE alerts SET count = ?2, last_time_ns = max(last_time_ns, ?3) WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![to_i64(id), to_i64(count), to_i64(last_time_ns)]))
-            .map_err(|e| self.err(e))?;
-        self.end_write()?;
-        Ok(n > 0)
-    }
-
-    /// Alerts matching `q`, newest (by last occurrence) first.
-    pub fn alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>> {
-        let mut sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE 1");
-        let mut args: Vec<Value> = Vec::new();
-        if let Some(since) = q.since_ns {
-            args.push(Value::Integer(to_i64(since)));
-            sql.push_str(&format!(" AND last_time_ns >= ?{}", args.len()));
-        }
-        if let Some(c) = q.container.as_deref().filter(|c| !c.is_empty()) {
-            args.push(Value::Text(c.to_string()));
-            let n = args.len();
-            sql.push_str(&format!(" AND (container_name = ?{n} OR substr(container_id, 1, length(?{n})) = ?{n})"));
-        }
-        if let Some(rule) = q.rule.as_deref() {
-            args.push(Value::Text(rule.to_string()));
-            sql.push_str(&format!(" AND rule = ?{}", args.len()));
-        }
-        args.push(Value::Integer(if q.limit == 0 { -1 } else { i64::try_from(q.limit).unwrap_or(i64::MAX) }));
-        sql.push_str(&format!(" ORDER BY last_time_ns DESC, id DESC LIMIT ?{}", args.len()));
-        self.conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| s.query_map(rusqlite::params_from_iter(args), alert_row)?.collect())
-            .map_err(|e| self.err(e))
-    }
-
-    /// Number of stored alerts.
-    pub fn alert_count(&self) -> Result<u64> {
-        self.conn.query_row("SELECT count(*) FROM alerts", [], |r| r.get::<_, i64>(0)).map(to_u64).map_err(|e| self.err(e))
-    }
-
-    // ---- activity -------------------------------------------------------------------
-
-    /// Adds `n` events of `kind` (`exec`, `net`, `file`) to the hour bucket of `now_ns`
-    /// for workload `digest`.
-    pub fn bump_activity(&mut self, digest: &str, kind: &str, n: u64, now_ns: u64) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        if kind.is_empty() {
-            return Err(StoreError::Invalid("an activity kind must not be empty".into()));
-        }
-        self.begin_write()?;
-        let hour = now_ns - now_ns % HOUR_NS;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO activity (digest, hour_ns, kind, n) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (digest, hour_ns, kind) DO UPDATE SET n = n + excluded.n",
-            )
-            .and_then(|mut s| s.execute(params![digest, to_i64(hour), kind, to_i64(n)]))
-            .map_err(|e| self.err(e))?;
-        self.end_write()
-    }
-
-    /// The activity buckets of `digest` from the hour that holds `since_ns` on, oldest
-    /// first, then by kind.
-    pub fn activity(&self, digest: &str, since_ns: u64) -> Result<Vec<ActivityBucket>> {
-        let from = since_ns - since_ns % HOUR_NS;
-        self.conn
-            .prepare_cached("SELECT hour_ns, kind, n FROM activity WHERE digest = ?1 AND hour_ns >= ?2 ORDER BY hour_ns, kind")
-            .and_then(|mut s| {
-                s.query_map(params![digest, to_i64(from)], |r| {
-                    Ok(ActivityBucket { hour_ns: to_u64(r.get(0)?), kind: r.get(1)?, count: to_u64(r.get(2)?) })
-                })?
-                .collect()
-            })
-            .map_err(|e| self.err(e))
-    }
-
-    // ---- retention ------------------------------------------------------------------
-
-    /// Applies retention: alerts older than [`StoreOptions::alert_retention`], alerts
-    /// beyond [`StoreOptions::max_alerts`] (oldest first), activity older than
-    /// [`StoreOptions::activity_retention`], profile versions beyond
-    /// [`StoreOptions::profile_history`], audit records beyond
-    /// [`StoreOptions::audit_retention`] and [`StoreOptions::max_audit`], flow rollups beyond
-    /// [`StoreOptions::flow_retention`] and [`StoreOptions::max_flow_rows`]. Commits. Cheap when there is nothing to do
-    /// (index range scans); meant to be called every minute.
-    pub fn prune(&mut self, now_ns: u64) -> Result<PruneStats> {
-        self.begin_write()?;
-        let mut stats = PruneStats::default();
-        let alert_cut = now_ns.saturating_sub(dur_ns(self.opts.alert_retention));
-        stats.alerts_expired = self.exec("DELETE FROM alerts WHERE last_time_ns < ?1", params![to_i64(alert_cut)])?;
-        // ids only grow, so max - min + 1 bounds the count: skip the walk when under the cap.
-        let (min, max): (Option<i64>, Option<i64>) = self
-            .conn
-            .query_row("SELECT (SELECT min(id) FROM alerts), (SELECT max(id) FROM alerts)", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| self.err(e))?;
-        if let (Some(min), Some(max)) = (min, max) {
-            let cap = to_i64(self.opts.max_alerts);
-            if max - min + 1 > cap {
-                stats.alerts_capped =
-                    self.exec("DELETE FROM alerts WHERE id <= (SELECT id FROM alerts ORDER BY id DESC LIMIT 1 OFFSET ?1)", params![cap])?;
-            }
-        }
-        let activity_cut = now_ns.saturating_sub(dur_ns(self.opts.activity_retention));
-        let activity_cut = activity_cut - activity_cut % HOUR_NS;
-        stats.activity_expired = self.exec("DELETE FROM activity WHERE hour_ns < ?1", params![to_i64(activity_cut)])?;
-        let keep = self.opts.profile_history.max(1) as i64;
-        stats.profile_versions_dropped = self.exec(
-            "DELETE FROM profile_versions WHERE version <=
-                 (SELECT p.version FROM profiles p WHERE p.digest = profile_versions.digest) - ?1",
-            params![keep],
-        )?;
-        (stats.audit_expired, stats.audit_capped) = self.prune_audit(now_ns)?;
-        (stats.flows_expired, stats.flows_capped) = self.prune_flows(now_ns)?;
-        self.pending += 1;
-        self.flush()?;
-        if stats != PruneStats::default() {
-            tracing::info!(?stats, "store pruned");
-        }
-        Ok(stats)
-    }
-
     fn exec(&self, sql: &str, p: impl rusqlite::Params) -> Result<u64> {
         self.conn.prepare_cached(sql).and_then(|mut s| s.execute(p)).map(|n| n as u64).map_err(|e| self.err(e))
     }
@@ -800,17 +414,6 @@ impl Drop for Store {
             tracing::error!("store: the last batch was not committed at drop: {e}");
         }
     }
-}
-
-fn stored_profile(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredProfile> {
-    Ok(StoredProfile {
-        digest: r.get(0)?,
-        image: r.get(1)?,
-        mode: r.get(2)?,
-        version: to_u64(r.get(3)?),
-        document: r.get(4)?,
-        updated_ns: to_u64(r.get(5)?),
-    })
 }
 
 /// Checks the 100-byte SQLite header against the file's length, catching what
