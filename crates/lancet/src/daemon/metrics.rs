@@ -67,6 +67,7 @@ struct Snapshot {
     decode_errors: u64,
     unknown_attribution: u64,
     file_overflows: u64,
+    denial_reports_lost: u64,
     verdicts: Vec<((&'static str, &'static str), u64)>,
     /// (bound in ns, cumulative count), count, sum in ns.
     decisions: (Vec<(u64, u64)>, u64, u64),
@@ -121,6 +122,12 @@ impl Collector for Snapshot {
         counter(e, "lancet_decode_errors", "Ring-buffer records that could not be decoded", self.decode_errors)?;
         counter(e, "lancet_unattributed_events", "Events whose cgroup no container runtime claimed", self.unknown_attribution)?;
         counter(e, "lancet_fanotify_overflows", "fanotify queue overflows (file changes and sensitive opens)", self.file_overflows)?;
+        counter(
+            e,
+            "lancet_denial_reports_lost",
+            "Refusals that held but whose report did not fit the agent's queue (summarised in one alert a second)",
+            self.denial_reports_lost,
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "lancet_verdicts",
@@ -229,6 +236,7 @@ impl Daemon {
             decode_errors: c.decode_errors,
             unknown_attribution: c.unknown_attribution,
             file_overflows: c.file_overflows,
+            denial_reports_lost: crate::protect::denial_reports_lost(),
             verdicts: self.alerts.tally.verdicts.clone(),
             decisions,
             alerts: PRIORITIES.iter().copied().zip(self.alerts.tally.alerts.iter().copied()).collect(),

@@ -78,6 +78,8 @@ struct Daemon {
     /// What the event being alerted is missing from its profile: put in the
     /// alert (`lancet.deviation`) so that "add to profile" can add it.
     deviation: Option<lancet_engine::profile::Deviation>,
+    /// Lost refusal reports already alerted (see `report_lost_denials`).
+    denials_lost_reported: u64,
     last_second: Instant,
     last_prune: Instant,
 }
@@ -279,6 +281,30 @@ impl Daemon {
         self.alert(ev, c, key, mode, &v, None)
     }
 
+    /// One summary alert a second at most for refusals whose reports were
+    /// lost (the agent's queue was full): the refusals held, and this says
+    /// how many were not reported one by one.
+    fn report_lost_denials(&mut self) -> Result<()> {
+        let lost = crate::protect::denial_reports_lost();
+        if lost <= self.denials_lost_reported {
+            return Ok(());
+        }
+        let new = lost - self.denials_lost_reported;
+        self.denials_lost_reported = lost;
+        let message = format!(
+            "{new} refusals held in the kernel were not reported one by one (the agent's report queue was full); {lost} since start"
+        );
+        self.alerts.raise_host(
+            &mut self.store,
+            "lancet refusal reports lost",
+            "Warning",
+            &["lancet", "lost"],
+            &message,
+            serde_json::json!({"lancet.lost": new, "lancet.lost_total": lost}),
+        )?;
+        Ok(())
+    }
+
     /// One alert for lancet's kernel state removed under it (and put back).
     fn report_tampering(&mut self) -> Result<()> {
         let Some(p) = self.guarding.protector.as_mut() else { return Ok(()) };
@@ -328,6 +354,7 @@ impl Daemon {
         self.store.flush()?;
         self.sync_protection();
         self.report_tampering()?;
+        self.report_lost_denials()?;
         if self.policies.reload_if_changed(reload.swap(false, Ordering::Relaxed)) {
             self.write_sets.policies_changed();
         }
@@ -411,6 +438,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         flows: flows::Flows::new(),
         verdicts: Vec::new(),
         deviation: None,
+        denials_lost_reported: 0,
         last_second: Instant::now(),
         last_prune: Instant::now(),
     };

@@ -37,6 +37,7 @@ use process::ProcessBackend;
 
 mod approved;
 pub use approved::Approved;
+pub(crate) use perm::denial_reports_lost;
 mod container;
 mod host;
 mod immutable;

@@ -65,6 +65,24 @@ const ALLOW: PermDecision = PermDecision { allow: true, remember: false };
 /// Opens in a write-protected directory whose write intent could not be
 /// read from the blocked task (it was let through): reported in the stats.
 static UNKNOWN_WRITE_INTENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Refusals whose report did not fit the agent's queue: the refusal held
+/// (the kernel got its answer), its alert was lost. The permission thread
+/// never waits on the event loop, so it counts instead; the daemon turns
+/// the count into a summary alert ([`denial_reports_lost`]).
+static DENIAL_REPORTS_LOST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many refusal reports were lost since the agent started.
+pub(crate) fn denial_reports_lost() -> u64 {
+    DENIAL_REPORTS_LOST.load(Ordering::Relaxed)
+}
+
+/// Queues a refusal's report for the event loop, or counts it as lost.
+fn report(denials: &SyncSender<Enforced>, e: Enforced) {
+    if denials.try_send(e).is_err() {
+        DENIAL_REPORTS_LOST.fetch_add(1, Ordering::Relaxed);
+    }
+}
 const DENY: PermDecision = PermDecision { allow: false, remember: false };
 
 /// The decision of one permission event. Reads memory, plus one `lstat` in
@@ -96,7 +114,7 @@ fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender
 /// The decision of one container (label) on one event.
 fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSender<Enforced>, code_check: bool) -> PermDecision {
     let deny = |path: &str, reason, argv: Vec<String>| {
-        let _ = denials.try_send(Enforced::ExecDenied { label, pid: req.pid, path: path.to_string(), reason, argv });
+        report(denials, Enforced::ExecDenied { label, pid: req.pid, path: path.to_string(), reason, argv });
         DENY
     };
     // Marks of a container no longer guarded are being lifted.
@@ -156,7 +174,7 @@ fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSe
                 write != Some(true) || e.profile.has_written_dir(parent_dir(req.path))
             };
             if !allowed {
-                let _ = denials.try_send(Enforced::OpenDenied { label, pid: req.pid, path: req.path.to_string(), write });
+                report(denials, Enforced::OpenDenied { label, pid: req.pid, path: req.path.to_string(), write });
             }
             if allowed {
                 ALLOW
@@ -392,6 +410,7 @@ impl PermBackend {
             "events": s.events, "allowed": s.allowed, "denied": s.denied, "remembered": s.remembered,
             "failModeAnswers": s.fail_mode_answers, "overflows": s.overflows, "errors": s.errors,
             "pathless": s.pathless, "unknownWriteIntent": UNKNOWN_WRITE_INTENT.load(Ordering::Relaxed),
+            "denialReportsLost": denial_reports_lost(),
             "decisionP50Ns": s.decision_p50_ns, "decisionP99Ns": s.decision_p99_ns, "decisionMaxNs": s.decision_max_ns,
         })
     }
