@@ -147,10 +147,14 @@ impl Profile {
                 if let Some(&pos) = ix.get(cur) {
                     return Some(pos);
                 }
-                if cur == "/" || cur.is_empty() {
+                // A path that is not absolute (a file event's path can be
+                // cut or relative when it passes PATH_MAX) ends at "." or
+                // "": every step must shorten it, or the walk stops.
+                let up = parent_dir(cur);
+                if cur == "/" || up.len() >= cur.len() {
                     return None;
                 }
-                cur = parent_dir(cur);
+                cur = up;
             }
         };
         lookup(dir).or_else(|| {

@@ -1318,3 +1318,17 @@ fn learned_code_is_bounded_and_survives_yaml_and_merge() {
     let diff = Profile::new("img", "sha256:x", T0).diff(&m);
     assert!(diff.iter().any(|l| l.entry == "/bin/sh -c \"echo 1\""), "{diff:?}");
 }
+
+#[test]
+fn a_relative_or_odd_path_ends_the_anchor_walk() {
+    // A container that writes below PATH_MAX gets events with relative or
+    // cut paths: checking them must end (it once spun the agent's loop).
+    let mut p = new_profile();
+    p.allow(&Deviation::NewWrittenDir { dir: "/var/log/nginx".into() }, T0);
+    for path in ["dd/x", "x", ".", "./a/b", "", "//", "d/../x", "dddd/dddd/e"] {
+        let e = file(FileOp::Create, path);
+        let _ = p.check(&e, None);
+        assert!(!p.has_written_dir(path), "{path:?}");
+    }
+    assert!(p.has_written_dir("/var/log/nginx/x"));
+}
