@@ -10,10 +10,6 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-fn out_text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 /// Runs `script` in the container with `sh -c` and waits for the drift
 /// alert it should raise; returns it.
 fn expect_drift(srv: &Container, alerts: &Path, pos: &mut u64, script: &str, rule: &str) -> serde_json::Value {

@@ -14,7 +14,6 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -155,31 +154,6 @@ fn classify(o: &std::process::Output) -> Outcome {
     } else {
         Outcome::Refused
     }
-}
-
-fn out_text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// One HTTP GET from the host to a container, by hand (no client needed).
-fn http_get(ip: &str, port: u16) -> Result<(), String> {
-    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().map_err(|e| format!("{e}"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
-    s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).map_err(|e| format!("send: {e}"))?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).map_err(|e| format!("read: {e}"))?;
-    if r.starts_with("HTTP/1.") && r.contains(" 200 ") {
-        Ok(())
-    } else {
-        Err(format!("bad answer from {addr}: {:?}", r.lines().next()))
-    }
-}
-
-/// The podman command with the test's hooks directory (podman reads the
-/// lancet hook from there at every start).
-fn podman_h(hooks: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("podman").arg("--hooks-dir").arg(hooks).args(args).output().expect("podman")
 }
 
 /// A workload container and its replica, removed by id on drop.

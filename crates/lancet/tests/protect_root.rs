@@ -31,10 +31,6 @@ struct Setup {
     _net: Network,
 }
 
-fn out_text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 /// Three containers of one image (one workload): a server, a peer server
 /// (8080 learned, 9090 not) and a client. The agent learns them, then the
 /// workload is promoted to protect.

@@ -24,16 +24,6 @@ const REDIS: &str = "localhost/lancet-redis:test";
 const POSTGRES: &str = "localhost/lancet-postgres:test";
 const DEBIAN: &str = "localhost/lancet-debian:test";
 
-fn out_text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// The podman command with the test's hooks directory (the lancet hook
-/// guards every start, restarts included).
-fn podman_h(hooks: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("podman").arg("--hooks-dir").arg(hooks).args(args).output().expect("podman")
-}
-
 /// Starts `image` detached; removed by id on drop.
 fn start(hooks: &Path, name: &str, extra: &[&str], image: &str, cmd: &[&str]) -> Container {
     let mut args = vec!["run", "-d", "--name", name];
@@ -99,6 +89,11 @@ impl Table {
 
 fn psql(sql: &str) -> Vec<&str> {
     vec!["psql", "-v", "ON_ERROR_STOP=1", "-X", "-q", "-At", "-c", sql]
+}
+
+/// `psql` in database `db`, printing results unaligned.
+fn psql_in<'a>(db: &'a str, sql: &'a str) -> Vec<&'a str> {
+    vec!["psql", "-v", "ON_ERROR_STOP=1", "-X", "-At", "-d", db, "-c", sql]
 }
 
 /// Alerts naming `name` in `alerts`.
@@ -200,49 +195,24 @@ fn stateful_services_live_their_second_day_in_protect_mode() {
         "postgres",
         "new table, 200 000 rows",
         &pg,
-        &[
-            "psql",
-            "-X",
-            "-q",
-            "-At",
-            "-d",
-            "day2",
-            "-c",
-            "create table t as select g as i, md5(g::text) as s from generate_series(1, 200000) g",
-        ],
+        &psql_in("day2", "create table t as select g as i, md5(g::text) as s from generate_series(1, 200000) g"),
         "",
     );
     t.normal(
         "postgres",
         "sort spilling to temp files (pgsql_tmp)",
         &pg,
-        &[
-            "psql",
-            "-X",
-            "-At",
-            "-d",
-            "day2",
-            "-c",
-            "set work_mem='64kB'; set log_temp_files=0; select count(*) from (select s from t order by s) x",
-        ],
+        &psql_in("day2", "set work_mem='64kB'; set log_temp_files=0; select count(*) from (select s from t order by s) x"),
         "200000",
     );
     t.normal(
         "postgres",
         "parallel query (/dev/shm segments)",
         &pg,
-        &[
-            "psql",
-            "-X",
-            "-At",
-            "-d",
-            "day2",
-            "-c",
-            "set max_parallel_workers_per_gather=2; set parallel_setup_cost=0; set parallel_tuple_cost=0; set min_parallel_table_scan_size=0; select count(*) from t where s like 'a%'",
-        ],
+        &psql_in("day2", "set max_parallel_workers_per_gather=2; set parallel_setup_cost=0; set parallel_tuple_cost=0; set min_parallel_table_scan_size=0; select count(*) from t where s like 'a%'"),
         "",
     );
-    t.normal("postgres", "VACUUM FULL", &pg, &["psql", "-X", "-q", "-d", "day2", "-c", "vacuum full t"], "");
+    t.normal("postgres", "VACUUM FULL", &pg, &psql_in("day2", "vacuum full t"), "");
     t.normal("postgres", "CHECKPOINT", &pg, &psql("checkpoint"), "");
 
     // Restarts: through the hook, guarded from their first instruction;
@@ -264,13 +234,7 @@ fn stateful_services_live_their_second_day_in_protect_mode() {
     let pg_ready = until_ok(&pg, &["pg_isready"], Duration::from_secs(30));
     assert!(pg_ready.contains("accepting"), "{pg_ready}");
     t.normal("redis", "data kept across the restart (AOF)", &redis, &["redis-cli", "get", "day2"], "kept");
-    t.normal(
-        "postgres",
-        "data kept across the restart (recovery)",
-        &pg,
-        &["psql", "-X", "-At", "-d", "day2", "-c", "select count(*) from t"],
-        "200000",
-    );
+    t.normal("postgres", "data kept across the restart (recovery)", &pg, &psql_in("day2", "select count(*) from t"), "200000");
     std::thread::sleep(Duration::from_secs(2));
     let before_uploads = std::fs::read_dir(uploads.join("uploads")).map(|d| d.count()).unwrap_or(0);
     std::thread::sleep(Duration::from_secs(2));

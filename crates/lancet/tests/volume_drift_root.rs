@@ -13,7 +13,7 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,25 +41,6 @@ const BUSYBOX: Case = Case {
 const DEBIAN: Case =
     Case { key: "debian", image: "localhost/lancet-debian:test", cmd: &[], port: 80, health: "curl -fsS http://127.0.0.1/ >/dev/null" };
 
-fn out_text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// One HTTP GET from the host to a container.
-fn http_get(ip: &str, port: u16) -> Result<(), String> {
-    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().map_err(|e| format!("{e}"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
-    s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).map_err(|e| format!("send: {e}"))?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).map_err(|e| format!("read: {e}"))?;
-    if r.starts_with("HTTP/1.") && r.contains(" 200 ") {
-        Ok(())
-    } else {
-        Err(format!("bad answer from {addr}: {:?}", r.lines().next()))
-    }
-}
-
 fn serves(c: &Container, port: u16) {
     let ip = c.ip();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -70,10 +51,6 @@ fn serves(c: &Container, port: u16) {
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
-}
-
-fn podman_h(hooks: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("podman").arg("--hooks-dir").arg(hooks).args(args).output().expect("podman")
 }
 
 /// Starts a container of `case` with `data` at `/data` and an exec-able

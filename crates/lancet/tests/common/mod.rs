@@ -440,3 +440,31 @@ pub fn wait_alerts(path: &Path, from: u64, within: Duration, settle: Duration) -
     std::thread::sleep(settle);
     alerts_since(path, from)
 }
+
+/// A command's stdout and stderr together.
+pub fn out_text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// The podman command with a test's own hooks directory (podman reads the
+/// lancet hook from there at every start, restarts included).
+pub fn podman_h(hooks: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("podman").arg("--hooks-dir").arg(hooks).args(args).output().expect("podman")
+}
+
+/// One HTTP GET from the host to a container, by hand (no client needed):
+/// Ok on a 200.
+pub fn http_get(ip: &str, port: u16) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().map_err(|e| format!("{e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).map_err(|e| format!("send: {e}"))?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).map_err(|e| format!("read: {e}"))?;
+    if r.starts_with("HTTP/1.") && r.contains(" 200 ") {
+        Ok(())
+    } else {
+        Err(format!("bad answer from {addr}: {:?}", r.lines().next()))
+    }
+}
