@@ -135,7 +135,6 @@ static __always_inline void fill_header_task(struct lancet_header *h, __u32 kind
 	h->gid = ugid >> 32;
 	h->_pad = 0;
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
-	h->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
 }
 
 static __always_inline bool is_self(void)

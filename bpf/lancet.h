@@ -59,10 +59,6 @@ struct lancet_header {
 	__u32 gid;
 	__u32 _pad;
 	char comm[LANCET_COMM_LEN];
-	/* The thread group leader's start_boottime (ns): what /proc/<pid>/stat
-	 * counts as starttime, so a kill after the fact can tell the process
-	 * this event was about from a later one reusing its pid. */
-	__u64 start_ns;
 };
 
 /* Variable length: the record ends `args_len` bytes into `args`. */

@@ -19,10 +19,6 @@ pub struct ProcessRef {
     pub gid: u32,
     /// Kernel `comm`, at most 15 bytes.
     pub comm: String,
-    /// When the process started (its thread group leader's
-    /// `start_boottime`, ns since boot; 0 when unknown): a kill after the
-    /// fact checks it, so a pid reused since the event is never killed.
-    pub start_ns: u64,
     /// The container runtime's own process setting a container up (`runc
     /// init` before it enters the container: its root was the host's at
     /// its last exec, or it is a fork of such a process). Set by the

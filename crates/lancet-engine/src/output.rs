@@ -447,7 +447,7 @@ mod tests {
         Event {
             time_ns: 1_795_873_138_000_000_001,
             cgroup_id: 7,
-            process: ProcessRef { pid: 10, tid: 10, ppid: 1, uid: 0, gid: 0, comm: "sh".into(), runtime: false, start_ns: 0 },
+            process: ProcessRef { pid: 10, tid: 10, ppid: 1, uid: 0, gid: 0, comm: "sh".into(), runtime: false },
             kind,
         }
     }

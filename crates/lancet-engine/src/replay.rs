@@ -57,8 +57,6 @@ pub fn from_falco_json(line: &str) -> Result<(Event, Option<ContainerInfo>), Rep
         gid: u(f, "group.gid") as u32,
         comm: s(f, "proc.name").to_string(),
         runtime: false,
-        // A replayed event names no live process to act on.
-        start_ns: 0,
     };
     let ty = s(f, "evt.type");
     let net = |op| -> Result<EventKind, ReplayError> {
@@ -155,7 +153,7 @@ mod tests {
         let ev = Event {
             time_ns: 5,
             cgroup_id: 9,
-            process: ProcessRef { pid: 3, tid: 3, ppid: 1, uid: 0, gid: 0, comm: "wget".into(), runtime: false, start_ns: 0 },
+            process: ProcessRef { pid: 3, tid: 3, ppid: 1, uid: 0, gid: 0, comm: "wget".into(), runtime: false },
             kind: EventKind::Net(NetEvent {
                 op: NetOp::Connect,
                 proto: L4Proto::Tcp,
@@ -217,7 +215,7 @@ mod prop_tests {
     /// reads back.
     fn event() -> impl Strategy<Value = Event> {
         let process = (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), "[a-z0-9 ._-]{0,15}")
-            .prop_map(|(pid, tid, ppid, uid, gid, comm)| ProcessRef { pid, tid, ppid, uid, gid, comm, runtime: false, start_ns: 0 });
+            .prop_map(|(pid, tid, ppid, uid, gid, comm)| ProcessRef { pid, tid, ppid, uid, gid, comm, runtime: false });
         let exec = (
             "(/[a-z0-9._-]{1,8}){1,3}",
             "/[a-z/]{0,10}",

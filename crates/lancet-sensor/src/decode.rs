@@ -106,16 +106,7 @@ fn cstr(bytes: &[i8], len: Option<usize>) -> String {
 }
 
 fn process(h: &types::lancet_header) -> ProcessRef {
-    ProcessRef {
-        pid: h.pid,
-        tid: h.tid,
-        ppid: h.ppid,
-        uid: h.uid,
-        gid: h.gid,
-        comm: cstr(&h.comm, None),
-        runtime: false,
-        start_ns: h.start_ns,
-    }
+    ProcessRef { pid: h.pid, tid: h.tid, ppid: h.ppid, uid: h.uid, gid: h.gid, comm: cstr(&h.comm, None), runtime: false }
 }
 
 /// Splits a NUL-separated argv block. A trailing partial argument (cut by the

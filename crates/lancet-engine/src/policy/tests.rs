@@ -9,7 +9,7 @@ fn event(kind: EventKind) -> Event {
     Event {
         time_ns: 1_795_873_138_000_000_000,
         cgroup_id: 42,
-        process: ProcessRef { pid: 100, tid: 100, ppid: 1, uid: 0, gid: 0, comm: "x".into(), runtime: false, start_ns: 0 },
+        process: ProcessRef { pid: 100, tid: 100, ppid: 1, uid: 0, gid: 0, comm: "x".into(), runtime: false },
         kind,
     }
 }

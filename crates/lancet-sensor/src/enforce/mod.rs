@@ -95,7 +95,7 @@ pub mod process;
 pub use cgroup::{cgroup_id, cgroup_of_pid, freeze, frozen, thaw, FreezeBackend};
 pub use events::{Applet, EnforceEvents, EnforceOp, EnforceReason, EnforceRecord, WriteRefusal};
 pub use net::{is_loopback, Direction, NetRule, Proto};
-pub use process::{kill_process, process_start_time, start_ticks};
+pub use process::{kill_process, process_start_time};
 
 use crate::skel::enforce::{EnforceSkel, EnforceSkelBuilder, OpenEnforceSkel};
 use libbpf_rs::query::LinkTypeInfo;

@@ -32,15 +32,6 @@ fn gone_or(pid: u32, e: io::Error) -> EnforceError {
     }
 }
 
-/// The `/proc/<pid>/stat` starttime (clock ticks since boot) of a process
-/// whose `start_boottime` was `start_ns` (as the probes record it).
-pub fn start_ticks(start_ns: u64) -> u64 {
-    // SAFETY: sysconf takes a constant by value and reads no memory.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    start_ns / (1_000_000_000 / hz)
-}
-
 /// Sends `signal` to `pid`, but only if it is still the process that
 /// started at `expected_start_time_ticks` (see [`process_start_time`]; None
 /// skips the check). Errors: [`EnforceError::ProcessGone`] when it already

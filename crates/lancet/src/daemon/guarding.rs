@@ -175,13 +175,13 @@ impl Daemon {
         let expire = expire.unwrap_or(self.guarding.opts.response_expiry);
         let Some(p) = self.guarding.protector.as_mut() else { return (false, "no enforcement backend is running".into()) };
         let res = match action {
-            Action::Block if matches!(ev.kind, EventKind::Exec(_)) => p
-                .kill(ev.process.pid, ev.process.start_ns)
-                .map(|()| format!("exec could not be refused in time; process {} killed", ev.process.pid)),
+            Action::Block if matches!(ev.kind, EventKind::Exec(_)) => {
+                p.kill(ev.process.pid).map(|()| format!("exec could not be refused in time; process {} killed", ev.process.pid))
+            }
             // File and network events report what already happened; their
             // refusals come from the backends in the kernel path.
             Action::Block => return (false, String::new()),
-            Action::KillProcess => p.kill(ev.process.pid, ev.process.start_ns).map(|()| format!("process {} killed", ev.process.pid)),
+            Action::KillProcess => p.kill(ev.process.pid).map(|()| format!("process {} killed", ev.process.pid)),
             Action::Isolate => {
                 p.isolate(&c.id, live.cgroup_id, &cgroup_dir, expire).map(|()| format!("network isolated for {}s", expire.as_secs()))
             }

@@ -429,15 +429,8 @@ impl Protector {
     }
 
     /// Kills one process (pid-reuse safe).
-    /// Kills `pid` if it is still the process that started at `start_ns`
-    /// (as the event recorded it, see `ProcessRef::start_ns`); a pid reused
-    /// since is left alone. With no recorded start (0) the process found
-    /// now is the one killed.
-    pub fn kill(&mut self, pid: u32, start_ns: u64) -> Result<(), String> {
-        let start = match start_ns {
-            0 => enforce::process_start_time(pid).map_err(|e| format!("process {pid}: {e}"))?,
-            ns => enforce::start_ticks(ns),
-        };
+    pub fn kill(&mut self, pid: u32) -> Result<(), String> {
+        let start = enforce::process_start_time(pid).map_err(|e| format!("process {pid}: {e}"))?;
         enforce::kill_process(pid, Some(start), libc::SIGKILL).map_err(|e| e.to_string())?;
         self.counters.kills += 1;
         Ok(())
