@@ -141,7 +141,7 @@ impl Daemon {
                 Some(set) => {
                     // New anchors of the writable set keep being learned.
                     if drift.is_none() && w.profile.learn_writable(ev, set, now) {
-                        w.changed();
+                        w.changed_for_the_record();
                     }
                     w.profile.check_in(ev, peer.as_ref(), set)
                 }

@@ -50,6 +50,15 @@ impl Workload {
         self.generation = next_generation();
     }
 
+    /// A change that no enforcement backend reads (an anchor of the
+    /// writable set learned in monitor or protect mode): stored, but the
+    /// containers are not put under a new profile for it. Re-applying every
+    /// backend at each new data directory would cost a re-guard per write
+    /// burst and reopen approvals for nothing.
+    pub(super) fn changed_for_the_record(&mut self) {
+        self.dirty = true;
+    }
+
     pub(super) fn shared(&mut self) -> Arc<Profile> {
         Arc::clone(self.shared.get_or_insert_with(|| Arc::new(self.profile.clone())))
     }
