@@ -27,6 +27,7 @@ use super::mountinfo::MountInfo;
 use super::ns::{self, Ctx};
 use super::procfs::{process_in_namespace, writers_on, Writer};
 use super::{sys, MountError};
+use lancet_engine::write_sets::is_under;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::AsFd;
@@ -166,11 +167,6 @@ pub fn normalize_dirs(dirs: &[String]) -> (Vec<String>, Vec<Skipped>) {
 
 fn depth(p: &str) -> usize {
     p.split('/').filter(|c| !c.is_empty()).count()
-}
-
-/// `path` is `dir` or inside it.
-fn is_under(path: &str, dir: &str) -> bool {
-    dir == "/" || path == dir || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
 }
 
 fn syscall<'a>(op: &'static str, path: &'a str) -> impl FnOnce(io::Error) -> MountError + 'a {
