@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod attribution;
+pub mod dns;
 pub mod drift;
 pub mod event;
 pub mod exe;

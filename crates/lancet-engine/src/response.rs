@@ -161,18 +161,48 @@ pub struct NetAllow {
     pub bind: bool,
 }
 
+/// A container's kernel allow-list as computed from its profile, and the
+/// learned flows whose workload peer has no known address now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    /// Sorted, without duplicates.
+    pub rules: Vec<NetAllow>,
+    /// (port, protocol) of learned flows to workload peers with no address
+    /// known now. A peer's addresses are those seen since the agent
+    /// started, so just after a restart most are not known yet.
+    pub pending: Vec<(u16, Protocol)>,
+}
+
+/// What a re-apply writes to the kernel ([`AllowList::replace`]): the
+/// container's whole new list, and how it differs from what was pinned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowPlan {
+    pub rules: Vec<NetAllow>,
+    pub added: Vec<NetAllow>,
+    pub removed: Vec<NetAllow>,
+}
+
 /// The kernel allow-list of a protected workload, from its profile:
 /// learned outbound flows (workload peers resolved to their current
 /// addresses through `addresses_of`), learned listening ports, and DNS to
-/// the container's resolvers (unconnected UDP to a resolver is not seen
-/// while learning, and refusing it would break name resolution).
-pub fn net_allow_list(profile: &Profile, addresses_of: impl Fn(&str) -> Vec<IpAddr>, resolvers: &[IpAddr]) -> Vec<NetAllow> {
+/// `resolvers` (unconnected UDP to a resolver is not seen while learning,
+/// and refusing it would break name resolution). `resolvers` must come from
+/// trusted configuration ([`crate::dns::trusted_resolvers`]), never from a
+/// file the container can write.
+pub fn net_allow_list(profile: &Profile, addresses_of: impl Fn(&str) -> Vec<IpAddr>, resolvers: &[IpAddr]) -> AllowList {
     let spec = profile.spec();
     let mut out = Vec::with_capacity(spec.outbound.len() + spec.listening.len() + resolvers.len());
+    let mut pending = Vec::new();
     for Flow { peer, port, protocol, .. } in &spec.outbound {
         let nets: Vec<IpNet> = match peer {
             Peer::Cidr(n) => vec![*n],
-            Peer::Workload(w) => addresses_of(w).into_iter().map(IpNet::from).collect(),
+            Peer::Workload(w) => {
+                let known: Vec<IpNet> = addresses_of(w).into_iter().map(IpNet::from).collect();
+                if known.is_empty() && !pending.contains(&(*port, *protocol)) {
+                    pending.push((*port, *protocol));
+                }
+                known
+            }
             // A name resolves to addresses the kernel cannot know; such
             // flows stay alert-only.
             Peer::Host(_) => Vec::new(),
@@ -190,18 +220,40 @@ pub fn net_allow_list(profile: &Profile, addresses_of: impl Fn(&str) -> Vec<IpAd
     for r in resolvers {
         out.push(NetAllow { cidr: IpNet::from(*r), port: Some(53), proto: None, bind: false });
     }
-    out.sort_by_key(|a| (a.bind, a.cidr, a.port, a.proto));
-    out.dedup();
-    out
+    sort_rules(&mut out);
+    pending.sort();
+    AllowList { rules: out, pending }
 }
 
-/// Name servers from a resolv.conf text.
-pub fn resolvers(resolv_conf: &str) -> Vec<IpAddr> {
-    resolv_conf
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.split_whitespace().next()?.split('%').next()?.parse().ok())
-        .collect()
+fn sort_rules(rules: &mut Vec<NetAllow>) {
+    rules.sort_by_key(|a| (a.bind, a.cidr, a.port, a.proto));
+    rules.dedup();
+}
+
+impl AllowList {
+    /// The container's new list on a re-apply, given `pinned` (its rules as
+    /// the kernel holds them): it replaces them. Every rule is computed
+    /// again from the profile and trusted configuration; a pinned rule that
+    /// is not is stale and goes (a resolver nothing trusted names any
+    /// more, a flow taken out of the profile, an address an older agent
+    /// read from the container). One kind stays: an egress rule to a single
+    /// address on the port and protocol of a learned flow whose workload
+    /// peer has no known address now. It may be that peer's, pinned before
+    /// a restart, and dropping it would cut a learned flow until the next
+    /// re-apply.
+    pub fn replace(&self, pinned: &[NetAllow]) -> AllowPlan {
+        let maybe_pending_peer = |p: &NetAllow| {
+            !p.bind
+                && p.cidr.prefix_len() == p.cidr.max_prefix_len()
+                && matches!((p.port, p.proto), (Some(port), Some(proto)) if self.pending.contains(&(port, proto)))
+        };
+        let mut rules = self.rules.clone();
+        rules.extend(pinned.iter().filter(|p| maybe_pending_peer(p)).copied());
+        sort_rules(&mut rules);
+        let added = rules.iter().filter(|r| !pinned.contains(r)).copied().collect();
+        let removed = pinned.iter().filter(|p| !rules.contains(p)).copied().collect();
+        AllowPlan { rules, added, removed }
+    }
 }
 
 #[cfg(test)]
@@ -368,11 +420,10 @@ mod tests {
         p.observe(&ev(crate::event::NetOp::Listen, "0.0.0.0", 0), None, 1);
         p.observe(&ev(crate::event::NetOp::Connect, "10.88.0.3", 5432), Some(&crate::profile::PeerRef::Workload("db".into())), 1);
         p.observe(&ev(crate::event::NetOp::Connect, "192.0.2.7", 443), None, 1);
-        let list = net_allow_list(
-            &p,
-            |w| if w == "db" { vec!["10.88.0.3".parse().unwrap()] } else { vec![] },
-            &resolvers("nameserver 10.88.0.1\n"),
-        );
+        let list =
+            net_allow_list(&p, |w| if w == "db" { vec!["10.88.0.3".parse().unwrap()] } else { vec![] }, &["10.88.0.1".parse().unwrap()]);
+        assert!(list.pending.is_empty(), "{list:?}");
+        let list = list.rules;
         let has = |cidr: &str, port, bind| {
             list.iter().any(|a| a.cidr == cidr.parse::<IpNet>().unwrap() && a.port == Some(port) && a.bind == bind)
         };
@@ -383,9 +434,83 @@ mod tests {
         assert!(!has("10.88.0.3/32", 5433, false));
     }
 
+    fn rule(cidr: &str, port: Option<u16>, proto: Option<Protocol>) -> NetAllow {
+        NetAllow { cidr: cidr.parse().unwrap(), port, proto, bind: false }
+    }
+
+    /// A profile with a learned flow to workload `db` on 5432/tcp and one
+    /// to 192.0.2.7:443/tcp.
+    fn with_peers() -> Profile {
+        let mut p = learned(&[]);
+        let ev = |daddr: &str, dport| Event {
+            time_ns: 1,
+            cgroup_id: 1,
+            process: ProcessRef::default(),
+            kind: EventKind::Net(crate::event::NetEvent {
+                op: crate::event::NetOp::Connect,
+                proto: crate::event::L4Proto::Tcp,
+                saddr: "10.88.0.2".parse().unwrap(),
+                sport: 40000,
+                daddr: daddr.parse().unwrap(),
+                dport,
+                result: 0,
+                netns: 1,
+                totals: None,
+            }),
+        };
+        p.observe(&ev("10.88.0.3", 5432), Some(&crate::profile::PeerRef::Workload("db".into())), 1);
+        p.observe(&ev("192.0.2.7", 443), None, 1);
+        p
+    }
+
     #[test]
-    fn resolv_conf() {
-        let r = resolvers("# c\nnameserver 10.88.0.1\nnameserver fe80::1%eth0\nsearch dns.podman\nnameserver bogus\n");
-        assert_eq!(r, vec!["10.88.0.1".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+    fn reapply_replaces_the_pinned_list() {
+        let p = with_peers();
+        let gw: IpAddr = "10.89.0.1".parse().unwrap();
+        let list = net_allow_list(&p, |_| vec!["10.88.0.3".parse().unwrap()], &[gw]);
+        let tcp = Some(Protocol::Tcp);
+        let want = vec![rule("10.88.0.3/32", Some(5432), tcp), rule("10.89.0.1/32", Some(53), None), rule("192.0.2.7/32", Some(443), tcp)];
+        assert_eq!(list.rules, want);
+        // What an older agent pinned: a resolver it read from the
+        // container's resolv.conf, a flow since taken out of the profile,
+        // the peer's old address, and one rule still wanted.
+        let pinned = [
+            rule("10.89.0.2/32", Some(53), None),
+            rule("198.51.100.1/32", Some(80), tcp),
+            rule("10.88.0.9/32", Some(5432), tcp),
+            rule("10.89.0.1/32", Some(53), None),
+        ];
+        let plan = list.replace(&pinned);
+        assert_eq!(plan.rules, want, "the peer's address is known: its old one goes too");
+        assert_eq!(plan.added, vec![rule("10.88.0.3/32", Some(5432), tcp), rule("192.0.2.7/32", Some(443), tcp)]);
+        assert_eq!(plan.removed, vec![pinned[0], pinned[1], pinned[2]]);
+        // Nothing pinned: everything is added; the same list again: nothing
+        // changes.
+        assert_eq!(list.replace(&[]).added, want);
+        let again = list.replace(&want);
+        assert!(again.added.is_empty() && again.removed.is_empty() && again.rules == want, "{again:?}");
+    }
+
+    #[test]
+    fn reapply_keeps_what_may_be_a_peer_not_seen_since_a_restart() {
+        let p = with_peers();
+        let list = net_allow_list(&p, |_| Vec::new(), &[]);
+        assert_eq!(list.pending, vec![(5432, Protocol::Tcp)]);
+        let tcp = Some(Protocol::Tcp);
+        let peer = rule("10.88.0.3/32", Some(5432), tcp);
+        let pinned = [
+            peer,
+            // Not a learned workload flow's port and protocol, or not one
+            // address, or a bind: stale.
+            rule("10.88.0.3/32", Some(5432), Some(Protocol::Udp)),
+            rule("10.88.0.3/32", Some(5432), None),
+            rule("10.88.0.3/32", Some(53), None),
+            rule("10.88.0.0/16", Some(5432), tcp),
+            NetAllow { bind: true, ..peer },
+        ];
+        let plan = list.replace(&pinned);
+        assert!(plan.rules.contains(&peer), "{plan:?}");
+        assert_eq!(plan.removed, pinned[1..].to_vec());
+        assert!(plan.added.iter().all(|r| !pinned.contains(r)));
     }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -67,6 +67,11 @@ pub struct FileConfig {
     /// the code strings its profile learned) or `any` (the interpreter is
     /// approved whatever it is handed; script files are still checked).
     pub interpreter_code: Option<InterpreterCode>,
+    /// DNS servers every protected container may reach on port 53, on top
+    /// of those its runtime configured and the host's resolvers (a
+    /// Kubernetes cluster DNS service, which no runtime state names).
+    /// Never read from a container's own resolv.conf: it can write that.
+    pub dns_servers: Option<Vec<IpAddr>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -134,5 +139,17 @@ mod tests {
         assert_eq!(c.mode.as_deref(), Some("monitor"));
         assert!(load_file(&dir.path().join("missing.yaml"), false).is_ok());
         assert!(load_file(&dir.path().join("missing.yaml"), true).is_err());
+    }
+
+    #[test]
+    fn dns_servers_are_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lancet.yaml");
+        std::fs::write(&p, "dnsServers: [10.96.0.10, \"fd00::a\"]\n").unwrap();
+        let want: Vec<IpAddr> = vec!["10.96.0.10".parse().unwrap(), "fd00::a".parse().unwrap()];
+        assert_eq!(load_file(&p, true).unwrap().dns_servers, Some(want));
+        std::fs::write(&p, "mode: protect\ndnsServers: [kube-dns]\n").unwrap();
+        let e = load_file(&p, true).unwrap_err().to_string();
+        assert!(e.contains("lancet.yaml:2:"), "{e}");
     }
 }

@@ -211,9 +211,8 @@ impl<'a> BoltDb<'a> {
     }
 
     /// Plain key/value pairs of the bucket reached through `path` (nested
-    /// buckets are skipped). Bounded by `max` items. Kept for containerd's
-    /// `meta.db` label buckets.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// buckets are skipped). Bounded by `max` items. Read for the names in
+    /// a podman container's `networks` bucket.
     pub fn entries(&self, path: &[&[u8]], max: usize) -> Vec<(&'a [u8], &'a [u8])> {
         let Some(node) = self.bucket_node(path) else { return Vec::new() };
         let mut out = Vec::new();

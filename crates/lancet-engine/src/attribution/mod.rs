@@ -18,9 +18,12 @@
 
 mod bolt;
 mod cgroup;
+mod network;
 mod runtimes;
 
 pub use cgroup::{parse_cgroup_path, CgroupMatch};
+pub use network::{network_name_ok, NetMode, NetworkFacts};
+pub(crate) use runtimes::read_limited;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -150,6 +153,11 @@ pub struct ContainerInfo {
     /// its metadata in files the user can write): its claims (image digest,
     /// pid) are trusted only for that user's own containers.
     pub owner_uid: Option<u32>,
+    /// Its network as the runtime recorded it: where protect mode's
+    /// default DNS servers come from (never the container's own
+    /// `/etc/resolv.conf`, which it can write).
+    #[serde(default)]
+    pub network: NetworkFacts,
 }
 
 impl ContainerInfo {

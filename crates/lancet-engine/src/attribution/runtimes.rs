@@ -9,6 +9,7 @@
 
 use super::bolt::BoltDb;
 use super::cgroup::CgroupMatch;
+use super::network;
 use super::{ContainerInfo, OciProcess, PodInfo, Runtime};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +32,9 @@ const MAX_SHARED: usize = 32;
 const MAX_LIST: usize = 4096;
 
 const CONTAINERS_STORAGE: &str = "/var/lib/containers/storage";
+/// Where root's netavark network configurations live (a rootless user's
+/// are under their graph root, `networks/`).
+const NETAVARK_NETWORKS: &str = "/etc/containers/networks";
 const CONTAINERS_RUN: &str = "/run/containers/storage";
 const DOCKER_ROOT: &str = "/var/lib/docker";
 const CONTAINERD_TASKS: [&str; 2] = ["/run/containerd/io.containerd.runtime.v2.task", "/run/containerd/io.containerd.runtime.v1.linux"];
@@ -56,7 +60,7 @@ const O_NONBLOCK: i32 = 0o4000;
 
 /// Parses a JSON document keeping at most [`MAX_JSON_VALUES`] values;
 /// past that it is an error, not a bigger allocation.
-fn bounded_json(bytes: &[u8]) -> Result<Value, String> {
+pub(super) fn bounded_json(bytes: &[u8]) -> Result<Value, String> {
     use serde::de::DeserializeSeed;
     let left = std::cell::Cell::new(MAX_JSON_VALUES);
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -149,6 +153,24 @@ impl<'de> serde::de::Visitor<'de> for Budget<'_> {
     }
 }
 
+/// At most `max` bytes of a regular file.
+pub(crate) fn read_limited(p: &Path, max: u64) -> Result<Vec<u8>, std::io::Error> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, and regular files only: a rootless user's storage
+    // is theirs, and opening a FIFO they put there blocked forever.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(p)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(std::io::Error::other("file too large"));
+    }
+    Ok(buf)
+}
+
 fn s(v: &Value, key: &str) -> String {
     v.get(key).and_then(Value::as_str).unwrap_or_default().to_string()
 }
@@ -205,28 +227,11 @@ impl Reader {
         self.host_root.join(p.strip_prefix("/").unwrap_or(p))
     }
 
-    fn read_limited(&self, p: &Path, max: u64) -> Result<Vec<u8>, std::io::Error> {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
-        // Non-blocking, and regular files only: a rootless user's storage
-        // is theirs, and opening a FIFO they put there blocked forever.
-        let f = std::fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(p)?;
-        if !f.metadata()?.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
-        }
-        let mut buf = Vec::new();
-        f.take(max + 1).read_to_end(&mut buf)?;
-        if buf.len() as u64 > max {
-            return Err(std::io::Error::other("file too large"));
-        }
-        Ok(buf)
-    }
-
     /// Reads and parses a per-container JSON file (not cached: it is read
     /// once per container).
-    fn json(&self, host_path: &str) -> Result<Option<Value>, String> {
+    pub(super) fn json(&self, host_path: &str) -> Result<Option<Value>, String> {
         let p = self.host(host_path);
-        match self.read_limited(&p, MAX_JSON) {
+        match read_limited(&p, MAX_JSON) {
             Ok(b) => bounded_json(&b).map(Some).map_err(|e| format!("{host_path}: {e}")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("{host_path}: {e}")),
@@ -249,7 +254,7 @@ impl Reader {
         if !Self::changed(self.json.get(&p), &meta) {
             return Ok(self.json.get(&p).map(|c| Arc::clone(&c.value)));
         }
-        let b = self.read_limited(&p, MAX_JSON).map_err(|e| format!("{host_path}: {e}"))?;
+        let b = read_limited(&p, MAX_JSON).map_err(|e| format!("{host_path}: {e}"))?;
         let v: Value = bounded_json(&b).map_err(|e| format!("{host_path}: {e}"))?;
         let v = Arc::new(v);
         if self.json.len() >= MAX_SHARED {
@@ -265,7 +270,7 @@ impl Reader {
         if !Self::changed(self.bytes.get(&p), &meta) {
             return self.bytes.get(&p).map(|c| Arc::clone(&c.value));
         }
-        let b = Arc::new(self.read_limited(&p, MAX_BOLT).ok()?);
+        let b = Arc::new(read_limited(&p, MAX_BOLT).ok()?);
         if self.bytes.len() >= MAX_SHARED {
             self.bytes.clear();
         }
@@ -281,7 +286,7 @@ impl Reader {
     }
 
     fn read_text(&self, host_path: &str) -> Option<String> {
-        let b = self.read_limited(&self.host(host_path), 1 << 20).ok()?;
+        let b = read_limited(&self.host(host_path), 1 << 20).ok()?;
         Some(String::from_utf8_lossy(&b).trim().to_string())
     }
 
@@ -462,18 +467,19 @@ impl Reader {
             // SQLite, which is not read here).
             if let Some(db) = self.shared_bytes(&format!("{graph}/libpod/bolt_state.db")) {
                 if let Some(bdb) = BoltDb::open(&db) {
+                    let state = bdb.get(&[b"ctr", id.as_bytes()], b"state").and_then(|st| bounded_json(st).ok());
                     if let Some(cfg) = bdb.get(&[b"ctr", id.as_bytes()], b"config") {
                         if let Ok(v) = bounded_json(cfg) {
                             c.labels = str_map(v.get("labels"));
                             if c.image.is_empty() {
                                 c.image = nonempty(s(&v, "rootfsImageName"), || s(&v, "RawImageName"));
                             }
+                            let net_dir = if m.rootless_uid.is_some() { format!("{graph}/networks") } else { NETAVARK_NETWORKS.into() };
+                            c.network = self.podman_network(&bdb, id, &v, state.as_ref(), &net_dir);
                         }
                     }
-                    if let Some(st) = bdb.get(&[b"ctr", id.as_bytes()], b"state") {
-                        if let Ok(v) = bounded_json(st) {
-                            c.pid = v.get("pid").and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
-                        }
+                    if let Some(v) = &state {
+                        c.pid = v.get("pid").and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
                     }
                 }
             }
@@ -509,6 +515,8 @@ impl Reader {
             ..Default::default()
         };
         c.pid = v.get("State").and_then(|st| st.get("Pid")).and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
+        let hostconfig = self.json(&format!("{DOCKER_ROOT}/containers/{id}/hostconfig.json")).ok().flatten();
+        c.network = network::docker(&v, hostconfig.as_ref());
         // Docker records the resolved command as Path + Args.
         let mut args = vec![v.get("Path").cloned().unwrap_or(Value::Null)];
         args.extend(v.get("Args").and_then(Value::as_array).cloned().unwrap_or_default());
@@ -682,14 +690,13 @@ mod tests {
     #[test]
     fn state_files_must_be_regular_files() {
         let d = tempfile::tempdir().unwrap();
-        let r = Reader::new(d.path().to_path_buf(), d.path().to_path_buf());
         std::fs::write(d.path().join("f"), b"{}").unwrap();
-        assert_eq!(r.read_limited(&d.path().join("f"), 10).unwrap(), b"{}");
-        assert!(r.read_limited(d.path(), 10).is_err(), "a directory");
+        assert_eq!(read_limited(&d.path().join("f"), 10).unwrap(), b"{}");
+        assert!(read_limited(d.path(), 10).is_err(), "a directory");
         let fifo = d.path().join("fifo");
         if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
             // Opening it blocking would wait for a writer forever.
-            assert!(r.read_limited(&fifo, 10).unwrap_err().to_string().contains("not a regular file"));
+            assert!(read_limited(&fifo, 10).unwrap_err().to_string().contains("not a regular file"));
         }
     }
 

@@ -107,6 +107,12 @@ fn podman_real_layout() {
     assert_eq!(proc_.cwd, "/");
     let upper = PathBuf::from("/var/lib/containers/storage/overlay/749c1ce0e70e633d7898507105456ba0e3d833bbf389a399563a89dfeb984633/diff");
     assert_eq!(c.rootfs_paths, vec![upper.clone()]);
+    // Its network from libpod's state (netavark's answer at start), not
+    // from anything inside the container.
+    assert_eq!(c.network.mode, NetMode::Bridge);
+    assert_eq!(c.network.networks, ["podman"]);
+    assert_eq!(c.network.gateways, ["10.88.0.1".parse::<std::net::IpAddr>().unwrap()]);
+    assert!(c.network.dns_servers.is_empty());
 
     let p = container(a.attribute(probe));
     assert_eq!(p.name, "lancet-attr-probe");
@@ -395,6 +401,47 @@ fn malformed_state_gives_unknown_or_partial_info() {
     assert_eq!(c.image, "", "image name lived in the broken metadata");
     assert_eq!(c.image_digest, "");
     assert!(c.labels.is_empty());
+    assert_eq!(c.network, NetworkFacts::default(), "no network facts from a corrupt state");
+}
+
+#[test]
+fn podman_networks_from_the_record_and_netavark_files() {
+    use super::bolt::writer::{Val, Writer};
+    let h = Host::new(&["podman"]);
+    let b = |s: &str| s.as_bytes().to_vec();
+    // T1 on two networks, before its state was written (no netavark answer
+    // yet), with a `--dns`; the probe joined T1's namespace.
+    let t1 = Val::Bucket(vec![
+        (b("config"), Val::Bytes(b(r#"{"networkMode":"bridge","createNetNS":true,"dnsServer":["192.0.2.53"]}"#))),
+        (b("networks"), Val::Bucket(vec![(b("app"), Val::Bytes(b("{}"))), (b("podman"), Val::Bytes(b("{}")))])),
+    ]);
+    let probe = Val::Bucket(vec![(b("config"), Val::Bytes(b(&format!(r#"{{"netNsCtr":"{T1}","createNetNS":false}}"#))))]);
+    let db = Writer::new(4096).finish(&[(b("ctr"), Val::Bucket(vec![(b(T1), t1), (b(PROBE), probe)]))], true);
+    let db_path = h.root().join("var/lib/containers/storage/libpod/bolt_state.db");
+    std::fs::write(&db_path, db).unwrap();
+    h.write("/etc/containers/networks/app.json", r#"{"name": "app", "subnets": [{"subnet": "10.89.3.0/24", "gateway": "10.89.3.1"}]}"#);
+    let t1_cg = h.cgroup(&format!("/libpod_parent/libpod-{T1}"));
+    let probe_cg = h.cgroup(&format!("/libpod_parent/libpod-{PROBE}"));
+    let mut a = h.attributor();
+    let c = container(a.attribute(t1_cg));
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(c.network.mode, NetMode::Bridge);
+    assert_eq!(c.network.networks, ["app", "podman"]);
+    assert_eq!(c.network.gateways, [ip("10.89.3.1"), ip("10.88.0.1")], "app's file, and podman's default network");
+    assert_eq!(c.network.dns_servers, [ip("192.0.2.53")]);
+    assert_eq!(container(a.attribute(probe_cg)).network, c.network, "the namespace it joined");
+
+    // A network file naming another network, and one that is a FIFO: no
+    // gateway, no hang.
+    h.write("/etc/containers/networks/app.json", r#"{"name": "other", "subnets": [{"gateway": "10.89.3.1"}]}"#);
+    let mut a = h.attributor();
+    assert_eq!(container(a.attribute(t1_cg)).network.gateways, [ip("10.88.0.1")]);
+    let fifo = h.root().join("etc/containers/networks/app.json");
+    std::fs::remove_file(&fifo).unwrap();
+    if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+        let mut a = h.attributor();
+        assert_eq!(container(a.attribute(t1_cg)).network.gateways, [ip("10.88.0.1")]);
+    }
 }
 
 fn reason_of(a: &mut Attributor, id: u64, now: Instant) -> String {
@@ -535,5 +582,13 @@ fn real_podman_host() {
     assert_eq!(container(a.attribute(ino)).id, id);
     let upper = &c.rootfs_paths[0];
     assert!(upper.is_dir(), "overlay upper dir {upper:?} exists on the host");
+    // The network as podman reports it.
+    let fmt = "{{range $n, $v := .NetworkSettings.Networks}}{{$n}} {{$v.Gateway}}{{end}}";
+    let out = std::process::Command::new("podman").args(["inspect", "-f", fmt, &id]).output().unwrap();
+    let inspect = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (net, gw) = inspect.split_once(' ').unwrap_or_else(|| panic!("podman inspect: {inspect:?}"));
+    assert_eq!(c.network.networks, [net], "{:?}", c.network);
+    assert_eq!(c.network.gateways, [gw.parse::<std::net::IpAddr>().unwrap()], "{:?}", c.network);
+    assert_eq!(c.network.mode, NetMode::Bridge);
     assert_eq!(a.container_for_host_path(&upper.join("tmp/x")).unwrap().1, "/tmp/x");
 }

@@ -367,7 +367,7 @@ impl Daemon {
 }
 
 pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
-    let settings = settings::settings(&args)?;
+    let settings = settings::settings(&args, host_root)?;
     let euid = lancet_sensor::features::euid();
     crate::private::state_dir(&settings.state_dir, euid)?;
     let db = settings.state_dir.join("lancet.db");

@@ -7,7 +7,7 @@ use crate::protect::ProtectOptions;
 use anyhow::Result;
 use lancet_engine::profile::{Lifecycle, Mode};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -72,7 +72,7 @@ pub struct Settings {
     pub protect: ProtectOptions,
 }
 
-pub fn settings(args: &RunArgs) -> Result<Settings> {
+pub fn settings(args: &RunArgs, host_root: &Path) -> Result<Settings> {
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(config::DEFAULT_CONFIG), false),
@@ -118,6 +118,8 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
                 .unwrap_or_else(|| config::DEFAULT_PROTECTED_FILES.iter().map(|s| s.to_string()).collect()),
             readonly_dirs: file.readonly_dirs.unwrap_or_default(),
             state_dir,
+            host_root: host_root.to_path_buf(),
+            dns_servers: file.dns_servers.unwrap_or_default(),
         },
     })
 }

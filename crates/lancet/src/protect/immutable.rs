@@ -333,7 +333,7 @@ mod tests {
             upper: None,
             profile: Arc::new(Profile::new("localhost/web:1", "sha256:abc", 1)),
             approved: Arc::new(crate::protect::Approved::default()),
-            allow: Vec::new(),
+            allow: Default::default(),
             writable: Vec::new(),
             complete: false,
             applied: Instant::now(),

@@ -13,8 +13,9 @@
 
 use crate::config::FailModeSetting;
 use lancet_engine::attribution::ContainerInfo;
+use lancet_engine::dns;
 use lancet_engine::profile::Profile;
-use lancet_engine::response::{net_allow_list, resolvers, DenyReason, NetAllow};
+use lancet_engine::response::{net_allow_list, AllowList, DenyReason};
 use lancet_sensor::enforce::{self, EnforceConfig, EnforceEvents, EnforceRecord, Enforcer, PolicyFlags};
 use serde::Serialize;
 use std::cell::RefCell;
@@ -67,6 +68,13 @@ pub struct ProtectOptions {
     /// container is kept there (per boot), so that a restarted agent can
     /// still undo it.
     pub state_dir: PathBuf,
+    /// Where the host's files are (`/`, or the host mounted into the
+    /// agent's container): its resolv.conf names the DNS servers every
+    /// container may reach.
+    pub host_root: PathBuf,
+    /// DNS servers every protected container may reach besides those its
+    /// runtime and the host configure (config `dnsServers`).
+    pub dns_servers: Vec<IpAddr>,
 }
 
 /// A container under protection.
@@ -88,7 +96,7 @@ pub struct Guarded {
     /// What it may execute, by file identity (from the profile and its
     /// root).
     pub approved: Arc<Approved>,
-    pub allow: Vec<NetAllow>,
+    pub allow: AllowList,
     /// Directories its policies declare writable: carved out of the
     /// read-only protected set.
     pub writable: Vec<String>,
@@ -199,6 +207,8 @@ pub struct Protector {
     denials: Receiver<Enforced>,
     containment: Containment,
     cgroup2: PathBuf,
+    host_root: PathBuf,
+    dns_servers: Vec<IpAddr>,
     last_gc: Instant,
     pub counters: Counters,
     /// Pins found removed and put back since the daemon last looked.
@@ -273,6 +283,8 @@ impl Protector {
             denials: rx,
             containment: Containment::default(),
             cgroup2: cgroup2.to_path_buf(),
+            host_root: opts.host_root.clone(),
+            dns_servers: opts.dns_servers.clone(),
             last_gc: Instant::now(),
             counters: Counters::default(),
             tampered: Vec::new(),
@@ -320,8 +332,13 @@ impl Protector {
         if !self.needs_apply(&c.id, &profile) && rootfs.is_none() {
             return;
         }
-        let resolv = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap_or_default();
-        let allow = net_allow_list(&profile, addresses_of, &resolvers(&resolv));
+        // DNS servers from the runtime's record, the host's resolver
+        // configuration and lancet's own, never from the container's
+        // /etc/resolv.conf: the container can write that file (issue 17).
+        let mut configured = dns::host_resolvers(&self.host_root);
+        configured.extend_from_slice(&self.dns_servers);
+        let resolvers = dns::trusted_resolvers(&c.network, &configured);
+        let allow = net_allow_list(&profile, addresses_of, &resolvers);
         let label = match self.guarded.get(&c.id) {
             Some(g) => g.label,
             None => {
@@ -538,7 +555,7 @@ impl Protector {
         }
         serde_json::json!({
             "backends": holds,
-            "guarded": self.guarded.values().map(|g| serde_json::json!({"id": g.id, "name": g.name, "workload": g.workload, "cgroupId": g.cgroup_id, "cgroup": g.cgroup_dir, "allow": g.allow.len()})).collect::<Vec<_>>(),
+            "guarded": self.guarded.values().map(|g| serde_json::json!({"id": g.id, "name": g.name, "workload": g.workload, "cgroupId": g.cgroup_id, "cgroup": g.cgroup_dir, "allow": g.allow.rules.len()})).collect::<Vec<_>>(),
             "isolated": self.containment.isolated(),
             "frozen": self.containment.frozen(),
             "counters": self.counters,

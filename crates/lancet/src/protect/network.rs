@@ -1,6 +1,7 @@
 //! The network backend: per-container allow-lists in pinned cgroup BPF maps.
 
 use super::{holds, merge_flags, Backend, Guarded, SharedEnforcer};
+use lancet_engine::profile::Protocol;
 use lancet_engine::response::NetAllow;
 use lancet_sensor::enforce::{self, NetRule, PolicyFlags};
 
@@ -18,19 +19,23 @@ impl Backend for NetBackend {
         holds(&self.enforcer.borrow(), "connect")
     }
 
+    /// Replaces the container's pinned list with the one computed now
+    /// (see [`AllowList::replace`]): new rules go in, stale ones (a resolver
+    /// an older agent read from the container, a flow no longer learned)
+    /// come out; only what may be a workload peer's address not seen since
+    /// a restart stays.
+    ///
+    /// [`AllowList::replace`]: lancet_engine::response::AllowList::replace
     fn apply(&mut self, g: &Guarded) -> Result<(), String> {
-        let mut rules: Vec<NetRule> = g.allow.iter().map(to_rule).collect();
         let mut e = self.enforcer.borrow_mut();
-        // Rules already pinned for this container stay: a peer whose address
-        // is not known yet (just after a restart) must not lose its flow.
-        if let Ok(old) = e.allow_rules(g.cgroup_id) {
-            for r in old {
-                if !rules.contains(&r) {
-                    rules.push(r);
-                }
-            }
-        }
+        let pinned: Vec<NetAllow> = e.allow_rules(g.cgroup_id).map_err(|e| e.to_string())?.iter().map(from_rule).collect();
+        let plan = g.allow.replace(&pinned);
+        let rules: Vec<NetRule> = plan.rules.iter().map(to_rule).collect();
         e.set_allow(g.cgroup_id, &rules).map_err(|e| e.to_string())?;
+        if !plan.removed.is_empty() {
+            let shown: Vec<String> = plan.removed.iter().take(8).map(describe).collect();
+            tracing::info!(container = %g.name, removed = plan.removed.len(), rules = ?shown, "stale network allow rules removed");
+        }
         merge_flags(&mut e, g.cgroup_id, PolicyFlags::NET_ENFORCE, PolicyFlags::NONE)
     }
 
@@ -46,10 +51,51 @@ fn to_rule(a: &NetAllow) -> NetRule {
         cidr: a.cidr,
         port: a.port,
         proto: a.proto.map(|p| match p {
-            lancet_engine::profile::Protocol::Tcp => enforce::Proto::Tcp,
-            lancet_engine::profile::Protocol::Udp => enforce::Proto::Udp,
+            Protocol::Tcp => enforce::Proto::Tcp,
+            Protocol::Udp => enforce::Proto::Udp,
         }),
         dir: if a.bind { enforce::Direction::Bind } else { enforce::Direction::Egress },
         during_isolation: false,
+    }
+}
+
+/// A pinned rule as the engine describes rules (the agent never pins one
+/// for isolation, so that mark has nothing to map to).
+fn from_rule(r: &NetRule) -> NetAllow {
+    NetAllow {
+        cidr: r.cidr,
+        port: r.port,
+        proto: r.proto.map(|p| match p {
+            enforce::Proto::Tcp => Protocol::Tcp,
+            enforce::Proto::Udp => Protocol::Udp,
+        }),
+        bind: r.dir == enforce::Direction::Bind,
+    }
+}
+
+/// `10.89.0.2/32:53/any` (`bind` for a listening rule), for the log.
+fn describe(a: &NetAllow) -> String {
+    let port = a.port.map(|p| p.to_string()).unwrap_or_else(|| "any".into());
+    let proto = match a.proto {
+        Some(Protocol::Tcp) => "tcp",
+        Some(Protocol::Udp) => "udp",
+        None => "any",
+    };
+    format!("{}{}:{port}/{proto}", if a.bind { "bind " } else { "" }, a.cidr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_rules_convert_both_ways() {
+        for (cidr, port, proto, bind) in [("10.89.0.1/32", Some(53), None, false), ("::/0", Some(8080), Some(Protocol::Tcp), true)] {
+            let a = NetAllow { cidr: cidr.parse().unwrap(), port, proto, bind };
+            assert_eq!(from_rule(&to_rule(&a)), a);
+        }
+        let udp = NetAllow { cidr: "10.0.0.0/8".parse().unwrap(), port: None, proto: Some(Protocol::Udp), bind: false };
+        assert_eq!(from_rule(&to_rule(&udp)), udp);
+        assert_eq!(describe(&udp), "10.0.0.0/8:any/udp");
     }
 }
