@@ -148,7 +148,7 @@ fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
 fn host_root() -> Option<(u32, u64)> {
     use std::os::unix::fs::MetadataExt;
     static ROOT: std::sync::OnceLock<Option<(u32, u64)>> = std::sync::OnceLock::new();
-    *ROOT.get_or_init(|| std::fs::metadata("/").ok().map(|m| (crate::enforce::kernel_dev(m.dev()), m.ino())))
+    *ROOT.get_or_init(|| std::fs::metadata("/").ok().map(|m| (crate::sys::kernel_dev(m.dev()), m.ino())))
 }
 
 /// Decodes one ring-buffer record.

@@ -12,12 +12,13 @@ use lancet_sensor::enforce::{
     EnforceRecord, Enforcer, MulticallFile, NetRule, PolicyFlags, Proto, BUSYBOX_DISPATCHER,
 };
 use lancet_sensor::probes::detect_cgroup2_root;
+use lancet_testkit::podman::{podman, unique, Container, Network};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const IMAGE: &str = "localhost/lancet-busybox:test";
+const IMAGE: &str = lancet_testkit::podman::BUSYBOX_IMAGE;
 
 /// Why the kernel-only tests cannot run here (they need no podman).
 fn skip_kernel() -> Option<String> {
@@ -58,17 +59,6 @@ macro_rules! skip_unless_ready {
     };
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
-
-fn podman(args: &[&str]) -> String {
-    let out = Command::new("podman").args(args).output().expect("run podman");
-    assert!(out.status.success(), "podman {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Removes the pin dir (detaching every pinned link) when dropped.
 struct Pins(PathBuf);
 
@@ -90,56 +80,44 @@ impl Drop for Pins {
     }
 }
 
-struct Network(String);
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = Command::new("podman").args(["network", "rm", "-f", &self.0]).output();
-    }
-}
-
-/// A podman container, removed on drop.
-struct Ctr {
-    name: String,
-}
+/// A test container (removed on drop) with what these tests ask of it.
+struct Ctr(Container);
 
 impl Ctr {
     /// Serves "hello-lancet" with httpd on 8080 (foreground) and 8081.
     fn httpd(net: &Network, extra: &[&str]) -> Ctr {
         let name = unique("lancet-enf");
         let mount = format!("{}:/lh:ro", helper_dir().display());
-        let mut args = vec!["run", "-d", "--rm", "--name", &name, "--network", &net.0, "-v", &mount];
+        let mut args = vec!["--rm", "--network", &net.0, "-v", &mount];
         args.extend_from_slice(extra);
-        args.extend_from_slice(&[
+        let c = Ctr(Container::start_image(
+            &name,
             IMAGE,
-            "sh",
-            "-c",
-            "mkdir -p /www && echo hello-lancet > /www/index.html && httpd -p 8081 -h /www && exec httpd -f -p 8080 -h /www",
-        ]);
-        podman(&args);
-        let c = Ctr { name };
+            &args,
+            &["sh", "-c", "mkdir -p /www && echo hello-lancet > /www/index.html && httpd -p 8081 -h /www && exec httpd -f -p 8080 -h /www"],
+        ));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let (ok, _) = c.sh("wget -q -O - http://127.0.0.1:8080/ && wget -q -O - http://127.0.0.1:8081/");
             if ok {
                 break;
             }
-            assert!(Instant::now() < deadline, "httpd in {} did not come up", c.name);
+            assert!(Instant::now() < deadline, "httpd in {} did not come up", c.0.name);
             std::thread::sleep(Duration::from_millis(100));
         }
         c
     }
 
     fn pid(&self) -> u32 {
-        podman(&["inspect", "-f", "{{.State.Pid}}", &self.name]).parse().expect("pid")
+        self.0.pid()
     }
 
     fn ip(&self) -> String {
-        podman(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &self.name])
+        self.0.ip()
     }
 
     fn ip6(&self) -> String {
-        podman(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", &self.name])
+        podman(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", &self.0.id])
     }
 
     fn cgroup_dir(&self) -> PathBuf {
@@ -151,9 +129,7 @@ impl Ctr {
     }
 
     fn exec(&self, cmd: &[&str]) -> Output {
-        let mut args = vec!["exec", self.name.as_str()];
-        args.extend_from_slice(cmd);
-        Command::new("podman").args(&args).output().expect("podman exec")
+        self.0.exec(cmd)
     }
 
     /// Runs a shell script in the container: success and stdout+stderr.
@@ -166,12 +142,6 @@ impl Ctr {
     /// An HTTP GET from this container, given up after `secs`.
     fn get(&self, ip: &str, port: u16, secs: u32) -> (bool, String) {
         self.sh(&format!("timeout {secs} wget -q -O - http://{ip}:{port}/ 2>&1"))
-    }
-}
-
-impl Drop for Ctr {
-    fn drop(&mut self) {
-        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &self.name]).output();
     }
 }
 
@@ -191,11 +161,12 @@ impl Env {
 
     fn on_network(net_args: &[&str], extra_a: &[&str]) -> Env {
         let pins = Pins::new();
-        let net = Network(unique("lancet-enf-net"));
+        let name = unique("lancet-enf-net");
         let mut args = vec!["network", "create"];
         args.extend_from_slice(net_args);
-        args.push(&net.0);
+        args.push(&name);
         podman(&args);
+        let net = Network(name);
         let b = Ctr::httpd(&net, &[]);
         let a = Ctr::httpd(&net, extra_a);
         Env { a, b, _net: net, pins }
@@ -676,7 +647,7 @@ fn execs_of_memfd_tmpfs_deleted_and_listed_files_are_killed() {
     let host_path = PathBuf::from(format!("/proc/{}/root/usr/bin/lancet-victim", a.pid()));
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(&host_path).expect("stat victim");
-    e.kill_ino(cgid, enforce::kernel_dev(md.dev()), md.ino()).expect("kill_ino");
+    e.kill_ino(cgid, lancet_sensor::sys::kernel_dev(md.dev()), md.ino()).expect("kill_ino");
     let (_, out) = a.sh("/usr/bin/lancet-victim alive; echo rc=$?");
     assert!(out.contains("rc=") && !out.contains("rc=137"), "KILL_EXEC_INO not set yet: {out}");
     e.set_policy(cgid, CgPolicy { flags: kill | PolicyFlags::KILL_EXEC_INO, isolate_until: None }).unwrap();
@@ -685,7 +656,7 @@ fn execs_of_memfd_tmpfs_deleted_and_listed_files_are_killed() {
     let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.reason == EnforceReason::KillIno);
     let rec = rec.unwrap_or_else(|| panic!("no kill-ino record; saw {seen:?}"));
     assert_eq!(rec.ino, md.ino());
-    e.forget_ino(cgid, enforce::kernel_dev(md.dev()), md.ino()).unwrap();
+    e.forget_ino(cgid, lancet_sensor::sys::kernel_dev(md.dev()), md.ino()).unwrap();
     let (ok, out) = a.sh("/usr/bin/lancet-victim alive");
     assert!(ok && out.contains("alive"), "forgotten inode runs: {out}");
     assert!(e.stats().unwrap().kills >= 4);
@@ -874,7 +845,7 @@ impl Busybox {
             std::os::unix::fs::symlink("busybox", dir.path().join(a)).expect("symlink");
         }
         let md = std::fs::metadata(&bin).expect("stat busybox");
-        Busybox { dev: enforce::kernel_dev(md.dev()), ino: md.ino(), dir }
+        Busybox { dev: lancet_sensor::sys::kernel_dev(md.dev()), ino: md.ino(), dir }
     }
 
     fn path(&self, name: &str) -> String {

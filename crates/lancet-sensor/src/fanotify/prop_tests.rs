@@ -6,8 +6,8 @@
 
 use super::parse::build::{event, fid_info, raw_info};
 use super::parse::{events, ParseError, RawEvent, METADATA_LEN};
-use super::perm::normalise;
 use super::syscall::parse_syscall;
+use crate::enforce::perm::normalise;
 use crate::prop_util::{apply_bytes, byte_edits};
 use proptest::prelude::*;
 

@@ -58,7 +58,7 @@ impl Guarding {
     /// encoding, as exec events carry it.
     pub(super) fn kills_loader(&self, id: &str, dev: u32, ino: u64) -> bool {
         let Some(g) = self.protector.as_ref().and_then(|p| p.guarded(id)) else { return false };
-        g.approved.loaders.iter().any(|l| l.ino == ino && lancet_sensor::enforce::kernel_dev(l.dev) == dev)
+        g.approved.loaders.iter().any(|l| l.ino == ino && lancet_sensor::sys::kernel_dev(l.dev) == dev)
     }
 
     /// A container ended: its rules, measures and counters go.

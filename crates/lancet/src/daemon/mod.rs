@@ -485,5 +485,5 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
 /// writable.
 fn copied_up_directory(ev: &Event) -> bool {
     matches!(&ev.kind, EventKind::File(f) if f.is_dir && f.op == FileOp::Create && !f.host_path.is_empty()
-        && lancet_sensor::fanotify::overlay::copied_up(Path::new(&f.host_path)))
+        && lancet_sensor::overlay::copied_up(Path::new(&f.host_path)))
 }

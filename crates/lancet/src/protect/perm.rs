@@ -13,8 +13,9 @@ use lancet_engine::drift::{
 use lancet_engine::event::ExecEvent;
 use lancet_engine::profile::Profile;
 use lancet_engine::response::{decide_exec, DenyReason, ExecRequest, ExecVerdict};
-use lancet_sensor::fanotify::overlay::{overlay_upper_dir, written_in_container};
-use lancet_sensor::fanotify::{exec_call, FailMode, PermConfig, PermDecision, PermGuard, PermKind, PermRequest};
+use lancet_sensor::enforce::{FailMode, PermConfig, PermDecision, PermGroup, PermKind, PermRequest};
+use lancet_sensor::fanotify::exec_call;
+use lancet_sensor::overlay::{overlay_upper_dir, written_in_container};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +42,7 @@ struct PermEntry {
 /// The exec and file backends: one fanotify permission group, answered on a
 /// thread of its own.
 pub(super) struct PermBackend {
-    guard: PermGuard,
+    group: PermGroup,
     table: Arc<RwLock<PermTable>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -310,13 +311,13 @@ impl PermBackend {
             FailModeSetting::Allow => FailMode::Allow,
             FailModeSetting::Deny => FailMode::Deny,
         };
-        let guard = PermGuard::new(PermConfig { fail_mode: fail, ..PermConfig::default() }).map_err(|e| e.to_string())?;
+        let group = PermGroup::new(PermConfig { fail_mode: fail, ..PermConfig::default() }).map_err(|e| e.to_string())?;
         let table = Arc::new(RwLock::new(PermTable::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let exec_cache = opts.exec_cache;
         let code_check = opts.learned_code_only;
         let thread = {
-            let (guard, table, stop) = (guard.clone(), Arc::clone(&table), Arc::clone(&stop));
+            let (group, table, stop) = (group.clone(), Arc::clone(&table), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("lancet-perm".into())
                 .spawn(move || {
@@ -325,14 +326,14 @@ impl PermBackend {
                         d.remember &= exec_cache;
                         d
                     };
-                    if let Err(e) = guard.run(&stop, &mut decider) {
+                    if let Err(e) = group.run(&stop, &mut decider) {
                         tracing::error!("permission events stopped: {e}; the kernel now allows what was guarded");
                     }
                 })
                 .map_err(|e| e.to_string())?
         };
         Ok(PermBackend {
-            guard,
+            group,
             table,
             stop,
             thread: Some(thread),
@@ -370,7 +371,7 @@ impl PermBackend {
         };
         let text = std::fs::read_to_string(format!("/proc/{}/mountinfo", g.pid)).map_err(|e| format!("mounts of {}: {e}", g.pid))?;
         let mut errors = Vec::new();
-        for m in lancet_sensor::mounts::mountinfo::parse(&text) {
+        for m in lancet_sensor::mountinfo::parse(&text) {
             let inside = if pivoted {
                 m.mount_point.as_str()
             } else {
@@ -382,7 +383,7 @@ impl PermBackend {
             if inside == "/" || !guarded_mount(inside, &m.fs_type) {
                 continue;
             }
-            match self.guard.protect_exec_mount(g.label, &root, &m.mount_point, m.id) {
+            match self.group.protect_exec_mount(g.label, &root, &m.mount_point, m.id) {
                 Ok(()) => {}
                 // A file bind mount, or a mount gone or covered since.
                 Err(lancet_sensor::fanotify::FanotifyError::Open { .. }) => {}
@@ -400,12 +401,12 @@ impl PermBackend {
     }
 
     /// Decision times, for the Prometheus histogram.
-    pub(super) fn decision_histogram(&self) -> lancet_sensor::fanotify::DecisionHistogram {
-        self.guard.decision_histogram()
+    pub(super) fn decision_histogram(&self) -> lancet_sensor::enforce::DecisionHistogram {
+        self.group.decision_histogram()
     }
 
     pub(super) fn stats(&self) -> serde_json::Value {
-        let s = self.guard.stats();
+        let s = self.group.stats();
         serde_json::json!({
             "events": s.events, "allowed": s.allowed, "denied": s.denied, "remembered": s.remembered,
             "failModeAnswers": s.fail_mode_answers, "overflows": s.overflows, "errors": s.errors,
@@ -456,11 +457,11 @@ impl Backend for PermBackend {
         // Approvals of an older profile go; the marks stay in place (never
         // lifted and re-placed: that would leave a window).
         if profile_changed {
-            self.guard.forget(g.label);
+            self.group.forget(g.label);
         }
         let root_dev = std::fs::metadata(&g.rootfs).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok();
         if root_dev.is_none() || self.exec_marked.get(&g.label) != root_dev.as_ref() {
-            if let Err(e) = self.guard.protect_exec(g.label, &g.rootfs) {
+            if let Err(e) = self.group.protect_exec(g.label, &g.rootfs) {
                 self.exec_marked.remove(&g.label);
                 return Err(format!("exec marks on {}: {e}", g.rootfs.display()));
             }
@@ -471,15 +472,15 @@ impl Backend for PermBackend {
         self.mark_mounts(g)?;
         if self.files {
             let files: Vec<&str> = protected.iter().map(String::as_str).collect();
-            self.guard.protect_files(g.label, &g.rootfs, &files).map_err(|e| format!("file marks: {e}"))?;
+            self.group.protect_files(g.label, &g.rootfs, &files).map_err(|e| format!("file marks: {e}"))?;
             let dirs: Vec<&str> = self.readonly_dirs.iter().map(String::as_str).collect();
-            self.guard.protect_dir_writes(g.label, &g.rootfs, &dirs).map_err(|e| format!("directory marks: {e}"))?;
+            self.group.protect_dir_writes(g.label, &g.rootfs, &dirs).map_err(|e| format!("directory marks: {e}"))?;
         }
         Ok(())
     }
 
     fn release(&mut self, g: &Guarded) {
-        let _ = self.guard.unprotect(g.label);
+        let _ = self.group.unprotect(g.label);
         self.exec_marked.remove(&g.label);
         self.mounts_tried.remove(&g.label);
         if let Ok(mut t) = self.table.write() {
