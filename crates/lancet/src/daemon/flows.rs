@@ -14,9 +14,9 @@
 use super::workloads::Workloads;
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::event::{L4Proto, NetEvent, NetOp};
-use lancet_engine::flows::{Decider, Endpoint, FlowKey, FlowLimits, FlowTable, NodeId, Observation, Recorded, Verdict};
+use lancet_engine::flows::{Decider, Endpoint, FlowEnd, FlowKey, FlowLimits, FlowRow, FlowTable, NodeId, Observation, Recorded, Verdict};
 use lancet_engine::profile::{Mode, PeerRef, Profile, Protocol};
-use lancet_store::{FlowEndRecord, FlowNodeRecord, FlowRecord, Store};
+use lancet_store::{FlowNodeRecord, Store};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -62,7 +62,7 @@ pub(super) struct Flows {
     host_netns: Option<u32>,
     /// Connections of containers that could not be numbered.
     pub(super) unnumbered: u64,
-    rows: Vec<FlowRecord>,
+    rows: Vec<FlowRow>,
     /// The container of the last event and its number: consecutive events
     /// of one container (most of them) skip hashing its 64-character id.
     last: Option<(*const ContainerInfo, NodeId)>,
@@ -330,20 +330,20 @@ impl Flows {
         self.table.record(FlowKey { src: Endpoint::Container(me), dst: remote, port: r.port, proto: p }, &o);
     }
 
-    fn end(&self, e: &Endpoint) -> FlowEndRecord {
+    fn end(&self, e: &Endpoint) -> FlowEnd {
         match e {
             Endpoint::Container(n) => match self.nodes.get(*n as usize).and_then(Option::as_ref) {
-                Some(node) => FlowEndRecord {
+                Some(node) => FlowEnd {
                     kind: "container".into(),
                     id: node.info.id.clone(),
                     name: node.info.name.clone(),
                     workload: node.workload.clone(),
                 },
-                None => FlowEndRecord { kind: "others".into(), ..Default::default() },
+                None => FlowEnd { kind: "others".into(), ..Default::default() },
             },
-            Endpoint::Host(ip) => FlowEndRecord { kind: "host".into(), id: ip.to_string(), ..Default::default() },
-            Endpoint::Ip(ip) => FlowEndRecord { kind: "external".into(), id: ip.to_string(), ..Default::default() },
-            Endpoint::Others => FlowEndRecord { kind: "others".into(), ..Default::default() },
+            Endpoint::Host(ip) => FlowEnd { kind: "host".into(), id: ip.to_string(), ..Default::default() },
+            Endpoint::Ip(ip) => FlowEnd { kind: "external".into(), id: ip.to_string(), ..Default::default() },
+            Endpoint::Others => FlowEnd { kind: "others".into(), ..Default::default() },
         }
     }
 
@@ -394,24 +394,18 @@ impl Flows {
                     if let Some(node) = self.nodes.get_mut(n as usize).and_then(Option::as_mut) {
                         if !node.stored {
                             node.stored = true;
-                            nodes.push(node_record(node, s.last_ns));
+                            nodes.push(node_record(node, s.counts.last_ns));
                         }
                     }
                 }
             }
-            rows.push(FlowRecord {
-                hour_ns: s.first_ns,
+            rows.push(FlowRow {
+                hour_ns: s.counts.first_ns,
                 src: self.end(&k.src),
                 dst: self.end(&k.dst),
                 port: k.port,
                 proto: k.proto.to_string(),
-                connections: s.connections,
-                failed: s.failed,
-                refused: s.refused,
-                bytes_out: s.bytes_out,
-                bytes_in: s.bytes_in,
-                first_ns: s.first_ns,
-                last_ns: s.last_ns,
+                counts: s.counts,
                 verdict: s.verdict.as_str().to_string(),
                 rule: self.decided_by(k, s.decider, workloads),
             });
@@ -545,11 +539,11 @@ mod tests {
         let (na, nb) = (f.by_id[&a.id], f.by_id[&b.id]);
         let find = |src, dst, port| got.iter().find(|(k, _)| k.src == src && k.dst == dst && k.port == port).map(|(_, s)| *s);
         let ab = find(Endpoint::Container(na), Endpoint::Container(nb), 80).expect("a -> b");
-        assert_eq!((ab.connections, ab.bytes_out, ab.bytes_in), (1, 100, 2000));
+        assert_eq!((ab.counts.connections, ab.counts.bytes_out, ab.counts.bytes_in), (1, 100, 2000));
         assert_eq!(ab.verdict, Verdict::Unlisted, "monitor mode, not in the profile");
         let ext_ip: IpAddr = "10.0.0.9".parse().unwrap();
         let xb = find(Endpoint::Ip(ext_ip), Endpoint::Container(nb), 80).expect("outside -> b");
-        assert_eq!((xb.connections, xb.bytes_out, xb.bytes_in), (1, 5, 50));
+        assert_eq!((xb.counts.connections, xb.counts.bytes_out, xb.counts.bytes_in), (1, 5, 50));
         assert!(find(Endpoint::Container(na), Endpoint::Container(na), 8080).is_some(), "loopback");
         assert_eq!(got.len(), 3, "{got:?}");
     }
@@ -585,7 +579,7 @@ mod tests {
         let out = TcpTotals { bytes_sent: 10, bytes_received: 20, outbound: Some(true) };
         f.on_net(1, 1, &a, "w", &net(NetOp::Close, ("10.0.0.1", 5000), ("10.0.0.5", 443), Some(out)), Some((&p, 1)), Some(&peer));
         let r = rows(&mut f);
-        assert_eq!((r[0].1.connections, r[0].1.bytes_out), (0, 10));
+        assert_eq!((r[0].1.counts.connections, r[0].1.counts.bytes_out), (0, 10));
         assert_eq!((r[0].1.verdict, r[0].1.decider), (Verdict::Unlisted, Decider::NotInProfile { inbound: false }));
     }
 

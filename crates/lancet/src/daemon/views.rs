@@ -6,9 +6,8 @@
 use super::workloads::workload_key;
 use super::{now_ns, Daemon};
 use crate::api::Reply;
-use lancet_engine::flows::{FlowEnd, FlowNode, FlowRow};
+use lancet_engine::flows::{FlowNode, FlowRow};
 use lancet_engine::profile::{Deviation, Timestamp};
-use lancet_store::{FlowEndRecord, FlowRecord};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 
@@ -17,34 +16,10 @@ const ALERT_WINDOW_NS: u64 = 24 * 3_600_000_000_000;
 /// Baseline executables never run that a review lists by name.
 const UNUSED_LISTED: usize = 200;
 
-fn end(e: FlowEndRecord) -> FlowEnd {
-    FlowEnd { kind: e.kind, id: e.id, name: e.name, workload: e.workload }
-}
-
-/// A stored row as the engine's map takes it.
-pub(crate) fn flow_row(r: FlowRecord) -> FlowRow {
-    FlowRow {
-        hour_ns: r.hour_ns,
-        src: end(r.src),
-        dst: end(r.dst),
-        port: r.port,
-        proto: r.proto,
-        connections: r.connections,
-        failed: r.failed,
-        refused: r.refused,
-        bytes_out: r.bytes_out,
-        bytes_in: r.bytes_in,
-        first_ns: r.first_ns,
-        last_ns: r.last_ns,
-        verdict: r.verdict,
-        rule: r.rule,
-    }
-}
-
 /// `{rows, nodes}`: the rollups since `since_ns` (touching `container`
 /// when given) and the containers they name.
 pub(crate) fn flows_json(store: &lancet_store::Store, since_ns: u64, container: Option<&str>, limit: usize) -> Result<Value, String> {
-    let rows: Vec<FlowRow> = store.flows(since_ns, container, limit).map_err(|e| e.to_string())?.into_iter().map(flow_row).collect();
+    let rows: Vec<FlowRow> = store.flows(since_ns, container, limit).map_err(|e| e.to_string())?;
     let named: HashSet<&str> = rows.iter().flat_map(|r| [r.src.id.as_str(), r.dst.id.as_str()]).collect();
     let nodes: Vec<FlowNode> = store
         .flow_nodes()
