@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod attribution;
+pub mod bytes;
 pub mod drift;
 pub mod event;
 pub mod exe;

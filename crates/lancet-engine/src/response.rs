@@ -355,7 +355,7 @@ mod tests {
             process: ProcessRef::default(),
             kind: EventKind::Net(crate::event::NetEvent {
                 op,
-                proto: crate::event::L4Proto::Tcp,
+                proto: crate::event::Protocol::Tcp,
                 saddr: "10.88.0.2".parse().unwrap(),
                 sport: 8080,
                 daddr: daddr.parse().unwrap(),

@@ -5,7 +5,7 @@
 //! reported as a [`DecodeError`] (counted by the caller), never a panic.
 
 use crate::skel::lancet::types;
-use lancet_engine::event::{Event, EventKind, ExecEvent, ExitEvent, L4Proto, NetEvent, NetOp, ProcessRef, TcpTotals};
+use lancet_engine::event::{Event, EventKind, ExecEvent, ExitEvent, NetEvent, NetOp, ProcessRef, Protocol, TcpTotals};
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
@@ -204,7 +204,7 @@ pub fn decode(data: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
             };
             EventKind::Net(NetEvent {
                 op,
-                proto: if e.protocol == IPPROTO_UDP { L4Proto::Udp } else { L4Proto::Tcp },
+                proto: if e.protocol == IPPROTO_UDP { Protocol::Udp } else { Protocol::Tcp },
                 saddr: addr(e.family, &e.saddr),
                 sport: e.sport,
                 daddr: addr(e.family, &e.daddr),

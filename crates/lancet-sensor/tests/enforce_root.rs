@@ -9,7 +9,7 @@
 
 use lancet_sensor::enforce::{
     self, cgroup_of_pid, kill_process, process_start_time, unpin_all, CgPolicy, EnforceConfig, EnforceEvents, EnforceOp, EnforceReason,
-    EnforceRecord, Enforcer, MulticallFile, NetRule, PolicyFlags, Proto, BUSYBOX_DISPATCHER,
+    EnforceRecord, Enforcer, MulticallFile, NetRule, PolicyFlags, Protocol, BUSYBOX_DISPATCHER,
 };
 use lancet_sensor::probes::detect_cgroup2_root;
 use lancet_testkit::podman::{podman, unique, Container, Network};
@@ -367,7 +367,7 @@ impl Records {
 }
 
 fn port_rule(ip: &str, port: u16) -> NetRule {
-    NetRule::egress(format!("{ip}/32").parse().unwrap()).port(port).proto(Proto::Tcp)
+    NetRule::egress(format!("{ip}/32").parse().unwrap()).port(port).proto(Protocol::Tcp)
 }
 
 fn enforce_policy() -> CgPolicy {
@@ -404,7 +404,7 @@ fn allow_list_permits_only_the_listed_peer_port_and_reports_the_rest() {
     let rec = rec.unwrap_or_else(|| panic!("no connect4 record; saw {seen:?}"));
     assert_eq!((rec.cgroup_id, rec.port, rec.reason, rec.denied), (cgid, 8081, EnforceReason::NotAllowed, true));
     assert_eq!(rec.addr.unwrap().to_string(), bip);
-    assert_eq!(rec.proto, Some(Proto::Tcp));
+    assert_eq!(rec.proto, Some(Protocol::Tcp));
     assert_eq!(rec.comm, "wget");
     let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.op == EnforceOp::Connect6);
     let rec = rec.unwrap_or_else(|| panic!("no connect6 record; saw {seen:?}"));
@@ -419,8 +419,8 @@ fn allow_list_permits_only_the_listed_peer_port_and_reports_the_rest() {
     assert!(!ok && out.contains("Operation not permitted"), "sendto not allowed: {out}");
     let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.op == EnforceOp::Sendmsg4);
     let rec = rec.unwrap_or_else(|| panic!("no sendmsg4 record; saw {seen:?}"));
-    assert_eq!((rec.port, rec.proto), (5353, Some(Proto::Udp)));
-    let udp = NetRule::egress(format!("{bip}/32").parse().unwrap()).port(5353).proto(Proto::Udp);
+    assert_eq!((rec.port, rec.proto), (5353, Some(Protocol::Udp)));
+    let udp = NetRule::egress(format!("{bip}/32").parse().unwrap()).port(5353).proto(Protocol::Udp);
     e.set_allow(cgid, &[port_rule(&bip, 8080), udp.clone()]).expect("allow udp");
     let (ok, out) = a.sh(&format!("/lh/helper sendto {bip} 5353"));
     assert!(ok && out.contains("sent"), "sendto allowed: {out}");
@@ -452,7 +452,7 @@ fn ipv6_rules_connects_and_isolation_hold() {
     let (a, b, b6) = (&env.a, &env.b, env.b.ip6());
     assert!(b6.contains(':'), "B has an IPv6 address: {b6:?}");
     let cgid = a.cgid();
-    let rule = NetRule::egress(format!("{b6}/128").parse().unwrap()).port(8080).proto(Proto::Tcp);
+    let rule = NetRule::egress(format!("{b6}/128").parse().unwrap()).port(8080).proto(Protocol::Tcp);
     e.set_allow(cgid, std::slice::from_ref(&rule)).expect("allow");
     e.set_policy(cgid, enforce_policy()).expect("policy");
     assert_eq!(e.allow_rules(cgid).unwrap(), vec![rule]);
@@ -483,7 +483,7 @@ fn bind_is_allowed_only_on_listed_ports_and_audit_only_reports() {
     let mut ev = Records::new(&e);
     let (a, bip) = (&env.a, env.b.ip());
     let cgid = a.cgid();
-    let bind9000 = NetRule::bind("0.0.0.0/0".parse().unwrap()).port(9000).proto(Proto::Tcp);
+    let bind9000 = NetRule::bind("0.0.0.0/0".parse().unwrap()).port(9000).proto(Protocol::Tcp);
     e.set_allow(cgid, &[bind9000, port_rule(&bip, 8080)]).expect("allow");
     e.set_policy(cgid, enforce_policy()).expect("policy");
     let (ok, out) = a.sh("/lh/helper bind tcp 9000");
@@ -535,7 +535,7 @@ fn isolation_cuts_the_container_off_until_released_or_expired() {
     assert!(std::fs::read_dir(&env.pins.0).unwrap().flatten().all(|f| !f.file_name().to_string_lossy().starts_with("isolate-")));
 
     // An isolation rule lets one peer through; the deadline ends it by itself.
-    let rule = NetRule::egress(format!("{aip}/32").parse().unwrap()).port(8081).proto(Proto::Tcp).during_isolation();
+    let rule = NetRule::egress(format!("{aip}/32").parse().unwrap()).port(8081).proto(Protocol::Tcp).during_isolation();
     e.set_allow(cgid, &[rule]).expect("allow during isolation");
     e.isolate(cgid, &dir, Duration::from_secs(3)).expect("isolate 3 s");
     let start = Instant::now();
@@ -1206,7 +1206,7 @@ fn listeners_on_ports_not_allowed_are_killed_and_reported() {
     // A port below the ephemeral range, allowed for binds (and so listens).
     let allowed = 20000 + (std::process::id() % 10000) as u16;
     assert!(allowed < low);
-    let rule = NetRule::bind("0.0.0.0/0".parse().unwrap()).port(allowed).proto(Proto::Tcp);
+    let rule = NetRule::bind("0.0.0.0/0".parse().unwrap()).port(allowed).proto(Protocol::Tcp);
     e.set_allow(on.id(), &[rule]).expect("allow");
     e.set_policy(on.id(), enforce_policy()).expect("policy");
     let before = e.stats().unwrap();
@@ -1221,7 +1221,7 @@ fn listeners_on_ports_not_allowed_are_killed_and_reported() {
     let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.pid == pid);
     let rec = rec.unwrap_or_else(|| panic!("bind(0)+listen: no record; saw {seen:?}"));
     assert_eq!((rec.op, rec.reason, rec.cgroup_id, rec.denied), (EnforceOp::Listen, EnforceReason::NotAllowed, on.id(), true));
-    assert_eq!((rec.port, rec.addr, rec.proto), (bound, Some("0.0.0.0".parse().unwrap()), Some(Proto::Tcp)));
+    assert_eq!((rec.port, rec.addr, rec.proto), (bound, Some("0.0.0.0".parse().unwrap()), Some(Protocol::Tcp)));
     assert!(rec.ino != 0, "the socket's inode: {rec:?}");
     match rec.to_event().kind {
         lancet_engine::event::EventKind::Net(n) => {

@@ -168,6 +168,6 @@ fn alert_counts_per_workload_and_alerts_by_id() {
     assert_eq!((c[0].workload.as_str(), c[0].total, c[0].drift, c[0].last_ns), ("w1", 4, 1, T0 + S));
     assert_eq!((c[1].workload.as_str(), c[1].total, c[1].drift), ("w2", 1, 0));
     let a = s.alert(ids[1]).unwrap().unwrap();
-    assert_eq!((a.rule.as_str(), a.count), ("Shell", 3));
+    assert_eq!((a.alert.rule.as_str(), a.alert.count), ("Shell", 3));
     assert!(s.alert(9999).unwrap().is_none());
 }

@@ -148,9 +148,9 @@ fn alerts_from_store(state_dir: &Path, since_ns: Option<u64>, container: Option<
 /// raised as `lancet.count`, and its id in the store (`id`, what "add to
 /// profile" names).
 pub fn alert_json(a: &lancet_store::StoredAlert) -> Value {
-    let mut v = serde_json::from_str::<Value>(&a.json).unwrap_or(Value::Null);
+    let mut v = serde_json::from_str::<Value>(&a.alert.json).unwrap_or(Value::Null);
     if let Some(f) = v.get_mut("output_fields").and_then(Value::as_object_mut) {
-        f.insert("lancet.count".into(), json!(a.count));
+        f.insert("lancet.count".into(), json!(a.alert.count));
     }
     if let Some(o) = v.as_object_mut() {
         o.insert("id".into(), json!(a.id));

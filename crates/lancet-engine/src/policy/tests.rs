@@ -1,6 +1,6 @@
 use super::*;
 use crate::attribution::{ContainerInfo, PodInfo};
-use crate::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+use crate::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, NetEvent, NetOp, ProcessRef, Protocol};
 use std::sync::Arc;
 
 // ---------- event builders ----------
@@ -42,7 +42,7 @@ fn rename(old: &str, new: &str) -> Event {
 fn net(op: NetOp, daddr: &str, dport: u16, sport: u16) -> Event {
     event(EventKind::Net(NetEvent {
         op,
-        proto: L4Proto::Tcp,
+        proto: Protocol::Tcp,
         saddr: "10.88.0.5".parse().unwrap(),
         sport,
         daddr: daddr.parse().unwrap(),

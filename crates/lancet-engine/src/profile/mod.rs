@@ -44,7 +44,7 @@ pub use spec::*;
 
 use crate::drift::{normalise_code, ProgramSource};
 
-use crate::event::{Event, EventKind, ExecEvent, FileOp, L4Proto, NetOp};
+use crate::event::{Event, EventKind, ExecEvent, FileOp, NetOp};
 
 use crate::write_sets::{anchor, classify_write, collapse, collapsed_anchor, WritableSet, WriteClass};
 

@@ -94,7 +94,7 @@ pub use events::EnforceEvents;
 pub use immutable::{
     apply_immutable, normalize_dirs, release_immutable, release_immutable_at, update_immutable, Applied, ImmutablePlan, Skipped, Step,
 };
-pub use net::{is_loopback, Direction, NetRule, Proto};
+pub use net::{is_loopback, Direction, NetRule, Protocol};
 pub use perm::{
     DecisionHistogram, FailMode, MarkScope, PermConfig, PermDecision, PermGroup, PermKind, PermRequest, PermStats, OVERLAYFS_MAGIC,
 };

@@ -5,11 +5,10 @@
 //! write refused by a read-only mount (with the syscall and its path). The
 //! ring is pinned, so a record may come from an older agent's programs.
 
-use super::net::Proto;
 use super::Result;
 use crate::decode::Clock;
 use crate::skel::enforce::types;
-use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, NetEvent, NetOp, ProcessRef, Protocol};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -134,7 +133,7 @@ pub struct EnforceRecord {
     pub op: EnforceOp,
     pub reason: EnforceReason,
     /// Socket ops: the protocol (None for others than TCP/UDP or exec kills).
-    pub proto: Option<Proto>,
+    pub proto: Option<Protocol>,
     pub proto_num: u16,
     /// Socket ops: the peer (connect, sendto) or local (bind, listen)
     /// address; v4-mapped addresses are given as IPv4.
@@ -360,7 +359,7 @@ impl EnforceRecord {
                 let any: IpAddr = Ipv4Addr::UNSPECIFIED.into();
                 EventKind::Net(NetEvent {
                     op: NetOp::Listen,
-                    proto: L4Proto::Tcp,
+                    proto: Protocol::Tcp,
                     saddr: self.addr.unwrap_or(any),
                     sport: self.port,
                     daddr: if self.addr.is_some_and(|a| a.is_ipv6()) { Ipv6Addr::UNSPECIFIED.into() } else { any },
@@ -421,7 +420,7 @@ impl EnforceRecord {
                 let addr = self.addr.unwrap_or(any);
                 EventKind::Net(NetEvent {
                     op: if bind { NetOp::Bind } else { NetOp::Connect },
-                    proto: if self.proto == Some(Proto::Udp) { L4Proto::Udp } else { L4Proto::Tcp },
+                    proto: if self.proto == Some(Protocol::Udp) { Protocol::Udp } else { Protocol::Tcp },
                     saddr: if bind { addr } else { any },
                     sport: if bind { self.port } else { 0 },
                     daddr: if bind { any } else { addr },
@@ -522,8 +521,8 @@ pub fn decode_record(data: &[u8], clock: &Clock) -> Result<EnforceRecord, Record
         op,
         reason,
         proto: match e.proto {
-            6 => Some(Proto::Tcp),
-            17 => Some(Proto::Udp),
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
             _ => None,
         },
         proto_num: e.proto,

@@ -13,7 +13,7 @@
 
 use super::workloads::Workloads;
 use lancet_engine::attribution::ContainerInfo;
-use lancet_engine::event::{L4Proto, NetEvent, NetOp};
+use lancet_engine::event::{NetEvent, NetOp};
 use lancet_engine::flows::{Decider, Endpoint, FlowEnd, FlowKey, FlowLimits, FlowRow, FlowTable, NodeId, Observation, Recorded, Verdict};
 use lancet_engine::profile::{Mode, PeerRef, Profile, Protocol};
 use lancet_store::{FlowNodeRecord, Store};
@@ -72,10 +72,6 @@ pub(super) struct Flows {
     /// The last flow judged, under which profile generation: a repeated
     /// connection skips the profile lookup.
     last_judged: Option<(FlowKey, u64, Verdict, Decider)>,
-}
-
-fn proto(p: L4Proto) -> Protocol {
-    Protocol::from(p)
 }
 
 impl Flows {
@@ -257,7 +253,7 @@ impl Flows {
             self.learn_address(me, n.saddr);
         }
         let remote = self.endpoint(n.daddr, me);
-        let p = proto(n.proto);
+        let p = n.proto;
         let (key, o) = match n.op {
             NetOp::Connect => {
                 let ok = n.result == 0;
@@ -319,7 +315,7 @@ impl Flows {
         let Some(addr) = r.addr else { return };
         let Some(me) = self.node(c, key, 0) else { return };
         let remote = self.endpoint(addr, me);
-        let p = if r.proto == Some(lancet_sensor::enforce::Proto::Udp) { Protocol::Udp } else { Protocol::Tcp };
+        let p = r.proto.unwrap_or(Protocol::Tcp);
         let isolated = r.reason == lancet_sensor::enforce::EnforceReason::Isolated;
         let o = Observation {
             time_ns: r.time_ns,
@@ -495,7 +491,7 @@ mod tests {
     fn net(op: NetOp, local: (&str, u16), remote: (&str, u16), totals: Option<TcpTotals>) -> NetEvent {
         NetEvent {
             op,
-            proto: L4Proto::Tcp,
+            proto: Protocol::Tcp,
             saddr: local.0.parse().unwrap(),
             sport: local.1,
             daddr: remote.0.parse().unwrap(),

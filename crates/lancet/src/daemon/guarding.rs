@@ -260,10 +260,9 @@ impl Daemon {
             // A refused connection is a flow of the map too.
             let connect = matches!(r.op, EnforceOp::Connect4 | EnforceOp::Connect6 | EnforceOp::Sendmsg4 | EnforceOp::Sendmsg6);
             if let (true, true, Some(addr)) = (connect, r.denied, r.addr) {
-                let udp = r.proto == Some(lancet_sensor::enforce::Proto::Udp);
                 self.flows.on_refused(&c, &key, r);
                 if r.reason != EnforceReason::Isolated {
-                    let proto = if udp { Protocol::Udp } else { Protocol::Tcp };
+                    let proto = r.proto.unwrap_or(Protocol::Tcp);
                     let peer = Peer::from(&self.workloads.peer(addr));
                     self.deviation = Some(Deviation::NewOutbound { peer, port: r.port, proto });
                 }

@@ -181,17 +181,17 @@ impl Daemon {
             .alert(id)
             .map_err(|e| (500u16, e.to_string()))?
             .ok_or_else(|| (404u16, format!("no alert {id} (it may have been pruned)")))?;
-        let j: Value = serde_json::from_str(&a.json).map_err(|e| (500u16, format!("alert {id} is not JSON: {e}")))?;
+        let j: Value = serde_json::from_str(&a.alert.json).map_err(|e| (500u16, format!("alert {id} is not JSON: {e}")))?;
         let d = j["output_fields"].get("lancet.deviation").cloned().filter(|v| !v.is_null()).ok_or_else(|| {
-            (409u16, format!("alert {id} ({}) is not about something missing from a profile; there is nothing to add", a.rule))
+            (409u16, format!("alert {id} ({}) is not about something missing from a profile; there is nothing to add", a.alert.rule))
         })?;
         let d: Deviation = serde_json::from_value(d).map_err(|e| (500u16, format!("alert {id}'s deviation is unreadable: {e}")))?;
-        let key = if self.workloads.map.contains_key(&a.workload) {
-            a.workload.clone()
+        let key = if self.workloads.map.contains_key(&a.alert.workload) {
+            a.alert.workload.clone()
         } else {
-            self.workloads.find(&a.container_name).unwrap_or_default()
+            self.workloads.find(&a.alert.container_name).unwrap_or_default()
         };
-        let w = self.workloads.map.get_mut(&key).ok_or_else(|| (404u16, format!("workload {} is not loaded", a.workload)))?;
+        let w = self.workloads.map.get_mut(&key).ok_or_else(|| (404u16, format!("workload {} is not loaded", a.alert.workload)))?;
         let added = w.profile.allow(&d, now_ns());
         if added {
             w.changed();

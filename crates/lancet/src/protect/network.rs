@@ -45,10 +45,7 @@ fn to_rule(a: &NetAllow) -> NetRule {
     NetRule {
         cidr: a.cidr,
         port: a.port,
-        proto: a.proto.map(|p| match p {
-            lancet_engine::profile::Protocol::Tcp => enforce::Proto::Tcp,
-            lancet_engine::profile::Protocol::Udp => enforce::Proto::Udp,
-        }),
+        proto: a.proto,
         dir: if a.bind { enforce::Direction::Bind } else { enforce::Direction::Egress },
         during_isolation: false,
     }

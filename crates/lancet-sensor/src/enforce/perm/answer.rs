@@ -7,9 +7,10 @@ use super::{
     DevInfo, FailMode, Ignored, MarkScope, PermDecision, PermGroup, PermKind, PermRequest, MAX_REMEMBERED, PATH_MAX, POLL_MS, READ_BATCH,
 };
 use crate::fanotify::parse::{self, RawEvent};
-use crate::fanotify::syscall::{u32_at, write_intent, PathBuf32};
+use crate::fanotify::syscall::{write_intent, PathBuf32};
 use crate::fanotify::{read_some, FanotifyError};
 use crate::sys::{fstat, mount_id};
+use lancet_engine::bytes::u32_ne;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -67,7 +68,7 @@ impl PermGroup {
         for ev in parse::events(buf) {
             match ev {
                 Ok(ev) => {
-                    off += u32_at(buf, off).unwrap_or(0) as usize;
+                    off += u32_ne(buf, off).unwrap_or(0) as usize;
                     self.handle_event(&ev, decider, scratch);
                 }
                 Err(e) => {
@@ -78,7 +79,7 @@ impl PermGroup {
                     tracing::error!(error = %e, "malformed permission event buffer; answering with the fail mode");
                     let mut at = off;
                     while at + parse::METADATA_LEN <= buf.len() {
-                        if let Some(fd) = u32_at(buf, at + 16).map(|v| v as i32).filter(|&fd| fd >= 0) {
+                        if let Some(fd) = u32_ne(buf, at + 16).map(|v| v as i32).filter(|&fd| fd >= 0) {
                             // SAFETY: the kernel put this fd in the event
                             // record for us; nobody else owns it.
                             let fd = unsafe { OwnedFd::from_raw_fd(fd) };

@@ -31,7 +31,7 @@ mod known {
         let r = decode_record(&bytes_of(&e), &Clock::with_offset(1000)).unwrap();
         assert_eq!(r.time_ns, 1100);
         assert_eq!((r.pid, r.cgroup_id, r.comm.as_str()), (42, 9, "nc"));
-        assert_eq!((r.op, r.reason, r.proto, r.port), (EnforceOp::Connect4, EnforceReason::NotAllowed, Some(Proto::Tcp), 8081));
+        assert_eq!((r.op, r.reason, r.proto, r.port), (EnforceOp::Connect4, EnforceReason::NotAllowed, Some(Protocol::Tcp), 8081));
         assert_eq!(r.addr, Some("10.88.0.5".parse().unwrap()));
         assert!(r.denied);
 
@@ -190,7 +190,7 @@ mod known {
         assert_eq!((r.write.clone(), r.applet.clone()), (None, None));
         match r.to_event().kind {
             EventKind::Net(n) => {
-                assert_eq!((n.op, n.proto, n.sport, n.dport, n.result), (NetOp::Listen, L4Proto::Tcp, 41234, 0, libc::EPERM));
+                assert_eq!((n.op, n.proto, n.sport, n.dport, n.result), (NetOp::Listen, Protocol::Tcp, 41234, 0, libc::EPERM));
                 assert_eq!(n.saddr, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
             }
             other => panic!("not a net event: {other:?}"),
