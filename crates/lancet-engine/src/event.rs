@@ -8,6 +8,12 @@
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
+/// Now on the wall clock, in ns since the epoch: the clock of every
+/// event's `time_ns` and of the store's times (0 before 1970).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// The process that caused an event, as seen from the host pid namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ProcessRef {

@@ -31,7 +31,6 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Errors from the fanotify watchers.
 #[derive(Debug, thiserror::Error)]
@@ -81,9 +80,7 @@ const MAX_READS_PER_CALL: usize = 64;
 /// up to 128 bytes plus names of up to 255).
 const READ_BUF_LEN: usize = 64 * 1024;
 
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+use lancet_engine::event::now_ns;
 
 fn cstring(path: &Path) -> Result<CString, FanotifyError> {
     use std::os::unix::ffi::OsStrExt;

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Subcommand, Debug)]
 pub enum ProfileCmd {
@@ -163,7 +162,7 @@ pub fn alerts(api: &str, state_dir: &Path, since: Option<&str>, container: Optio
     let since_ns = match since {
         Some(s) => {
             let d = parse_duration(s)?;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+            let now = lancet_engine::event::now_ns();
             Some(now.saturating_sub(d.as_nanos() as u64))
         }
         None => None,

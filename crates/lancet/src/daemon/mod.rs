@@ -47,12 +47,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use workloads::{load_baselines, workload_key, Workloads};
 
-pub(crate) fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+pub(crate) use lancet_engine::event::now_ns;
 
 /// How many containers' recent writes the drift checks remember.
 const WRITE_LOG_CONTAINERS: usize = 4096;
