@@ -16,8 +16,6 @@ pub mod policy;
 pub mod printable;
 pub mod process;
 pub mod profile;
-#[cfg(test)]
-mod prop_util;
 pub mod replay;
 pub mod response;
 pub mod write_sets;

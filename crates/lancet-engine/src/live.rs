@@ -249,7 +249,7 @@ mod tests {
 #[cfg(test)]
 mod prop_tests {
     use super::*;
-    use crate::prop_util::{apply, edits};
+    use lancet_testkit::mutate::{apply, edits};
     use proptest::prelude::*;
 
     /// An endpoint as the kernel prints it: the address's bytes read as

@@ -198,7 +198,7 @@ mod prop_tests {
     use super::*;
     use crate::attribution::Attribution;
     use crate::output::{falco_json, Record};
-    use crate::prop_util::{apply, edits};
+    use lancet_testkit::mutate::{apply, edits};
     use proptest::prelude::*;
     use std::sync::Arc;
 

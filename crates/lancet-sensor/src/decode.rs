@@ -387,7 +387,7 @@ mod prop_tests {
     //! every string of an event fits the array it came from.
     use super::tests::bytes_of;
     use super::*;
-    use crate::prop_util::{apply_bytes, byte_edits};
+    use lancet_testkit::mutate::{apply_bytes, byte_edits};
     use proptest::prelude::*;
 
     const COMM: usize = 16;

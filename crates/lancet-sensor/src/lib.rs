@@ -10,8 +10,6 @@ pub mod mountinfo;
 pub mod mounts;
 pub mod overlay;
 pub mod probes;
-#[cfg(test)]
-mod prop_util;
 mod skel;
 pub mod sys;
 

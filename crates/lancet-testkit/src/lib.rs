@@ -7,6 +7,7 @@
 //! root, can refuse any skip.
 #![forbid(unsafe_code)]
 
+pub mod mutate;
 pub mod podman;
 
 use std::io::Write;

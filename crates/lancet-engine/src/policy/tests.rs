@@ -791,7 +791,7 @@ fn deep_flow_nesting_is_refused_before_the_parser_pays_for_it() {
 
 mod props {
     use super::*;
-    use crate::prop_util::{apply, edits, yamlish};
+    use lancet_testkit::mutate::{apply, edits, yamlish};
     use proptest::prelude::*;
 
     fn check_errors(errors: &[PolicyError], file: &str, text: &str) -> Result<(), TestCaseError> {

@@ -225,7 +225,7 @@ mod prop_tests {
     //! agent's programs may have written them): any bytes give a record or
     //! an error, and what a record says fits its fields.
     use super::*;
-    use crate::prop_util::{apply_bytes, byte_edits};
+    use lancet_testkit::mutate::{apply_bytes, byte_edits};
     use proptest::prelude::*;
 
     const FULL: usize = std::mem::size_of::<types::lancet_enforce_event>();
