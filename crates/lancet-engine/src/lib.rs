@@ -18,6 +18,7 @@ pub mod process;
 pub mod profile;
 pub mod replay;
 pub mod response;
+pub mod verdicts;
 pub mod write_sets;
 mod yaml_guard;
 pub use yaml_guard::error_position as yaml_error_position;

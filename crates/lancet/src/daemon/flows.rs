@@ -455,29 +455,6 @@ fn node_record(n: &Node, last_ns: u64) -> FlowNodeRecord {
     }
 }
 
-/// The alert of a scan: a source that opened more new flows in a minute
-/// than the table keeps rows for, or a container that many new peers
-/// connected to. The flows go on being counted, summarised.
-pub(super) fn scan_verdict(s: ScanStarted, name: &str, threshold: u32) -> lancet_engine::policy::Verdict {
-    use lancet_engine::policy::{Action, Severity, Verdict};
-    let message = if s.outbound {
-        format!("{name} opened more than {threshold} new flows (peers or ports) within a minute, as a port or address scan does; its further new flows are counted in one summary row")
-    } else {
-        format!(
-            "more than {threshold} new peers connected to {name} within a minute; further new ones are counted in one summary row per port"
-        )
-    };
-    Verdict {
-        rule: "Network scan".into(),
-        policy: "lancet".into(),
-        severity: Severity::Medium,
-        action: Action::Alert,
-        tags: vec!["network".to_string(), "scan".to_string(), "T1046".to_string()].into(),
-        message,
-        escalate: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

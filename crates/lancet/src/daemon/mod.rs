@@ -30,7 +30,7 @@ pub(crate) use write_sets::run_as;
 
 use crate::agent::{hostname, run_loop};
 use crate::api::{self, ApiConfig};
-use alerts::{drift_verdict, Alerts};
+use alerts::Alerts;
 use anyhow::{Context, Result};
 use guarding::{runtime_setup, Guarding};
 use lancet_engine::alerts::{AlertLimits, Deduper};
@@ -73,9 +73,6 @@ struct Daemon {
     flows: flows::Flows,
     /// Reused buffer of one event's verdicts.
     verdicts: Vec<Verdict>,
-    /// What the event being alerted is missing from its profile: put in the
-    /// alert (`lancet.deviation`) so that "add to profile" can add it.
-    deviation: Option<lancet_engine::profile::Deviation>,
     /// Lost refusal reports already alerted (see `report_lost_denials`).
     denials_lost_reported: u64,
     last_second: Instant,
@@ -187,37 +184,24 @@ impl Daemon {
         let mut verdicts = std::mem::take(&mut self.verdicts);
         verdicts.clear();
         if let Some(d) = &drift {
-            verdicts.push(drift_verdict(d));
+            verdicts.push(lancet_engine::verdicts::drift(d));
         }
         if let EventKind::Exec(x) = &ev.kind {
             // The probe keeps 1 KiB of argv; the agent reads the rest back
             // unless the process already went. A cut command line could hide
             // what rules look for in its tail: that is said, not assumed away.
             if x.truncated && x.argv.iter().map(|a| a.len() + 1).sum::<usize>() >= 1000 {
-                verdicts.push(Verdict {
-                    rule: "Command line too long to inspect".into(),
-                    policy: "lancet".into(),
-                    severity: lancet_engine::policy::Severity::Medium,
-                    action: lancet_engine::policy::Action::Alert,
-                    tags: vec!["lancet".to_string(), "evasion".to_string(), "T1027".to_string()].into(),
-                    message: format!(
-                        "the command line of {} is longer than 1 KiB and its process ended before it could be read whole",
-                        x.filename
-                    ),
-                    escalate: None,
-                });
+                verdicts.push(lancet_engine::verdicts::command_line_too_long(&x.filename));
             }
         }
         if let Some(s) = scan {
-            verdicts.push(flows::scan_verdict(s, &c.name, self.flows.table.limits().scan_new_keys));
+            verdicts.push(lancet_engine::verdicts::scan(s.outbound, &c.name, self.flows.table.limits().scan_new_keys));
         }
         self.policies.set.evaluate(ev, Some(c), deviation.is_some(), &mut verdicts);
         // In protect mode a deviation is always refused; a matching
         // alert-only rule adds its alert, never removes the block.
         with_deviation(&mut verdicts, deviation.as_ref(), mode);
-        self.deviation = deviation;
-        let done = verdicts.iter().try_for_each(|v| self.alert(ev, c, &key, mode, v, None));
-        self.deviation = None;
+        let done = verdicts.iter().try_for_each(|v| self.alert(ev, c, &key, mode, v, None, deviation.as_ref()));
         self.verdicts = verdicts;
         done
     }
@@ -247,7 +231,7 @@ impl Daemon {
                 ),
                 escalate: None,
             };
-            self.alert(&ev, &c, &key, mode, &v, None)?;
+            self.alert(&ev, &c, &key, mode, &v, None, None)?;
         }
         Ok(())
     }
@@ -276,7 +260,7 @@ impl Daemon {
             ),
             escalate: None,
         };
-        self.alert(ev, c, key, mode, &v, None)
+        self.alert(ev, c, key, mode, &v, None, None)
     }
 
     /// One summary alert a second at most for refusals whose reports were
@@ -435,7 +419,6 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         write_sets: write_sets::WriteSets::default(),
         flows: flows::Flows::new(),
         verdicts: Vec::new(),
-        deviation: None,
         denials_lost_reported: 0,
         last_second: Instant::now(),
         last_prune: Instant::now(),
