@@ -50,7 +50,7 @@ pub(super) fn parent_of(x: &ExecEvent) -> Option<&str> {
 }
 
 /// The directory a path lies in: `/tmp/a` → `/tmp`, `/a` → `/`.
-pub(super) fn parent_dir(path: &str) -> &str {
+pub fn parent_dir(path: &str) -> &str {
     let p = path.trim_end_matches('/');
     match p.rfind('/') {
         Some(0) => "/",

@@ -35,7 +35,7 @@ pub use time::{parse_duration, parse_rfc3339, Span, Timestamp};
 
 pub use check::*;
 use classify::*;
-pub use classify::{RUNTIME_PARENT, STDIN_CODE};
+pub use classify::{parent_dir, RUNTIME_PARENT, STDIN_CODE};
 pub use diff::*;
 use index::*;
 use learn::*;
