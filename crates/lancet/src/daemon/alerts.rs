@@ -68,6 +68,8 @@ impl Alerts {
     ) -> Result<()> {
         let akey = AlertKey { rule: v.rule.to_string(), workload: key.to_string(), subject: summary(ev) };
         let (rule_action, would_block) = effective_action(v.action, mode);
+        // Protect mode refuses a deviation whatever rule fired with it.
+        let would_block = would_block || (mode != Mode::Protect && deviation.is_some_and(Deviation::refused_in_protect));
         let action = outcome.action.unwrap_or(rule_action);
         // What was enforced, drift, and high or critical findings are never
         // muted (still deduplicated).
@@ -199,7 +201,10 @@ impl Daemon {
         };
         let action = outcome.action.unwrap_or(effective_action(v.action, mode).0);
         self.alerts.tally.verdict(action, outcome.enforced);
-        let deviation = deviation.filter(|_| matches!(v.policy.as_str(), "profile" | "protect"));
+        // Every alert of the event names what it misses from its profile
+        // (a rule's alert stands for the deviation in learn and monitor),
+        // except a drift's: drift is never added to a profile.
+        let deviation = deviation.filter(|_| v.policy.as_str() != "drift");
         self.alerts.raise(&mut self.store, ev, c, key, mode, v, outcome, deviation)
     }
 }

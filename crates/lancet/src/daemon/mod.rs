@@ -20,6 +20,8 @@ mod metrics;
 mod policies;
 mod seed;
 mod settings;
+#[cfg(test)]
+mod tests;
 mod views;
 mod workloads;
 mod write_sets;
@@ -80,6 +82,42 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// `protect_at_start`: load the enforcement backends now (rules pinned
+    /// by an earlier run are adopted at once); else when first needed.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        settings: Settings,
+        store: Store,
+        policies: Policies,
+        out: Option<Box<dyn Write>>,
+        live: Option<tokio::sync::broadcast::Sender<Arc<str>>>,
+        baselines: std::collections::HashMap<String, lancet_engine::profile::Baseline>,
+        cgroup2: PathBuf,
+        protect_at_start: bool,
+    ) -> Daemon {
+        Daemon {
+            alerts: Alerts {
+                deduper: Deduper::new(AlertLimits { dedupe_window: settings.dedupe_window, ..AlertLimits::default() }),
+                out,
+                hostname: hostname(),
+                tally: Default::default(),
+                live,
+            },
+            guarding: Guarding::new(settings.protect.clone(), cgroup2, protect_at_start),
+            workloads: Workloads::new(settings.mode, baselines),
+            settings,
+            store,
+            policies,
+            writes: WriteLog::new(WRITE_LOG_PER_CONTAINER, WRITE_LOG_CONTAINERS),
+            write_sets: write_sets::WriteSets::default(),
+            flows: flows::Flows::new(),
+            verdicts: Vec::new(),
+            denials_lost_reported: 0,
+            last_second: Instant::now(),
+            last_prune: Instant::now(),
+        }
+    }
+
     fn on_event(&mut self, ev: &Event, attribution: &Attribution) -> Result<()> {
         let Attribution::Container(c) = attribution else { return Ok(()) };
         match ev.kind {
@@ -402,27 +440,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     let protect_at_start = settings.mode == Mode::Protect
         || settings.protect.pin_dir.exists()
         || store.list_profiles().map(|l| l.iter().any(|p| p.mode == "protect")).unwrap_or(false);
-    let mut daemon = Daemon {
-        alerts: Alerts {
-            deduper: Deduper::new(AlertLimits { dedupe_window: settings.dedupe_window, ..AlertLimits::default() }),
-            out,
-            hostname: hostname(),
-            tally: Default::default(),
-            live: Some(live.clone()),
-        },
-        guarding: Guarding::new(settings.protect.clone(), cgroup2, protect_at_start),
-        workloads: Workloads::new(settings.mode, baselines),
-        settings,
-        store,
-        policies,
-        writes: WriteLog::new(WRITE_LOG_PER_CONTAINER, WRITE_LOG_CONTAINERS),
-        write_sets: write_sets::WriteSets::default(),
-        flows: flows::Flows::new(),
-        verdicts: Vec::new(),
-        denials_lost_reported: 0,
-        last_second: Instant::now(),
-        last_prune: Instant::now(),
-    };
+    let mut daemon = Daemon::new(settings, store, policies, out, Some(live.clone()), baselines, cgroup2, protect_at_start);
     let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let daemon = std::cell::RefCell::new(&mut daemon);
     run_loop(
