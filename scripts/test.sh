@@ -12,6 +12,12 @@ fi
 # Two cores: keep the build and the root tests (which start containers) calm.
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 cargo build --workspace --all-targets --locked
+# deploy/ (manifests, chart, unit, .deb, image), checked with the binary
+# just built; its failure fails the run after the tests have run too.
+set +e
+bash scripts/check-deploy.sh
+deploy_status=$?
+set -e
 log=$(mktemp)
 # Tests that cannot run here return early (the harness counts them as
 # passed); each records itself in this file (lancet-testkit's skip).
@@ -29,6 +35,10 @@ fi
 # CI runs as root with everything installed: a skip there hides a test.
 if [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ] && [ "$skipped" -gt 0 ]; then
   echo "test: $skipped test(s) skipped in CI as root; every test must run here" >&2
+  status=1
+fi
+if [ "$deploy_status" -ne 0 ]; then
+  echo "test: scripts/check-deploy.sh failed" >&2
   status=1
 fi
 # One closing line for the whole workspace (cargo prints one per test

@@ -243,7 +243,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 /// A profile the size of a real service (40 executables, 60 outbound flows,
 /// 30 inbound peers, 20 written directories), for image number `n`.
 fn realistic_profile(n: usize) -> Result<String> {
-    use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+    use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, NetEvent, NetOp, ProcessRef, Protocol};
     use lancet_engine::profile::{PeerRef, Profile};
     let ev = |kind| Event { time_ns: 1, cgroup_id: 1, process: ProcessRef::default(), kind };
     let mut p = Profile::new(&format!("registry.example/team/service{n}:1.0"), &format!("sha256:{n:064x}"), 1);
@@ -264,7 +264,7 @@ fn realistic_profile(n: usize) -> Result<String> {
         let op = if i < 60 { NetOp::Connect } else { NetOp::Accept };
         let e = ev(EventKind::Net(NetEvent {
             op,
-            proto: L4Proto::Tcp,
+            proto: Protocol::Tcp,
             saddr: "10.88.0.5".parse()?,
             sport: 8080,
             daddr: ip,

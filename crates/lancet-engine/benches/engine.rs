@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lancet_engine::attribution::ContainerInfo;
-use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, NetEvent, NetOp, ProcessRef, Protocol};
 use lancet_engine::policy::PolicySet;
 use lancet_engine::profile::{PeerRef, Profile};
 use std::hint::black_box;
@@ -38,7 +38,7 @@ fn net(op: NetOp, ip: IpAddr, port: u16) -> Event {
         11,
         EventKind::Net(NetEvent {
             op,
-            proto: L4Proto::Tcp,
+            proto: Protocol::Tcp,
             saddr: "10.88.0.5".parse().unwrap(),
             sport: 8080,
             daddr: ip,

@@ -5,8 +5,14 @@
 //! them; attribution to containers happens afterwards, so a source never has to
 //! know about runtimes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
+
+/// Now on the wall clock, in ns since the epoch: the clock of every
+/// event's `time_ns` and of the store's times (0 before 1970).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
 
 /// The process that caused an event, as seen from the host pid namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -144,17 +150,27 @@ impl NetOp {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The transport of a socket event, a profile's flow, a kernel rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum L4Proto {
+pub enum Protocol {
     Tcp,
     Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetEvent {
     pub op: NetOp,
-    pub proto: L4Proto,
+    pub proto: Protocol,
     /// Local (source) address and port.
     pub saddr: IpAddr,
     pub sport: u16,

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod attribution;
+pub mod bytes;
 pub mod dns;
 pub mod drift;
 pub mod event;
@@ -16,10 +17,9 @@ pub mod policy;
 pub mod printable;
 pub mod process;
 pub mod profile;
-#[cfg(test)]
-mod prop_util;
 pub mod replay;
 pub mod response;
+pub mod verdicts;
 pub mod write_sets;
 mod yaml_guard;
 pub use yaml_guard::error_position as yaml_error_position;

@@ -7,7 +7,7 @@
 //! objects only indirectly, but is parsed without panics and bounded all
 //! the same.
 
-use crate::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+use crate::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, NetEvent, NetOp, ProcessRef, Protocol};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -99,17 +99,17 @@ pub fn socket_events(tcp: &[Socket], udp: &[Socket], time_ns: u64, cgroup_id: u6
     };
     for s in tcp {
         match s.state {
-            TCP_LISTEN => net(NetOp::Listen, L4Proto::Tcp, s.local, s.remote),
-            TCP_ESTABLISHED if listening.contains(&s.local.1) => net(NetOp::Accept, L4Proto::Tcp, s.local, s.remote),
-            TCP_ESTABLISHED => net(NetOp::Connect, L4Proto::Tcp, s.local, s.remote),
+            TCP_LISTEN => net(NetOp::Listen, Protocol::Tcp, s.local, s.remote),
+            TCP_ESTABLISHED if listening.contains(&s.local.1) => net(NetOp::Accept, Protocol::Tcp, s.local, s.remote),
+            TCP_ESTABLISHED => net(NetOp::Connect, Protocol::Tcp, s.local, s.remote),
             _ => {}
         }
     }
     for s in udp {
         if s.remote.1 != 0 {
-            net(NetOp::Connect, L4Proto::Udp, s.local, s.remote);
+            net(NetOp::Connect, Protocol::Udp, s.local, s.remote);
         } else if s.state == UDP_UNCONNECTED && s.local.1 != 0 {
-            net(NetOp::Bind, L4Proto::Udp, s.local, s.remote);
+            net(NetOp::Bind, Protocol::Udp, s.local, s.remote);
         }
     }
     out
@@ -214,7 +214,7 @@ mod tests {
         let tcp = parse_proc_net(TCP);
         let udp = parse_proc_net(UDP);
         let evs = socket_events(&tcp, &udp, 1, 7, 42);
-        let ops: Vec<(NetOp, L4Proto, u16, u16)> = evs
+        let ops: Vec<(NetOp, Protocol, u16, u16)> = evs
             .iter()
             .map(|e| match &e.kind {
                 EventKind::Net(n) => (n.op, n.proto, n.sport, n.dport),
@@ -224,11 +224,11 @@ mod tests {
         assert_eq!(
             ops,
             [
-                (NetOp::Listen, L4Proto::Tcp, 80, 0),
-                (NetOp::Accept, L4Proto::Tcp, 80, 54321),
-                (NetOp::Connect, L4Proto::Tcp, 41648, 8080),
-                (NetOp::Bind, L4Proto::Udp, 53, 0),
-                (NetOp::Connect, L4Proto::Udp, 50000, 53),
+                (NetOp::Listen, Protocol::Tcp, 80, 0),
+                (NetOp::Accept, Protocol::Tcp, 80, 54321),
+                (NetOp::Connect, Protocol::Tcp, 41648, 8080),
+                (NetOp::Bind, Protocol::Udp, 53, 0),
+                (NetOp::Connect, Protocol::Udp, 50000, 53),
             ]
         );
         assert!(evs.iter().all(|e| e.cgroup_id == 7 && e.process.pid == 42));
@@ -249,7 +249,7 @@ mod tests {
 #[cfg(test)]
 mod prop_tests {
     use super::*;
-    use crate::prop_util::{apply, edits};
+    use lancet_testkit::mutate::{apply, edits};
     use proptest::prelude::*;
 
     /// An endpoint as the kernel prints it: the address's bytes read as

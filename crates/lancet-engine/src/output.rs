@@ -2,7 +2,7 @@
 //! Falcosidekick, SIEM parsers and anything else that reads Falco reads lancet.
 
 use crate::attribution::{Attribution, ContainerInfo};
-use crate::event::{Event, EventKind, FileOp, L4Proto, NetOp};
+use crate::event::{Event, EventKind, FileOp, NetOp, Protocol};
 use crate::printable::printable;
 use serde::Serialize;
 use serde_json::Value;
@@ -99,10 +99,10 @@ fn category(kind: &EventKind) -> &'static str {
     }
 }
 
-fn l4proto(p: L4Proto) -> &'static str {
+fn l4proto(p: Protocol) -> &'static str {
     match p {
-        L4Proto::Tcp => "tcp",
-        L4Proto::Udp => "udp",
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
     }
 }
 
@@ -487,7 +487,7 @@ mod tests {
     fn network_and_file_json_carry_fd_fields() {
         let ev = event(EventKind::Net(NetEvent {
             op: NetOp::Connect,
-            proto: L4Proto::Tcp,
+            proto: Protocol::Tcp,
             saddr: "10.0.0.2".parse().unwrap(),
             sport: 40000,
             daddr: "10.0.0.3".parse().unwrap(),

@@ -2,7 +2,7 @@
 //! policies can be tried against what really happened (`lancet policy test`).
 
 use crate::attribution::{ContainerInfo, PodInfo, Runtime};
-use crate::event::{Event, EventKind, ExecEvent, ExitEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+use crate::event::{Event, EventKind, ExecEvent, ExitEvent, FileEvent, FileOp, NetEvent, NetOp, ProcessRef, Protocol};
 use serde_json::Value;
 use std::net::IpAddr;
 use thiserror::Error;
@@ -62,7 +62,7 @@ pub fn from_falco_json(line: &str) -> Result<(Event, Option<ContainerInfo>), Rep
     let net = |op| -> Result<EventKind, ReplayError> {
         Ok(EventKind::Net(NetEvent {
             op,
-            proto: if s(f, "fd.l4proto") == "udp" { L4Proto::Udp } else { L4Proto::Tcp },
+            proto: if s(f, "fd.l4proto") == "udp" { Protocol::Udp } else { Protocol::Tcp },
             saddr: ip(f, "fd.sip")?,
             sport: u(f, "fd.sport") as u16,
             daddr: ip(f, "fd.dip")?,
@@ -156,7 +156,7 @@ mod tests {
             process: ProcessRef { pid: 3, tid: 3, ppid: 1, uid: 0, gid: 0, comm: "wget".into(), runtime: false },
             kind: EventKind::Net(NetEvent {
                 op: NetOp::Connect,
-                proto: L4Proto::Tcp,
+                proto: Protocol::Tcp,
                 saddr: "10.0.0.2".parse().unwrap(),
                 sport: 4000,
                 daddr: "10.0.0.3".parse().unwrap(),
@@ -198,7 +198,7 @@ mod prop_tests {
     use super::*;
     use crate::attribution::Attribution;
     use crate::output::{falco_json, Record};
-    use crate::prop_util::{apply, edits};
+    use lancet_testkit::mutate::{apply, edits};
     use proptest::prelude::*;
     use std::sync::Arc;
 
@@ -242,7 +242,7 @@ mod prop_tests {
                 let remote = !matches!(op, NetOp::Listen | NetOp::Bind);
                 EventKind::Net(NetEvent {
                     op,
-                    proto: if udp { L4Proto::Udp } else { L4Proto::Tcp },
+                    proto: if udp { Protocol::Udp } else { Protocol::Tcp },
                     saddr,
                     sport,
                     daddr: if remote { daddr } else { IpAddr::from([0, 0, 0, 0]) },

@@ -7,11 +7,14 @@
 //! `escalate` clause and keeps matching (N times in a window). Isolation and
 //! freezing always carry an expiry. Killing the container is not a step.
 //!
-//! Exec decisions run on the fanotify permission path, so
-//! [`decide_exec`] allocates nothing and reads only in-memory state.
+//! Exec and open decisions run on the fanotify permission path, so
+//! [`decide_exec`] and [`decide_open`] allocate nothing and read only
+//! in-memory state; the backend gathers the facts (a `stat`, the task's
+//! exec) and carries the answer out.
 
-use crate::drift::{classify_file, DriftKind, FileFacts, Origin};
+use crate::drift::{classify_file, classify_indirect, DriftKind, FileFacts, Origin, ProgramSource};
 use crate::policy::{Action, Verdict};
+use crate::profile::parent_dir;
 use crate::profile::{Flow, Listen, Peer, Profile, Protocol};
 use ipnet::IpNet;
 use serde::Serialize;
@@ -117,13 +120,32 @@ pub enum ExecVerdict {
         remember: bool,
     },
     Deny(DenyReason),
+    /// An approved interpreter or loader: allowed if what it was handed
+    /// (a script, inline code, stdin) passes [`decide_program`].
+    JudgeProgram,
+}
+
+/// Where the exec'd file lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecMount {
+    /// The container's root filesystem (the image and its writable layer).
+    Root,
+    /// Another mount of the container: a volume, a bind mount, a tmpfs.
+    /// Nothing there is an image file. `content_learned`: the profile
+    /// learned an executable at this path with the content the file has
+    /// now (the caller hashes it only for such mounts).
+    Other { tmpfs: bool, content_learned: bool },
 }
 
 /// What the exec permission path knows about one request.
 #[derive(Debug, Clone, Copy)]
 pub struct ExecRequest<'a> {
-    /// As the container sees it.
+    /// As the container sees it; empty when it was longer than PATH_MAX
+    /// (then the file's identity alone decides).
     pub path: &'a str,
+    pub mount: ExecMount,
+    /// The file is approved only as an interpreter or loader.
+    pub interpreter: bool,
     /// The file lies in the container's writable layer.
     pub in_upper: Option<bool>,
     /// The path is in the image baseline (None: no baseline).
@@ -135,10 +157,27 @@ pub struct ExecRequest<'a> {
     pub in_profile: bool,
 }
 
-/// Protect mode's exec rule: drift is always refused; anything else must be
-/// in the learned profile. Only approvals of image files are remembered in
-/// the kernel, so a file that may still change is asked about every time.
+/// Protect mode's exec rule: drift is always refused (a file off the root
+/// filesystem is drift unless learned there with its content); anything
+/// else must be in the learned profile, and an interpreter's program is
+/// judged too. Only approvals of image files are remembered in the
+/// kernel, so a file that may still change is asked about every time.
 pub fn decide_exec(req: &ExecRequest<'_>) -> ExecVerdict {
+    if let ExecMount::Other { tmpfs, content_learned } = req.mount {
+        if content_learned {
+            return ExecVerdict::Allow { remember: false };
+        }
+        let kind = if tmpfs || req.path.starts_with("/dev/shm/") { DriftKind::Tmpfs } else { DriftKind::Volume };
+        return ExecVerdict::Deny(DenyReason::Drift(kind));
+    }
+    if req.path.is_empty() {
+        // An interpreter's operand cannot be placed without the path.
+        return if req.in_profile && !req.interpreter {
+            ExecVerdict::Allow { remember: false }
+        } else {
+            ExecVerdict::Deny(DenyReason::NotInProfile)
+        };
+    }
     let facts = FileFacts { in_upper: req.in_upper, in_baseline: req.in_baseline };
     if let Some(kind) = classify_file(req.path, None, req.written, facts) {
         return ExecVerdict::Deny(DenyReason::Drift(kind));
@@ -146,7 +185,101 @@ pub fn decide_exec(req: &ExecRequest<'_>) -> ExecVerdict {
     if !req.in_profile {
         return ExecVerdict::Deny(DenyReason::NotInProfile);
     }
+    if req.interpreter {
+        return ExecVerdict::JudgeProgram;
+    }
     ExecVerdict::Allow { remember: req.written.is_none() && req.in_upper != Some(true) }
+}
+
+/// What the backend found out about what an approved interpreter was
+/// handed (see [`ProgramSource`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramFacts {
+    /// A script or loader target: on another mount than the root
+    /// filesystem, and what the root's layers say of it.
+    File {
+        off_root: bool,
+        facts: FileFacts,
+    },
+    /// Inline code: its profile learned it for this interpreter.
+    Code {
+        learned: bool,
+    },
+    /// A program on stdin: learned for this interpreter, or a terminal
+    /// (an operator's interactive shell, judged as the program alone).
+    Stdin {
+        learned: bool,
+        terminal: bool,
+    },
+    Other,
+}
+
+/// Judges what an approved interpreter (`interpreter`, its path) was
+/// handed: a script or loader target that drifted from the image, or
+/// inline code or a program on stdin its profile did not learn for it
+/// (unless `code_check` is off, `interpreterCode: any`). Returns the path
+/// to name in the alert and why it is refused.
+pub fn decide_program<'a>(
+    kind: DriftKind,
+    source: &'a ProgramSource,
+    facts: ProgramFacts,
+    interpreter: &'a str,
+    code_check: bool,
+) -> Option<(&'a str, DenyReason)> {
+    match (source, facts) {
+        (ProgramSource::File(target), ProgramFacts::File { off_root, facts }) => {
+            if off_root {
+                return Some((target, DenyReason::Drift(kind)));
+            }
+            classify_indirect(kind, target, None, facts).map(|d| (target.as_str(), DenyReason::Drift(d.kind)))
+        }
+        (ProgramSource::Code(_) | ProgramSource::Stdin, _) if !code_check => None,
+        (ProgramSource::Code(_), ProgramFacts::Code { learned }) => (!learned).then_some((interpreter, DenyReason::UnlearnedCode)),
+        (ProgramSource::Stdin, ProgramFacts::Stdin { learned, terminal }) => {
+            (!learned && !terminal).then_some((interpreter, DenyReason::UnlearnedCode))
+        }
+        // Facts of another kind than the source: nothing known, refused
+        // for file and code sources alike.
+        (ProgramSource::File(target), _) => Some((target, DenyReason::Drift(kind))),
+        (ProgramSource::Code(_) | ProgramSource::Stdin, _) => Some((interpreter, DenyReason::UnlearnedCode)),
+        (ProgramSource::Other, _) => None,
+    }
+}
+
+/// What the open permission path knows about one request.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenRequest<'a> {
+    pub path: &'a str,
+    /// A protected file (`/etc/shadow`), rather than a file in a
+    /// write-protected directory.
+    pub protected_file: bool,
+    /// The opener's write intent; None: it could not be read.
+    pub write: Option<bool>,
+}
+
+/// The answer to an open permission request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenVerdict {
+    Allow,
+    /// Allowed without knowing whether it writes (fail open; the backend
+    /// counts these).
+    AllowUnknownIntent,
+    Deny,
+}
+
+/// Protect mode's open rule: a protected file is read only where its
+/// profile learned that read; in a write-protected directory reads pass and
+/// writes only where the profile learned writes.
+pub fn decide_open(profile: &Profile, req: &OpenRequest<'_>) -> OpenVerdict {
+    if req.protected_file {
+        return if profile.has_sensitive_read(req.path) { OpenVerdict::Allow } else { OpenVerdict::Deny };
+    }
+    match req.write {
+        None => OpenVerdict::AllowUnknownIntent,
+        Some(false) => OpenVerdict::Allow,
+        Some(true) if profile.has_written_dir(parent_dir(req.path)) => OpenVerdict::Allow,
+        Some(true) => OpenVerdict::Deny,
+    }
 }
 
 /// One entry of a container's kernel allow-list.
@@ -378,8 +511,15 @@ mod tests {
     #[test]
     fn exec_decisions() {
         let p = learned(&["/bin/httpd"]);
-        let req =
-            |path, in_upper, in_baseline, written| ExecRequest { path, in_upper, in_baseline, written, in_profile: p.has_executable(path) };
+        let req = |path, in_upper, in_baseline, written| ExecRequest {
+            path,
+            mount: ExecMount::Root,
+            interpreter: false,
+            in_upper,
+            in_baseline,
+            written,
+            in_profile: p.has_executable(path),
+        };
         let decide_exec = |r: &ExecRequest<'_>| super::decide_exec(r);
         assert_eq!(decide_exec(&req("/bin/httpd", Some(false), Some(true), None)), ExecVerdict::Allow { remember: true });
         assert_eq!(decide_exec(&req("/bin/id", Some(false), Some(true), None)), ExecVerdict::Deny(DenyReason::NotInProfile));
@@ -399,6 +539,89 @@ mod tests {
     }
 
     #[test]
+    fn execs_off_the_root_interpreters_and_long_paths() {
+        let base = ExecRequest {
+            path: "/data/tool",
+            mount: ExecMount::Other { tmpfs: false, content_learned: false },
+            interpreter: false,
+            in_upper: None,
+            in_baseline: None,
+            written: None,
+            in_profile: true,
+        };
+        // Nothing off the root filesystem is the image's, profile or not.
+        assert_eq!(decide_exec(&base), ExecVerdict::Deny(DenyReason::Drift(DriftKind::Volume)));
+        let tmpfs = ExecRequest { mount: ExecMount::Other { tmpfs: true, content_learned: false }, ..base };
+        assert_eq!(decide_exec(&tmpfs), ExecVerdict::Deny(DenyReason::Drift(DriftKind::Tmpfs)));
+        // Unless learned there with the content it still has: never remembered.
+        let learned = ExecRequest { mount: ExecMount::Other { tmpfs: false, content_learned: true }, ..base };
+        assert_eq!(decide_exec(&learned), ExecVerdict::Allow { remember: false });
+        let root = ExecRequest { path: "/bin/sh", mount: ExecMount::Root, in_upper: Some(false), in_baseline: Some(true), ..base };
+        assert_eq!(decide_exec(&root), ExecVerdict::Allow { remember: true });
+        assert_eq!(decide_exec(&ExecRequest { interpreter: true, ..root }), ExecVerdict::JudgeProgram);
+        // No path: the file's identity alone, and never for an interpreter.
+        let long = ExecRequest { path: "", ..root };
+        assert_eq!(decide_exec(&long), ExecVerdict::Allow { remember: false });
+        assert_eq!(decide_exec(&ExecRequest { interpreter: true, ..long }), ExecVerdict::Deny(DenyReason::NotInProfile));
+        assert_eq!(decide_exec(&ExecRequest { in_profile: false, ..long }), ExecVerdict::Deny(DenyReason::NotInProfile));
+    }
+
+    #[test]
+    fn programs_handed_to_interpreters() {
+        let clean = FileFacts { in_upper: Some(false), in_baseline: Some(true) };
+        let script = ProgramSource::File("/app/run.sh".into());
+        let file =
+            |off_root, facts| decide_program(DriftKind::Interpreter, &script, ProgramFacts::File { off_root, facts }, "/bin/sh", true);
+        assert_eq!(file(false, clean), None);
+        assert_eq!(file(true, clean), Some(("/app/run.sh", DenyReason::Drift(DriftKind::Interpreter))));
+        let written = FileFacts { in_upper: Some(true), in_baseline: Some(true) };
+        assert_eq!(file(false, written), Some(("/app/run.sh", DenyReason::Drift(DriftKind::Interpreter))));
+        let code = ProgramSource::Code("id".into());
+        fn judge(src: &ProgramSource, facts: ProgramFacts, check: bool) -> Option<(&str, DenyReason)> {
+            decide_program(DriftKind::Interpreter, src, facts, "/bin/sh", check)
+        }
+        assert_eq!(judge(&code, ProgramFacts::Code { learned: true }, true), None);
+        assert_eq!(judge(&code, ProgramFacts::Code { learned: false }, true), Some(("/bin/sh", DenyReason::UnlearnedCode)));
+        // `interpreterCode: any`.
+        assert_eq!(judge(&code, ProgramFacts::Code { learned: false }, false), None);
+        let stdin = ProgramSource::Stdin;
+        assert_eq!(judge(&stdin, ProgramFacts::Stdin { learned: false, terminal: true }, true), None);
+        assert_eq!(
+            judge(&stdin, ProgramFacts::Stdin { learned: false, terminal: false }, true),
+            Some(("/bin/sh", DenyReason::UnlearnedCode))
+        );
+        // Facts that do not fit the source are no facts: refused.
+        assert_eq!(judge(&code, ProgramFacts::Other, true), Some(("/bin/sh", DenyReason::UnlearnedCode)));
+        assert_eq!(judge(&ProgramSource::Other, ProgramFacts::Other, true), None);
+    }
+
+    #[test]
+    fn open_decisions() {
+        let mut p = learned(&[]);
+        let file = |op, path: &str| Event {
+            time_ns: 1,
+            cgroup_id: 1,
+            process: ProcessRef::default(),
+            kind: EventKind::File(crate::event::FileEvent {
+                op,
+                path: path.into(),
+                old_path: None,
+                host_path: String::new(),
+                is_dir: false,
+            }),
+        };
+        p.observe(&file(FileOp::Open, "/etc/shadow"), None, 1);
+        p.observe(&file(FileOp::Create, "/srv/data/a"), None, 1);
+        let open = |path, protected_file, write| decide_open(&p, &OpenRequest { path, protected_file, write });
+        assert_eq!(open("/etc/shadow", true, Some(false)), OpenVerdict::Allow);
+        assert_eq!(open("/etc/gshadow", true, Some(false)), OpenVerdict::Deny);
+        assert_eq!(open("/srv/data/b", false, Some(true)), OpenVerdict::Allow);
+        assert_eq!(open("/srv/other/b", false, Some(true)), OpenVerdict::Deny);
+        assert_eq!(open("/srv/other/b", false, Some(false)), OpenVerdict::Allow);
+        assert_eq!(open("/srv/other/b", false, None), OpenVerdict::AllowUnknownIntent);
+    }
+
+    #[test]
     fn allow_list_from_profile() {
         let mut p = learned(&[]);
         let ev = |op, daddr: &str, dport| Event {
@@ -407,7 +630,7 @@ mod tests {
             process: ProcessRef::default(),
             kind: EventKind::Net(crate::event::NetEvent {
                 op,
-                proto: crate::event::L4Proto::Tcp,
+                proto: crate::event::Protocol::Tcp,
                 saddr: "10.88.0.2".parse().unwrap(),
                 sport: 8080,
                 daddr: daddr.parse().unwrap(),
@@ -448,7 +671,7 @@ mod tests {
             process: ProcessRef::default(),
             kind: EventKind::Net(crate::event::NetEvent {
                 op: crate::event::NetOp::Connect,
-                proto: crate::event::L4Proto::Tcp,
+                proto: crate::event::Protocol::Tcp,
                 saddr: "10.88.0.2".parse().unwrap(),
                 sport: 40000,
                 daddr: daddr.parse().unwrap(),

@@ -294,7 +294,7 @@ mod tests {
 
         /// Never refuses a document serde_norway reads.
         #[test]
-        fn never_refuses_what_serde_norway_reads(text in crate::prop_util::yamlish()) {
+        fn never_refuses_what_serde_norway_reads(text in lancet_testkit::mutate::yamlish()) {
             if too_deep(&text).is_some() {
                 prop_assert!(!value_reads(&text), "{:?}", text);
             }

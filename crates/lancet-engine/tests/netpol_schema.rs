@@ -5,7 +5,7 @@
 //! broken document, so the check can fail.
 
 use lancet_engine::flows::netpol::{policies, to_yaml, Dialect};
-use lancet_engine::flows::{EndKind, FlowEnd, FlowNode, FlowRow};
+use lancet_engine::flows::{EndKind, FlowCounters, FlowEnd, FlowNode, FlowRow};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,7 +29,15 @@ fn end(kind: EndKind, id: &str, workload: &str) -> FlowEnd {
 }
 
 fn row(src: FlowEnd, dst: FlowEnd, port: u16, proto: &str) -> FlowRow {
-    FlowRow { src, dst, port, proto: proto.into(), connections: 1, verdict: "allowed".into(), ..Default::default() }
+    FlowRow {
+        src,
+        dst,
+        port,
+        proto: proto.into(),
+        counts: FlowCounters { connections: 1, ..Default::default() },
+        verdict: "allowed".into(),
+        ..Default::default()
+    }
 }
 
 fn sample() -> (Vec<FlowRow>, Vec<FlowNode>) {

@@ -5,7 +5,7 @@
 //! reported as a [`DecodeError`] (counted by the caller), never a panic.
 
 use crate::skel::lancet::types;
-use lancet_engine::event::{Event, EventKind, ExecEvent, ExitEvent, L4Proto, NetEvent, NetOp, ProcessRef, TcpTotals};
+use lancet_engine::event::{Event, EventKind, ExecEvent, ExitEvent, NetEvent, NetOp, ProcessRef, Protocol, TcpTotals};
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
@@ -148,7 +148,7 @@ fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
 fn host_root() -> Option<(u32, u64)> {
     use std::os::unix::fs::MetadataExt;
     static ROOT: std::sync::OnceLock<Option<(u32, u64)>> = std::sync::OnceLock::new();
-    *ROOT.get_or_init(|| std::fs::metadata("/").ok().map(|m| (crate::enforce::kernel_dev(m.dev()), m.ino())))
+    *ROOT.get_or_init(|| std::fs::metadata("/").ok().map(|m| (crate::sys::kernel_dev(m.dev()), m.ino())))
 }
 
 /// Decodes one ring-buffer record.
@@ -204,7 +204,7 @@ pub fn decode(data: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
             };
             EventKind::Net(NetEvent {
                 op,
-                proto: if e.protocol == IPPROTO_UDP { L4Proto::Udp } else { L4Proto::Tcp },
+                proto: if e.protocol == IPPROTO_UDP { Protocol::Udp } else { Protocol::Tcp },
                 saddr: addr(e.family, &e.saddr),
                 sport: e.sport,
                 daddr: addr(e.family, &e.daddr),
@@ -387,7 +387,7 @@ mod prop_tests {
     //! every string of an event fits the array it came from.
     use super::tests::bytes_of;
     use super::*;
-    use crate::prop_util::{apply_bytes, byte_edits};
+    use lancet_testkit::mutate::{apply_bytes, byte_edits};
     use proptest::prelude::*;
 
     const COMM: usize = 16;

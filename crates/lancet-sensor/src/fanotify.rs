@@ -1,7 +1,8 @@
 //! fanotify sources: file changes inside container filesystems
-//! ([`FileChangeWatcher`]) and opens of sensitive files ([`SensitiveOpenWatcher`]);
-//! and the permission backend of protect mode ([`PermGuard`]), which stops
-//! execs and opens until lancet allows or denies them.
+//! ([`FileChangeWatcher`]) and opens of sensitive files
+//! ([`SensitiveOpenWatcher`]), and the group set-up, marks and event parsing
+//! that the permission backend of protect mode
+//! ([`crate::enforce::PermGroup`]) shares with them.
 //!
 //! Both watchers are non-blocking: poll [`FileChangeWatcher::fd`] /
 //! [`SensitiveOpenWatcher::fd`] for readability, then call `read_events`, which
@@ -15,31 +16,21 @@
 
 mod change;
 mod open;
-pub mod overlay;
-mod parse;
-mod perm;
+pub(crate) mod parse;
 #[cfg(test)]
-mod perm_tests;
-#[cfg(test)]
-mod podman_tests;
+pub(crate) mod podman_tests;
 #[cfg(test)]
 mod prop_tests;
-mod syscall;
+pub(crate) mod syscall;
 
 pub use change::FileChangeWatcher;
 pub use open::{SensitiveOpenWatcher, DEFAULT_SENSITIVE_PATHS};
-pub use overlay::{overlay_upper_dir, written_in_container};
-pub use perm::{
-    mount_id, DecisionHistogram, FailMode, MarkScope, PermConfig, PermDecision, PermGuard, PermKind, PermRequest, PermStats,
-    OVERLAYFS_MAGIC,
-};
 pub use syscall::{exec_call, ExecCall, EXEC_ARGS_MAX, EXEC_ARG_MAX};
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Errors from the fanotify watchers.
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +80,7 @@ const MAX_READS_PER_CALL: usize = 64;
 /// up to 128 bytes plus names of up to 255).
 const READ_BUF_LEN: usize = 64 * 1024;
 
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+use lancet_engine::event::now_ns;
 
 fn cstring(path: &Path) -> Result<CString, FanotifyError> {
     use std::os::unix::ffi::OsStrExt;
@@ -134,7 +123,7 @@ pub(crate) fn fanotify_init(flags: u32, event_f_flags: u32) -> Result<OwnedFd, F
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn fanotify_mark(fan: RawFd, flags: u32, mask: u64, path: &Path) -> Result<(), FanotifyError> {
+pub(crate) fn fanotify_mark(fan: RawFd, flags: u32, mask: u64, path: &Path) -> Result<(), FanotifyError> {
     let c = cstring(path)?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call; `fan`
     // is a fanotify fd owned by the caller.
@@ -146,7 +135,7 @@ fn fanotify_mark(fan: RawFd, flags: u32, mask: u64, path: &Path) -> Result<(), F
 }
 
 /// One non-blocking `read(2)` into `buf`. `Ok(0)` means nothing queued.
-fn read_some(fd: RawFd, buf: &mut [u8]) -> Result<usize, FanotifyError> {
+pub(crate) fn read_some(fd: RawFd, buf: &mut [u8]) -> Result<usize, FanotifyError> {
     loop {
         // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
@@ -160,23 +149,6 @@ fn read_some(fd: RawFd, buf: &mut [u8]) -> Result<usize, FanotifyError> {
             _ => return Err(FanotifyError::Read(e)),
         }
     }
-}
-
-/// `readlink(/proc/self/fd/N)`: the path of an open fd as seen from our root.
-fn fd_path(fd: RawFd) -> io::Result<String> {
-    let p = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
-    Ok(p.to_string_lossy().into_owned())
-}
-
-fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: all-zero bytes are a valid `struct stat` (plain integers).
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid out-pointer; fstat does not retain it.
-    let r = unsafe { libc::fstat(fd, &mut st) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
 }
 
 /// Shared by tests: is this process root with fanotify available?

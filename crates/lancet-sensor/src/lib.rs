@@ -6,11 +6,12 @@ pub mod decode;
 pub mod enforce;
 pub mod fanotify;
 pub mod features;
+pub mod mountinfo;
 pub mod mounts;
+pub mod overlay;
 pub mod probes;
-#[cfg(test)]
-mod prop_util;
 mod skel;
+pub mod sys;
 
 pub use decode::{decode, Clock, DecodeError};
 pub use probes::{Sensor, SensorConfig, SensorError};

@@ -1,34 +1,21 @@
-//! Immutability enforced with mounts: a container's protected directories
-//! (code, system configuration, cron, package databases) made read-only,
-//! undone without a restart. The kernel then refuses every write there at
-//! the syscall (EROFS) at no cost per operation, including the operations a
-//! fanotify permission event cannot refuse (mkdir, rename, chmod, symlink,
-//! unlink).
+//! Working inside a container's mount namespace: what its mounts are, what
+//! it can write, and who holds files open for writing. Immutability (the
+//! read-only binds built on this) is in [`crate::enforce`].
 //!
-//! - [`sys`]: safe wrappers over `open_tree`, `move_mount`, `mount_setattr`
-//!   and `openat2`;
-//! - [`mountinfo`]: `/proc/<pid>/mountinfo`, parsed without trusting it;
 //! - [`procfs`]: writers (files open for writing on a mount) and
 //!   `CAP_SYS_ADMIN`;
-//! - [`ns`]: the dedicated thread that works inside a container's mount
+//! - `ns`: the dedicated thread that works inside a container's mount
 //!   namespace;
-//! - [`immutable`]: the plan, apply, update and release;
-//! - [`writable`]: the container's writable set (its mounts, the
+//! - `writable`: the container's writable set (its mounts, the
 //!   directories its service user owns).
 
-mod immutable;
-pub mod mountinfo;
-mod ns;
+pub(crate) mod ns;
 pub mod procfs;
-mod sys;
 mod writable;
 
-pub use immutable::{
-    apply_immutable, normalize_dirs, release_immutable, release_immutable_at, update_immutable, Applied, ImmutablePlan, Skipped, Step,
-};
-pub use mountinfo::MountInfo;
+pub use crate::mountinfo::MountInfo;
+pub use crate::sys::mount_setattr_supported;
 pub use procfs::{has_cap_sys_admin, process_in_namespace, Writer};
-pub use sys::mount_setattr_supported;
 pub use writable::{writable_set, RunAs};
 
 use std::io;

@@ -255,13 +255,7 @@ pub const EXEC_RECORD_MAX: usize = std::mem::size_of::<types::lancet_exec>();
 
 /// Finds the cgroup v2 mount in a mountinfo text (`/proc/self/mountinfo`).
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        if post.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        Some(PathBuf::from(pre.split_whitespace().nth(4)?))
-    })
+    crate::mountinfo::parse(mountinfo).into_iter().find(|m| m.fs_type == "cgroup2").map(|m| PathBuf::from(m.mount_point))
 }
 
 /// The cgroup v2 mount of this host.

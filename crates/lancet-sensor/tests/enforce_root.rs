@@ -9,15 +9,16 @@
 
 use lancet_sensor::enforce::{
     self, cgroup_of_pid, kill_process, process_start_time, unpin_all, CgPolicy, EnforceConfig, EnforceEvents, EnforceOp, EnforceReason,
-    EnforceRecord, Enforcer, MulticallFile, NetRule, PolicyFlags, Proto, BUSYBOX_DISPATCHER,
+    EnforceRecord, Enforcer, MulticallFile, NetRule, PolicyFlags, Protocol, BUSYBOX_DISPATCHER,
 };
 use lancet_sensor::probes::detect_cgroup2_root;
+use lancet_testkit::podman::{podman, unique, Container, Network};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const IMAGE: &str = "localhost/lancet-busybox:test";
+const IMAGE: &str = lancet_testkit::podman::BUSYBOX_IMAGE;
 
 /// Why the kernel-only tests cannot run here (they need no podman).
 fn skip_kernel() -> Option<String> {
@@ -58,17 +59,6 @@ macro_rules! skip_unless_ready {
     };
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
-
-fn podman(args: &[&str]) -> String {
-    let out = Command::new("podman").args(args).output().expect("run podman");
-    assert!(out.status.success(), "podman {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Removes the pin dir (detaching every pinned link) when dropped.
 struct Pins(PathBuf);
 
@@ -90,56 +80,44 @@ impl Drop for Pins {
     }
 }
 
-struct Network(String);
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = Command::new("podman").args(["network", "rm", "-f", &self.0]).output();
-    }
-}
-
-/// A podman container, removed on drop.
-struct Ctr {
-    name: String,
-}
+/// A test container (removed on drop) with what these tests ask of it.
+struct Ctr(Container);
 
 impl Ctr {
     /// Serves "hello-lancet" with httpd on 8080 (foreground) and 8081.
     fn httpd(net: &Network, extra: &[&str]) -> Ctr {
         let name = unique("lancet-enf");
         let mount = format!("{}:/lh:ro", helper_dir().display());
-        let mut args = vec!["run", "-d", "--rm", "--name", &name, "--network", &net.0, "-v", &mount];
+        let mut args = vec!["--rm", "--network", &net.0, "-v", &mount];
         args.extend_from_slice(extra);
-        args.extend_from_slice(&[
+        let c = Ctr(Container::start_image(
+            &name,
             IMAGE,
-            "sh",
-            "-c",
-            "mkdir -p /www && echo hello-lancet > /www/index.html && httpd -p 8081 -h /www && exec httpd -f -p 8080 -h /www",
-        ]);
-        podman(&args);
-        let c = Ctr { name };
+            &args,
+            &["sh", "-c", "mkdir -p /www && echo hello-lancet > /www/index.html && httpd -p 8081 -h /www && exec httpd -f -p 8080 -h /www"],
+        ));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let (ok, _) = c.sh("wget -q -O - http://127.0.0.1:8080/ && wget -q -O - http://127.0.0.1:8081/");
             if ok {
                 break;
             }
-            assert!(Instant::now() < deadline, "httpd in {} did not come up", c.name);
+            assert!(Instant::now() < deadline, "httpd in {} did not come up", c.0.name);
             std::thread::sleep(Duration::from_millis(100));
         }
         c
     }
 
     fn pid(&self) -> u32 {
-        podman(&["inspect", "-f", "{{.State.Pid}}", &self.name]).parse().expect("pid")
+        self.0.pid()
     }
 
     fn ip(&self) -> String {
-        podman(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &self.name])
+        self.0.ip()
     }
 
     fn ip6(&self) -> String {
-        podman(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", &self.name])
+        podman(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", &self.0.id])
     }
 
     fn cgroup_dir(&self) -> PathBuf {
@@ -151,9 +129,7 @@ impl Ctr {
     }
 
     fn exec(&self, cmd: &[&str]) -> Output {
-        let mut args = vec!["exec", self.name.as_str()];
-        args.extend_from_slice(cmd);
-        Command::new("podman").args(&args).output().expect("podman exec")
+        self.0.exec(cmd)
     }
 
     /// Runs a shell script in the container: success and stdout+stderr.
@@ -166,12 +142,6 @@ impl Ctr {
     /// An HTTP GET from this container, given up after `secs`.
     fn get(&self, ip: &str, port: u16, secs: u32) -> (bool, String) {
         self.sh(&format!("timeout {secs} wget -q -O - http://{ip}:{port}/ 2>&1"))
-    }
-}
-
-impl Drop for Ctr {
-    fn drop(&mut self) {
-        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &self.name]).output();
     }
 }
 
@@ -191,11 +161,12 @@ impl Env {
 
     fn on_network(net_args: &[&str], extra_a: &[&str]) -> Env {
         let pins = Pins::new();
-        let net = Network(unique("lancet-enf-net"));
+        let name = unique("lancet-enf-net");
         let mut args = vec!["network", "create"];
         args.extend_from_slice(net_args);
-        args.push(&net.0);
+        args.push(&name);
         podman(&args);
+        let net = Network(name);
         let b = Ctr::httpd(&net, &[]);
         let a = Ctr::httpd(&net, extra_a);
         Env { a, b, _net: net, pins }
@@ -396,7 +367,7 @@ impl Records {
 }
 
 fn port_rule(ip: &str, port: u16) -> NetRule {
-    NetRule::egress(format!("{ip}/32").parse().unwrap()).port(port).proto(Proto::Tcp)
+    NetRule::egress(format!("{ip}/32").parse().unwrap()).port(port).proto(Protocol::Tcp)
 }
 
 fn enforce_policy() -> CgPolicy {
@@ -433,7 +404,7 @@ fn allow_list_permits_only_the_listed_peer_port_and_reports_the_rest() {
     let rec = rec.unwrap_or_else(|| panic!("no connect4 record; saw {seen:?}"));
     assert_eq!((rec.cgroup_id, rec.port, rec.reason, rec.denied), (cgid, 8081, EnforceReason::NotAllowed, true));
     assert_eq!(rec.addr.unwrap().to_string(), bip);
-    assert_eq!(rec.proto, Some(Proto::Tcp));
+    assert_eq!(rec.proto, Some(Protocol::Tcp));
     assert_eq!(rec.comm, "wget");
     let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.op == EnforceOp::Connect6);
     let rec = rec.unwrap_or_else(|| panic!("no connect6 record; saw {seen:?}"));
@@ -448,8 +419,8 @@ fn allow_list_permits_only_the_listed_peer_port_and_reports_the_rest() {
     assert!(!ok && out.contains("Operation not permitted"), "sendto not allowed: {out}");
     let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.op == EnforceOp::Sendmsg4);
     let rec = rec.unwrap_or_else(|| panic!("no sendmsg4 record; saw {seen:?}"));
-    assert_eq!((rec.port, rec.proto), (5353, Some(Proto::Udp)));
-    let udp = NetRule::egress(format!("{bip}/32").parse().unwrap()).port(5353).proto(Proto::Udp);
+    assert_eq!((rec.port, rec.proto), (5353, Some(Protocol::Udp)));
+    let udp = NetRule::egress(format!("{bip}/32").parse().unwrap()).port(5353).proto(Protocol::Udp);
     e.set_allow(cgid, &[port_rule(&bip, 8080), udp.clone()]).expect("allow udp");
     let (ok, out) = a.sh(&format!("/lh/helper sendto {bip} 5353"));
     assert!(ok && out.contains("sent"), "sendto allowed: {out}");
@@ -481,7 +452,7 @@ fn ipv6_rules_connects_and_isolation_hold() {
     let (a, b, b6) = (&env.a, &env.b, env.b.ip6());
     assert!(b6.contains(':'), "B has an IPv6 address: {b6:?}");
     let cgid = a.cgid();
-    let rule = NetRule::egress(format!("{b6}/128").parse().unwrap()).port(8080).proto(Proto::Tcp);
+    let rule = NetRule::egress(format!("{b6}/128").parse().unwrap()).port(8080).proto(Protocol::Tcp);
     e.set_allow(cgid, std::slice::from_ref(&rule)).expect("allow");
     e.set_policy(cgid, enforce_policy()).expect("policy");
     assert_eq!(e.allow_rules(cgid).unwrap(), vec![rule]);
@@ -512,7 +483,7 @@ fn bind_is_allowed_only_on_listed_ports_and_audit_only_reports() {
     let mut ev = Records::new(&e);
     let (a, bip) = (&env.a, env.b.ip());
     let cgid = a.cgid();
-    let bind9000 = NetRule::bind("0.0.0.0/0".parse().unwrap()).port(9000).proto(Proto::Tcp);
+    let bind9000 = NetRule::bind("0.0.0.0/0".parse().unwrap()).port(9000).proto(Protocol::Tcp);
     e.set_allow(cgid, &[bind9000, port_rule(&bip, 8080)]).expect("allow");
     e.set_policy(cgid, enforce_policy()).expect("policy");
     let (ok, out) = a.sh("/lh/helper bind tcp 9000");
@@ -564,7 +535,7 @@ fn isolation_cuts_the_container_off_until_released_or_expired() {
     assert!(std::fs::read_dir(&env.pins.0).unwrap().flatten().all(|f| !f.file_name().to_string_lossy().starts_with("isolate-")));
 
     // An isolation rule lets one peer through; the deadline ends it by itself.
-    let rule = NetRule::egress(format!("{aip}/32").parse().unwrap()).port(8081).proto(Proto::Tcp).during_isolation();
+    let rule = NetRule::egress(format!("{aip}/32").parse().unwrap()).port(8081).proto(Protocol::Tcp).during_isolation();
     e.set_allow(cgid, &[rule]).expect("allow during isolation");
     e.isolate(cgid, &dir, Duration::from_secs(3)).expect("isolate 3 s");
     let start = Instant::now();
@@ -676,7 +647,7 @@ fn execs_of_memfd_tmpfs_deleted_and_listed_files_are_killed() {
     let host_path = PathBuf::from(format!("/proc/{}/root/usr/bin/lancet-victim", a.pid()));
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(&host_path).expect("stat victim");
-    e.kill_ino(cgid, enforce::kernel_dev(md.dev()), md.ino()).expect("kill_ino");
+    e.kill_ino(cgid, lancet_sensor::sys::kernel_dev(md.dev()), md.ino()).expect("kill_ino");
     let (_, out) = a.sh("/usr/bin/lancet-victim alive; echo rc=$?");
     assert!(out.contains("rc=") && !out.contains("rc=137"), "KILL_EXEC_INO not set yet: {out}");
     e.set_policy(cgid, CgPolicy { flags: kill | PolicyFlags::KILL_EXEC_INO, isolate_until: None }).unwrap();
@@ -685,7 +656,7 @@ fn execs_of_memfd_tmpfs_deleted_and_listed_files_are_killed() {
     let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.reason == EnforceReason::KillIno);
     let rec = rec.unwrap_or_else(|| panic!("no kill-ino record; saw {seen:?}"));
     assert_eq!(rec.ino, md.ino());
-    e.forget_ino(cgid, enforce::kernel_dev(md.dev()), md.ino()).unwrap();
+    e.forget_ino(cgid, lancet_sensor::sys::kernel_dev(md.dev()), md.ino()).unwrap();
     let (ok, out) = a.sh("/usr/bin/lancet-victim alive");
     assert!(ok && out.contains("alive"), "forgotten inode runs: {out}");
     assert!(e.stats().unwrap().kills >= 4);
@@ -874,7 +845,7 @@ impl Busybox {
             std::os::unix::fs::symlink("busybox", dir.path().join(a)).expect("symlink");
         }
         let md = std::fs::metadata(&bin).expect("stat busybox");
-        Busybox { dev: enforce::kernel_dev(md.dev()), ino: md.ino(), dir }
+        Busybox { dev: lancet_sensor::sys::kernel_dev(md.dev()), ino: md.ino(), dir }
     }
 
     fn path(&self, name: &str) -> String {
@@ -1235,7 +1206,7 @@ fn listeners_on_ports_not_allowed_are_killed_and_reported() {
     // A port below the ephemeral range, allowed for binds (and so listens).
     let allowed = 20000 + (std::process::id() % 10000) as u16;
     assert!(allowed < low);
-    let rule = NetRule::bind("0.0.0.0/0".parse().unwrap()).port(allowed).proto(Proto::Tcp);
+    let rule = NetRule::bind("0.0.0.0/0".parse().unwrap()).port(allowed).proto(Protocol::Tcp);
     e.set_allow(on.id(), &[rule]).expect("allow");
     e.set_policy(on.id(), enforce_policy()).expect("policy");
     let before = e.stats().unwrap();
@@ -1250,7 +1221,7 @@ fn listeners_on_ports_not_allowed_are_killed_and_reported() {
     let (rec, seen) = ev.wait(Duration::from_secs(5), |r| r.pid == pid);
     let rec = rec.unwrap_or_else(|| panic!("bind(0)+listen: no record; saw {seen:?}"));
     assert_eq!((rec.op, rec.reason, rec.cgroup_id, rec.denied), (EnforceOp::Listen, EnforceReason::NotAllowed, on.id(), true));
-    assert_eq!((rec.port, rec.addr, rec.proto), (bound, Some("0.0.0.0".parse().unwrap()), Some(Proto::Tcp)));
+    assert_eq!((rec.port, rec.addr, rec.proto), (bound, Some("0.0.0.0".parse().unwrap()), Some(Protocol::Tcp)));
     assert!(rec.ino != 0, "the socket's inode: {rec:?}");
     match rec.to_event().kind {
         lancet_engine::event::EventKind::Net(n) => {

@@ -10,12 +10,12 @@
 //! create+write+unlink loop costs with and without immutability.
 
 use lancet_engine::write_sets::{protected_dirs, WritableKind};
-use lancet_sensor::mounts::{
-    apply_immutable, has_cap_sys_admin, release_immutable, update_immutable, writable_set, Applied, ImmutablePlan, MountError, RunAs,
-};
+use lancet_sensor::enforce::{apply_immutable, release_immutable, update_immutable, Applied, ImmutablePlan};
+use lancet_sensor::mounts::{has_cap_sys_admin, writable_set, MountError, RunAs};
+use lancet_testkit::podman::{podman, unique, Container, Network};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BUSYBOX: &str = "localhost/lancet-busybox:test";
@@ -48,77 +48,26 @@ macro_rules! skip_unless_ready {
     };
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
+/// What a test expects of a command in the container.
+trait Expect {
+    /// Runs `script`, which must succeed; its stdout.
+    fn ok(&self, script: &str) -> String;
+    /// Runs `script`, which the kernel must refuse with EROFS or EPERM.
+    fn refused(&self, script: &str);
 }
 
-fn podman(args: &[&str]) -> String {
-    let out = Command::new("podman").args(args).output().expect("run podman");
-    assert!(out.status.success(), "podman {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A container removed (by id) when dropped.
-struct Container {
-    id: String,
-}
-
-impl Container {
-    fn run(args: &[&str]) -> Container {
-        let mut all = vec!["run", "-d"];
-        all.extend_from_slice(args);
-        Container { id: podman(&all) }
-    }
-
-    fn pid(&self) -> u32 {
-        podman(&["inspect", "-f", "{{.State.Pid}}", &self.id]).parse().expect("pid")
-    }
-
-    fn running(&self) -> bool {
-        podman(&["inspect", "-f", "{{.State.Running}}", &self.id]) == "true"
-    }
-
-    fn sh(&self, script: &str) -> Output {
-        Command::new("podman").args(["exec", &self.id, "sh", "-c", script]).output().expect("podman exec")
-    }
-
-    /// Runs `script`, which must succeed.
+impl Expect for Container {
     fn ok(&self, script: &str) -> String {
         let out = self.sh(script);
         assert!(out.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs `script`, which the kernel must refuse with EROFS or EPERM.
     fn refused(&self, script: &str) {
         let out = self.sh(script);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "`{script}` was not refused");
         assert!(err.contains("Read-only file system") || err.contains("Operation not permitted"), "`{script}` failed otherwise: {err}");
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &self.id]).output();
-    }
-}
-
-/// A podman network removed when dropped.
-struct Network(String);
-
-impl Network {
-    fn create() -> Network {
-        let name = unique("lancet-imm");
-        podman(&["network", "create", &name]);
-        Network(name)
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = Command::new("podman").args(["network", "rm", "-f", &self.0]).output();
     }
 }
 
@@ -287,7 +236,7 @@ fn assert_debian_protected(c: &Container) {
 #[test]
 fn nginx_keeps_serving_with_its_logs_open() {
     skip_unless_ready!(DEBIAN);
-    let net = Network::create();
+    let net = Network::create(&unique("lancet-imm"));
     let c = Container::run(&["--network", &net.0, "--name", &unique("lancet-imm-ngx"), DEBIAN]);
     let ip = address(&c, &net);
     assert!(http_get(&ip).contains("200"));
@@ -422,8 +371,8 @@ fn applied_at_the_oci_hook_before_pivot_root() {
     for tty in [false, true] {
         let hook = Hook::new();
         let name = unique("lancet-imm-hook");
-        // Named first, so the guard removes it even when it fails to start.
-        let c = Container { id: name.clone() };
+        // Named first, so it is removed even when it fails to start.
+        let c = Container::adopt(&name);
         let mut args = vec!["--hooks-dir", hook.dir.path().to_str().expect("utf-8"), "run", "-d", "--name", &name];
         if tty {
             args.push("-t");

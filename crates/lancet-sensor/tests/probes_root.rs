@@ -2,7 +2,7 @@
 //! accept/close on loopback, a refused connect and a UDP connect each arrive
 //! decoded, with the right process and the test's own cgroup.
 
-use lancet_engine::event::{Event, EventKind, L4Proto, NetOp};
+use lancet_engine::event::{Event, EventKind, NetOp, Protocol};
 use lancet_sensor::probes::detect_cgroup2_root;
 use lancet_sensor::{decode, Clock, Sensor, SensorConfig};
 use std::cell::RefCell;
@@ -113,14 +113,14 @@ fn tcp_and_udp_lifecycle_is_reported() {
         evs.iter().any(|e| matches!(&e.kind, EventKind::Net(n) if n.op == op && f(n)) && e.process.pid == me)
     };
     let events =
-        collect_until(&sensor, Duration::from_secs(5), |evs| net(evs, NetOp::Connect, &|n| n.proto == L4Proto::Udp && n.dport == 5353));
+        collect_until(&sensor, Duration::from_secs(5), |evs| net(evs, NetOp::Connect, &|n| n.proto == Protocol::Udp && n.dport == 5353));
     assert!(net(&events, NetOp::Listen, &|n| n.sport == port), "listen on {port}");
     assert!(net(&events, NetOp::Connect, &|n| n.dport == port && n.result == 0 && n.daddr.to_string() == "127.0.0.1"), "connect");
     assert!(net(&events, NetOp::Accept, &|n| n.sport == port), "accept");
     assert!(net(&events, NetOp::Close, &|n| n.dport == port && n.sport != 0), "client close, with its port");
     assert!(net(&events, NetOp::Close, &|n| n.sport == port), "server close");
     assert!(net(&events, NetOp::Connect, &|n| n.dport == closed_port && n.result == 111), "refused connect");
-    assert!(net(&events, NetOp::Bind, &|n| n.proto == L4Proto::Udp && n.sport != 0), "udp bind");
+    assert!(net(&events, NetOp::Bind, &|n| n.proto == Protocol::Udp && n.sport != 0), "udp bind");
 }
 
 #[test]

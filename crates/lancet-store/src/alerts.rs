@@ -4,8 +4,9 @@
 use crate::*;
 
 /// An alert to store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewAlert {
+    /// First occurrence.
     pub time_ns: u64,
     pub rule: String,
     pub priority: String,
@@ -22,24 +23,14 @@ pub struct NewAlert {
     pub json: String,
 }
 
-/// A stored alert.
+/// A stored alert: what was stored, its id, and when it last repeated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredAlert {
     pub id: u64,
-    /// First occurrence.
-    pub time_ns: u64,
     /// Last occurrence (equal to `time_ns` until [`Store::update_alert_count`]).
     pub last_time_ns: u64,
-    pub rule: String,
-    pub priority: String,
-    pub container_id: String,
-    pub container_name: String,
-    pub image: String,
-    pub workload: String,
-    pub action: String,
-    pub enforced: bool,
-    pub count: u64,
-    pub json: String,
+    #[serde(flatten)]
+    pub alert: NewAlert,
 }
 
 /// The columns [`alert_row`] reads, in its order.
@@ -50,18 +41,20 @@ pub(crate) const ALERT_COLUMNS: &str =
 pub(crate) fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAlert> {
     Ok(StoredAlert {
         id: to_u64(r.get(0)?),
-        time_ns: to_u64(r.get(1)?),
         last_time_ns: to_u64(r.get(2)?),
-        rule: r.get(3)?,
-        priority: r.get(4)?,
-        container_id: r.get(5)?,
-        container_name: r.get(6)?,
-        image: r.get(7)?,
-        workload: r.get(8)?,
-        action: r.get(9)?,
-        enforced: r.get(10)?,
-        count: to_u64(r.get(11)?),
-        json: r.get(12)?,
+        alert: NewAlert {
+            time_ns: to_u64(r.get(1)?),
+            rule: r.get(3)?,
+            priority: r.get(4)?,
+            container_id: r.get(5)?,
+            container_name: r.get(6)?,
+            image: r.get(7)?,
+            workload: r.get(8)?,
+            action: r.get(9)?,
+            enforced: r.get(10)?,
+            count: to_u64(r.get(11)?),
+            json: r.get(12)?,
+        },
     })
 }
 

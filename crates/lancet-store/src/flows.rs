@@ -8,41 +8,11 @@
 //! [`StoreOptions::flow_retention`]: crate::StoreOptions::flow_retention
 //! [`StoreOptions::max_flow_rows`]: crate::StoreOptions::max_flow_rows
 
+use lancet_engine::flows::{FlowCounters, FlowEnd, FlowRow};
 use rusqlite::params;
 use serde::Serialize;
 
 use crate::{dur_ns, to_i64, to_u64, Result, Store, HOUR_NS};
-
-/// One end of a flow: a kind (`container`, `host`, `external`, `others`),
-/// an id (a container id or an address), and the names last seen.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct FlowEndRecord {
-    pub kind: String,
-    pub id: String,
-    pub name: String,
-    pub workload: String,
-}
-
-/// One flow's counters in one hour (or, to [`Store::add_flows`], what to
-/// add to them).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct FlowRecord {
-    /// The hour (a multiple of [`HOUR_NS`]); `add_flows` rounds it down.
-    pub hour_ns: u64,
-    pub src: FlowEndRecord,
-    pub dst: FlowEndRecord,
-    pub port: u16,
-    pub proto: String,
-    pub connections: u64,
-    pub failed: u64,
-    pub refused: u64,
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-    pub first_ns: u64,
-    pub last_ns: u64,
-    pub verdict: String,
-    pub rule: String,
-}
 
 /// A container the flows name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -60,7 +30,7 @@ pub struct FlowNodeRecord {
 impl Store {
     /// Adds the counters of `rows` to their hours' rows (made when missing).
     /// Batched like every write.
-    pub fn add_flows(&mut self, rows: &[FlowRecord]) -> Result<()> {
+    pub fn add_flows(&mut self, rows: &[FlowRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -100,13 +70,13 @@ impl Store {
                         r.dst.workload,
                         r.port,
                         r.proto,
-                        to_i64(r.connections),
-                        to_i64(r.failed),
-                        to_i64(r.refused),
-                        to_i64(r.bytes_out),
-                        to_i64(r.bytes_in),
-                        to_i64(r.first_ns),
-                        to_i64(r.last_ns),
+                        to_i64(r.counts.connections),
+                        to_i64(r.counts.failed),
+                        to_i64(r.counts.refused),
+                        to_i64(r.counts.bytes_out),
+                        to_i64(r.counts.bytes_in),
+                        to_i64(r.counts.first_ns),
+                        to_i64(r.counts.last_ns),
                         r.verdict,
                         r.rule,
                     ])
@@ -139,7 +109,7 @@ impl Store {
     /// with a container end named `container` (its name, or a prefix of at
     /// least 3 characters of its id) when given; newest hour first, so that
     /// a `limit` (0: none) cuts the oldest.
-    pub fn flows(&self, since_ns: u64, container: Option<&str>, limit: usize) -> Result<Vec<FlowRecord>> {
+    pub fn flows(&self, since_ns: u64, container: Option<&str>, limit: usize) -> Result<Vec<FlowRow>> {
         let hour = since_ns - since_ns % HOUR_NS;
         let limit = if limit == 0 { -1 } else { i64::try_from(limit).unwrap_or(i64::MAX) };
         self.conn
@@ -154,19 +124,21 @@ impl Store {
             )
             .and_then(|mut s| {
                 s.query_map(params![to_i64(hour), to_i64(since_ns), limit, container], |r| {
-                    Ok(FlowRecord {
+                    Ok(FlowRow {
                         hour_ns: to_u64(r.get(0)?),
-                        src: FlowEndRecord { kind: r.get(1)?, id: r.get(2)?, name: r.get(3)?, workload: r.get(4)? },
-                        dst: FlowEndRecord { kind: r.get(5)?, id: r.get(6)?, name: r.get(7)?, workload: r.get(8)? },
+                        src: FlowEnd { kind: r.get(1)?, id: r.get(2)?, name: r.get(3)?, workload: r.get(4)? },
+                        dst: FlowEnd { kind: r.get(5)?, id: r.get(6)?, name: r.get(7)?, workload: r.get(8)? },
                         port: r.get(9)?,
                         proto: r.get(10)?,
-                        connections: to_u64(r.get(11)?),
-                        failed: to_u64(r.get(12)?),
-                        refused: to_u64(r.get(13)?),
-                        bytes_out: to_u64(r.get(14)?),
-                        bytes_in: to_u64(r.get(15)?),
-                        first_ns: to_u64(r.get(16)?),
-                        last_ns: to_u64(r.get(17)?),
+                        counts: FlowCounters {
+                            connections: to_u64(r.get(11)?),
+                            failed: to_u64(r.get(12)?),
+                            refused: to_u64(r.get(13)?),
+                            bytes_out: to_u64(r.get(14)?),
+                            bytes_in: to_u64(r.get(15)?),
+                            first_ns: to_u64(r.get(16)?),
+                            last_ns: to_u64(r.get(17)?),
+                        },
                         verdict: r.get(18)?,
                         rule: r.get(19)?,
                     })

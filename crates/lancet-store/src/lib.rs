@@ -53,7 +53,7 @@ pub(crate) use alerts::{alert_row, ALERT_COLUMNS};
 pub use alerts::{AlertQuery, NewAlert, StoredAlert};
 pub use audit::{AuditQuery, AuditRecord, NewAudit};
 pub use error::StoreError;
-pub use flows::{FlowEndRecord, FlowNodeRecord, FlowRecord};
+pub use flows::FlowNodeRecord;
 pub use profiles::{ProfileSummary, StoredProfile};
 pub use prune::PruneStats;
 pub use schema::SCHEMA_VERSION;

@@ -3,13 +3,14 @@
 //! never the current one), a store of schema 2 migrated; alert counts per
 //! workload and alerts by id.
 
-use lancet_store::{FlowEndRecord, FlowNodeRecord, FlowRecord, NewAlert, Store, StoreOptions, HOUR_NS};
+use lancet_engine::flows::{FlowCounters, FlowEnd, FlowRow};
+use lancet_store::{FlowNodeRecord, NewAlert, Store, StoreOptions, HOUR_NS};
 
 const S: u64 = 1_000_000_000;
 const T0: u64 = 1_764_300_000 * S - (1_764_300_000 * S) % HOUR_NS;
 
-fn end(kind: &str, id: &str, name: &str) -> FlowEndRecord {
-    FlowEndRecord {
+fn end(kind: &str, id: &str, name: &str) -> FlowEnd {
+    FlowEnd {
         kind: kind.into(),
         id: id.into(),
         name: name.into(),
@@ -17,20 +18,22 @@ fn end(kind: &str, id: &str, name: &str) -> FlowEndRecord {
     }
 }
 
-fn delta(t: u64, src: &str, dst: &str, port: u16, conns: u64, verdict: &str) -> FlowRecord {
-    FlowRecord {
+fn delta(t: u64, src: &str, dst: &str, port: u16, conns: u64, verdict: &str) -> FlowRow {
+    FlowRow {
         hour_ns: t,
         src: end("container", src, &format!("{src}-name")),
         dst: end("external", dst, ""),
         port,
         proto: "tcp".into(),
-        connections: conns,
-        failed: 1,
-        refused: 0,
-        bytes_out: 10 * conns,
-        bytes_in: 100 * conns,
-        first_ns: t,
-        last_ns: t + 5,
+        counts: FlowCounters {
+            connections: conns,
+            failed: 1,
+            refused: 0,
+            bytes_out: 10 * conns,
+            bytes_in: 100 * conns,
+            first_ns: t,
+            last_ns: t + 5,
+        },
         verdict: verdict.into(),
         rule: format!("{verdict} rule"),
     }
@@ -52,8 +55,8 @@ fn deltas_are_summed_into_their_hour() {
     // Newest hour first.
     assert_eq!(rows[0].hour_ns, T0 + HOUR_NS);
     let r = &rows[1];
-    assert_eq!((r.hour_ns, r.port, r.connections, r.failed, r.bytes_out, r.bytes_in), (T0, 80, 6, 3, 60, 600));
-    assert_eq!((r.first_ns, r.last_ns), (T0 + S, T0 + 30 * S + 5));
+    assert_eq!((r.hour_ns, r.port, r.counts.connections, r.counts.failed, r.counts.bytes_out, r.counts.bytes_in), (T0, 80, 6, 3, 60, 600));
+    assert_eq!((r.counts.first_ns, r.counts.last_ns), (T0 + S, T0 + 30 * S + 5));
     assert_eq!((r.verdict.as_str(), r.rule.as_str()), ("unlisted", "unlisted rule"), "the latest observation's verdict");
     assert_eq!(r.src.name, "a-name");
     assert_eq!(rows[2].port, 443);
@@ -165,6 +168,6 @@ fn alert_counts_per_workload_and_alerts_by_id() {
     assert_eq!((c[0].workload.as_str(), c[0].total, c[0].drift, c[0].last_ns), ("w1", 4, 1, T0 + S));
     assert_eq!((c[1].workload.as_str(), c[1].total, c[1].drift), ("w2", 1, 0));
     let a = s.alert(ids[1]).unwrap().unwrap();
-    assert_eq!((a.rule.as_str(), a.count), ("Shell", 3));
+    assert_eq!((a.alert.rule.as_str(), a.alert.count), ("Shell", 3));
     assert!(s.alert(9999).unwrap().is_none());
 }

@@ -66,8 +66,8 @@ fn open_creates_then_reopens_with_data() {
     let alerts = s.alerts(&AlertQuery::default()).unwrap();
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].id, a);
-    assert_eq!(alerts[0].rule, "Drift");
-    let j: serde_json::Value = serde_json::from_str(&alerts[0].json).unwrap();
+    assert_eq!(alerts[0].alert.rule, "Drift");
+    let j: serde_json::Value = serde_json::from_str(&alerts[0].alert.json).unwrap();
     assert_eq!(j["output_fields"]["container.name"], "c1");
     assert_eq!(s.activity("sha256:aaaa", T0).unwrap().len(), 1);
 }
@@ -172,7 +172,7 @@ fn alert_queries_filter_order_and_limit() {
     let all = s.alerts(&AlertQuery::default()).unwrap();
     assert_eq!(all.len(), 30);
     assert!(all.windows(2).all(|w| w[0].last_time_ns >= w[1].last_time_ns), "newest first");
-    assert_eq!(all[0].time_ns, T0 + 29 * S);
+    assert_eq!(all[0].alert.time_ns, T0 + 29 * S);
 
     let q = |since_ns, container: Option<&str>, rule: Option<&str>, limit| AlertQuery {
         since_ns,
@@ -184,7 +184,7 @@ fn alert_queries_filter_order_and_limit() {
     assert_eq!(s.alerts(&q(Some(T0 + 20 * S), None, None, 0)).unwrap().len(), 10);
     let by_name = s.alerts(&q(None, Some("c3"), None, 0)).unwrap();
     assert_eq!(by_name.len(), 6);
-    assert!(by_name.iter().all(|a| a.container_name == "c3"));
+    assert!(by_name.iter().all(|a| a.alert.container_name == "c3"));
     let by_id = s.alerts(&q(None, Some(&id(3)[..12]), None, 0)).unwrap();
     assert_eq!(by_id, by_name, "a 12-hex id prefix selects the same container");
     assert_eq!(s.alerts(&q(None, Some(&id(3)), None, 0)).unwrap().len(), 6, "full id");
@@ -194,9 +194,9 @@ fn alert_queries_filter_order_and_limit() {
     let combined = s.alerts(&q(Some(T0 + 10 * S), Some("c0"), Some("Drift"), 1)).unwrap();
     // c0 and Drift: i multiple of 15 -> 0, 15; since 10 s -> 15 only.
     assert_eq!(combined.len(), 1);
-    assert_eq!(combined[0].time_ns, T0 + 15 * S);
-    assert!(combined[0].enforced, "even containers were enforced");
-    assert!(!by_name[0].enforced);
+    assert_eq!(combined[0].alert.time_ns, T0 + 15 * S);
+    assert!(combined[0].alert.enforced, "even containers were enforced");
+    assert!(!by_name[0].alert.enforced);
 }
 
 #[test]
@@ -210,8 +210,8 @@ fn deduplicated_alert_count_update() {
     s.flush().unwrap();
     let all = s.alerts(&AlertQuery::default()).unwrap();
     assert_eq!(all[0].id, first, "ordered by last occurrence");
-    assert_eq!((all[0].count, all[0].time_ns, all[0].last_time_ns), (42, T0, T0 + 10 * S));
-    assert_eq!((all[1].id, all[1].count), (second, 1));
+    assert_eq!((all[0].alert.count, all[0].alert.time_ns, all[0].last_time_ns), (42, T0, T0 + 10 * S));
+    assert_eq!((all[1].id, all[1].alert.count), (second, 1));
     // An older last time never moves it backwards.
     s.update_alert_count(first, 43, T0 + 5 * S).unwrap();
     assert_eq!(s.alerts(&AlertQuery::default()).unwrap()[0].last_time_ns, T0 + 10 * S);

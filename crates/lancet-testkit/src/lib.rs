@@ -1,10 +1,14 @@
-//! What lancet's test suites share. Today: skipping. A test that cannot run
+//! What lancet's test suites share: real podman containers and networks
+//! removed however a test ends ([`podman`]), and skipping. A test that cannot run
 //! here (not root, no podman, a kernel feature missing) returns early, and
 //! the test harness counts it as passed; [`skip`] says why on stderr and
 //! appends a line to the file named by `LANCET_SKIP_LOG`, so
 //! `scripts/test.sh` can print `N passed, N failed, N skipped` and CI, as
 //! root, can refuse any skip.
 #![forbid(unsafe_code)]
+
+pub mod mutate;
+pub mod podman;
 
 use std::io::Write;
 

@@ -10,7 +10,6 @@ use lancet_engine::printable::printable;
 use serde_json::Value;
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 fn opt(v: &Value) -> String {
     v.as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into())
@@ -20,7 +19,7 @@ pub fn run(api: &str, since: Option<&str>, format: Format) -> Result<ExitCode> {
     let mut q = vec!["limit=1000".to_string()];
     if let Some(s) = since {
         let d = parse_duration(s)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+        let now = lancet_engine::event::now_ns();
         q.push(format!("since_ns={}", now.saturating_sub(d.as_nanos() as u64)));
     }
     let v = Client::new(api).get(&format!("/v1/audit?{}", q.join("&")))?;

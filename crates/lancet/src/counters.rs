@@ -86,11 +86,11 @@ mod tests {
         assert_eq!((c.events[2], c.events[15]), (1, 1));
         assert_eq!(EVENT_TYPES.iter().collect::<std::collections::HashSet<_>>().len(), EVENT_TYPES.len());
         // Every slot is named by its type's own evt.type.
-        use lancet_engine::event::{FileEvent, FileOp, L4Proto, NetEvent, NetOp};
+        use lancet_engine::event::{FileEvent, FileOp, NetEvent, NetOp, Protocol};
         let net = |op| {
             EventKind::Net(NetEvent {
                 op,
-                proto: L4Proto::Tcp,
+                proto: Protocol::Tcp,
                 saddr: [0u8; 4].into(),
                 sport: 0,
                 daddr: [0u8; 4].into(),

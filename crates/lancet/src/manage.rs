@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Subcommand, Debug)]
 pub enum ProfileCmd {
@@ -148,9 +147,9 @@ fn alerts_from_store(state_dir: &Path, since_ns: Option<u64>, container: Option<
 /// raised as `lancet.count`, and its id in the store (`id`, what "add to
 /// profile" names).
 pub fn alert_json(a: &lancet_store::StoredAlert) -> Value {
-    let mut v = serde_json::from_str::<Value>(&a.json).unwrap_or(Value::Null);
+    let mut v = serde_json::from_str::<Value>(&a.alert.json).unwrap_or(Value::Null);
     if let Some(f) = v.get_mut("output_fields").and_then(Value::as_object_mut) {
-        f.insert("lancet.count".into(), json!(a.count));
+        f.insert("lancet.count".into(), json!(a.alert.count));
     }
     if let Some(o) = v.as_object_mut() {
         o.insert("id".into(), json!(a.id));
@@ -163,7 +162,7 @@ pub fn alerts(api: &str, state_dir: &Path, since: Option<&str>, container: Optio
     let since_ns = match since {
         Some(s) => {
             let d = parse_duration(s)?;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+            let now = lancet_engine::event::now_ns();
             Some(now.saturating_sub(d.as_nanos() as u64))
         }
         None => None,

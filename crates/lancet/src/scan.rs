@@ -155,7 +155,7 @@ fn file_stem(digest: &str) -> String {
 
 /// The baseline as a learning profile keyed by the image's config digest.
 fn baseline_profile(report: &Report) -> Result<String> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let now = lancet_engine::event::now_ns();
     let image = report.image.as_deref().unwrap_or(&report.target);
     Profile::with_baseline(image, report.baseline.clone(), now).to_yaml().context("writing the baseline profile")
 }

@@ -25,15 +25,8 @@ const MAX_DEPTH: usize = 32;
 /// Pages and elements one listing ([`BoltDb::entries`]) looks at, at most.
 const MAX_LIST_WORK: usize = 1 << 20;
 
-fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
-}
-fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
-}
+// bbolt's pages are little-endian.
+use crate::bytes::{u16_le, u32_le, u64_le};
 
 fn fnv1a64(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -73,7 +66,7 @@ impl<'a> BoltDb<'a> {
                                                         // the page size is only known from a meta page, so try page 0's claim
                                                         // and the common sizes.
         let mut candidates = vec![0usize];
-        if let Some(ps) = u32_at(data, PAGE_HEADER + 8) {
+        if let Some(ps) = u32_le(data, PAGE_HEADER + 8) {
             candidates.push(ps as usize);
         }
         candidates.extend([4096, 8192, 16384, 65536]);
@@ -82,18 +75,18 @@ impl<'a> BoltDb<'a> {
         for off in candidates {
             let m = off + PAGE_HEADER;
             let Some(meta) = data.get(m..m + 64) else { continue };
-            if u32_at(meta, 0) != Some(MAGIC) || u32_at(meta, 4) != Some(2) {
+            if u32_le(meta, 0) != Some(MAGIC) || u32_le(meta, 4) != Some(2) {
                 continue;
             }
-            if u64_at(meta, 56) != Some(fnv1a64(&meta[..56])) {
+            if u64_le(meta, 56) != Some(fnv1a64(&meta[..56])) {
                 continue;
             }
-            let page_size = u32_at(meta, 8)? as usize;
+            let page_size = u32_le(meta, 8)? as usize;
             if !(512..=1 << 20).contains(&page_size) {
                 continue;
             }
-            let root = u64_at(meta, 16)?;
-            let txid = u64_at(meta, 48)?;
+            let root = u64_le(meta, 16)?;
+            let txid = u64_le(meta, 48)?;
             if best.is_none_or(|(t, _, _)| txid > t) {
                 best = Some((txid, page_size, root));
             }
@@ -106,7 +99,7 @@ impl<'a> BoltDb<'a> {
     fn page(&self, id: u64) -> Option<&'a [u8]> {
         let start = usize::try_from(id).ok()?.checked_mul(self.page_size)?;
         let hdr = self.data.get(start..start.checked_add(PAGE_HEADER)?)?;
-        let overflow = u32_at(hdr, 12)? as usize;
+        let overflow = u32_le(hdr, 12)? as usize;
         let len = overflow.checked_add(1)?.checked_mul(self.page_size)?;
         let end = start.checked_add(len)?.min(self.data.len());
         self.data.get(start..end)
@@ -125,8 +118,8 @@ impl<'a> BoltDb<'a> {
             return None;
         }
         let p = self.node_bytes(node)?;
-        let flags = u16_at(p, 8)?;
-        let count = u16_at(p, 10)? as usize;
+        let flags = u16_le(p, 8)?;
+        let count = u16_le(p, 10)? as usize;
         if flags & FLAG_LEAF != 0 {
             return (0..count).filter_map(|i| leaf_item(p, i)).find(|it| it.key == key);
         }
@@ -163,7 +156,7 @@ impl<'a> BoltDb<'a> {
         }
         *budget -= 1;
         let Some(p) = self.node_bytes(node) else { return };
-        let (Some(flags), Some(count)) = (u16_at(p, 8), u16_at(p, 10)) else { return };
+        let (Some(flags), Some(count)) = (u16_le(p, 8), u16_le(p, 10)) else { return };
         for i in 0..count as usize {
             if *budget == 0 || out.len() >= max {
                 return;
@@ -182,7 +175,7 @@ impl<'a> BoltDb<'a> {
     }
 
     fn sub_bucket(value: &'a [u8]) -> Option<Node<'a>> {
-        let root = u64_at(value, 0)?;
+        let root = u64_le(value, 0)?;
         if root == 0 {
             value.get(16..).map(Node::Inline)
         } else {
@@ -224,10 +217,10 @@ impl<'a> BoltDb<'a> {
 
 fn leaf_item(p: &[u8], i: usize) -> Option<LeafItem<'_>> {
     let e = PAGE_HEADER.checked_add(i.checked_mul(LEAF_ELEM)?)?;
-    let flags = u32_at(p, e)?;
-    let pos = u32_at(p, e + 4)? as usize;
-    let ksize = u32_at(p, e + 8)? as usize;
-    let vsize = u32_at(p, e + 12)? as usize;
+    let flags = u32_le(p, e)?;
+    let pos = u32_le(p, e + 4)? as usize;
+    let ksize = u32_le(p, e + 8)? as usize;
+    let vsize = u32_le(p, e + 12)? as usize;
     let k0 = e.checked_add(pos)?;
     let v0 = k0.checked_add(ksize)?;
     let key = p.get(k0..v0)?;
@@ -237,9 +230,9 @@ fn leaf_item(p: &[u8], i: usize) -> Option<LeafItem<'_>> {
 
 fn branch_item(p: &[u8], i: usize) -> Option<(&[u8], u64)> {
     let e = PAGE_HEADER.checked_add(i.checked_mul(BRANCH_ELEM)?)?;
-    let pos = u32_at(p, e)? as usize;
-    let ksize = u32_at(p, e + 4)? as usize;
-    let child = u64_at(p, e + 8)?;
+    let pos = u32_le(p, e)? as usize;
+    let ksize = u32_le(p, e + 4)? as usize;
+    let child = u64_le(p, e + 8)?;
     let k0 = e.checked_add(pos)?;
     Some((p.get(k0..k0.checked_add(ksize)?)?, child))
 }

@@ -10,7 +10,7 @@ use super::bolt::writer::{Val, Writer};
 use super::bolt::BoltDb;
 use super::tests::{Host, DID, T1, UID};
 use super::*;
-use crate::prop_util::{apply, apply_bytes, byte_edits, edits};
+use lancet_testkit::mutate::{apply, apply_bytes, byte_edits, edits};
 use proptest::prelude::*;
 use std::collections::BTreeMap as Map;
 

@@ -529,15 +529,6 @@ fn runtime_names_serialize_lowercase() {
     assert_eq!(c.short_id(), "abc");
 }
 
-/// Removes the container it names, even when the test fails.
-struct PodmanGuard(String);
-
-impl Drop for PodmanGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("podman").args(["rm", "-f", "-t", "0", &self.0]).output();
-    }
-}
-
 #[test]
 fn real_podman_host() {
     let is_root = std::fs::read_to_string("/proc/self/status")
@@ -566,7 +557,7 @@ fn real_podman_host() {
         println!("skipped: podman run failed: {}", String::from_utf8_lossy(&out.stderr));
         return;
     }
-    let _guard = PodmanGuard(id.clone());
+    let _removed_at_end = lancet_testkit::podman::Container::adopt(&id);
     let mut a = Attributor::new(AttributionConfig::default()).unwrap();
     let found = a.scan().unwrap();
     let c = found.iter().find(|c| c.id == id).unwrap_or_else(|| panic!("{id} not among {found:?}"));

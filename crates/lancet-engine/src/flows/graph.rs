@@ -6,7 +6,7 @@
 //! for people, JSON for programs (and the dashboard, whose cytoscape.js
 //! elements it feeds), or Graphviz dot.
 
-use super::{EndKind, FlowEnd, FlowNode, FlowRow, Verdict};
+use super::{EndKind, FlowCounters, FlowEnd, FlowNode, FlowRow, Verdict};
 use crate::output::rfc3339_nanos;
 use crate::printable::printable;
 use serde::Serialize;
@@ -41,13 +41,8 @@ pub struct Edge {
     pub target: String,
     pub port: u16,
     pub proto: String,
-    pub connections: u64,
-    pub failed: u64,
-    pub refused: u64,
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-    pub first_ns: u64,
-    pub last_ns: u64,
+    #[serde(flatten)]
+    pub counts: FlowCounters,
     /// The verdict last seen: `learning`, `allowed`, `unlisted` or `refused`.
     pub verdict: String,
     /// The profile entry or rule that decided it.
@@ -105,24 +100,13 @@ impl Graph {
                 target: d,
                 port: r.port,
                 proto: r.proto.clone(),
-                connections: 0,
-                failed: 0,
-                refused: 0,
-                bytes_out: 0,
-                bytes_in: 0,
-                first_ns: u64::MAX,
-                last_ns: 0,
+                counts: FlowCounters::default(),
                 verdict: String::new(),
                 rule: String::new(),
             });
-            e.connections += r.connections;
-            e.failed += r.failed;
-            e.refused += r.refused;
-            e.bytes_out += r.bytes_out;
-            e.bytes_in += r.bytes_in;
-            e.first_ns = e.first_ns.min(r.first_ns);
-            if r.last_ns >= e.last_ns {
-                e.last_ns = r.last_ns;
+            let newest = r.counts.last_ns >= e.counts.last_ns;
+            e.counts.merge(&r.counts);
+            if newest {
                 e.verdict.clone_from(&r.verdict);
                 e.rule.clone_from(&r.rule);
             }
@@ -181,7 +165,11 @@ impl Graph {
         let labels = self.labels();
         let label_of = |id: &str| labels.get(id).copied().unwrap_or(id).to_string();
         let mut edges: Vec<&Edge> = self.edges.iter().collect();
-        edges.sort_by(|a, b| (b.connections + b.failed + b.refused).cmp(&(a.connections + a.failed + a.refused)).then(a.id.cmp(&b.id)));
+        edges.sort_by(|a, b| {
+            (b.counts.connections + b.counts.failed + b.counts.refused)
+                .cmp(&(a.counts.connections + a.counts.failed + a.counts.refused))
+                .then(a.id.cmp(&b.id))
+        });
         let rows: Vec<[String; 9]> = edges
             .iter()
             .map(|e| {
@@ -190,10 +178,10 @@ impl Graph {
                     printable(&label_of(&e.target)).into_owned(),
                     format!("{}/{}", e.port, e.proto),
                     e.verdict.clone(),
-                    e.connections.to_string(),
-                    format!("{}/{}", e.failed, e.refused),
-                    format!("{}/{}", bytes(e.bytes_out), bytes(e.bytes_in)),
-                    rfc3339_nanos(e.last_ns).get(..19).unwrap_or("").replace('T', " "),
+                    e.counts.connections.to_string(),
+                    format!("{}/{}", e.counts.failed, e.counts.refused),
+                    format!("{}/{}", bytes(e.counts.bytes_out), bytes(e.counts.bytes_in)),
+                    rfc3339_nanos(e.counts.last_ns).get(..19).unwrap_or("").replace('T', " "),
                     printable(&e.rule).into_owned(),
                 ]
             })
@@ -247,9 +235,9 @@ impl Graph {
                 Some(Verdict::Unlisted) => "darkorange",
                 _ => "forestgreen",
             };
-            let mut label = format!("{}/{} ×{}", e.port, e.proto, e.connections);
-            if e.refused > 0 {
-                let _ = write!(label, " refused {}", e.refused);
+            let mut label = format!("{}/{} ×{}", e.port, e.proto, e.counts.connections);
+            if e.counts.refused > 0 {
+                let _ = write!(label, " refused {}", e.counts.refused);
             }
             let _ = writeln!(
                 out,
@@ -313,13 +301,15 @@ mod tests {
             dst,
             port,
             proto: "tcp".into(),
-            connections: conns,
-            failed: 0,
-            refused: 0,
-            bytes_out: 100,
-            bytes_in: 2048,
-            first_ns: last - 10,
-            last_ns: last,
+            counts: FlowCounters {
+                connections: conns,
+                failed: 0,
+                refused: 0,
+                bytes_out: 100,
+                bytes_in: 2048,
+                first_ns: last - 10,
+                last_ns: last,
+            },
             verdict: verdict.into(),
             rule: format!("rule at {last}"),
         }
@@ -352,7 +342,7 @@ mod tests {
         let g = Graph::build(&rows, &nodes, None);
         assert_eq!(g.edges.len(), 3);
         let e = g.edges.iter().find(|e| e.port == 5432).unwrap();
-        assert_eq!((e.connections, e.bytes_in, e.first_ns, e.last_ns), (15, 4096, 990, 2_000));
+        assert_eq!((e.counts.connections, e.counts.bytes_in, e.counts.first_ns, e.counts.last_ns), (15, 4096, 990, 2_000));
         assert_eq!((e.verdict.as_str(), e.rule.as_str()), ("refused", "rule at 2000"));
         let web = g.nodes.iter().find(|n| n.id == "c:aaaa1111").unwrap();
         assert_eq!(web.parent.as_deref(), Some("w:sha256:web"));

@@ -18,7 +18,7 @@ pub mod netpol;
 pub mod table;
 
 pub use table::{
-    Decider, Endpoint, FlowCounters, FlowKey, FlowLimits, FlowStats, FlowTable, NodeId, Observation, Recorded, RuleId, Summary, Verdict,
+    Decider, Endpoint, FlowKey, FlowLimits, FlowStats, FlowTable, NodeId, Observation, Recorded, RuleId, Summary, SummaryCounts, Verdict,
 };
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,41 @@ impl FlowEnd {
     }
 }
 
+/// What every view of a flow counts (the live table, the hourly rows, the
+/// map's edges), over its own span.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowCounters {
+    /// Connections established (TCP) or connected (UDP).
+    pub connections: u64,
+    /// Connection attempts the peer refused or that timed out.
+    pub failed: u64,
+    /// Connections refused by lancet in protect mode.
+    pub refused: u64,
+    /// Bytes from source to destination, and back (TCP, from the socket's
+    /// own counters at close).
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// First and last observation in the span (0: none yet).
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+impl FlowCounters {
+    /// Adds `o`'s counts (saturating) and widens the span to cover both.
+    pub fn merge(&mut self, o: &FlowCounters) {
+        self.connections = self.connections.saturating_add(o.connections);
+        self.failed = self.failed.saturating_add(o.failed);
+        self.refused = self.refused.saturating_add(o.refused);
+        self.bytes_out = self.bytes_out.saturating_add(o.bytes_out);
+        self.bytes_in = self.bytes_in.saturating_add(o.bytes_in);
+        if o.first_ns != 0 && (self.first_ns == 0 || o.first_ns < self.first_ns) {
+            self.first_ns = o.first_ns;
+        }
+        self.last_ns = self.last_ns.max(o.last_ns);
+    }
+}
+
 /// One hourly rollup of a flow, as stored and as the API returns it. The
 /// counters are the hour's; the verdict and the rule are the last seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,18 +125,8 @@ pub struct FlowRow {
     pub port: u16,
     /// `tcp` or `udp`.
     pub proto: String,
-    /// Connections established (TCP) or connected (UDP).
-    pub connections: u64,
-    /// Connection attempts the peer refused or that timed out.
-    pub failed: u64,
-    /// Connections refused by lancet in protect mode.
-    pub refused: u64,
-    /// Bytes from source to destination, and back (TCP, from the socket's
-    /// own counters at close).
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-    pub first_ns: u64,
-    pub last_ns: u64,
+    #[serde(flatten)]
+    pub counts: FlowCounters,
     /// [`Verdict`] as a word.
     pub verdict: String,
     /// The profile entry or rule that decided it, in words.

@@ -155,7 +155,7 @@ fn collect(rows: &[FlowRow]) -> BTreeMap<String, Seen> {
     for r in rows {
         // Only what was let through is a rule: a refused or failed-only
         // flow is not.
-        if r.connections == 0 {
+        if r.counts.connections == 0 {
             continue;
         }
         let port = (r.proto.to_ascii_uppercase(), r.port);
@@ -165,7 +165,7 @@ fn collect(rows: &[FlowRow]) -> BTreeMap<String, Seen> {
                 Some(p) if r.port != 0 => {
                     s.egress.entry(p).or_default().insert(port.clone());
                 }
-                _ => s.summarised += r.connections,
+                _ => s.summarised += r.counts.connections,
             }
         }
         if r.dst.kind() == EndKind::Container && !r.dst.workload.is_empty() {
@@ -174,7 +174,7 @@ fn collect(rows: &[FlowRow]) -> BTreeMap<String, Seen> {
                 Some(p) if r.port != 0 => {
                     s.ingress.entry(p).or_default().insert(port);
                 }
-                _ => s.summarised += r.connections,
+                _ => s.summarised += r.counts.connections,
             }
         }
     }
@@ -343,6 +343,7 @@ fn yaml_comment(c: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flows::FlowCounters;
 
     #[test]
     fn a_comment_cannot_add_a_document() {
@@ -363,7 +364,15 @@ mod tests {
     }
 
     fn row(src: FlowEnd, dst: FlowEnd, port: u16, proto: &str) -> FlowRow {
-        FlowRow { src, dst, port, proto: proto.into(), connections: 2, verdict: "allowed".into(), ..Default::default() }
+        FlowRow {
+            src,
+            dst,
+            port,
+            proto: proto.into(),
+            counts: FlowCounters { connections: 2, ..Default::default() },
+            verdict: "allowed".into(),
+            ..Default::default()
+        }
     }
 
     pub(crate) fn sample() -> (Vec<FlowRow>, Vec<FlowNode>) {
@@ -375,7 +384,10 @@ mod tests {
             row(web.clone(), end(EndKind::Host, "10.88.0.1", ""), 53, "udp"),
             row(end(EndKind::External, "2001:db8::5", ""), web.clone(), 8080, "tcp"),
             row(web.clone(), end(EndKind::Others, "", ""), 0, "tcp"),
-            FlowRow { connections: 0, refused: 3, ..row(db.clone(), end(EndKind::External, "192.0.2.1", ""), 25, "tcp") },
+            FlowRow {
+                counts: FlowCounters { refused: 3, ..Default::default() },
+                ..row(db.clone(), end(EndKind::External, "192.0.2.1", ""), 25, "tcp")
+            },
         ];
         let nodes = vec![
             FlowNode {

@@ -15,6 +15,7 @@
 //! no room for, is counted ([`FlowCounters`]), and the first summarised flow
 //! of a scan is reported to the caller so that it can raise an alert.
 
+use super::FlowCounters;
 use crate::profile::Protocol;
 use ahash::RandomState;
 use std::collections::HashMap;
@@ -128,14 +129,8 @@ pub enum Decider {
 /// A row's counters since it was last drained.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowStats {
-    pub connections: u64,
-    pub failed: u64,
-    pub refused: u64,
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-    /// First and last observation since the last drain (0: none).
-    pub first_ns: u64,
-    pub last_ns: u64,
+    /// Since the last drain.
+    pub counts: FlowCounters,
     pub verdict: Verdict,
     pub decider: Decider,
     dirty: bool,
@@ -156,15 +151,15 @@ pub struct Observation {
 
 impl FlowStats {
     fn add(&mut self, o: &Observation) {
-        self.connections = self.connections.saturating_add(o.connections);
-        self.failed = self.failed.saturating_add(o.failed);
-        self.refused = self.refused.saturating_add(o.refused);
-        self.bytes_out = self.bytes_out.saturating_add(o.bytes_out);
-        self.bytes_in = self.bytes_in.saturating_add(o.bytes_in);
-        if self.first_ns == 0 || o.time_ns < self.first_ns {
-            self.first_ns = o.time_ns;
-        }
-        self.last_ns = self.last_ns.max(o.time_ns);
+        self.counts.merge(&FlowCounters {
+            connections: o.connections,
+            failed: o.failed,
+            refused: o.refused,
+            bytes_out: o.bytes_out,
+            bytes_in: o.bytes_in,
+            first_ns: o.time_ns,
+            last_ns: o.time_ns,
+        });
         if let Some((v, d)) = o.verdict {
             self.verdict = v;
             self.decider = d;
@@ -216,7 +211,7 @@ pub enum Recorded {
 
 /// What was summarised or dropped since the table was made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FlowCounters {
+pub struct SummaryCounts {
     /// New flows counted in a summary row because their source scanned.
     pub summarised_scan: u64,
     /// New flows counted in a summary row because the table was full.
@@ -246,7 +241,7 @@ pub struct FlowTable {
     regular: usize,
     scans: HashMap<(Endpoint, bool), Window, RandomState>,
     hour_ns: u64,
-    pub counters: FlowCounters,
+    pub counters: SummaryCounts,
 }
 
 impl FlowTable {
@@ -260,7 +255,7 @@ impl FlowTable {
             regular: 0,
             hour_ns: 0,
             limits,
-            counters: FlowCounters::default(),
+            counters: SummaryCounts::default(),
         }
     }
 
@@ -425,7 +420,10 @@ mod tests {
         t.drain(t0 + 3000, |k, s| seen.push((*k, *s)));
         assert_eq!(seen.len(), 1);
         let s = seen[0].1;
-        assert_eq!((s.connections, s.bytes_out, s.bytes_in, s.first_ns, s.last_ns), (1000, 10, 20, t0, t0 + 2000));
+        assert_eq!(
+            (s.counts.connections, s.counts.bytes_out, s.counts.bytes_in, s.counts.first_ns, s.counts.last_ns),
+            (1000, 10, 20, t0, t0 + 2000)
+        );
         assert_eq!(s.verdict, Verdict::Allowed, "a close record keeps the verdict");
         // Nothing changed: nothing to drain; the row stays for the hour.
         let mut n = 0;
@@ -433,7 +431,7 @@ mod tests {
         assert_eq!((n, t.len()), (0, 1));
         // A later hour: drained, then forgotten.
         t.record(k, &conn(t0 + 5000));
-        assert!(t.drain(t0 + HOUR_NS, |_, s| n += s.connections as usize));
+        assert!(t.drain(t0 + HOUR_NS, |_, s| n += s.counts.connections as usize));
         assert_eq!((n, t.len()), (1, 0));
     }
 
@@ -457,7 +455,7 @@ mod tests {
         let mut got = None;
         t.drain(2_000, |k, s| {
             if *k == summary {
-                got = Some(s.connections)
+                got = Some(s.counts.connections)
             }
         });
         assert_eq!(got, Some(990));
@@ -481,7 +479,7 @@ mod tests {
         let mut got = 0;
         t.drain(1_000, |k, s| {
             if *k == summary {
-                got = s.connections
+                got = s.counts.connections
             }
         });
         assert_eq!(got, 95);

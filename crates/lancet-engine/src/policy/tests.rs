@@ -1,6 +1,6 @@
 use super::*;
 use crate::attribution::{ContainerInfo, PodInfo};
-use crate::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, L4Proto, NetEvent, NetOp, ProcessRef};
+use crate::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, NetEvent, NetOp, ProcessRef, Protocol};
 use std::sync::Arc;
 
 // ---------- event builders ----------
@@ -42,7 +42,7 @@ fn rename(old: &str, new: &str) -> Event {
 fn net(op: NetOp, daddr: &str, dport: u16, sport: u16) -> Event {
     event(EventKind::Net(NetEvent {
         op,
-        proto: L4Proto::Tcp,
+        proto: Protocol::Tcp,
         saddr: "10.88.0.5".parse().unwrap(),
         sport,
         daddr: daddr.parse().unwrap(),
@@ -791,7 +791,7 @@ fn deep_flow_nesting_is_refused_before_the_parser_pays_for_it() {
 
 mod props {
     use super::*;
-    use crate::prop_util::{apply, edits, yamlish};
+    use lancet_testkit::mutate::{apply, edits, yamlish};
     use proptest::prelude::*;
 
     fn check_errors(errors: &[PolicyError], file: &str, text: &str) -> Result<(), TestCaseError> {

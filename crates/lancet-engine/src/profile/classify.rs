@@ -50,7 +50,7 @@ pub(super) fn parent_of(x: &ExecEvent) -> Option<&str> {
 }
 
 /// The directory a path lies in: `/tmp/a` → `/tmp`, `/a` → `/`.
-pub(super) fn parent_dir(path: &str) -> &str {
+pub fn parent_dir(path: &str) -> &str {
     let p = path.trim_end_matches('/');
     match p.rfind('/') {
         Some(0) => "/",
@@ -136,7 +136,7 @@ pub(super) fn classify<'a>(ev: &'a Event, peer: Option<&'a PeerRef>) -> Option<O
             })
         }
         EventKind::Net(n) if n.result == 0 => {
-            let proto = Protocol::from(n.proto);
+            let proto = n.proto;
             let remote = || peer.map(PeerKey::from).unwrap_or(PeerKey::Ip(n.daddr.to_canonical()));
             match n.op {
                 NetOp::Listen | NetOp::Bind if n.sport != 0 => Some(Obs::Listen { port: n.sport, proto }),

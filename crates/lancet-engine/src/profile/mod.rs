@@ -35,7 +35,7 @@ pub use time::{parse_duration, parse_rfc3339, Span, Timestamp};
 
 pub use check::*;
 use classify::*;
-pub use classify::{RUNTIME_PARENT, STDIN_CODE};
+pub use classify::{parent_dir, RUNTIME_PARENT, STDIN_CODE};
 pub use diff::*;
 use index::*;
 use learn::*;
@@ -44,7 +44,7 @@ pub use spec::*;
 
 use crate::drift::{normalise_code, ProgramSource};
 
-use crate::event::{Event, EventKind, ExecEvent, FileOp, L4Proto, NetOp};
+use crate::event::{Event, EventKind, ExecEvent, FileOp, NetOp};
 
 use crate::write_sets::{anchor, classify_write, collapse, collapsed_anchor, WritableSet, WriteClass};
 

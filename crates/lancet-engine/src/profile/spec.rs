@@ -58,30 +58,7 @@ impl std::str::FromStr for Mode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl From<L4Proto> for Protocol {
-    fn from(p: L4Proto) -> Self {
-        match p {
-            L4Proto::Tcp => Protocol::Tcp,
-            L4Proto::Udp => Protocol::Udp,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
+pub use crate::event::Protocol;
 
 /// The other end of a flow as the caller knows it at event time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -23,7 +23,7 @@ fn exec(path: &str, parent: &str, args: &[&str]) -> Event {
     }))
 }
 
-fn net(op: NetOp, proto: L4Proto, local: (IpAddr, u16), remote: (IpAddr, u16), result: i32) -> Event {
+fn net(op: NetOp, proto: Protocol, local: (IpAddr, u16), remote: (IpAddr, u16), result: i32) -> Event {
     ev(EventKind::Net(NetEvent {
         op,
         proto,
@@ -45,15 +45,15 @@ const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 const ME: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 2));
 
 fn listen(port: u16) -> Event {
-    net(NetOp::Listen, L4Proto::Tcp, (ANY, port), (ANY, 0), 0)
+    net(NetOp::Listen, Protocol::Tcp, (ANY, port), (ANY, 0), 0)
 }
 
-fn connect(ip: IpAddr, port: u16, proto: L4Proto) -> Event {
+fn connect(ip: IpAddr, port: u16, proto: Protocol) -> Event {
     net(NetOp::Connect, proto, (ME, 40000), (ip, port), 0)
 }
 
 fn accept(ip: IpAddr, port: u16) -> Event {
-    net(NetOp::Accept, L4Proto::Tcp, (ME, port), (ip, 51000), 0)
+    net(NetOp::Accept, Protocol::Tcp, (ME, port), (ip, 51000), 0)
 }
 
 fn file(op: FileOp, path: &str) -> Event {
@@ -70,8 +70,8 @@ fn learned() -> Profile {
     let web = PeerRef::Workload("sha256:db".into());
     assert!(p.observe(&exec("/bin/httpd", "/bin/sh", &["-f", "-p", "8080"]), None, T0 + SEC));
     assert!(p.observe(&listen(8080), None, T0 + SEC));
-    assert!(p.observe(&connect(ip4(10, 88, 0, 3), 5432, L4Proto::Tcp), Some(&web), T0 + SEC));
-    assert!(p.observe(&connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp), None, T0 + SEC));
+    assert!(p.observe(&connect(ip4(10, 88, 0, 3), 5432, Protocol::Tcp), Some(&web), T0 + SEC));
+    assert!(p.observe(&connect(ip4(10, 88, 0, 1), 53, Protocol::Udp), None, T0 + SEC));
     assert!(p.observe(&accept(ip4(10, 88, 0, 9), 8080), None, T0 + SEC));
     assert!(p.observe(&file(FileOp::Create, "/tmp/upload.1"), None, T0 + SEC));
     assert!(p.observe(&file(FileOp::Open, "/etc/shadow"), None, T0 + SEC));
@@ -117,8 +117,8 @@ fn known_things_are_not_relearned_but_counted() {
     let t = T0 + 2 * SEC;
     assert!(!p.observe(&exec("/bin/httpd", "/bin/sh", &["-f", "-p", "8080"]), None, t));
     assert!(!p.observe(&listen(8080), None, t));
-    assert!(!p.observe(&connect(ip4(10, 88, 0, 3), 5432, L4Proto::Tcp), Some(&web), t));
-    assert!(!p.observe(&connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp), None, t));
+    assert!(!p.observe(&connect(ip4(10, 88, 0, 3), 5432, Protocol::Tcp), Some(&web), t));
+    assert!(!p.observe(&connect(ip4(10, 88, 0, 1), 53, Protocol::Udp), None, t));
     assert!(!p.observe(&accept(ip4(10, 88, 0, 9), 8080), None, t));
     assert!(!p.observe(&file(FileOp::Modify, "/tmp/other"), None, t));
     assert!(!p.observe(&file(FileOp::Open, "/etc/shadow"), None, t));
@@ -145,9 +145,9 @@ fn ignored_events_teach_nothing_and_never_deviate() {
         ev(EventKind::Fork { child_pid: 3 }),
         ev(EventKind::Exit(crate::event::ExitEvent { code: Some(0), signal: None })),
         ev(EventKind::CgroupMkdir { id: 1, path: "/x".into() }),
-        net(NetOp::Close, L4Proto::Tcp, (ME, 1), (ME, 2), 0),
-        net(NetOp::Connect, L4Proto::Tcp, (ME, 1), (ip4(1, 2, 3, 4), 80), 111), // refused
-        net(NetOp::Bind, L4Proto::Udp, (ANY, 0), (ANY, 0), 0),                  // ephemeral
+        net(NetOp::Close, Protocol::Tcp, (ME, 1), (ME, 2), 0),
+        net(NetOp::Connect, Protocol::Tcp, (ME, 1), (ip4(1, 2, 3, 4), 80), 111), // refused
+        net(NetOp::Bind, Protocol::Udp, (ANY, 0), (ANY, 0), 0),                  // ephemeral
         file(FileOp::Delete, "/tmp/x"),
         file(FileOp::Chmod, "/tmp/x"),
     ];
@@ -215,9 +215,9 @@ fn sections_are_bounded() {
 
     let mut p = new_profile();
     for port in 1..=MAX_ENTRIES as u16 {
-        p.observe(&connect(ME, port, L4Proto::Tcp), None, T0);
+        p.observe(&connect(ME, port, Protocol::Tcp), None, T0);
     }
-    assert!(!p.observe(&connect(ME, 9999, L4Proto::Tcp), None, T0));
+    assert!(!p.observe(&connect(ME, 9999, Protocol::Tcp), None, T0));
     assert_eq!(p.spec().overflow.outbound, 1);
     for i in 0..MAX_PARENTS + 1 {
         p.observe(&exec("/bin/sh", &format!("/p{i}"), &[]), None, T0);
@@ -232,13 +232,13 @@ fn check_known_events() {
     let web = PeerRef::Workload("sha256:db".into());
     assert_eq!(p.check(&exec("/bin/httpd", "/bin/sh", &["other", "args"]), None), None);
     assert_eq!(p.check(&listen(8080), None), None);
-    assert_eq!(p.check(&net(NetOp::Bind, L4Proto::Tcp, (ANY, 8080), (ANY, 0), 0), None), None);
-    assert_eq!(p.check(&connect(ip4(10, 88, 0, 3), 5432, L4Proto::Tcp), Some(&web)), None);
-    assert_eq!(p.check(&connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp), None), None);
-    assert_eq!(p.check(&connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp), Some(&PeerRef::Ip(ip4(10, 88, 0, 1)))), None);
+    assert_eq!(p.check(&net(NetOp::Bind, Protocol::Tcp, (ANY, 8080), (ANY, 0), 0), None), None);
+    assert_eq!(p.check(&connect(ip4(10, 88, 0, 3), 5432, Protocol::Tcp), Some(&web)), None);
+    assert_eq!(p.check(&connect(ip4(10, 88, 0, 1), 53, Protocol::Udp), None), None);
+    assert_eq!(p.check(&connect(ip4(10, 88, 0, 1), 53, Protocol::Udp), Some(&PeerRef::Ip(ip4(10, 88, 0, 1)))), None);
     // A v4-mapped v6 address is the same peer.
     let mapped = IpAddr::V6(Ipv4Addr::new(10, 88, 0, 1).to_ipv6_mapped());
-    assert_eq!(p.check(&connect(mapped, 53, L4Proto::Udp), None), None);
+    assert_eq!(p.check(&connect(mapped, 53, Protocol::Udp), None), None);
     assert_eq!(p.check(&accept(ip4(10, 88, 0, 9), 8080), None), None);
     assert_eq!(p.check(&file(FileOp::Rename, "/tmp/x"), None), None);
     assert_eq!(p.check(&file(FileOp::Open, "/etc/shadow"), None), None);
@@ -253,24 +253,24 @@ fn check_reports_each_deviation() {
         (exec("/bin/httpd", "/bin/bash", &[]), None, Deviation::NewParent { path: "/bin/httpd".into(), parent: "/bin/bash".into() }),
         (exec_as("/bin/httpd", "nginx", "/bin/sh"), None, Deviation::NewName { path: "/bin/httpd".into(), name: "nginx".into() }),
         (listen(4444), None, Deviation::NewListen { port: 4444, proto: Protocol::Tcp }),
-        (net(NetOp::Listen, L4Proto::Udp, (ANY, 8080), (ANY, 0), 0), None, Deviation::NewListen { port: 8080, proto: Protocol::Udp }),
+        (net(NetOp::Listen, Protocol::Udp, (ANY, 8080), (ANY, 0), 0), None, Deviation::NewListen { port: 8080, proto: Protocol::Udp }),
         (
-            connect(ip4(10, 88, 0, 3), 22, L4Proto::Tcp),
+            connect(ip4(10, 88, 0, 3), 22, Protocol::Tcp),
             Some(web.clone()),
             Deviation::NewOutbound { peer: Peer::Workload("sha256:db".into()), port: 22, proto: Protocol::Tcp },
         ),
         (
-            connect(ip4(203, 0, 113, 5), 443, L4Proto::Tcp),
+            connect(ip4(203, 0, 113, 5), 443, Protocol::Tcp),
             None,
             Deviation::NewOutbound { peer: Peer::Cidr("203.0.113.5/32".parse().unwrap()), port: 443, proto: Protocol::Tcp },
         ),
         (
-            connect(IpAddr::V6(Ipv6Addr::LOCALHOST), 53, L4Proto::Udp),
+            connect(IpAddr::V6(Ipv6Addr::LOCALHOST), 53, Protocol::Udp),
             None,
             Deviation::NewOutbound { peer: Peer::Cidr("::1/128".parse().unwrap()), port: 53, proto: Protocol::Udp },
         ),
         (
-            connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp),
+            connect(ip4(10, 88, 0, 1), 53, Protocol::Udp),
             Some(PeerRef::Host("evil.example".into())),
             Deviation::NewOutbound { peer: Peer::Host("evil.example".into()), port: 53, proto: Protocol::Udp },
         ),
@@ -330,11 +330,11 @@ spec:
     );
     let mut p = Profile::from_yaml(&yaml, "hand.yaml").unwrap();
     assert_eq!(p.check(&exec("/bin/ls", "/anything", &[]), None), None, "no parents listed: any parent");
-    assert_eq!(p.check(&connect(ip4(10, 0, 0, 77), 53, L4Proto::Udp), None), None);
-    assert!(p.check(&connect(ip4(10, 0, 1, 77), 53, L4Proto::Udp), None).is_some());
-    assert!(p.check(&connect(ip4(10, 0, 0, 77), 54, L4Proto::Udp), None).is_some());
+    assert_eq!(p.check(&connect(ip4(10, 0, 0, 77), 53, Protocol::Udp), None), None);
+    assert!(p.check(&connect(ip4(10, 0, 1, 77), 53, Protocol::Udp), None).is_some());
+    assert!(p.check(&connect(ip4(10, 0, 0, 77), 54, Protocol::Udp), None).is_some());
     // Observing an address inside the CIDR counts against the CIDR entry.
-    assert!(!p.observe(&connect(ip4(10, 0, 0, 5), 53, L4Proto::Udp), None, T0 + SEC));
+    assert!(!p.observe(&connect(ip4(10, 0, 0, 5), 53, Protocol::Udp), None, T0 + SEC));
     assert_eq!(p.spec().outbound.len(), 1);
     assert_eq!(p.spec().outbound[0].count, 1);
 }
@@ -347,7 +347,7 @@ fn merge_replicas() {
     assert!(!b.observe(&exec("/bin/httpd", "/bin/sh", &["-f", "-p", "8080"]), None, T0 + MIN));
     assert!(b.observe(&exec("/bin/httpd", "/usr/bin/tini", &["-f"]), None, T0 + MIN));
     assert!(b.observe(&listen(9090), None, T0 + MIN));
-    assert!(b.observe(&connect(ip4(10, 88, 0, 1), 53, L4Proto::Udp), None, T0 + 2 * MIN));
+    assert!(b.observe(&connect(ip4(10, 88, 0, 1), 53, Protocol::Udp), None, T0 + 2 * MIN));
     assert!(b.observe(&file(FileOp::Open, "/etc/passwd"), None, T0 + MIN));
     b.spec.overflow.inbound = 3;
     let before = a.clone();
@@ -391,7 +391,7 @@ fn diff_lists_added_and_removed() {
     let mut b = a.clone();
     b.observe(&exec("/bin/httpd", "/usr/bin/tini", &[]), None, T0);
     b.observe(&listen(9090), None, T0);
-    b.observe(&connect(ip4(1, 1, 1, 1), 53, L4Proto::Udp), None, T0);
+    b.observe(&connect(ip4(1, 1, 1, 1), 53, Protocol::Udp), None, T0);
     let mut c = new_profile();
     c.merge(&b); // the same entries, learned through merge
     let lines: Vec<String> = a.diff(&b).iter().map(ToString::to_string).collect();
@@ -936,7 +936,7 @@ fn deep_flow_nesting_is_refused_before_the_parser_pays_for_it() {
 
 mod props {
     use super::*;
-    use crate::prop_util::{apply, edits, yamlish};
+    use lancet_testkit::mutate::{apply, edits, yamlish};
     use proptest::prelude::*;
 
     fn path() -> impl Strategy<Value = String> {
@@ -951,8 +951,8 @@ mod props {
         prop_oneof![any::<[u8; 4]>().prop_map(IpAddr::from), any::<[u8; 16]>().prop_map(IpAddr::from)]
     }
 
-    fn proto() -> impl Strategy<Value = L4Proto> {
-        prop_oneof![Just(L4Proto::Tcp), Just(L4Proto::Udp)]
+    fn proto() -> impl Strategy<Value = Protocol> {
+        prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)]
     }
 
     fn peer() -> impl Strategy<Value = Option<PeerRef>> {
@@ -1245,14 +1245,14 @@ fn the_containers_writable_set_is_normal_life_and_learned_in_any_mode() {
 fn a_udp_connect_to_the_unspecified_address_is_not_an_outbound_peer() {
     let p = new_profile();
     for addr in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
-        let e = connect(addr.parse().unwrap(), 5432, L4Proto::Udp);
+        let e = connect(addr.parse().unwrap(), 5432, Protocol::Udp);
         let peer = PeerRef::Ip(addr.parse().unwrap());
         assert_eq!(p.check(&e, Some(&peer)), None, "{addr}");
     }
     // Elsewhere it is one (loopback too: a DNS stub listens there).
-    assert!(p.check(&connect("10.88.0.9".parse().unwrap(), 53, L4Proto::Udp), None).is_some());
-    assert!(p.check(&connect("127.0.0.53".parse().unwrap(), 53, L4Proto::Udp), None).is_some());
-    assert!(p.check(&connect("127.0.0.1".parse().unwrap(), 8080, L4Proto::Tcp), None).is_some());
+    assert!(p.check(&connect("10.88.0.9".parse().unwrap(), 53, Protocol::Udp), None).is_some());
+    assert!(p.check(&connect("127.0.0.53".parse().unwrap(), 53, Protocol::Udp), None).is_some());
+    assert!(p.check(&connect("127.0.0.1".parse().unwrap(), 8080, Protocol::Tcp), None).is_some());
 }
 
 #[test]

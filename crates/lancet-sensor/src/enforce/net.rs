@@ -27,12 +27,7 @@ const ALLOW_DURING_ISOLATION: u32 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
+pub use lancet_engine::event::Protocol;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,7 +46,7 @@ pub struct NetRule {
     /// None: any port.
     pub port: Option<u16>,
     /// None: TCP and UDP (and any other protocol).
-    pub proto: Option<Proto>,
+    pub proto: Option<Protocol>,
     pub dir: Direction,
     /// Also allowed while the container is isolated (e.g. the DNS server
     /// or a forensics collector). For Egress rules this also lets the
@@ -70,7 +65,7 @@ impl NetRule {
         self
     }
 
-    pub fn proto(mut self, proto: Proto) -> NetRule {
+    pub fn proto(mut self, proto: Protocol) -> NetRule {
         self.proto = Some(proto);
         self
     }
@@ -85,11 +80,11 @@ impl NetRule {
     }
 }
 
-fn proto_num(p: Option<Proto>) -> u8 {
+fn proto_num(p: Option<Protocol>) -> u8 {
     match p {
         None => 0,
-        Some(Proto::Tcp) => IPPROTO_TCP,
-        Some(Proto::Udp) => IPPROTO_UDP,
+        Some(Protocol::Tcp) => IPPROTO_TCP,
+        Some(Protocol::Udp) => IPPROTO_UDP,
     }
 }
 
@@ -129,8 +124,8 @@ pub(crate) fn key_rule(k: &[u8]) -> Option<(NetRule, bool)> {
     let plen = u32::from_ne_bytes(k[0..4].try_into().ok()?).checked_sub(FIXED_BITS)?;
     let proto = match k[12] {
         0 => None,
-        IPPROTO_TCP => Some(Proto::Tcp),
-        IPPROTO_UDP => Some(Proto::Udp),
+        IPPROTO_TCP => Some(Protocol::Tcp),
+        IPPROTO_UDP => Some(Protocol::Udp),
         _ => return None,
     };
     let isolation = k[13] & DIR_ISOLATION != 0;
@@ -220,7 +215,7 @@ mod tests {
 
     #[test]
     fn v4_keys_are_v4_mapped_with_the_documented_prefixlen() {
-        let r = NetRule::egress("10.1.2.3/24".parse().unwrap()).port(8080).proto(Proto::Tcp);
+        let r = NetRule::egress("10.1.2.3/24".parse().unwrap()).port(8080).proto(Protocol::Tcp);
         let k = rule_key(7, &r, false);
         assert_eq!(u32::from_ne_bytes(k[0..4].try_into().unwrap()), 64 + 8 + 8 + 16 + 96 + 24);
         assert_eq!(u64::from_ne_bytes(k[4..12].try_into().unwrap()), 7);
@@ -230,12 +225,12 @@ mod tests {
         assert_eq!(&k[16..32], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 0]);
         let (back, iso) = key_rule(&k).unwrap();
         assert!(!iso);
-        assert_eq!(back, NetRule::egress("10.1.2.0/24".parse().unwrap()).port(8080).proto(Proto::Tcp));
+        assert_eq!(back, NetRule::egress("10.1.2.0/24".parse().unwrap()).port(8080).proto(Protocol::Tcp));
     }
 
     #[test]
     fn v6_and_bind_and_isolation_keys_round_trip() {
-        let r = NetRule::bind("fd00::/8".parse().unwrap()).port(53).proto(Proto::Udp);
+        let r = NetRule::bind("fd00::/8".parse().unwrap()).port(53).proto(Protocol::Udp);
         let k = rule_key(1, &r, true);
         assert_eq!(u32::from_ne_bytes(k[0..4].try_into().unwrap()), 96 + 8);
         assert_eq!(k[13], 1 | 0x80);

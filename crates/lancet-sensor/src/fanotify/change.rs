@@ -4,7 +4,8 @@
 
 use super::parse::{FidRecord, RawEvent};
 use super::READ_BUF_LEN;
-use super::{fanotify_init, fanotify_mark, fd_path, now_ns, FanotifyError, FanotifyStats};
+use super::{fanotify_init, fanotify_mark, now_ns, FanotifyError, FanotifyStats};
+use crate::sys::fd_path;
 use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
 use std::collections::HashMap;
 use std::io;

@@ -3,10 +3,10 @@
 
 use super::parse::RawEvent;
 use super::READ_BUF_LEN;
-use super::{cstring, fanotify_init, fanotify_mark, fd_path, fstat, FanotifyError, FanotifyStats};
+use super::{fanotify_init, fanotify_mark, FanotifyError, FanotifyStats};
+use crate::sys::{fd_path, fstat, open_in_root, open_path};
 use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -146,7 +146,7 @@ impl SensitiveOpenWatcher {
                 continue;
             }
             // Glob over the directory's entries, listed through its fd.
-            let Ok(dfd) = open_in_root(root_fd.as_raw_fd(), dir) else {
+            let Ok(dfd) = open_in_root(root_fd.as_fd(), dir) else {
                 continue;
             };
             let Ok(rd) = std::fs::read_dir(format!("/proc/self/fd/{}", dfd.as_raw_fd())) else {
@@ -161,7 +161,7 @@ impl SensitiveOpenWatcher {
         }
         let mut added = 0;
         for path in targets {
-            let fd = match open_in_root(root_fd.as_raw_fd(), &path) {
+            let fd = match open_in_root(root_fd.as_fd(), &path) {
                 Ok(fd) => fd,
                 Err(e) => {
                     if e.raw_os_error() != Some(libc::ENOENT) && e.raw_os_error() != Some(libc::ENOTDIR) {
@@ -227,7 +227,7 @@ impl SensitiveOpenWatcher {
             }
             self.objects.remove(&key);
             let Some(rfd) = &root_fd else { continue };
-            let Ok(fd) = open_in_root(rfd.as_raw_fd(), &w.path) else {
+            let Ok(fd) = open_in_root(rfd.as_fd(), &w.path) else {
                 continue;
             };
             match fstat(fd.as_raw_fd()) {
@@ -393,64 +393,6 @@ fn glob_match(pat: &str, s: &str) -> bool {
         }
     }
     true
-}
-
-/// `openat(dirfd, path, O_PATH | O_CLOEXEC | extra)`.
-pub(super) fn open_path(dirfd: RawFd, path: &Path, extra: i32) -> io::Result<OwnedFd> {
-    let c = cstring(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | extra) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned to us and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Open `path` (absolute, as seen inside the root) relative to `root_fd`
-/// with `O_PATH`, never leaving the root: `openat2(RESOLVE_IN_ROOT |
-/// RESOLVE_NO_MAGICLINKS)`, or on kernels without openat2 (< 5.6) a
-/// component-by-component walk that refuses symlinks and `..`.
-pub(super) fn open_in_root(root_fd: RawFd, path: &str) -> io::Result<OwnedFd> {
-    let rel = path.trim_start_matches('/');
-    let rel = if rel.is_empty() { "." } else { rel };
-    let c = std::ffi::CString::new(rel).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    /// `struct open_how` (linux/openat2.h); libc's is non-exhaustive.
-    #[repr(C)]
-    struct OpenHow {
-        flags: u64,
-        mode: u64,
-        resolve: u64,
-    }
-    let how =
-        OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC) as u64, mode: 0, resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS };
-    // SAFETY: `c` and `how` are valid for the call and the size passed is
-    // `how`'s size; the kernel only reads them.
-    let fd = unsafe { libc::syscall(libc::SYS_openat2, root_fd, c.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) };
-    if fd >= 0 {
-        // SAFETY: `fd` was just returned to us and is owned by nobody else.
-        return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::ENOSYS) {
-        return Err(e);
-    }
-    let mut cur: Option<OwnedFd> = None;
-    for comp in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        if comp == ".." {
-            return Err(io::Error::from_raw_os_error(libc::EXDEV));
-        }
-        let dir = cur.as_ref().map_or(root_fd, |f| f.as_raw_fd());
-        let next = open_path(dir, Path::new(comp), libc::O_NOFOLLOW)?;
-        if fstat(next.as_raw_fd())?.st_mode & libc::S_IFMT == libc::S_IFLNK {
-            return Err(io::Error::from_raw_os_error(libc::ELOOP));
-        }
-        cur = Some(next);
-    }
-    match cur {
-        Some(f) => Ok(f),
-        None => open_path(root_fd, Path::new("."), 0),
-    }
 }
 
 #[cfg(test)]

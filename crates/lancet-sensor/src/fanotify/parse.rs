@@ -50,22 +50,7 @@ pub(crate) enum ParseError {
     Version(u8),
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))
-}
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-}
-fn i32_at(b: &[u8], at: usize) -> Option<i32> {
-    u32_at(b, at).map(|v| v as i32)
-}
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 8).map(|s| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        u64::from_ne_bytes(a)
-    })
-}
+use lancet_engine::bytes::{i32_ne, u16_ne, u32_ne, u64_ne};
 
 /// Iterator over the events in one read buffer. After the first error it
 /// stops: once a length is wrong nothing after it can be located.
@@ -107,9 +92,9 @@ fn parse_one(buf: &[u8], off: usize) -> Result<(RawEvent<'_>, usize), ParseError
     }
     // Lengths checked above: all the fixed-offset reads below are in bounds,
     // but go through the checked helpers anyway.
-    let event_len = u32_at(rest, 0).unwrap_or(0) as usize;
+    let event_len = u32_ne(rest, 0).unwrap_or(0) as usize;
     let vers = rest[4];
-    let metadata_len = u16_at(rest, 6).unwrap_or(0) as usize;
+    let metadata_len = u16_ne(rest, 6).unwrap_or(0) as usize;
     if vers != libc::FANOTIFY_METADATA_VERSION {
         return Err(ParseError::Version(vers));
     }
@@ -120,9 +105,9 @@ fn parse_one(buf: &[u8], off: usize) -> Result<(RawEvent<'_>, usize), ParseError
         return Err(ParseError::Truncated { offset: off, have: rest.len(), need: event_len });
     }
     let mut ev = RawEvent {
-        mask: u64_at(rest, 8).unwrap_or(0),
-        fd: i32_at(rest, 16).unwrap_or(-1),
-        pid: i32_at(rest, 20).unwrap_or(0),
+        mask: u64_ne(rest, 8).unwrap_or(0),
+        fd: i32_ne(rest, 16).unwrap_or(-1),
+        pid: i32_ne(rest, 20).unwrap_or(0),
         ..RawEvent::default()
     };
     let mut infos = &rest[metadata_len..event_len];
@@ -132,7 +117,7 @@ fn parse_one(buf: &[u8], off: usize) -> Result<(RawEvent<'_>, usize), ParseError
             break;
         }
         let info_type = infos[0];
-        let len = u16_at(infos, 2).unwrap_or(0) as usize;
+        let len = u16_ne(infos, 2).unwrap_or(0) as usize;
         if len < INFO_HDR_LEN || len > infos.len() {
             // Can't find the next record; keep what we have.
             ev.skipped_infos += 1;
@@ -167,9 +152,9 @@ fn parse_fid(rec: &[u8], with_name: bool) -> Option<FidRecord<'_>> {
     if rec.len() < FID_FIXED_LEN {
         return None;
     }
-    let fsid = [i32_at(rec, 4)?, i32_at(rec, 8)?];
-    let handle_bytes = u32_at(rec, 12)? as usize;
-    let handle_type = i32_at(rec, 16)?;
+    let fsid = [i32_ne(rec, 4)?, i32_ne(rec, 8)?];
+    let handle_bytes = u32_ne(rec, 12)? as usize;
+    let handle_type = i32_ne(rec, 16)?;
     let handle_end = FID_FIXED_LEN.checked_add(handle_bytes)?;
     let handle = rec.get(FID_FIXED_LEN..handle_end)?;
     if handle.is_empty() {

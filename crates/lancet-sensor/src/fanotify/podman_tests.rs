@@ -7,28 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(super) const IMAGE: &str = "localhost/lancet-busybox:test";
-
-pub(super) fn podman(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("podman").args(args).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("podman {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Removes the container (by id) however the test ends.
-pub(super) struct ContainerGuard(pub(super) String);
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &self.0]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-    }
-}
+pub(crate) use lancet_testkit::podman::{try_podman as podman, Container, BUSYBOX_IMAGE as IMAGE};
 
 /// Build the busybox test image if it is missing (same recipe as the one on
 /// these machines).
-pub(super) fn ensure_image() -> Result<(), String> {
+pub(crate) fn ensure_image() -> Result<(), String> {
     if podman(&["image", "exists", IMAGE]).is_ok() {
         return Ok(());
     }
@@ -84,7 +67,7 @@ fn root_podman_container_file_changes_and_sensitive_open() {
         return;
     }
     let id = podman(&["run", "-d", "--rm", IMAGE, "sleep", "60"]).expect("podman run");
-    let _guard = ContainerGuard(id.clone());
+    let _removed_at_end = Container::adopt(&id);
     let cpid: u32 = podman(&["inspect", "-f", "{{.State.Pid}}", &id]).unwrap().parse().unwrap();
     let upper = PathBuf::from(podman(&["inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", &id]).unwrap());
     let upper = std::fs::canonicalize(&upper).unwrap();

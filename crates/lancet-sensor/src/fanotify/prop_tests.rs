@@ -6,9 +6,9 @@
 
 use super::parse::build::{event, fid_info, raw_info};
 use super::parse::{events, ParseError, RawEvent, METADATA_LEN};
-use super::perm::normalise;
 use super::syscall::parse_syscall;
-use crate::prop_util::{apply_bytes, byte_edits};
+use crate::enforce::perm::normalise;
+use lancet_testkit::mutate::{apply_bytes, byte_edits};
 use proptest::prelude::*;
 
 /// Every event found lies inside the buffer, one after another, and the

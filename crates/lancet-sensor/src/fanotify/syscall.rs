@@ -288,10 +288,6 @@ fn read_remote_u64(tid: i32, addr: u64) -> Option<u64> {
     (n == 8).then_some(v)
 }
 
-pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,24 +8,25 @@
 //! the namespace, makes the container's root its own root, does the job and
 //! ends. The agent's other threads stay in the host's namespace.
 
-use super::mountinfo::{self, MountInfo};
-use super::{sys, MountError};
+use super::MountError;
+use crate::mountinfo::{self, MountInfo};
+use crate::sys;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// A thread inside the container's mount namespace, chrooted to its root.
-pub(super) struct Ctx {
-    pub(super) pid: u32,
+pub(crate) struct Ctx {
+    pub(crate) pid: u32,
     /// The host's `/proc` (opened before entering): the container's own
     /// procfs shows another pid namespace.
-    pub(super) proc: OwnedFd,
+    pub(crate) proc: OwnedFd,
     /// The container's root; paths are resolved under it only.
-    pub(super) root: OwnedFd,
+    pub(crate) root: OwnedFd,
     /// The mount namespace (nsfs inode), as `mnt:[N]` names it.
-    pub(super) mnt_ns: u64,
+    pub(crate) mnt_ns: u64,
     /// The process is the runtime before `pivot_root` (the OCI hook).
-    pub(super) pre_pivot: bool,
+    pub(crate) pre_pivot: bool,
 }
 
 fn gone_or(pid: u32, what: &str, e: io::Error) -> MountError {
@@ -77,7 +78,7 @@ impl Ctx {
 
     /// The namespace's mounts as the container sees them (mounts outside
     /// its root are not listed).
-    pub(super) fn mounts(&self) -> Result<Vec<MountInfo>, MountError> {
+    pub(crate) fn mounts(&self) -> Result<Vec<MountInfo>, MountError> {
         let mut text = String::new();
         sys::open_proc_file(self.proc.as_fd(), "thread-self/mountinfo")
             .and_then(|mut f| f.read_to_string(&mut text))
@@ -86,13 +87,13 @@ impl Ctx {
     }
 
     /// Opens a directory inside the container (no symlink followed).
-    pub(super) fn open(&self, path: &str) -> io::Result<OwnedFd> {
+    pub(crate) fn open(&self, path: &str) -> io::Result<OwnedFd> {
         sys::open_dir_in(self.root.as_fd(), path)
     }
 
     /// Opens a directory inside the container and names the mount that is
     /// on top there.
-    pub(super) fn mount_at(&self, path: &str) -> io::Result<(OwnedFd, u64)> {
+    pub(crate) fn mount_at(&self, path: &str) -> io::Result<(OwnedFd, u64)> {
         let fd = self.open(path)?;
         let id = sys::mount_id(fd.as_fd())?;
         Ok((fd, id))
@@ -103,7 +104,7 @@ impl Ctx {
 /// container's root as its root (see [`Ctx::enter`]), and returns its
 /// result. The thread ends with the job, so its namespace and root go with
 /// it.
-pub(super) fn run<T, F>(pid: u32, root: Option<PathBuf>, job: F) -> Result<T, MountError>
+pub(crate) fn run<T, F>(pid: u32, root: Option<PathBuf>, job: F) -> Result<T, MountError>
 where
     T: Send + 'static,
     F: FnOnce(&Ctx) -> Result<T, MountError> + Send + 'static,

@@ -4,7 +4,7 @@
 //! the container holds `CAP_SYS_ADMIN` (then it could remount itself
 //! writable, and nothing lancet does is enforceable).
 
-use super::sys;
+use crate::sys;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read};
 use std::os::fd::BorrowedFd;
@@ -98,7 +98,7 @@ fn read_small(proc: BorrowedFd<'_>, path: &str) -> io::Result<String> {
 /// of the host's `/proc`; paths are read as the calling thread sees them
 /// (inside the container after it chrooted there). Processes that exit
 /// while being read are skipped.
-pub(super) fn writers_on(proc: BorrowedFd<'_>, mnt_ns: u64, mnt_id: u64) -> Vec<Writer> {
+pub(crate) fn writers_on(proc: BorrowedFd<'_>, mnt_ns: u64, mnt_id: u64) -> Vec<Writer> {
     let mut out = Vec::new();
     let Ok(list) = sys::open_proc_dir(proc, ".") else { return out };
     let Ok(pids) = sys::list_dir(&list) else { return out };

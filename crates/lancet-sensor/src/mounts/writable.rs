@@ -10,9 +10,10 @@
 //! set smaller; the protected set is judged apart, so nothing found here
 //! can open it (only a mount can, and mounts are the runtime's).
 
-use super::mountinfo::MountInfo;
 use super::ns::{self, Ctx};
-use super::{sys, MountError};
+use super::MountError;
+use crate::mountinfo::MountInfo;
+use crate::sys;
 use lancet_engine::write_sets::{WritableKind, WritableSet};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -134,6 +135,7 @@ mod tests {
             options: opts.into(),
             fs_type: fs.into(),
             source: "x".into(),
+            super_options: String::new(),
         };
         assert!(is_data_mount(&m("/data", "ext4", "rw")));
         assert!(is_data_mount(&m("/scratch", "tmpfs", "rw,nosuid")));

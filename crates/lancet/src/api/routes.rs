@@ -138,10 +138,7 @@ pub(super) async fn ask(ctx: &Ctx, caller: Caller, request: Request) -> Response
     }
 }
 
-/// Now, in ns since the epoch.
-pub(super) fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+pub(super) use lancet_engine::event::now_ns;
 
 /// `GET /v1/alerts?since|since_ns&container&limit`.
 async fn alerts(ctx: Ctx, caller: Caller, query: Option<String>) -> Response {

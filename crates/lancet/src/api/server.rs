@@ -1,7 +1,7 @@
 //! The API's listeners, in a thread of their own: the control socket
 //! (every call, decided by the peer's SO_PEERCRED credentials) and, opt-in,
-//! TCP (reads; changes with the bearer token). Each listener puts a guard in
-//! front of the same routes; the guard decides, and tells the routes who
+//! TCP (reads; changes with the bearer token). Each listener puts an access check in
+//! front of the same routes; the check decides, and tells the routes who
 //! the caller is.
 
 use super::access::{self, Access, Peer, ReadGroup};
@@ -51,13 +51,13 @@ impl Connected<IncomingStream<'_, UnixListener>> for UnixPeer {
 }
 
 #[derive(Clone)]
-struct UnixGuard {
+struct UnixAccess {
     ctx: Ctx,
     read_group: Option<ReadGroup>,
 }
 
 #[derive(Clone)]
-struct TcpGuard {
+struct TcpAccess {
     ctx: Ctx,
     token: Option<Token>,
 }
@@ -72,8 +72,8 @@ fn supplementary_groups(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-async fn unix_guard(
-    State(g): State<UnixGuard>,
+async fn unix_access(
+    State(g): State<UnixAccess>,
     ConnectInfo(UnixPeer(cred)): ConnectInfo<UnixPeer>,
     mut req: Request,
     next: Next,
@@ -99,7 +99,7 @@ async fn unix_guard(
     next.run(req).await
 }
 
-async fn tcp_guard(State(g): State<TcpGuard>, mut req: Request, next: Next) -> Response {
+async fn tcp_access(State(g): State<TcpAccess>, mut req: Request, next: Next) -> Response {
     let caller = Caller { channel: Channel::Tcp, uid: None, pid: None };
     let access = Access::of_method(req.method().as_str());
     let auth = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -212,9 +212,9 @@ pub fn serve(cfg: ApiConfig) -> Result<Inbox> {
     let router = routes::router(ctx.clone());
     let unix_app = router
         .clone()
-        .layer(from_fn_with_state(UnixGuard { ctx: ctx.clone(), read_group: cfg.read_group.clone() }, unix_guard))
+        .layer(from_fn_with_state(UnixAccess { ctx: ctx.clone(), read_group: cfg.read_group.clone() }, unix_access))
         .into_make_service_with_connect_info::<UnixPeer>();
-    let tcp_app = router.layer(from_fn_with_state(TcpGuard { ctx, token: cfg.token.clone() }, tcp_guard));
+    let tcp_app = router.layer(from_fn_with_state(TcpAccess { ctx, token: cfg.token.clone() }, tcp_access));
     let socket = cfg.socket.clone();
     std::thread::Builder::new().name("lancet-api".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {

@@ -225,7 +225,7 @@ async fn map_page(ctx: Ctx, caller: super::Caller, q: Option<String>) -> Result<
         esc(&src),
     );
     let mut edges: Vec<_> = g.edges.iter().collect();
-    edges.sort_by(|a, b| b.connections.cmp(&a.connections).then(a.id.cmp(&b.id)));
+    edges.sort_by(|a, b| b.counts.connections.cmp(&a.counts.connections).then(a.id.cmp(&b.id)));
     let rows = edges
         .iter()
         .map(|e| {
@@ -247,10 +247,10 @@ async fn map_page(ctx: Ctx, caller: super::Caller, q: Option<String>) -> Result<
                     Cell::text(&label(&e.target)),
                     Cell::text(&format!("{}/{}", e.port, e.proto)),
                     Cell::text(&e.verdict).class(class),
-                    Cell::num(e.connections),
-                    Cell::text(&format!("{} / {}", e.failed, e.refused)),
-                    Cell::text(&format!("{} / {}", bytes(e.bytes_out), bytes(e.bytes_in))),
-                    Cell::text(&time(e.last_ns)),
+                    Cell::num(e.counts.connections),
+                    Cell::text(&format!("{} / {}", e.counts.failed, e.counts.refused)),
+                    Cell::text(&format!("{} / {}", bytes(e.counts.bytes_out), bytes(e.counts.bytes_in))),
+                    Cell::text(&time(e.counts.last_ns)),
                     Cell::text(&e.rule),
                 ],
             )

@@ -7,11 +7,12 @@ use super::Daemon;
 use anyhow::Result;
 use lancet_engine::alerts::{Admit, AlertKey, Deduper};
 use lancet_engine::attribution::{Attribution, ContainerInfo};
-use lancet_engine::drift::Drift;
 use lancet_engine::event::Event;
 use lancet_engine::output::{falco_json, summary, Record};
 use lancet_engine::policy::{effective_action, Action, Severity, Verdict};
+use lancet_engine::profile::Deviation;
 use lancet_engine::profile::Mode;
+use lancet_engine::verdicts::AlertFields;
 use lancet_store::{NewAlert, Store};
 use serde_json::json;
 use std::io::Write;
@@ -63,10 +64,12 @@ impl Alerts {
         mode: Mode,
         v: &Verdict,
         outcome: Outcome,
-        deviation: Option<&lancet_engine::profile::Deviation>,
+        deviation: Option<&Deviation>,
     ) -> Result<()> {
         let akey = AlertKey { rule: v.rule.to_string(), workload: key.to_string(), subject: summary(ev) };
         let (rule_action, would_block) = effective_action(v.action, mode);
+        // Protect mode refuses a deviation whatever rule fired with it.
+        let would_block = would_block || (mode != Mode::Protect && deviation.is_some_and(Deviation::refused_in_protect));
         let action = outcome.action.unwrap_or(rule_action);
         // What was enforced, drift, and high or critical findings are never
         // muted (still deduplicated).
@@ -80,24 +83,19 @@ impl Alerts {
         j["tags"] = json!(v.tags);
         j["output"] = json!(format!("{} ({})", v.message, j["output"].as_str().unwrap_or("")));
         if let Some(f) = j["output_fields"].as_object_mut() {
-            f.insert("lancet.action".into(), json!(action.to_string()));
-            f.insert("lancet.enforced".into(), json!(outcome.enforced));
-            f.insert("lancet.would_block".into(), json!(would_block));
-            f.insert("lancet.mode".into(), json!(mode.to_string()));
-            f.insert("lancet.workload".into(), json!(key));
-            f.insert("lancet.policy".into(), json!(v.policy));
-            f.insert("lancet.count".into(), json!(1));
-            if muted > 0 {
-                // Alerts of this rule and workload muted since the last one.
-                f.insert("lancet.muted".into(), json!(muted));
+            AlertFields {
+                action,
+                enforced: outcome.enforced,
+                would_block,
+                mode,
+                workload: key,
+                policy: &v.policy,
+                count: 1,
+                muted: (muted > 0).then_some(muted),
+                response: (!outcome.note.is_empty()).then_some(outcome.note.as_str()),
+                deviation,
             }
-            if !outcome.note.is_empty() {
-                f.insert("lancet.response".into(), json!(outcome.note));
-            }
-            if let Some(d) = deviation {
-                // What "add to profile" adds.
-                f.insert("lancet.deviation".into(), json!(d));
-            }
+            .insert_into(f);
         }
         let id = self.emit(
             store,
@@ -184,6 +182,9 @@ impl Daemon {
     /// Raises the alert of a verdict and, in protect mode, carries out its
     /// step of the response ladder. `done`: what a backend already did in
     /// the kernel (a refused exec, open or connection, a kill at exec).
+    /// `deviation`: what the event is missing from its profile, put in the
+    /// alerts of the profile's and protect mode's verdicts.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn alert(
         &mut self,
         ev: &Event,
@@ -192,41 +193,18 @@ impl Daemon {
         mode: Mode,
         v: &Verdict,
         done: Option<Action>,
+        deviation: Option<&Deviation>,
     ) -> Result<()> {
         let outcome = match done {
             Some(a) => Outcome { action: Some(a), enforced: true, note: String::new() },
-            None => self.respond_in_protect(ev, c, mode, v),
+            None => self.respond_in_protect(ev, c, mode, v, deviation),
         };
         let action = outcome.action.unwrap_or(effective_action(v.action, mode).0);
         self.alerts.tally.verdict(action, outcome.enforced);
-        let deviation = self.deviation.as_ref().filter(|_| matches!(v.policy.as_str(), "profile" | "protect"));
+        // Every alert of the event names what it misses from its profile
+        // (a rule's alert stands for the deviation in learn and monitor),
+        // except a drift's: drift is never added to a profile.
+        let deviation = deviation.filter(|_| v.policy.as_str() != "drift");
         self.alerts.raise(&mut self.store, ev, c, key, mode, v, outcome, deviation)
-    }
-}
-
-/// A verdict for what a backend enforced on its own.
-pub(super) fn enforced_verdict(rule: &str, severity: Severity, message: String, tags: &[&str]) -> Verdict {
-    Verdict {
-        rule: rule.into(),
-        policy: "protect".into(),
-        severity,
-        action: Action::Block,
-        tags: tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().into(),
-        message,
-        escalate: None,
-    }
-}
-
-/// The verdict of a drift: a block (refused in protect mode, reported as
-/// would-block elsewhere).
-pub(super) fn drift_verdict(d: &Drift) -> Verdict {
-    Verdict {
-        rule: format!("Drift: {}", d.kind).as_str().into(),
-        policy: "drift".into(),
-        severity: Severity::High,
-        action: Action::Block,
-        tags: vec!["drift".to_string(), "T1105".to_string(), d.kind.to_string()].into(),
-        message: d.to_string(),
-        escalate: None,
     }
 }

@@ -138,22 +138,22 @@ impl Daemon {
             Err(e) => return vec![json!({"rule": "(the store could not be read)", "what": format!("{e:#}")})],
         };
         let mut out: Vec<serde_json::Value> = Vec::new();
-        for a in rows.iter().filter(|a| a.workload == key && !a.enforced) {
-            let Ok(j) = serde_json::from_str::<serde_json::Value>(&a.json) else { continue };
+        for a in rows.iter().filter(|a| a.alert.workload == key && !a.alert.enforced) {
+            let Ok(j) = serde_json::from_str::<serde_json::Value>(&a.alert.json) else { continue };
             if j["output_fields"]["lancet.would_block"] != true {
                 continue;
             }
             let what = j["output"].as_str().unwrap_or("").split(" (").next().unwrap_or("").to_string();
-            match out.iter().position(|e| e["rule"] == a.rule.as_str() && e["what"] == what.as_str()) {
+            match out.iter().position(|e| e["rule"] == a.alert.rule.as_str() && e["what"] == what.as_str()) {
                 Some(i) => {
                     let e = &mut out[i];
-                    e["count"] = json!(e["count"].as_u64().unwrap_or(0) + a.count);
+                    e["count"] = json!(e["count"].as_u64().unwrap_or(0) + a.alert.count);
                     if e["lastNs"].as_u64().unwrap_or(0) < a.last_time_ns {
                         e["lastNs"] = json!(a.last_time_ns);
                     }
                 }
                 None if out.len() < RECENT_MAX => out
-                    .push(json!({"rule": a.rule, "what": what, "count": a.count, "lastNs": a.last_time_ns, "container": a.container_name})),
+                    .push(json!({"rule": a.alert.rule, "what": what, "count": a.alert.count, "lastNs": a.last_time_ns, "container": a.alert.container_name})),
                 None => {}
             }
         }

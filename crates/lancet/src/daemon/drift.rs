@@ -14,7 +14,7 @@ impl Daemon {
         let baseline = self.workloads.map.get(key).and_then(|w| w.profile.baseline());
         let upper = c.upper_dir();
         let facts = |path: &str| FileFacts {
-            in_upper: upper.map(|u| lancet_sensor::fanotify::overlay::written_in_container(u, path)),
+            in_upper: upper.map(|u| lancet_sensor::overlay::written_in_container(u, path)),
             in_baseline: baseline.map(|b| b.lookup(path).is_some()),
         };
         match &ev.kind {
@@ -58,7 +58,7 @@ impl Daemon {
         let Some(live) = self.workloads.live.get(&c.id) else { return };
         let root = std::path::PathBuf::from(format!("/proc/{}/root", live.pid));
         let Ok(root_dev) = std::fs::metadata(&root).map(|m| m.dev()) else { return };
-        if x.exe_dev == lancet_sensor::enforce::kernel_dev(root_dev) {
+        if x.exe_dev == lancet_sensor::sys::kernel_dev(root_dev) {
             return;
         }
         let Some(inside) = crate::protect::resolve_in_root(&root, &x.filename) else { return };

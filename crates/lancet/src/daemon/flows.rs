@@ -13,10 +13,10 @@
 
 use super::workloads::Workloads;
 use lancet_engine::attribution::ContainerInfo;
-use lancet_engine::event::{L4Proto, NetEvent, NetOp};
-use lancet_engine::flows::{Decider, Endpoint, FlowKey, FlowLimits, FlowTable, NodeId, Observation, Recorded, Verdict};
+use lancet_engine::event::{NetEvent, NetOp};
+use lancet_engine::flows::{Decider, Endpoint, FlowEnd, FlowKey, FlowLimits, FlowRow, FlowTable, NodeId, Observation, Recorded, Verdict};
 use lancet_engine::profile::{Mode, PeerRef, Profile, Protocol};
-use lancet_store::{FlowEndRecord, FlowNodeRecord, FlowRecord, Store};
+use lancet_store::{FlowNodeRecord, Store};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -62,7 +62,7 @@ pub(super) struct Flows {
     host_netns: Option<u32>,
     /// Connections of containers that could not be numbered.
     pub(super) unnumbered: u64,
-    rows: Vec<FlowRecord>,
+    rows: Vec<FlowRow>,
     /// The container of the last event and its number: consecutive events
     /// of one container (most of them) skip hashing its 64-character id.
     last: Option<(*const ContainerInfo, NodeId)>,
@@ -72,10 +72,6 @@ pub(super) struct Flows {
     /// The last flow judged, under which profile generation: a repeated
     /// connection skips the profile lookup.
     last_judged: Option<(FlowKey, u64, Verdict, Decider)>,
-}
-
-fn proto(p: L4Proto) -> Protocol {
-    Protocol::from(p)
 }
 
 impl Flows {
@@ -257,7 +253,7 @@ impl Flows {
             self.learn_address(me, n.saddr);
         }
         let remote = self.endpoint(n.daddr, me);
-        let p = proto(n.proto);
+        let p = n.proto;
         let (key, o) = match n.op {
             NetOp::Connect => {
                 let ok = n.result == 0;
@@ -319,7 +315,7 @@ impl Flows {
         let Some(addr) = r.addr else { return };
         let Some(me) = self.node(c, key, 0) else { return };
         let remote = self.endpoint(addr, me);
-        let p = if r.proto == Some(lancet_sensor::enforce::Proto::Udp) { Protocol::Udp } else { Protocol::Tcp };
+        let p = r.proto.unwrap_or(Protocol::Tcp);
         let isolated = r.reason == lancet_sensor::enforce::EnforceReason::Isolated;
         let o = Observation {
             time_ns: r.time_ns,
@@ -330,20 +326,20 @@ impl Flows {
         self.table.record(FlowKey { src: Endpoint::Container(me), dst: remote, port: r.port, proto: p }, &o);
     }
 
-    fn end(&self, e: &Endpoint) -> FlowEndRecord {
+    fn end(&self, e: &Endpoint) -> FlowEnd {
         match e {
             Endpoint::Container(n) => match self.nodes.get(*n as usize).and_then(Option::as_ref) {
-                Some(node) => FlowEndRecord {
+                Some(node) => FlowEnd {
                     kind: "container".into(),
                     id: node.info.id.clone(),
                     name: node.info.name.clone(),
                     workload: node.workload.clone(),
                 },
-                None => FlowEndRecord { kind: "others".into(), ..Default::default() },
+                None => FlowEnd { kind: "others".into(), ..Default::default() },
             },
-            Endpoint::Host(ip) => FlowEndRecord { kind: "host".into(), id: ip.to_string(), ..Default::default() },
-            Endpoint::Ip(ip) => FlowEndRecord { kind: "external".into(), id: ip.to_string(), ..Default::default() },
-            Endpoint::Others => FlowEndRecord { kind: "others".into(), ..Default::default() },
+            Endpoint::Host(ip) => FlowEnd { kind: "host".into(), id: ip.to_string(), ..Default::default() },
+            Endpoint::Ip(ip) => FlowEnd { kind: "external".into(), id: ip.to_string(), ..Default::default() },
+            Endpoint::Others => FlowEnd { kind: "others".into(), ..Default::default() },
         }
     }
 
@@ -394,24 +390,18 @@ impl Flows {
                     if let Some(node) = self.nodes.get_mut(n as usize).and_then(Option::as_mut) {
                         if !node.stored {
                             node.stored = true;
-                            nodes.push(node_record(node, s.last_ns));
+                            nodes.push(node_record(node, s.counts.last_ns));
                         }
                     }
                 }
             }
-            rows.push(FlowRecord {
-                hour_ns: s.first_ns,
+            rows.push(FlowRow {
+                hour_ns: s.counts.first_ns,
                 src: self.end(&k.src),
                 dst: self.end(&k.dst),
                 port: k.port,
                 proto: k.proto.to_string(),
-                connections: s.connections,
-                failed: s.failed,
-                refused: s.refused,
-                bytes_out: s.bytes_out,
-                bytes_in: s.bytes_in,
-                first_ns: s.first_ns,
-                last_ns: s.last_ns,
+                counts: s.counts,
                 verdict: s.verdict.as_str().to_string(),
                 rule: self.decided_by(k, s.decider, workloads),
             });
@@ -465,29 +455,6 @@ fn node_record(n: &Node, last_ns: u64) -> FlowNodeRecord {
     }
 }
 
-/// The alert of a scan: a source that opened more new flows in a minute
-/// than the table keeps rows for, or a container that many new peers
-/// connected to. The flows go on being counted, summarised.
-pub(super) fn scan_verdict(s: ScanStarted, name: &str, threshold: u32) -> lancet_engine::policy::Verdict {
-    use lancet_engine::policy::{Action, Severity, Verdict};
-    let message = if s.outbound {
-        format!("{name} opened more than {threshold} new flows (peers or ports) within a minute, as a port or address scan does; its further new flows are counted in one summary row")
-    } else {
-        format!(
-            "more than {threshold} new peers connected to {name} within a minute; further new ones are counted in one summary row per port"
-        )
-    };
-    Verdict {
-        rule: "Network scan".into(),
-        policy: "lancet".into(),
-        severity: Severity::Medium,
-        action: Action::Alert,
-        tags: vec!["network".to_string(), "scan".to_string(), "T1046".to_string()].into(),
-        message,
-        escalate: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,7 +468,7 @@ mod tests {
     fn net(op: NetOp, local: (&str, u16), remote: (&str, u16), totals: Option<TcpTotals>) -> NetEvent {
         NetEvent {
             op,
-            proto: L4Proto::Tcp,
+            proto: Protocol::Tcp,
             saddr: local.0.parse().unwrap(),
             sport: local.1,
             daddr: remote.0.parse().unwrap(),
@@ -545,11 +512,11 @@ mod tests {
         let (na, nb) = (f.by_id[&a.id], f.by_id[&b.id]);
         let find = |src, dst, port| got.iter().find(|(k, _)| k.src == src && k.dst == dst && k.port == port).map(|(_, s)| *s);
         let ab = find(Endpoint::Container(na), Endpoint::Container(nb), 80).expect("a -> b");
-        assert_eq!((ab.connections, ab.bytes_out, ab.bytes_in), (1, 100, 2000));
+        assert_eq!((ab.counts.connections, ab.counts.bytes_out, ab.counts.bytes_in), (1, 100, 2000));
         assert_eq!(ab.verdict, Verdict::Unlisted, "monitor mode, not in the profile");
         let ext_ip: IpAddr = "10.0.0.9".parse().unwrap();
         let xb = find(Endpoint::Ip(ext_ip), Endpoint::Container(nb), 80).expect("outside -> b");
-        assert_eq!((xb.connections, xb.bytes_out, xb.bytes_in), (1, 5, 50));
+        assert_eq!((xb.counts.connections, xb.counts.bytes_out, xb.counts.bytes_in), (1, 5, 50));
         assert!(find(Endpoint::Container(na), Endpoint::Container(na), 8080).is_some(), "loopback");
         assert_eq!(got.len(), 3, "{got:?}");
     }
@@ -585,7 +552,7 @@ mod tests {
         let out = TcpTotals { bytes_sent: 10, bytes_received: 20, outbound: Some(true) };
         f.on_net(1, 1, &a, "w", &net(NetOp::Close, ("10.0.0.1", 5000), ("10.0.0.5", 443), Some(out)), Some((&p, 1)), Some(&peer));
         let r = rows(&mut f);
-        assert_eq!((r[0].1.connections, r[0].1.bytes_out), (0, 10));
+        assert_eq!((r[0].1.counts.connections, r[0].1.counts.bytes_out), (0, 10));
         assert_eq!((r[0].1.verdict, r[0].1.decider), (Verdict::Unlisted, Decider::NotInProfile { inbound: false }));
     }
 

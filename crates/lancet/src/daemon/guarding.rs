@@ -3,7 +3,7 @@
 //! mode or they end), the response ladder's steps are carried out, and what
 //! the backends enforced on their own is reported as alerts.
 
-use super::alerts::{drift_verdict, enforced_verdict, Outcome};
+use super::alerts::Outcome;
 use super::workloads::{workload_key, Live, Workload};
 use super::{now_ns, Daemon};
 use crate::agent::Pipeline;
@@ -13,9 +13,10 @@ use anyhow::Result;
 use lancet_engine::attribution::{Attribution, ContainerInfo};
 use lancet_engine::drift::{normalise_code, program_source, Drift, DriftKind, ProgramSource};
 use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, ProcessRef};
-use lancet_engine::policy::{Action, Severity, Verdict};
+use lancet_engine::policy::{Action, Verdict};
 use lancet_engine::profile::{Deviation, Mode, Peer, Protocol, STDIN_CODE};
 use lancet_engine::response::{DenyReason, Ladder};
+use lancet_engine::verdicts;
 use lancet_sensor::enforce::{EnforceOp, EnforceReason, EnforceRecord};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -58,7 +59,7 @@ impl Guarding {
     /// encoding, as exec events carry it.
     pub(super) fn kills_loader(&self, id: &str, dev: u32, ino: u64) -> bool {
         let Some(g) = self.protector.as_ref().and_then(|p| p.guarded(id)) else { return false };
-        g.approved.loaders.iter().any(|l| l.ino == ino && lancet_sensor::enforce::kernel_dev(l.dev) == dev)
+        g.approved.loaders.iter().any(|l| l.ino == ino && lancet_sensor::sys::kernel_dev(l.dev) == dev)
     }
 
     /// A container ended: its rules, measures and counters go.
@@ -145,7 +146,14 @@ impl Daemon {
 
     /// In protect mode, the ladder's step for an enforcing verdict on a
     /// guarded container, carried out. Nothing elsewhere.
-    pub(super) fn respond_in_protect(&mut self, ev: &Event, c: &ContainerInfo, mode: Mode, v: &Verdict) -> Outcome {
+    pub(super) fn respond_in_protect(
+        &mut self,
+        ev: &Event,
+        c: &ContainerInfo,
+        mode: Mode,
+        v: &Verdict,
+        deviation: Option<&Deviation>,
+    ) -> Outcome {
         if mode != Mode::Protect || !v.action.is_enforcing() || !self.guarding.is_guarded(&c.id) || runtime_setup(ev) {
             return Outcome::default();
         }
@@ -153,7 +161,7 @@ impl Daemon {
         // interpreter's first instruction; one that got this far was let
         // through there (a terminal on stdin, or `interpreterCode: any`):
         // reported, never killed after the fact.
-        if matches!(self.deviation, Some(Deviation::NewCode { .. })) && v.rule.as_ref() == "profile deviation: new_code" {
+        if matches!(deviation, Some(Deviation::NewCode { .. })) && v.rule.as_ref() == "profile deviation: new_code" {
             return Outcome::default();
         }
         let r = self.guarding.ladder.respond(&c.id, v, ev.time_ns);
@@ -206,7 +214,7 @@ impl Daemon {
                 let origin = self.writes.lookup(&g.id, path).cloned();
                 let ev = synthetic_exec(*pid, g.cgroup_id, path, argv);
                 let v = match reason {
-                    DenyReason::Drift(k) => drift_verdict(&Drift { kind: *k, path: path.clone(), origin }),
+                    DenyReason::Drift(k) => verdicts::drift(&Drift { kind: *k, path: path.clone(), origin }),
                     DenyReason::NotInProfile => Verdict::profile_deviation(&Deviation::NewExecutable { path: path.clone() }),
                     DenyReason::UnlearnedCode => {
                         let code = match &ev.kind {
@@ -230,14 +238,7 @@ impl Daemon {
                     process: process_ref(*pid as u32),
                     kind: EventKind::File(FileEvent { op, path: path.clone(), old_path: None, host_path: String::new(), is_dir: false }),
                 };
-                let what = if op == FileOp::Modify { "write to a read-only path" } else { "read of a protected file" };
-                let v = enforced_verdict(
-                    "Protected file access refused",
-                    Severity::High,
-                    format!("{what} refused: {path}"),
-                    &["protect", "T1005"],
-                );
-                (g.id.clone(), ev, v, Action::Block)
+                (g.id.clone(), ev, verdicts::protected_access_refused(path, op == FileOp::Modify), Action::Block)
             }
             Enforced::Kernel(r) => {
                 let Some(g) = p.by_cgroup(r.cgroup_id) else { return Ok(()) };
@@ -256,22 +257,20 @@ impl Daemon {
                 _ => "cgroup-bpf",
             },
         });
+        let mut deviation = None;
         if let Enforced::Kernel(r) = &e {
             // A refused connection is a flow of the map too.
             let connect = matches!(r.op, EnforceOp::Connect4 | EnforceOp::Connect6 | EnforceOp::Sendmsg4 | EnforceOp::Sendmsg6);
             if let (true, true, Some(addr)) = (connect, r.denied, r.addr) {
-                let udp = r.proto == Some(lancet_sensor::enforce::Proto::Udp);
                 self.flows.on_refused(&c, &key, r);
                 if r.reason != EnforceReason::Isolated {
-                    let proto = if udp { Protocol::Udp } else { Protocol::Tcp };
+                    let proto = r.proto.unwrap_or(Protocol::Tcp);
                     let peer = Peer::from(&self.workloads.peer(addr));
-                    self.deviation = Some(Deviation::NewOutbound { peer, port: r.port, proto });
+                    deviation = Some(Deviation::NewOutbound { peer, port: r.port, proto });
                 }
             }
         }
-        let done = self.alert(&ev, &c, &key, mode, &v, Some(done));
-        self.deviation = None;
-        done
+        self.alert(&ev, &c, &key, mode, &v, Some(done), deviation.as_ref())
     }
 
     /// Reports what the backends did since the last tick.
@@ -383,7 +382,7 @@ fn kernel_verdict(r: &EnforceRecord) -> (Verdict, Action) {
             EventKind::Exec(x) => x.filename,
             _ => String::new(),
         };
-        return (drift_verdict(&Drift { kind, path, origin: None }), Action::KillProcess);
+        return (verdicts::drift(&Drift { kind, path, origin: None }), Action::KillProcess);
     }
     if r.op == EnforceOp::WriteRefused {
         // The write already failed (EROFS): the alert names the writer.
@@ -393,33 +392,14 @@ fn kernel_verdict(r: &EnforceRecord) -> (Verdict, Action) {
             EventKind::File(f) => f.path,
             _ => String::new(),
         };
-        let v = enforced_verdict(
-            "Write refused by the read-only filesystem",
-            Severity::High,
-            format!(
-                "{what} of {path} by {} (pid {}) refused: read-only (the protected set, or a read-only mount of the container's)",
-                r.comm, r.pid
-            ),
-            &["protect", "immutable", "T1565"],
-        );
-        return (v, Action::Block);
+        return (verdicts::write_refused(&what, &path, &r.comm, r.pid), Action::Block);
     }
-    let why = if r.reason == EnforceReason::Isolated { "the container is isolated" } else { "not in the allow-list" };
+    let isolated = r.reason == EnforceReason::Isolated;
     if r.op == EnforceOp::Listen {
-        let port = if r.port == 0 { "an ephemeral port".to_string() } else { format!("port {}", r.port) };
-        let done = if r.denied { "killed" } else { "reported" };
-        let v =
-            enforced_verdict("Listener not allowed", Severity::High, format!("listen on {port} {done} ({why})"), &["protect", "network"]);
-        return (v, if r.denied { Action::KillProcess } else { Action::Alert });
+        return verdicts::listener_refused(r.port, r.denied, isolated);
     }
     let bind = matches!(r.op, EnforceOp::Bind4 | EnforceOp::Bind6);
-    let what = match (bind, r.addr) {
-        (true, _) => format!("bind to port {} refused ({why})", r.port),
-        (false, Some(a)) => format!("connection to {a}:{} refused ({why})", r.port),
-        (false, None) => format!("connection to port {} refused ({why})", r.port),
-    };
-    let v = enforced_verdict("Network operation refused", Severity::Medium, what, &["protect", "network"]);
-    (v, if r.denied { Action::Block } else { Action::Alert })
+    verdicts::network_refused(bind, r.addr, r.port, r.denied, isolated)
 }
 
 /// Why the BPF-LSM backend does not hold here (it is not pretended).

@@ -20,6 +20,8 @@ mod metrics;
 mod policies;
 mod seed;
 mod settings;
+#[cfg(test)]
+mod tests;
 mod views;
 mod workloads;
 mod write_sets;
@@ -30,7 +32,7 @@ pub(crate) use write_sets::run_as;
 
 use crate::agent::{hostname, run_loop};
 use crate::api::{self, ApiConfig};
-use alerts::{drift_verdict, Alerts};
+use alerts::Alerts;
 use anyhow::{Context, Result};
 use guarding::{runtime_setup, Guarding};
 use lancet_engine::alerts::{AlertLimits, Deduper};
@@ -47,12 +49,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use workloads::{load_baselines, workload_key, Workloads};
 
-pub(crate) fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+pub(crate) use lancet_engine::event::now_ns;
 
 /// How many containers' recent writes the drift checks remember.
 const WRITE_LOG_CONTAINERS: usize = 4096;
@@ -75,9 +75,6 @@ struct Daemon {
     flows: flows::Flows,
     /// Reused buffer of one event's verdicts.
     verdicts: Vec<Verdict>,
-    /// What the event being alerted is missing from its profile: put in the
-    /// alert (`lancet.deviation`) so that "add to profile" can add it.
-    deviation: Option<lancet_engine::profile::Deviation>,
     /// Lost refusal reports already alerted (see `report_lost_denials`).
     denials_lost_reported: u64,
     last_second: Instant,
@@ -85,6 +82,42 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// `protect_at_start`: load the enforcement backends now (rules pinned
+    /// by an earlier run are adopted at once); else when first needed.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        settings: Settings,
+        store: Store,
+        policies: Policies,
+        out: Option<Box<dyn Write>>,
+        live: Option<tokio::sync::broadcast::Sender<Arc<str>>>,
+        baselines: std::collections::HashMap<String, lancet_engine::profile::Baseline>,
+        cgroup2: PathBuf,
+        protect_at_start: bool,
+    ) -> Daemon {
+        Daemon {
+            alerts: Alerts {
+                deduper: Deduper::new(AlertLimits { dedupe_window: settings.dedupe_window, ..AlertLimits::default() }),
+                out,
+                hostname: hostname(),
+                tally: Default::default(),
+                live,
+            },
+            guarding: Guarding::new(settings.protect.clone(), cgroup2, protect_at_start),
+            workloads: Workloads::new(settings.mode, baselines),
+            settings,
+            store,
+            policies,
+            writes: WriteLog::new(WRITE_LOG_PER_CONTAINER, WRITE_LOG_CONTAINERS),
+            write_sets: write_sets::WriteSets::default(),
+            flows: flows::Flows::new(),
+            verdicts: Vec::new(),
+            denials_lost_reported: 0,
+            last_second: Instant::now(),
+            last_prune: Instant::now(),
+        }
+    }
+
     fn on_event(&mut self, ev: &Event, attribution: &Attribution) -> Result<()> {
         let Attribution::Container(c) = attribution else { return Ok(()) };
         match ev.kind {
@@ -189,37 +222,24 @@ impl Daemon {
         let mut verdicts = std::mem::take(&mut self.verdicts);
         verdicts.clear();
         if let Some(d) = &drift {
-            verdicts.push(drift_verdict(d));
+            verdicts.push(lancet_engine::verdicts::drift(d));
         }
         if let EventKind::Exec(x) = &ev.kind {
             // The probe keeps 1 KiB of argv; the agent reads the rest back
             // unless the process already went. A cut command line could hide
             // what rules look for in its tail: that is said, not assumed away.
             if x.truncated && x.argv.iter().map(|a| a.len() + 1).sum::<usize>() >= 1000 {
-                verdicts.push(Verdict {
-                    rule: "Command line too long to inspect".into(),
-                    policy: "lancet".into(),
-                    severity: lancet_engine::policy::Severity::Medium,
-                    action: lancet_engine::policy::Action::Alert,
-                    tags: vec!["lancet".to_string(), "evasion".to_string(), "T1027".to_string()].into(),
-                    message: format!(
-                        "the command line of {} is longer than 1 KiB and its process ended before it could be read whole",
-                        x.filename
-                    ),
-                    escalate: None,
-                });
+                verdicts.push(lancet_engine::verdicts::command_line_too_long(&x.filename));
             }
         }
         if let Some(s) = scan {
-            verdicts.push(flows::scan_verdict(s, &c.name, self.flows.table.limits().scan_new_keys));
+            verdicts.push(lancet_engine::verdicts::scan(s.outbound, &c.name, self.flows.table.limits().scan_new_keys));
         }
         self.policies.set.evaluate(ev, Some(c), deviation.is_some(), &mut verdicts);
         // In protect mode a deviation is always refused; a matching
         // alert-only rule adds its alert, never removes the block.
         with_deviation(&mut verdicts, deviation.as_ref(), mode);
-        self.deviation = deviation;
-        let done = verdicts.iter().try_for_each(|v| self.alert(ev, c, &key, mode, v, None));
-        self.deviation = None;
+        let done = verdicts.iter().try_for_each(|v| self.alert(ev, c, &key, mode, v, None, deviation.as_ref()));
         self.verdicts = verdicts;
         done
     }
@@ -249,7 +269,7 @@ impl Daemon {
                 ),
                 escalate: None,
             };
-            self.alert(&ev, &c, &key, mode, &v, None)?;
+            self.alert(&ev, &c, &key, mode, &v, None, None)?;
         }
         Ok(())
     }
@@ -278,7 +298,7 @@ impl Daemon {
             ),
             escalate: None,
         };
-        self.alert(ev, c, key, mode, &v, None)
+        self.alert(ev, c, key, mode, &v, None, None)
     }
 
     /// One summary alert a second at most for refusals whose reports were
@@ -420,28 +440,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     let protect_at_start = settings.mode == Mode::Protect
         || settings.protect.pin_dir.exists()
         || store.list_profiles().map(|l| l.iter().any(|p| p.mode == "protect")).unwrap_or(false);
-    let mut daemon = Daemon {
-        alerts: Alerts {
-            deduper: Deduper::new(AlertLimits { dedupe_window: settings.dedupe_window, ..AlertLimits::default() }),
-            out,
-            hostname: hostname(),
-            tally: Default::default(),
-            live: Some(live.clone()),
-        },
-        guarding: Guarding::new(settings.protect.clone(), cgroup2, protect_at_start),
-        workloads: Workloads::new(settings.mode, baselines),
-        settings,
-        store,
-        policies,
-        writes: WriteLog::new(WRITE_LOG_PER_CONTAINER, WRITE_LOG_CONTAINERS),
-        write_sets: write_sets::WriteSets::default(),
-        flows: flows::Flows::new(),
-        verdicts: Vec::new(),
-        deviation: None,
-        denials_lost_reported: 0,
-        last_second: Instant::now(),
-        last_prune: Instant::now(),
-    };
+    let mut daemon = Daemon::new(settings, store, policies, out, Some(live.clone()), baselines, cgroup2, protect_at_start);
     let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let daemon = std::cell::RefCell::new(&mut daemon);
     run_loop(
@@ -485,5 +484,5 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
 /// writable.
 fn copied_up_directory(ev: &Event) -> bool {
     matches!(&ev.kind, EventKind::File(f) if f.is_dir && f.op == FileOp::Create && !f.host_path.is_empty()
-        && lancet_sensor::fanotify::overlay::copied_up(Path::new(&f.host_path)))
+        && lancet_sensor::overlay::copied_up(Path::new(&f.host_path)))
 }

@@ -9,7 +9,7 @@
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::event::Event;
 use lancet_engine::live::{entrypoint_event, parse_proc_net, process_event, socket_events, written_event, LiveProcess};
-use lancet_sensor::fanotify::overlay::{copied_up, written_in_container};
+use lancet_sensor::overlay::{copied_up, written_in_container};
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
@@ -123,7 +123,7 @@ fn look_path(root: &Path, arg0: &str, path_env: &str, cwd: &str) -> Option<Strin
 /// the writable layer, which the workload never wrote.
 fn mount_targets(pid: u32) -> HashSet<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
-    lancet_sensor::mounts::mountinfo::parse(&text).into_iter().map(|m| m.mount_point).collect()
+    lancet_sensor::mountinfo::parse(&text).into_iter().map(|m| m.mount_point).collect()
 }
 
 /// podman's `/etc/mtab -> /proc/mounts`, made in every container it

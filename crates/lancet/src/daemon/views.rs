@@ -6,9 +6,8 @@
 use super::workloads::workload_key;
 use super::{now_ns, Daemon};
 use crate::api::Reply;
-use lancet_engine::flows::{FlowEnd, FlowNode, FlowRow};
+use lancet_engine::flows::{FlowNode, FlowRow};
 use lancet_engine::profile::{Deviation, Timestamp};
-use lancet_store::{FlowEndRecord, FlowRecord};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 
@@ -17,34 +16,10 @@ const ALERT_WINDOW_NS: u64 = 24 * 3_600_000_000_000;
 /// Baseline executables never run that a review lists by name.
 const UNUSED_LISTED: usize = 200;
 
-fn end(e: FlowEndRecord) -> FlowEnd {
-    FlowEnd { kind: e.kind, id: e.id, name: e.name, workload: e.workload }
-}
-
-/// A stored row as the engine's map takes it.
-pub(crate) fn flow_row(r: FlowRecord) -> FlowRow {
-    FlowRow {
-        hour_ns: r.hour_ns,
-        src: end(r.src),
-        dst: end(r.dst),
-        port: r.port,
-        proto: r.proto,
-        connections: r.connections,
-        failed: r.failed,
-        refused: r.refused,
-        bytes_out: r.bytes_out,
-        bytes_in: r.bytes_in,
-        first_ns: r.first_ns,
-        last_ns: r.last_ns,
-        verdict: r.verdict,
-        rule: r.rule,
-    }
-}
-
 /// `{rows, nodes}`: the rollups since `since_ns` (touching `container`
 /// when given) and the containers they name.
 pub(crate) fn flows_json(store: &lancet_store::Store, since_ns: u64, container: Option<&str>, limit: usize) -> Result<Value, String> {
-    let rows: Vec<FlowRow> = store.flows(since_ns, container, limit).map_err(|e| e.to_string())?.into_iter().map(flow_row).collect();
+    let rows: Vec<FlowRow> = store.flows(since_ns, container, limit).map_err(|e| e.to_string())?;
     let named: HashSet<&str> = rows.iter().flat_map(|r| [r.src.id.as_str(), r.dst.id.as_str()]).collect();
     let nodes: Vec<FlowNode> = store
         .flow_nodes()
@@ -206,17 +181,17 @@ impl Daemon {
             .alert(id)
             .map_err(|e| (500u16, e.to_string()))?
             .ok_or_else(|| (404u16, format!("no alert {id} (it may have been pruned)")))?;
-        let j: Value = serde_json::from_str(&a.json).map_err(|e| (500u16, format!("alert {id} is not JSON: {e}")))?;
+        let j: Value = serde_json::from_str(&a.alert.json).map_err(|e| (500u16, format!("alert {id} is not JSON: {e}")))?;
         let d = j["output_fields"].get("lancet.deviation").cloned().filter(|v| !v.is_null()).ok_or_else(|| {
-            (409u16, format!("alert {id} ({}) is not about something missing from a profile; there is nothing to add", a.rule))
+            (409u16, format!("alert {id} ({}) is not about something missing from a profile; there is nothing to add", a.alert.rule))
         })?;
         let d: Deviation = serde_json::from_value(d).map_err(|e| (500u16, format!("alert {id}'s deviation is unreadable: {e}")))?;
-        let key = if self.workloads.map.contains_key(&a.workload) {
-            a.workload.clone()
+        let key = if self.workloads.map.contains_key(&a.alert.workload) {
+            a.alert.workload.clone()
         } else {
-            self.workloads.find(&a.container_name).unwrap_or_default()
+            self.workloads.find(&a.alert.container_name).unwrap_or_default()
         };
-        let w = self.workloads.map.get_mut(&key).ok_or_else(|| (404u16, format!("workload {} is not loaded", a.workload)))?;
+        let w = self.workloads.map.get_mut(&key).ok_or_else(|| (404u16, format!("workload {} is not loaded", a.alert.workload)))?;
         let added = w.profile.allow(&d, now_ns());
         if added {
             w.changed();

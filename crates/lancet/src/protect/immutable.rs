@@ -16,7 +16,8 @@
 
 use super::{in_host_root, Backend, Guarded};
 use lancet_engine::write_sets::{protected_dirs, WritableKind};
-use lancet_sensor::mounts::{self, Applied, ImmutablePlan, MountError, RunAs};
+use lancet_sensor::enforce::{self, Applied, ImmutablePlan};
+use lancet_sensor::mounts::{self, MountError, RunAs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -209,16 +210,16 @@ impl Backend for ImmutableBackend {
         let mut previous = previous.or_else(|| self.load(&id, g.pid));
         let started = std::time::Instant::now();
         let res = match &previous {
-            Some(old) => match mounts::update_immutable(g.pid, old, &plan) {
+            Some(old) => match enforce::update_immutable(g.pid, old, &plan) {
                 // A new run of the container (a restart under the same id):
                 // what was done to the old one went with it.
                 Err(MountError::OtherNamespace { .. }) => {
                     previous = None;
-                    mounts::apply_immutable(g.pid, &plan)
+                    enforce::apply_immutable(g.pid, &plan)
                 }
                 r => r,
             },
-            None => mounts::apply_immutable(g.pid, &plan),
+            None => enforce::apply_immutable(g.pid, &plan),
         };
         let entry = self.containers.get_mut(&g.label).expect("inserted above");
         entry.writable = plan.writable.clone();
@@ -265,7 +266,7 @@ impl Backend for ImmutableBackend {
         let Some(entry) = self.containers.remove(&g.label) else { return };
         let Some(applied) = entry.applied else { return };
         let root = in_host_root(g.pid).then(|| g.rootfs.clone());
-        match mounts::release_immutable_at(g.pid, &applied, root) {
+        match enforce::release_immutable_at(g.pid, &applied, root) {
             Ok(()) => tracing::info!(container = %entry.name, "filesystem writable again"),
             // The container (this run of it) is gone, and with it all there
             // was to undo.

@@ -530,7 +530,7 @@ impl Protector {
 
     /// The permission guard's decision times (None when it is not
     /// running).
-    pub fn decision_histogram(&self) -> Option<lancet_sensor::fanotify::DecisionHistogram> {
+    pub fn decision_histogram(&self) -> Option<lancet_sensor::enforce::DecisionHistogram> {
         self.perm.as_ref().map(|p| p.decision_histogram())
     }
 

@@ -1,7 +1,6 @@
 //! The network backend: per-container allow-lists in pinned cgroup BPF maps.
 
 use super::{holds, merge_flags, Backend, Guarded, SharedEnforcer};
-use lancet_engine::profile::Protocol;
 use lancet_engine::response::NetAllow;
 use lancet_sensor::enforce::{self, NetRule, PolicyFlags};
 
@@ -50,10 +49,7 @@ fn to_rule(a: &NetAllow) -> NetRule {
     NetRule {
         cidr: a.cidr,
         port: a.port,
-        proto: a.proto.map(|p| match p {
-            Protocol::Tcp => enforce::Proto::Tcp,
-            Protocol::Udp => enforce::Proto::Udp,
-        }),
+        proto: a.proto,
         dir: if a.bind { enforce::Direction::Bind } else { enforce::Direction::Egress },
         during_isolation: false,
     }
@@ -62,31 +58,20 @@ fn to_rule(a: &NetAllow) -> NetRule {
 /// A pinned rule as the engine describes rules (the agent never pins one
 /// for isolation, so that mark has nothing to map to).
 fn from_rule(r: &NetRule) -> NetAllow {
-    NetAllow {
-        cidr: r.cidr,
-        port: r.port,
-        proto: r.proto.map(|p| match p {
-            enforce::Proto::Tcp => Protocol::Tcp,
-            enforce::Proto::Udp => Protocol::Udp,
-        }),
-        bind: r.dir == enforce::Direction::Bind,
-    }
+    NetAllow { cidr: r.cidr, port: r.port, proto: r.proto, bind: r.dir == enforce::Direction::Bind }
 }
 
 /// `10.89.0.2/32:53/any` (`bind` for a listening rule), for the log.
 fn describe(a: &NetAllow) -> String {
     let port = a.port.map(|p| p.to_string()).unwrap_or_else(|| "any".into());
-    let proto = match a.proto {
-        Some(Protocol::Tcp) => "tcp",
-        Some(Protocol::Udp) => "udp",
-        None => "any",
-    };
+    let proto = a.proto.map_or_else(|| "any".to_string(), |p| p.to_string());
     format!("{}{}:{port}/{proto}", if a.bind { "bind " } else { "" }, a.cidr)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lancet_engine::profile::Protocol;
 
     #[test]
     fn pinned_rules_convert_both_ways() {

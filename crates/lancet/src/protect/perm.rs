@@ -7,14 +7,15 @@ use super::host::{content_sha256, resolve_in_root};
 use super::host::{in_host_root, same_filesystem};
 use super::{Backend, Enforced, Guarded, ProtectOptions};
 use crate::config::FailModeSetting;
-use lancet_engine::drift::{
-    classify_indirect, normalise_code, program_source, DriftKind, FileFacts, ProgramSource, RAMFS_MAGIC, TMPFS_MAGIC,
-};
+use lancet_engine::drift::{normalise_code, program_source, FileFacts, ProgramSource, RAMFS_MAGIC, TMPFS_MAGIC};
 use lancet_engine::event::ExecEvent;
 use lancet_engine::profile::Profile;
-use lancet_engine::response::{decide_exec, DenyReason, ExecRequest, ExecVerdict};
-use lancet_sensor::fanotify::overlay::{overlay_upper_dir, written_in_container};
-use lancet_sensor::fanotify::{exec_call, FailMode, PermConfig, PermDecision, PermGuard, PermKind, PermRequest};
+use lancet_engine::response::{
+    decide_exec, decide_open, decide_program, DenyReason, ExecMount, ExecRequest, ExecVerdict, OpenRequest, OpenVerdict, ProgramFacts,
+};
+use lancet_sensor::enforce::{FailMode, PermConfig, PermDecision, PermGroup, PermKind, PermRequest};
+use lancet_sensor::fanotify::exec_call;
+use lancet_sensor::overlay::{overlay_upper_dir, written_in_container};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +42,7 @@ struct PermEntry {
 /// The exec and file backends: one fanotify permission group, answered on a
 /// thread of its own.
 pub(super) struct PermBackend {
-    guard: PermGuard,
+    group: PermGroup,
     table: Arc<RwLock<PermTable>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -111,7 +112,9 @@ fn decide(table: &RwLock<PermTable>, req: &PermRequest<'_>, denials: &SyncSender
     out.unwrap_or(ALLOW)
 }
 
-/// The decision of one container (label) on one event.
+/// The decision of one container (label) on one event: the facts gathered
+/// here, the verdict the engine's (`decide_exec`, `decide_program`,
+/// `decide_open`).
 fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSender<Enforced>, code_check: bool) -> PermDecision {
     let deny = |path: &str, reason, argv: Vec<String>| {
         report(denials, Enforced::ExecDenied { label, pid: req.pid, path: path.to_string(), reason, argv });
@@ -122,64 +125,51 @@ fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSe
     match req.kind {
         PermKind::Exec => {
             let id = (req.dev, req.ino);
-            // Nothing on the container's other mounts (volumes, bind
-            // mounts, tmpfs) is an image file: refused unless learned there
-            // with the content it still has.
             let off_root = match e.root_dev {
                 Some(d) => req.dev != d,
                 None => req.other_mount,
             };
-            if off_root {
-                if learned_content(e, req) {
-                    return ALLOW;
-                }
-                let tmpfs = matches!(req.fs_magic, TMPFS_MAGIC | RAMFS_MAGIC) || req.path.starts_with("/dev/shm/");
-                let kind = if tmpfs { DriftKind::Tmpfs } else { DriftKind::Volume };
-                return deny(req.path, DenyReason::Drift(kind), Vec::new());
-            }
-            let in_profile = e.approved.files.contains(&id);
-            let interpreter = e.approved.interpreters.contains(&id);
-            if req.path.is_empty() {
-                // No path (longer than PATH_MAX): the file's identity alone
-                // decides; an interpreter's operand cannot be placed.
-                return if in_profile && !interpreter {
-                    ALLOW
-                } else {
-                    deny("<path longer than PATH_MAX>", DenyReason::NotInProfile, Vec::new())
-                };
-            }
-            let in_upper = e.upper.as_deref().map(|u| written_in_container(u, req.path));
-            let in_baseline = e.profile.baseline().map(|b| b.lookup(req.path).is_some());
-            match decide_exec(&ExecRequest { path: req.path, in_upper, in_baseline, written: None, in_profile }) {
-                ExecVerdict::Allow { .. } if interpreter => match judge_program(e, id, req.pid, code_check) {
+            let mount = if off_root {
+                let tmpfs = matches!(req.fs_magic, TMPFS_MAGIC | RAMFS_MAGIC);
+                ExecMount::Other { tmpfs, content_learned: learned_content(e, req) }
+            } else {
+                ExecMount::Root
+            };
+            // The layers are asked only for a file that decides by them.
+            let on_root_with_path = !off_root && !req.path.is_empty();
+            let exec = ExecRequest {
+                path: req.path,
+                mount,
+                interpreter: e.approved.interpreters.contains(&id),
+                in_upper: e.upper.as_deref().filter(|_| on_root_with_path).map(|u| written_in_container(u, req.path)),
+                in_baseline: e.profile.baseline().filter(|_| on_root_with_path).map(|b| b.lookup(req.path).is_some()),
+                written: None,
+                in_profile: e.approved.files.contains(&id),
+            };
+            let shown = if req.path.is_empty() { "<path longer than PATH_MAX>" } else { req.path };
+            match decide_exec(&exec) {
+                ExecVerdict::Allow { remember } => PermDecision { allow: true, remember },
+                ExecVerdict::Deny(reason) => deny(shown, reason, Vec::new()),
+                ExecVerdict::JudgeProgram => match judge_program(e, id, req.pid, code_check) {
                     Ok(None) => ALLOW,
                     Ok(Some(r)) => deny(&r.path, r.reason, r.argv),
                     // A task whose exec cannot be read is not let through.
                     Err(()) => deny(req.path, DenyReason::NotInProfile, Vec::new()),
                 },
-                ExecVerdict::Allow { remember } => PermDecision { allow: true, remember },
-                ExecVerdict::Deny(reason) => deny(req.path, reason, Vec::new()),
             }
         }
         PermKind::Open { write } => {
-            let allowed = if e.protected_files.contains(req.path) {
-                e.profile.has_sensitive_read(req.path)
-            } else {
-                // A write-protected directory: reads pass, writes only where
-                // the profile learned them; unknown intent passes (fail open,
-                // counted).
-                if write.is_none() {
+            let open = OpenRequest { path: req.path, protected_file: e.protected_files.contains(req.path), write };
+            match decide_open(&e.profile, &open) {
+                OpenVerdict::Allow => ALLOW,
+                OpenVerdict::AllowUnknownIntent => {
                     UNKNOWN_WRITE_INTENT.fetch_add(1, Ordering::Relaxed);
+                    ALLOW
                 }
-                write != Some(true) || e.profile.has_written_dir(parent_dir(req.path))
-            };
-            if !allowed {
-                report(denials, Enforced::OpenDenied { label, pid: req.pid, path: req.path.to_string(), write });
-            }
-            if allowed {
-                ALLOW
-            } else {
-                DENY
+                OpenVerdict::Deny => {
+                    report(denials, Enforced::OpenDenied { label, pid: req.pid, path: req.path.to_string(), write });
+                    DENY
+                }
             }
         }
     }
@@ -206,12 +196,9 @@ struct Refusal {
     argv: Vec<String>,
 }
 
-/// Judges what an approved interpreter file (`id`) was handed, read from
-/// the blocked task's exec: a script or loader target that drifted from
-/// the image (written in the container, on tmpfs, on another mount, not in
-/// the baseline), inline code or a program on stdin its profile did not
-/// learn for it (unless `code_check` is off). `Err` when the task's exec
-/// cannot be read.
+/// Reads what an approved interpreter file (`id`) was handed from the
+/// blocked task's exec, gathers the facts the engine's `decide_program`
+/// judges by, and asks it. `Err` when the task's exec cannot be read.
 fn judge_program(e: &PermEntry, id: (u64, u64), tid: i32, code_check: bool) -> Result<Option<Refusal>, ()> {
     let call = exec_call(tid).ok_or(())?;
     let cwd =
@@ -219,41 +206,25 @@ fn judge_program(e: &PermEntry, id: (u64, u64), tid: i32, code_check: bool) -> R
     let filename = if call.filename.starts_with('/') { call.filename } else { format!("{}/{}", cwd.trim_end_matches('/'), call.filename) };
     let ev = ExecEvent { filename, argv: call.argv, cwd, ..ExecEvent::default() };
     let Some((kind, source)) = program_source(&ev) else { return Ok(None) };
-    let refuse = |path: String, reason| Ok(Some(Refusal { path, reason, argv: ev.argv.clone() }));
-    match source {
-        ProgramSource::File(target) => {
-            if e.root_dev.is_some() && file_dev(tid, &target).is_some_and(|d| Some(d) != e.root_dev) {
-                return refuse(target, DenyReason::Drift(kind));
-            }
-            let facts = FileFacts {
-                in_upper: e.upper.as_deref().map(|u| written_in_container(u, &target)),
-                in_baseline: e.profile.baseline().map(|b| b.lookup(&target).is_some()),
-            };
-            match classify_indirect(kind, &target, None, facts) {
-                Some(d) => refuse(d.path, DenyReason::Drift(d.kind)),
-                None => Ok(None),
-            }
-        }
-        ProgramSource::Code(_) | ProgramSource::Stdin if !code_check => Ok(None),
+    let facts = match &source {
+        ProgramSource::File(target) => ProgramFacts::File {
+            off_root: e.root_dev.is_some() && file_dev(tid, target).is_some_and(|d| Some(d) != e.root_dev),
+            facts: FileFacts {
+                in_upper: e.upper.as_deref().map(|u| written_in_container(u, target)),
+                in_baseline: e.profile.baseline().map(|b| b.lookup(target).is_some()),
+            },
+        },
         ProgramSource::Code(code) => {
-            let learned = e.approved.code.get(&id).is_some_and(|c| c.contains(&normalise_code(&code)));
-            if learned {
-                Ok(None)
-            } else {
-                refuse(ev.filename.clone(), DenyReason::UnlearnedCode)
-            }
+            ProgramFacts::Code { learned: e.approved.code.get(&id).is_some_and(|c| c.contains(&normalise_code(code))) }
         }
-        ProgramSource::Stdin => {
-            // An interactive shell (a terminal on stdin) is an operator's,
-            // judged as the program alone, as before.
-            if e.approved.stdin.contains(&id) || stdin_is_terminal(tid) {
-                Ok(None)
-            } else {
-                refuse(ev.filename.clone(), DenyReason::UnlearnedCode)
-            }
-        }
-        ProgramSource::Other => Ok(None),
-    }
+        ProgramSource::Stdin => ProgramFacts::Stdin { learned: e.approved.stdin.contains(&id), terminal: stdin_is_terminal(tid) },
+        ProgramSource::Other => ProgramFacts::Other,
+    };
+    Ok(decide_program(kind, &source, facts, &ev.filename, code_check).map(|(path, reason)| Refusal {
+        path: path.to_string(),
+        reason,
+        argv: ev.argv.clone(),
+    }))
 }
 
 /// The device of `path` as the container of task `tid` sees it (symlinks
@@ -297,26 +268,19 @@ fn guarded_mount(inside: &str, fs_type: &str) -> bool {
     !KERNEL.contains(&fs_type) && !under("/proc") && !under("/sys")
 }
 
-fn parent_dir(path: &str) -> &str {
-    match path.trim_end_matches('/').rfind('/') {
-        Some(0) | None => "/",
-        Some(i) => &path[..i],
-    }
-}
-
 impl PermBackend {
     pub(super) fn start(opts: &ProtectOptions, denials: SyncSender<Enforced>) -> Result<PermBackend, String> {
         let fail = match opts.fail_mode {
             FailModeSetting::Allow => FailMode::Allow,
             FailModeSetting::Deny => FailMode::Deny,
         };
-        let guard = PermGuard::new(PermConfig { fail_mode: fail, ..PermConfig::default() }).map_err(|e| e.to_string())?;
+        let group = PermGroup::new(PermConfig { fail_mode: fail, ..PermConfig::default() }).map_err(|e| e.to_string())?;
         let table = Arc::new(RwLock::new(PermTable::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let exec_cache = opts.exec_cache;
         let code_check = opts.learned_code_only;
         let thread = {
-            let (guard, table, stop) = (guard.clone(), Arc::clone(&table), Arc::clone(&stop));
+            let (group, table, stop) = (group.clone(), Arc::clone(&table), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("lancet-perm".into())
                 .spawn(move || {
@@ -325,14 +289,14 @@ impl PermBackend {
                         d.remember &= exec_cache;
                         d
                     };
-                    if let Err(e) = guard.run(&stop, &mut decider) {
+                    if let Err(e) = group.run(&stop, &mut decider) {
                         tracing::error!("permission events stopped: {e}; the kernel now allows what was guarded");
                     }
                 })
                 .map_err(|e| e.to_string())?
         };
         Ok(PermBackend {
-            guard,
+            group,
             table,
             stop,
             thread: Some(thread),
@@ -370,7 +334,7 @@ impl PermBackend {
         };
         let text = std::fs::read_to_string(format!("/proc/{}/mountinfo", g.pid)).map_err(|e| format!("mounts of {}: {e}", g.pid))?;
         let mut errors = Vec::new();
-        for m in lancet_sensor::mounts::mountinfo::parse(&text) {
+        for m in lancet_sensor::mountinfo::parse(&text) {
             let inside = if pivoted {
                 m.mount_point.as_str()
             } else {
@@ -382,7 +346,7 @@ impl PermBackend {
             if inside == "/" || !guarded_mount(inside, &m.fs_type) {
                 continue;
             }
-            match self.guard.protect_exec_mount(g.label, &root, &m.mount_point, m.id) {
+            match self.group.protect_exec_mount(g.label, &root, &m.mount_point, m.id) {
                 Ok(()) => {}
                 // A file bind mount, or a mount gone or covered since.
                 Err(lancet_sensor::fanotify::FanotifyError::Open { .. }) => {}
@@ -400,12 +364,12 @@ impl PermBackend {
     }
 
     /// Decision times, for the Prometheus histogram.
-    pub(super) fn decision_histogram(&self) -> lancet_sensor::fanotify::DecisionHistogram {
-        self.guard.decision_histogram()
+    pub(super) fn decision_histogram(&self) -> lancet_sensor::enforce::DecisionHistogram {
+        self.group.decision_histogram()
     }
 
     pub(super) fn stats(&self) -> serde_json::Value {
-        let s = self.guard.stats();
+        let s = self.group.stats();
         serde_json::json!({
             "events": s.events, "allowed": s.allowed, "denied": s.denied, "remembered": s.remembered,
             "failModeAnswers": s.fail_mode_answers, "overflows": s.overflows, "errors": s.errors,
@@ -456,11 +420,11 @@ impl Backend for PermBackend {
         // Approvals of an older profile go; the marks stay in place (never
         // lifted and re-placed: that would leave a window).
         if profile_changed {
-            self.guard.forget(g.label);
+            self.group.forget(g.label);
         }
         let root_dev = std::fs::metadata(&g.rootfs).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok();
         if root_dev.is_none() || self.exec_marked.get(&g.label) != root_dev.as_ref() {
-            if let Err(e) = self.guard.protect_exec(g.label, &g.rootfs) {
+            if let Err(e) = self.group.protect_exec(g.label, &g.rootfs) {
                 self.exec_marked.remove(&g.label);
                 return Err(format!("exec marks on {}: {e}", g.rootfs.display()));
             }
@@ -471,15 +435,15 @@ impl Backend for PermBackend {
         self.mark_mounts(g)?;
         if self.files {
             let files: Vec<&str> = protected.iter().map(String::as_str).collect();
-            self.guard.protect_files(g.label, &g.rootfs, &files).map_err(|e| format!("file marks: {e}"))?;
+            self.group.protect_files(g.label, &g.rootfs, &files).map_err(|e| format!("file marks: {e}"))?;
             let dirs: Vec<&str> = self.readonly_dirs.iter().map(String::as_str).collect();
-            self.guard.protect_dir_writes(g.label, &g.rootfs, &dirs).map_err(|e| format!("directory marks: {e}"))?;
+            self.group.protect_dir_writes(g.label, &g.rootfs, &dirs).map_err(|e| format!("directory marks: {e}"))?;
         }
         Ok(())
     }
 
     fn release(&mut self, g: &Guarded) {
-        let _ = self.guard.unprotect(g.label);
+        let _ = self.group.unprotect(g.label);
         self.exec_marked.remove(&g.label);
         self.mounts_tried.remove(&g.label);
         if let Ok(mut t) = self.table.write() {

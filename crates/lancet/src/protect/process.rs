@@ -1,7 +1,8 @@
 //! The process backend: kills at exec, in the kernel, what cannot be refused.
 
 use super::{holds, merge_flags, Backend, Guarded, SharedEnforcer};
-use lancet_sensor::enforce::{kernel_dev, PolicyFlags, APPLET_NAME_MAX, BUSYBOX_DISPATCHER};
+use lancet_sensor::enforce::{PolicyFlags, APPLET_NAME_MAX, BUSYBOX_DISPATCHER};
+use lancet_sensor::sys::kernel_dev;
 use std::collections::HashMap;
 
 /// Kills, in the kernel at exec time, what the exec backend cannot refuse:

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub const IMAGE: &str = "localhost/lancet-busybox:test";
+pub const IMAGE: &str = lancet_testkit::podman::BUSYBOX_IMAGE;
 
 /// Why a root test cannot run here, or None when it can.
 pub fn skip_reason(need_podman: bool) -> Option<String> {
@@ -52,10 +52,6 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-pub fn podman(args: &[&str]) -> String {
-    run(Command::new("podman").args(args))
-}
-
 /// An agent's state and policy directories and its (empty) alerts file,
 /// made under `dir`: (state, policies, alerts).
 pub fn agent_dirs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -67,64 +63,9 @@ pub fn agent_dirs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (state, policies, alerts)
 }
 
-/// A unique suffix so parallel tests and leftovers never collide.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
-
-/// A podman container removed (by id) when dropped.
-pub struct Container {
-    pub id: String,
-    pub name: String,
-}
-
-impl Container {
-    pub fn start(name: &str, extra: &[&str], cmd: &[&str]) -> Container {
-        let mut args = vec!["run", "-d", "--name", name];
-        args.extend_from_slice(extra);
-        args.push(IMAGE);
-        args.extend_from_slice(cmd);
-        let id = podman(&args);
-        Container { id, name: name.to_string() }
-    }
-
-    pub fn exec(&self, cmd: &[&str]) -> std::process::Output {
-        let mut args = vec!["exec", self.id.as_str()];
-        args.extend_from_slice(cmd);
-        Command::new("podman").args(&args).output().expect("podman exec")
-    }
-
-    pub fn ip(&self) -> String {
-        podman(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &self.id])
-    }
-
-    pub fn pid(&self) -> u32 {
-        podman(&["inspect", "-f", "{{.State.Pid}}", &self.id]).parse().expect("pid")
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &self.id]).output();
-    }
-}
-
-/// A podman network removed when dropped (after the containers on it).
-pub struct Network(pub String);
-
-impl Network {
-    pub fn create(name: &str) -> Network {
-        podman(&["network", "create", name]);
-        Network(name.to_string())
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = Command::new("podman").args(["network", "rm", "-f", &self.0]).output();
-    }
-}
+// Each test binary uses a part of what is shared.
+#[allow(unused_imports)]
+pub use lancet_testkit::podman::{podman, unique, Container, Network};
 
 /// A running `lancet trace --format json`; its stdout lines arrive on a
 /// channel. Stopped with SIGINT, by pid, on drop.

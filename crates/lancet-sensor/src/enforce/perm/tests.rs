@@ -1,11 +1,10 @@
-//! Root tests of [`PermGuard`] against real podman containers. Each test
-//! creates its own containers (removed by guards however it ends) and its own
+//! Root tests of [`PermGroup`] against real podman containers. Each test
+//! creates its own containers (removed however it ends) and its own
 //! fanotify group.
 
-use super::podman_tests::{ensure_image, podman, ContainerGuard, IMAGE};
-use super::{
-    fanotify_mark, skip_unless_fanotify, FailMode, MarkScope, PermConfig, PermDecision, PermGuard, PermKind, PermRequest, OVERLAYFS_MAGIC,
-};
+use super::{FailMode, MarkScope, PermConfig, PermDecision, PermGroup, PermKind, PermRequest, OVERLAYFS_MAGIC};
+use crate::fanotify::podman_tests::{ensure_image, podman, Container, IMAGE};
+use crate::fanotify::{fanotify_mark, skip_unless_fanotify};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -36,7 +35,7 @@ fn ready() -> bool {
 struct Ctr {
     id: String,
     pid: u32,
-    _guard: ContainerGuard,
+    _removed_at_end: Container,
 }
 
 impl Ctr {
@@ -46,9 +45,9 @@ impl Ctr {
         args.push(IMAGE);
         args.extend_from_slice(cmd);
         let id = podman(&args).expect("podman run");
-        let guard = ContainerGuard(id.clone());
+        let removal = Container::adopt(&id);
         let pid = podman(&["inspect", "-f", "{{.State.Pid}}", &id]).unwrap().parse().unwrap();
-        Ctr { id, pid, _guard: guard }
+        Ctr { id, pid, _removed_at_end: removal }
     }
 
     fn sleeper() -> Ctr {
@@ -104,7 +103,7 @@ impl Seen {
 
 type Log = Arc<Mutex<Vec<Seen>>>;
 
-/// `guard.run` on a thread, stopped and joined on drop.
+/// `group.run` on a thread, stopped and joined on drop.
 struct Runner {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -112,10 +111,10 @@ struct Runner {
 }
 
 impl Runner {
-    fn start(guard: &PermGuard, mut decide: impl FnMut(&PermRequest<'_>) -> PermDecision + Send + 'static) -> Runner {
+    fn start(group: &PermGroup, mut decide: impl FnMut(&PermRequest<'_>) -> PermDecision + Send + 'static) -> Runner {
         let stop = Arc::new(AtomicBool::new(false));
         let log: Log = Arc::default();
-        let (g, s, l) = (guard.clone(), stop.clone(), log.clone());
+        let (g, s, l) = (group.clone(), stop.clone(), log.clone());
         let thread = std::thread::spawn(move || {
             let mut d = |r: &PermRequest<'_>| {
                 l.lock().unwrap().push(Seen::of(r));
@@ -180,12 +179,12 @@ fn root_exec_in_tmp_denied_while_service_keeps_serving() {
     assert!(wait_http(port).starts_with("HTTP/1.1 200"));
     let merged = PathBuf::from(podman(&["inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", &web.id]).unwrap());
 
-    let guard = PermGuard::new(PermConfig::default()).unwrap();
+    let group = PermGroup::new(PermConfig::default()).unwrap();
     let root = web.root();
-    assert_eq!(guard.protect_exec(7, &root).unwrap(), MarkScope::Filesystem);
+    assert_eq!(group.protect_exec(7, &root).unwrap(), MarkScope::Filesystem);
     // Marking the same root again is a no-op.
-    assert_eq!(guard.protect_exec(7, &root).unwrap(), MarkScope::Filesystem);
-    let runner = Runner::start(&guard, |r| {
+    assert_eq!(group.protect_exec(7, &root).unwrap(), MarkScope::Filesystem);
+    let runner = Runner::start(&group, |r| {
         if r.kind == PermKind::Exec && r.path.starts_with("/tmp/") {
             PermDecision::DENY
         } else {
@@ -223,7 +222,7 @@ fn root_exec_in_tmp_denied_while_service_keeps_serving() {
     assert_eq!(via_merged.path, "/bin/busybox");
     assert_eq!(via_merged.label, Some(7));
     assert!(seen.iter().all(|s| s.dev == dev && s.label == Some(7)), "only the protected container");
-    let st = guard.stats();
+    let st = group.stats();
     eprintln!("stats: {st:?}");
     assert!(st.denied >= 2 && st.allowed >= 2, "{st:?}");
     assert_eq!(st.events, st.allowed + st.denied);
@@ -231,7 +230,7 @@ fn root_exec_in_tmp_denied_while_service_keeps_serving() {
     assert!(st.decision_p99_ns > 0 && st.decision_p99_ns >= st.decision_p50_ns, "{st:?}");
     assert!(st.decision_max_ns >= st.decision_p99_ns);
 
-    assert!(guard.unprotect(7) >= 1);
+    assert!(group.unprotect(7) >= 1);
     assert!(web.sh("/tmp/ls /").status.success(), "unprotected");
 }
 
@@ -242,10 +241,10 @@ fn root_remembered_exec_is_not_asked_again_until_modified() {
     }
     let c = Ctr::sleeper();
     c.exec_ok(&["cp", "/bin/busybox", "/tmp/echo"]);
-    let guard = PermGuard::new(PermConfig::default()).unwrap();
+    let group = PermGroup::new(PermConfig::default()).unwrap();
     let root = c.root();
-    guard.protect_exec(3, &root).unwrap();
-    let runner = Runner::start(&guard, |_| PermDecision::ALLOW_REMEMBER);
+    group.protect_exec(3, &root).unwrap();
+    let runner = Runner::start(&group, |_| PermDecision::ALLOW_REMEMBER);
     let exec = PermKind::Exec;
     let x = |c: &Ctr| assert_eq!(c.exec_ok(&["/tmp/echo", "x"]), "x");
 
@@ -253,7 +252,7 @@ fn root_remembered_exec_is_not_asked_again_until_modified() {
         x(&c);
     }
     assert_eq!(runner.count(exec, "/tmp/echo"), 1, "asked once, then the ignore mark answers");
-    let remembered = guard.stats().remembered;
+    let remembered = group.stats().remembered;
     assert!(remembered >= 1);
 
     // Modified in place: the kernel drops the ignore mark.
@@ -268,7 +267,7 @@ fn root_remembered_exec_is_not_asked_again_until_modified() {
 
     // Removing and re-adding the filesystem mark keeps the inode ignore marks.
     let via = PathBuf::from(format!("/proc/{}/root", c.pid));
-    let fs_mark = |flags: u32| fanotify_mark(guard.fd(), flags | libc::FAN_MARK_FILESYSTEM, libc::FAN_OPEN_EXEC_PERM, &via).unwrap();
+    let fs_mark = |flags: u32| fanotify_mark(group.fd(), flags | libc::FAN_MARK_FILESYSTEM, libc::FAN_OPEN_EXEC_PERM, &via).unwrap();
     fs_mark(libc::FAN_MARK_REMOVE);
     fs_mark(libc::FAN_MARK_ADD);
     x(&c);
@@ -277,16 +276,16 @@ fn root_remembered_exec_is_not_asked_again_until_modified() {
     // forget(label) removes them.
     let busybox_before = runner.count(exec, "/bin/busybox");
     assert!(busybox_before >= 1, "cp/sh/cat above exec /bin/busybox");
-    assert!(guard.forget(3) >= 2, "/tmp/echo and /bin/busybox");
+    assert!(group.forget(3) >= 2, "/tmp/echo and /bin/busybox");
     x(&c);
     assert_eq!(runner.count(exec, "/tmp/echo"), 4, "asked again after forget");
     c.exec_ok(&["/bin/busybox", "true"]);
     assert_eq!(runner.count(exec, "/bin/busybox"), busybox_before + 1);
     // clear_ignores() removes all of them too.
-    guard.clear_ignores().unwrap();
+    group.clear_ignores().unwrap();
     x(&c);
     assert_eq!(runner.count(exec, "/tmp/echo"), 5, "asked again after clear_ignores");
-    let st = guard.stats();
+    let st = group.stats();
     eprintln!("stats: {st:?}");
     assert_eq!(st.remembered as usize, runner.seen().len());
     assert_eq!(st.errors, 0);
@@ -295,9 +294,9 @@ fn root_remembered_exec_is_not_asked_again_until_modified() {
 /// Re-runs this test binary as a helper process (see [`perm_child_helper`]).
 fn helper(mode: &str, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "fanotify::perm_tests::perm_child_helper", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, mode)
-        .stdin(Stdio::null());
+    // The test's path as libtest names it: the module path without the crate.
+    let name = format!("{}::perm_child_helper", module_path!().split_once("::").map_or("", |(_, m)| m));
+    cmd.args(["--exact", name.as_str(), "--ignored", "--nocapture", "--test-threads=1"]).env(CHILD_ENV, mode).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -323,11 +322,11 @@ fn root_protected_file_and_write_protected_dir() {
     }
     let c = Ctr::sleeper();
     c.exec_ok(&["sh", "-c", "mkdir /data && echo hi > /data/f && echo keep > /data/k"]);
-    let guard = PermGuard::new(PermConfig::default()).unwrap();
+    let group = PermGroup::new(PermConfig::default()).unwrap();
     let root = c.root();
-    assert_eq!(guard.protect_files(9, &root, &["/etc/shadow", "/etc/nonexistent"]).unwrap(), 1);
-    assert_eq!(guard.protect_dir_writes(9, &root, &["/data", "/nonexistent"]).unwrap(), 1);
-    let runner = Runner::start(&guard, |r| match r.kind {
+    assert_eq!(group.protect_files(9, &root, &["/etc/shadow", "/etc/nonexistent"]).unwrap(), 1);
+    assert_eq!(group.protect_dir_writes(9, &root, &["/data", "/nonexistent"]).unwrap(), 1);
+    let runner = Runner::start(&group, |r| match r.kind {
         PermKind::Open { .. } if r.path == "/etc/shadow" => PermDecision::DENY,
         PermKind::Open { write } if r.path.starts_with("/data/") && write != Some(false) => PermDecision::DENY,
         _ => PermDecision::ALLOW,
@@ -363,16 +362,16 @@ fn root_protected_file_and_write_protected_dir() {
     assert!(w("/data/k", Some(false)) && w("/data/k", Some(true)), "openat2");
     assert!(!seen.iter().any(|s| s.path == "/etc/passwd" || s.path == "/tmp/y"));
     assert!(seen.iter().all(|s| matches!(s.kind, PermKind::Open { .. })));
-    let st = guard.stats();
+    let st = group.stats();
     eprintln!("stats: {st:?}");
     assert_eq!(st.fail_mode_answers, 0);
 
     // clear_ignores() flushes inode marks and puts the file/dir marks back.
-    assert_eq!(guard.clear_ignores().unwrap(), 2);
+    assert_eq!(group.clear_ignores().unwrap(), 2);
     assert_eperm(&c.exec(&["cat", "/etc/shadow"]), "read of /etc/shadow after clear_ignores");
     assert_eperm(&c.sh("echo x > /data/f"), "write to /data/f after clear_ignores");
 
-    assert_eq!(guard.unprotect(9), 2);
+    assert_eq!(group.unprotect(9), 2);
     assert_eq!(c.exec_ok(&["cat", "/etc/shadow"]).lines().count(), 2);
     c.exec_ok(&["sh", "-c", "echo x > /data/f"]);
     drop(runner);
@@ -386,9 +385,9 @@ fn root_decider_panic_is_answered_with_the_fail_mode() {
     let c = Ctr::sleeper();
     c.exec_ok(&["cp", "/bin/busybox", "/tmp/echo"]);
     for (mode, allowed) in [(FailMode::Allow, true), (FailMode::Deny, false)] {
-        let guard = PermGuard::new(PermConfig { fail_mode: mode, ..PermConfig::default() }).unwrap();
-        guard.protect_exec(1, &c.root()).unwrap();
-        let runner = Runner::start(&guard, |r| {
+        let group = PermGroup::new(PermConfig { fail_mode: mode, ..PermConfig::default() }).unwrap();
+        group.protect_exec(1, &c.root()).unwrap();
+        let runner = Runner::start(&group, |r| {
             if r.path == "/tmp/echo" {
                 panic!("decider bug (expected by the test)");
             }
@@ -402,7 +401,7 @@ fn root_decider_panic_is_answered_with_the_fail_mode() {
         }
         // The loop goes on after the panic.
         assert_eq!(c.exec_ok(&["/bin/busybox", "echo", "ok"]), "ok");
-        let st = guard.stats();
+        let st = group.stats();
         eprintln!("{mode:?}: {st:?}");
         assert_eq!(st.fail_mode_answers, 1, "{mode:?}");
         assert_eq!(st.events, st.allowed + st.denied);
@@ -412,7 +411,7 @@ fn root_decider_panic_is_answered_with_the_fail_mode() {
 
 /// Kill the agent (a helper process owning the group) while an exec waits for
 /// its decider: the kernel allows the exec. Then the same in-process: drop the
-/// last `PermGuard` while an exec is queued and unread.
+/// last `PermGroup` while an exec is queued and unread.
 #[test]
 fn root_pending_exec_is_allowed_when_the_group_goes_away() {
     if !ready() {
@@ -462,17 +461,17 @@ fn root_pending_exec_is_allowed_when_the_group_goes_away() {
     assert_eq!(text(&o.stdout), "alive");
 
     // In-process: nobody reads; the exec is queued; drop the group.
-    let guard = PermGuard::new(PermConfig::default()).unwrap();
-    guard.protect_exec(2, &root).unwrap();
+    let group = PermGroup::new(PermConfig::default()).unwrap();
+    group.protect_exec(2, &root).unwrap();
     let mut exec = Command::new("podman").args(["exec", &c.id, "/bin/busybox", "echo", "again"]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut pfd = libc::pollfd { fd: guard.fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd { fd: group.fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, exclusively borrowed for the call.
     let r = unsafe { libc::poll(&mut pfd, 1, 30_000) };
     assert_eq!(r, 1, "exec event queued");
     std::thread::sleep(Duration::from_millis(200));
     assert!(exec.try_wait().unwrap().is_none(), "exec is waiting for an answer");
-    assert_eq!(guard.stats().events, 0);
-    drop(guard);
+    assert_eq!(group.stats().events, 0);
+    drop(group);
     let o = exec.wait_with_output().unwrap();
     assert!(o.status.success());
     assert_eq!(text(&o.stdout), "again");
@@ -485,20 +484,20 @@ fn root_mount_scope_and_refusals() {
     }
     let c = Ctr::sleeper();
     c.exec_ok(&["cp", "/bin/busybox", "/tmp/true"]);
-    let guard = PermGuard::new(PermConfig { scope: MarkScope::Mount, ..PermConfig::default() }).unwrap();
-    assert_eq!(guard.protect_exec(5, &c.root()).unwrap(), MarkScope::Mount);
-    let runner = Runner::start(&guard, |r| if r.path == "/tmp/true" { PermDecision::DENY } else { PermDecision::ALLOW });
+    let group = PermGroup::new(PermConfig { scope: MarkScope::Mount, ..PermConfig::default() }).unwrap();
+    assert_eq!(group.protect_exec(5, &c.root()).unwrap(), MarkScope::Mount);
+    let runner = Runner::start(&group, |r| if r.path == "/tmp/true" { PermDecision::DENY } else { PermDecision::ALLOW });
     assert_eperm(&c.exec(&["/tmp/true", "true"]), "mount mark deny");
     assert_eq!(runner.seen().iter().find(|s| s.path == "/tmp/true").unwrap().label, Some(5));
     drop(runner);
     // The host's root filesystem is refused; a missing root is an error.
-    let e = guard.protect_exec(6, Path::new("/")).unwrap_err();
+    let e = group.protect_exec(6, Path::new("/")).unwrap_err();
     assert!(matches!(e, super::FanotifyError::HostFilesystem(_)), "{e}");
-    assert!(guard.protect_exec(6, Path::new("/proc/999999999/root")).is_err());
+    assert!(group.protect_exec(6, Path::new("/proc/999999999/root")).is_err());
     // Unprotecting a container that is gone is quiet.
     drop(c);
-    guard.unprotect(5);
-    assert_eq!(guard.stats().errors, 0);
+    group.unprotect(5);
+    assert_eq!(group.stats().errors, 0);
 }
 
 /// Helper process modes, selected by `LANCET_PERM_CHILD`:
@@ -513,11 +512,11 @@ fn perm_child_helper() {
     match mode.as_str() {
         "agent" => {
             let root = std::env::var("LANCET_PERM_ROOT").unwrap();
-            let guard = PermGuard::new(PermConfig::default()).unwrap();
-            guard.protect_exec(1, Path::new(&root)).unwrap();
+            let group = PermGroup::new(PermConfig::default()).unwrap();
+            group.protect_exec(1, Path::new(&root)).unwrap();
             println!("READY");
             let stop = AtomicBool::new(false);
-            guard
+            group
                 .run(&stop, &mut |r| {
                     println!("PENDING {}", r.path);
                     std::io::stdout().flush().unwrap();
@@ -546,7 +545,7 @@ fn perm_child_helper() {
 
 /// Decision time and exec cost: `sh` loops of `/bin/busybox true` (the full
 /// path makes busybox sh fork+exec instead of running the applet in-process)
-/// without a guard, with a guard asking every time, and with remembered
+/// without a group, with a group asking every time, and with remembered
 /// (ignore-marked) binaries; 5 interleaved rounds, medians.
 /// `cargo test -p lancet-sensor --lib -- --ignored bench_ --nocapture`
 #[test]
@@ -577,7 +576,7 @@ fn bench_exec_latency() {
     for _ in 0..5 {
         none.push(per_exec(&c));
         for (d, out) in [(PermDecision::ALLOW, &mut uncached), (PermDecision::ALLOW_REMEMBER, &mut cached)] {
-            let g = PermGuard::new(PermConfig::default()).unwrap();
+            let g = PermGroup::new(PermConfig::default()).unwrap();
             g.protect_exec(1, &c.root()).unwrap();
             let r = Runner::start(&g, move |_| d);
             out.push(per_exec(&c));
@@ -590,9 +589,9 @@ fn bench_exec_latency() {
     let (n, u, k) = (median(&mut none), median(&mut uncached), median(&mut cached));
     let st = last.unwrap();
     eprintln!("fork+exec of /bin/busybox in the container, median of 5 rounds of {N}:");
-    eprintln!("  no guard:              {n:7.1} µs/exec");
-    eprintln!("  guard, asked each time: {u:7.1} µs/exec ({:+.1})", u - n);
-    eprintln!("  guard, remembered:     {k:7.1} µs/exec ({:+.1})", k - n);
+    eprintln!("  no group:              {n:7.1} µs/exec");
+    eprintln!("  group, asked each time: {u:7.1} µs/exec ({:+.1})", u - n);
+    eprintln!("  group, remembered:     {k:7.1} µs/exec ({:+.1})", k - n);
     eprintln!(
         "  lancet's decision time (last uncached round, {} events): p50 {} ns, p99 {} ns, max {} ns",
         st.events, st.decision_p50_ns, st.decision_p99_ns, st.decision_max_ns

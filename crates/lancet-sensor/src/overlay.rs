@@ -9,67 +9,24 @@
 //! an image file that was never written is not. A deleted file is a whiteout
 //! (a 0/0 character device), which is not a regular file either.
 //!
-//! Also the `/proc/<pid>/mountinfo` parsing the permission backend uses to find
-//! the host mount points of a container's root filesystem.
+//! Also where a container's root filesystem is mounted on the host
+//! (`mounts_of_dev`), for the permission backend.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-/// One line of `/proc/<pid>/mountinfo`, with octal escapes (`\040` for a
-/// space, `\011`, `\012`, `\134`) decoded in the path fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountInfo {
-    pub mount_id: u32,
-    pub parent_id: u32,
-    /// `st_dev` of files on this mount (`makedev(major, minor)`).
-    pub dev: u64,
-    /// The directory of the filesystem that is mounted here (`/` for the
-    /// whole filesystem, a subdirectory for bind mounts).
-    pub root: String,
-    pub mount_point: String,
-    pub fstype: String,
-    pub source: String,
-    /// Superblock options, still escaped (split on `,`, then decode each value
-    /// with [`unescape`]; overlayfs escapes `,` `=` space tab newline and `\`
-    /// inside values).
-    pub super_options: String,
-}
-
-pub use crate::mounts::mountinfo::unescape;
-
-/// Parses one mountinfo line; `None` when it is malformed.
-pub fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
-    let (pre, post) = line.split_once(" - ")?;
-    let mut f = pre.split(' ');
-    let mount_id = f.next()?.parse().ok()?;
-    let parent_id = f.next()?.parse().ok()?;
-    let (maj, min) = f.next()?.split_once(':')?;
-    let dev = libc::makedev(maj.parse().ok()?, min.parse().ok()?);
-    let root = unescape(f.next()?);
-    let mount_point = unescape(f.next()?);
-    let mut p = post.split(' ');
-    let fstype = p.next()?.to_owned();
-    let source = unescape(p.next()?);
-    let super_options = p.next().unwrap_or("").trim_end().to_owned();
-    Some(MountInfo { mount_id, parent_id, dev, root, mount_point, fstype, source, super_options })
-}
-
-/// The value of `key=` in a superblock option string, unescaped.
-pub fn super_option(options: &str, key: &str) -> Option<String> {
-    options.split(',').find_map(|o| {
-        let (k, v) = o.split_once('=')?;
-        (k == key).then(|| unescape(v))
-    })
-}
+#[cfg(test)]
+use crate::mountinfo::unescape;
+use crate::mountinfo::{parse_line, super_option};
 
 /// The upper directory of the overlay mounted at `/` in a mountinfo text (the
 /// last such mount wins: it is the one on top).
 pub fn upper_dir_from_mountinfo(text: &str) -> Option<PathBuf> {
     text.lines()
         .rev()
-        .filter_map(parse_mountinfo_line)
-        .find(|m| m.mount_point == "/" && m.fstype == "overlay")
+        .filter_map(|l| parse_line(l).ok())
+        .find(|m| m.mount_point == "/" && m.fs_type == "overlay")
         .and_then(|m| super_option(&m.super_options, "upperdir"))
         .map(PathBuf::from)
 }
@@ -85,7 +42,7 @@ pub fn overlay_upper_dir(pid: u32) -> Option<PathBuf> {
 }
 
 /// Was `path` (absolute, as seen in the container, e.g. from a
-/// [`PermRequest`](super::PermRequest)) created or modified after the
+/// [`PermRequest`](crate::enforce::PermRequest)) created or modified after the
 /// container started? True when it is a regular file in the overlay's upper
 /// directory `upper`. This is the drift test for overlay storage: an
 /// executable for which this is true did not come from the image.
@@ -98,10 +55,10 @@ pub fn written_in_container(upper: &Path, path: &str) -> bool {
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
         return false;
     }
-    let Ok(upper_fd) = super::open::open_path(libc::AT_FDCWD, upper, libc::O_DIRECTORY) else {
+    let Ok(upper_fd) = crate::sys::open_path(libc::AT_FDCWD, upper, libc::O_DIRECTORY) else {
         return false;
     };
-    regular_in_root(upper_fd.as_raw_fd(), path).unwrap_or(false)
+    regular_in_root(upper_fd.as_fd(), path).unwrap_or(false)
 }
 
 /// Is `host_path`, an entry of an overlay upper directory, a copy of an
@@ -123,29 +80,24 @@ pub fn copied_up(host_path: &Path) -> bool {
     })
 }
 
-/// `lstat` of `path` resolved inside `root_fd`: the parent directory is
+/// `lstat` of `path` resolved inside `root`: the parent directory is
 /// resolved in the root, the final component is not followed.
-fn regular_in_root(root_fd: i32, path: &str) -> io::Result<bool> {
+fn regular_in_root(root: BorrowedFd<'_>, path: &str) -> io::Result<bool> {
     let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
     if name.is_empty() || name == "." {
         return Ok(false);
     }
-    let dir = super::open::open_in_root(root_fd, if parent.is_empty() { "/" } else { parent })?;
-    let name = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: all-zero bytes are a valid `struct stat` (plain integers).
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `name` is NUL-terminated and `st` a valid out-pointer, both
-    // live across the call; `dir` is an open O_PATH directory fd.
-    let r = unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.st_mode & libc::S_IFMT == libc::S_IFREG)
+    let dir = crate::sys::open_in_root(root, if parent.is_empty() { "/" } else { parent })?;
+    Ok(crate::sys::stat_at(dir.as_fd(), name, false)?.is_regular())
 }
 
 /// Mounts of filesystem `dev` in a mountinfo text, as `(mount_point, root)`.
 pub(crate) fn mounts_of_dev(text: &str, dev: u64) -> Vec<(String, String)> {
-    text.lines().filter_map(parse_mountinfo_line).filter(|m| m.dev == dev).map(|m| (m.mount_point, m.root)).collect()
+    text.lines()
+        .filter_map(|l| parse_line(l).ok())
+        .filter(|m| libc::makedev(m.dev.0, m.dev.1) == dev)
+        .map(|m| (m.mount_point, m.root))
+        .collect()
 }
 
 #[cfg(test)]
@@ -181,13 +133,13 @@ mod tests {
     #[test]
     fn parses_podman_root() {
         assert_eq!(upper_dir_from_mountinfo(PODMAN), Some(PathBuf::from("/var/lib/containers/storage/overlay/cdc0/diff")));
-        let m = parse_mountinfo_line(PODMAN.lines().next().unwrap()).unwrap();
-        assert_eq!(m.dev, libc::makedev(0, 41));
-        assert_eq!(m.fstype, "overlay");
+        let m = parse_line(PODMAN.lines().next().unwrap()).unwrap();
+        assert_eq!(m.dev, (0, 41));
+        assert_eq!(m.fs_type, "overlay");
         assert_eq!(m.root, "/");
-        let hosts = parse_mountinfo_line(PODMAN.lines().nth(3).unwrap()).unwrap();
+        let hosts = parse_line(PODMAN.lines().nth(3).unwrap()).unwrap();
         assert_eq!(hosts.mount_point, "/etc/hosts");
-        assert_eq!(hosts.fstype, "tmpfs");
+        assert_eq!(hosts.fs_type, "tmpfs");
         assert_eq!(hosts.root, "/containers/storage/overlay-containers/e10c/userdata/hosts");
         assert_eq!(mounts_of_dev(PODMAN, libc::makedev(0, 45)), vec![("/dev".into(), "/".into())]);
     }
@@ -201,7 +153,7 @@ mod tests {
         assert_eq!(unescape(r"trail\04"), r"trail\04");
         assert_eq!(unescape(r"\777"), r"\777", "above 0xff: not an escape");
         let line = r"100 1 0:50 / /var/lib/my\040store/m rw - overlay overlay rw,lowerdir=/l,upperdir=/var/lib/my\040store/x\054y\075z/diff,workdir=/w";
-        let m = parse_mountinfo_line(line).unwrap();
+        let m = parse_line(line).unwrap();
         assert_eq!(m.mount_point, "/var/lib/my store/m");
         assert_eq!(super_option(&m.super_options, "upperdir").as_deref(), Some("/var/lib/my store/x,y=z/diff"));
         // Mounted at "/" → found.
@@ -218,7 +170,7 @@ mod tests {
         let two = "1 0 0:9 / / rw - overlay overlay rw,upperdir=/first\n2 1 0:10 / / rw - overlay overlay rw,upperdir=/second\n";
         assert_eq!(upper_dir_from_mountinfo(two), Some(PathBuf::from("/second")));
         for bad in ["", "garbage", "1 2 3 4 5 - x", "a b 0:1 / / - overlay o o", "1 2 0:x / / rw - overlay o o"] {
-            assert_eq!(parse_mountinfo_line(bad), None, "{bad}");
+            assert!(parse_line(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,17 +1,18 @@
-//! Thin, safe wrappers over the new mount API (`open_tree`, `move_mount`,
-//! `mount_setattr`, 5.2–5.12), `openat2` (5.6) and the few namespace and
-//! directory calls the immutability steps need. The libc crate has the
-//! syscall numbers but not every wrapper or struct, so the structs are
-//! defined here as the kernel's uapi headers lay them out.
+//! The one place lancet makes the file and mount system calls that libc
+//! has no safe wrapper for: `openat2` (5.6), `fstat`/`fstatat`/`statx`,
+//! `readlinkat`, and the new mount API (`open_tree`, `move_mount`,
+//! `mount_setattr`, 5.2–5.12). The libc crate has the syscall numbers but
+//! not every wrapper or struct, so the structs are defined here as the
+//! kernel's uapi headers lay them out.
 //!
-//! Every function works on file descriptors, never on paths walked by the
-//! host: paths inside a container are untrusted and are resolved only by
-//! `openat2` with `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`.
+//! Paths inside a container are untrusted: they are resolved only by
+//! `openat2` with `RESOLVE_IN_ROOT` (absolute symlinks and `..` stay in the
+//! container's root), never walked by the host.
 
 use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 
 /// `struct open_how` (linux/openat2.h). Defined here because libc's is
@@ -75,21 +76,90 @@ fn openat2(root: BorrowedFd<'_>, path: &str, flags: libc::c_int, resolve: u64) -
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
+/// Opens `path` (absolute, as seen inside the container) relative to the
+/// container root `root` with `O_PATH`, never leaving the root: symlinks
+/// are followed inside it (`RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`). On
+/// kernels without openat2 (< 5.6) a component-by-component walk that
+/// refuses every symlink and `..`.
+pub(crate) fn open_in_root(root: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
+    let rel = path.trim_start_matches('/');
+    match openat2(root, rel, libc::O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        r => return r,
+    }
+    let mut cur: Option<OwnedFd> = None;
+    for comp in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if comp == ".." {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        let dir = cur.as_ref().map_or(root.as_raw_fd(), |f| f.as_raw_fd());
+        let next = open_path(dir, comp, libc::O_NOFOLLOW)?;
+        if fstat(next.as_raw_fd())?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        cur = Some(next);
+    }
+    match cur {
+        Some(f) => Ok(f),
+        None => open_path(root.as_raw_fd(), ".", 0),
+    }
+}
+
+/// `openat(dirfd, path, O_PATH | O_CLOEXEC | extra)`: for host paths
+/// (`AT_FDCWD`) and single components.
+pub(crate) fn open_path(dirfd: RawFd, path: impl AsRef<std::path::Path>, extra: libc::c_int) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_ref().as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | extra) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned to us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstat(fd)`.
+pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: all-zero bytes are a valid `struct stat` (plain integers).
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; fstat does not retain it.
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// `readlink(/proc/self/fd/N)`: the path of an open fd as seen from our root.
+pub(crate) fn fd_path(fd: RawFd) -> io::Result<String> {
+    let p = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+    Ok(p.to_string_lossy().into_owned())
+}
+
+/// A `stat` st_dev (userspace dev_t) in the kernel's encoding
+/// (`major << 20 | minor`), as BPF sees `inode->i_sb->s_dev`.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev);
+    let minor = libc::minor(st_dev);
+    (major << 20) | (minor & 0xf_ffff)
+}
+
 /// Opens the directory `path` inside the container root `root` as an
 /// `O_PATH` handle (the topmost mount there, if something is mounted on it).
-pub(super) fn open_dir_in(root: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
+pub(crate) fn open_dir_in(root: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
     openat2(root, path, libc::O_PATH | libc::O_DIRECTORY, CONTAINER_RESOLVE)
 }
 
 /// Opens the directory `path` inside `root` for reading its entries.
-pub(super) fn open_dir_for_listing(root: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
+pub(crate) fn open_dir_for_listing(root: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
     openat2(root, path, libc::O_RDONLY | libc::O_DIRECTORY, CONTAINER_RESOLVE)
 }
 
 /// Opens a file of the host's procfs (`dir` is an fd of `/proc`) for
 /// reading. Symlinks such as `thread-self` are followed: procfs is the
 /// kernel's, not the container's.
-pub(super) fn open_proc_file(proc: BorrowedFd<'_>, path: &str) -> io::Result<std::fs::File> {
+pub(crate) fn open_proc_file(proc: BorrowedFd<'_>, path: &str) -> io::Result<std::fs::File> {
     let c = cstring(path)?;
     // SAFETY: `c` is NUL-terminated and outlives the call.
     let fd = unsafe { libc::openat(proc.as_raw_fd(), c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -101,7 +171,7 @@ pub(super) fn open_proc_file(proc: BorrowedFd<'_>, path: &str) -> io::Result<std
 }
 
 /// Opens a directory of the host's procfs for listing.
-pub(super) fn open_proc_dir(proc: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
+pub(crate) fn open_proc_dir(proc: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
     let c = cstring(path)?;
     // SAFETY: `c` is NUL-terminated and outlives the call.
     let fd = unsafe { libc::openat(proc.as_raw_fd(), c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
@@ -113,7 +183,7 @@ pub(super) fn open_proc_dir(proc: BorrowedFd<'_>, path: &str) -> io::Result<Owne
 }
 
 /// Opens a directory by a host path (`O_PATH`).
-pub(super) fn open_host_dir(path: &str) -> io::Result<OwnedFd> {
+pub(crate) fn open_host_dir(path: &str) -> io::Result<OwnedFd> {
     let c = cstring(path)?;
     // SAFETY: `c` is NUL-terminated and outlives the call.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
@@ -125,7 +195,7 @@ pub(super) fn open_host_dir(path: &str) -> io::Result<OwnedFd> {
 }
 
 /// Opens a host file for reading (`O_RDONLY`), e.g. a namespace file.
-pub(super) fn open_host_file(path: &str) -> io::Result<OwnedFd> {
+pub(crate) fn open_host_file(path: &str) -> io::Result<OwnedFd> {
     let c = cstring(path)?;
     // SAFETY: `c` is NUL-terminated and outlives the call.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -137,7 +207,7 @@ pub(super) fn open_host_file(path: &str) -> io::Result<OwnedFd> {
 }
 
 /// `readlinkat(dir, path)`.
-pub(super) fn read_link_at(dir: BorrowedFd<'_>, path: &str) -> io::Result<String> {
+pub(crate) fn read_link_at(dir: BorrowedFd<'_>, path: &str) -> io::Result<String> {
     let c = cstring(path)?;
     let mut buf = vec![0u8; 4096];
     // SAFETY: `c` is NUL-terminated; `buf` is writable for `buf.len()` bytes.
@@ -151,27 +221,27 @@ pub(super) fn read_link_at(dir: BorrowedFd<'_>, path: &str) -> io::Result<String
 
 /// What `fstatat` says about a file, without following a last symlink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Stat {
-    pub(super) mode: u32,
-    pub(super) dev: u64,
-    pub(super) ino: u64,
+pub(crate) struct Stat {
+    pub(crate) mode: u32,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
     /// The device a device file stands for.
-    pub(super) rdev: u64,
-    pub(super) uid: u32,
-    pub(super) gid: u32,
+    pub(crate) rdev: u64,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 impl Stat {
-    pub(super) fn is_dir(&self) -> bool {
+    pub(crate) fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
-    pub(super) fn is_regular(&self) -> bool {
+    pub(crate) fn is_regular(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFREG
     }
 }
 
 /// `fstatat(dir, name, flags)`; `name` empty means `dir` itself.
-pub(super) fn stat_at(dir: BorrowedFd<'_>, name: &str, follow: bool) -> io::Result<Stat> {
+pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &str, follow: bool) -> io::Result<Stat> {
     let c = cstring(name)?;
     let mut flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
     if name.is_empty() {
@@ -191,7 +261,7 @@ pub(super) fn stat_at(dir: BorrowedFd<'_>, name: &str, follow: bool) -> io::Resu
 
 /// The id of the mount `fd` is on (`statx` `STATX_MNT_ID`, 5.8), the same
 /// number as `/proc/<pid>/mountinfo`'s first field and fdinfo's `mnt_id`.
-pub(super) fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut stx = MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: the empty path is NUL-terminated; `stx` is writable memory of
     // the right size.
@@ -210,7 +280,7 @@ pub(super) fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
 /// A detached copy of the mount tree at `dir` (`open_tree(OPEN_TREE_CLONE |
 /// AT_RECURSIVE)`): recursive, so mounts below it (`/run/.containerenv`
 /// under `/run`) stay visible once the copy is mounted on top.
-pub(super) fn clone_tree(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+pub(crate) fn clone_tree(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let flags =
         OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
     // SAFETY: the empty path is NUL-terminated; flags are plain integers.
@@ -222,7 +292,7 @@ pub(super) fn clone_tree(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// Sets or clears `MOUNT_ATTR_RDONLY` on the one mount `fd` is the root of
 /// (never recursive: volumes, `/proc` and the runtime's file binds below
 /// keep their own flags). EBUSY when a file on it is open for writing.
-pub(super) fn set_read_only(fd: BorrowedFd<'_>, read_only: bool) -> io::Result<()> {
+pub(crate) fn set_read_only(fd: BorrowedFd<'_>, read_only: bool) -> io::Result<()> {
     let attr = if read_only {
         MountAttr { attr_set: MOUNT_ATTR_RDONLY, ..MountAttr::default() }
     } else {
@@ -245,7 +315,7 @@ pub(super) fn set_read_only(fd: BorrowedFd<'_>, read_only: bool) -> io::Result<(
 
 /// Mounts the detached tree `tree` on the directory `target`
 /// (`move_mount` with both paths empty: no path is walked again).
-pub(super) fn move_onto(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn move_onto(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: both paths are empty NUL-terminated strings; flags are plain.
     check(unsafe {
         libc::syscall(
@@ -264,7 +334,7 @@ pub(super) fn move_onto(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Res
 /// below it): `umount2` has no fd form, so the thread's working directory
 /// is moved there and `"."` is unmounted. The caller's thread must own its
 /// fs state (`unshare(CLONE_FS)`); the working directory goes back to `/`.
-pub(super) fn detach(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn detach(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: fchdir takes an fd by value.
     if unsafe { libc::fchdir(fd.as_raw_fd()) } < 0 {
         return Err(io::Error::last_os_error());
@@ -284,7 +354,7 @@ pub(super) fn detach(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// (`unshare(CLONE_FS)`, which `setns(CLONE_NEWNS)` needs in a
 /// multi-threaded process) and moves it into the mount namespace `ns`. Only
 /// ever called on a dedicated thread that ends afterwards.
-pub(super) fn enter_mount_namespace(ns: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn enter_mount_namespace(ns: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: unshare takes flags by value; CLONE_FS affects this thread only.
     if unsafe { libc::unshare(libc::CLONE_FS) } < 0 {
         return Err(io::Error::last_os_error());
@@ -298,7 +368,7 @@ pub(super) fn enter_mount_namespace(ns: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Makes `dir` the calling thread's root and working directory (the thread
 /// owns its fs state after [`enter_mount_namespace`]).
-pub(super) fn chroot_to(dir: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn chroot_to(dir: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: fchdir takes an fd by value; "." and "/" are NUL-terminated.
     unsafe {
         if libc::fchdir(dir.as_raw_fd()) < 0 || libc::chroot(c".".as_ptr()) < 0 || libc::chdir(c"/".as_ptr()) < 0 {
@@ -309,13 +379,13 @@ pub(super) fn chroot_to(dir: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// The device numbers of `/dev/null` (1:3).
-pub(super) fn null_device() -> u64 {
+pub(crate) fn null_device() -> u64 {
     libc::makedev(1, 3)
 }
 
 /// Creates `name` in `dir` as a character device standing for `/dev/null`
 /// (mode 0600).
-pub(super) fn mknod_null_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+pub(crate) fn mknod_null_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     let c = cstring(name)?;
     // SAFETY: `c` is NUL-terminated and outlives the call; the mode and
     // device are plain integers.
@@ -326,7 +396,7 @@ pub(super) fn mknod_null_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
 }
 
 /// `unlinkat(dir, name, 0)`.
-pub(super) fn unlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     let c = cstring(name)?;
     // SAFETY: `c` is NUL-terminated and outlives the call.
     if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } < 0 {
@@ -337,7 +407,7 @@ pub(super) fn unlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
 
 /// The names in the directory `dir` (opened for reading), `.` and `..` left
 /// out.
-pub(super) fn list_dir(dir: &OwnedFd) -> io::Result<Vec<String>> {
+pub(crate) fn list_dir(dir: &OwnedFd) -> io::Result<Vec<String>> {
     // fdopendir takes ownership of the descriptor it is given; give it a
     // duplicate so `dir` stays the caller's.
     let dup = dir.try_clone()?;
@@ -383,5 +453,39 @@ pub fn mount_setattr_supported() -> Result<(), String> {
         (_, Some(libc::ENOSYS)) => Err("this kernel has no mount_setattr (Linux 5.12 or later is needed)".into()),
         (_, Some(libc::EPERM)) => Err("mount_setattr is not permitted here (seccomp, or no CAP_SYS_ADMIN)".into()),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn kernel_dev_encodes_major_and_minor() {
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        assert_eq!(kernel_dev(libc::makedev(0, 0x2f)), 0x2f);
+        assert_eq!(kernel_dev(libc::makedev(259, 0x12345)), (259 << 20) | 0x12345);
+    }
+
+    #[test]
+    fn paths_resolve_inside_the_root_only() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/passwd"), b"root").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc", d.path().join("up")).unwrap();
+        let root = open_path(libc::AT_FDCWD, d.path(), libc::O_DIRECTORY).unwrap();
+        let ours = |p: &str| {
+            let fd = open_in_root(root.as_fd(), p).unwrap();
+            fd_path(fd.as_raw_fd()).unwrap()
+        };
+        let inside = d.path().join("etc/passwd").to_string_lossy().into_owned();
+        // An absolute link and a climb out both land inside the root.
+        assert_eq!(ours("/abs"), inside);
+        assert_eq!(ours("up/passwd"), inside);
+        assert_eq!(ours("/"), d.path().to_string_lossy());
+        assert!(open_in_root(root.as_fd(), "/missing").is_err());
+        assert!(open_in_root(root.as_fd(), "a\0b").is_err());
     }
 }

@@ -22,6 +22,10 @@ pub struct MountInfo {
     pub options: String,
     pub fs_type: String,
     pub source: String,
+    /// Superblock options, still escaped (split on `,`, then unescape each
+    /// value: overlayfs escapes `,` `=` space tab newline and `\` inside
+    /// values).
+    pub super_options: String,
 }
 
 impl MountInfo {
@@ -106,12 +110,21 @@ pub fn parse_line(line: &str) -> Result<MountInfo, MountInfoError> {
         options: fields[5].to_string(),
         fs_type: unescape(fields[sep + 1]),
         source: unescape(fields[sep + 2]),
+        super_options: fields.get(sep + 3).map(|s| s.to_string()).unwrap_or_default(),
     })
 }
 
 /// Every readable line of a `mountinfo` text; unreadable lines are left out.
 pub fn parse(text: &str) -> Vec<MountInfo> {
     text.lines().filter_map(|l| parse_line(l).ok()).collect()
+}
+
+/// The value of `key=` in a superblock option string, unescaped.
+pub fn super_option(options: &str, key: &str) -> Option<String> {
+    options.split(',').find_map(|o| {
+        let (k, v) = o.split_once('=')?;
+        (k == key).then(|| unescape(v))
+    })
 }
 
 /// The mounts below (not at) `dir`, whose mount point lies inside it.

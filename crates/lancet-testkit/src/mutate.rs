@@ -1,13 +1,14 @@
-//! Mutations for the property tests of parsers: a valid document (YAML,
-//! JSON, text) changed the ways a hostile or broken writer would change it.
-//! Edits work on characters, so the result is still a `&str`; byte-level
-//! parsers have their own mutators.
+//! Mutations for the property tests of parsers: a valid input changed the
+//! ways a hostile or broken writer would change it. [`edits`] work on the
+//! characters of a document (YAML, JSON, text), so the result is still a
+//! `&str`; [`byte_edits`] on the bytes of a binary record (the kernel's,
+//! bbolt's).
 
 use proptest::prelude::*;
 use proptest::sample::Index;
 
 #[derive(Debug, Clone)]
-pub(crate) enum Edit {
+pub enum Edit {
     /// One character replaced.
     Replace(Index, char),
     /// A fragment inserted (syntax, huge numbers, long strings, deep nesting).
@@ -88,7 +89,7 @@ fn fragment() -> impl Strategy<Value = String> {
     ]
 }
 
-pub(crate) fn edit() -> impl Strategy<Value = Edit> {
+pub fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         3 => (any::<Index>(), any::<char>()).prop_map(|(i, c)| Edit::Replace(i, c)),
         3 => (any::<Index>(), fragment()).prop_map(|(i, s)| Edit::Insert(i, s)),
@@ -100,11 +101,11 @@ pub(crate) fn edit() -> impl Strategy<Value = Edit> {
 }
 
 /// 1 to `max` edits.
-pub(crate) fn edits(max: usize) -> impl Strategy<Value = Vec<Edit>> {
+pub fn edits(max: usize) -> impl Strategy<Value = Vec<Edit>> {
     proptest::collection::vec(edit(), 1..=max)
 }
 
-pub(crate) fn apply(text: &str, edits: &[Edit]) -> String {
+pub fn apply(text: &str, edits: &[Edit]) -> String {
     let mut s: Vec<char> = text.chars().collect();
     for e in edits {
         match e {
@@ -150,7 +151,7 @@ pub(crate) fn apply(text: &str, edits: &[Edit]) -> String {
 }
 
 /// Arbitrary text weighted towards what parsers of YAML and JSON branch on.
-pub(crate) fn yamlish() -> impl Strategy<Value = String> {
+pub fn yamlish() -> impl Strategy<Value = String> {
     proptest::collection::vec(
         prop_oneof![
             3 => "[a-zA-Z0-9_./-]{0,10}",
@@ -163,14 +164,14 @@ pub(crate) fn yamlish() -> impl Strategy<Value = String> {
 }
 /// Byte-level mutation of a valid buffer: flips, inserts, deletes, a cut.
 #[derive(Debug, Clone)]
-pub(crate) enum ByteEdit {
+pub enum ByteEdit {
     Set(Index, u8),
     Insert(Index, Vec<u8>),
     Delete(Index, usize),
     Truncate(Index),
 }
 
-pub(crate) fn byte_edits(max: usize) -> impl Strategy<Value = Vec<ByteEdit>> {
+pub fn byte_edits(max: usize) -> impl Strategy<Value = Vec<ByteEdit>> {
     proptest::collection::vec(
         prop_oneof![
             4 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| ByteEdit::Set(i, b)),
@@ -182,7 +183,7 @@ pub(crate) fn byte_edits(max: usize) -> impl Strategy<Value = Vec<ByteEdit>> {
     )
 }
 
-pub(crate) fn apply_bytes(data: &[u8], edits: &[ByteEdit]) -> Vec<u8> {
+pub fn apply_bytes(data: &[u8], edits: &[ByteEdit]) -> Vec<u8> {
     let mut b = data.to_vec();
     for e in edits {
         match e {

@@ -23,10 +23,11 @@
 //! [`Applied::writers`]). Every change is recorded as a [`Step`]; undoing
 //! them in reverse order gives back the mount table as it was.
 
-use super::mountinfo::MountInfo;
-use super::ns::{self, Ctx};
-use super::procfs::{process_in_namespace, writers_on, Writer};
-use super::{sys, MountError};
+use crate::mountinfo::MountInfo;
+use crate::mounts::ns::{self, Ctx};
+use crate::mounts::procfs::{process_in_namespace, writers_on, Writer};
+use crate::mounts::MountError;
+use crate::sys;
 use lancet_engine::write_sets::is_under;
 use serde::{Deserialize, Serialize};
 use std::io;
