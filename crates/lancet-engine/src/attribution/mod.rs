@@ -529,10 +529,14 @@ impl Attributor {
             }
             if let Some(id) = &m.container_id {
                 if let Some(c) = self.containers.get(id) {
-                    return Attribution::Container(Arc::clone(c));
+                    let c = Arc::clone(c);
+                    return match self.named_by_its_owner(path, m, &c) {
+                        Ok(()) => Attribution::Container(c),
+                        Err(reason) => Attribution::Unknown { cgroup_id, cgroup_path: Some(path.to_string()), reason },
+                    };
                 }
                 let cg = m.container_cgroup.clone().unwrap_or_else(|| path.to_string());
-                return match self.reader.read_container(id, m) {
+                return match self.reader.read_container(id, m).and_then(|info| self.named_by_its_owner(path, m, &info).map(|()| info)) {
                     Ok(mut info) => {
                         info.cgroup_path = cg;
                         Attribution::Container(self.insert_container(info))
@@ -550,6 +554,31 @@ impl Attributor {
             return Attribution::Container(c);
         }
         Attribution::Host
+    }
+
+    /// A cgroup is named after a container (`libpod-<id>.scope`, …), but a
+    /// name is not an identity: anyone with a delegated cgroup subtree (an
+    /// unprivileged user's systemd manager, a rootless runtime) can make
+    /// one named after root's container, read from the world-readable
+    /// `/proc/<pid>/cgroup`, and run programs there. Such a cgroup is the
+    /// container only when its directory belongs to whoever may create the
+    /// container's cgroups: the owner of the cgroup2 root (root) for a
+    /// rootful container, or that or the container's own user for a
+    /// rootless one; and a rootful container is never found under a user's
+    /// manager (`user@<uid>.service`).
+    fn named_by_its_owner(&self, path: &str, m: &CgroupMatch, c: &ContainerInfo) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        if m.rootless_uid != c.owner_uid {
+            let under = m.rootless_uid.map_or("outside any user's manager".to_string(), |u| format!("under uid {u}'s manager"));
+            return Err(format!("cgroup {path} is named after container {} but lies {under}", c.id));
+        }
+        let owner = |p: &Path| std::fs::metadata(p).map(|md| md.uid()).map_err(|e| format!("cgroup {}: {e}", p.display()));
+        let root_owner = owner(&self.cgroup2_root)?;
+        let found = owner(&self.cgroup2_root.join(path.trim_start_matches('/')))?;
+        if found == root_owner || c.owner_uid == Some(found) {
+            return Ok(());
+        }
+        Err(format!("cgroup {path} is named after container {} but belongs to uid {found}, who cannot make its cgroups", c.id))
     }
 
     fn is_young(&self, id: u64, now: Instant) -> bool {

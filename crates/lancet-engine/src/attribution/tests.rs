@@ -504,8 +504,57 @@ fn caches_are_bounded() {
     assert!(a.results.len() <= 16);
     assert!(a.negative.len() <= 16);
     assert!(a.paths.order.len() <= 2 * 16 + 64 + 1);
-    a.on_cgroup_mkdir(7, &format!("/libpod_parent/libpod-{T1}")).unwrap();
-    assert_eq!(container(a.attribute(7)).name, "t1");
+    let t1 = h.cgroup(&format!("/libpod_parent/libpod-{T1}"));
+    a.on_cgroup_mkdir(t1, &format!("/libpod_parent/libpod-{T1}")).unwrap();
+    assert_eq!(container(a.attribute(t1)).name, "t1");
+}
+
+/// A user names a cgroup of their own after root's container (its id is in
+/// the world-readable /proc/<pid>/cgroup): their processes there are not
+/// the container's, whether the container is known already or not.
+#[test]
+fn a_users_cgroup_named_after_roots_container_is_not_it() {
+    let h = Host::new(&["podman"]);
+    h.write("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nmallory:x:1000:1000::/home/mallory:/bin/sh\n");
+    let real = h.cgroup(&format!("/libpod_parent/libpod-{T1}"));
+    let fake = h.cgroup(&format!("/user.slice/user-1000.slice/user@1000.service/app.slice/libpod-{T1}.scope"));
+    // Not known yet: the user's cgroup is looked up first.
+    let mut a = h.attributor();
+    let why = unknown_reason(a.attribute(fake));
+    assert!(why.contains("uid 1000"), "{why}");
+    assert_eq!(container(a.attribute(real)).id, T1);
+    // Known: the cached container is not handed to the user's cgroup either.
+    let mut a = h.attributor();
+    assert_eq!(container(a.attribute(real)).id, T1);
+    let why = unknown_reason(a.attribute(fake));
+    assert!(why.contains("user's manager") || why.contains("uid 1000"), "{why}");
+    assert_eq!(container(a.attribute(real)).cgroup_path, format!("/libpod_parent/libpod-{T1}"));
+}
+
+/// The same, with a cgroup delegated to a user outside any user manager
+/// (a chowned subtree): its directory is the user's, so it is not root's
+/// container. Needs root, to give the directory away.
+#[test]
+fn root_a_delegated_cgroup_named_after_roots_container_is_not_it() {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+        lancet_testkit::skip("not root: a cgroup directory cannot be given to another user");
+        return;
+    }
+    let h = Host::new(&["podman"]);
+    let real = h.cgroup(&format!("/libpod_parent/libpod-{T1}"));
+    let delegated = h.cg_root().join("delegated");
+    let fake = h.cgroup(&format!("/delegated/libpod-{T1}"));
+    for d in [delegated.clone(), delegated.join(format!("libpod-{T1}"))] {
+        std::os::unix::fs::chown(&d, Some(1000), Some(1000)).unwrap();
+    }
+    let mut a = h.attributor();
+    assert_eq!(container(a.attribute(real)).id, T1);
+    let why = unknown_reason(a.attribute(fake));
+    assert!(why.contains("belongs to uid 1000"), "{why}");
+    let mut a = h.attributor();
+    let why = unknown_reason(a.attribute(fake));
+    assert!(why.contains("belongs to uid 1000"), "{why}");
 }
 
 #[test]
