@@ -289,6 +289,10 @@ int BPF_PROG(lancet_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	e->root_ino = BPF_CORE_READ(root.dentry, d_inode, i_ino);
 	e->root_dev = BPF_CORE_READ(root.dentry, d_sb, s_dev);
 	e->parent_cgroup_id = BPF_CORE_READ(p, real_parent, cgroups, dfl_cgrp, kn, id);
+	e->mnt_ns = BPF_CORE_READ(p, nsproxy, mnt_ns, ns.inum);
+	e->parent_mnt_ns = BPF_CORE_READ(p, real_parent, nsproxy, mnt_ns, ns.inum);
+	e->_pad2 = 0;
+	e->start_ns = BPF_CORE_READ(p, group_leader, start_boottime);
 	e->cwd_len = walk_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), &root,
 			       e->cwd, &e->flags);
 
@@ -334,6 +338,7 @@ int BPF_PROG(lancet_fork, struct task_struct *parent, struct task_struct *child)
 	fill_header_task(&e->hdr, LANCET_KIND_FORK, sizeof(*e), parent);
 	e->child_pid = BPF_CORE_READ(child, tgid);
 	e->child_tid = BPF_CORE_READ(child, pid);
+	e->child_start_ns = BPF_CORE_READ(child, start_boottime);
 	bpf_ringbuf_submit(e, rb_flags());
 	return 0;
 }

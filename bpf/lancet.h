@@ -84,6 +84,18 @@ struct lancet_exec {
 	__u16 args_len;
 	__u16 _pad;
 	__u32 root_dev;
+	/* Mount namespaces (nsfs inode numbers) of the task and of its parent
+	 * at exec. The runtime execs `runc init` in the namespace of the runc
+	 * that forked it, before entering the container; a container process
+	 * that chroots into a bind mount of the host's root is in the
+	 * container's namespace, not its outside parent's. */
+	__u32 mnt_ns;
+	__u32 parent_mnt_ns;
+	__u32 _pad2;
+	/* The process's start (its thread group leader's start_boottime, ns):
+	 * with the pid, which process this was, so a kill after the fact never
+	 * hits a later process that reuses the pid. */
+	__u64 start_ns;
 	char filename[LANCET_PATH_MAX];
 	/* Twice the path size: the walk writes a component at an offset below
 	 * LANCET_PATH_MAX and lets it run on; only cwd_len bytes are valid. */
@@ -95,6 +107,7 @@ struct lancet_fork {
 	struct lancet_header hdr; /* the parent */
 	__u32 child_pid;
 	__u32 child_tid;
+	__u64 child_start_ns; /* the child's start_boottime */
 };
 
 struct lancet_exit {

@@ -14,7 +14,7 @@ fn ev(pid: u32, kind: EventKind) -> Event {
     Event {
         time_ns: 1,
         cgroup_id: 7,
-        process: ProcessRef { pid, tid: pid, ppid: 1, uid: 0, gid: 0, comm: "app".into(), runtime: false },
+        process: ProcessRef { pid, tid: pid, ppid: 1, uid: 0, gid: 0, comm: "app".into(), start_ns: 0, runtime: false },
         kind,
     }
 }

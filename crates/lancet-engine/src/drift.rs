@@ -525,6 +525,7 @@ mod tests {
             exe_fs_magic: OVERLAYFS_MAGIC,
             truncated: false,
             in_host_root: false,
+            in_parent_mnt_ns: false,
         }
     }
 

@@ -25,6 +25,11 @@ pub struct ProcessRef {
     pub gid: u32,
     /// Kernel `comm`, at most 15 bytes.
     pub comm: String,
+    /// When the process started (its thread group leader's
+    /// `start_boottime`, ns since boot; 0 when unknown): with the pid, which
+    /// process this was, so a kill after the fact never hits a later process
+    /// that reuses the pid.
+    pub start_ns: u64,
     /// The container runtime's own process setting a container up (`runc
     /// init` before it enters the container: its root was the host's at
     /// its last exec, or it is a fork of such a process). Set by the
@@ -50,6 +55,8 @@ pub enum EventKind {
     Exec(ExecEvent),
     Fork {
         child_pid: u32,
+        /// The child's `start_boottime` (ns since boot; 0 when unknown).
+        child_start_ns: u64,
     },
     Exit(ExitEvent),
     Net(NetEvent),
@@ -106,6 +113,12 @@ pub struct ExecEvent {
     /// The process's root directory was the host's own root at exec (read
     /// in the kernel at exec time, compared by device and inode).
     pub in_host_root: bool,
+    /// The process was still in its parent's mount namespace at exec (read
+    /// in the kernel): the runtime's `runc init` before it enters the
+    /// container. A container process that chroots into a bind mount of
+    /// the host's root is in the host's root but in the container's
+    /// namespace, not its outside parent's.
+    pub in_parent_mnt_ns: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

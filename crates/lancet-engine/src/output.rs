@@ -233,7 +233,7 @@ pub fn summary(ev: &Event) -> String {
             }
             s
         }
-        EventKind::Fork { child_pid } => format!("child pid {child_pid}"),
+        EventKind::Fork { child_pid, .. } => format!("child pid {child_pid}"),
         EventKind::Exit(x) => match (x.code, x.signal) {
             (Some(c), _) => format!("exit code {c}"),
             (_, Some(s)) => format!("killed by signal {s}"),
@@ -305,7 +305,7 @@ fn fields<'a>(r: &Record<'a>) -> Fields<'a> {
             f.exe_ino = Some(x.exe_ino);
             f.truncated = x.truncated.then_some(true);
         }
-        EventKind::Fork { child_pid } => f.child_pid = Some(*child_pid),
+        EventKind::Fork { child_pid, .. } => f.child_pid = Some(*child_pid),
         EventKind::Exit(x) => {
             f.exit_code = Some(x.code);
             f.exit_signal = Some(x.signal);
@@ -447,7 +447,7 @@ mod tests {
         Event {
             time_ns: 1_795_873_138_000_000_001,
             cgroup_id: 7,
-            process: ProcessRef { pid: 10, tid: 10, ppid: 1, uid: 0, gid: 0, comm: "sh".into(), runtime: false },
+            process: ProcessRef { pid: 10, tid: 10, ppid: 1, uid: 0, gid: 0, comm: "sh".into(), start_ns: 0, runtime: false },
             kind,
         }
     }

@@ -12,6 +12,8 @@ pub struct ProcEntry {
     pub cmdline: Vec<String>,
     pub ppid: u32,
     pub cgroup_id: u64,
+    /// When it started (`start_boottime`, ns; 0 when unknown).
+    pub start_ns: u64,
     /// The container runtime setting a container up (see
     /// [`ProcessRef::runtime`](crate::event::ProcessRef::runtime)).
     pub runtime: bool,
@@ -70,6 +72,15 @@ impl ProcessTable {
         std::mem::swap(&mut self.exited_before, &mut self.exited_now);
     }
 
+    /// What the table knows of an event's process that its record lacks.
+    fn fill_known(&self, ev: &mut Event) {
+        let p = self.map.get(&ev.process.pid);
+        ev.process.runtime = p.is_some_and(|p| p.runtime);
+        if ev.process.start_ns == 0 {
+            ev.process.start_ns = p.map_or(0, |p| p.start_ns);
+        }
+    }
+
     /// Updates the table from one event and fills in what the event lacked
     /// (the parent's executable on exec).
     pub fn observe(&mut self, ev: &mut Event) {
@@ -82,10 +93,16 @@ impl ProcessTable {
                 // the fallback for sources that do not.
                 x.parent_outside |= parent.is_some_and(|p| p.cgroup_id != 0 && p.cgroup_id != ev.cgroup_id);
                 // Only the runtime starts a process inside a container from
-                // outside it while still in the host's root; a container
-                // process cannot get the host's root back.
-                let runtime = x.in_host_root && x.parent_outside;
+                // outside it while still in the host's root and in the
+                // mount namespace of the runtime that forked it. A container
+                // process can get the host's root back (a chroot into a
+                // `-v /:/host` mount), but not leave the container's mount
+                // namespace for its parent's.
+                let runtime = x.in_host_root && x.parent_outside && x.in_parent_mnt_ns;
                 ev.process.runtime = runtime;
+                if ev.process.start_ns == 0 {
+                    ev.process.start_ns = self.map.get(&pid).map_or(0, |p| p.start_ns);
+                }
                 self.insert(
                     pid,
                     ProcEntry {
@@ -94,23 +111,29 @@ impl ProcessTable {
                         cmdline: x.argv.clone(),
                         ppid: ev.process.ppid,
                         cgroup_id: ev.cgroup_id,
+                        start_ns: ev.process.start_ns,
                         runtime,
                     },
                 );
             }
-            EventKind::Fork { child_pid } => {
-                let mut child =
-                    self.map.get(&pid).cloned().unwrap_or_else(|| ProcEntry { comm: ev.process.comm.clone(), ..Default::default() });
+            EventKind::Fork { child_pid, child_start_ns } => {
+                let parent = self.map.get(&pid);
+                ev.process.runtime = parent.is_some_and(|p| p.runtime);
+                if ev.process.start_ns == 0 {
+                    ev.process.start_ns = parent.map_or(0, |p| p.start_ns);
+                }
+                let mut child = parent.cloned().unwrap_or_else(|| ProcEntry { comm: ev.process.comm.clone(), ..Default::default() });
                 child.ppid = pid;
                 child.cgroup_id = ev.cgroup_id;
+                child.start_ns = *child_start_ns;
                 let child_pid = *child_pid;
                 self.insert(child_pid, child);
             }
             EventKind::Exit(_) => {
                 self.exited_now.push(pid);
-                ev.process.runtime = self.map.get(&pid).is_some_and(|p| p.runtime);
+                self.fill_known(ev);
             }
-            _ => ev.process.runtime = self.map.get(&pid).is_some_and(|p| p.runtime),
+            _ => self.fill_known(ev),
         }
     }
 }
@@ -129,7 +152,7 @@ mod tests {
         let mut t = ProcessTable::new(16);
         let mut e = ev(10, 1, EventKind::Exec(ExecEvent { filename: "/bin/sh".into(), ..Default::default() }));
         t.observe(&mut e);
-        t.observe(&mut ev(10, 1, EventKind::Fork { child_pid: 11 }));
+        t.observe(&mut ev(10, 1, EventKind::Fork { child_pid: 11, child_start_ns: 0 }));
         let mut child = ev(11, 10, EventKind::Exec(ExecEvent { filename: "/bin/id".into(), ..Default::default() }));
         t.observe(&mut child);
         let EventKind::Exec(x) = &child.kind else { panic!() };
@@ -152,6 +175,52 @@ mod tests {
         let EventKind::Exec(x) = &e.kind else { panic!() };
         assert!(x.parent_outside);
         assert_eq!(x.parent_exe.as_deref(), Some("/usr/bin/conmon"), "the real parent is still reported");
+    }
+
+    #[test]
+    fn the_runtime_is_in_the_hosts_root_and_its_parents_mount_namespace() {
+        let mut t = ProcessTable::new(16);
+        t.insert(50, ProcEntry { exe: "/usr/bin/runc".into(), cgroup_id: 1, ..Default::default() });
+        let exec = |t: &mut ProcessTable, pid, in_parent_mnt_ns| {
+            let x = ExecEvent { filename: "/bin/busybox".into(), in_host_root: true, in_parent_mnt_ns, ..Default::default() };
+            let mut e = ev(pid, 50, EventKind::Exec(x));
+            t.observe(&mut e);
+            e.process.runtime
+        };
+        // runc init, before it enters the container.
+        assert!(exec(&mut t, 51, true));
+        // A container process chrooted into a bind mount of the host's root:
+        // the host's root, but the container's mount namespace.
+        assert!(!exec(&mut t, 52, false));
+        // What it does next is its own too.
+        let mut open = ev(52, 50, EventKind::Exit(ExitEvent { code: Some(0), signal: None }));
+        t.observe(&mut open);
+        assert!(!open.process.runtime);
+        // And the runtime's forks are the runtime's until they exec.
+        let mut fork = ev(51, 50, EventKind::Fork { child_pid: 53, child_start_ns: 7 });
+        t.observe(&mut fork);
+        assert!(fork.process.runtime);
+        assert!(t.get(53).is_some_and(|p| p.runtime));
+    }
+
+    #[test]
+    fn start_times_follow_the_process() {
+        let mut t = ProcessTable::new(16);
+        let mut e = ev(10, 1, EventKind::Exec(ExecEvent { filename: "/bin/sh".into(), ..Default::default() }));
+        e.process.start_ns = 1_000;
+        t.observe(&mut e);
+        // Later events of the pid carry the start its exec recorded.
+        let mut fork = ev(10, 1, EventKind::Fork { child_pid: 11, child_start_ns: 2_000 });
+        t.observe(&mut fork);
+        assert_eq!(fork.process.start_ns, 1_000);
+        // The child's own start, from the fork record, through its exec
+        // (the exec record carries it too; a missing one is filled in).
+        let mut child = ev(11, 10, EventKind::Exec(ExecEvent { filename: "/bin/id".into(), ..Default::default() }));
+        t.observe(&mut child);
+        assert_eq!(child.process.start_ns, 2_000);
+        let mut exit = ev(11, 10, EventKind::Exit(ExitEvent { code: Some(0), signal: None }));
+        t.observe(&mut exit);
+        assert_eq!(exit.process.start_ns, 2_000);
     }
 
     #[test]

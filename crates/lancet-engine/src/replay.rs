@@ -56,6 +56,7 @@ pub fn from_falco_json(line: &str) -> Result<(Event, Option<ContainerInfo>), Rep
         uid: u(f, "user.uid") as u32,
         gid: u(f, "group.gid") as u32,
         comm: s(f, "proc.name").to_string(),
+        start_ns: 0,
         runtime: false,
     };
     let ty = s(f, "evt.type");
@@ -97,7 +98,7 @@ pub fn from_falco_json(line: &str) -> Result<(Event, Option<ContainerInfo>), Rep
                 ..Default::default()
             })
         }
-        "clone" => EventKind::Fork { child_pid: u(f, "proc.child_pid") as u32 },
+        "clone" => EventKind::Fork { child_pid: u(f, "proc.child_pid") as u32, child_start_ns: 0 },
         "procexit" => EventKind::Exit(ExitEvent {
             code: f.get("proc.exit_code").and_then(Value::as_i64).map(|c| c as i32),
             signal: f.get("proc.exit_signal").and_then(Value::as_i64).map(|c| c as i32),
@@ -153,7 +154,7 @@ mod tests {
         let ev = Event {
             time_ns: 5,
             cgroup_id: 9,
-            process: ProcessRef { pid: 3, tid: 3, ppid: 1, uid: 0, gid: 0, comm: "wget".into(), runtime: false },
+            process: ProcessRef { pid: 3, tid: 3, ppid: 1, uid: 0, gid: 0, comm: "wget".into(), start_ns: 0, runtime: false },
             kind: EventKind::Net(NetEvent {
                 op: NetOp::Connect,
                 proto: Protocol::Tcp,
@@ -215,7 +216,7 @@ mod prop_tests {
     /// reads back.
     fn event() -> impl Strategy<Value = Event> {
         let process = (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), "[a-z0-9 ._-]{0,15}")
-            .prop_map(|(pid, tid, ppid, uid, gid, comm)| ProcessRef { pid, tid, ppid, uid, gid, comm, runtime: false });
+            .prop_map(|(pid, tid, ppid, uid, gid, comm)| ProcessRef { pid, tid, ppid, uid, gid, comm, start_ns: 0, runtime: false });
         let exec = (
             "(/[a-z0-9._-]{1,8}){1,3}",
             "/[a-z/]{0,10}",
@@ -263,7 +264,7 @@ mod prop_tests {
             exec,
             net,
             file,
-            any::<u32>().prop_map(|child_pid| EventKind::Fork { child_pid }),
+            any::<u32>().prop_map(|child_pid| EventKind::Fork { child_pid, child_start_ns: 0 }),
             (proptest::option::of(any::<i32>()), proptest::option::of(any::<i32>()))
                 .prop_map(|(code, signal)| EventKind::Exit(ExitEvent { code, signal })),
         ];
@@ -321,7 +322,7 @@ mod prop_tests {
         #[test]
         fn odd_field_values(key in proptest::sample::select(vec!["proc.pid", "fd.dport", "fd.sip", "fd.dip", "evt.type", "proc.args", "container.labels", "proc.exit_code", "output_fields"]),
                             value in prop_oneof![Just(serde_json::json!(null)), Just(serde_json::json!(-1)), Just(serde_json::json!(1e300)), Just(serde_json::json!(u64::MAX)), Just(serde_json::json!("x")), Just(serde_json::json!([1, 2])), Just(serde_json::json!({"a": 1}))]) {
-            let ev = Event { time_ns: 1, cgroup_id: 2, process: ProcessRef::default(), kind: EventKind::Fork { child_pid: 3 } };
+            let ev = Event { time_ns: 1, cgroup_id: 2, process: ProcessRef::default(), kind: EventKind::Fork { child_pid: 3, child_start_ns: 0 } };
             let mut v: serde_json::Value = serde_json::from_str(&line(&ev, &None)).unwrap();
             if key == "output_fields" {
                 v[key] = value;
@@ -336,7 +337,8 @@ mod prop_tests {
     fn deep_and_huge_lines_are_errors_or_events() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(matches!(from_falco_json(&deep), Err(ReplayError::Json(_))), "serde_json's depth limit");
-        let ev = Event { time_ns: 1, cgroup_id: 2, process: ProcessRef::default(), kind: EventKind::Fork { child_pid: 3 } };
+        let ev =
+            Event { time_ns: 1, cgroup_id: 2, process: ProcessRef::default(), kind: EventKind::Fork { child_pid: 3, child_start_ns: 0 } };
         let mut v: serde_json::Value = serde_json::from_str(&line(&ev, &None)).unwrap();
         v["output_fields"]["proc.name"] = "x".repeat(10 << 20).into();
         let (back, _) = from_falco_json(&v.to_string()).unwrap();

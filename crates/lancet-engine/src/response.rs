@@ -501,6 +501,7 @@ mod tests {
                     exe_fs_magic: crate::drift::OVERLAYFS_MAGIC,
                     truncated: false,
                     in_host_root: false,
+                    in_parent_mnt_ns: false,
                 }),
             };
             p.observe(&ev, None, 1);

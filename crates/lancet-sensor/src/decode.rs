@@ -106,7 +106,7 @@ fn cstr(bytes: &[i8], len: Option<usize>) -> String {
 }
 
 fn process(h: &types::lancet_header) -> ProcessRef {
-    ProcessRef { pid: h.pid, tid: h.tid, ppid: h.ppid, uid: h.uid, gid: h.gid, comm: cstr(&h.comm, None), runtime: false }
+    ProcessRef { pid: h.pid, tid: h.tid, ppid: h.ppid, uid: h.uid, gid: h.gid, comm: cstr(&h.comm, None), start_ns: 0, runtime: false }
 }
 
 /// Splits a NUL-separated argv block. A trailing partial argument (cut by the
@@ -155,11 +155,12 @@ fn host_root() -> Option<(u32, u64)> {
 pub fn decode(data: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
     let h: types::lancet_header = read(data, size_of::<types::lancet_header>(), "header")?;
     let time_ns = clock.to_epoch_ns(h.ts_ns);
-    let proc_ = process(&h);
+    let mut proc_ = process(&h);
     let kind = match h.kind {
         kind::EXEC => {
             let need = std::mem::offset_of!(types::lancet_exec, args);
             let e: types::lancet_exec = read(data, need, "exec")?;
+            proc_.start_ns = e.start_ns;
             let avail = data.len().saturating_sub(need);
             let args_len = (e.args_len as usize).min(avail).min(e.args.len());
             let args: Vec<u8> = e.args[..args_len].iter().map(|&b| b as u8).collect();
@@ -180,11 +181,12 @@ pub fn decode(data: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 exe_fs_magic: e.exe_fs_magic,
                 truncated: e.flags & (EXEC_ARGS_TRUNCATED | EXEC_CWD_TRUNCATED | EXEC_FILENAME_TRUNCATED) != 0,
                 in_host_root: host_root() == Some((e.root_dev, e.root_ino)),
+                in_parent_mnt_ns: e.mnt_ns != 0 && e.mnt_ns == e.parent_mnt_ns,
             })
         }
         kind::FORK => {
             let e: types::lancet_fork = read(data, size_of::<types::lancet_fork>(), "fork")?;
-            EventKind::Fork { child_pid: e.child_pid }
+            EventKind::Fork { child_pid: e.child_pid, child_start_ns: e.child_start_ns }
         }
         kind::EXIT => {
             let e: types::lancet_exit = read(data, size_of::<types::lancet_exit>(), "exit")?;

@@ -65,25 +65,43 @@ fn exec_fork_exit_are_reported_with_argv_and_cwd() {
         return;
     }
     let sensor = load();
-    let child = std::process::Command::new("/bin/sh").args(["-c", "exit 3", "lancet-arg"]).current_dir("/tmp").status().expect("spawn");
-    assert_eq!(child.code(), Some(3));
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", "read x; exit 3", "lancet-arg"])
+        .current_dir("/tmp")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = lancet_sensor::enforce::process_start_time(child.id()).expect("the child's start time");
+    drop(child.stdin.take());
+    assert_eq!(child.wait().expect("wait").code(), Some(3));
     let events = collect_until(&sensor, Duration::from_secs(5), |evs| {
         evs.iter().any(|e| matches!(&e.kind, EventKind::Exit(x) if x.code == Some(3)))
     });
     let exec = events
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::Exec(x) if x.argv.get(2).map(String::as_str) == Some("exit 3") => Some((e, x)),
+            EventKind::Exec(x) if x.argv.get(2).map(String::as_str) == Some("read x; exit 3") => Some((e, x)),
             _ => None,
         })
-        .expect("exec of /bin/sh -c 'exit 3'");
+        .expect("exec of /bin/sh -c 'read x; exit 3'");
     assert_eq!(exec.1.filename, "/bin/sh");
-    assert_eq!(exec.1.argv, vec!["/bin/sh", "-c", "exit 3", "lancet-arg"]);
+    assert_eq!(exec.1.argv, vec!["/bin/sh", "-c", "read x; exit 3", "lancet-arg"]);
+    // Which process this was: the start the probe recorded is /proc's, so
+    // a kill after the fact never hits a later process reusing the pid.
+    assert_ne!(exec.0.process.start_ns, 0);
+    assert_eq!(lancet_sensor::enforce::start_ticks(exec.0.process.start_ns), started);
+    // A host process in the host's root and its parent's mount namespace
+    // (what the runtime is, before it enters a container).
+    assert!(exec.1.in_host_root && exec.1.in_parent_mnt_ns);
     assert_eq!(exec.1.cwd, "/tmp");
     assert_eq!(exec.0.process.ppid, std::process::id());
     assert_ne!(exec.0.cgroup_id, 0);
     let pid = exec.0.process.pid;
-    assert!(events.iter().any(|e| matches!(e.kind, EventKind::Fork { child_pid } if child_pid == pid)), "fork of {pid}");
+    let fork = events.iter().find_map(|e| match e.kind {
+        EventKind::Fork { child_pid, child_start_ns } if child_pid == pid => Some(child_start_ns),
+        _ => None,
+    });
+    assert_eq!(fork, Some(exec.0.process.start_ns), "the fork of {pid} records the child's start");
     assert!(events.iter().any(|e| e.process.pid == pid && matches!(&e.kind, EventKind::Exit(x) if x.code == Some(3))));
     assert!(sensor.lost().expect("lost").iter().all(|&n| n == 0));
 }

@@ -421,14 +421,12 @@ fn seed_processes(p: &mut Pipeline) {
         let exe = std::fs::read_link(entry.path().join("exe")).map(|p| p.display().to_string()).unwrap_or_default();
         let comm = std::fs::read_to_string(entry.path().join("comm")).map(|s| s.trim().to_string()).unwrap_or_default();
         let cgroup_id = cgroup_id_of_pid(&p.cgroup2, pid).unwrap_or(0);
-        let ppid = std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok())
-            .unwrap_or(0);
-        // A runtime caught setting a container up: in the host's root, in a
-        // cgroup other than its parent's.
-        let runtime = crate::protect::in_host_root(pid) && cgroup_id_of_pid(&p.cgroup2, ppid).is_some_and(|c| c != cgroup_id);
-        p.procs.insert(pid, lancet_engine::process::ProcEntry { exe, comm, cgroup_id, ppid, runtime, ..Default::default() });
+        let ppid = crate::protect::ppid_of(pid).unwrap_or(0);
+        // A runtime caught setting a container up: in the host's root and
+        // its parent's mount namespace, in a cgroup other than its parent's.
+        let runtime = crate::protect::runtime_setup_process(pid) && cgroup_id_of_pid(&p.cgroup2, ppid).is_some_and(|c| c != cgroup_id);
+        let start_ns = lancet_sensor::enforce::process_start_time(pid).map_or(0, lancet_sensor::enforce::start_ns_of_ticks);
+        p.procs.insert(pid, lancet_engine::process::ProcEntry { exe, comm, cgroup_id, ppid, start_ns, runtime, ..Default::default() });
     }
 }
 

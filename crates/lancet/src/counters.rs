@@ -103,7 +103,7 @@ mod tests {
         let file = |op| EventKind::File(FileEvent { op, path: String::new(), old_path: None, host_path: String::new(), is_dir: false });
         let kinds = [
             EventKind::Exec(Default::default()),
-            EventKind::Fork { child_pid: 1 },
+            EventKind::Fork { child_pid: 1, child_start_ns: 0 },
             EventKind::Exit(ExitEvent { code: None, signal: None }),
             net(NetOp::Connect),
             net(NetOp::Accept),

@@ -97,3 +97,34 @@ fn a_users_cgroup_named_after_a_container_is_not_the_container() {
     });
     assert_eq!(str_field(&ev, "container.name"), c.name);
 }
+
+/// A chroot into a bind mount of the host's root is not the runtime (issue
+/// 17 item 2). `podman exec` starts a process from outside the container;
+/// one that then chroots into a `-v /:/host` mount is in the host's root,
+/// as `runc init` is before it enters the container, but in the
+/// container's mount namespace, not its outside parent's. It is the
+/// workload: judged, alerted, never skipped as the runtime's own work.
+#[test]
+fn a_chroot_into_the_hosts_root_is_not_the_runtime() {
+    skip_unless_ready!(true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, policies, alerts) = agent_dirs(dir.path());
+    let c = Container::start(&unique("lancet-chroot"), &["-v", "/:/host:ro"], &["sleep", "300"]);
+    let agent = Agent::start(&state, &policies, &alerts, &[]);
+    assert!(c.exec(&["id", "-u"]).status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.cli(&["profile", "promote", &c.name, "--to", "monitor"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, pos) = alerts_since(&alerts, 0);
+
+    let out = c.exec(&["chroot", "/host", "/bin/busybox", "echo", "lancet-escape"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let (found, _) = wait_alerts(&alerts, pos, Duration::from_secs(10), Duration::from_millis(500));
+    let escape = found.iter().find(|a| {
+        a["output_fields"]["proc.exepath"] == "/bin/busybox"
+            && a["output_fields"]["proc.cmdline"].as_str().unwrap_or("").contains("lancet-escape")
+    });
+    let a = escape.unwrap_or_else(|| panic!("the chroot's exec was taken for the runtime's: no alert; saw {found:?}"));
+    assert_eq!(a["output_fields"]["container.name"], c.name.as_str());
+    assert_eq!(a["output_fields"]["lancet.would_block"], true, "{a}");
+}

@@ -9,7 +9,7 @@ fn event(kind: EventKind) -> Event {
     Event {
         time_ns: 1_795_873_138_000_000_000,
         cgroup_id: 42,
-        process: ProcessRef { pid: 100, tid: 100, ppid: 1, uid: 0, gid: 0, comm: "x".into(), runtime: false },
+        process: ProcessRef { pid: 100, tid: 100, ppid: 1, uid: 0, gid: 0, comm: "x".into(), start_ns: 0, runtime: false },
         kind,
     }
 }
@@ -314,7 +314,7 @@ fn non_matching_events_produce_no_verdicts_and_no_allocation() {
         connect("10.88.0.7", 5432),
         net(NetOp::Listen, "0.0.0.0", 0, 8080),
         net(NetOp::Accept, "10.88.0.9", 51000, 8080),
-        event(EventKind::Fork { child_pid: 7 }),
+        event(EventKind::Fork { child_pid: 7, child_start_ns: 0 }),
         event(EventKind::Exit(crate::event::ExitEvent { code: Some(0), signal: None })),
         event(EventKind::CgroupMkdir { id: 1, path: "/x".into() }),
     ];
@@ -681,7 +681,7 @@ fn throughput_of_non_matching_events() {
         file(FileOp::Create, "/srv/uploads/a.png"),
         connect("10.88.0.7", 5432),
         net(NetOp::Accept, "10.88.0.9", 51000, 8080),
-        event(EventKind::Fork { child_pid: 7 }),
+        event(EventKind::Fork { child_pid: 7, child_start_ns: 0 }),
     ];
     let mut out = Vec::new();
     let n = 2_000_000;

@@ -142,7 +142,7 @@ fn known_things_are_not_relearned_but_counted() {
 fn ignored_events_teach_nothing_and_never_deviate() {
     let mut p = new_profile();
     let ignored = [
-        ev(EventKind::Fork { child_pid: 3 }),
+        ev(EventKind::Fork { child_pid: 3, child_start_ns: 0 }),
         ev(EventKind::Exit(crate::event::ExitEvent { code: Some(0), signal: None })),
         ev(EventKind::CgroupMkdir { id: 1, path: "/x".into() }),
         net(NetOp::Close, Protocol::Tcp, (ME, 1), (ME, 2), 0),

@@ -99,7 +99,7 @@ pub use perm::{
     DecisionHistogram, FailMode, MarkScope, PermConfig, PermDecision, PermGroup, PermKind, PermRequest, PermStats, OVERLAYFS_MAGIC,
 };
 pub use pins::{check_pin_dir, unpin_all};
-pub use process::{kill_process, process_start_time};
+pub use process::{kill_process, process_start_time, start_ns_of_ticks, start_ticks};
 pub use records::{Applet, EnforceOp, EnforceReason, EnforceRecord, WriteRefusal};
 pub use status::{check, HookStatus, ProgramRuns, RunTimeStats};
 

@@ -17,6 +17,25 @@ pub fn process_start_time(pid: u32) -> io::Result<u64> {
     parse_start_time(&stat).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat: no start time")))
 }
 
+/// Clock ticks per second, as `/proc/<pid>/stat` counts them.
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf takes a constant by value and reads no memory.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
+}
+
+/// A `start_boottime` (ns, as the probes record it) as `/proc/<pid>/stat`'s
+/// start time (clock ticks since boot), what [`kill_process`] compares.
+pub fn start_ticks(start_ns: u64) -> u64 {
+    start_ns / (1_000_000_000 / ticks_per_second())
+}
+
+/// The other way: a `/proc` start time in the probes' nanoseconds (exact
+/// back through [`start_ticks`]).
+pub fn start_ns_of_ticks(ticks: u64) -> u64 {
+    ticks.saturating_mul(1_000_000_000 / ticks_per_second())
+}
+
 fn parse_start_time(stat: &str) -> Option<u64> {
     // comm (field 2) may hold spaces and parentheses: fields resume after the
     // last ')'. Field 3 (state) is then the first; field 22 the 20th.

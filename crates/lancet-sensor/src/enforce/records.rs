@@ -388,6 +388,7 @@ impl EnforceRecord {
                     exe_fs_magic: 0,
                     truncated: applet.cut,
                     in_host_root: false,
+                    in_parent_mnt_ns: false,
                 })
             }
             EnforceOp::ExecKill => {
@@ -411,6 +412,7 @@ impl EnforceRecord {
                     exe_fs_magic: 0,
                     truncated: false,
                     in_host_root: false,
+                    in_parent_mnt_ns: false,
                 })
             }
             op => {

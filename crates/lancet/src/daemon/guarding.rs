@@ -8,7 +8,7 @@ use super::workloads::{workload_key, Live, Workload};
 use super::{now_ns, Daemon};
 use crate::agent::Pipeline;
 use crate::api::{HookIdentity, Reply};
-use crate::protect::{in_host_root, Enforced, GuardRequest, ProtectOptions, Protector};
+use crate::protect::{in_host_root, runtime_setup_process, Enforced, GuardRequest, ProtectOptions, Protector};
 use anyhow::Result;
 use lancet_engine::attribution::{Attribution, ContainerInfo};
 use lancet_engine::drift::{normalise_code, program_source, Drift, DriftKind, ProgramSource};
@@ -183,13 +183,13 @@ impl Daemon {
         let expire = expire.unwrap_or(self.guarding.opts.response_expiry);
         let Some(p) = self.guarding.protector.as_mut() else { return (false, "no enforcement backend is running".into()) };
         let res = match action {
-            Action::Block if matches!(ev.kind, EventKind::Exec(_)) => {
-                p.kill(ev.process.pid).map(|()| format!("exec could not be refused in time; process {} killed", ev.process.pid))
-            }
+            Action::Block if matches!(ev.kind, EventKind::Exec(_)) => p
+                .kill(ev.process.pid, ev.process.start_ns)
+                .map(|()| format!("exec could not be refused in time; process {} killed", ev.process.pid)),
             // File and network events report what already happened; their
             // refusals come from the backends in the kernel path.
             Action::Block => return (false, String::new()),
-            Action::KillProcess => p.kill(ev.process.pid).map(|()| format!("process {} killed", ev.process.pid)),
+            Action::KillProcess => p.kill(ev.process.pid, ev.process.start_ns).map(|()| format!("process {} killed", ev.process.pid)),
             Action::Isolate => {
                 p.isolate(&c.id, live.cgroup_id, &cgroup_dir, expire).map(|()| format!("network isolated for {}s", expire.as_secs()))
             }
@@ -357,6 +357,7 @@ fn synthetic_exec(pid: i32, cgroup_id: u64, path: &str, argv: &[String]) -> Even
             exe_fs_magic: 0,
             truncated: false,
             in_host_root: false,
+            in_parent_mnt_ns: false,
         }),
     }
 }
@@ -426,5 +427,5 @@ fn lsm_unavailable_reason() -> String {
 ///
 /// [`ProcessRef::runtime`]: lancet_engine::event::ProcessRef::runtime
 pub(super) fn runtime_setup(ev: &Event) -> bool {
-    ev.process.runtime || (!matches!(ev.kind, EventKind::Exec(_)) && in_host_root(ev.process.pid))
+    ev.process.runtime || (!matches!(ev.kind, EventKind::Exec(_)) && runtime_setup_process(ev.process.pid))
 }

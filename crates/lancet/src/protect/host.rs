@@ -65,6 +65,28 @@ pub fn in_host_root(pid: u32) -> bool {
     host.is_some() && dir_id(Path::new(&format!("/proc/{pid}/root"))) == host
 }
 
+/// A process's parent (`/proc/<pid>/stat` field 4), None when it is gone.
+pub fn ppid_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A process's mount namespace (its nsfs inode), None when it is gone.
+fn mnt_ns(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| m.ino())
+}
+
+/// For a process no exec record named (it ran before the agent, or its
+/// exec was not seen): the runtime setting a container up, judged from
+/// /proc as the probes judge an exec. In the host's root, and still in
+/// its parent's mount namespace: a container process that chroots into a
+/// bind mount of the host's root is in the container's namespace. False
+/// when either process is gone.
+pub fn runtime_setup_process(pid: u32) -> bool {
+    in_host_root(pid) && ppid_of(pid).and_then(mnt_ns).is_some_and(|parent| mnt_ns(pid) == Some(parent))
+}
+
 /// The ids (directory inodes) of every cgroup under `root`, `depth` levels
 /// deep.
 pub(super) fn cgroup_ids(root: &Path, depth: usize) -> HashSet<u64> {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use container::Containment;
 use host::cgroup_ids;
-pub use host::{content_sha256, in_host_root, netns_addresses, netns_inode, resolve_in_root};
+pub use host::{content_sha256, in_host_root, netns_addresses, netns_inode, ppid_of, resolve_in_root, runtime_setup_process};
 use immutable::ImmutableBackend;
 use lsm::LsmBackend;
 use network::NetBackend;
@@ -445,9 +445,15 @@ impl Protector {
         }
     }
 
-    /// Kills one process (pid-reuse safe).
-    pub fn kill(&mut self, pid: u32) -> Result<(), String> {
-        let start = enforce::process_start_time(pid).map_err(|e| format!("process {pid}: {e}"))?;
+    /// Kills `pid` if it is still the process that started at `start_ns`
+    /// (as its event recorded it, `ProcessRef::start_ns`): a process that
+    /// reused the pid since is left alone. With no recorded start (0) the
+    /// process found now is the one killed.
+    pub fn kill(&mut self, pid: u32, start_ns: u64) -> Result<(), String> {
+        let start = match start_ns {
+            0 => enforce::process_start_time(pid).map_err(|e| format!("process {pid}: {e}"))?,
+            ns => enforce::start_ticks(ns),
+        };
         enforce::kill_process(pid, Some(start), libc::SIGKILL).map_err(|e| e.to_string())?;
         self.counters.kills += 1;
         Ok(())
