@@ -337,6 +337,15 @@ impl Store {
 
     /// Commits the open batch, if any. The agent calls this at least once a second; it
     /// is cheap when nothing is pending.
+    /// Commits the open batch if it is older than `age`: what readers on
+    /// their own connections see is then at most that old.
+    pub fn flush_if_older(&mut self, age: std::time::Duration) -> Result<()> {
+        match self.batch_started {
+            Some(t) if t.elapsed() >= age => self.flush(),
+            _ => Ok(()),
+        }
+    }
+
     pub fn flush(&mut self) -> Result<()> {
         if self.batch_started.is_none() {
             return Ok(());

@@ -4,7 +4,9 @@
 //! opt-in, on a TCP address (reads; changes only with the bearer token).
 //! Requests are handed to the agent's event loop, which owns every piece of
 //! state, and answered from there on its next tick (≤ 100 ms): no state is
-//! shared between threads.
+//! shared between threads. The OCI hook's hand-overs have a queue of their
+//! own, answered first; reads the store answers by itself ([`reads`]) never
+//! reach the loop.
 //!
 //! The parts, one file each: [`access`] (who may do what, over which
 //! channel), [`token`] (the TCP bearer token), [`hook_identity`] (the OCI
@@ -18,6 +20,7 @@ mod client;
 pub mod hook_identity;
 mod html;
 mod params;
+mod reads;
 mod routes;
 mod server;
 #[cfg(test)]
@@ -177,13 +180,30 @@ type Envelope = (Call, SyncSender<Reply>);
 
 /// The loop's side: requests waiting to be answered.
 pub struct Inbox {
+    /// The OCI hook's hand-overs: a container waits on each.
+    hooks: Receiver<Envelope>,
     rx: Receiver<Envelope>,
 }
 
+/// How long one tick spends on requests other than the hook's.
+const REQUEST_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Inbox {
-    /// Answers every waiting request with `answer`.
+    /// Answers with `answer` every waiting hook hand-over, then other
+    /// requests for at most [`REQUEST_BUDGET`] (the rest wait for the next
+    /// tick, behind the hand-overs that arrive meanwhile), so the loop's
+    /// events and the hook never wait on a queue of requests.
     pub fn serve(&self, mut answer: impl FnMut(Call) -> Reply) {
-        while let Ok((call, reply)) = self.rx.try_recv() {
+        while let Ok((call, reply)) = self.hooks.try_recv() {
+            let _ = reply.send(answer(call));
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < REQUEST_BUDGET {
+            if let Ok((call, reply)) = self.hooks.try_recv() {
+                let _ = reply.send(answer(call));
+                continue;
+            }
+            let Ok((call, reply)) = self.rx.try_recv() else { break };
             let _ = reply.send(answer(call));
         }
     }

@@ -5,6 +5,7 @@
 use super::access::{self, Refusal};
 use super::hook_identity::{HookClaim, Verifier};
 use super::params::Params;
+use super::reads::{Reads, MAX_ROWS};
 use super::{Call, Caller, Envelope, Request};
 use axum::extract::{Extension, Path as UrlPath, RawQuery, State};
 use axum::http::StatusCode;
@@ -25,6 +26,10 @@ const REFUSAL_EVERY: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 pub(super) struct Ctx {
     pub(super) tx: SyncSender<Envelope>,
+    /// The OCI hook's own queue, answered first.
+    hook_tx: SyncSender<Envelope>,
+    /// Reads answered off the loop.
+    reads: Arc<Reads>,
     pub(super) verifier: Arc<Verifier>,
     refusals: Arc<Mutex<(f64, Instant)>>,
     /// The live alert feed.
@@ -34,9 +39,17 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
-    pub(super) fn new(tx: SyncSender<Envelope>, verifier: Verifier, feeds: super::Feeds) -> Ctx {
+    pub(super) fn new(
+        tx: SyncSender<Envelope>,
+        hook_tx: SyncSender<Envelope>,
+        reads: Reads,
+        verifier: Verifier,
+        feeds: super::Feeds,
+    ) -> Ctx {
         Ctx {
             tx,
+            hook_tx,
+            reads: Arc::new(reads),
             verifier: Arc::new(verifier),
             refusals: Arc::new(Mutex::new((REFUSAL_BURST, Instant::now()))),
             live: feeds.live,
@@ -119,9 +132,13 @@ pub(super) fn error(status: u16, msg: &str) -> Response {
     (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-/// Hands a request to the event loop and waits for its answer.
+/// Hands a request to the event loop (the hook's to its own queue) and
+/// waits for its answer; a read the store answers alone is answered here.
 pub(super) async fn call(ctx: &Ctx, caller: Caller, request: Request) -> super::Reply {
-    let tx = ctx.tx.clone();
+    if Reads::answers(&request) {
+        return ctx.reads.answer(request).await;
+    }
+    let tx = if matches!(request, Request::Hook { .. }) { ctx.hook_tx.clone() } else { ctx.tx.clone() };
     tokio::task::spawn_blocking(move || {
         let (rtx, rrx) = sync_channel(1);
         tx.send((Call { caller, request }, rtx)).map_err(|_| (503u16, "the agent is shutting down".to_string()))?;
@@ -150,7 +167,7 @@ async fn alerts(ctx: Ctx, caller: Caller, query: Option<String>) -> Response {
         Ok::<_, (u16, String)>(Request::Alerts {
             since_ns: p.since_ns(now_ns())?,
             container: p.text("container")?,
-            limit: p.limit("limit", 100_000)?.unwrap_or(1000),
+            limit: p.limit("limit", MAX_ROWS)?.unwrap_or(1000),
         })
     })();
     match req {
@@ -165,9 +182,9 @@ async fn audit(ctx: Ctx, caller: Caller, query: Option<String>) -> Response {
         Ok(p) => p,
         Err((c, m)) => return error(c, &m),
     };
-    let req =
-        (|| Ok::<_, (u16, String)>(Request::Audit { since_ns: p.since_ns(now_ns())?, limit: p.limit("limit", 100_000)?.unwrap_or(1000) }))(
-        );
+    let req = (|| {
+        Ok::<_, (u16, String)>(Request::Audit { since_ns: p.since_ns(now_ns())?, limit: p.limit("limit", MAX_ROWS)?.unwrap_or(1000) })
+    })();
     match req {
         Ok(r) => ask(&ctx, caller, r).await,
         Err((c, m)) => error(c, &m),

@@ -38,6 +38,8 @@ pub struct ApiConfig {
     /// Our effective uid: the owner of the socket and its directory.
     pub euid: u32,
     pub feeds: super::Feeds,
+    /// The agent's store, which reads open read-only.
+    pub store: PathBuf,
 }
 
 /// The peer of a connection on the socket, from SO_PEERCRED at accept.
@@ -208,7 +210,8 @@ pub fn serve(cfg: ApiConfig) -> Result<Inbox> {
         None => None,
     };
     let (tx, rx) = sync_channel(64);
-    let ctx = Ctx::new(tx, Verifier::system(&cfg.host_root), cfg.feeds.clone());
+    let (hook_tx, hooks) = sync_channel(64);
+    let ctx = Ctx::new(tx, hook_tx, super::reads::Reads::new(cfg.store.clone()), Verifier::system(&cfg.host_root), cfg.feeds.clone());
     let router = routes::router(ctx.clone());
     let unix_app = router
         .clone()
@@ -249,7 +252,7 @@ pub fn serve(cfg: ApiConfig) -> Result<Inbox> {
             tokio::join!(on_unix, on_tcp);
         });
     })?;
-    Ok(Inbox { rx })
+    Ok(Inbox { hooks, rx })
 }
 
 #[cfg(test)]

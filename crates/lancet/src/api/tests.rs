@@ -27,31 +27,86 @@ impl Drop for Harness {
     }
 }
 
-fn flows() -> Value {
-    json!({
-        "rows": [
-            {"hourNs": 0, "src": {"kind": "container", "id": "aaaa0000", "name": "web-1", "workload": "sha256:web"},
-             "dst": {"kind": "container", "id": "bbbb0000", "name": "db-1", "workload": "sha256:db"},
-             "port": 5432, "proto": "tcp", "connections": 12, "failed": 1, "refused": 0, "bytesOut": 1200, "bytesIn": 9000,
-             "firstNs": 1, "lastNs": 2, "verdict": "allowed", "rule": "profile outbound[0]: workload:sha256:db 5432/tcp"},
-            {"hourNs": 0, "src": {"kind": "external", "id": "203.0.113.9"},
-             "dst": {"kind": "container", "id": "aaaa0000", "name": "web-1", "workload": "sha256:web"},
-             "port": 443, "proto": "tcp", "connections": 3, "failed": 0, "refused": 0, "bytesOut": 10, "bytesIn": 20,
-             "firstNs": 1, "lastNs": 2, "verdict": "unlisted", "rule": "not in the profile's inbound list"}
-        ],
-        "nodes": [{"id": "aaaa0000", "name": "web-1", "workload": "sha256:web", "image": "localhost/web:1", "labels": {"app": "web"}, "lastNs": 2}]
-    })
+/// The agent's store as the reads find it: two flows, the container they
+/// name, one alert (with markup in its rule, for the dashboard's escaping).
+fn seed_store(db: &std::path::Path) {
+    use lancet_engine::flows::{FlowCounters, FlowEnd, FlowRow};
+    let mut store = lancet_store::Store::open(db, lancet_store::StoreOptions::default()).unwrap();
+    let web = FlowEnd { kind: "container".into(), id: "aaaa0000".into(), name: "web-1".into(), workload: "sha256:web".into() };
+    let db_end = FlowEnd { kind: "container".into(), id: "bbbb0000".into(), name: "db-1".into(), workload: "sha256:db".into() };
+    let counts = |connections, failed, bytes_out, bytes_in| FlowCounters {
+        connections,
+        failed,
+        refused: 0,
+        bytes_out,
+        bytes_in,
+        first_ns: *NOW - 2_000,
+        last_ns: *NOW - 1_000,
+    };
+    store
+        .add_flows(&[
+            FlowRow {
+                hour_ns: *NOW,
+                src: web.clone(),
+                dst: db_end,
+                port: 5432,
+                proto: "tcp".into(),
+                counts: counts(12, 1, 1200, 9000),
+                verdict: "allowed".into(),
+                rule: "profile outbound[0]: workload:sha256:db 5432/tcp".into(),
+            },
+            FlowRow {
+                hour_ns: *NOW,
+                src: FlowEnd { kind: "external".into(), id: "203.0.113.9".into(), ..Default::default() },
+                dst: web,
+                port: 443,
+                proto: "tcp".into(),
+                counts: counts(3, 0, 10, 20),
+                verdict: "unlisted".into(),
+                rule: "not in the profile's inbound list".into(),
+            },
+        ])
+        .unwrap();
+    store
+        .put_flow_nodes(&[lancet_store::FlowNodeRecord {
+            id: "aaaa0000".into(),
+            name: "web-1".into(),
+            workload: "sha256:web".into(),
+            image: "localhost/web:1".into(),
+            namespace: String::new(),
+            labels: r#"{"app":"web"}"#.into(),
+            last_ns: *NOW - 1_000,
+        }])
+        .unwrap();
+    let alert = json!({"time": "2026-11-30T10:00:00.000000000Z", "rule": "Shell <b>", "priority": "Warning", "output": "x",
+        "output_fields": {"container.name": "web-1", "lancet.action": "alert", "lancet.deviation": {"type": "new_executable", "path": "/bin/sh"}}});
+    for _ in 0..7 {
+        store
+            .insert_alert(&lancet_store::NewAlert {
+                time_ns: *NOW - 500,
+                rule: "Shell <b>".into(),
+                priority: "Warning".into(),
+                container_id: "aaaa0000".into(),
+                container_name: "web-1".into(),
+                image: "localhost/web:1".into(),
+                workload: "sha256:web".into(),
+                action: "alert".into(),
+                enforced: false,
+                count: 1,
+                json: alert.to_string(),
+            })
+            .unwrap();
+    }
+    store.flush().unwrap();
 }
+
+/// Now, for the seeded rows (the reads look back an hour by default).
+static NOW: std::sync::LazyLock<u64> = std::sync::LazyLock::new(lancet_engine::event::now_ns);
 
 /// The loop's answers.
 fn answer(r: Request) -> super::Reply {
     match r {
-        Request::Flows { .. } => Ok(flows()),
         Request::Metrics => Ok(Value::String("# TYPE lancet_flows_tracked gauge\nlancet_flows_tracked 2\n# EOF\n".into())),
-        Request::Alerts { .. } => {
-            Ok(json!([{"id": 7, "time": "2026-11-30T10:00:00.000000000Z", "rule": "Shell <b>", "priority": "Warning", "output": "x",
-            "output_fields": {"container.name": "web-1", "lancet.action": "alert", "lancet.deviation": {"type": "new_executable", "path": "/bin/sh"}}}]))
-        }
         Request::Overview => {
             Ok(json!({"hostname": "h", "version": "0", "defaultMode": "learn", "containers": 1, "flowsTracked": 2, "alertWindowHours": 24,
             "workloads": [{"workload": "sha256:web", "image": "<script>alert(1)</script>", "mode": "learn", "entries": 3, "baseline": false,
@@ -72,6 +127,8 @@ fn answer(r: Request) -> super::Reply {
 
 fn start() -> Harness {
     let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lancet.db");
+    seed_store(&db);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (live, _) = tokio::sync::broadcast::channel(16);
     let doctor = Arc::new(OnceLock::new());
@@ -84,6 +141,7 @@ fn start() -> Harness {
         host_root: "/".into(),
         euid: lancet_sensor::features::euid(),
         feeds: Feeds { live: live.clone(), doctor },
+        store: db,
     })
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));

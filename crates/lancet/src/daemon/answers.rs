@@ -7,7 +7,6 @@ use super::{now_ns, Daemon};
 use crate::api::{Reply, Request};
 use crate::config::parse_duration;
 use lancet_engine::profile::{Mode, Profile};
-use lancet_store::AlertQuery;
 use serde_json::json;
 
 impl Daemon {
@@ -61,15 +60,12 @@ impl Daemon {
                 self.workloads.map.insert(key.clone(), Workload::new(p));
                 Ok(json!({"workload": key}))
             }
-            Request::Alerts { since_ns, container, limit } => {
-                let rows =
-                    self.store.alerts(&AlertQuery { since_ns, container, rule: None, limit }).map_err(|e| (500u16, e.to_string()))?;
-                Ok(json!(rows.iter().map(crate::manage::alert_json).collect::<Vec<_>>()))
+            Request::Hook { .. } | Request::Refused { .. } | Request::Metrics => {
+                Err((500u16, "hook, metrics and refused requests are answered by `on_call`".to_string()))
             }
-            Request::Hook { .. } | Request::Audit { .. } | Request::Refused { .. } | Request::Metrics => {
-                Err((500u16, "hook, audit, metrics and refused requests are answered by `on_call`".to_string()))
+            Request::Alerts { .. } | Request::Audit { .. } | Request::Flows { .. } => {
+                Err((500u16, "alerts, audit and flows are read by the API from the store, off the loop".to_string()))
             }
-            Request::Flows { since_ns, container, limit } => self.flows_reply(since_ns, container.as_deref(), limit),
             Request::Overview => self.overview(),
             Request::Review { workload } => self.review(&workload),
             Request::AddToProfile { alert } => self.add_to_profile(alert),

@@ -16,7 +16,7 @@ use crate::agent::Pipeline;
 use crate::api::{Call, Caller, Reply, Request};
 use anyhow::Result;
 use lancet_engine::output::rfc3339_nanos;
-use lancet_store::{AuditQuery, NewAlert, NewAudit};
+use lancet_store::{NewAlert, NewAudit};
 use serde_json::json;
 
 /// One control action, as recorded.
@@ -46,9 +46,6 @@ impl Daemon {
         let reply = match request {
             Request::Hook { identity } => self.on_hook(&identity, pipeline),
             Request::Refused { status, reason, .. } => Err((status, reason)),
-            Request::Audit { since_ns, limit } => {
-                self.store.audit(&AuditQuery { since_ns, limit }).map(|rows| json!(rows)).map_err(|e| (500u16, e.to_string()))
-            }
             Request::Metrics => Ok(serde_json::Value::String(self.metrics(pipeline))),
             other => self.answer(other),
         };

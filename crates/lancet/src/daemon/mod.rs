@@ -427,6 +427,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         host_root: host_root.to_path_buf(),
         euid,
         feeds: api::Feeds { live: live.clone(), doctor },
+        store: db.clone(),
     })?;
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -456,6 +457,8 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
             }
             inbox.serve(|call| d.on_call(call, pipeline));
             d.drain_enforced()?;
+            // The API's readers see what is committed.
+            d.store.flush_if_older(Duration::from_millis(100))?;
             if d.last_second.elapsed() >= Duration::from_secs(1) {
                 d.last_second = Instant::now();
                 d.every_second(&reload)?;

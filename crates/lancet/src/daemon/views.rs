@@ -44,10 +44,6 @@ fn seen(first: Timestamp, last: Timestamp, count: u64) -> Value {
 }
 
 impl Daemon {
-    pub(super) fn flows_reply(&self, since_ns: u64, container: Option<&str>, limit: usize) -> Reply {
-        flows_json(&self.store, since_ns, container, limit).map_err(|e| (500u16, e))
-    }
-
     /// The workloads at a glance: mode, live containers, profile size,
     /// whether an image baseline is known, alerts and drift in the last
     /// day; and the host's numbers.
