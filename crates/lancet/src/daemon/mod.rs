@@ -358,7 +358,7 @@ impl Daemon {
         let now = now_ns();
         for c in existing {
             self.flows.see(&c, &workload_key(&c), c.pid.unwrap_or(0));
-            self.workloads.adopt(&mut self.store, &self.guarding.cgroup2, c, now);
+            self.workloads.adopt(&mut self.store, &self.guarding.cgroup2, &self.settings.protect.host_root, c, now);
         }
         self.sync_protection();
     }
@@ -411,6 +411,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     // The dashboard's live feed, and the host's guarantees (probed once,
     // off the loop: loading test programs takes a moment).
     let (live, _) = tokio::sync::broadcast::channel::<Arc<str>>(256);
+    let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(now_ns()));
     let doctor = Arc::new(std::sync::OnceLock::new());
     {
         let (doctor, host_root) = (Arc::clone(&doctor), host_root.to_path_buf());
@@ -426,7 +427,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         token: Some(token),
         host_root: host_root.to_path_buf(),
         euid,
-        feeds: api::Feeds { live: live.clone(), doctor },
+        feeds: api::Feeds { live: live.clone(), doctor, heartbeat: Arc::clone(&heartbeat) },
         store: db.clone(),
     })?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -455,6 +456,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
             if !pipeline.existing.is_empty() {
                 d.adopt(std::mem::take(&mut pipeline.existing));
             }
+            heartbeat.store(now_ns(), Ordering::Relaxed);
             inbox.serve(|call| d.on_call(call, pipeline));
             d.drain_enforced()?;
             // The API's readers see what is committed.
