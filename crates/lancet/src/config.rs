@@ -72,6 +72,12 @@ pub struct FileConfig {
     /// Kubernetes cluster DNS service, which no runtime state names).
     /// Never read from a container's own resolv.conf: it can write that.
     pub dns_servers: Option<Vec<IpAddr>>,
+    /// URLs that take each alert as Falco's `http_output` posts it
+    /// (Falcosidekick's `/`), retried, from a bounded queue.
+    pub http_outputs: Option<Vec<String>>,
+    /// Syslog (RFC 5424) target for every alert: `udp://HOST:PORT`,
+    /// `tcp://HOST:PORT` or `unix:///dev/log`.
+    pub syslog: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -14,6 +14,7 @@ mod doctor;
 mod hook;
 mod manage;
 mod map_cmd;
+mod outputs;
 mod policy_cmd;
 mod private;
 mod protect;

@@ -91,6 +91,7 @@ impl Daemon {
         policies: Policies,
         out: Option<Box<dyn Write>>,
         live: Option<tokio::sync::broadcast::Sender<Arc<str>>>,
+        outputs: crate::outputs::Outputs,
         baselines: std::collections::HashMap<String, lancet_engine::profile::Baseline>,
         cgroup2: PathBuf,
         protect_at_start: bool,
@@ -102,6 +103,7 @@ impl Daemon {
                 hostname: hostname(),
                 tally: Default::default(),
                 live,
+                outputs,
             },
             guarding: Guarding::new(settings.protect.clone(), cgroup2, protect_at_start),
             workloads: Workloads::new(settings.mode, baselines),
@@ -442,7 +444,8 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     let protect_at_start = settings.mode == Mode::Protect
         || settings.protect.pin_dir.exists()
         || store.list_profiles().map(|l| l.iter().any(|p| p.mode == "protect")).unwrap_or(false);
-    let mut daemon = Daemon::new(settings, store, policies, out, Some(live.clone()), baselines, cgroup2, protect_at_start);
+    let outputs = crate::outputs::Outputs::start(&settings.outputs, &hostname()).context("starting the alert outputs")?;
+    let mut daemon = Daemon::new(settings, store, policies, out, Some(live.clone()), outputs, baselines, cgroup2, protect_at_start);
     let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let daemon = std::cell::RefCell::new(&mut daemon);
     run_loop(

@@ -70,6 +70,8 @@ pub struct Settings {
     pub dedupe_window: Duration,
     pub agent: AgentOptions,
     pub protect: ProtectOptions,
+    /// Where alerts go besides the file, the store and the dashboard.
+    pub outputs: crate::outputs::OutputConfig,
 }
 
 pub fn settings(args: &RunArgs, host_root: &Path) -> Result<Settings> {
@@ -120,6 +122,10 @@ pub fn settings(args: &RunArgs, host_root: &Path) -> Result<Settings> {
             state_dir,
             host_root: host_root.to_path_buf(),
             dns_servers: file.dns_servers.unwrap_or_default(),
+        },
+        outputs: crate::outputs::OutputConfig {
+            http: file.http_outputs.unwrap_or_default(),
+            syslog: file.syslog.map(|s| s.parse()).transpose().map_err(|e: String| anyhow::anyhow!("{}: {e}", path.display()))?,
         },
     })
 }

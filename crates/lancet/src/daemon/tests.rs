@@ -83,6 +83,7 @@ impl Harness {
                 host_root: "/".into(),
                 dns_servers: Vec::new(),
             },
+            outputs: Default::default(),
         };
         let store = Store::open(&state.join("lancet.db"), StoreOptions::default()).unwrap();
         let policies = Policies::load(&policy_dir).unwrap();
@@ -93,6 +94,7 @@ impl Harness {
             policies,
             Some(Box::new(out.clone())),
             None,
+            Default::default(),
             Default::default(),
             Path::new("/nonexistent-cgroup2").into(),
             false,
