@@ -12,13 +12,14 @@ cd "$(dirname "$0")/.."
 # the glibc Debian test images; musl + musl-tools (musl-gcc) build the musl one.
 # dpkg-dev (dpkg-shlibdeps: the .deb's library dependencies), systemd
 # (systemd-analyze) and unzip serve scripts/check-deploy.sh; rsyslog receives
-# the syslog output in its test (run by the test, not as a service).
+# the syslog output in its test, prometheus scrapes a running agent in its
+# (both run by the tests, not as services).
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates
       debootstrap debian-archive-keyring musl musl-tools
       chromium chromium-driver graphviz
       dpkg-dev systemd unzip
-      rsyslog)
+      rsyslog prometheus)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -157,8 +157,12 @@ fn rsyslog_receives_the_alerts() {
         .unwrap();
     // Until it listens: a TCP connect succeeds.
     wait_until("rsyslogd listens", || std::net::TcpStream::connect(("127.0.0.1", free_tcp)).is_ok());
-    let udp = Outputs::start(&OutputConfig { http: vec![], syslog: Some(format!("udp://127.0.0.1:{free_udp}").parse().unwrap()) }, "node-a").unwrap();
-    let tcp = Outputs::start(&OutputConfig { http: vec![], syslog: Some(format!("tcp://127.0.0.1:{free_tcp}").parse().unwrap()) }, "node-b").unwrap();
+    let udp =
+        Outputs::start(&OutputConfig { http: vec![], syslog: Some(format!("udp://127.0.0.1:{free_udp}").parse().unwrap()) }, "node-a")
+            .unwrap();
+    let tcp =
+        Outputs::start(&OutputConfig { http: vec![], syslog: Some(format!("tcp://127.0.0.1:{free_tcp}").parse().unwrap()) }, "node-b")
+            .unwrap();
     udp.send(&Arc::from(ALERT));
     tcp.send(&Arc::from(ALERT));
     let text = || std::fs::read_to_string(&out_file).unwrap_or_default();
