@@ -134,7 +134,9 @@ fn start() -> Harness {
     seed_store(&db);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (live, _) = tokio::sync::broadcast::channel(16);
-    let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Beaten now, as the agent does before its loop first goes round: a
+    // request may come before the loop's thread first runs.
+    let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(lancet_engine::event::now_ns()));
     let doctor = Arc::new(OnceLock::new());
     let _ = doctor.set(json!({"kernel": "6.18", "guarantees": [{"name": "exec monitoring", "area": "monitoring", "holds": true, "detail": "tp_btf"}], "problems": []}));
     let inbox = serve(ApiConfig {

@@ -29,6 +29,8 @@ const MAX_NODES: usize = 16_384;
 const MAX_ADDRESSES: usize = 65_536;
 /// How often the host's own addresses are read again.
 const HOST_ADDRESSES_EVERY: Duration = Duration::from_secs(60);
+/// How soon an address nobody here has is looked for among the host's again.
+const HOST_ADDRESSES_AGAIN: Duration = Duration::from_secs(1);
 
 /// A numbered container.
 struct Node {
@@ -136,6 +138,10 @@ impl Flows {
                         self.addresses.insert(ip, n);
                     }
                 }
+                // Its network may be new, and with it the host's address
+                // on that network (the bridge's gateway).
+                self.read_host_addresses();
+                self.last_remote = None;
                 break;
             }
         }
@@ -176,13 +182,30 @@ impl Flows {
                 return e;
             }
         }
-        let e = match self.addresses.get(&ip) {
-            Some(&n) => Endpoint::Container(n),
-            None if self.host.contains(&ip) => Endpoint::Host(ip),
+        let e = match self.addresses.get(&ip).copied() {
+            Some(n) => Endpoint::Container(n),
+            None if self.is_host(ip) => Endpoint::Host(ip),
             None => Endpoint::Ip(ip),
         };
         self.last_remote = Some((me, ip, e));
         e
+    }
+
+    /// Whether `ip` is one of the host's own addresses. A network made
+    /// after the last read (podman makes a bridge, and gives the host its
+    /// gateway address, when the first container joins it) would otherwise
+    /// draw the host's own connections as from outside for up to a minute:
+    /// an unknown address re-reads the host's, at most once a second.
+    fn is_host(&mut self, ip: IpAddr) -> bool {
+        if !self.host.contains(&ip) && self.host_read.is_none_or(|t| t.elapsed() >= HOST_ADDRESSES_AGAIN) {
+            self.read_host_addresses();
+        }
+        self.host.contains(&ip)
+    }
+
+    fn read_host_addresses(&mut self) {
+        self.host = crate::protect::netns_addresses(1).into_iter().collect();
+        self.host_read = Some(Instant::now());
     }
 
     /// A remote end as profiles name it (for a close, whose event carries no
@@ -376,8 +399,7 @@ impl Flows {
     /// that ended are freed.
     pub(super) fn persist(&mut self, store: &mut Store, workloads: &Workloads, now: u64) -> anyhow::Result<()> {
         if self.host_read.is_none_or(|t| t.elapsed() >= HOST_ADDRESSES_EVERY) {
-            self.host = crate::protect::netns_addresses(1).into_iter().collect();
-            self.host_read = Some(Instant::now());
+            self.read_host_addresses();
         }
         let mut rows = std::mem::take(&mut self.rows);
         rows.clear();
