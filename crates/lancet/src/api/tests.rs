@@ -148,7 +148,7 @@ fn start() -> Harness {
     let s = Arc::clone(&stop);
     std::thread::spawn(move || {
         while !s.load(Ordering::Relaxed) {
-            inbox.serve(|call| answer(call.request));
+            inbox.serve(|call, r| r.send(answer(call.request)));
             std::thread::sleep(Duration::from_millis(5));
         }
     });

@@ -33,7 +33,7 @@ impl Daemon {
                 }
                 let w = self.workloads.map.get_mut(&key).ok_or_else(|| not_found(&workload))?;
                 if mode == Mode::Protect && !force {
-                    if let Err(reasons) = w.profile.protect_readiness() {
+                    if let Err(reasons) = w.enforced().protect_readiness() {
                         return Err((409u16, format!("{key} is not ready for protect mode: {} (--force to promote anyway)", reasons.join("; "))));
                     }
                 }
@@ -70,10 +70,16 @@ impl Daemon {
             Request::Review { workload } => self.review(&workload),
             Request::AddToProfile { alert } => self.add_to_profile(alert),
             Request::Respond { container, action, expire } => self.respond(&container, &action, expire),
-            Request::Enforcement => Ok(match &self.guarding.protector {
-                Some(p) => p.report(),
-                None => json!({"backends": [], "note": "no workload is in protect mode; enforcement is not loaded"}),
-            }),
+            Request::Enforcement => {
+                let mut v = match &self.guarding.protector {
+                    Some(p) => p.report(),
+                    None => json!({"backends": [], "note": "no workload is in protect mode; enforcement is not loaded"}),
+                };
+                if let (Some(f), Some(o)) = (&self.fleet, v.as_object_mut()) {
+                    o.insert("fleet".into(), f.status());
+                }
+                Ok(v)
+            }
             Request::Containers => Ok(json!(self
                 .workloads
                 .containers
@@ -105,8 +111,8 @@ impl Daemon {
                     lancet_engine::event::EventKind::Net(n) => Some(self.workloads.peer(n.daddr)),
                     _ => None,
                 };
-                let Some(w) = self.workloads.map.get(key) else { break };
-                if let Some(d) = w.profile.check(&ev, peer.as_ref()) {
+                let Some(w) = self.workloads.map.get_mut(key) else { break };
+                if let Some(d) = w.enforced().check(&ev, peer.as_ref()) {
                     let what = d.to_string();
                     if seen.insert(what.clone()) {
                         refused.push(json!({"container": c.name, "what": what}));
@@ -114,7 +120,7 @@ impl Daemon {
                 }
             }
         }
-        let not_ready = match (mode, self.workloads.map.get(key).map(|w| w.profile.protect_readiness())) {
+        let not_ready = match (mode, self.workloads.map.get_mut(key).map(|w| w.enforced().protect_readiness())) {
             (Mode::Protect, Some(Err(reasons))) => reasons,
             _ => Vec::new(),
         };

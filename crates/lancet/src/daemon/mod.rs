@@ -14,6 +14,7 @@ mod alerts;
 mod answers;
 mod control;
 mod drift;
+mod fleet;
 mod flows;
 mod guarding;
 mod metrics;
@@ -79,6 +80,8 @@ struct Daemon {
     denials_lost_reported: u64,
     last_second: Instant,
     last_prune: Instant,
+    /// In a fleet (`--nats`): the link to the fleet thread.
+    fleet: Option<fleet::Fleet>,
 }
 
 impl Daemon {
@@ -115,6 +118,7 @@ impl Daemon {
             denials_lost_reported: 0,
             last_second: Instant::now(),
             last_prune: Instant::now(),
+            fleet: None,
         }
     }
 
@@ -176,9 +180,9 @@ impl Daemon {
                     if drift.is_none() && w.profile.learn_writable(ev, set, now) {
                         w.changed_for_the_record();
                     }
-                    w.profile.check_in(ev, peer.as_ref(), set)
+                    w.enforced().check_in(ev, peer.as_ref(), set)
                 }
-                None => w.profile.check(ev, peer.as_ref()),
+                None => w.enforced().check(ev, peer.as_ref()),
             };
             // A write outside both sets: once per anchor per container life.
             let d = match d {
@@ -191,7 +195,10 @@ impl Daemon {
             d
         };
         let scan = match &ev.kind {
-            EventKind::Net(n) => self.flows.on_net(now, ev.process.pid, c, &key, n, Some((&w.profile, w.generation)), peer.as_ref()),
+            EventKind::Net(n) => {
+                let generation = w.generation;
+                self.flows.on_net(now, ev.process.pid, c, &key, n, Some((w.enforced(), generation)), peer.as_ref())
+            }
             EventKind::Exec(_) => {
                 self.flows.see(c, &key, ev.process.pid);
                 None
@@ -370,6 +377,7 @@ impl Daemon {
         self.alerts.fold_repeats(&mut self.store, now)?;
         self.report_image_updates()?;
         self.workloads.persist(&mut self.store, &self.settings.lifecycle, now)?;
+        self.fleet_every_second();
         self.flows.persist(&mut self.store, &self.workloads, now)?;
         self.store.flush()?;
         self.sync_protection();
@@ -426,7 +434,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         token: Some(token),
         host_root: host_root.to_path_buf(),
         euid,
-        feeds: api::Feeds { live: live.clone(), doctor },
+        feeds: api::Feeds { live: live.clone(), doctor: Arc::clone(&doctor) },
         store: db.clone(),
     })?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -441,7 +449,14 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     let protect_at_start = settings.mode == Mode::Protect
         || settings.protect.pin_dir.exists()
         || store.list_profiles().map(|l| l.iter().any(|p| p.mode == "protect")).unwrap_or(false);
+    let fleet = args.fleet.config(&settings.state_dir)?;
     let mut daemon = Daemon::new(settings, store, policies, out, Some(live.clone()), baselines, cgroup2, protect_at_start);
+    if let Some(mut cfg) = fleet {
+        cfg.guarantees = Arc::clone(&doctor);
+        tracing::info!(nats = %cfg.url, node = %cfg.node, cluster = %cfg.cluster, "joining the fleet");
+        daemon.fleet = Some(fleet::Fleet::new(crate::fleet::Link::start(cfg)?));
+        daemon.workloads.fleet = Some(fleet::FleetBook::default());
+    }
     let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let daemon = std::cell::RefCell::new(&mut daemon);
     run_loop(
@@ -455,7 +470,8 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
             if !pipeline.existing.is_empty() {
                 d.adopt(std::mem::take(&mut pipeline.existing));
             }
-            inbox.serve(|call| d.on_call(call, pipeline));
+            inbox.serve(|call, responder| d.on_call(call, responder, pipeline));
+            d.fleet_tick();
             d.drain_enforced()?;
             // The API's readers see what is committed.
             d.store.flush_if_older(Duration::from_millis(100))?;

@@ -54,6 +54,8 @@ pub struct RunArgs {
     /// Stop after this many seconds (for tests and benchmarks).
     #[arg(long, value_name = "SECONDS")]
     pub(super) duration: Option<f64>,
+    #[command(flatten)]
+    pub(super) fleet: crate::fleet::FleetArgs,
 }
 
 /// Settings after flags, file and defaults are merged.

@@ -255,3 +255,58 @@ fn host_events_are_not_a_containers() {
     assert!(h.out.take().is_empty());
     assert!(h.daemon.workloads.map.is_empty());
 }
+
+/// In a fleet, what another node learned of the same image is allowed
+/// here (the engine's merge), the fleet's mode is the workload's, an older
+/// revision of it changes nothing, and observations withdrawn stop counting.
+/// Nothing of the other node's is learned into this node's own profile.
+#[test]
+fn in_a_fleet_another_nodes_observations_and_the_fleets_mode_are_enforced() {
+    use super::fleet::FleetBook;
+    use crate::fleet::FromFleet;
+    let mut h = Harness::new();
+    h.daemon.workloads.fleet = Some(FleetBook::default());
+    h.exec("/usr/sbin/httpd");
+    let key = workload_key(&h.c).into_owned();
+    let mut b = Harness::new();
+    b.exec("/usr/local/bin/report");
+    let theirs = b.daemon.workloads.map[&key].profile.clone();
+    assert!(h.daemon.on_fleet(FromFleet::Observations { workload: key.clone(), node: "b".into(), profile: Box::new(theirs), bytes: 100 }));
+    assert!(h.daemon.on_fleet(FromFleet::Mode { workload: key.clone(), mode: Mode::Monitor, revision: 3, by: "b".into() }));
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Monitor);
+    h.exec("/usr/local/bin/report");
+    h.exec("/usr/sbin/httpd");
+    assert!(h.out.take().is_empty(), "what node b learned is normal here too");
+    h.exec("/usr/bin/top");
+    assert_eq!(rules(&h.out.take()), ["profile deviation: new_executable"]);
+    assert!(!h.profile_has_executable("/usr/local/bin/report"), "the own profile keeps only what this node saw");
+    // A stale revision (delivered late) does not undo a newer decision.
+    assert!(!h.daemon.on_fleet(FromFleet::Mode { workload: key.clone(), mode: Mode::Learn, revision: 2, by: "c".into() }));
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Monitor);
+    // Node b's observations deleted: its executables deviate again.
+    assert!(h.daemon.on_fleet(FromFleet::ObservationsGone { workload: key.clone(), node: "b".into() }));
+    h.exec("/usr/local/bin/report");
+    assert_eq!(rules(&h.out.take()), ["profile deviation: new_executable"]);
+}
+
+/// A workload first seen on this node after the fleet decided its mode and
+/// another node shared what it learned starts from both.
+#[test]
+fn in_a_fleet_a_workload_new_here_starts_from_the_fleet() {
+    use super::fleet::FleetBook;
+    use crate::fleet::FromFleet;
+    let mut h = Harness::new();
+    h.daemon.workloads.fleet = Some(FleetBook::default());
+    let key = workload_key(&h.c).into_owned();
+    let mut b = Harness::new();
+    b.exec("/usr/sbin/httpd");
+    let theirs = b.daemon.workloads.map[&key].profile.clone();
+    h.daemon.on_fleet(FromFleet::Observations { workload: key.clone(), node: "b".into(), profile: Box::new(theirs), bytes: 100 });
+    h.daemon.on_fleet(FromFleet::Mode { workload: key.clone(), mode: Mode::Monitor, revision: 7, by: "b".into() });
+    assert!(h.daemon.workloads.map.is_empty(), "not loaded here yet");
+    h.exec("/usr/sbin/httpd");
+    assert!(h.out.take().is_empty(), "learned on b, so normal here");
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Monitor);
+    h.exec("/usr/bin/nc.x");
+    assert_eq!(rules(&h.out.take()), ["profile deviation: new_executable"]);
+}
