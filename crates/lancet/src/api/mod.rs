@@ -51,6 +51,10 @@ pub enum Request {
         mode: String,
         force: bool,
         dry_run: bool,
+        /// In a fleet: only if the workload's mode is still at this
+        /// revision (what the caller saw); else the revision this node
+        /// last saw.
+        revision: Option<u64>,
     },
     Reset {
         workload: String,

@@ -18,15 +18,21 @@ impl Daemon {
                 .workloads
                 .map
                 .iter()
-                .map(|(k, w)| json!({"workload": k, "image": w.profile.image(), "mode": w.profile.mode().to_string(), "entries": w.profile.len()}))
+                .map(|(k, w)| {
+                    let revision = self.workloads.fleet.as_ref().and_then(|f| f.modes.get(k)).map(|(_, r)| *r);
+                    json!({"workload": k, "image": w.profile.image(), "mode": w.profile.mode().to_string(), "entries": w.profile.len(), "revision": revision})
+                })
                 .collect::<Vec<_>>())),
             Request::Profile { workload } => {
                 let key = self.workloads.find(&workload)?;
                 let w = &self.workloads.map[&key];
                 Ok(json!({"workload": key, "yaml": w.profile.to_yaml().map_err(|e| (500u16, e.to_string()))?}))
             }
-            Request::Promote { workload, mode, force, dry_run } => {
+            Request::Promote { workload, mode, force, dry_run, revision } => {
                 let key = self.workloads.find(&workload)?;
+                if revision.is_some() && !dry_run {
+                    return Err((400u16, format!("{key}: a revision applies to a workload shared with a fleet (`lancet run --nats`)")));
+                }
                 let mode = mode.parse::<Mode>().map_err(|e| (400u16, e))?;
                 if dry_run {
                     return Ok(self.dry_run(&key, mode, now));

@@ -53,11 +53,13 @@ impl Daemon {
             Request::Hook { identity } => self.on_hook(&identity, pipeline),
             Request::Refused { status, reason, .. } => Err((status, reason)),
             Request::Metrics => Ok(serde_json::Value::String(self.metrics(pipeline))),
-            Request::Promote { workload, mode, force, dry_run: false } => match self.fleet_promote(&workload, &mode, force) {
-                Promotion::Sent(ticket) => return self.wait_for_fleet(ticket, caller, control, responder),
-                Promotion::Refused(reply) => reply,
-                Promotion::Local => self.answer(Request::Promote { workload, mode, force, dry_run: false }),
-            },
+            Request::Promote { workload, mode, force, dry_run: false, revision } => {
+                match self.fleet_promote(&workload, &mode, force, revision) {
+                    Promotion::Sent(ticket) => return self.wait_for_fleet(ticket, caller, control, responder),
+                    Promotion::Refused(reply) => reply,
+                    Promotion::Local => self.answer(Request::Promote { workload, mode, force, dry_run: false, revision }),
+                }
+            }
             other => self.answer(other),
         };
         if let (true, Some(key)) = (follow, reply.as_ref().ok().and_then(|v| v["workload"].as_str())) {

@@ -197,7 +197,7 @@ impl Daemon {
     /// A promotion of a shared workload: a compare-and-swap of its mode key
     /// from the revision this node last saw. Checks first what a local
     /// promotion checks (the mode, protect readiness of what is enforced).
-    pub(super) fn fleet_promote(&mut self, workload: &str, mode: &str, force: bool) -> Promotion {
+    pub(super) fn fleet_promote(&mut self, workload: &str, mode: &str, force: bool, revision: Option<u64>) -> Promotion {
         if self.fleet.is_none() {
             return Promotion::Local;
         }
@@ -208,6 +208,7 @@ impl Daemon {
         let Some(expected) = self.workloads.fleet.as_ref().filter(|f| f.shares(&key)).map(|f| f.modes.get(&key).map(|(_, r)| *r)) else {
             return Promotion::Local;
         };
+        let expected = revision.or(expected);
         let mode = match mode.parse::<Mode>() {
             Ok(m) => m,
             Err(e) => return Promotion::Refused(Err((400, e))),

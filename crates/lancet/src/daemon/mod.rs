@@ -124,6 +124,9 @@ impl Daemon {
 
     fn on_event(&mut self, ev: &Event, attribution: &Attribution) -> Result<()> {
         let Attribution::Container(c) = attribution else { return Ok(()) };
+        if !self.settings.follows(c) {
+            return Ok(());
+        }
         match ev.kind {
             // The container's own cgroup went (removed by the runtime, from
             // the host): the pipeline matched it exactly (see
@@ -363,7 +366,7 @@ impl Daemon {
     /// workloads are guarded on the first tick, not at their next event.
     fn adopt(&mut self, existing: Vec<Arc<lancet_engine::attribution::ContainerInfo>>) {
         let now = now_ns();
-        for c in existing {
+        for c in existing.into_iter().filter(|c| self.settings.follows(c)) {
             self.flows.see(&c, &workload_key(&c), c.pid.unwrap_or(0));
             self.workloads.adopt(&mut self.store, &self.guarding.cgroup2, c, now);
         }

@@ -83,6 +83,7 @@ impl Harness {
                 host_root: "/".into(),
                 dns_servers: Vec::new(),
             },
+            only_label: None,
         };
         let store = Store::open(&state.join("lancet.db"), StoreOptions::default()).unwrap();
         let policies = Policies::load(&policy_dir).unwrap();

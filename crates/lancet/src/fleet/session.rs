@@ -261,13 +261,40 @@ async fn propose(
     let conflict = || (409u16, format!("{workload}: its mode was changed meanwhile by another promotion; yours was not applied"));
     let done = match expected {
         Some(rev) => tokio::time::timeout(OP_TIMEOUT, profiles.update(&key, doc.into(), rev)).await.map(|r| {
-            r.map_err(|e| if e.kind() == kv::UpdateErrorKind::WrongLastRevision { conflict() } else { (503u16, format!("NATS: {e}")) })
+            r.map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision || wrong_revision(&e) {
+                    conflict()
+                } else {
+                    (503u16, format!("NATS: {e}"))
+                }
+            })
         }),
         None => tokio::time::timeout(OP_TIMEOUT, profiles.create(&key, doc.into())).await.map(|r| {
-            r.map_err(|e| if e.kind() == kv::CreateErrorKind::AlreadyExists { conflict() } else { (503u16, format!("NATS: {e}")) })
+            r.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists || wrong_revision(&e) {
+                    conflict()
+                } else {
+                    (503u16, format!("NATS: {e}"))
+                }
+            })
         }),
     };
     done.unwrap_or_else(|_| Err((503u16, "NATS did not answer in time: the mode was not changed".into())))
+}
+
+/// A compare-and-swap that lost: JetStream's "wrong last sequence", which a
+/// clustered stream reports with another code (10164) than a single server
+/// (10071), and the client library names only the latter.
+fn wrong_revision(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        let text = x.to_string();
+        if text.contains("wrong last sequence") || text.contains("error code 10071") || text.contains("error code 10164") {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
 }
 
 /// One change of the profiles bucket as the loop's message; None for our

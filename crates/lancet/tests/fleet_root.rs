@@ -1,0 +1,172 @@
+//! Two agents as two nodes of a fleet on this one kernel, as root, with a
+//! real 3-server NATS cluster (JetStream) on loopback ports: each agent
+//! has its own state, pins, socket and API and follows only the
+//! containers labelled for it (`--only-label`), so no container is guarded
+//! by both. A workload learned on node a and promoted once there is
+//! enforced on node b's container of the same image; of two concurrent
+//! promotions from the same revision exactly one wins; promotion
+//! propagation is measured.
+
+mod common;
+#[path = "../src/fleet/testserver.rs"]
+mod testserver;
+
+use common::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// One GET of the agent's TCP API (reads need no token), as JSON.
+fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let body = r.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {r}"))
+}
+
+/// The workload's mode and fleet revision on one agent.
+fn mode_of(agent: &Agent, workload: &str) -> (String, Option<u64>) {
+    let v = get_json(&agent.api, "/v1/profiles");
+    let p = v.as_array().and_then(|a| a.iter().find(|p| p["workload"] == workload)).cloned().unwrap_or_default();
+    (p["mode"].as_str().unwrap_or("").to_string(), p["revision"].as_u64())
+}
+
+fn wait_mode(agent: &Agent, workload: &str, mode: &str, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if mode_of(agent, workload).0 == mode {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < within, "{workload} not in {mode} mode within {within:?}: {:?}", mode_of(agent, workload));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn wait_connected(agent: &Agent) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get_json(&agent.api, "/v1/enforcement");
+        if v["fleet"]["connected"] == true {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the agent did not join the fleet within 60 s: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_workload_promoted_once_on_one_node_is_enforced_on_the_other() {
+    skip_unless_ready!(true);
+    let Some(_nats) = testserver::start(3) else {
+        lancet_testkit::skip("nats-server is not installed (scripts/setup.sh installs it under /opt/lancet-fleet-tools)");
+        return;
+    };
+    let url = testserver::urls(&_nats);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tag = unique("fleet");
+    let start = |node: &str| {
+        let d = dir.path().join(node);
+        let (state, policies, alerts) = agent_dirs(&d);
+        let label = format!("lancet.test.node={tag}-{node}");
+        let extra = ["--nats", url.as_str(), "--node", node, "--cluster", "test", "--only-label", label.as_str()];
+        (Agent::start_with_config(&state, &policies, &alerts, "interpreterCode: any\n", &extra), alerts, label)
+    };
+    let (a, _alerts_a, label_a) = start("a");
+    let (b, alerts_b, label_b) = start("b");
+    wait_connected(&a);
+    wait_connected(&b);
+    let httpd = ["httpd", "-f", "-p", "8080", "-h", "/www"];
+    let ca = Container::start(&unique("lancet-fa"), &["--label", &label_a], &httpd);
+    let cb = Container::start(&unique("lancet-fb"), &["--label", &label_b], &httpd);
+
+    // Node a learns the workload (what protect_root's workload does).
+    for cmd in [
+        vec!["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/index.html"],
+        vec!["/bin/busybox", "true"],
+        vec!["sh", "-c", "true"],
+        vec!["cat", "/www/index.html"],
+        vec!["sh", "-c", "echo x > /tmp/learned && rm /tmp/learned"],
+    ] {
+        let o = ca.exec(&cmd);
+        assert!(o.status.success(), "{cmd:?} while learning: {}", out_text(&o));
+    }
+    let workload = a.cli(&["profile", "list"]);
+    let key = workload.lines().find(|l| l.contains("lancet-busybox")).and_then(|l| l.split_whitespace().next()).expect("a's workload");
+    let key = key.to_string();
+    assert!(b.cli(&["profile", "list"]).contains(&key), "the same image is the same workload on b");
+    assert!(!b.cli(&["profile", "show", &cb.name]).contains("/bin/cat"), "b never saw cat itself");
+    // Each agent follows only its own container.
+    assert!(!a.cli(&["profile", "show", &ca.name]).is_empty());
+    assert_eq!(b.cli_output(&["isolate", &ca.name, "--for", "1s"]).status.code(), Some(1), "b does not know a's container");
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // One promotion, on a: b's container is guarded within 5 s.
+    let t0 = Instant::now();
+    let out = a.cli(&["profile", "promote", &ca.name, "--to", "protect"]);
+    assert!(out.contains("protect"), "{out}");
+    b.wait_guarded(&cb.id, Duration::from_secs(5));
+    let enforced_in = t0.elapsed();
+    println!("fleet: promoted on a, b's container guarded after {enforced_in:?}");
+    a.wait_guarded(&ca.id, Duration::from_secs(5));
+    assert!(!get_json(&a.api, "/v1/enforcement").to_string().contains(&cb.id), "a guards b's container");
+    assert!(!get_json(&b.api, "/v1/enforcement").to_string().contains(&ca.id), "b guards a's container");
+
+    // b refuses the technique, and allows what only a learned.
+    let o = cb.exec(&["cat", "/www/index.html"]);
+    assert!(o.status.success(), "what a learned is refused on b: {}", out_text(&o));
+    let (_, pos) = alerts_since(&alerts_b, 0);
+    let o = cb.exec(&["sh", "-c", "cp /bin/busybox /tmp/ls && /tmp/ls /"]);
+    assert!(!o.status.success() && out_text(&o).contains("not permitted"), "the dropped binary ran on b: {}", out_text(&o));
+    let (v, _) = wait_alerts(&alerts_b, pos, Duration::from_secs(3), Duration::from_millis(300));
+    assert!(
+        v.iter().any(|x| x["rule"] == "Drift: written" && x["output_fields"]["lancet.enforced"] == true && x["hostname"].is_string()),
+        "no enforced drift alert on b: {v:#?}"
+    );
+    assert!(cb.exec(&["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/index.html"]).status.success(), "b's server serves");
+
+    // Two promotions from the same revision at once, one on each node:
+    // exactly one wins, the other is a conflict, both nodes end in the
+    // winner's mode.
+    let rev = mode_of(&a, &key).1.expect("a knows the fleet's revision");
+    assert_eq!(mode_of(&b, &key).1, Some(rev));
+    let rev_s = rev.to_string();
+    let (oa, ob) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.cli_output(&["profile", "promote", &key, "--to", "monitor", "--revision", &rev_s]));
+        let tb = s.spawn(|| b.cli_output(&["profile", "promote", &key, "--to", "learn", "--revision", &rev_s]));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    let winner = match (oa.status.success(), ob.status.success()) {
+        (true, false) => {
+            assert!(out_text(&ob).contains("changed meanwhile"), "{}", out_text(&ob));
+            "monitor"
+        }
+        (false, true) => {
+            assert!(out_text(&oa).contains("changed meanwhile"), "{}", out_text(&oa));
+            "learn"
+        }
+        _ => panic!("not exactly one winner: a {} / b {}", out_text(&oa), out_text(&ob)),
+    };
+    wait_mode(&a, &key, winner, Duration::from_secs(5));
+    wait_mode(&b, &key, winner, Duration::from_secs(5));
+
+    // 100 promotions on a (learn and monitor in turn): how long until b's
+    // API shows the new mode.
+    let mut took = Vec::new();
+    let mut now = winner;
+    for _ in 0..100 {
+        let to = if now == "monitor" { "learn" } else { "monitor" };
+        now = to;
+        let t0 = Instant::now();
+        a.cli(&["profile", "promote", &key, "--to", to]);
+        wait_mode(&b, &key, to, Duration::from_secs(5));
+        took.push(t0.elapsed());
+    }
+    took.sort();
+    println!(
+        "fleet: promotion propagation (CLI on a -> mode on b's API) over 100 promotions: p50 {:?}, p99 {:?}, max {:?}",
+        took[49], took[98], took[99]
+    );
+    assert!(took[98] < Duration::from_secs(5));
+}
