@@ -17,8 +17,10 @@ use lancet_store::Store;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Alerts sent per pass (every 200 ms): a backlog drains at ~1 000 a
-/// second without holding the fleet thread for long.
+/// How often the store is read for alerts to send.
+pub const EVERY: Duration = Duration::from_millis(50);
+/// Alerts sent per pass: a backlog drains at ~4 000 a second without
+/// holding the fleet thread for long.
 const BATCH: usize = 200;
 
 pub struct Forwarder {

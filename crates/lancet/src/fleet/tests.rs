@@ -478,6 +478,38 @@ fn the_hub_lists_nodes_and_their_alerts() {
     assert!(only_b.as_array().unwrap().iter().all(|v| v["node"] == "b" && v["cluster"] == "test"));
     let (_, none) = get(&format!("/v1/alerts?since_ns={}", lancet_engine::event::now_ns() + 60_000_000_000));
     assert_eq!(none, serde_json::json!([]));
+    // End-to-end latency: stored on node a (committed, as the agent's loop
+    // commits at least every 100 ms) until the hub serves it.
+    let mut took = Vec::new();
+    for i in 0..20u64 {
+        let rule = format!("latency {i}");
+        let t0 = Instant::now();
+        let json = serde_json::json!({"rule": rule, "priority": "Notice"}).to_string();
+        stores[0]
+            .insert_alert(&NewAlert {
+                time_ns: lancet_engine::event::now_ns(),
+                rule: rule.clone(),
+                priority: "Notice".into(),
+                container_id: "c".repeat(64),
+                container_name: "web".into(),
+                image: "img".into(),
+                workload: D.into(),
+                action: "alert".into(),
+                enforced: false,
+                count: 1,
+                json,
+            })
+            .unwrap();
+        stores[0].flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !get("/v1/alerts?node=a&limit=5").1.as_array().unwrap().iter().any(|v| v["rule"] == rule.as_str()) {
+            assert!(Instant::now() < deadline, "{rule} did not reach the hub in 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        took.push(t0.elapsed());
+    }
+    took.sort();
+    println!("fleet: alert latency node store -> hub API over 20 alerts: p50 {:?}, max {:?}", took[9], took[19]);
     assert_eq!(get("/v1/alerts?nod=b").0, 400, "an unknown parameter");
     assert_eq!(get("/v1/alerts?since=yesterday").0, 400);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
