@@ -313,7 +313,13 @@ impl Daemon {
                 self.workloads.apply_fleet_mode(&mut self.store, workload, mode, *rev, now)
             }
             Err((status, why)) => {
-                tracing::info!(%workload, %mode, status, "fleet: mode not changed: {why}");
+                // A caller is told; the lifecycle tries again each second
+                // while NATS is away: not worth a line each time.
+                if waiting.is_some() {
+                    tracing::info!(%workload, %mode, status, "fleet: mode not changed: {why}");
+                } else {
+                    tracing::debug!(%workload, %mode, status, "fleet: mode not changed: {why}");
+                }
                 match self.workloads.fleet.as_ref().and_then(|f| f.modes.get(workload)).copied() {
                     Some((m, rev)) => {
                         // Forget the revision so the same one applies again.
@@ -357,7 +363,7 @@ impl Daemon {
                 continue;
             }
             let expected = self.workloads.fleet.as_ref().and_then(|b| b.modes.get(&key)).map(|(_, r)| *r);
-            tracing::info!(workload = %key, to = %mode, "fleet: the lifecycle proposes a promotion");
+            tracing::debug!(workload = %key, to = %mode, "fleet: the lifecycle proposes a promotion");
             fleet.propose(&key, mode, expected);
         }
         let stale: Vec<u64> = fleet.waiting.iter().filter(|(_, w)| w.since.elapsed() > WAIT_FOR_FLEET).map(|(t, _)| *t).collect();

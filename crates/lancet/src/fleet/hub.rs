@@ -2,7 +2,8 @@
 //! nodes bucket when asked (`GET /v1/nodes`), and follows the alerts stream
 //! from its first message into a bounded window in memory, which
 //! `GET /v1/alerts` filters (by `since`/`since_ns` and `node`). The stream
-//! is the hub's store: a restarted hub reads it again.
+//! is the hub's store: a restarted hub reads it again, unless it keeps
+//! what it took in a store of its own ([`super::hub_store`]).
 //!
 //! What it reads was written by the nodes: each alert must be a JSON object
 //! of at most [`MAX_ALERT_BYTES`] with a valid `node`, or it is skipped.
@@ -40,7 +41,14 @@ pub struct HubArgs {
     /// Serve the fleet API here (e.g. 127.0.0.1:7080).
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// Keep every alert taken from the stream in a store here, and go on
+    /// from where it stopped after a restart (else the hub keeps nothing:
+    /// it reads the stream again from its start).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
 }
+
+type Window = Arc<Mutex<VecDeque<(u64, String, Value)>>>;
 
 #[derive(Clone)]
 struct Hub {
@@ -61,7 +69,17 @@ pub(super) async fn serve(args: HubArgs, stop: Arc<AtomicBool>) -> Result<()> {
     let js = jetstream::new(client.clone());
     session::ensure_alerts_stream(&js, session::clustered(&client)).await?;
     let hub = Hub { js: js.clone(), window: Arc::default() };
-    tokio::spawn(follow(js, Arc::clone(&hub.window)));
+    let keep = match &args.state_dir {
+        Some(dir) => {
+            let k = super::hub_store::Keep::open(dir)?;
+            let restored = k.restore(WINDOW)?;
+            tracing::info!(alerts = restored.len(), next = k.next_sequence(), dir = %dir.display(), "hub: alerts kept from before");
+            hub.window.lock().unwrap_or_else(|p| p.into_inner()).extend(restored);
+            Some(k)
+        }
+        None => None,
+    };
+    tokio::spawn(follow(js, Arc::clone(&hub.window), keep));
     let app = Router::new()
         .route("/v1/nodes", get(nodes))
         .route("/v1/alerts", get(alerts))
@@ -81,19 +99,25 @@ pub(super) async fn serve(args: HubArgs, stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-/// Follows the alerts stream into the window, from its first message;
+/// Follows the alerts stream into the window (and the store, with
+/// `--state-dir`), from its first message or where the store stopped;
 /// after an error, again from the last sequence seen.
-async fn follow(js: jetstream::Context, window: Arc<Mutex<VecDeque<(u64, String, Value)>>>) {
-    let mut next = 1u64;
+async fn follow(js: jetstream::Context, window: Window, mut keep: Option<super::hub_store::Keep>) {
+    let mut next = keep.as_ref().map_or(1, |k| k.next_sequence());
     loop {
-        if let Err(e) = follow_from(&js, &window, &mut next).await {
+        if let Err(e) = follow_from(&js, &window, &mut next, keep.as_mut()).await {
             tracing::warn!("hub: following the alerts stream: {e:#}");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn follow_from(js: &jetstream::Context, window: &Mutex<VecDeque<(u64, String, Value)>>, next: &mut u64) -> Result<()> {
+async fn follow_from(
+    js: &jetstream::Context,
+    window: &Window,
+    next: &mut u64,
+    mut keep: Option<&mut super::hub_store::Keep>,
+) -> Result<()> {
     let stream = js.get_stream(keys::ALERTS_STREAM).await?;
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
@@ -102,6 +126,7 @@ async fn follow_from(js: &jetstream::Context, window: &Mutex<VecDeque<(u64, Stri
         })
         .await?;
     let mut messages = consumer.messages().await?;
+    let mut pruned = std::time::Instant::now();
     while let Some(m) = messages.next().await {
         let m = m?;
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(*next);
@@ -110,6 +135,13 @@ async fn follow_from(js: &jetstream::Context, window: &Mutex<VecDeque<(u64, Stri
             tracing::debug!(seq, subject = %m.subject, "hub: alert skipped: not a lancet alert");
             continue;
         };
+        if let Some(k) = keep.as_deref_mut() {
+            k.record(seq, &v)?;
+            if pruned.elapsed() > Duration::from_secs(60) {
+                k.prune()?;
+                pruned = std::time::Instant::now();
+            }
+        }
         let mut w = window.lock().unwrap_or_else(|p| p.into_inner());
         if w.len() >= WINDOW {
             w.pop_front();
@@ -120,7 +152,7 @@ async fn follow_from(js: &jetstream::Context, window: &Mutex<VecDeque<(u64, Stri
 }
 
 /// A node's alert: a JSON object with a valid `node`, bounded.
-fn parse_alert(payload: &[u8]) -> Option<(String, Value)> {
+pub(super) fn parse_alert(payload: &[u8]) -> Option<(String, Value)> {
     if payload.len() > MAX_ALERT_BYTES {
         return None;
     }

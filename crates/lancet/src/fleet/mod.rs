@@ -22,6 +22,7 @@
 
 pub mod alerts;
 pub mod hub;
+mod hub_store;
 pub mod keys;
 mod session;
 #[cfg(test)]

@@ -413,8 +413,10 @@ fn the_hub_lists_nodes_and_their_alerts() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hub = {
-        let (stop, args) =
-            (Arc::clone(&stop), super::hub::HubArgs { nats: url.clone(), listen: format!("127.0.0.1:{port}").parse().unwrap() });
+        let (stop, args) = (
+            Arc::clone(&stop),
+            super::hub::HubArgs { nats: url.clone(), listen: format!("127.0.0.1:{port}").parse().unwrap(), state_dir: None },
+        );
         std::thread::spawn(move || runtime().block_on(super::hub::serve(args, stop)).unwrap())
     };
     let try_get = |path: &str| -> Option<(u16, serde_json::Value)> {
@@ -514,4 +516,65 @@ fn the_hub_lists_nodes_and_their_alerts() {
     assert_eq!(get("/v1/alerts?since=yesterday").0, 400);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     hub.join().unwrap();
+}
+
+/// `lancet hub --state-dir`: alerts taken from the stream are kept; a
+/// restarted hub shows them even after the stream dropped them (purged
+/// here), goes on from where it stopped, and shows none twice.
+#[test]
+fn a_hub_with_a_state_dir_keeps_what_it_took_across_a_restart() {
+    let Some(s) = servers(1) else { return };
+    let url = s[0].url();
+    let (dir_a, hub_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut store = Store::open(&dir_a.path().join("lancet.db"), StoreOptions::default()).unwrap();
+    let mut a = Node::start(&url, "a", Some(dir_a.path()));
+    connected(&mut a);
+    let start_hub = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let args = super::hub::HubArgs {
+            nats: url.clone(),
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            state_dir: Some(hub_dir.path().join("hub")),
+        };
+        let thread_stop = Arc::clone(&stop);
+        let t = std::thread::spawn(move || runtime().block_on(super::hub::serve(args, thread_stop)).unwrap());
+        (port, stop, t)
+    };
+    let ids = |port: u16, n: usize| -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = ureq::get(&format!("http://127.0.0.1:{port}/v1/alerts"))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+                .map(|v| v.as_array().unwrap().iter().map(|a| a["lancet_id"].as_u64().unwrap()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for i in 1..=3 {
+        alert(&mut store, i);
+    }
+    let (port, stop, t) = start_hub();
+    assert_eq!(ids(port, 3), [1, 2, 3]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.join().unwrap();
+    runtime().block_on(async {
+        let js = jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+        js.get_stream(keys::ALERTS_STREAM).await.unwrap().purge().await.unwrap();
+    });
+    for i in 4..=5 {
+        alert(&mut store, i);
+    }
+    let (port, stop, t) = start_hub();
+    let got = ids(port, 5);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ids(port, 5), got, "nothing more arrived");
+    assert_eq!(got, [1, 2, 3, 4, 5], "kept ones from the store, new ones from the stream, none twice");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.join().unwrap();
 }
