@@ -52,7 +52,7 @@ impl Daemon {
                 let image = self.workloads.map[&key].profile.image().to_string();
                 let mut p = Profile::new(&image, &key, now);
                 p.set_mode(Mode::Learn, now);
-                self.workloads.map.insert(key.clone(), Workload::new(p));
+                self.workloads.replace(&key, Workload::new(p));
                 Ok(json!({"workload": key, "mode": "learn"}))
             }
             Request::Import { yaml } => {
@@ -63,7 +63,7 @@ impl Daemon {
                 let key = manifest
                     .filter(|m| self.workloads.map.contains_key(m) || self.workloads.containers.values().any(|c| c.image_digest == *m))
                     .unwrap_or_else(|| p.digest().to_string());
-                self.workloads.map.insert(key.clone(), Workload::new(p));
+                self.workloads.replace(&key, Workload::new(p));
                 Ok(json!({"workload": key}))
             }
             Request::Hook { .. } | Request::Refused { .. } | Request::Metrics => {

@@ -95,6 +95,19 @@ impl FleetBook {
 }
 
 impl Workloads {
+    /// A workload's profile replaced (reset, import): in a fleet it keeps
+    /// the other nodes' observations in what it enforces (its mode is the
+    /// one just given; the caller proposes it to the fleet).
+    pub(super) fn replace(&mut self, key: &str, mut w: Workload) {
+        if let Some(f) = &self.fleet {
+            let remote = f.remote_of(key);
+            if !remote.is_empty() {
+                w.set_remote(remote);
+            }
+        }
+        self.map.insert(key.to_string(), w);
+    }
+
     /// The other nodes' observations of `key` changed: a loaded workload
     /// enforces the new merge from now on.
     fn remote_changed(&mut self, key: &str) {

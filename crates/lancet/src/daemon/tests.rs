@@ -311,3 +311,26 @@ fn in_a_fleet_a_workload_new_here_starts_from_the_fleet() {
     h.exec("/usr/bin/nc.x");
     assert_eq!(rules(&h.out.take()), ["profile deviation: new_executable"]);
 }
+
+/// A reset (or an import) in a fleet replaces this node's own profile only:
+/// what the other nodes observed still counts in what is enforced.
+#[test]
+fn in_a_fleet_a_reset_keeps_the_other_nodes_observations() {
+    use super::fleet::FleetBook;
+    use crate::fleet::FromFleet;
+    let mut h = Harness::new();
+    h.daemon.workloads.fleet = Some(FleetBook::default());
+    h.exec("/usr/sbin/httpd");
+    let key = workload_key(&h.c).into_owned();
+    let mut b = Harness::new();
+    b.exec("/usr/local/bin/report");
+    let theirs = b.daemon.workloads.map[&key].profile.clone();
+    h.daemon.on_fleet(FromFleet::Observations { workload: key.clone(), node: "b".into(), profile: Box::new(theirs), bytes: 100 });
+    h.daemon.answer(crate::api::Request::Reset { workload: key.clone() }).unwrap();
+    assert!(!h.profile_has_executable("/usr/sbin/httpd"), "this node's own profile was reset");
+    h.set_mode(Mode::Monitor);
+    h.exec("/usr/local/bin/report");
+    assert!(h.out.take().is_empty(), "node b's observations still count");
+    h.exec("/usr/sbin/httpd");
+    assert_eq!(rules(&h.out.take()), ["profile deviation: new_executable"]);
+}
