@@ -452,7 +452,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     let protect_at_start = settings.mode == Mode::Protect
         || settings.protect.pin_dir.exists()
         || store.list_profiles().map(|l| l.iter().any(|p| p.mode == "protect")).unwrap_or(false);
-    let fleet = args.fleet.config(&settings.state_dir)?;
+    let fleet = settings.fleet.clone();
     let mut daemon = Daemon::new(settings, store, policies, out, Some(live.clone()), baselines, cgroup2, protect_at_start);
     if let Some(mut cfg) = fleet {
         cfg.guarantees = Arc::clone(&doctor);

@@ -80,6 +80,8 @@ pub struct Settings {
     pub protect: ProtectOptions,
     /// `--only-label`: (key, value).
     pub only_label: Option<(String, String)>,
+    /// `--nats` (or `nats:`): the fleet this agent joins.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 impl Settings {
@@ -110,7 +112,8 @@ pub fn settings(args: &RunArgs, host_root: &Path) -> Result<Settings> {
         quiet_period: dur(&args.quiet_period, &file.quiet_period, Some(defaults.quiet_period))?.unwrap_or(defaults.quiet_period),
         auto_protect_after: dur(&args.auto_protect_after, &file.auto_protect_after, defaults.auto_protect_after)?,
     };
-    let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/lancet"));
+    let state_dir = args.state_dir.clone().or(file.state_dir.clone()).unwrap_or_else(|| PathBuf::from("/var/lib/lancet"));
+    let fleet = args.fleet.config(&file, &state_dir)?;
     let only_label = match args.only_label.as_deref() {
         None => None,
         Some(kv) => match kv.split_once('=') {
@@ -149,5 +152,6 @@ pub fn settings(args: &RunArgs, host_root: &Path) -> Result<Settings> {
             dns_servers: file.dns_servers.unwrap_or_default(),
         },
         only_label,
+        fleet,
     })
 }

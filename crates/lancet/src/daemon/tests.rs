@@ -84,6 +84,7 @@ impl Harness {
                 dns_servers: Vec::new(),
             },
             only_label: None,
+            fleet: None,
         };
         let store = Store::open(&state.join("lancet.db"), StoreOptions::default()).unwrap();
         let policies = Policies::load(&policy_dir).unwrap();

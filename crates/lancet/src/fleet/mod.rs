@@ -45,10 +45,10 @@ pub struct FleetArgs {
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
     /// This node's name in the fleet (default: the hostname).
-    #[arg(long, value_name = "NAME", requires = "nats")]
+    #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
     /// The cluster this node belongs to (default `default`).
-    #[arg(long, value_name = "NAME", requires = "nats")]
+    #[arg(long, value_name = "NAME")]
     pub cluster: Option<String>,
 }
 
@@ -68,16 +68,20 @@ pub struct FleetConfig {
 }
 
 impl FleetArgs {
-    /// The fleet settings, or None without `--nats`. Names are checked,
-    /// not repaired: a name given by hand that is not one token is an error
-    /// (the hostname, taken by default, is made into one).
-    pub fn config(&self, state_dir: &std::path::Path) -> Result<Option<FleetConfig>> {
-        let Some(url) = self.nats.clone() else { return Ok(None) };
-        let node = match &self.node {
-            Some(n) => n.clone(),
-            None => keys::sanitize_name(&crate::agent::hostname()),
+    /// The fleet settings (flags first, then the configuration file), or
+    /// None without a NATS URL. Names are checked, not repaired: a name
+    /// given by hand that is not one token is an error (the hostname, taken
+    /// by default, is made into one).
+    pub fn config(&self, file: &crate::config::FileConfig, state_dir: &std::path::Path) -> Result<Option<FleetConfig>> {
+        let (node, cluster) = (self.node.clone().or(file.node.clone()), self.cluster.clone().or(file.cluster.clone()));
+        let Some(url) = self.nats.clone().or(file.nats.clone()) else {
+            if node.is_some() || cluster.is_some() {
+                bail!("--node and --cluster name this agent in a fleet: give the fleet's NATS server too (--nats URL)");
+            }
+            return Ok(None);
         };
-        let cluster = self.cluster.clone().unwrap_or_else(|| "default".into());
+        let node = node.unwrap_or_else(|| keys::sanitize_name(&crate::agent::hostname()));
+        let cluster = cluster.unwrap_or_else(|| "default".into());
         for (what, v) in [("--node", &node), ("--cluster", &cluster)] {
             if !keys::valid_name(v) {
                 bail!("{what} {v:?}: 1 to 64 of A-Z, a-z, 0-9, '_' and '-'");

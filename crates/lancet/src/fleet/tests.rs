@@ -578,3 +578,28 @@ fn a_hub_with_a_state_dir_keeps_what_it_took_across_a_restart() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     t.join().unwrap();
 }
+
+/// `--nats`, `--node`, `--cluster` or the configuration file's `nats`,
+/// `node`, `cluster`: flags win; a name that is not one token, or a node
+/// name without a fleet, is an error; no URL, no fleet.
+#[test]
+fn fleet_settings_come_from_flags_then_the_file() {
+    use super::FleetArgs;
+    let dir = Path::new("/var/lib/lancet");
+    let file: crate::config::FileConfig = serde_norway::from_str("nats: nats://10.0.0.1:4222\nnode: from-file\ncluster: prod\n").unwrap();
+    let none = FleetArgs::default();
+    let c = none.config(&file, dir).unwrap().unwrap();
+    assert_eq!((c.url.as_str(), c.node.as_str(), c.cluster.as_str()), ("nats://10.0.0.1:4222", "from-file", "prod"));
+    assert_eq!(c.store.as_deref(), Some(dir.join("lancet.db").as_path()));
+    let flags = FleetArgs { nats: Some("nats://127.0.0.1:4222".into()), node: Some("flag".into()), cluster: None };
+    let c = flags.config(&file, dir).unwrap().unwrap();
+    assert_eq!((c.url.as_str(), c.node.as_str(), c.cluster.as_str()), ("nats://127.0.0.1:4222", "flag", "prod"));
+    let empty = crate::config::FileConfig::default();
+    assert!(none.config(&empty, dir).unwrap().is_none(), "no URL, no fleet");
+    let c = FleetArgs { nats: Some("nats://x:1".into()), ..Default::default() }.config(&empty, dir).unwrap().unwrap();
+    assert!(keys::valid_name(&c.node) && c.cluster == "default", "the hostname, made a name: {c:?}");
+    let lonely = FleetArgs { node: Some("a".into()), ..Default::default() };
+    assert!(lonely.config(&empty, dir).unwrap_err().to_string().contains("--nats"));
+    let bad = FleetArgs { nats: Some("nats://x:1".into()), node: Some("a.b".into()), cluster: None };
+    assert!(bad.config(&empty, dir).is_err());
+}
