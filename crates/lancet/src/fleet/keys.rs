@@ -23,10 +23,21 @@ pub const MAX_OBSERVATIONS_BYTES: usize = 900 * 1024;
 /// The largest mode or heartbeat document read.
 pub const MAX_SMALL_DOC_BYTES: usize = 64 * 1024;
 
-/// A node or cluster name: 1 to 64 of `A-Z a-z 0-9 _ -`, so that it is one
-/// token of a KV key or subject and needs no escaping.
+/// The longest node or cluster name (a Kubernetes node name's bound).
+pub const MAX_NAME: usize = 253;
+
+/// A node or cluster name: 1 to [`MAX_NAME`] of `A-Z a-z 0-9 _ -`, so that
+/// it is one token of a KV key or subject and needs no escaping.
 pub fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !s.is_empty() && s.len() <= MAX_NAME && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A name given by hand as the fleet uses it: a Kubernetes node name (DNS
+/// labels joined by `.`, which never hold `_`) has its dots made `_`, so
+/// distinct node names stay distinct. None when it still is not valid.
+pub fn name_of(given: &str) -> Option<String> {
+    let s = given.replace('.', "_");
+    valid_name(&s).then_some(s)
 }
 
 /// `name` made valid: other characters become `-`, cut to 64, `node` when
@@ -75,7 +86,7 @@ pub enum Key {
 
 impl Key {
     pub fn parse(key: &str) -> Option<Key> {
-        if key.len() > 256 {
+        if key.len() > 512 {
             return None;
         }
         let mut parts = key.split('.');
@@ -192,7 +203,11 @@ mod tests {
     #[test]
     fn names() {
         assert!(valid_name("node-1_a"));
-        assert!(!valid_name("a.b") && !valid_name("") && !valid_name(&"a".repeat(65)) && !valid_name("a*"));
+        assert!(!valid_name("a.b") && !valid_name("") && !valid_name(&"a".repeat(254)) && !valid_name("a*"));
+        assert_eq!(name_of("ip-10-0-0-1.ec2.internal").as_deref(), Some("ip-10-0-0-1_ec2_internal"));
+        assert_eq!(name_of("a b"), None);
+        let long = "n".repeat(MAX_NAME);
+        assert_eq!(Key::parse(&observations_key(D, &long).unwrap()), Some(Key::Observations { workload: D.into(), node: long }));
         assert_eq!(sanitize_name("web.example.com"), "web-example-com");
         assert_eq!(sanitize_name(""), "node");
         assert_eq!(alert_subject("prod", "n1", "Critical"), "lancet.alerts.prod.n1.critical");

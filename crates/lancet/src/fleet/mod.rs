@@ -69,9 +69,10 @@ pub struct FleetConfig {
 
 impl FleetArgs {
     /// The fleet settings (flags first, then the configuration file), or
-    /// None without a NATS URL. Names are checked, not repaired: a name
-    /// given by hand that is not one token is an error (the hostname, taken
-    /// by default, is made into one).
+    /// None without a NATS URL. A name given by hand may hold dots (a
+    /// Kubernetes node name, `--node=$(NODE_NAME)` in the DaemonSet), which
+    /// become `_`; anything else that is not one token is an error. The
+    /// hostname, taken by default, is made into one.
     pub fn config(&self, file: &crate::config::FileConfig, state_dir: &std::path::Path) -> Result<Option<FleetConfig>> {
         let (node, cluster) = (self.node.clone().or(file.node.clone()), self.cluster.clone().or(file.cluster.clone()));
         let Some(url) = self.nats.clone().or(file.nats.clone()) else {
@@ -80,13 +81,14 @@ impl FleetArgs {
             }
             return Ok(None);
         };
-        let node = node.unwrap_or_else(|| keys::sanitize_name(&crate::agent::hostname()));
-        let cluster = cluster.unwrap_or_else(|| "default".into());
-        for (what, v) in [("--node", &node), ("--cluster", &cluster)] {
-            if !keys::valid_name(v) {
-                bail!("{what} {v:?}: 1 to 64 of A-Z, a-z, 0-9, '_' and '-'");
-            }
-        }
+        let name = |what: &str, v: String| {
+            keys::name_of(&v).ok_or_else(|| anyhow::anyhow!("{what} {v:?}: 1 to {} of A-Z, a-z, 0-9, '_', '-' and '.'", keys::MAX_NAME))
+        };
+        let node = match node {
+            Some(n) => name("--node", n)?,
+            None => keys::sanitize_name(&crate::agent::hostname()),
+        };
+        let cluster = name("--cluster", cluster.unwrap_or_else(|| "default".into()))?;
         Ok(Some(FleetConfig {
             url,
             node,

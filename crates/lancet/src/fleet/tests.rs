@@ -600,6 +600,8 @@ fn fleet_settings_come_from_flags_then_the_file() {
     assert!(keys::valid_name(&c.node) && c.cluster == "default", "the hostname, made a name: {c:?}");
     let lonely = FleetArgs { node: Some("a".into()), ..Default::default() };
     assert!(lonely.config(&empty, dir).unwrap_err().to_string().contains("--nats"));
-    let bad = FleetArgs { nats: Some("nats://x:1".into()), node: Some("a.b".into()), cluster: None };
+    let k8s = FleetArgs { nats: Some("nats://x:1".into()), node: Some("ip-10-0-0-1.ec2.internal".into()), cluster: None };
+    assert_eq!(k8s.config(&empty, dir).unwrap().unwrap().node, "ip-10-0-0-1_ec2_internal");
+    let bad = FleetArgs { nats: Some("nats://x:1".into()), node: Some("a b".into()), cluster: None };
     assert!(bad.config(&empty, dir).is_err());
 }
