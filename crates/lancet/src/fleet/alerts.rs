@@ -22,6 +22,8 @@ pub const EVERY: Duration = Duration::from_millis(50);
 /// Alerts sent per pass: a backlog drains at ~4 000 a second without
 /// holding the fleet thread for long.
 const BATCH: usize = 200;
+/// The largest alert document sent whole (the hub reads up to 64 KiB).
+const MAX_ALERT_BYTES: usize = 60 * 1024;
 
 pub struct Forwarder {
     store_path: PathBuf,
@@ -102,7 +104,16 @@ impl Forwarder {
         let mut acks = Vec::with_capacity(rows.len());
         for a in &rows {
             let subject = keys::alert_subject(&self.cluster, &self.node, &a.alert.priority);
-            let body = serde_json::to_vec(&self.document(a))?;
+            let mut body = serde_json::to_vec(&self.document(a))?;
+            if body.len() > MAX_ALERT_BYTES {
+                // Never larger than NATS takes (or the hub reads): one
+                // alert too large must not stop the ones after it.
+                body = serde_json::to_vec(&serde_json::json!({
+                    "rule": a.alert.rule, "priority": a.alert.priority, "source": "lancet",
+                    "time": lancet_engine::output::rfc3339_nanos(a.alert.time_ns), "time_ns": a.alert.time_ns,
+                    "node": self.node, "cluster": self.cluster, "lancet_id": a.id, "lancet_truncated": true,
+                }))?;
+            }
             let msg = jetstream::message::PublishMessage::build()
                 .message_id(format!("{}-{}-{}", self.node, a.id, a.alert.time_ns))
                 .payload(body.into());

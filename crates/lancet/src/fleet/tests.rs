@@ -605,3 +605,37 @@ fn fleet_settings_come_from_flags_then_the_file() {
     let bad = FleetArgs { nats: Some("nats://x:1".into()), node: Some("a b".into()), cluster: None };
     assert!(bad.config(&empty, dir).is_err());
 }
+
+/// An alert too large to send whole is sent cut (its rule, priority, node,
+/// id), and the ones after it still go.
+#[test]
+fn an_oversized_alert_is_sent_cut_and_the_next_ones_still_go() {
+    let Some(s) = servers(1) else { return };
+    let url = s[0].url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("lancet.db"), StoreOptions::default()).unwrap();
+    let big = serde_json::json!({"rule": "big", "priority": "Warning", "output": "x".repeat(2 << 20)}).to_string();
+    store
+        .insert_alert(&NewAlert {
+            time_ns: 1,
+            rule: "big".into(),
+            priority: "Warning".into(),
+            container_id: "c".repeat(64),
+            container_name: "web".into(),
+            image: "img".into(),
+            workload: D.into(),
+            action: "alert".into(),
+            enforced: false,
+            count: 1,
+            json: big,
+        })
+        .unwrap();
+    store.flush().unwrap();
+    alert(&mut store, 2);
+    let mut a = Node::start(&url, "a", Some(dir.path()));
+    connected(&mut a);
+    let got = wait_stream(&url, 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].1["rule"].as_str(), got[0].1["lancet_truncated"].as_bool()), (Some("big"), Some(true)));
+    assert_eq!(got[1].1["rule"], "rule 2");
+}
