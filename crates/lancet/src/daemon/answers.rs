@@ -82,7 +82,11 @@ impl Daemon {
                     None => json!({"backends": [], "note": "no workload is in protect mode; enforcement is not loaded"}),
                 };
                 if let (Some(f), Some(o)) = (&self.fleet, v.as_object_mut()) {
-                    o.insert("fleet".into(), f.status());
+                    let mut status = f.status();
+                    if let (Some(b), Some(s)) = (&self.workloads.fleet, status.as_object_mut()) {
+                        s.insert("observationsRefused".into(), json!(b.refused));
+                    }
+                    o.insert("fleet".into(), status);
                 }
                 Ok(v)
             }
