@@ -77,7 +77,10 @@ api_a=127.0.0.1:$(free_port) api_b=127.0.0.1:$(free_port) hub=127.0.0.1:$(free_p
 for n in a b; do
   api=api_$n
   mkdir -p "$dir/$n/state" "$dir/$n/policies"
-  : > "$dir/$n/none.yaml"
+  # An approved shell runs whatever code it is handed (the default,
+  # `learned`, would refuse `sh -c` with new code before anything else):
+  # what is shown below is what lies under the shell.
+  echo 'interpreterCode: any' > "$dir/$n/none.yaml"
   "$lancet" run --config "$dir/$n/none.yaml" --mode learn --min-learning 1h --quiet-period 1h \
     --state-dir "$dir/$n/state" --policy-dir "$dir/$n/policies" --alerts "$dir/$n/alerts.jsonl" \
     --socket "$dir/$n.sock" --pin-dir "/sys/fs/bpf/lancet-fleet-demo-$n" --listen "${!api}" \
@@ -103,10 +106,10 @@ for n in a b; do
   podman run -d --name "lancet-demo-$n" --label "lancet.demo.node=$n" "$image" httpd -f -p 8080 -h /www >/dev/null
 done
 sleep 1
-for cmd in "wget -q -O /dev/null http://127.0.0.1:8080/index.html" "cat /www/index.html" "sh -c true" \
-           "sh -c 'echo x > /tmp/learned && rm /tmp/learned'"; do
-  podman exec lancet-demo-a sh -c "$cmd" >/dev/null
-done
+podman exec lancet-demo-a wget -q -O /dev/null http://127.0.0.1:8080/index.html
+podman exec lancet-demo-a cat /www/index.html >/dev/null
+podman exec lancet-demo-a sh -c true
+podman exec lancet-demo-a sh -c 'echo x > /tmp/learned && rm /tmp/learned'
 sleep 2
 "$lancet" --api "$dir/a.sock" profile list
 

@@ -21,6 +21,7 @@
 //! keeps enforcing what its store holds and catches up when NATS returns.
 
 pub mod alerts;
+mod cache;
 pub mod hub;
 mod hub_store;
 pub mod keys;

@@ -7,6 +7,7 @@
 //! wait here (the latest per workload) and proposals are refused with 503.
 
 use super::alerts::Forwarder;
+use super::cache::Cache;
 use super::keys::{self, Heartbeat, Key, ModeDoc};
 use super::{FleetConfig, FromFleet, ToFleet};
 use anyhow::{anyhow, bail, Context, Result};
@@ -34,6 +35,8 @@ struct State {
     pending: HashMap<String, String>,
     connected: bool,
     alerts: Option<Forwarder>,
+    /// The other nodes' values on this node's disk.
+    cache: Option<Cache>,
 }
 
 impl State {
@@ -49,7 +52,15 @@ impl State {
 /// The fleet thread's body: sessions until `stop` or the loop goes.
 pub(super) async fn run(cfg: FleetConfig, mut rx: mpsc::Receiver<ToFleet>, tx: mpsc::Sender<FromFleet>, stop: Arc<AtomicBool>) {
     let alerts = Forwarder::new(&cfg);
-    let mut st = State { cfg, pending: HashMap::new(), connected: false, alerts };
+    let mut cache = cfg.state_dir.as_deref().and_then(Cache::open);
+    // What the other nodes said before this start, before NATS is tried:
+    // enforced at once, NATS or not.
+    for m in cache.as_mut().map(Cache::load).unwrap_or_default() {
+        if tx.send(m).await.is_err() {
+            return;
+        }
+    }
+    let mut st = State { cfg, pending: HashMap::new(), connected: false, alerts, cache };
     let mut pause = Duration::from_millis(250);
     loop {
         match session(&mut st, &mut rx, &tx, &stop).await {
@@ -193,6 +204,14 @@ async fn session(st: &mut State, rx: &mut mpsc::Receiver<ToFleet>, tx: &mpsc::Se
                 Some(Err(e)) => bail!("the profiles watch failed: {e}"),
                 Some(Ok(entry)) => {
                     if let Some(msg) = on_entry(&entry, &st.cfg.node) {
+                        if let Some(c) = st.cache.as_mut() {
+                            match &msg {
+                                FromFleet::Observations { .. } => c.put(&entry.key, &entry.value, None),
+                                FromFleet::ObservationsGone { .. } => c.remove(&entry.key),
+                                FromFleet::Mode { revision, .. } => c.put(&entry.key, &entry.value, Some(*revision)),
+                                _ => {}
+                            }
+                        }
                         let _ = tx.send(msg).await;
                     }
                 }

@@ -639,3 +639,37 @@ fn an_oversized_alert_is_sent_cut_and_the_next_ones_still_go() {
     assert_eq!((got[0].1["rule"].as_str(), got[0].1["lancet_truncated"].as_bool()), (Some("big"), Some(true)));
     assert_eq!(got[1].1["rule"], "rule 2");
 }
+
+/// What the other nodes said is kept on the node's disk: an agent started
+/// again while NATS is away gets the other nodes' observations and the
+/// fleet's modes before NATS is tried; a cached file that is not a valid
+/// value is refused.
+#[test]
+fn a_node_started_without_nats_has_what_the_others_said() {
+    let Some(mut s) = servers(1) else { return };
+    let url = s[0].url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Node::start(&url, "a", None);
+    let mut b = Node::start(&url, "b", Some(dir.path()));
+    connected(&mut a);
+    connected(&mut b);
+    a.send(ToFleet::Observations { workload: D.into(), yaml: profile_with(D, &["/only/on/a"]) });
+    let rev = propose(&mut a, Mode::Protect, None, 1).unwrap();
+    wait_mode(&mut b, rev);
+    wait_for(&mut b, Duration::from_secs(10), "a's observations", |m| matches!(m, FromFleet::Observations { .. }));
+    drop(b);
+    s[0].stop();
+    let tok = keys::workload_token(D).unwrap();
+    std::fs::write(dir.path().join("fleet").join(format!("{tok}.obs.evil")), "apiVersion: [").unwrap();
+    std::fs::write(dir.path().join("fleet").join("not-a-key"), "x").unwrap();
+    let mut b = Node::start(&url, "b", Some(dir.path()));
+    let got = wait_for(&mut b, Duration::from_secs(5), "cached observations", |m| matches!(m, FromFleet::Observations { .. }));
+    match got {
+        FromFleet::Observations { node, profile, .. } => assert!(node == "a" && profile.has_executable("/only/on/a")),
+        _ => unreachable!(),
+    }
+    assert_eq!(wait_mode(&mut b, rev), (Mode::Protect, "a".to_string()));
+    std::thread::sleep(Duration::from_millis(300));
+    let rest: Vec<String> = std::iter::from_fn(|| b.link.try_recv()).chain(b.backlog.drain(..)).map(|m| format!("{m:?}")).collect();
+    assert!(rest.iter().all(|m| !m.contains("evil") && !m.starts_with("Connected(true")), "{rest:?}");
+}
