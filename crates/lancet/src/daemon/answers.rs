@@ -85,6 +85,11 @@ impl Daemon {
                     let mut status = f.status();
                     if let (Some(b), Some(s)) = (&self.workloads.fleet, status.as_object_mut()) {
                         s.insert("observationsRefused".into(), json!(b.refused));
+                        // Alerts in the store the stream has not taken yet
+                        // (the spool while NATS is away).
+                        let last = self.store.last_alert_id().unwrap_or(0);
+                        let cursor = s.get("alertCursor").and_then(|v| v.as_u64()).unwrap_or(0);
+                        s.insert("alertsWaiting".into(), json!(last.saturating_sub(cursor)));
                     }
                     o.insert("fleet".into(), status);
                 }

@@ -184,7 +184,17 @@ impl Fleet {
     /// For `lancet status`: this node in the fleet, and whether NATS is
     /// reachable now.
     pub(super) fn status(&self) -> serde_json::Value {
-        json!({"node": self.link.node, "cluster": self.link.cluster, "connected": self.connected, "waiting": self.waiting.len()})
+        let c = &self.link.counters;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        json!({
+            "node": self.link.node,
+            "cluster": self.link.cluster,
+            "connected": self.connected,
+            "waiting": self.waiting.len(),
+            "alertsSent": n(&c.alerts_sent),
+            "alertsLost": n(&c.alerts_lost),
+            "alertCursor": n(&c.alert_cursor),
+        })
     }
 
     fn propose(&mut self, workload: &str, mode: Mode, expected: Option<u64>) -> Option<u64> {

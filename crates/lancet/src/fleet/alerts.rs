@@ -29,7 +29,8 @@ pub struct Forwarder {
     store_path: PathBuf,
     cursor_path: PathBuf,
     store: Option<Store>,
-    cursor: u64,
+    /// The last alert id the stream acknowledged.
+    pub cursor: u64,
     node: String,
     cluster: String,
     /// Alerts acknowledged by the stream since start.

@@ -34,7 +34,7 @@ mod testserver;
 use anyhow::{bail, Context, Result};
 use lancet_engine::profile::{Mode, Profile};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -135,10 +135,23 @@ pub enum FromFleet {
 const TO_FLEET: usize = 1024;
 const FROM_FLEET: usize = 4096;
 
+/// What the fleet thread counts, for `lancet status` (read without
+/// waiting).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Alerts the stream acknowledged since start.
+    pub alerts_sent: AtomicU64,
+    /// Alerts pruned from the store before NATS could take them.
+    pub alerts_lost: AtomicU64,
+    /// The last alert id the stream acknowledged (0: none yet).
+    pub alert_cursor: AtomicU64,
+}
+
 /// The loop's end of the fleet thread.
 pub struct Link {
     pub node: String,
     pub cluster: String,
+    pub counters: Arc<Counters>,
     tx: mpsc::Sender<ToFleet>,
     rx: mpsc::Receiver<FromFleet>,
     stop: Arc<AtomicBool>,
@@ -153,6 +166,8 @@ impl Link {
         let stop = Arc::new(AtomicBool::new(false));
         let (node, cluster) = (cfg.node.clone(), cfg.cluster.clone());
         let thread_stop = Arc::clone(&stop);
+        let counters = Arc::new(Counters::default());
+        let thread_counters = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name("lancet-fleet".into())
             .spawn(move || {
@@ -163,10 +178,10 @@ impl Link {
                         return;
                     }
                 };
-                rt.block_on(session::run(cfg, to_rx, from_tx, thread_stop));
+                rt.block_on(session::run(cfg, to_rx, from_tx, thread_stop, thread_counters));
             })
             .context("starting the fleet thread")?;
-        Ok(Link { node, cluster, tx, rx, stop, thread: Some(thread) })
+        Ok(Link { node, cluster, counters, tx, rx, stop, thread: Some(thread) })
     }
 
     /// Hands a message to the fleet thread without waiting: Err(msg) when

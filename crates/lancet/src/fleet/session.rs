@@ -9,7 +9,7 @@
 use super::alerts::Forwarder;
 use super::cache::Cache;
 use super::keys::{self, Heartbeat, Key, ModeDoc};
-use super::{FleetConfig, FromFleet, ToFleet};
+use super::{Counters, FleetConfig, FromFleet, ToFleet};
 use anyhow::{anyhow, bail, Context, Result};
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
@@ -37,6 +37,7 @@ struct State {
     alerts: Option<Forwarder>,
     /// The other nodes' values on this node's disk.
     cache: Option<Cache>,
+    counters: Arc<Counters>,
 }
 
 impl State {
@@ -50,8 +51,17 @@ impl State {
 }
 
 /// The fleet thread's body: sessions until `stop` or the loop goes.
-pub(super) async fn run(cfg: FleetConfig, mut rx: mpsc::Receiver<ToFleet>, tx: mpsc::Sender<FromFleet>, stop: Arc<AtomicBool>) {
+pub(super) async fn run(
+    cfg: FleetConfig,
+    mut rx: mpsc::Receiver<ToFleet>,
+    tx: mpsc::Sender<FromFleet>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+) {
     let alerts = Forwarder::new(&cfg);
+    if let Some(f) = &alerts {
+        counters.alert_cursor.store(f.cursor, Ordering::Relaxed);
+    }
     let mut cache = cfg.state_dir.as_deref().and_then(Cache::open);
     // What the other nodes said before this start, before NATS is tried:
     // enforced at once, NATS or not.
@@ -60,7 +70,7 @@ pub(super) async fn run(cfg: FleetConfig, mut rx: mpsc::Receiver<ToFleet>, tx: m
             return;
         }
     }
-    let mut st = State { cfg, pending: HashMap::new(), connected: false, alerts, cache };
+    let mut st = State { cfg, pending: HashMap::new(), connected: false, alerts, cache, counters };
     let mut pause = Duration::from_millis(250);
     loop {
         match session(&mut st, &mut rx, &tx, &stop).await {
@@ -238,7 +248,11 @@ async fn session(st: &mut State, rx: &mut mpsc::Receiver<ToFleet>, tx: &mpsc::Se
             },
             _ = forward.tick() => {
                 if let Some(f) = st.alerts.as_mut() {
-                    f.forward(&js).await?;
+                    let done = f.forward(&js).await;
+                    st.counters.alerts_sent.store(f.sent, Ordering::Relaxed);
+                    st.counters.alerts_lost.store(f.lost, Ordering::Relaxed);
+                    st.counters.alert_cursor.store(f.cursor, Ordering::Relaxed);
+                    done?;
                 }
             },
         }

@@ -322,6 +322,8 @@ fn while_nats_is_down_alerts_wait_in_the_store_and_arrive_once_in_order() {
     let got = wait_stream(&url, 8);
     let ids: Vec<u64> = got.iter().map(|(_, v)| v["lancet_id"].as_u64().unwrap()).collect();
     assert_eq!(ids, (1..=8).collect::<Vec<_>>(), "once each, in order");
+    let counted = |n: &Node| n.link.counters.alert_cursor.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted(&a), 8, "the cursor status shows");
     for (subject, v) in &got {
         let i = v["lancet_id"].as_u64().unwrap();
         let prio = if i % 2 == 0 { "warning" } else { "critical" };
