@@ -197,6 +197,12 @@ impl Fleet {
         })
     }
 
+    /// Whether a proposal for `workload` waits for its answer.
+    #[cfg(test)]
+    pub(super) fn in_flight(&self, workload: &str) -> bool {
+        self.in_flight.contains_key(workload)
+    }
+
     fn propose(&mut self, workload: &str, mode: Mode, expected: Option<u64>) -> Option<u64> {
         let ticket = self.next_ticket;
         self.next_ticket += 1;

@@ -335,3 +335,41 @@ fn in_a_fleet_a_reset_keeps_the_other_nodes_observations() {
     h.exec("/usr/sbin/httpd");
     assert_eq!(rules(&h.out.take()), ["profile deviation: new_executable"]);
 }
+
+/// In a fleet the lifecycle does not promote a shared workload by itself:
+/// it proposes the promotion to the fleet (here unreachable: answered 503),
+/// and the workload stays in its mode until the fleet says otherwise.
+#[test]
+fn in_a_fleet_the_lifecycle_proposes_and_does_not_promote_alone() {
+    use super::fleet::{Fleet, FleetBook};
+    use crate::fleet::{FleetConfig, FromFleet, Link};
+    let mut h = Harness::new();
+    h.daemon.workloads.fleet = Some(FleetBook::default());
+    let cfg = FleetConfig {
+        url: "nats://127.0.0.1:1".into(),
+        node: "a".into(),
+        cluster: "c".into(),
+        store: None,
+        state_dir: None,
+        guarantees: Arc::default(),
+    };
+    h.daemon.fleet = Some(Fleet::new(Link::start(cfg).unwrap()));
+    h.daemon.settings.lifecycle = Lifecycle { min_learning: Duration::ZERO, quiet_period: Duration::ZERO, auto_protect_after: None };
+    h.exec("/usr/sbin/httpd");
+    let key = workload_key(&h.c).into_owned();
+    let reload = std::sync::atomic::AtomicBool::new(false);
+    h.daemon.every_second(&reload).unwrap();
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Learn, "not promoted alone");
+    assert_eq!(h.daemon.fleet.as_ref().unwrap().in_flight(&key), true, "proposed");
+    // NATS is unreachable: the fleet thread refuses it, nothing changes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.daemon.fleet.as_ref().unwrap().in_flight(&key) {
+        h.daemon.fleet_tick();
+        assert!(std::time::Instant::now() < deadline, "the proposal was never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Learn);
+    // The fleet's decision is what moves it.
+    h.daemon.on_fleet(FromFleet::Mode { workload: key.clone(), mode: Mode::Monitor, revision: 1, by: "b".into() });
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Monitor);
+}
