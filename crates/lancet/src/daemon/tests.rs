@@ -360,7 +360,7 @@ fn in_a_fleet_the_lifecycle_proposes_and_does_not_promote_alone() {
     let reload = std::sync::atomic::AtomicBool::new(false);
     h.daemon.every_second(&reload).unwrap();
     assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Learn, "not promoted alone");
-    assert_eq!(h.daemon.fleet.as_ref().unwrap().in_flight(&key), true, "proposed");
+    assert!(h.daemon.fleet.as_ref().unwrap().in_flight(&key), "proposed");
     // NATS is unreachable: the fleet thread refuses it, nothing changes.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while h.daemon.fleet.as_ref().unwrap().in_flight(&key) {
