@@ -131,8 +131,8 @@ async fn follow_from(
         let m = m?;
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(*next);
         *next = seq + 1;
-        let Some((node, v)) = parse_alert(&m.payload) else {
-            tracing::debug!(seq, subject = %m.subject, "hub: alert skipped: not a lancet alert");
+        let Some((node, v)) = parse_alert(&m.payload).filter(|(node, v)| subject_names(&m.subject, node, v)) else {
+            tracing::debug!(seq, subject = %m.subject, "hub: alert skipped: not a lancet alert, or not of the node its subject names");
             continue;
         };
         if let Some(k) = keep.as_deref_mut() {
@@ -149,6 +149,13 @@ async fn follow_from(
         w.push_back((v["time_ns"].as_u64().unwrap_or(0), node, v));
     }
     Ok(())
+}
+
+/// Whether the subject (`lancet.alerts.<cluster>.<node>.<priority>`) names
+/// the node and cluster the alert says it comes from.
+fn subject_names(subject: &str, node: &str, v: &Value) -> bool {
+    let t: Vec<&str> = subject.split('.').collect();
+    t.len() == 5 && t[3] == node && Some(t[2]) == v["cluster"].as_str()
 }
 
 /// A node's alert: a JSON object with a valid `node`, bounded.
