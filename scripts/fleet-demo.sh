@@ -133,7 +133,10 @@ fi
 podman exec lancet-demo-b cat /www/index.html
 sleep 1
 say "The hub: nodes, and node b's alerts"
-get "http://$hub/v1/nodes"; echo
+get "http://$hub/v1/nodes" | python3 -c 'import json,sys
+for n in json.load(sys.stdin):
+    held = sum(g["holds"] for g in n["guarantees"] or [])
+    print("node %s (cluster %s): last heartbeat %.1f s ago, %d guarantees hold" % (n["name"], n["cluster"], n["ageSeconds"], held))'
 get "http://$hub/v1/alerts?node=b&limit=3" | python3 -c 'import json,sys; [print(a["node"], a["priority"], a["output"]) for a in json.load(sys.stdin)]'
 
 if [ "$no_wait" = 1 ]; then exit 0; fi
