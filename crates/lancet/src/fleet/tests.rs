@@ -261,16 +261,22 @@ fn alert(store: &mut Store, i: u64) {
 
 /// Every message of the alerts stream, in stream order.
 fn stream_alerts(url: &str) -> Vec<(String, serde_json::Value)> {
+    try_stream_alerts(url).expect("the alerts stream is readable")
+}
+
+/// [`stream_alerts`], or None while the stream cannot be read (a cluster
+/// electing a leader).
+fn try_stream_alerts(url: &str) -> Option<Vec<(String, serde_json::Value)>> {
     runtime().block_on(async {
-        let js = jetstream::new(async_nats::connect(url).await.unwrap());
-        let stream = js.get_stream(keys::ALERTS_STREAM).await.unwrap();
-        let consumer = stream.create_consumer(jetstream::consumer::pull::OrderedConfig::default()).await.unwrap();
-        let mut msgs = consumer.messages().await.unwrap();
+        let js = jetstream::new(async_nats::connect(url).await.ok()?);
+        let stream = js.get_stream(keys::ALERTS_STREAM).await.ok()?;
+        let consumer = stream.create_consumer(jetstream::consumer::pull::OrderedConfig::default()).await.ok()?;
+        let mut msgs = consumer.messages().await.ok()?;
         let mut out = Vec::new();
         while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
-            out.push((m.subject.to_string(), serde_json::from_slice(&m.payload).unwrap()));
+            out.push((m.subject.to_string(), serde_json::from_slice(&m.payload).ok()?));
         }
-        out
+        Some(out)
     })
 }
 
@@ -397,6 +403,48 @@ fn a_three_node_cluster_keeps_every_promotion_when_its_leader_dies() {
         }
     };
     assert_eq!(wait_mode(&mut b, r).0, Mode::Learn);
+}
+
+/// A 3-node cluster: the alerts stream has 3 replicas; the server leading
+/// it is killed while a node forwards: every alert, before and after,
+/// arrives once and in order.
+#[test]
+fn a_three_node_cluster_loses_no_alert_when_the_streams_leader_dies() {
+    let Some(mut s) = servers(3) else { return };
+    let url = testserver::urls(&s);
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("lancet.db"), StoreOptions::default()).unwrap();
+    let mut a = Node::start(&url, "a", Some(dir.path()));
+    connected(&mut a);
+    for i in 1..=3 {
+        alert(&mut store, i);
+    }
+    assert_eq!(wait_stream(&s[0].url(), 3).len(), 3);
+    let first = s[0].url();
+    let (replicas, leader) = runtime().block_on(async {
+        let js = jetstream::new(async_nats::connect(first).await.unwrap());
+        let mut st = js.get_stream(keys::ALERTS_STREAM).await.unwrap();
+        let info = st.info().await.unwrap();
+        (info.config.num_replicas, info.cluster.as_ref().and_then(|c| c.leader.clone()).unwrap_or_default())
+    });
+    assert_eq!(replicas, 3);
+    let victim = leader.strip_prefix('n').and_then(|n| n.parse::<usize>().ok()).filter(|i| *i < 3);
+    let victim = victim.unwrap_or_else(|| panic!("the stream's leader {leader:?} is not one of n0, n1, n2"));
+    s[victim].stop();
+    for i in 4..=6 {
+        alert(&mut store, i);
+    }
+    let alive = s.iter().find(|x| x.port != s[victim].port).unwrap().url();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let got = try_stream_alerts(&alive).unwrap_or_default();
+        if got.len() >= 6 || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let ids: Vec<u64> = got.iter().map(|(_, v)| v["lancet_id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (1..=6).collect::<Vec<_>>(), "once each, in order, across the leader's death");
 }
 
 /// `lancet hub`'s API on a real server: every node's heartbeat, and every
