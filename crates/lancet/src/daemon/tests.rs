@@ -373,3 +373,34 @@ fn in_a_fleet_the_lifecycle_proposes_and_does_not_promote_alone() {
     h.daemon.on_fleet(FromFleet::Mode { workload: key.clone(), mode: Mode::Monitor, revision: 1, by: "b".into() });
     assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Monitor);
 }
+
+/// Another node sharing its profile again with only counts and times new
+/// leaves the enforced profile as it is (no re-apply of the backends);
+/// with a new entry it changes.
+#[test]
+fn in_a_fleet_the_same_observations_again_change_nothing_enforced() {
+    use super::fleet::FleetBook;
+    use crate::fleet::FromFleet;
+    let mut h = Harness::new();
+    h.daemon.workloads.fleet = Some(FleetBook::default());
+    h.exec("/usr/sbin/httpd");
+    let key = workload_key(&h.c).into_owned();
+    let mut b = Harness::new();
+    b.exec("/usr/local/bin/report");
+    let send = |h: &mut Harness, p: &lancet_engine::profile::Profile| {
+        h.daemon.on_fleet(FromFleet::Observations { workload: key.clone(), node: "b".into(), profile: Box::new(p.clone()), bytes: 100 });
+    };
+    send(&mut h, &b.daemon.workloads.map[&key].profile);
+    let generation = |h: &mut Harness| h.daemon.workloads.map.get_mut(&key).unwrap().generation;
+    let (g1, s1) = (generation(&mut h), h.daemon.workloads.map.get_mut(&key).unwrap().shared());
+    b.exec("/usr/local/bin/report");
+    send(&mut h, &b.daemon.workloads.map[&key].profile);
+    assert_eq!(generation(&mut h), g1, "the same entries, seen once more");
+    assert!(Arc::ptr_eq(&s1, &h.daemon.workloads.map.get_mut(&key).unwrap().shared()), "the backends' snapshot is kept");
+    b.exec("/usr/bin/new");
+    send(&mut h, &b.daemon.workloads.map[&key].profile);
+    assert_ne!(generation(&mut h), g1, "a new entry");
+    h.set_mode(Mode::Monitor);
+    h.exec("/usr/bin/new");
+    assert!(h.out.take().is_empty(), "the new entry is enforced");
+}

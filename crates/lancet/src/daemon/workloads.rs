@@ -89,10 +89,17 @@ impl Workload {
         })
     }
 
-    /// The other nodes' observations changed.
+    /// The other nodes' observations changed. When what is enforced stays
+    /// the same (a node shared its profile again with only counts and
+    /// times new), the containers are not put under a new profile: that
+    /// would re-apply every backend for nothing.
     pub(super) fn set_remote(&mut self, remote: Vec<Arc<Profile>>) {
+        let before = if self.remote.is_empty() { Some(self.profile.clone()) } else { self.view.take() };
         self.remote = remote;
         self.view = None;
+        if before.is_some_and(|b| self.enforced().same_rules(&b)) {
+            return;
+        }
         self.shared = None;
         self.generation = next_generation();
     }
