@@ -473,8 +473,9 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
             if !pipeline.existing.is_empty() {
                 d.adopt(std::mem::take(&mut pipeline.existing));
             }
-            inbox.serve(|call, responder| d.on_call(call, responder, pipeline));
+            // The fleet's news first, so the answers below already see it.
             d.fleet_tick();
+            inbox.serve(|call, responder| d.on_call(call, responder, pipeline));
             d.drain_enforced()?;
             // The API's readers see what is committed.
             d.store.flush_if_older(Duration::from_millis(100))?;
