@@ -205,9 +205,9 @@ for stream in streams:
             lhost, lport = listen[0].rsplit(":", 1)
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 g = c.get(probe, {}).get("httpGet", {})
-                need(g.get("path") == "/v1/enforcement" and str(g.get("port")) == lport
+                need(g.get("path") == "/healthz" and str(g.get("port")) == lport
                      and g.get("host") == lhost.strip("[]"),
-                     f"{probe} does not GET /v1/enforcement on --listen {listen[0]}: {g}")
+                     f"{probe} does not GET /healthz on --listen {listen[0]}: {g}")
 if bad:
     print("\n".join(bad))
     sys.exit(1)
@@ -343,7 +343,7 @@ unit_caps() {
   apid=$!
   cleanup_cmds+=("kill $apid; wait $apid")
   for i in $(seq 90); do
-    curl -sf "http://$api/v1/enforcement" >/dev/null && { ok=1; break; }
+    curl -sf "http://$api/healthz" >/dev/null && { ok=1; break; }
     kill -0 "$apid" 2>/dev/null || break
     sleep 1
   done

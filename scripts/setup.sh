@@ -11,12 +11,15 @@ cd "$(dirname "$0")/.."
 # debootstrap (+ the archive keyring it checks the Release file with) builds
 # the glibc Debian test images; musl + musl-tools (musl-gcc) build the musl one.
 # dpkg-dev (dpkg-shlibdeps: the .deb's library dependencies), systemd
-# (systemd-analyze) and unzip serve scripts/check-deploy.sh.
+# (systemd-analyze) and unzip serve scripts/check-deploy.sh; rsyslog receives
+# the syslog output in its test, prometheus scrapes a running agent in its
+# (both run by the tests, not as services).
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates
       debootstrap debian-archive-keyring musl musl-tools
       chromium chromium-driver graphviz
-      dpkg-dev systemd unzip)
+      dpkg-dev systemd unzip
+      rsyslog prometheus)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -184,13 +184,25 @@ fn family(name: &str) -> Option<Family> {
     })
 }
 
+/// The name a re-exec of `/proc/self/exe` runs as: argv\[0\]'s basename
+/// (busybox runs its applets so; the kernel then names the process `exe`).
+/// None for any other exec, whose file names it.
+pub fn reexec_name(exec: &ExecEvent) -> Option<&str> {
+    let base = exec.filename.rsplit('/').next().unwrap_or("");
+    if !(exec.filename.starts_with("/proc/") && base == "exe") {
+        return None;
+    }
+    let argv0 = exec.argv.first()?;
+    Some(argv0.rsplit('/').next().unwrap_or(argv0).trim_start_matches('-')).filter(|n| !n.is_empty())
+}
+
 /// The name an exec runs as, for judging its arguments, and where its own
 /// arguments start: the path's basename, except that a re-exec of
 /// `/proc/self/exe` runs as argv\[0\] and `busybox NAME …` as NAME.
 fn run_as(exec: &ExecEvent) -> Option<(&str, usize)> {
     let base = exec.filename.rsplit('/').next().unwrap_or("");
-    let argv0 = exec.argv.first().map(|a| a.rsplit('/').next().unwrap_or(a).trim_start_matches('-'));
-    let mut name = if exec.filename.starts_with("/proc/") && base == "exe" { argv0? } else { base };
+    let reexec = exec.filename.starts_with("/proc/") && base == "exe";
+    let mut name = if reexec { reexec_name(exec)? } else { base };
     let mut start = 1;
     // `busybox sh FILE`, also as a re-exec named busybox.
     if name == "busybox" {

@@ -19,6 +19,15 @@ pub struct ProcEntry {
     pub runtime: bool,
 }
 
+/// `name` cut as the kernel cuts `comm` (15 bytes), on a character boundary.
+fn as_comm(name: &str) -> String {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
 /// pid → what we know of it. Bounded: once full, an arbitrary entry makes
 /// room, so a fork storm cannot grow the agent.
 #[derive(Debug)]
@@ -76,6 +85,10 @@ impl ProcessTable {
     fn fill_known(&self, ev: &mut Event) {
         let p = self.map.get(&ev.process.pid);
         ev.process.runtime = p.is_some_and(|p| p.runtime);
+        // The name its exec gave it (see `observe`), when the kernel's is `exe`.
+        if let Some(p) = p.filter(|p| ev.process.comm == "exe" && !p.comm.is_empty()) {
+            ev.process.comm.clone_from(&p.comm);
+        }
         if ev.process.start_ns == 0 {
             ev.process.start_ns = p.map_or(0, |p| p.start_ns);
         }
@@ -100,6 +113,12 @@ impl ProcessTable {
                 // namespace for its parent's.
                 let runtime = x.in_host_root && x.parent_outside && x.in_parent_mnt_ns;
                 ev.process.runtime = runtime;
+                // A re-exec of /proc/self/exe (busybox's applets) is named
+                // `exe` by the kernel: name it what it runs as, as `comm`
+                // would be (15 bytes).
+                if let Some(name) = crate::drift::reexec_name(x) {
+                    ev.process.comm = as_comm(name);
+                }
                 if ev.process.start_ns == 0 {
                     ev.process.start_ns = self.map.get(&pid).map_or(0, |p| p.start_ns);
                 }
@@ -201,6 +220,30 @@ mod tests {
         t.observe(&mut fork);
         assert!(fork.process.runtime);
         assert!(t.get(53).is_some_and(|p| p.runtime));
+    }
+
+    #[test]
+    fn a_reexec_of_proc_self_exe_is_named_what_it_runs_as() {
+        let mut t = ProcessTable::new(16);
+        let x = ExecEvent {
+            filename: "/proc/self/exe".into(),
+            argv: vec!["nslookup-with-a-long-name".into(), "x".into()],
+            ..Default::default()
+        };
+        let mut e = ev(20, 1, EventKind::Exec(x));
+        e.process.comm = "exe".into();
+        t.observe(&mut e);
+        assert_eq!(e.process.comm, "nslookup-with-a", "cut as the kernel cuts comm");
+        let mut later = ev(20, 1, EventKind::Exit(ExitEvent { code: Some(0), signal: None }));
+        later.process.comm = "exe".into();
+        t.observe(&mut later);
+        assert_eq!(later.process.comm, "nslookup-with-a");
+        // Any other exec keeps the kernel's name.
+        let mut plain =
+            ev(21, 1, EventKind::Exec(ExecEvent { filename: "/bin/exe".into(), argv: vec!["other".into()], ..Default::default() }));
+        plain.process.comm = "exe".into();
+        t.observe(&mut plain);
+        assert_eq!(plain.process.comm, "exe");
     }
 
     #[test]

@@ -51,14 +51,23 @@ pub fn overlay_upper_dir(pid: u32) -> Option<PathBuf> {
 /// lead out of it, `..` is refused). The final component is not followed.
 /// A file that was only chmod'ed or chown'ed was copied up too and counts as
 /// written. Costs two `openat` and one `fstat`.
-pub fn written_in_container(upper: &Path, path: &str) -> bool {
+///
+/// An error when the answer is not known: the upper directory cannot be
+/// opened (the agent runs in a container and the path was not joined with
+/// its `HOST_ROOT`, or the container went), the path is not a plain
+/// absolute one (`..`: a hostile exec may name its file so), or the lookup
+/// failed otherwise. Callers must never take an error for "not written".
+pub fn written_in_container(upper: &Path, path: &str) -> io::Result<bool> {
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-        return false;
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{path:?} is not a plain absolute path")));
     }
-    let Ok(upper_fd) = crate::sys::open_path(libc::AT_FDCWD, upper, libc::O_DIRECTORY) else {
-        return false;
-    };
-    regular_in_root(upper_fd.as_fd(), path).unwrap_or(false)
+    let upper_fd = crate::sys::open_path(libc::AT_FDCWD, upper, libc::O_DIRECTORY)?;
+    match regular_in_root(upper_fd.as_fd(), path) {
+        // Not in the upper directory (or a directory on the way is not):
+        // the image's file.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        r => r,
+    }
 }
 
 /// Is `host_path`, an entry of an overlay upper directory, a copy of an
@@ -182,16 +191,18 @@ mod tests {
         std::fs::write(up.join("tmp/ls"), b"x").unwrap();
         std::os::unix::fs::symlink("/", up.join("escape")).unwrap();
         std::os::unix::fs::symlink("ls", up.join("tmp/link")).unwrap();
-        assert!(written_in_container(up, "/tmp/ls"));
-        assert!(!written_in_container(up, "/tmp"), "a directory");
-        assert!(!written_in_container(up, "/bin/busybox"), "not in the upper dir");
-        assert!(!written_in_container(up, "tmp/ls"), "relative");
-        assert!(!written_in_container(up, "/tmp/../tmp/ls"), "dotdot");
-        assert!(!written_in_container(up, "/tmp/link"), "final symlink not followed");
+        let w = |p: &str| written_in_container(up, p).map_err(|e| e.to_string());
+        assert_eq!(w("/tmp/ls"), Ok(true));
+        assert_eq!(w("/tmp"), Ok(false), "a directory");
+        assert_eq!(w("/bin/busybox"), Ok(false), "not in the upper dir");
+        assert_eq!(w("/tmp/link"), Ok(false), "final symlink not followed");
         // A symlink in the upper dir stays inside it: /escape/tmp/ls is
         // upper/tmp/ls, never the host's /tmp/ls.
-        assert!(written_in_container(up, "/escape/tmp/ls"));
-        assert!(!written_in_container(up, "/escape/etc/passwd"));
-        assert!(!written_in_container(Path::new("/nonexistent-upper"), "/tmp/ls"));
+        assert_eq!(w("/escape/tmp/ls"), Ok(true));
+        assert_eq!(w("/escape/etc/passwd"), Ok(false));
+        // Not known: never "not written".
+        assert!(w("tmp/ls").is_err(), "relative");
+        assert!(w("/tmp/../tmp/ls").is_err(), "dotdot");
+        assert!(written_in_container(Path::new("/nonexistent-upper"), "/tmp/ls").is_err(), "an upper dir that cannot be opened");
     }
 }

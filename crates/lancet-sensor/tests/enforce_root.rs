@@ -590,12 +590,23 @@ fn a_new_enforcer_adopts_the_pinned_rules_and_links() {
     assert!(ok && out.contains("hello-lancet"), "updated rules hold: {out}");
     // The replaced tp_btf link is gone: one enf_exec link per pin dir on
     // the host that holds one (other pin dirs may exist; none are ours).
-    if let Ok(out) = Command::new("bpftool").args(["prog", "show", "name", "enf_exec"]).output() {
-        // Programs live only through their links here (the enforcer keeps
-        // no fd of the exec program): one loaded program per live link.
+    // Programs live only through their links here (the enforcer keeps no
+    // fd of the exec program): one loaded program per live link. Another
+    // agent on the host may be between loading its program and pinning its
+    // link: the count must settle, not hold at every instant.
+    let count = || -> Option<(usize, usize)> {
+        let out = Command::new("bpftool").args(["prog", "show", "name", "enf_exec"]).output().ok()?;
         let live = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("name enf_exec")).count();
         let pinned = std::fs::read_dir("/sys/fs/bpf").unwrap().flatten().filter(|d| d.path().join("link-enf_exec").exists()).count();
-        assert_eq!(live, pinned, "enf_exec programs alive vs pinned links");
+        Some((live, pinned))
+    };
+    if let Some(mut seen) = count() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.0 != seen.1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            seen = count().unwrap_or(seen);
+        }
+        assert_eq!(seen.0, seen.1, "enf_exec programs alive vs pinned links");
     }
     // gc drops a cgroup that no longer exists.
     e.set_policy(999_999_999, enforce_policy()).unwrap();

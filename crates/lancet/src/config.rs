@@ -78,6 +78,12 @@ pub struct FileConfig {
     pub node: Option<String>,
     /// The node's cluster (`--cluster`; default `default`).
     pub cluster: Option<String>,
+    /// URLs that take each alert as Falco's `http_output` posts it
+    /// (Falcosidekick's `/`), retried, from a bounded queue.
+    pub http_outputs: Option<Vec<String>>,
+    /// Syslog (RFC 5424) target for every alert: `udp://HOST:PORT`,
+    /// `tcp://HOST:PORT` or `unix:///dev/log`.
+    pub syslog: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -28,7 +28,7 @@ pub enum HookCmd {
     /// Run as an OCI hook (reads the container state on stdin).
     Oci {
         /// How long to wait for the agent.
-        #[arg(long, default_value = "3s", value_name = "DURATION")]
+        #[arg(long, default_value = "8s", value_name = "DURATION")]
         timeout: String,
     },
     /// Write the hooks.d entry that makes podman and CRI-O call lancet.

@@ -15,6 +15,7 @@ mod fleet;
 mod hook;
 mod manage;
 mod map_cmd;
+mod outputs;
 mod policy_cmd;
 mod private;
 mod protect;

@@ -143,7 +143,13 @@ impl Request {
 pub struct Feeds {
     pub live: tokio::sync::broadcast::Sender<std::sync::Arc<str>>,
     pub doctor: std::sync::Arc<std::sync::OnceLock<Value>>,
+    /// When the event loop last went round (ns since the epoch): what
+    /// `GET /healthz` answers by, without asking the loop.
+    pub heartbeat: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// A loop silent this long is stuck: `/healthz` says 503.
+pub const HEALTHY_WITHIN_NS: u64 = 10_000_000_000;
 
 /// Which listener a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

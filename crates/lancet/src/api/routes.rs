@@ -36,6 +36,7 @@ pub(super) struct Ctx {
     pub(super) live: tokio::sync::broadcast::Sender<Arc<str>>,
     /// `lancet doctor`'s report, once it has run (at the agent's start).
     pub(super) doctor: Arc<std::sync::OnceLock<serde_json::Value>>,
+    heartbeat: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Ctx {
@@ -54,6 +55,7 @@ impl Ctx {
             refusals: Arc::new(Mutex::new((REFUSAL_BURST, Instant::now()))),
             live: feeds.live,
             doctor: feeds.doctor,
+            heartbeat: feeds.heartbeat,
         }
     }
 
@@ -271,9 +273,25 @@ pub(super) fn router(ctx: Ctx) -> Router {
         )
         .route("/v1/hook", post(|State(c): State<Ctx>, k: C, claim: Json<HookClaim>| async move { hook(c, k, claim).await }))
         .route("/v1/enforcement", get(|State(c): State<Ctx>, Extension(k): C| async move { ask(&c, k, Request::Enforcement).await }))
+        .route("/healthz", get(|State(c): State<Ctx>| async move { healthz(&c) }))
         .merge(super::views::routes())
         .merge(super::ui::routes())
         .with_state(ctx)
+}
+
+/// `GET /healthz`: 200 while the event loop goes round (it beats every
+/// tick, at least every 100 ms), 503 once it has been silent for 10 s.
+/// Answered here, never by the loop, so no queue of requests can fail it
+/// and a stuck loop cannot pass it. For liveness and readiness probes.
+fn healthz(ctx: &Ctx) -> Response {
+    let last = ctx.heartbeat.load(std::sync::atomic::Ordering::Relaxed);
+    let silent_ns = now_ns().saturating_sub(last);
+    let body = serde_json::json!({ "loop_silent_ms": silent_ns / 1_000_000 });
+    if last != 0 && silent_ns < super::HEALTHY_WITHIN_NS {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 #[cfg(test)]

@@ -219,40 +219,44 @@ pub fn serve(cfg: ApiConfig) -> Result<Inbox> {
         .into_make_service_with_connect_info::<UnixPeer>();
     let tcp_app = router.layer(from_fn_with_state(TcpAccess { ctx, token: cfg.token.clone() }, tcp_access));
     let socket = cfg.socket.clone();
-    std::thread::Builder::new().name("lancet-api".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!("local API not started: {e}");
-                return;
+    // Each listener on a thread (and runtime) of its own: whatever anyone
+    // who reaches the TCP API sends, the control socket, through which the
+    // OCI hook hands containers over, is served on its own thread.
+    on_own_thread("lancet-api-unix", async move {
+        match UnixListener::from_std(unix) {
+            Ok(l) => {
+                if let Err(e) = axum::serve(l, unix_app).await {
+                    tracing::error!(socket = %socket.display(), "control socket stopped: {e}");
+                }
             }
-        };
-        rt.block_on(async move {
-            let on_unix = async {
-                match UnixListener::from_std(unix) {
-                    Ok(l) => {
-                        if let Err(e) = axum::serve(l, unix_app).await {
-                            tracing::error!(socket = %socket.display(), "control socket stopped: {e}");
-                        }
-                    }
-                    Err(e) => tracing::error!("control socket not started: {e}"),
-                }
-            };
-            let on_tcp = async {
-                let Some(l) = tcp else { return };
-                match tokio::net::TcpListener::from_std(l) {
-                    Ok(l) => {
-                        if let Err(e) = axum::serve(l, tcp_app).await {
-                            tracing::error!("TCP API stopped: {e}");
-                        }
-                    }
-                    Err(e) => tracing::error!("TCP API not started: {e}"),
-                }
-            };
-            tokio::join!(on_unix, on_tcp);
-        });
+            Err(e) => tracing::error!("control socket not started: {e}"),
+        }
     })?;
+    if let Some(l) = tcp {
+        on_own_thread("lancet-api-tcp", async move {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => {
+                    if let Err(e) = axum::serve(l, tcp_app).await {
+                        tracing::error!("TCP API stopped: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("TCP API not started: {e}"),
+            }
+        })?;
+    }
     Ok(Inbox { hooks, rx })
+}
+
+/// Runs `serve` on a new thread with a single-threaded runtime of its own.
+fn on_own_thread(name: &str, serve: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let name_owned = name.to_string();
+    std::thread::Builder::new().name(name_owned.clone()).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+            Ok(rt) => rt.block_on(serve),
+            Err(e) => tracing::error!(thread = %name_owned, "local API listener not started: {e}"),
+        }
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ struct Harness {
     base: String,
     live: tokio::sync::broadcast::Sender<Arc<str>>,
     stop: Arc<AtomicBool>,
+    /// The loop's heartbeat, and a switch that makes the loop stop beating.
+    heartbeat: Arc<std::sync::atomic::AtomicU64>,
+    stuck: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
 
@@ -131,6 +134,7 @@ fn start() -> Harness {
     seed_store(&db);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (live, _) = tokio::sync::broadcast::channel(16);
+    let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let doctor = Arc::new(OnceLock::new());
     let _ = doctor.set(json!({"kernel": "6.18", "guarantees": [{"name": "exec monitoring", "area": "monitoring", "holds": true, "detail": "tp_btf"}], "problems": []}));
     let inbox = serve(ApiConfig {
@@ -140,19 +144,23 @@ fn start() -> Harness {
         token: Token::from_hex(TOKEN),
         host_root: "/".into(),
         euid: lancet_sensor::features::euid(),
-        feeds: Feeds { live: live.clone(), doctor },
+        feeds: Feeds { live: live.clone(), doctor, heartbeat: Arc::clone(&heartbeat) },
         store: db,
     })
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
+    let (s, beat, stuck) = (Arc::clone(&stop), Arc::clone(&heartbeat), Arc::new(AtomicBool::new(false)));
+    let stuck_loop = Arc::clone(&stuck);
     std::thread::spawn(move || {
         while !s.load(Ordering::Relaxed) {
+            if !stuck_loop.load(Ordering::Relaxed) {
+                beat.store(lancet_engine::event::now_ns(), Ordering::Relaxed);
+            }
             inbox.serve(|call, r| r.send(answer(call.request)));
             std::thread::sleep(Duration::from_millis(5));
         }
     });
-    let h = Harness { base: format!("http://127.0.0.1:{port}"), live, stop, _dir: dir };
+    let h = Harness { base: format!("http://127.0.0.1:{port}"), live, stop, heartbeat, stuck, _dir: dir };
     // Wait for the listener.
     let t0 = Instant::now();
     while std::net::TcpStream::connect(h.base.trim_start_matches("http://")).is_err() && t0.elapsed() < Duration::from_secs(5) {
@@ -329,4 +337,20 @@ fn the_live_feed_streams_alerts_as_they_are_written() {
         seen.push_str(&line);
     }
     assert!(seen.contains("event: alert") && seen.contains(&format!("data: {alert}")), "{seen}");
+}
+
+#[test]
+fn healthz_follows_the_loop_not_the_queue() {
+    let h = start();
+    let g = req(&h, "GET", "/healthz", None);
+    assert_eq!(g.status, 200, "{}", g.body);
+    // A loop silent for more than 10 s is stuck: the probe fails.
+    h.stuck.store(true, Ordering::Relaxed);
+    h.heartbeat.store(lancet_engine::event::now_ns() - 11_000_000_000, Ordering::Relaxed);
+    let g = req(&h, "GET", "/healthz", None);
+    assert_eq!(g.status, 503, "{}", g.body);
+    assert!(g.body.contains("loop_silent_ms"), "{}", g.body);
+    h.stuck.store(false, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(req(&h, "GET", "/healthz", None).status, 200);
 }

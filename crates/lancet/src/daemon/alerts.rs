@@ -28,6 +28,8 @@ pub(super) struct Alerts {
     /// The dashboard's live feed: every alert written, as JSON, to whoever
     /// listens (nothing is kept when no one does).
     pub(super) live: Option<tokio::sync::broadcast::Sender<Arc<str>>>,
+    /// HTTP (Falcosidekick) and syslog targets, each on a thread of its own.
+    pub(super) outputs: crate::outputs::Outputs,
 }
 
 /// What protect mode did about one verdict.
@@ -166,6 +168,7 @@ impl Alerts {
             out.flush()?;
         }
         row.json = j.to_string();
+        self.outputs.send(&Arc::from(row.json.as_str()));
         self.tally.alert(&row.priority);
         let id = store.insert_alert(&row)?;
         if let Some(tx) = self.live.as_ref().filter(|tx| tx.receiver_count() > 0) {

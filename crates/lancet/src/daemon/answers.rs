@@ -121,7 +121,7 @@ impl Daemon {
         for c in &containers {
             let Some(cgid) = self.workloads.live.get(&c.id).map(|l| l.cgroup_id) else { continue };
             let mut seen = std::collections::HashSet::new();
-            for ev in super::seed::live_events(c, &self.guarding.cgroup_dir(c), cgid, now) {
+            for ev in super::seed::live_events(c, &self.settings.protect.host_root, &self.guarding.cgroup_dir(c), cgid, now) {
                 let peer = match &ev.kind {
                     lancet_engine::event::EventKind::Net(n) => Some(self.workloads.peer(n.daddr)),
                     _ => None,

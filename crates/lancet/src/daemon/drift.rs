@@ -12,9 +12,11 @@ impl Daemon {
     /// an interpreter) or of a chmod that made a file executable.
     pub(super) fn drift(&mut self, ev: &Event, c: &ContainerInfo, key: &str) -> Option<Drift> {
         let baseline = self.workloads.map.get(key).and_then(|w| w.profile.baseline());
-        let upper = c.upper_dir();
+        let upper = c.upper_dir().map(|u| crate::protect::on_host(&self.settings.protect.host_root, u));
+        // Unknown (the upper dir unreadable, a path with `..`) is never
+        // taken for "not written".
         let facts = |path: &str| FileFacts {
-            in_upper: upper.map(|u| lancet_sensor::overlay::written_in_container(u, path)),
+            in_upper: upper.as_deref().map(|u| lancet_sensor::overlay::written_in_container(u, path).unwrap_or(true)),
             in_baseline: baseline.map(|b| b.lookup(path).is_some()),
         };
         match &ev.kind {

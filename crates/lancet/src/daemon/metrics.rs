@@ -82,6 +82,8 @@ struct Snapshot {
     flow_scans: u64,
     rss_bytes: i64,
     cpu_seconds: f64,
+    /// Per alert output: (target, sent, retried, dropped).
+    outputs: Vec<(String, u64, u64, u64)>,
 }
 
 fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
@@ -184,6 +186,14 @@ impl Collector for Snapshot {
             &self.flows_summarised,
         )?;
         counter(e, "lancet_flows_dropped", "New flows that had neither a row nor a summary row (only counted here)", self.flows_dropped)?;
+        for (name, help, pick) in [
+            ("lancet_output_sent", "Alerts an output (HTTP, syslog) delivered", 0usize),
+            ("lancet_output_retried", "Attempts an output made again after a failure", 1),
+            ("lancet_output_dropped", "Alerts an output gave up on or had no room for", 2),
+        ] {
+            let values: Vec<(&str, u64)> = self.outputs.iter().map(|(t, s, r, d)| (t.as_str(), [*s, *r, *d][pick])).collect();
+            labelled_counter(e, name, help, "target", &values)?;
+        }
         counter(
             e,
             "lancet_flow_scans",
@@ -250,6 +260,15 @@ impl Daemon {
             flow_scans: fc.scans,
             rss_bytes: rss_bytes(),
             cpu_seconds: crate::agent::cpu_seconds(),
+            outputs: self
+                .alerts
+                .outputs
+                .counts()
+                .map(|(t, c)| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    (t.to_string(), c.sent.load(Relaxed), c.retried.load(Relaxed), c.dropped.load(Relaxed))
+                })
+                .collect(),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(snapshot));

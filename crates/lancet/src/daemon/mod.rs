@@ -94,6 +94,7 @@ impl Daemon {
         policies: Policies,
         out: Option<Box<dyn Write>>,
         live: Option<tokio::sync::broadcast::Sender<Arc<str>>>,
+        outputs: crate::outputs::Outputs,
         baselines: std::collections::HashMap<String, lancet_engine::profile::Baseline>,
         cgroup2: PathBuf,
         protect_at_start: bool,
@@ -105,6 +106,7 @@ impl Daemon {
                 hostname: hostname(),
                 tally: Default::default(),
                 live,
+                outputs,
             },
             guarding: Guarding::new(settings.protect.clone(), cgroup2, protect_at_start),
             workloads: Workloads::new(settings.mode, baselines),
@@ -368,7 +370,7 @@ impl Daemon {
         let now = now_ns();
         for c in existing.into_iter().filter(|c| self.settings.follows(c)) {
             self.flows.see(&c, &workload_key(&c), c.pid.unwrap_or(0));
-            self.workloads.adopt(&mut self.store, &self.guarding.cgroup2, c, now);
+            self.workloads.adopt(&mut self.store, &self.guarding.cgroup2, &self.settings.protect.host_root, c, now);
         }
         self.sync_protection();
     }
@@ -422,6 +424,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     // The dashboard's live feed, and the host's guarantees (probed once,
     // off the loop: loading test programs takes a moment).
     let (live, _) = tokio::sync::broadcast::channel::<Arc<str>>(256);
+    let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(now_ns()));
     let doctor = Arc::new(std::sync::OnceLock::new());
     {
         let (doctor, host_root) = (Arc::clone(&doctor), host_root.to_path_buf());
@@ -437,7 +440,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         token: Some(token),
         host_root: host_root.to_path_buf(),
         euid,
-        feeds: api::Feeds { live: live.clone(), doctor: Arc::clone(&doctor) },
+        feeds: api::Feeds { live: live.clone(), doctor: Arc::clone(&doctor), heartbeat: Arc::clone(&heartbeat) },
         store: db.clone(),
     })?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -453,7 +456,8 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         || settings.protect.pin_dir.exists()
         || store.list_profiles().map(|l| l.iter().any(|p| p.mode == "protect")).unwrap_or(false);
     let fleet = settings.fleet.clone();
-    let mut daemon = Daemon::new(settings, store, policies, out, Some(live.clone()), baselines, cgroup2, protect_at_start);
+    let outputs = crate::outputs::Outputs::start(&settings.outputs, &hostname()).context("starting the alert outputs")?;
+    let mut daemon = Daemon::new(settings, store, policies, out, Some(live.clone()), outputs, baselines, cgroup2, protect_at_start);
     if let Some(mut cfg) = fleet {
         cfg.guarantees = Arc::clone(&doctor);
         tracing::info!(nats = %cfg.url, node = %cfg.node, cluster = %cfg.cluster, "joining the fleet");
@@ -473,6 +477,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
             if !pipeline.existing.is_empty() {
                 d.adopt(std::mem::take(&mut pipeline.existing));
             }
+            heartbeat.store(now_ns(), Ordering::Relaxed);
             // The fleet's news first, so the answers below already see it.
             d.fleet_tick();
             inbox.serve(|call, responder| d.on_call(call, responder, pipeline));

@@ -22,7 +22,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// The events a running container stands for. `cgroup_dir`: its cgroup on
 /// the host; `cgroup_id`: that cgroup's id.
-pub(super) fn live_events(c: &ContainerInfo, cgroup_dir: &Path, cgroup_id: u64, now: u64) -> Vec<Event> {
+pub(super) fn live_events(c: &ContainerInfo, host_root: &Path, cgroup_dir: &Path, cgroup_id: u64, now: u64) -> Vec<Event> {
     let pids = cgroup_pids(cgroup_dir);
     let Some(&first) = pids.first() else { return Vec::new() };
     // The init process when the runtime recorded it and it is still there.
@@ -35,12 +35,16 @@ pub(super) fn live_events(c: &ContainerInfo, cgroup_dir: &Path, cgroup_id: u64, 
         }
     }
     let ours: HashSet<u32> = pids.iter().copied().collect();
-    let upper = c.upper_dir();
+    let upper = c.upper_dir().map(|u| crate::protect::on_host(host_root, u));
+    let upper = upper.as_deref();
     for &p in &pids {
         // A process running a file the container wrote is drift: never
         // learned as normal.
         match live_process(p, &ours) {
-            Some(lp) if !upper.is_some_and(|u| written_in_container(u, &lp.exe)) => out.push(process_event(&lp, now, cgroup_id)),
+            // Unknown counts as written: never learned as normal.
+            Some(lp) if !upper.is_some_and(|u| written_in_container(u, &lp.exe).unwrap_or(true)) => {
+                out.push(process_event(&lp, now, cgroup_id))
+            }
             Some(lp) => {
                 tracing::warn!(container = %c.name, pid = p, exe = %lp.exe, "a running process runs a file the container wrote; not learned")
             }

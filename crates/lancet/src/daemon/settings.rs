@@ -78,6 +78,8 @@ pub struct Settings {
     pub dedupe_window: Duration,
     pub agent: AgentOptions,
     pub protect: ProtectOptions,
+    /// Where alerts go besides the file, the store and the dashboard.
+    pub outputs: crate::outputs::OutputConfig,
     /// `--only-label`: (key, value).
     pub only_label: Option<(String, String)>,
     /// `--nats` (or `nats:`): the fleet this agent joins.
@@ -153,5 +155,9 @@ pub fn settings(args: &RunArgs, host_root: &Path) -> Result<Settings> {
         },
         only_label,
         fleet,
+        outputs: crate::outputs::OutputConfig {
+            http: file.http_outputs.unwrap_or_default(),
+            syslog: file.syslog.map(|s| s.parse()).transpose().map_err(|e: String| anyhow::anyhow!("{}: {e}", path.display()))?,
+        },
     })
 }

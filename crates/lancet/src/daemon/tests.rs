@@ -85,6 +85,7 @@ impl Harness {
             },
             only_label: None,
             fleet: None,
+            outputs: Default::default(),
         };
         let store = Store::open(&state.join("lancet.db"), StoreOptions::default()).unwrap();
         let policies = Policies::load(&policy_dir).unwrap();
@@ -95,6 +96,7 @@ impl Harness {
             policies,
             Some(Box::new(out.clone())),
             None,
+            Default::default(),
             Default::default(),
             Path::new("/nonexistent-cgroup2").into(),
             false,

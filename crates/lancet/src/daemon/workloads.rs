@@ -407,7 +407,7 @@ impl Workloads {
     /// learning (or has learned nothing yet) learns what the container has
     /// already done: its first process as the runtime ran it, its running
     /// processes, its sockets, the directories it wrote.
-    pub(super) fn adopt(&mut self, store: &mut Store, cgroup2: &Path, c: Arc<ContainerInfo>, now: u64) {
+    pub(super) fn adopt(&mut self, store: &mut Store, cgroup2: &Path, host_root: &Path, c: Arc<ContainerInfo>, now: u64) {
         let dir = cgroup2.join(c.cgroup_path.trim_start_matches('/'));
         // The runtime's record of the init pid, else any process in the
         // container's cgroup.
@@ -429,7 +429,7 @@ impl Workloads {
             return;
         }
         let Some(cgid) = self.live.get(&c.id).map(|l| l.cgroup_id) else { return };
-        let events = super::seed::live_events(&c, &dir, cgid, now);
+        let events = super::seed::live_events(&c, host_root, &dir, cgid, now);
         let mut learned = 0;
         for ev in &events {
             let peer = self.note(ev, &c, &key);

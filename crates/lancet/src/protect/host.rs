@@ -65,6 +65,17 @@ pub fn in_host_root(pid: u32) -> bool {
     host.is_some() && dir_id(Path::new(&format!("/proc/{pid}/root"))) == host
 }
 
+/// A host path (as runtime state and mount options name it) as the agent
+/// reaches it: under `host_root` when the agent runs in a container with
+/// the host mounted there (`HOST_ROOT=/host`). `/proc` is the agent's own
+/// (it shares the host's pid namespace), never prefixed.
+pub fn on_host(host_root: &Path, p: &Path) -> std::path::PathBuf {
+    if p.starts_with("/proc") {
+        return p.to_path_buf();
+    }
+    host_root.join(p.strip_prefix("/").unwrap_or(p))
+}
+
 /// A process's parent (`/proc/<pid>/stat` field 4), None when it is gone.
 pub fn ppid_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -166,6 +177,17 @@ mod tests {
     fn local_addresses_from_fib_trie() {
         let t = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.89.0.0\n        /24 link UNICAST\n     |-- 10.89.0.5\n        /32 host LOCAL\n  +-- 127.0.0.0/8 2 0 2\n     |-- 127.0.0.1\n        /32 host LOCAL\nLocal:\n     |-- 10.89.0.5\n        /32 host LOCAL\n";
         assert_eq!(local_addresses(t), vec!["10.89.0.5".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn host_paths_are_joined_with_the_host_root_but_proc_is_not() {
+        let host = Path::new("/host");
+        assert_eq!(
+            on_host(host, Path::new("/var/lib/containers/storage/overlay/x/diff")),
+            Path::new("/host/var/lib/containers/storage/overlay/x/diff")
+        );
+        assert_eq!(on_host(host, Path::new("/proc/42/root")), Path::new("/proc/42/root"));
+        assert_eq!(on_host(Path::new("/"), Path::new("/var/lib/x")), Path::new("/var/lib/x"));
     }
 
     #[test]

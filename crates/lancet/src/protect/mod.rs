@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use container::Containment;
 use host::cgroup_ids;
-pub use host::{content_sha256, in_host_root, netns_addresses, netns_inode, ppid_of, resolve_in_root, runtime_setup_process};
+pub use host::{content_sha256, in_host_root, netns_addresses, netns_inode, on_host, ppid_of, resolve_in_root, runtime_setup_process};
 use immutable::ImmutableBackend;
 use lsm::LsmBackend;
 use network::NetBackend;
@@ -376,7 +376,7 @@ impl Protector {
             cgroup_dir,
             pid,
             rootfs,
-            upper: c.upper_dir().map(|p| p.to_path_buf()),
+            upper: c.upper_dir().map(|p| on_host(&self.host_root, p)),
             profile,
             approved,
             allow,

@@ -49,6 +49,9 @@ pub(super) struct PermBackend {
     protected_files: Vec<String>,
     readonly_dirs: Vec<String>,
     files: bool,
+    /// Where the host is mounted (`HOST_ROOT`): overlay upper directories
+    /// are host paths.
+    host_root: PathBuf,
     /// Containers whose mounts were marked from inside their root (after
     /// `pivot_root`; the hook marks them before, from the host's side).
     pub(super) mounts_tried: HashSet<u64>,
@@ -141,7 +144,8 @@ fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSe
                 path: req.path,
                 mount,
                 interpreter: e.approved.interpreters.contains(&id),
-                in_upper: e.upper.as_deref().filter(|_| on_root_with_path).map(|u| written_in_container(u, req.path)),
+                // Unknown is never taken for "not written".
+                in_upper: e.upper.as_deref().filter(|_| on_root_with_path).map(|u| written_in_container(u, req.path).unwrap_or(true)),
                 in_baseline: e.profile.baseline().filter(|_| on_root_with_path).map(|b| b.lookup(req.path).is_some()),
                 written: None,
                 in_profile: e.approved.files.contains(&id),
@@ -210,7 +214,7 @@ fn judge_program(e: &PermEntry, id: (u64, u64), tid: i32, code_check: bool) -> R
         ProgramSource::File(target) => ProgramFacts::File {
             off_root: e.root_dev.is_some() && file_dev(tid, target).is_some_and(|d| Some(d) != e.root_dev),
             facts: FileFacts {
-                in_upper: e.upper.as_deref().map(|u| written_in_container(u, target)),
+                in_upper: e.upper.as_deref().map(|u| written_in_container(u, target).unwrap_or(true)),
                 in_baseline: e.profile.baseline().map(|b| b.lookup(target).is_some()),
             },
         },
@@ -303,6 +307,7 @@ impl PermBackend {
             protected_files: opts.protected_files.clone(),
             readonly_dirs: opts.readonly_dirs.clone(),
             files: !(opts.protected_files.is_empty() && opts.readonly_dirs.is_empty()),
+            host_root: opts.host_root.clone(),
             mounts_tried: HashSet::new(),
             exec_marked: HashMap::new(),
         })
@@ -390,15 +395,17 @@ impl Backend for PermBackend {
     }
 
     fn apply(&mut self, g: &Guarded) -> Result<(), String> {
+        // The root as the agent reaches it (the hook names it by its host path).
+        let rootfs = super::on_host(&self.host_root, &g.rootfs);
         // A filesystem mark on the host's own filesystem would put every
         // exec of the host under this container's profile.
-        if same_filesystem(&g.rootfs, Path::new("/")) {
+        if same_filesystem(&rootfs, Path::new("/")) {
             return Err(format!(
                 "{} is on the host's root filesystem; exec marks are placed only on a container's own root",
-                g.rootfs.display()
+                rootfs.display()
             ));
         }
-        let upper = g.upper.clone().or_else(|| overlay_upper_dir(g.pid));
+        let upper = g.upper.clone().or_else(|| overlay_upper_dir(g.pid).map(|u| super::on_host(&self.host_root, &u)));
         let protected: HashSet<String> = self.protected_files.iter().filter(|p| !g.profile.has_sensitive_read(p)).cloned().collect();
         let profile_changed = {
             let t = self.table.read().map_err(|_| "permission table poisoned".to_string())?;
@@ -412,7 +419,7 @@ impl Backend for PermBackend {
                     profile: Arc::clone(&g.profile),
                     approved: Arc::clone(&g.approved),
                     upper,
-                    root_dev: std::fs::metadata(&g.rootfs).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok(),
+                    root_dev: std::fs::metadata(&rootfs).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok(),
                     protected_files: protected.clone(),
                 },
             );
@@ -422,11 +429,11 @@ impl Backend for PermBackend {
         if profile_changed {
             self.group.forget(g.label);
         }
-        let root_dev = std::fs::metadata(&g.rootfs).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok();
+        let root_dev = std::fs::metadata(&rootfs).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok();
         if root_dev.is_none() || self.exec_marked.get(&g.label) != root_dev.as_ref() {
-            if let Err(e) = self.group.protect_exec(g.label, &g.rootfs) {
+            if let Err(e) = self.group.protect_exec(g.label, &rootfs) {
                 self.exec_marked.remove(&g.label);
-                return Err(format!("exec marks on {}: {e}", g.rootfs.display()));
+                return Err(format!("exec marks on {}: {e}", rootfs.display()));
             }
             if let Some(dev) = root_dev {
                 self.exec_marked.insert(g.label, dev);
@@ -435,9 +442,9 @@ impl Backend for PermBackend {
         self.mark_mounts(g)?;
         if self.files {
             let files: Vec<&str> = protected.iter().map(String::as_str).collect();
-            self.group.protect_files(g.label, &g.rootfs, &files).map_err(|e| format!("file marks: {e}"))?;
+            self.group.protect_files(g.label, &rootfs, &files).map_err(|e| format!("file marks: {e}"))?;
             let dirs: Vec<&str> = self.readonly_dirs.iter().map(String::as_str).collect();
-            self.group.protect_dir_writes(g.label, &g.rootfs, &dirs).map_err(|e| format!("directory marks: {e}"))?;
+            self.group.protect_dir_writes(g.label, &rootfs, &dirs).map_err(|e| format!("directory marks: {e}"))?;
         }
         Ok(())
     }

@@ -39,14 +39,14 @@ probes from the node's network namespace, which hostNetwork shares.
 {{- end -}}
 
 {{/*
-No dedicated health route exists: GET /v1/enforcement is a read that the
-agent's event loop itself answers (504 after 5 s when the loop is stuck),
-so a probe proves the loop is alive, not just the socket.
+GET /healthz: 200 while the agent's event loop goes round, 503 once it has
+been silent for 10 s; answered off the loop, so a queue of API reads cannot
+fail it and a stuck loop cannot pass it.
 */}}
 {{- define "lancet.probe" -}}
 httpGet:
   host: {{ include "lancet.listenHost" . | quote }}
   port: {{ include "lancet.listenPort" . | int }}
-  path: /v1/enforcement
+  path: /healthz
 timeoutSeconds: 6
 {{- end -}}
