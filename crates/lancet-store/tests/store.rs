@@ -705,3 +705,30 @@ fn a_store_path_that_is_a_symlink_is_refused() {
     assert!(e.to_string().contains("symbolic link"), "{e}");
     assert!(!elsewhere.exists(), "nothing was created through the link");
 }
+
+/// What the fleet's forwarder reads: alerts after an id, in the order they
+/// were stored (not by time), at most a limit; the last id, which goes
+/// below a cursor once every alert was pruned and ids start again.
+#[test]
+fn alerts_after_an_id_come_in_id_order_and_ids_can_start_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&db(&dir));
+    assert_eq!(s.last_alert_id().unwrap(), 0);
+    // Stored out of time order: the id order is the order they were raised.
+    let ids: Vec<u64> =
+        [T0 + 5 * S, T0, T0 + 2 * S].iter().enumerate().map(|(i, t)| s.insert_alert(&alert(*t, &format!("r{i}"), 1)).unwrap()).collect();
+    s.flush().unwrap();
+    let after = |s: &Store, id, n| s.alerts_after(id, n).unwrap().iter().map(|a| a.alert.rule.clone()).collect::<Vec<_>>();
+    assert_eq!(after(&s, 0, 10), ["r0", "r1", "r2"]);
+    assert_eq!(after(&s, ids[0], 10), ["r1", "r2"]);
+    assert_eq!(after(&s, ids[0], 1), ["r1"]);
+    assert!(after(&s, ids[2], 10).is_empty());
+    assert_eq!(s.last_alert_id().unwrap(), ids[2]);
+    // Everything pruned (retention): the next alert's id is not above the
+    // last one a forwarder saw.
+    s.prune(T0 + 400 * 24 * 3600 * S).unwrap();
+    let again = s.insert_alert(&alert(T0 + 400 * 24 * 3600 * S, "new", 1)).unwrap();
+    s.flush().unwrap();
+    assert!(again <= ids[2], "ids start again: {again}");
+    assert_eq!(s.last_alert_id().unwrap(), again);
+}

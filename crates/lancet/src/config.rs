@@ -72,6 +72,12 @@ pub struct FileConfig {
     /// Kubernetes cluster DNS service, which no runtime state names).
     /// Never read from a container's own resolv.conf: it can write that.
     pub dns_servers: Option<Vec<IpAddr>>,
+    /// The fleet's NATS server(s) (`--nats`): see docs/fleet.md.
+    pub nats: Option<String>,
+    /// This node's name in the fleet (`--node`; default the hostname).
+    pub node: Option<String>,
+    /// The node's cluster (`--cluster`; default `default`).
+    pub cluster: Option<String>,
     /// URLs that take each alert as Falco's `http_output` posts it
     /// (Falcosidekick's `/`), retried, from a bounded queue.
     pub http_outputs: Option<Vec<String>>,

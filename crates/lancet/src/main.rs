@@ -11,6 +11,7 @@ mod config;
 mod counters;
 mod daemon;
 mod doctor;
+mod fleet;
 mod hook;
 mod manage;
 mod map_cmd;
@@ -140,6 +141,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// The fleet's view: every node's heartbeat and every node's alerts,
+    /// from NATS (`GET /v1/nodes`, `GET /v1/alerts`).
+    Hub(fleet::hub::HubArgs),
     /// Derive an image's baseline and risky findings, for CI (exit 1 on
     /// findings at --fail-on or above, 2 when it cannot scan). See
     /// `lancet scan --help`.
@@ -195,6 +199,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Audit { since, format } => audit_cmd::run(&cli.api, since.as_deref(), format),
         Command::Map(args) => map_cmd::run(&cli.api, args),
+        Command::Hub(args) => fleet::hub::run(args),
     }
 }
 

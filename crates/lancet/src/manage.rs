@@ -39,6 +39,11 @@ pub enum ProfileCmd {
         /// Promote even when the profile looks too thin to protect.
         #[arg(long)]
         force: bool,
+        /// In a fleet: only if the workload's mode is still at this
+        /// revision (as `GET /v1/profiles` shows it); a
+        /// change made meanwhile elsewhere makes this one fail (409).
+        #[arg(long, value_name = "N")]
+        revision: Option<u64>,
     },
     /// Forget what was learned; the workload starts learning again.
     Reset { workload: String },
@@ -90,8 +95,8 @@ pub fn profile(api: &str, cmd: ProfileCmd) -> Result<ExitCode> {
             let v = c.post_text("/v1/profiles", &text)?;
             writeln!(out, "imported profile for {}", v["workload"].as_str().unwrap_or("?"))?;
         }
-        ProfileCmd::Promote { workload, to, dry_run, force } => {
-            let body = json!({ "mode": to, "force": force, "dry_run": dry_run });
+        ProfileCmd::Promote { workload, to, dry_run, force, revision } => {
+            let body = json!({ "mode": to, "force": force, "dry_run": dry_run, "revision": revision });
             let v = c.post_json(&format!("/v1/profiles/{}/promote", enc(&workload)), &body)?;
             let name = v["workload"].as_str().unwrap_or("?");
             if !dry_run {

@@ -203,6 +203,36 @@ impl Profile {
         out
     }
 
+    /// Whether `other` allows and refuses exactly what this profile does:
+    /// the same mode and entries in every section, with their parents,
+    /// names, arguments, code and hashes, and the same baseline. When and
+    /// how often each entry was seen, the learning clock and the overflow
+    /// counters do not count: a node sharing its profile again with only
+    /// those changed must not make the others apply their enforcement
+    /// again.
+    pub fn same_rules(&self, other: &Profile) -> bool {
+        fn strip(s: &ProfileSpec) -> ProfileSpec {
+            let mut s = s.clone();
+            s.mode_since = Timestamp::default();
+            s.learning = Learning::default();
+            s.overflow = Overflow::default();
+            for e in &mut s.executables {
+                (e.first_seen, e.last_seen, e.count) = Default::default();
+            }
+            for l in &mut s.listening {
+                (l.first_seen, l.last_seen, l.count) = Default::default();
+            }
+            for f in s.outbound.iter_mut().chain(s.inbound.iter_mut()) {
+                (f.first_seen, f.last_seen, f.count) = Default::default();
+            }
+            for p in s.written_dirs.iter_mut().chain(s.sensitive_reads.iter_mut()) {
+                (p.first_seen, p.last_seen, p.count) = Default::default();
+            }
+            s
+        }
+        strip(&self.spec) == strip(&other.spec)
+    }
+
     pub(super) fn diff_keys(&self) -> BTreeSet<(Section, String)> {
         let s = &self.spec;
         let mut k = BTreeSet::new();

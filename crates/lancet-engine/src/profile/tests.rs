@@ -1332,3 +1332,24 @@ fn a_relative_or_odd_path_ends_the_anchor_walk() {
     }
     assert!(p.has_written_dir("/var/log/nginx/x"));
 }
+
+/// Counts, times, the learning clock and overflow do not make two profiles
+/// differ in what they allow; an entry, a parent or the mode does.
+#[test]
+fn same_rules_ignores_counts_and_times_only() {
+    let t = 1_800_000_000_000_000_000;
+    let mut p = Profile::new("img", "sha256:aa", t);
+    p.allow(&Deviation::NewExecutable { path: "/bin/a".into() }, t);
+    let mut q = p.clone();
+    q.merge(&p);
+    q.spec.learning.started = Timestamp(1);
+    q.spec.overflow.executables = 3;
+    assert_ne!(p, q, "counts and times differ");
+    assert!(p.same_rules(&q));
+    let mut r = q.clone();
+    r.allow(&Deviation::NewParent { path: "/bin/a".into(), parent: "/bin/sh".into() }, t);
+    assert!(!p.same_rules(&r), "a parent more");
+    let mut m = q.clone();
+    m.set_mode(Mode::Protect, t);
+    assert!(!p.same_rules(&m), "another mode");
+}

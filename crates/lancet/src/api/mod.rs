@@ -19,7 +19,7 @@ pub mod access;
 mod client;
 pub mod hook_identity;
 mod html;
-mod params;
+pub(crate) mod params;
 mod reads;
 mod routes;
 mod server;
@@ -51,6 +51,10 @@ pub enum Request {
         mode: String,
         force: bool,
         dry_run: bool,
+        /// In a fleet: only if the workload's mode is still at this
+        /// revision (what the caller saw); else the revision this node
+        /// last saw.
+        revision: Option<u64>,
     },
     Reset {
         workload: String,
@@ -194,23 +198,34 @@ pub struct Inbox {
 /// How long one tick spends on requests other than the hook's.
 const REQUEST_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Where one request's answer goes. Most are answered at once; a
+/// promotion in a fleet keeps it until the fleet has answered (the API
+/// waits 5 s at most).
+pub struct Responder(SyncSender<Reply>);
+
+impl Responder {
+    pub fn send(self, reply: Reply) {
+        let _ = self.0.send(reply);
+    }
+}
+
 impl Inbox {
-    /// Answers with `answer` every waiting hook hand-over, then other
-    /// requests for at most [`REQUEST_BUDGET`] (the rest wait for the next
-    /// tick, behind the hand-overs that arrive meanwhile), so the loop's
-    /// events and the hook never wait on a queue of requests.
-    pub fn serve(&self, mut answer: impl FnMut(Call) -> Reply) {
+    /// Hands to `answer` every waiting hook hand-over, then other requests
+    /// for at most [`REQUEST_BUDGET`] (the rest wait for the next tick,
+    /// behind the hand-overs that arrive meanwhile), so the loop's events
+    /// and the hook never wait on a queue of requests.
+    pub fn serve(&self, mut answer: impl FnMut(Call, Responder)) {
         while let Ok((call, reply)) = self.hooks.try_recv() {
-            let _ = reply.send(answer(call));
+            answer(call, Responder(reply));
         }
         let start = std::time::Instant::now();
         while start.elapsed() < REQUEST_BUDGET {
             if let Ok((call, reply)) = self.hooks.try_recv() {
-                let _ = reply.send(answer(call));
+                answer(call, Responder(reply));
                 continue;
             }
             let Ok((call, reply)) = self.rx.try_recv() else { break };
-            let _ = reply.send(answer(call));
+            answer(call, Responder(reply));
         }
     }
 }

@@ -200,6 +200,8 @@ struct PromoteBody {
     force: bool,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    revision: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -251,7 +253,7 @@ pub(super) fn router(ctx: Ctx) -> Router {
         .route(
             "/v1/profiles/{workload}/promote",
             post(|State(c): State<Ctx>, Extension(k): C, UrlPath(w): UrlPath<String>, Json(b): Json<PromoteBody>| async move {
-                ask(&c, k, Request::Promote { workload: w, mode: b.mode, force: b.force, dry_run: b.dry_run }).await
+                ask(&c, k, Request::Promote { workload: w, mode: b.mode, force: b.force, dry_run: b.dry_run, revision: b.revision }).await
             }),
         )
         .route("/v1/alerts", get(|State(c): State<Ctx>, Extension(k): C, RawQuery(q): RawQuery| alerts(c, k, q)))

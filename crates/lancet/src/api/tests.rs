@@ -158,7 +158,7 @@ fn start() -> Harness {
             if !stuck_loop.load(Ordering::Relaxed) {
                 beat.store(lancet_engine::event::now_ns(), Ordering::Relaxed);
             }
-            inbox.serve(|call| answer(call.request));
+            inbox.serve(|call, r| r.send(answer(call.request)));
             std::thread::sleep(Duration::from_millis(5));
         }
     });

@@ -18,22 +18,28 @@ impl Daemon {
                 .workloads
                 .map
                 .iter()
-                .map(|(k, w)| json!({"workload": k, "image": w.profile.image(), "mode": w.profile.mode().to_string(), "entries": w.profile.len()}))
+                .map(|(k, w)| {
+                    let revision = self.workloads.fleet.as_ref().and_then(|f| f.modes.get(k)).map(|(_, r)| *r);
+                    json!({"workload": k, "image": w.profile.image(), "mode": w.profile.mode().to_string(), "entries": w.profile.len(), "revision": revision})
+                })
                 .collect::<Vec<_>>())),
             Request::Profile { workload } => {
                 let key = self.workloads.find(&workload)?;
                 let w = &self.workloads.map[&key];
                 Ok(json!({"workload": key, "yaml": w.profile.to_yaml().map_err(|e| (500u16, e.to_string()))?}))
             }
-            Request::Promote { workload, mode, force, dry_run } => {
+            Request::Promote { workload, mode, force, dry_run, revision } => {
                 let key = self.workloads.find(&workload)?;
+                if revision.is_some() && !dry_run {
+                    return Err((400u16, format!("{key}: a revision applies to a workload shared with a fleet (`lancet run --nats`)")));
+                }
                 let mode = mode.parse::<Mode>().map_err(|e| (400u16, e))?;
                 if dry_run {
                     return Ok(self.dry_run(&key, mode, now));
                 }
                 let w = self.workloads.map.get_mut(&key).ok_or_else(|| not_found(&workload))?;
                 if mode == Mode::Protect && !force {
-                    if let Err(reasons) = w.profile.protect_readiness() {
+                    if let Err(reasons) = w.enforced().protect_readiness() {
                         return Err((409u16, format!("{key} is not ready for protect mode: {} (--force to promote anyway)", reasons.join("; "))));
                     }
                 }
@@ -46,7 +52,7 @@ impl Daemon {
                 let image = self.workloads.map[&key].profile.image().to_string();
                 let mut p = Profile::new(&image, &key, now);
                 p.set_mode(Mode::Learn, now);
-                self.workloads.map.insert(key.clone(), Workload::new(p));
+                self.workloads.replace(&key, Workload::new(p));
                 Ok(json!({"workload": key, "mode": "learn"}))
             }
             Request::Import { yaml } => {
@@ -57,7 +63,7 @@ impl Daemon {
                 let key = manifest
                     .filter(|m| self.workloads.map.contains_key(m) || self.workloads.containers.values().any(|c| c.image_digest == *m))
                     .unwrap_or_else(|| p.digest().to_string());
-                self.workloads.map.insert(key.clone(), Workload::new(p));
+                self.workloads.replace(&key, Workload::new(p));
                 Ok(json!({"workload": key}))
             }
             Request::Hook { .. } | Request::Refused { .. } | Request::Metrics => {
@@ -70,10 +76,25 @@ impl Daemon {
             Request::Review { workload } => self.review(&workload),
             Request::AddToProfile { alert } => self.add_to_profile(alert),
             Request::Respond { container, action, expire } => self.respond(&container, &action, expire),
-            Request::Enforcement => Ok(match &self.guarding.protector {
-                Some(p) => p.report(),
-                None => json!({"backends": [], "note": "no workload is in protect mode; enforcement is not loaded"}),
-            }),
+            Request::Enforcement => {
+                let mut v = match &self.guarding.protector {
+                    Some(p) => p.report(),
+                    None => json!({"backends": [], "note": "no workload is in protect mode; enforcement is not loaded"}),
+                };
+                if let (Some(f), Some(o)) = (&self.fleet, v.as_object_mut()) {
+                    let mut status = f.status();
+                    if let (Some(b), Some(s)) = (&self.workloads.fleet, status.as_object_mut()) {
+                        s.insert("observationsRefused".into(), json!(b.refused));
+                        // Alerts in the store the stream has not taken yet
+                        // (the spool while NATS is away).
+                        let last = self.store.last_alert_id().unwrap_or(0);
+                        let cursor = s.get("alertCursor").and_then(|v| v.as_u64()).unwrap_or(0);
+                        s.insert("alertsWaiting".into(), json!(last.saturating_sub(cursor)));
+                    }
+                    o.insert("fleet".into(), status);
+                }
+                Ok(v)
+            }
             Request::Containers => Ok(json!(self
                 .workloads
                 .containers
@@ -105,8 +126,8 @@ impl Daemon {
                     lancet_engine::event::EventKind::Net(n) => Some(self.workloads.peer(n.daddr)),
                     _ => None,
                 };
-                let Some(w) = self.workloads.map.get(key) else { break };
-                if let Some(d) = w.profile.check(&ev, peer.as_ref()) {
+                let Some(w) = self.workloads.map.get_mut(key) else { break };
+                if let Some(d) = w.enforced().check(&ev, peer.as_ref()) {
                     let what = d.to_string();
                     if seen.insert(what.clone()) {
                         refused.push(json!({"container": c.name, "what": what}));
@@ -114,7 +135,7 @@ impl Daemon {
                 }
             }
         }
-        let not_ready = match (mode, self.workloads.map.get(key).map(|w| w.profile.protect_readiness())) {
+        let not_ready = match (mode, self.workloads.map.get_mut(key).map(|w| w.enforced().protect_readiness())) {
             (Mode::Protect, Some(Err(reasons))) => reasons,
             _ => Vec::new(),
         };

@@ -11,9 +11,10 @@
 //! They are neither deduplicated nor rate limited (each change is kept);
 //! refusals are rate limited before they get here (`api::routes`).
 
+use super::fleet::Promotion;
 use super::{now_ns, Daemon};
 use crate::agent::Pipeline;
-use crate::api::{Call, Caller, Reply, Request};
+use crate::api::{Call, Caller, Reply, Request, Responder};
 use anyhow::Result;
 use lancet_engine::output::rfc3339_nanos;
 use lancet_store::{NewAlert, NewAudit};
@@ -38,19 +39,41 @@ fn result_of(reply: &Reply) -> (String, bool) {
 }
 
 impl Daemon {
-    /// Answers one API call; records it when it is a control action.
-    pub(super) fn on_call(&mut self, call: Call, pipeline: &mut Pipeline) -> Reply {
+    /// Answers one API call (a promotion in a fleet when the fleet has);
+    /// records it when it is a control action.
+    pub(super) fn on_call(&mut self, call: Call, responder: Responder, pipeline: &mut Pipeline) {
         let Call { caller, request } = call;
         let control = request.control_action();
         let is_hook = matches!(request, Request::Hook { .. });
+        let follow = match &request {
+            Request::Reset { .. } | Request::Import { .. } => self.fleet.is_some(),
+            _ => false,
+        };
         let reply = match request {
             Request::Hook { identity } => self.on_hook(&identity, pipeline),
             Request::Refused { status, reason, .. } => Err((status, reason)),
             Request::Metrics => Ok(serde_json::Value::String(self.metrics(pipeline))),
+            Request::Promote { workload, mode, force, dry_run: false, revision } => {
+                match self.fleet_promote(&workload, &mode, force, revision) {
+                    Promotion::Sent(ticket) => return self.wait_for_fleet(ticket, caller, control, responder),
+                    Promotion::Refused(reply) => reply,
+                    Promotion::Local => self.answer(Request::Promote { workload, mode, force, dry_run: false, revision }),
+                }
+            }
             other => self.answer(other),
         };
+        if let (true, Some(key)) = (follow, reply.as_ref().ok().and_then(|v| v["workload"].as_str())) {
+            let key = key.to_string();
+            self.fleet_follow(&key);
+        }
+        self.finish_call(caller, control, is_hook, &reply);
+        responder.send(reply);
+    }
+
+    /// Records a control action once its reply is known.
+    pub(super) fn finish_call(&mut self, caller: Caller, control: Option<(String, String)>, is_hook: bool, reply: &Reply) {
         if let Some((action, target)) = control {
-            let (result, refused) = result_of(&reply);
+            let (result, refused) = result_of(reply);
             // The name asked for, and the workload it resolved to.
             let target = match reply.as_ref().ok().and_then(|v| v["workload"].as_str()) {
                 Some(w) if w != target => format!("{target} ({w})"),
@@ -64,7 +87,6 @@ impl Daemon {
                 tracing::error!("control action not recorded: {e:#}");
             }
         }
-        reply
     }
 
     fn record_control(&mut self, c: &Control<'_>, alert: bool) -> Result<()> {

@@ -100,7 +100,10 @@ impl Daemon {
         if !self.guarding.protector().needs_apply(&c.id, &profile) {
             return;
         }
-        let pid = crate::agent::trusted_pid(c).unwrap_or(live.pid);
+        // The last process seen may be gone (an exec that ended while the
+        // container idles, when a promotion comes from another node): then
+        // any process of the container's own cgroup.
+        let pid = crate::agent::trusted_pid(c).or_else(|| pid_in_cgroup(&self.guarding.cgroup_dir(c), live.pid)).unwrap_or(live.pid);
         // A process that has not entered the container's root yet (runc
         // init before pivot_root) shows the host's root: wait for the OCI
         // hook or a later event.
@@ -302,6 +305,9 @@ impl Daemon {
             tracing::warn!(claimed = id, attributed = %c.id, "hook refused: its cgroup belongs to another container");
             return Err((403u16, format!("hook refused: the cgroup of process {pid} belongs to container {}, not {id}", c.short_id())));
         }
+        if !self.settings.follows(&c) {
+            return Ok(json!({"id": id, "posture": "not followed by this agent (--only-label)"}));
+        }
         if !self.workloads.containers.contains_key(&c.id) {
             self.workloads.containers.insert(c.id.clone(), Arc::clone(&c));
         }
@@ -428,4 +434,13 @@ fn lsm_unavailable_reason() -> String {
 /// [`ProcessRef::runtime`]: lancet_engine::event::ProcessRef::runtime
 pub(super) fn runtime_setup(ev: &Event) -> bool {
     ev.process.runtime || (!matches!(ev.kind, EventKind::Exec(_)) && runtime_setup_process(ev.process.pid))
+}
+
+/// `pid` when it is still a member of the cgroup `dir`, else the first
+/// process that is; None when the cgroup cannot be read or is empty.
+fn pid_in_cgroup(dir: &Path, pid: u32) -> Option<u32> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    let mut members = procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).peekable();
+    let first = *members.peek()?;
+    Some(if members.any(|m| m == pid) { pid } else { first })
 }

@@ -14,6 +14,7 @@ mod alerts;
 mod answers;
 mod control;
 mod drift;
+mod fleet;
 mod flows;
 mod guarding;
 mod metrics;
@@ -79,6 +80,8 @@ struct Daemon {
     denials_lost_reported: u64,
     last_second: Instant,
     last_prune: Instant,
+    /// In a fleet (`--nats`): the link to the fleet thread.
+    fleet: Option<fleet::Fleet>,
 }
 
 impl Daemon {
@@ -117,11 +120,15 @@ impl Daemon {
             denials_lost_reported: 0,
             last_second: Instant::now(),
             last_prune: Instant::now(),
+            fleet: None,
         }
     }
 
     fn on_event(&mut self, ev: &Event, attribution: &Attribution) -> Result<()> {
         let Attribution::Container(c) = attribution else { return Ok(()) };
+        if !self.settings.follows(c) {
+            return Ok(());
+        }
         match ev.kind {
             // The container's own cgroup went (removed by the runtime, from
             // the host): the pipeline matched it exactly (see
@@ -178,9 +185,9 @@ impl Daemon {
                     if drift.is_none() && w.profile.learn_writable(ev, set, now) {
                         w.changed_for_the_record();
                     }
-                    w.profile.check_in(ev, peer.as_ref(), set)
+                    w.enforced().check_in(ev, peer.as_ref(), set)
                 }
-                None => w.profile.check(ev, peer.as_ref()),
+                None => w.enforced().check(ev, peer.as_ref()),
             };
             // A write outside both sets: once per anchor per container life.
             let d = match d {
@@ -193,7 +200,10 @@ impl Daemon {
             d
         };
         let scan = match &ev.kind {
-            EventKind::Net(n) => self.flows.on_net(now, ev.process.pid, c, &key, n, Some((&w.profile, w.generation)), peer.as_ref()),
+            EventKind::Net(n) => {
+                let generation = w.generation;
+                self.flows.on_net(now, ev.process.pid, c, &key, n, Some((w.enforced(), generation)), peer.as_ref())
+            }
             EventKind::Exec(_) => {
                 self.flows.see(c, &key, ev.process.pid);
                 None
@@ -358,7 +368,7 @@ impl Daemon {
     /// workloads are guarded on the first tick, not at their next event.
     fn adopt(&mut self, existing: Vec<Arc<lancet_engine::attribution::ContainerInfo>>) {
         let now = now_ns();
-        for c in existing {
+        for c in existing.into_iter().filter(|c| self.settings.follows(c)) {
             self.flows.see(&c, &workload_key(&c), c.pid.unwrap_or(0));
             self.workloads.adopt(&mut self.store, &self.guarding.cgroup2, &self.settings.protect.host_root, c, now);
         }
@@ -372,6 +382,7 @@ impl Daemon {
         self.alerts.fold_repeats(&mut self.store, now)?;
         self.report_image_updates()?;
         self.workloads.persist(&mut self.store, &self.settings.lifecycle, now)?;
+        self.fleet_every_second();
         self.flows.persist(&mut self.store, &self.workloads, now)?;
         self.store.flush()?;
         self.sync_protection();
@@ -429,7 +440,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         token: Some(token),
         host_root: host_root.to_path_buf(),
         euid,
-        feeds: api::Feeds { live: live.clone(), doctor, heartbeat: Arc::clone(&heartbeat) },
+        feeds: api::Feeds { live: live.clone(), doctor: Arc::clone(&doctor), heartbeat: Arc::clone(&heartbeat) },
         store: db.clone(),
     })?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -444,8 +455,15 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
     let protect_at_start = settings.mode == Mode::Protect
         || settings.protect.pin_dir.exists()
         || store.list_profiles().map(|l| l.iter().any(|p| p.mode == "protect")).unwrap_or(false);
+    let fleet = settings.fleet.clone();
     let outputs = crate::outputs::Outputs::start(&settings.outputs, &hostname()).context("starting the alert outputs")?;
     let mut daemon = Daemon::new(settings, store, policies, out, Some(live.clone()), outputs, baselines, cgroup2, protect_at_start);
+    if let Some(mut cfg) = fleet {
+        cfg.guarantees = Arc::clone(&doctor);
+        tracing::info!(nats = %cfg.url, node = %cfg.node, cluster = %cfg.cluster, "joining the fleet");
+        daemon.fleet = Some(fleet::Fleet::new(crate::fleet::Link::start(cfg)?));
+        daemon.workloads.fleet = Some(fleet::FleetBook::default());
+    }
     let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let daemon = std::cell::RefCell::new(&mut daemon);
     run_loop(
@@ -460,7 +478,9 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
                 d.adopt(std::mem::take(&mut pipeline.existing));
             }
             heartbeat.store(now_ns(), Ordering::Relaxed);
-            inbox.serve(|call| d.on_call(call, pipeline));
+            // The fleet's news first, so the answers below already see it.
+            d.fleet_tick();
+            inbox.serve(|call, responder| d.on_call(call, responder, pipeline));
             d.drain_enforced()?;
             // The API's readers see what is committed.
             d.store.flush_if_older(Duration::from_millis(100))?;

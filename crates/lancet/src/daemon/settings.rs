@@ -54,6 +54,14 @@ pub struct RunArgs {
     /// Stop after this many seconds (for tests and benchmarks).
     #[arg(long, value_name = "SECONDS")]
     pub(super) duration: Option<f64>,
+    /// Follow only containers carrying this label (KEY=VALUE): the others
+    /// are neither learned nor guarded by this agent. For several agents on
+    /// one host (a local fleet demo, the fleet tests), each with its own
+    /// containers; a host protected for real runs one agent without it.
+    #[arg(long, value_name = "KEY=VALUE")]
+    only_label: Option<String>,
+    #[command(flatten)]
+    pub(super) fleet: crate::fleet::FleetArgs,
 }
 
 /// Settings after flags, file and defaults are merged.
@@ -72,6 +80,20 @@ pub struct Settings {
     pub protect: ProtectOptions,
     /// Where alerts go besides the file, the store and the dashboard.
     pub outputs: crate::outputs::OutputConfig,
+    /// `--only-label`: (key, value).
+    pub only_label: Option<(String, String)>,
+    /// `--nats` (or `nats:`): the fleet this agent joins.
+    pub fleet: Option<crate::fleet::FleetConfig>,
+}
+
+impl Settings {
+    /// Whether this agent follows container `c` (`--only-label`).
+    pub fn follows(&self, c: &lancet_engine::attribution::ContainerInfo) -> bool {
+        match &self.only_label {
+            None => true,
+            Some((k, v)) => c.labels.get(k) == Some(v),
+        }
+    }
 }
 
 pub fn settings(args: &RunArgs, host_root: &Path) -> Result<Settings> {
@@ -92,7 +114,15 @@ pub fn settings(args: &RunArgs, host_root: &Path) -> Result<Settings> {
         quiet_period: dur(&args.quiet_period, &file.quiet_period, Some(defaults.quiet_period))?.unwrap_or(defaults.quiet_period),
         auto_protect_after: dur(&args.auto_protect_after, &file.auto_protect_after, defaults.auto_protect_after)?,
     };
-    let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/lancet"));
+    let state_dir = args.state_dir.clone().or(file.state_dir.clone()).unwrap_or_else(|| PathBuf::from("/var/lib/lancet"));
+    let fleet = args.fleet.config(&file, &state_dir)?;
+    let only_label = match args.only_label.as_deref() {
+        None => None,
+        Some(kv) => match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Some((k.to_string(), v.to_string())),
+            _ => anyhow::bail!("--only-label {kv:?}: expected KEY=VALUE"),
+        },
+    };
     Ok(Settings {
         mode: args.mode.as_deref().or(file.mode.as_deref()).unwrap_or("learn").parse::<Mode>().map_err(anyhow::Error::msg)?,
         state_dir: state_dir.clone(),
@@ -123,6 +153,8 @@ pub fn settings(args: &RunArgs, host_root: &Path) -> Result<Settings> {
             host_root: host_root.to_path_buf(),
             dns_servers: file.dns_servers.unwrap_or_default(),
         },
+        only_label,
+        fleet,
         outputs: crate::outputs::OutputConfig {
             http: file.http_outputs.unwrap_or_default(),
             syslog: file.syslog.map(|s| s.parse()).transpose().map_err(|e: String| anyhow::anyhow!("{}: {e}", path.display()))?,

@@ -83,6 +83,8 @@ impl Harness {
                 host_root: "/".into(),
                 dns_servers: Vec::new(),
             },
+            only_label: None,
+            fleet: None,
             outputs: Default::default(),
         };
         let store = Store::open(&state.join("lancet.db"), StoreOptions::default()).unwrap();
@@ -256,4 +258,151 @@ fn host_events_are_not_a_containers() {
     h.daemon.on_event(&ev, &Attribution::Host).unwrap();
     assert!(h.out.take().is_empty());
     assert!(h.daemon.workloads.map.is_empty());
+}
+
+/// In a fleet, what another node learned of the same image is allowed
+/// here (the engine's merge), the fleet's mode is the workload's, an older
+/// revision of it changes nothing, and observations withdrawn stop counting.
+/// Nothing of the other node's is learned into this node's own profile.
+#[test]
+fn in_a_fleet_another_nodes_observations_and_the_fleets_mode_are_enforced() {
+    use super::fleet::FleetBook;
+    use crate::fleet::FromFleet;
+    let mut h = Harness::new();
+    h.daemon.workloads.fleet = Some(FleetBook::default());
+    h.exec("/usr/sbin/httpd");
+    let key = workload_key(&h.c).into_owned();
+    let mut b = Harness::new();
+    b.exec("/usr/local/bin/report");
+    let theirs = b.daemon.workloads.map[&key].profile.clone();
+    assert!(h.daemon.on_fleet(FromFleet::Observations { workload: key.clone(), node: "b".into(), profile: Box::new(theirs), bytes: 100 }));
+    assert!(h.daemon.on_fleet(FromFleet::Mode { workload: key.clone(), mode: Mode::Monitor, revision: 3, by: "b".into() }));
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Monitor);
+    h.exec("/usr/local/bin/report");
+    h.exec("/usr/sbin/httpd");
+    assert!(h.out.take().is_empty(), "what node b learned is normal here too");
+    h.exec("/usr/bin/top");
+    assert_eq!(rules(&h.out.take()), ["profile deviation: new_executable"]);
+    assert!(!h.profile_has_executable("/usr/local/bin/report"), "the own profile keeps only what this node saw");
+    // A stale revision (delivered late) does not undo a newer decision.
+    assert!(!h.daemon.on_fleet(FromFleet::Mode { workload: key.clone(), mode: Mode::Learn, revision: 2, by: "c".into() }));
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Monitor);
+    // Node b's observations deleted: its executables deviate again.
+    assert!(h.daemon.on_fleet(FromFleet::ObservationsGone { workload: key.clone(), node: "b".into() }));
+    h.exec("/usr/local/bin/report");
+    assert_eq!(rules(&h.out.take()), ["profile deviation: new_executable"]);
+}
+
+/// A workload first seen on this node after the fleet decided its mode and
+/// another node shared what it learned starts from both.
+#[test]
+fn in_a_fleet_a_workload_new_here_starts_from_the_fleet() {
+    use super::fleet::FleetBook;
+    use crate::fleet::FromFleet;
+    let mut h = Harness::new();
+    h.daemon.workloads.fleet = Some(FleetBook::default());
+    let key = workload_key(&h.c).into_owned();
+    let mut b = Harness::new();
+    b.exec("/usr/sbin/httpd");
+    let theirs = b.daemon.workloads.map[&key].profile.clone();
+    h.daemon.on_fleet(FromFleet::Observations { workload: key.clone(), node: "b".into(), profile: Box::new(theirs), bytes: 100 });
+    h.daemon.on_fleet(FromFleet::Mode { workload: key.clone(), mode: Mode::Monitor, revision: 7, by: "b".into() });
+    assert!(h.daemon.workloads.map.is_empty(), "not loaded here yet");
+    h.exec("/usr/sbin/httpd");
+    assert!(h.out.take().is_empty(), "learned on b, so normal here");
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Monitor);
+    h.exec("/usr/bin/nc.x");
+    assert_eq!(rules(&h.out.take()), ["profile deviation: new_executable"]);
+}
+
+/// A reset (or an import) in a fleet replaces this node's own profile only:
+/// what the other nodes observed still counts in what is enforced.
+#[test]
+fn in_a_fleet_a_reset_keeps_the_other_nodes_observations() {
+    use super::fleet::FleetBook;
+    use crate::fleet::FromFleet;
+    let mut h = Harness::new();
+    h.daemon.workloads.fleet = Some(FleetBook::default());
+    h.exec("/usr/sbin/httpd");
+    let key = workload_key(&h.c).into_owned();
+    let mut b = Harness::new();
+    b.exec("/usr/local/bin/report");
+    let theirs = b.daemon.workloads.map[&key].profile.clone();
+    h.daemon.on_fleet(FromFleet::Observations { workload: key.clone(), node: "b".into(), profile: Box::new(theirs), bytes: 100 });
+    h.daemon.answer(crate::api::Request::Reset { workload: key.clone() }).unwrap();
+    assert!(!h.profile_has_executable("/usr/sbin/httpd"), "this node's own profile was reset");
+    h.set_mode(Mode::Monitor);
+    h.exec("/usr/local/bin/report");
+    assert!(h.out.take().is_empty(), "node b's observations still count");
+    h.exec("/usr/sbin/httpd");
+    assert_eq!(rules(&h.out.take()), ["profile deviation: new_executable"]);
+}
+
+/// In a fleet the lifecycle does not promote a shared workload by itself:
+/// it proposes the promotion to the fleet (here unreachable: answered 503),
+/// and the workload stays in its mode until the fleet says otherwise.
+#[test]
+fn in_a_fleet_the_lifecycle_proposes_and_does_not_promote_alone() {
+    use super::fleet::{Fleet, FleetBook};
+    use crate::fleet::{FleetConfig, FromFleet, Link};
+    let mut h = Harness::new();
+    h.daemon.workloads.fleet = Some(FleetBook::default());
+    let cfg = FleetConfig {
+        url: "nats://127.0.0.1:1".into(),
+        node: "a".into(),
+        cluster: "c".into(),
+        store: None,
+        state_dir: None,
+        guarantees: Arc::default(),
+    };
+    h.daemon.fleet = Some(Fleet::new(Link::start(cfg).unwrap()));
+    h.daemon.settings.lifecycle = Lifecycle { min_learning: Duration::ZERO, quiet_period: Duration::ZERO, auto_protect_after: None };
+    h.exec("/usr/sbin/httpd");
+    let key = workload_key(&h.c).into_owned();
+    let reload = std::sync::atomic::AtomicBool::new(false);
+    h.daemon.every_second(&reload).unwrap();
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Learn, "not promoted alone");
+    assert!(h.daemon.fleet.as_ref().unwrap().in_flight(&key), "proposed");
+    // NATS is unreachable: the fleet thread refuses it, nothing changes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.daemon.fleet.as_ref().unwrap().in_flight(&key) {
+        h.daemon.fleet_tick();
+        assert!(std::time::Instant::now() < deadline, "the proposal was never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Learn);
+    // The fleet's decision is what moves it.
+    h.daemon.on_fleet(FromFleet::Mode { workload: key.clone(), mode: Mode::Monitor, revision: 1, by: "b".into() });
+    assert_eq!(h.daemon.workloads.map[&key].profile.mode(), Mode::Monitor);
+}
+
+/// Another node sharing its profile again with only counts and times new
+/// leaves the enforced profile as it is (no re-apply of the backends);
+/// with a new entry it changes.
+#[test]
+fn in_a_fleet_the_same_observations_again_change_nothing_enforced() {
+    use super::fleet::FleetBook;
+    use crate::fleet::FromFleet;
+    let mut h = Harness::new();
+    h.daemon.workloads.fleet = Some(FleetBook::default());
+    h.exec("/usr/sbin/httpd");
+    let key = workload_key(&h.c).into_owned();
+    let mut b = Harness::new();
+    b.exec("/usr/local/bin/report");
+    let send = |h: &mut Harness, p: &lancet_engine::profile::Profile| {
+        h.daemon.on_fleet(FromFleet::Observations { workload: key.clone(), node: "b".into(), profile: Box::new(p.clone()), bytes: 100 });
+    };
+    send(&mut h, &b.daemon.workloads.map[&key].profile);
+    let generation = |h: &mut Harness| h.daemon.workloads.map.get_mut(&key).unwrap().generation;
+    let (g1, s1) = (generation(&mut h), h.daemon.workloads.map.get_mut(&key).unwrap().shared());
+    b.exec("/usr/local/bin/report");
+    send(&mut h, &b.daemon.workloads.map[&key].profile);
+    assert_eq!(generation(&mut h), g1, "the same entries, seen once more");
+    assert!(Arc::ptr_eq(&s1, &h.daemon.workloads.map.get_mut(&key).unwrap().shared()), "the backends' snapshot is kept");
+    b.exec("/usr/bin/new");
+    send(&mut h, &b.daemon.workloads.map[&key].profile);
+    assert_ne!(generation(&mut h), g1, "a new entry");
+    h.set_mode(Mode::Monitor);
+    h.exec("/usr/bin/new");
+    assert!(h.out.take().is_empty(), "the new entry is enforced");
 }

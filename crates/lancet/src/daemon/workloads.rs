@@ -18,7 +18,16 @@ use std::sync::Arc;
 
 /// One workload's profile and its bookkeeping.
 pub(super) struct Workload {
+    /// What this node learned (and the workload's mode): what it stores,
+    /// and in a fleet what it shares.
     pub(super) profile: Profile,
+    /// In a fleet, the other nodes' observations of the same image.
+    remote: Vec<Arc<Profile>>,
+    /// `profile` merged with `remote`, made when first needed after a
+    /// change of either: what is enforced ([`Workload::enforced`]).
+    view: Option<Profile>,
+    /// Changed since this node's observations were last shared.
+    pub(super) fleet_dirty: bool,
     /// Changed since it was last written to the store.
     pub(super) dirty: bool,
     pub(super) last_deviation: Option<u64>,
@@ -41,11 +50,56 @@ fn next_generation() -> u64 {
 
 impl Workload {
     pub(super) fn new(profile: Profile) -> Self {
-        Workload { profile, dirty: true, last_deviation: None, last_used: 0, shared: None, generation: next_generation() }
+        Workload {
+            profile,
+            remote: Vec::new(),
+            view: None,
+            fleet_dirty: true,
+            dirty: true,
+            last_deviation: None,
+            last_used: 0,
+            shared: None,
+            generation: next_generation(),
+        }
     }
 
     pub(super) fn changed(&mut self) {
         self.dirty = true;
+        self.fleet_dirty = true;
+        self.view = None;
+        self.shared = None;
+        self.generation = next_generation();
+    }
+
+    /// The profile this node checks and enforces: its own, merged with the
+    /// other nodes' observations when it is in a fleet. The merge is the
+    /// engine's (union of entries), so another node's learning widens what
+    /// is allowed here exactly as a replica's would on this node.
+    pub(super) fn enforced(&mut self) -> &Profile {
+        if self.remote.is_empty() {
+            return &self.profile;
+        }
+        let (own, remote) = (&self.profile, &self.remote);
+        self.view.get_or_insert_with(|| {
+            let mut v = own.clone();
+            for r in remote {
+                v.merge(r);
+            }
+            v
+        })
+    }
+
+    /// The other nodes' observations changed. When what is enforced stays
+    /// the same (a node shared its profile again with only counts and
+    /// times new), the containers are not put under a new profile: that
+    /// would re-apply every backend for nothing.
+    pub(super) fn set_remote(&mut self, remote: Vec<Arc<Profile>>) {
+        let before = if self.remote.is_empty() { Some(self.profile.clone()) } else { self.view.take() };
+        self.remote = remote;
+        self.view = None;
+        if before.is_some_and(|b| self.enforced().same_rules(&b)) {
+            return;
+        }
         self.shared = None;
         self.generation = next_generation();
     }
@@ -57,10 +111,17 @@ impl Workload {
     /// burst and reopen approvals for nothing.
     pub(super) fn changed_for_the_record(&mut self) {
         self.dirty = true;
+        self.fleet_dirty = true;
+        self.view = None;
     }
 
     pub(super) fn shared(&mut self) -> Arc<Profile> {
-        Arc::clone(self.shared.get_or_insert_with(|| Arc::new(self.profile.clone())))
+        if let Some(s) = &self.shared {
+            return Arc::clone(s);
+        }
+        let p = Arc::new(self.enforced().clone());
+        self.shared = Some(Arc::clone(&p));
+        p
     }
 }
 
@@ -101,6 +162,9 @@ pub(super) struct Workloads {
     /// The host's network namespace: the addresses of a container that
     /// shares it are the host's, never its own.
     host_netns: Option<u32>,
+    /// In a fleet: the modes the fleet decided, and the other nodes'
+    /// observations ([`super::fleet`]).
+    pub(super) fleet: Option<super::fleet::FleetBook>,
 }
 
 /// The profile key of a container: its image digest where the runtime knows
@@ -133,6 +197,7 @@ impl Workloads {
             updates: Vec::new(),
             over_bound: 0,
             host_netns: crate::protect::netns_inode(1),
+            fleet: None,
         }
     }
 
@@ -191,7 +256,11 @@ impl Workloads {
                     profile.set_baseline(Some(b.clone()));
                 }
             }
-            self.map.insert(key.to_string(), Workload::new(profile));
+            let mut w = Workload::new(profile);
+            if let Some(f) = &self.fleet {
+                f.join(key, &mut w, now);
+            }
+            self.map.insert(key.to_string(), w);
         }
         let w = self.map.get_mut(key)?;
         w.last_used = now;
@@ -379,9 +448,16 @@ impl Workloads {
     pub(super) fn persist(&mut self, store: &mut Store, lifecycle: &Lifecycle, now: u64) -> Result<()> {
         for (key, w) in self.map.iter_mut() {
             if let Some(next) = lifecycle.next_mode(&w.profile, now, w.last_deviation) {
-                tracing::info!(workload = %key, from = %w.profile.mode(), to = %next, "profile promoted");
-                w.profile.set_mode(next, now);
-                w.changed();
+                match self.fleet.as_mut() {
+                    // The fleet decides a shared workload's mode: proposed,
+                    // applied when the fleet says so.
+                    Some(f) if f.shares(key) => f.propose_later(key, next),
+                    _ => {
+                        tracing::info!(workload = %key, from = %w.profile.mode(), to = %next, "profile promoted");
+                        w.profile.set_mode(next, now);
+                        w.changed();
+                    }
+                }
             }
             if w.dirty {
                 store.put_profile(key, w.profile.image(), &w.profile.mode().to_string(), &w.profile.to_yaml()?, now)?;

@@ -1,0 +1,226 @@
+//! `lancet hub`: the fleet's view. It reads every node's heartbeat from the
+//! nodes bucket when asked (`GET /v1/nodes`), and follows the alerts stream
+//! from its first message into a bounded window in memory, which
+//! `GET /v1/alerts` filters (by `since`/`since_ns` and `node`). The stream
+//! is the hub's store: a restarted hub reads it again, unless it keeps
+//! what it took in a store of its own ([`super::hub_store`]).
+//!
+//! What it reads was written by the nodes: each alert must be a JSON object
+//! of at most [`MAX_ALERT_BYTES`] with a valid `node`, or it is skipped.
+
+use super::keys::{self, Heartbeat};
+use super::session;
+use crate::api::params::Params;
+use anyhow::{Context, Result};
+use async_nats::jetstream;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Alerts kept in memory, the newest; older ones stay in the stream.
+const WINDOW: usize = 50_000;
+const MAX_ALERT_BYTES: usize = 64 * 1024;
+/// Nodes listed at most.
+const MAX_NODES: usize = 10_000;
+
+#[derive(clap::Args, Debug)]
+pub struct HubArgs {
+    /// The fleet's NATS server (JetStream), e.g. nats://127.0.0.1:4222.
+    #[arg(long, value_name = "URL")]
+    pub nats: String,
+    /// Serve the fleet API here (e.g. 127.0.0.1:7080).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Keep every alert taken from the stream in a store here, and go on
+    /// from where it stopped after a restart (else the hub keeps nothing:
+    /// it reads the stream again from its start).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+type Window = Arc<Mutex<VecDeque<(u64, String, Value)>>>;
+
+#[derive(Clone)]
+struct Hub {
+    js: jetstream::Context,
+    window: Arc<Mutex<VecDeque<(u64, String, Value)>>>,
+}
+
+pub fn run(args: HubArgs) -> Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::install_stop_signals(&stop)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the hub's runtime")?;
+    rt.block_on(serve(args, stop))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn serve(args: HubArgs, stop: Arc<AtomicBool>) -> Result<()> {
+    let client = session::connect(&args.nats, "lancet-hub").await?;
+    let js = jetstream::new(client.clone());
+    session::ensure_alerts_stream(&js, session::clustered(&client)).await?;
+    let hub = Hub { js: js.clone(), window: Arc::default() };
+    let keep = match &args.state_dir {
+        Some(dir) => {
+            let k = super::hub_store::Keep::open(dir)?;
+            let restored = k.restore(WINDOW)?;
+            tracing::info!(alerts = restored.len(), next = k.next_sequence(), dir = %dir.display(), "hub: alerts kept from before");
+            hub.window.lock().unwrap_or_else(|p| p.into_inner()).extend(restored);
+            Some(k)
+        }
+        None => None,
+    };
+    tokio::spawn(follow(js, Arc::clone(&hub.window), keep));
+    let app = Router::new()
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/alerts", get(alerts))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(hub);
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, nats = %args.nats, "lancet hub is serving");
+    eprintln!("lancet hub: serving the fleet on http://{}", args.listen);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .context("serving")?;
+    Ok(())
+}
+
+/// Follows the alerts stream into the window (and the store, with
+/// `--state-dir`), from its first message or where the store stopped;
+/// after an error, again from the last sequence seen.
+async fn follow(js: jetstream::Context, window: Window, mut keep: Option<super::hub_store::Keep>) {
+    let mut next = keep.as_ref().map_or(1, |k| k.next_sequence());
+    loop {
+        if let Err(e) = follow_from(&js, &window, &mut next, keep.as_mut()).await {
+            tracing::warn!("hub: following the alerts stream: {e:#}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn follow_from(
+    js: &jetstream::Context,
+    window: &Window,
+    next: &mut u64,
+    mut keep: Option<&mut super::hub_store::Keep>,
+) -> Result<()> {
+    let stream = js.get_stream(keys::ALERTS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: *next },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut pruned = std::time::Instant::now();
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(*next);
+        *next = seq + 1;
+        let Some((node, v)) = parse_alert(&m.payload).filter(|(node, v)| subject_names(&m.subject, node, v)) else {
+            tracing::debug!(seq, subject = %m.subject, "hub: alert skipped: not a lancet alert, or not of the node its subject names");
+            continue;
+        };
+        if let Some(k) = keep.as_deref_mut() {
+            k.record(seq, &v)?;
+            if pruned.elapsed() > Duration::from_secs(60) {
+                k.prune()?;
+                pruned = std::time::Instant::now();
+            }
+        }
+        let mut w = window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= WINDOW {
+            w.pop_front();
+        }
+        w.push_back((v["time_ns"].as_u64().unwrap_or(0), node, v));
+    }
+    Ok(())
+}
+
+/// Whether the subject (`lancet.alerts.<cluster>.<node>.<priority>`) names
+/// the node and cluster the alert says it comes from.
+fn subject_names(subject: &str, node: &str, v: &Value) -> bool {
+    let t: Vec<&str> = subject.split('.').collect();
+    t.len() == 5 && t[3] == node && Some(t[2]) == v["cluster"].as_str()
+}
+
+/// A node's alert: a JSON object with a valid `node`, bounded.
+pub(super) fn parse_alert(payload: &[u8]) -> Option<(String, Value)> {
+    if payload.len() > MAX_ALERT_BYTES {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    let node = v.get("node")?.as_str().filter(|n| keys::valid_name(n))?.to_string();
+    v.is_object().then_some((node, v))
+}
+
+fn error(status: u16, msg: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, Json(json!({"error": msg}))).into_response()
+}
+
+/// `GET /v1/nodes`: every node's last heartbeat, by name.
+async fn nodes(State(hub): State<Hub>) -> Response {
+    match list_nodes(&hub.js).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(503, &format!("the nodes bucket could not be read: {e:#}")),
+    }
+}
+
+async fn list_nodes(js: &jetstream::Context) -> Result<Value> {
+    let kv = match js.get_key_value(keys::NODES_BUCKET).await {
+        Ok(kv) => kv,
+        // No node ever joined.
+        Err(_) => return Ok(json!([])),
+    };
+    let now = lancet_engine::event::now_ns();
+    let mut names: Vec<String> = kv.keys().await?.take(MAX_NODES).filter_map(|k| async move { k.ok() }).collect().await;
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(bytes) = kv.get(&name).await? else { continue };
+        let Some(h) = Heartbeat::parse(&bytes).filter(|h| h.node == name) else { continue };
+        out.push(json!({
+            "name": h.node,
+            "cluster": h.cluster,
+            "lastHeartbeat": lancet_engine::output::rfc3339_nanos(h.time_ns),
+            "lastHeartbeatNs": h.time_ns,
+            "ageSeconds": now.saturating_sub(h.time_ns) as f64 / 1e9,
+            "version": h.version,
+            "guarantees": h.guarantees,
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+/// `GET /v1/alerts?since=…|since_ns=…&node=…&limit=…`: the newest alerts
+/// of every node (or of one), oldest first, each with its `node`.
+async fn alerts(State(hub): State<Hub>, RawQuery(q): RawQuery) -> Response {
+    let p = match Params::parse(q.as_deref(), &["since", "since_ns", "node", "limit"]) {
+        Ok(p) => p,
+        Err((s, m)) => return error(s, &m),
+    };
+    let (since, node, limit) = match (p.since_ns(lancet_engine::event::now_ns()), p.text("node"), p.limit("limit", 10_000)) {
+        (Ok(s), Ok(n), Ok(l)) => (s.unwrap_or(0), n, l.unwrap_or(1000)),
+        (Err((s, m)), _, _) | (_, Err((s, m)), _) | (_, _, Err((s, m))) => return error(s, &m),
+    };
+    let w = hub.window.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out: Vec<&Value> =
+        w.iter().rev().filter(|(t, n, _)| *t >= since && node.as_deref().is_none_or(|x| x == n)).take(limit).map(|(_, _, v)| v).collect();
+    out.reverse();
+    Json(json!(out)).into_response()
+}

@@ -1,0 +1,164 @@
+//! The fleet against real `nats-server` processes (JetStream, loopback
+//! ports), without root: two or three [`Link`]s as nodes, each with its own
+//! fleet thread, exactly as `lancet run --nats` starts them. Skipped, saying
+//! why, only where no server binary is installed (`scripts/setup.sh`
+//! installs one).
+
+use super::keys::{self, PROFILES_BUCKET};
+use super::testserver::{self, Server};
+use super::{FleetConfig, FromFleet, Link, ToFleet};
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use lancet_engine::profile::{Deviation, Mode, Profile};
+use lancet_store::{NewAlert, Store, StoreOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod alerts;
+mod hub;
+mod kv;
+
+const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn servers(n: usize) -> Option<Vec<Server>> {
+    let s = testserver::start(n);
+    if s.is_none() {
+        lancet_testkit::skip("nats-server is not installed (scripts/setup.sh installs it under /opt/lancet-fleet-tools)");
+    }
+    s
+}
+
+fn cfg(url: &str, node: &str, state: Option<&Path>) -> FleetConfig {
+    FleetConfig {
+        url: url.into(),
+        node: node.into(),
+        cluster: "test".into(),
+        store: state.map(|d| d.join("lancet.db")),
+        state_dir: state.map(Path::to_path_buf),
+        guarantees: Arc::default(),
+    }
+}
+
+/// A node under test: its link, and what it received that no wait has
+/// taken yet (a mode can arrive before the answer to the proposal that
+/// made it).
+struct Node {
+    link: Link,
+    backlog: std::collections::VecDeque<FromFleet>,
+}
+
+impl Node {
+    fn start(url: &str, node: &str, state: Option<&Path>) -> Node {
+        let _ = tracing_subscriber::fmt().with_env_filter("lancet=info").with_test_writer().try_init();
+        Node { link: Link::start(cfg(url, node, state)).unwrap(), backlog: Default::default() }
+    }
+
+    fn send(&self, m: ToFleet) {
+        self.link.send(m).expect("queued");
+    }
+}
+
+/// The first message `pred` accepts within `timeout`, from the backlog
+/// first; the others stay in the backlog.
+fn wait_for(n: &mut Node, timeout: Duration, what: &str, mut pred: impl FnMut(&FromFleet) -> bool) -> FromFleet {
+    if let Some(i) = n.backlog.iter().position(&mut pred) {
+        return n.backlog.remove(i).unwrap();
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        while let Some(m) = n.link.try_recv() {
+            if pred(&m) {
+                return m;
+            }
+            n.backlog.push_back(m);
+        }
+        assert!(Instant::now() < deadline, "{} got no {what} within {timeout:?}", n.link.node);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn connected(link: &mut Node) {
+    wait_for(link, Duration::from_secs(60), "connection", |m| matches!(m, FromFleet::Connected(true)));
+}
+
+fn profile_with(digest: &str, exes: &[&str]) -> String {
+    let mut p = Profile::new("localhost/web:1", digest, 1_800_000_000_000_000_000);
+    for e in exes {
+        p.allow(&Deviation::NewExecutable { path: e.to_string() }, 1_800_000_000_000_000_000);
+    }
+    p.to_yaml().unwrap()
+}
+
+fn propose(link: &mut Node, mode: Mode, expected: Option<u64>, ticket: u64) -> Result<u64, (u16, String)> {
+    link.send(ToFleet::Propose { workload: D.into(), mode, expected, ticket });
+    match wait_for(link, Duration::from_secs(15), "proposal answer", |m| matches!(m, FromFleet::Proposed { ticket: t, .. } if *t == ticket))
+    {
+        FromFleet::Proposed { result, .. } => result,
+        _ => unreachable!(),
+    }
+}
+
+fn wait_mode(link: &mut Node, revision: u64) -> (Mode, String) {
+    match wait_for(link, Duration::from_secs(15), "mode", |m| matches!(m, FromFleet::Mode { revision: r, .. } if *r == revision)) {
+        FromFleet::Mode { mode, by, .. } => (mode, by),
+        _ => unreachable!(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn alert(store: &mut Store, i: u64) {
+    let json = serde_json::json!({"rule": format!("rule {i}"), "priority": "Warning", "output": format!("alert {i}")}).to_string();
+    store
+        .insert_alert(&NewAlert {
+            time_ns: 1_800_000_000_000_000_000 + i,
+            rule: format!("rule {i}"),
+            priority: if i % 2 == 0 { "Warning".into() } else { "Critical".into() },
+            container_id: "c".repeat(64),
+            container_name: "web".into(),
+            image: "img".into(),
+            workload: D.into(),
+            action: "alert".into(),
+            enforced: false,
+            count: 1,
+            json,
+        })
+        .unwrap();
+    store.flush().unwrap();
+}
+
+/// Every message of the alerts stream, in stream order.
+fn stream_alerts(url: &str) -> Vec<(String, serde_json::Value)> {
+    try_stream_alerts(url).expect("the alerts stream is readable")
+}
+
+/// [`stream_alerts`], or None while the stream cannot be read (a cluster
+/// electing a leader).
+fn try_stream_alerts(url: &str) -> Option<Vec<(String, serde_json::Value)>> {
+    runtime().block_on(async {
+        let js = jetstream::new(async_nats::connect(url).await.ok()?);
+        let stream = js.get_stream(keys::ALERTS_STREAM).await.ok()?;
+        let consumer = stream.create_consumer(jetstream::consumer::pull::OrderedConfig::default()).await.ok()?;
+        let mut msgs = consumer.messages().await.ok()?;
+        let mut out = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
+            out.push((m.subject.to_string(), serde_json::from_slice(&m.payload).ok()?));
+        }
+        Some(out)
+    })
+}
+
+fn wait_stream(url: &str, n: usize) -> Vec<(String, serde_json::Value)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = stream_alerts(url);
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
