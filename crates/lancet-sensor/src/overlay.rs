@@ -70,6 +70,12 @@ pub fn written_in_container(upper: &Path, path: &str) -> io::Result<bool> {
     }
 }
 
+/// [`written_in_container`] for a verdict: a file whose origin cannot be
+/// told counts as written, so a failure to read never lets drift run.
+pub fn written_or_unknown(upper: &Path, path: &str) -> bool {
+    written_in_container(upper, path).unwrap_or(true)
+}
+
 /// Is `host_path`, an entry of an overlay upper directory, a copy of an
 /// image entry that overlayfs made (copy-up), rather than something the
 /// container created? Copy-up records where the copy came from in the
@@ -204,5 +210,7 @@ mod tests {
         assert!(w("tmp/ls").is_err(), "relative");
         assert!(w("/tmp/../tmp/ls").is_err(), "dotdot");
         assert!(written_in_container(Path::new("/nonexistent-upper"), "/tmp/ls").is_err(), "an upper dir that cannot be opened");
+        assert!(written_or_unknown(Path::new("/nonexistent-upper"), "/tmp/ls"), "unknown is written, for a verdict");
+        assert!(written_or_unknown(up, "/../etc/passwd"), "a path with .. is not taken for the image's");
     }
 }

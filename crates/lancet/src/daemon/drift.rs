@@ -16,7 +16,7 @@ impl Daemon {
         // Unknown (the upper dir unreadable, a path with `..`) is never
         // taken for "not written".
         let facts = |path: &str| FileFacts {
-            in_upper: upper.as_deref().map(|u| lancet_sensor::overlay::written_in_container(u, path).unwrap_or(true)),
+            in_upper: upper.as_deref().map(|u| lancet_sensor::overlay::written_or_unknown(u, path)),
             in_baseline: baseline.map(|b| b.lookup(path).is_some()),
         };
         match &ev.kind {

@@ -9,7 +9,7 @@
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::event::Event;
 use lancet_engine::live::{entrypoint_event, parse_proc_net, process_event, socket_events, written_event, LiveProcess};
-use lancet_sensor::overlay::{copied_up, written_in_container};
+use lancet_sensor::overlay::{copied_up, written_or_unknown};
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
@@ -42,9 +42,7 @@ pub(super) fn live_events(c: &ContainerInfo, host_root: &Path, cgroup_dir: &Path
         // learned as normal.
         match live_process(p, &ours) {
             // Unknown counts as written: never learned as normal.
-            Some(lp) if !upper.is_some_and(|u| written_in_container(u, &lp.exe).unwrap_or(true)) => {
-                out.push(process_event(&lp, now, cgroup_id))
-            }
+            Some(lp) if !upper.is_some_and(|u| written_or_unknown(u, &lp.exe)) => out.push(process_event(&lp, now, cgroup_id)),
             Some(lp) => {
                 tracing::warn!(container = %c.name, pid = p, exe = %lp.exe, "a running process runs a file the container wrote; not learned")
             }

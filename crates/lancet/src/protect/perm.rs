@@ -15,7 +15,7 @@ use lancet_engine::response::{
 };
 use lancet_sensor::enforce::{FailMode, PermConfig, PermDecision, PermGroup, PermKind, PermRequest};
 use lancet_sensor::fanotify::exec_call;
-use lancet_sensor::overlay::{overlay_upper_dir, written_in_container};
+use lancet_sensor::overlay::{overlay_upper_dir, written_or_unknown};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,7 +145,7 @@ fn decide_for(t: &PermTable, label: u64, req: &PermRequest<'_>, denials: &SyncSe
                 mount,
                 interpreter: e.approved.interpreters.contains(&id),
                 // Unknown is never taken for "not written".
-                in_upper: e.upper.as_deref().filter(|_| on_root_with_path).map(|u| written_in_container(u, req.path).unwrap_or(true)),
+                in_upper: e.upper.as_deref().filter(|_| on_root_with_path).map(|u| written_or_unknown(u, req.path)),
                 in_baseline: e.profile.baseline().filter(|_| on_root_with_path).map(|b| b.lookup(req.path).is_some()),
                 written: None,
                 in_profile: e.approved.files.contains(&id),
@@ -214,7 +214,7 @@ fn judge_program(e: &PermEntry, id: (u64, u64), tid: i32, code_check: bool) -> R
         ProgramSource::File(target) => ProgramFacts::File {
             off_root: e.root_dev.is_some() && file_dev(tid, target).is_some_and(|d| Some(d) != e.root_dev),
             facts: FileFacts {
-                in_upper: e.upper.as_deref().map(|u| written_in_container(u, target).unwrap_or(true)),
+                in_upper: e.upper.as_deref().map(|u| written_or_unknown(u, target)),
                 in_baseline: e.profile.baseline().map(|b| b.lookup(target).is_some()),
             },
         },
