@@ -213,9 +213,10 @@ fn a_symlinked_alerts_file_or_a_foreign_socket_path_stops_the_agent_at_start() {
 }
 
 /// A runc container whose bundle sits where containerd keeps its tasks'
-/// state (containerd is not running here: the directory is made for the
-/// test and removed after), with `lancet hook oci` as its createRuntime
-/// hook. Removed, with its cgroups and that directory, on drop.
+/// state, in a namespace directory of the test's own (containerd may be
+/// running: only what the test made is removed, never containerd's own),
+/// with `lancet hook oci` as its createRuntime hook. Removed, with its
+/// cgroups and the directories the test made, on drop.
 struct HookedRunc {
     id: String,
     made: std::path::PathBuf,
@@ -240,18 +241,17 @@ fn the_hook_run_by_a_real_runtime_is_accepted_from_its_state() {
         lancet_testkit::skip("runc is not installed");
         return;
     }
-    if Path::new("/run/containerd").exists() {
-        lancet_testkit::skip("a containerd state directory exists; the test does not write into a real runtime's state");
-        return;
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     let (state, policies, alerts) = agent_dirs(dir.path());
     let agent = Agent::start(&state, &policies, &alerts, &[]);
     let sock = agent.socket.to_str().unwrap().to_string();
 
     let id = unique("lancet-ctl-hook");
-    let c = HookedRunc { id: id.clone(), made: "/run/containerd".into() };
-    let bundle = Path::new("/run/containerd/io.containerd.runtime.v2.task/lancet-test").join(&id);
+    let namespace = Path::new("/run/containerd/io.containerd.runtime.v2.task").join(unique("lancet-test"));
+    // The highest directory on the way that does not exist yet: the test's.
+    let made = namespace.ancestors().take_while(|p| !p.exists()).last().expect("a fresh namespace directory").to_path_buf();
+    let c = HookedRunc { id: id.clone(), made };
+    let bundle = namespace.join(&id);
     let rootfs = bundle.join("rootfs");
     for d in ["bin", "proc", "sys", "dev", "tmp"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
