@@ -146,9 +146,8 @@ fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
 /// inode), to tell from an exec record whether the process was still in the
 /// host's root (a container runtime before it enters the container).
 fn host_root() -> Option<(u32, u64)> {
-    use std::os::unix::fs::MetadataExt;
     static ROOT: std::sync::OnceLock<Option<(u32, u64)>> = std::sync::OnceLock::new();
-    *ROOT.get_or_init(|| std::fs::metadata("/").ok().map(|m| (crate::sys::kernel_dev(m.dev()), m.ino())))
+    *ROOT.get_or_init(|| crate::sys::host_root_id().map(|(dev, ino)| (crate::sys::kernel_dev(dev), ino)))
 }
 
 /// Decodes one ring-buffer record.

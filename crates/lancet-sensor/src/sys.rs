@@ -14,6 +14,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
 
 /// `struct open_how` (linux/openat2.h). Defined here because libc's is
 /// `#[non_exhaustive]` and cannot be built outside it.
@@ -139,6 +140,36 @@ pub(crate) fn fd_path(fd: RawFd) -> io::Result<String> {
 
 /// A `stat` st_dev (userspace dev_t) in the kernel's encoding
 /// (`major << 20 | minor`), as BPF sees `inode->i_sb->s_dev`.
+/// The host's root directory (device, inode): the root of the host's init,
+/// `/proc/1/root`, not the agent's own `/`. An agent run in a container
+/// (the DaemonSet, with the host's PID namespace) has its image's root as
+/// `/`: compared with that, the runtime before `pivot_root` and the host's
+/// own processes would not look like the host's. Read once.
+///
+/// When init's root cannot be read (an init in a more privileged user
+/// namespace, as in some sandboxes), the root of the agent's parent: in a
+/// container that is the runtime's shim (conmon, containerd-shim), which is
+/// in the host's root; on the host it is a process there too (systemd, a
+/// shell). The agent's own `/` only when neither can be read.
+pub fn host_root_id() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    static ROOT: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| std::fs::metadata(host_root_dir()).ok().map(|m| (m.dev(), m.ino())))
+}
+
+/// The host's root directory as the agent reaches it (see [`host_root_id`]):
+/// `/proc/1/root`, `/proc/<parent>/root` or `/`, the first readable.
+pub fn host_root_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let parent = PathBuf::from(format!("/proc/{}/root", std::os::unix::process::parent_id()));
+        [PathBuf::from("/proc/1/root"), parent].into_iter().find(|p| std::fs::metadata(p).is_ok()).unwrap_or_else(|| {
+            tracing::warn!("neither init's nor the parent's root can be read: the agent's own root is taken for the host's");
+            PathBuf::from("/")
+        })
+    })
+}
+
 pub fn kernel_dev(st_dev: u64) -> u32 {
     let major = libc::major(st_dev);
     let minor = libc::minor(st_dev);

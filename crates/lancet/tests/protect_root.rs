@@ -35,6 +35,12 @@ struct Setup {
 /// (8080 learned, 9090 not) and a client. The agent learns them, then the
 /// workload is promoted to protect.
 fn setup(tag: &str) -> (Setup, Agent) {
+    setup_with(tag, false)
+}
+
+/// [`setup`], with the agent in a container as the DaemonSet runs it when
+/// `in_container`.
+fn setup_with(tag: &str, in_container: bool) -> (Setup, Agent) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (state, policies, alerts) = agent_dirs(dir.path());
     let hooks = dir.path().join("hooks.d");
@@ -50,7 +56,12 @@ fn setup(tag: &str) -> (Setup, Agent) {
     // Every attempt below is run through `sh -c`: the shell is approved
     // whatever code it is handed, so what is tested is what lies under it
     // (volume_drift_root tests the shell judged with its code).
-    let agent = Agent::start_with_config(&state, &policies, &alerts, "interpreterCode: any\n", &[]);
+    let config = "interpreterCode: any\n";
+    let agent = if in_container {
+        Agent::start_in_container(dir.path(), &state, &policies, &alerts, config, &[])
+    } else {
+        Agent::start_with_config(&state, &policies, &alerts, config, &[])
+    };
     let out = agent.cli(&["hook", "install", "--dir", hooks.to_str().unwrap()]);
     assert!(out.contains("lancet.json"), "{out}");
     let s = Setup { _dir: dir, alerts, policies, srv, _peer: peer, cli, srv_ip, peer_ip, hooks, _net: net };
@@ -83,6 +94,22 @@ fn setup(tag: &str) -> (Setup, Agent) {
 }
 
 impl Setup {
+    /// The server connects to its peer on `port`: Ok, or what it printed.
+    fn connect_peer(&self, port: u16) -> Result<(), String> {
+        let o = self.srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{}:{port}/index.html", self.peer_ip)]);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(out_text(&o))
+        }
+    }
+
+    /// The server's connection to the peer's unlearned port 9090 is refused
+    /// by the kernel (not merely failed).
+    fn unlisted_port_refused(&self) -> bool {
+        self.connect_peer(9090).is_err_and(|e| e.contains("not permitted"))
+    }
+
     /// One request from the client to the server, with a deadline.
     fn fetch(&self) -> Result<(), String> {
         let url = format!("http://{}:8080/index.html", self.srv_ip);
@@ -141,10 +168,8 @@ fn protect_refuses_the_one_operation_and_the_server_keeps_serving() {
 
     // Network: a port outside the profile is refused; the learned peer
     // answers.
-    let o = s.srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{}:9090/index.html", s.peer_ip)]);
-    assert!(!o.status.success() && out_text(&o).contains("not permitted"), "connect to 9090: {}", out_text(&o));
-    let o = s.srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{}:8080/index.html", s.peer_ip)]);
-    assert!(o.status.success(), "the learned flow was refused: {}", out_text(&o));
+    assert!(s.unlisted_port_refused(), "connect to 9090: {:?}", s.connect_peer(9090));
+    s.connect_peer(8080).expect("the learned flow");
     let (v, p) = wait_alerts(&s.alerts, pos, Duration::from_secs(2), Duration::from_millis(300));
     let a = alerts_for(&v, &s.srv.name);
     assert!(
@@ -237,20 +262,26 @@ fn protect_refuses_the_one_operation_and_the_server_keeps_serving() {
     assert!(out.contains("released"), "{out}");
     s.fetch().expect("service restored after thaw");
 
-    // Before the first instruction: a container of the protected workload
-    // started through the hook is guarded before its entrypoint runs.
-    let name = unique("lancet-pa-hooked");
-    let o = Command::new("podman")
-        .args(["--hooks-dir", s.hooks.to_str().unwrap(), "run", "--rm", "--name", &name, IMAGE])
-        .args(["sh", "-c", "cp /bin/busybox /tmp/x; echo cp=$?; /tmp/x true; echo rc=$?"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("podman run");
-    let text = out_text(&o);
-    let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &name]).output();
-    // Refused at exec (not killed after it ran: that would be rc=137).
-    assert!(text.contains("not permitted") && text.contains("rc=126"), "the entrypoint ran unguarded: {text}");
+    s.hooked_start_is_guarded("pa");
     drop(agent);
+}
+
+impl Setup {
+    /// Before the first instruction: a container of the protected workload
+    /// started through the hook is guarded before its entrypoint runs.
+    fn hooked_start_is_guarded(&self, tag: &str) {
+        let name = unique(&format!("lancet-{tag}-hooked"));
+        let o = Command::new("podman")
+            .args(["--hooks-dir", self.hooks.to_str().unwrap(), "run", "--rm", "--name", &name, IMAGE])
+            .args(["sh", "-c", "cp /bin/busybox /tmp/x; echo cp=$?; /tmp/x true; echo rc=$?"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("podman run");
+        let text = out_text(&o);
+        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &name]).output();
+        // Refused at exec (not killed after it ran: that would be rc=137).
+        assert!(text.contains("not permitted") && text.contains("rc=126"), "the entrypoint ran unguarded: {text}");
+    }
 }
 
 #[test]
@@ -258,11 +289,7 @@ fn agent_killed_under_load_fails_no_request_and_rules_hold() {
     skip_unless_ready!(true);
     let _one = ONE_AGENT.lock().unwrap_or_else(|p| p.into_inner());
     let (s, mut agent) = setup("b");
-    let denied_9090 = |s: &Setup| {
-        let o = s.srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{}:9090/index.html", s.peer_ip)]);
-        !o.status.success() && out_text(&o).contains("not permitted")
-    };
-    assert!(denied_9090(&s));
+    assert!(s.unlisted_port_refused());
 
     // Load: requests from the client and learned execs in the server, while
     // the agent is killed.
@@ -293,7 +320,7 @@ fn agent_killed_under_load_fails_no_request_and_rules_hold() {
     std::thread::sleep(Duration::from_secs(2));
     agent.kill9();
     // With the agent dead, the pinned network rules still hold.
-    assert!(denied_9090(&s), "network rules did not survive the agent");
+    assert!(s.unlisted_port_refused(), "network rules did not survive the agent");
     std::thread::sleep(Duration::from_secs(1));
     agent.spawn();
     // The new agent adopts its pins and the running containers at once.
@@ -321,5 +348,59 @@ fn agent_killed_under_load_fails_no_request_and_rules_hold() {
         );
     }
     assert!(ok >= 6, "too little load ran: {ok}");
-    assert!(denied_9090(&s), "the restarted agent keeps the network rules");
+    assert!(s.unlisted_port_refused(), "the restarted agent keeps the network rules");
+}
+
+/// Issue 18: the agent run as the DaemonSet runs it (in a container, with
+/// the host's paths under HOST_ROOT=/host) sees, learns and protects the
+/// other containers as the host binary does, and a restart of its container
+/// (a rollout: SIGTERM, then a new one) keeps the pinned rules in force
+/// while it is away and resumes the rest.
+#[test]
+fn the_agent_in_a_daemonset_shaped_container_protects_the_same_and_a_restart_keeps_the_pins() {
+    skip_unless_ready!(true);
+    let _one = ONE_AGENT.lock().unwrap_or_else(|p| p.into_inner());
+    let (s, mut agent) = setup_with("c", true);
+    let (_, pos) = alerts_since(&s.alerts, 0);
+
+    // Drift: read through /host (the overlay's upper directory), refused.
+    let o = s.srv.exec(&["sh", "-c", "cp /bin/busybox /tmp/ls && /tmp/ls /"]);
+    assert!(!o.status.success() && out_text(&o).contains("not permitted"), "the copied binary ran: {}", out_text(&o));
+    s.fetch().expect("httpd answers after a refused exec");
+    let (v, _) = wait_alerts(&s.alerts, pos, Duration::from_secs(3), Duration::from_millis(500));
+    let drift = alerts_for(&v, &s.srv.name).into_iter().find(|a| a["rule"] == "Drift: written");
+    let drift = drift.unwrap_or_else(|| panic!("no drift alert: {v:#?}"));
+    assert_eq!(drift["output_fields"]["lancet.enforced"], true, "{drift:#}");
+    assert_eq!(drift["output_fields"]["container.name"], s.srv.name.as_str(), "{drift:#}");
+    // Network: the unlisted port refused, the learned one allowed.
+    assert!(s.unlisted_port_refused(), "connect to 9090: {:?}", s.connect_peer(9090));
+    s.connect_peer(8080).expect("the learned flow");
+    // A sensitive file refused, the others read.
+    assert!(!s.srv.exec(&["cat", "/etc/shadow"]).status.success(), "/etc/shadow was read");
+    assert!(s.srv.exec(&["cat", "/www/index.html"]).status.success());
+    // A container started through the hook, which hands it to the agent in
+    // its container, is guarded before its first instruction.
+    s.hooked_start_is_guarded("pc");
+    s.fetch().expect("httpd answers");
+
+    // The agent's container is stopped as a rollout stops it. While no
+    // agent runs, the pinned network rules still refuse.
+    stop_child(&mut agent.child, "-TERM", Duration::from_secs(20));
+    assert!(s.unlisted_port_refused(), "the pinned network rules went with the agent's container");
+    s.fetch().expect("httpd answers while the agent is away");
+    // Its successor adopts the pins and the running containers.
+    agent.spawn();
+    let restarted = Instant::now();
+    loop {
+        let o = s.srv.exec(&["sh", "-c", "/tmp/ls /"]);
+        if !o.status.success() && out_text(&o).contains("not permitted") {
+            break;
+        }
+        assert!(restarted.elapsed() < Duration::from_secs(10), "the restarted agent's container does not refuse drift: {}", out_text(&o));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("drift refused again {} ms after the new agent container was tracing", restarted.elapsed().as_millis());
+    assert!(s.unlisted_port_refused(), "the restarted agent keeps the network rules");
+    s.connect_peer(8080).expect("the learned flow after the restart");
+    s.fetch().expect("httpd answers after the restart");
 }

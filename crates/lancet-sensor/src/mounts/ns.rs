@@ -45,19 +45,22 @@ impl Ctx {
     /// its own ([`run`]).
     fn enter(pid: u32, root: Option<&Path>) -> Result<Ctx, MountError> {
         let host_proc = sys::open_host_dir("/proc").map_err(|e| MountError::Namespace { pid, what: "/proc".into(), source: e })?;
-        let host_root = sys::open_host_dir("/").map_err(|e| MountError::Namespace { pid, what: "/".into(), source: e })?;
         let ns = sys::open_host_file(&format!("/proc/{pid}/ns/mnt")).map_err(|e| gone_or(pid, "ns/mnt", e))?;
         let proc_root = sys::open_host_dir(&format!("/proc/{pid}/root")).map_err(|e| gone_or(pid, "root", e))?;
         let mnt_ns = sys::stat_at(ns.as_fd(), "", true).map_err(|e| gone_or(pid, "ns/mnt", e))?.ino;
-        let host_id = sys::stat_at(host_root.as_fd(), "", true).map_err(|e| MountError::Namespace { pid, what: "/".into(), source: e })?;
-        drop(host_root);
+        // The host's root, not the agent's (in a container they differ).
+        let host_id = sys::host_root_id().ok_or_else(|| MountError::Namespace {
+            pid,
+            what: "/proc/1/root".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
         sys::enter_mount_namespace(ns.as_fd()).map_err(|e| MountError::Namespace { pid, what: "setns".into(), source: e })?;
         // Before `pivot_root` the runtime's root is still the host's (the
         // namespace's copy of it, same device and inode); the container's
         // root is then a directory inside it. Afterwards the process's root
         // is the container's.
         let proc_root_id = sys::stat_at(proc_root.as_fd(), "", true).map_err(|e| gone_or(pid, "root", e))?;
-        let pre_pivot = (proc_root_id.dev, proc_root_id.ino) == (host_id.dev, host_id.ino);
+        let pre_pivot = (proc_root_id.dev, proc_root_id.ino) == host_id;
         let root_fd = match (pre_pivot, root) {
             (false, _) => proc_root,
             (true, Some(p)) => {
@@ -66,7 +69,7 @@ impl Ctx {
             (true, None) => return Err(MountError::NoRoot { pid }),
         };
         let r = sys::stat_at(root_fd.as_fd(), "", true).map_err(|e| gone_or(pid, "root", e))?;
-        if (r.dev, r.ino) == (host_id.dev, host_id.ino) {
+        if (r.dev, r.ino) == host_id {
             return Err(MountError::HostRoot { pid });
         }
         sys::chroot_to(root_fd.as_fd()).map_err(|e| MountError::Namespace { pid, what: "chroot".into(), source: e })?;

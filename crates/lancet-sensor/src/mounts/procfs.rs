@@ -77,13 +77,13 @@ pub struct Writer {
 /// the process lancet knew is gone but the container is not.
 pub fn process_in_namespace(mnt_ns: u64) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    let host = std::fs::metadata("/").ok()?;
+    let host = crate::sys::host_root_id()?;
     let mut pids: Vec<u32> = std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
     pids.sort_unstable();
     pids.into_iter().find(|pid| {
         let ns = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
         let root = std::fs::metadata(format!("/proc/{pid}/root"));
-        ns.ok() == Some(mnt_ns) && root.is_ok_and(|r| (r.dev(), r.ino()) != (host.dev(), host.ino()))
+        ns.ok() == Some(mnt_ns) && root.is_ok_and(|r| (r.dev(), r.ino()) != host)
     })
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The inode of a process's network namespace (what the probes report as
 /// `netns`), None when it cannot be read.
@@ -38,13 +38,38 @@ fn local_addresses(fib_trie: &str) -> Vec<IpAddr> {
     out
 }
 
-/// Both paths are on one filesystem (same device).
-pub fn same_filesystem(a: &Path, b: &Path) -> bool {
+/// `path` is on the host's root filesystem (the host's, not the agent's own
+/// root when it runs in a container). False when either cannot be read.
+pub fn on_host_root_filesystem(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+    match (std::fs::metadata(path), lancet_sensor::sys::host_root_id()) {
+        (Ok(m), Some((dev, _))) => m.dev() == dev,
         _ => false,
     }
+}
+
+/// A container's root filesystem, named by its host path (the OCI hook's
+/// `root.path`), as the agent reaches it. Before `pivot_root` the runtime
+/// process `pid` holds it in its mount namespace, which may be the only
+/// place it is mounted (containers/storage mounts its layers under a
+/// private bind mount, so an agent in a container, with the host's
+/// `/var/lib` under `HOST_ROOT`, sees the empty directory below): reached
+/// through `/proc/<pid>/root`. After the pivot, where the host path shows
+/// only the host's filesystem, the container's own root. Otherwise the
+/// host path under `host_root`.
+pub fn reach_root(host_root: &Path, rootfs: &Path, pid: u32) -> PathBuf {
+    if rootfs.starts_with("/proc") {
+        return rootfs.to_path_buf();
+    }
+    let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
+    if in_host_root(pid) {
+        return proc_root.join(rootfs.strip_prefix("/").unwrap_or(rootfs));
+    }
+    let direct = on_host(host_root, rootfs);
+    if on_host_root_filesystem(&direct) && proc_root.exists() {
+        return proc_root;
+    }
+    direct
 }
 
 /// The identity of a directory: its device and inode.
@@ -60,8 +85,7 @@ fn dir_id(path: &Path) -> Option<(u64, u64)> {
 /// directory of the host's filesystem (a volume) is never mistaken for the
 /// runtime. False when the process is gone.
 pub fn in_host_root(pid: u32) -> bool {
-    static HOST_ROOT: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
-    let host = *HOST_ROOT.get_or_init(|| dir_id(Path::new("/")));
+    let host = lancet_sensor::sys::host_root_id();
     host.is_some() && dir_id(Path::new(&format!("/proc/{pid}/root"))) == host
 }
 

@@ -360,7 +360,7 @@ impl Protector {
                 Arc::clone(&old.approved)
             }
             _ => {
-                let a = approved::approve(&profile, &rootfs, self.enforcer.is_some());
+                let a = approved::approve(&profile, &host::reach_root(&self.host_root, &rootfs, pid), self.enforcer.is_some());
                 if !a.missing.is_empty() {
                     tracing::info!(container = %c.name, missing = ?a.missing, "profile executables not found in this container");
                 }

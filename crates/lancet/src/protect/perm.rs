@@ -4,7 +4,7 @@
 
 use super::approved::Approved;
 use super::host::{content_sha256, resolve_in_root};
-use super::host::{in_host_root, same_filesystem};
+use super::host::{in_host_root, on_host, on_host_root_filesystem, reach_root};
 use super::{Backend, Enforced, Guarded, ProtectOptions};
 use crate::config::FailModeSetting;
 use lancet_engine::drift::{normalise_code, program_source, FileFacts, ProgramSource, RAMFS_MAGIC, TMPFS_MAGIC};
@@ -331,9 +331,13 @@ impl PermBackend {
         let prefix = if pivoted {
             String::new()
         } else {
-            match std::fs::canonicalize(&g.rootfs).ok().and_then(|p| p.to_str().map(str::to_string)) {
+            // The host path, symlinks resolved (as mountinfo names it),
+            // read under HOST_ROOT and named without it.
+            let host = std::fs::canonicalize(on_host(&self.host_root, &g.rootfs)).ok();
+            let host = host.as_deref().and_then(|p| p.strip_prefix(&self.host_root).ok()).and_then(Path::to_str);
+            match host {
                 // A rootfs seen only through /proc: wait for the pivot.
-                Some(p) if !p.starts_with("/proc/") => p.trim_end_matches('/').to_string(),
+                Some(p) if !g.rootfs.starts_with("/proc") => format!("/{}", p.trim_matches('/')),
                 _ => return Ok(()),
             }
         };
@@ -396,10 +400,10 @@ impl Backend for PermBackend {
 
     fn apply(&mut self, g: &Guarded) -> Result<(), String> {
         // The root as the agent reaches it (the hook names it by its host path).
-        let rootfs = super::on_host(&self.host_root, &g.rootfs);
+        let rootfs = reach_root(&self.host_root, &g.rootfs, g.pid);
         // A filesystem mark on the host's own filesystem would put every
         // exec of the host under this container's profile.
-        if same_filesystem(&rootfs, Path::new("/")) {
+        if on_host_root_filesystem(&rootfs) {
             return Err(format!(
                 "{} is on the host's root filesystem; exec marks are placed only on a container's own root",
                 rootfs.display()

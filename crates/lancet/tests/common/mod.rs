@@ -234,7 +234,11 @@ impl Drop for RuncContainer {
 /// BPF pin directory; stopped by pid (SIGTERM) and its pins removed on drop.
 /// `cli` talks to it over its control socket (as root).
 pub struct Agent {
+    /// `lancet run` itself, or, for an agent in a container, the attached
+    /// `podman run` (which passes SIGTERM on to it).
     pub child: Child,
+    /// The agent's container, when it runs as the DaemonSet runs it.
+    pub container: Option<AgentContainer>,
     /// The TCP API (read-only without the token in `<state>/api.token`).
     pub api: String,
     /// The control socket: `<state>/../run/lancet.sock`.
@@ -251,19 +255,32 @@ pub struct Agent {
 impl Agent {
     /// [`Agent::start`] with a configuration file of this text.
     pub fn start_with_config(state: &Path, policies: &Path, alerts: &Path, config: &str, extra: &[&str]) -> Agent {
-        Agent::start_inner(state, policies, alerts, config, extra)
+        Agent::start_inner(state, policies, alerts, config, extra, None)
     }
 
     /// Starts `lancet run --mode learn` (long learning periods) plus `extra`
     /// and waits until it traces.
     pub fn start(state: &Path, policies: &Path, alerts: &Path, extra: &[&str]) -> Agent {
-        Agent::start_inner(state, policies, alerts, "", extra)
+        Agent::start_inner(state, policies, alerts, "", extra, None)
     }
 
-    fn start_inner(state: &Path, policies: &Path, alerts: &Path, config: &str, extra: &[&str]) -> Agent {
+    /// [`Agent::start_with_config`], but the test's binary runs in an image
+    /// (`deploy/container/build.sh`) run the way the DaemonSet runs it:
+    /// privileged, the host's PID namespace and network, `/sys/fs/bpf`
+    /// shared, `/sys/fs/cgroup`, `/proc` at `/host/proc`, the host's `/run`
+    /// and `/var/lib` read-only under `/host` (`HOST_ROOT=/host`), a
+    /// read-only root and `/tmp` of its own. The test's directory `dir`
+    /// (state, policies, alerts, control socket) is mounted at its own path.
+    pub fn start_in_container(dir: &Path, state: &Path, policies: &Path, alerts: &Path, config: &str, extra: &[&str]) -> Agent {
+        let c = AgentContainer { name: unique("lancet-agent"), image: AgentImage::build(), dir: dir.to_path_buf() };
+        Agent::start_inner(state, policies, alerts, config, extra, Some(c))
+    }
+
+    fn start_inner(state: &Path, policies: &Path, alerts: &Path, config: &str, extra: &[&str], container: Option<AgentContainer>) -> Agent {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let mut a = Agent {
             child: Command::new("true").spawn().expect("placeholder child"),
+            container,
             api: format!("127.0.0.1:{port}"),
             socket: state.parent().unwrap_or(state).join("run").join("lancet.sock"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{}", unique("lancet-test"))),
@@ -283,7 +300,11 @@ impl Agent {
         // A config file of our own (empty unless given), so the host's
         // /etc/lancet/lancet.yaml plays no part.
         std::fs::write(self.state.join("none.yaml"), &self.config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lancet"))
+        let mut cmd = match &self.container {
+            None => Command::new(env!("CARGO_BIN_EXE_lancet")),
+            Some(c) => c.run_command(),
+        };
+        let mut child = cmd
             .args(["run", "--mode", "learn", "--min-learning", "1h", "--quiet-period", "1h", "--listen", &self.api])
             .arg("--state-dir")
             .arg(&self.state)
@@ -319,6 +340,10 @@ impl Agent {
 
     /// Kills the agent with SIGKILL (an agent fault), leaving its pins.
     pub fn kill9(&mut self) {
+        if let Some(c) = &self.container {
+            // SIGKILL is not passed on by `podman run`: the container's.
+            let _ = Command::new("podman").args(["kill", "-s", "KILL", &c.name]).output();
+        }
         stop_child(&mut self.child, "-KILL", Duration::from_secs(5));
     }
 
@@ -350,8 +375,54 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         stop_child(&mut self.child, "-TERM", Duration::from_secs(10));
+        if let Some(c) = &self.container {
+            let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &c.name]).output();
+        }
         // Unpinned links detach once no process holds them.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// The agent's image, built from the test's own binary by
+/// `deploy/container/build.sh` (nothing pulled); removed on drop.
+pub struct AgentImage(pub String);
+
+impl AgentImage {
+    fn build() -> AgentImage {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/container/build.sh");
+        let tag = unique("localhost/lancet-test");
+        let out = Command::new("bash").arg(&script).arg(env!("CARGO_BIN_EXE_lancet")).arg(&tag).output().expect("run build.sh");
+        assert!(out.status.success(), "deploy/container/build.sh: {}", out_text(&out));
+        AgentImage(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for AgentImage {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+/// An agent container: its name (removed on drop with the agent), image and
+/// the test directory it mounts.
+pub struct AgentContainer {
+    pub name: String,
+    pub image: AgentImage,
+    dir: PathBuf,
+}
+
+impl AgentContainer {
+    /// `podman run` as deploy/kubernetes/daemonset.yaml runs the agent;
+    /// the agent's own arguments follow.
+    fn run_command(&self) -> Command {
+        let dir = self.dir.display().to_string();
+        let mut cmd = Command::new("podman");
+        cmd.args(["run", "--rm", "--name", &self.name, "--privileged", "--pid=host", "--network=host", "--read-only"])
+            .args(["--tmpfs", "/tmp", "-e", "HOST_ROOT=/host", "-e", "LANCET_LOG=info"])
+            .args(["-v", "/sys/fs/bpf:/sys/fs/bpf:rshared", "-v", "/sys/fs/cgroup:/sys/fs/cgroup"])
+            .args(["-v", "/proc:/host/proc:ro", "-v", "/run:/host/run:ro,rslave", "-v", "/var/lib:/host/var/lib:ro,rslave"])
+            .args(["-v", &format!("{dir}:{dir}"), &self.image.0]);
+        cmd
     }
 }
 

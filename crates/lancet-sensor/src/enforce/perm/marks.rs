@@ -55,7 +55,7 @@ impl PermGroup {
     pub fn protect_exec_mount(&self, label: u64, root: &Path, path: &str, mnt: u64) -> Result<(), FanotifyError> {
         let fd = open_mount(root, path, mnt)?;
         let (_, magic) = dev_magic(fd.as_raw_fd(), root)?;
-        if Some(mnt) == *HOST_ROOT_MOUNT.get_or_init(|| open_dir(Path::new("/")).ok().and_then(|f| mount_id(f.as_fd()).ok())) {
+        if Some(mnt) == *HOST_ROOT_MOUNT.get_or_init(|| open_dir(crate::sys::host_root_dir()).ok().and_then(|f| mount_id(f.as_fd()).ok())) {
             return Err(FanotifyError::HostFilesystem(root.join(path.trim_start_matches('/'))));
         }
         let mut st = self.lock();

@@ -329,7 +329,7 @@ impl PermGroup {
             libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_UNLIMITED_QUEUE | libc::FAN_REPORT_TID,
             (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
         )?;
-        let host_root_dev = std::fs::metadata("/").map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap_or(u64::MAX);
+        let host_root_dev = crate::sys::host_root_id().map_or(u64::MAX, |(dev, _)| dev);
         Ok(PermGroup {
             inner: Arc::new(Inner {
                 fan,
