@@ -8,6 +8,8 @@
 //! propagation is measured.
 
 mod common;
+// Its configured servers (TLS, users) are for the unit tests.
+#[allow(dead_code)]
 #[path = "../src/fleet/testserver.rs"]
 mod testserver;
 

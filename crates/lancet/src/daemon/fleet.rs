@@ -194,6 +194,9 @@ impl Fleet {
             "alertsSent": n(&c.alerts_sent),
             "alertsLost": n(&c.alerts_lost),
             "alertCursor": n(&c.alert_cursor),
+            "refusedByNats": n(&c.refused),
+            "lastError": c.error(),
+            "refusals": c.recent_refusals(),
         })
     }
 

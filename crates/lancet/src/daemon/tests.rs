@@ -354,6 +354,7 @@ fn in_a_fleet_the_lifecycle_proposes_and_does_not_promote_alone() {
         store: None,
         state_dir: None,
         guarantees: Arc::default(),
+        security: Default::default(),
     };
     h.daemon.fleet = Some(Fleet::new(Link::start(cfg).unwrap()));
     h.daemon.settings.lifecycle = Lifecycle { min_learning: Duration::ZERO, quiet_period: Duration::ZERO, auto_protect_after: None };

@@ -35,17 +35,39 @@ const MAX_NODES: usize = 10_000;
 
 #[derive(clap::Args, Debug)]
 pub struct HubArgs {
+    /// A configuration file in the agent's format, for its `nats` and
+    /// `nats*` keys (the other keys are the agent's); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// The fleet's NATS server (JetStream), e.g. nats://127.0.0.1:4222.
     #[arg(long, value_name = "URL")]
-    pub nats: String,
-    /// Serve the fleet API here (e.g. 127.0.0.1:7080).
-    #[arg(long, value_name = "ADDR")]
+    pub nats: Option<String>,
+    /// Serve the fleet's API and dashboard here. Loopback by default;
+    /// every request needs the hub's token whatever the address.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Keep every alert taken from the stream in a store here, and go on
     /// from where it stopped after a restart (else the hub keeps nothing:
     /// it reads the stream again from its start).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub security: super::auth::NatsSecurityArgs,
+}
+
+/// Where the hub serves unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
+
+impl Default for HubArgs {
+    fn default() -> HubArgs {
+        HubArgs {
+            config: None,
+            nats: None,
+            listen: DEFAULT_LISTEN.parse().expect("a socket address"),
+            state_dir: None,
+            security: Default::default(),
+        }
+    }
 }
 
 type Window = Arc<Mutex<VecDeque<(u64, String, Value)>>>;
@@ -65,7 +87,17 @@ pub fn run(args: HubArgs) -> Result<ExitCode> {
 }
 
 pub(super) async fn serve(args: HubArgs, stop: Arc<AtomicBool>) -> Result<()> {
-    let client = session::connect(&args.nats, "lancet-hub").await?;
+    let file = match &args.config {
+        Some(p) => crate::config::load_file(p, true)?,
+        None => crate::config::FileConfig::default(),
+    };
+    let Some(url) = args.nats.clone().or(file.nats.clone()) else {
+        anyhow::bail!("the hub reads the fleet from NATS: give its URL (--nats URL, or `nats:` in --config)");
+    };
+    let security = args.security.resolve(&file)?;
+    security.check(lancet_sensor::features::euid())?;
+    let client =
+        session::connect(&url, "lancet-hub", &security, None).await.map_err(|e| anyhow::anyhow!(super::auth::explain(&e, &security)))?;
     let js = jetstream::new(client.clone());
     session::ensure_alerts_stream(&js, session::clustered(&client)).await?;
     let hub = Hub { js: js.clone(), window: Arc::default() };
@@ -86,7 +118,7 @@ pub(super) async fn serve(args: HubArgs, stop: Arc<AtomicBool>) -> Result<()> {
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(hub);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, nats = %args.nats, "lancet hub is serving");
+    tracing::info!(listen = %args.listen, nats = %url, "lancet hub is serving");
     eprintln!("lancet hub: serving the fleet on http://{}", args.listen);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

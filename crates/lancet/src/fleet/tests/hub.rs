@@ -20,7 +20,11 @@ fn the_hub_lists_nodes_and_their_alerts() {
     let hub = {
         let (stop, args) = (
             Arc::clone(&stop),
-            crate::fleet::hub::HubArgs { nats: url.clone(), listen: format!("127.0.0.1:{port}").parse().unwrap(), state_dir: None },
+            crate::fleet::hub::HubArgs {
+                nats: Some(url.clone()),
+                listen: format!("127.0.0.1:{port}").parse().unwrap(),
+                ..Default::default()
+            },
         );
         std::thread::spawn(move || runtime().block_on(crate::fleet::hub::serve(args, stop)).unwrap())
     };
@@ -149,9 +153,10 @@ fn a_hub_with_a_state_dir_keeps_what_it_took_across_a_restart() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let args = crate::fleet::hub::HubArgs {
-            nats: url.clone(),
+            nats: Some(url.clone()),
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
             state_dir: Some(hub_dir.path().join("hub")),
+            ..Default::default()
         };
         let thread_stop = Arc::clone(&stop);
         let t = std::thread::spawn(move || runtime().block_on(crate::fleet::hub::serve(args, thread_stop)).unwrap());

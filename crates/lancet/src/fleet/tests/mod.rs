@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 mod alerts;
 mod hub;
 mod kv;
+mod secure;
 
 const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -38,6 +39,7 @@ fn cfg(url: &str, node: &str, state: Option<&Path>) -> FleetConfig {
         store: state.map(|d| d.join("lancet.db")),
         state_dir: state.map(Path::to_path_buf),
         guarantees: Arc::default(),
+        security: Default::default(),
     }
 }
 
@@ -51,8 +53,12 @@ struct Node {
 
 impl Node {
     fn start(url: &str, node: &str, state: Option<&Path>) -> Node {
+        Node::start_with(cfg(url, node, state))
+    }
+
+    fn start_with(cfg: FleetConfig) -> Node {
         let _ = tracing_subscriber::fmt().with_env_filter("lancet=info").with_test_writer().try_init();
-        Node { link: Link::start(cfg(url, node, state)).unwrap(), backlog: Default::default() }
+        Node { link: Link::start(cfg).unwrap(), backlog: Default::default() }
     }
 
     fn send(&self, m: ToFleet) {
