@@ -24,9 +24,14 @@ pub mod alerts;
 pub mod auth;
 mod cache;
 pub mod hub;
+mod hub_http;
 mod hub_store;
+mod hub_ui;
+mod hub_view;
 pub mod keys;
+pub mod presence;
 mod refusals;
+mod report;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -118,6 +123,9 @@ pub enum ToFleet {
     /// This node's observations of a workload (its profile as YAML): the
     /// latest per workload is written, older ones still queued are dropped.
     Observations { workload: String, yaml: String },
+    /// The workloads this node runs now (written to `<node>.workloads`
+    /// when it changed).
+    Presence(Vec<presence::RunningWorkload>),
     /// Set the workload's mode if its mode key is still at `expected` (None:
     /// if it has none). The answer comes back as [`FromFleet::Proposed`]
     /// with the same `ticket`.

@@ -46,6 +46,8 @@ struct State {
     /// Alerts wait until then after NATS refused one (they stay in the
     /// store; the session goes on).
     alerts_paused_until: Option<tokio::time::Instant>,
+    /// Where this node runs workloads, and its flows, for the hub.
+    reports: super::report::Reports,
 }
 
 impl State {
@@ -63,6 +65,18 @@ impl State {
         let msg = format!("{what}: {e:#}");
         tracing::warn!("fleet: {msg}");
         self.counters.record_refusal(msg);
+    }
+
+    /// A write of this node's keys that NATS may refuse: a refusal is
+    /// reported and the session goes on; any other error ends it.
+    fn refusal_is_fine(&self, what: &str, r: Result<()>) -> Result<()> {
+        match r {
+            Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                self.refused(what, &e);
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     /// Writes this node's observations of `workload`; they stay queued when
@@ -112,6 +126,7 @@ pub(super) async fn run(
         counters,
         refusals: Arc::default(),
         alerts_paused_until: None,
+        reports: Default::default(),
     };
     let mut pause = Duration::from_millis(250);
     loop {
@@ -140,6 +155,7 @@ pub(super) async fn run(
                 m = rx.recv() => match m {
                     None => return,
                     Some(ToFleet::Observations { workload, yaml }) => st.queue(workload, yaml),
+                    Some(ToFleet::Presence(p)) => st.reports.set_presence(p),
                     Some(ToFleet::Propose { workload, mode, ticket, .. }) => {
                         let result = Err((503, format!("the fleet's NATS ({}) is unreachable: the mode was not changed", st.cfg.url)));
                         let _ = tx.send(FromFleet::Proposed { workload, mode, ticket, result }).await;
@@ -238,6 +254,7 @@ async fn session(st: &mut State, rx: &mut mpsc::Receiver<ToFleet>, tx: &mpsc::Se
     }
     st.connected = true;
     st.counters.set_error(String::new());
+    st.reports.reconnected();
     let _ = tx.send(FromFleet::Connected(true)).await;
     tracing::info!(url = %st.cfg.url, node = %st.cfg.node, cluster = %st.cfg.cluster, clustered, "fleet: joined");
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
@@ -245,11 +262,17 @@ async fn session(st: &mut State, rx: &mut mpsc::Receiver<ToFleet>, tx: &mpsc::Se
     // The store is read for new alerts 20 times a second (one indexed
     // query each): an alert reaches the stream ~50 ms after it is committed.
     let mut forward = tokio::time::interval(super::alerts::EVERY);
+    let mut flows = tokio::time::interval(super::presence::FLOWS_EVERY);
     loop {
         tokio::select! {
             m = rx.recv() => match m {
                 None => return Ok(()),
                 Some(ToFleet::Observations { workload, yaml }) => st.write_observations(&profiles, workload, yaml).await?,
+                Some(ToFleet::Presence(p)) => {
+                    st.reports.set_presence(p);
+                    let r = st.reports.write_presence(&st.cfg, &nodes, &st.refusals, OP_TIMEOUT).await;
+                    st.refusal_is_fine("where this node runs workloads was not written", r)?;
+                }
                 Some(ToFleet::Propose { workload, mode, expected, ticket }) => {
                     let subject = keys::mode_key(&workload).map(|k| format!("$KV.{}.{k}", keys::PROFILES_BUCKET)).unwrap_or_default();
                     let result = tokio::select! {
@@ -289,14 +312,15 @@ async fn session(st: &mut State, rx: &mut mpsc::Receiver<ToFleet>, tx: &mpsc::Se
                     guarantees: st.cfg.guarantees.get().map(guarantees_of).unwrap_or_default(),
                 };
                 let doc = serde_json::to_vec(&hb)?;
-                let put = async {
-                    tokio::time::timeout(OP_TIMEOUT, nodes.put(&st.cfg.node, doc.into())).await
-                        .map_err(|_| anyhow!("the heartbeat timed out"))?.context("writing the heartbeat")
-                };
-                match st.refusals.race(&format!("$KV.{}.{}", keys::NODES_BUCKET, st.cfg.node), put).await {
-                    Err(e) if e.downcast_ref::<Refused>().is_some() => st.refused("the heartbeat was not written", &e),
-                    r => { r?; }
-                }
+                let r = super::report::put(&nodes, &st.refusals, &st.cfg.node, doc, OP_TIMEOUT).await;
+                st.refusal_is_fine("the heartbeat was not written", r)?;
+                // Written again after a refusal or a reconnection.
+                let r = st.reports.write_presence(&st.cfg, &nodes, &st.refusals, OP_TIMEOUT).await;
+                st.refusal_is_fine("where this node runs workloads was not written", r)?;
+            },
+            _ = flows.tick() => {
+                let r = st.reports.write_flows(&st.cfg, &nodes, &st.refusals, OP_TIMEOUT).await;
+                st.refusal_is_fine("this node's flows were not written", r)?;
             },
             _ = health.tick() => {
                 if stop.load(Ordering::Relaxed) {

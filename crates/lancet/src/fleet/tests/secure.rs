@@ -149,6 +149,7 @@ fn a_world_readable_seed_is_refused_at_start() {
     let args = crate::fleet::hub::HubArgs {
         nats: Some("nats://127.0.0.1:1".into()),
         security: NatsSecurityArgs { nats_nkey: Some(seed.clone()), ..Default::default() },
+        hub_token_file: dir.path().join("hub.token"),
         ..Default::default()
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -227,21 +228,12 @@ fn per_node_permissions_refuse_writing_another_nodes_keys() {
     assert!(none, "a refusal ended the session");
 
     // The hub reads everything with its own user, and writes nothing.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let args = crate::fleet::hub::HubArgs {
+    let hub_server = TestHub::start(crate::fleet::hub::HubArgs {
         nats: Some(url.clone()),
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
         security: NatsSecurityArgs { nats_nkey: Some(seed_hub.clone()), ..Default::default() },
         ..Default::default()
-    };
-    let hub_thread = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || runtime().block_on(crate::fleet::hub::serve(args, stop)).unwrap())
-    };
-    let get = |path: &str| -> Option<serde_json::Value> {
-        ureq::get(&format!("http://127.0.0.1:{port}{path}")).call().ok()?.body_mut().read_json().ok()
-    };
+    });
+    let get = |path: &str| hub_server.try_get(path).map(|(_, v)| v);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let nodes = get("/v1/nodes").unwrap_or_default();
@@ -265,8 +257,6 @@ fn per_node_permissions_refuse_writing_another_nodes_keys() {
         assert_eq!(profiles.get(&forged_key).await.unwrap(), None, "node-b's key was written by node-a's seed");
         assert_eq!(nodes.get("hub").await.unwrap(), None);
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    hub_thread.join().unwrap();
 }
 
 /// True when no message `pred` accepts arrives within `d` (the others stay
