@@ -165,7 +165,8 @@ async fn workloads(State(hub): State<Hub>, RawQuery(q): RawQuery) -> Response {
     if let Err((s, m)) = Params::parse(q.as_deref(), &[]) {
         return error(s, &m);
     }
-    Json(hub.view.lock().unwrap_or_else(|p| p.into_inner()).workloads_json()).into_response()
+    let view = hub.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Json(view.workloads_json()).into_response()
 }
 
 /// `GET /v1/map`: every node's flows of the last hour as one graph.
@@ -173,5 +174,6 @@ async fn map(State(hub): State<Hub>, RawQuery(q): RawQuery) -> Response {
     if let Err((s, m)) = Params::parse(q.as_deref(), &[]) {
         return error(s, &m);
     }
-    Json(hub.view.lock().unwrap_or_else(|p| p.into_inner()).map_json()).into_response()
+    let view = hub.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Json(view.map()).into_response()
 }

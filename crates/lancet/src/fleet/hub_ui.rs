@@ -244,10 +244,8 @@ pub(super) async fn dashboard(State(hub): State<Hub>, RawQuery(q): RawQuery) -> 
         tracing::warn!("hub: nodes not read: {e:#}");
         Value::Array(Vec::new())
     });
-    let (workloads, map) = {
-        let v = hub.view.lock().unwrap_or_else(|p| p.into_inner());
-        (v.workloads_json(), v.map_json())
-    };
+    let view = hub.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (workloads, map) = (view.workloads_json(), serde_json::to_value(view.map()).unwrap_or_default());
     let alerts = super::hub_http::select_alerts(&hub, since, node.as_deref(), ALERTS);
     let mut body = String::new();
     let _ = write!(

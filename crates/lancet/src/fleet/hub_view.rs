@@ -31,10 +31,12 @@ const MAX_MODES: usize = 100_000;
 const MAX_OBSERVERS: usize = 200_000;
 pub const OBSERVERS_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
+/// Cloned (cheaply: the documents are shared) by each request, which
+/// works on its copy without holding the watch up.
+#[derive(Default, Clone)]
 pub struct View {
-    workloads: BTreeMap<String, (WorkloadsDoc, usize)>,
-    flows: BTreeMap<String, (FlowsDoc, usize)>,
+    workloads: BTreeMap<String, (Arc<WorkloadsDoc>, usize)>,
+    flows: BTreeMap<String, (Arc<FlowsDoc>, usize)>,
     bytes: usize,
     /// The fleet's mode per workload: (mode, revision, by).
     modes: BTreeMap<String, (String, u64, String)>,
@@ -45,17 +47,17 @@ pub struct View {
 
 pub type Shared = Arc<Mutex<View>>;
 
-fn put<T>(map: &mut BTreeMap<String, (T, usize)>, bytes: &mut usize, node: &str, doc: T, size: usize) -> bool {
+fn put<T>(map: &mut BTreeMap<String, (Arc<T>, usize)>, bytes: &mut usize, node: &str, doc: T, size: usize) -> bool {
     let old = map.get(node).map_or(0, |(_, b)| *b);
     if *bytes - old + size > MAX_BYTES || (old == 0 && !map.contains_key(node) && map.len() >= MAX_NODES) {
         return false;
     }
     *bytes = *bytes - old + size;
-    map.insert(node.to_string(), (doc, size));
+    map.insert(node.to_string(), (Arc::new(doc), size));
     true
 }
 
-fn remove<T>(map: &mut BTreeMap<String, (T, usize)>, bytes: &mut usize, node: &str) {
+fn remove<T>(map: &mut BTreeMap<String, (Arc<T>, usize)>, bytes: &mut usize, node: &str) {
     if let Some((_, b)) = map.remove(node) {
         *bytes -= b;
     }
@@ -149,10 +151,11 @@ impl View {
     /// each fleet node a compound node around its containers; each edge
     /// also names its ends (`src`, `dst`: node, kind, name, workload) and
     /// the nodes that reported it.
-    pub fn map_json(&self) -> Value {
+    pub fn map(&self) -> FleetMap<'_> {
         // Addresses of containers, as their nodes say; one claimed by two
-        // nodes is drawn as an address, never guessed.
-        let mut at: HashMap<&str, Option<(&str, &super::presence::RunningContainer, &str)>> = HashMap::new();
+        // containers is drawn as an address, never guessed.
+        type Claim<'a> = Option<(&'a str, &'a super::presence::RunningContainer, &'a str)>;
+        let mut at: HashMap<&str, Claim<'_>> = HashMap::new();
         for (node, (doc, _)) in &self.workloads {
             for w in &doc.workloads {
                 for c in &w.containers {
@@ -168,46 +171,52 @@ impl View {
                 }
             }
         }
-        let mut nodes: BTreeMap<String, Value> = BTreeMap::new();
-        let mut end = |reporter: &str, e: &FlowEnd| -> (String, Value) {
-            let (id, kind, label, node, workload) = match e.kind() {
-                lancet_engine::flows::EndKind::Container => {
-                    (format!("c:{}", e.id), "container", e.name.clone(), Some(reporter.to_string()), e.workload.clone())
-                }
-                lancet_engine::flows::EndKind::Host => {
-                    (format!("h:{reporter}"), "host", format!("{reporter} (host)"), Some(reporter.to_string()), String::new())
-                }
-                lancet_engine::flows::EndKind::Others => {
-                    (format!("o:{reporter}"), "others", "others".to_string(), Some(reporter.to_string()), String::new())
-                }
-                lancet_engine::flows::EndKind::External => match at.get(e.id.as_str()) {
-                    Some(Some((n, c, w))) => (format!("c:{}", c.id), "container", c.name.clone(), Some(n.to_string()), w.to_string()),
-                    _ => (format!("x:{}", e.id), "external", e.id.clone(), None, String::new()),
-                },
-            };
-            if let Some(n) = &node {
-                nodes
-                    .entry(format!("n:{n}"))
-                    .or_insert_with(|| json!({"id": format!("n:{n}"), "kind": "node", "label": format!("node {n}")}));
-            }
-            let v = json!({"id": id, "kind": kind, "label": label, "parent": node.as_ref().map(|n| format!("n:{n}")), "workload": workload, "node": node});
-            nodes.insert(id.clone(), v.clone());
-            (id, v)
-        };
-        type EdgeKey = (String, String, u16, String);
-        let mut edges: BTreeMap<EdgeKey, (FlowCounters, String, Value, Value, BTreeSet<String>)> = BTreeMap::new();
+        let mut nodes: BTreeMap<String, MapNode<'_>> = BTreeMap::new();
+        let mut edges: BTreeMap<(String, String, u16, &str), MapEdge<'_>> = BTreeMap::new();
         for (node, (doc, _)) in &self.flows {
+            let node = node.as_str();
             for e in &doc.edges {
-                let (s, sv) = end(node, &e.src);
-                let (d, dv) = end(node, &e.dst);
-                let slot = edges
-                    .entry((s, d, e.port, e.proto.clone()))
-                    .or_insert_with(|| (FlowCounters::default(), e.verdict.clone(), sv, dv, BTreeSet::new()));
+                let src = end(node, &e.src, &at);
+                let dst = end(node, &e.dst, &at);
+                for side in [&src, &dst] {
+                    if let Some(n) = side.node {
+                        nodes.entry(format!("n:{n}")).or_insert_with(|| MapNode {
+                            id: format!("n:{n}"),
+                            kind: "node",
+                            label: format!("node {n}"),
+                            parent: None,
+                            workload: "",
+                            node: Some(n),
+                        });
+                    }
+                    nodes.entry(side.id.clone()).or_insert_with(|| MapNode {
+                        id: side.id.clone(),
+                        kind: side.kind,
+                        label: side.name.to_string(),
+                        parent: side.node.map(|n| format!("n:{n}")),
+                        workload: side.workload,
+                        node: side.node,
+                    });
+                }
+                let key = (src.id.clone(), dst.id.clone(), e.port, e.proto.as_str());
+                let slot = edges.entry(key).or_insert_with(|| MapEdge {
+                    id: String::new(),
+                    source: src.id.clone(),
+                    target: dst.id.clone(),
+                    port: e.port,
+                    proto: &e.proto,
+                    counts: FlowCounters::default(),
+                    verdict: &e.verdict,
+                    rule: "",
+                    src,
+                    dst,
+                    reported_by: BTreeSet::new(),
+                });
                 // Both ends' nodes may count the same connections: the
                 // larger count, not the sum.
-                let c = &mut slot.0;
+                let c = &mut slot.counts;
                 if e.counts.last_ns >= c.last_ns {
-                    slot.1 = e.verdict.clone();
+                    slot.verdict = &e.verdict;
                 }
                 c.connections = c.connections.max(e.counts.connections);
                 c.failed = c.failed.max(e.counts.failed);
@@ -218,23 +227,86 @@ impl View {
                     c.first_ns = e.counts.first_ns;
                 }
                 c.last_ns = c.last_ns.max(e.counts.last_ns);
-                slot.4.insert(node.clone());
+                slot.reported_by.insert(node);
             }
         }
-        let side = |v: &Value| json!({"node": v["node"], "kind": v["kind"], "name": v["label"], "workload": v["workload"], "id": v["id"]});
-        let edges: Vec<Value> = edges
-            .into_iter()
+        let edges = edges
+            .into_values()
             .enumerate()
-            .map(|(i, ((s, d, port, proto), (c, verdict, sv, dv, by)))| {
-                json!({
-                    "id": format!("e{i}"), "source": s, "target": d, "port": port, "proto": proto,
-                    "connections": c.connections, "failed": c.failed, "refused": c.refused,
-                    "bytesOut": c.bytes_out, "bytesIn": c.bytes_in, "firstNs": c.first_ns, "lastNs": c.last_ns,
-                    "verdict": verdict, "rule": "", "src": side(&sv), "dst": side(&dv), "reportedBy": by,
-                })
+            .map(|(i, mut e)| {
+                e.id = format!("e{i}");
+                e
             })
             .collect();
-        json!({"nodes": nodes.into_values().collect::<Vec<_>>(), "edges": edges})
+        FleetMap { nodes: nodes.into_values().collect(), edges }
+    }
+}
+
+/// The map across nodes, as `GET /v1/map` serves it.
+#[derive(serde::Serialize)]
+pub struct FleetMap<'a> {
+    pub nodes: Vec<MapNode<'a>>,
+    pub edges: Vec<MapEdge<'a>>,
+}
+
+#[derive(serde::Serialize)]
+pub struct MapNode<'a> {
+    id: String,
+    kind: &'static str,
+    label: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<String>,
+    workload: &'a str,
+    node: Option<&'a str>,
+}
+
+/// One end of an edge, resolved across nodes.
+#[derive(serde::Serialize)]
+pub struct Side<'a> {
+    node: Option<&'a str>,
+    kind: &'static str,
+    name: std::borrow::Cow<'a, str>,
+    workload: &'a str,
+    id: String,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MapEdge<'a> {
+    id: String,
+    source: String,
+    target: String,
+    port: u16,
+    proto: &'a str,
+    #[serde(flatten)]
+    counts: FlowCounters,
+    verdict: &'a str,
+    rule: &'static str,
+    src: Side<'a>,
+    dst: Side<'a>,
+    reported_by: BTreeSet<&'a str>,
+}
+
+/// An end as `reporter` saw it, put on the container another node says
+/// has that address when one does.
+fn end<'a>(
+    reporter: &'a str,
+    e: &'a FlowEnd,
+    at: &HashMap<&str, Option<(&'a str, &'a super::presence::RunningContainer, &'a str)>>,
+) -> Side<'a> {
+    use lancet_engine::flows::EndKind;
+    use std::borrow::Cow;
+    let local = |id: String, kind, name: Cow<'a, str>, workload| Side { node: Some(reporter), kind, name, workload, id };
+    match e.kind() {
+        EndKind::Container => local(format!("c:{}", e.id), "container", Cow::Borrowed(e.name.as_str()), e.workload.as_str()),
+        EndKind::Host => local(format!("h:{reporter}"), "host", Cow::Owned(format!("{reporter} (host)")), ""),
+        EndKind::Others => local(format!("o:{reporter}"), "others", Cow::Borrowed("others"), ""),
+        EndKind::External => match at.get(e.id.as_str()) {
+            Some(Some((n, c, w))) => {
+                Side { node: Some(n), kind: "container", name: Cow::Borrowed(c.name.as_str()), workload: w, id: format!("c:{}", c.id) }
+            }
+            _ => Side { node: None, kind: "external", name: Cow::Borrowed(e.id.as_str()), workload: "", id: format!("x:{}", e.id) },
+        },
     }
 }
 
@@ -275,5 +347,103 @@ async fn follow_once(js: &jetstream::Context, view: &Shared) -> Result<()> {
                 view.lock().unwrap_or_else(|p| p.into_inner()).set_observers(keys);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::presence::{encode, FlowEdge, RunningContainer, RunningWorkload, MAX_EDGES};
+
+    fn workloads(node: &str, addr: &str, n: usize) -> Vec<u8> {
+        let workloads = (0..n)
+            .map(|i| RunningWorkload {
+                workload: format!("sha256:{i:064x}"),
+                image: format!("localhost/app-{i}:1"),
+                mode: "monitor".into(),
+                count: 1,
+                containers: vec![RunningContainer { id: format!("{node}-{i}"), name: format!("app-{i}"), addrs: vec![addr.into()] }],
+            })
+            .collect();
+        encode(WorkloadsDoc { node: node.into(), cluster: "c".into(), time_ns: 1, workloads }).unwrap()
+    }
+
+    fn flows(node: &str, to: &str, n: usize) -> Vec<u8> {
+        let edges = (0..n)
+            .map(|i| FlowEdge {
+                src: FlowEnd { kind: "container".into(), id: format!("{node}-{i}"), name: format!("app-{i}"), workload: "w".into() },
+                dst: FlowEnd { kind: "external".into(), id: to.into(), ..Default::default() },
+                port: 1000 + i as u16,
+                proto: "tcp".into(),
+                counts: FlowCounters { connections: 1, first_ns: 1, last_ns: 2, ..Default::default() },
+                verdict: "allowed".into(),
+            })
+            .collect();
+        encode(FlowsDoc { node: node.into(), cluster: "c".into(), time_ns: 1, edges, truncated: false }).unwrap()
+    }
+
+    #[test]
+    fn an_address_two_nodes_claim_is_not_guessed() {
+        let mut v = View::default();
+        v.on_node_entry("a.workloads", &workloads("a", "10.0.0.1", 1), false);
+        v.on_node_entry("b.workloads", &workloads("b", "10.0.0.2", 1), false);
+        v.on_node_entry("c.flows", &flows("c", "10.0.0.1", 1), false);
+        assert_eq!(serde_json::to_value(v.map()).unwrap()["edges"][0]["dst"]["node"], "a", "one claim: that container");
+        v.on_node_entry("b.workloads", &workloads("b", "10.0.0.1", 1), false);
+        let m = serde_json::to_value(v.map()).unwrap();
+        assert_eq!((m["edges"][0]["target"].as_str(), m["edges"][0]["dst"]["node"].clone()), (Some("x:10.0.0.1"), Value::Null));
+        // Gone: no longer drawn.
+        v.on_node_entry("c.flows", b"", true);
+        assert_eq!(serde_json::to_value(v.map()).unwrap()["edges"], json!([]));
+    }
+
+    #[test]
+    fn documents_that_do_not_check_out_are_refused() {
+        let mut v = View::default();
+        v.on_node_entry("a.workloads", &workloads("b", "10.0.0.1", 1), false);
+        v.on_node_entry("a.flows", b"{not json", false);
+        v.on_node_entry("a.workloads", &vec![b' '; crate::fleet::presence::MAX_DOC_BYTES + 1], false);
+        v.on_mode_entry(&format!("sha256-{}.mode", "1".repeat(64)), br#"{"mode":"root","node":"a","timeNs":1}"#, 3, false);
+        assert_eq!(v.refused, 4);
+        assert_eq!(v.workloads_json(), json!([]));
+        v.on_mode_entry(&format!("sha256-{}.mode", "1".repeat(64)), br#"{"mode":"protect","node":"a","timeNs":1}"#, 3, false);
+        v.set_observers([format!("sha256-{}.obs.b", "1".repeat(64)), "junk".to_string()]);
+        let w = v.workloads_json();
+        assert_eq!(
+            (w[0]["mode"].as_str(), w[0]["modeRevision"].as_u64(), w[0]["observedBy"].clone()),
+            (Some("protect"), Some(3), json!(["b"]))
+        );
+    }
+
+    /// The cost of the hub's views for 64 nodes at their bounds (500 edges
+    /// and 100 workloads each), printed.
+    #[test]
+    fn the_views_of_64_full_nodes_are_measured() {
+        let mut v = View::default();
+        let mut bytes = 0;
+        for n in 0..64 {
+            let node = format!("n{n}");
+            let (w, f) = (workloads(&node, &format!("10.1.{n}.1"), 100), flows(&node, &format!("10.1.{}.1", (n + 1) % 64), MAX_EDGES));
+            bytes += w.len() + f.len();
+            v.on_node_entry(&format!("{node}.workloads"), &w, false);
+            v.on_node_entry(&format!("{node}.flows"), &f, false);
+        }
+        assert_eq!(v.refused, 0);
+        // What a request does: copy the view, build the map, serialise it.
+        let t = std::time::Instant::now();
+        let body = serde_json::to_vec(&v.clone().map()).unwrap();
+        let map_took = t.elapsed();
+        let m: Value = serde_json::from_slice(&body).unwrap();
+        let t = std::time::Instant::now();
+        let w = v.workloads_json();
+        let workloads_took = t.elapsed();
+        assert_eq!(m["edges"].as_array().unwrap().len(), 64 * MAX_EDGES);
+        assert_eq!(w.as_array().unwrap().len(), 100);
+        println!(
+            "hub: 64 nodes, {} KiB of documents: /v1/map of {} edges in {map_took:?} ({} KiB of JSON), /v1/workloads in {workloads_took:?}",
+            bytes / 1024,
+            64 * MAX_EDGES,
+            body.len() / 1024
+        );
     }
 }
