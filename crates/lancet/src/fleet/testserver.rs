@@ -85,7 +85,8 @@ impl Server {
             .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // LANCET_NATS_LOG=1: the server's log, to see why it did not start.
+            .stderr(if std::env::var_os("LANCET_NATS_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
         self.child = Some(child);

@@ -274,3 +274,85 @@ fn wait_for_none(n: &mut Node, d: Duration, pred: impl Fn(&FromFleet) -> bool) -
     }
     true
 }
+
+/// Base64url without padding, as JWTs are written.
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A NATS JWT (v2) of `claims` about `subject`, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let header = b64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{:x}", lancet_engine::event::now_ns()), "iat": 1_700_000_000u64,
+        "iss": issuer.public_key(), "name": name, "sub": subject, "nats": nats,
+    });
+    let body = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
+    let sig = issuer.sign(body.as_bytes()).unwrap();
+    format!("{body}.{}", b64url(&sig))
+}
+
+/// A server in operator mode (JWTs, as `nsc` sets one up): a node with its
+/// user's `.creds` file joins (JetStream included); the same file readable
+/// by others is refused at start; a user of an account the server does
+/// not know is refused by the server.
+#[test]
+fn a_creds_file_user_joins_an_operator_mode_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, account, user) = (nkeys::KeyPair::new_operator(), nkeys::KeyPair::new_account(), nkeys::KeyPair::new_user());
+    let op_jwt = jwt(&operator, &operator.public_key(), "lancet-test", serde_json::json!({"type": "operator", "version": 2}));
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "fleet",
+        serde_json::json!({"limits": unlimited, "default_permissions": {"pub": {}, "sub": {}}, "type": "account", "version": 2}),
+    );
+    let creds = |signer: &nkeys::KeyPair, u: &nkeys::KeyPair| {
+        let user_jwt = jwt(
+            signer,
+            &u.public_key(),
+            "node-a",
+            serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
+        );
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            u.seed().unwrap()
+        )
+    };
+    // JetStream needs the server's own (system) account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(&operator, &system.public_key(), "SYS", serde_json::json!({"type": "account", "version": 2}));
+    let conf = format!(
+        "operator: \"{op_jwt}\"\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{ {acc}: \"{account_jwt}\", {sys}: \"{system_jwt}\" }}",
+        acc = account.public_key(),
+        sys = system.public_key()
+    );
+    let Some(server) = configured(&conf, &[], &[]) else { return };
+    let good = file(dir.path(), "node.creds", &creds(&account, &user), 0o600);
+    let mut a =
+        Node::start_with(node_cfg(&server.url(), "a", "test", NatsSecurity { creds: Some(good.clone()), ..Default::default() }, None));
+    connected(&mut a);
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = node_cfg(&server.url(), "b", "test", NatsSecurity { creds: Some(good.clone()), ..Default::default() }, None);
+    let e = format!("{:#}", Link::start(cfg).err().expect("a readable creds file is refused"));
+    assert!(e.contains(&good.display().to_string()) && e.contains("credentials file"), "{e}");
+    let stranger = file(dir.path(), "stranger.creds", &creds(&nkeys::KeyPair::new_account(), &nkeys::KeyPair::new_user()), 0o600);
+    let mut c = Node::start_with(node_cfg(&server.url(), "c", "test", NatsSecurity { creds: Some(stranger), ..Default::default() }, None));
+    let e = wait_error(&c.link, "refusal", |e| !e.is_empty());
+    assert!(e.to_ascii_lowercase().contains("authorization violation"), "{e}");
+    never_connected(&mut c);
+}
