@@ -12,7 +12,7 @@
 //! | `GET /v1/nodes` | every node's last heartbeat |
 //! | `GET /v1/alerts?since=…&node=…&limit=…` | the newest alerts |
 //! | `GET /v1/workloads` | workloads across nodes ([`super::hub_view`]) |
-//! | `GET /v1/map` | the map across nodes |
+//! | `GET /v1/map?limit=…` | the map across nodes (the busiest edges) |
 
 use super::hub::Hub;
 use super::keys::{self, Heartbeat};
@@ -169,11 +169,14 @@ async fn workloads(State(hub): State<Hub>, RawQuery(q): RawQuery) -> Response {
     Json(view.workloads_json()).into_response()
 }
 
-/// `GET /v1/map`: every node's flows of the last hour as one graph.
+/// `GET /v1/map?limit=N`: every node's flows of the last hour as one
+/// graph, the busiest `limit` edges (default 2 000, at most 100 000).
 async fn map(State(hub): State<Hub>, RawQuery(q): RawQuery) -> Response {
-    if let Err((s, m)) = Params::parse(q.as_deref(), &[]) {
-        return error(s, &m);
-    }
+    use super::hub_view::{MAP_EDGES, MAX_MAP_EDGES};
+    let limit = match Params::parse(q.as_deref(), &["limit"]).and_then(|p| p.limit("limit", MAX_MAP_EDGES as u64)) {
+        Ok(l) => l.unwrap_or(MAP_EDGES),
+        Err((s, m)) => return error(s, &m),
+    };
     let view = hub.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Json(view.map()).into_response()
+    Json(view.map(limit)).into_response()
 }

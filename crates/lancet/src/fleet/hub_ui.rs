@@ -245,15 +245,16 @@ pub(super) async fn dashboard(State(hub): State<Hub>, RawQuery(q): RawQuery) -> 
         Value::Array(Vec::new())
     });
     let view = hub.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let (workloads, map) = (view.workloads_json(), serde_json::to_value(view.map()).unwrap_or_default());
+    let (workloads, map) = (view.workloads_json(), serde_json::to_value(view.map(super::hub_view::MAP_EDGES)).unwrap_or_default());
     let alerts = super::hub_http::select_alerts(&hub, since, node.as_deref(), ALERTS);
     let mut body = String::new();
     let _ = write!(
         body,
-        "<h1>Fleet</h1><p class=\"meta\">{} nodes · {} workloads · {} flows in the last hour · lancet {}</p>",
+        "<h1>Fleet</h1><p class=\"meta\">{} nodes · {} workloads · {} flows in the last hour{} · lancet {}</p>",
         nodes.as_array().map_or(0, Vec::len),
         workloads.as_array().map_or(0, Vec::len),
-        map["edges"].as_array().map_or(0, Vec::len),
+        map["totalEdges"].as_u64().unwrap_or(0),
+        if map["truncated"].as_bool() == Some(true) { " (the busiest shown)" } else { "" },
         env!("CARGO_PKG_VERSION")
     );
     let _ = write!(body, "<h2 id=\"nodes-h\">Nodes</h2>{}", nodes_table(&nodes));

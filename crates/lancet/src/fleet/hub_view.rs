@@ -151,7 +151,8 @@ impl View {
     /// each fleet node a compound node around its containers; each edge
     /// also names its ends (`src`, `dst`: node, kind, name, workload) and
     /// the nodes that reported it.
-    pub fn map(&self) -> FleetMap<'_> {
+    /// At most `limit` edges, the busiest (and the nodes they name).
+    pub fn map(&self, limit: usize) -> FleetMap<'_> {
         // Addresses of containers, as their nodes say; one claimed by two
         // containers is drawn as an address, never guessed.
         type Claim<'a> = Option<(&'a str, &'a super::presence::RunningContainer, &'a str)>;
@@ -230,24 +231,37 @@ impl View {
                 slot.reported_by.insert(node);
             }
         }
-        let edges = edges
-            .into_values()
-            .enumerate()
-            .map(|(i, mut e)| {
-                e.id = format!("e{i}");
-                e
-            })
-            .collect();
-        FleetMap { nodes: nodes.into_values().collect(), edges }
+        let total = edges.len();
+        let mut edges: Vec<MapEdge<'_>> = edges.into_values().collect();
+        if total > limit {
+            edges.sort_by(|a, b| b.counts.connections.cmp(&a.counts.connections).then(b.counts.last_ns.cmp(&a.counts.last_ns)));
+            edges.truncate(limit);
+            let named: BTreeSet<&str> = edges.iter().flat_map(|e| [e.source.as_str(), e.target.as_str()]).collect();
+            let parents: BTreeSet<String> =
+                nodes.values().filter(|n| named.contains(n.id.as_str())).filter_map(|n| n.parent.clone()).collect();
+            nodes.retain(|id, _| named.contains(id.as_str()) || parents.contains(id));
+        }
+        for (i, e) in edges.iter_mut().enumerate() {
+            e.id = format!("e{i}");
+        }
+        FleetMap { nodes: nodes.into_values().collect(), truncated: total > edges.len(), total_edges: total, edges }
     }
 }
 
 /// The map across nodes, as `GET /v1/map` serves it.
 #[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FleetMap<'a> {
     pub nodes: Vec<MapNode<'a>>,
     pub edges: Vec<MapEdge<'a>>,
+    /// Edges in the fleet, and whether only the busiest are here.
+    pub total_edges: usize,
+    pub truncated: bool,
 }
+
+/// Edges `GET /v1/map` gives unless asked (`limit`), and at most.
+pub const MAP_EDGES: usize = 2_000;
+pub const MAX_MAP_EDGES: usize = 100_000;
 
 #[derive(serde::Serialize)]
 pub struct MapNode<'a> {
@@ -388,13 +402,13 @@ mod tests {
         v.on_node_entry("a.workloads", &workloads("a", "10.0.0.1", 1), false);
         v.on_node_entry("b.workloads", &workloads("b", "10.0.0.2", 1), false);
         v.on_node_entry("c.flows", &flows("c", "10.0.0.1", 1), false);
-        assert_eq!(serde_json::to_value(v.map()).unwrap()["edges"][0]["dst"]["node"], "a", "one claim: that container");
+        assert_eq!(serde_json::to_value(v.map(MAP_EDGES)).unwrap()["edges"][0]["dst"]["node"], "a", "one claim: that container");
         v.on_node_entry("b.workloads", &workloads("b", "10.0.0.1", 1), false);
-        let m = serde_json::to_value(v.map()).unwrap();
+        let m = serde_json::to_value(v.map(MAP_EDGES)).unwrap();
         assert_eq!((m["edges"][0]["target"].as_str(), m["edges"][0]["dst"]["node"].clone()), (Some("x:10.0.0.1"), Value::Null));
         // Gone: no longer drawn.
         v.on_node_entry("c.flows", b"", true);
-        assert_eq!(serde_json::to_value(v.map()).unwrap()["edges"], json!([]));
+        assert_eq!(serde_json::to_value(v.map(MAP_EDGES)).unwrap()["edges"], json!([]));
     }
 
     #[test]
@@ -431,7 +445,7 @@ mod tests {
         assert_eq!(v.refused, 0);
         // What a request does: copy the view, build the map, serialise it.
         let t = std::time::Instant::now();
-        let body = serde_json::to_vec(&v.clone().map()).unwrap();
+        let body = serde_json::to_vec(&v.clone().map(MAX_MAP_EDGES)).unwrap();
         let map_took = t.elapsed();
         let m: Value = serde_json::from_slice(&body).unwrap();
         let t = std::time::Instant::now();
@@ -439,11 +453,26 @@ mod tests {
         let workloads_took = t.elapsed();
         assert_eq!(m["edges"].as_array().unwrap().len(), 64 * MAX_EDGES);
         assert_eq!(w.as_array().unwrap().len(), 100);
+        // What the dashboard asks for: the busiest edges and their nodes only.
+        let t = std::time::Instant::now();
+        let small_body = serde_json::to_vec(&v.clone().map(MAP_EDGES)).unwrap();
+        let small_took = t.elapsed();
+        let small: Value = serde_json::from_slice(&small_body).unwrap();
+        assert_eq!((small["edges"].as_array().unwrap().len(), small["truncated"].as_bool()), (MAP_EDGES, Some(true)));
+        assert_eq!(small["totalEdges"], 64 * MAX_EDGES);
+        let ids: BTreeSet<&str> = small["nodes"].as_array().unwrap().iter().filter_map(|n| n["id"].as_str()).collect();
+        assert!(small["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| ids.contains(e["source"].as_str().unwrap()) && ids.contains(e["target"].as_str().unwrap())));
+        assert!(ids.len() < m["nodes"].as_array().unwrap().len());
         println!(
-            "hub: 64 nodes, {} KiB of documents: /v1/map of {} edges in {map_took:?} ({} KiB of JSON), /v1/workloads in {workloads_took:?}",
+            "hub: 64 nodes, {} KiB of documents: /v1/map of {} edges in {map_took:?} ({} KiB of JSON), of the busiest {MAP_EDGES} in {small_took:?} ({} KiB), /v1/workloads in {workloads_took:?}",
             bytes / 1024,
             64 * MAX_EDGES,
-            body.len() / 1024
+            body.len() / 1024,
+            small_body.len() / 1024
         );
     }
 }
