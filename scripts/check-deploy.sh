@@ -81,7 +81,9 @@ fi
 
 # The values a fleet node would use, besides the defaults: every optional
 # branch of the templates is rendered.
-fleet_values=(--set natsUrl=nats://nats.lancet-system.svc:4222 --set clusterName=prod
+fleet_values=(--set natsUrl=tls://nats.lancet-system.svc:4222 --set clusterName=prod
+              --set natsSecret.name=lancet-nats --set 'natsSecret.nkey=$(NODE_NAME).nk' --set natsSecret.ca=ca.crt
+              --set natsSecret.cert=tls.crt --set natsSecret.key=tls.key
               --set config.failMode=deny --set 'nodeSelector.kubernetes\.io/os=linux'
               --set namespace.create=false --set image.tag=0.1.0-test --set mode=monitor)
 if [ -n "$helm" ]; then
@@ -201,6 +203,17 @@ for stream in streams:
             need(not unknown, f"flags `lancet run --help` does not list: {sorted(unknown)}")
             for f in sorted(flags & FLEET - known):
                 print(f"    note: {stream.rsplit('/', 1)[-1]}: {f} is the fleet's flag (issue 18); this binary lacks it")
+        # The fleet's NATS files: paths into a read-only Secret whose files
+        # are 0400 (the agent refuses a seed or key others may read).
+        nats_files = [a for a in args if a.split("=", 1)[0] in ("--nats-creds", "--nats-nkey", "--nats-ca", "--nats-cert", "--nats-key")]
+        if nats_files:
+            m = mounts.get("/etc/lancet/nats")
+            need(m is not None and m.get("readOnly") is True, "the NATS files are not mounted read-only at /etc/lancet/nats")
+            if m is not None:
+                need(vols[m["name"]].get("secret", {}).get("defaultMode") == 0o400,
+                     "the NATS Secret's defaultMode is not 0400 (the agent refuses a seed or key others may read)")
+            for a in nats_files:
+                need(a.split("=", 1)[1].startswith("/etc/lancet/nats/"), f"{a} is not a file of the mounted Secret")
         if listen:
             lhost, lport = listen[0].rsplit(":", 1)
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):

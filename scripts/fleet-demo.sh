@@ -54,8 +54,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# GET a URL (python3 is there: set-up's venvs need it; curl may not be).
-get() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"; }
+# GET a URL (python3 is there: set-up's venvs need it; curl may not be),
+# with the hub's token when it exists.
+get() {
+  python3 -c 'import sys, urllib.request
+req = urllib.request.Request(sys.argv[1])
+if sys.argv[2]: req.add_header("Authorization", "Bearer " + open(sys.argv[2]).read().strip())
+sys.stdout.write(urllib.request.urlopen(req, timeout=5).read().decode())' "$1" "${2:-}"
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 say "A NATS cluster of three servers (JetStream) on loopback"
@@ -97,9 +103,9 @@ for n in a b; do
   get "http://${!api}/v1/enforcement" 2>/dev/null | grep -q '"connected":true' || { echo "fleet-demo: node $n did not join (see $dir/$n.log)" >&2; exit 1; }
   note "node $n: API http://${!api}, socket $dir/$n.sock"
 done
-"$lancet" hub --nats "$url" --listen "$hub" > "$dir/hub.log" 2>&1 &
+"$lancet" hub --nats "$url" --listen "$hub" --hub-token-file "$dir/hub.token" > "$dir/hub.log" 2>&1 &
 pids+=($!)
-note "hub: http://$hub/v1/nodes and http://$hub/v1/alerts"
+note "hub: the fleet's dashboard at http://$hub/ (sign in with the token in $dir/hub.token); API /v1/nodes, /v1/alerts, /v1/workloads, /v1/map"
 
 say "One container of $image on each node; node a learns its own"
 for n in a b; do
@@ -133,11 +139,11 @@ fi
 podman exec lancet-demo-b cat /www/index.html
 sleep 1
 say "The hub: nodes, and node b's alerts"
-get "http://$hub/v1/nodes" | python3 -c 'import json,sys
+get "http://$hub/v1/nodes" "$dir/hub.token" | python3 -c 'import json,sys
 for n in json.load(sys.stdin):
     held = sum(g["holds"] for g in n["guarantees"] or [])
     print("node %s (cluster %s): last heartbeat %.1f s ago, %d guarantees hold" % (n["name"], n["cluster"], n["ageSeconds"], held))'
-get "http://$hub/v1/alerts?node=b&limit=3" | python3 -c 'import json,sys; [print(a["node"], a["priority"], a["output"]) for a in json.load(sys.stdin)]'
+get "http://$hub/v1/alerts?node=b&limit=3" "$dir/hub.token" | python3 -c 'import json,sys; [print(a["node"], a["priority"], a["output"]) for a in json.load(sys.stdin)]'
 
 if [ "$no_wait" = 1 ]; then exit 0; fi
 say "Running until Ctrl-C"

@@ -1,5 +1,6 @@
 //! What lancet's test suites share: real podman containers and networks
-//! removed however a test ends ([`podman`]), and skipping. A test that cannot run
+//! removed however a test ends ([`podman`]), a headless browser for the
+//! dashboards ([`browser`]), and skipping. A test that cannot run
 //! here (not root, no podman, a kernel feature missing) returns early, and
 //! the test harness counts it as passed; [`skip`] says why on stderr and
 //! appends a line to the file named by `LANCET_SKIP_LOG`, so
@@ -7,6 +8,7 @@
 //! root, can refuse any skip.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod mutate;
 pub mod podman;
 

@@ -78,6 +78,16 @@ pub struct FileConfig {
     pub node: Option<String>,
     /// The node's cluster (`--cluster`; default `default`).
     pub cluster: Option<String>,
+    /// A NATS `.creds` file (`--nats-creds`): a path, never the secret.
+    pub nats_creds: Option<PathBuf>,
+    /// A file holding the node's nkey seed (`--nats-nkey`).
+    pub nats_nkey: Option<PathBuf>,
+    /// The CA bundle of the NATS servers (`--nats-ca`; TLS required).
+    pub nats_ca: Option<PathBuf>,
+    /// A client certificate and its key for mutual TLS (`--nats-cert`,
+    /// `--nats-key`).
+    pub nats_cert: Option<PathBuf>,
+    pub nats_key: Option<PathBuf>,
     /// URLs that take each alert as Falco's `http_output` posts it
     /// (Falcosidekick's `/`), retried, from a bounded queue.
     pub http_outputs: Option<Vec<String>>,

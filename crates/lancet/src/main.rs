@@ -141,8 +141,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// The fleet's view: every node's heartbeat and every node's alerts,
-    /// from NATS (`GET /v1/nodes`, `GET /v1/alerts`).
+    /// The fleet's dashboard and API, from NATS: nodes, workloads and the
+    /// map across nodes, every node's alerts (behind the hub's token).
     Hub(fleet::hub::HubArgs),
     /// Derive an image's baseline and risky findings, for CI (exit 1 on
     /// findings at --fail-on or above, 2 when it cannot scan). See

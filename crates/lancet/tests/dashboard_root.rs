@@ -18,83 +18,12 @@
 mod common;
 
 use common::*;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
+use lancet_testkit::browser::{browser, js, until, Driver};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// chromedriver, stopped by its pid on drop.
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        stop_child(&mut self.0, "-TERM", Duration::from_secs(5));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
-}
-
-fn start_driver() -> (Driver, u16) {
-    let port = free_port();
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "chromedriver did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (Driver(child), port)
-}
-
-async fn browser(driver_port: u16, profile: &Path) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                format!("--user-data-dir={}", profile.display()), "--window-size=1440,1000",
-            ],
-        }),
-    );
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{driver_port}"))
-        .await
-        .expect("a WebDriver session with headless chromium")
-}
-
-/// Polls `f` until it gives Some, or fails the test with `what`.
-async fn until<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(t0.elapsed() < within, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn js(c: &Client, script: &str) -> Value {
-    c.execute(script, vec![]).await.unwrap_or(Value::Null)
-}
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
 async fn screenshot(c: &Client, name: &str) {
     let Some(dir) = std::env::var_os("LANCET_SCREENSHOTS").map(PathBuf::from) else { return };
@@ -111,13 +40,9 @@ fn http_get(api: &str, path: &str) -> String {
 #[test]
 fn the_dashboard_in_a_real_browser() {
     skip_unless_ready!(true);
-    for (what, path) in [("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)] {
-        if !Path::new(path).exists() {
-            lancet_testkit::skip(&format!(
-                "{what} is not installed at {path} (scripts/setup.sh installs Debian's chromium and chromium-driver)"
-            ));
-            return;
-        }
+    if let Some(why) = lancet_testkit::browser::missing() {
+        lancet_testkit::skip(&why);
+        return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (state, policies, alerts) = agent_dirs(dir.path());
@@ -156,7 +81,8 @@ fn the_dashboard_in_a_real_browser() {
             .expect("the client's workload")
     };
 
-    let (_driver, driver_port) = start_driver();
+    let driver = Driver::start();
+    let driver_port = driver.port;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let profile_dir = dir.path().join("chromium");
     rt.block_on(async {

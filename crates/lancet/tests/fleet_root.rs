@@ -8,6 +8,8 @@
 //! propagation is measured.
 
 mod common;
+// Its configured servers (TLS, users) are for the unit tests.
+#[allow(dead_code)]
 #[path = "../src/fleet/testserver.rs"]
 mod testserver;
 
@@ -287,4 +289,101 @@ fn what_the_fleet_costs_an_idle_agent() {
         results.push((cpu, rss));
     }
     assert!(results[1].0 < results[0].0 + 5.0, "the fleet thread costs more than 5 % of a core at rest: {results:?}");
+}
+
+/// `lancet hub`, stopped by its pid on drop.
+struct Hub(std::process::Child);
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        stop_child(&mut self.0, "-TERM", Duration::from_secs(5));
+    }
+}
+
+/// One GET of the hub with its token, as JSON.
+fn hub_get(addr: &str, token: &str, path: &str) -> Option<serde_json::Value> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    serde_json::from_str(r.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Two agents as two nodes, a container of each on one network; node a's
+/// client fetches from node b's server. Neither agent knows the other's
+/// container (each sees an address), yet the hub draws one edge from a's
+/// client to b's server, each end with its node and workload, counted
+/// once though both nodes report it; its workloads show the image on both
+/// nodes.
+#[test]
+fn the_hub_maps_a_connection_between_containers_of_two_nodes() {
+    skip_unless_ready!(true);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(nats) = testserver::start(1) else {
+        lancet_testkit::skip("nats-server is not installed (scripts/setup.sh installs it under /opt/lancet-fleet-tools)");
+        return;
+    };
+    let url = nats[0].url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tag = unique("fmap");
+    let start = |node: &str| {
+        let (state, policies, alerts) = agent_dirs(&dir.path().join(node));
+        let label = format!("lancet.test.node={tag}-{node}");
+        let extra = ["--nats", url.as_str(), "--node", node, "--cluster", "test", "--only-label", label.as_str()];
+        (Agent::start(&state, &policies, &alerts, &extra), label)
+    };
+    let (a, label_a) = start("a");
+    let (b, label_b) = start("b");
+    wait_connected(&a);
+    wait_connected(&b);
+    let net = Network::create(&unique("lancet-fmap-net"));
+    let srv = Container::start(
+        &unique("lancet-fmap-srv"),
+        &["--label", &label_b, "--network", &net.0],
+        &["httpd", "-f", "-p", "8080", "-h", "/www"],
+    );
+    let cli = Container::start(&unique("lancet-fmap-cli"), &["--label", &label_a, "--network", &net.0], &["sleep", "600"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let script = format!("for i in 1 2 3; do timeout 3 wget -q -O /dev/null http://{}:8080/index.html; done; true", srv.ip());
+    assert!(cli.exec(&["sh", "-c", &script]).status.success());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let token_file = dir.path().join("hub.token");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_lancet"))
+        .args(["hub", "--nats", &url, "--listen", &addr, "--hub-token-file"])
+        .arg(&token_file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("lancet hub");
+    let _hub = Hub(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !token_file.exists() || std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "the hub did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    let t0 = Instant::now();
+    let edge = loop {
+        let map = hub_get(&addr, &token, "/v1/map").unwrap_or_default();
+        let found = map["edges"].as_array().and_then(|e| {
+            e.iter().find(|e| e["src"]["name"] == cli.name.as_str() && e["dst"]["name"] == srv.name.as_str() && e["port"] == 8080).cloned()
+        });
+        if let Some(e) = found.filter(|e| e["reportedBy"].as_array().is_some_and(|r| r.len() == 2)) {
+            break e;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no edge from a's client to b's server on the hub within 60 s: {map:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("fleet: the connection between two nodes' containers on the hub's map after {:?}", t0.elapsed());
+    assert_eq!((edge["src"]["node"].as_str(), edge["dst"]["node"].as_str()), (Some("a"), Some("b")), "{edge:#}");
+    assert_eq!(edge["connections"], 3, "counted once, though both nodes report it: {edge:#}");
+    assert!(edge["src"]["workload"].as_str().is_some_and(|w| w.starts_with("sha256:")), "{edge:#}");
+    assert_eq!(edge["src"]["workload"], edge["dst"]["workload"], "the same image on both nodes");
+    let workloads = hub_get(&addr, &token, "/v1/workloads").unwrap();
+    let w = workloads.as_array().unwrap().iter().find(|w| w["workload"] == edge["src"]["workload"]).expect("the workload");
+    let nodes: Vec<&str> = w["nodes"].as_array().unwrap().iter().filter_map(|n| n["node"].as_str()).collect();
+    assert_eq!(nodes, ["a", "b"], "{w:#}");
+    assert!(hub_get(&addr, "00", "/v1/map").is_some_and(|v| v["error"].is_string()), "a wrong token is refused");
 }

@@ -18,7 +18,7 @@
 pub mod access;
 mod client;
 pub mod hook_identity;
-mod html;
+pub(crate) mod html;
 pub(crate) mod params;
 mod reads;
 mod routes;
@@ -26,7 +26,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 pub mod token;
-mod ui;
+pub(crate) mod ui;
 mod views;
 
 pub use client::{is_socket_path as client_is_socket, set_token_file, Client};

@@ -57,7 +57,12 @@ impl Token {
     /// file owned by `owner`, mode tightened to 0600 if it was looser),
     /// created otherwise.
     pub fn load_or_create(state_dir: &Path, owner: u32) -> Result<Token> {
-        let path = state_dir.join(FILE_NAME);
+        Token::load_or_create_file(&state_dir.join(FILE_NAME), owner)
+    }
+
+    /// The same for a token file named by its path (`lancet hub`'s).
+    pub fn load_or_create_file(path: &Path, owner: u32) -> Result<Token> {
+        let path = path.to_path_buf();
         let new = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -23,9 +23,9 @@ use lancet_engine::flows::{FlowNode, FlowRow};
 use serde_json::Value;
 use std::fmt::Write;
 
-const APP_JS: &str = include_str!("../../assets/app.js");
-const APP_CSS: &str = include_str!("../../assets/app.css");
-const CYTOSCAPE: &str = include_str!("../../assets/cytoscape-3.35.0.min.js");
+pub(crate) const APP_JS: &str = include_str!("../../assets/app.js");
+pub(crate) const APP_CSS: &str = include_str!("../../assets/app.css");
+pub(crate) const CYTOSCAPE: &str = include_str!("../../assets/cytoscape-3.35.0.min.js");
 
 fn reply(r: Result<Response, Bad>) -> Response {
     r.unwrap_or_else(|(c, m)| error(c, &m))
@@ -370,7 +370,7 @@ async fn review_page(ctx: Ctx, caller: super::Caller, workload: String, q: Optio
     Ok(page(&format!("workload {}", short(key)), Tab::Overview, &body, false))
 }
 
-fn asset(ctype: &'static str, body: &'static str) -> Response {
+pub(crate) fn asset(ctype: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, ctype), (header::CACHE_CONTROL, "public, max-age=3600"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")], body)
         .into_response()
 }

@@ -9,6 +9,7 @@
 use super::workloads::{Workload, Workloads};
 use super::{now_ns, Daemon};
 use crate::api::{Caller, Reply, Responder};
+use crate::fleet::presence::{RunningContainer, RunningWorkload, MAX_ADDRS, MAX_CONTAINERS_LISTED, MAX_WORKLOADS, PRESENCE_EVERY};
 use crate::fleet::{keys, FromFleet, Link, ToFleet};
 use lancet_engine::profile::{Mode, Profile};
 use lancet_store::Store;
@@ -174,11 +175,23 @@ pub(super) struct Fleet {
     /// is not proposed again while one is.
     in_flight: HashMap<String, u64>,
     pub(super) connected: bool,
+    /// The workloads this node runs, as last handed to the fleet thread,
+    /// and when they were last looked at.
+    presence: Option<Vec<RunningWorkload>>,
+    presence_at: Option<Instant>,
 }
 
 impl Fleet {
     pub(super) fn new(link: Link) -> Fleet {
-        Fleet { link, next_ticket: 1, waiting: HashMap::new(), in_flight: HashMap::new(), connected: false }
+        Fleet {
+            link,
+            next_ticket: 1,
+            waiting: HashMap::new(),
+            in_flight: HashMap::new(),
+            connected: false,
+            presence: None,
+            presence_at: None,
+        }
     }
 
     /// For `lancet status`: this node in the fleet, and whether NATS is
@@ -194,6 +207,9 @@ impl Fleet {
             "alertsSent": n(&c.alerts_sent),
             "alertsLost": n(&c.alerts_lost),
             "alertCursor": n(&c.alert_cursor),
+            "refusedByNats": n(&c.refused),
+            "lastError": c.error(),
+            "refusals": c.recent_refusals(),
         })
     }
 
@@ -255,6 +271,42 @@ impl Daemon {
             Some(t) => Promotion::Sent(t),
             None => Promotion::Refused(Err((503, "the fleet thread is busy or gone: the mode was not changed".into()))),
         }
+    }
+
+    /// The workloads with a live container here, each with the mode this
+    /// node enforces, its containers and their addresses (bounded as the
+    /// document that carries them).
+    pub(super) fn presence(&self) -> Vec<RunningWorkload> {
+        let addresses = self.flows.addresses_by_container();
+        let mut by: BTreeMap<String, Vec<&Arc<lancet_engine::attribution::ContainerInfo>>> = BTreeMap::new();
+        for c in self.workloads.containers.values().filter(|c| self.workloads.live.contains_key(&c.id)) {
+            by.entry(super::workloads::workload_key(c).into_owned()).or_default().push(c);
+        }
+        by.into_iter()
+            .take(MAX_WORKLOADS)
+            .map(|(key, mut cs)| {
+                cs.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+                let w = self.workloads.map.get(&key);
+                RunningWorkload {
+                    image: w.map(|w| w.profile.image().to_string()).unwrap_or_else(|| cs[0].image.clone()),
+                    mode: w.map_or(self.settings.mode, |w| w.profile.mode()).to_string(),
+                    count: cs.len() as u32,
+                    containers: cs
+                        .iter()
+                        .take(MAX_CONTAINERS_LISTED)
+                        .map(|c| RunningContainer {
+                            id: c.id.clone(),
+                            name: c.name.clone(),
+                            addrs: addresses
+                                .get(c.id.as_str())
+                                .map(|a| a.iter().take(MAX_ADDRS).map(|ip| ip.to_string()).collect())
+                                .unwrap_or_default(),
+                        })
+                        .collect(),
+                    workload: key,
+                }
+            })
+            .collect()
     }
 
     /// Keeps `call`'s caller waiting for proposal `ticket`.
@@ -372,7 +424,15 @@ impl Daemon {
     /// Once a second: this node's changed observations to the fleet, the
     /// lifecycle's promotions proposed, callers waiting too long let go.
     pub(super) fn fleet_every_second(&mut self) {
+        let due = self.fleet.as_ref().is_some_and(|f| f.presence_at.is_none_or(|t| t.elapsed() >= PRESENCE_EVERY));
+        let presence = due.then(|| self.presence());
         let Some(fleet) = self.fleet.as_mut() else { return };
+        if let Some(p) = presence {
+            fleet.presence_at = Some(Instant::now());
+            if fleet.presence.as_ref() != Some(&p) && fleet.link.send(ToFleet::Presence(p.clone())).is_ok() {
+                fleet.presence = Some(p);
+            }
+        }
         for (key, w) in self.workloads.map.iter_mut().filter(|(k, w)| w.fleet_dirty && keys::workload_token(k).is_some()) {
             let yaml = match w.profile.to_yaml() {
                 Ok(y) => y,

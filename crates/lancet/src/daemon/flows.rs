@@ -95,6 +95,22 @@ impl Flows {
         }
     }
 
+    /// Each numbered container's addresses (in its network namespace, or
+    /// seen on its sockets), by container id: what the fleet's map needs to
+    /// put another node's connection to one of them on it.
+    pub(super) fn addresses_by_container(&self) -> HashMap<&str, Vec<IpAddr>> {
+        let mut out: HashMap<&str, Vec<IpAddr>> = HashMap::new();
+        for (ip, n) in &self.addresses {
+            if let Some(Some(node)) = self.nodes.get(*n as usize) {
+                out.entry(node.info.id.as_str()).or_default().push(*ip);
+            }
+        }
+        for v in out.values_mut() {
+            v.sort();
+        }
+        out
+    }
+
     /// The container's number, numbering it (and learning its addresses
     /// from its network namespace) the first time.
     fn node(&mut self, c: &Arc<ContainerInfo>, workload: &str, pid: u32) -> Option<NodeId> {

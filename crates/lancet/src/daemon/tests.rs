@@ -354,6 +354,7 @@ fn in_a_fleet_the_lifecycle_proposes_and_does_not_promote_alone() {
         store: None,
         state_dir: None,
         guarantees: Arc::default(),
+        security: Default::default(),
     };
     h.daemon.fleet = Some(Fleet::new(Link::start(cfg).unwrap()));
     h.daemon.settings.lifecycle = Lifecycle { min_learning: Duration::ZERO, quiet_period: Duration::ZERO, auto_protect_after: None };
@@ -405,4 +406,23 @@ fn in_a_fleet_the_same_observations_again_change_nothing_enforced() {
     h.set_mode(Mode::Monitor);
     h.exec("/usr/bin/new");
     assert!(h.out.take().is_empty(), "the new entry is enforced");
+}
+
+/// What a node tells the hub it runs: each workload with a live container,
+/// the mode this node enforces and its containers.
+#[test]
+fn in_a_fleet_the_node_reports_the_workloads_it_runs() {
+    let mut h = Harness::new();
+    assert!(h.daemon.presence().is_empty(), "nothing runs yet");
+    h.exec("/usr/sbin/httpd");
+    let key = workload_key(&h.c).into_owned();
+    let p = h.daemon.presence();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        (p[0].workload.as_str(), p[0].image.as_str(), p[0].mode.as_str(), p[0].count),
+        (key.as_str(), "localhost/web:1", "learn", 1)
+    );
+    assert_eq!(p[0].containers[0].name, "web");
+    h.set_mode(Mode::Protect);
+    assert_eq!(h.daemon.presence()[0].mode, "protect");
 }

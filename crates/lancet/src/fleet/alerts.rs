@@ -67,7 +67,9 @@ impl Forwarder {
     /// cursor moves past each one the stream acknowledged. An error means
     /// NATS is unreachable (the session starts again); a store not there
     /// yet is not an error.
-    pub async fn forward(&mut self, js: &jetstream::Context) -> Result<usize> {
+    /// A publish NATS refused by permission ends the pass with
+    /// [`super::refusals::Refused`]; the cursor stays before it.
+    pub async fn forward(&mut self, js: &jetstream::Context, refusals: &super::refusals::Refusals) -> Result<usize> {
         if self.store.is_none() {
             match Store::open_read_only(&self.store_path) {
                 Ok(s) => self.store = Some(s),
@@ -118,26 +120,37 @@ impl Forwarder {
             let msg = jetstream::message::PublishMessage::build()
                 .message_id(format!("{}-{}-{}", self.node, a.id, a.alert.time_ns))
                 .payload(body.into());
-            match js.send_publish(subject, msg).await {
-                Ok(ack) => acks.push((a.id, ack)),
+            match js.send_publish(subject.clone(), msg).await {
+                Ok(ack) => acks.push((a.id, subject, ack)),
                 Err(e) => {
-                    self.settle(acks).await?;
+                    self.settle(acks, refusals).await?;
                     return Err(anyhow!("publishing alert {}: {e}", a.id));
                 }
             }
         }
         let n = acks.len();
-        self.settle(acks).await?;
+        self.settle(acks, refusals).await?;
         Ok(n)
     }
 
     /// Awaits the acks in order; the cursor moves to the last one before
     /// the first failure.
-    async fn settle(&mut self, acks: Vec<(u64, jetstream::context::PublishAckFuture)>) -> Result<()> {
+    async fn settle(
+        &mut self,
+        acks: Vec<(u64, String, jetstream::context::PublishAckFuture)>,
+        refusals: &super::refusals::Refusals,
+    ) -> Result<()> {
         let before = self.cursor;
         let mut failed = None;
-        for (id, ack) in acks {
-            match tokio::time::timeout(Duration::from_secs(3), ack).await {
+        for (id, subject, ack) in acks {
+            let waited = tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(3), ack) => r,
+                refused = refusals.of(&subject) => {
+                    failed = Some(anyhow::Error::new(refused).context(format!("alert {id} to {subject}")));
+                    break;
+                }
+            };
+            match waited {
                 Ok(Ok(_)) => {
                     self.cursor = id;
                     self.sent += 1;

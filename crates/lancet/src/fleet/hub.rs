@@ -3,23 +3,20 @@
 //! from its first message into a bounded window in memory, which
 //! `GET /v1/alerts` filters (by `since`/`since_ns` and `node`). The stream
 //! is the hub's store: a restarted hub reads it again, unless it keeps
-//! what it took in a store of its own ([`super::hub_store`]).
+//! what it took in a store of its own ([`super::hub_store`]). Where the
+//! nodes run workloads and their flows are followed by [`super::hub_view`];
+//! the routes, their token, and the dashboard are [`super::hub_http`] and
+//! [`super::hub_ui`].
 //!
 //! What it reads was written by the nodes: each alert must be a JSON object
 //! of at most [`MAX_ALERT_BYTES`] with a valid `node`, or it is skipped.
 
-use super::keys::{self, Heartbeat};
+use super::keys;
 use super::session;
-use crate::api::params::Params;
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -30,30 +27,61 @@ use std::time::Duration;
 /// Alerts kept in memory, the newest; older ones stay in the stream.
 const WINDOW: usize = 50_000;
 const MAX_ALERT_BYTES: usize = 64 * 1024;
-/// Nodes listed at most.
-const MAX_NODES: usize = 10_000;
 
 #[derive(clap::Args, Debug)]
 pub struct HubArgs {
+    /// A configuration file in the agent's format, for its `nats` and
+    /// `nats*` keys (the other keys are the agent's); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// The fleet's NATS server (JetStream), e.g. nats://127.0.0.1:4222.
     #[arg(long, value_name = "URL")]
-    pub nats: String,
-    /// Serve the fleet API here (e.g. 127.0.0.1:7080).
-    #[arg(long, value_name = "ADDR")]
+    pub nats: Option<String>,
+    /// Serve the fleet's API and dashboard here. Loopback by default;
+    /// every request needs the hub's token whatever the address.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Keep every alert taken from the stream in a store here, and go on
     /// from where it stopped after a restart (else the hub keeps nothing:
     /// it reads the stream again from its start).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<std::path::PathBuf>,
+    /// The hub's token: every request needs it (`Authorization: Bearer`,
+    /// or the dashboard's cookie after signing in with it). Created 0600
+    /// at the first start, kept after.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_TOKEN_FILE)]
+    pub hub_token_file: std::path::PathBuf,
+    #[command(flatten)]
+    pub security: super::auth::NatsSecurityArgs,
+}
+
+/// Where the hub keeps its token unless told otherwise.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/lancet/hub.token";
+
+/// Where the hub serves unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
+
+impl Default for HubArgs {
+    fn default() -> HubArgs {
+        HubArgs {
+            config: None,
+            nats: None,
+            listen: DEFAULT_LISTEN.parse().expect("a socket address"),
+            state_dir: None,
+            hub_token_file: DEFAULT_TOKEN_FILE.into(),
+            security: Default::default(),
+        }
+    }
 }
 
 type Window = Arc<Mutex<VecDeque<(u64, String, Value)>>>;
 
 #[derive(Clone)]
-struct Hub {
-    js: jetstream::Context,
-    window: Arc<Mutex<VecDeque<(u64, String, Value)>>>,
+pub(super) struct Hub {
+    pub(super) js: jetstream::Context,
+    pub(super) window: Window,
+    pub(super) view: super::hub_view::Shared,
+    pub(super) token: Arc<crate::api::token::Token>,
 }
 
 pub fn run(args: HubArgs) -> Result<ExitCode> {
@@ -65,10 +93,30 @@ pub fn run(args: HubArgs) -> Result<ExitCode> {
 }
 
 pub(super) async fn serve(args: HubArgs, stop: Arc<AtomicBool>) -> Result<()> {
-    let client = session::connect(&args.nats, "lancet-hub").await?;
+    let file = match &args.config {
+        Some(p) => crate::config::load_file(p, true)?,
+        None => crate::config::FileConfig::default(),
+    };
+    let Some(url) = args.nats.clone().or(file.nats.clone()) else {
+        anyhow::bail!("the hub reads the fleet from NATS: give its URL (--nats URL, or `nats:` in --config)");
+    };
+    let security = args.security.resolve(&file)?;
+    let euid = lancet_sensor::features::euid();
+    security.check(euid)?;
+    let token_file = &args.hub_token_file;
+    if let Some(dir) = token_file.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        crate::private::state_dir(dir, euid)?;
+    }
+    let token = crate::api::token::Token::load_or_create_file(token_file, euid)?;
+    let client =
+        session::connect(&url, "lancet-hub", &security, None).await.map_err(|e| anyhow::anyhow!(super::auth::explain(&e, &security)))?;
     let js = jetstream::new(client.clone());
-    session::ensure_alerts_stream(&js, session::clustered(&client)).await?;
-    let hub = Hub { js: js.clone(), window: Arc::default() };
+    // A hub user that may only read cannot make the stream: it follows it
+    // once a node has.
+    if let Err(e) = session::ensure_alerts_stream(&js, session::clustered(&client)).await {
+        tracing::warn!("hub: the alerts stream is not there yet: {e:#}");
+    }
+    let hub = Hub { js: js.clone(), window: Arc::default(), view: Arc::default(), token: Arc::new(token) };
     let keep = match &args.state_dir {
         Some(dir) => {
             let k = super::hub_store::Keep::open(dir)?;
@@ -79,15 +127,12 @@ pub(super) async fn serve(args: HubArgs, stop: Arc<AtomicBool>) -> Result<()> {
         }
         None => None,
     };
-    tokio::spawn(follow(js, Arc::clone(&hub.window), keep));
-    let app = Router::new()
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/alerts", get(alerts))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(hub);
+    tokio::spawn(follow(js.clone(), Arc::clone(&hub.window), keep));
+    tokio::spawn(super::hub_view::follow(js, Arc::clone(&hub.view)));
+    let app = super::hub_http::router(hub);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, nats = %args.nats, "lancet hub is serving");
-    eprintln!("lancet hub: serving the fleet on http://{}", args.listen);
+    tracing::info!(listen = %args.listen, nats = %url, "lancet hub is serving");
+    eprintln!("lancet hub: serving the fleet on http://{} (its token: {})", args.listen, token_file.display());
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -166,61 +211,4 @@ pub(super) fn parse_alert(payload: &[u8]) -> Option<(String, Value)> {
     let v: Value = serde_json::from_slice(payload).ok()?;
     let node = v.get("node")?.as_str().filter(|n| keys::valid_name(n))?.to_string();
     v.is_object().then_some((node, v))
-}
-
-fn error(status: u16, msg: &str) -> Response {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, Json(json!({"error": msg}))).into_response()
-}
-
-/// `GET /v1/nodes`: every node's last heartbeat, by name.
-async fn nodes(State(hub): State<Hub>) -> Response {
-    match list_nodes(&hub.js).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => error(503, &format!("the nodes bucket could not be read: {e:#}")),
-    }
-}
-
-async fn list_nodes(js: &jetstream::Context) -> Result<Value> {
-    let kv = match js.get_key_value(keys::NODES_BUCKET).await {
-        Ok(kv) => kv,
-        // No node ever joined.
-        Err(_) => return Ok(json!([])),
-    };
-    let now = lancet_engine::event::now_ns();
-    let mut names: Vec<String> = kv.keys().await?.take(MAX_NODES).filter_map(|k| async move { k.ok() }).collect().await;
-    names.sort();
-    let mut out = Vec::new();
-    for name in names {
-        let Some(bytes) = kv.get(&name).await? else { continue };
-        let Some(h) = Heartbeat::parse(&bytes).filter(|h| h.node == name) else { continue };
-        out.push(json!({
-            "name": h.node,
-            "cluster": h.cluster,
-            "lastHeartbeat": lancet_engine::output::rfc3339_nanos(h.time_ns),
-            "lastHeartbeatNs": h.time_ns,
-            "ageSeconds": now.saturating_sub(h.time_ns) as f64 / 1e9,
-            "version": h.version,
-            "guarantees": h.guarantees,
-        }));
-    }
-    Ok(Value::Array(out))
-}
-
-/// `GET /v1/alerts?since=…|since_ns=…&node=…&limit=…`: the newest alerts
-/// of every node (or of one), oldest first, each with its `node`.
-async fn alerts(State(hub): State<Hub>, RawQuery(q): RawQuery) -> Response {
-    let p = match Params::parse(q.as_deref(), &["since", "since_ns", "node", "limit"]) {
-        Ok(p) => p,
-        Err((s, m)) => return error(s, &m),
-    };
-    let (since, node, limit) = match (p.since_ns(lancet_engine::event::now_ns()), p.text("node"), p.limit("limit", 10_000)) {
-        (Ok(s), Ok(n), Ok(l)) => (s.unwrap_or(0), n, l.unwrap_or(1000)),
-        (Err((s, m)), _, _) | (_, Err((s, m)), _) | (_, _, Err((s, m))) => return error(s, &m),
-    };
-    let w = hub.window.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out: Vec<&Value> =
-        w.iter().rev().filter(|(t, n, _)| *t >= since && node.as_deref().is_none_or(|x| x == n)).take(limit).map(|(_, _, v)| v).collect();
-    out.reverse();
-    Json(json!(out)).into_response()
 }

@@ -161,6 +161,40 @@ impl Heartbeat {
     }
 }
 
+/// A key of the nodes bucket: a node's heartbeat (`<node>`), the
+/// workloads it runs (`<node>.workloads`), its flows (`<node>.flows`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKey {
+    Heartbeat(String),
+    Workloads(String),
+    Flows(String),
+}
+
+impl NodeKey {
+    pub fn parse(key: &str) -> Option<NodeKey> {
+        let (node, what) = match key.split_once('.') {
+            None => return valid_name(key).then(|| NodeKey::Heartbeat(key.to_string())),
+            Some(x) => x,
+        };
+        if !valid_name(node) {
+            return None;
+        }
+        match what {
+            "workloads" => Some(NodeKey::Workloads(node.to_string())),
+            "flows" => Some(NodeKey::Flows(node.to_string())),
+            _ => None,
+        }
+    }
+
+    pub fn key(&self) -> String {
+        match self {
+            NodeKey::Heartbeat(n) => n.clone(),
+            NodeKey::Workloads(n) => format!("{n}.workloads"),
+            NodeKey::Flows(n) => format!("{n}.flows"),
+        }
+    }
+}
+
 /// The subject of one alert: `lancet.alerts.<cluster>.<node>.<priority>`,
 /// the priority in lower case (`critical`, `warning`, ...; `other` for
 /// anything that is not one token).
@@ -212,6 +246,12 @@ mod tests {
         assert_eq!(sanitize_name(""), "node");
         assert_eq!(alert_subject("prod", "n1", "Critical"), "lancet.alerts.prod.n1.critical");
         assert_eq!(alert_subject("prod", "n1", "a.b"), "lancet.alerts.prod.n1.other");
+        for k in [NodeKey::Heartbeat("n1".into()), NodeKey::Workloads("n1".into()), NodeKey::Flows("n-2".into())] {
+            assert_eq!(NodeKey::parse(&k.key()), Some(k));
+        }
+        for bad in ["", "a.b.c", "n1.other", "n 1.flows", "n1.", ".flows"] {
+            assert_eq!(NodeKey::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

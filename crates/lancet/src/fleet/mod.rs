@@ -21,10 +21,17 @@
 //! keeps enforcing what its store holds and catches up when NATS returns.
 
 pub mod alerts;
+pub mod auth;
 mod cache;
 pub mod hub;
+mod hub_http;
 mod hub_store;
+mod hub_ui;
+mod hub_view;
 pub mod keys;
+pub mod presence;
+mod refusals;
+mod report;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -51,6 +58,8 @@ pub struct FleetArgs {
     /// The cluster this node belongs to (default `default`).
     #[arg(long, value_name = "NAME")]
     pub cluster: Option<String>,
+    #[command(flatten)]
+    pub security: auth::NatsSecurityArgs,
 }
 
 /// What the fleet thread needs.
@@ -66,6 +75,8 @@ pub struct FleetConfig {
     pub state_dir: Option<PathBuf>,
     /// `lancet doctor`'s report, sent in the heartbeat once known.
     pub guarantees: Arc<std::sync::OnceLock<serde_json::Value>>,
+    /// Who this node is to NATS, and which servers it trusts.
+    pub security: auth::NatsSecurity,
 }
 
 impl FleetArgs {
@@ -80,6 +91,9 @@ impl FleetArgs {
             if node.is_some() || cluster.is_some() {
                 bail!("--node and --cluster name this agent in a fleet: give the fleet's NATS server too (--nats URL)");
             }
+            if self.security.any() {
+                bail!("the --nats-* credentials and certificates are for a fleet: give the fleet's NATS server too (--nats URL)");
+            }
             return Ok(None);
         };
         let name = |what: &str, v: String| {
@@ -90,6 +104,7 @@ impl FleetArgs {
             None => keys::sanitize_name(&crate::agent::hostname()),
         };
         let cluster = name("--cluster", cluster.unwrap_or_else(|| "default".into()))?;
+        let security = self.security.resolve(file)?;
         Ok(Some(FleetConfig {
             url,
             node,
@@ -97,6 +112,7 @@ impl FleetArgs {
             store: Some(state_dir.join("lancet.db")),
             state_dir: Some(state_dir.to_path_buf()),
             guarantees: Arc::default(),
+            security,
         }))
     }
 }
@@ -107,6 +123,9 @@ pub enum ToFleet {
     /// This node's observations of a workload (its profile as YAML): the
     /// latest per workload is written, older ones still queued are dropped.
     Observations { workload: String, yaml: String },
+    /// The workloads this node runs now (written to `<node>.workloads`
+    /// when it changed).
+    Presence(Vec<presence::RunningWorkload>),
     /// Set the workload's mode if its mode key is still at `expected` (None:
     /// if it has none). The answer comes back as [`FromFleet::Proposed`]
     /// with the same `ticket`.
@@ -145,6 +164,44 @@ pub struct Counters {
     pub alerts_lost: AtomicU64,
     /// The last alert id the stream acknowledged (0: none yet).
     pub alert_cursor: AtomicU64,
+    /// Writes NATS refused by its permissions (each kept to try again:
+    /// observations stay queued, alerts in the store).
+    pub refused: AtomicU64,
+    /// Why the link is not connected, or the last write NATS refused;
+    /// empty when all is well.
+    pub last_error: std::sync::Mutex<String>,
+    /// The last refusals, newest last (a heartbeat refused every 2 s must
+    /// not hide the observations refused once).
+    pub refusals: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+/// Refusals `lancet status` shows.
+const RECENT_REFUSALS: usize = 8;
+
+impl Counters {
+    pub fn record_refusal(&self, e: String) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        r.retain(|x| *x != e);
+        if r.len() >= RECENT_REFUSALS {
+            r.pop_front();
+        }
+        r.push_back(e.clone());
+        drop(r);
+        self.set_error(e);
+    }
+
+    pub fn recent_refusals(&self) -> Vec<String> {
+        self.refusals.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    pub fn set_error(&self, e: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    pub fn error(&self) -> String {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// The loop's end of the fleet thread.
@@ -160,7 +217,10 @@ pub struct Link {
 
 impl Link {
     /// Starts the fleet thread; it connects (and reconnects) by itself.
+    /// The credential files are checked first: a seed others can read, or
+    /// a missing CA, stops the agent here with the path.
     pub fn start(cfg: FleetConfig) -> Result<Link> {
+        cfg.security.check(lancet_sensor::features::euid())?;
         let (tx, to_rx) = mpsc::channel(TO_FLEET);
         let (from_tx, rx) = mpsc::channel(FROM_FLEET);
         let stop = Arc::new(AtomicBool::new(false));

@@ -9,6 +9,7 @@
 use super::alerts::Forwarder;
 use super::cache::Cache;
 use super::keys::{self, Heartbeat, Key, ModeDoc};
+use super::refusals::{Refusals, Refused};
 use super::{Counters, FleetConfig, FromFleet, ToFleet};
 use anyhow::{anyhow, bail, Context, Result};
 use async_nats::jetstream::{self, kv};
@@ -24,6 +25,8 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How long one KV or stream operation may take before NATS counts as
 /// unreachable.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long alerts wait after NATS refused one before they are tried again.
+const REFUSED_PAUSE: Duration = Duration::from_secs(5);
 /// Workloads whose observations can wait for NATS at once (the loop's own
 /// bound on workloads).
 const MAX_PENDING: usize = 4096;
@@ -38,6 +41,13 @@ struct State {
     /// The other nodes' values on this node's disk.
     cache: Option<Cache>,
     counters: Arc<Counters>,
+    /// Writes NATS refused by permission, from the connection's events.
+    refusals: Arc<Refusals>,
+    /// Alerts wait until then after NATS refused one (they stay in the
+    /// store; the session goes on).
+    alerts_paused_until: Option<tokio::time::Instant>,
+    /// Where this node runs workloads, and its flows, for the hub.
+    reports: super::report::Reports,
 }
 
 impl State {
@@ -47,6 +57,43 @@ impl State {
             return;
         }
         self.pending.insert(workload, yaml);
+    }
+
+    /// A write NATS refused by permission: counted and said (in the log and
+    /// `lancet status`'s `lastError`), never taken for a lost connection.
+    fn refused(&self, what: &str, e: &anyhow::Error) {
+        let msg = format!("{what}: {e:#}");
+        tracing::warn!("fleet: {msg}");
+        self.counters.record_refusal(msg);
+    }
+
+    /// A write of this node's keys that NATS may refuse: a refusal is
+    /// reported and the session goes on; any other error ends it.
+    fn refusal_is_fine(&self, what: &str, r: Result<()>) -> Result<()> {
+        match r {
+            Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                self.refused(what, &e);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Writes this node's observations of `workload`; they stay queued when
+    /// the write fails. Err only when NATS is unreachable.
+    async fn write_observations(&mut self, profiles: &kv::Store, workload: String, yaml: String) -> Result<()> {
+        match put_observations(profiles, &self.refusals, &self.cfg.node, &workload, &yaml).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                self.refused(&format!("the observations of {workload} were not shared (kept to try again)"), &e);
+                self.queue(workload, yaml);
+                Ok(())
+            }
+            Err(e) => {
+                self.queue(workload, yaml);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -70,7 +117,17 @@ pub(super) async fn run(
             return;
         }
     }
-    let mut st = State { cfg, pending: HashMap::new(), connected: false, alerts, cache, counters };
+    let mut st = State {
+        cfg,
+        pending: HashMap::new(),
+        connected: false,
+        alerts,
+        cache,
+        counters,
+        refusals: Arc::default(),
+        alerts_paused_until: None,
+        reports: Default::default(),
+    };
     let mut pause = Duration::from_millis(250);
     loop {
         match session(&mut st, &mut rx, &tx, &stop).await {
@@ -81,7 +138,9 @@ pub(super) async fn run(
                     let _ = tx.send(FromFleet::Connected(false)).await;
                     pause = Duration::from_millis(250);
                 }
-                tracing::warn!(url = %st.cfg.url, "fleet: NATS unreachable, enforcing from the local store meanwhile: {e:#}");
+                let why = super::auth::explain(&e, &st.cfg.security);
+                tracing::warn!(url = %st.cfg.url, "fleet: NATS unreachable, enforcing from the local store meanwhile: {why}");
+                st.counters.set_error(why);
             }
         }
         // Offline: keep answering the loop until the next try.
@@ -96,6 +155,7 @@ pub(super) async fn run(
                 m = rx.recv() => match m {
                     None => return,
                     Some(ToFleet::Observations { workload, yaml }) => st.queue(workload, yaml),
+                    Some(ToFleet::Presence(p)) => st.reports.set_presence(p),
                     Some(ToFleet::Propose { workload, mode, ticket, .. }) => {
                         let result = Err((503, format!("the fleet's NATS ({}) is unreachable: the mode was not changed", st.cfg.url)));
                         let _ = tx.send(FromFleet::Proposed { workload, mode, ticket, result }).await;
@@ -146,18 +206,31 @@ pub(super) async fn ensure_alerts_stream(js: &jetstream::Context, clustered: boo
     js.get_or_create_stream(config(1)).await.context("making the alerts stream")
 }
 
-/// Connects with the timeouts the fleet uses. `url` may list several
-/// servers of a cluster, comma separated; the client picks one, and moves
-/// to another when it goes.
-pub(super) async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
+/// Connects with the timeouts the fleet uses, as the user and with the
+/// certificates `security` names. `url` may list several servers of a
+/// cluster, comma separated; the client picks one, and moves to another
+/// when it goes. Permission refusals the server sends go to `refusals`.
+pub(super) async fn connect(
+    url: &str,
+    name: &str,
+    security: &super::auth::NatsSecurity,
+    refusals: Option<Arc<Refusals>>,
+) -> Result<async_nats::Client> {
     let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    let client = async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(Duration::from_secs(2))
-        .request_timeout(Some(OP_TIMEOUT))
-        .connect(servers)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let mut options =
+        async_nats::ConnectOptions::new().name(name).connection_timeout(Duration::from_secs(2)).request_timeout(Some(OP_TIMEOUT));
+    if let Some(r) = refusals {
+        options = options.event_callback(move |event| {
+            let r = Arc::clone(&r);
+            async move {
+                if let async_nats::Event::ServerError(e) = &event {
+                    r.server_error(&e.to_string());
+                }
+            }
+        });
+    }
+    let options = security.apply(options, url).await?;
+    let client = options.connect(servers).await.with_context(|| format!("connecting to {url}"))?;
     Ok(client)
 }
 
@@ -168,7 +241,7 @@ pub(super) fn clustered(client: &async_nats::Client) -> bool {
 }
 
 async fn session(st: &mut State, rx: &mut mpsc::Receiver<ToFleet>, tx: &mpsc::Sender<FromFleet>, stop: &AtomicBool) -> Result<()> {
-    let client = connect(&st.cfg.url, &format!("lancet-{}", st.cfg.node)).await?;
+    let client = connect(&st.cfg.url, &format!("lancet-{}", st.cfg.node), &st.cfg.security, Some(Arc::clone(&st.refusals))).await?;
     let js = jetstream::new(client.clone());
     let clustered = clustered(&client);
     let profiles = ensure_kv(&js, keys::PROFILES_BUCKET, 4, clustered).await?;
@@ -177,12 +250,11 @@ async fn session(st: &mut State, rx: &mut mpsc::Receiver<ToFleet>, tx: &mpsc::Se
     // The current value of every key first, then each change.
     let mut watch = profiles.watch_with_history(">").await.context("watching the profiles bucket")?;
     for (workload, yaml) in std::mem::take(&mut st.pending) {
-        if let Err(e) = put_observations(&profiles, &st.cfg.node, &workload, &yaml).await {
-            st.queue(workload, yaml);
-            return Err(e);
-        }
+        st.write_observations(&profiles, workload, yaml).await?;
     }
     st.connected = true;
+    st.counters.set_error(String::new());
+    st.reports.reconnected();
     let _ = tx.send(FromFleet::Connected(true)).await;
     tracing::info!(url = %st.cfg.url, node = %st.cfg.node, cluster = %st.cfg.cluster, clustered, "fleet: joined");
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
@@ -190,18 +262,23 @@ async fn session(st: &mut State, rx: &mut mpsc::Receiver<ToFleet>, tx: &mpsc::Se
     // The store is read for new alerts 20 times a second (one indexed
     // query each): an alert reaches the stream ~50 ms after it is committed.
     let mut forward = tokio::time::interval(super::alerts::EVERY);
+    let mut flows = tokio::time::interval(super::presence::FLOWS_EVERY);
     loop {
         tokio::select! {
             m = rx.recv() => match m {
                 None => return Ok(()),
-                Some(ToFleet::Observations { workload, yaml }) => {
-                    if let Err(e) = put_observations(&profiles, &st.cfg.node, &workload, &yaml).await {
-                        st.queue(workload, yaml);
-                        return Err(e);
-                    }
+                Some(ToFleet::Observations { workload, yaml }) => st.write_observations(&profiles, workload, yaml).await?,
+                Some(ToFleet::Presence(p)) => {
+                    st.reports.set_presence(p);
+                    let r = st.reports.write_presence(&st.cfg, &nodes, &st.refusals, OP_TIMEOUT).await;
+                    st.refusal_is_fine("where this node runs workloads was not written", r)?;
                 }
                 Some(ToFleet::Propose { workload, mode, expected, ticket }) => {
-                    let result = propose(&profiles, &st.cfg.node, &workload, mode, expected).await;
+                    let subject = keys::mode_key(&workload).map(|k| format!("$KV.{}.{k}", keys::PROFILES_BUCKET)).unwrap_or_default();
+                    let result = tokio::select! {
+                        r = propose(&profiles, &st.cfg.node, &workload, mode, expected) => r,
+                        refused = st.refusals.of(&subject) => Err((403u16, format!("the mode was not changed: {refused}"))),
+                    };
                     let lost = matches!(result, Err((503, _)));
                     let _ = tx.send(FromFleet::Proposed { workload, mode, ticket, result }).await;
                     if lost {
@@ -235,8 +312,15 @@ async fn session(st: &mut State, rx: &mut mpsc::Receiver<ToFleet>, tx: &mpsc::Se
                     guarantees: st.cfg.guarantees.get().map(guarantees_of).unwrap_or_default(),
                 };
                 let doc = serde_json::to_vec(&hb)?;
-                tokio::time::timeout(OP_TIMEOUT, nodes.put(&st.cfg.node, doc.into())).await
-                    .map_err(|_| anyhow!("the heartbeat timed out"))?.context("writing the heartbeat")?;
+                let r = super::report::put(&nodes, &st.refusals, &st.cfg.node, doc, OP_TIMEOUT).await;
+                st.refusal_is_fine("the heartbeat was not written", r)?;
+                // Written again after a refusal or a reconnection.
+                let r = st.reports.write_presence(&st.cfg, &nodes, &st.refusals, OP_TIMEOUT).await;
+                st.refusal_is_fine("where this node runs workloads was not written", r)?;
+            },
+            _ = flows.tick() => {
+                let r = st.reports.write_flows(&st.cfg, &nodes, &st.refusals, OP_TIMEOUT).await;
+                st.refusal_is_fine("this node's flows were not written", r)?;
             },
             _ = health.tick() => {
                 if stop.load(Ordering::Relaxed) {
@@ -247,12 +331,22 @@ async fn session(st: &mut State, rx: &mut mpsc::Receiver<ToFleet>, tx: &mpsc::Se
                 }
             },
             _ = forward.tick() => {
+                if st.alerts_paused_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                    continue;
+                }
                 if let Some(f) = st.alerts.as_mut() {
-                    let done = f.forward(&js).await;
+                    let done = f.forward(&js, &st.refusals).await;
                     st.counters.alerts_sent.store(f.sent, Ordering::Relaxed);
                     st.counters.alerts_lost.store(f.lost, Ordering::Relaxed);
                     st.counters.alert_cursor.store(f.cursor, Ordering::Relaxed);
-                    done?;
+                    match done {
+                        Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                            // They stay in the store, from the cursor on.
+                            st.refused("alerts were not sent (they wait in the store)", &e);
+                            st.alerts_paused_until = Some(tokio::time::Instant::now() + REFUSED_PAUSE);
+                        }
+                        r => { r?; }
+                    }
                 }
             },
         }
@@ -269,17 +363,19 @@ fn guarantees_of(report: &serde_json::Value) -> serde_json::Value {
     v
 }
 
-async fn put_observations(profiles: &kv::Store, node: &str, workload: &str, yaml: &str) -> Result<()> {
+async fn put_observations(profiles: &kv::Store, refusals: &Refusals, node: &str, workload: &str, yaml: &str) -> Result<()> {
     let Some(key) = keys::observations_key(workload, node) else { return Ok(()) };
     if yaml.len() > keys::MAX_OBSERVATIONS_BYTES {
         tracing::warn!(%workload, bytes = yaml.len(), "fleet: observations too large to share; kept on this node");
         return Ok(());
     }
-    let put = profiles.put(&key, yaml.to_string().into());
-    tokio::time::timeout(OP_TIMEOUT, put)
-        .await
-        .map_err(|_| anyhow!("writing {key} timed out"))?
-        .with_context(|| format!("writing {key}"))?;
+    let put = async {
+        tokio::time::timeout(OP_TIMEOUT, profiles.put(&key, yaml.to_string().into()))
+            .await
+            .map_err(|_| anyhow!("writing {key} timed out"))?
+            .with_context(|| format!("writing {key}"))
+    };
+    refusals.race(&format!("$KV.{}.{key}", keys::PROFILES_BUCKET), put).await?;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! Real `nats-server` processes for the fleet's tests, with JetStream, on
-//! loopback ports: one server, or a cluster of three. Each keeps its
-//! JetStream store in a temporary directory, so a server stopped and started
-//! again (same ports) has what it had. Killed by pid on drop.
+//! loopback ports: one server, or a cluster of three, or one server from a
+//! configuration file the test writes (TLS, users, permissions). Each keeps
+//! its JetStream store in a temporary directory, so a server stopped and
+//! started again (same ports) has what it had. Killed by pid on drop.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -38,10 +39,24 @@ pub struct Server {
     routes: Vec<u16>,
     store: tempfile::TempDir,
     child: Option<Child>,
+    /// Started from `<store>/server.conf` (with these environment
+    /// variables) rather than from flags.
+    config: Option<(String, Vec<(String, String)>)>,
 }
 
 impl Server {
     fn args(&self) -> Vec<String> {
+        if let Some((text, _)) = &self.config {
+            let path = self.store.path().join("server.conf");
+            let head = format!(
+                "listen: \"127.0.0.1:{}\"\nserver_name: {}\njetstream {{ store_dir: \"{}\" }}\n",
+                self.port,
+                self.name,
+                self.store.path().join("js").display()
+            );
+            std::fs::write(&path, format!("{head}{text}\n")).expect("writing the server's configuration");
+            return vec!["-c".into(), path.display().to_string()];
+        }
         let mut a = vec![
             "-a".into(),
             "127.0.0.1".into(),
@@ -64,11 +79,14 @@ impl Server {
     /// Starts (or starts again) the process and waits for its port.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} runs already", self.name);
+        let env = self.config.as_ref().map(|(_, e)| e.clone()).unwrap_or_default();
         let child = Command::new(&self.bin)
             .args(self.args())
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // LANCET_NATS_LOG=1: the server's log, to see why it did not start.
+            .stderr(if std::env::var_os("LANCET_NATS_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
         self.child = Some(child);
@@ -113,12 +131,38 @@ pub fn start(n: usize) -> Option<Vec<Server>> {
             routes: if n > 1 { ports.iter().filter(|(q, _)| q != p).map(|(_, c)| *c).collect() } else { Vec::new() },
             store: tempfile::tempdir().expect("tempdir"),
             child: None,
+            config: None,
         })
         .collect();
     for s in &mut servers {
         s.start();
     }
     Some(servers)
+}
+
+/// One server from a configuration: `text` follows the lines that set its
+/// port, name and JetStream store; `files` are written next to it first
+/// (for `include`), `env` is its environment (the `$VARIABLES` a
+/// configuration may name). None when no server binary is installed.
+pub fn start_configured(text: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Option<Server> {
+    let bin = binary()?;
+    let store = tempfile::tempdir().expect("tempdir");
+    for (name, body) in files {
+        std::fs::write(store.path().join(name), body).expect("writing a configuration file");
+    }
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut s = Server {
+        bin,
+        name: "n0".into(),
+        port: free_port(),
+        cluster_port: None,
+        routes: Vec::new(),
+        store,
+        child: None,
+        config: Some((text.to_string(), env)),
+    };
+    s.start();
+    Some(s)
 }
 
 /// Every server's URL, comma separated (the client picks one and learns

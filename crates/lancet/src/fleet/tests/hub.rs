@@ -15,21 +15,9 @@ fn the_hub_lists_nodes_and_their_alerts() {
     let mut b = Node::start(&url, "b", Some(dir_b.path()));
     connected(&mut a);
     connected(&mut b);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hub = {
-        let (stop, args) = (
-            Arc::clone(&stop),
-            crate::fleet::hub::HubArgs { nats: url.clone(), listen: format!("127.0.0.1:{port}").parse().unwrap(), state_dir: None },
-        );
-        std::thread::spawn(move || runtime().block_on(crate::fleet::hub::serve(args, stop)).unwrap())
-    };
-    let try_get = |path: &str| -> Option<(u16, serde_json::Value)> {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut r = agent.get(&format!("http://127.0.0.1:{port}{path}")).call().ok()?;
-        Some((r.status().as_u16(), r.body_mut().read_json().unwrap_or_default()))
-    };
-    let get = |path: &str| try_get(path).expect("the hub answers");
+    let hub = TestHub::on(&url);
+    let try_get = |path: &str| hub.try_get(path);
+    let get = |path: &str| hub.get(path);
     let deadline = Instant::now() + Duration::from_secs(20);
     let nodes = loop {
         let got = try_get("/v1/nodes");
@@ -130,8 +118,14 @@ fn the_hub_lists_nodes_and_their_alerts() {
     assert!(all.as_array().unwrap().iter().all(|v| v["rule"] != "forged"), "{all}");
     assert_eq!(get("/v1/alerts?nod=b").0, 400, "an unknown parameter");
     assert_eq!(get("/v1/alerts?since=yesterday").0, 400);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    hub.join().unwrap();
+    // Without the token, or with another, nothing is shown.
+    for path in ["/v1/nodes", "/v1/alerts", "/v1/workloads", "/v1/map", "/"] {
+        let (status, body) = hub.request(path, None).unwrap();
+        assert_eq!(status, 401, "{path} without the token: {body}");
+        assert!(!body.contains("rule 1.0") && !body.contains("\"a\""), "{path} leaked: {body}");
+        assert_eq!(hub.request(path, Some(&"ab".repeat(32))).unwrap().0, 403, "{path} with another token");
+    }
+    assert_eq!(hub.request("/healthz", None).unwrap().0, 200);
 }
 
 /// `lancet hub --state-dir`: alerts taken from the stream are kept; a
@@ -146,25 +140,18 @@ fn a_hub_with_a_state_dir_keeps_what_it_took_across_a_restart() {
     let mut a = Node::start(&url, "a", Some(dir_a.path()));
     connected(&mut a);
     let start_hub = || {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let args = crate::fleet::hub::HubArgs {
-            nats: url.clone(),
-            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        TestHub::start(crate::fleet::hub::HubArgs {
+            nats: Some(url.clone()),
             state_dir: Some(hub_dir.path().join("hub")),
-        };
-        let thread_stop = Arc::clone(&stop);
-        let t = std::thread::spawn(move || runtime().block_on(crate::fleet::hub::serve(args, thread_stop)).unwrap());
-        (port, stop, t)
+            ..Default::default()
+        })
     };
-    let ids = |port: u16, n: usize| -> Vec<u64> {
+    let ids = |hub: &TestHub, n: usize| -> Vec<u64> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let got = ureq::get(&format!("http://127.0.0.1:{port}/v1/alerts"))
-                .call()
-                .ok()
-                .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
-                .map(|v| v.as_array().unwrap().iter().map(|a| a["lancet_id"].as_u64().unwrap()).collect::<Vec<_>>())
+            let got = hub
+                .try_get("/v1/alerts")
+                .and_then(|(_, v)| v.as_array().map(|a| a.iter().map(|a| a["lancet_id"].as_u64().unwrap()).collect::<Vec<_>>()))
                 .unwrap_or_default();
             if got.len() >= n || Instant::now() > deadline {
                 return got;
@@ -175,10 +162,9 @@ fn a_hub_with_a_state_dir_keeps_what_it_took_across_a_restart() {
     for i in 1..=3 {
         alert(&mut store, i);
     }
-    let (port, stop, t) = start_hub();
-    assert_eq!(ids(port, 3), [1, 2, 3]);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    t.join().unwrap();
+    let hub = start_hub();
+    assert_eq!(ids(&hub, 3), [1, 2, 3]);
+    drop(hub);
     runtime().block_on(async {
         let js = jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
         js.get_stream(keys::ALERTS_STREAM).await.unwrap().purge().await.unwrap();
@@ -186,11 +172,9 @@ fn a_hub_with_a_state_dir_keeps_what_it_took_across_a_restart() {
     for i in 4..=5 {
         alert(&mut store, i);
     }
-    let (port, stop, t) = start_hub();
-    let got = ids(port, 5);
+    let hub = start_hub();
+    let got = ids(&hub, 5);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(ids(port, 5), got, "nothing more arrived");
+    assert_eq!(ids(&hub, 5), got, "nothing more arrived");
     assert_eq!(got, [1, 2, 3, 4, 5], "kept ones from the store, new ones from the stream, none twice");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    t.join().unwrap();
 }

@@ -206,7 +206,7 @@ fn fleet_settings_come_from_flags_then_the_file() {
     let c = none.config(&file, dir).unwrap().unwrap();
     assert_eq!((c.url.as_str(), c.node.as_str(), c.cluster.as_str()), ("nats://10.0.0.1:4222", "from-file", "prod"));
     assert_eq!(c.store.as_deref(), Some(dir.join("lancet.db").as_path()));
-    let flags = FleetArgs { nats: Some("nats://127.0.0.1:4222".into()), node: Some("flag".into()), cluster: None };
+    let flags = FleetArgs { nats: Some("nats://127.0.0.1:4222".into()), node: Some("flag".into()), cluster: None, ..Default::default() };
     let c = flags.config(&file, dir).unwrap().unwrap();
     assert_eq!((c.url.as_str(), c.node.as_str(), c.cluster.as_str()), ("nats://127.0.0.1:4222", "flag", "prod"));
     let empty = crate::config::FileConfig::default();
@@ -215,10 +215,24 @@ fn fleet_settings_come_from_flags_then_the_file() {
     assert!(keys::valid_name(&c.node) && c.cluster == "default", "the hostname, made a name: {c:?}");
     let lonely = FleetArgs { node: Some("a".into()), ..Default::default() };
     assert!(lonely.config(&empty, dir).unwrap_err().to_string().contains("--nats"));
-    let k8s = FleetArgs { nats: Some("nats://x:1".into()), node: Some("ip-10-0-0-1.ec2.internal".into()), cluster: None };
+    let k8s =
+        FleetArgs { nats: Some("nats://x:1".into()), node: Some("ip-10-0-0-1.ec2.internal".into()), cluster: None, ..Default::default() };
     assert_eq!(k8s.config(&empty, dir).unwrap().unwrap().node, "ip-10-0-0-1_ec2_internal");
-    let bad = FleetArgs { nats: Some("nats://x:1".into()), node: Some("a b".into()), cluster: None };
+    let bad = FleetArgs { nats: Some("nats://x:1".into()), node: Some("a b".into()), cluster: None, ..Default::default() };
     assert!(bad.config(&empty, dir).is_err());
+    // Credentials and certificates: paths, from the flags, then the file.
+    let file: crate::config::FileConfig =
+        serde_norway::from_str("nats: tls://n:4222\nnatsNkey: /etc/lancet/nats/node.nk\nnatsCa: /etc/lancet/nats/ca.pem\n").unwrap();
+    let c = none.config(&file, dir).unwrap().unwrap();
+    assert_eq!(c.security.nkey.as_deref(), Some(Path::new("/etc/lancet/nats/node.nk")));
+    assert_eq!(c.security.ca.as_deref(), Some(Path::new("/etc/lancet/nats/ca.pem")));
+    let flags = FleetArgs {
+        security: crate::fleet::auth::NatsSecurityArgs { nats_ca: Some("/flag/ca.pem".into()), ..Default::default() },
+        ..Default::default()
+    };
+    assert_eq!(flags.config(&file, dir).unwrap().unwrap().security.ca.as_deref(), Some(Path::new("/flag/ca.pem")));
+    let alone = FleetArgs { security: flags.security.clone(), ..Default::default() };
+    assert!(alone.config(&empty, dir).unwrap_err().to_string().contains("--nats URL"));
 }
 
 /// What the other nodes said is kept on the node's disk: an agent started

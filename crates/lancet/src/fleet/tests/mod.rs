@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 mod alerts;
 mod hub;
+mod hub_browser;
+mod hub_fleet;
 mod kv;
+mod secure;
 
 const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -38,6 +41,7 @@ fn cfg(url: &str, node: &str, state: Option<&Path>) -> FleetConfig {
         store: state.map(|d| d.join("lancet.db")),
         state_dir: state.map(Path::to_path_buf),
         guarantees: Arc::default(),
+        security: Default::default(),
     }
 }
 
@@ -51,8 +55,12 @@ struct Node {
 
 impl Node {
     fn start(url: &str, node: &str, state: Option<&Path>) -> Node {
+        Node::start_with(cfg(url, node, state))
+    }
+
+    fn start_with(cfg: FleetConfig) -> Node {
         let _ = tracing_subscriber::fmt().with_env_filter("lancet=info").with_test_writer().try_init();
-        Node { link: Link::start(cfg(url, node, state)).unwrap(), backlog: Default::default() }
+        Node { link: Link::start(cfg).unwrap(), backlog: Default::default() }
     }
 
     fn send(&self, m: ToFleet) {
@@ -104,6 +112,70 @@ fn wait_mode(link: &mut Node, revision: u64) -> (Mode, String) {
     match wait_for(link, Duration::from_secs(15), "mode", |m| matches!(m, FromFleet::Mode { revision: r, .. } if *r == revision)) {
         FromFleet::Mode { mode, by, .. } => (mode, by),
         _ => unreachable!(),
+    }
+}
+
+/// `lancet hub` on a loopback port with a token of its own (in a
+/// temporary directory), stopped on drop.
+struct TestHub {
+    port: u16,
+    token: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestHub {
+    /// `args` with a free loopback port and the token file set here.
+    fn start(mut args: crate::fleet::hub::HubArgs) -> TestHub {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        args.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        args.hub_token_file = dir.path().join("hub.token");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let token_file = args.hub_token_file.clone();
+        let thread = std::thread::spawn(move || runtime().block_on(crate::fleet::hub::serve(args, thread_stop)).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline && !thread.is_finished(), "the hub did not listen within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let token = std::fs::read_to_string(token_file).unwrap().trim().to_string();
+        TestHub { port, token, stop, thread: Some(thread), _dir: dir }
+    }
+
+    fn on(url: &str) -> TestHub {
+        TestHub::start(crate::fleet::hub::HubArgs { nats: Some(url.into()), ..Default::default() })
+    }
+
+    /// GET with the token: the status and the JSON (null when none).
+    fn try_get(&self, path: &str) -> Option<(u16, serde_json::Value)> {
+        self.request(path, Some(&self.token)).map(|(s, body)| (s, serde_json::from_str(&body).unwrap_or_default()))
+    }
+
+    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.try_get(path).expect("the hub answers")
+    }
+
+    /// GET with this token (or none): the status and the body.
+    fn request(&self, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut req = agent.get(&format!("http://127.0.0.1:{}{path}", self.port));
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let mut r = req.call().ok()?;
+        Some((r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()))
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
