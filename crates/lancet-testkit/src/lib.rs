@@ -1,5 +1,6 @@
-//! What lancet's test suites share: real podman containers and networks
-//! removed however a test ends ([`podman`]), and skipping. A test that cannot run
+//! What lancet's test suites share: real podman, Docker and containerd
+//! containers and networks removed however a test ends ([`podman`],
+//! [`docker`], [`containerd`], [`netns`]), and skipping. A test that cannot run
 //! here (not root, no podman, a kernel feature missing) returns early, and
 //! the test harness counts it as passed; [`skip`] says why on stderr and
 //! appends a line to the file named by `LANCET_SKIP_LOG`, so
@@ -7,7 +8,12 @@
 //! root, can refuse any skip.
 #![forbid(unsafe_code)]
 
+pub mod containerd;
+pub mod docker;
+mod engine;
+pub use engine::Engine;
 pub mod mutate;
+pub mod netns;
 pub mod podman;
 
 use std::io::Write;
