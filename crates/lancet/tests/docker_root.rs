@@ -101,3 +101,104 @@ fn docker_execs_writes_and_connects_are_attributed_while_podman_is_watched_too()
     });
     drop(trace);
 }
+
+/// Protect mode on Docker containers, as `protect_root` tries it on
+/// podman's: three containers of one image (a server, a peer serving 8080,
+/// learned, and 9090, not, and a client) on a Docker network are learned,
+/// the workload promoted; then a binary dropped into the server is refused
+/// at exec, a write below /etc gets EROFS, a connect to the unlisted port
+/// gets EPERM, each with its alert naming the container, the map shows the
+/// refused and the allowed edge, and the server answers throughout.
+#[test]
+fn protected_docker_containers_refuse_drift_and_unlisted_connects_and_keep_serving() {
+    skip_unless_docker!(docker::BUSYBOX_IMAGE);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, policies, alerts) = agent_dirs(dir.path());
+    let net = docker::Network::create(&unique("lancet-dkp-net"));
+    let httpd = ["httpd", "-f", "-p", "8080", "-h", "/www"];
+    let srv = docker::Container::start(&unique("lancet-dkp-srv"), &["--network", &net.0], &httpd);
+    let peer = docker::Container::start(&unique("lancet-dkp-peer"), &["--network", &net.0], &httpd);
+    let cli = docker::Container::start(&unique("lancet-dkp-cli"), &["--network", &net.0], &["sleep", "600"]);
+    assert!(peer.exec(&["httpd", "-p", "9090", "-h", "/www"]).status.success());
+    let (srv_ip, peer_ip) = (srv.ip(), peer.ip());
+    let fetch = || {
+        let o = cli.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{srv_ip}:8080/index.html")]);
+        o.status.success().then_some(()).ok_or_else(|| out_text(&o))
+    };
+    let agent = Agent::start_with_config(&state, &policies, &alerts, "interpreterCode: any\n", &[]);
+
+    for _ in 0..3 {
+        fetch().expect("a request while learning");
+    }
+    for cmd in [
+        vec!["wget", "-q", "-O", "/dev/null", &format!("http://{peer_ip}:8080/index.html")],
+        vec!["sh", "-c", "true"],
+        vec!["cat", "/www/index.html"],
+        vec!["timeout", "1", "true"],
+        vec!["sh", "-c", "echo x > /tmp/learned && rm /tmp/learned"],
+    ] {
+        let o = srv.exec(&cmd);
+        assert!(o.status.success(), "{cmd:?} while learning: {}", out_text(&o));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = agent.cli(&["profile", "promote", &srv.name, "--to", "protect"]);
+    assert!(out.contains("protect"), "{out}");
+    for id in [&srv.id, &peer.id, &cli.id] {
+        agent.wait_guarded(id, Duration::from_secs(10));
+    }
+    let (_, mut pos) = alerts_since(&alerts, 0);
+    let mine = |v: &[serde_json::Value], rule: &str| -> Option<serde_json::Value> {
+        v.iter().find(|a| a["rule"] == rule && a["output_fields"]["container.name"] == srv.name.as_str()).cloned()
+    };
+
+    // Drift: a binary copied into /tmp is refused at exec.
+    let o = srv.sh("cp /bin/busybox /tmp/ls && /tmp/ls /; echo rc=$?");
+    let text = out_text(&o);
+    assert!(text.contains("not permitted") && text.contains("rc=126"), "the dropped binary ran: {text}");
+    fetch().expect("the server answers after a refused exec");
+    let (v, p) = wait_alerts(&alerts, pos, Duration::from_secs(3), Duration::from_millis(500));
+    pos = p;
+    let drift = mine(&v, "Drift: written").unwrap_or_else(|| panic!("no drift alert: {v:#?}"));
+    assert_eq!(drift["output_fields"]["lancet.enforced"], true, "{drift:#}");
+    assert_eq!(drift["output_fields"]["proc.exepath"], "/tmp/ls", "{drift:#}");
+    assert_eq!(drift["output_fields"]["container.id"], srv.id[..12], "{drift:#}");
+
+    // Immutability: the image's system directories are read-only; the
+    // service's scratch space is not.
+    let o = srv.sh("echo x > /etc/lancet-x");
+    assert!(!o.status.success() && out_text(&o).contains("Read-only file system"), "a write below /etc: {}", out_text(&o));
+    assert!(srv.sh("echo x > /tmp/scratch && rm /tmp/scratch").status.success(), "a write in /tmp");
+
+    // Network: the unlisted port is refused, the learned one is not.
+    let o = srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{peer_ip}:9090/index.html")]);
+    assert!(!o.status.success() && out_text(&o).contains("not permitted"), "connect to 9090: {}", out_text(&o));
+    let o = srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{peer_ip}:8080/index.html")]);
+    assert!(o.status.success(), "the learned connect was refused: {}", out_text(&o));
+    let (v, _) = wait_alerts(&alerts, pos, Duration::from_secs(3), Duration::from_millis(300));
+    let refused = mine(&v, "Network operation refused").unwrap_or_else(|| panic!("no alert for the refused connect: {v:#?}"));
+    assert_eq!(refused["output_fields"]["fd.dport"], 9090, "{refused:#}");
+
+    // The map: the refused edge and the allowed one, between the two
+    // Docker containers by their ids.
+    let (src, dst) = (format!("c:{}", srv.id), format!("c:{}", peer.id));
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = agent.cli(&["map", "--format", "json", "--container", &srv.name]);
+        let g: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("map JSON: {e}: {out}"));
+        let verdict = |port: u16| {
+            g["edges"].as_array().and_then(|es| {
+                es.iter()
+                    .find(|e| e["source"] == src.as_str() && e["target"] == dst.as_str() && e["port"] == port)
+                    .map(|e| e["verdict"].clone())
+            })
+        };
+        if verdict(9090) == Some("refused".into()) && verdict(8080) == Some("allowed".into()) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "no refused and allowed edges of {}: {out}", srv.name);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    fetch().expect("the server answers at the end");
+    drop(agent);
+}
