@@ -31,10 +31,16 @@ need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
 # then forward only what netavark's rules happen to accept. The tests need
 # no NAT or iptables-published ports from Docker: containers on one Docker
 # network reach each other, and the host reaches them, without either.
+# The runtime "lancet-test" is runc through lancet's hook (`lancet hook
+# install-runc`); the root tests write that wrapper to /run/lancet-test/runc
+# for the time of a test and run their containers with --runtime lancet-test.
 daemon_json=/etc/docker/daemon.json
 daemon_conf='{
   "iptables": false,
-  "ip6tables": false
+  "ip6tables": false,
+  "runtimes": {
+    "lancet-test": { "path": "/run/lancet-test/runc" }
+  }
 }'
 if [ "$(cat "$daemon_json" 2>/dev/null)" != "$daemon_conf" ]; then
   echo "setup: writing $daemon_json (iptables off: podman's networks keep working)" >&2

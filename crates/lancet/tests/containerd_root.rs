@@ -182,5 +182,40 @@ fn protected_containerd_containers_refuse_drift_and_unlisted_connects_and_keep_s
         std::thread::sleep(Duration::from_millis(300));
     }
     fetch().expect("the server answers at the end");
+
+    // Before the first instruction: containerd reads no hooks.d; run with
+    // runc through `lancet hook runc` (`ctr run --runc-binary`, what CRI's
+    // BinaryName does for Kubernetes), a container of the protected
+    // workload is guarded before its entrypoint runs.
+    let wrapper = RuncWrapper::install(&agent);
+    let run = |extra: &[&str]| {
+        // In the foreground, for its output; removed by the guard.
+        let id = unique("lancet-cdp-race");
+        let c = containerd::Container { id: id.clone(), name: id };
+        let mut args = vec!["-n", containerd::NAMESPACE, "run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, &c.id, "sh", "-c", RACE_ENTRYPOINT]);
+        let o = std::process::Command::new("ctr").args(&args).stdin(std::process::Stdio::null()).output().expect("ctr run");
+        (out_text(&o), c.id.clone())
+    };
+    let (text, id) = run(&["--runc-binary", RUNC_WRAPPER]);
+    let (runs, secs) = race_window(&text).unwrap_or_else(|| panic!("no result from the hooked container: {text}"));
+    assert!(text.contains("first=126") && runs == 0, "the hooked container's entrypoint ran unguarded ({runs} runs, {secs:.2} s): {text}");
+    assert!(handed_over_by_hook(&agent, &id), "container {id} was not handed over by the hook");
+    drop(wrapper);
+    // Without it, the agent guards the container when it sees its cgroup
+    // appear. Measured, and bounded.
+    let mut windows = Vec::new();
+    for _ in 0..10 {
+        let (text, id) = run(&[]);
+        assert!(!handed_over_by_hook(&agent, &id), "no hook without the wrapper");
+        let (runs, secs) = race_window(&text).unwrap_or_else(|| panic!("no result from the container: {text}"));
+        assert!(text.contains("first=126") && text.contains("rc=126"), "not refused ({runs} runs in {secs:.2} s): {text}");
+        windows.push((runs, secs));
+    }
+    eprintln!(
+        "containerd without the wrapper: (runs of the dropped binary, seconds from the first instruction to the refusal): {windows:?}"
+    );
+    assert!(windows.iter().all(|(_, s)| *s < 3.0), "the window without the wrapper: {windows:?}");
     drop(agent);
 }

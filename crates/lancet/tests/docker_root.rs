@@ -200,5 +200,37 @@ fn protected_docker_containers_refuse_drift_and_unlisted_connects_and_keep_servi
         std::thread::sleep(Duration::from_millis(300));
     }
     fetch().expect("the server answers at the end");
+
+    // Before the first instruction: Docker reads no hooks.d; started with
+    // the runtime `lancet-test` (runc through `lancet hook runc`), a
+    // container of the protected workload is guarded before its entrypoint
+    // runs: the binary it drops at once is refused at its first exec.
+    let wrapper = RuncWrapper::install(&agent);
+    // (its output, and its id)
+    let run = |extra: &[&str]| {
+        let c = docker::Container::adopt(&unique("lancet-dkp-race"));
+        let mut args = vec!["run", "--name", &c.name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[docker::BUSYBOX_IMAGE, "sh", "-c", RACE_ENTRYPOINT]);
+        let o = std::process::Command::new(docker::DOCKER).args(&args).stdin(std::process::Stdio::null()).output().expect("docker run");
+        (out_text(&o), docker::docker(&["inspect", "-f", "{{.Id}}", &c.name]))
+    };
+    let (text, id) = run(&["--runtime", "lancet-test"]);
+    let (runs, secs) = race_window(&text).unwrap_or_else(|| panic!("no result from the hooked container: {text}"));
+    assert!(text.contains("first=126") && runs == 0, "the hooked container's entrypoint ran unguarded ({runs} runs, {secs:.2} s): {text}");
+    assert!(handed_over_by_hook(&agent, &id), "container {id} was not handed over by the hook");
+    drop(wrapper);
+    // Without it, the agent guards the container when it sees its cgroup
+    // appear: the dropped binary runs until then. Measured, and bounded.
+    let mut windows = Vec::new();
+    for _ in 0..10 {
+        let (text, id) = run(&[]);
+        assert!(!handed_over_by_hook(&agent, &id), "no hook without the wrapper");
+        let (runs, secs) = race_window(&text).unwrap_or_else(|| panic!("no result from the container: {text}"));
+        assert!(text.contains("first=126") && text.contains("rc=126"), "not refused ({runs} runs in {secs:.2} s): {text}");
+        windows.push((runs, secs));
+    }
+    eprintln!("docker without the wrapper: (runs of the dropped binary, seconds from the first instruction to the refusal): {windows:?}");
+    assert!(windows.iter().all(|(_, s)| *s < 3.0), "the window without the wrapper: {windows:?}");
     drop(agent);
 }
