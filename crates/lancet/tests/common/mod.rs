@@ -455,12 +455,23 @@ pub fn race_window(out: &str) -> Option<(u64, f64)> {
 
 /// Whether the agent's audit log has the OCI hook handing over container
 /// `id` successfully (the runc wrapper's hook, not the agent's own sight of
-/// the container, guarded it).
-pub fn handed_over_by_hook(agent: &Agent, id: &str) -> bool {
-    let out = agent.cli(&["audit", "--format", "json"]);
-    out.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|r| {
-        r["action"] == "hook"
-            && r["target"].as_str().is_some_and(|t| t.contains(id))
-            && r["result"].as_str().is_some_and(|s| s.starts_with("ok"))
-    })
+/// the container, guarded it), waiting up to `within` for the row; Err
+/// with the hook's rows otherwise.
+pub fn handed_over_by_hook(agent: &Agent, id: &str, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = agent.cli(&["audit", "--format", "json"]);
+        let rows: Vec<serde_json::Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["action"] == "hook" && r["target"].as_str().is_some_and(|t| t.contains(id)))
+            .collect();
+        if rows.iter().any(|r| r["result"].as_str().is_some_and(|s| s.starts_with("ok"))) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{rows:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
