@@ -13,13 +13,45 @@ cd "$(dirname "$0")/.."
 # dpkg-dev (dpkg-shlibdeps: the .deb's library dependencies), systemd
 # (systemd-analyze) and unzip serve scripts/check-deploy.sh; rsyslog receives
 # the syslog output in its test, prometheus scrapes a running agent in its
-# (both run by the tests, not as services).
+# (both run by the tests, not as services). docker.io (Docker Engine 20.10)
+# and containerd (1.6) are the other runtimes lancet is tested on; they are
+# started by hand (scripts/engines.sh), as nothing here is systemd.
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates
+      docker.io containerd
       debootstrap debian-archive-keyring musl musl-tools
       chromium chromium-driver graphviz
       dpkg-dev systemd unzip
       rsyslog prometheus)
+# Docker Engine's configuration, written before docker.io is installed (so a
+# dockerd that its package starts starts with it): "iptables": false keeps
+# dockerd out of the host's firewall. Left to itself it sets the FORWARD
+# policy to DROP, loads br_netfilter (so bridged packets, podman's too, go
+# through that chain) and puts its own chains first; podman's networks would
+# then forward only what netavark's rules happen to accept. The tests need
+# no NAT or iptables-published ports from Docker: containers on one Docker
+# network reach each other, and the host reaches them, without either.
+# The runtime "lancet-test" is runc through lancet's hook (`lancet hook
+# install-runc`); the root tests write that wrapper to /run/lancet-test/runc
+# for the time of a test and run their containers with --runtime lancet-test.
+daemon_json=/etc/docker/daemon.json
+daemon_conf='{
+  "iptables": false,
+  "ip6tables": false,
+  "runtimes": {
+    "lancet-test": { "path": "/run/lancet-test/runc" }
+  }
+}'
+if [ "$(cat "$daemon_json" 2>/dev/null)" != "$daemon_conf" ]; then
+  echo "setup: writing $daemon_json (iptables off: podman's networks keep working)" >&2
+  mkdir -p /etc/docker
+  [ -f "$daemon_json" ] && cp "$daemon_json" "$daemon_json.before-lancet"
+  printf '%s\n' "$daemon_conf" > "$daemon_json"
+  if [ -S /var/run/docker.sock ]; then
+    echo "setup: a running dockerd reads $daemon_json only when it starts: restart it" >&2
+  fi
+fi
+
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -148,6 +180,26 @@ debian_mirror() {
 # is only an import).
 cache=/var/cache/lancet
 
+# minbase: makes sure the bare minbase tarball is in the cache
+# (debootstrapped from the mirror apt uses when it is not).
+minbase() {
+  local base=$cache/debian-bookworm-minbase.tar root mirror
+  [ ! -s "$base" ] || return 0
+  mkdir -p "$cache"
+  root=$(mktemp -d "/var/tmp/minbase.XXXXXX"); tmpdirs+=("$root" "$root.log")
+  mirror=$(debian_mirror | sed -n 1p)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  echo "setup: debootstrap --variant=minbase bookworm from $mirror" >&2
+  if ! debootstrap --variant=minbase bookworm "$root" "$mirror" > "$root.log" 2>&1; then
+    tail -n 30 "$root.log" >&2
+    rm -f "$root.log"
+    exit 1
+  fi
+  rm -f "$root.log" "$root"/var/cache/apt/archives/*.deb
+  tar -C "$root" --numeric-owner -cf "$base.part" . && mv "$base.part" "$base"
+  rm -rf --one-file-system "$root"
+}
+
 # debian_image IMAGE VERSION PACKAGES SCRIPT [CHANGE...]: unless IMAGE already
 # carries VERSION, builds (or takes from the cache) a minbase rootfs with the
 # Debian PACKAGES installed, then SCRIPT run by sh -e in its chroot (as root,
@@ -157,26 +209,14 @@ debian_image() {
   local image=$1 version=$2 packages=$3 script=$4; shift 4
   local name=${image#localhost/}; name=${name%%:*}
   local tarball=$cache/$name-v$version.tar base=$cache/debian-bookworm-minbase.tar
-  local root mirror c changes=()
+  local root c changes=()
   [ "$(image_version "$image")" != "$version" ] || return 0
   if [ ! -s "$tarball" ]; then
     mkdir -p "$cache"
     root=$(mktemp -d "/var/tmp/$name.XXXXXX"); tmpdirs+=("$root" "$root.log")
-    if [ -s "$base" ]; then
-      echo "setup: building $image from $base" >&2
-      tar -C "$root" --numeric-owner -xpf "$base"
-    else
-      mirror=$(debian_mirror | sed -n 1p)
-      mirror=${mirror:-http://deb.debian.org/debian}
-      echo "setup: building $image: debootstrap --variant=minbase bookworm from $mirror" >&2
-      if ! debootstrap --variant=minbase bookworm "$root" "$mirror" > "$root.log" 2>&1; then
-        tail -n 30 "$root.log" >&2
-        rm -f "$root.log"
-        exit 1
-      fi
-      rm -f "$root.log" "$root"/var/cache/apt/archives/*.deb
-      tar -C "$root" --numeric-owner -cf "$base.part" . && mv "$base.part" "$base"
-    fi
+    minbase
+    echo "setup: building $image from $base" >&2
+    tar -C "$root" --numeric-owner -xpf "$base"
     # / as on any Debian: mktemp's (and so the minbase tarball's ./) 0700
     # kept every user but root out (initdb as postgres: Permission denied).
     chmod 755 "$root"
@@ -249,6 +289,36 @@ debian_image localhost/lancet-postgres:test 1 'postgresql postgresql-client' \
    [ "$(stat -c %U /var/lib/postgresql/15/main)" = postgres ] || { echo "cluster 15/main is not owned by postgres" >&2; exit 1; }' \
   'CMD ["/usr/lib/postgresql/15/bin/postgres","-D","/var/lib/postgresql/15/main","-c","config_file=/etc/postgresql/15/main/postgresql.conf"]' \
   'USER postgres' 'EXPOSE 5432' 'STOPSIGNAL SIGINT'
+
+# Docker Engine and containerd, started by hand (scripts/engines.sh), and
+# their test images, made from local ones (never pulled):
+# localhost/lancet-busybox:test as podman built it above (podman save, then
+# `docker load` and `ctr images import` into the containerd namespace the
+# tests use: the same image config, so the same image id everywhere), and
+# localhost/lancet-minbase:test, the bare Debian minbase rootfs given to
+# `docker import` the way a user would.
+bash scripts/engines.sh
+docker=/usr/bin/docker
+ctr_ns=lancet-ctr
+image=localhost/lancet-busybox:test
+id=$(podman image inspect -f '{{.Id}}' "$image")
+if [ "$("$docker" image inspect -f '{{.Id}}' "$image" 2>/dev/null)" != "sha256:$id" ]; then
+  echo "setup: loading $image into Docker" >&2
+  podman save -q --format docker-archive "$image" | "$docker" load -q >/dev/null
+fi
+if ! ctr -n "$ctr_ns" images ls "name==$image" | grep -q "lancet.image-id=$id"; then
+  echo "setup: importing $image into containerd (namespace $ctr_ns)" >&2
+  podman save -q --format docker-archive "$image" | ctr -n "$ctr_ns" images import - >/dev/null
+  ctr -n "$ctr_ns" images label "$image" "lancet.image-id=$id" >/dev/null
+fi
+image=localhost/lancet-minbase:test
+version=1
+if [ "$("$docker" image inspect -f '{{index .Config.Labels "lancet.test.version"}}' "$image" 2>/dev/null)" != "$version" ]; then
+  minbase
+  echo "setup: docker import of $cache/debian-bookworm-minbase.tar as $image" >&2
+  "$docker" import --change 'CMD ["/bin/bash"]' --change "LABEL lancet.test.version=$version" \
+    "$cache/debian-bookworm-minbase.tar" "$image" >/dev/null
+fi
 
 # The deployment checks' tools (scripts/check-deploy.sh), under one folder
 # so that nothing of the system's is replaced: a Python venv with pinned

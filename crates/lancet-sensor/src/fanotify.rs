@@ -15,6 +15,7 @@
 //! `FAN_Q_OVERFLOW`; the watchers count those in their stats and log a warning.
 
 mod change;
+mod mounts;
 mod open;
 pub(crate) mod parse;
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! What lancet's test suites share: real podman containers and networks
-//! removed however a test ends ([`podman`]), a headless browser for the
+//! What lancet's test suites share: real podman, Docker and containerd
+//! containers and networks removed however a test ends ([`podman`],
+//! [`docker`], [`containerd`], [`netns`]), a headless browser for the
 //! dashboards ([`browser`]), and skipping. A test that cannot run
 //! here (not root, no podman, a kernel feature missing) returns early, and
 //! the test harness counts it as passed; [`skip`] says why on stderr and
@@ -9,7 +10,12 @@
 #![forbid(unsafe_code)]
 
 pub mod browser;
+pub mod containerd;
+pub mod docker;
+mod engine;
+pub use engine::Engine;
 pub mod mutate;
+pub mod netns;
 pub mod podman;
 
 use std::io::Write;

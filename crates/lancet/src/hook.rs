@@ -15,6 +15,8 @@
 //! not answer within its timeout the hook says so on stderr and exits 0, and
 //! the agent arms the container when it next sees it.
 
+mod runc;
+
 use crate::api::Client;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -44,6 +46,27 @@ pub enum HookCmd {
         #[arg(long, default_value = "/usr/share/containers/oci/hooks.d", value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Run as runc for runtimes that read no hooks.d (Docker, containerd):
+    /// adds the hook to the spec of a `create` or `run`, then executes runc
+    /// with the same arguments. Called by the script `install-runc` writes.
+    Runc {
+        /// The real runc.
+        #[arg(long, default_value = "/usr/sbin/runc", value_name = "PATH")]
+        runc: PathBuf,
+        /// runc's arguments, after `--`.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Write the runc wrapper script that Docker (a `runtimes` entry in
+    /// daemon.json) or containerd (runc's `BinaryName`, `ctr run
+    /// --runc-binary`) is told to run instead of runc.
+    InstallRunc {
+        #[arg(long, default_value = "/usr/local/sbin/lancet-runc", value_name = "PATH")]
+        path: PathBuf,
+        /// The real runc the wrapper executes.
+        #[arg(long, default_value = "/usr/sbin/runc", value_name = "PATH")]
+        runc: PathBuf,
+    },
 }
 
 pub const HOOK_FILE: &str = "lancet.json";
@@ -64,16 +87,24 @@ pub fn run(api: &str, cmd: HookCmd) -> Result<ExitCode> {
             let exe = std::env::current_exe().context("finding lancet's own path")?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let path = dir.join(HOOK_FILE);
-            // The runtime runs the hook from the bundle: a relative socket
-            // path would not lead back here.
-            let api = match api.strip_prefix("unix:").unwrap_or(api) {
-                p if crate::api::client_is_socket(p) && !Path::new(p).is_absolute() => {
-                    std::env::current_dir()?.join(p).display().to_string()
-                }
-                _ => api.to_string(),
-            };
-            let doc = hook_document(&exe, &api);
+            let doc = hook_document(&exe, &absolute_api(api)?);
             std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+            println!("installed {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        HookCmd::Runc { runc, args } => {
+            runc::run(api, &runc, args)?;
+            Ok(ExitCode::FAILURE)
+        }
+        HookCmd::InstallRunc { path, runc } => {
+            use std::os::unix::fs::PermissionsExt;
+            let exe = std::env::current_exe().context("finding lancet's own path")?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(&path, runc::script(&exe, &absolute_api(api)?, &runc)).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("making {} executable", path.display()))?;
             println!("installed {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -87,6 +118,15 @@ pub fn run(api: &str, cmd: HookCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The API as the hook must name it: the runtime runs the hook from the
+/// bundle, so a relative socket path would not lead back here.
+fn absolute_api(api: &str) -> Result<String> {
+    Ok(match api.strip_prefix("unix:").unwrap_or(api) {
+        p if crate::api::client_is_socket(p) && !Path::new(p).is_absolute() => std::env::current_dir()?.join(p).display().to_string(),
+        _ => api.to_string(),
+    })
 }
 
 /// The hooks.d entry (format 1.0.0, as podman and CRI-O read it).

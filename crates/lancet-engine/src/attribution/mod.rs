@@ -18,6 +18,7 @@
 
 mod bolt;
 mod cgroup;
+mod containerd;
 mod network;
 mod runtimes;
 
@@ -166,11 +167,16 @@ impl ContainerInfo {
         self.id.get(..12).unwrap_or(&self.id)
     }
 
-    /// The overlay upper (`diff`) directory, where everything the container
-    /// wrote since it started lives; None for a plain rootfs directory
-    /// (runc bundles), where image files and writes cannot be told apart.
+    /// The overlay upper directory, where everything the container wrote
+    /// since it started lives: `…/diff` (podman, CRI-O, Docker's overlay2),
+    /// `…/snapshots/<id>/fs` (containerd's overlayfs snapshotter); None for
+    /// a plain rootfs directory (runc bundles), where image files and
+    /// writes cannot be told apart.
     pub fn upper_dir(&self) -> Option<&std::path::Path> {
-        self.rootfs_paths.iter().find(|p| p.ends_with("diff")).map(|p| p.as_path())
+        let snapshot = |p: &std::path::Path| {
+            p.ends_with("fs") && p.parent().and_then(std::path::Path::parent).is_some_and(|d| d.ends_with("snapshots"))
+        };
+        self.rootfs_paths.iter().find(|p| p.ends_with("diff") || snapshot(p)).map(|p| p.as_path())
     }
 }
 
@@ -281,7 +287,8 @@ pub struct Attributor {
     /// Keyed by the path as a string: file events look up every ancestor of
     /// a path, and hashing a `str` is much cheaper than a `Path`'s components.
     by_rootfs: HashMap<String, String>,
-    /// Plain runc containers by cgroup path, refreshed at most once per TTL.
+    /// Plain runc containers and containerd tasks with ids of their own
+    /// choosing (`ctr run`), by cgroup path, refreshed at most once per TTL.
     runc_index: Option<(Instant, Vec<Arc<ContainerInfo>>)>,
     last_walk: Option<Instant>,
     /// cgroup id → when its mkdir was seen. A young cgroup that no runtime
@@ -591,7 +598,8 @@ impl Attributor {
         let fresh =
             !self.is_young(id, now) && self.runc_index.as_ref().is_some_and(|(t, _)| now.saturating_duration_since(*t) < NEGATIVE_TTL);
         if !fresh {
-            let list = self.reader.runc_states().into_iter().map(Arc::new).collect();
+            let mut list: Vec<Arc<ContainerInfo>> = self.reader.runc_states().into_iter().map(Arc::new).collect();
+            list.extend(self.reader.containerd_states().into_iter().map(Arc::new));
             self.runc_index = Some((now, list));
         }
         let (_, list) = self.runc_index.as_ref()?;

@@ -37,7 +37,6 @@ const CONTAINERS_STORAGE: &str = "/var/lib/containers/storage";
 const NETAVARK_NETWORKS: &str = "/etc/containers/networks";
 const CONTAINERS_RUN: &str = "/run/containers/storage";
 const DOCKER_ROOT: &str = "/var/lib/docker";
-const CONTAINERD_TASKS: [&str; 2] = ["/run/containerd/io.containerd.runtime.v2.task", "/run/containerd/io.containerd.runtime.v1.linux"];
 const RUNC_ROOT: &str = "/run/runc";
 
 struct Shared<T> {
@@ -171,11 +170,11 @@ pub(crate) fn read_limited(p: &Path, max: u64) -> Result<Vec<u8>, std::io::Error
     Ok(buf)
 }
 
-fn s(v: &Value, key: &str) -> String {
+pub(super) fn s(v: &Value, key: &str) -> String {
     v.get(key).and_then(Value::as_str).unwrap_or_default().to_string()
 }
 
-fn str_map(v: Option<&Value>) -> BTreeMap<String, String> {
+pub(super) fn str_map(v: Option<&Value>) -> BTreeMap<String, String> {
     v.and_then(Value::as_object)
         .map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
         .unwrap_or_default()
@@ -197,7 +196,7 @@ fn nonempty(a: String, b: impl FnOnce() -> String) -> String {
 
 /// Expands a systemd slice name the way systemd nests it:
 /// `a-b.slice` lives in `/a.slice/a-b.slice`.
-fn expand_slice(slice: &str) -> String {
+pub(super) fn expand_slice(slice: &str) -> String {
     let base = slice.strip_suffix(".slice").unwrap_or(slice);
     if base.is_empty() || base == "-" {
         return String::new();
@@ -222,7 +221,7 @@ impl Reader {
     }
 
     /// A host path under the host root.
-    fn host(&self, p: impl AsRef<Path>) -> PathBuf {
+    pub(super) fn host(&self, p: impl AsRef<Path>) -> PathBuf {
         let p = p.as_ref();
         self.host_root.join(p.strip_prefix("/").unwrap_or(p))
     }
@@ -264,7 +263,7 @@ impl Reader {
         Ok(Some(v))
     }
 
-    fn shared_bytes(&mut self, host_path: &str) -> Option<Arc<Vec<u8>>> {
+    pub(super) fn shared_bytes(&mut self, host_path: &str) -> Option<Arc<Vec<u8>>> {
         let p = self.host(host_path);
         let meta = std::fs::metadata(&p).ok()?;
         if !Self::changed(self.bytes.get(&p), &meta) {
@@ -285,12 +284,12 @@ impl Reader {
         self.bytes.clear();
     }
 
-    fn read_text(&self, host_path: &str) -> Option<String> {
+    pub(super) fn read_text(&self, host_path: &str) -> Option<String> {
         let b = read_limited(&self.host(host_path), 1 << 20).ok()?;
         Some(String::from_utf8_lossy(&b).trim().to_string())
     }
 
-    fn list_dir(&self, host_path: &str) -> Vec<String> {
+    pub(super) fn list_dir(&self, host_path: &str) -> Vec<String> {
         let Ok(rd) = std::fs::read_dir(self.host(host_path)) else { return Vec::new() };
         let mut v: Vec<String> = rd.flatten().take(MAX_LIST).filter_map(|e| e.file_name().to_str().map(str::to_string)).collect();
         v.sort();
@@ -322,7 +321,7 @@ impl Reader {
             let r = match rt {
                 Runtime::Podman | Runtime::Crio => self.read_storage(id, m),
                 Runtime::Docker => self.read_docker(id),
-                Runtime::Containerd => self.read_containerd(id, m),
+                Runtime::Containerd => self.read_containerd(id, m.namespace.as_deref()),
                 Runtime::Runc => self.read_runc_by_id(id),
             };
             match r {
@@ -549,64 +548,6 @@ impl Reader {
             }
         }
         Ok(Some(c))
-    }
-
-    fn read_containerd(&mut self, id: &str, m: &CgroupMatch) -> Result<Option<ContainerInfo>, String> {
-        for tasks in CONTAINERD_TASKS {
-            let mut namespaces = self.list_dir(tasks);
-            if let Some(ns) = &m.namespace {
-                namespaces.retain(|n| n != ns);
-                namespaces.insert(0, ns.clone());
-            }
-            for ns in namespaces {
-                if ns.contains('/') || ns == ".." {
-                    continue;
-                }
-                let bundle = format!("{tasks}/{ns}/{id}");
-                let Some(spec) = self.json(&format!("{bundle}/config.json"))? else { continue };
-                return Ok(Some(self.containerd_container(id, &bundle, &spec)));
-            }
-        }
-        Ok(None)
-    }
-
-    fn containerd_container(&self, id: &str, bundle: &str, spec: &Value) -> ContainerInfo {
-        let ann = str_map(spec.get("annotations"));
-        let get = |k: &str| ann.get(k).cloned().unwrap_or_default();
-        let is_sandbox = get("io.kubernetes.cri.container-type") == "sandbox";
-        let mut c = ContainerInfo {
-            id: id.to_string(),
-            runtime: Runtime::Containerd,
-            process: spec.get("process").and_then(OciProcess::from_spec),
-            ..Default::default()
-        };
-        c.name = if is_sandbox { get("io.kubernetes.cri.sandbox-name") } else { get("io.kubernetes.cri.container-name") };
-        if c.name.is_empty() {
-            c.name = get("nerdctl/name");
-        }
-        c.image = get("io.kubernetes.cri.image-name");
-        if !get("io.kubernetes.cri.sandbox-name").is_empty() {
-            c.pod = Some(PodInfo {
-                name: get("io.kubernetes.cri.sandbox-name"),
-                namespace: get("io.kubernetes.cri.sandbox-namespace"),
-                uid: get("io.kubernetes.cri.sandbox-uid"),
-                container_name: if is_sandbox { "POD".into() } else { get("io.kubernetes.cri.container-name") },
-            });
-        }
-        // nerdctl passes a container's labels as annotations; CRI's own
-        // annotations are plumbing, not labels.
-        c.labels = ann.into_iter().filter(|(k, _)| !k.starts_with("io.kubernetes.cri.")).collect();
-        let root = spec.get("root").map(|r| s(r, "path")).unwrap_or_default();
-        let root = if root.is_empty() {
-            format!("{bundle}/rootfs")
-        } else if root.starts_with('/') {
-            root
-        } else {
-            format!("{bundle}/{root}")
-        };
-        c.rootfs_paths.push(PathBuf::from(root));
-        c.pid = self.read_text(&format!("{bundle}/init.pid")).and_then(|t| t.parse().ok()).filter(|p| *p > 0);
-        c
     }
 
     fn read_runc_by_id(&mut self, id: &str) -> Result<Option<ContainerInfo>, String> {

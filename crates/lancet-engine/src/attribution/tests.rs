@@ -469,7 +469,8 @@ fn vanished_and_garbage_files_never_panic() {
     let kc = container(a.attribute(k));
     assert_eq!(kc.image_digest, "", "repositories.json vanished: no digest, still a container");
     let c = container(a.attribute(cd));
-    assert_eq!((c.runtime, c.name.as_str()), (Runtime::Containerd, ""));
+    // No name in the spec: named by its id, as `ctr` names containers.
+    assert_eq!((c.runtime, c.name.as_str()), (Runtime::Containerd, "c0".repeat(32).as_str()));
     assert_eq!(a.attribute(host), Attribution::Host);
     // An id never seen: Unknown without a path.
     match a.attribute(u64::MAX - 7) {
@@ -631,4 +632,43 @@ fn real_podman_host() {
     assert_eq!(c.network.gateways, [gw.parse::<std::net::IpAddr>().unwrap()], "{:?}", c.network);
     assert_eq!(c.network.mode, NetMode::Bridge);
     assert_eq!(a.container_for_host_path(&upper.join("tmp/x")).unwrap().1, "/tmp/x");
+}
+
+/// `ctr run --label app=web localhost/lancet-busybox:test web` on
+/// containerd 1.6.20 (the fixture's task bundle and both BoltDB stores are
+/// copies from that host): the id is no hex id, so no cgroup naming scheme
+/// names it, and its spec carries no image; the cgroup `/lancet-ctr/web` is
+/// matched by the task's own cgroupsPath, and meta.db and the overlayfs
+/// snapshotter's store say the image, its digest and id, and where the
+/// container's writes land.
+#[test]
+fn containerd_ctr_run_from_its_metadata_stores() {
+    let h = Host::new(&["containerd-ctr"]);
+    let cg = h.cgroup("/lancet-ctr/web");
+    let other = h.cgroup("/lancet-ctr/gone");
+    let mut a = h.attributor();
+    assert_eq!(a.scan().unwrap().len(), 1);
+    let c = container(a.attribute(cg));
+    assert_eq!((c.runtime, c.id.as_str(), c.name.as_str()), (Runtime::Containerd, "web", "web"));
+    assert_eq!(c.image, "localhost/lancet-busybox:test");
+    assert_eq!(c.image_digest, "sha256:f3d5f9fd5b922c01625ff366d4598214a01687bacbbc192cdf1fd956d8504127");
+    assert_eq!(c.image_id, "sha256:00be0d1b87fedcc7223e3919d7304cf84d1fabb8b9d81bf0c1e7a9804cc63379", "the manifest's config");
+    assert_eq!(c.labels.get("app").map(String::as_str), Some("web"));
+    assert!(!c.labels.keys().any(|k| k.starts_with("containerd.io/") || k.starts_with("io.containerd.")), "{:?}", c.labels);
+    assert_eq!(c.cgroup_path, "/lancet-ctr/web");
+    assert_eq!(c.pid, Some(4242));
+    let upper = PathBuf::from("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/4/fs");
+    assert_eq!(c.rootfs_paths, vec![upper.clone()]);
+    assert_eq!(c.upper_dir(), Some(upper.as_path()));
+    assert_eq!(a.container_for_host_path(&upper.join("tmp/x")).unwrap().1, "/tmp/x");
+    assert_eq!(a.attribute(other), Attribution::Host, "a cgroup no task names");
+
+    // Without the stores (a host where containerd's root is elsewhere):
+    // named after its id, its root the mounted bundle rootfs, as before.
+    std::fs::remove_dir_all(h.root().join("var/lib/containerd")).unwrap();
+    let mut a = h.attributor();
+    let c = container(a.attribute(cg));
+    assert_eq!((c.name.as_str(), c.image.as_str()), ("web", ""));
+    assert_eq!(c.rootfs_paths, vec![PathBuf::from("/run/containerd/io.containerd.runtime.v2.task/lancet-ctr/web/rootfs")]);
+    assert_eq!(c.upper_dir(), None);
 }

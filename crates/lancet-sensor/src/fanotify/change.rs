@@ -2,10 +2,10 @@
 //! whole filesystems, reported with directory file handles + names
 //! (`FAN_REPORT_DFID_NAME`) and resolved to host paths.
 
+use super::mounts::{under, Mounts, Resolved};
 use super::parse::{FidRecord, RawEvent};
 use super::READ_BUF_LEN;
 use super::{fanotify_init, fanotify_mark, now_ns, FanotifyError, FanotifyStats};
-use crate::sys::fd_path;
 use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
 use std::collections::HashMap;
 use std::io;
@@ -86,7 +86,9 @@ enum RenameMode {
 
 struct Filesystem {
     fsid: [i32; 2],
-    mount_fd: OwnedFd,
+    /// The mounts of it that watched paths lie on, to resolve handles
+    /// through (see [`Mounts`]).
+    mounts: Mounts,
     path: PathBuf,
 }
 
@@ -158,12 +160,17 @@ impl FileChangeWatcher {
     }
 
     /// Put a `FAN_MARK_FILESYSTEM` mark on the filesystem holding `path`, and
-    /// keep an fd on it to resolve file handles. Adding the same filesystem
-    /// twice is a no-op.
+    /// keep an fd on it to resolve file handles. The filesystem is marked
+    /// once; a path on another mount of it (a bind mount: each runtime's
+    /// storage may be one) is kept as a further way to resolve handles.
     pub fn add_filesystem(&mut self, path: &Path) -> Result<(), FanotifyError> {
         let mount_fd = open_rdonly(path)?;
         let fsid = fsid_of(mount_fd.as_raw_fd()).map_err(|source| FanotifyError::Open { path: path.into(), source })?;
-        if self.filesystems.iter().any(|f| f.fsid == fsid) {
+        if let Some(fs) = self.filesystems.iter_mut().find(|f| f.fsid == fsid) {
+            if fs.mounts.add(mount_fd) {
+                // Directories placed Outside may resolve now.
+                self.cache.clear();
+            }
             return Ok(());
         }
         let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM;
@@ -181,7 +188,7 @@ impl FileChangeWatcher {
             fanotify_mark(self.fan.as_raw_fd(), flags, MARK_MASK_BASE | libc::FAN_MOVE, path)?;
         }
         tracing::debug!(path = %path.display(), ?fsid, "fanotify filesystem mark added");
-        self.filesystems.push(Filesystem { fsid, mount_fd, path: path.to_path_buf() });
+        self.filesystems.push(Filesystem { fsid, mounts: Mounts::new(mount_fd), path: path.to_path_buf() });
         Ok(())
     }
 
@@ -293,9 +300,13 @@ impl FileChangeWatcher {
             // handle; if that fails too nothing useful is known, and the
             // matching `Delete` event already told the story.
             (None, Some(f)) => match self.open_handle(f) {
-                Ok((p, false)) => {
+                Ok(Resolved::Path(p, false)) => {
                     let place = self.place(p.as_bytes());
                     (p, place)
+                }
+                Ok(Resolved::Outside) => {
+                    self.stats.dropped += 1;
+                    return;
                 }
                 _ => {
                     self.stats.resolve_failures += 1;
@@ -379,13 +390,18 @@ impl FileChangeWatcher {
             None => self.open_handle(rec),
         };
         match dir {
-            Ok((d, deleted)) => {
+            Ok(Resolved::Path(d, deleted)) => {
                 let place = self.place(d.as_bytes());
                 let path = join(&d, name);
                 if !deleted {
                     self.cache.insert(self.key_buf.as_slice().into(), d, place);
                 }
                 (path, place)
+            }
+            // On no mount a watched directory lies on: outside them all.
+            Ok(Resolved::Outside) => {
+                self.cache.insert(self.key_buf.as_slice().into(), String::new(), Place::Outside);
+                (join("", name), Place::Outside)
             }
             Err(e) => {
                 self.stats.resolve_failures += 1;
@@ -396,65 +412,31 @@ impl FileChangeWatcher {
     }
 
     fn place(&self, dir: &[u8]) -> Place {
-        if self.filter.is_empty() {
-            return Place::Under;
-        }
-        let mut place = Place::Outside;
-        for p in &self.filter {
-            if under(dir, p) {
-                return Place::Under;
-            }
-            if under(p, dir) {
-                place = Place::Ancestor;
-            }
-        }
-        place
+        place_in(&self.filter, dir)
     }
 
-    /// `open_by_handle_at(O_PATH)` + readlink. Returns the path and whether the
-    /// object is already deleted.
-    fn open_handle(&mut self, rec: &FidRecord<'_>) -> io::Result<(String, bool)> {
-        let fs = self
-            .filesystems
-            .iter()
-            .find(|f| f.fsid == rec.fsid)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "event from an unmarked filesystem"))?;
+    /// `open_by_handle_at(O_PATH)` + readlink, through the mounts of the
+    /// event's filesystem (see [`Mounts::resolve`]); a path the filter
+    /// takes is preferred.
+    fn open_handle(&mut self, rec: &FidRecord<'_>) -> io::Result<Resolved> {
         if rec.handle.len() > libc::MAX_HANDLE_SZ as usize {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         // Lay out `struct file_handle` in the u32-aligned scratch buffer.
         self.handle_buf[0] = rec.handle.len() as u32;
         self.handle_buf[1] = rec.handle_type as u32;
-        {
-            // View the tail as bytes to copy the opaque handle.
-            let words = &mut self.handle_buf[2..];
-            let bytes_len = words.len() * 4;
-            // SAFETY: `words` is a live, exclusively borrowed u32 slice of
-            // `bytes_len` bytes; u8 has no alignment or validity requirements.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes_len) };
-            bytes[..rec.handle.len()].copy_from_slice(rec.handle);
+        for (word, chunk) in self.handle_buf[2..].iter_mut().zip(rec.handle.chunks(4)) {
+            let mut b = [0u8; 4];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *word = u32::from_ne_bytes(b);
         }
-        // SAFETY: `handle_buf` holds a correctly laid out, 4-byte aligned
-        // `struct file_handle` whose `handle_bytes` (≤ MAX_HANDLE_SZ) bytes of
-        // `f_handle` fit in the buffer; the kernel only reads it.
-        let fd = unsafe {
-            libc::open_by_handle_at(
-                fs.mount_fd.as_raw_fd(),
-                self.handle_buf.as_mut_ptr().cast::<libc::file_handle>(),
-                libc::O_PATH | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned to us and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut p = fd_path(fd.as_raw_fd())?;
-        let deleted = p.ends_with(" (deleted)");
-        if deleted {
-            p.truncate(p.len() - " (deleted)".len());
-        }
-        Ok((p, deleted))
+        let fs = self
+            .filesystems
+            .iter()
+            .find(|f| f.fsid == rec.fsid)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "event from an unmarked filesystem"))?;
+        let filter = &self.filter;
+        fs.mounts.resolve(&mut self.handle_buf, |p| place_in(filter, p.as_bytes()) != Place::Outside)
     }
 }
 
@@ -464,12 +446,22 @@ impl AsFd for FileChangeWatcher {
     }
 }
 
-/// `path` equals `prefix` or lies below it.
-fn under(path: &[u8], prefix: &[u8]) -> bool {
-    if prefix == b"/" {
-        return path.first() == Some(&b'/');
+/// Where a directory lies relative to the filter's prefixes (an empty
+/// filter takes everything).
+fn place_in(filter: &[Vec<u8>], dir: &[u8]) -> Place {
+    if filter.is_empty() {
+        return Place::Under;
     }
-    path.starts_with(prefix) && (path.len() == prefix.len() || path[prefix.len()] == b'/')
+    let mut place = Place::Outside;
+    for p in filter {
+        if under(dir, p) {
+            return Place::Under;
+        }
+        if under(p, dir) {
+            place = Place::Ancestor;
+        }
+    }
+    place
 }
 
 fn join(dir: &str, name: &[u8]) -> String {

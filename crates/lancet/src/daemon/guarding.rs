@@ -100,10 +100,11 @@ impl Daemon {
         if !self.guarding.protector().needs_apply(&c.id, &profile) {
             return;
         }
-        // The last process seen may be gone (an exec that ended while the
-        // container idles, when a promotion comes from another node): then
-        // any process of the container's own cgroup.
-        let pid = crate::agent::trusted_pid(c).or_else(|| pid_in_cgroup(&self.guarding.cgroup_dir(c), live.pid)).unwrap_or(live.pid);
+        // The runtime's record of the container's init, else the oldest
+        // process of its cgroup: the last process seen may be gone (an exec
+        // that ended while the container idles, when a promotion comes from
+        // another node), or go before its root is used.
+        let pid = crate::agent::trusted_pid(c).or_else(|| first_in_cgroup(&self.guarding.cgroup_dir(c))).unwrap_or(live.pid);
         // A process that has not entered the container's root yet (runc
         // init before pivot_root) shows the host's root: wait for the OCI
         // hook or a later event.
@@ -436,11 +437,13 @@ pub(super) fn runtime_setup(ev: &Event) -> bool {
     ev.process.runtime || (!matches!(ev.kind, EventKind::Exec(_)) && runtime_setup_process(ev.process.pid))
 }
 
-/// `pid` when it is still a member of the cgroup `dir`, else the first
-/// process that is; None when the cgroup cannot be read or is empty.
-fn pid_in_cgroup(dir: &Path, pid: u32) -> Option<u32> {
+/// The first process listed in the cgroup `dir`: the oldest as a rule (a
+/// cgroup lists its processes in the order they joined), so the
+/// container's init rather than the last process an event came from, which
+/// may be a short-lived exec gone before its root is used (then the
+/// container's root was not found, and drift ran unrefused until a retry).
+/// None when the cgroup cannot be read or is empty.
+fn first_in_cgroup(dir: &Path) -> Option<u32> {
     let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
-    let mut members = procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).peekable();
-    let first = *members.peek()?;
-    Some(if members.any(|m| m == pid) { pid } else { first })
+    procs.lines().find_map(|l| l.trim().parse::<u32>().ok())
 }

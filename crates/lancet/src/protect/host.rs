@@ -193,9 +193,33 @@ pub fn resolve_in_root(root: &Path, path: &str) -> Option<String> {
     Some(format!("/{}", done.join("/")))
 }
 
+/// The root a container is guarded through: the one the OCI hook named (a
+/// host path), kept from an earlier guard when this one names none (a
+/// later sighting's process may be gone by the time it is used); else the
+/// root of `pid`, the container's process at hand. An earlier sighting's
+/// `/proc/<pid>/root` is never kept: that process may have ended (its root
+/// then leads nowhere, and every retry failed the same way, leaving the
+/// container without exec marks and its profile's files unapproved) or its
+/// pid be another process's now.
+pub(super) fn root_to_guard(named: Option<PathBuf>, earlier: Option<&Path>, pid: u32) -> PathBuf {
+    named
+        .or_else(|| earlier.filter(|r| !r.starts_with("/proc")).map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/root")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hooks_root_is_kept_a_processs_root_is_not() {
+        let hook = Some(PathBuf::from("/var/lib/docker/overlay2/x/merged"));
+        assert_eq!(root_to_guard(hook.clone(), Some(Path::new("/proc/7/root")), 9), PathBuf::from("/var/lib/docker/overlay2/x/merged"));
+        assert_eq!(root_to_guard(None, hook.as_deref(), 9), PathBuf::from("/var/lib/docker/overlay2/x/merged"), "named earlier");
+        // An earlier sighting's process may be gone, or its pid reused.
+        assert_eq!(root_to_guard(None, Some(Path::new("/proc/7/root")), 9), PathBuf::from("/proc/9/root"));
+        assert_eq!(root_to_guard(None, None, 9), PathBuf::from("/proc/9/root"));
+    }
 
     #[test]
     fn local_addresses_from_fib_trie() {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use container::Containment;
-use host::cgroup_ids;
+use host::{cgroup_ids, root_to_guard};
 pub use host::{content_sha256, in_host_root, netns_addresses, netns_inode, on_host, ppid_of, resolve_in_root, runtime_setup_process};
 use immutable::ImmutableBackend;
 use lsm::LsmBackend;
@@ -299,7 +299,11 @@ impl Protector {
             None => true,
             Some(g) => {
                 let mounts_done = self.perm.as_ref().is_none_or(|p| p.mounts_tried.contains(&g.label));
-                let settled = g.complete || g.applied.elapsed() < RETRY;
+                // A partial guard whose process is gone is tried again at
+                // once: that process going is the likely failure (its root
+                // could not be reached), and a new one is at hand.
+                let gone = !Path::new(&format!("/proc/{}", g.pid)).exists();
+                let settled = g.complete || (g.applied.elapsed() < RETRY && !gone);
                 !(settled && mounts_done && Arc::ptr_eq(&g.profile, profile))
             }
         }
@@ -350,11 +354,7 @@ impl Protector {
             Some(rel) => self.cgroup2.join(rel.trim_start_matches('/')),
             None => enforce::cgroup_of_pid(pid, &self.cgroup2).unwrap_or_default(),
         };
-        // Keep the root the hook named: a later sighting's process may be
-        // gone by the time it is used.
-        let rootfs = rootfs
-            .or_else(|| self.guarded.get(&c.id).map(|g| g.rootfs.clone()))
-            .unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/root")));
+        let rootfs = root_to_guard(rootfs, self.guarded.get(&c.id).map(|g| g.rootfs.as_path()), pid);
         let approved = match self.guarded.get(&c.id) {
             Some(old) if Arc::ptr_eq(&old.profile, &profile) && old.rootfs == rootfs && old.cgroup_id == cgroup_id => {
                 Arc::clone(&old.approved)

@@ -480,3 +480,69 @@ pub fn http_get(ip: &str, port: u16) -> Result<(), String> {
         Err(format!("bad answer from {addr}: {:?}", r.lines().next()))
     }
 }
+
+/// Where the runc wrapper of the tests lives: Docker's runtime
+/// `lancet-test` (scripts/setup.sh's daemon.json) and `ctr run
+/// --runc-binary` run it.
+pub const RUNC_WRAPPER: &str = "/run/lancet-test/runc";
+
+/// The runc wrapper (`lancet hook install-runc`) pointing at an agent's
+/// control socket, at [`RUNC_WRAPPER`]; removed on drop.
+pub struct RuncWrapper;
+
+impl RuncWrapper {
+    pub fn install(agent: &Agent) -> RuncWrapper {
+        let out = agent.cli(&["hook", "install-runc", "--path", RUNC_WRAPPER]);
+        assert!(out.contains(RUNC_WRAPPER), "{out}");
+        RuncWrapper
+    }
+}
+
+impl Drop for RuncWrapper {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(RUNC_WRAPPER);
+    }
+}
+
+/// A container entrypoint that drops a binary at its very start and runs it
+/// until it fails (at most 20 000 times), then prints `first=<its exit
+/// status>`, runs it once more (`rc=<status>`), and prints `ran=<runs>
+/// window=<start> <end>` from `/proc/uptime` (the host's clock, 10 ms
+/// steps): how long the container ran before its workload's protection
+/// reached it. (busybox copied as `/tmp/true` runs its `true` applet.)
+pub const RACE_ENTRYPOINT: &str = "s=$(cut -d' ' -f1 /proc/uptime); cp /bin/busybox /tmp/true; n=0; r=0; \
+     while [ $n -lt 20000 ]; do /tmp/true 2>/dev/null; r=$?; [ $r = 0 ] || break; n=$((n+1)); done; \
+     e=$(cut -d' ' -f1 /proc/uptime); echo first=$r; /tmp/true; echo rc=$?; echo ran=$n window=$s $e";
+
+/// (runs before the refusal, seconds from the first instruction to it)
+/// from [`RACE_ENTRYPOINT`]'s output.
+pub fn race_window(out: &str) -> Option<(u64, f64)> {
+    let line = out.lines().find_map(|l| l.strip_prefix("ran="))?;
+    let mut f = line.split([' ', '=']);
+    let runs = f.next()?.parse().ok()?;
+    let (_, start, end) = (f.next()?, f.next()?.parse::<f64>().ok()?, f.next()?.parse::<f64>().ok()?);
+    Some((runs, end - start))
+}
+
+/// Whether the agent's audit log has the OCI hook handing over container
+/// `id` successfully (the runc wrapper's hook, not the agent's own sight of
+/// the container, guarded it), waiting up to `within` for the row; Err
+/// with the hook's rows otherwise.
+pub fn handed_over_by_hook(agent: &Agent, id: &str, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = agent.cli(&["audit", "--format", "json"]);
+        let rows: Vec<serde_json::Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["action"] == "hook" && r["target"].as_str().is_some_and(|t| t.contains(id)))
+            .collect();
+        if rows.iter().any(|r| r["result"].as_str().is_some_and(|s| s.starts_with("ok"))) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{rows:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
