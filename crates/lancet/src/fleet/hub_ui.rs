@@ -288,3 +288,24 @@ pub(super) async fn dashboard(State(hub): State<Hub>, RawQuery(q): RawQuery) -> 
     );
     page("fleet", &body, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What the nodes wrote is escaped, and the guarantees are summed up.
+    #[test]
+    fn node_written_values_are_escaped_and_guarantees_summed() {
+        let nodes = json!([{"name": "a", "cluster": "c", "lastHeartbeatNs": 1, "ageSeconds": 30.0, "version": "<b>0.1</b>",
+            "guarantees": [{"name": "exec <refused>", "holds": false}, {"name": "drift", "holds": true}]}]);
+        let t = nodes_table(&nodes);
+        assert!(t.contains("1 of 2 do not hold:</span> exec &lt;refused&gt;"), "{t}");
+        assert!(t.contains("&lt;b&gt;0.1&lt;/b&gt;") && !t.contains("<b>0.1"), "{t}");
+        assert!(t.contains("<span class=\"fails\">30 s</span>"), "an old heartbeat stands out: {t}");
+        let w = json!([{"workload": "w\"><script>", "image": "<img>", "mode": null, "shared": false, "containers": 1,
+            "nodes": [{"node": "a", "mode": "learn", "containers": 1, "names": ["<x>"]}], "observedBy": []}]);
+        let t = workloads_table(&w);
+        assert!(!t.contains("<script>") && !t.contains("<img>") && !t.contains("<x>") && t.contains("not shared"), "{t}");
+    }
+}
