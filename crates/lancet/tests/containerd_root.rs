@@ -61,7 +61,11 @@ fn containerd_execs_writes_and_connects_are_attributed() {
         str_field(v, "evt.type") == "execve" && in_ctr(v, &writer) && str_field(v, "proc.exepath") == "/bin/sh"
     });
     assert!(str_field(&ev, "proc.cmdline").starts_with("sh -c for i in"), "{ev}");
-    for i in 1..=8 {
+    // From the second on: the first is written as the container starts,
+    // which may be before the agent has seen the container and watches its
+    // files (the window without a hook, docs/runtimes.md; a loaded full run
+    // missed the first write of a container started 80 ms after the trace).
+    for i in 2..=8 {
         let file = format!("/tmp/lancet-{i}");
         trace.wait_for(WAIT, &format!("write of {file}"), |v| {
             str_field(v, "evt.type") == "write" && in_ctr(v, &writer) && str_field(v, "fd.name") == file

@@ -65,7 +65,11 @@ fn docker_execs_writes_and_connects_are_attributed_while_podman_is_watched_too()
         str_field(v, "evt.type") == "execve" && in_docker(v, &writer, repo) && str_field(v, "proc.exepath") == "/usr/bin/date"
     });
     assert_eq!(str_field(&ev, "container.image"), "localhost/lancet-minbase:test", "{ev}");
-    for i in 1..=8 {
+    // From the second on: the first is written as the container starts,
+    // which may be before the agent has seen the container and watches its
+    // files (the window without a hook, docs/runtimes.md; a loaded full run
+    // missed the first write of a container started 80 ms after the trace).
+    for i in 2..=8 {
         let file = format!("/var/log/lancet-{i}");
         trace.wait_for(WAIT, &format!("write of {file}"), |v| {
             str_field(v, "evt.type") == "write" && in_docker(v, &writer, repo) && str_field(v, "fd.name") == file
