@@ -144,29 +144,32 @@ fn protected_containerd_containers_refuse_drift_and_unlisted_connects_and_keep_s
         v.iter().find(|a| a["rule"] == rule && a["output_fields"]["container.name"] == srv.name.as_str()).cloned()
     };
 
-    // Refused by the kernel: the exit status says so (126: found, not
-    // executed), and the alerts and map below say who refused. The text is
-    // checked when it came: `ctr task exec` can lose a short-lived exec's
-    // output (seen in loaded full runs: once the stderr, once all of it).
-    let o = srv.sh("exec 2>&1; cp /bin/busybox /tmp/ls && /tmp/ls /");
-    assert!(refused(&o, Some(126), "not permitted"), "the dropped binary ran: {:?} {}", o.status, out_text(&o));
+    // Refused: the shell says 126 (found, not executed), and the alerts
+    // and map below say who refused. The shell's own message is checked
+    // when it came: `ctr task exec` can lose a short-lived exec's stderr
+    // (seen once in a loaded full run). The scripts are the ones learned:
+    // other inline code would be refused as new code.
+    let o = srv.sh("cp /bin/busybox /tmp/ls && /tmp/ls /; echo rc=$?");
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("rc=126") && (err.is_empty() || err.contains("not permitted")), "the dropped binary ran: {out} {err}");
     fetch().expect("the server answers after a refused exec");
-    let (v, p) = wait_alerts(&alerts, pos, Duration::from_secs(3), Duration::from_millis(500));
+    let (v, p) = wait_alert_matching(&alerts, pos, Duration::from_secs(5), |a| mine(std::slice::from_ref(a), "Drift: written").is_some());
     pos = p;
     let drift = mine(&v, "Drift: written").unwrap_or_else(|| panic!("no drift alert: {v:#?}"));
     assert_eq!(drift["output_fields"]["lancet.enforced"], true, "{drift:#}");
     assert_eq!(drift["output_fields"]["proc.exepath"], "/tmp/ls", "{drift:#}");
     assert_eq!(drift["output_fields"]["container.image"], IMAGE, "{drift:#}");
 
-    let o = srv.sh("exec 2>&1; echo x > /etc/lancet-x && echo written");
-    assert!(refused(&o, None, "Read-only file system"), "a write below /etc: {:?} {}", o.status, out_text(&o));
+    let o = srv.sh("echo x > /etc/lancet-x");
+    assert!(refused(&o, "Read-only file system"), "a write below /etc: {:?} {}", o.status, out_text(&o));
     assert!(srv.sh("echo x > /tmp/scratch && rm /tmp/scratch").status.success(), "a write in /tmp");
 
-    let o = srv.sh(&format!("exec 2>&1; timeout 3 wget -q -O /dev/null http://{}:9090/index.html", peer_ns.ip));
-    assert!(refused(&o, None, "not permitted"), "connect to 9090: {:?} {}", o.status, out_text(&o));
+    let o = srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{}:9090/index.html", peer_ns.ip)]);
+    assert!(refused(&o, "not permitted"), "connect to 9090: {:?} {}", o.status, out_text(&o));
     let o = srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{}:8080/index.html", peer_ns.ip)]);
     assert!(o.status.success(), "the learned connect was refused: {}", out_text(&o));
-    let (v, _) = wait_alerts(&alerts, pos, Duration::from_secs(3), Duration::from_millis(300));
+    let (v, _) =
+        wait_alert_matching(&alerts, pos, Duration::from_secs(5), |a| mine(std::slice::from_ref(a), "Network operation refused").is_some());
     let refused = mine(&v, "Network operation refused").unwrap_or_else(|| panic!("no alert for the refused connect: {v:#?}"));
     assert_eq!(refused["output_fields"]["fd.dport"], 9090, "{refused:#}");
 
@@ -253,13 +256,9 @@ fn protected_containerd_containers_refuse_drift_and_unlisted_connects_and_keep_s
     drop(agent);
 }
 
-/// An exec that failed (with `code`, if given) and, if its output reached
-/// us, said `why`.
-fn refused(o: &std::process::Output, code: Option<i32>, why: &str) -> bool {
+/// An exec that failed and, if its output reached us (`ctr task exec` can
+/// lose it), said `why`.
+fn refused(o: &std::process::Output, why: &str) -> bool {
     let text = out_text(o);
-    let status = match code {
-        Some(c) => o.status.code() == Some(c),
-        None => !o.status.success(),
-    };
-    status && (text.trim().is_empty() || text.contains(why))
+    !o.status.success() && (text.trim().is_empty() || text.contains(why))
 }

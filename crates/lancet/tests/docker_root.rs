@@ -161,7 +161,7 @@ fn protected_docker_containers_refuse_drift_and_unlisted_connects_and_keep_servi
     let text = out_text(&o);
     assert!(text.contains("not permitted") && text.contains("rc=126"), "the dropped binary ran: {text}");
     fetch().expect("the server answers after a refused exec");
-    let (v, p) = wait_alerts(&alerts, pos, Duration::from_secs(3), Duration::from_millis(500));
+    let (v, p) = wait_alert_matching(&alerts, pos, Duration::from_secs(5), |a| mine(std::slice::from_ref(a), "Drift: written").is_some());
     pos = p;
     let drift = mine(&v, "Drift: written").unwrap_or_else(|| panic!("no drift alert: {v:#?}"));
     assert_eq!(drift["output_fields"]["lancet.enforced"], true, "{drift:#}");
@@ -179,7 +179,8 @@ fn protected_docker_containers_refuse_drift_and_unlisted_connects_and_keep_servi
     assert!(!o.status.success() && out_text(&o).contains("not permitted"), "connect to 9090: {}", out_text(&o));
     let o = srv.exec(&["timeout", "3", "wget", "-q", "-O", "/dev/null", &format!("http://{peer_ip}:8080/index.html")]);
     assert!(o.status.success(), "the learned connect was refused: {}", out_text(&o));
-    let (v, _) = wait_alerts(&alerts, pos, Duration::from_secs(3), Duration::from_millis(300));
+    let (v, _) =
+        wait_alert_matching(&alerts, pos, Duration::from_secs(5), |a| mine(std::slice::from_ref(a), "Network operation refused").is_some());
     let refused = mine(&v, "Network operation refused").unwrap_or_else(|| panic!("no alert for the refused connect: {v:#?}"));
     assert_eq!(refused["output_fields"]["fd.dport"], 9090, "{refused:#}");
 

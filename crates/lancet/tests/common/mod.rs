@@ -453,6 +453,24 @@ pub fn wait_alerts(path: &Path, from: u64, within: Duration, settle: Duration) -
     alerts_since(path, from)
 }
 
+/// Waits up to `within` for an alert after `from` that `pred` accepts (not
+/// merely the first alert: another may come first); all alerts seen so far.
+pub fn wait_alert_matching(
+    path: &Path,
+    from: u64,
+    within: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> (Vec<serde_json::Value>, u64) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (v, end) = alerts_since(path, from);
+        if v.iter().any(&pred) || Instant::now() >= deadline {
+            return (v, end);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A command's stdout and stderr together.
 pub fn out_text(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
