@@ -186,24 +186,7 @@ fn protected_docker_containers_refuse_drift_and_unlisted_connects_and_keep_servi
 
     // The map: the refused edge and the allowed one, between the two
     // Docker containers by their ids.
-    let (src, dst) = (format!("c:{}", srv.id), format!("c:{}", peer.id));
-    let t0 = std::time::Instant::now();
-    loop {
-        let out = agent.cli(&["map", "--format", "json", "--container", &srv.name]);
-        let g: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("map JSON: {e}: {out}"));
-        let verdict = |port: u16| {
-            g["edges"].as_array().and_then(|es| {
-                es.iter()
-                    .find(|e| e["source"] == src.as_str() && e["target"] == dst.as_str() && e["port"] == port)
-                    .map(|e| e["verdict"].clone())
-            })
-        };
-        if verdict(9090) == Some("refused".into()) && verdict(8080) == Some("allowed".into()) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(15), "no refused and allowed edges of {}: {out}", srv.name);
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    agent.wait_edge_verdicts(&srv.name, &srv.id, &peer.id, &[(9090, "refused"), (8080, "allowed")]);
     fetch().expect("the server answers at the end");
 
     // Before the first instruction: Docker reads no hooks.d; started with

@@ -367,6 +367,30 @@ impl Agent {
         }
     }
 
+    /// Waits up to 15 s until the map of container `name` has, for each
+    /// (port, verdict), an edge from container id `src` to `dst` on that
+    /// port with that verdict.
+    pub fn wait_edge_verdicts(&self, name: &str, src: &str, dst: &str, want: &[(u16, &str)]) {
+        let (src, dst) = (format!("c:{src}"), format!("c:{dst}"));
+        let t0 = Instant::now();
+        loop {
+            let out = self.cli(&["map", "--format", "json", "--container", name]);
+            let g: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("map JSON: {e}: {out}"));
+            let verdict = |port: u16| {
+                g["edges"].as_array().and_then(|es| {
+                    es.iter()
+                        .find(|e| e["source"] == src.as_str() && e["target"] == dst.as_str() && e["port"] == port)
+                        .map(|e| e["verdict"].clone())
+                })
+            };
+            if want.iter().all(|(port, v)| verdict(*port) == Some((*v).into())) {
+                return;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(15), "no edges {want:?} of {name}: {out}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_lancet")).args(args).arg("--api").arg(&self.socket).output().expect("lancet cli")
     }
