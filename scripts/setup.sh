@@ -21,7 +21,7 @@ need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       docker.io containerd
       debootstrap debian-archive-keyring musl musl-tools
       chromium chromium-driver graphviz
-      dpkg-dev systemd unzip
+      binutils dpkg-dev systemd unzip
       rsyslog prometheus)
 # Docker Engine's configuration, written before docker.io is installed (so a
 # dockerd that its package starts starts with it): "iptables": false keeps

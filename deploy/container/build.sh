@@ -20,6 +20,8 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 root=$ctx/rootfs
 install -D -m 755 "$bin" "$root/usr/bin/lancet"
+# A debug build carries its debug info (hundreds of MB); the image needs none.
+strip --strip-debug "$root/usr/bin/lancet"
 # Every library under the name the loader asks for (ldd's left column
 # resolved on the right), plus the loader itself at its PT_INTERP path.
 libs=$(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
