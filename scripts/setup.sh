@@ -13,13 +13,14 @@ cd "$(dirname "$0")/.."
 # dpkg-dev (dpkg-shlibdeps: the .deb's library dependencies), systemd
 # (systemd-analyze) and unzip serve scripts/check-deploy.sh; rsyslog receives
 # the syslog output in its test, prometheus scrapes a running agent in its
-# (both run by the tests, not as services).
+# (both run by the tests, not as services). bpftrace is the reference
+# `cargo xtask bench` compares lancet's cost per event with.
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates
       debootstrap debian-archive-keyring musl musl-tools
       chromium chromium-driver graphviz
       dpkg-dev systemd unzip
-      rsyslog prometheus)
+      rsyslog prometheus bpftrace)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -52,6 +53,12 @@ fi
 if ! mountpoint -q /sys/fs/bpf; then
   echo "setup: mounting bpffs on /sys/fs/bpf" >&2
   mount -t bpf bpf /sys/fs/bpf
+fi
+# tracefs (not mounted at boot here): lancet needs none of it; bpftrace
+# reads tracepoint formats there.
+if ! mountpoint -q /sys/kernel/tracing; then
+  echo "setup: mounting tracefs on /sys/kernel/tracing" >&2
+  mount -t tracefs nodev /sys/kernel/tracing
 fi
 
 # The test images, all built here from local files or the Debian mirror and
