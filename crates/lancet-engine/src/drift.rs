@@ -10,7 +10,7 @@
 
 use crate::event::{Event, EventKind, ExecEvent, FileOp};
 use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 
 /// `statfs` magic numbers of the filesystems that matter here.
@@ -461,18 +461,18 @@ pub fn classify_indirect(kind: DriftKind, path: &str, written: Option<&Origin>, 
 pub struct WriteLog {
     per_container: usize,
     containers: usize,
-    logs: HashMap<String, ContainerWrites>,
+    logs: crate::FastMap<String, ContainerWrites>,
 }
 
 #[derive(Debug, Default)]
 struct ContainerWrites {
-    by_path: HashMap<String, Origin>,
+    by_path: crate::FastMap<String, Origin>,
     order: VecDeque<String>,
 }
 
 impl WriteLog {
     pub fn new(per_container: usize, containers: usize) -> Self {
-        WriteLog { per_container: per_container.max(1), containers: containers.max(1), logs: HashMap::new() }
+        WriteLog { per_container: per_container.max(1), containers: containers.max(1), logs: crate::FastMap::default() }
     }
 
     /// Records a file event of a container: creates, writes, renames (the new
@@ -485,13 +485,18 @@ impl WriteLog {
         if !self.logs.contains_key(container_id) && self.logs.len() >= self.containers {
             return;
         }
-        let log = self.logs.entry(container_id.to_string()).or_default();
-        let origin = Origin { time_ns: ev.time_ns, pid: ev.process.pid, comm: ev.process.comm.clone(), op: f.op };
+        // Looked up before any key is made: a path written again (the
+        // common case) costs no allocation.
+        let log = match self.logs.get_mut(container_id) {
+            Some(log) => log,
+            None => self.logs.entry(container_id.to_string()).or_default(),
+        };
         if log.by_path.contains_key(&f.path) {
             // The first write says how the file got there (a chmod that
             // follows a create is part of writing it).
             return;
         }
+        let origin = Origin { time_ns: ev.time_ns, pid: ev.process.pid, comm: ev.process.comm.clone(), op: f.op };
         if log.by_path.len() >= self.per_container {
             if let Some(old) = log.order.pop_front() {
                 log.by_path.remove(&old);

@@ -7,7 +7,7 @@ use crate::agent::trusted_pid;
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::write_sets::{WritableKind, WritableSet};
 use lancet_sensor::mounts::{self, RunAs};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,10 @@ const MAX_ALERTED: usize = 1024;
 /// A set that could not be read (the process went mid-lookup) is tried
 /// again after this long; until then the default set (scratch) holds.
 const RETRY: Duration = Duration::from_secs(2);
+/// How long the container's process found for a set stays believed: a
+/// restart (another process, another life) is seen within this. (Its
+/// cgroup's removal, the usual sign, forgets the set at once.)
+const PID_CHECK: Duration = Duration::from_secs(1);
 
 struct ContainerWrites {
     /// The process the set was read through: another one means another
@@ -28,12 +32,14 @@ struct ContainerWrites {
     /// Read for real (not the default after a failure).
     complete: bool,
     read_at: Instant,
+    /// When the container's process was last checked to be `pid`.
+    pid_checked_at: Instant,
     alerted: HashSet<String>,
 }
 
 #[derive(Default)]
 pub(super) struct WriteSets {
-    map: HashMap<String, ContainerWrites>,
+    map: lancet_engine::FastMap<String, ContainerWrites>,
 }
 
 impl WriteSets {
@@ -41,10 +47,20 @@ impl WriteSets {
     /// (0 when none is known), with the directories its policies declare.
     /// Read on first use, again for a new run and after a policy reload.
     pub(super) fn set_for<'a>(&mut self, c: &ContainerInfo, live_pid: u32, declared: impl Iterator<Item = &'a str>) -> Arc<WritableSet> {
-        let pid = trusted_pid(c).unwrap_or(live_pid);
+        let now = Instant::now();
         if let Some(w) = self.map.get(&c.id) {
-            let fresh = w.complete || w.read_at.elapsed() < RETRY;
+            let fresh = w.complete || now.duration_since(w.read_at) < RETRY;
+            // Which process is the container's is asked of /proc at most
+            // once per PID_CHECK, not at every write.
+            if fresh && now.duration_since(w.pid_checked_at) < PID_CHECK {
+                return Arc::clone(&w.set);
+            }
+        }
+        let pid = trusted_pid(c).unwrap_or(live_pid);
+        if let Some(w) = self.map.get_mut(&c.id) {
+            let fresh = w.complete || now.duration_since(w.read_at) < RETRY;
             if (w.pid == pid || pid == 0) && fresh {
+                w.pid_checked_at = now;
                 return Arc::clone(&w.set);
             }
         }
@@ -61,7 +77,7 @@ impl WriteSets {
             return set;
         }
         let alerted = if same_life { self.map.remove(&c.id).map(|w| w.alerted).unwrap_or_default() } else { HashSet::new() };
-        self.map.insert(c.id.clone(), ContainerWrites { pid, set: Arc::clone(&set), complete, read_at: Instant::now(), alerted });
+        self.map.insert(c.id.clone(), ContainerWrites { pid, set: Arc::clone(&set), complete, read_at: now, pid_checked_at: now, alerted });
         set
     }
 
@@ -84,6 +100,7 @@ impl WriteSets {
         for w in self.map.values_mut() {
             w.complete = false;
             w.read_at = Instant::now() - RETRY;
+            w.pid_checked_at = Instant::now() - PID_CHECK;
         }
     }
 
