@@ -415,6 +415,48 @@ pub(crate) mod tests {
         assert!(matches!(decode(&old, &Clock::with_offset(0)), Err(DecodeError::Truncated { what: "net", .. })));
     }
 
+    /// A service's steady stream of socket records, decoded into reused
+    /// slots, allocates nothing (counted on this thread only).
+    #[test]
+    fn socket_records_decode_in_place_without_allocating() {
+        let records: Vec<Vec<u8>> = [kind::CONNECT, kind::ACCEPT, kind::CLOSE, kind::FORK, kind::EXIT]
+            .iter()
+            .map(|&k| {
+                let mut n = types::lancet_net { hdr: header(k), family: 2, protocol: 6, sport: 40000, dport: 80, ..Default::default() };
+                n.daddr[..4].copy_from_slice(&[10, 88, 0, 2]);
+                let v = bytes_of(&n);
+                match k {
+                    kind::FORK => v[..size_of::<types::lancet_fork>()].to_vec(),
+                    kind::EXIT => v[..size_of::<types::lancet_exit>()].to_vec(),
+                    _ => v,
+                }
+            })
+            .collect();
+        let clock = Clock::with_offset(0);
+        let mut batch = lancet_engine::batch::EventBatch::new();
+        use lancet_engine::batch::EventSink;
+        let round = |batch: &mut lancet_engine::batch::EventBatch| {
+            for _ in 0..100 {
+                for r in &records {
+                    decode_into(r, &clock, batch.slot()).unwrap();
+                }
+            }
+            batch.clear();
+        };
+        round(&mut batch);
+        let before = crate::alloc_count::thread_allocations();
+        round(&mut batch);
+        assert_eq!(crate::alloc_count::thread_allocations() - before, 0, "allocations for 500 records");
+        // The count sees allocations: decoding into new events allocates.
+        let before = crate::alloc_count::thread_allocations();
+        let fresh: Vec<Event> = records.iter().map(|r| decode(r, &clock).unwrap()).collect();
+        assert!(crate::alloc_count::thread_allocations() - before >= fresh.len() as u64);
+        round(&mut batch);
+        decode_into(&records[0], &clock, batch.slot()).unwrap();
+        assert_eq!(batch.events()[0].kind.evt_type(), "connect");
+        assert_eq!(batch.events()[0].process.comm, "sh");
+    }
+
     #[test]
     fn exit_status_splits_code_and_signal() {
         let e = types::lancet_exit { hdr: header(kind::EXIT), exit_code: 3 << 8, _pad: 0 };

@@ -14,6 +14,8 @@
 //! overflows (16384 events by default) it drops events and queues one
 //! `FAN_Q_OVERFLOW`; the watchers count those in their stats and log a warning.
 
+#[cfg(test)]
+mod alloc_tests;
 mod change;
 mod open;
 pub(crate) mod parse;

@@ -2,6 +2,7 @@
 //! buffer, fanotify, and probing what the running kernel supports. This is the
 //! only crate that contains `unsafe`; every block says why it is sound.
 
+pub mod alloc_count;
 pub mod decode;
 pub mod enforce;
 pub mod fanotify;
@@ -14,6 +15,11 @@ mod skel;
 pub mod sys;
 
 pub use decode::{decode, decode_into, Clock, DecodeError};
+
+/// Unit tests count their thread's allocations (see [`alloc_count`]).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: alloc_count::CountingAlloc = alloc_count::CountingAlloc;
 pub use probes::{Sensor, SensorConfig, SensorError};
 
 use std::os::fd::RawFd;

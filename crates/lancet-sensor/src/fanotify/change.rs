@@ -489,6 +489,17 @@ impl FileChangeWatcher {
     }
 }
 
+#[cfg(test)]
+impl FileChangeWatcher {
+    /// Tests: the directory of this handle known as `dir`, as after its
+    /// first event (the path filter places it).
+    pub(super) fn remember_dir(&mut self, fsid: [i32; 2], handle_type: i32, handle: &[u8], dir: &str) {
+        let key: Vec<u8> = [&fsid[0].to_ne_bytes()[..], &fsid[1].to_ne_bytes(), &handle_type.to_ne_bytes(), handle].concat();
+        let place = self.place(dir.as_bytes());
+        self.cache.insert(key.into(), dir.to_string(), place);
+    }
+}
+
 impl AsFd for FileChangeWatcher {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fan.as_fd()

@@ -11,6 +11,8 @@
 //! [`settings`].
 
 mod alerts;
+#[cfg(test)]
+mod alloc_tests;
 mod answers;
 mod control;
 mod drift;
