@@ -496,14 +496,21 @@ impl WriteLog {
             // follows a create is part of writing it).
             return;
         }
-        let origin = Origin { time_ns: ev.time_ns, pid: ev.process.pid, comm: ev.process.comm.clone(), op: f.op };
-        if log.by_path.len() >= self.per_container {
-            if let Some(old) = log.order.pop_front() {
-                log.by_path.remove(&old);
-            }
-        }
-        log.order.push_back(f.path.clone());
-        log.by_path.insert(f.path.clone(), origin);
+        // Full: the oldest entry goes, and its strings are reused for the
+        // new one, so a container writing new files all day (a log, a
+        // cache, temporary files) costs no allocation per file.
+        let evicted = match log.by_path.len() >= self.per_container {
+            true => log.order.pop_front().and_then(|old| log.by_path.remove_entry(&old).map(|(key, origin)| (old, key, origin))),
+            false => None,
+        };
+        let (mut order_key, mut key, mut origin) =
+            evicted.unwrap_or_else(|| (String::new(), String::new(), Origin { time_ns: 0, pid: 0, comm: String::new(), op: f.op }));
+        crate::batch::set_str(&mut order_key, &f.path);
+        crate::batch::set_str(&mut key, &f.path);
+        crate::batch::set_str(&mut origin.comm, &ev.process.comm);
+        (origin.time_ns, origin.pid, origin.op) = (ev.time_ns, ev.process.pid, f.op);
+        log.order.push_back(order_key);
+        log.by_path.insert(key, origin);
     }
 
     pub fn lookup(&self, container_id: &str, path: &str) -> Option<&Origin> {
@@ -699,7 +706,9 @@ mod tests {
             log.record("c", &file(FileOp::Create, p, i as u32));
         }
         assert!(log.lookup("c", "/a").is_none());
-        assert!(log.lookup("c", "/c").is_some());
+        // The entry that made room holds its new writer, not the old one.
+        assert_eq!(log.lookup("c", "/c").map(|o| (o.pid, o.op)), Some((2, FileOp::Create)));
+        assert_eq!(log.lookup("c", "/b").map(|o| o.pid), Some(1));
         log.record("other", &file(FileOp::Create, "/x", 1));
         assert!(log.lookup("other", "/x").is_none(), "container limit");
         assert_eq!(log.len(), 2);

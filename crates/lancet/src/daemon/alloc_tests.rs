@@ -146,6 +146,32 @@ fn a_steady_stream_of_file_events_allocates_nothing() {
     assert_eq!(ev.process.comm, "loadgen");
 }
 
+/// A file of a name of its own each time (the bench's file loop): once the
+/// drift write log holds its bound of paths, the entry it forgets makes
+/// room for the new one in its own strings (after one more round of the
+/// log, by when each of them has grown to the length of the paths).
+#[test]
+fn new_files_all_the_time_allocate_nothing_once_the_write_log_is_full() {
+    let mut s = setup();
+    let per_run = 64 * 3;
+    let files = 2 * super::WRITE_LOG_PER_CONTAINER + 8 * per_run;
+    let paths: Vec<String> = (0..files).map(|i| format!("{}{UPPER}/tmp/u{i}", s.host.path().display())).collect();
+    let next = std::cell::Cell::new(0usize);
+    let fill = |i: usize, ev: &mut lancet_engine::Event| {
+        let op = [FileOp::Create, FileOp::Modify, FileOp::Delete][i % 3];
+        let n = next.get();
+        ev.set_file(1_800_000_000_000_000_000 + n as u64, PID, op, &paths[n / 3 % files], None, false);
+        next.set(n + 1);
+    };
+    let (mut batch, mut lines) = (EventBatch::new(), JsonLines::new());
+    // Fill the log, and go round it once more.
+    while next.get() < 3 * 2 * super::WRITE_LOG_PER_CONTAINER {
+        handle(&mut s, &mut batch, &mut lines, per_run, &fill);
+    }
+    let n = fewest(&mut s, per_run, &fill);
+    assert_eq!(n, 0, "{n} allocations for {per_run} events of new files");
+}
+
 #[test]
 fn a_steady_stream_of_socket_records_allocates_nothing() {
     let mut s = setup();
