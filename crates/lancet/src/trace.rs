@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 
 use crate::counters::EVENT_TYPES;
 
+/// The pipe `lancet trace` asks for when its stdout is one (the default
+/// limit of `/proc/sys/fs/pipe-max-size` for an unprivileged process).
+const PIPE_BYTES: usize = 1 << 20;
+/// JSON written out in chunks of at most this much (half the pipe).
+const FLUSH_BYTES: usize = 512 << 10;
+
 /// Shown unless asked for: frequent and rarely interesting on their own.
 const QUIET_TYPES: &[&str] = &["clone", "cgroup_mkdir", "cgroup_rmdir"];
 
@@ -88,13 +94,21 @@ pub fn run(host_root: &Path, args: TraceArgs) -> Result<ExitCode> {
         shown[i] = types.contains(t);
     }
     let mut out = io::stdout().lock();
+    // To a pipe, JSON goes out in writes of up to FLUSH_BYTES: in a pipe
+    // of the default 64 KiB each write blocked until the reader had taken
+    // the last, and woke it (a fifth of the agent's CPU on a file loop).
+    let grown = lancet_sensor::sys::grow_pipe(std::os::fd::AsRawFd::as_raw_fd(&io::stdout()), PIPE_BYTES);
+    let flush_at = match grown {
+        Ok(Some(size)) => (size / 2).clamp(16 << 10, FLUSH_BYTES),
+        _ => FLUSH_BYTES,
+    };
     let table = std::cell::RefCell::new(Vec::<u8>::new());
     if args.format == Format::Table {
         writeln!(out, "{}", table_header())?;
         out.flush()?;
     }
     // JSON lines are written into one reused buffer, handed to stdout once
-    // a batch (or when 64 KiB are waiting), in one write.
+    // a batch (or when `flush_at` bytes are waiting), in one write.
     let lines = std::cell::RefCell::new(JsonLines::new());
     let opts = AgentOptions { ring_mb: args.ring_mb, files: !args.no_files, sensitive: args.sensitive.clone(), host_sensitive: args.host };
     let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
@@ -124,7 +138,7 @@ pub fn run(host_root: &Path, args: TraceArgs) -> Result<ExitCode> {
                 Format::Json => {
                     let mut lines = lines.borrow_mut();
                     lines.push(&record, "lancet trace", "Informational");
-                    if lines.len() >= 64 * 1024 {
+                    if lines.len() >= flush_at {
                         write_out(&mut out.borrow_mut(), &mut lines)?;
                     }
                 }

@@ -162,7 +162,7 @@ impl Daemon {
         let set = match &ev.kind {
             EventKind::File(f) if f.op != FileOp::Open => {
                 let live_pid = self.workloads.live.get(&c.id).map(|l| l.pid).unwrap_or(0);
-                Some(self.write_sets.set_for(c, live_pid, self.policies.set.writable_for(c)))
+                Some(self.write_sets.set_for(c, live_pid, now, self.policies.set.writable_for(c)))
             }
             _ => None,
         };

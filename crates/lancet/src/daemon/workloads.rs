@@ -226,11 +226,12 @@ impl Workloads {
     /// when every tracked workload has a live container (counted: memory
     /// stays bounded, and the caller alerts).
     pub(super) fn get_or_load(&mut self, store: &mut Store, key: &str, c: &ContainerInfo, now: u64) -> Option<&mut Workload> {
-        if !self.map.contains_key(key) && self.map.len() >= MAX_WORKLOADS && !self.evict_one(store, now) {
+        let known = self.map.contains_key(key);
+        if !known && self.map.len() >= MAX_WORKLOADS && !self.evict_one(store, now) {
             self.over_bound += 1;
             return None;
         }
-        if !self.map.contains_key(key) {
+        if !known {
             let mut profile = match store.profile(key) {
                 Ok(Some(stored)) => Profile::from_yaml(&stored.document, key).unwrap_or_else(|e| {
                     tracing::warn!(workload = key, "stored profile unreadable, starting afresh: {e}");

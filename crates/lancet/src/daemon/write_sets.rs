@@ -9,7 +9,7 @@ use lancet_engine::write_sets::{WritableKind, WritableSet};
 use lancet_sensor::mounts::{self, RunAs};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Containers followed at most (as the workloads' live table).
 const MAX_CONTAINERS: usize = 16_384;
@@ -31,9 +31,10 @@ struct ContainerWrites {
     set: Arc<WritableSet>,
     /// Read for real (not the default after a failure).
     complete: bool,
-    read_at: Instant,
-    /// When the container's process was last checked to be `pid`.
-    pid_checked_at: Instant,
+    /// When it was read (an event's time, ns since the epoch).
+    read_at: u64,
+    /// When the container's process was last checked to be `pid` (the same).
+    pid_checked_at: u64,
     alerted: HashSet<String>,
 }
 
@@ -46,19 +47,27 @@ impl WriteSets {
     /// The writable set of container `c`, whose live process is `live_pid`
     /// (0 when none is known), with the directories its policies declare.
     /// Read on first use, again for a new run and after a policy reload.
-    pub(super) fn set_for<'a>(&mut self, c: &ContainerInfo, live_pid: u32, declared: impl Iterator<Item = &'a str>) -> Arc<WritableSet> {
-        let now = Instant::now();
+    /// `now` is the event's time (ns since the epoch): the clock is not
+    /// read per write (a clock that steps back only delays a re-check).
+    pub(super) fn set_for<'a>(
+        &mut self,
+        c: &ContainerInfo,
+        live_pid: u32,
+        now: u64,
+        declared: impl Iterator<Item = &'a str>,
+    ) -> Arc<WritableSet> {
+        let since = |at: u64| Duration::from_nanos(now.saturating_sub(at));
         if let Some(w) = self.map.get(&c.id) {
-            let fresh = w.complete || now.duration_since(w.read_at) < RETRY;
+            let fresh = w.complete || since(w.read_at) < RETRY;
             // Which process is the container's is asked of /proc at most
             // once per PID_CHECK, not at every write.
-            if fresh && now.duration_since(w.pid_checked_at) < PID_CHECK {
+            if fresh && since(w.pid_checked_at) < PID_CHECK {
                 return Arc::clone(&w.set);
             }
         }
         let pid = trusted_pid(c).unwrap_or(live_pid);
         if let Some(w) = self.map.get_mut(&c.id) {
-            let fresh = w.complete || now.duration_since(w.read_at) < RETRY;
+            let fresh = w.complete || since(w.read_at) < RETRY;
             if (w.pid == pid || pid == 0) && fresh {
                 w.pid_checked_at = now;
                 return Arc::clone(&w.set);
@@ -99,8 +108,8 @@ impl WriteSets {
     pub(super) fn policies_changed(&mut self) {
         for w in self.map.values_mut() {
             w.complete = false;
-            w.read_at = Instant::now() - RETRY;
-            w.pid_checked_at = Instant::now() - PID_CHECK;
+            w.read_at = 0;
+            w.pid_checked_at = 0;
         }
     }
 
@@ -152,7 +161,7 @@ mod tests {
         let mut w = WriteSets::default();
         let c = ContainerInfo { id: "c".repeat(64), ..Default::default() };
         // No process: the default set, not remembered as complete.
-        let set = w.set_for(&c, 0, ["/srv/app"].into_iter());
+        let set = w.set_for(&c, 0, 1_800_000_000_000_000_000, ["/srv/app"].into_iter());
         assert_eq!(set.covering("/srv/app/x").map(|d| d.kind), Some(WritableKind::Policy));
         assert!(set.covering("/tmp/x").is_some());
         assert!(w.first_alert(&c.id, "/srv/www"));
