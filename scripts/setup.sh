@@ -16,13 +16,15 @@ cd "$(dirname "$0")/.."
 # (both run by the tests, not as services). docker.io (Docker Engine 20.10)
 # and containerd (1.6) are the other runtimes lancet is tested on; they are
 # started by hand (scripts/engines.sh), as nothing here is systemd.
+# bpftrace is the reference `cargo xtask bench` compares lancet's cost per
+# event with.
 need=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       podman runc busybox-static netavark aardvark-dns iptables iproute2 bpftool ca-certificates
       docker.io containerd
       debootstrap debian-archive-keyring musl musl-tools
       chromium chromium-driver graphviz
       binutils dpkg-dev systemd unzip
-      rsyslog prometheus)
+      rsyslog prometheus bpftrace)
 # Docker Engine's configuration, written before docker.io is installed (so a
 # dockerd that its package starts starts with it): "iptables": false keeps
 # dockerd out of the host's firewall. Left to itself it sets the FORWARD
@@ -84,6 +86,12 @@ fi
 if ! mountpoint -q /sys/fs/bpf; then
   echo "setup: mounting bpffs on /sys/fs/bpf" >&2
   mount -t bpf bpf /sys/fs/bpf
+fi
+# tracefs (not mounted at boot here): lancet needs none of it; bpftrace
+# reads tracepoint formats there.
+if ! mountpoint -q /sys/kernel/tracing; then
+  echo "setup: mounting tracefs on /sys/kernel/tracing" >&2
+  mount -t tracefs nodev /sys/kernel/tracing
 fi
 
 # The test images, all built here from local files or the Debian mirror and

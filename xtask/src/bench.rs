@@ -1,7 +1,11 @@
 //! `cargo xtask bench`: exec, TCP-connect and file loops inside podman
-//! containers, each without an agent and with `lancet trace` running, in
-//! alternating rounds of one run. Prints slowdown ratios, the event rate the
-//! pipeline sustained, lost events and lancet's peak RSS.
+//! containers, in rounds of one run, each without an agent, with `lancet
+//! trace --format json` printing to a pipe, with `lancet run` learning, with
+//! `lancet run` monitoring the learned workloads, and with bpftrace printing
+//! one line per event of the loop. Prints, per loop and mode, the events
+//! handled, the agent's CPU per event (ns from schedstat), the writer's
+//! slowdown against no agent in the same round, bpftrace's CPU per printed
+//! line and lancet's ratio to it; lost events and peak RSS.
 
 use crate::sh;
 use anyhow::{bail, Context, Result};
@@ -30,6 +34,8 @@ impl Drop for Fixture {
 pub(crate) struct Agent {
     pub(crate) child: Child,
     stderr_path: std::path::PathBuf,
+    /// `lancet trace`'s stdout, read and counted as a pipe consumer would.
+    pub(crate) out: Option<crate::cost::LineCounter>,
 }
 
 impl Agent {
@@ -54,7 +60,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&err)?)
             .spawn()?;
-        let agent = Agent { child, stderr_path: err };
+        let agent = Agent { child, stderr_path: err, out: None };
         let t0 = Instant::now();
         loop {
             let text = std::fs::read_to_string(&agent.stderr_path).unwrap_or_default();
@@ -70,14 +76,15 @@ impl Agent {
 
     fn start(lancet: &Path, dir: &Path, round: usize) -> Result<Agent> {
         let stderr_path = dir.join(format!("lancet-{round}.err"));
-        let child = Command::new(lancet)
+        let mut child = Command::new(lancet)
             .args(["trace", "--format", "json", "--stats", "-c", SRV, "-c", CLI])
             .env("LANCET_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path)?)
             .spawn()
             .context("starting lancet trace")?;
-        let agent = Agent { child, stderr_path };
+        let out = child.stdout.take().map(crate::cost::LineCounter::start);
+        let agent = Agent { child, stderr_path, out };
         let t0 = Instant::now();
         loop {
             let text = std::fs::read_to_string(&agent.stderr_path).unwrap_or_default();
@@ -92,12 +99,16 @@ impl Agent {
         Ok(agent)
     }
 
-    /// CPU seconds (user + system) the agent has used so far.
+    /// CPU seconds the agent has used so far (every thread's time on the
+    /// CPU from schedstat, in ns: `/proc/<pid>/stat` counts 10 ms ticks).
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
-        f.iter().sum::<u64>() as f64 / 100.0
+        crate::cost::cpu_ns(self.child.id()) as f64 / 1e9
+    }
+
+    /// Stops `lancet run` (SIGTERM, by pid) and waits for it.
+    pub(crate) fn stop_term(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).output();
+        let _ = self.child.wait();
     }
 
     /// Stops the agent and returns its `--stats` JSON.
@@ -158,19 +169,103 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// Where cargo puts its builds: `CARGO_TARGET_DIR` when set (the bench's
+/// release build and its report go there), else the workspace's `target`.
+pub(crate) fn target_dir(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"))
+}
+
+/// Who handles the loop's events in a measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No agent: the writer's own time.
+    None,
+    /// `lancet trace --format json` with its stdout a pipe that is read.
+    Trace,
+    /// `lancet run`, every workload learning.
+    Learn,
+    /// `lancet run`, the bench's workloads learned and promoted to monitor.
+    Monitor,
+    /// bpftrace printing one line per event of the loop, to a pipe.
+    Bpftrace,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::None => "no agent",
+            Mode::Trace => "trace json",
+            Mode::Learn => "run learn",
+            Mode::Monitor => "run monitor",
+            Mode::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+/// One loop under one mode in one round.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    secs: f64,
+    /// Events the agent handled (trace: JSON lines printed; run: its
+    /// `lancet_events_total`; bpftrace: lines printed).
+    events: u64,
+    cpu_ns: u64,
+}
+
+/// Runs one loop while `pid` handles its events: the loop's own time, the
+/// events counted by `count` and `pid`'s CPU (ns) from before the loop
+/// until its events were handled. `settle` waits for that.
+fn measure(a: &[&str], pid: u32, mut count: impl FnMut() -> u64, settle: impl FnOnce(&mut dyn FnMut() -> u64)) -> Result<Sample> {
+    let c0 = count();
+    let cpu0 = crate::cost::cpu_ns(pid);
+    let secs = run_loop(a)?;
+    settle(&mut count);
+    let cpu1 = crate::cost::cpu_ns(pid);
+    let c1 = count();
+    Ok(Sample { secs, events: c1.saturating_sub(c0), cpu_ns: cpu1.saturating_sub(cpu0) })
+}
+
+/// Waits for a count to stop growing: what a reader with any batching
+/// delay has drained.
+fn settle_count(count: &mut dyn FnMut() -> u64) {
+    crate::cost::settle(count, Duration::from_millis(400), Duration::from_secs(20));
+}
+
+/// `lancet run`'s counters are read over its API, which costs the agent
+/// CPU: instead of asking until they settle, give its loop a fixed second
+/// (ten times its longest batching delay) before its CPU is read.
+fn settle_run(_: &mut dyn FnMut() -> u64) {
+    std::thread::sleep(Duration::from_secs(1));
+}
+
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
-    let rounds = if quick { 1 } else { 5 };
+    let rounds = match args.iter().position(|a| a == "--rounds") {
+        Some(i) => args.get(i + 1).context("--rounds N")?.parse()?,
+        None if quick => 1,
+        None => 5,
+    };
     let scale = if quick { 4 } else { 1 };
     sh(Command::new("bash").arg(root.join("scripts/setup.sh"))).context("scripts/setup.sh")?;
-    eprintln!("bench: building lancet (release)");
-    let status = Command::new("cargo").args(["build", "--release", "-p", "lancet"]).current_dir(root).status()?;
-    if !status.success() {
-        bail!("cargo build failed");
-    }
-    let lancet = root.join("target/release/lancet");
+    let target = target_dir(root);
+    // `--lancet BIN` measures that build (an earlier commit's) instead.
+    let lancet = match args.iter().position(|a| a == "--lancet") {
+        Some(i) => std::path::PathBuf::from(args.get(i + 1).context("--lancet BIN")?),
+        None => {
+            eprintln!("bench: building lancet (release)");
+            let status = Command::new("cargo").args(["build", "--release", "-p", "lancet"]).current_dir(root).status()?;
+            if !status.success() {
+                bail!("cargo build failed");
+            }
+            target.join("release/lancet")
+        }
+    };
     let work = std::env::temp_dir().join(format!("lancet-bench-{}", std::process::id()));
     let (_fixture, ip) = fixture(root, &work)?;
+    let bpftrace = crate::cost::Bpftrace::available();
+    if !bpftrace {
+        eprintln!("bench: bpftrace is not installed (Debian package bpftrace); its column is left out");
+    }
 
     let n_exec = (3000 / scale).to_string();
     let n_conn = (20000 / scale).to_string();
@@ -178,63 +273,143 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let loops: Vec<(&str, Vec<&str>)> = vec![
         ("exec", vec!["exec", &n_exec, "/bin/true"]),
         ("connect", vec!["connect", &n_conn, &ip, "9000"]),
-        ("files", vec!["files", &n_files, "/tmp"]),
+        // Each file a name of its own: the kernel merges the queued events
+        // of one name, so with a few names reused the count of events would
+        // depend on how fast the agent reads.
+        ("files", vec!["unique", &n_files, "/tmp"]),
     ];
     // Warm caches (page cache, podman exec paths) before measuring.
     for (_, a) in &loops {
         run_loop(a)?;
     }
-    let mut rows = Vec::new();
+    // The monitor agent's state: the bench's workloads learned once and
+    // promoted (kept in its store across rounds).
+    let (learn_dir, monitor_dir) = (work.join("learn"), work.join("monitor"));
+    let (learn_api, monitor_api) =
+        (learn_dir.join("run/lancet.sock").display().to_string(), monitor_dir.join("run/lancet.sock").display().to_string());
+    let pins = format!("/sys/fs/bpf/lancet-bench-{}", std::process::id());
+    let flags = ["--pin-dir", pins.as_str()];
+    {
+        let mut a = Agent::run(&lancet, &monitor_dir, &monitor_api, &flags)?;
+        for (_, args) in &loops {
+            run_loop(args)?;
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        for c in [SRV, CLI] {
+            sh(Command::new(&lancet).args(["profile", "promote", c, "--to", "monitor", "--api", &monitor_api]))?;
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        a.stop_term();
+    }
+
+    let modes = [Mode::None, Mode::Trace, Mode::Learn, Mode::Monitor, Mode::Bpftrace];
+    // samples[loop][mode] over rounds.
+    let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); modes.len()]; loops.len()];
+    let mut lost = 0u64;
     let mut peak_rss = 0u64;
-    for (name, a) in &loops {
-        let (mut base, mut with, mut rates, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut lost = 0u64;
-        for round in 0..rounds {
-            base.push(run_loop(a)?);
-            let agent = Agent::start(&lancet, &work, round)?;
-            let cpu0 = agent.cpu_seconds();
+    for round in 0..rounds {
+        eprintln!("bench: round {} of {rounds}", round + 1);
+        for (li, (_, a)) in loops.iter().enumerate() {
             let secs = run_loop(a)?;
-            // Let the reader drain what the loop queued before stopping.
-            std::thread::sleep(Duration::from_millis(300));
-            let cpu1 = agent.cpu_seconds();
+            samples[li][0].push(Sample { secs, ..Sample::default() });
+        }
+        {
+            let agent = Agent::start(&lancet, &work, round)?;
+            let pid = agent.child.id();
+            for (li, (_, a)) in loops.iter().enumerate() {
+                let out = agent.out.as_ref().context("trace's stdout")?;
+                samples[li][1].push(measure(a, pid, || out.lines(), settle_count)?);
+            }
             let stats = agent.stop()?;
-            with.push(secs);
-            let records = stats["records"].as_u64().unwrap_or(0) as f64;
-            rates.push(records / secs);
-            // lancet's CPU while the loop ran (and drained), per second of loop.
-            cpu.push((cpu1 - cpu0) / secs);
             lost += stats["lost"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
             lost += stats["file_overflows"].as_u64().unwrap_or(0);
             peak_rss = peak_rss.max(stats["max_rss_kib"].as_u64().unwrap_or(0));
         }
-        let (b, w) = (median(&mut base), median(&mut with));
-        rows.push(serde_json::json!({
-            "loop": name, "ops": a[1], "baseline_s": b, "lancet_s": w,
-            "ratio": w / b, "events_per_s": median(&mut rates), "lost": lost,
-            "lancet_cpu_per_loop_s": median(&mut cpu),
-        }));
+        for (mi, dir, api) in [(2, &learn_dir, &learn_api), (3, &monitor_dir, &monitor_api)] {
+            let extra: Vec<&str> = if mi == 2 { [flags.as_slice(), &["--mode", "learn"]].concat() } else { flags.to_vec() };
+            let mut agent = Agent::run(&lancet, dir, api, &extra)?;
+            let pid = agent.child.id();
+            let count = || crate::cost::run_counters(api, ["lancet_events_total{"]).map_or(0, |[n]| n);
+            for (li, (_, a)) in loops.iter().enumerate() {
+                samples[li][mi].push(measure(a, pid, count, settle_run)?);
+            }
+            if let Some([l, o]) = crate::cost::run_counters(api, ["lancet_events_lost_total{", "lancet_fanotify_overflows_total"]) {
+                lost += l + o;
+            }
+            peak_rss = peak_rss.max(status_kib(pid, "VmHWM:"));
+            agent.stop_term();
+            let _ = std::fs::remove_dir_all(&pins);
+        }
+        if bpftrace {
+            for (li, (name, a)) in loops.iter().enumerate() {
+                let b = crate::cost::Bpftrace::start(crate::cost::bpftrace_program(name), &work.join("bpftrace.err"))?;
+                let mut sample = measure(a, b.pid(), || b.lines(), settle_count)?;
+                // The lines it still held in its buffer count too (its CPU
+                // was read before it flushed them at exit).
+                sample.events = b.finish();
+                samples[li][4].push(sample);
+            }
+        }
+    }
+
+    let med = |v: &[Sample], f: &dyn Fn(&Sample) -> f64| -> f64 {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        if x.is_empty() {
+            return f64::NAN;
+        }
+        median(&mut x)
+    };
+    let mut rows = Vec::new();
+    for (li, (name, a)) in loops.iter().enumerate() {
+        let ops: f64 = a[1].parse().unwrap_or(1.0);
+        let base = med(&samples[li][0], &|s| s.secs);
+        let bpf_line = med(&samples[li][4], &|s| s.cpu_ns as f64 / 1000.0 / s.events.max(1) as f64);
+        for (mi, mode) in modes.iter().enumerate() {
+            let v = &samples[li][mi];
+            if v.is_empty() {
+                continue;
+            }
+            let secs = med(v, &|s| s.secs);
+            let per_event = med(v, &|s| s.cpu_ns as f64 / 1000.0 / s.events.max(1) as f64);
+            let agent = !matches!(mode, Mode::None | Mode::Bpftrace);
+            rows.push(serde_json::json!({
+                "loop": name, "mode": mode.name(), "ops": ops, "secs": secs,
+                "slowdown": secs / base,
+                "events": med(v, &|s| s.events as f64),
+                "cpu_us_per_event": if *mode == Mode::None { serde_json::Value::Null } else { per_event.into() },
+                "cpu_us_per_op": if *mode == Mode::None { serde_json::Value::Null } else { med(v, &|s| s.cpu_ns as f64 / 1000.0 / ops).into() },
+                "bpftrace_us_per_line": if agent && bpf_line.is_finite() { bpf_line.into() } else { serde_json::Value::Null },
+                "ratio_to_bpftrace": if agent && bpf_line.is_finite() { (per_event / bpf_line).into() } else { serde_json::Value::Null },
+            }));
+        }
     }
     println!(
-        "{:<8} {:>8} {:>12} {:>12} {:>8} {:>12} {:>6} {:>12}",
-        "loop", "ops", "no agent s", "lancet s", "ratio", "events/s", "lost", "lancet cpu"
+        "{:<8} {:<12} {:>7} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10} {:>7}",
+        "loop", "mode", "ops", "events", "loop s", "slowdown", "agent µs/ev", "µs/op", "bpft µs/l", "ratio"
     );
+    let num = |v: &serde_json::Value, prec: usize| v.as_f64().map_or("-".to_string(), |x| format!("{x:.prec$}"));
     for r in &rows {
         println!(
-            "{:<8} {:>8} {:>12.3} {:>12.3} {:>8.3} {:>12.0} {:>6} {:>11.0}%",
+            "{:<8} {:<12} {:>7} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10} {:>7}",
             r["loop"].as_str().unwrap_or(""),
-            r["ops"].as_str().unwrap_or(""),
-            r["baseline_s"].as_f64().unwrap_or(0.0),
-            r["lancet_s"].as_f64().unwrap_or(0.0),
-            r["ratio"].as_f64().unwrap_or(0.0),
-            r["events_per_s"].as_f64().unwrap_or(0.0),
-            r["lost"].as_u64().unwrap_or(0),
-            r["lancet_cpu_per_loop_s"].as_f64().unwrap_or(0.0) * 100.0
+            r["mode"].as_str().unwrap_or(""),
+            num(&r["ops"], 0),
+            num(&r["events"], 0),
+            num(&r["secs"], 3),
+            num(&r["slowdown"], 3),
+            num(&r["cpu_us_per_event"], 2),
+            num(&r["cpu_us_per_op"], 2),
+            num(&r["bpftrace_us_per_line"], 2),
+            num(&r["ratio_to_bpftrace"], 3),
         );
     }
-    println!("lancet peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);
-    let report = serde_json::json!({ "rounds": rounds, "loops": rows, "peak_rss_kib": peak_rss });
-    let out = root.join("target/bench.json");
+    println!("lost or overflowed (all agents, all rounds): {lost}; lancet peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);
+    println!("(agent CPU: /proc/<pid>/task/*/schedstat, before the loop to after its events were handled; medians of {rounds} rounds)");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let report = serde_json::json!({ "rounds": rounds, "rows": rows, "lost": lost, "peak_rss_kib": peak_rss, "loadavg": load.trim() });
+    let out = target.join("bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("load average at the end: {}", load.trim());
     println!("(written to {})", out.display());
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
@@ -309,7 +484,7 @@ pub fn rss(root: &Path) -> Result<()> {
     if !status.success() {
         bail!("cargo build failed");
     }
-    let lancet = root.join("target/release/lancet");
+    let lancet = target_dir(root).join("release/lancet");
     let work = std::env::temp_dir().join(format!("lancet-bench-rss-{}", std::process::id()));
     let api = work.join("run").join("lancet.sock").display().to_string();
     let mut agent = Agent::run(&lancet, &work, &api, &[])?;

@@ -95,7 +95,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if !Command::new("cargo").args(["build", "--release", "-p", "lancet"]).current_dir(root).status()?.success() {
         bail!("cargo build failed");
     }
-    let lancet = root.join("target/release/lancet");
+    let lancet = crate::bench::target_dir(root).join("release/lancet");
     let work = std::env::temp_dir().join(format!("lancet-bench-protect-{}", std::process::id()));
     let (_fixture, ip) = fixture(root, &work)?;
     let _glibc = glibc_fixture(&work)?;
@@ -142,6 +142,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut decisions = Vec::new();
     for (name, container, a, cache) in runs {
         let (mut base, mut with, mut cpu, mut perm_events) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut cpu_per_op = Vec::new();
+        let ops: f64 = a[1].parse().unwrap_or(1.0);
         for _ in 0..rounds {
             base.push(run_loop_in(container, a)?);
             std::fs::write(&config, if cache { "" } else { "execCache: false\n" })?;
@@ -151,6 +153,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             let cpu0 = agent.cpu_seconds();
             let secs = run_loop_in(container, a)?;
             cpu.push((agent.cpu_seconds() - cpu0) / secs);
+            cpu_per_op.push((agent.cpu_seconds() - cpu0) / ops * 1e6);
             with.push(secs);
             let st: serde_json::Value = serde_json::from_str(&sh(Command::new(&lancet).args(["status", "--api", &api]))?)?;
             if let Some(s) = st["backends"].as_array().into_iter().flatten().find_map(|b| b.get("stats")) {
@@ -174,20 +177,20 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             decisions.push(serde_json::json!({"loop": name, "p50_ns": decision.0, "p99_ns": decision.1, "decisions": decision.2}));
         }
         let (b, w) = (median(&mut base), median(&mut with));
-        let ops: f64 = a[1].parse().unwrap_or(1.0);
         rows.push(serde_json::json!({
+            "agent_us_per_op": median(&mut cpu_per_op),
             "loop": name, "ops": a[1], "baseline_s": b, "lancet_s": w, "ratio": w / b,
             "extra_us_per_op": (w - b) / ops * 1e6, "lancet_cpu_per_loop_s": median(&mut cpu),
             "permission_events": if perm_events.is_empty() { 0.0 } else { median(&mut perm_events) },
         }));
     }
     println!(
-        "{:<20} {:>7} {:>11} {:>11} {:>7} {:>13} {:>11} {:>12}",
-        "loop (protect)", "ops", "no agent s", "lancet s", "ratio", "extra µs/op", "lancet cpu", "perm events"
+        "{:<20} {:>7} {:>11} {:>11} {:>7} {:>13} {:>11} {:>12} {:>14}",
+        "loop (protect)", "ops", "no agent s", "lancet s", "ratio", "extra µs/op", "lancet cpu", "perm events", "agent µs/op"
     );
     for r in &rows {
         println!(
-            "{:<20} {:>7} {:>11.3} {:>11.3} {:>7.3} {:>13.1} {:>10.0}% {:>12.0}",
+            "{:<20} {:>7} {:>11.3} {:>11.3} {:>7.3} {:>13.1} {:>10.0}% {:>12.0} {:>14.2}",
             r["loop"].as_str().unwrap_or(""),
             r["ops"].as_str().unwrap_or(""),
             r["baseline_s"].as_f64().unwrap_or(0.0),
@@ -195,7 +198,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             r["ratio"].as_f64().unwrap_or(0.0),
             r["extra_us_per_op"].as_f64().unwrap_or(0.0),
             r["lancet_cpu_per_loop_s"].as_f64().unwrap_or(0.0) * 100.0,
-            r["permission_events"].as_f64().unwrap_or(0.0)
+            r["permission_events"].as_f64().unwrap_or(0.0),
+            r["agent_us_per_op"].as_f64().unwrap_or(0.0)
         );
     }
     for d in &decisions {
@@ -208,7 +212,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         );
     }
     let report = serde_json::json!({ "rounds": rounds, "loops": rows, "decisions": decisions });
-    let out = root.join("target/bench-protect.json");
+    let out = crate::bench::target_dir(root).join("bench-protect.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("(written to {})", out.display());
     let _ = std::fs::remove_dir_all(&work);

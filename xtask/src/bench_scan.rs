@@ -125,7 +125,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if !status.success() {
         bail!("cargo build failed");
     }
-    let lancet = root.join("target/release/lancet");
+    let lancet = crate::bench::target_dir(root).join("release/lancet");
     let tree = TempTree(std::env::temp_dir().join(format!("lancet-bench-scan-{}", std::process::id())));
     eprintln!("bench-scan: writing {mib} MiB of files under {}", tree.0.display());
     let (bytes, files) = generate(&tree.0, mib << 20)?;

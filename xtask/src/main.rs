@@ -8,6 +8,7 @@ mod bench;
 mod bench_map;
 mod bench_protect;
 mod bench_scan;
+mod cost;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -45,7 +46,7 @@ fn main() {
         Some("bench-scan") => bench_scan::run(&root(), &args[1..]),
         Some("bench-map") => bench_map::run(&root(), &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask vmlinux | bench [--quick] | bench-protect [--quick] | bench-rss | bench-scan [--size-mib N] | bench-map [--quick] [--rounds N] [--baseline-rev REV | --baseline BIN]");
+            eprintln!("usage: cargo xtask vmlinux | bench [--quick] [--rounds N] [--lancet BIN] | bench-protect [--quick] | bench-rss | bench-scan [--size-mib N] | bench-map [--quick] [--rounds N] [--baseline-rev REV | --baseline BIN]");
             std::process::exit(64);
         }
     };

@@ -10,7 +10,7 @@
 
 use crate::event::{Event, EventKind, ExecEvent, FileOp};
 use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 
 /// `statfs` magic numbers of the filesystems that matter here.
@@ -461,18 +461,18 @@ pub fn classify_indirect(kind: DriftKind, path: &str, written: Option<&Origin>, 
 pub struct WriteLog {
     per_container: usize,
     containers: usize,
-    logs: HashMap<String, ContainerWrites>,
+    logs: crate::FastMap<String, ContainerWrites>,
 }
 
 #[derive(Debug, Default)]
 struct ContainerWrites {
-    by_path: HashMap<String, Origin>,
+    by_path: crate::FastMap<String, Origin>,
     order: VecDeque<String>,
 }
 
 impl WriteLog {
     pub fn new(per_container: usize, containers: usize) -> Self {
-        WriteLog { per_container: per_container.max(1), containers: containers.max(1), logs: HashMap::new() }
+        WriteLog { per_container: per_container.max(1), containers: containers.max(1), logs: crate::FastMap::default() }
     }
 
     /// Records a file event of a container: creates, writes, renames (the new
@@ -485,20 +485,32 @@ impl WriteLog {
         if !self.logs.contains_key(container_id) && self.logs.len() >= self.containers {
             return;
         }
-        let log = self.logs.entry(container_id.to_string()).or_default();
-        let origin = Origin { time_ns: ev.time_ns, pid: ev.process.pid, comm: ev.process.comm.clone(), op: f.op };
+        // Looked up before any key is made: a path written again (the
+        // common case) costs no allocation.
+        let log = match self.logs.get_mut(container_id) {
+            Some(log) => log,
+            None => self.logs.entry(container_id.to_string()).or_default(),
+        };
         if log.by_path.contains_key(&f.path) {
             // The first write says how the file got there (a chmod that
             // follows a create is part of writing it).
             return;
         }
-        if log.by_path.len() >= self.per_container {
-            if let Some(old) = log.order.pop_front() {
-                log.by_path.remove(&old);
-            }
-        }
-        log.order.push_back(f.path.clone());
-        log.by_path.insert(f.path.clone(), origin);
+        // Full: the oldest entry goes, and its strings are reused for the
+        // new one, so a container writing new files all day (a log, a
+        // cache, temporary files) costs no allocation per file.
+        let evicted = match log.by_path.len() >= self.per_container {
+            true => log.order.pop_front().and_then(|old| log.by_path.remove_entry(&old).map(|(key, origin)| (old, key, origin))),
+            false => None,
+        };
+        let (mut order_key, mut key, mut origin) =
+            evicted.unwrap_or_else(|| (String::new(), String::new(), Origin { time_ns: 0, pid: 0, comm: String::new(), op: f.op }));
+        crate::batch::set_str(&mut order_key, &f.path);
+        crate::batch::set_str(&mut key, &f.path);
+        crate::batch::set_str(&mut origin.comm, &ev.process.comm);
+        (origin.time_ns, origin.pid, origin.op) = (ev.time_ns, ev.process.pid, f.op);
+        log.order.push_back(order_key);
+        log.by_path.insert(key, origin);
     }
 
     pub fn lookup(&self, container_id: &str, path: &str) -> Option<&Origin> {
@@ -694,7 +706,9 @@ mod tests {
             log.record("c", &file(FileOp::Create, p, i as u32));
         }
         assert!(log.lookup("c", "/a").is_none());
-        assert!(log.lookup("c", "/c").is_some());
+        // The entry that made room holds its new writer, not the old one.
+        assert_eq!(log.lookup("c", "/c").map(|o| (o.pid, o.op)), Some((2, FileOp::Create)));
+        assert_eq!(log.lookup("c", "/b").map(|o| o.pid), Some(1));
         log.record("other", &file(FileOp::Create, "/x", 1));
         assert!(log.lookup("other", "/x").is_none(), "container limit");
         assert_eq!(log.len(), 2);

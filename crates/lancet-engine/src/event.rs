@@ -49,6 +49,14 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// An empty slot for sources to fill in place ([`crate::batch`]): a fork of
+/// pid 0 at time 0, never reported as such.
+impl Default for Event {
+    fn default() -> Self {
+        Event { time_ns: 0, cgroup_id: 0, process: ProcessRef::default(), kind: EventKind::Fork { child_pid: 0, child_start_ns: 0 } }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {

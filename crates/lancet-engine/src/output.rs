@@ -50,7 +50,7 @@ pub fn rfc3339_nanos(epoch_ns: u64) -> String {
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
 /// algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -77,20 +77,28 @@ pub fn split_image(image: &str) -> (&str, &str) {
 
 /// Falco's `evt.res`: `SUCCESS` or the errno name.
 fn evt_res(errno: i32) -> String {
-    match errno {
-        0 => "SUCCESS".into(),
-        1 => "EPERM".into(),
-        13 => "EACCES".into(),
-        101 => "ENETUNREACH".into(),
-        104 => "ECONNRESET".into(),
-        110 => "ETIMEDOUT".into(),
-        111 => "ECONNREFUSED".into(),
-        113 => "EHOSTUNREACH".into(),
-        n => format!("E{n}"),
+    match errno_name(errno) {
+        Some(n) => n.into(),
+        None => format!("E{errno}"),
     }
 }
 
-fn category(kind: &EventKind) -> &'static str {
+/// The name of an errno `evt.res` knows (`E<n>` for the others).
+pub(crate) fn errno_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        0 => "SUCCESS",
+        1 => "EPERM",
+        13 => "EACCES",
+        101 => "ENETUNREACH",
+        104 => "ECONNRESET",
+        110 => "ETIMEDOUT",
+        111 => "ECONNREFUSED",
+        113 => "EHOSTUNREACH",
+        _ => return None,
+    })
+}
+
+pub(crate) fn category(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::Exec(_) | EventKind::Fork { .. } | EventKind::Exit(_) => "process",
         EventKind::Net(_) => "network",
@@ -99,7 +107,7 @@ fn category(kind: &EventKind) -> &'static str {
     }
 }
 
-fn l4proto(p: Protocol) -> &'static str {
+pub(crate) fn l4proto(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",

@@ -3,7 +3,6 @@
 //! a pid) can find its cgroup without a syscall.
 
 use crate::event::{Event, EventKind};
-use std::collections::HashMap;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcEntry {
@@ -17,6 +16,10 @@ pub struct ProcEntry {
     /// The container runtime setting a container up (see
     /// [`ProcessRef::runtime`](crate::event::ProcessRef::runtime)).
     pub runtime: bool,
+    /// What a consumer read of this process outside its records (the agent:
+    /// whether /proc shows it setting a container up), kept until its next
+    /// exec instead of read again at every event; None until asked.
+    pub setup: Option<bool>,
 }
 
 /// `name` cut as the kernel cuts `comm` (15 bytes), on a character boundary.
@@ -32,7 +35,7 @@ fn as_comm(name: &str) -> String {
 /// room, so a fork storm cannot grow the agent.
 #[derive(Debug)]
 pub struct ProcessTable {
-    map: HashMap<u32, ProcEntry>,
+    map: crate::FastMap<u32, ProcEntry>,
     capacity: usize,
     /// Exited in the current batch / the one before. fanotify reports a file
     /// event only when the agent reads it, often after the writer's exit
@@ -44,7 +47,7 @@ pub struct ProcessTable {
 impl ProcessTable {
     pub fn new(capacity: usize) -> Self {
         ProcessTable {
-            map: HashMap::with_capacity(capacity.min(4096)),
+            map: crate::FastMap::with_capacity_and_hasher(capacity.min(4096), Default::default()),
             capacity: capacity.max(1),
             exited_now: Vec::new(),
             exited_before: Vec::new(),
@@ -61,6 +64,10 @@ impl ProcessTable {
 
     pub fn get(&self, pid: u32) -> Option<&ProcEntry> {
         self.map.get(&pid)
+    }
+
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut ProcEntry> {
+        self.map.get_mut(&pid)
     }
 
     pub fn insert(&mut self, pid: u32, entry: ProcEntry) {
@@ -132,6 +139,7 @@ impl ProcessTable {
                         cgroup_id: ev.cgroup_id,
                         start_ns: ev.process.start_ns,
                         runtime,
+                        setup: None,
                     },
                 );
             }
@@ -145,6 +153,9 @@ impl ProcessTable {
                 child.ppid = pid;
                 child.cgroup_id = ev.cgroup_id;
                 child.start_ns = *child_start_ns;
+                // Read again for the child: what was read of the parent
+                // (its root) may differ for it.
+                child.setup = None;
                 let child_pid = *child_pid;
                 self.insert(child_pid, child);
             }

@@ -2,6 +2,7 @@
 //! buffer, fanotify, and probing what the running kernel supports. This is the
 //! only crate that contains `unsafe`; every block says why it is sound.
 
+pub mod alloc_count;
 pub mod decode;
 pub mod enforce;
 pub mod fanotify;
@@ -13,7 +14,12 @@ pub mod probes;
 mod skel;
 pub mod sys;
 
-pub use decode::{decode, Clock, DecodeError};
+pub use decode::{decode, decode_into, Clock, DecodeError};
+
+/// Unit tests count their thread's allocations (see [`alloc_count`]).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: alloc_count::CountingAlloc = alloc_count::CountingAlloc;
 pub use probes::{Sensor, SensorConfig, SensorError};
 
 use std::os::fd::RawFd;
@@ -36,6 +42,44 @@ pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> std::io::Result<Vec<bo
         return Err(err);
     }
     Ok(pfds.iter().map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0).collect())
+}
+
+/// A fixed set of fds to wait on, polled without allocating: the agent's
+/// loop waits on the same sources for its whole life.
+pub struct Poller {
+    fds: Vec<libc::pollfd>,
+}
+
+impl Poller {
+    /// At most 32 fds (the readiness of each is a bit of a `u32`).
+    pub fn new(fds: &[RawFd]) -> Poller {
+        let fds = fds.iter().take(32).map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+        Poller { fds }
+    }
+
+    /// Waits until one of the fds is readable or `timeout` passes. Bit `i`
+    /// of the result is set when fd `i` was readable (or in error). EINTR
+    /// counts as a timeout: the caller's loop checks its stop flag.
+    pub fn wait(&mut self, timeout: Duration) -> std::io::Result<u32> {
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid, exclusively borrowed array of
+        // `fds.len()` pollfd structs for the duration of the call.
+        let r = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
+        if r < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(err);
+        }
+        let mut ready = 0u32;
+        for (i, p) in self.fds.iter().enumerate() {
+            if p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
+                ready |= 1 << i;
+            }
+        }
+        Ok(ready)
+    }
 }
 
 /// Sends libbpf's own messages to `tracing` at debug level instead of stderr:

@@ -132,6 +132,29 @@ pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
+/// When `fd` is a pipe, asks the kernel for a buffer of `bytes` (rounded
+/// up to pages; capped by `/proc/sys/fs/pipe-max-size` for a process
+/// without CAP_SYS_RESOURCE). Returns the pipe's capacity, or None when
+/// `fd` is not a pipe. A writer that hands a pipe many KiB at a time
+/// blocks, and wakes its reader, less often in a larger one.
+pub fn grow_pipe(fd: RawFd, bytes: usize) -> io::Result<Option<usize>> {
+    if fstat(fd)?.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Ok(None);
+    }
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours.
+    if unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, want) } < 0 {
+        // Over the limit (EPERM) or busy (EBUSY): keep what it has.
+        tracing::debug!(fd, bytes, "pipe not grown: {}", io::Error::last_os_error());
+    }
+    // SAFETY: as above; F_GETPIPE_SZ only returns the size.
+    let size = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    if size < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Some(size as usize))
+}
+
 /// `readlink(/proc/self/fd/N)`: the path of an open fd as seen from our root.
 pub(crate) fn fd_path(fd: RawFd) -> io::Result<String> {
     let p = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;

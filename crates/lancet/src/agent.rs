@@ -6,11 +6,12 @@
 
 use anyhow::{bail, Context, Result};
 use lancet_engine::attribution::{Attribution, AttributionConfig, Attributor, ContainerInfo};
-use lancet_engine::event::{Event, EventKind};
+use lancet_engine::batch::{set_str, EventBatch, EventSink};
+use lancet_engine::event::{Event, EventKind, FileEvent};
 use lancet_engine::process::ProcessTable;
 use lancet_sensor::fanotify::{FileChangeWatcher, SensitiveOpenWatcher, DEFAULT_SENSITIVE_PATHS};
 use lancet_sensor::probes::{detect_cgroup2_root, PROBE_NAMES};
-use lancet_sensor::{decode, wait_readable, Clock, Sensor, SensorConfig};
+use lancet_sensor::{decode_into, Clock, Poller, Sensor, SensorConfig};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -97,9 +98,17 @@ struct Watches {
     files: Option<FileChangeWatcher>,
     opens: Option<SensitiveOpenWatcher>,
     host_root: PathBuf,
-    armed: HashMap<String, Armed>,
+    armed: lancet_engine::FastMap<String, Armed>,
     next_label: u64,
 }
+
+/// The loop handles a stream of events at most once per window: after a
+/// batch, the next waits until the window has passed, so a container
+/// writing 50 000 files a second costs one wake-up (a `poll`, a `read` per
+/// source, the tick) per window, not per event. What it adds to an event's
+/// latency is at most this; permission events are answered on their own
+/// thread, and the API is served on the loop's tick (100 ms at most) anyway.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
 
 /// How often a container whose processes all vanished before we could mark
 /// its root is tried again.
@@ -198,7 +207,8 @@ pub struct Pipeline {
     pub attributor: Attributor,
     pub procs: ProcessTable,
     pub cgroup2: PathBuf,
-    host_root: PathBuf,
+    /// The host root the agent reads the host under, as a string.
+    host_root_str: String,
     /// Containers found at start, for the caller to take on its first tick.
     pub existing: Vec<Arc<ContainerInfo>>,
     /// Events by type and what was lost, for metrics.
@@ -206,6 +216,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    pub fn new(attributor: Attributor, cgroup2: PathBuf, host_root: &Path, existing: Vec<Arc<ContainerInfo>>) -> Pipeline {
+        Pipeline {
+            attributor,
+            procs: ProcessTable::new(65_536),
+            cgroup2,
+            host_root_str: host_root.to_string_lossy().into_owned(),
+            existing,
+            counters: Default::default(),
+        }
+    }
+
     /// Attribution of one event, rewriting file paths to the container's view.
     pub fn attribute(&mut self, ev: &mut Event) -> Attribution {
         if let EventKind::Exec(x) = &mut ev.kind {
@@ -245,14 +266,23 @@ impl Pipeline {
             return Attribution::Container(c);
         }
         let mut attribution = if ev.cgroup_id == 0 { Attribution::Host } else { self.attributor.attribute(ev.cgroup_id) };
-        if let EventKind::File(f) = &mut ev.kind {
-            let host = Path::new(&f.host_path);
-            let host = host.strip_prefix(&self.host_root).map(|p| Path::new("/").join(p)).unwrap_or(host.to_path_buf());
-            if let Some((c, inside)) = self.attributor.container_for_host_path(&host) {
-                f.path = inside;
-                if let Some(old) = f.old_path.as_mut() {
-                    if let Some((_, old_inside)) = self.attributor.container_for_host_path(Path::new(old.as_str())) {
-                        *old = old_inside;
+        if let EventKind::File(FileEvent { path, host_path, old_path, .. }) = &mut ev.kind {
+            // The path as the container sees it, written over the host path
+            // the source gave, in the string's own capacity.
+            let host = on_host(&self.host_root_str, host_path);
+            if let Some((c, inside)) = self.attributor.container_for_host_str(host) {
+                let shift = host_path.len() - host.len();
+                set_str(path, if inside.is_empty() { "/" } else { &host_path[shift + inside.start..shift + inside.end] });
+                if let Some(old) = old_path.as_mut() {
+                    let host_old = on_host(&self.host_root_str, old);
+                    let shift = old.len() - host_old.len();
+                    if let Some((_, inside)) = self.attributor.container_for_host_str(host_old) {
+                        if inside.is_empty() {
+                            set_str(old, "/");
+                        } else {
+                            old.truncate(shift + inside.end);
+                            old.drain(..shift + inside.start);
+                        }
                     }
                 }
                 if !matches!(attribution, Attribution::Container(_)) {
@@ -264,14 +294,31 @@ impl Pipeline {
     }
 }
 
+/// A host path as the host sees it: `path` without the `host_root` prefix
+/// the agent reads the host under (`/` unless it runs in a container with
+/// the host mounted), compared by whole components.
+fn on_host<'p>(host_root: &str, path: &'p str) -> &'p str {
+    let root = host_root.trim_end_matches('/');
+    if root.is_empty() {
+        return path;
+    }
+    match path.strip_prefix(root) {
+        Some("") => "/",
+        Some(rest) if rest.starts_with('/') => rest,
+        _ => path,
+    }
+}
+
 /// Runs until `stop` is set or `deadline` passes. `on_event` sees every
-/// attributed event; `on_tick` runs after each batch (at least every 100 ms).
+/// attributed event, with the process table (where a caller may keep what
+/// it learned of a process until its next exec); `on_tick` runs after each
+/// batch (at least every 100 ms).
 pub fn run_loop(
     host_root: &Path,
     opts: &AgentOptions,
     stop: &Arc<AtomicBool>,
     deadline: Option<Instant>,
-    mut on_event: impl FnMut(&Event, &Attribution) -> Result<()>,
+    mut on_event: impl FnMut(&Event, &Attribution, &mut ProcessTable) -> Result<()>,
     mut on_tick: impl FnMut(&mut Pipeline) -> Result<()>,
 ) -> Result<Stats> {
     if !opts.ring_mb.is_power_of_two() || opts.ring_mb > 1024 {
@@ -303,70 +350,84 @@ pub fn run_loop(
             tracing::warn!("host sensitive paths not watched: {e}");
         }
     }
-    let mut watches = Watches { files, opens, host_root: host_root.to_path_buf(), armed: HashMap::new(), next_label: 0 };
+    let mut watches = Watches { files, opens, host_root: host_root.to_path_buf(), armed: Default::default(), next_label: 0 };
     for c in &existing {
         watches.arm(c, None);
     }
 
     let clock = Clock::now();
-    let queue: Rc<RefCell<Vec<Event>>> = Rc::new(RefCell::new(Vec::with_capacity(4096)));
+    // One batch for every source, its events' storage reused from batch to
+    // batch (see `lancet_engine::batch`).
+    let batch: Rc<RefCell<EventBatch>> = Rc::new(RefCell::new(EventBatch::new()));
     let decode_errors = Rc::new(std::cell::Cell::new(0u64));
     let reader = {
-        let queue = Rc::clone(&queue);
+        let batch = Rc::clone(&batch);
         let errors = Rc::clone(&decode_errors);
         sensor.ring_buffer(move |data| {
-            match decode(data, &clock) {
-                Ok(ev) => queue.borrow_mut().push(ev),
-                Err(e) => {
-                    errors.set(errors.get() + 1);
-                    tracing::debug!("undecodable record: {e}");
-                }
+            let mut b = batch.borrow_mut();
+            if let Err(e) = decode_into(data, &clock, b.slot()) {
+                b.unclaim();
+                errors.set(errors.get() + 1);
+                tracing::debug!("undecodable record: {e}");
             }
             0
         })?
     };
 
-    let mut pipeline = Pipeline {
-        attributor,
-        procs: ProcessTable::new(65_536),
-        cgroup2,
-        host_root: host_root.to_path_buf(),
-        existing: existing.clone(),
-        counters: Default::default(),
-    };
+    let mut pipeline = Pipeline::new(attributor, cgroup2, host_root, existing.clone());
     let mut counted = Instant::now();
     seed_processes(&mut pipeline);
     tracing::info!(probes = sensor.attached(), containers = watches.armed.len(), "lancet is tracing");
     let started = Instant::now();
     let mut stats = Stats::default();
-    let mut batch: Vec<Event> = Vec::with_capacity(4096);
+    // Sources: the ring buffer's epoll fd (bit 0), then the file-change and
+    // sensitive-open fanotify groups, each when there.
+    let mut fds = vec![reader.epoll_fd()];
+    let files_bit = watches.files.as_ref().map(|f| {
+        fds.push(f.fd());
+        1u32 << (fds.len() - 1)
+    });
+    let opens_bit = watches.opens.as_ref().map(|o| {
+        fds.push(o.fd());
+        1u32 << (fds.len() - 1)
+    });
+    let mut poller = Poller::new(&fds);
+    let mut last_drain = Instant::now() - BATCH_WINDOW;
     while !stop.load(Ordering::Relaxed) && deadline.map(|d| Instant::now() < d).unwrap_or(true) {
-        let mut fds = vec![reader.epoll_fd()];
-        if let Some(f) = &watches.files {
-            fds.push(f.fd());
+        let ready = poller.wait(Duration::from_millis(100)).context("waiting for events")?;
+        if ready != 0 {
+            // A stream of events is handled once a window, not once an
+            // event: what arrives meanwhile waits in the kernel's queues.
+            let since = last_drain.elapsed();
+            if since < BATCH_WINDOW {
+                std::thread::sleep(BATCH_WINDOW - since);
+            }
         }
-        if let Some(o) = &watches.opens {
-            fds.push(o.fd());
-        }
-        wait_readable(&fds, Duration::from_millis(100)).context("waiting for events")?;
+        last_drain = Instant::now();
         // File changes first: a file written and then run shows up in both
         // sources at once, and drift reports name the writer only if the
         // write is seen before the exec.
-        if let Some(f) = watches.files.as_mut() {
-            if let Err(e) = f.read_events(&mut batch) {
-                tracing::warn!("reading file events: {e}");
+        if let (Some(f), Some(bit)) = (watches.files.as_mut(), files_bit) {
+            if ready & bit != 0 {
+                if let Err(e) = f.read_events(&mut *batch.borrow_mut()) {
+                    tracing::warn!("reading file events: {e}");
+                }
             }
         }
+        // The probes wake the reader only past a fill level: the ring is
+        // consumed at every turn (no syscall when it is empty).
         reader.consume()?;
-        batch.append(&mut queue.borrow_mut());
-        if let Some(o) = watches.opens.as_mut() {
-            if let Err(e) = o.read_events(&mut batch) {
-                tracing::warn!("reading open events: {e}");
+        if let (Some(o), Some(bit)) = (watches.opens.as_mut(), opens_bit) {
+            if ready & bit != 0 {
+                if let Err(e) = o.read_events(&mut *batch.borrow_mut()) {
+                    tracing::warn!("reading open events: {e}");
+                }
             }
         }
-        stats.records += batch.len() as u64;
-        for mut ev in batch.drain(..) {
-            let attribution = pipeline.attribute(&mut ev);
+        let mut events = batch.borrow_mut();
+        stats.records += events.len() as u64;
+        for ev in events.events_mut() {
+            let attribution = pipeline.attribute(ev);
             pipeline.counters.note(&ev.kind);
             match (&attribution, &ev.kind) {
                 (Attribution::Container(c), EventKind::CgroupRmdir { .. }) => watches.disarm(&c.id),
@@ -374,8 +435,10 @@ pub fn run_loop(
                 (Attribution::Unknown { .. }, _) => stats.unknown_attribution += 1,
                 _ => {}
             }
-            on_event(&ev, &attribution)?;
+            on_event(ev, &attribution, &mut pipeline.procs)?;
         }
+        events.clear();
+        drop(events);
         pipeline.procs.end_batch();
         watches.retry_pending();
         if counted.elapsed() >= Duration::from_secs(1) {

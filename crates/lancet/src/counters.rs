@@ -29,7 +29,7 @@ pub const EVENT_TYPES: [&str; 16] = [
 
 /// The slot of an event's type in [`EVENT_TYPES`] (a match, not a string
 /// search: this runs for every event).
-fn index(k: &EventKind) -> usize {
+pub(crate) fn index(k: &EventKind) -> usize {
     use lancet_engine::event::{FileOp, NetOp};
     match k {
         EventKind::Exec(_) => 0,

@@ -24,6 +24,11 @@ mod signals;
 
 mod trace;
 
+/// Unit tests count their thread's allocations (the hot paths' tests).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: lancet_sensor::alloc_count::CountingAlloc = lancet_sensor::alloc_count::CountingAlloc;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{self, Write};

@@ -5,9 +5,10 @@ use crate::agent::{hostname, run_loop, AgentOptions};
 use crate::Format;
 use anyhow::{bail, Result};
 use lancet_engine::attribution::{Attribution, ContainerInfo};
-use lancet_engine::output::{table_header, table_row, write_falco_json, Record};
+use lancet_engine::json_line::JsonLines;
+use lancet_engine::output::{table_header, table_row, Record};
 use std::collections::HashSet;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -15,6 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::counters::EVENT_TYPES;
+
+/// The pipe `lancet trace` asks for when its stdout is one (the default
+/// limit of `/proc/sys/fs/pipe-max-size` for an unprivileged process).
+const PIPE_BYTES: usize = 1 << 20;
+/// JSON written out in chunks of at most this much (half the pipe).
+const FLUSH_BYTES: usize = 512 << 10;
 
 /// Shown unless asked for: frequent and rarely interesting on their own.
 const QUIET_TYPES: &[&str] = &["clone", "cgroup_mkdir", "cgroup_rmdir"];
@@ -80,44 +87,87 @@ pub fn run(host_root: &Path, args: TraceArgs) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     crate::install_stop_signals(&stop)?;
     let host = hostname();
-    let mut out = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    // Which types are shown, by their slot in EVENT_TYPES: an array look-up
+    // per event, not a hash of the type's name.
+    let mut shown = [false; EVENT_TYPES.len()];
+    for (i, t) in EVENT_TYPES.iter().enumerate() {
+        shown[i] = types.contains(t);
+    }
+    let mut out = io::stdout().lock();
+    // To a pipe, JSON goes out in writes of up to FLUSH_BYTES: in a pipe
+    // of the default 64 KiB each write blocked until the reader had taken
+    // the last, and woke it (a fifth of the agent's CPU on a file loop).
+    let grown = lancet_sensor::sys::grow_pipe(std::os::fd::AsRawFd::as_raw_fd(&io::stdout()), PIPE_BYTES);
+    let flush_at = match grown {
+        Ok(Some(size)) => (size / 2).clamp(16 << 10, FLUSH_BYTES),
+        _ => FLUSH_BYTES,
+    };
+    let table = std::cell::RefCell::new(Vec::<u8>::new());
     if args.format == Format::Table {
         writeln!(out, "{}", table_header())?;
         out.flush()?;
     }
-    // Both callbacks write: the event one lines, the tick one flushes.
-    let out = std::cell::RefCell::new(out);
+    // JSON lines are written into one reused buffer, handed to stdout once
+    // a batch (or when `flush_at` bytes are waiting), in one write.
+    let lines = std::cell::RefCell::new(JsonLines::new());
     let opts = AgentOptions { ring_mb: args.ring_mb, files: !args.no_files, sensitive: args.sensitive.clone(), host_sensitive: args.host };
     let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let mut emitted = 0u64;
+    let write_out = |out: &mut io::StdoutLock<'_>, lines: &mut JsonLines| -> io::Result<()> {
+        out.write_all(lines.bytes())?;
+        lines.clear();
+        Ok(())
+    };
+    let out = std::cell::RefCell::new(out);
     let mut stats = run_loop(
         host_root,
         &opts,
         &stop,
         deadline,
-        |ev, attribution| {
+        |ev, attribution, _| {
             let show = match attribution {
                 Attribution::Container(c) => selected(&args.containers, c),
                 Attribution::Host => args.host && args.containers.is_empty(),
                 Attribution::Unknown { .. } => args.containers.is_empty(),
             };
-            if !show || !types.contains(ev.kind.evt_type()) {
+            if !show || !shown[crate::counters::index(&ev.kind)] {
                 return Ok(());
             }
             let record = Record { event: ev, attribution, hostname: &host };
             match args.format {
                 Format::Json => {
-                    let mut out = out.borrow_mut();
-                    write_falco_json(&mut *out, &record, "lancet trace", "Informational")?;
-                    out.write_all(b"\n")?;
+                    let mut lines = lines.borrow_mut();
+                    lines.push(&record, "lancet trace", "Informational");
+                    if lines.len() >= flush_at {
+                        write_out(&mut out.borrow_mut(), &mut lines)?;
+                    }
                 }
-                Format::Table => writeln!(out.borrow_mut(), "{}", table_row(&record))?,
+                Format::Table => {
+                    let mut t = table.borrow_mut();
+                    writeln!(t, "{}", table_row(&record))?;
+                    if t.len() >= 64 * 1024 {
+                        out.borrow_mut().write_all(&t)?;
+                        t.clear();
+                    }
+                }
             }
             emitted += 1;
             Ok(())
         },
-        |_| Ok(out.borrow_mut().flush()?),
+        |_| {
+            let mut out = out.borrow_mut();
+            write_out(&mut out, &mut lines.borrow_mut())?;
+            let mut t = table.borrow_mut();
+            out.write_all(&t)?;
+            t.clear();
+            Ok(out.flush()?)
+        },
     )?;
+    let mut out = out.borrow_mut();
+    write_out(&mut out, &mut lines.borrow_mut())?;
+    out.write_all(&table.borrow())?;
+    out.flush()?;
+    drop(out);
     stats.emitted = emitted;
     if args.stats {
         eprintln!("{}", serde_json::to_string(&stats)?);

@@ -228,7 +228,7 @@ pub enum AttributionError {
 /// LRU: cheaper on the hot path, and what matters is the bound.
 #[derive(Debug)]
 struct Bounded<K, V> {
-    map: HashMap<K, (V, u64)>,
+    map: crate::FastMap<K, (V, u64)>,
     order: VecDeque<(K, u64)>,
     cap: usize,
     gen: u64,
@@ -236,7 +236,7 @@ struct Bounded<K, V> {
 
 impl<K: Eq + Hash + Clone, V> Bounded<K, V> {
     fn new(cap: usize) -> Self {
-        Bounded { map: HashMap::new(), order: VecDeque::new(), cap: cap.max(1), gen: 0 }
+        Bounded { map: crate::FastMap::default(), order: VecDeque::new(), cap: cap.max(1), gen: 0 }
     }
     fn get(&self, k: &K) -> Option<&V> {
         self.map.get(k).map(|(v, _)| v)
@@ -286,7 +286,7 @@ pub struct Attributor {
     /// on lookup and swept when the map grows.
     /// Keyed by the path as a string: file events look up every ancestor of
     /// a path, and hashing a `str` is much cheaper than a `Path`'s components.
-    by_rootfs: HashMap<String, String>,
+    by_rootfs: crate::FastMap<String, String>,
     /// Plain runc containers and containerd tasks with ids of their own
     /// choosing (`ctr run`), by cgroup path, refreshed at most once per TTL.
     runc_index: Option<(Instant, Vec<Arc<ContainerInfo>>)>,
@@ -360,7 +360,7 @@ impl Attributor {
             results: Bounded::new(cap),
             negative: Bounded::new(cap),
             containers: Bounded::new(cap),
-            by_rootfs: HashMap::new(),
+            by_rootfs: HashMap::default(),
             runc_index: None,
             born: Bounded::new(cap),
             last_walk: None,
@@ -436,6 +436,10 @@ impl Attributor {
 
     /// Attribution of a cgroup id, as reported by `bpf_get_current_cgroup_id`.
     pub fn attribute(&mut self, cgroup_id: u64) -> Attribution {
+        // The common case first, without reading the clock.
+        if let Some(a) = self.results.get(&cgroup_id) {
+            return a.clone();
+        }
         self.attribute_at(cgroup_id, Instant::now())
     }
 
@@ -661,16 +665,23 @@ impl Attributor {
     /// Which container's filesystem a host path lies in, and the path as the
     /// container sees it. `host_path` is without the `host_root` prefix.
     pub fn container_for_host_path(&self, host_path: &Path) -> Option<(Arc<ContainerInfo>, String)> {
-        let path = host_path.to_str()?.trim_end_matches('/');
+        let s = host_path.to_str()?;
+        let (c, inside) = self.container_for_host_str(s)?;
+        Some((c, if inside.is_empty() { "/".to_string() } else { s[inside].to_string() }))
+    }
+
+    /// [`container_for_host_path`](Self::container_for_host_path) without
+    /// allocating: the container, and where in `host_path` the path as the
+    /// container sees it lies (an empty range: the container's `/`).
+    pub fn container_for_host_str(&self, host_path: &str) -> Option<(Arc<ContainerInfo>, std::ops::Range<usize>)> {
+        let path = host_path.trim_end_matches('/');
         // Longest ancestor first: the path itself, then each prefix that
         // ends before a '/'.
         let mut end = path.len();
         loop {
             let anc = &path[..end];
             if let Some(c) = self.by_rootfs.get(anc).and_then(|id| self.containers.get(id)) {
-                let rest = &path[end..];
-                let inside = if rest.is_empty() { "/".to_string() } else { rest.to_string() };
-                return Some((Arc::clone(c), inside));
+                return Some((Arc::clone(c), end..path.len()));
             }
             end = anc.rfind('/')?;
             if end == 0 {

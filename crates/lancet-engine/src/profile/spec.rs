@@ -63,8 +63,9 @@ pub use crate::event::Protocol;
 /// The other end of a flow as the caller knows it at event time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerRef {
-    /// The destination is a known workload (its profile key or name).
-    Workload(String),
+    /// The destination is a known workload (its profile key or name),
+    /// shared: the agent names the peer of every connection by it.
+    Workload(std::sync::Arc<str>),
     /// Only the address is known.
     Ip(IpAddr),
     /// A DNS name, when the caller knows which name was resolved.

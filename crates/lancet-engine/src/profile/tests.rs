@@ -958,7 +958,7 @@ mod props {
     fn peer() -> impl Strategy<Value = Option<PeerRef>> {
         prop_oneof![
             Just(None),
-            "sha256:[0-9a-f]{4}".prop_map(|w| Some(PeerRef::Workload(w))),
+            "sha256:[0-9a-f]{4}".prop_map(|w| Some(PeerRef::Workload(w.into()))),
             "[a-z]{1,8}\\.local".prop_map(|h| Some(PeerRef::Host(h))),
             ip().prop_map(|i| Some(PeerRef::Ip(i))),
         ]

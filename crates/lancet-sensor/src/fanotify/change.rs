@@ -6,7 +6,8 @@ use super::mounts::{under, Mounts, Resolved};
 use super::parse::{FidRecord, RawEvent};
 use super::READ_BUF_LEN;
 use super::{fanotify_init, fanotify_mark, now_ns, FanotifyError, FanotifyStats};
-use lancet_engine::event::{Event, EventKind, FileEvent, FileOp, ProcessRef};
+use lancet_engine::batch::{set_str, EventSink};
+use lancet_engine::event::FileOp;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -72,6 +73,9 @@ pub struct FileChangeWatcher {
     handle_buf: Vec<u32>,
     /// Scratch for building cache keys.
     key_buf: Vec<u8>,
+    /// Scratch for the paths of the event being handled.
+    path_buf: String,
+    old_buf: String,
     own_pid: i32,
     emit_unresolved: bool,
     pending_from: Option<PendingMove>,
@@ -137,6 +141,8 @@ impl FileChangeWatcher {
             buf: vec![0; READ_BUF_LEN],
             handle_buf: vec![0; (8 + libc::MAX_HANDLE_SZ as usize) / 4],
             key_buf: Vec::with_capacity(16 + libc::MAX_HANDLE_SZ as usize),
+            path_buf: String::with_capacity(256),
+            old_buf: String::with_capacity(256),
             own_pid: std::process::id() as i32,
             emit_unresolved: true,
             pending_from: None,
@@ -234,20 +240,28 @@ impl FileChangeWatcher {
     }
 
     /// Drain queued events into `out` without blocking; returns how many were
-    /// appended.
-    pub fn read_events(&mut self, out: &mut Vec<Event>) -> Result<usize, FanotifyError> {
-        let before = out.len();
+    /// appended. Into an [`lancet_engine::batch::EventBatch`] the events are
+    /// written in place: a steady stream allocates nothing.
+    pub fn read_events<S: EventSink>(&mut self, out: &mut S) -> Result<usize, FanotifyError> {
+        let before = out.count();
         let mut buf = std::mem::take(&mut self.buf);
         let (malformed, res) = super::drain(self.fan.as_raw_fd(), &mut buf, |ev, now| self.handle(ev, now, out));
         self.stats.dropped += malformed;
         self.buf = buf;
         self.flush_pending(now_ns(), out);
-        let added = out.len() - before;
+        let added = out.count() - before;
         self.stats.events += added as u64;
         res.map(|()| added)
     }
 
-    fn handle(&mut self, ev: &RawEvent<'_>, now: u64, out: &mut Vec<Event>) {
+    pub(super) fn handle<S: EventSink>(&mut self, ev: &RawEvent<'_>, now: u64, out: &mut S) {
+        // Paths are built in two scratch strings kept across events.
+        let (mut path, mut old) = (std::mem::take(&mut self.path_buf), std::mem::take(&mut self.old_buf));
+        self.handle_with(ev, now, out, &mut path, &mut old);
+        (self.path_buf, self.old_buf) = (path, old);
+    }
+
+    fn handle_with<S: EventSink>(&mut self, ev: &RawEvent<'_>, now: u64, out: &mut S, path: &mut String, old: &mut String) {
         if ev.fd >= 0 {
             // Not expected in fid mode; never leak it.
             // SAFETY: the kernel handed us this fd with the event; nobody else owns it.
@@ -262,30 +276,37 @@ impl FileChangeWatcher {
             self.stats.dropped += 1;
             return;
         }
+        let pid = ev.pid.max(0) as u32;
         let is_dir = ev.mask & libc::FAN_ONDIR != 0;
         if ev.mask & libc::FAN_RENAME != 0 {
-            let (old, old_ok) = match &ev.old_dfid_name {
-                Some(r) => self.resolve(r),
-                None => (unknown_path(None), Place::Under),
+            let old_ok = match &ev.old_dfid_name {
+                Some(r) => self.resolve(r, old),
+                None => {
+                    unknown_path(None, old);
+                    Place::Under
+                }
             };
-            let (new, new_ok) = match &ev.new_dfid_name {
-                Some(r) => self.resolve(r),
-                None => (unknown_path(None), Place::Under),
+            let new_ok = match &ev.new_dfid_name {
+                Some(r) => self.resolve(r, path),
+                None => {
+                    unknown_path(None, path);
+                    Place::Under
+                }
             };
             // Directory renames move every cached path below them.
             if is_dir {
                 self.cache.clear();
             }
-            let unresolved = old.starts_with('?') || new.starts_with('?');
-            match (self.passes(old_ok, &old), self.passes(new_ok, &new)) {
+            let unresolved = old.starts_with('?') || path.starts_with('?');
+            match (self.passes(old_ok, old), self.passes(new_ok, path)) {
                 (false, false) => self.stats.dropped += 1,
                 _ if unresolved && !self.emit_unresolved => self.stats.dropped += 1,
-                (true, true) => out.push(file_event(now, ev.pid, FileOp::Rename, new, Some(old), is_dir)),
+                (true, true) => out.slot().set_file(now, pid, FileOp::Rename, path, Some(old), is_dir),
                 // Moved in from outside the filter (e.g. overlayfs copy-up
                 // renames from its work dir into the upper dir): a creation.
-                (false, true) => out.push(file_event(now, ev.pid, FileOp::Create, new, None, is_dir)),
+                (false, true) => out.slot().set_file(now, pid, FileOp::Create, path, None, is_dir),
                 // Moved out of the filtered tree: gone from it.
-                (true, false) => out.push(file_event(now, ev.pid, FileOp::Delete, old, None, is_dir)),
+                (true, false) => out.slot().set_file(now, pid, FileOp::Delete, old, None, is_dir),
             }
         }
         let ops = ev.mask
@@ -293,16 +314,24 @@ impl FileChangeWatcher {
         if ops == 0 {
             return;
         }
-        let (path, place) = match (&ev.dfid_name, &ev.fid) {
-            (Some(r), _) => self.resolve(r),
-            // No directory record: the object had no name any more (e.g. the
-            // link-count ATTRIB of an unlinked file). Try the object's own
-            // handle; if that fails too nothing useful is known, and the
-            // matching `Delete` event already told the story.
+        let place = match (&ev.dfid_name, &ev.fid) {
+            (Some(r), _) => self.resolve(r, path),
+            // No directory record: the object had no name any more. A
+            // link-count ATTRIB alone (of every unlink, and of a hard link
+            // made or removed) is only counted: the `Delete` or `Create`
+            // of the name tells that story, and resolving the handle of
+            // an inode being freed made `open_by_handle_at` wait for the
+            // kernel to free it (a tenth of the agent's CPU in a loop of
+            // deletes). Anything else is resolved by the object's own
+            // handle; if that fails too nothing useful is known.
+            (None, Some(_)) if ops == libc::FAN_ATTRIB => {
+                self.stats.dropped += 1;
+                return;
+            }
             (None, Some(f)) => match self.open_handle(f) {
                 Ok(Resolved::Path(p, false)) => {
-                    let place = self.place(p.as_bytes());
-                    (p, place)
+                    set_str(path, &p);
+                    self.place(p.as_bytes())
                 }
                 Ok(Resolved::Outside) => {
                     self.stats.dropped += 1;
@@ -320,25 +349,25 @@ impl FileChangeWatcher {
                 return;
             }
         };
-        if !self.passes(place, &path) || (!self.emit_unresolved && path.starts_with('?')) {
+        if !self.passes(place, path) || (!self.emit_unresolved && path.starts_with('?')) {
             self.stats.dropped += 1;
             return;
         }
         if ev.mask & libc::FAN_CREATE != 0 {
-            out.push(file_event(now, ev.pid, FileOp::Create, path.clone(), None, is_dir));
+            out.slot().set_file(now, pid, FileOp::Create, path, None, is_dir);
         }
         if ev.mask & libc::FAN_CLOSE_WRITE != 0 && !is_dir {
-            out.push(file_event(now, ev.pid, FileOp::Modify, path.clone(), None, is_dir));
+            out.slot().set_file(now, pid, FileOp::Modify, path, None, is_dir);
         }
         if ev.mask & libc::FAN_ATTRIB != 0 {
-            out.push(file_event(now, ev.pid, FileOp::Chmod, path.clone(), None, is_dir));
+            out.slot().set_file(now, pid, FileOp::Chmod, path, None, is_dir);
         }
         if ev.mask & libc::FAN_MOVED_FROM != 0 {
             self.flush_pending(now, out);
             self.pending_from = Some(PendingMove { pid: ev.pid, path: path.clone(), is_dir });
         }
         if ev.mask & libc::FAN_MOVED_TO != 0 {
-            let old = match self.pending_from.take() {
+            let from = match self.pending_from.take() {
                 Some(p) if p.pid == ev.pid => Some(p.path),
                 other => {
                     self.pending_from = other;
@@ -349,22 +378,22 @@ impl FileChangeWatcher {
             if is_dir {
                 self.cache.clear();
             }
-            out.push(file_event(now, ev.pid, FileOp::Rename, path.clone(), old, is_dir));
+            out.slot().set_file(now, pid, FileOp::Rename, path, from.as_deref(), is_dir);
         }
         if ev.mask & libc::FAN_DELETE != 0 {
             if is_dir {
                 self.cache.clear();
             }
-            out.push(file_event(now, ev.pid, FileOp::Delete, path, None, is_dir));
+            out.slot().set_file(now, pid, FileOp::Delete, path, None, is_dir);
         }
     }
 
     /// A `FAN_MOVED_FROM` whose `FAN_MOVED_TO` did not follow (moved off the
     /// watched filesystem or out of the batch): reported as a rename with the
     /// old path only.
-    fn flush_pending(&mut self, now: u64, out: &mut Vec<Event>) {
+    fn flush_pending<S: EventSink>(&mut self, now: u64, out: &mut S) {
         if let Some(p) = self.pending_from.take() {
-            out.push(file_event(now, p.pid, FileOp::Rename, p.path.clone(), Some(p.path), p.is_dir));
+            out.slot().set_file(now, p.pid.max(0) as u32, FileOp::Rename, &p.path, Some(&p.path), p.is_dir);
         }
     }
 
@@ -376,37 +405,40 @@ impl FileChangeWatcher {
         }
     }
 
-    /// Resolve a dir handle + name to a host path, and place the directory
-    /// against the filter. Unresolvable → `"?/<name>"`, placed `Under`.
-    fn resolve(&mut self, rec: &FidRecord<'_>) -> (String, Place) {
+    /// Resolve a dir handle + name to a host path (written into `into`), and
+    /// place the directory against the filter. Unresolvable → `"?/<name>"`,
+    /// placed `Under`.
+    fn resolve(&mut self, rec: &FidRecord<'_>, into: &mut String) -> Place {
         let name = rec.name.unwrap_or(b"");
         self.key_buf.clear();
         self.key_buf.extend_from_slice(&rec.fsid[0].to_ne_bytes());
         self.key_buf.extend_from_slice(&rec.fsid[1].to_ne_bytes());
         self.key_buf.extend_from_slice(&rec.handle_type.to_ne_bytes());
         self.key_buf.extend_from_slice(rec.handle);
-        let dir = match self.cache.get(&self.key_buf) {
-            Some((d, place)) => return (join(d, name), place),
-            None => self.open_handle(rec),
-        };
-        match dir {
+        if let Some((d, place)) = self.cache.get(&self.key_buf) {
+            join_into(into, d, name);
+            return place;
+        }
+        match self.open_handle(rec) {
             Ok(Resolved::Path(d, deleted)) => {
                 let place = self.place(d.as_bytes());
-                let path = join(&d, name);
+                join_into(into, &d, name);
                 if !deleted {
                     self.cache.insert(self.key_buf.as_slice().into(), d, place);
                 }
-                (path, place)
+                place
             }
             // On no mount a watched directory lies on: outside them all.
             Ok(Resolved::Outside) => {
                 self.cache.insert(self.key_buf.as_slice().into(), String::new(), Place::Outside);
-                (join("", name), Place::Outside)
+                join_into(into, "", name);
+                Place::Outside
             }
             Err(e) => {
                 self.stats.resolve_failures += 1;
                 tracing::trace!(error = %e, "fanotify dir handle did not resolve");
-                (unknown_path(Some(name)), Place::Under)
+                unknown_path(Some(name), into);
+                Place::Under
             }
         }
     }
@@ -440,6 +472,17 @@ impl FileChangeWatcher {
     }
 }
 
+#[cfg(test)]
+impl FileChangeWatcher {
+    /// Tests: the directory of this handle known as `dir`, as after its
+    /// first event (the path filter places it).
+    pub(super) fn remember_dir(&mut self, fsid: [i32; 2], handle_type: i32, handle: &[u8], dir: &str) {
+        let key: Vec<u8> = [&fsid[0].to_ne_bytes()[..], &fsid[1].to_ne_bytes(), &handle_type.to_ne_bytes(), handle].concat();
+        let place = self.place(dir.as_bytes());
+        self.cache.insert(key.into(), dir.to_string(), place);
+    }
+}
+
 impl AsFd for FileChangeWatcher {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fan.as_fd()
@@ -464,33 +507,33 @@ fn place_in(filter: &[Vec<u8>], dir: &[u8]) -> Place {
     place
 }
 
-fn join(dir: &str, name: &[u8]) -> String {
+/// `dir/name` into `into` (`dir` alone for no name or `.`).
+fn join_into(into: &mut String, dir: &str, name: &[u8]) {
+    into.clear();
+    into.push_str(dir);
     if name.is_empty() || name == b"." {
-        return dir.to_owned();
+        return;
     }
-    let name = String::from_utf8_lossy(name);
-    let mut s = String::with_capacity(dir.len() + 1 + name.len());
-    s.push_str(dir);
     if !dir.ends_with('/') {
-        s.push('/');
+        into.push('/');
     }
-    s.push_str(&name);
-    s
+    push_lossy(into, name);
 }
 
-fn unknown_path(name: Option<&[u8]>) -> String {
-    match name {
-        None | Some(b"") | Some(b".") => "?".to_owned(),
-        Some(n) => format!("?/{}", String::from_utf8_lossy(n)),
+fn push_lossy(into: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => into.push_str(s),
+        Err(_) => into.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 
-fn file_event(now: u64, pid: i32, op: FileOp, path: String, old_path: Option<String>, is_dir: bool) -> Event {
-    Event {
-        time_ns: now,
-        cgroup_id: 0,
-        process: ProcessRef { pid: pid.max(0) as u32, ..ProcessRef::default() },
-        kind: EventKind::File(FileEvent { op, host_path: path.clone(), path, old_path, is_dir }),
+/// `"?/<name>"` (or `"?"`) into `into`: a path whose directory is unknown.
+fn unknown_path(name: Option<&[u8]>, into: &mut String) {
+    into.clear();
+    into.push('?');
+    if let Some(n) = name.filter(|n| !n.is_empty() && *n != b".") {
+        into.push('/');
+        push_lossy(into, n);
     }
 }
 
@@ -588,6 +631,7 @@ impl DirCache {
 mod tests {
     use super::*;
     use crate::fanotify::parse::build;
+    use lancet_engine::event::{EventKind, FileEvent};
     use std::process::Command;
     use std::time::{Duration, Instant};
 
@@ -597,11 +641,23 @@ mod tests {
         assert!(under(b"/a", b"/a"));
         assert!(!under(b"/ab", b"/a"));
         assert!(under(b"/x", b"/"));
+        let join = |d: &str, n: &[u8]| {
+            let mut s = "stale".to_string();
+            join_into(&mut s, d, n);
+            s
+        };
+        let unknown = |n: Option<&[u8]>| {
+            let mut s = "stale".to_string();
+            unknown_path(n, &mut s);
+            s
+        };
         assert_eq!(join("/a", b"b"), "/a/b");
         assert_eq!(join("/", b"b"), "/b");
         assert_eq!(join("/a", b"."), "/a");
-        assert_eq!(unknown_path(Some(b"n")), "?/n");
-        assert_eq!(unknown_path(Some(b".")), "?");
+        assert_eq!(join("/a", b"\xffx"), "/a/\u{fffd}x");
+        assert_eq!(unknown(Some(b"n")), "?/n");
+        assert_eq!(unknown(Some(b".")), "?");
+        assert_eq!(unknown(None), "?");
     }
 
     #[test]

@@ -250,8 +250,8 @@ impl SensitiveOpenWatcher {
 
     /// Drain queued opens into `out` without blocking; returns how many were
     /// appended.
-    pub fn read_events(&mut self, out: &mut Vec<Event>) -> Result<usize, FanotifyError> {
-        self.read_inner(&mut |_, e| out.push(e))
+    pub fn read_events<S: lancet_engine::batch::EventSink>(&mut self, out: &mut S) -> Result<usize, FanotifyError> {
+        self.read_inner(&mut |_, e| *out.slot() = e)
     }
 
     /// Like [`read_events`](Self::read_events), with the label of the root the

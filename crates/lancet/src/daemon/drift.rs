@@ -11,6 +11,9 @@ impl Daemon {
     /// Drift of an exec (the file run, or the file handed to the loader or
     /// an interpreter) or of a chmod that made a file executable.
     pub(super) fn drift(&mut self, ev: &Event, c: &ContainerInfo, key: &str) -> Option<Drift> {
+        if !matches!(&ev.kind, EventKind::Exec(_)) && !matches!(&ev.kind, EventKind::File(f) if f.op == FileOp::Chmod && !f.is_dir) {
+            return None;
+        }
         let baseline = self.workloads.map.get(key).and_then(|w| w.profile.baseline());
         let upper = c.upper_dir().map(|u| crate::protect::on_host(&self.settings.protect.host_root, u));
         // Unknown (the upper dir unreadable, a path with `..`) is never

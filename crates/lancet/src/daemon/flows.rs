@@ -17,7 +17,7 @@ use lancet_engine::event::{NetEvent, NetOp};
 use lancet_engine::flows::{Decider, Endpoint, FlowEnd, FlowKey, FlowLimits, FlowRow, FlowTable, NodeId, Observation, Recorded, Verdict};
 use lancet_engine::profile::{Mode, PeerRef, Profile, Protocol};
 use lancet_store::{FlowNodeRecord, Store};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,10 +53,10 @@ pub(super) struct ScanStarted {
 pub(super) struct Flows {
     pub(super) table: FlowTable,
     nodes: Vec<Option<Node>>,
-    by_id: HashMap<String, NodeId>,
+    by_id: lancet_engine::FastMap<String, NodeId>,
     free: Vec<NodeId>,
-    addresses: HashMap<IpAddr, NodeId>,
-    host: HashSet<IpAddr>,
+    addresses: lancet_engine::FastMap<IpAddr, NodeId>,
+    host: lancet_engine::FastSet<IpAddr>,
     host_read: Option<Instant>,
     /// The host's network namespace: a container that shares it
     /// (`--network host`) has the host's addresses, which must never be
@@ -81,10 +81,10 @@ impl Flows {
         Flows {
             table: FlowTable::new(FlowLimits::default()),
             nodes: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: Default::default(),
             free: Vec::new(),
-            addresses: HashMap::new(),
-            host: HashSet::new(),
+            addresses: Default::default(),
+            host: Default::default(),
             host_read: None,
             host_netns: crate::protect::netns_inode(1),
             unnumbered: 0,
@@ -228,7 +228,7 @@ impl Flows {
     /// peer): a container here by its workload, else its address.
     fn peer_of(&self, e: Endpoint) -> Option<PeerRef> {
         match e {
-            Endpoint::Container(n) => self.nodes.get(n as usize)?.as_ref().map(|node| PeerRef::Workload(node.workload.clone())),
+            Endpoint::Container(n) => self.nodes.get(n as usize)?.as_ref().map(|node| PeerRef::Workload(node.workload.as_str().into())),
             Endpoint::Host(ip) | Endpoint::Ip(ip) => Some(PeerRef::Ip(ip)),
             Endpoint::Others => None,
         }

@@ -14,6 +14,7 @@ use lancet_engine::attribution::{Attribution, ContainerInfo};
 use lancet_engine::drift::{normalise_code, program_source, Drift, DriftKind, ProgramSource};
 use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, ProcessRef};
 use lancet_engine::policy::{Action, Verdict};
+use lancet_engine::process::ProcessTable;
 use lancet_engine::profile::{Deviation, Mode, Peer, Protocol, STDIN_CODE};
 use lancet_engine::response::{DenyReason, Ladder};
 use lancet_engine::verdicts;
@@ -158,7 +159,7 @@ impl Daemon {
         v: &Verdict,
         deviation: Option<&Deviation>,
     ) -> Outcome {
-        if mode != Mode::Protect || !v.action.is_enforcing() || !self.guarding.is_guarded(&c.id) || runtime_setup(ev) {
+        if mode != Mode::Protect || !v.action.is_enforcing() || !self.guarding.is_guarded(&c.id) || runtime_setup_now(ev) {
             return Outcome::default();
         }
         // An interpreter's code is judged by the exec backend before the
@@ -423,6 +424,12 @@ fn lsm_unavailable_reason() -> String {
     }
 }
 
+/// [`runtime_setup`] read from /proc now (no table at hand: the rare paths
+/// of a verdict).
+fn runtime_setup_now(ev: &Event) -> bool {
+    ev.process.runtime || (!matches!(ev.kind, EventKind::Exec(_)) && runtime_setup_process(ev.process.pid))
+}
+
 /// The process is still the container runtime setting the container up
 /// (`runc init` before it enters the container: its root was the host's at
 /// its last exec, read in the kernel, and it was started from outside the
@@ -433,8 +440,25 @@ fn lsm_unavailable_reason() -> String {
 /// when the process is in the host's root right now.
 ///
 /// [`ProcessRef::runtime`]: lancet_engine::event::ProcessRef::runtime
-pub(super) fn runtime_setup(ev: &Event) -> bool {
-    ev.process.runtime || (!matches!(ev.kind, EventKind::Exec(_)) && runtime_setup_process(ev.process.pid))
+///
+/// For a process the table knows, what /proc says is read once and kept
+/// until its next exec (a `statx` of `/proc/<pid>/root` per event was the
+/// largest cost of a file event): a process's root changes without an
+/// exec only through `chroot`/`pivot_root`, and the runtime's own
+/// `pivot_root` into the container is followed by its exec of the
+/// container's process, which starts a new entry.
+pub(super) fn runtime_setup(ev: &Event, procs: &mut ProcessTable) -> bool {
+    if ev.process.runtime {
+        return true;
+    }
+    if matches!(ev.kind, EventKind::Exec(_)) {
+        return false;
+    }
+    let pid = ev.process.pid;
+    match procs.get_mut(pid) {
+        Some(p) => *p.setup.get_or_insert_with(|| runtime_setup_process(pid)),
+        None => runtime_setup_process(pid),
+    }
 }
 
 /// The first process listed in the cgroup `dir`: the oldest as a rule (a

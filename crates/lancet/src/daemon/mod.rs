@@ -11,6 +11,8 @@
 //! [`settings`].
 
 mod alerts;
+#[cfg(test)]
+mod alloc_tests;
 mod answers;
 mod control;
 mod drift;
@@ -41,6 +43,7 @@ use lancet_engine::attribution::Attribution;
 use lancet_engine::drift::{WriteLog, HUGETLBFS_MAGIC, RAMFS_MAGIC, TMPFS_MAGIC};
 use lancet_engine::event::{Event, EventKind, FileOp};
 use lancet_engine::policy::{with_deviation, Verdict};
+use lancet_engine::process::ProcessTable;
 use lancet_engine::profile::{Deviation, Mode};
 use lancet_store::{Store, StoreOptions};
 use policies::Policies;
@@ -124,7 +127,7 @@ impl Daemon {
         }
     }
 
-    fn on_event(&mut self, ev: &Event, attribution: &Attribution) -> Result<()> {
+    fn on_event(&mut self, ev: &Event, attribution: &Attribution, procs: &mut ProcessTable) -> Result<()> {
         let Attribution::Container(c) = attribution else { return Ok(()) };
         if !self.settings.follows(c) {
             return Ok(());
@@ -145,7 +148,7 @@ impl Daemon {
             EventKind::CgroupMkdir { .. } => return Ok(()),
             _ => {}
         }
-        if runtime_setup(ev) || copied_up_directory(ev) {
+        if runtime_setup(ev, procs) || copied_up_directory(ev) {
             // The runtime's own work inside the container's cgroup, or
             // overlayfs's: nothing of it is the workload's.
             return Ok(());
@@ -159,7 +162,7 @@ impl Daemon {
         let set = match &ev.kind {
             EventKind::File(f) if f.op != FileOp::Open => {
                 let live_pid = self.workloads.live.get(&c.id).map(|l| l.pid).unwrap_or(0);
-                Some(self.write_sets.set_for(c, live_pid, self.policies.set.writable_for(c)))
+                Some(self.write_sets.set_for(c, live_pid, now, self.policies.set.writable_for(c)))
             }
             _ => None,
         };
@@ -471,7 +474,7 @@ pub fn run(host_root: &Path, args: RunArgs) -> Result<ExitCode> {
         &agent,
         &stop,
         deadline,
-        |ev, a| daemon.borrow_mut().on_event(ev, a),
+        |ev, a, procs| daemon.borrow_mut().on_event(ev, a, procs),
         |pipeline| {
             let mut d = daemon.borrow_mut();
             if !pipeline.existing.is_empty() {

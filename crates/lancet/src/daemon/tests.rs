@@ -12,6 +12,7 @@ use crate::agent::AgentOptions;
 use crate::protect::ProtectOptions;
 use lancet_engine::attribution::{Attribution, ContainerInfo};
 use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, ProcessRef};
+use lancet_engine::process::ProcessTable;
 use lancet_engine::profile::{Lifecycle, Mode};
 use lancet_store::{Store, StoreOptions};
 use serde_json::Value;
@@ -45,16 +46,16 @@ impl Out {
     }
 }
 
-struct Harness {
-    daemon: Daemon,
+pub(super) struct Harness {
+    pub(super) daemon: Daemon,
     out: Out,
-    c: Arc<ContainerInfo>,
+    pub(super) c: Arc<ContainerInfo>,
     now: u64,
     _dir: tempfile::TempDir,
 }
 
 impl Harness {
-    fn new() -> Harness {
+    pub(super) fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let policy_dir = dir.path().join("policies");
@@ -124,7 +125,7 @@ impl Harness {
 
     fn feed(&mut self, kind: EventKind) {
         let ev = self.event(kind);
-        self.daemon.on_event(&ev, &Attribution::Container(Arc::clone(&self.c))).unwrap();
+        self.daemon.on_event(&ev, &Attribution::Container(Arc::clone(&self.c)), &mut ProcessTable::new(16)).unwrap();
     }
 
     fn exec(&mut self, path: &str) {
@@ -247,7 +248,7 @@ fn the_runtimes_own_work_is_nobodys() {
     h.set_mode(Mode::Monitor);
     let mut ev = h.event(EventKind::Exec(ExecEvent { filename: "/usr/bin/runc".into(), ..Default::default() }));
     ev.process.runtime = true;
-    h.daemon.on_event(&ev, &Attribution::Container(Arc::clone(&h.c))).unwrap();
+    h.daemon.on_event(&ev, &Attribution::Container(Arc::clone(&h.c)), &mut ProcessTable::new(16)).unwrap();
     assert!(h.out.take().is_empty(), "runc setting the container up is not the workload");
 }
 
@@ -255,7 +256,7 @@ fn the_runtimes_own_work_is_nobodys() {
 fn host_events_are_not_a_containers() {
     let mut h = Harness::new();
     let ev = h.event(EventKind::Exec(ExecEvent { filename: "/usr/bin/nc".into(), ..Default::default() }));
-    h.daemon.on_event(&ev, &Attribution::Host).unwrap();
+    h.daemon.on_event(&ev, &Attribution::Host, &mut ProcessTable::new(16)).unwrap();
     assert!(h.out.take().is_empty());
     assert!(h.daemon.workloads.map.is_empty());
 }

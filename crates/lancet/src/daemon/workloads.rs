@@ -9,6 +9,7 @@ use anyhow::Result;
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::event::{Event, EventKind, NetOp};
 use lancet_engine::profile::{image_repository, Baseline, Lifecycle, Mode, PeerRef, Profile};
+use lancet_engine::FastMap;
 use lancet_store::Store;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -141,15 +142,15 @@ const MAX_CONTAINERS: usize = MAX_WORKLOADS * 4;
 
 /// Every workload and live container the daemon follows.
 pub(super) struct Workloads {
-    pub(super) map: HashMap<String, Workload>,
-    pub(super) containers: HashMap<String, Arc<ContainerInfo>>,
-    pub(super) live: HashMap<String, Live>,
+    pub(super) map: FastMap<String, Workload>,
+    pub(super) containers: FastMap<String, Arc<ContainerInfo>>,
+    pub(super) live: FastMap<String, Live>,
     /// Container addresses seen as the local side of their own sockets, to
     /// name container peers by workload.
-    ip_owners: HashMap<IpAddr, String>,
+    ip_owners: FastMap<IpAddr, Arc<str>>,
     /// Events per workload and kind ([`ACTIVITY_KINDS`]) since the last
     /// flush to the store.
-    activity: HashMap<String, [u64; 3]>,
+    activity: FastMap<String, [u64; 3]>,
     /// Image baselines from `lancet scan`, by config and manifest digest.
     baselines: HashMap<String, Baseline>,
     /// The mode of a workload seen for the first time.
@@ -187,11 +188,11 @@ pub fn workload_key(c: &ContainerInfo) -> Cow<'_, str> {
 impl Workloads {
     pub(super) fn new(default_mode: Mode, baselines: HashMap<String, Baseline>) -> Self {
         Workloads {
-            map: HashMap::new(),
-            containers: HashMap::new(),
-            live: HashMap::new(),
-            ip_owners: HashMap::new(),
-            activity: HashMap::new(),
+            map: FastMap::default(),
+            containers: FastMap::default(),
+            live: FastMap::default(),
+            ip_owners: FastMap::default(),
+            activity: FastMap::default(),
             baselines,
             default_mode,
             updates: Vec::new(),
@@ -225,11 +226,12 @@ impl Workloads {
     /// when every tracked workload has a live container (counted: memory
     /// stays bounded, and the caller alerts).
     pub(super) fn get_or_load(&mut self, store: &mut Store, key: &str, c: &ContainerInfo, now: u64) -> Option<&mut Workload> {
-        if !self.map.contains_key(key) && self.map.len() >= MAX_WORKLOADS && !self.evict_one(store, now) {
+        let known = self.map.contains_key(key);
+        if !known && self.map.len() >= MAX_WORKLOADS && !self.evict_one(store, now) {
             self.over_bound += 1;
             return None;
         }
-        if !self.map.contains_key(key) {
+        if !known {
             let mut profile = match store.profile(key) {
                 Ok(Some(stored)) => Profile::from_yaml(&stored.document, key).unwrap_or_else(|e| {
                     tracing::warn!(workload = key, "stored profile unreadable, starting afresh: {e}");
@@ -290,7 +292,7 @@ impl Workloads {
         }
         self.map.remove(&key);
         self.activity.remove(&key);
-        self.ip_owners.retain(|_, w| *w != key);
+        self.ip_owners.retain(|_, w| **w != *key);
         tracing::debug!(workload = %key, "idle workload evicted from memory (its profile stays in the store)");
         true
     }
@@ -311,7 +313,7 @@ impl Workloads {
 
     /// The addresses the containers of workload `w` were seen with.
     pub(super) fn addresses_of(&self, w: &str) -> Vec<IpAddr> {
-        self.ip_owners.iter().filter(|(_, o)| o.as_str() == w).map(|(ip, _)| *ip).collect()
+        self.ip_owners.iter().filter(|(_, o)| &***o == w).map(|(ip, _)| *ip).collect()
     }
 
     /// Books one event of container `c`: the container, its cgroup and a
@@ -345,9 +347,9 @@ impl Workloads {
             }
         }
         let EventKind::Net(n) = &ev.kind else { return None };
-        let known = self.ip_owners.get(&n.saddr).is_some_and(|w| w == key) || Some(n.netns) == self.host_netns;
+        let known = self.ip_owners.get(&n.saddr).is_some_and(|w| &**w == key) || Some(n.netns) == self.host_netns;
         if !known && !n.saddr.is_unspecified() && !n.saddr.is_loopback() && self.ip_owners.len() < MAX_IP_OWNERS {
-            self.ip_owners.insert(n.saddr, key.to_string());
+            self.ip_owners.insert(n.saddr, key.into());
         }
         match n.op {
             NetOp::Connect | NetOp::Accept => Some(self.peer(n.daddr)),
@@ -419,7 +421,7 @@ impl Workloads {
         if let Some(pid) = pid {
             for ip in crate::protect::netns_addresses(pid) {
                 if self.ip_owners.len() < MAX_IP_OWNERS {
-                    self.ip_owners.insert(ip, key.clone());
+                    self.ip_owners.insert(ip, key.as_str().into());
                 }
             }
         }

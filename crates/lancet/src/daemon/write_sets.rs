@@ -7,9 +7,9 @@ use crate::agent::trusted_pid;
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::write_sets::{WritableKind, WritableSet};
 use lancet_sensor::mounts::{self, RunAs};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Containers followed at most (as the workloads' live table).
 const MAX_CONTAINERS: usize = 16_384;
@@ -19,6 +19,10 @@ const MAX_ALERTED: usize = 1024;
 /// A set that could not be read (the process went mid-lookup) is tried
 /// again after this long; until then the default set (scratch) holds.
 const RETRY: Duration = Duration::from_secs(2);
+/// How long the container's process found for a set stays believed: a
+/// restart (another process, another life) is seen within this. (Its
+/// cgroup's removal, the usual sign, forgets the set at once.)
+const PID_CHECK: Duration = Duration::from_secs(1);
 
 struct ContainerWrites {
     /// The process the set was read through: another one means another
@@ -27,24 +31,45 @@ struct ContainerWrites {
     set: Arc<WritableSet>,
     /// Read for real (not the default after a failure).
     complete: bool,
-    read_at: Instant,
+    /// When it was read (an event's time, ns since the epoch).
+    read_at: u64,
+    /// When the container's process was last checked to be `pid` (the same).
+    pid_checked_at: u64,
     alerted: HashSet<String>,
 }
 
 #[derive(Default)]
 pub(super) struct WriteSets {
-    map: HashMap<String, ContainerWrites>,
+    map: lancet_engine::FastMap<String, ContainerWrites>,
 }
 
 impl WriteSets {
     /// The writable set of container `c`, whose live process is `live_pid`
     /// (0 when none is known), with the directories its policies declare.
     /// Read on first use, again for a new run and after a policy reload.
-    pub(super) fn set_for<'a>(&mut self, c: &ContainerInfo, live_pid: u32, declared: impl Iterator<Item = &'a str>) -> Arc<WritableSet> {
-        let pid = trusted_pid(c).unwrap_or(live_pid);
+    /// `now` is the event's time (ns since the epoch): the clock is not
+    /// read per write (a clock that steps back only delays a re-check).
+    pub(super) fn set_for<'a>(
+        &mut self,
+        c: &ContainerInfo,
+        live_pid: u32,
+        now: u64,
+        declared: impl Iterator<Item = &'a str>,
+    ) -> Arc<WritableSet> {
+        let since = |at: u64| Duration::from_nanos(now.saturating_sub(at));
         if let Some(w) = self.map.get(&c.id) {
-            let fresh = w.complete || w.read_at.elapsed() < RETRY;
+            let fresh = w.complete || since(w.read_at) < RETRY;
+            // Which process is the container's is asked of /proc at most
+            // once per PID_CHECK, not at every write.
+            if fresh && since(w.pid_checked_at) < PID_CHECK {
+                return Arc::clone(&w.set);
+            }
+        }
+        let pid = trusted_pid(c).unwrap_or(live_pid);
+        if let Some(w) = self.map.get_mut(&c.id) {
+            let fresh = w.complete || since(w.read_at) < RETRY;
             if (w.pid == pid || pid == 0) && fresh {
+                w.pid_checked_at = now;
                 return Arc::clone(&w.set);
             }
         }
@@ -61,7 +86,7 @@ impl WriteSets {
             return set;
         }
         let alerted = if same_life { self.map.remove(&c.id).map(|w| w.alerted).unwrap_or_default() } else { HashSet::new() };
-        self.map.insert(c.id.clone(), ContainerWrites { pid, set: Arc::clone(&set), complete, read_at: Instant::now(), alerted });
+        self.map.insert(c.id.clone(), ContainerWrites { pid, set: Arc::clone(&set), complete, read_at: now, pid_checked_at: now, alerted });
         set
     }
 
@@ -83,7 +108,8 @@ impl WriteSets {
     pub(super) fn policies_changed(&mut self) {
         for w in self.map.values_mut() {
             w.complete = false;
-            w.read_at = Instant::now() - RETRY;
+            w.read_at = 0;
+            w.pid_checked_at = 0;
         }
     }
 
@@ -135,7 +161,7 @@ mod tests {
         let mut w = WriteSets::default();
         let c = ContainerInfo { id: "c".repeat(64), ..Default::default() };
         // No process: the default set, not remembered as complete.
-        let set = w.set_for(&c, 0, ["/srv/app"].into_iter());
+        let set = w.set_for(&c, 0, 1_800_000_000_000_000_000, ["/srv/app"].into_iter());
         assert_eq!(set.covering("/srv/app/x").map(|d| d.kind), Some(WritableKind::Policy));
         assert!(set.covering("/tmp/x").is_some());
         assert!(w.first_alert(&c.id, "/srv/www"));

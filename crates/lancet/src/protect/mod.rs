@@ -19,7 +19,6 @@ use lancet_engine::response::{net_allow_list, AllowList, DenyReason};
 use lancet_sensor::enforce::{self, EnforceConfig, EnforceEvents, EnforceRecord, Enforcer, PolicyFlags};
 use serde::Serialize;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -202,7 +201,7 @@ pub struct Protector {
     records: Option<EnforceEvents>,
     backends: Vec<Box<dyn Backend>>,
     unavailable: Vec<(String, String)>,
-    guarded: HashMap<String, Guarded>,
+    guarded: lancet_engine::FastMap<String, Guarded>,
     next_label: u64,
     denials: Receiver<Enforced>,
     containment: Containment,
@@ -278,7 +277,7 @@ impl Protector {
             records,
             backends,
             unavailable,
-            guarded: HashMap::new(),
+            guarded: Default::default(),
             next_label: 1,
             denials: rx,
             containment: Containment::default(),

@@ -1,0 +1,144 @@
+//! The fast writer against the serde one: the same bytes for every kind of
+//! event and attribution, strings that need escaping included.
+
+use super::*;
+use crate::attribution::Runtime;
+use crate::event::{ExecEvent, ExitEvent, FileEvent, NetEvent, ProcessRef, Protocol, TcpTotals};
+use crate::output::write_falco_json;
+
+fn container(labels: bool, pod: bool) -> Attribution {
+    let mut c = ContainerInfo {
+        id: "2e8bdd302d6f3109f54b92f320cfa00a76d6653727e89863aa6329a9cdbbea02".into(),
+        runtime: Runtime::Podman,
+        name: "we\"b\u{1}".into(),
+        image: "registry:5000/team/web:1.2".into(),
+        image_id: "sha256:aa".into(),
+        image_digest: "sha256:0f36".into(),
+        ..Default::default()
+    };
+    if labels {
+        c.labels.insert("app".into(), "shop".into());
+        c.labels.insert("a\\b".into(), "é\n".into());
+    }
+    if pod {
+        c.pod = Some(PodInfo { name: "web-7d".into(), namespace: "shop".into(), uid: "u-1".into(), container_name: "web".into() });
+    }
+    Attribution::Container(Arc::new(c))
+}
+
+fn event(kind: EventKind) -> Event {
+    Event {
+        time_ns: 1_795_873_138_000_000_001,
+        cgroup_id: 7,
+        process: ProcessRef { pid: 10, tid: 11, ppid: 1, uid: 33, gid: 34, comm: "s\th".into(), start_ns: 0, runtime: false },
+        kind,
+    }
+}
+
+fn kinds() -> Vec<EventKind> {
+    let net = |op, result| {
+        EventKind::Net(NetEvent {
+            op,
+            proto: Protocol::Tcp,
+            saddr: "10.0.0.2".parse().unwrap(),
+            sport: 40000,
+            daddr: "fd00::3".parse().unwrap(),
+            dport: 8080,
+            result,
+            netns: 1,
+            totals: Some(TcpTotals { bytes_sent: 1, bytes_received: 2, outbound: Some(true) }),
+        })
+    };
+    let file = |op, path: &str, old: Option<&str>| {
+        EventKind::File(FileEvent {
+            op,
+            path: path.into(),
+            old_path: old.map(str::to_string),
+            host_path: format!("/var/lib/x/diff{path}"),
+            is_dir: false,
+        })
+    };
+    vec![
+        EventKind::Exec(ExecEvent {
+            filename: "/bin/i\"d".into(),
+            cwd: "/".into(),
+            argv: vec!["id".into(), "-u".into(), "x\\y\u{7f}".into()],
+            parent_comm: "bash".into(),
+            parent_exe: Some("/bin/bash".into()),
+            exe_ino: 99,
+            truncated: true,
+            ..Default::default()
+        }),
+        EventKind::Exec(ExecEvent { filename: "/bin/true".into(), argv: vec!["true".into()], ..Default::default() }),
+        EventKind::Exec(ExecEvent::default()),
+        EventKind::Fork { child_pid: 12, child_start_ns: 5 },
+        EventKind::Exit(ExitEvent { code: Some(-3), signal: None }),
+        EventKind::Exit(ExitEvent { code: None, signal: Some(9) }),
+        EventKind::Exit(ExitEvent { code: None, signal: None }),
+        net(NetOp::Connect, 0),
+        net(NetOp::Connect, 111),
+        net(NetOp::Accept, 4242),
+        net(NetOp::Listen, 0),
+        net(NetOp::Bind, 13),
+        net(NetOp::Close, 0),
+        file(FileOp::Create, "/tmp/a b", None),
+        file(FileOp::Modify, "/tmp/\u{1b}[31m", None),
+        file(FileOp::Delete, "/x", None),
+        file(FileOp::Rename, "/tmp/new", Some("/tmp/old")),
+        file(FileOp::Chmod, "noslash", None),
+        file(FileOp::Open, "/etc/shadow", None),
+        EventKind::CgroupMkdir { id: 3, path: "/libpod_parent/libpod-abc".into() },
+        EventKind::CgroupRmdir { id: 3, path: "/x".into() },
+    ]
+}
+
+fn attributions() -> Vec<Attribution> {
+    vec![
+        Attribution::Host,
+        Attribution::Unknown { cgroup_id: 9, cgroup_path: Some("/a/\"b".into()), reason: "not yet".into() },
+        Attribution::Unknown { cgroup_id: 9, cgroup_path: None, reason: "gone".into() },
+        container(false, false),
+        container(true, true),
+        Attribution::Container(Arc::new(ContainerInfo { id: "short".into(), runtime: Runtime::Crio, ..Default::default() })),
+    ]
+}
+
+#[test]
+fn the_same_bytes_as_serde_for_every_kind_and_attribution() {
+    let mut lines = JsonLines::new();
+    for a in attributions() {
+        for (i, kind) in kinds().into_iter().enumerate() {
+            let mut ev = event(kind);
+            // Times across seconds, and the same second again.
+            ev.time_ns += (i as u64 / 3) * 1_000_000_000 + i as u64 * 7;
+            let r = Record { event: &ev, attribution: &a, hostname: "h\"ost" };
+            let mut want = Vec::new();
+            write_falco_json(&mut want, &r, "lancet trace", "Informational").unwrap();
+            want.push(b'\n');
+            lines.clear();
+            lines.push(&r, "lancet trace", "Informational");
+            assert_eq!(String::from_utf8_lossy(lines.bytes()), String::from_utf8_lossy(&want), "{:?}", ev.kind);
+        }
+    }
+}
+
+#[test]
+fn time_is_formatted_from_the_cached_second() {
+    let mut lines = JsonLines::new();
+    assert_eq!(&lines.time(0), b"1970-01-01T00:00:00.000000000Z");
+    assert_eq!(&lines.time(1_795_873_138_089_530_083), b"2026-11-28T13:38:58.089530083Z");
+    assert_eq!(&lines.time(1_795_873_138_000_000_007), b"2026-11-28T13:38:58.000000007Z");
+    assert_eq!(&lines.time(951_782_400_000_000_001), b"2000-02-29T00:00:00.000000001Z");
+}
+
+#[test]
+fn the_container_cache_is_bounded() {
+    let mut lines = JsonLines::new();
+    let ev = event(EventKind::Fork { child_pid: 1, child_start_ns: 0 });
+    for _ in 0..MAX_CONTAINERS + 5 {
+        let a = container(false, false);
+        lines.push(&Record { event: &ev, attribution: &a, hostname: "h" }, "r", "p");
+        lines.clear();
+    }
+    assert!(lines.containers.len() <= MAX_CONTAINERS);
+}
