@@ -17,6 +17,7 @@
 #[cfg(test)]
 mod alloc_tests;
 mod change;
+mod dir_cache;
 mod mounts;
 mod open;
 pub(crate) mod parse;
