@@ -405,16 +405,34 @@ fn opt_int(b: &mut Vec<u8>, v: Option<i32>) {
     }
 }
 
+/// "00" to "99": two digits per division (a line holds about twenty
+/// integers: times, pids, ports, ids).
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
 fn uint(b: &mut Vec<u8>, mut v: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    loop {
+    while v >= 100 {
+        let r = (v % 100) as usize;
+        v /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&DIGIT_PAIRS[2 * r..2 * r + 2]);
+    }
+    if v >= 10 {
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&DIGIT_PAIRS[2 * v as usize..2 * v as usize + 2]);
+    } else {
         i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        digits[i] = b'0' + v as u8;
     }
     b.extend_from_slice(&digits[i..]);
 }
@@ -446,6 +464,24 @@ const NEEDS_ESCAPE: [bool; 256] = {
     t
 };
 
+/// Whether any byte of `bytes` is a control character, `"` or `\\`: eight
+/// bytes at a time (the classic "has a byte less than n / equal to n" bit
+/// tricks, exact for whether any byte qualifies), the rest by the table.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+        if below_space || has_zero(w ^ (ONES * b'"' as u64)) || has_zero(w ^ (ONES * b'\\' as u64)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&c| NEEDS_ESCAPE[c as usize])
+}
+
 /// `s` escaped as serde_json escapes it: `"`, `\` and control characters
 /// (the short forms where JSON has them, else `\u00XX` in lower case hex);
 /// everything else as it is.
@@ -453,7 +489,7 @@ fn escape(b: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     // Paths, names and ids rarely hold any: one pass to find out.
-    if !bytes.iter().any(|&c| NEEDS_ESCAPE[c as usize]) {
+    if !needs_escape(bytes) {
         b.extend_from_slice(bytes);
         return;
     }

@@ -160,6 +160,11 @@ pub fn protected_dirs() -> impl Iterator<Item = &'static str> {
 }
 
 /// Why a path is protected: the name of its entry of the protected set.
+///
+/// Every file event of a container asks, so the fixed places are settled
+/// by the path's first component alone, and the names found anywhere
+/// (`.ssh`, shell rc files) are looked for only in a path with a dotted
+/// component: a few byte scans instead of a comparison per entry.
 pub fn protected(path: &str) -> Option<&'static str> {
     const RC_FILES: [&str; 12] = [
         ".bashrc",
@@ -175,23 +180,30 @@ pub fn protected(path: &str) -> Option<&'static str> {
         ".cshrc",
         ".tcshrc",
     ];
-    if let Some(d) = SYSTEM.iter().find(|d| is_under(path, d)) {
-        return Some(if *d == "/root" { "root's home" } else { "system files" });
+    let first = path.strip_prefix('/').map(|rest| rest.split_once('/').map_or(rest, |(first, _)| first));
+    match first {
+        Some("root") => return Some("root's home"),
+        Some(f) if SYSTEM.iter().any(|d| &d[1..] == f) => return Some("system files"),
+        Some("var") => {
+            if PACKAGES.iter().any(|d| is_under(path, d)) {
+                return Some("package database");
+            }
+            if CRON.iter().any(|d| is_under(path, d)) {
+                return Some("cron");
+            }
+        }
+        _ => {}
     }
-    if PACKAGES.iter().any(|d| is_under(path, d)) {
-        return Some("package database");
+    if path.starts_with('.') || path.contains("/.") {
+        if path.split('/').any(|c| c == ".ssh") {
+            return Some("ssh keys");
+        }
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if RC_FILES.contains(&name) {
+            return Some("shell start-up file");
+        }
     }
-    if CRON.iter().any(|d| is_under(path, d)) {
-        return Some("cron");
-    }
-    if path.split('/').any(|c| c == ".ssh") {
-        return Some("ssh keys");
-    }
-    let name = path.rsplit('/').next().unwrap_or(path);
-    if RC_FILES.contains(&name) {
-        return Some("shell start-up file");
-    }
-    if is_under(path, "/etc") {
+    if first == Some("etc") {
         return Some(etc_entry(path));
     }
     None
@@ -411,6 +423,16 @@ mod tests {
         for p in ["/var/lib/redis/dump.rdb", "/tmp/x", "/etc2/x", "/usrx", "/var/spool/postfix", "/run/postgresql/.s.PGSQL.5432"] {
             assert_eq!(protected(p), None, "{p}");
         }
+        // Every fixed entry, itself and below, and nothing beside it.
+        for d in SYSTEM.into_iter().chain(PACKAGES).chain(CRON).chain(["/etc"]) {
+            assert!(protected(d).is_some() && protected(&format!("{d}/x/y")).is_some(), "{d}");
+            assert_eq!(protected(&format!("{d}x")), None, "{d}x");
+        }
+        assert_eq!(protected("/var/lib/x/.ssh"), Some("ssh keys"));
+        assert_eq!(protected(".ssh/id_rsa"), Some("ssh keys"));
+        assert_eq!(protected(".bashrc"), Some("shell start-up file"));
+        assert_eq!(protected("/etc/skel/.bashrc"), Some("shell start-up file"));
+        assert_eq!(protected("/"), None);
     }
 
     #[test]

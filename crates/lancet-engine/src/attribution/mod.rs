@@ -27,7 +27,7 @@ pub use network::{network_name_ok, NetMode, NetworkFacts};
 pub(crate) use runtimes::read_limited;
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
@@ -238,7 +238,10 @@ impl<K: Eq + Hash + Clone, V> Bounded<K, V> {
     fn new(cap: usize) -> Self {
         Bounded { map: crate::FastMap::default(), order: VecDeque::new(), cap: cap.max(1), gen: 0 }
     }
-    fn get(&self, k: &K) -> Option<&V> {
+    fn get<Q: Hash + Eq + ?Sized>(&self, k: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         self.map.get(k).map(|(v, _)| v)
     }
     fn insert(&mut self, k: K, v: V) {
@@ -284,9 +287,7 @@ pub struct Attributor {
     containers: Bounded<String, Arc<ContainerInfo>>,
     /// rootfs path → container id; entries of evicted containers are skipped
     /// on lookup and swept when the map grows.
-    /// Keyed by the path as a string: file events look up every ancestor of
-    /// a path, and hashing a `str` is much cheaper than a `Path`'s components.
-    by_rootfs: crate::FastMap<String, String>,
+    by_rootfs: rootfs_index::RootfsIndex,
     /// Plain runc containers and containerd tasks with ids of their own
     /// choosing (`ctr run`), by cgroup path, refreshed at most once per TTL.
     runc_index: Option<(Instant, Vec<Arc<ContainerInfo>>)>,
@@ -360,7 +361,7 @@ impl Attributor {
             results: Bounded::new(cap),
             negative: Bounded::new(cap),
             containers: Bounded::new(cap),
-            by_rootfs: HashMap::default(),
+            by_rootfs: rootfs_index::RootfsIndex::default(),
             runc_index: None,
             born: Bounded::new(cap),
             last_walk: None,
@@ -520,12 +521,12 @@ impl Attributor {
         }
         let c = Arc::new(info);
         for p in &c.rootfs_paths {
-            self.by_rootfs.insert(p.to_string_lossy().trim_end_matches('/').to_string(), c.id.clone());
+            self.by_rootfs.insert(&p.to_string_lossy(), &c.id);
         }
         self.containers.insert(c.id.clone(), Arc::clone(&c));
         if self.by_rootfs.len() > 4 * self.cap {
             let containers = &self.containers;
-            self.by_rootfs.retain(|_, id| containers.get(id).is_some());
+            self.by_rootfs.retain(|id| containers.get(id).is_some());
         }
         c
     }
@@ -651,10 +652,7 @@ impl Attributor {
         }
         self.containers.remove(&c.id);
         for p in &c.rootfs_paths {
-            let key = p.to_string_lossy().trim_end_matches('/').to_string();
-            if self.by_rootfs.get(&key) == Some(&c.id) {
-                self.by_rootfs.remove(&key);
-            }
+            self.by_rootfs.remove(&p.to_string_lossy(), &c.id);
         }
         if let Some((_, list)) = self.runc_index.as_mut() {
             list.retain(|r| r.id != c.id);
@@ -675,19 +673,8 @@ impl Attributor {
     /// container sees it lies (an empty range: the container's `/`).
     pub fn container_for_host_str(&self, host_path: &str) -> Option<(Arc<ContainerInfo>, std::ops::Range<usize>)> {
         let path = host_path.trim_end_matches('/');
-        // Longest ancestor first: the path itself, then each prefix that
-        // ends before a '/'.
-        let mut end = path.len();
-        loop {
-            let anc = &path[..end];
-            if let Some(c) = self.by_rootfs.get(anc).and_then(|id| self.containers.get(id)) {
-                return Some((Arc::clone(c), end..path.len()));
-            }
-            end = anc.rfind('/')?;
-            if end == 0 {
-                return None;
-            }
-        }
+        let (id, end) = self.by_rootfs.find(path)?;
+        self.containers.get(id).map(|c| (Arc::clone(c), end..path.len()))
     }
 
     pub fn containers(&self) -> impl Iterator<Item = &Arc<ContainerInfo>> {
@@ -714,6 +701,8 @@ impl Attributor {
         hits.next().is_none().then(|| Arc::clone(first))
     }
 }
+
+mod rootfs_index;
 
 #[cfg(test)]
 mod proptests;

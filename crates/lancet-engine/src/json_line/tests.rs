@@ -142,3 +142,33 @@ fn the_container_cache_is_bounded() {
     }
     assert!(lines.containers.len() <= MAX_CONTAINERS);
 }
+
+#[test]
+fn integers_are_written_as_display_writes_them() {
+    for v in [0u64, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 65535, 1_800_000_000_000_000_000, u64::MAX] {
+        let mut b = Vec::new();
+        super::uint(&mut b, v);
+        assert_eq!(String::from_utf8(b).unwrap(), v.to_string());
+    }
+    let mut b = Vec::new();
+    super::int(&mut b, i64::MIN);
+    assert_eq!(String::from_utf8(b).unwrap(), i64::MIN.to_string());
+}
+
+proptest::proptest! {
+    /// Every byte that needs escaping is found wherever it lies in a
+    /// string (in an 8-byte word or in the tail), and the escaped text is
+    /// serde_json's.
+    #[test]
+    fn strings_are_escaped_as_serde_escapes_them(
+        prefix in "[a-z/é.-]{0,20}",
+        c in proptest::char::range('\u{0}', '\u{7f}'),
+        suffix in "[a-z/é.-]{0,20}",
+    ) {
+        let s = format!("{prefix}{c}{suffix}");
+        let mut b = Vec::new();
+        super::escape(&mut b, &s);
+        let want = serde_json::to_string(&s).unwrap();
+        proptest::prop_assert_eq!(String::from_utf8(b).unwrap(), &want[1..want.len() - 1]);
+    }
+}

@@ -206,6 +206,11 @@ struct CompiledRule {
     args: Option<GlobSet>,
     parent: Option<GlobSet>,
     paths: Option<GlobSet>,
+    /// What every path `paths` matches starts with, when each of its globs
+    /// starts with a literal part: checked first, so the globs run only for
+    /// a path that can match (every file event meets the write rules; few
+    /// are below `/etc` or `/bin`).
+    path_prefixes: Option<Box<[Box<str>]>>,
     ports: Box<[u16]>,
     cidrs: Box<[IpNet]>,
 }
@@ -266,7 +271,9 @@ impl CompiledRule {
                     return false;
                 }
                 if let Some(g) = &self.paths {
-                    if !(g.is_match(&f.path) || f.old_path.as_deref().is_some_and(|p| g.is_match(p))) {
+                    let may = |p: &str| self.path_prefixes.as_ref().is_none_or(|pre| pre.iter().any(|x| p.starts_with(&**x)));
+                    let hit = |p: &str| may(p) && g.is_match(p);
+                    if !(hit(&f.path) || f.old_path.as_deref().is_some_and(hit)) {
                         return false;
                     }
                 }
@@ -304,6 +311,13 @@ pub struct PolicySet {
     rules: Vec<CompiledRule>,
     /// Rule indices per [`EventType`], in load order.
     by_type: [Vec<u32>; EventType::ALL.len()],
+}
+
+/// The literal part each glob starts with (up to its first special
+/// character, `\\` included), or None when one starts with none.
+pub(super) fn literal_prefixes(list: &[String]) -> Option<Box<[Box<str>]>> {
+    let prefixes: Vec<Box<str>> = list.iter().map(|g| g[..g.find(['*', '?', '[', '{', '\\']).unwrap_or(g.len())].into()).collect();
+    (!prefixes.is_empty() && prefixes.iter().all(|p| !p.is_empty())).then(|| prefixes.into())
 }
 
 fn globset(list: &[String]) -> Result<Option<GlobSet>, String> {
@@ -388,6 +402,7 @@ impl PolicySet {
                     args: globset(&m.args).map_err(invalid)?,
                     parent: globset(&m.parent).map_err(invalid)?,
                     paths: globset(&m.paths).map_err(invalid)?,
+                    path_prefixes: literal_prefixes(&m.paths),
                     ports: m.ports.clone().into(),
                     cidrs: cidrs.into(),
                 };

@@ -917,3 +917,28 @@ fn writable_directories_by_policy() {
     let empty = "apiVersion: lancet.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: e\nspec: {}\n";
     assert!(parse_policies(empty, "e.yaml").unwrap_err()[0].to_string().contains("at least one rule or writable"));
 }
+
+#[test]
+fn a_rules_path_prefixes_are_the_literal_start_of_each_glob() {
+    let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let got = compile::literal_prefixes(&list(&["/etc/**", "/usr/bin/[a-z]*", "/etc/shadow", "/a\\*b"])).unwrap();
+    assert_eq!(got.iter().map(|p| &**p).collect::<Vec<_>>(), ["/etc/", "/usr/bin/", "/etc/shadow", "/a"]);
+    // One glob that may match anything at its start: no prefilter at all.
+    assert!(compile::literal_prefixes(&list(&["/var/log/**", "*/.bash_history"])).is_none());
+    assert!(compile::literal_prefixes(&[]).is_none());
+}
+
+proptest::proptest! {
+    /// The prefilter never drops a path the glob matches.
+    #[test]
+    fn every_path_a_glob_matches_starts_with_its_literal_prefix(
+        g in "(/[ab.]{1,2}|/\\*|/\\*\\*|\\?|/\\[ab\\]|/\\{a,b\\}){1,4}",
+        p in "(/[ab.]{0,2}){1,5}",
+    ) {
+        let glob = super::glob(&g).unwrap().compile_matcher();
+        let pre = compile::literal_prefixes(std::slice::from_ref(&g));
+        if glob.is_match(&p) {
+            proptest::prop_assert!(pre.as_ref().is_none_or(|pre| pre.iter().any(|x| p.starts_with(&**x))), "{g} matches {p} but the prefix {pre:?} does not");
+        }
+    }
+}
