@@ -4,11 +4,10 @@
 //! readlink.
 
 use super::change::Place;
-use std::collections::HashMap;
 
 /// Bounded handle → directory cache with clock (second-chance) eviction.
 pub(super) struct DirCache {
-    map: HashMap<Box<[u8]>, usize>,
+    map: lancet_engine::FastMap<Box<[u8]>, usize>,
     slots: Vec<Slot>,
     hand: usize,
     cap: usize,
@@ -23,7 +22,12 @@ struct Slot {
 
 impl DirCache {
     pub(super) fn new(cap: usize) -> Self {
-        DirCache { map: HashMap::with_capacity(cap), slots: Vec::with_capacity(cap), hand: 0, cap: cap.max(1) }
+        DirCache {
+            map: lancet_engine::FastMap::with_capacity_and_hasher(cap, Default::default()),
+            slots: Vec::with_capacity(cap),
+            hand: 0,
+            cap: cap.max(1),
+        }
     }
 
     pub(super) fn get(&mut self, key: &[u8]) -> Option<(&str, Place)> {
