@@ -13,7 +13,8 @@ fi
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 # The disk is shared and not sized for us: say what is free before and after
 # (a CI run once ended in 'no space left on device' while building an image).
-df -h --output=avail,target . /var/lib/containers 2>/dev/null | sed 's/^/test: disk /' >&2 || true
+disk() { df -h --output=avail,target . /var/lib/containers 2>/dev/null | sed 's/^/test: disk /' >&2 || true; }
+disk
 cargo build --workspace --all-targets --locked
 # deploy/ (manifests, chart, unit, .deb, image), checked with the binary
 # just built; its failure fails the run after the tests have run too.
@@ -46,7 +47,7 @@ if [ "$deploy_status" -ne 0 ]; then
 fi
 # One closing line for the whole workspace (cargo prints one per test
 # binary); skipped tests are not counted as passed.
-df -h --output=avail,target . /var/lib/containers 2>/dev/null | sed 's/^/test: disk /' >&2 || true
+disk
 awk -v s="$skipped" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "lancet: %d passed, %d failed, %d skipped\n", p - s, f, s }' "$log"
 exit "$status"

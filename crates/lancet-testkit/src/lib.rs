@@ -1,7 +1,8 @@
 //! What lancet's test suites share: real podman, Docker and containerd
 //! containers and networks removed however a test ends ([`podman`],
 //! [`docker`], [`containerd`], [`netns`]), a headless browser for the
-//! dashboards ([`browser`]), and skipping. A test that cannot run
+//! dashboards ([`browser`]), fixture trees copied into a test's host root
+//! ([`copy_tree`]), and skipping. A test that cannot run
 //! here (not root, no podman, a kernel feature missing) returns early, and
 //! the test harness counts it as passed; [`skip`] says why on stderr and
 //! appends a line to the file named by `LANCET_SKIP_LOG`, so
@@ -34,6 +35,23 @@ pub fn skip(why: &str) {
     let written = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = written {
         eprintln!("SKIPPED, and not recorded in {}: {e}", std::path::Path::new(&path).display());
+    }
+}
+
+/// Copies the directory tree `from` into `to` (created): a fixture tree
+/// (a runtime's state laid out as on a host) into a test's own host root.
+/// Panics on any error: a fixture that cannot be copied is a broken test.
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("creating {}: {e}", to.display()));
+    let entries = std::fs::read_dir(from).unwrap_or_else(|e| panic!("reading {}: {e}", from.display()));
+    for e in entries {
+        let e = e.expect("a directory entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("its type").is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap_or_else(|err| panic!("copying {}: {err}", e.path().display()));
+        }
     }
 }
 

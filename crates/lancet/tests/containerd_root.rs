@@ -197,45 +197,7 @@ fn protected_containerd_containers_refuse_drift_and_unlisted_connects_and_keep_s
         let text = std::fs::read_to_string(out.path().join(&c.id)).unwrap_or_default();
         (format!("{text}{}", out_text(&o)), c.id.clone())
     };
-    let mut hooked = Vec::new();
-    for _ in 0..5 {
-        let t0 = std::time::Instant::now();
-        let (text, id) = run(&["--runc-binary", RUNC_WRAPPER]);
-        hooked.push(t0.elapsed().as_millis());
-        let (runs, secs) = race_window(&text).unwrap_or_else(|| panic!("no result from the hooked container: {text}"));
-        assert!(
-            text.contains("first=126") && runs == 0,
-            "the hooked container's entrypoint ran unguarded ({runs} runs, {secs:.2} s): {text}"
-        );
-        if let Err(rows) = handed_over_by_hook(&agent, &id, Duration::from_secs(2)) {
-            panic!("container {id} was not handed over by the hook: its audit rows {rows}");
-        }
-    }
-    drop(wrapper);
-    // Without it, the agent guards the container when it sees its cgroup
-    // appear. Measured, and bounded.
-    let (mut windows, mut plain, mut killed) = (Vec::new(), Vec::new(), 0);
-    for _ in 0..10 {
-        let t0 = std::time::Instant::now();
-        let (text, id) = run(&[]);
-        plain.push(t0.elapsed().as_millis());
-        assert!(handed_over_by_hook(&agent, &id, Duration::ZERO).is_err(), "no hook without the wrapper");
-        let (runs, secs) = race_window(&text).unwrap_or_else(|| panic!("no result from the container: {text}"));
-        // Refused at an exec (126), or killed where it already ran when
-        // the guard came (137); refused from then on.
-        let first_stopped = text.contains("first=126") || text.contains("first=137");
-        assert!(first_stopped && text.contains("rc=126"), "not refused ({runs} runs in {secs:.2} s): {text}");
-        killed += usize::from(text.contains("first=137"));
-        windows.push((runs, secs));
-    }
-    eprintln!(
-        "containerd without the wrapper: (runs of the dropped binary, seconds from the first instruction to the refusal): {windows:?}"
-    );
-    eprintln!(
-        "containerd run to exit, ms: through the wrapper {hooked:?}; without {plain:?}; killed where it ran: {killed} of {}",
-        plain.len()
-    );
-    assert!(windows.iter().all(|(_, s)| *s < 3.0), "the window without the wrapper: {windows:?}");
+    race_with_and_without_wrapper(&agent, wrapper, "containerd", &["--runc-binary", RUNC_WRAPPER], run);
     drop(agent);
 }
 

@@ -203,42 +203,6 @@ fn protected_docker_containers_refuse_drift_and_unlisted_connects_and_keep_servi
         let o = std::process::Command::new(docker::DOCKER).args(&args).stdin(std::process::Stdio::null()).output().expect("docker run");
         (out_text(&o), docker::docker(&["inspect", "-f", "{{.Id}}", &c.name]))
     };
-    let mut hooked = Vec::new();
-    for _ in 0..5 {
-        let t0 = std::time::Instant::now();
-        let (text, id) = run(&["--runtime", "lancet-test"]);
-        hooked.push(t0.elapsed().as_millis());
-        let (runs, secs) = race_window(&text).unwrap_or_else(|| panic!("no result from the hooked container: {text}"));
-        assert!(
-            text.contains("first=126") && runs == 0,
-            "the hooked container's entrypoint ran unguarded ({runs} runs, {secs:.2} s): {text}"
-        );
-        if let Err(rows) = handed_over_by_hook(&agent, &id, Duration::from_secs(2)) {
-            panic!("container {id} was not handed over by the hook: its audit rows {rows}");
-        }
-    }
-    drop(wrapper);
-    // Without it, the agent guards the container when it sees its cgroup
-    // appear: the dropped binary runs until then. Measured, and bounded.
-    let (mut windows, mut plain, mut killed) = (Vec::new(), Vec::new(), 0);
-    for _ in 0..10 {
-        let t0 = std::time::Instant::now();
-        let (text, id) = run(&[]);
-        plain.push(t0.elapsed().as_millis());
-        assert!(handed_over_by_hook(&agent, &id, Duration::ZERO).is_err(), "no hook without the wrapper");
-        let (runs, secs) = race_window(&text).unwrap_or_else(|| panic!("no result from the container: {text}"));
-        // Refused at an exec (126), or killed where it already ran when
-        // the guard came (137); refused from then on.
-        let first_stopped = text.contains("first=126") || text.contains("first=137");
-        assert!(first_stopped && text.contains("rc=126"), "not refused ({runs} runs in {secs:.2} s): {text}");
-        killed += usize::from(text.contains("first=137"));
-        windows.push((runs, secs));
-    }
-    eprintln!("docker without the wrapper: (runs of the dropped binary, seconds from the first instruction to the refusal): {windows:?}");
-    eprintln!(
-        "docker run to exit, ms: through the wrapper {hooked:?}; without {plain:?}; killed where it ran: {killed} of {}",
-        plain.len()
-    );
-    assert!(windows.iter().all(|(_, s)| *s < 3.0), "the window without the wrapper: {windows:?}");
+    race_with_and_without_wrapper(&agent, wrapper, "docker", &["--runtime", "lancet-test"], run);
     drop(agent);
 }

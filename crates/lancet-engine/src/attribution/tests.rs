@@ -4,24 +4,12 @@
 //! plus a fake cgroup2 tree whose directory inodes play the cgroup ids.
 
 use super::*;
+use lancet_testkit::copy_tree;
 use std::os::unix::fs::MetadataExt;
 
 pub(super) const T1: &str = "2e8bdd302d6f3109f54b92f320cfa00a76d6653727e89863aa6329a9cdbbea02";
 pub(super) const PROBE: &str = "49601d56870be0f626b3625a1fb7672fcafc43012409076af9fbaae86e0338ce";
 pub(super) const UID: &str = "0d3f1c52-9d1b-4f5e-8a4e-2b7c9e6f1a23";
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
-}
 
 /// A host root with the fixtures of `runtimes` and a cgroup2 tree.
 pub(super) struct Host {

@@ -18,6 +18,7 @@ use lancet_engine::output::Record;
 use lancet_engine::process::ProcEntry;
 use lancet_engine::profile::Mode;
 use lancet_sensor::alloc_count::thread_allocations;
+use lancet_testkit::copy_tree;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -30,19 +31,6 @@ const UPPER: &str = "/var/lib/containers/storage/overlay/749c1ce0e70e633d7898507
 /// container.
 const PID: u32 = u32::MAX - 9;
 const PROBE_PID: u32 = u32::MAX - 10;
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
-}
 
 struct Setup {
     pipeline: Pipeline,

@@ -566,6 +566,58 @@ pub fn race_window(out: &str) -> Option<(u64, f64)> {
     Some((runs, end - start))
 }
 
+/// The start-up race of a runtime, through the runc wrapper and without it:
+/// `run(extra args)` starts a container of the protected workload running
+/// [`RACE_ENTRYPOINT`] and returns (its output, its id). Through the
+/// wrapper (`hooked`: the runtime's arguments for it) the dropped binary is
+/// refused at its first exec and the hook handed the container over; then
+/// the wrapper is removed, and without it the agent guards the container
+/// when it sees its cgroup appear: the binary runs until then. Measured
+/// (printed under `engine`'s name), and bounded.
+pub fn race_with_and_without_wrapper(
+    agent: &Agent,
+    wrapper: RuncWrapper,
+    engine: &str,
+    hooked: &[&str],
+    run: impl Fn(&[&str]) -> (String, String),
+) {
+    let mut through = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let (text, id) = run(hooked);
+        through.push(t0.elapsed().as_millis());
+        let (runs, secs) = race_window(&text).unwrap_or_else(|| panic!("no result from the hooked container: {text}"));
+        assert!(
+            text.contains("first=126") && runs == 0,
+            "the hooked container's entrypoint ran unguarded ({runs} runs, {secs:.2} s): {text}"
+        );
+        if let Err(rows) = handed_over_by_hook(agent, &id, Duration::from_secs(2)) {
+            panic!("container {id} was not handed over by the hook: its audit rows {rows}");
+        }
+    }
+    drop(wrapper);
+    let (mut windows, mut plain, mut killed) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        let (text, id) = run(&[]);
+        plain.push(t0.elapsed().as_millis());
+        assert!(handed_over_by_hook(agent, &id, Duration::ZERO).is_err(), "no hook without the wrapper");
+        let (runs, secs) = race_window(&text).unwrap_or_else(|| panic!("no result from the container: {text}"));
+        // Refused at an exec (126), or killed where it already ran when
+        // the guard came (137); refused from then on.
+        let first_stopped = text.contains("first=126") || text.contains("first=137");
+        assert!(first_stopped && text.contains("rc=126"), "not refused ({runs} runs in {secs:.2} s): {text}");
+        killed += usize::from(text.contains("first=137"));
+        windows.push((runs, secs));
+    }
+    eprintln!("{engine} without the wrapper: (runs of the dropped binary, seconds from the first instruction to the refusal): {windows:?}");
+    eprintln!(
+        "{engine} run to exit, ms: through the wrapper {through:?}; without {plain:?}; killed where it ran: {killed} of {}",
+        plain.len()
+    );
+    assert!(windows.iter().all(|(_, s)| *s < 3.0), "the window without the wrapper: {windows:?}");
+}
+
 /// Whether the agent's audit log has the OCI hook handing over container
 /// `id` successfully (the runc wrapper's hook, not the agent's own sight of
 /// the container, guarded it), waiting up to `within` for the row; Err
