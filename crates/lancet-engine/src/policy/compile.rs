@@ -210,7 +210,7 @@ struct CompiledRule {
     /// starts with a literal part: checked first, so the globs run only for
     /// a path that can match (every file event meets the write rules; few
     /// are below `/etc` or `/bin`).
-    path_prefixes: Option<Box<[Box<str>]>>,
+    path_prefixes: Option<PathPrefixes>,
     ports: Box<[u16]>,
     cidrs: Box<[IpNet]>,
 }
@@ -271,7 +271,7 @@ impl CompiledRule {
                     return false;
                 }
                 if let Some(g) = &self.paths {
-                    let may = |p: &str| self.path_prefixes.as_ref().is_none_or(|pre| pre.iter().any(|x| p.starts_with(&**x)));
+                    let may = |p: &str| self.path_prefixes.as_ref().is_none_or(|pre| pre.may_match(p));
                     let hit = |p: &str| may(p) && g.is_match(p);
                     if !(hit(&f.path) || f.old_path.as_deref().is_some_and(hit)) {
                         return false;
@@ -315,9 +315,35 @@ pub struct PolicySet {
 
 /// The literal part each glob starts with (up to its first special
 /// character, `\\` included), or None when one starts with none.
-pub(super) fn literal_prefixes(list: &[String]) -> Option<Box<[Box<str>]>> {
-    let prefixes: Vec<Box<str>> = list.iter().map(|g| g[..g.find(['*', '?', '[', '{', '\\']).unwrap_or(g.len())].into()).collect();
-    (!prefixes.is_empty() && prefixes.iter().all(|p| !p.is_empty())).then(|| prefixes.into())
+pub(super) fn literal_prefixes(list: &[String]) -> Option<PathPrefixes> {
+    let list: Vec<Box<str>> = list.iter().map(|g| g[..g.find(['*', '?', '[', '{', '\\']).unwrap_or(g.len())].into()).collect();
+    if list.is_empty() || list.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    // Every prefix is "/" and more: its second byte tells most paths apart
+    // (a write in `/tmp` meets the 15 prefixes of the binary directories).
+    let mut second = [0u64; 4];
+    match list.iter().all(|p| p.len() >= 2) {
+        true => list.iter().for_each(|p| second[p.as_bytes()[1] as usize / 64] |= 1 << (p.as_bytes()[1] % 64)),
+        false => second = [u64::MAX; 4],
+    }
+    Some(PathPrefixes { list: list.into(), second })
+}
+
+/// What every path a rule's globs match starts with.
+#[derive(Debug)]
+pub(super) struct PathPrefixes {
+    pub(super) list: Box<[Box<str>]>,
+    /// The second bytes of the prefixes, as a set (all bits when a prefix
+    /// is one byte long): one test passes over most paths.
+    second: [u64; 4],
+}
+
+impl PathPrefixes {
+    pub(super) fn may_match(&self, p: &str) -> bool {
+        let Some(&b) = p.as_bytes().get(1) else { return self.list.iter().any(|x| p.starts_with(&**x)) };
+        self.second[b as usize / 64] & (1 << (b % 64)) != 0 && self.list.iter().any(|x| p.starts_with(&**x))
+    }
 }
 
 fn globset(list: &[String]) -> Result<Option<GlobSet>, String> {

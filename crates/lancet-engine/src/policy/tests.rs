@@ -922,7 +922,12 @@ fn writable_directories_by_policy() {
 fn a_rules_path_prefixes_are_the_literal_start_of_each_glob() {
     let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let got = compile::literal_prefixes(&list(&["/etc/**", "/usr/bin/[a-z]*", "/etc/shadow", "/a\\*b"])).unwrap();
-    assert_eq!(got.iter().map(|p| &**p).collect::<Vec<_>>(), ["/etc/", "/usr/bin/", "/etc/shadow", "/a"]);
+    assert_eq!(got.list.iter().map(|p| &**p).collect::<Vec<_>>(), ["/etc/", "/usr/bin/", "/etc/shadow", "/a"]);
+    assert!(got.may_match("/etc/passwd") && got.may_match("/usr/bin/ls") && got.may_match("/a"));
+    assert!(!got.may_match("/tmp/x") && !got.may_match("/") && !got.may_match("") && !got.may_match("/usr/lib/x"));
+    // A one-byte prefix: the second byte says nothing.
+    let root = compile::literal_prefixes(&list(&["/*/x", "/etc/**"])).unwrap();
+    assert!(root.may_match("/tmp/x") && root.may_match("/"));
     // One glob that may match anything at its start: no prefilter at all.
     assert!(compile::literal_prefixes(&list(&["/var/log/**", "*/.bash_history"])).is_none());
     assert!(compile::literal_prefixes(&[]).is_none());
@@ -938,7 +943,7 @@ proptest::proptest! {
         let glob = super::glob(&g).unwrap().compile_matcher();
         let pre = compile::literal_prefixes(std::slice::from_ref(&g));
         if glob.is_match(&p) {
-            proptest::prop_assert!(pre.as_ref().is_none_or(|pre| pre.iter().any(|x| p.starts_with(&**x))), "{g} matches {p} but the prefix {pre:?} does not");
+            proptest::prop_assert!(pre.as_ref().is_none_or(|pre| pre.may_match(&p)), "{g} matches {p} but the prefix {pre:?} does not");
         }
     }
 }
