@@ -11,6 +11,7 @@ pub mod dns;
 pub mod drift;
 pub mod event;
 pub mod exe;
+pub mod exec_order;
 pub mod flows;
 pub mod json_line;
 pub mod live;

@@ -392,6 +392,7 @@ pub fn run_loop(
         1u32 << (fds.len() - 1)
     });
     let mut poller = Poller::new(&fds);
+    let mut exec_order = lancet_engine::exec_order::ExecOrder::new();
     let mut last_drain = Instant::now() - BATCH_WINDOW;
     while !stop.load(Ordering::Relaxed) && deadline.map(|d| Instant::now() < d).unwrap_or(true) {
         let ready = poller.wait(Duration::from_millis(100)).context("waiting for events")?;
@@ -406,14 +407,18 @@ pub fn run_loop(
         last_drain = Instant::now();
         // File changes first: a file written and then run shows up in both
         // sources at once, and drift reports name the writer only if the
-        // write is seen before the exec.
+        // write is seen before the exec. A process's own writes after its
+        // exec are then moved behind its exec record (`exec_order`).
+        let mut marked = false;
         if let (Some(f), Some(bit)) = (watches.files.as_mut(), files_bit) {
             if ready & bit != 0 {
                 if let Err(e) = f.read_events(&mut *batch.borrow_mut()) {
                     tracing::warn!("reading file events: {e}");
                 }
+                marked = true;
             }
         }
+        let files = batch.borrow().len();
         // The probes wake the reader only past a fill level: the ring is
         // consumed at every turn (no syscall when it is empty).
         reader.consume()?;
@@ -426,7 +431,12 @@ pub fn run_loop(
         }
         let mut events = batch.borrow_mut();
         stats.records += events.len() as u64;
-        for ev in events.events_mut() {
+        let marks = watches.files.as_ref().filter(|_| marked).map_or(&[][..], |f| f.exec_marks());
+        let order = exec_order.compute(events.events(), files, marks);
+        let n = events.len();
+        for k in 0..n {
+            let i = order.map_or(k, |o| o[k] as usize);
+            let ev = &mut events.events_mut()[i];
             let attribution = pipeline.attribute(ev);
             pipeline.counters.note(&ev.kind);
             match (&attribution, &ev.kind) {

@@ -145,3 +145,42 @@ fn sensitive_reads_of_a_container_started_after_the_agent_are_seen() {
     });
     assert_eq!(str_field(&ev, "container.full_id"), late.id);
 }
+
+/// A process's first writes after its exec carry the name and cgroup the
+/// exec gave it, not runc init's (it was runc's init until it exec'd, and
+/// its writes used to be handled before the exec record read in the same
+/// batch: "creat by runc", cgroup 1, and the daemon took them for the
+/// runtime's setup). A process forked in the same batch (busybox runs `cp`
+/// without an exec) writes under its parent's name, not an empty one, and
+/// before the exec that runs what it wrote.
+#[test]
+fn writes_right_after_an_exec_carry_the_new_process() {
+    skip_unless_ready!(true);
+    let c = Container::start(&unique("lancet-t-first"), &[], &["sleep", "300"]);
+    let mut trace = Trace::start(&["-c", &c.name]);
+    for i in 0..5 {
+        // busybox runs its applet by the name it is called by.
+        let script = format!("echo x > /tmp/first-{i}; mkdir /tmp/d{i}; cp /bin/busybox /tmp/d{i}/true; /tmp/d{i}/true");
+        assert!(c.exec(&["sh", "-c", &script]).status.success());
+        let name = format!("/tmp/first-{i}");
+        let write = trace.wait_for(WAIT, "the write right after the exec", |v| {
+            in_container(v, &c) && str_field(v, "evt.type") == "creat" && str_field(v, "fd.name") == name
+        });
+        let pid = field(&write, "proc.pid").as_u64();
+        let exec = trace.wait_for(WAIT, "the exec of sh", |v| {
+            in_container(v, &c) && str_field(v, "evt.type") == "execve" && field(v, "proc.pid").as_u64() == pid
+        });
+        assert_eq!(str_field(&write, "proc.name"), "sh", "{write}");
+        assert_eq!(field(&write, "cgroup.id"), field(&exec, "cgroup.id"), "{write}\n{exec}");
+        let copy = format!("/tmp/d{i}/true");
+        let write = trace
+            .wait_for(WAIT, "the copy", |v| in_container(v, &c) && str_field(v, "evt.type") == "creat" && str_field(v, "fd.name") == copy);
+        assert_eq!(str_field(&write, "proc.name"), "sh", "the fork of sh that runs cp: {write}");
+        assert_eq!(field(&write, "cgroup.id"), field(&exec, "cgroup.id"), "{write}");
+        let run = trace.wait_for(WAIT, "the copy run", |v| {
+            in_container(v, &c) && str_field(v, "evt.type") == "execve" && str_field(v, "proc.exepath") == copy
+        });
+        let seen = |v: &serde_json::Value| trace.seen.iter().position(|s| s == v);
+        assert!(seen(&write) < seen(&run), "the copy is seen before it runs");
+    }
+}

@@ -77,8 +77,15 @@ pub struct FileChangeWatcher {
     own_pid: i32,
     emit_unresolved: bool,
     pending_from: Option<PendingMove>,
+    /// (pid, position) of the execs seen in the last read: see
+    /// [`FileChangeWatcher::exec_marks`].
+    exec_marks: Vec<(u32, usize)>,
     stats: FanotifyStats,
 }
+
+/// Exec marks kept per read; past it a read's later execs are not marked
+/// (their processes' next writes are handled in stream order).
+const MAX_EXEC_MARKS: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RenameMode {
@@ -111,7 +118,8 @@ pub(super) enum Place {
     Outside,
 }
 
-const MARK_MASK_BASE: u64 = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_ATTRIB | libc::FAN_CLOSE_WRITE | libc::FAN_ONDIR;
+const MARK_MASK_BASE: u64 =
+    libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_ATTRIB | libc::FAN_CLOSE_WRITE | libc::FAN_OPEN_EXEC | libc::FAN_ONDIR;
 
 impl FileChangeWatcher {
     /// Create the fanotify group (`FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME`).
@@ -150,6 +158,7 @@ impl FileChangeWatcher {
             own_pid: std::process::id() as i32,
             emit_unresolved: true,
             pending_from: None,
+            exec_marks: Vec::new(),
             stats: FanotifyStats::default(),
         })
     }
@@ -248,6 +257,7 @@ impl FileChangeWatcher {
     /// written in place: a steady stream allocates nothing.
     pub fn read_events<S: EventSink>(&mut self, out: &mut S) -> Result<usize, FanotifyError> {
         let before = out.count();
+        self.exec_marks.clear();
         let mut buf = std::mem::take(&mut self.buf);
         let (malformed, res) = super::drain(self.fan.as_raw_fd(), &mut buf, |ev, now| self.handle(ev, now, out));
         self.stats.dropped += malformed;
@@ -258,11 +268,26 @@ impl FileChangeWatcher {
         res.map(|()| added)
     }
 
+    /// Where, in the last [`read_events`](Self::read_events), a process
+    /// started an exec (`FAN_OPEN_EXEC`: `execve` opened its program, or
+    /// the program's loader or interpreter): (pid, how many events `out`
+    /// held then). The queue orders a process's writes and its exec
+    /// exactly, which the probes' exec records, read from another buffer,
+    /// cannot (see `lancet_engine::exec_order`). An exec merged by the
+    /// kernel into an earlier record of the same name and process (a file
+    /// written and run by one process) is marked after that record's events.
+    pub fn exec_marks(&self) -> &[(u32, usize)] {
+        &self.exec_marks
+    }
+
     pub(super) fn handle<S: EventSink>(&mut self, ev: &RawEvent<'_>, now: u64, out: &mut S) {
         // Paths are built in two scratch strings kept across events.
         let (mut path, mut old) = (std::mem::take(&mut self.path_buf), std::mem::take(&mut self.old_buf));
         self.handle_with(ev, now, out, &mut path, &mut old);
         (self.path_buf, self.old_buf) = (path, old);
+        if ev.mask & libc::FAN_OPEN_EXEC != 0 && ev.pid > 0 && ev.pid != self.own_pid && self.exec_marks.len() < MAX_EXEC_MARKS {
+            self.exec_marks.push((ev.pid as u32, out.count()));
+        }
     }
 
     fn handle_with<S: EventSink>(&mut self, ev: &RawEvent<'_>, now: u64, out: &mut S, path: &mut String, old: &mut String) {
