@@ -110,3 +110,30 @@ fn learned_httpd_alerts_once_per_departure_and_never_on_ordinary_requests() {
     let listed = agent.cli(&["alerts", "--container", &srv.name, "--format", "json"]);
     assert_eq!(listed.lines().count(), 5, "{listed}");
 }
+
+/// The first writes of a process `podman exec` just started are the
+/// workload's, judged as such: they used to be handled before the exec
+/// record read in the same batch, under runc init's entry, and so were
+/// skipped as the runtime's own setup (no alert for a write below /etc).
+#[test]
+fn a_write_right_after_podman_exec_is_judged_as_the_workloads() {
+    skip_unless_ready!(true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, policies, alerts) = agent_dirs(dir.path());
+    let c = Container::start(&unique("lancet-r-first"), &[], &["sleep", "300"]);
+    let _agent = Agent::start(&state, &policies, &alerts, &[]);
+    let mut pos = 0;
+    for i in 0..5 {
+        let path = format!("/etc/lancet-first-{i}");
+        assert!(c.exec(&["cp", "/etc/hostname", &path]).status.success());
+        let (v, p) = wait_alerts(&alerts, pos, Duration::from_secs(5), Duration::from_millis(700));
+        let hits: Vec<&serde_json::Value> =
+            v.iter().filter(|a| a["rule"] == "Write below etc" && a["output_fields"]["fd.name"] == path.as_str()).collect();
+        assert!(!hits.is_empty(), "no alert for the write of {path} right after the exec: {v:#?}");
+        for a in hits {
+            assert_eq!(a["output_fields"]["proc.name"], "cp", "{a}");
+            assert_eq!(a["output_fields"]["container.name"], c.name.as_str(), "{a}");
+        }
+        pos = p;
+    }
+}
