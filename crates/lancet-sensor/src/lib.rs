@@ -48,13 +48,29 @@ pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> std::io::Result<Vec<bo
 /// loop waits on the same sources for its whole life.
 pub struct Poller {
     fds: Vec<libc::pollfd>,
+    /// The fds as given (an unwatched one is -1 in `fds`).
+    given: Vec<RawFd>,
 }
 
 impl Poller {
     /// At most 32 fds (the readiness of each is a bit of a `u32`).
     pub fn new(fds: &[RawFd]) -> Poller {
-        let fds = fds.iter().take(32).map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-        Poller { fds }
+        let given: Vec<RawFd> = fds.iter().take(32).copied().collect();
+        let fds = given.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+        Poller { fds, given }
+    }
+
+    /// Whether `wait` wakes for the fds of the bits in `mask` (all are
+    /// watched at first). An unwatched fd is left out of the poll set, not
+    /// only masked: fanotify wakes every waiter on its queue whatever it
+    /// asked for, and a masked fd would still wake the thread (to sleep
+    /// again) at each event.
+    pub fn watch(&mut self, mask: u32, on: bool) {
+        for (i, p) in self.fds.iter_mut().enumerate() {
+            if mask & (1 << i) != 0 {
+                p.fd = if on { self.given[i] } else { -1 };
+            }
+        }
     }
 
     /// Waits until one of the fds is readable or `timeout` passes. Bit `i`

@@ -393,6 +393,7 @@ pub fn run_loop(
     });
     let mut poller = Poller::new(&fds);
     let mut exec_order = lancet_engine::exec_order::ExecOrder::new();
+    let mut files_quiet = false;
     let mut last_drain = Instant::now() - BATCH_WINDOW;
     while !stop.load(Ordering::Relaxed) && deadline.map(|d| Instant::now() < d).unwrap_or(true) {
         let ready = poller.wait(Duration::from_millis(100)).context("waiting for events")?;
@@ -411,11 +412,19 @@ pub fn run_loop(
         // exec are then moved behind its exec record (`exec_order`).
         let mut marked = false;
         if let (Some(f), Some(bit)) = (watches.files.as_mut(), files_bit) {
-            if ready & bit != 0 {
+            if ready & bit != 0 || files_quiet {
                 if let Err(e) = f.read_events(&mut *batch.borrow_mut()) {
                     tracing::warn!("reading file events: {e}");
                 }
                 marked = true;
+                // A read of exec marks alone (execs, on the host or in a
+                // container, with no write): the queue is not watched until
+                // another source or the tick wakes the loop, and is read
+                // then. Otherwise every exec would wake the loop, up to a
+                // hundred times a second, where the probes' exec records
+                // wake it only past a fill level.
+                files_quiet = batch.borrow().is_empty() && !f.exec_marks().is_empty();
+                poller.watch(bit, !files_quiet);
             }
         }
         let files = batch.borrow().len();
