@@ -206,11 +206,11 @@ struct CompiledRule {
     args: Option<GlobSet>,
     parent: Option<GlobSet>,
     paths: Option<GlobSet>,
-    /// What every path `paths` matches starts with, when each of its globs
-    /// starts with a literal part: checked first, so the globs run only for
-    /// a path that can match (every file event meets the write rules; few
-    /// are below `/etc` or `/bin`).
-    path_prefixes: Option<PathPrefixes>,
+    /// What every path `paths` matches starts or ends with, when each of
+    /// its globs has a literal start or end: checked first, so the globs
+    /// run only for a path that can match (every file event meets the write
+    /// rules; few are below `/etc` or `/bin`, or a shell history).
+    path_anchors: Option<PathAnchors>,
     ports: Box<[u16]>,
     cidrs: Box<[IpNet]>,
 }
@@ -271,7 +271,7 @@ impl CompiledRule {
                     return false;
                 }
                 if let Some(g) = &self.paths {
-                    let may = |p: &str| self.path_prefixes.as_ref().is_none_or(|pre| pre.may_match(p));
+                    let may = |p: &str| self.path_anchors.as_ref().is_none_or(|a| a.may_match(p));
                     let hit = |p: &str| may(p) && g.is_match(p);
                     if !(hit(&f.path) || f.old_path.as_deref().is_some_and(hit)) {
                         return false;
@@ -313,36 +313,52 @@ pub struct PolicySet {
     by_type: [Vec<u32>; EventType::ALL.len()],
 }
 
-/// The literal part each glob starts with (up to its first special
-/// character, `\\` included), or None when one starts with none.
-pub(super) fn literal_prefixes(list: &[String]) -> Option<PathPrefixes> {
-    let list: Vec<Box<str>> = list.iter().map(|g| g[..g.find(['*', '?', '[', '{', '\\']).unwrap_or(g.len())].into()).collect();
-    if list.is_empty() || list.iter().any(|p| p.is_empty()) {
+/// Each glob's literal start (up to its first special character, `\\`
+/// included) or, for one that starts with a special character, its
+/// literal end (after its last): None when a glob has neither, as `*` or
+/// `/var/**` alone would.
+pub(super) fn literal_anchors(list: &[String]) -> Option<PathAnchors> {
+    let (mut prefixes, mut suffixes) = (Vec::new(), Vec::new());
+    for g in list {
+        let start = &g[..g.find(['*', '?', '[', '{', '\\']).unwrap_or(g.len())];
+        let end = &g[g.rfind(['*', '?', ']', '}', '\\']).map_or(0, |i| i + 1)..];
+        match (start.is_empty(), end.is_empty()) {
+            (false, _) => prefixes.push(Box::<str>::from(start)),
+            (true, false) => suffixes.push(Box::<str>::from(end)),
+            (true, true) => return None,
+        }
+    }
+    if list.is_empty() {
         return None;
     }
     // Every prefix is "/" and more: its second byte tells most paths apart
     // (a write in `/tmp` meets the 15 prefixes of the binary directories).
     let mut second = [0u64; 4];
-    match list.iter().all(|p| p.len() >= 2) {
-        true => list.iter().for_each(|p| second[p.as_bytes()[1] as usize / 64] |= 1 << (p.as_bytes()[1] % 64)),
+    match prefixes.iter().all(|p| p.len() >= 2) {
+        true => prefixes.iter().for_each(|p| second[p.as_bytes()[1] as usize / 64] |= 1 << (p.as_bytes()[1] % 64)),
         false => second = [u64::MAX; 4],
     }
-    Some(PathPrefixes { list: list.into(), second })
+    Some(PathAnchors { prefixes: prefixes.into(), suffixes: suffixes.into(), second })
 }
 
-/// What every path a rule's globs match starts with.
+/// What every path a rule's globs match starts or ends with.
 #[derive(Debug)]
-pub(super) struct PathPrefixes {
-    pub(super) list: Box<[Box<str>]>,
+pub(super) struct PathAnchors {
+    pub(super) prefixes: Box<[Box<str>]>,
+    /// Of the globs that start with a special character.
+    pub(super) suffixes: Box<[Box<str>]>,
     /// The second bytes of the prefixes, as a set (all bits when a prefix
     /// is one byte long): one test passes over most paths.
     second: [u64; 4],
 }
 
-impl PathPrefixes {
+impl PathAnchors {
     pub(super) fn may_match(&self, p: &str) -> bool {
-        let Some(&b) = p.as_bytes().get(1) else { return self.list.iter().any(|x| p.starts_with(&**x)) };
-        self.second[b as usize / 64] & (1 << (b % 64)) != 0 && self.list.iter().any(|x| p.starts_with(&**x))
+        let by_start = match p.as_bytes().get(1) {
+            Some(&b) if self.second[b as usize / 64] & (1 << (b % 64)) == 0 => false,
+            _ => self.prefixes.iter().any(|x| p.starts_with(&**x)),
+        };
+        by_start || self.suffixes.iter().any(|x| p.ends_with(&**x))
     }
 }
 
@@ -428,7 +444,7 @@ impl PolicySet {
                     args: globset(&m.args).map_err(invalid)?,
                     parent: globset(&m.parent).map_err(invalid)?,
                     paths: globset(&m.paths).map_err(invalid)?,
-                    path_prefixes: literal_prefixes(&m.paths),
+                    path_anchors: literal_anchors(&m.paths),
                     ports: m.ports.clone().into(),
                     cidrs: cidrs.into(),
                 };

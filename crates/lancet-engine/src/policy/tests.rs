@@ -919,31 +919,38 @@ fn writable_directories_by_policy() {
 }
 
 #[test]
-fn a_rules_path_prefixes_are_the_literal_start_of_each_glob() {
+fn a_rules_path_anchors_are_the_literal_start_or_end_of_each_glob() {
     let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let got = compile::literal_prefixes(&list(&["/etc/**", "/usr/bin/[a-z]*", "/etc/shadow", "/a\\*b"])).unwrap();
-    assert_eq!(got.list.iter().map(|p| &**p).collect::<Vec<_>>(), ["/etc/", "/usr/bin/", "/etc/shadow", "/a"]);
+    let got = compile::literal_anchors(&list(&["/etc/**", "/usr/bin/[a-z]*", "/etc/shadow", "/a\\*b"])).unwrap();
+    assert_eq!(got.prefixes.iter().map(|p| &**p).collect::<Vec<_>>(), ["/etc/", "/usr/bin/", "/etc/shadow", "/a"]);
+    assert!(got.suffixes.is_empty());
     assert!(got.may_match("/etc/passwd") && got.may_match("/usr/bin/ls") && got.may_match("/a"));
     assert!(!got.may_match("/tmp/x") && !got.may_match("/") && !got.may_match("") && !got.may_match("/usr/lib/x"));
     // A one-byte prefix: the second byte says nothing.
-    let root = compile::literal_prefixes(&list(&["/*/x", "/etc/**"])).unwrap();
+    let root = compile::literal_anchors(&list(&["/*/x", "/etc/**"])).unwrap();
     assert!(root.may_match("/tmp/x") && root.may_match("/"));
-    // One glob that may match anything at its start: no prefilter at all.
-    assert!(compile::literal_prefixes(&list(&["/var/log/**", "*/.bash_history"])).is_none());
-    assert!(compile::literal_prefixes(&[]).is_none());
+    // A glob that starts with a wildcard is anchored by its end.
+    let logs = compile::literal_anchors(&list(&["/var/log/**", "*/.bash_history", "?x[ab]yz"])).unwrap();
+    assert_eq!(logs.suffixes.iter().map(|p| &**p).collect::<Vec<_>>(), ["/.bash_history", "yz"]);
+    assert!(logs.may_match("/var/log/syslog") && logs.may_match("/root/.bash_history") && logs.may_match("/xxayz"));
+    assert!(!logs.may_match("/tmp/f1") && !logs.may_match("/root/.bash_history.bak"));
+    // Neither a literal start nor end: no prefilter at all.
+    assert!(compile::literal_anchors(&list(&["/var/log/**", "*"])).is_none());
+    assert!(compile::literal_anchors(&list(&["*/{a,b}"])).is_none());
+    assert!(compile::literal_anchors(&[]).is_none());
 }
 
 proptest::proptest! {
     /// The prefilter never drops a path the glob matches.
     #[test]
-    fn every_path_a_glob_matches_starts_with_its_literal_prefix(
+    fn every_path_a_glob_matches_has_its_literal_anchor(
         g in "(/[ab.]{1,2}|/\\*|/\\*\\*|\\?|/\\[ab\\]|/\\{a,b\\}){1,4}",
         p in "(/[ab.]{0,2}){1,5}",
     ) {
         let glob = super::glob(&g).unwrap().compile_matcher();
-        let pre = compile::literal_prefixes(std::slice::from_ref(&g));
+        let pre = compile::literal_anchors(std::slice::from_ref(&g));
         if glob.is_match(&p) {
-            proptest::prop_assert!(pre.as_ref().is_none_or(|pre| pre.may_match(&p)), "{g} matches {p} but the prefix {pre:?} does not");
+            proptest::prop_assert!(pre.as_ref().is_none_or(|pre| pre.may_match(&p)), "{g} matches {p} but its anchors {pre:?} do not");
         }
     }
 }
