@@ -25,8 +25,8 @@
 
 use crate::event::{Event, EventKind};
 
-/// Reused from batch to batch: a steady stream without execs costs nothing
-/// and allocates nothing.
+/// Reused from batch to batch: a steady stream of file events without execs
+/// or forks costs one check per batch and allocates nothing.
 #[derive(Debug, Default)]
 pub struct ExecOrder {
     order: Vec<u32>,
@@ -35,8 +35,9 @@ pub struct ExecOrder {
     marked: crate::FastMap<u32, (i32, bool)>,
     /// File events moved behind an exec: (pid, group, index).
     deferred: Vec<(u32, i32, u32)>,
-    /// Per deferred pid: exec records in the rest of the batch, then seen.
+    /// Per marked pid: exec records in the rest of the batch, then seen.
     execs: crate::FastMap<u32, (u32, u32)>,
+    /// Per file event: moved, and not yet placed.
     moved: Vec<bool>,
     /// Pids marked in the last batch whose exec record was not in it.
     carried: Vec<u32>,
@@ -121,11 +122,10 @@ impl ExecOrder {
                 self.execs.entry(ev.process.pid).or_insert((0, 0)).0 += 1;
             }
         }
-        for &(pid, _) in marks {
-            if !self.execs.contains_key(&pid) && !self.carried.contains(&pid) && self.carried.len() < MAX_CARRIED {
-                self.carried.push(pid);
-            }
-        }
+        self.carried.extend(marks.iter().map(|m| m.0).filter(|pid| !self.execs.contains_key(pid)));
+        self.carried.sort_unstable();
+        self.carried.dedup();
+        self.carried.truncate(MAX_CARRIED);
         if self.deferred.is_empty() {
             return None;
         }
