@@ -14,8 +14,10 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub(super) struct RootfsIndex {
     map: crate::FastMap<String, Arc<str>>,
-    /// Distinct key lengths, longest first.
-    lens: Vec<usize>,
+    /// Distinct key lengths, longest first, with how many keys have each:
+    /// kept up to date per insert and remove (a host with thousands of
+    /// containers inserts one root at a time).
+    lens: Vec<(usize, usize)>,
 }
 
 impl RootfsIndex {
@@ -28,8 +30,9 @@ impl RootfsIndex {
         if self.map.get(dir).is_some_and(|old| &**old == id) {
             return;
         }
-        self.map.insert(dir.to_string(), id.into());
-        self.relen();
+        if self.map.insert(dir.to_string(), id.into()).is_none() {
+            self.count(dir.len(), true);
+        }
     }
 
     /// Forgets `dir` if it is still `id`'s (a restart may have taken it).
@@ -37,7 +40,7 @@ impl RootfsIndex {
         let dir = dir.trim_end_matches('/');
         if self.map.get(dir).is_some_and(|old| &**old == id) {
             self.map.remove(dir);
-            self.relen();
+            self.count(dir.len(), false);
         }
     }
 
@@ -48,14 +51,30 @@ impl RootfsIndex {
 
     pub(super) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.map.retain(|_, id| keep(id));
-        self.relen();
+        self.lens.clear();
+        let lens: Vec<usize> = self.map.keys().map(String::len).collect();
+        for len in lens {
+            self.count(len, true);
+        }
     }
 
-    fn relen(&mut self) {
-        self.lens.clear();
-        self.lens.extend(self.map.keys().map(String::len).filter(|&l| l > 0));
-        self.lens.sort_unstable_by(|a, b| b.cmp(a));
-        self.lens.dedup();
+    /// One key of length `len` more (`add`) or fewer.
+    fn count(&mut self, len: usize, add: bool) {
+        if len == 0 {
+            return;
+        }
+        // Longest first: search by the reversed order.
+        match self.lens.binary_search_by(|&(l, _)| len.cmp(&l)) {
+            Ok(i) if add => self.lens[i].1 += 1,
+            Ok(i) => {
+                self.lens[i].1 -= 1;
+                if self.lens[i].1 == 0 {
+                    self.lens.remove(i);
+                }
+            }
+            Err(i) if add => self.lens.insert(i, (len, 1)),
+            Err(_) => {}
+        }
     }
 
     /// The id of the container whose root `path` (without a trailing '/')
@@ -63,7 +82,7 @@ impl RootfsIndex {
     /// an ancestor of it.
     pub(super) fn find(&self, path: &str) -> Option<(&str, usize)> {
         let bytes = path.as_bytes();
-        self.lens.iter().find_map(|&len| {
+        self.lens.iter().find_map(|&(len, _)| {
             // `path` itself, or an ancestor: it ends before a '/' (so `len`
             // is a char boundary).
             let fits = len == bytes.len() || (len < bytes.len() && bytes[len] == b'/');
@@ -104,7 +123,15 @@ mod tests {
         assert_eq!(ix.find("/s/overlay/aaaa/diff/vol/f"), Some(("a", 20)));
         ix.retain(|id| id != "a");
         assert_eq!(ix.find("/s/overlay/aaaa/diff/tmp/f"), None);
+        assert_eq!(ix.find("/s/overlay/bbbb/diff/tmp/f"), Some(("b", 20)), "a root of the same length stays");
         assert_eq!(ix.len(), 2);
+        // A root taken over by a restart is one key, counted once.
+        ix.insert("/s/yy", "y1");
+        ix.insert("/s/yy/", "y2");
+        assert_eq!(ix.find("/s/yy/f"), Some(("y2", 5)));
+        ix.remove("/s/yy", "y2");
+        assert_eq!(ix.find("/s/yy/f"), None);
+        assert_eq!(ix.lens, [(20, 1), (4, 1)]);
         ix.clear();
         assert_eq!(ix.find("/s/x/y"), None);
     }
