@@ -318,6 +318,9 @@ pub struct PolicySet {
 /// literal end (after its last): None when a glob has neither, as `*` or
 /// `/var/**` alone would.
 pub(super) fn literal_anchors(list: &[String]) -> Option<PathAnchors> {
+    if list.is_empty() {
+        return None;
+    }
     let (mut prefixes, mut suffixes) = (Vec::new(), Vec::new());
     for g in list {
         let start = &g[..g.find(['*', '?', '[', '{', '\\']).unwrap_or(g.len())];
@@ -327,9 +330,6 @@ pub(super) fn literal_anchors(list: &[String]) -> Option<PathAnchors> {
             (true, false) => suffixes.push(Box::<str>::from(end)),
             (true, true) => return None,
         }
-    }
-    if list.is_empty() {
-        return None;
     }
     // Every prefix is "/" and more: its second byte tells most paths apart
     // (a write in `/tmp` meets the 15 prefixes of the binary directories).
