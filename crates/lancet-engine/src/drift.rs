@@ -10,7 +10,6 @@
 
 use crate::event::{Event, EventKind, ExecEvent, FileOp};
 use serde::Serialize;
-use std::collections::VecDeque;
 use std::fmt;
 
 /// `statfs` magic numbers of the filesystems that matter here.
@@ -457,22 +456,54 @@ pub fn classify_indirect(kind: DriftKind, path: &str, written: Option<&Origin>, 
 /// Which process wrote which file, per container, bounded: at most
 /// `per_container` paths per container (oldest forgotten first) and
 /// `containers` containers.
+///
+/// A container writing new files all day (a log, a cache, temporary files)
+/// evicts one entry per new name, so eviction is the hot path: each
+/// container keeps a ring of entries, reused in place (no allocation per
+/// file), and a table of ring positions by path hash; the oldest entry
+/// leaves the table by its stored hash and position, without hashing or
+/// comparing its path again. One hash of the new path per event.
 #[derive(Debug)]
 pub struct WriteLog {
     per_container: usize,
     containers: usize,
     logs: crate::FastMap<String, ContainerWrites>,
+    /// Keyed at random per process (like [`crate::FastMap`]): paths are the
+    /// container's to choose.
+    hasher: ahash::RandomState,
 }
 
 #[derive(Debug, Default)]
 struct ContainerWrites {
-    by_path: crate::FastMap<String, Origin>,
-    order: VecDeque<String>,
+    /// Positions in `ring`, by [`Entry::hash`].
+    index: hashbrown::HashTable<u32>,
+    ring: Vec<Entry>,
+    /// The oldest entry once `ring` is full: the next one reused.
+    oldest: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    hash: u64,
+    path: String,
+    origin: Origin,
+}
+
+impl ContainerWrites {
+    fn find(&self, hash: u64, path: &str) -> Option<&Entry> {
+        let i = *self.index.find(hash, |&i| self.ring[i as usize].path == path)?;
+        Some(&self.ring[i as usize])
+    }
 }
 
 impl WriteLog {
     pub fn new(per_container: usize, containers: usize) -> Self {
-        WriteLog { per_container: per_container.max(1), containers: containers.max(1), logs: crate::FastMap::default() }
+        WriteLog {
+            per_container: per_container.clamp(1, u32::MAX as usize),
+            containers: containers.max(1),
+            logs: crate::FastMap::default(),
+            hasher: ahash::RandomState::new(),
+        }
     }
 
     /// Records a file event of a container: creates, writes, renames (the new
@@ -485,36 +516,47 @@ impl WriteLog {
         if !self.logs.contains_key(container_id) && self.logs.len() >= self.containers {
             return;
         }
-        // Looked up before any key is made: a path written again (the
-        // common case) costs no allocation.
+        // Looked up before any key is made: a known container costs no
+        // allocation.
         let log = match self.logs.get_mut(container_id) {
             Some(log) => log,
             None => self.logs.entry(container_id.to_string()).or_default(),
         };
-        if log.by_path.contains_key(&f.path) {
-            // The first write says how the file got there (a chmod that
-            // follows a create is part of writing it).
+        let hash = self.hasher.hash_one(f.path.as_str());
+        // The first write says how the file got there (a chmod that
+        // follows a create is part of writing it).
+        if log.find(hash, &f.path).is_some() {
             return;
         }
-        // Full: the oldest entry goes, and its strings are reused for the
-        // new one, so a container writing new files all day (a log, a
-        // cache, temporary files) costs no allocation per file.
-        let evicted = match log.by_path.len() >= self.per_container {
-            true => log.order.pop_front().and_then(|old| log.by_path.remove_entry(&old).map(|(key, origin)| (old, key, origin))),
-            false => None,
+        let ContainerWrites { index, ring, oldest } = log;
+        let at = if ring.len() < self.per_container {
+            ring.push(Entry {
+                hash,
+                path: String::new(),
+                origin: Origin { time_ns: 0, pid: 0, comm: String::new(), op: f.op },
+            });
+            ring.len() - 1
+        } else {
+            // Full: the oldest entry goes, and its strings are reused.
+            let at = *oldest;
+            *oldest = (at + 1) % self.per_container;
+            if let Ok(gone) = index.find_entry(ring[at].hash, |&i| i as usize == at) {
+                gone.remove();
+            }
+            at
         };
-        let (mut order_key, mut key, mut origin) =
-            evicted.unwrap_or_else(|| (String::new(), String::new(), Origin { time_ns: 0, pid: 0, comm: String::new(), op: f.op }));
-        crate::batch::set_str(&mut order_key, &f.path);
-        crate::batch::set_str(&mut key, &f.path);
-        crate::batch::set_str(&mut origin.comm, &ev.process.comm);
-        (origin.time_ns, origin.pid, origin.op) = (ev.time_ns, ev.process.pid, f.op);
-        log.order.push_back(order_key);
-        log.by_path.insert(key, origin);
+        let e = &mut ring[at];
+        e.hash = hash;
+        crate::batch::set_str(&mut e.path, &f.path);
+        crate::batch::set_str(&mut e.origin.comm, &ev.process.comm);
+        (e.origin.time_ns, e.origin.pid, e.origin.op) = (ev.time_ns, ev.process.pid, f.op);
+        // `at` < `per_container` <= u32::MAX (see `new`).
+        index.insert_unique(hash, at as u32, |&i| ring[i as usize].hash);
     }
 
     pub fn lookup(&self, container_id: &str, path: &str) -> Option<&Origin> {
-        self.logs.get(container_id)?.by_path.get(path)
+        let log = self.logs.get(container_id)?;
+        log.find(self.hasher.hash_one(path), path).map(|e| &e.origin)
     }
 
     pub fn forget_container(&mut self, container_id: &str) {
@@ -522,7 +564,7 @@ impl WriteLog {
     }
 
     pub fn len(&self) -> usize {
-        self.logs.values().map(|l| l.by_path.len()).sum()
+        self.logs.values().map(|l| l.index.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -714,5 +756,35 @@ mod tests {
         assert_eq!(log.len(), 2);
         log.forget_container("c");
         assert!(log.is_empty());
+    }
+
+    proptest::proptest! {
+        /// The ring and its table answer as a plain first-in-first-out list
+        /// would: a name keeps its first writer until it is among the oldest
+        /// names past the bound, and nothing else is remembered.
+        #[test]
+        fn write_log_is_a_bounded_fifo_of_first_writes(
+            bound in 1usize..6,
+            names in proptest::collection::vec(0u8..12, 0..80),
+        ) {
+            let mut log = WriteLog::new(bound, 1);
+            let mut model: std::collections::VecDeque<(String, u32)> = Default::default();
+            for (pid, n) in names.iter().enumerate() {
+                let path = format!("/d/{n}");
+                log.record("c", &file(FileOp::Modify, &path, pid as u32));
+                if !model.iter().any(|(p, _)| *p == path) {
+                    if model.len() == bound {
+                        model.pop_front();
+                    }
+                    model.push_back((path, pid as u32));
+                }
+                for k in 0..12u8 {
+                    let path = format!("/d/{k}");
+                    let want = model.iter().find(|(p, _)| *p == path).map(|(_, pid)| *pid);
+                    proptest::prop_assert_eq!(log.lookup("c", &path).map(|o| o.pid), want);
+                }
+                proptest::prop_assert_eq!(log.len(), model.len());
+            }
+        }
     }
 }
