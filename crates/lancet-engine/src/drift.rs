@@ -482,11 +482,38 @@ struct ContainerWrites {
     oldest: usize,
 }
 
+/// An [`Origin`] kept in the ring: the command name inline (the kernel's
+/// is at most 15 bytes), so an entry reused for a new name writes one heap
+/// string (the path), not two.
 #[derive(Debug)]
 struct Entry {
     hash: u64,
     path: String,
-    origin: Origin,
+    time_ns: u64,
+    pid: u32,
+    op: FileOp,
+    comm: [u8; COMM_LEN],
+    comm_len: u8,
+}
+
+/// The kernel's `TASK_COMM_LEN`, with its terminating NUL.
+const COMM_LEN: usize = 16;
+
+impl Entry {
+    fn origin(&self) -> Origin {
+        let comm = String::from_utf8_lossy(&self.comm[..self.comm_len as usize]).into_owned();
+        Origin { time_ns: self.time_ns, pid: self.pid, comm, op: self.op }
+    }
+
+    /// A longer name (none comes from the kernel) is cut at a character.
+    fn set_comm(&mut self, comm: &str) {
+        let mut n = comm.len().min(COMM_LEN);
+        while !comm.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.comm[..n].copy_from_slice(&comm.as_bytes()[..n]);
+        self.comm_len = n as u8;
+    }
 }
 
 impl ContainerWrites {
@@ -530,14 +557,10 @@ impl WriteLog {
         }
         let ContainerWrites { index, ring, oldest } = log;
         let at = if ring.len() < self.per_container {
-            ring.push(Entry {
-                hash,
-                path: String::new(),
-                origin: Origin { time_ns: 0, pid: 0, comm: String::new(), op: f.op },
-            });
+            ring.push(Entry { hash, path: String::new(), time_ns: 0, pid: 0, op: f.op, comm: [0; COMM_LEN], comm_len: 0 });
             ring.len() - 1
         } else {
-            // Full: the oldest entry goes, and its strings are reused.
+            // Full: the oldest entry goes, and its path string is reused.
             let at = *oldest;
             *oldest = (at + 1) % self.per_container;
             if let Ok(gone) = index.find_entry(ring[at].hash, |&i| i as usize == at) {
@@ -548,15 +571,17 @@ impl WriteLog {
         let e = &mut ring[at];
         e.hash = hash;
         crate::batch::set_str(&mut e.path, &f.path);
-        crate::batch::set_str(&mut e.origin.comm, &ev.process.comm);
-        (e.origin.time_ns, e.origin.pid, e.origin.op) = (ev.time_ns, ev.process.pid, f.op);
+        e.set_comm(&ev.process.comm);
+        (e.time_ns, e.pid, e.op) = (ev.time_ns, ev.process.pid, f.op);
         // `at` < `per_container` <= u32::MAX (see `new`).
         index.insert_unique(hash, at as u32, |&i| ring[i as usize].hash);
     }
 
-    pub fn lookup(&self, container_id: &str, path: &str) -> Option<&Origin> {
+    /// Who wrote `path` first in container `container_id`, if it is still
+    /// remembered. Made on demand: asked per exec and refusal, not per write.
+    pub fn lookup(&self, container_id: &str, path: &str) -> Option<Origin> {
         let log = self.logs.get(container_id)?;
-        log.find(self.hasher.hash_one(path), path).map(|e| &e.origin)
+        log.find(self.hasher.hash_one(path), path).map(Entry::origin)
     }
 
     pub fn forget_container(&mut self, container_id: &str) {
@@ -616,7 +641,7 @@ mod tests {
         let mut log = WriteLog::new(8, 8);
         log.record("c1", &file(FileOp::Create, "/tmp/ls", 77));
         let e = exec("/tmp/ls", &["/tmp/ls"]);
-        let d = classify_exec(&e, log.lookup("c1", "/tmp/ls"), FileFacts::default()).unwrap();
+        let d = classify_exec(&e, log.lookup("c1", "/tmp/ls").as_ref(), FileFacts::default()).unwrap();
         assert_eq!(d.kind, DriftKind::Written);
         assert_eq!(d.origin.as_ref().unwrap().pid, 77);
         assert_eq!(d.to_string(), "executable written after the container started: /tmp/ls (creat by cp[77])");
@@ -628,14 +653,14 @@ mod tests {
         let mut log = WriteLog::new(8, 8);
         log.record("c", &file(FileOp::Create, "/app/x", 1));
         log.record("c", &file(FileOp::Chmod, "/app/x", 2));
-        let d = classify_exec(&exec("/app/x", &["x"]), log.lookup("c", "/app/x"), FileFacts::default()).unwrap();
+        let d = classify_exec(&exec("/app/x", &["x"]), log.lookup("c", "/app/x").as_ref(), FileFacts::default()).unwrap();
         assert_eq!((d.kind, d.origin.unwrap().pid), (DriftKind::Written, 1), "created, then made executable: written");
         log.record("c", &file(FileOp::Chmod, "/opt/tool", 3));
-        let d = classify_exec(&exec("/opt/tool", &["tool"]), log.lookup("c", "/opt/tool"), FileFacts::default()).unwrap();
+        let d = classify_exec(&exec("/opt/tool", &["tool"]), log.lookup("c", "/opt/tool").as_ref(), FileFacts::default()).unwrap();
         assert_eq!(d.kind, DriftKind::MadeExecutable);
         log.record("c", &file(FileOp::Modify, "/bin/ls", 3));
         let facts = FileFacts { in_upper: Some(true), in_baseline: Some(true) };
-        assert_eq!(classify_exec(&exec("/bin/ls", &["ls"]), log.lookup("c", "/bin/ls"), facts).unwrap().kind, DriftKind::Modified);
+        assert_eq!(classify_exec(&exec("/bin/ls", &["ls"]), log.lookup("c", "/bin/ls").as_ref(), facts).unwrap().kind, DriftKind::Modified);
         // Seen only through the upper layer (written before the agent ran).
         assert_eq!(classify_exec(&exec("/bin/ls", &["ls"]), None, facts).unwrap().kind, DriftKind::Modified);
         let fresh = FileFacts { in_upper: Some(true), in_baseline: None };
@@ -682,7 +707,7 @@ mod tests {
         assert_eq!(indirect_target(&exec("/bin/ls", &["ls", "/tmp"])), None);
         let mut log = WriteLog::new(4, 4);
         log.record("c", &file(FileOp::Create, "/tmp/evil", 5));
-        let d = classify_indirect(DriftKind::Loader, "/tmp/evil", log.lookup("c", "/tmp/evil"), FileFacts::default()).unwrap();
+        let d = classify_indirect(DriftKind::Loader, "/tmp/evil", log.lookup("c", "/tmp/evil").as_ref(), FileFacts::default()).unwrap();
         assert_eq!(d.origin.unwrap().pid, 5);
         assert!(classify_indirect(
             DriftKind::Interpreter,
@@ -756,6 +781,11 @@ mod tests {
         assert_eq!(log.len(), 2);
         log.forget_container("c");
         assert!(log.is_empty());
+        // A name longer than the kernel's is cut at a character, not a byte.
+        let mut ev = file(FileOp::Create, "/y", 3);
+        ev.process.comm = "é".repeat(10);
+        log.record("c", &ev);
+        assert_eq!(log.lookup("c", "/y").map(|o| o.comm), Some("é".repeat(8)));
     }
 
     proptest::proptest! {

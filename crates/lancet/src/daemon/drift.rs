@@ -24,11 +24,11 @@ impl Daemon {
         };
         match &ev.kind {
             EventKind::Exec(x) => {
-                if let Some(d) = classify_exec(x, self.writes.lookup(&c.id, &x.filename), facts(&x.filename)) {
+                if let Some(d) = classify_exec(x, self.writes.lookup(&c.id, &x.filename).as_ref(), facts(&x.filename)) {
                     return Some(d);
                 }
                 let (kind, target) = indirect_target(x)?;
-                classify_indirect(kind, &target, self.writes.lookup(&c.id, &target), facts(&target))
+                classify_indirect(kind, &target, self.writes.lookup(&c.id, &target).as_ref(), facts(&target))
             }
             EventKind::File(f) if f.op == FileOp::Chmod && !f.is_dir => {
                 use std::os::unix::fs::PermissionsExt;
@@ -41,7 +41,7 @@ impl Daemon {
                 (meta.file_type().is_file() && mode & 0o111 != 0 && !shipped_executable).then(|| Drift {
                     kind: DriftKind::MadeExecutable,
                     path: f.path.clone(),
-                    origin: self.writes.lookup(&c.id, &f.path).cloned(),
+                    origin: self.writes.lookup(&c.id, &f.path),
                 })
             }
             _ => None,

@@ -216,7 +216,7 @@ impl Daemon {
         let (id, ev, v, done) = match &e {
             Enforced::ExecDenied { label, pid, path, reason, argv } => {
                 let Some(g) = p.by_label(*label) else { return Ok(()) };
-                let origin = self.writes.lookup(&g.id, path).cloned();
+                let origin = self.writes.lookup(&g.id, path);
                 let ev = synthetic_exec(*pid, g.cgroup_id, path, argv);
                 let v = match reason {
                     DenyReason::Drift(k) => verdicts::drift(&Drift { kind: *k, path: path.clone(), origin }),
