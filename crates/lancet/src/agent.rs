@@ -213,6 +213,35 @@ pub struct Pipeline {
     pub existing: Vec<Arc<ContainerInfo>>,
     /// Events by type and what was lost, for metrics.
     pub counters: crate::counters::LoopCounters,
+    /// The last file event's attribution, for the next event of the same
+    /// name by the same process (see [`SameName`]).
+    same_name: SameName,
+}
+
+/// The kernel merges a name's queued events into one record (created,
+/// written, deleted), which becomes consecutive events of one process on
+/// one path: the second and third are attributed as the first was, without
+/// looking its path and cgroup up again. Valid only between consecutive
+/// events of one batch: any other event, and the end of the batch (the
+/// tick changes what the attributor knows), forgets it.
+#[derive(Default)]
+struct SameName {
+    valid: bool,
+    pid: u32,
+    cgroup_id: u64,
+    host_path: String,
+    /// The path as the container sees it.
+    path: String,
+    attribution: Option<Attribution>,
+}
+
+impl SameName {
+    fn matches(&self, ev: &Event) -> bool {
+        self.valid
+            && ev.process.pid == self.pid
+            && ev.cgroup_id == self.cgroup_id
+            && matches!(&ev.kind, EventKind::File(f) if f.old_path.is_none() && f.host_path == self.host_path)
+    }
 }
 
 impl Pipeline {
@@ -224,11 +253,22 @@ impl Pipeline {
             host_root_str: host_root.to_string_lossy().into_owned(),
             existing,
             counters: Default::default(),
+            same_name: SameName::default(),
         }
+    }
+
+    /// The batch's events are handled: what is remembered between
+    /// consecutive events goes.
+    pub fn end_batch(&mut self) {
+        self.procs.end_batch();
+        self.same_name.valid = false;
     }
 
     /// Attribution of one event, rewriting file paths to the container's view.
     pub fn attribute(&mut self, ev: &mut Event) -> Attribution {
+        if !matches!(ev.kind, EventKind::File(_)) {
+            self.same_name.valid = false;
+        }
         if let EventKind::Exec(x) = &mut ev.kind {
             complete_argv(ev.process.pid, x);
         }
@@ -265,6 +305,13 @@ impl Pipeline {
         if let Some(c) = ended {
             return Attribution::Container(c);
         }
+        if self.same_name.matches(ev) {
+            if let (EventKind::File(f), Some(a)) = (&mut ev.kind, &self.same_name.attribution) {
+                set_str(&mut f.path, &self.same_name.path);
+                return a.clone();
+            }
+        }
+        self.same_name.valid = false;
         let mut attribution = if ev.cgroup_id == 0 { Attribution::Host } else { self.attributor.attribute(ev.cgroup_id) };
         if let EventKind::File(FileEvent { path, host_path, old_path, .. }) = &mut ev.kind {
             // The path as the container sees it, written over the host path
@@ -288,6 +335,13 @@ impl Pipeline {
                 if !matches!(attribution, Attribution::Container(_)) {
                     attribution = Attribution::Container(c);
                 }
+            }
+            if old_path.is_none() {
+                let m = &mut self.same_name;
+                (m.valid, m.pid, m.cgroup_id) = (true, ev.process.pid, ev.cgroup_id);
+                set_str(&mut m.host_path, host_path);
+                set_str(&mut m.path, path);
+                m.attribution = Some(attribution.clone());
             }
         }
         attribution
@@ -458,7 +512,7 @@ pub fn run_loop(
         }
         events.clear();
         drop(events);
-        pipeline.procs.end_batch();
+        pipeline.end_batch();
         watches.retry_pending();
         if counted.elapsed() >= Duration::from_secs(1) {
             counted = Instant::now();

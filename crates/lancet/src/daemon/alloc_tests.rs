@@ -134,6 +134,38 @@ fn a_steady_stream_of_file_events_allocates_nothing() {
     assert_eq!(ev.process.comm, "loadgen");
 }
 
+/// The events of one merged fanotify record (one process, one name) take
+/// the first one's attribution; another process, another cgroup, another
+/// name or the end of the batch attributes afresh.
+#[test]
+fn the_events_of_one_name_by_one_process_are_attributed_as_the_first() {
+    let mut s = setup();
+    let root = s.host.path().display().to_string();
+    let host = |name: &str| format!("{root}{UPPER}/tmp/{name}");
+    let mut ev = lancet_engine::Event::default();
+    let mut attribute = |s: &mut Setup, pid: u32, op: FileOp, path: &str| {
+        ev.set_file(1, pid, op, path, None, false);
+        let a = s.pipeline.attribute(&mut ev);
+        let EventKind::File(f) = &ev.kind else { panic!("a file event") };
+        let Attribution::Container(c) = a else { panic!("attributed: {a:?}") };
+        (c.id.clone(), f.path.clone())
+    };
+    let t1 = (T1.to_string(), "/tmp/a".to_string());
+    assert_eq!(attribute(&mut s, PID, FileOp::Create, &host("a")), t1);
+    assert_eq!(attribute(&mut s, PID, FileOp::Modify, &host("a")), t1, "the same name again");
+    assert_eq!(attribute(&mut s, PID, FileOp::Delete, &host("b")).1, "/tmp/b", "another name");
+    // The other container's process writing the same host path (a shared
+    // volume): its own cgroup names it, not the previous event's.
+    assert_eq!(attribute(&mut s, PROBE_PID, FileOp::Modify, &host("b")).0, PROBE);
+    // The process moved to another cgroup: the same name is looked up again.
+    s.pipeline.procs.get_mut(PID).unwrap().cgroup_id = s.probe_cgroup_id;
+    assert_eq!(attribute(&mut s, PID, FileOp::Modify, &host("b")).0, PROBE);
+    s.pipeline.procs.get_mut(PID).unwrap().cgroup_id = s.cgroup_id;
+    assert_eq!(attribute(&mut s, PID, FileOp::Modify, &host("b")).0, T1);
+    s.pipeline.end_batch();
+    assert_eq!(attribute(&mut s, PID, FileOp::Modify, &host("b")), (T1.to_string(), "/tmp/b".to_string()));
+}
+
 /// A file of a name of its own each time (the bench's file loop): once the
 /// drift write log holds its bound of paths, the entry it forgets makes
 /// room for the new one in its own strings (after one more round of the

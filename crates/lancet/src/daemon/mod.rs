@@ -161,7 +161,8 @@ impl Daemon {
         // Writes are judged against the container's own writable set.
         let set = match &ev.kind {
             EventKind::File(f) if f.op != FileOp::Open => {
-                let live_pid = self.workloads.live.get(&c.id).map(|l| l.pid).unwrap_or(0);
+                let live = &self.workloads.live;
+                let live_pid = || live.get(&c.id).map_or(0, |l| l.pid);
                 Some(self.write_sets.set_for(c, live_pid, now, self.policies.set.writable_for(c)))
             }
             _ => None,

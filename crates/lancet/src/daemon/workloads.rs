@@ -320,14 +320,19 @@ impl Workloads {
     /// live process, its own address, the activity counters. Returns the
     /// peer of a connect or accept, named by workload where known.
     pub(super) fn note(&mut self, ev: &Event, c: &Arc<ContainerInfo>, key: &str) -> Option<PeerRef> {
-        if !self.containers.contains_key(&c.id) && self.containers.len() < MAX_CONTAINERS {
-            self.containers.insert(c.id.clone(), Arc::clone(c));
-        }
-        if ev.cgroup_id != 0 && ev.process.pid != 0 {
-            if let Some(l) = self.live.get_mut(&c.id) {
-                l.cgroup_id = ev.cgroup_id;
-                l.pid = ev.process.pid;
-            } else if self.live.len() < MAX_CONTAINERS {
+        // A live container is known: one look-up per event, not two.
+        let live = match ev.cgroup_id != 0 && ev.process.pid != 0 {
+            true => self.live.get_mut(&c.id),
+            false => None,
+        };
+        if let Some(l) = live {
+            l.cgroup_id = ev.cgroup_id;
+            l.pid = ev.process.pid;
+        } else {
+            if !self.containers.contains_key(&c.id) && self.containers.len() < MAX_CONTAINERS {
+                self.containers.insert(c.id.clone(), Arc::clone(c));
+            }
+            if ev.cgroup_id != 0 && ev.process.pid != 0 && self.live.len() < MAX_CONTAINERS {
                 self.live.insert(c.id.clone(), Live { cgroup_id: ev.cgroup_id, pid: ev.process.pid });
             }
         }

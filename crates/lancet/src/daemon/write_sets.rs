@@ -44,15 +44,16 @@ pub(super) struct WriteSets {
 }
 
 impl WriteSets {
-    /// The writable set of container `c`, whose live process is `live_pid`
-    /// (0 when none is known), with the directories its policies declare.
+    /// The writable set of container `c`, whose live process `live_pid`
+    /// says (0 when none is known; asked only when the set is checked
+    /// again), with the directories its policies declare.
     /// Read on first use, again for a new run and after a policy reload.
     /// `now` is the event's time (ns since the epoch): the clock is not
     /// read per write (a clock that steps back only delays a re-check).
     pub(super) fn set_for<'a>(
         &mut self,
         c: &ContainerInfo,
-        live_pid: u32,
+        live_pid: impl FnOnce() -> u32,
         now: u64,
         declared: impl Iterator<Item = &'a str>,
     ) -> Arc<WritableSet> {
@@ -65,7 +66,7 @@ impl WriteSets {
                 return Arc::clone(&w.set);
             }
         }
-        let pid = trusted_pid(c).unwrap_or(live_pid);
+        let pid = trusted_pid(c).unwrap_or_else(live_pid);
         if let Some(w) = self.map.get_mut(&c.id) {
             let fresh = w.complete || since(w.read_at) < RETRY;
             if (w.pid == pid || pid == 0) && fresh {
@@ -161,7 +162,7 @@ mod tests {
         let mut w = WriteSets::default();
         let c = ContainerInfo { id: "c".repeat(64), ..Default::default() };
         // No process: the default set, not remembered as complete.
-        let set = w.set_for(&c, 0, 1_800_000_000_000_000_000, ["/srv/app"].into_iter());
+        let set = w.set_for(&c, || 0, 1_800_000_000_000_000_000, ["/srv/app"].into_iter());
         assert_eq!(set.covering("/srv/app/x").map(|d| d.kind), Some(WritableKind::Policy));
         assert!(set.covering("/tmp/x").is_some());
         assert!(w.first_alert(&c.id, "/srv/www"));
