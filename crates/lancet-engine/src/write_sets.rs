@@ -187,7 +187,8 @@ pub fn protected(path: &str) -> Option<&'static str> {
         ".cshrc",
         ".tcshrc",
     ];
-    let first = path.strip_prefix('/').map(|rest| rest.split_once('/').map_or(rest, |(first, _)| first));
+    // Byte scans: a `char` pattern compares each match through `memcmp`.
+    let first = path.strip_prefix('/').map(|rest| rest.bytes().position(|b| b == b'/').map_or(rest, |i| &rest[..i]));
     match first {
         Some("root") => return Some("root's home"),
         Some(f) if SYSTEM.iter().any(|d| &d[1..] == f) => return Some("system files"),
@@ -201,7 +202,7 @@ pub fn protected(path: &str) -> Option<&'static str> {
         }
         _ => {}
     }
-    if path.starts_with('.') || path.contains("/.") {
+    if path.starts_with('.') || path.as_bytes().windows(2).any(|w| w == b"/.") {
         if path.split('/').any(|c| c == ".ssh") {
             return Some("ssh keys");
         }

@@ -52,7 +52,9 @@ pub(super) fn parent_of(x: &ExecEvent) -> Option<&str> {
 /// The directory a path lies in: `/tmp/a` → `/tmp`, `/a` → `/`.
 pub fn parent_dir(path: &str) -> &str {
     let p = path.trim_end_matches('/');
-    match p.rfind('/') {
+    // A byte scan: `rfind('/')` compares each match through `memcmp`, and
+    // this runs for every file event.
+    match p.bytes().rposition(|b| b == b'/') {
         Some(0) => "/",
         Some(i) => &p[..i],
         None if path.starts_with('/') => "/",

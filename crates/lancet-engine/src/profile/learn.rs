@@ -87,21 +87,29 @@ impl Profile {
             Obs::Sensitive(path) => self.learn_path(Section::SensitiveReads, path, seen),
         };
         if new {
-            self.spec.learning.last_new = Timestamp(self.spec.learning.last_new.0.max(now));
+            self.learned_new(now);
         }
         new
+    }
+
+    /// Something new was learned at `now`: when learning last found
+    /// something new (what promotion waits on to settle).
+    fn learned_new(&mut self, now: u64) {
+        self.spec.learning.last_new = Timestamp(self.spec.learning.last_new.0.max(now));
     }
 
     /// Learns a write that lies in the container's writable set, in any
     /// mode: new anchors keep being learned in monitor and protect mode
     /// (nothing there is refused or alerted). Returns whether it was new.
     pub fn learn_writable(&mut self, ev: &Event, set: &WritableSet, now: u64) -> bool {
-        match classify(ev, None) {
-            Some(Obs::Written { path, content: true, .. }) if matches!(classify_write(path, set), WriteClass::Writable(_)) => {
-                self.observe_in(ev, None, set, now)
-            }
-            _ => false,
+        let Some(Obs::Written { path, content: true, .. }) = classify(ev, None) else { return false };
+        let WriteClass::Writable(d) = classify_write(path, set) else { return false };
+        // As `observe_in` learns it, without classifying the event again.
+        let new = self.learn_path(Section::WrittenDirs, &d.path, Seen::now(now));
+        if new {
+            self.learned_new(now);
         }
+        new
     }
 
     /// Adds what `d` found missing to the profile, as an operator's
@@ -142,7 +150,7 @@ impl Profile {
             Deviation::ProtectedWrite { .. } => false,
         };
         if added {
-            self.spec.learning.last_new = Timestamp(self.spec.learning.last_new.0.max(now));
+            self.learned_new(now);
         }
         added
     }
