@@ -145,10 +145,12 @@ fn the_container_cache_is_bounded() {
 
 #[test]
 fn integers_are_written_as_display_writes_them() {
-    for v in [0u64, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 65535, 1_800_000_000_000_000_000, u64::MAX] {
-        let mut b = Vec::new();
+    let powers = (0..20).flat_map(|k| [10u64.pow(k) - 1, 10u64.pow(k)]);
+    for v in [0u64, 1, 11, 101, 65535, 1_800_000_000_000_000_000, u64::MAX].into_iter().chain(powers) {
+        // After what the line holds already.
+        let mut b = b"{\"x\":".to_vec();
         super::uint(&mut b, v);
-        assert_eq!(String::from_utf8(b).unwrap(), v.to_string());
+        assert_eq!(String::from_utf8(b).unwrap(), format!("{{\"x\":{v}"));
     }
     let mut b = Vec::new();
     super::int(&mut b, i64::MIN);
