@@ -100,16 +100,19 @@ impl Profile {
 
     /// Learns a write that lies in the container's writable set, in any
     /// mode: new anchors keep being learned in monitor and protect mode
-    /// (nothing there is refused or alerted). Returns whether it was new.
-    pub fn learn_writable(&mut self, ev: &Event, set: &WritableSet, now: u64) -> bool {
-        let Some(Obs::Written { path, content: true, .. }) = classify(ev, None) else { return false };
-        let WriteClass::Writable(d) = classify_write(path, set) else { return false };
+    /// (nothing there is refused or alerted). Returns whether it was new;
+    /// None when the event is not such a write, and so is for
+    /// [`Profile::check_in`] to judge (which finds nothing to say of one
+    /// that is: the caller need not ask it).
+    pub fn learn_writable(&mut self, ev: &Event, set: &WritableSet, now: u64) -> Option<bool> {
+        let Some(Obs::Written { path, content: true, .. }) = classify(ev, None) else { return None };
+        let WriteClass::Writable(d) = classify_write(path, set) else { return None };
         // As `observe_in` learns it, without classifying the event again.
         let new = self.learn_path(Section::WrittenDirs, &d.path, Seen::now(now));
         if new {
             self.learned_new(now);
         }
-        new
+        Some(new)
     }
 
     /// Adds what `d` found missing to the profile, as an operator's

@@ -184,13 +184,17 @@ impl Daemon {
             None
         } else {
             let d = match &set {
-                Some(set) => {
-                    // New anchors of the writable set keep being learned.
-                    if drift.is_none() && w.profile.learn_writable(ev, set, now) {
-                        w.changed_for_the_record();
+                // New anchors of the writable set keep being learned; a
+                // write in the set is not checked again.
+                Some(set) => match drift.is_none().then(|| w.profile.learn_writable(ev, set, now)).flatten() {
+                    Some(new) => {
+                        if new {
+                            w.changed_for_the_record();
+                        }
+                        None
                     }
-                    w.enforced().check_in(ev, peer.as_ref(), set)
-                }
+                    None => w.enforced().check_in(ev, peer.as_ref(), set),
+                },
                 None => w.enforced().check(ev, peer.as_ref()),
             };
             // A write outside both sets: once per anchor per container life.
