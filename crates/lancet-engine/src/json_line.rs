@@ -26,6 +26,9 @@ pub struct JsonLines {
     /// The second `time_prefix` was made for, and `YYYY-MM-DDTHH:MM:SS`.
     second: Option<u64>,
     time_prefix: [u8; 19],
+    /// The same second's decimal digits: `evt.time` (ns since the epoch)
+    /// is them and the nine digits of the nanoseconds `time` has made.
+    second_digits: Vec<u8>,
     /// A container's fields, from `"container.id"` to its last pod field,
     /// by the address of its `Arc` (held, so the address is not reused).
     containers: crate::FastMap<usize, (Arc<ContainerInfo>, Vec<u8>)>,
@@ -81,7 +84,12 @@ impl JsonLines {
         b.extend_from_slice(b": ");
         summary(b, ev);
         b.extend_from_slice(b"\",\"output_fields\":{\"evt.time\":");
-        uint(b, ev.time_ns);
+        if ev.time_ns >= 1_000_000_000 {
+            b.extend_from_slice(&self.second_digits);
+            b.extend_from_slice(&time[20..29]);
+        } else {
+            uint(b, ev.time_ns);
+        }
         b.extend_from_slice(b",\"evt.type\":\"");
         b.extend_from_slice(ev.kind.evt_type().as_bytes());
         b.push(b'"');
@@ -149,6 +157,8 @@ impl JsonLines {
             // four digits rather than shift every field.
             let _ = write!(w, "{:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", y % 10_000, rem / 3600, rem / 60 % 60, rem % 60);
             self.second = Some(secs);
+            self.second_digits.clear();
+            uint(&mut self.second_digits, secs);
         }
         let mut t = [0u8; 30];
         t[..19].copy_from_slice(&self.time_prefix);

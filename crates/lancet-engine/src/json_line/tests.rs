@@ -120,6 +120,17 @@ fn the_same_bytes_as_serde_for_every_kind_and_attribution() {
             assert_eq!(String::from_utf8_lossy(lines.bytes()), String::from_utf8_lossy(&want), "{:?}", ev.kind);
         }
     }
+    // `evt.time` around the first second, where it has no second digits.
+    for t in [0, 7, 999_999_999, 1_000_000_000, 1_000_000_001, 10_000_000_000, 1_795_873_138_000_000_000] {
+        let ev = Event { time_ns: t, ..event(kinds().remove(0)) };
+        let r = Record { event: &ev, attribution: &Attribution::Host, hostname: "h" };
+        let mut want = Vec::new();
+        write_falco_json(&mut want, &r, "r", "p").unwrap();
+        want.push(b'\n');
+        lines.clear();
+        lines.push(&r, "r", "p");
+        assert_eq!(String::from_utf8_lossy(lines.bytes()), String::from_utf8_lossy(&want), "{t}");
+    }
 }
 
 #[test]
