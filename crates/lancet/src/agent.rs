@@ -226,18 +226,18 @@ pub struct Pipeline {
 /// tick changes what the attributor knows), forgets it.
 #[derive(Default)]
 struct SameName {
-    valid: bool,
     pid: u32,
     cgroup_id: u64,
     host_path: String,
     /// The path as the container sees it.
     path: String,
+    /// The first event's attribution; None once forgotten.
     attribution: Option<Attribution>,
 }
 
 impl SameName {
     fn matches(&self, ev: &Event) -> bool {
-        self.valid
+        self.attribution.is_some()
             && ev.process.pid == self.pid
             && ev.cgroup_id == self.cgroup_id
             && matches!(&ev.kind, EventKind::File(f) if f.old_path.is_none() && f.host_path == self.host_path)
@@ -261,14 +261,11 @@ impl Pipeline {
     /// consecutive events goes.
     pub fn end_batch(&mut self) {
         self.procs.end_batch();
-        self.same_name.valid = false;
+        self.same_name.attribution = None;
     }
 
     /// Attribution of one event, rewriting file paths to the container's view.
     pub fn attribute(&mut self, ev: &mut Event) -> Attribution {
-        if !matches!(ev.kind, EventKind::File(_)) {
-            self.same_name.valid = false;
-        }
         if let EventKind::Exec(x) = &mut ev.kind {
             complete_argv(ev.process.pid, x);
         }
@@ -299,19 +296,20 @@ impl Pipeline {
                 ev.process.ppid = p.ppid;
             }
         }
-        // The removal of a container's own cgroup (matched exactly by the
-        // attributor, never by a name a user could give a cgroup of their
-        // own) is attributed to the container that ended.
-        if let Some(c) = ended {
-            return Attribution::Container(c);
-        }
         if self.same_name.matches(ev) {
             if let (EventKind::File(f), Some(a)) = (&mut ev.kind, &self.same_name.attribution) {
                 set_str(&mut f.path, &self.same_name.path);
                 return a.clone();
             }
         }
-        self.same_name.valid = false;
+        // Any other event forgets it (a cgroup's removal among them).
+        self.same_name.attribution = None;
+        // The removal of a container's own cgroup (matched exactly by the
+        // attributor, never by a name a user could give a cgroup of their
+        // own) is attributed to the container that ended.
+        if let Some(c) = ended {
+            return Attribution::Container(c);
+        }
         let mut attribution = if ev.cgroup_id == 0 { Attribution::Host } else { self.attributor.attribute(ev.cgroup_id) };
         if let EventKind::File(FileEvent { path, host_path, old_path, .. }) = &mut ev.kind {
             // The path as the container sees it, written over the host path
@@ -338,7 +336,7 @@ impl Pipeline {
             }
             if old_path.is_none() {
                 let m = &mut self.same_name;
-                (m.valid, m.pid, m.cgroup_id) = (true, ev.process.pid, ev.cgroup_id);
+                (m.pid, m.cgroup_id) = (ev.process.pid, ev.cgroup_id);
                 set_str(&mut m.host_path, host_path);
                 set_str(&mut m.path, path);
                 m.attribution = Some(attribution.clone());
