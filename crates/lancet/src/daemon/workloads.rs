@@ -321,10 +321,8 @@ impl Workloads {
     /// peer of a connect or accept, named by workload where known.
     pub(super) fn note(&mut self, ev: &Event, c: &Arc<ContainerInfo>, key: &str) -> Option<PeerRef> {
         // A live container is known: one look-up per event, not two.
-        let live = match ev.cgroup_id != 0 && ev.process.pid != 0 {
-            true => self.live.get_mut(&c.id),
-            false => None,
-        };
+        let names_its_process = ev.cgroup_id != 0 && ev.process.pid != 0;
+        let live = if names_its_process { self.live.get_mut(&c.id) } else { None };
         if let Some(l) = live {
             l.cgroup_id = ev.cgroup_id;
             l.pid = ev.process.pid;
@@ -332,7 +330,7 @@ impl Workloads {
             if !self.containers.contains_key(&c.id) && self.containers.len() < MAX_CONTAINERS {
                 self.containers.insert(c.id.clone(), Arc::clone(c));
             }
-            if ev.cgroup_id != 0 && ev.process.pid != 0 && self.live.len() < MAX_CONTAINERS {
+            if names_its_process && self.live.len() < MAX_CONTAINERS {
                 self.live.insert(c.id.clone(), Live { cgroup_id: ev.cgroup_id, pid: ev.process.pid });
             }
         }
