@@ -467,7 +467,8 @@ pub fn classify_indirect(kind: DriftKind, path: &str, written: Option<&Origin>, 
 pub struct WriteLog {
     per_container: usize,
     containers: usize,
-    logs: crate::FastMap<String, ContainerWrites>,
+    /// By the caller's number for each container.
+    logs: crate::FastMap<u64, ContainerWrites>,
     /// Keyed at random per process (like [`crate::FastMap`]): paths are the
     /// container's to choose.
     hasher: ahash::RandomState,
@@ -533,21 +534,20 @@ impl WriteLog {
         }
     }
 
-    /// Records a file event of a container: creates, writes, renames (the new
-    /// name) and chmods. Other events are ignored.
-    pub fn record(&mut self, container_id: &str, ev: &Event) {
+    /// Records a file event of container `container` (the caller's number
+    /// for it, given once: a 64-character id is not hashed per write):
+    /// creates, writes, renames (the new name) and chmods. Other events are
+    /// ignored.
+    pub fn record(&mut self, container: u64, ev: &Event) {
         let EventKind::File(f) = &ev.kind else { return };
         if f.is_dir || !matches!(f.op, FileOp::Create | FileOp::Modify | FileOp::Rename | FileOp::Chmod) {
             return;
         }
-        if !self.logs.contains_key(container_id) && self.logs.len() >= self.containers {
-            return;
-        }
-        // Looked up before any key is made: a known container costs no
-        // allocation.
-        let log = match self.logs.get_mut(container_id) {
-            Some(log) => log,
-            None => self.logs.entry(container_id.to_string()).or_default(),
+        let full = self.logs.len() >= self.containers;
+        let log = match self.logs.entry(container) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) if !full => v.insert(ContainerWrites::default()),
+            std::collections::hash_map::Entry::Vacant(_) => return,
         };
         let hash = self.hasher.hash_one(f.path.as_str());
         // The first write says how the file got there (a chmod that
@@ -577,15 +577,15 @@ impl WriteLog {
         index.insert_unique(hash, at as u32, |&i| ring[i as usize].hash);
     }
 
-    /// Who wrote `path` first in container `container_id`, if it is still
+    /// Who wrote `path` first in container `container`, if it is still
     /// remembered. Made on demand: asked per exec and refusal, not per write.
-    pub fn lookup(&self, container_id: &str, path: &str) -> Option<Origin> {
-        let log = self.logs.get(container_id)?;
+    pub fn lookup(&self, container: u64, path: &str) -> Option<Origin> {
+        let log = self.logs.get(&container)?;
         log.find(self.hasher.hash_one(path), path).map(Entry::origin)
     }
 
-    pub fn forget_container(&mut self, container_id: &str) {
-        self.logs.remove(container_id);
+    pub fn forget_container(&mut self, container: u64) {
+        self.logs.remove(&container);
     }
 
     pub fn len(&self) -> usize {
@@ -639,28 +639,28 @@ mod tests {
     #[test]
     fn written_file_names_its_writer() {
         let mut log = WriteLog::new(8, 8);
-        log.record("c1", &file(FileOp::Create, "/tmp/ls", 77));
+        log.record(1, &file(FileOp::Create, "/tmp/ls", 77));
         let e = exec("/tmp/ls", &["/tmp/ls"]);
-        let d = classify_exec(&e, log.lookup("c1", "/tmp/ls").as_ref(), FileFacts::default()).unwrap();
+        let d = classify_exec(&e, log.lookup(1, "/tmp/ls").as_ref(), FileFacts::default()).unwrap();
         assert_eq!(d.kind, DriftKind::Written);
         assert_eq!(d.origin.as_ref().unwrap().pid, 77);
         assert_eq!(d.to_string(), "executable written after the container started: /tmp/ls (creat by cp[77])");
-        assert!(log.lookup("c2", "/tmp/ls").is_none(), "per container");
+        assert!(log.lookup(2, "/tmp/ls").is_none(), "per container");
     }
 
     #[test]
     fn chmod_alone_is_made_executable_and_modified_image_file() {
         let mut log = WriteLog::new(8, 8);
-        log.record("c", &file(FileOp::Create, "/app/x", 1));
-        log.record("c", &file(FileOp::Chmod, "/app/x", 2));
-        let d = classify_exec(&exec("/app/x", &["x"]), log.lookup("c", "/app/x").as_ref(), FileFacts::default()).unwrap();
+        log.record(3, &file(FileOp::Create, "/app/x", 1));
+        log.record(3, &file(FileOp::Chmod, "/app/x", 2));
+        let d = classify_exec(&exec("/app/x", &["x"]), log.lookup(3, "/app/x").as_ref(), FileFacts::default()).unwrap();
         assert_eq!((d.kind, d.origin.unwrap().pid), (DriftKind::Written, 1), "created, then made executable: written");
-        log.record("c", &file(FileOp::Chmod, "/opt/tool", 3));
-        let d = classify_exec(&exec("/opt/tool", &["tool"]), log.lookup("c", "/opt/tool").as_ref(), FileFacts::default()).unwrap();
+        log.record(3, &file(FileOp::Chmod, "/opt/tool", 3));
+        let d = classify_exec(&exec("/opt/tool", &["tool"]), log.lookup(3, "/opt/tool").as_ref(), FileFacts::default()).unwrap();
         assert_eq!(d.kind, DriftKind::MadeExecutable);
-        log.record("c", &file(FileOp::Modify, "/bin/ls", 3));
+        log.record(3, &file(FileOp::Modify, "/bin/ls", 3));
         let facts = FileFacts { in_upper: Some(true), in_baseline: Some(true) };
-        assert_eq!(classify_exec(&exec("/bin/ls", &["ls"]), log.lookup("c", "/bin/ls").as_ref(), facts).unwrap().kind, DriftKind::Modified);
+        assert_eq!(classify_exec(&exec("/bin/ls", &["ls"]), log.lookup(3, "/bin/ls").as_ref(), facts).unwrap().kind, DriftKind::Modified);
         // Seen only through the upper layer (written before the agent ran).
         assert_eq!(classify_exec(&exec("/bin/ls", &["ls"]), None, facts).unwrap().kind, DriftKind::Modified);
         let fresh = FileFacts { in_upper: Some(true), in_baseline: None };
@@ -706,8 +706,8 @@ mod tests {
         assert_eq!(indirect_target(&exec("/bin/busybox", &["busybox", "ls", "/tmp"])), None);
         assert_eq!(indirect_target(&exec("/bin/ls", &["ls", "/tmp"])), None);
         let mut log = WriteLog::new(4, 4);
-        log.record("c", &file(FileOp::Create, "/tmp/evil", 5));
-        let d = classify_indirect(DriftKind::Loader, "/tmp/evil", log.lookup("c", "/tmp/evil").as_ref(), FileFacts::default()).unwrap();
+        log.record(3, &file(FileOp::Create, "/tmp/evil", 5));
+        let d = classify_indirect(DriftKind::Loader, "/tmp/evil", log.lookup(3, "/tmp/evil").as_ref(), FileFacts::default()).unwrap();
         assert_eq!(d.origin.unwrap().pid, 5);
         assert!(classify_indirect(
             DriftKind::Interpreter,
@@ -770,22 +770,22 @@ mod tests {
     fn write_log_is_bounded() {
         let mut log = WriteLog::new(2, 1);
         for (i, p) in ["/a", "/b", "/c"].iter().enumerate() {
-            log.record("c", &file(FileOp::Create, p, i as u32));
+            log.record(3, &file(FileOp::Create, p, i as u32));
         }
-        assert!(log.lookup("c", "/a").is_none());
+        assert!(log.lookup(3, "/a").is_none());
         // The entry that made room holds its new writer, not the old one.
-        assert_eq!(log.lookup("c", "/c").map(|o| (o.pid, o.op)), Some((2, FileOp::Create)));
-        assert_eq!(log.lookup("c", "/b").map(|o| o.pid), Some(1));
-        log.record("other", &file(FileOp::Create, "/x", 1));
-        assert!(log.lookup("other", "/x").is_none(), "container limit");
+        assert_eq!(log.lookup(3, "/c").map(|o| (o.pid, o.op)), Some((2, FileOp::Create)));
+        assert_eq!(log.lookup(3, "/b").map(|o| o.pid), Some(1));
+        log.record(9, &file(FileOp::Create, "/x", 1));
+        assert!(log.lookup(9, "/x").is_none(), "container limit");
         assert_eq!(log.len(), 2);
-        log.forget_container("c");
+        log.forget_container(3);
         assert!(log.is_empty());
         // A name longer than the kernel's is cut at a character, not a byte.
         let mut ev = file(FileOp::Create, "/y", 3);
         ev.process.comm = "é".repeat(10);
-        log.record("c", &ev);
-        assert_eq!(log.lookup("c", "/y").map(|o| o.comm), Some("é".repeat(8)));
+        log.record(3, &ev);
+        assert_eq!(log.lookup(3, "/y").map(|o| o.comm), Some("é".repeat(8)));
     }
 
     proptest::proptest! {
@@ -801,7 +801,7 @@ mod tests {
             let mut model: std::collections::VecDeque<(String, u32)> = Default::default();
             for (pid, n) in names.iter().enumerate() {
                 let path = format!("/d/{n}");
-                log.record("c", &file(FileOp::Modify, &path, pid as u32));
+                log.record(3, &file(FileOp::Modify, &path, pid as u32));
                 if !model.iter().any(|(p, _)| *p == path) {
                     if model.len() == bound {
                         model.pop_front();
@@ -811,7 +811,7 @@ mod tests {
                 for k in 0..12u8 {
                     let path = format!("/d/{k}");
                     let want = model.iter().find(|(p, _)| *p == path).map(|(_, pid)| *pid);
-                    proptest::prop_assert_eq!(log.lookup("c", &path).map(|o| o.pid), want);
+                    proptest::prop_assert_eq!(log.lookup(3, &path).map(|o| o.pid), want);
                 }
                 proptest::prop_assert_eq!(log.len(), model.len());
             }

@@ -35,5 +35,7 @@ pub use event::{Event, EventKind};
 /// cheaper, and several times faster on such keys (SipHash was a fifth of
 /// the agent's CPU per socket record).
 pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// The hasher of [`FastMap`], for other maps on the event path.
+pub type FastHasher = ahash::RandomState;
 /// See [`FastMap`].
 pub type FastSet<K> = std::collections::HashSet<K, ahash::RandomState>;

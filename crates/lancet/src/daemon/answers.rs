@@ -110,16 +110,11 @@ impl Daemon {
     /// day, folded by rule and subject), and why the profile is not ready
     /// for protect mode, if it is not. Changes nothing.
     fn dry_run(&mut self, key: &str, mode: Mode, now: u64) -> serde_json::Value {
-        let containers: Vec<_> = self
-            .workloads
-            .containers
-            .values()
-            .filter(|c| workload_key(c) == key && self.workloads.live.contains_key(&c.id))
-            .cloned()
-            .collect();
+        let containers: Vec<_> =
+            self.workloads.containers.values().filter(|c| workload_key(c) == key && self.workloads.is_live(&c.id)).cloned().collect();
         let mut refused = Vec::new();
         for c in &containers {
-            let Some(cgid) = self.workloads.live.get(&c.id).map(|l| l.cgroup_id) else { continue };
+            let Some(cgid) = self.workloads.live(&c.id).map(|l| l.cgroup_id) else { continue };
             let mut seen = std::collections::HashSet::new();
             for ev in super::seed::live_events(c, &self.settings.protect.host_root, &self.guarding.cgroup_dir(c), cgid, now) {
                 let peer = match &ev.kind {
@@ -184,7 +179,7 @@ impl Daemon {
             Some(e) => parse_duration(&e).map_err(|e| (400u16, format!("{e:#}")))?,
             None => self.guarding.opts.response_expiry,
         };
-        let live = self.workloads.live.get(&c.id).copied().unwrap_or_default();
+        let live = self.workloads.live(&c.id).unwrap_or_default();
         let dir = self.guarding.cgroup_dir(&c);
         let p = self.guarding.protector();
         let cgid = if live.cgroup_id != 0 { live.cgroup_id } else { lancet_sensor::enforce::cgroup_id(&dir).ok().unwrap_or(0) };

@@ -22,13 +22,15 @@ impl Daemon {
             in_upper: upper.as_deref().map(|u| lancet_sensor::overlay::written_or_unknown(u, path)),
             in_baseline: baseline.map(|b| b.lookup(path).is_some()),
         };
+        let n = self.workloads.numbers.get(&c.id);
+        let written = |path: &str| self.writes.lookup(n?, path);
         match &ev.kind {
             EventKind::Exec(x) => {
-                if let Some(d) = classify_exec(x, self.writes.lookup(&c.id, &x.filename).as_ref(), facts(&x.filename)) {
+                if let Some(d) = classify_exec(x, written(&x.filename).as_ref(), facts(&x.filename)) {
                     return Some(d);
                 }
                 let (kind, target) = indirect_target(x)?;
-                classify_indirect(kind, &target, self.writes.lookup(&c.id, &target).as_ref(), facts(&target))
+                classify_indirect(kind, &target, written(&target).as_ref(), facts(&target))
             }
             EventKind::File(f) if f.op == FileOp::Chmod && !f.is_dir => {
                 use std::os::unix::fs::PermissionsExt;
@@ -41,7 +43,7 @@ impl Daemon {
                 (meta.file_type().is_file() && mode & 0o111 != 0 && !shipped_executable).then(|| Drift {
                     kind: DriftKind::MadeExecutable,
                     path: f.path.clone(),
-                    origin: self.writes.lookup(&c.id, &f.path),
+                    origin: written(&f.path),
                 })
             }
             _ => None,
@@ -56,11 +58,11 @@ impl Daemon {
         use std::os::unix::fs::MetadataExt;
         const MAX: u64 = 64 << 20;
         let EventKind::Exec(x) = &ev.kind else { return };
+        let Some(live) = self.workloads.live(&c.id) else { return };
         let Some(w) = self.workloads.map.get_mut(key) else { return };
         if w.profile.executable(&x.filename).is_none_or(|e| e.sha256.is_some()) {
             return;
         }
-        let Some(live) = self.workloads.live.get(&c.id) else { return };
         let root = std::path::PathBuf::from(format!("/proc/{}/root", live.pid));
         let Ok(root_dev) = std::fs::metadata(&root).map(|m| m.dev()) else { return };
         if x.exe_dev == lancet_sensor::sys::kernel_dev(root_dev) {

@@ -279,7 +279,7 @@ impl Daemon {
     pub(super) fn presence(&self) -> Vec<RunningWorkload> {
         let addresses = self.flows.addresses_by_container();
         let mut by: BTreeMap<String, Vec<&Arc<lancet_engine::attribution::ContainerInfo>>> = BTreeMap::new();
-        for c in self.workloads.containers.values().filter(|c| self.workloads.live.contains_key(&c.id)) {
+        for c in self.workloads.containers.values().filter(|c| self.workloads.is_live(&c.id)) {
             by.entry(super::workloads::workload_key(c).into_owned()).or_default().push(c);
         }
         by.into_iter()

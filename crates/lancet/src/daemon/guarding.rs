@@ -94,7 +94,7 @@ impl Daemon {
 
     /// Puts a container under the backends with `profile`.
     pub(super) fn ensure_guarded_with(&mut self, c: &ContainerInfo, key: &str, profile: Arc<lancet_engine::profile::Profile>) {
-        let Some(live) = self.workloads.live.get(&c.id).copied() else { return };
+        let Some(live) = self.workloads.live(&c.id) else { return };
         if live.cgroup_id == 0 {
             return;
         }
@@ -131,7 +131,7 @@ impl Daemon {
     pub(super) fn sync_protection(&mut self) {
         let ids: Vec<Arc<ContainerInfo>> = self.workloads.containers.values().cloned().collect();
         for c in ids {
-            if !self.workloads.live.contains_key(&c.id) {
+            if !self.workloads.is_live(&c.id) {
                 continue;
             }
             let key = workload_key(&c).into_owned();
@@ -183,7 +183,7 @@ impl Daemon {
     /// event's process; isolate and freeze act on the container. Returns
     /// (enforced, what was done).
     fn carry_out(&mut self, ev: &Event, c: &ContainerInfo, action: Action, expire: Option<Duration>) -> (bool, String) {
-        let live = self.workloads.live.get(&c.id).copied().unwrap_or_default();
+        let live = self.workloads.live(&c.id).unwrap_or_default();
         let cgroup_dir = self.guarding.cgroup_dir(c);
         let expire = expire.unwrap_or(self.guarding.opts.response_expiry);
         let Some(p) = self.guarding.protector.as_mut() else { return (false, "no enforcement backend is running".into()) };
@@ -216,7 +216,7 @@ impl Daemon {
         let (id, ev, v, done) = match &e {
             Enforced::ExecDenied { label, pid, path, reason, argv } => {
                 let Some(g) = p.by_label(*label) else { return Ok(()) };
-                let origin = self.writes.lookup(&g.id, path);
+                let origin = self.workloads.numbers.get(&g.id).and_then(|n| self.writes.lookup(n, path));
                 let ev = synthetic_exec(*pid, g.cgroup_id, path, argv);
                 let v = match reason {
                     DenyReason::Drift(k) => verdicts::drift(&Drift { kind: *k, path: path.clone(), origin }),
@@ -313,7 +313,7 @@ impl Daemon {
         if !self.workloads.containers.contains_key(&c.id) {
             self.workloads.containers.insert(c.id.clone(), Arc::clone(&c));
         }
-        self.workloads.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
+        self.workloads.set_live(&c, Live { cgroup_id: cgid, pid });
         let key = workload_key(&c).into_owned();
         let now = now_ns();
         let Some(w) = self.workloads.get_or_load(&mut self.store, &key, &c, now) else {

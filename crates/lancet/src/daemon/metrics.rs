@@ -251,7 +251,7 @@ impl Daemon {
             decisions,
             alerts: PRIORITIES.iter().copied().zip(self.alerts.tally.alerts.iter().copied()).collect(),
             workloads,
-            containers: self.workloads.live.len() as i64,
+            containers: self.workloads.live_count() as i64,
             flows: self.flows.table.len() as i64,
             flow_rows_max: (limits.max_rows + limits.summary_rows) as i64,
             flow_bytes_max: lancet_engine::flows::FlowTable::memory_bound(&limits) as i64,

@@ -20,6 +20,7 @@ mod fleet;
 mod flows;
 mod guarding;
 mod metrics;
+mod numbers;
 mod policies;
 mod seed;
 mod settings;
@@ -155,21 +156,25 @@ impl Daemon {
         }
         let key = workload_key(c);
         let now = ev.time_ns;
-        let peer = self.workloads.note(ev, c, &key);
-        self.writes.record(&c.id, ev);
+        let n = self.workloads.numbers.number(c);
+        let peer = self.workloads.note(ev, c, n, &key);
+        if let Some(n) = n {
+            self.writes.record(n, ev);
+        }
         let drift = self.drift(ev, c, &key);
         // Writes are judged against the container's own writable set.
         let set = match &ev.kind {
             EventKind::File(f) if f.op != FileOp::Open => {
-                let live = &self.workloads.live;
-                let live_pid = || live.get(&c.id).map_or(0, |l| l.pid);
-                Some(self.write_sets.set_for(c, live_pid, now, self.policies.set.writable_for(c)))
+                let workloads = &self.workloads;
+                let live_pid = || workloads.live(&c.id).map_or(0, |l| l.pid);
+                Some(self.write_sets.set_for(c, n, live_pid, now, self.policies.set.writable_for(c)))
             }
             _ => None,
         };
         let Some(w) = self.workloads.get_or_load(&mut self.store, &key, c, now) else {
             return self.over_bound(ev, c, &key);
         };
+        w.count(&ev.kind);
         let mode = w.profile.mode();
         let deviation = if mode == Mode::Learn {
             // What drifted from the image is never learned as normal.
@@ -199,7 +204,7 @@ impl Daemon {
             };
             // A write outside both sets: once per anchor per container life.
             let d = match d {
-                Some(Deviation::NewWrittenDir { dir }) if !self.write_sets.first_alert(&c.id, &dir) => None,
+                Some(Deviation::NewWrittenDir { dir }) if !self.write_sets.first_alert(n, &dir) => None,
                 d => d,
             };
             if d.is_some() {
@@ -270,7 +275,7 @@ impl Daemon {
         for (c, previous) in std::mem::take(&mut self.workloads.updates) {
             let key = workload_key(&c).into_owned();
             let mode = self.workloads.map.get(&key).map(|w| w.profile.mode()).unwrap_or(Mode::Monitor);
-            let cgroup_id = self.workloads.live.get(&c.id).map(|l| l.cgroup_id).unwrap_or(0);
+            let cgroup_id = self.workloads.live(&c.id).map(|l| l.cgroup_id).unwrap_or(0);
             let ev = Event {
                 time_ns: now_ns(),
                 cgroup_id,
@@ -367,9 +372,10 @@ impl Daemon {
 
     fn container_gone(&mut self, id: &str) {
         self.guarding.forget(id);
-        self.writes.forget_container(id);
-        self.write_sets.forget(id);
-        self.workloads.container_gone(id);
+        if let Some(n) = self.workloads.container_gone(id) {
+            self.writes.forget_container(n);
+            self.write_sets.forget(n);
+        }
     }
 
     /// Containers that ran before the agent: known at once, so protect-mode

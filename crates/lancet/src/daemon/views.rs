@@ -51,7 +51,7 @@ impl Daemon {
         let now = now_ns();
         let counts = self.store.alert_counts(now.saturating_sub(ALERT_WINDOW_NS)).map_err(|e| (500u16, e.to_string()))?;
         let mut containers: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for c in self.workloads.containers.values().filter(|c| self.workloads.live.contains_key(&c.id)) {
+        for c in self.workloads.containers.values().filter(|c| self.workloads.is_live(&c.id)) {
             containers.entry(workload_key(c).into_owned()).or_default().push(json!({"id": c.id, "name": c.name}));
         }
         let mut workloads: Vec<Value> = self
@@ -84,7 +84,7 @@ impl Daemon {
             "version": env!("CARGO_PKG_VERSION"),
             "defaultMode": self.settings.mode.to_string(),
             "workloads": workloads,
-            "containers": self.workloads.live.len(),
+            "containers": self.workloads.live_count(),
             "flowsTracked": self.flows.table.len(),
             "alertWindowHours": ALERT_WINDOW_NS / 3_600_000_000_000,
         }))

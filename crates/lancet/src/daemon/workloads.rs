@@ -4,6 +4,7 @@
 //! address belongs to which workload (to name container peers), and the
 //! activity counters flushed to the store each second.
 
+use super::numbers::{ContainerNo, Numbers};
 use crate::agent::trusted_pid;
 use anyhow::Result;
 use lancet_engine::attribution::ContainerInfo;
@@ -41,6 +42,9 @@ pub(super) struct Workload {
     /// change, never reused): what the flow map's cached verdicts are
     /// checked against.
     pub(super) generation: u64,
+    /// Its containers' events by kind ([`ACTIVITY_KINDS`]) since the last
+    /// flush to the store.
+    activity: [u64; 3],
 }
 
 /// The next [`Workload::generation`].
@@ -61,6 +65,7 @@ impl Workload {
             last_used: 0,
             shared: None,
             generation: next_generation(),
+            activity: [0; 3],
         }
     }
 
@@ -116,6 +121,17 @@ impl Workload {
         self.view = None;
     }
 
+    /// Counts an event of one of its containers.
+    pub(super) fn count(&mut self, kind: &EventKind) {
+        let i = match kind {
+            EventKind::Exec(_) => 0,
+            EventKind::Net(_) => 1,
+            EventKind::File(_) => 2,
+            _ => return,
+        };
+        self.activity[i] += 1;
+    }
+
     pub(super) fn shared(&mut self) -> Arc<Profile> {
         if let Some(s) = &self.shared {
             return Arc::clone(s);
@@ -134,7 +150,7 @@ pub(super) struct Live {
     pub(super) pid: u32,
 }
 
-/// The kinds of activity counted per workload, in [`Workloads`]'s counters.
+/// The kinds of activity counted per workload ([`Workload::count`]).
 const ACTIVITY_KINDS: [&str; 3] = ["exec", "net", "file"];
 const MAX_IP_OWNERS: usize = 65_536;
 const MAX_WORKLOADS: usize = 4096;
@@ -142,15 +158,17 @@ const MAX_CONTAINERS: usize = MAX_WORKLOADS * 4;
 
 /// Every workload and live container the daemon follows.
 pub(super) struct Workloads {
-    pub(super) map: FastMap<String, Workload>,
+    /// By key. Found by position where a key was looked up once already
+    /// (the position stays until a workload is removed).
+    pub(super) map: indexmap::IndexMap<String, Workload, lancet_engine::FastHasher>,
     pub(super) containers: FastMap<String, Arc<ContainerInfo>>,
-    pub(super) live: FastMap<String, Live>,
+    /// Every container's number, the key of the per-container tables.
+    pub(super) numbers: Numbers,
+    /// The containers seen running, by number.
+    live: FastMap<ContainerNo, Live>,
     /// Container addresses seen as the local side of their own sockets, to
     /// name container peers by workload.
     ip_owners: FastMap<IpAddr, Arc<str>>,
-    /// Events per workload and kind ([`ACTIVITY_KINDS`]) since the last
-    /// flush to the store.
-    activity: FastMap<String, [u64; 3]>,
     /// Image baselines from `lancet scan`, by config and manifest digest.
     baselines: HashMap<String, Baseline>,
     /// The mode of a workload seen for the first time.
@@ -188,11 +206,11 @@ pub fn workload_key(c: &ContainerInfo) -> Cow<'_, str> {
 impl Workloads {
     pub(super) fn new(default_mode: Mode, baselines: HashMap<String, Baseline>) -> Self {
         Workloads {
-            map: FastMap::default(),
+            map: Default::default(),
             containers: FastMap::default(),
+            numbers: Numbers::new(MAX_CONTAINERS),
             live: FastMap::default(),
             ip_owners: FastMap::default(),
-            activity: FastMap::default(),
             baselines,
             default_mode,
             updates: Vec::new(),
@@ -226,47 +244,53 @@ impl Workloads {
     /// when every tracked workload has a live container (counted: memory
     /// stays bounded, and the caller alerts).
     pub(super) fn get_or_load(&mut self, store: &mut Store, key: &str, c: &ContainerInfo, now: u64) -> Option<&mut Workload> {
-        let known = self.map.contains_key(key);
-        if !known && self.map.len() >= MAX_WORKLOADS && !self.evict_one(store, now) {
+        let i = match self.map.get_index_of(key) {
+            Some(i) => i,
+            None => self.load(store, key, c, now)?,
+        };
+        let w = &mut self.map[i];
+        w.last_used = now;
+        Some(w)
+    }
+
+    /// [`get_or_load`](Self::get_or_load) of a workload not in memory: its
+    /// position once loaded.
+    fn load(&mut self, store: &mut Store, key: &str, c: &ContainerInfo, now: u64) -> Option<usize> {
+        if self.map.len() >= MAX_WORKLOADS && !self.evict_one(store, now) {
             self.over_bound += 1;
             return None;
         }
-        if !known {
-            let mut profile = match store.profile(key) {
-                Ok(Some(stored)) => Profile::from_yaml(&stored.document, key).unwrap_or_else(|e| {
-                    tracing::warn!(workload = key, "stored profile unreadable, starting afresh: {e}");
-                    Profile::new(&c.image, key, now)
-                }),
-                _ => match self.previous_version(store, key, &c.image) {
-                    // A new version of an image already profiled starts from
-                    // what the old one learned, in monitor mode.
-                    Some(prev) => {
-                        tracing::info!(workload = key, previous = prev.digest(), image = %c.image, "image updated; the new version starts from the previous profile in monitor mode");
-                        self.updates.push((Arc::new(c.clone()), prev.digest().to_string()));
-                        prev.successor(&c.image, key, now)
-                    }
-                    None => {
-                        let mut p = Profile::new(&c.image, key, now);
-                        p.set_mode(self.default_mode, now);
-                        p
-                    }
-                },
-            };
-            if profile.baseline().is_none() {
-                let id = format!("sha256:{}", c.image_id.trim_start_matches("sha256:"));
-                if let Some(b) = self.baselines.get(&id).or_else(|| self.baselines.get(&c.image_digest)) {
-                    profile.set_baseline(Some(b.clone()));
+        let mut profile = match store.profile(key) {
+            Ok(Some(stored)) => Profile::from_yaml(&stored.document, key).unwrap_or_else(|e| {
+                tracing::warn!(workload = key, "stored profile unreadable, starting afresh: {e}");
+                Profile::new(&c.image, key, now)
+            }),
+            _ => match self.previous_version(store, key, &c.image) {
+                // A new version of an image already profiled starts from
+                // what the old one learned, in monitor mode.
+                Some(prev) => {
+                    tracing::info!(workload = key, previous = prev.digest(), image = %c.image, "image updated; the new version starts from the previous profile in monitor mode");
+                    self.updates.push((Arc::new(c.clone()), prev.digest().to_string()));
+                    prev.successor(&c.image, key, now)
                 }
+                None => {
+                    let mut p = Profile::new(&c.image, key, now);
+                    p.set_mode(self.default_mode, now);
+                    p
+                }
+            },
+        };
+        if profile.baseline().is_none() {
+            let id = format!("sha256:{}", c.image_id.trim_start_matches("sha256:"));
+            if let Some(b) = self.baselines.get(&id).or_else(|| self.baselines.get(&c.image_digest)) {
+                profile.set_baseline(Some(b.clone()));
             }
-            let mut w = Workload::new(profile);
-            if let Some(f) = &self.fleet {
-                f.join(key, &mut w, now);
-            }
-            self.map.insert(key.to_string(), w);
         }
-        let w = self.map.get_mut(key)?;
-        w.last_used = now;
-        Some(w)
+        let mut w = Workload::new(profile);
+        if let Some(f) = &self.fleet {
+            f.join(key, &mut w, now);
+        }
+        Some(self.map.insert_full(key.to_string(), w).0)
     }
 
     /// Forgets the least recently used workload that has no live container,
@@ -274,7 +298,7 @@ impl Workloads {
     /// there is none.
     fn evict_one(&mut self, store: &mut Store, now: u64) -> bool {
         let live: std::collections::HashSet<String> =
-            self.live.keys().filter_map(|id| self.containers.get(id)).map(|c| workload_key(c).into_owned()).collect();
+            self.containers.values().filter(|c| self.is_live(&c.id)).map(|c| workload_key(c).into_owned()).collect();
         let Some(key) =
             self.map.iter().filter(|(k, _)| !live.contains(k.as_str())).min_by_key(|(_, w)| w.last_used).map(|(k, _)| k.clone())
         else {
@@ -290,18 +314,40 @@ impl Workloads {
                 }
             }
         }
-        self.map.remove(&key);
-        self.activity.remove(&key);
+        self.map.swap_remove(&key);
         self.ip_owners.retain(|_, w| **w != *key);
         tracing::debug!(workload = %key, "idle workload evicted from memory (its profile stays in the store)");
         true
     }
 
     /// A container ended: it is forgotten (its workload stays until it is
-    /// evicted as idle).
-    pub(super) fn container_gone(&mut self, id: &str) {
-        self.live.remove(id);
+    /// evicted as idle). Its number, for the other per-container tables.
+    pub(super) fn container_gone(&mut self, id: &str) -> Option<ContainerNo> {
         self.containers.remove(id);
+        let n = self.numbers.forget(id)?;
+        self.live.remove(&n);
+        Some(n)
+    }
+
+    /// What is known of container `id` running, if it was seen running.
+    pub(super) fn live(&self, id: &str) -> Option<Live> {
+        self.live.get(&self.numbers.get(id)?).copied()
+    }
+
+    pub(super) fn is_live(&self, id: &str) -> bool {
+        self.live(id).is_some()
+    }
+
+    /// How many containers were seen running.
+    pub(super) fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Container `c` runs as `live` (false when the table is full).
+    pub(super) fn set_live(&mut self, c: &Arc<ContainerInfo>, live: Live) -> bool {
+        let Some(n) = self.numbers.number(c) else { return false };
+        self.live.insert(n, live);
+        true
     }
 
     pub(super) fn peer(&self, ip: IpAddr) -> PeerRef {
@@ -317,12 +363,15 @@ impl Workloads {
     }
 
     /// Books one event of container `c`: the container, its cgroup and a
-    /// live process, its own address, the activity counters. Returns the
+    /// live process, its own address. Returns the
     /// peer of a connect or accept, named by workload where known.
-    pub(super) fn note(&mut self, ev: &Event, c: &Arc<ContainerInfo>, key: &str) -> Option<PeerRef> {
+    pub(super) fn note(&mut self, ev: &Event, c: &Arc<ContainerInfo>, n: Option<ContainerNo>, key: &str) -> Option<PeerRef> {
         // A live container is known: one look-up per event, not two.
         let names_its_process = ev.cgroup_id != 0 && ev.process.pid != 0;
-        let live = if names_its_process { self.live.get_mut(&c.id) } else { None };
+        let live = match n {
+            Some(n) if names_its_process => self.live.get_mut(&n),
+            _ => None,
+        };
         if let Some(l) = live {
             l.cgroup_id = ev.cgroup_id;
             l.pid = ev.process.pid;
@@ -330,23 +379,8 @@ impl Workloads {
             if !self.containers.contains_key(&c.id) && self.containers.len() < MAX_CONTAINERS {
                 self.containers.insert(c.id.clone(), Arc::clone(c));
             }
-            if names_its_process && self.live.len() < MAX_CONTAINERS {
-                self.live.insert(c.id.clone(), Live { cgroup_id: ev.cgroup_id, pid: ev.process.pid });
-            }
-        }
-        let kind = match &ev.kind {
-            EventKind::Exec(_) => Some(0),
-            EventKind::Net(_) => Some(1),
-            EventKind::File(_) => Some(2),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            if let Some(n) = self.activity.get_mut(key) {
-                n[kind] += 1;
-            } else if self.activity.len() < MAX_WORKLOADS {
-                let mut n = [0; 3];
-                n[kind] = 1;
-                self.activity.insert(key.to_string(), n);
+            if let Some(n) = n.filter(|_| names_its_process) {
+                self.live.insert(n, Live { cgroup_id: ev.cgroup_id, pid: ev.process.pid });
             }
         }
         let EventKind::Net(n) = &ev.kind else { return None };
@@ -418,7 +452,7 @@ impl Workloads {
         // container's cgroup.
         let pid = trusted_pid(&c).or_else(|| std::fs::read_to_string(dir.join("cgroup.procs")).ok()?.lines().next()?.trim().parse().ok());
         if let (Some(cgid), Some(pid)) = (lancet_sensor::enforce::cgroup_id(&dir).ok(), pid) {
-            self.live.insert(c.id.clone(), Live { cgroup_id: cgid, pid });
+            self.set_live(&c, Live { cgroup_id: cgid, pid });
         }
         let key = workload_key(&c).into_owned();
         if let Some(pid) = pid {
@@ -433,12 +467,14 @@ impl Workloads {
         if w.profile.mode() != Mode::Learn && !w.profile.is_empty() {
             return;
         }
-        let Some(cgid) = self.live.get(&c.id).map(|l| l.cgroup_id) else { return };
+        let Some(cgid) = self.live(&c.id).map(|l| l.cgroup_id) else { return };
         let events = super::seed::live_events(&c, host_root, &dir, cgid, now);
         let mut learned = 0;
         for ev in &events {
-            let peer = self.note(ev, &c, &key);
+            let n = self.numbers.number(&c);
+            let peer = self.note(ev, &c, n, &key);
             if let Some(w) = self.map.get_mut(&key) {
+                w.count(&ev.kind);
                 if w.profile.observe(ev, peer.as_ref(), now) {
                     learned += 1;
                     w.changed();
@@ -469,9 +505,9 @@ impl Workloads {
                 w.dirty = false;
             }
         }
-        for (key, counts) in self.activity.drain() {
-            for (kind, n) in ACTIVITY_KINDS.iter().zip(counts).filter(|(_, n)| *n > 0) {
-                store.bump_activity(&key, kind, n, now)?;
+        for (key, w) in self.map.iter_mut() {
+            for (kind, n) in ACTIVITY_KINDS.iter().zip(std::mem::take(&mut w.activity)).filter(|(_, n)| *n > 0) {
+                store.bump_activity(key, kind, n, now)?;
             }
         }
         Ok(())
@@ -587,8 +623,9 @@ mod tests {
         let keys: Vec<String> = w.map.keys().cloned().collect();
         for (i, k) in keys.iter().enumerate() {
             let id = format!("live{i}");
-            w.containers.insert(id.clone(), Arc::new(container(&id, k)));
-            w.live.insert(id, Live { cgroup_id: i as u64 + 1, pid: 1 });
+            let c = Arc::new(container(&id, k));
+            w.containers.insert(id, Arc::clone(&c));
+            assert!(w.set_live(&c, Live { cgroup_id: i as u64 + 1, pid: 1 }));
         }
         let c = container("over", "sha256:over");
         assert!(w.get_or_load(&mut store, "sha256:over", &c, 2_000_000).is_none());

@@ -3,6 +3,7 @@
 //! anchors outside it already alerted in that life: a write outside both
 //! sets is alerted once per anchor per container life, not per file.
 
+use super::numbers::ContainerNo;
 use crate::agent::trusted_pid;
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::write_sets::{WritableKind, WritableSet};
@@ -11,8 +12,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Containers followed at most (as the workloads' live table).
-const MAX_CONTAINERS: usize = 16_384;
 /// Anchors remembered as alerted per container life; past it each new
 /// anchor is still alerted (and deduplicated by the alert pipeline).
 const MAX_ALERTED: usize = 1024;
@@ -40,61 +39,67 @@ struct ContainerWrites {
 
 #[derive(Default)]
 pub(super) struct WriteSets {
-    map: lancet_engine::FastMap<String, ContainerWrites>,
+    /// By container number.
+    map: lancet_engine::FastMap<ContainerNo, ContainerWrites>,
+    /// The set last read for a container without a number (every number
+    /// taken): lent to the caller like a remembered one, read again at
+    /// the container's next write.
+    unnumbered: Arc<WritableSet>,
 }
 
 impl WriteSets {
-    /// The writable set of container `c`, whose live process `live_pid`
-    /// says (0 when none is known; asked only when the set is checked
-    /// again), with the directories its policies declare.
+    /// The writable set of container `c` (number `n`, None when every
+    /// number is taken), whose live process `live_pid` says (0 when none
+    /// is known; asked only when the set is checked again), with the
+    /// directories its policies declare.
     /// Read on first use, again for a new run and after a policy reload.
     /// `now` is the event's time (ns since the epoch): the clock is not
     /// read per write (a clock that steps back only delays a re-check).
     pub(super) fn set_for<'a>(
         &mut self,
         c: &ContainerInfo,
+        n: Option<ContainerNo>,
         live_pid: impl FnOnce() -> u32,
         now: u64,
         declared: impl Iterator<Item = &'a str>,
-    ) -> Arc<WritableSet> {
+    ) -> &WritableSet {
         let since = |at: u64| Duration::from_nanos(now.saturating_sub(at));
-        if let Some(w) = self.map.get(&c.id) {
-            let fresh = w.complete || since(w.read_at) < RETRY;
-            // Which process is the container's is asked of /proc at most
-            // once per PID_CHECK, not at every write.
-            if fresh && since(w.pid_checked_at) < PID_CHECK {
-                return Arc::clone(&w.set);
-            }
-        }
-        let pid = trusted_pid(c).unwrap_or_else(live_pid);
-        if let Some(w) = self.map.get_mut(&c.id) {
-            let fresh = w.complete || since(w.read_at) < RETRY;
-            if (w.pid == pid || pid == 0) && fresh {
-                w.pid_checked_at = now;
-                return Arc::clone(&w.set);
-            }
-        }
-        let (mut set, complete) = match read(pid) {
-            Some(s) => (s, true),
-            None => (WritableSet::default(), false),
+        let known = n.and_then(|n| self.map.get(&n));
+        // Which process is the container's is asked of /proc at most
+        // once per PID_CHECK, not at every write.
+        let believed = known.is_some_and(|w| (w.complete || since(w.read_at) < RETRY) && since(w.pid_checked_at) < PID_CHECK);
+        let pid = if believed { 0 } else { trusted_pid(c).unwrap_or_else(live_pid) };
+        let same = |w: &ContainerWrites| believed || ((w.pid == pid || pid == 0) && (w.complete || since(w.read_at) < RETRY));
+        let Some(n) = n else {
+            self.unnumbered = Arc::new(read_with(pid, declared).0);
+            return &self.unnumbered;
         };
-        for d in declared {
-            set.add(d, WritableKind::Policy);
+        let read_again = match self.map.get_mut(&n) {
+            Some(w) if same(w) => {
+                if !believed {
+                    w.pid_checked_at = now;
+                }
+                false
+            }
+            _ => true,
+        };
+        if read_again {
+            let (set, complete) = read_with(pid, declared);
+            // The anchors alerted stay for the same life (a re-read after
+            // a failure or a policy reload), not for a new run.
+            let alerted = match self.map.remove(&n) {
+                Some(w) if w.pid == pid => w.alerted,
+                _ => HashSet::new(),
+            };
+            self.map.insert(n, ContainerWrites { pid, set: Arc::new(set), complete, read_at: now, pid_checked_at: now, alerted });
         }
-        let set = Arc::new(set);
-        let same_life = self.map.get(&c.id).is_some_and(|w| w.pid == pid);
-        if !self.map.contains_key(&c.id) && self.map.len() >= MAX_CONTAINERS {
-            return set;
-        }
-        let alerted = if same_life { self.map.remove(&c.id).map(|w| w.alerted).unwrap_or_default() } else { HashSet::new() };
-        self.map.insert(c.id.clone(), ContainerWrites { pid, set: Arc::clone(&set), complete, read_at: now, pid_checked_at: now, alerted });
-        set
+        &self.map[&n].set
     }
 
     /// Whether `anchor` is alerted for the first time in this container's
     /// life (and remembers it).
-    pub(super) fn first_alert(&mut self, id: &str, anchor: &str) -> bool {
-        let Some(w) = self.map.get_mut(id) else { return true };
+    pub(super) fn first_alert(&mut self, n: Option<ContainerNo>, anchor: &str) -> bool {
+        let Some(w) = n.and_then(|n| self.map.get_mut(&n)) else { return true };
         if w.alerted.contains(anchor) {
             return false;
         }
@@ -114,9 +119,22 @@ impl WriteSets {
         }
     }
 
-    pub(super) fn forget(&mut self, id: &str) {
-        self.map.remove(id);
+    pub(super) fn forget(&mut self, n: ContainerNo) {
+        self.map.remove(&n);
     }
+}
+
+/// The set read through process `pid`, with the directories declared, and
+/// whether it was read (else it is the default set).
+fn read_with<'a>(pid: u32, declared: impl Iterator<Item = &'a str>) -> (WritableSet, bool) {
+    let (mut set, complete) = match read(pid) {
+        Some(s) => (s, true),
+        None => (WritableSet::default(), false),
+    };
+    for d in declared {
+        set.add(d, WritableKind::Policy);
+    }
+    (set, complete)
 }
 
 /// Reads the set through process `pid`; None when it cannot be read.
@@ -161,14 +179,19 @@ mod tests {
     fn anchors_are_alerted_once_per_life() {
         let mut w = WriteSets::default();
         let c = ContainerInfo { id: "c".repeat(64), ..Default::default() };
+        let n = Some(7);
         // No process: the default set, not remembered as complete.
-        let set = w.set_for(&c, || 0, 1_800_000_000_000_000_000, ["/srv/app"].into_iter());
+        let set = w.set_for(&c, n, || 0, 1_800_000_000_000_000_000, ["/srv/app"].into_iter());
         assert_eq!(set.covering("/srv/app/x").map(|d| d.kind), Some(WritableKind::Policy));
         assert!(set.covering("/tmp/x").is_some());
-        assert!(w.first_alert(&c.id, "/srv/www"));
-        assert!(!w.first_alert(&c.id, "/srv/www"));
-        assert!(w.first_alert(&c.id, "/srv/other"));
-        w.forget(&c.id);
-        assert!(w.first_alert(&c.id, "/srv/www"), "a container not followed alerts");
+        assert!(w.first_alert(n, "/srv/www"));
+        assert!(!w.first_alert(n, "/srv/www"));
+        assert!(w.first_alert(n, "/srv/other"));
+        w.forget(7);
+        assert!(w.first_alert(n, "/srv/www"), "a container not followed alerts");
+        // Without a number (every one taken): the set all the same.
+        let set = w.set_for(&c, None, || 0, 1_800_000_000_000_000_000, ["/srv/app"].into_iter());
+        assert_eq!(set.covering("/srv/app/x").map(|d| d.kind), Some(WritableKind::Policy));
+        assert!(w.first_alert(None, "/srv/www") && w.first_alert(None, "/srv/www"));
     }
 }
