@@ -100,6 +100,10 @@ struct Watches {
     host_root: PathBuf,
     armed: lancet_engine::FastMap<String, Armed>,
     next_label: u64,
+    /// The container the last event came from, when it was armed in full
+    /// (its sensitive paths marked): its next events need nothing here, not
+    /// even a look-up by id. Held, so its address is no other container's.
+    settled: Option<Arc<ContainerInfo>>,
 }
 
 /// The loop handles a stream of events at most once per window: after a
@@ -142,12 +146,20 @@ impl Watches {
         }
     }
 
-    fn arm(&mut self, c: &ContainerInfo, pid: Option<u32>) {
+    fn arm(&mut self, c: &Arc<ContainerInfo>, pid: Option<u32>) {
+        if self.settled.as_ref().is_some_and(|s| Arc::ptr_eq(s, c)) {
+            return;
+        }
         if let Some(a) = self.armed.get_mut(&c.id) {
             if pid.is_some() {
                 a.pid = pid;
             }
-            if a.opens || a.last_try.elapsed() < ARM_RETRY {
+            if a.opens {
+                // Its pid is kept only to try the marks again.
+                self.settled = Some(Arc::clone(c));
+                return;
+            }
+            if a.last_try.elapsed() < ARM_RETRY {
                 return;
             }
             let label = a.label;
@@ -193,6 +205,7 @@ impl Watches {
     }
 
     fn disarm(&mut self, id: &str) {
+        self.settled = None;
         if let Some(a) = self.armed.remove(id) {
             if let Some(o) = self.opens.as_mut() {
                 o.unwatch(a.label);
@@ -402,7 +415,7 @@ pub fn run_loop(
             tracing::warn!("host sensitive paths not watched: {e}");
         }
     }
-    let mut watches = Watches { files, opens, host_root: host_root.to_path_buf(), armed: Default::default(), next_label: 0 };
+    let mut watches = Watches { files, opens, host_root: host_root.to_path_buf(), armed: Default::default(), next_label: 0, settled: None };
     for c in &existing {
         watches.arm(c, None);
     }

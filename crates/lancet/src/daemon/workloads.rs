@@ -166,6 +166,12 @@ pub(super) struct Workloads {
     pub(super) numbers: Numbers,
     /// The containers seen running, by number.
     live: FastMap<ContainerNo, Live>,
+    /// The container [`get_or_load`](Self::get_or_load) was last asked
+    /// for (held, so its address is no other container's), with its
+    /// workload's position: a burst of one container's events finds its
+    /// workload without hashing the key. Forgotten when a workload is
+    /// removed (positions move).
+    hot: Option<(Arc<ContainerInfo>, usize)>,
     /// Container addresses seen as the local side of their own sockets, to
     /// name container peers by workload.
     ip_owners: FastMap<IpAddr, Arc<str>>,
@@ -210,6 +216,7 @@ impl Workloads {
             containers: FastMap::default(),
             numbers: Numbers::new(MAX_CONTAINERS),
             live: FastMap::default(),
+            hot: None,
             ip_owners: FastMap::default(),
             baselines,
             default_mode,
@@ -243,10 +250,17 @@ impl Workloads {
     /// `MAX_WORKLOADS` an idle workload (no live container) makes room; None
     /// when every tracked workload has a live container (counted: memory
     /// stays bounded, and the caller alerts).
-    pub(super) fn get_or_load(&mut self, store: &mut Store, key: &str, c: &ContainerInfo, now: u64) -> Option<&mut Workload> {
-        let i = match self.map.get_index_of(key) {
-            Some(i) => i,
-            None => self.load(store, key, c, now)?,
+    pub(super) fn get_or_load(&mut self, store: &mut Store, key: &str, c: &Arc<ContainerInfo>, now: u64) -> Option<&mut Workload> {
+        let i = match &self.hot {
+            Some((last, i)) if Arc::ptr_eq(last, c) => *i,
+            _ => {
+                let i = match self.map.get_index_of(key) {
+                    Some(i) => i,
+                    None => self.load(store, key, c, now)?,
+                };
+                self.hot = Some((Arc::clone(c), i));
+                i
+            }
         };
         let w = &mut self.map[i];
         w.last_used = now;
@@ -315,6 +329,7 @@ impl Workloads {
             }
         }
         self.map.swap_remove(&key);
+        self.hot = None;
         self.ip_owners.retain(|_, w| **w != *key);
         tracing::debug!(workload = %key, "idle workload evicted from memory (its profile stays in the store)");
         true
@@ -607,15 +622,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("lancet.db"), StoreOptions::default()).unwrap();
         let mut w = Workloads::new(Mode::Learn, HashMap::new());
+        let mut last = None;
         for i in 0..MAX_WORKLOADS {
-            let c = container(&format!("c{i}"), &format!("sha256:{i}"));
+            let c = Arc::new(container(&format!("c{i}"), &format!("sha256:{i}")));
             assert!(w.get_or_load(&mut store, &format!("sha256:{i}"), &c, i as u64).is_some());
+            last = Some(c);
         }
         // Every workload idle (no live container): the least recently used
         // goes, after its profile was written to the store.
         let c = container("new", "sha256:new");
-        assert!(w.get_or_load(&mut store, "sha256:new", &c, 1_000_000).is_some());
+        assert!(w.get_or_load(&mut store, "sha256:new", &Arc::new(c), 1_000_000).is_some());
         assert!(!w.map.contains_key("sha256:0"));
+        // The removal moved the last workload to the removed one's place:
+        // the container asked for just before still finds its own.
+        let last = last.unwrap();
+        let key = format!("sha256:{}", MAX_WORKLOADS - 1);
+        assert_eq!(w.get_or_load(&mut store, &key, &last, 1_000_001).unwrap().profile.digest(), key);
+        assert_eq!(w.get_or_load(&mut store, &key, &last, 1_000_002).unwrap().profile.digest(), key);
         assert!(store.profile("sha256:0").unwrap().is_some(), "the evicted profile stays in the store");
         assert_eq!(w.map.len(), MAX_WORKLOADS);
 
@@ -628,7 +651,7 @@ mod tests {
             assert!(w.set_live(&c, Live { cgroup_id: i as u64 + 1, pid: 1 }));
         }
         let c = container("over", "sha256:over");
-        assert!(w.get_or_load(&mut store, "sha256:over", &c, 2_000_000).is_none());
+        assert!(w.get_or_load(&mut store, "sha256:over", &Arc::new(c), 2_000_000).is_none());
         assert_eq!(w.over_bound, 1);
         assert_eq!(w.map.len(), MAX_WORKLOADS);
     }
