@@ -113,9 +113,10 @@ fn drain(fan: RawFd, buf: &mut [u8], mut handle: impl FnMut(&parse::RawEvent<'_>
         };
         let short = n + SHORT_READ_ROOM <= buf.len();
         let now = now_ns();
-        for ev in parse::events(&buf[..n]) {
+        let mut events = parse::events(&buf[..n]);
+        while let Some(ev) = events.next_event() {
             match ev {
-                Ok(ev) => handle(&ev, now),
+                Ok(ev) => handle(ev, now),
                 Err(e) => {
                     malformed += 1;
                     tracing::warn!(error = %e, "malformed fanotify buffer, rest of this read skipped");

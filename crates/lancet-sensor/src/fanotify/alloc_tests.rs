@@ -37,8 +37,9 @@ fn file_events_of_a_known_directory_allocate_nothing() {
     let mut batch = EventBatch::new();
     let mut round = |batch: &mut EventBatch| {
         for buf in &names {
-            for ev in events(buf) {
-                w.handle(&ev.expect("a well-formed event"), 1, batch);
+            let mut it = events(buf);
+            while let Some(ev) = it.next_event() {
+                w.handle(ev.expect("a well-formed event"), 1, batch);
             }
         }
         let n = batch.len();
@@ -58,14 +59,16 @@ fn file_events_of_a_known_directory_allocate_nothing() {
     // The count sees allocations: the same events into new ones allocate.
     let before = thread_allocations();
     let mut fresh = Vec::new();
-    for ev in events(&names[0]) {
-        w.handle(&ev.unwrap(), 1, &mut fresh);
+    let mut it = events(&names[0]);
+    while let Some(ev) = it.next_event() {
+        w.handle(ev.unwrap(), 1, &mut fresh);
     }
     assert!(thread_allocations() - before >= fresh.len() as u64, "each new event allocates its path");
     // And they are what they say.
     for buf in &names[..1] {
-        for ev in events(buf) {
-            w.handle(&ev.unwrap(), 1, &mut batch);
+        let mut it = events(buf);
+        while let Some(ev) = it.next_event() {
+            w.handle(ev.unwrap(), 1, &mut batch);
         }
     }
     let ops: Vec<(FileOp, String)> = batch

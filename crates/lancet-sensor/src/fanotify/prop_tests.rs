@@ -15,9 +15,12 @@ use proptest::prelude::*;
 /// iteration ends.
 fn walk(buf: &[u8]) -> Result<Vec<RawEvent<'_>>, TestCaseError> {
     let mut out = Vec::new();
-    for (n, r) in events(buf).enumerate() {
+    let mut events = events(buf);
+    let mut n = 0;
+    while let Some(r) = events.next_event() {
         prop_assert!(n <= buf.len() / METADATA_LEN, "more events than the buffer holds");
-        match r {
+        n += 1;
+        match r.copied() {
             Ok(ev) => {
                 for f in [ev.dfid_name, ev.old_dfid_name, ev.new_dfid_name, ev.fid].into_iter().flatten() {
                     prop_assert!(!f.handle.is_empty());

@@ -65,11 +65,12 @@ impl PermGroup {
         F: FnMut(&PermRequest<'_>) -> PermDecision,
     {
         let mut off = 0;
-        for ev in parse::events(buf) {
+        let mut events = parse::events(buf);
+        while let Some(ev) = events.next_event() {
             match ev {
                 Ok(ev) => {
                     off += u32_ne(buf, off).unwrap_or(0) as usize;
-                    self.handle_event(&ev, decider, scratch);
+                    self.handle_event(ev, decider, scratch);
                 }
                 Err(e) => {
                     // Cannot locate events from here on. This group never

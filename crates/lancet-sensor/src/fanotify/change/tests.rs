@@ -66,8 +66,9 @@ fn handle_overflow_own_pid_and_unresolvable() {
         build::event(libc::FAN_DELETE, -1, 4242, &[build::fid_info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [1, 1], 1, &[1; 8], Some("gone"))]),
     ]
     .concat();
-    for ev in super::super::parse::events(&buf) {
-        w.handle(&ev.unwrap(), 1, &mut out);
+    let mut events = super::super::parse::events(&buf);
+    while let Some(ev) = events.next_event() {
+        w.handle(ev.unwrap(), 1, &mut out);
     }
     assert_eq!(w.stats.overflows, 1);
     assert_eq!(w.stats.resolve_failures, 1);
