@@ -3,6 +3,8 @@
 //! lookups and no allocation.
 
 use super::*;
+// Looked up at every event a profile checks or learns: the event path's maps.
+use crate::{FastMap, FastSet};
 
 /// A peer borrowed from an event or a caller, for allocation-free lookups.
 #[derive(Debug, Clone, Copy)]
@@ -35,19 +37,19 @@ impl PeerKey<'_> {
 #[derive(Debug, Clone, Default)]
 pub(super) struct ExecIdx {
     pub(super) pos: usize,
-    pub(super) parents: HashSet<String>,
-    pub(super) names: HashSet<String>,
-    pub(super) code: HashSet<String>,
+    pub(super) parents: FastSet<String>,
+    pub(super) names: FastSet<String>,
+    pub(super) code: FastSet<String>,
 }
 
 pub(super) type PortKey = (u16, Protocol);
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct FlowIndex {
-    pub(super) workloads: HashMap<String, HashMap<PortKey, usize>>,
-    pub(super) hosts: HashMap<String, HashMap<PortKey, usize>>,
+    pub(super) workloads: FastMap<String, FastMap<PortKey, usize>>,
+    pub(super) hosts: FastMap<String, FastMap<PortKey, usize>>,
     /// Host-prefix CIDRs (single addresses).
-    pub(super) ips: HashMap<(IpAddr, u16, Protocol), usize>,
+    pub(super) ips: FastMap<(IpAddr, u16, Protocol), usize>,
     /// Wider CIDRs, searched in order when the address is not listed itself.
     pub(super) nets: Vec<(IpNet, u16, Protocol, usize)>,
 }
@@ -95,12 +97,12 @@ impl FlowIndex {
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct Index {
-    pub(super) exec: HashMap<String, ExecIdx>,
-    pub(super) listen: HashMap<PortKey, usize>,
+    pub(super) exec: FastMap<String, ExecIdx>,
+    pub(super) listen: FastMap<PortKey, usize>,
     pub(super) outbound: FlowIndex,
     pub(super) inbound: FlowIndex,
-    pub(super) written: HashMap<String, usize>,
-    pub(super) sensitive: HashMap<String, usize>,
+    pub(super) written: FastMap<String, usize>,
+    pub(super) sensitive: FastMap<String, usize>,
 }
 
 impl Index {

@@ -56,7 +56,7 @@ use serde::ser::SerializeMap;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use std::fmt;
 
