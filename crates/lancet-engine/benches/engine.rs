@@ -105,6 +105,32 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    // `lancet trace --format json`: one Falco line per file event of one
+    // process writing new names, as the file loop of `cargo xtask bench`.
+    let attribution = lancet_engine::attribution::Attribution::Container(std::sync::Arc::new(container));
+    let writes: Vec<Event> = (0..1000)
+        .map(|i| {
+            let path = format!("/tmp/f{i}");
+            let host_path = format!("/var/lib/containers/storage/overlay/{}/diff{path}", "b".repeat(64));
+            let mut e = ev(42, EventKind::File(FileEvent { op: FileOp::Create, path, old_path: None, host_path, is_dir: false }));
+            e.time_ns = 1_800_000_000_000_000_000 + i;
+            e
+        })
+        .collect();
+    let mut lines = lancet_engine::json_line::JsonLines::new();
+    let mut g = c.benchmark_group("output");
+    g.throughput(Throughput::Elements(writes.len() as u64));
+    g.bench_function("Falco JSON line, file events of one process", |b| {
+        b.iter(|| {
+            lines.clear();
+            for e in &writes {
+                let r = lancet_engine::output::Record { event: black_box(e), attribution: &attribution, hostname: "node-1" };
+                lines.push(&r, "lancet trace", "Informational");
+            }
+            black_box(lines.bytes());
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

@@ -32,6 +32,47 @@ pub struct JsonLines {
     /// A container's fields, from `"container.id"` to its last pod field,
     /// by the address of its `Arc` (held, so the address is not reused).
     containers: crate::FastMap<usize, (Arc<ContainerInfo>, Vec<u8>)>,
+    /// The process fields of the last line: the next event of the same
+    /// process (a stream of its writes) copies them.
+    process: ProcessFields,
+}
+
+/// `"proc.pid"` to `"cgroup.id"` as written, and what they were made of.
+#[derive(Default)]
+struct ProcessFields {
+    /// (pid, tid, ppid, uid, gid, cgroup id); None before the first line.
+    key: Option<(u32, u32, u32, u32, u32, u64)>,
+    comm: String,
+    fields: Vec<u8>,
+}
+
+impl ProcessFields {
+    fn update(&mut self, ev: &Event) {
+        let p = &ev.process;
+        let key = Some((p.pid, p.tid, p.ppid, p.uid, p.gid, ev.cgroup_id));
+        if self.key == key && self.comm == p.comm {
+            return;
+        }
+        self.key = key;
+        crate::batch::set_str(&mut self.comm, &p.comm);
+        let b = &mut self.fields;
+        b.clear();
+        b.extend_from_slice(b",\"proc.pid\":");
+        uint(b, p.pid.into());
+        b.extend_from_slice(b",\"proc.tid\":");
+        uint(b, p.tid.into());
+        b.extend_from_slice(b",\"proc.ppid\":");
+        uint(b, p.ppid.into());
+        b.extend_from_slice(b",\"proc.name\":");
+        string(b, &p.comm);
+        b.extend_from_slice(b",\"user.uid\":");
+        uint(b, p.uid.into());
+        b.extend_from_slice(b",\"group.gid\":");
+        uint(b, p.gid.into());
+        b.extend_from_slice(b",\"cgroup.id\":");
+        uint(b, ev.cgroup_id);
+        b.push(b',');
+    }
 }
 
 impl JsonLines {
@@ -60,6 +101,7 @@ impl JsonLines {
     pub fn push(&mut self, r: &Record<'_>, rule: &str, priority: &str) {
         let ev = r.event;
         let time = self.time(ev.time_ns);
+        self.process.update(ev);
         let b = &mut self.buf;
         b.extend_from_slice(b"{\"time\":\"");
         b.extend_from_slice(&time);
@@ -98,22 +140,7 @@ impl JsonLines {
             errno(b, n.result);
             b.push(b'"');
         }
-        let p = &ev.process;
-        b.extend_from_slice(b",\"proc.pid\":");
-        uint(b, p.pid.into());
-        b.extend_from_slice(b",\"proc.tid\":");
-        uint(b, p.tid.into());
-        b.extend_from_slice(b",\"proc.ppid\":");
-        uint(b, p.ppid.into());
-        b.extend_from_slice(b",\"proc.name\":");
-        string(b, &p.comm);
-        b.extend_from_slice(b",\"user.uid\":");
-        uint(b, p.uid.into());
-        b.extend_from_slice(b",\"group.gid\":");
-        uint(b, p.gid.into());
-        b.extend_from_slice(b",\"cgroup.id\":");
-        uint(b, ev.cgroup_id);
-        b.push(b',');
+        b.extend_from_slice(&self.process.fields);
         match r.attribution {
             Attribution::Host => b.extend_from_slice(b"\"container.id\":\"host\",\"container.name\":\"host\",\"k8s.pod.name\":null"),
             Attribution::Unknown { cgroup_path, reason, .. } => {

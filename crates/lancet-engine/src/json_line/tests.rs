@@ -134,6 +134,38 @@ fn the_same_bytes_as_serde_for_every_kind_and_attribution() {
 }
 
 #[test]
+fn a_process_field_that_differs_from_the_last_line_is_written_anew() {
+    let mut lines = JsonLines::new();
+    let base = event(kinds().swap_remove(13));
+    let changes: [&dyn Fn(&mut Event); 8] = [
+        &|_| {},
+        &|e| e.process.pid += 1,
+        &|e| e.process.tid += 1,
+        &|e| e.process.ppid += 1,
+        &|e| e.process.uid += 1,
+        &|e| e.process.gid += 1,
+        &|e| e.cgroup_id += 1,
+        &|e| e.process.comm.push('x'),
+    ];
+    let a = container(false, false);
+    // Each line differs from the one before in one field (or, the second
+    // time, in none).
+    let mut ev = base;
+    for change in changes {
+        change(&mut ev);
+        for _ in 0..2 {
+            let r = Record { event: &ev, attribution: &a, hostname: "h" };
+            let mut want = Vec::new();
+            write_falco_json(&mut want, &r, "r", "p").unwrap();
+            want.push(b'\n');
+            lines.clear();
+            lines.push(&r, "r", "p");
+            assert_eq!(String::from_utf8_lossy(lines.bytes()), String::from_utf8_lossy(&want));
+        }
+    }
+}
+
+#[test]
 fn time_is_formatted_from_the_cached_second() {
     let mut lines = JsonLines::new();
     assert_eq!(&lines.time(0), b"1970-01-01T00:00:00.000000000Z");
