@@ -87,6 +87,14 @@ fn kinds() -> Vec<EventKind> {
         file(FileOp::Rename, "/tmp/new", Some("/tmp/old")),
         file(FileOp::Chmod, "noslash", None),
         file(FileOp::Open, "/etc/shadow", None),
+        // A host path that does not end with the container's path.
+        EventKind::File(FileEvent {
+            op: FileOp::Modify,
+            path: "/etc/a\"b".into(),
+            old_path: None,
+            host_path: "/proc/1/root/etc/\\b".into(),
+            is_dir: false,
+        }),
         EventKind::CgroupMkdir { id: 3, path: "/libpod_parent/libpod-abc".into() },
         EventKind::CgroupRmdir { id: 3, path: "/x".into() },
     ]
