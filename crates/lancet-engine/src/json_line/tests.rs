@@ -111,6 +111,16 @@ fn attributions() -> Vec<Attribution> {
     ]
 }
 
+/// `lines` writes for `r` the line serde writes.
+fn assert_as_serde(lines: &mut JsonLines, r: &Record<'_>, rule: &str, priority: &str) {
+    let mut want = Vec::new();
+    write_falco_json(&mut want, r, rule, priority).unwrap();
+    want.push(b'\n');
+    lines.clear();
+    lines.push(r, rule, priority);
+    assert_eq!(String::from_utf8_lossy(lines.bytes()), String::from_utf8_lossy(&want), "{:?}", r.event.kind);
+}
+
 #[test]
 fn the_same_bytes_as_serde_for_every_kind_and_attribution() {
     let mut lines = JsonLines::new();
@@ -119,25 +129,13 @@ fn the_same_bytes_as_serde_for_every_kind_and_attribution() {
             let mut ev = event(kind);
             // Times across seconds, and the same second again.
             ev.time_ns += (i as u64 / 3) * 1_000_000_000 + i as u64 * 7;
-            let r = Record { event: &ev, attribution: &a, hostname: "h\"ost" };
-            let mut want = Vec::new();
-            write_falco_json(&mut want, &r, "lancet trace", "Informational").unwrap();
-            want.push(b'\n');
-            lines.clear();
-            lines.push(&r, "lancet trace", "Informational");
-            assert_eq!(String::from_utf8_lossy(lines.bytes()), String::from_utf8_lossy(&want), "{:?}", ev.kind);
+            assert_as_serde(&mut lines, &Record { event: &ev, attribution: &a, hostname: "h\"ost" }, "lancet trace", "Informational");
         }
     }
     // `evt.time` around the first second, where it has no second digits.
     for t in [0, 7, 999_999_999, 1_000_000_000, 1_000_000_001, 10_000_000_000, 1_795_873_138_000_000_000] {
         let ev = Event { time_ns: t, ..event(kinds().remove(0)) };
-        let r = Record { event: &ev, attribution: &Attribution::Host, hostname: "h" };
-        let mut want = Vec::new();
-        write_falco_json(&mut want, &r, "r", "p").unwrap();
-        want.push(b'\n');
-        lines.clear();
-        lines.push(&r, "r", "p");
-        assert_eq!(String::from_utf8_lossy(lines.bytes()), String::from_utf8_lossy(&want), "{t}");
+        assert_as_serde(&mut lines, &Record { event: &ev, attribution: &Attribution::Host, hostname: "h" }, "r", "p");
     }
 }
 
@@ -162,13 +160,7 @@ fn a_process_field_that_differs_from_the_last_line_is_written_anew() {
     for change in changes {
         change(&mut ev);
         for _ in 0..2 {
-            let r = Record { event: &ev, attribution: &a, hostname: "h" };
-            let mut want = Vec::new();
-            write_falco_json(&mut want, &r, "r", "p").unwrap();
-            want.push(b'\n');
-            lines.clear();
-            lines.push(&r, "r", "p");
-            assert_eq!(String::from_utf8_lossy(lines.bytes()), String::from_utf8_lossy(&want));
+            assert_as_serde(&mut lines, &Record { event: &ev, attribution: &a, hostname: "h" }, "r", "p");
         }
     }
 }
