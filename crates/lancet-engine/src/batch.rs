@@ -37,7 +37,8 @@ impl EventSink for Vec<Event> {
 }
 
 /// A batch of events whose slots outlive the batch. Bounded: past
-/// [`EventBatch::KEEP`] slots, what a burst grew is freed once
+/// [`EventBatch::KEEP_BURST`] slots, what a burst grew is freed when the
+/// batch ends; past [`EventBatch::KEEP`], once
 /// [`EventBatch::SHRINK_AFTER`] batches in a row needed no more than
 /// `KEEP` (bursts recur: the agent busy for a moment, the queue behind it
 /// holds several times `KEEP`; freeing the slots at each burst's end made
@@ -54,6 +55,9 @@ pub struct EventBatch {
 impl EventBatch {
     /// Slots kept across batches (a burst may use more; they are freed).
     pub const KEEP: usize = 4096;
+    /// Slots a burst may leave for the next one (about 7 MiB of file events
+    /// and their strings: 224 bytes each and some 200 of paths).
+    pub const KEEP_BURST: usize = 16_384;
     /// Batches in a row within [`Self::KEEP`] after which a burst's slots
     /// are freed (10 s to 100 s: the loop ends a batch 10 to 100 times a
     /// second).
@@ -79,13 +83,14 @@ impl EventBatch {
         &mut self.slots[..self.len]
     }
 
-    /// Ends the batch; its slots stay for the next (up to [`Self::KEEP`]).
+    /// Ends the batch; its slots stay for the next (see [`EventBatch`]).
     pub fn clear(&mut self) {
         self.small = if self.len > Self::KEEP { 0 } else { self.small.saturating_add(1) };
         self.len = 0;
-        if self.slots.len() > Self::KEEP && self.small >= Self::SHRINK_AFTER {
-            self.slots.truncate(Self::KEEP);
-            self.slots.shrink_to(Self::KEEP);
+        let keep = if self.small >= Self::SHRINK_AFTER { Self::KEEP } else { Self::KEEP_BURST };
+        if self.slots.len() > keep {
+            self.slots.truncate(keep);
+            self.slots.shrink_to(keep);
         }
     }
 }
@@ -192,6 +197,12 @@ mod tests {
         assert_eq!(b.slots.len(), EventBatch::KEEP + 10, "not yet");
         b.clear();
         assert!(b.slots.len() <= EventBatch::KEEP);
+        // A burst past what may stay loses the rest at once.
+        for _ in 0..EventBatch::KEEP_BURST + 10 {
+            b.slot();
+        }
+        b.clear();
+        assert_eq!(b.slots.len(), EventBatch::KEEP_BURST);
         // A slot given back is not an event.
         b.slot();
         b.unclaim();
