@@ -9,7 +9,6 @@ use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::write_sets::{WritableKind, WritableSet};
 use lancet_sensor::mounts::{self, RunAs};
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Anchors remembered as alerted per container life; past it each new
@@ -27,7 +26,7 @@ struct ContainerWrites {
     /// The process the set was read through: another one means another
     /// run of the container (a restart), whose life starts afresh.
     pid: u32,
-    set: Arc<WritableSet>,
+    set: WritableSet,
     /// Read for real (not the default after a failure).
     complete: bool,
     /// When it was read (an event's time, ns since the epoch).
@@ -44,7 +43,7 @@ pub(super) struct WriteSets {
     /// The set last read for a container without a number (every number
     /// taken): lent to the caller like a remembered one, read again at
     /// the container's next write.
-    unnumbered: Arc<WritableSet>,
+    unnumbered: WritableSet,
 }
 
 impl WriteSets {
@@ -64,26 +63,31 @@ impl WriteSets {
         declared: impl Iterator<Item = &'a str>,
     ) -> &WritableSet {
         let since = |at: u64| Duration::from_nanos(now.saturating_sub(at));
-        let known = n.and_then(|n| self.map.get(&n));
-        // Which process is the container's is asked of /proc at most
-        // once per PID_CHECK, not at every write.
-        let believed = known.is_some_and(|w| (w.complete || since(w.read_at) < RETRY) && since(w.pid_checked_at) < PID_CHECK);
-        let pid = if believed { 0 } else { trusted_pid(c).unwrap_or_else(live_pid) };
-        let same = |w: &ContainerWrites| believed || ((w.pid == pid || pid == 0) && (w.complete || since(w.read_at) < RETRY));
         let Some(n) = n else {
-            self.unnumbered = Arc::new(read_with(pid, declared).0);
+            self.unnumbered = read_with(trusted_pid(c).unwrap_or_else(live_pid), declared).0;
             return &self.unnumbered;
         };
-        let read_again = match self.map.get_mut(&n) {
-            Some(w) if same(w) => {
-                if !believed {
-                    w.pid_checked_at = now;
+        // The process to read the set through, when it must be read again.
+        let stale = match self.map.get_mut(&n) {
+            Some(w) => {
+                let fresh = w.complete || since(w.read_at) < RETRY;
+                // Which process is the container's is asked of /proc at
+                // most once per PID_CHECK, not at every write.
+                if fresh && since(w.pid_checked_at) < PID_CHECK {
+                    None
+                } else {
+                    let pid = trusted_pid(c).unwrap_or_else(live_pid);
+                    if fresh && (w.pid == pid || pid == 0) {
+                        w.pid_checked_at = now;
+                        None
+                    } else {
+                        Some(pid)
+                    }
                 }
-                false
             }
-            _ => true,
+            None => Some(trusted_pid(c).unwrap_or_else(live_pid)),
         };
-        if read_again {
+        if let Some(pid) = stale {
             let (set, complete) = read_with(pid, declared);
             // The anchors alerted stay for the same life (a re-read after
             // a failure or a policy reload), not for a new run.
@@ -91,7 +95,7 @@ impl WriteSets {
                 Some(w) if w.pid == pid => w.alerted,
                 _ => HashSet::new(),
             };
-            self.map.insert(n, ContainerWrites { pid, set: Arc::new(set), complete, read_at: now, pid_checked_at: now, alerted });
+            self.map.insert(n, ContainerWrites { pid, set, complete, read_at: now, pid_checked_at: now, alerted });
         }
         &self.map[&n].set
     }
