@@ -10,6 +10,7 @@
 
 use crate::event::{Event, EventKind, ExecEvent, FileOp};
 use serde::Serialize;
+use std::collections::hash_map;
 use std::fmt;
 
 /// `statfs` magic numbers of the filesystems that matter here.
@@ -545,9 +546,9 @@ impl WriteLog {
         }
         let full = self.logs.len() >= self.containers;
         let log = match self.logs.entry(container) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) if !full => v.insert(ContainerWrites::default()),
-            std::collections::hash_map::Entry::Vacant(_) => return,
+            hash_map::Entry::Occupied(o) => o.into_mut(),
+            hash_map::Entry::Vacant(v) if !full => v.insert(ContainerWrites::default()),
+            hash_map::Entry::Vacant(_) => return,
         };
         let hash = self.hasher.hash_one(f.path.as_str());
         // The first write says how the file got there (a chmod that

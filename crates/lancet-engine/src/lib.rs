@@ -34,8 +34,8 @@ pub use event::{Event, EventKind};
 /// per process like std's SipHash, so flooding them with chosen keys is no
 /// cheaper, and several times faster on such keys (SipHash was a fifth of
 /// the agent's CPU per socket record).
-pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHasher>;
 /// The hasher of [`FastMap`], for other maps on the event path.
 pub type FastHasher = ahash::RandomState;
 /// See [`FastMap`].
-pub type FastSet<K> = std::collections::HashSet<K, ahash::RandomState>;
+pub type FastSet<K> = std::collections::HashSet<K, FastHasher>;

@@ -5,7 +5,7 @@
 //! event path.
 
 use anyhow::{bail, Context, Result};
-use lancet_engine::attribution::{Attribution, AttributionConfig, Attributor, ContainerInfo};
+use lancet_engine::attribution::{Attribution, AttributionConfig, Attributor, ContainerInfo, LastContainer};
 use lancet_engine::batch::{set_str, EventBatch, EventSink};
 use lancet_engine::event::{Event, EventKind, FileEvent};
 use lancet_engine::process::ProcessTable;
@@ -102,8 +102,8 @@ struct Watches {
     next_label: u64,
     /// The container the last event came from, when it was armed in full
     /// (its sensitive paths marked): its next events need nothing here, not
-    /// even a look-up by id. Held, so its address is no other container's.
-    settled: Option<Arc<ContainerInfo>>,
+    /// even a look-up by id.
+    settled: LastContainer<()>,
 }
 
 /// The loop handles a stream of events at most once per window: after a
@@ -147,7 +147,7 @@ impl Watches {
     }
 
     fn arm(&mut self, c: &Arc<ContainerInfo>, pid: Option<u32>) {
-        if self.settled.as_ref().is_some_and(|s| Arc::ptr_eq(s, c)) {
+        if self.settled.get(c).is_some() {
             return;
         }
         if let Some(a) = self.armed.get_mut(&c.id) {
@@ -156,7 +156,7 @@ impl Watches {
             }
             if a.opens {
                 // Its pid is kept only to try the marks again.
-                self.settled = Some(Arc::clone(c));
+                self.settled.set(c, ());
                 return;
             }
             if a.last_try.elapsed() < ARM_RETRY {
@@ -205,7 +205,7 @@ impl Watches {
     }
 
     fn disarm(&mut self, id: &str) {
-        self.settled = None;
+        self.settled.clear();
         if let Some(a) = self.armed.remove(id) {
             if let Some(o) = self.opens.as_mut() {
                 o.unwatch(a.label);
@@ -415,7 +415,14 @@ pub fn run_loop(
             tracing::warn!("host sensitive paths not watched: {e}");
         }
     }
-    let mut watches = Watches { files, opens, host_root: host_root.to_path_buf(), armed: Default::default(), next_label: 0, settled: None };
+    let mut watches = Watches {
+        files,
+        opens,
+        host_root: host_root.to_path_buf(),
+        armed: Default::default(),
+        next_label: 0,
+        settled: LastContainer::default(),
+    };
     for c in &existing {
         watches.arm(c, None);
     }

@@ -19,10 +19,12 @@
 mod bolt;
 mod cgroup;
 mod containerd;
+mod last;
 mod network;
 mod runtimes;
 
 pub use cgroup::{parse_cgroup_path, CgroupMatch};
+pub use last::LastContainer;
 pub use network::{network_name_ok, NetMode, NetworkFacts};
 pub(crate) use runtimes::read_limited;
 

@@ -54,8 +54,8 @@ use lancet_engine::bytes::{i32_ne, u16_ne, u32_ne, u64_ne};
 
 /// The events in one read buffer, one at a time, each built in place and
 /// lent (an event is some 200 bytes: returned by value, as an `Iterator`
-/// item, it was copied with `memcpy` twice per event, a twentieth of the
-/// agent's CPU on a stream of file events). After the first error it
+/// item, it was copied with `memcpy` per event, a twentieth of the agent's
+/// CPU on a stream of file events). After the first error it
 /// stops: once a length is wrong nothing after it can be located.
 pub(crate) struct EventIter<'a> {
     buf: &'a [u8],

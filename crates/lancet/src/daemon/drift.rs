@@ -2,6 +2,7 @@
 //! of a written, modified or made-executable file, from tmpfs or a memfd,
 //! of a deleted file, or a file handed to the loader or an interpreter.
 
+use super::numbers::ContainerNo;
 use super::Daemon;
 use lancet_engine::attribution::ContainerInfo;
 use lancet_engine::drift::{classify_exec, classify_indirect, indirect_target, Drift, DriftKind, FileFacts};
@@ -10,7 +11,7 @@ use lancet_engine::event::{Event, EventKind, FileOp};
 impl Daemon {
     /// Drift of an exec (the file run, or the file handed to the loader or
     /// an interpreter) or of a chmod that made a file executable.
-    pub(super) fn drift(&mut self, ev: &Event, c: &ContainerInfo, key: &str) -> Option<Drift> {
+    pub(super) fn drift(&mut self, ev: &Event, c: &ContainerInfo, n: Option<ContainerNo>, key: &str) -> Option<Drift> {
         if !matches!(&ev.kind, EventKind::Exec(_)) && !matches!(&ev.kind, EventKind::File(f) if f.op == FileOp::Chmod && !f.is_dir) {
             return None;
         }
@@ -22,7 +23,6 @@ impl Daemon {
             in_upper: upper.as_deref().map(|u| lancet_sensor::overlay::written_or_unknown(u, path)),
             in_baseline: baseline.map(|b| b.lookup(path).is_some()),
         };
-        let n = self.workloads.numbers.get(&c.id);
         let written = |path: &str| self.writes.lookup(n?, path);
         match &ev.kind {
             EventKind::Exec(x) => {

@@ -161,7 +161,7 @@ impl Daemon {
         if let Some(n) = n {
             self.writes.record(n, ev);
         }
-        let drift = self.drift(ev, c, &key);
+        let drift = self.drift(ev, c, n, &key);
         // Writes are judged against the container's own writable set.
         let set = match &ev.kind {
             EventKind::File(f) if f.op != FileOp::Open => {

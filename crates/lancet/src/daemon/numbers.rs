@@ -5,7 +5,7 @@
 //! from the container the previous one came from (the usual case: a burst
 //! of one container's writes).
 
-use lancet_engine::attribution::ContainerInfo;
+use lancet_engine::attribution::{ContainerInfo, LastContainer};
 use lancet_engine::FastMap;
 use std::sync::Arc;
 
@@ -16,25 +16,22 @@ pub(super) type ContainerNo = u64;
 pub(super) struct Numbers {
     by_id: FastMap<String, ContainerNo>,
     next: ContainerNo,
-    /// The container the last number was asked for. Held (not only its
-    /// address), so the address cannot be another container's meanwhile.
-    last: Option<(Arc<ContainerInfo>, ContainerNo)>,
+    /// The container the last number was asked for, with it.
+    last: LastContainer<ContainerNo>,
     bound: usize,
 }
 
 impl Numbers {
     /// At most `bound` containers hold a number at once.
     pub(super) fn new(bound: usize) -> Self {
-        Numbers { by_id: FastMap::default(), next: 1, last: None, bound }
+        Numbers { by_id: FastMap::default(), next: 1, last: LastContainer::default(), bound }
     }
 
     /// The number of container `c`, given now if it has none; None when
     /// `bound` containers already hold one (their tables are full too).
     pub(super) fn number(&mut self, c: &Arc<ContainerInfo>) -> Option<ContainerNo> {
-        if let Some((last, n)) = &self.last {
-            if Arc::ptr_eq(last, c) {
-                return Some(*n);
-            }
+        if let Some(n) = self.last.get(c) {
+            return Some(n);
         }
         let n = match self.by_id.get(&c.id) {
             Some(&n) => n,
@@ -46,7 +43,7 @@ impl Numbers {
                 n
             }
         };
-        self.last = Some((Arc::clone(c), n));
+        self.last.set(c, n);
         Some(n)
     }
 
@@ -57,9 +54,7 @@ impl Numbers {
 
     /// The container ended: its number is given to no one again.
     pub(super) fn forget(&mut self, id: &str) -> Option<ContainerNo> {
-        if self.last.as_ref().is_some_and(|(c, _)| c.id == id) {
-            self.last = None;
-        }
+        self.last.clear_if(id);
         self.by_id.remove(id)
     }
 }

@@ -7,7 +7,7 @@
 use super::numbers::{ContainerNo, Numbers};
 use crate::agent::trusted_pid;
 use anyhow::Result;
-use lancet_engine::attribution::ContainerInfo;
+use lancet_engine::attribution::{ContainerInfo, LastContainer};
 use lancet_engine::event::{Event, EventKind, NetOp};
 use lancet_engine::profile::{image_repository, Baseline, Lifecycle, Mode, PeerRef, Profile};
 use lancet_engine::FastMap;
@@ -167,11 +167,10 @@ pub(super) struct Workloads {
     /// The containers seen running, by number.
     live: FastMap<ContainerNo, Live>,
     /// The container [`get_or_load`](Self::get_or_load) was last asked
-    /// for (held, so its address is no other container's), with its
-    /// workload's position: a burst of one container's events finds its
-    /// workload without hashing the key. Forgotten when a workload is
-    /// removed (positions move).
-    hot: Option<(Arc<ContainerInfo>, usize)>,
+    /// for, with its workload's position: a burst of one container's
+    /// events finds its workload without hashing the key. Forgotten when a
+    /// workload is removed (positions move).
+    hot: LastContainer<usize>,
     /// Container addresses seen as the local side of their own sockets, to
     /// name container peers by workload.
     ip_owners: FastMap<IpAddr, Arc<str>>,
@@ -216,7 +215,7 @@ impl Workloads {
             containers: FastMap::default(),
             numbers: Numbers::new(MAX_CONTAINERS),
             live: FastMap::default(),
-            hot: None,
+            hot: LastContainer::default(),
             ip_owners: FastMap::default(),
             baselines,
             default_mode,
@@ -251,14 +250,14 @@ impl Workloads {
     /// when every tracked workload has a live container (counted: memory
     /// stays bounded, and the caller alerts).
     pub(super) fn get_or_load(&mut self, store: &mut Store, key: &str, c: &Arc<ContainerInfo>, now: u64) -> Option<&mut Workload> {
-        let i = match &self.hot {
-            Some((last, i)) if Arc::ptr_eq(last, c) => *i,
-            _ => {
+        let i = match self.hot.get(c) {
+            Some(i) => i,
+            None => {
                 let i = match self.map.get_index_of(key) {
                     Some(i) => i,
                     None => self.load(store, key, c, now)?,
                 };
-                self.hot = Some((Arc::clone(c), i));
+                self.hot.set(c, i);
                 i
             }
         };
@@ -329,7 +328,7 @@ impl Workloads {
             }
         }
         self.map.swap_remove(&key);
-        self.hot = None;
+        self.hot.clear();
         self.ip_owners.retain(|_, w| **w != *key);
         tracing::debug!(workload = %key, "idle workload evicted from memory (its profile stays in the store)");
         true
@@ -377,9 +376,9 @@ impl Workloads {
         self.ip_owners.iter().filter(|(_, o)| &***o == w).map(|(ip, _)| *ip).collect()
     }
 
-    /// Books one event of container `c`: the container, its cgroup and a
-    /// live process, its own address. Returns the
-    /// peer of a connect or accept, named by workload where known.
+    /// Books one event of container `c` (number `n`): the container, its
+    /// cgroup and a live process, its own address. Returns the peer of a
+    /// connect or accept, named by workload where known.
     pub(super) fn note(&mut self, ev: &Event, c: &Arc<ContainerInfo>, n: Option<ContainerNo>, key: &str) -> Option<PeerRef> {
         // A live container is known: one look-up per event, not two.
         let names_its_process = ev.cgroup_id != 0 && ev.process.pid != 0;
@@ -485,8 +484,8 @@ impl Workloads {
         let Some(cgid) = self.live(&c.id).map(|l| l.cgroup_id) else { return };
         let events = super::seed::live_events(&c, host_root, &dir, cgid, now);
         let mut learned = 0;
+        let n = self.numbers.number(&c);
         for ev in &events {
-            let n = self.numbers.number(&c);
             let peer = self.note(ev, &c, n, &key);
             if let Some(w) = self.map.get_mut(&key) {
                 w.count(&ev.kind);
