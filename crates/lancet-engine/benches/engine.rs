@@ -130,6 +130,50 @@ fn bench(c: &mut Criterion) {
             black_box(lines.bytes());
         })
     });
+    // One per socket record of the connect loop: the client's connect and
+    // close and the server's accept and close, two processes in turn.
+    let named = |id: char, name: &str| ContainerInfo {
+        id: id.to_string().repeat(64),
+        name: name.into(),
+        image: "localhost/loadgen:1".into(),
+        ..Default::default()
+    };
+    let (client, server) = (named('c', "client"), named('d', "server"));
+    let (client, server) = (
+        lancet_engine::attribution::Attribution::Container(std::sync::Arc::new(client)),
+        lancet_engine::attribution::Attribution::Container(std::sync::Arc::new(server)),
+    );
+    let sockets: Vec<(Event, &lancet_engine::attribution::Attribution)> = (0..1000u16)
+        .flat_map(|i| {
+            let port = 30_000 + i;
+            let (c, s): (IpAddr, IpAddr) = ("10.89.0.3".parse().unwrap(), "10.89.0.2".parse().unwrap());
+            let rec = |pid, op, saddr, sport, daddr, dport| {
+                let mut e = ev(
+                    pid,
+                    EventKind::Net(NetEvent { op, proto: Protocol::Tcp, saddr, sport, daddr, dport, result: 0, netns: 1, totals: None }),
+                );
+                e.time_ns = 1_800_000_000_000_000_000 + u64::from(i);
+                e
+            };
+            [
+                (rec(42, NetOp::Connect, c, port, s, 9000), &client),
+                (rec(17, NetOp::Accept, s, 9000, c, port), &server),
+                (rec(17, NetOp::Close, s, 9000, c, port), &server),
+                (rec(42, NetOp::Close, c, port, s, 9000), &client),
+            ]
+        })
+        .collect();
+    g.throughput(Throughput::Elements(sockets.len() as u64));
+    g.bench_function("Falco JSON line, socket records of a client and its server", |b| {
+        b.iter(|| {
+            lines.clear();
+            for (e, a) in &sockets {
+                let r = lancet_engine::output::Record { event: black_box(e), attribution: a, hostname: "node-1" };
+                lines.push(&r, "lancet trace", "Informational");
+            }
+            black_box(lines.bytes());
+        })
+    });
     g.finish();
 }
 

@@ -12,6 +12,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Containers whose fields are kept serialised; past it the cache starts
@@ -32,9 +33,12 @@ pub struct JsonLines {
     /// A container's fields, from `"container.id"` to its last pod field,
     /// by the address of its `Arc` (held, so the address is not reused).
     containers: crate::FastMap<usize, (Arc<ContainerInfo>, Vec<u8>)>,
-    /// The process fields of the last line: the next event of the same
-    /// process (a stream of its writes) copies them.
-    process: ProcessFields,
+    /// The process fields of the last two processes seen: the next event
+    /// of either (a stream of writes; a client and its server, turn about)
+    /// copies them.
+    processes: [ProcessFields; 2],
+    /// Which of `processes` was used last.
+    last_process: usize,
 }
 
 /// `"proc.pid"` to `"cgroup.id"` as written, and what they were made of.
@@ -47,13 +51,19 @@ struct ProcessFields {
 }
 
 impl ProcessFields {
+    fn key(ev: &Event) -> Option<(u32, u32, u32, u32, u32, u64)> {
+        let p = &ev.process;
+        Some((p.pid, p.tid, p.ppid, p.uid, p.gid, ev.cgroup_id))
+    }
+
+    /// Whether the fields are `ev`'s process's.
+    fn is_for(&self, ev: &Event) -> bool {
+        self.key == Self::key(ev) && self.comm == ev.process.comm
+    }
+
     fn update(&mut self, ev: &Event) {
         let p = &ev.process;
-        let key = Some((p.pid, p.tid, p.ppid, p.uid, p.gid, ev.cgroup_id));
-        if self.key == key && self.comm == p.comm {
-            return;
-        }
-        self.key = key;
+        self.key = Self::key(ev);
         crate::batch::set_str(&mut self.comm, &p.comm);
         let b = &mut self.fields;
         b.clear();
@@ -101,7 +111,7 @@ impl JsonLines {
     pub fn push(&mut self, r: &Record<'_>, rule: &str, priority: &str) {
         let ev = r.event;
         let time = self.time(ev.time_ns);
-        self.process.update(ev);
+        let process = self.process_fields(ev);
         let b = &mut self.buf;
         b.extend_from_slice(b"{\"time\":\"");
         b.extend_from_slice(&time);
@@ -124,7 +134,7 @@ impl JsonLines {
         b.extend_from_slice(b") in ");
         escape(b, r.container_label());
         b.extend_from_slice(b": ");
-        let escaped_path = summary(b, ev).map(|start| start..b.len());
+        let written = summary(b, ev);
         b.extend_from_slice(b"\",\"output_fields\":{\"evt.time\":");
         if ev.time_ns >= 1_000_000_000 {
             b.extend_from_slice(&self.second_digits);
@@ -140,7 +150,7 @@ impl JsonLines {
             errno(b, n.result);
             b.push(b'"');
         }
-        b.extend_from_slice(&self.process.fields);
+        b.extend_from_slice(&self.processes[process].fields);
         match r.attribution {
             Attribution::Host => b.extend_from_slice(b"\"container.id\":\"host\",\"container.name\":\"host\",\"k8s.pod.name\":null"),
             Attribution::Unknown { cgroup_path, reason, .. } => {
@@ -167,8 +177,22 @@ impl JsonLines {
                 }
             }
         }
-        kind_fields(b, ev, escaped_path);
+        kind_fields(b, ev, written);
         b.extend_from_slice(b"}}\n");
+    }
+
+    /// Which of `processes` holds `ev`'s process's fields, made anew in the
+    /// one used longer ago when neither does.
+    fn process_fields(&mut self, ev: &Event) -> usize {
+        let last = self.last_process;
+        if !self.processes[last].is_for(ev) {
+            let other = 1 - last;
+            if !self.processes[other].is_for(ev) {
+                self.processes[other].update(ev);
+            }
+            self.last_process = other;
+        }
+        self.last_process
     }
 
     /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, the date and time of day made
@@ -265,11 +289,11 @@ fn container_fields(c: &ContainerInfo) -> Vec<u8> {
     v
 }
 
-/// The fields of one kind of event, each after a comma. A file event's
-/// path is at `escaped_path` in `b` already, escaped (the end of the
-/// `output` text): its fields copy it rather than escape it three times
-/// more.
-fn kind_fields(b: &mut Vec<u8>, ev: &Event, escaped_path: Option<std::ops::Range<usize>>) {
+/// The fields of one kind of event, each after a comma. What the `output`
+/// text wrote already (`written`: a file event's escaped path, a socket
+/// record's addresses and ports) they copy from the line rather than
+/// escape or format again.
+fn kind_fields(b: &mut Vec<u8>, ev: &Event, written: Written) {
     match &ev.kind {
         EventKind::Exec(x) => {
             b.extend_from_slice(b",\"proc.exepath\":");
@@ -314,23 +338,29 @@ fn kind_fields(b: &mut Vec<u8>, ev: &Event, escaped_path: Option<std::ops::Range
         }
         EventKind::Net(n) => {
             b.extend_from_slice(b",\"fd.name\":\"");
-            net_name(b, n);
+            let spans = match written {
+                Written::Net { name, spans } => {
+                    b.extend_from_within(name);
+                    spans
+                }
+                _ => net_name(b, n),
+            };
             b.extend_from_slice(b"\",\"fd.sip\":\"");
-            ip(b, n.saddr);
+            b.extend_from_within(spans.sip);
             b.extend_from_slice(b"\",\"fd.sport\":");
-            uint(b, n.sport.into());
-            if !matches!(n.op, NetOp::Listen | NetOp::Bind) {
+            b.extend_from_within(spans.sport);
+            if let Some((dip, dport)) = spans.dest {
                 b.extend_from_slice(b",\"fd.dip\":\"");
-                ip(b, n.daddr);
+                b.extend_from_within(dip);
                 b.extend_from_slice(b"\",\"fd.dport\":");
-                uint(b, n.dport.into());
+                b.extend_from_within(dport);
             }
             b.extend_from_slice(b",\"fd.l4proto\":\"");
             b.extend_from_slice(l4proto(n.proto).as_bytes());
             b.push(b'"');
         }
         EventKind::File(x) => {
-            let Some(path) = escaped_path else { return };
+            let Written::Path(path) = written else { return };
             b.extend_from_slice(b",\"fd.name\":\"");
             b.extend_from_within(path.clone());
             b.push(b'"');
@@ -369,9 +399,29 @@ fn kind_fields(b: &mut Vec<u8>, ev: &Event, escaped_path: Option<std::ops::Range
     }
 }
 
+/// What the `output` text wrote that a field of the line repeats, by where
+/// it lies in the line.
+enum Written {
+    Nothing,
+    /// A file event's path, escaped.
+    Path(Range<usize>),
+    /// A socket record's `addr:port->addr:port`, and its parts.
+    Net {
+        name: Range<usize>,
+        spans: NetSpans,
+    },
+}
+
+/// Where [`net_name`] wrote an address's parts.
+struct NetSpans {
+    sip: Range<usize>,
+    sport: Range<usize>,
+    /// The destination's address and port; None for listen and bind.
+    dest: Option<(Range<usize>, Range<usize>)>,
+}
+
 /// The human part of the `output` text (escaped): [`crate::output::summary`].
-/// For a file event, where its escaped path starts (it ends the text).
-fn summary(b: &mut Vec<u8>, ev: &Event) -> Option<usize> {
+fn summary(b: &mut Vec<u8>, ev: &Event) -> Written {
     match &ev.kind {
         EventKind::Exec(x) => {
             escape(b, &x.filename);
@@ -396,12 +446,15 @@ fn summary(b: &mut Vec<u8>, ev: &Event) -> Option<usize> {
             _ => b.extend_from_slice(b"exit"),
         },
         EventKind::Net(n) => {
-            net_name(b, n);
+            let start = b.len();
+            let spans = net_name(b, n);
+            let name = start..b.len();
             if n.result != 0 {
                 b.extend_from_slice(b" (");
                 errno(b, n.result);
                 b.push(b')');
             }
+            return Written::Net { name, spans };
         }
         EventKind::File(x) => {
             if let (FileOp::Rename, Some(old)) = (x.op, &x.old_path) {
@@ -410,25 +463,34 @@ fn summary(b: &mut Vec<u8>, ev: &Event) -> Option<usize> {
             }
             let start = b.len();
             escape(b, &x.path);
-            return Some(start);
+            return Written::Path(start..b.len());
         }
         EventKind::CgroupMkdir { path, .. } | EventKind::CgroupRmdir { path, .. } => escape(b, path),
     }
-    None
+    Written::Nothing
 }
 
 /// `addr:port->addr:port` (`addr:port` for listen and bind); nothing in it
 /// needs escaping.
-fn net_name(b: &mut Vec<u8>, n: &NetEvent) {
-    ip(b, n.saddr);
+fn net_name(b: &mut Vec<u8>, n: &NetEvent) -> NetSpans {
+    let sip = written(b, |b| ip(b, n.saddr));
     b.push(b':');
-    uint(b, n.sport.into());
+    let sport = written(b, |b| uint(b, n.sport.into()));
+    let mut dest = None;
     if !matches!(n.op, NetOp::Listen | NetOp::Bind) {
         b.extend_from_slice(b"->");
-        ip(b, n.daddr);
+        let dip = written(b, |b| ip(b, n.daddr));
         b.push(b':');
-        uint(b, n.dport.into());
+        dest = Some((dip, written(b, |b| uint(b, n.dport.into()))));
     }
+    NetSpans { sip, sport, dest }
+}
+
+/// Where `write` wrote in `b`.
+fn written(b: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+    let start = b.len();
+    write(b);
+    start..b.len()
 }
 
 /// An address as `Display` writes it; IPv4 without the formatting

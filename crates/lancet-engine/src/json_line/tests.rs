@@ -97,6 +97,29 @@ fn kinds() -> Vec<EventKind> {
         }),
         EventKind::CgroupMkdir { id: 3, path: "/libpod_parent/libpod-abc".into() },
         EventKind::CgroupRmdir { id: 3, path: "/x".into() },
+        // Both ends of one family, each written once and copied.
+        EventKind::Net(NetEvent {
+            op: NetOp::Connect,
+            proto: Protocol::Udp,
+            saddr: "192.168.100.254".parse().unwrap(),
+            sport: 0,
+            daddr: "0.0.0.0".parse().unwrap(),
+            dport: 65535,
+            result: 0,
+            netns: 1,
+            totals: None,
+        }),
+        EventKind::Net(NetEvent {
+            op: NetOp::Close,
+            proto: Protocol::Tcp,
+            saddr: "::ffff:10.0.0.1".parse().unwrap(),
+            sport: 9,
+            daddr: "2001:db8::1".parse().unwrap(),
+            dport: 10,
+            result: 0,
+            netns: 1,
+            totals: None,
+        }),
     ]
 }
 
@@ -162,6 +185,29 @@ fn a_process_field_that_differs_from_the_last_line_is_written_anew() {
         for _ in 0..2 {
             assert_as_serde(&mut lines, &Record { event: &ev, attribution: &a, hostname: "h" }, "r", "p");
         }
+    }
+}
+
+#[test]
+fn processes_in_turn_each_get_their_own_fields() {
+    // Four processes (differing in one key field each) in an order that
+    // alternates two, brings a third in and goes back to one evicted.
+    let mut lines = JsonLines::new();
+    let a = container(false, false);
+    let procs: Vec<Event> = (0..4u32)
+        .map(|i| {
+            let mut ev = event(kinds().swap_remove(13));
+            match i {
+                1 => ev.process.pid += 1,
+                2 => ev.cgroup_id += 1,
+                3 => ev.process.comm.push('x'),
+                _ => {}
+            }
+            ev
+        })
+        .collect();
+    for i in [0, 1, 0, 1, 1, 2, 0, 2, 1, 0, 1, 3, 3, 0, 2, 3, 1, 0, 0, 1] {
+        assert_as_serde(&mut lines, &Record { event: &procs[i], attribution: &a, hostname: "h" }, "r", "p");
     }
 }
 
