@@ -49,6 +49,10 @@ fn kinds() -> Vec<EventKind> {
             totals: Some(TcpTotals { bytes_sent: 1, bytes_received: 2, outbound: Some(true) }),
         })
     };
+    let ends = |op, proto, saddr: &str, sport, daddr: &str, dport| {
+        let (saddr, daddr) = (saddr.parse().unwrap(), daddr.parse().unwrap());
+        EventKind::Net(NetEvent { op, proto, saddr, sport, daddr, dport, result: 0, netns: 1, totals: None })
+    };
     let file = |op, path: &str, old: Option<&str>| {
         EventKind::File(FileEvent {
             op,
@@ -98,28 +102,8 @@ fn kinds() -> Vec<EventKind> {
         EventKind::CgroupMkdir { id: 3, path: "/libpod_parent/libpod-abc".into() },
         EventKind::CgroupRmdir { id: 3, path: "/x".into() },
         // Both ends of one family, each written once and copied.
-        EventKind::Net(NetEvent {
-            op: NetOp::Connect,
-            proto: Protocol::Udp,
-            saddr: "192.168.100.254".parse().unwrap(),
-            sport: 0,
-            daddr: "0.0.0.0".parse().unwrap(),
-            dport: 65535,
-            result: 0,
-            netns: 1,
-            totals: None,
-        }),
-        EventKind::Net(NetEvent {
-            op: NetOp::Close,
-            proto: Protocol::Tcp,
-            saddr: "::ffff:10.0.0.1".parse().unwrap(),
-            sport: 9,
-            daddr: "2001:db8::1".parse().unwrap(),
-            dport: 10,
-            result: 0,
-            netns: 1,
-            totals: None,
-        }),
+        ends(NetOp::Connect, Protocol::Udp, "192.168.100.254", 0, "0.0.0.0", 65535),
+        ends(NetOp::Close, Protocol::Tcp, "::ffff:10.0.0.1", 9, "2001:db8::1", 10),
     ]
 }
 
