@@ -109,7 +109,11 @@ fn propose(link: &mut Node, mode: Mode, expected: Option<u64>, ticket: u64) -> R
 }
 
 fn wait_mode(link: &mut Node, revision: u64) -> (Mode, String) {
-    match wait_for(link, Duration::from_secs(15), "mode", |m| matches!(m, FromFleet::Mode { revision: r, .. } if *r == revision)) {
+    wait_mode_within(link, revision, Duration::from_secs(15))
+}
+
+fn wait_mode_within(link: &mut Node, revision: u64, timeout: Duration) -> (Mode, String) {
+    match wait_for(link, timeout, "mode", |m| matches!(m, FromFleet::Mode { revision: r, .. } if *r == revision)) {
         FromFleet::Mode { mode, by, .. } => (mode, by),
         _ => unreachable!(),
     }
