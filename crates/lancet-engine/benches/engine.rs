@@ -3,8 +3,9 @@
 //! realistic size, for the events a steady workload produces.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lancet_engine::attribution::ContainerInfo;
+use lancet_engine::attribution::{Attribution, ContainerInfo};
 use lancet_engine::event::{Event, EventKind, ExecEvent, FileEvent, FileOp, NetEvent, NetOp, ProcessRef, Protocol};
+use lancet_engine::json_line::JsonLines;
 use lancet_engine::policy::PolicySet;
 use lancet_engine::profile::{PeerRef, Profile};
 use std::hint::black_box;
@@ -107,7 +108,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
     // `lancet trace --format json`: one Falco line per file event of one
     // process writing new names, as the file loop of `cargo xtask bench`.
-    let attribution = lancet_engine::attribution::Attribution::Container(std::sync::Arc::new(container));
+    let attribution = Attribution::Container(std::sync::Arc::new(container));
     let writes: Vec<Event> = (0..1000)
         .map(|i| {
             let path = format!("/tmp/f{i}");
@@ -117,33 +118,24 @@ fn bench(c: &mut Criterion) {
             e
         })
         .collect();
-    let mut lines = lancet_engine::json_line::JsonLines::new();
+    let mut lines = JsonLines::new();
     let mut g = c.benchmark_group("output");
     g.throughput(Throughput::Elements(writes.len() as u64));
     g.bench_function("Falco JSON line, file events of one process", |b| {
-        b.iter(|| {
-            lines.clear();
-            for e in &writes {
-                let r = lancet_engine::output::Record { event: black_box(e), attribution: &attribution, hostname: "node-1" };
-                lines.push(&r, "lancet trace", "Informational");
-            }
-            black_box(lines.bytes());
-        })
+        b.iter(|| push_lines(&mut lines, writes.iter().map(|e| (e, &attribution))))
     });
     // One per socket record of the connect loop: the client's connect and
     // close and the server's accept and close, two processes in turn.
-    let named = |id: char, name: &str| ContainerInfo {
-        id: id.to_string().repeat(64),
-        name: name.into(),
-        image: "localhost/loadgen:1".into(),
-        ..Default::default()
+    let named = |id: char, name: &str| {
+        Attribution::Container(std::sync::Arc::new(ContainerInfo {
+            id: id.to_string().repeat(64),
+            name: name.into(),
+            image: "localhost/loadgen:1".into(),
+            ..Default::default()
+        }))
     };
     let (client, server) = (named('c', "client"), named('d', "server"));
-    let (client, server) = (
-        lancet_engine::attribution::Attribution::Container(std::sync::Arc::new(client)),
-        lancet_engine::attribution::Attribution::Container(std::sync::Arc::new(server)),
-    );
-    let sockets: Vec<(Event, &lancet_engine::attribution::Attribution)> = (0..1000u16)
+    let sockets: Vec<(Event, &Attribution)> = (0..1000u16)
         .flat_map(|i| {
             let port = 30_000 + i;
             let (c, s): (IpAddr, IpAddr) = ("10.89.0.3".parse().unwrap(), "10.89.0.2".parse().unwrap());
@@ -165,16 +157,19 @@ fn bench(c: &mut Criterion) {
         .collect();
     g.throughput(Throughput::Elements(sockets.len() as u64));
     g.bench_function("Falco JSON line, socket records of a client and its server", |b| {
-        b.iter(|| {
-            lines.clear();
-            for (e, a) in &sockets {
-                let r = lancet_engine::output::Record { event: black_box(e), attribution: a, hostname: "node-1" };
-                lines.push(&r, "lancet trace", "Informational");
-            }
-            black_box(lines.bytes());
-        })
+        b.iter(|| push_lines(&mut lines, sockets.iter().map(|(e, a)| (e, *a))))
     });
     g.finish();
+}
+
+/// One `trace` line per record into `lines`, as the agent writes them.
+fn push_lines<'a>(lines: &mut JsonLines, records: impl Iterator<Item = (&'a Event, &'a Attribution)>) {
+    lines.clear();
+    for (e, a) in records {
+        let r = lancet_engine::output::Record { event: black_box(e), attribution: a, hostname: "node-1" };
+        lines.push(&r, "lancet trace", "Informational");
+    }
+    black_box(lines.bytes());
 }
 
 criterion_group!(benches, bench);

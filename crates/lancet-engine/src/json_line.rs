@@ -338,13 +338,8 @@ fn kind_fields(b: &mut Vec<u8>, ev: &Event, written: Written) {
         }
         EventKind::Net(n) => {
             b.extend_from_slice(b",\"fd.name\":\"");
-            let spans = match written {
-                Written::Net { name, spans } => {
-                    b.extend_from_within(name);
-                    spans
-                }
-                _ => net_name(b, n),
-            };
+            let Written::Net { name, spans } = written else { return };
+            b.extend_from_within(name);
             b.extend_from_slice(b"\",\"fd.sip\":\"");
             b.extend_from_within(spans.sip);
             b.extend_from_slice(b"\",\"fd.sport\":");
@@ -461,9 +456,7 @@ fn summary(b: &mut Vec<u8>, ev: &Event) -> Written {
                 escape(b, old);
                 b.extend_from_slice(b" -> ");
             }
-            let start = b.len();
-            escape(b, &x.path);
-            return Written::Path(start..b.len());
+            return Written::Path(written(b, |b| escape(b, &x.path)));
         }
         EventKind::CgroupMkdir { path, .. } | EventKind::CgroupRmdir { path, .. } => escape(b, path),
     }

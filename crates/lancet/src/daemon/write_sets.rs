@@ -63,8 +63,10 @@ impl WriteSets {
         declared: impl Iterator<Item = &'a str>,
     ) -> &WritableSet {
         let since = |at: u64| Duration::from_nanos(now.saturating_sub(at));
+        // The container's process now (asked of /proc: only when needed).
+        let pid_now = || trusted_pid(c).unwrap_or_else(live_pid);
         let Some(n) = n else {
-            self.unnumbered = read_with(trusted_pid(c).unwrap_or_else(live_pid), declared).0;
+            self.unnumbered = read_with(pid_now(), declared).0;
             return &self.unnumbered;
         };
         // The process to read the set through, when it must be read again.
@@ -76,7 +78,7 @@ impl WriteSets {
                 if fresh && since(w.pid_checked_at) < PID_CHECK {
                     None
                 } else {
-                    let pid = trusted_pid(c).unwrap_or_else(live_pid);
+                    let pid = pid_now();
                     if fresh && (w.pid == pid || pid == 0) {
                         w.pid_checked_at = now;
                         None
@@ -85,7 +87,7 @@ impl WriteSets {
                     }
                 }
             }
-            None => Some(trusted_pid(c).unwrap_or_else(live_pid)),
+            None => Some(pid_now()),
         };
         if let Some(pid) = stale {
             let (set, complete) = read_with(pid, declared);
